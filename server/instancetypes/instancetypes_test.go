@@ -1,0 +1,58 @@
+package instancetypes
+
+import "testing"
+
+func TestEmbeddedDataLoads(t *testing.T) {
+	if err := Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(All()); got != 1391 {
+		t.Fatalf("want 1391 instance types, got %d", got)
+	}
+}
+
+func TestLimitsOfKnownTypes(t *testing.T) {
+	tests := []struct {
+		name       string
+		enis, ips  int
+		prefix     bool
+		maxPodsIP  int
+		maxPodsPfx int
+	}{
+		// The seed documents' numbers: m5.large 3x10, 29 pods in IP mode, 110 in prefix mode.
+		{"m5.large", 3, 10, true, 29, 110},
+		{"t3.small", 3, 4, true, 11, 110},
+		{"m5.xlarge", 4, 15, true, 58, 110},
+		{"m5.24xlarge", 15, 50, true, 737, 250},
+		{"m4.large", 2, 10, false, 20, 110},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			typ, ok := Lookup(tc.name)
+			if !ok {
+				t.Fatalf("%s not found", tc.name)
+			}
+			if typ.MaxENIs != tc.enis || typ.IPv4PerENI != tc.ips {
+				t.Fatalf("%s: got %dx%d, want %dx%d", tc.name, typ.MaxENIs, typ.IPv4PerENI, tc.enis, tc.ips)
+			}
+			if typ.PrefixDelegation() != tc.prefix {
+				t.Fatalf("%s: prefix delegation %v, want %v", tc.name, typ.PrefixDelegation(), tc.prefix)
+			}
+			vcpus := 2
+			if tc.name == "m5.24xlarge" {
+				vcpus = 96
+			}
+			if got := typ.MaxPods(false, vcpus); got != tc.maxPodsIP {
+				t.Errorf("max pods IP mode: got %d, want %d", got, tc.maxPodsIP)
+			}
+			if tc.prefix {
+				if got := typ.MaxPods(true, vcpus); got != tc.maxPodsPfx {
+					t.Errorf("max pods prefix mode: got %d, want %d", got, tc.maxPodsPfx)
+				}
+			}
+		})
+	}
+	if _, ok := Lookup("x9.nonexistent"); ok {
+		t.Fatal("unknown type found")
+	}
+}
