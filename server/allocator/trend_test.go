@@ -1,0 +1,70 @@
+package allocator
+
+import (
+	"math"
+	"testing"
+	"time"
+)
+
+func TestRateTracker(t *testing.T) {
+	var r rateTracker
+	t0 := time.Unix(1000, 0)
+	window := time.Minute
+	r.observe(t0, 0, window)
+	if got := r.rate(t0, 10*time.Second); got != 0 {
+		t.Fatalf("one sample: %v", got)
+	}
+	// 30 pods in 10 s.
+	r.observe(t0.Add(10*time.Second), 30, window)
+	if got := r.rate(t0.Add(10*time.Second), 10*time.Second); math.Abs(got-3) > 1e-9 {
+		t.Fatalf("rate: %v", got)
+	}
+	// A burst reported within 1 s is measured over minSpan, not as 30/s.
+	var b rateTracker
+	b.observe(t0, 0, window)
+	b.observe(t0.Add(time.Second), 30, window)
+	if got := b.rate(t0.Add(time.Second), 10*time.Second); math.Abs(got-3) > 1e-9 {
+		t.Fatalf("burst: %v", got)
+	}
+	// Old samples leave the window; a quiet node goes back to 0.
+	r.observe(t0.Add(5*time.Minute), 30, window)
+	r.observe(t0.Add(6*time.Minute), 30, window)
+	if got := r.rate(t0.Add(6*time.Minute), 10*time.Second); got != 0 {
+		t.Fatalf("quiet: %v", got)
+	}
+	// Agent restart: counter goes back.
+	r.observe(t0.Add(7*time.Minute), 2, window)
+	if len(r.samples) != 1 {
+		t.Fatalf("reset: %d samples", len(r.samples))
+	}
+}
+
+func TestTrendForecast(t *testing.T) {
+	tr := newTrend(time.Hour)
+	t0 := time.Unix(0, 0)
+	for i := 0; i <= 10; i++ {
+		tr.add(t0.Add(time.Duration(i)*time.Minute), 100+6*i) // 6 per minute = 360 per hour
+	}
+	slope, span, ok := tr.perHour()
+	if !ok || math.Abs(slope-360) > 1e-6 || span != 10*time.Minute {
+		t.Fatalf("slope %v span %v ok %v", slope, span, ok)
+	}
+	d, ok := timeToExhaustion(720, slope)
+	if !ok || d != 2*time.Hour {
+		t.Fatalf("eta %v %v", d, ok)
+	}
+	if _, ok := timeToExhaustion(720, -5); ok {
+		t.Fatal("shrinking subnet must not run out")
+	}
+	short := newTrend(time.Hour)
+	short.add(t0, 1)
+	short.add(t0.Add(time.Second), 2)
+	if _, _, ok := short.perHour(); ok {
+		t.Fatal("too little history must give no slope")
+	}
+	// Window drops old samples.
+	tr.add(t0.Add(3*time.Hour), 100)
+	if len(tr.samples) != 1 {
+		t.Fatalf("window: %d samples", len(tr.samples))
+	}
+}

@@ -1,0 +1,426 @@
+// Package config owns ipledger-server's configuration: the defaults, the flags, the matching
+// IPLEDGER_* environment variables, the optional YAML/JSON file, and validation that names the
+// bad setting. Precedence, lowest first: defaults, file, environment, flags. It never starts
+// anything.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Config is everything ipledger-server can be told.
+type Config struct {
+	// Dev runs embedded etcd and the in-process EC2 simulator: no setup at all.
+	Dev bool `json:"dev"`
+	// DataDir holds embedded etcd's data (and, with --dev, the generated certificates).
+	DataDir string `json:"data_dir"`
+	// ClusterName scopes etcd keys (/ipledger/<name>/) and the ipledger.io/cluster ENI tag.
+	ClusterName string `json:"cluster_name"`
+
+	// EtcdEndpoints selects an external etcd cluster; empty means embedded etcd in DataDir.
+	EtcdEndpoints []string `json:"etcd_endpoints"`
+	EtcdCAFile    string   `json:"etcd_ca_file"`
+	EtcdCertFile  string   `json:"etcd_cert_file"`
+	EtcdKeyFile   string   `json:"etcd_key_file"`
+	// SessionTTL is the leader's etcd session lease: a dead leader is replaced after at most this.
+	SessionTTL Duration `json:"session_ttl"`
+
+	// Region and EC2Endpoint select EC2. EC2Endpoint "" uses AWS's endpoint for the region.
+	Region      string `json:"region"`
+	EC2Endpoint string `json:"ec2_endpoint"`
+	// EC2Buckets overrides EC2's default token buckets for accounts with raised limits
+	// (file only).
+	EC2Buckets []BucketOverride `json:"ec2_buckets"`
+	// SecurityGroups for ENIs ipledger creates; empty copies the node's primary ENI's groups.
+	SecurityGroups []string `json:"security_groups"`
+
+	// GRPCListen serves NodeService and AdminService; HTTPListen serves /metrics, /healthz,
+	// /readyz and the dashboard.
+	GRPCListen string `json:"grpc_listen"`
+	HTTPListen string `json:"http_listen"`
+	// AdvertiseAddress is the gRPC address other replicas send agents to when this replica
+	// leads. Default: GRPCListen when it names a host, else $POD_IP with GRPCListen's port.
+	AdvertiseAddress string `json:"advertise_address"`
+
+	// PolicyFile holds node group policies (YAML or JSON list of NodePolicy objects); applied by
+	// the leader when it takes over.
+	PolicyFile string `json:"policy_file"`
+
+	// ReleaseDelay is how long surplus must last before it is proposed for release (a policy
+	// may override it).
+	ReleaseDelay Duration `json:"release_delay"`
+	// ReleaseCooldown is how long an address unassigned from EC2 waits before another node gets it.
+	ReleaseCooldown Duration `json:"release_cooldown"`
+	// ProposalTimeout cancels a release proposal the agent has not answered.
+	ProposalTimeout Duration `json:"proposal_timeout"`
+	// ReconcileInterval is how often the leader compares its state with EC2.
+	ReconcileInterval Duration `json:"reconcile_interval"`
+	// InstanceCheckInterval is how often the leader looks for terminated instances.
+	InstanceCheckInterval Duration `json:"instance_check_interval"`
+	// ENIGCGrace is how long an unowned ENI tagged for the cluster must exist before it is deleted.
+	ENIGCGrace Duration `json:"eni_gc_grace"`
+
+	// TimeScale speeds the EC2 simulator and the limiter's pacing alike (dev and tests only).
+	TimeScale float64 `json:"time_scale"`
+	// SimScenario, SimSeed and SimThrottle configure the in-process simulator of --dev.
+	SimScenario string `json:"sim_scenario"`
+	SimSeed     int64  `json:"sim_seed"`
+	SimThrottle bool   `json:"sim_throttle"`
+
+	LogLevel  string `json:"log_level"`
+	LogFormat string `json:"log_format"`
+}
+
+// BucketOverride replaces one of EC2's token buckets.
+type BucketOverride struct {
+	Name            string   `json:"name"`
+	Capacity        int      `json:"capacity"`
+	RefillPerSecond float64  `json:"refill_per_second"`
+	Actions         []string `json:"actions,omitempty"`
+}
+
+// Duration is a time.Duration that reads "30s" from files and flags.
+type Duration time.Duration
+
+// D returns the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// MarshalJSON writes the duration as a string.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return []byte(`"` + time.Duration(d).String() + `"`), nil
+}
+
+// UnmarshalJSON reads "30s" (or a number of seconds).
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	s := strings.Trim(string(b), `"`)
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("invalid duration %q (want e.g. \"30s\")", s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Default returns the production defaults.
+func Default() Config {
+	return Config{
+		DataDir:               defaultDataDir(),
+		SessionTTL:            Duration(5 * time.Second),
+		GRPCListen:            "127.0.0.1:7400",
+		HTTPListen:            "127.0.0.1:7401",
+		ReleaseDelay:          Duration(60 * time.Second),
+		ReleaseCooldown:       Duration(30 * time.Second),
+		ProposalTimeout:       Duration(60 * time.Second),
+		ReconcileInterval:     Duration(5 * time.Minute),
+		InstanceCheckInterval: Duration(60 * time.Second),
+		ENIGCGrace:            Duration(2 * time.Minute),
+		TimeScale:             1,
+		SimSeed:               1,
+		SimThrottle:           true,
+		LogLevel:              "info",
+		LogFormat:             "text",
+	}
+}
+
+func defaultDataDir() string {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "ipledger")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".local", "state", "ipledger")
+	}
+	return filepath.Join(os.TempDir(), "ipledger")
+}
+
+// setting binds one flag (and its environment variable) to a Config field.
+type setting struct {
+	name  string
+	usage string
+	bind  func(fs *flag.FlagSet, c *Config)
+}
+
+func settings() []setting {
+	str := func(name, usage string, field func(*Config) *string) setting {
+		return setting{name, usage, func(fs *flag.FlagSet, c *Config) { fs.StringVar(field(c), name, *field(c), usage) }}
+	}
+	boolean := func(name, usage string, field func(*Config) *bool) setting {
+		return setting{name, usage, func(fs *flag.FlagSet, c *Config) { fs.BoolVar(field(c), name, *field(c), usage) }}
+	}
+	dur := func(name, usage string, field func(*Config) *Duration) setting {
+		return setting{name, usage, func(fs *flag.FlagSet, c *Config) {
+			fs.DurationVar((*time.Duration)(field(c)), name, field(c).D(), usage)
+		}}
+	}
+	list := func(name, usage string, field func(*Config) *[]string) setting {
+		return setting{name, usage, func(fs *flag.FlagSet, c *Config) { fs.Var((*listValue)(field(c)), name, usage) }}
+	}
+	return []setting{
+		boolean("dev", "run embedded etcd and the in-process EC2 simulator (no setup at all)", func(c *Config) *bool { return &c.Dev }),
+		str("data-dir", "directory for embedded etcd data and dev certificates", func(c *Config) *string { return &c.DataDir }),
+		str("cluster-name", "cluster name: etcd key prefix /ipledger/<name>/ and the ipledger.io/cluster ENI tag", func(c *Config) *string { return &c.ClusterName }),
+		list("etcd-endpoints", "comma-separated external etcd endpoints (empty: embedded etcd)", func(c *Config) *[]string { return &c.EtcdEndpoints }),
+		str("etcd-ca-file", "CA bundle for external etcd TLS", func(c *Config) *string { return &c.EtcdCAFile }),
+		str("etcd-cert-file", "client certificate for external etcd", func(c *Config) *string { return &c.EtcdCertFile }),
+		str("etcd-key-file", "client key for external etcd", func(c *Config) *string { return &c.EtcdKeyFile }),
+		dur("session-ttl", "leader session lease TTL (a dead leader is replaced after at most this)", func(c *Config) *Duration { return &c.SessionTTL }),
+		str("region", "AWS region (default: from the AWS configuration chain)", func(c *Config) *string { return &c.Region }),
+		str("ec2-endpoint", "EC2 endpoint URL (empty: AWS's endpoint for the region)", func(c *Config) *string { return &c.EC2Endpoint }),
+		list("security-groups", "comma-separated security groups for new ENIs (empty: copy the node's primary ENI)", func(c *Config) *[]string { return &c.SecurityGroups }),
+		str("grpc-listen", "address for NodeService and AdminService", func(c *Config) *string { return &c.GRPCListen }),
+		str("http-listen", "address for /metrics, /healthz, /readyz and the dashboard", func(c *Config) *string { return &c.HTTPListen }),
+		str("advertise-address", "gRPC address agents are sent to when this replica leads", func(c *Config) *string { return &c.AdvertiseAddress }),
+		str("policy-file", "YAML or JSON file of node group policies, applied when this replica takes over", func(c *Config) *string { return &c.PolicyFile }),
+		dur("release-delay", "how long surplus lasts before it is proposed for release", func(c *Config) *Duration { return &c.ReleaseDelay }),
+		dur("release-cooldown", "how long an unassigned address waits before another node gets it", func(c *Config) *Duration { return &c.ReleaseCooldown }),
+		dur("proposal-timeout", "cancel a release proposal the agent has not answered after this", func(c *Config) *Duration { return &c.ProposalTimeout }),
+		dur("reconcile-interval", "how often the leader compares its state with EC2", func(c *Config) *Duration { return &c.ReconcileInterval }),
+		dur("instance-check-interval", "how often the leader looks for terminated instances", func(c *Config) *Duration { return &c.InstanceCheckInterval }),
+		dur("eni-gc-grace", "age before an unowned ENI tagged for the cluster is deleted", func(c *Config) *Duration { return &c.ENIGCGrace }),
+		{"time-scale", "speed factor for the EC2 simulator and limiter pacing (dev and tests only)", func(fs *flag.FlagSet, c *Config) {
+			fs.Float64Var(&c.TimeScale, "time-scale", c.TimeScale, "speed factor for the EC2 simulator and limiter pacing (dev and tests only)")
+		}},
+		str("sim-scenario", "scenario file for the in-process EC2 simulator (--dev)", func(c *Config) *string { return &c.SimScenario }),
+		{"sim-seed", "random seed of the in-process EC2 simulator (--dev)", func(fs *flag.FlagSet, c *Config) {
+			fs.Int64Var(&c.SimSeed, "sim-seed", c.SimSeed, "random seed of the in-process EC2 simulator (--dev)")
+		}},
+		boolean("sim-throttle", "EC2 throttling in the in-process simulator (--dev)", func(c *Config) *bool { return &c.SimThrottle }),
+		str("log-level", "debug, info, warn or error", func(c *Config) *string { return &c.LogLevel }),
+		str("log-format", "text or json", func(c *Config) *string { return &c.LogFormat }),
+	}
+}
+
+// EnvName is the environment variable that sets a flag: IPLEDGER_ + upper-case name with
+// dashes as underscores ("etcd-endpoints" -> IPLEDGER_ETCD_ENDPOINTS).
+func EnvName(flagName string) string {
+	return "IPLEDGER_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// Load builds the configuration from defaults, the file named by --config (or
+// IPLEDGER_CONFIG), the environment and the flags in args, then validates it. The returned
+// FlagSet is for --help output.
+func Load(name string, args []string, getenv func(string) string) (Config, error) {
+	// First pass: find --config and which flags were given, on a scratch Config.
+	scratch := Default()
+	fs1 := newFlagSet(name, &scratch)
+	var configPath string
+	fs1.StringVar(&configPath, "config", getenv("IPLEDGER_CONFIG"), "YAML or JSON configuration file (env IPLEDGER_CONFIG)")
+	if err := fs1.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs1.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected argument %q", fs1.Arg(0))
+	}
+	given := map[string]string{}
+	fs1.Visit(func(f *flag.Flag) { given[f.Name] = f.Value.String() })
+
+	cfg := Default()
+	if configPath != "" {
+		if err := loadFile(configPath, &cfg); err != nil {
+			return Config{}, err
+		}
+	}
+	fs2 := newFlagSet(name, &cfg)
+	for _, s := range settings() {
+		if v := getenv(EnvName(s.name)); v != "" {
+			if err := fs2.Set(s.name, v); err != nil {
+				return Config{}, fmt.Errorf("%s: %w", EnvName(s.name), err)
+			}
+		}
+	}
+	for n, v := range given {
+		if n == "config" {
+			continue
+		}
+		if err := fs2.Set(n, v); err != nil {
+			return Config{}, fmt.Errorf("--%s: %w", n, err)
+		}
+	}
+	cfg.applyDevDefaults(given, getenv)
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// FlagSet returns the flags (for usage output).
+func FlagSet(name string) *flag.FlagSet {
+	c := Default()
+	fs := newFlagSet(name, &c)
+	fs.String("config", "", "YAML or JSON configuration file (env IPLEDGER_CONFIG)")
+	return fs
+}
+
+func newFlagSet(name string, c *Config) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	for _, s := range settings() {
+		s.bind(fs, c)
+	}
+	return fs
+}
+
+func loadFile(path string, cfg *Config) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config file: %w", err)
+	}
+	if err := yaml.UnmarshalStrict(b, cfg); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	return nil
+}
+
+// applyDevDefaults fills what --dev implies and the user did not set.
+func (c *Config) applyDevDefaults(given map[string]string, getenv func(string) string) {
+	if !c.Dev {
+		return
+	}
+	set := func(name string) bool { _, ok := given[name]; return ok || getenv(EnvName(name)) != "" }
+	if c.ClusterName == "" {
+		c.ClusterName = "dev"
+	}
+	if c.Region == "" && !set("region") {
+		c.Region = "eu-west-1"
+	}
+}
+
+var clusterNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+
+// Validate checks every setting and names the first bad one.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(setting, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("invalid setting %s: %s", setting, fmt.Sprintf(format, args...)))
+	}
+	if !clusterNameRE.MatchString(c.ClusterName) {
+		bad("cluster-name", "%q must be a DNS-1123 label (lower-case letters, digits, '-', at most 63)", c.ClusterName)
+	}
+	if len(c.EtcdEndpoints) == 0 && c.DataDir == "" {
+		bad("data-dir", "required for embedded etcd (no --etcd-endpoints given)")
+	}
+	for _, e := range c.EtcdEndpoints {
+		if e == "" || strings.ContainsAny(e, " \t") {
+			bad("etcd-endpoints", "empty or malformed endpoint %q", e)
+		}
+	}
+	if (c.EtcdCertFile == "") != (c.EtcdKeyFile == "") {
+		bad("etcd-cert-file", "etcd-cert-file and etcd-key-file go together")
+	}
+	if !c.Dev && c.Region == "" {
+		bad("region", "required outside --dev (or set AWS_REGION and pass it as IPLEDGER_REGION)")
+	}
+	if c.EC2Endpoint != "" && !strings.HasPrefix(c.EC2Endpoint, "http://") && !strings.HasPrefix(c.EC2Endpoint, "https://") {
+		bad("ec2-endpoint", "%q must be an http:// or https:// URL", c.EC2Endpoint)
+	}
+	for _, sg := range c.SecurityGroups {
+		if !strings.HasPrefix(sg, "sg-") {
+			bad("security-groups", "%q is not a security group id (sg-...)", sg)
+		}
+	}
+	for i, b := range c.EC2Buckets {
+		if b.Name == "" || b.Capacity <= 0 || b.RefillPerSecond <= 0 {
+			bad("ec2_buckets", "entry %d needs a name, capacity > 0 and refill_per_second > 0", i)
+		}
+	}
+	if err := checkListen(c.GRPCListen); err != nil {
+		bad("grpc-listen", "%v", err)
+	}
+	if err := checkListen(c.HTTPListen); err != nil {
+		bad("http-listen", "%v", err)
+	}
+	if c.AdvertiseAddress != "" {
+		if _, _, err := net.SplitHostPort(c.AdvertiseAddress); err != nil {
+			bad("advertise-address", "%q is not host:port", c.AdvertiseAddress)
+		}
+	}
+	positive := map[string]Duration{
+		"session-ttl": c.SessionTTL, "release-cooldown": c.ReleaseCooldown, "proposal-timeout": c.ProposalTimeout,
+		"reconcile-interval": c.ReconcileInterval, "instance-check-interval": c.InstanceCheckInterval, "eni-gc-grace": c.ENIGCGrace,
+	}
+	for name, d := range positive {
+		if d <= 0 {
+			bad(name, "must be positive, got %s", d.D())
+		}
+	}
+	if c.SessionTTL.D()%time.Second != 0 {
+		bad("session-ttl", "must be whole seconds (etcd lease granularity), got %s", c.SessionTTL.D())
+	}
+	if c.ReleaseDelay < 0 {
+		bad("release-delay", "must not be negative")
+	}
+	if c.TimeScale < 1 || c.TimeScale > 1000 {
+		bad("time-scale", "must be between 1 and 1000, got %g", c.TimeScale)
+	}
+	if c.TimeScale != 1 && !c.Dev && c.EC2Endpoint == "" {
+		bad("time-scale", "only makes sense against the EC2 simulator (--dev or --ec2-endpoint)")
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log-level", "%q is not one of debug, info, warn, error", c.LogLevel)
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		bad("log-format", "%q is not text or json", c.LogFormat)
+	}
+	return errors.Join(errs...)
+}
+
+func checkListen(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port", addr)
+	}
+	if host != "" {
+		if _, err := netip.ParseAddr(host); err != nil && host != "localhost" {
+			return fmt.Errorf("%q: host must be an IP address or localhost", addr)
+		}
+	}
+	if port == "" {
+		return fmt.Errorf("%q: port missing", addr)
+	}
+	return nil
+}
+
+// Advertise returns the address other replicas send agents to.
+func (c Config) Advertise(boundGRPC string, getenv func(string) string) string {
+	if c.AdvertiseAddress != "" {
+		return c.AdvertiseAddress
+	}
+	host, port, err := net.SplitHostPort(boundGRPC)
+	if err != nil {
+		return boundGRPC
+	}
+	if ip, err := netip.ParseAddr(host); err == nil && ip.IsUnspecified() || host == "" {
+		if podIP := getenv("POD_IP"); podIP != "" {
+			return net.JoinHostPort(podIP, port)
+		}
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// listValue is a comma-separated list flag.
+type listValue []string
+
+func (l *listValue) String() string { return strings.Join(*l, ",") }
+
+func (l *listValue) Set(s string) error {
+	*l = nil
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*l = append(*l, p)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,95 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func TestDevNeedsNothing(t *testing.T) {
+	c, err := Load("ipledger-server", []string{"--dev", "--data-dir", t.TempDir()}, env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ClusterName != "dev" || c.Region != "eu-west-1" || !c.SimThrottle {
+		t.Fatalf("dev defaults not applied: %+v", c)
+	}
+}
+
+func TestPrecedenceDefaultsFileEnvFlags(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "c.yaml")
+	os.WriteFile(file, []byte("cluster_name: fromfile\nregion: eu-west-1\nrelease_delay: 10s\netcd_endpoints: [http://127.0.0.1:1]\ngrpc_listen: 127.0.0.1:9000\n"), 0o600)
+	c, err := Load("s", []string{"--config", file, "--grpc-listen", "127.0.0.1:9100"},
+		env(map[string]string{"IPLEDGER_RELEASE_DELAY": "20s", "IPLEDGER_GRPC_LISTEN": "127.0.0.1:9050"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ClusterName != "fromfile" {
+		t.Errorf("file not applied: %q", c.ClusterName)
+	}
+	if c.ReleaseDelay.D() != 20*time.Second {
+		t.Errorf("env must beat file: %s", c.ReleaseDelay.D())
+	}
+	if c.GRPCListen != "127.0.0.1:9100" {
+		t.Errorf("flag must beat env: %s", c.GRPCListen)
+	}
+	if len(c.EtcdEndpoints) != 1 || c.EtcdEndpoints[0] != "http://127.0.0.1:1" {
+		t.Errorf("list from file: %v", c.EtcdEndpoints)
+	}
+	if c.ReleaseCooldown.D() != 30*time.Second {
+		t.Errorf("default lost: %s", c.ReleaseCooldown.D())
+	}
+}
+
+func TestInvalidConfigNamesTheSetting(t *testing.T) {
+	dir := t.TempDir()
+	unknown := filepath.Join(dir, "u.yaml")
+	os.WriteFile(unknown, []byte("cluster_name: a\nno_such_setting: 1\n"), 0o600)
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"bad cluster name", []string{"--dev", "--cluster-name", "Bad_Name"}, nil, "cluster-name"},
+		{"no region outside dev", []string{"--cluster-name", "c", "--etcd-endpoints", "http://127.0.0.1:2379"}, nil, "region"},
+		{"bad listen", []string{"--dev", "--grpc-listen", "nonsense"}, nil, "grpc-listen"},
+		{"bad duration env", []string{"--dev"}, map[string]string{"IPLEDGER_RELEASE_COOLDOWN": "soon"}, "IPLEDGER_RELEASE_COOLDOWN"},
+		{"zero cooldown", []string{"--dev", "--release-cooldown", "0s"}, nil, "release-cooldown"},
+		{"fractional ttl", []string{"--dev", "--session-ttl", "1500ms"}, nil, "session-ttl"},
+		{"unknown file key", []string{"--dev", "--config", unknown}, nil, "no_such_setting"},
+		{"bad sg", []string{"--dev", "--security-groups", "default"}, nil, "security-groups"},
+		{"time scale without sim", []string{"--cluster-name", "c", "--region", "eu-west-1", "--time-scale", "10"}, nil, "time-scale"},
+		{"stray argument", []string{"--dev", "extra"}, nil, "unexpected argument"},
+		{"cert without key", []string{"--dev", "--etcd-cert-file", "/x"}, nil, "etcd-cert-file"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Load("s", append(tc.args, "--data-dir", dir), env(tc.env))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("want error naming %q, got %v", tc.want, err)
+			}
+		})
+	}
+}
+
+func TestAdvertise(t *testing.T) {
+	c := Default()
+	if got := c.Advertise("127.0.0.1:7400", env(nil)); got != "127.0.0.1:7400" {
+		t.Fatal(got)
+	}
+	if got := c.Advertise("0.0.0.0:7400", env(map[string]string{"POD_IP": "10.1.2.3"})); got != "10.1.2.3:7400" {
+		t.Fatal(got)
+	}
+	c.AdvertiseAddress = "srv:1"
+	if got := c.Advertise("0.0.0.0:7400", env(nil)); got != "srv:1" {
+		t.Fatal(got)
+	}
+}
