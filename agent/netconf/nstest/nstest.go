@@ -1,0 +1,130 @@
+// Package nstest creates network namespaces for tests that need real networking (the node
+// namespace of a simulated node, pod namespaces inside it) and removes them when the test ends,
+// even when it fails. Tests that cannot create namespaces (not root) are skipped with a clear
+// reason.
+//
+// It must never be imported by non-test code, and never changes the namespace the test runs in.
+package nstest
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// RequireRoot skips the test unless it runs as root.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("skipped: needs root to create network namespaces (run `go test` as root)")
+	}
+}
+
+// RequireIPNetns skips the test unless `ip netns exec` can be used (iproute2 installed).
+func RequireIPNetns(t testing.TB) {
+	t.Helper()
+	RequireRoot(t)
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("skipped: `ip` (iproute2) is not installed; `ip netns exec` is needed")
+	}
+}
+
+// New creates a persistent network namespace under /var/run/netns (so `ip netns exec <Name>`
+// works) with its loopback up, and removes it in t.Cleanup.
+func New(t testing.TB) ns.NetNS {
+	t.Helper()
+	RequireRoot(t)
+	n, err := testutils.NewNS()
+	if err != nil {
+		if errors.Is(err, unix.EPERM) || strings.Contains(err.Error(), "operation not permitted") {
+			t.Skipf("skipped: cannot create a network namespace here: %v", err)
+		}
+		t.Fatalf("create network namespace: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = n.Close()
+		if err := testutils.UnmountNS(n); err != nil {
+			t.Errorf("remove network namespace %s: %v", n.Path(), err)
+		}
+	})
+	err = n.Do(func(ns.NetNS) error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(lo)
+	})
+	if err != nil {
+		t.Fatalf("bring up lo in %s: %v", n.Path(), err)
+	}
+	return n
+}
+
+// Name is the namespace's name for `ip netns exec`.
+func Name(n ns.NetNS) string { return filepath.Base(n.Path()) }
+
+// Handle returns a netlink handle bound to the namespace, closed in t.Cleanup.
+func Handle(t testing.TB, n ns.NetNS) *netlink.Handle {
+	t.Helper()
+	h, err := netlink.NewHandleAt(netns.NsHandle(int(n.Fd()))) // the NetNS keeps the fd open
+	if err != nil {
+		t.Fatalf("netlink handle in %s: %v", n.Path(), err)
+	}
+	t.Cleanup(h.Close)
+	return h
+}
+
+// GuardRootNS records, in the namespace the test runs in (the machine's), the policy rules at
+// the pod priorities 512 and 1536 and the links whose names start with one of prefixes, and fails
+// the test in t.Cleanup if they changed: tests must only change namespaces they created.
+func GuardRootNS(t testing.TB, prefixes ...string) {
+	t.Helper()
+	before, err := rootState(prefixes)
+	if err != nil {
+		t.Fatalf("snapshot of the test's own namespace: %v", err)
+	}
+	t.Cleanup(func() {
+		after, err := rootState(prefixes)
+		if err != nil {
+			t.Errorf("snapshot of the test's own namespace: %v", err)
+			return
+		}
+		if strings.Join(before, "\n") != strings.Join(after, "\n") {
+			t.Errorf("the test changed its own (root) namespace:\nbefore: %q\nafter:  %q", before, after)
+		}
+	})
+}
+
+func rootState(prefixes []string) ([]string, error) {
+	var out []string
+	rules, err := netlink.RuleList(netlink.FAMILY_V4)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range rules {
+		if r.Priority == 512 || r.Priority == 1536 {
+			out = append(out, r.String())
+		}
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range links {
+		for _, p := range prefixes {
+			if strings.HasPrefix(l.Attrs().Name, p) {
+				out = append(out, "link "+l.Attrs().Name)
+			}
+		}
+	}
+	return out, nil
+}
