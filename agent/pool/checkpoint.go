@@ -1,0 +1,334 @@
+package pool
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+)
+
+// checkpointFormat is the version of the on-disk format. JSON field names are part of it:
+// add fields, never rename them.
+const checkpointFormat = 1
+
+// envelope is the checkpoint file: the data and a checksum over its compact JSON, so a torn or
+// edited file is recognised instead of trusted.
+type envelope struct {
+	Format int             `json:"format"`
+	SHA256 string          `json:"sha256"`
+	Data   json.RawMessage `json:"data"`
+}
+
+type cpData struct {
+	NodeName    string          `json:"node_name,omitempty"`
+	InstanceID  string          `json:"instance_id,omitempty"`
+	SavedAt     time.Time       `json:"saved_at"`
+	Generation  uint64          `json:"generation"`
+	Pool        json.RawMessage `json:"pool,omitempty"` // protojson of the applied NodePool
+	AddsTotal   uint64          `json:"adds_total"`
+	Assignments []cpAssignment  `json:"assignments"`
+	Locks       []cpLock        `json:"locks"`
+	Released    []cpReleased    `json:"released"`
+}
+
+type cpAssignment struct {
+	ContainerID  string     `json:"container_id"`
+	IfName       string     `json:"ifname"`
+	IP           netip.Addr `json:"ip"`
+	PodNamespace string     `json:"pod_namespace,omitempty"`
+	PodName      string     `json:"pod_name,omitempty"`
+	PodUID       string     `json:"pod_uid,omitempty"`
+	AssignedAt   time.Time  `json:"assigned_at"`
+	Leased       bool       `json:"leased"`
+	ENIID        string     `json:"eni_id"`
+	ENIMAC       string     `json:"eni_mac,omitempty"`
+	DeviceIndex  uint32     `json:"device_index"`
+	SubnetID     string     `json:"subnet_id,omitempty"`
+	SubnetCIDR   string     `json:"subnet_cidr,omitempty"`
+	ENIPrimaryIP string     `json:"eni_primary_ip,omitempty"`
+}
+
+type cpLock struct {
+	Item       string    `json:"item"`
+	ProposalID string    `json:"proposal_id"`
+	Generation uint64    `json:"generation"`
+	LockedAt   time.Time `json:"locked_at"`
+}
+
+type cpReleased struct {
+	IP         netip.Addr `json:"ip"`
+	ReleasedAt time.Time  `json:"released_at"`
+	CoolUntil  time.Time  `json:"cool_until,omitzero"`
+}
+
+// Path returns the checkpoint file.
+func (p *Pool) Path() string { return p.cfg.CheckpointPath }
+
+// persist makes sure the checkpoint on disk holds at least version v. Callers that arrive while
+// another writes wait and usually find their change written by it (group commit).
+func (p *Pool) persist(v uint64) error {
+	p.persistMu.Lock()
+	defer p.persistMu.Unlock()
+	if p.durable >= v {
+		return nil
+	}
+	p.mu.Lock()
+	data, err := p.encodeLocked()
+	cur := p.version
+	p.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("pool: encode checkpoint: %w", err)
+	}
+	if err := writeFileAtomic(p.cfg.CheckpointPath, data); err != nil {
+		return fmt.Errorf("pool: write checkpoint: %w", err)
+	}
+	p.durable = cur
+	return nil
+}
+
+// Flush writes the checkpoint if anything changed since the last successful write.
+func (p *Pool) Flush() error {
+	p.mu.Lock()
+	v := p.version
+	p.mu.Unlock()
+	return p.persist(v)
+}
+
+func (p *Pool) encodeLocked() ([]byte, error) {
+	d := cpData{
+		NodeName:    p.cfg.NodeName,
+		InstanceID:  p.cfg.InstanceID,
+		SavedAt:     p.cfg.Now().UTC(),
+		Generation:  p.generation,
+		AddsTotal:   p.addsTotal,
+		Assignments: []cpAssignment{},
+		Locks:       []cpLock{},
+		Released:    []cpReleased{},
+	}
+	if p.np != nil {
+		b, err := protojson.Marshal(p.np)
+		if err != nil {
+			return nil, err
+		}
+		d.Pool = b
+	}
+	for _, s := range p.slots {
+		if s.holder != nil {
+			d.Assignments = append(d.Assignments, cpAssignment{
+				ContainerID: s.holder.key.ContainerID, IfName: s.holder.key.IfName, IP: s.ip,
+				PodNamespace: s.holder.pod.Namespace, PodName: s.holder.pod.Name, PodUID: s.holder.pod.UID,
+				AssignedAt: s.holder.assignedAt.UTC(), Leased: s.leased,
+				ENIID: s.eni.ID, ENIMAC: s.eni.MAC, DeviceIndex: s.eni.DeviceIndex, SubnetID: s.eni.SubnetID,
+				SubnetCIDR: s.eni.SubnetCIDR, ENIPrimaryIP: s.eni.PrimaryIP,
+			})
+		} else if !s.releasedAt.IsZero() {
+			d.Released = append(d.Released, cpReleased{IP: s.ip, ReleasedAt: s.releasedAt.UTC(), CoolUntil: s.coolUntil.UTC()})
+		}
+	}
+	for item, l := range p.locks {
+		d.Locks = append(d.Locks, cpLock{Item: item, ProposalID: l.proposalID, Generation: l.generation, LockedAt: l.lockedAt.UTC()})
+	}
+	slices.SortFunc(d.Assignments, func(a, b cpAssignment) int { return a.IP.Compare(b.IP) })
+	slices.SortFunc(d.Released, func(a, b cpReleased) int { return a.IP.Compare(b.IP) })
+	slices.SortFunc(d.Locks, func(a, b cpLock) int { return strings.Compare(a.Item, b.Item) })
+	data, err := json.Marshal(d)
+	if err != nil {
+		return nil, err
+	}
+	return seal(data)
+}
+
+// seal wraps compact JSON data in the envelope with its checksum.
+func seal(data []byte) ([]byte, error) {
+	sum := sha256.Sum256(data)
+	return json.Marshal(envelope{Format: checkpointFormat, SHA256: hex.EncodeToString(sum[:]), Data: data})
+}
+
+// load reads the checkpoint into the empty pool. A missing file is a cold start.
+func (p *Pool) load() error {
+	path := p.cfg.CheckpointPath
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("pool: create checkpoint directory: %w", err)
+	}
+	raw, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		p.log.Info("no checkpoint: cold start", "path", path)
+		removeTemps(path)
+		return nil
+	case err != nil:
+		return fmt.Errorf("pool: read checkpoint %s: %w", path, err)
+	}
+	if err := p.decode(raw); err != nil {
+		return fmt.Errorf("%w %s: %w (move it away to start without it, losing the pods' assignments)", ErrCorruptCheckpoint, path, err)
+	}
+	// Leftovers of a write that crashed before its rename; the checkpoint itself is intact.
+	removeTemps(path)
+	p.durable = p.version
+	p.log.Info("checkpoint loaded", "path", path, "generation", p.generation,
+		"assignments", len(p.byKey), "locks", len(p.locks))
+	return nil
+}
+
+func (p *Pool) decode(raw []byte) error {
+	var env envelope
+	if err := json.Unmarshal(raw, &env); err != nil {
+		return fmt.Errorf("not JSON: %w", err)
+	}
+	if env.Format != checkpointFormat {
+		return fmt.Errorf("format %d, want %d", env.Format, checkpointFormat)
+	}
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, env.Data); err != nil {
+		return fmt.Errorf("data: %w", err)
+	}
+	sum := sha256.Sum256(compact.Bytes())
+	if hex.EncodeToString(sum[:]) != env.SHA256 {
+		return errors.New("checksum mismatch")
+	}
+	var d cpData
+	dec := json.NewDecoder(bytes.NewReader(compact.Bytes()))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&d); err != nil {
+		return fmt.Errorf("data: %w", err)
+	}
+	if p.cfg.NodeName != "" && d.NodeName != "" && d.NodeName != p.cfg.NodeName {
+		return fmt.Errorf("%w: checkpoint of node %q, this is node %q", ErrWrongIdentity, d.NodeName, p.cfg.NodeName)
+	}
+	if p.cfg.InstanceID != "" && d.InstanceID != "" && d.InstanceID != p.cfg.InstanceID {
+		return fmt.Errorf("%w: checkpoint of instance %q, this is instance %q", ErrWrongIdentity, d.InstanceID, p.cfg.InstanceID)
+	}
+	var built []*slot
+	var np *ipledgerv1.NodePool
+	if len(d.Pool) > 0 {
+		np = &ipledgerv1.NodePool{}
+		if err := protojson.Unmarshal(d.Pool, np); err != nil {
+			return fmt.Errorf("pool: %w", err)
+		}
+		var err error
+		if built, err = p.buildSlots(np); err != nil {
+			return err
+		}
+		if np.GetGeneration() != d.Generation {
+			return fmt.Errorf("generation %d but pool generation %d", d.Generation, np.GetGeneration())
+		}
+	}
+	slots := make(map[netip.Addr]*slot, len(built))
+	for _, s := range built {
+		slots[s.ip] = s
+	}
+	byKey := map[Key]*slot{}
+	for _, a := range d.Assignments {
+		key := Key{ContainerID: a.ContainerID, IfName: a.IfName}
+		if key.ContainerID == "" || key.IfName == "" || !a.IP.Is4() {
+			return fmt.Errorf("assignment %q/%q %v: incomplete", a.ContainerID, a.IfName, a.IP)
+		}
+		if _, dup := byKey[key]; dup {
+			return fmt.Errorf("attachment %s assigned twice", key)
+		}
+		h := &assignment{key: key, pod: PodInfo{Namespace: a.PodNamespace, Name: a.PodName, UID: a.PodUID}, assignedAt: a.AssignedAt}
+		s, ok := slots[a.IP]
+		if !ok {
+			s = &slot{ip: a.IP, item: a.IP.String(), eni: ENI{ID: a.ENIID, MAC: a.ENIMAC, DeviceIndex: a.DeviceIndex,
+				SubnetID: a.SubnetID, SubnetCIDR: a.SubnetCIDR, PrimaryIP: a.ENIPrimaryIP}}
+			slots[a.IP] = s
+		}
+		if s.holder != nil {
+			return fmt.Errorf("address %s assigned to %s and %s", a.IP, s.holder.key, key)
+		}
+		s.holder = h
+		byKey[key] = s
+	}
+	for _, r := range d.Released {
+		if s, ok := slots[r.IP]; ok && s.leased && s.holder == nil {
+			s.releasedAt = r.ReleasedAt
+			s.coolUntil = r.CoolUntil
+		}
+	}
+	locks := map[string]lock{}
+	for _, l := range d.Locks {
+		if l.Item == "" {
+			return errors.New("lock without item")
+		}
+		locks[l.Item] = lock{proposalID: l.ProposalID, generation: l.Generation, lockedAt: l.LockedAt}
+	}
+
+	p.np = np
+	p.generation = d.Generation
+	p.slots = slots
+	p.order = built
+	p.byKey = byKey
+	p.locks = locks
+	p.addsTotal = d.AddsTotal
+	p.recountLocked()
+	for _, s := range slots {
+		if s.holder != nil && !s.leased {
+			p.log.Error("checkpointed assignment is not in the checkpointed pool; keeping it for the pod",
+				"ip", s.ip, "container", s.holder.key.ContainerID, "ifname", s.holder.key.IfName)
+		}
+	}
+	return nil
+}
+
+// writeFileAtomic replaces path with data: a temp file in the same directory, fsync, rename
+// over path, fsync of the directory. A crash at any point leaves either the old or the new file.
+func writeFileAtomic(path string, data []byte) (err error) {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			_ = os.Remove(tmp)
+		}
+	}()
+	if _, err = f.Write(data); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	if err = os.Rename(tmp, path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = d.Close() }()
+	return d.Sync()
+}
+
+// removeTemps deletes temp files left by writes that crashed before their rename.
+func removeTemps(path string) {
+	matches, _ := filepath.Glob(filepath.Join(filepath.Dir(path), filepath.Base(path)+".tmp-*"))
+	for _, m := range matches {
+		_ = os.Remove(m)
+	}
+}
+
+func cloneNodePool(np *ipledgerv1.NodePool) *ipledgerv1.NodePool {
+	return proto.Clone(np).(*ipledgerv1.NodePool)
+}
