@@ -1,0 +1,428 @@
+package ec2gw
+
+import (
+	"context"
+	"errors"
+	"math"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+)
+
+// manualClock is a clock that moves only when the test advances it; timers due by then run
+// synchronously inside Advance.
+type manualClock struct {
+	mu     sync.Mutex
+	now    time.Time
+	timers []*manualTimer
+}
+
+type manualTimer struct {
+	c       *manualClock
+	at      time.Time
+	f       func()
+	stopped bool
+}
+
+func newManualClock() *manualClock {
+	return &manualClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+}
+
+func (c *manualClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *manualClock) AfterFunc(d time.Duration, f func()) stopper {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := &manualTimer{c: c, at: c.now.Add(d), f: f}
+	c.timers = append(c.timers, t)
+	return t
+}
+
+func (t *manualTimer) Stop() bool {
+	t.c.mu.Lock()
+	defer t.c.mu.Unlock()
+	was := !t.stopped
+	t.stopped = true
+	return was
+}
+
+// Advance moves time forward by d in steps of at most step, running due timers at each step.
+func (c *manualClock) Advance(d, step time.Duration) {
+	for d > 0 {
+		s := min(d, step)
+		d -= s
+		c.mu.Lock()
+		c.now = c.now.Add(s)
+		var due []*manualTimer
+		kept := c.timers[:0]
+		for _, t := range c.timers {
+			switch {
+			case t.stopped:
+			case !t.at.After(c.now):
+				t.stopped = true
+				due = append(due, t)
+			default:
+				kept = append(kept, t)
+			}
+		}
+		c.timers = kept
+		c.mu.Unlock()
+		sort.Slice(due, func(i, j int) bool { return due[i].at.Before(due[j].at) })
+		for _, t := range due {
+			t.f()
+		}
+	}
+}
+
+func isGranted(w *waiter) bool {
+	select {
+	case <-w.ready:
+		return w.err == nil
+	default:
+		return false
+	}
+}
+
+func countGranted(ws []*waiter) int {
+	n := 0
+	for _, w := range ws {
+		if isGranted(w) {
+			n++
+		}
+	}
+	return n
+}
+
+func oneBucket(capacity int, refill float64) []BucketConfig {
+	return []BucketConfig{{Name: "b", Capacity: capacity, RefillPerSecond: refill, Actions: []string{"A"}}}
+}
+
+func TestLimiterStartsFullThenPaces(t *testing.T) {
+	tests := []struct {
+		name      string
+		capacity  int
+		refill    float64
+		timeScale float64
+		wantFirst int // granted at once: capacity minus the jitter reserve
+	}{
+		{"eni bucket", 100, 5, 1, 99},
+		{"eni bucket time-scaled", 100, 5, 50, 87}, // reserve ceil(250/s x 50ms) = 13
+		{"describe bucket time-scaled", 100, 20, 50, 75},
+		{"tiny bucket", 2, 1, 1, 2}, // reserve capped at a quarter of the capacity (0)
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			clk := newManualClock()
+			l := newLimiter(clk, oneBucket(tc.capacity, tc.refill), tc.timeScale)
+			var ws []*waiter
+			for range tc.wantFirst + 20 {
+				ws = append(ws, l.enqueue("A", PriorityWarmRefill, 0))
+			}
+			if got := countGranted(ws); got != tc.wantFirst {
+				t.Fatalf("granted at once = %d, want %d", got, tc.wantFirst)
+			}
+			pace := tc.refill * tc.timeScale * paceFactor
+			// Just before 10 tokens have refilled at the paced rate, 9 more are granted; just after, 10.
+			tenth := time.Duration(10 / pace * float64(time.Second))
+			clk.Advance(tenth-tenth/100, tenth/50)
+			if got := countGranted(ws) - tc.wantFirst; got != 9 {
+				t.Fatalf("granted after %v = %d, want 9", tenth-tenth/100, got)
+			}
+			clk.Advance(tenth/50, tenth/50)
+			if got := countGranted(ws) - tc.wantFirst; got != 10 {
+				t.Fatalf("granted after %v = %d, want 10", tenth+tenth/100, got)
+			}
+			// Grants are in FIFO order within one priority.
+			for i, w := range ws {
+				if want := i < tc.wantFirst+10; isGranted(w) != want {
+					t.Fatalf("waiter %d granted = %v, want %v", i, isGranted(w), want)
+				}
+			}
+		})
+	}
+}
+
+func TestLimiterServesHigherPriorityFirst(t *testing.T) {
+	clk := newManualClock()
+	l := newLimiter(clk, oneBucket(1, 10), 1) // one token, then one per ~103 ms
+	first := l.enqueue("A", PriorityReconcile, 0)
+	if !isGranted(first) {
+		t.Fatal("first waiter not granted from a full bucket")
+	}
+	type entry struct {
+		name string
+		p    Priority
+	}
+	order := []entry{
+		{"rec1", PriorityReconcile}, {"rec2", PriorityReconcile}, {"rel1", PriorityRelease},
+		{"pod1", PriorityPodWaiting}, {"rec3", PriorityReconcile}, {"node1", PriorityNodeStart},
+		{"pod2", PriorityPodWaiting},
+	}
+	ws := map[string]*waiter{}
+	for _, e := range order {
+		ws[e.name] = l.enqueue("A", e.p, 0)
+	}
+	st := l.state()
+	if st.Queue[PriorityReconcile] != 3 || st.Queue[PriorityPodWaiting] != 2 || st.Queue[PriorityNodeStart] != 1 {
+		t.Fatalf("queue lengths = %v", st.Queue)
+	}
+	want := []string{"pod1", "pod2", "node1", "rel1", "rec1", "rec2", "rec3"}
+	var got []string
+	for range 100 {
+		clk.Advance(10*time.Millisecond, 10*time.Millisecond)
+		for _, name := range want {
+			if isGranted(ws[name]) && !contains(got, name) {
+				got = append(got, name)
+			}
+		}
+		if len(got) == len(want) {
+			break
+		}
+	}
+	if !equal(got, want) {
+		t.Fatalf("grant order = %v, want %v", got, want)
+	}
+}
+
+func TestLimiterLowerPriorityNeverTakesAWaitedToken(t *testing.T) {
+	clk := newManualClock()
+	l := newLimiter(clk, oneBucket(1, 1), 1)
+	_ = l.enqueue("A", PriorityPodWaiting, 0) // takes the only token
+	pod := l.enqueue("A", PriorityPodWaiting, 0)
+	clk.Advance(500*time.Millisecond, 100*time.Millisecond) // half a token
+	rec := l.enqueue("A", PriorityReconcile, 0)
+	if isGranted(pod) || isGranted(rec) {
+		t.Fatal("granted before a token refilled")
+	}
+	clk.Advance(600*time.Millisecond, 100*time.Millisecond) // one token (paced 0.97/s) by now
+	if !isGranted(pod) || isGranted(rec) {
+		t.Fatalf("after one token: pod granted %v (want true), reconcile granted %v (want false)", isGranted(pod), isGranted(rec))
+	}
+}
+
+func TestLimiterCancelRemovesWaiter(t *testing.T) {
+	clk := newManualClock()
+	l := newLimiter(clk, oneBucket(1, 1), 1)
+	_ = l.enqueue("A", PriorityPodWaiting, 0)
+	a := l.enqueue("A", PriorityPodWaiting, 0)
+	b := l.enqueue("A", PriorityRelease, 0)
+
+	ctx, cancel := context.WithCancel(t.Context())
+	errc := make(chan error, 1)
+	go func() { errc <- l.wait(ctx, a) }()
+	cancel()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("wait after cancel = %v, want context.Canceled", err)
+	}
+	if st := l.state(); st.Queue[PriorityPodWaiting] != 0 || st.Queue[PriorityRelease] != 1 {
+		t.Fatalf("queue after cancel = %v, want only the release waiter", st.Queue)
+	}
+	clk.Advance(1100*time.Millisecond, 100*time.Millisecond)
+	if !isGranted(b) {
+		t.Fatal("the next waiter did not get the token the canceled one left")
+	}
+	if isGranted(a) {
+		t.Fatal("the canceled waiter was granted")
+	}
+
+	// A waiter canceled after its grant gives the token back.
+	c := l.enqueue("A", PriorityPodWaiting, 0)
+	clk.Advance(1100*time.Millisecond, 100*time.Millisecond)
+	if !isGranted(c) {
+		t.Fatal("waiter c not granted")
+	}
+	before := l.state().Buckets[0].Tokens
+	l.refund(c)
+	if got, want := l.state().Buckets[0].Tokens, math.Min(1, before+1); math.Abs(got-want) > 1e-9 {
+		t.Fatalf("tokens after refund = %v, want %v", got, want)
+	}
+}
+
+func TestLimiterSetPriority(t *testing.T) {
+	clk := newManualClock()
+	l := newLimiter(clk, oneBucket(1, 1), 1)
+	_ = l.enqueue("A", PriorityPodWaiting, 0)
+	a := l.enqueue("A", PriorityWarmRefill, 0)
+	b := l.enqueue("A", PriorityReconcile, 0)
+	l.setPriority(b, PriorityPodWaiting)
+	clk.Advance(1100*time.Millisecond, 100*time.Millisecond)
+	if !isGranted(b) || isGranted(a) {
+		t.Fatalf("after raising b: b granted %v, a granted %v; want b first", isGranted(b), isGranted(a))
+	}
+}
+
+func TestLimiterBackoffAIMD(t *testing.T) {
+	clk := newManualClock()
+	const rate, ts = 20.0, 2.0
+	l := newLimiter(clk, oneBucket(100, rate), ts)
+	full := rate * ts
+	bs := func() BucketState { return l.state().Buckets[0] }
+	near := func(got, want float64) bool { return math.Abs(got-want) < want*1e-6+1e-9 }
+
+	if got := bs().EffectiveRefillPerSecond; !near(got, full*paceFactor) {
+		t.Fatalf("initial rate = %v, want %v", got, full*paceFactor)
+	}
+	cut, _, _ := l.throttledKey("A", "A")
+	if !cut {
+		t.Fatal("first throttle did not cut the rate")
+	}
+	if got := bs(); !near(got.EffectiveRefillPerSecond, full/2*paceFactor) || got.Tokens > 1e-9 {
+		t.Fatalf("after throttle: rate %v tokens %v, want %v and 0", got.EffectiveRefillPerSecond, got.Tokens, full/2*paceFactor)
+	}
+	// A second throttle within the decrease interval (1 s / time scale) drains but does not cut.
+	clk.Advance(100*time.Millisecond, 100*time.Millisecond)
+	if cut, _, _ := l.throttledKey("A", "A"); cut {
+		t.Fatal("second throttle within the interval cut the rate again")
+	}
+	if got := bs().Tokens; got > 1e-9 {
+		t.Fatalf("tokens after second throttle = %v, want 0", got)
+	}
+	// Repeated throttles, each after the interval, cut down to the 10% floor and no further.
+	for range 10 {
+		clk.Advance(time.Second/ts, time.Second/ts)
+		l.throttledKey("A", "A")
+	}
+	if got := bs().EffectiveRefillPerSecond; !near(got, full*minRateFraction*paceFactor) {
+		t.Fatalf("rate after many throttles = %v, want the floor %v", got, full*minRateFraction*paceFactor)
+	}
+	// Recovery is linear: full range in recoveryTime / time scale.
+	half := time.Duration(float64(recoveryTime) / ts * 0.45) // 10% + 45% = 55%
+	clk.Advance(half, 50*time.Millisecond)
+	if got := bs().EffectiveRefillPerSecond; !near(got, full*0.55*paceFactor) {
+		t.Fatalf("rate after %v of recovery = %v, want %v", half, got, full*0.55*paceFactor)
+	}
+	clk.Advance(recoveryTime, time.Second)
+	if got := bs().EffectiveRefillPerSecond; !near(got, full*paceFactor) {
+		t.Fatalf("rate after full recovery = %v, want %v", got, full*paceFactor)
+	}
+	st := l.state()
+	if st.ThrottledTotal != 12 || len(st.RecentThrottles) != 12 {
+		t.Fatalf("throttle records: total %d, recent %d; want 12 and 12", st.ThrottledTotal, len(st.RecentThrottles))
+	}
+}
+
+func TestLimiterBackoffSlowsGrants(t *testing.T) {
+	clk := newManualClock()
+	l := newLimiter(clk, oneBucket(10, 10), 1)
+	var ws []*waiter
+	for range 40 {
+		ws = append(ws, l.enqueue("A", PriorityWarmRefill, 0))
+	}
+	base := countGranted(ws)
+	l.throttledKey("A", "A") // rate 5/s (x0.97), recovering
+	clk.Advance(time.Second, 10*time.Millisecond)
+	got := countGranted(ws) - base
+	// The integral of the rate over the second: from 5 to 5+10/30, about 5.17 x 0.97 = 5.01.
+	if got < 4 || got > 5 {
+		t.Fatalf("grants in the second after a throttle = %d, want 4..5 (half rate)", got)
+	}
+}
+
+func TestLimiterEstimate(t *testing.T) {
+	clk := newManualClock()
+	l := newLimiter(clk, oneBucket(1, 10), 1)
+	if got := l.estimate("A", PriorityReconcile); got != 0 {
+		t.Fatalf("estimate with a token available = %v, want 0", got)
+	}
+	_ = l.enqueue("A", PriorityReconcile, 0)
+	for range 4 {
+		l.enqueue("A", PriorityReconcile, 0)
+	}
+	l.enqueue("A", PriorityPodWaiting, 0)
+	per := time.Duration(math.Round(float64(time.Second) / (10 * paceFactor)))
+	tests := []struct {
+		p    Priority
+		want time.Duration // tokens needed x time per token
+	}{
+		{PriorityPodWaiting, 2 * per},
+		{PriorityNodeStart, 2 * per},
+		{PriorityReconcile, 6 * per},
+	}
+	for _, tc := range tests {
+		if got := l.estimate("A", tc.p); got < tc.want-time.Millisecond || got > tc.want+time.Millisecond {
+			t.Errorf("estimate(%v) = %v, want %v", tc.p, got, tc.want)
+		}
+	}
+}
+
+func TestLimiterCloseFailsWaiters(t *testing.T) {
+	clk := newManualClock()
+	l := newLimiter(clk, oneBucket(1, 1), 1)
+	_ = l.enqueue("A", PriorityPodWaiting, 0)
+	w := l.enqueue("A", PriorityPodWaiting, 0)
+	l.close()
+	if err := l.wait(t.Context(), w); !errors.Is(err, ErrClosed) {
+		t.Fatalf("wait after close = %v, want ErrClosed", err)
+	}
+	if err := l.wait(t.Context(), l.enqueue("A", PriorityPodWaiting, 0)); !errors.Is(err, ErrClosed) {
+		t.Fatalf("enqueue after close = %v, want ErrClosed", err)
+	}
+}
+
+func TestLimiterFallbackBucket(t *testing.T) {
+	clk := newManualClock()
+	l := newLimiter(clk, []BucketConfig{
+		{Name: "own", Capacity: 10, RefillPerSecond: 1, Actions: []string{"A"}},
+		{Name: "rest", Capacity: 5, RefillPerSecond: 1, Actions: []string{FallbackAction}},
+	}, 1)
+	if b := l.bucketFor("A"); b == nil || b.name != "own" {
+		t.Fatalf("bucket of A = %v, want own", b)
+	}
+	if b := l.bucketFor("Other"); b == nil || b.name != "rest" {
+		t.Fatalf("bucket of Other = %v, want rest", b)
+	}
+}
+
+// TestLimiterRealClockConcurrent exercises the real timer path with many goroutines: every waiter
+// is served exactly once and the pace holds.
+func TestLimiterRealClockConcurrent(t *testing.T) {
+	l := newLimiter(realClock{}, oneBucket(10, 200), 1) // reserve 10, capped at 2: 8 at once, then ~194/s
+	t.Cleanup(l.close)
+	const n = 60
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		p := priorities[i%len(priorities)]
+		wg.Go(func() {
+			errs <- l.wait(t.Context(), l.enqueue("A", p, 0))
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("wait: %v", err)
+		}
+	}
+	floor := time.Duration(math.Round(float64(n-8) / (200 * paceFactor) * float64(time.Second)))
+	if el := time.Since(start); el < floor-5*time.Millisecond {
+		t.Fatalf("%d grants took %v, faster than the bucket allows (%v)", n, el, floor)
+	}
+}
+
+func contains(s []string, x string) bool {
+	for _, v := range s {
+		if v == x {
+			return true
+		}
+	}
+	return false
+}
+
+func equal(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
