@@ -1,0 +1,113 @@
+package store_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ipledger/ipledger/server/store"
+)
+
+// One embedded etcd serves the tests that do not stop it; each test uses its own cluster name,
+// so they do not see each other's keys.
+var shared struct {
+	once      sync.Once
+	dir       string
+	etcd      *store.Embedded
+	endpoints []string
+	err       error
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if shared.etcd != nil {
+		_ = shared.etcd.Close()
+	}
+	if shared.dir != "" {
+		_ = os.RemoveAll(shared.dir)
+	}
+	os.Exit(code)
+}
+
+// sharedEndpoints starts the shared embedded etcd on first use.
+func sharedEndpoints(t *testing.T) []string {
+	t.Helper()
+	shared.once.Do(func() {
+		shared.dir, shared.err = os.MkdirTemp("", "ipledger-store-test-")
+		if shared.err != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(t.Context()), 60*time.Second)
+		defer cancel()
+		shared.etcd, shared.err = store.StartEmbedded(ctx, store.EmbeddedConfig{Dir: shared.dir})
+		if shared.err == nil {
+			shared.endpoints = shared.etcd.Endpoints()
+		}
+	})
+	if shared.err != nil {
+		t.Fatalf("start shared embedded etcd: %v", shared.err)
+	}
+	return shared.endpoints
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// openStore opens a store on endpoints for cluster, closed when the test ends.
+func openStore(t *testing.T, endpoints []string, cluster string, ttl time.Duration) *store.Store {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	s, err := store.Open(ctx, store.Config{
+		Endpoints:   endpoints,
+		ClusterName: cluster,
+		DialTimeout: 5 * time.Second,
+		SessionTTL:  ttl,
+		Logger:      testLogger(t),
+	})
+	if err != nil {
+		t.Fatalf("open store %s: %v", cluster, err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("close store: %v", err)
+		}
+	})
+	return s
+}
+
+// campaign wins the election or fails the test.
+func campaign(t *testing.T, s *store.Store, addr string) *store.Leadership {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	l, err := s.Campaign(ctx, addr)
+	if err != nil {
+		t.Fatalf("campaign %s: %v", addr, err)
+	}
+	return l
+}
+
+// ctxTimeout is a context for one step of a test.
+func ctxTimeout(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// waitClosed fails the test unless ch is closed within d.
+func waitClosed(t *testing.T, ch <-chan struct{}, d time.Duration, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(d):
+		t.Fatalf("%s: not within %s", what, d)
+	}
+}
+
+func addr(i int) string { return fmt.Sprintf("10.1.0.%d:7443", i) }
