@@ -72,8 +72,9 @@ const (
 
 // UnfilteredSuffix marks the limiter key of a describe call that EC2 charges to its
 // "unfiltered and unpaginated" bucket: "DescribeInstances" + UnfilteredSuffix is a
-// DescribeInstances with neither a filter nor pagination. The plain action name is the filtered
-// or paginated form.
+// DescribeInstances with no filter, no id list and no pagination. The plain action name is the
+// filtered or paginated form. The gateway itself always passes ids or paginates, so it never
+// uses these keys; the bucket is configured to mirror EC2.
 const UnfilteredSuffix = ":unfiltered"
 
 // FallbackAction in a bucket's Actions makes it the bucket of every action no bucket names.
@@ -86,8 +87,7 @@ var gatewayKeys = []string{
 	ActionModifyNetworkInterfaceAttribute,
 	ActionAssignPrivateIPAddresses, ActionUnassignPrivateIPAddresses,
 	ActionCreateTags,
-	ActionDescribeInstances, ActionDescribeInstances + UnfilteredSuffix,
-	ActionDescribeNetworkInterfaces, ActionDescribeNetworkInterfaces + UnfilteredSuffix,
+	ActionDescribeInstances, ActionDescribeNetworkInterfaces,
 	ActionDescribeSubnets, ActionDescribeInstanceTypes,
 }
 

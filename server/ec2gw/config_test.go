@@ -33,7 +33,7 @@ func TestConfigValidate(t *testing.T) {
 			"empty action name", `action "*" is already in bucket "x"`}},
 		{"action not covered", func(c *Config) {
 			c.Buckets = []BucketConfig{{Name: "only", Capacity: 1, RefillPerSecond: 1, Actions: []string{ActionCreateTags}}}
-		}, []string{`no bucket for action "AssignPrivateIpAddresses"`, `no bucket for action "DescribeInstances:unfiltered"`}},
+		}, []string{`no bucket for action "AssignPrivateIpAddresses"`, `no bucket for action "DescribeNetworkInterfaces"`}},
 		{"several problems at once", func(c *Config) { c.Region = ""; c.TimeScale = -2 }, []string{"region", "time scale"}},
 	}
 	for _, tc := range tests {

@@ -33,8 +33,8 @@ func checkIDs(action, what string, ids []string) error {
 	return nil
 }
 
-// DescribeInstances describes the given instances (EC2's unfiltered bucket), or every instance
-// page by page when ids is empty (the describe bucket; each page passes the limiter).
+// DescribeInstances describes the given instances, or every instance page by page when ids is
+// empty (each page passes the limiter).
 func (g *Gateway) DescribeInstances(ctx context.Context, p Priority, ids []string) ([]Instance, error) {
 	const action = ActionDescribeInstances
 	if err := checkPriority(action, p); err != nil {
@@ -43,18 +43,18 @@ func (g *Gateway) DescribeInstances(ctx context.Context, p Priority, ids []strin
 	if err := checkIDs(action, "instance id", ids); err != nil {
 		return nil, err
 	}
+	// With ids or MaxResults the call counts as filtered (EC2's describe bucket); the gateway
+	// never makes the unfiltered, unpaginated form.
 	in := &ec2.DescribeInstancesInput{}
-	key := action
 	if len(ids) > 0 {
 		in.InstanceIds = ids
-		key = action + UnfilteredSuffix
 	} else {
 		in.MaxResults = aws.Int32(describePageSize)
 	}
 	var out []Instance
 	for {
 		var resp *ec2.DescribeInstancesOutput
-		err := g.call(ctx, callSpec{action: action, key: key, prio: p}, nil, func(ctx context.Context) error {
+		err := g.call(ctx, callSpec{action: action, prio: p}, nil, func(ctx context.Context) error {
 			var err error
 			resp, err = g.client.DescribeInstances(ctx, in)
 			return err
@@ -71,7 +71,6 @@ func (g *Gateway) DescribeInstances(ctx context.Context, p Priority, ids []strin
 			return out, nil
 		}
 		in.NextToken = resp.NextToken
-		key = action // a paginated call
 	}
 }
 
@@ -159,9 +158,9 @@ func (g *Gateway) DescribeSubnets(ctx context.Context, p Priority, ids []string,
 	}
 }
 
-// DescribeNetworkInterfaces describes ENIs. With f.IDs it asks for exactly those (EC2's
-// unfiltered bucket unless filters are set too; ErrNotFound if one is missing); otherwise it
-// pages through the matches (MaxResults 1000), each page passing the limiter.
+// DescribeNetworkInterfaces describes ENIs. With f.IDs it asks for exactly those (ErrNotFound if
+// one is missing); otherwise it pages through the matches (MaxResults 1000), each page passing
+// the limiter.
 func (g *Gateway) DescribeNetworkInterfaces(ctx context.Context, p Priority, f ENIFilter) ([]ENI, error) {
 	const action = ActionDescribeNetworkInterfaces
 	if err := checkPriority(action, p); err != nil {
@@ -170,15 +169,12 @@ func (g *Gateway) DescribeNetworkInterfaces(ctx context.Context, p Priority, f E
 	if err := checkIDs(action, "network interface id", f.IDs); err != nil {
 		return nil, err
 	}
+	// IDs, filters or MaxResults make the call filtered (EC2's describe bucket).
 	in := &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: f.IDs, Filters: f.filters()}
-	key := action
-	switch {
-	case len(f.IDs) == 0:
+	if len(f.IDs) == 0 {
 		in.MaxResults = aws.Int32(describePageSize)
-	case len(in.Filters) == 0:
-		key = action + UnfilteredSuffix
 	}
-	spec := callSpec{action: action, key: key, prio: p, subnet: f.SubnetID}
+	spec := callSpec{action: action, prio: p, subnet: f.SubnetID}
 	if len(f.IDs) == 1 {
 		spec.eni = f.IDs[0]
 	}
@@ -200,7 +196,6 @@ func (g *Gateway) DescribeNetworkInterfaces(ctx context.Context, p Priority, f E
 			return out, nil
 		}
 		in.NextToken = resp.NextToken
-		spec.key = action
 	}
 }
 
