@@ -14,6 +14,7 @@ type OwnerKind string
 // Owner kinds reported by OwnerOf.
 const (
 	OwnerFree       OwnerKind = "free"
+	OwnerCooling    OwnerKind = "cooling"
 	OwnerReserved   OwnerKind = "reserved"
 	OwnerForeign    OwnerKind = "foreign"
 	OwnerENIPrimary OwnerKind = "eni-primary"
@@ -39,13 +40,14 @@ type OwnerInfo struct {
 	// and for an overlap with a ledger owner). Marked: MarkForeign did.
 	Foreign bool
 	Marked  bool
-	// CoolingUntil: when a free address was released, the end of its cooldown (zero if none;
-	// it may lie in the past).
+	// CoolingUntil: for Kind cooling, the end of the address's cooldown. OwnerOf takes no
+	// time, so it may lie in the past (compare with your now).
 	CoolingUntil time.Time
 }
 
 // OwnerOf says which subnet an address is in and who owns it. ok is false when the address is
-// in no known subnet or nobody owns it (Kind free; the subnet is still given).
+// in no known subnet or nobody owns it (Kind free, or cooling for a free address released
+// recently; the subnet is still given).
 func (l *Ledger) OwnerOf(addr netip.Addr) (OwnerInfo, bool) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
@@ -54,7 +56,7 @@ func (l *Ledger) OwnerOf(addr netip.Addr) (OwnerInfo, bool) {
 		return OwnerInfo{}, false
 	}
 	info := l.ownerInfo(s, off)
-	return info, info.Kind != OwnerFree
+	return info, info.Kind != OwnerFree && info.Kind != OwnerCooling
 }
 
 func (l *Ledger) ownerInfo(s *subnet, off uint32) OwnerInfo {
@@ -69,8 +71,8 @@ func (l *Ledger) ownerInfo(s *subnet, off uint32) OwnerInfo {
 		info.Kind = OwnerFree
 		if info.Foreign {
 			info.Kind = OwnerForeign
-		} else {
-			info.CoolingUntil = s.cooling[off]
+		} else if until, ok := s.cooling[off]; ok {
+			info.Kind, info.CoolingUntil = OwnerCooling, until
 		}
 	case kReserved:
 		info.Kind = OwnerReserved

@@ -431,9 +431,28 @@ func (l *Ledger) PutNode(rec NodeRecord) error {
 	rec = copyNode(rec)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	claims, err := l.nodeClaims(&rec)
+	claims, err := l.checkNode(&rec)
 	if err != nil {
 		return err
+	}
+	l.applyNode(rec, claims)
+	return nil
+}
+
+// CheckNode says whether PutNode would accept the record now, with the error it would
+// return; it changes nothing. The allocator calls it before committing a record to etcd.
+func (l *Ledger) CheckNode(rec NodeRecord) error {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	_, err := l.checkNode(&rec)
+	return err
+}
+
+// checkNode validates a node record against the ledger and returns its claims.
+func (l *Ledger) checkNode(rec *NodeRecord) ([]claim, error) {
+	claims, err := l.nodeClaims(rec)
+	if err != nil {
+		return nil, err
 	}
 	old := l.nodes[rec.Name]
 	oldEnt := int32(-1)
@@ -441,13 +460,13 @@ func (l *Ledger) PutNode(rec NodeRecord) error {
 		oldEnt = old.ent
 	}
 	if other, ok := l.byInstance[rec.InstanceID]; ok && other != rec.Name {
-		return fmt.Errorf("ledger: put node %s: instance %s is node %s: %w", rec.Name, rec.InstanceID, other, ErrConflict)
+		return nil, fmt.Errorf("ledger: put node %s: instance %s is node %s: %w", rec.Name, rec.InstanceID, other, ErrConflict)
 	}
 	newENIs := map[string]bool{}
 	for _, e := range rec.ENIs {
 		newENIs[e.ID] = true
 		if other, ok := l.eniNode[e.ID]; ok && other != rec.Name {
-			return fmt.Errorf("ledger: put node %s: ENI %s is attached to node %s: %w", rec.Name, e.ID, other, ErrConflict)
+			return nil, fmt.Errorf("ledger: put node %s: ENI %s is attached to node %s: %w", rec.Name, e.ID, other, ErrConflict)
 		}
 	}
 	for _, c := range claims {
@@ -464,15 +483,25 @@ func (l *Ledger) PutNode(rec NodeRecord) error {
 			ok = id != "" && newENIs[id]
 		}
 		if !ok {
-			return fmt.Errorf("ledger: put node %s: address %v is owned by %s: %w", rec.Name, c.sub.addr(c.off), l.describe(c.sub, c.off), ErrConflict)
+			return nil, fmt.Errorf("ledger: put node %s: address %v is owned by %s: %w", rec.Name, c.sub.addr(c.off), l.describe(c.sub, c.off), ErrConflict)
 		}
 	}
+	return claims, nil
+}
 
-	// Apply; nothing below can fail.
+// applyNode applies a record checkNode accepted; it cannot fail.
+func (l *Ledger) applyNode(rec NodeRecord, claims []claim) {
+	old := l.nodes[rec.Name]
+	newENIs := map[string]bool{}
+	for _, e := range rec.ENIs {
+		newENIs[e.ID] = true
+	}
 	var n *node
+	var oldList []ENIRecord
 	oldENIs := map[string]bool{}
 	if old != nil {
 		n = old
+		oldList = old.rec.ENIs
 		for _, c := range old.claims {
 			l.setSlot(c.sub, c.off, freeSlot)
 		}
@@ -505,13 +534,12 @@ func (l *Ledger) PutNode(rec NodeRecord) error {
 			n.leased++
 		}
 	}
-	for id := range oldENIs {
-		if !newENIs[id] {
-			l.setPrewarmENI(id, true)
+	for _, e := range oldList {
+		if !newENIs[e.ID] {
+			l.setPrewarmENI(e.ID, true)
 		}
 	}
 	l.recountUsage(n)
-	return nil
 }
 
 // setPrewarmENI applies (on) or lifts the claims of the pre-warm ENI with this id, if a
@@ -669,19 +697,44 @@ func (l *Ledger) unclaimPrewarmENI(pw *prewarm, k int) {
 // the same pre-warm become its addresses).
 func (l *Ledger) PutPrewarm(rec PrewarmRecord) error {
 	rec = copyPrewarm(rec)
-	switch {
-	case rec.ID == "":
-		return fmt.Errorf("%w: pre-warm record without id", ErrInvalid)
-	case !prewarmStates[rec.State]:
-		return fmt.Errorf("%w: pre-warm %s: unknown state %q", ErrInvalid, rec.ID, rec.State)
-	case rec.NodeCount < 0 || rec.AddressesPerNode < 0:
-		return fmt.Errorf("%w: pre-warm %s: negative node count or addresses per node", ErrInvalid, rec.ID)
-	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	plan, err := l.checkPrewarm(&rec)
+	if err != nil {
+		return err
+	}
+	l.applyPrewarm(rec, plan)
+	return nil
+}
+
+// CheckPrewarm says whether PutPrewarm would accept the record now, with the error it would
+// return; it changes nothing.
+func (l *Ledger) CheckPrewarm(rec PrewarmRecord) error {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	_, err := l.checkPrewarm(&rec)
+	return err
+}
+
+// prewarmPlan is what checkPrewarm computed for applyPrewarm.
+type prewarmPlan struct {
+	sub     *subnet
+	eniOffs [][]uint32
+	byOff   map[uint32]int
+}
+
+func (l *Ledger) checkPrewarm(rec *PrewarmRecord) (prewarmPlan, error) {
+	switch {
+	case rec.ID == "":
+		return prewarmPlan{}, fmt.Errorf("%w: pre-warm record without id", ErrInvalid)
+	case !prewarmStates[rec.State]:
+		return prewarmPlan{}, fmt.Errorf("%w: pre-warm %s: unknown state %q", ErrInvalid, rec.ID, rec.State)
+	case rec.NodeCount < 0 || rec.AddressesPerNode < 0:
+		return prewarmPlan{}, fmt.Errorf("%w: pre-warm %s: negative node count or addresses per node", ErrInvalid, rec.ID)
+	}
 	s, ok := l.subnets[rec.SubnetID]
 	if !ok {
-		return fmt.Errorf("ledger: pre-warm %s: subnet %q: %w", rec.ID, rec.SubnetID, ErrUnknownSubnet)
+		return prewarmPlan{}, fmt.Errorf("ledger: pre-warm %s: subnet %q: %w", rec.ID, rec.SubnetID, ErrUnknownSubnet)
 	}
 	old := l.prewarms[rec.ID]
 	oldEnt := int32(-1)
@@ -693,15 +746,15 @@ func (l *Ledger) PutPrewarm(rec PrewarmRecord) error {
 	ids := map[string]bool{}
 	for k, e := range rec.ENIs {
 		if !prewarmENIStates[e.State] {
-			return fmt.Errorf("%w: pre-warm %s: ENI %q: unknown state %q", ErrInvalid, rec.ID, e.ID, e.State)
+			return prewarmPlan{}, fmt.Errorf("%w: pre-warm %s: ENI %q: unknown state %q", ErrInvalid, rec.ID, e.ID, e.State)
 		}
 		if e.ID != "" {
 			if ids[e.ID] {
-				return fmt.Errorf("%w: pre-warm %s: ENI %s listed twice", ErrInvalid, rec.ID, e.ID)
+				return prewarmPlan{}, fmt.Errorf("%w: pre-warm %s: ENI %s listed twice", ErrInvalid, rec.ID, e.ID)
 			}
 			ids[e.ID] = true
 			if other, ok := l.eniPrewarm[e.ID]; ok && other != rec.ID {
-				return fmt.Errorf("ledger: pre-warm %s: ENI %s belongs to pre-warm %s: %w", rec.ID, e.ID, other, ErrConflict)
+				return prewarmPlan{}, fmt.Errorf("ledger: pre-warm %s: ENI %s belongs to pre-warm %s: %w", rec.ID, e.ID, other, ErrConflict)
 			}
 		}
 		addrs := e.Addresses
@@ -712,12 +765,12 @@ func (l *Ledger) PutPrewarm(rec PrewarmRecord) error {
 			off, ok := s.offset(a)
 			switch {
 			case !ok:
-				return fmt.Errorf("%w: pre-warm %s: address %v is not an IPv4 address of subnet %s (%v)", ErrInvalid, rec.ID, a, s.rec.ID, s.rec.CIDR)
+				return prewarmPlan{}, fmt.Errorf("%w: pre-warm %s: address %v is not an IPv4 address of subnet %s (%v)", ErrInvalid, rec.ID, a, s.rec.ID, s.rec.CIDR)
 			case s.reserved(off):
-				return fmt.Errorf("%w: pre-warm %s: address %v is reserved by AWS", ErrInvalid, rec.ID, a)
+				return prewarmPlan{}, fmt.Errorf("%w: pre-warm %s: address %v is reserved by AWS", ErrInvalid, rec.ID, a)
 			}
 			if _, dup := byOff[off]; dup {
-				return fmt.Errorf("%w: pre-warm %s: address %v listed twice", ErrInvalid, rec.ID, a)
+				return prewarmPlan{}, fmt.Errorf("%w: pre-warm %s: address %v listed twice", ErrInvalid, rec.ID, a)
 			}
 			byOff[off] = k
 			eniOffs[k] = append(eniOffs[k], off)
@@ -730,13 +783,16 @@ func (l *Ledger) PutPrewarm(rec PrewarmRecord) error {
 			ok := (sl.kind == kFree && s.flags[off]&flagMarked == 0) ||
 				((sl.kind == kPrewarm || sl.kind == kPendPrewarm) && sl.ent == oldEnt)
 			if !ok {
-				return fmt.Errorf("ledger: pre-warm %s: address %v is owned by %s: %w", rec.ID, s.addr(off), l.describe(s, off), ErrConflict)
+				return prewarmPlan{}, fmt.Errorf("ledger: pre-warm %s: address %v is owned by %s: %w", rec.ID, s.addr(off), l.describe(s, off), ErrConflict)
 			}
 		}
 	}
+	return prewarmPlan{sub: s, eniOffs: eniOffs, byOff: byOff}, nil
+}
 
-	// Apply.
-	pw := old
+// applyPrewarm applies a record checkPrewarm accepted; it cannot fail.
+func (l *Ledger) applyPrewarm(rec PrewarmRecord, plan prewarmPlan) {
+	pw := l.prewarms[rec.ID]
 	if pw != nil {
 		for k := range pw.rec.ENIs {
 			l.unclaimPrewarmENI(pw, k)
@@ -751,7 +807,7 @@ func (l *Ledger) PutPrewarm(rec PrewarmRecord) error {
 		pw.ent = l.newEnt(entRef{pw: pw})
 		l.prewarms[rec.ID] = pw
 	}
-	pw.rec, pw.sub, pw.eniOffs, pw.byOff = rec, s, eniOffs, byOff
+	pw.rec, pw.sub, pw.eniOffs, pw.byOff = rec, plan.sub, plan.eniOffs, plan.byOff
 	for k, e := range rec.ENIs {
 		if e.ID != "" {
 			l.eniPrewarm[e.ID] = rec.ID
@@ -760,7 +816,6 @@ func (l *Ledger) PutPrewarm(rec PrewarmRecord) error {
 			l.claimPrewarmENI(pw, k)
 		}
 	}
-	return nil
 }
 
 // DeletePrewarm forgets a reservation: its ENIs' addresses and its pending reservations

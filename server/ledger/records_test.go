@@ -264,8 +264,13 @@ func TestPutNodeErrors(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := snap(l, t0)
+			checkErr := l.CheckNode(tc.rec)
+			assertUnchanged(t, before, l, t0)
 			err := l.PutNode(tc.rec)
 			wantErr(t, err, tc.want)
+			if checkErr == nil || checkErr.Error() != err.Error() {
+				t.Errorf("CheckNode said %v, PutNode %v", checkErr, err)
+			}
 			if !strings.Contains(err.Error(), tc.wantMsg) {
 				t.Errorf("error %q does not mention %q", err, tc.wantMsg)
 			}
@@ -278,8 +283,11 @@ func TestPutNodeErrors(t *testing.T) {
 func TestPutNodeAccepts(t *testing.T) {
 	l := fixture(t)
 
-	// b commits its pending .50 (on another ENI id than reserved for: any ENI of the node).
+	// b commits its pending .50.
 	b := withAddrs(nodeRec("b", "s1", "10.0.0.90"), 0, "10.0.0.50")
+	before := snap(l, t0)
+	wantErr(t, l.CheckNode(b), nil)
+	assertUnchanged(t, before, l, t0)
 	mustPutNode(t, l, b)
 	if info, _ := l.OwnerOf(ip("10.0.0.50")); info.Kind != OwnerLeased || info.Node != "b" || info.ENI != "eni-b" || info.State != LeaseActive {
 		t.Fatalf("OwnerOf(.50) = %+v", info)
@@ -316,7 +324,7 @@ func TestPutNodeAccepts(t *testing.T) {
 		}
 	}
 	// The same record again is a no-op.
-	before := snap(l, t0)
+	before = snap(l, t0)
 	mustPutNode(t, l, a)
 	assertUnchanged(t, before, l, t0)
 }
@@ -484,6 +492,7 @@ func TestPutPrewarmErrors(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := snap(l, t0)
+			wantErr(t, l.CheckPrewarm(tc.rec), tc.want)
 			wantErr(t, l.PutPrewarm(tc.rec), tc.want)
 			assertUnchanged(t, before, l, t0)
 		})
