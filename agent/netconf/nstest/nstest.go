@@ -50,12 +50,7 @@ func New(t testing.TB) ns.NetNS {
 		}
 		t.Fatalf("create network namespace: %v", err)
 	}
-	t.Cleanup(func() {
-		_ = n.Close()
-		if err := testutils.UnmountNS(n); err != nil {
-			t.Errorf("remove network namespace %s: %v", n.Path(), err)
-		}
-	})
+	t.Cleanup(func() { remove(t, n) })
 	err = n.Do(func(ns.NetNS) error {
 		lo, err := netlink.LinkByName("lo")
 		if err != nil {
@@ -67,6 +62,24 @@ func New(t testing.TB) ns.NetNS {
 		t.Fatalf("bring up lo in %s: %v", n.Path(), err)
 	}
 	return n
+}
+
+// Remove deletes a namespace made by New before the test ends (a pod sandbox the runtime tore
+// down); the cleanup New registered then has nothing left to do.
+func Remove(t testing.TB, n ns.NetNS) {
+	t.Helper()
+	remove(t, n)
+}
+
+func remove(t testing.TB, n ns.NetNS) {
+	t.Helper()
+	_ = n.Close()
+	if _, err := os.Stat(n.Path()); errors.Is(err, os.ErrNotExist) {
+		return
+	}
+	if err := testutils.UnmountNS(n); err != nil {
+		t.Errorf("remove network namespace %s: %v", n.Path(), err)
+	}
 }
 
 // Name is the namespace's name for `ip netns exec`.
@@ -83,8 +96,8 @@ func Handle(t testing.TB, n ns.NetNS) *netlink.Handle {
 	return h
 }
 
-// GuardRootNS records, in the namespace the test runs in (the machine's), the policy rules at
-// the pod priorities 512 and 1536 and the links whose names start with one of prefixes, and fails
+// GuardRootNS records, in the namespace the test runs in (the machine's), IPv4 forwarding, the
+// policy rules at the pod priorities 512 and 1536 and the links whose names start with one of prefixes, and fails
 // the test in t.Cleanup if they changed: tests must only change namespaces they created.
 func GuardRootNS(t testing.TB, prefixes ...string) {
 	t.Helper()
@@ -105,7 +118,11 @@ func GuardRootNS(t testing.TB, prefixes ...string) {
 }
 
 func rootState(prefixes []string) ([]string, error) {
-	var out []string
+	fwd, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+	if err != nil {
+		return nil, err
+	}
+	out := []string{"ip_forward=" + strings.TrimSpace(string(fwd))}
 	rules, err := netlink.RuleList(netlink.FAMILY_V4)
 	if err != nil {
 		return nil, err
