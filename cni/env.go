@@ -11,6 +11,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/utils"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"golang.org/x/sys/unix"
 )
 
 // podArgs are the CNI_ARGS keys kubelet's runtime passes.
@@ -71,11 +72,17 @@ func parseAttachment(args *skel.CmdArgs, needNetns bool) (*attachment, error) {
 	}, nil
 }
 
-// openNetns opens the pod's namespace; a path that is missing or not a network namespace is CNI
-// code 4 naming CNI_NETNS.
+// openNetns opens the pod's namespace; a path that is missing, not a network namespace or the
+// plugin's own (the node's) namespace is CNI code 4 naming CNI_NETNS.
 func openNetns(path string) (ns.NetNS, error) {
 	n, err := ns.GetNS(path)
 	if err == nil {
+		var pod, self unix.Stat_t
+		if unix.Fstat(int(n.Fd()), &pod) == nil && unix.Stat("/proc/thread-self/ns/net", &self) == nil &&
+			pod.Dev == self.Dev && pod.Ino == self.Ino {
+			_ = n.Close()
+			return nil, invalidEnv("CNI_NETNS %s is the node's own network namespace, not a pod's", path)
+		}
 		return n, nil
 	}
 	var notExist ns.NSPathNotExistErr

@@ -2,6 +2,7 @@ package cni_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -434,6 +435,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"missing netns", func(i *invocation) { i.unset = []string{"CNI_NETNS"} }, types.ErrInvalidEnvironmentVariables, "CNI_NETNS"},
 		{"netns does not exist", func(i *invocation) { i.netns = "/var/run/netns/ipl-missing" }, types.ErrInvalidEnvironmentVariables, "CNI_NETNS /var/run/netns/ipl-missing does not exist"},
 		{"netns not a namespace", func(i *invocation) { i.netns = "/etc/hostname" }, types.ErrInvalidEnvironmentVariables, "not a network namespace"},
+		{"netns is the node's", func(i *invocation) { i.netns = n.ns.Path() }, types.ErrInvalidEnvironmentVariables, "node's own network namespace"},
 		{"missing container id", func(i *invocation) { i.unset = []string{"CNI_CONTAINERID"} }, types.ErrInvalidEnvironmentVariables, "CNI_CONTAINERID"},
 		{"bad container id", func(i *invocation) { i.containerID = "bad/id" }, types.ErrInvalidEnvironmentVariables, "containerID"},
 		{"missing ifname", func(i *invocation) { i.unset = []string{"CNI_IFNAME"} }, types.ErrInvalidEnvironmentVariables, "CNI_IFNAME"},
@@ -585,5 +587,36 @@ func TestGC(t *testing.T) {
 	}
 	if got := n.podRules(); len(got) != 1 || got[0].IP != ips[0] {
 		t.Errorf("node rules after GC = %+v, want only those of %s", got, ips[0])
+	}
+}
+
+func TestLogFile(t *testing.T) {
+	n := newNode(t, "192.168.16.100")
+	logFile := filepath.Join(t.TempDir(), "log", "plugin.log")
+	conf := n.conf("1.1.0", `"logFile":"`+logFile+`","logLevel":"debug"`)
+	p := n.newPod("ctr-logged")
+	out := n.run(p.inv("ADD", conf))
+	out.mustSucceed(t, "ADD")
+	parseResult(t, out.stdout, "1.1.0", p) // stdout holds the result and nothing else
+	n.run(p.inv("DEL", conf)).mustSucceed(t, "DEL")
+	raw, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var msgs []string
+	for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("log line %q is not JSON: %v", line, err)
+		}
+		if rec["container_id"] != "ctr-logged" || rec["ifname"] != "eth0" {
+			t.Errorf("log line lacks the attachment: %q", line)
+		}
+		msgs = append(msgs, fmt.Sprint(rec["cmd"], ": ", rec["msg"]))
+	}
+	for _, want := range []string{"ADD: agent assigned address", "ADD: pod attached", "DEL: DEL done"} {
+		if !slices.Contains(msgs, want) {
+			t.Errorf("log %q lacks %q", msgs, want)
+		}
 	}
 }
