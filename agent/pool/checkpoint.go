@@ -108,54 +108,103 @@ func (p *Pool) Flush() error {
 	return p.persist(v)
 }
 
+// encodeLocked returns the checkpoint file. It is on the path of every Add, so the parts that
+// rarely change (the pool, each assignment) are encoded once and spliced in.
 func (p *Pool) encodeLocked() ([]byte, error) {
-	d := cpData{
-		NodeName:    p.cfg.NodeName,
-		InstanceID:  p.cfg.InstanceID,
-		SavedAt:     p.cfg.Now().UTC(),
-		Generation:  p.generation,
-		AddsTotal:   p.addsTotal,
-		Assignments: []cpAssignment{},
-		Locks:       []cpLock{},
-		Released:    []cpReleased{},
+	head, err := json.Marshal(cpData{
+		NodeName:   p.cfg.NodeName,
+		InstanceID: p.cfg.InstanceID,
+		SavedAt:    p.cfg.Now().UTC(),
+		Generation: p.generation,
+		AddsTotal:  p.addsTotal,
+	})
+	if err != nil {
+		return nil, err
 	}
-	if p.np != nil {
-		b, err := protojson.Marshal(p.np)
-		if err != nil {
-			return nil, err
-		}
-		d.Pool = b
+	// head ends with `,"assignments":null,"locks":null,"released":null}`; cut at the first list.
+	cut := bytes.Index(head, []byte(`,"assignments":`))
+	if cut < 0 {
+		return nil, errors.New("unexpected checkpoint header")
 	}
-	for _, s := range p.slots {
-		if s.holder != nil {
-			d.Assignments = append(d.Assignments, cpAssignment{
+	var b bytes.Buffer
+	b.Grow(len(p.npJSON) + 256*len(p.byKey) + 1024)
+	b.Write(head[:cut])
+	if p.npJSON != nil {
+		b.WriteString(`,"pool":`)
+		b.Write(p.npJSON)
+	}
+	b.WriteString(`,"assignments":[`)
+	for i, s := range p.heldLocked() {
+		if s.cpJSON == nil {
+			if s.cpJSON, err = json.Marshal(cpAssignment{
 				ContainerID: s.holder.key.ContainerID, IfName: s.holder.key.IfName, IP: s.ip,
 				PodNamespace: s.holder.pod.Namespace, PodName: s.holder.pod.Name, PodUID: s.holder.pod.UID,
 				AssignedAt: s.holder.assignedAt.UTC(), Leased: s.leased,
 				ENIID: s.eni.ID, ENIMAC: s.eni.MAC, DeviceIndex: s.eni.DeviceIndex, SubnetID: s.eni.SubnetID,
 				SubnetCIDR: s.eni.SubnetCIDR, ENIPrimaryIP: s.eni.PrimaryIP,
-			})
-		} else if !s.releasedAt.IsZero() {
-			d.Released = append(d.Released, cpReleased{IP: s.ip, ReleasedAt: s.releasedAt.UTC(), CoolUntil: s.coolUntil.UTC()})
+			}); err != nil {
+				return nil, err
+			}
 		}
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.Write(s.cpJSON)
 	}
+	b.WriteString(`],"locks":`)
+	locks := make([]cpLock, 0, len(p.locks))
 	for item, l := range p.locks {
-		d.Locks = append(d.Locks, cpLock{Item: item, ProposalID: l.proposalID, Generation: l.generation, LockedAt: l.lockedAt.UTC()})
+		locks = append(locks, cpLock{Item: item, ProposalID: l.proposalID, Generation: l.generation, LockedAt: l.lockedAt.UTC()})
 	}
-	slices.SortFunc(d.Assignments, func(a, b cpAssignment) int { return a.IP.Compare(b.IP) })
-	slices.SortFunc(d.Released, func(a, b cpReleased) int { return a.IP.Compare(b.IP) })
-	slices.SortFunc(d.Locks, func(a, b cpLock) int { return strings.Compare(a.Item, b.Item) })
-	data, err := json.Marshal(d)
-	if err != nil {
+	slices.SortFunc(locks, func(a, b cpLock) int { return strings.Compare(a.Item, b.Item) })
+	if err := appendJSON(&b, locks); err != nil {
 		return nil, err
 	}
-	return seal(data)
+	// Only addresses still cooling: how long ago older ones were given back is not worth the bytes.
+	now := p.cfg.Now()
+	released := []cpReleased{}
+	for _, s := range p.order {
+		if s.holder == nil && now.Before(s.coolUntil) {
+			released = append(released, cpReleased{IP: s.ip, ReleasedAt: s.releasedAt.UTC(), CoolUntil: s.coolUntil.UTC()})
+		}
+	}
+	b.WriteString(`,"released":`)
+	if err := appendJSON(&b, released); err != nil {
+		return nil, err
+	}
+	b.WriteByte('}')
+	return seal(b.Bytes()), nil
+}
+
+func appendJSON(b *bytes.Buffer, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b.Write(data)
+	return nil
 }
 
 // seal wraps compact JSON data in the envelope with its checksum.
-func seal(data []byte) ([]byte, error) {
+func seal(data []byte) []byte {
 	sum := sha256.Sum256(data)
-	return json.Marshal(envelope{Format: checkpointFormat, SHA256: hex.EncodeToString(sum[:]), Data: data})
+	out := make([]byte, 0, len(data)+128)
+	out = fmt.Appendf(out, `{"format":%d,"sha256":"%s","data":`, checkpointFormat, hex.EncodeToString(sum[:]))
+	out = append(out, data...)
+	return append(out, '}')
+}
+
+// compactProtoJSON encodes np as compact JSON (protojson varies its whitespace on purpose).
+func compactProtoJSON(np *ipledgerv1.NodePool) ([]byte, error) {
+	raw, err := protojson.Marshal(np)
+	if err != nil {
+		return nil, err
+	}
+	var b bytes.Buffer
+	if err := json.Compact(&b, raw); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
 }
 
 // load reads the checkpoint into the empty pool. A missing file is a cold start.
@@ -269,6 +318,13 @@ func (p *Pool) decode(raw []byte) error {
 	}
 
 	p.np = np
+	if len(d.Pool) > 0 {
+		var b bytes.Buffer
+		if err := json.Compact(&b, d.Pool); err != nil {
+			return fmt.Errorf("pool: %w", err)
+		}
+		p.npJSON = b.Bytes()
+	}
 	p.generation = d.Generation
 	p.slots = slots
 	p.order = built

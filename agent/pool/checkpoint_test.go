@@ -181,11 +181,7 @@ func resignData(t *testing.T, file []byte, edit func(*cpData)) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := seal(data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return seal(data)
 }
 
 func TestCheckpointWriteFailureUndoesAssign(t *testing.T) {

@@ -112,6 +112,7 @@ type slot struct {
 	locked bool
 
 	holder     *assignment
+	cpJSON     []byte // the holder's checkpoint entry, encoded once (nil: not yet)
 	coolUntil  time.Time
 	releasedAt time.Time
 }
@@ -129,6 +130,7 @@ type Pool struct {
 
 	mu         sync.Mutex
 	np         *ipledgerv1.NodePool // applied pool (nil before the first)
+	npJSON     []byte               // np as compact protojson, for the checkpoint
 	generation uint64
 	slots      map[netip.Addr]*slot
 	order      []*slot // leased slots by address
@@ -224,6 +226,10 @@ func (p *Pool) Apply(np *ipledgerv1.NodePool, force bool) (ApplyResult, error) {
 	if err != nil {
 		return ApplyResult{}, err
 	}
+	npJSON, err := compactProtoJSON(np)
+	if err != nil {
+		return ApplyResult{}, fmt.Errorf("%w: %w", ErrInvalidPool, err)
+	}
 	p.mu.Lock()
 	if np.GetGeneration() < p.generation && !force {
 		res := ApplyResult{Generation: p.generation}
@@ -232,6 +238,7 @@ func (p *Pool) Apply(np *ipledgerv1.NodePool, force bool) (ApplyResult, error) {
 		return res, nil
 	}
 	res := p.applyLocked(np, built)
+	p.npJSON = npJSON
 	p.version++
 	v := p.version
 	p.notifyLocked()
@@ -359,6 +366,7 @@ func (p *Pool) applyLocked(np *ipledgerv1.NodePool, built []*slot) ApplyResult {
 		old.leased = false
 		old.prefix = netip.Prefix{}
 		old.locked = false
+		old.cpJSON = nil
 		newSlots[ip] = old
 		if wasLeased {
 			res.Vanished = append(res.Vanished, p.assignmentLocked(old))
@@ -472,6 +480,7 @@ func (p *Pool) Assign(key Key, pod PodInfo) (a Assignment, isNew bool, err error
 	}
 	h := &assignment{key: key, pod: pod, assignedAt: now}
 	best.holder = h
+	best.cpJSON = nil
 	best.coolUntil = time.Time{}
 	p.byKey[key] = best
 	if best.prefix.IsValid() {
@@ -502,6 +511,7 @@ func (p *Pool) Assign(key Key, pod PodInfo) (a Assignment, isNew bool, err error
 func (p *Pool) dropHolderLocked(s *slot, releasedAt time.Time) {
 	delete(p.byKey, s.holder.key)
 	s.holder = nil
+	s.cpJSON = nil
 	if s.prefix.IsValid() {
 		p.prefixUse[s.prefix]--
 		if p.prefixUse[s.prefix] <= 0 {

@@ -170,6 +170,18 @@ func (c *Conn) State() State {
 	return c.st
 }
 
+// ServerState says whether the sync stream is up and, when it is not, the last error.
+func (c *Conn) ServerState() (connected bool, lastError string) {
+	st := c.State()
+	if st.Connected {
+		return true, ""
+	}
+	if st.LastError == "" {
+		return false, "not connected to the allocator at " + st.Target + " yet"
+	}
+	return false, st.LastError
+}
+
 // NotifyUsage says the usage changed; a report follows after the debounce. It never blocks.
 func (c *Conn) NotifyUsage() {
 	select {
