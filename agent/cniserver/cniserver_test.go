@@ -792,7 +792,6 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 }
 
-
 // metricValue sums the counters and gauges c collects.
 func metricValue(t *testing.T, c prometheus.Collector) float64 {
 	t.Helper()
