@@ -27,7 +27,8 @@ type Budget struct {
 	Free            int
 	// FreePrefixes: aligned /28 blocks with no occupied address (cooling ones count as free).
 	FreePrefixes int
-	// Cooling: free addresses cooling down at the given time (included in Free).
+	// Cooling: free addresses cooling down at the given time (included in Free: when a
+	// pre-warm's number absorbs free addresses, it takes placeable ones first).
 	Cooling int
 	// Pending: addresses reserved in memory while an EC2 call is in flight (included in Held
 	// or PrewarmReserved).
@@ -73,6 +74,8 @@ func (l *Ledger) budget(s *subnet, now time.Time) Budget {
 			b.Cooling++
 		}
 	}
+	// The pre-warm number takes placeable addresses before cooling ones.
+	b.Cooling = min(b.Cooling, b.Free)
 	b.Headroom = b.Free - b.KeepFree
 	if b.MaxHeld > 0 {
 		b.Headroom = min(b.Headroom, b.MaxHeld-(b.Held+b.PrewarmReserved))

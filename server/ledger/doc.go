@@ -69,7 +69,8 @@
 //	                  node - its addresses and pending, at least 0; the numbers of all
 //	                  reservations of the subnet are capped at the unowned addresses
 //	Free            = everything else: unowned, not foreign (cooling addresses included)
-//	Cooling         = free addresses whose cooldown has not ended at now (part of Free)
+//	Cooling         = free addresses whose cooldown has not ended at now, at most Free (a
+//	                  pre-warm number absorbs placeable addresses before cooling ones)
 //	Pending         = pending addresses (part of Held or PrewarmReserved)
 //	FreePrefixes    = aligned /28 blocks with no address owned or foreign (cooling ones count)
 //	Headroom        = min(MaxHeld - (Held + PrewarmReserved), Free - KeepFree), at least 0; the

@@ -757,6 +757,10 @@ func (l *Ledger) checkPrewarm(rec *PrewarmRecord) (prewarmPlan, error) {
 				return prewarmPlan{}, fmt.Errorf("ledger: pre-warm %s: ENI %s belongs to pre-warm %s: %w", rec.ID, e.ID, other, ErrConflict)
 			}
 		}
+		if e.State == PrewarmENIAttached {
+			// The node holds it now; its addresses are history and claim nothing.
+			continue
+		}
 		addrs := e.Addresses
 		if e.PrimaryIP.IsValid() {
 			addrs = append([]netip.Addr{e.PrimaryIP}, addrs...)

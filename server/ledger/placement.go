@@ -75,7 +75,6 @@ func (l *Ledger) ReserveAddresses(subnetID string, n int, owner Owner, now time.
 	if err != nil {
 		return nil, err
 	}
-	s.expireCooling(now)
 	cool, cooling := s.coolingPerBlock(now)
 	if avail := s.size - s.occTotal - cooling; avail < n {
 		return nil, fmt.Errorf("ledger: subnet %s: %d addresses asked for %s, %d placeable (%d more cooling): %w",
@@ -84,6 +83,7 @@ func (l *Ledger) ReserveAddresses(subnetID string, n int, owner Owner, now time.
 	if err := l.checkBudget(s, owner, pw, n, now); err != nil {
 		return nil, err
 	}
+	s.expireCooling(now)
 	out := make([]netip.Addr, 0, n)
 	for len(out) < n {
 		b := s.bestBroken(cool)
@@ -116,7 +116,6 @@ func (l *Ledger) ReservePrefixes(subnetID string, n int, owner Owner, now time.T
 	if err != nil {
 		return nil, err
 	}
-	s.expireCooling(now)
 	cool, cooling := s.coolingPerBlock(now)
 	whole := 0
 	for b, o := range s.occ {
@@ -136,6 +135,7 @@ func (l *Ledger) ReservePrefixes(subnetID string, n int, owner Owner, now time.T
 	if err := l.checkBudget(s, owner, pw, n*blockSize, now); err != nil {
 		return nil, err
 	}
+	s.expireCooling(now)
 	out := make([]netip.Prefix, 0, n)
 	for range n {
 		b := s.pickRun(func(b int) bool { return s.occ[b] == 0 && cool[b] == 0 })
