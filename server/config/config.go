@@ -68,8 +68,9 @@ type Config struct {
 	ReconcileInterval Duration `json:"reconcile_interval"`
 	// InstanceCheckInterval is how often the leader looks for terminated instances.
 	InstanceCheckInterval Duration `json:"instance_check_interval"`
-	// ENIGCGrace is how long an unowned ENI tagged for the cluster must exist before it is deleted.
-	ENIGCGrace Duration `json:"eni_gc_grace"`
+	// DriftGrace is how long a difference between etcd and EC2 must persist before the leader
+	// repairs it: adopts or drops addresses, deletes ENIs tagged for the cluster that nobody owns.
+	DriftGrace Duration `json:"drift_grace"`
 
 	// TimeScale speeds the EC2 simulator and the limiter's pacing alike (dev and tests only).
 	TimeScale float64 `json:"time_scale"`
@@ -124,7 +125,7 @@ func Default() Config {
 		ProposalTimeout:       Duration(60 * time.Second),
 		ReconcileInterval:     Duration(5 * time.Minute),
 		InstanceCheckInterval: Duration(60 * time.Second),
-		ENIGCGrace:            Duration(2 * time.Minute),
+		DriftGrace:            Duration(time.Minute),
 		TimeScale:             1,
 		SimSeed:               1,
 		SimThrottle:           true,
@@ -186,7 +187,7 @@ func settings() []setting {
 		dur("proposal-timeout", "cancel a release proposal the agent has not answered after this", func(c *Config) *Duration { return &c.ProposalTimeout }),
 		dur("reconcile-interval", "how often the leader compares its state with EC2", func(c *Config) *Duration { return &c.ReconcileInterval }),
 		dur("instance-check-interval", "how often the leader looks for terminated instances", func(c *Config) *Duration { return &c.InstanceCheckInterval }),
-		dur("eni-gc-grace", "age before an unowned ENI tagged for the cluster is deleted", func(c *Config) *Duration { return &c.ENIGCGrace }),
+		dur("drift-grace", "how long a difference between etcd and EC2 must persist before it is repaired", func(c *Config) *Duration { return &c.DriftGrace }),
 		{"time-scale", "speed factor for the EC2 simulator and limiter pacing (dev and tests only)", func(fs *flag.FlagSet, c *Config) {
 			fs.Float64Var(&c.TimeScale, "time-scale", c.TimeScale, "speed factor for the EC2 simulator and limiter pacing (dev and tests only)")
 		}},
@@ -345,7 +346,7 @@ func (c Config) Validate() error {
 	}
 	positive := map[string]Duration{
 		"session-ttl": c.SessionTTL, "release-cooldown": c.ReleaseCooldown, "proposal-timeout": c.ProposalTimeout,
-		"reconcile-interval": c.ReconcileInterval, "instance-check-interval": c.InstanceCheckInterval, "eni-gc-grace": c.ENIGCGrace,
+		"reconcile-interval": c.ReconcileInterval, "instance-check-interval": c.InstanceCheckInterval, "drift-grace": c.DriftGrace,
 	}
 	for name, d := range positive {
 		if d <= 0 {
@@ -423,4 +424,17 @@ func (l *listValue) Set(s string) error {
 		}
 	}
 	return nil
+}
+
+// DevConfig is a --dev configuration for tests and the demo: embedded etcd in dataDir, the
+// in-process EC2 simulator, and listeners on ephemeral loopback ports.
+func DevConfig(dataDir string) Config {
+	c := Default()
+	c.Dev = true
+	c.DataDir = dataDir
+	c.ClusterName = "dev"
+	c.Region = "eu-west-1"
+	c.GRPCListen = "127.0.0.1:0"
+	c.HTTPListen = "127.0.0.1:0"
+	return c
 }

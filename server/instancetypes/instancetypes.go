@@ -41,6 +41,13 @@ func (t Type) PrefixDelegation() bool {
 // SecondaryIPsPerENI is how many pod addresses one ENI can carry in secondary-IP mode.
 func (t Type) SecondaryIPsPerENI() int { return t.IPv4PerENI - 1 }
 
+// MaxENIsPerCard is how many ENIs one network card takes: ipledger attaches every ENI to
+// card 0, so types with several cards are used up to card 0's share.
+func (t Type) MaxENIsPerCard() int {
+	cards := max(t.NetworkCards, 1)
+	return (t.MaxENIs + cards - 1) / cards
+}
+
 // MaxPodAddresses is the most pod addresses the type can hold in the given mode across all its
 // ENIs: ENIs x (IPv4 per ENI - 1), times 16 in prefix mode.
 func (t Type) MaxPodAddresses(prefixMode bool) int {

@@ -1,0 +1,285 @@
+package allocator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+	"github.com/ipledger/ipledger/server/ec2gw"
+	"github.com/ipledger/ipledger/server/ledger"
+	"github.com/ipledger/ipledger/server/store"
+	"google.golang.org/protobuf/proto"
+)
+
+// RequestAddresses is the urgent path: pods are waiting on the node. It returns once the node's
+// pool holds a free address in a generation newer than knownGen, or fails with the reason
+// supply is short. Only problems that waiting cannot fix (exhausted subnet or budget, no /28,
+// node at its limit, draining) end the wait early; throttling keeps waiting until the deadline.
+func (a *Allocator) RequestAddresses(ctx context.Context, node string, count int, knownGen uint64) (*ipledgerv1.NodePool, error) {
+	if count < 1 || count > 256 {
+		return nil, invalid("count", "%d is outside 1..256", count)
+	}
+	ns, ok := a.node(node)
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownNode, node)
+	}
+	start := a.now()
+	a.mu.Lock()
+	ns.waiting += count
+	ns.nextSupply = time.Time{}
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		ns.waiting -= count
+		a.mu.Unlock()
+	}()
+	ns.kickNow()
+	for {
+		rec, ok := a.led.Node(node)
+		if !ok {
+			return nil, fmt.Errorf("%w: %s", ErrUnknownNode, node)
+		}
+		a.mu.Lock()
+		gen := ns.generation
+		problem, problemAt := ns.problem, ns.problemAt
+		changed := ns.changed
+		removed := ns.removed
+		a.mu.Unlock()
+		if removed {
+			return nil, fmt.Errorf("%w: %s", ErrUnknownNode, node)
+		}
+		if gen > knownGen && a.hasFree(node, rec) {
+			pool, err := a.Pool(node)
+			return pool, err
+		}
+		if rec.Draining {
+			return nil, fmt.Errorf("%w: %s is drained and gets no new addresses", ErrDraining, node)
+		}
+		if problem != nil && !problemAt.Before(start) && definitive(reasonOf(problem)) {
+			return nil, problem
+		}
+		select {
+		case <-ctx.Done():
+			if problem != nil {
+				return nil, fmt.Errorf("%w: %v", ErrSupplyTimeout, problem)
+			}
+			return nil, fmt.Errorf("%w: %v", ErrSupplyTimeout, ctx.Err())
+		case <-changed:
+		}
+	}
+}
+
+// hasFree reports whether the node has an active address no pod uses.
+func (a *Allocator) hasFree(node string, rec ledger.NodeRecord) bool {
+	used := map[string]bool{}
+	for _, ip := range a.led.Usage(node) {
+		used[ip.String()] = true
+	}
+	for _, e := range rec.ENIs {
+		for _, ad := range e.Addresses {
+			if ad.State == ledger.LeaseActive && !used[ad.IP.String()] {
+				return true
+			}
+		}
+		for _, p := range e.Prefixes {
+			if p.State != ledger.LeaseActive {
+				continue
+			}
+			n := 0
+			for ip := range used {
+				if pfx := p.Prefix; pfx.Contains(mustAddr(ip)) {
+					n++
+				}
+			}
+			if n < 16 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// SetSubnetBudget caps what the cluster may hold in a subnet.
+func (a *Allocator) SetSubnetBudget(ctx context.Context, subnet string, maxHeld, keepFree int) (ledger.SubnetRecord, error) {
+	if err := ValidateSubnetID("subnet_id", subnet); err != nil {
+		return ledger.SubnetRecord{}, err
+	}
+	a.budgetMu.Lock()
+	defer a.budgetMu.Unlock()
+	rec, ok := a.led.Subnet(subnet)
+	if !ok {
+		return ledger.SubnetRecord{}, fmt.Errorf("%w: the cluster does not use subnet %s", ErrNotFound, subnet)
+	}
+	size := 1 << (32 - rec.CIDR.Bits())
+	if maxHeld < 0 || maxHeld > size {
+		return ledger.SubnetRecord{}, invalid("max_held", "%d is outside 0..%d (the subnet's size)", maxHeld, size)
+	}
+	if keepFree < 0 || keepFree > size {
+		return ledger.SubnetRecord{}, invalid("keep_free", "%d is outside 0..%d (the subnet's size)", keepFree, size)
+	}
+	rec.MaxHeld, rec.KeepFree = maxHeld, keepFree
+	if _, err := a.commit(ctx, store.PutSubnet(rec)); err != nil {
+		return ledger.SubnetRecord{}, err
+	}
+	if err := a.led.PutSubnet(rec); err != nil {
+		return ledger.SubnetRecord{}, err
+	}
+	a.log.Info("subnet budget set", "subnet", subnet, "max_held", maxHeld, "keep_free", keepFree)
+	// Nodes above the new budget give back their surplus first.
+	if a.subnetTight(subnet) {
+		a.reclaimInSubnet(subnet, "")
+	}
+	return rec, nil
+}
+
+// Policies returns every policy, the default included, by order then name.
+func (a *Allocator) Policies() []*ipledgerv1.NodePolicy {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.policyListLocked()
+}
+
+func (a *Allocator) policyListLocked() []*ipledgerv1.NodePolicy {
+	out := make([]*ipledgerv1.NodePolicy, 0, len(a.policies)+1)
+	hasDefault := false
+	for _, p := range a.policies {
+		out = append(out, p)
+		hasDefault = hasDefault || p.GetName() == DefaultPolicyName
+	}
+	if !hasDefault {
+		out = append(out, DefaultPolicy())
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].GetOrder() != out[j].GetOrder() {
+			return out[i].GetOrder() < out[j].GetOrder()
+		}
+		return out[i].GetName() < out[j].GetName()
+	})
+	return out
+}
+
+// SetPolicy creates or replaces a policy and re-evaluates which policy every node gets.
+func (a *Allocator) SetPolicy(ctx context.Context, p *ipledgerv1.NodePolicy) (*ipledgerv1.NodePolicy, error) {
+	if err := ValidatePolicy(p); err != nil {
+		return nil, err
+	}
+	p = proto.Clone(p).(*ipledgerv1.NodePolicy)
+	if p.Mode == ipledgerv1.AddressMode_ADDRESS_MODE_UNSPECIFIED {
+		p.Mode = ipledgerv1.AddressMode_ADDRESS_MODE_SECONDARY_IP
+	}
+	if p.Selector == nil {
+		p.Selector = &ipledgerv1.NodeSelector{}
+	}
+	a.mu.Lock()
+	old, had := a.policies[p.GetName()]
+	a.mu.Unlock()
+	if had && proto.Equal(old, p) {
+		return p, nil
+	}
+	if _, err := a.commit(ctx, store.PutPolicy(p)); err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	a.policies[p.GetName()] = p
+	a.mu.Unlock()
+	a.rematchPolicies(ctx)
+	return p, nil
+}
+
+// DeletePolicy removes a policy; its nodes fall to the next matching one.
+func (a *Allocator) DeletePolicy(ctx context.Context, name string) error {
+	a.mu.Lock()
+	_, had := a.policies[name]
+	a.mu.Unlock()
+	if !had {
+		return fmt.Errorf("%w: policy %q", ErrNotFound, name)
+	}
+	if _, err := a.commit(ctx, store.DeletePolicy(name)); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	delete(a.policies, name)
+	a.mu.Unlock()
+	a.rematchPolicies(ctx)
+	return nil
+}
+
+// rematchPolicies gives every node the policy that now matches it. A node's address mode does
+// not change after registration (its ENIs already carry addresses or prefixes).
+func (a *Allocator) rematchPolicies(ctx context.Context) {
+	a.mu.Lock()
+	policies := a.policyListLocked()
+	nodes := make([]*nodeState, 0, len(a.nodes))
+	for _, ns := range a.nodes {
+		nodes = append(nodes, ns)
+	}
+	a.mu.Unlock()
+	for _, ns := range nodes {
+		rec, ok := a.led.Node(ns.name)
+		if !ok {
+			continue
+		}
+		p := MatchPolicy(policies, rec.Labels, rec.InstanceType)
+		a.mu.Lock()
+		ns.policy = p
+		a.mu.Unlock()
+		if rec.Policy != p.GetName() {
+			if _, err := a.mutateNode(ctx, ns, func(r *ledger.NodeRecord) error {
+				r.Policy = p.GetName()
+				return nil
+			}); err != nil && !errors.Is(err, ErrUnknownNode) {
+				a.log.Warn("re-match policy", "node", ns.name, "err", err)
+			}
+		}
+		ns.kickNow()
+	}
+}
+
+// NodeRuntime is what only the leader knows about a node.
+type NodeRuntime struct {
+	Connected    bool
+	LastReport   time.Time
+	Usage        *ipledgerv1.UsageReport
+	Targets      Targets
+	Problem      error
+	Policy       *ipledgerv1.NodePolicy
+	ModeMessage  string
+	Generation   uint64
+	PodsInUse    int
+	StartRatePPS float64
+}
+
+// Runtime returns the leader's view of a node.
+func (a *Allocator) Runtime(node string) (NodeRuntime, bool) {
+	ns, ok := a.node(node)
+	if !ok {
+		return NodeRuntime{}, false
+	}
+	rec, ok := a.led.Node(node)
+	if !ok {
+		return NodeRuntime{}, false
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	rt := NodeRuntime{
+		Connected:    len(ns.subs) > 0,
+		LastReport:   ns.lastReport,
+		Usage:        ns.usage,
+		Targets:      a.targetsLocked(ns, rec),
+		Problem:      ns.problem,
+		Policy:       ns.policy,
+		ModeMessage:  ns.modeMsg,
+		Generation:   ns.generation,
+		StartRatePPS: ns.rate.rate(a.now(), 10*time.Second),
+	}
+	if ns.usage != nil {
+		rt.PodsInUse = len(ns.usage.GetInUse())
+	}
+	return rt, true
+}
+
+// LimiterState is the EC2 limiter's state (only the leader's is meaningful).
+func (a *Allocator) LimiterState() ec2gw.LimiterState { return a.gw.LimiterState() }

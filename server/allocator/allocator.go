@@ -1,0 +1,702 @@
+package allocator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sort"
+	"sync"
+	"time"
+
+	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+	"github.com/ipledger/ipledger/server/ec2gw"
+	"github.com/ipledger/ipledger/server/instancetypes"
+	"github.com/ipledger/ipledger/server/ledger"
+	"github.com/ipledger/ipledger/server/store"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// Tags ipledger puts on every ENI it creates.
+const (
+	TagCluster = "ipledger.io/cluster"
+	TagNode    = "ipledger.io/node"
+	TagPrewarm = "ipledger.io/prewarm"
+)
+
+// Config wires an Allocator. Ledger, Leadership, Gateway and State are required.
+type Config struct {
+	ClusterName string
+	Ledger      *ledger.Ledger
+	Leadership  *store.Leadership
+	Gateway     *ec2gw.Gateway
+	// State is what etcd held when this replica took over; the ledger already reflects it.
+	State *store.State
+	// Policies from the policy file, upserted when the allocator starts.
+	Policies []*ipledgerv1.NodePolicy
+	// SecurityGroups for new ENIs; empty copies the node's primary ENI's groups.
+	SecurityGroups []string
+
+	ReleaseDelay          time.Duration // default 60 s
+	ProposalTimeout       time.Duration // default 60 s
+	ReconcileInterval     time.Duration // default 5 min
+	InstanceCheckInterval time.Duration // default 60 s
+	DriftGrace            time.Duration // default 60 s
+	// Tick is how often every node is looked at without an event (default 1 s).
+	Tick time.Duration
+
+	Now        func() time.Time
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+}
+
+func (c *Config) setDefaults() error {
+	if c.Ledger == nil || c.Leadership == nil || c.Gateway == nil || c.State == nil {
+		return errors.New("allocator: Ledger, Leadership, Gateway and State are required")
+	}
+	if c.ClusterName == "" {
+		return errors.New("allocator: ClusterName is required")
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	if c.ReleaseDelay < 0 {
+		c.ReleaseDelay = 0
+	}
+	def(&c.ProposalTimeout, time.Minute)
+	def(&c.ReconcileInterval, 5*time.Minute)
+	def(&c.InstanceCheckInterval, time.Minute)
+	def(&c.DriftGrace, time.Minute)
+	def(&c.Tick, time.Second)
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// Allocator is the leader's control loop. Create it with New once this replica leads, and Run
+// it until leadership ends.
+type Allocator struct {
+	cfg  Config
+	log  *slog.Logger
+	led  *ledger.Ledger
+	gw   *ec2gw.Gateway
+	lead *store.Leadership
+	now  func() time.Time
+	met  *metrics
+
+	mu       sync.Mutex
+	nodes    map[string]*nodeState
+	policies map[string]*ipledgerv1.NodePolicy
+	types    map[string]instancetypes.Type
+	drift    map[string]time.Time
+	eniSeen  map[string]time.Time
+	runCtx   context.Context
+	started  chan struct{}
+	fatal    chan error
+	wg       sync.WaitGroup
+	regMu    sync.Mutex // serialises registrations (instance and name uniqueness)
+	budgetMu sync.Mutex // serialises subnet record changes
+	sweep    chan struct{}
+}
+
+// nodeState is the leader's runtime view of one node. Fields below mu are guarded by
+// Allocator.mu; mu itself serialises read-modify-commit of the node's record.
+type nodeState struct {
+	name string
+	mu   sync.Mutex
+	kick chan struct{}
+	stop chan struct{}
+
+	generation   uint64
+	usage        *ipledgerv1.UsageReport
+	lastReport   time.Time
+	rate         rateTracker
+	waiting      int
+	subs         map[*Subscription]struct{}
+	changed      chan struct{}
+	problem      error
+	problemAt    time.Time
+	surplusSince time.Time
+	releasing    bool
+	typ          instancetypes.Type
+	policy       *ipledgerv1.NodePolicy
+	modeMsg      string
+	nextSupply   time.Time
+	backoff      time.Duration
+	uncommitted  []uncommitted
+	removed      bool
+}
+
+// uncommitted is EC2 work that succeeded but whose etcd commit failed; retried by the worker.
+type uncommitted struct {
+	eni      string
+	addrs    []netip.Addr
+	prefixes []netip.Prefix
+}
+
+// New prepares an allocator from the state the ledger already holds.
+func New(cfg Config) (*Allocator, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	a := &Allocator{
+		cfg:      cfg,
+		log:      cfg.Logger.With("component", "allocator"),
+		led:      cfg.Ledger,
+		gw:       cfg.Gateway,
+		lead:     cfg.Leadership,
+		now:      cfg.Now,
+		nodes:    map[string]*nodeState{},
+		policies: map[string]*ipledgerv1.NodePolicy{},
+		types:    map[string]instancetypes.Type{},
+		drift:    map[string]time.Time{},
+		eniSeen:  map[string]time.Time{},
+		started:  make(chan struct{}),
+		fatal:    make(chan error, 1),
+		sweep:    make(chan struct{}, 1),
+	}
+	a.met = newMetrics(cfg.Registerer)
+	for name, p := range cfg.State.Policies {
+		a.policies[name] = p
+	}
+	for _, rec := range a.led.Nodes() {
+		ns := a.newNodeState(rec)
+		ns.generation = uint64(cfg.State.Revision)
+		a.nodes[rec.Name] = ns
+	}
+	return a, nil
+}
+
+func (a *Allocator) newNodeState(rec ledger.NodeRecord) *nodeState {
+	ns := &nodeState{
+		name:    rec.Name,
+		kick:    make(chan struct{}, 1),
+		stop:    make(chan struct{}),
+		subs:    map[*Subscription]struct{}{},
+		changed: make(chan struct{}),
+	}
+	ns.typ, _ = instancetypes.Lookup(rec.InstanceType)
+	ns.policy = a.policyByNameLocked(rec.Policy)
+	return ns
+}
+
+// ErrLostLeadership is returned by Run when the etcd session behind the leadership ended.
+var ErrLostLeadership = errors.New("allocator: leadership lost")
+
+// Run drives the allocator until ctx ends or leadership is lost. It applies the policy file,
+// starts a worker per node, and the reconcile, instance-check and sweep loops.
+func (a *Allocator) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	a.mu.Lock()
+	a.runCtx = ctx
+	a.mu.Unlock()
+
+	for _, p := range a.cfg.Policies {
+		if _, err := a.SetPolicy(ctx, p); err != nil {
+			return fmt.Errorf("allocator: policy file: %w", err)
+		}
+	}
+	a.mu.Lock()
+	for _, ns := range a.nodes {
+		a.startNodeLocked(ctx, ns)
+	}
+	a.mu.Unlock()
+	a.goLoop(ctx, "reconcile", a.cfg.ReconcileInterval, true, a.reconcileAll)
+	a.goLoop(ctx, "instances", a.cfg.InstanceCheckInterval, false, a.checkInstances)
+	a.wg.Add(1)
+	go func() { defer a.wg.Done(); a.sweepLoop(ctx) }()
+	close(a.started)
+	a.log.Info("allocator running", "nodes", len(a.nodes), "revision", a.cfg.State.Revision)
+
+	var err error
+	select {
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-a.lead.Done():
+		err = ErrLostLeadership
+	case err = <-a.fatal:
+	}
+	cancel()
+	a.wg.Wait()
+	a.mu.Lock()
+	for _, ns := range a.nodes {
+		for s := range ns.subs {
+			s.end(ErrNotLeader)
+		}
+	}
+	a.mu.Unlock()
+	return err
+}
+
+// Started is closed once Run has started serving.
+func (a *Allocator) Started() <-chan struct{} { return a.started }
+
+func (a *Allocator) goLoop(ctx context.Context, name string, every time.Duration, now bool, fn func(context.Context) error) {
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		t := time.NewTicker(every)
+		defer t.Stop()
+		if now {
+			if err := fn(ctx); err != nil && ctx.Err() == nil {
+				a.log.Warn("loop failed", "loop", name, "err", err)
+			}
+		}
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := fn(ctx); err != nil && ctx.Err() == nil {
+					a.log.Warn("loop failed", "loop", name, "err", err)
+				}
+			}
+		}
+	}()
+}
+
+func (a *Allocator) startNodeLocked(ctx context.Context, ns *nodeState) {
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.runNode(ctx, ns)
+	}()
+	ns.kickNow()
+}
+
+func (ns *nodeState) kickNow() {
+	select {
+	case ns.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (a *Allocator) runNode(ctx context.Context, ns *nodeState) {
+	t := time.NewTicker(a.cfg.Tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ns.stop:
+			return
+		case <-ns.kick:
+		case <-t.C:
+		}
+		a.step(ctx, ns)
+	}
+}
+
+// step brings one node towards its target: commits left over from a failed commit, expired
+// proposals, supply, new release proposals, and the release lane.
+func (a *Allocator) step(ctx context.Context, ns *nodeState) {
+	if ctx.Err() != nil {
+		return
+	}
+	if _, ok := a.led.Node(ns.name); !ok {
+		return
+	}
+	a.retryUncommitted(ctx, ns)
+	a.expireProposal(ctx, ns)
+	a.supply(ctx, ns)
+	a.maybePropose(ctx, ns)
+	a.startReleaseLane(ctx, ns)
+}
+
+// fail ends Run with err (used when a commit says this replica is no longer the leader).
+func (a *Allocator) fail(err error) {
+	select {
+	case a.fatal <- err:
+	default:
+	}
+}
+
+// node returns the runtime state of a registered node.
+func (a *Allocator) node(name string) (*nodeState, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ns, ok := a.nodes[name]
+	return ns, ok && !ns.removed
+}
+
+// commit writes ops in a fenced transaction and maps store errors.
+func (a *Allocator) commit(ctx context.Context, ops ...store.Op) (int64, error) {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	rev, err := a.lead.Commit(cctx, ops...)
+	switch {
+	case err == nil:
+		return rev, nil
+	case errors.Is(err, store.ErrNotLeader):
+		a.fail(ErrLostLeadership)
+		return 0, fmt.Errorf("%w: %v", ErrNotLeader, err)
+	default:
+		return 0, fmt.Errorf("%w: %v", ErrStoreUnavailable, err)
+	}
+}
+
+// mutateNode applies fn to the node's current record, checks the result against the ledger,
+// commits it to etcd (fenced), applies it to the ledger, and only then tells the agent.
+func (a *Allocator) mutateNode(ctx context.Context, ns *nodeState, fn func(rec *ledger.NodeRecord) error, extra ...store.Op) (ledger.NodeRecord, error) {
+	ns.mu.Lock()
+	defer ns.mu.Unlock()
+	rec, ok := a.led.Node(ns.name)
+	if !ok {
+		return ledger.NodeRecord{}, fmt.Errorf("%w: %s", ErrUnknownNode, ns.name)
+	}
+	if err := fn(&rec); err != nil {
+		return ledger.NodeRecord{}, err
+	}
+	if err := rec.Validate(); err != nil {
+		return ledger.NodeRecord{}, err
+	}
+	if err := a.led.CheckNode(rec); err != nil {
+		return ledger.NodeRecord{}, fmt.Errorf("allocator: refusing to commit node %s: %w", ns.name, err)
+	}
+	rev, err := a.commit(ctx, append([]store.Op{store.PutNode(rec)}, extra...)...)
+	if err != nil {
+		return ledger.NodeRecord{}, err
+	}
+	if err := a.led.PutNode(rec); err != nil {
+		// CheckNode passed under the node's lock, so this means the ledger and etcd diverged:
+		// end leadership and let a fresh leader rebuild from etcd.
+		a.log.Error("ledger refused a committed node record", "node", ns.name, "err", err)
+		a.fail(fmt.Errorf("allocator: ledger diverged from etcd: %w", err))
+		return ledger.NodeRecord{}, err
+	}
+	a.mu.Lock()
+	ns.generation = uint64(rev)
+	a.publishLocked(ns, rec)
+	a.mu.Unlock()
+	return rec, nil
+}
+
+// publishLocked pushes the node's pool to its subscribers and wakes waiters.
+func (a *Allocator) publishLocked(ns *nodeState, rec ledger.NodeRecord) {
+	pool := a.poolLocked(ns, rec)
+	for s := range ns.subs {
+		s.sendPool(pool)
+	}
+	close(ns.changed)
+	ns.changed = make(chan struct{})
+}
+
+// setProblem records why supply failed (or nil when it succeeded) and wakes waiters.
+func (a *Allocator) setProblem(ns *nodeState, err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err == nil && ns.problem == nil {
+		return
+	}
+	ns.problem = err
+	ns.problemAt = a.now()
+	close(ns.changed)
+	ns.changed = make(chan struct{})
+}
+
+// Pool returns the node's current pool as the agent sees it.
+func (a *Allocator) Pool(node string) (*ipledgerv1.NodePool, error) {
+	ns, ok := a.node(node)
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownNode, node)
+	}
+	rec, ok := a.led.Node(node)
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownNode, node)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.poolLocked(ns, rec), nil
+}
+
+func (a *Allocator) poolLocked(ns *nodeState, rec ledger.NodeRecord) *ipledgerv1.NodePool {
+	t := a.targetsLocked(ns, rec)
+	return PoolFromRecord(rec, ns.generation, t)
+}
+
+// PoolFromRecord converts a node record into the NodePool agents receive.
+func PoolFromRecord(rec ledger.NodeRecord, generation uint64, t Targets) *ipledgerv1.NodePool {
+	p := &ipledgerv1.NodePool{
+		NodeName:     rec.Name,
+		InstanceId:   rec.InstanceID,
+		Generation:   generation,
+		Mode:         ModeToProto(rec.Mode),
+		TargetFree:   uint32(t.TargetFree),
+		MaxAddresses: uint32(t.Max),
+		Draining:     rec.Draining,
+	}
+	enis := append([]ledger.ENIRecord(nil), rec.ENIs...)
+	sort.Slice(enis, func(i, j int) bool { return enis[i].DeviceIndex < enis[j].DeviceIndex })
+	for _, e := range enis {
+		ni := &ipledgerv1.NetworkInterface{
+			EniId:            e.ID,
+			MacAddress:       e.MAC,
+			DeviceIndex:      uint32(e.DeviceIndex),
+			NetworkCardIndex: uint32(e.NetworkCardIndex),
+			SubnetId:         e.SubnetID,
+			PrimaryIp:        e.PrimaryIP.String(),
+		}
+		for _, ad := range e.Addresses {
+			ni.Addresses = append(ni.Addresses, &ipledgerv1.PoolAddress{Ip: ad.IP.String(), State: StateToProto(ad.State)})
+		}
+		for _, pf := range e.Prefixes {
+			ni.Prefixes = append(ni.Prefixes, &ipledgerv1.PoolPrefix{Cidr: pf.Prefix.String(), State: StateToProto(pf.State)})
+		}
+		p.Interfaces = append(p.Interfaces, ni)
+	}
+	return p
+}
+
+// SubnetCIDRs fills the subnet CIDR of every interface of a pool from the ledger.
+func (a *Allocator) fillCIDRs(p *ipledgerv1.NodePool) {
+	for _, ni := range p.Interfaces {
+		if s, ok := a.led.Subnet(ni.SubnetId); ok {
+			ni.SubnetCidr = s.CIDR.String()
+		}
+	}
+}
+
+// ModeToProto converts an address mode.
+func ModeToProto(m ledger.AddressMode) ipledgerv1.AddressMode {
+	if m == ledger.ModePrefix {
+		return ipledgerv1.AddressMode_ADDRESS_MODE_PREFIX
+	}
+	return ipledgerv1.AddressMode_ADDRESS_MODE_SECONDARY_IP
+}
+
+// StateToProto converts a lease state.
+func StateToProto(s ledger.LeaseState) ipledgerv1.LeaseState {
+	switch s {
+	case ledger.LeaseActive:
+		return ipledgerv1.LeaseState_LEASE_STATE_ACTIVE
+	case ledger.LeaseReleaseProposed:
+		return ipledgerv1.LeaseState_LEASE_STATE_RELEASE_PROPOSED
+	case ledger.LeaseReleasing:
+		return ipledgerv1.LeaseState_LEASE_STATE_RELEASING
+	}
+	return ipledgerv1.LeaseState_LEASE_STATE_UNSPECIFIED
+}
+
+// targetsLocked computes the node's targets from its policy and what the agent reported.
+func (a *Allocator) targetsLocked(ns *nodeState, rec ledger.NodeRecord) Targets {
+	in := a.inputsLocked(ns)
+	shape := ShapeOf(ns.typ, rec.Mode)
+	if ns.typ.Name == "" {
+		shape = Shape{SlotsPerENI: 1, MaxENIs: 1, Prefix: rec.Mode == ledger.ModePrefix}
+	}
+	t := ComputeTargets(ns.policy, shape, in, a.cfg.ReleaseDelay)
+	if rec.Draining {
+		used := in.InUse
+		t.TargetFree = 0
+		t.WantAddresses = used
+		if shape.Prefix {
+			t.WantPrefixes = ceilDiv(used, 16)
+			t.WantAddresses = t.WantPrefixes * 16
+		}
+		t.ReleaseDelay = 0
+	}
+	return t
+}
+
+func (a *Allocator) inputsLocked(ns *nodeState) Inputs {
+	in := Inputs{Waiting: ns.waiting}
+	if u := ns.usage; u != nil {
+		in.InUse = len(u.GetInUse()) + int(u.GetCooling())
+		in.Waiting = max(in.Waiting, int(u.GetPodsWaiting()))
+	}
+	window := AdaptiveWindow(ns.policy)
+	in.StartRate = ns.rate.rate(a.now(), 10*time.Second)
+	_ = window
+	in.RefillLatency = a.gw.EstimateWait("AssignPrivateIpAddresses", ec2gw.PriorityWarmRefill)
+	return in
+}
+
+func (a *Allocator) policyByNameLocked(name string) *ipledgerv1.NodePolicy {
+	if p, ok := a.policies[name]; ok {
+		return p
+	}
+	if name == DefaultPolicyName || name == "" {
+		return DefaultPolicy()
+	}
+	// The node's policy was deleted: fall back to the default until it is re-matched.
+	return DefaultPolicy()
+}
+
+// Subscription is one agent sync stream's view of its node: the latest pool (older ones are
+// superseded) and every release proposal, in order.
+type Subscription struct {
+	node      string
+	mu        sync.Mutex
+	pool      *ipledgerv1.NodePool
+	proposals []*ipledgerv1.ReleaseProposal
+	notify    chan struct{}
+	done      chan struct{}
+	err       error
+	fill      func(*ipledgerv1.NodePool)
+}
+
+func (s *Subscription) wake() {
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Subscription) sendPool(p *ipledgerv1.NodePool) {
+	s.mu.Lock()
+	if s.pool == nil || p.GetGeneration() >= s.pool.GetGeneration() {
+		s.pool = p
+	}
+	s.mu.Unlock()
+	s.wake()
+}
+
+func (s *Subscription) sendProposal(p *ipledgerv1.ReleaseProposal) {
+	s.mu.Lock()
+	s.proposals = append(s.proposals, p)
+	s.mu.Unlock()
+	s.wake()
+}
+
+func (s *Subscription) end(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-s.done:
+	default:
+		s.err = err
+		close(s.done)
+	}
+}
+
+// Next blocks until there is something to send: the newest pool first, then proposals.
+func (s *Subscription) Next(ctx context.Context) (*ipledgerv1.SyncResponse, error) {
+	for {
+		s.mu.Lock()
+		if s.pool != nil {
+			p := s.pool
+			s.pool = nil
+			s.mu.Unlock()
+			if s.fill != nil {
+				s.fill(p)
+			}
+			return &ipledgerv1.SyncResponse{Msg: &ipledgerv1.SyncResponse_Pool{Pool: p}}, nil
+		}
+		if len(s.proposals) > 0 {
+			p := s.proposals[0]
+			s.proposals = s.proposals[1:]
+			s.mu.Unlock()
+			return &ipledgerv1.SyncResponse{Msg: &ipledgerv1.SyncResponse_Release{Release: p}}, nil
+		}
+		s.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-s.done:
+			return nil, s.err
+		case <-s.notify:
+		}
+	}
+}
+
+// Subscribe opens a sync stream's view of a node: it starts with the current pool and any open
+// release proposal. Close it when the stream ends.
+func (a *Allocator) Subscribe(node string) (*Subscription, error) {
+	ns, ok := a.node(node)
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownNode, node)
+	}
+	rec, ok := a.led.Node(node)
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownNode, node)
+	}
+	s := &Subscription{node: node, notify: make(chan struct{}, 1), done: make(chan struct{}), fill: a.fillCIDRs}
+	a.mu.Lock()
+	ns.subs[s] = struct{}{}
+	s.sendPool(a.poolLocked(ns, rec))
+	if p := rec.Proposal; p != nil {
+		s.sendProposal(proposalToProto(p))
+	}
+	a.met.connected.Set(float64(a.connectedLocked()))
+	a.mu.Unlock()
+	ns.kickNow()
+	return s, nil
+}
+
+// Unsubscribe ends a subscription.
+func (a *Allocator) Unsubscribe(s *Subscription) {
+	a.mu.Lock()
+	if ns, ok := a.nodes[s.node]; ok {
+		delete(ns.subs, s)
+	}
+	a.met.connected.Set(float64(a.connectedLocked()))
+	a.mu.Unlock()
+	s.end(nil)
+}
+
+func (a *Allocator) connectedLocked() int {
+	n := 0
+	for _, ns := range a.nodes {
+		if len(ns.subs) > 0 {
+			n++
+		}
+	}
+	return n
+}
+
+func proposalToProto(p *ledger.ReleaseProposal) *ipledgerv1.ReleaseProposal {
+	out := &ipledgerv1.ReleaseProposal{ProposalId: p.ID}
+	for _, it := range p.Items {
+		if _, err := netip.ParsePrefix(it); err == nil {
+			out.Prefixes = append(out.Prefixes, it)
+		} else {
+			out.Addresses = append(out.Addresses, it)
+		}
+	}
+	return out
+}
+
+// ReportUsage records an agent's usage report.
+func (a *Allocator) ReportUsage(node string, u *ipledgerv1.UsageReport) error {
+	ns, ok := a.node(node)
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrUnknownNode, node)
+	}
+	ips := make([]netip.Addr, 0, len(u.GetInUse()))
+	for i, p := range u.GetInUse() {
+		ip, err := netip.ParseAddr(p.GetIp())
+		if err != nil || !ip.Is4() {
+			return invalid(fmt.Sprintf("usage.in_use[%d].ip", i), "%q is not an IPv4 address", p.GetIp())
+		}
+		ips = append(ips, ip)
+	}
+	now := a.now()
+	a.mu.Lock()
+	prev := ns.usage
+	ns.usage = u
+	ns.lastReport = now
+	ns.rate.observe(now, u.GetAddsTotal(), AdaptiveWindow(ns.policy))
+	a.mu.Unlock()
+	a.led.SetUsage(node, ips)
+	if prev == nil || u.GetPodsWaiting() > 0 || len(prev.GetInUse()) != len(u.GetInUse()) || prev.GetCooling() != u.GetCooling() {
+		ns.kickNow()
+	}
+	return nil
+}
+
+// timestamp converts a time (zero -> nil).
+func timestamp(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}

@@ -1,0 +1,90 @@
+package allocator
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/ipledger/ipledger/server/ledger"
+)
+
+// Forecaster samples every subnet's held addresses (held plus pre-warm) and forecasts when the
+// subnet's headroom runs out at the recent trend. Every replica runs one over its own ledger, so
+// a new leader has the history at once.
+type Forecaster struct {
+	led    func() *ledger.Ledger
+	window time.Duration
+	now    func() time.Time
+
+	mu     sync.Mutex
+	trends map[string]*trend
+}
+
+// Forecast is one subnet's exhaustion forecast.
+type Forecast struct {
+	HeldPerHour float64
+	// TimeToExhaustion is set (OK true) when the headroom runs out at the trend.
+	TimeToExhaustion time.Duration
+	OK               bool
+	Window           time.Duration
+}
+
+// NewForecaster samples the ledger led returns (a replica replaces its ledger when it reloads
+// from etcd) and keeps window of history (default 1 h).
+func NewForecaster(led func() *ledger.Ledger, window time.Duration, now func() time.Time) *Forecaster {
+	if window <= 0 {
+		window = time.Hour
+	}
+	if now == nil {
+		now = time.Now
+	}
+	return &Forecaster{led: led, window: window, now: now, trends: map[string]*trend{}}
+}
+
+// Sample records every subnet's held addresses now.
+func (f *Forecaster) Sample() {
+	now := f.now()
+	budgets := f.led().Budgets(now)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, b := range budgets {
+		t, ok := f.trends[b.SubnetID]
+		if !ok {
+			t = newTrend(f.window)
+			f.trends[b.SubnetID] = t
+		}
+		t.add(now, b.Held+b.PrewarmReserved)
+	}
+}
+
+// Forecast returns the subnet's trend and, when it grows, the time until headroom is used up.
+func (f *Forecaster) Forecast(subnet string, headroom int) Forecast {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t, ok := f.trends[subnet]
+	if !ok {
+		return Forecast{}
+	}
+	slope, span, ok := t.perHour()
+	if !ok {
+		return Forecast{Window: span}
+	}
+	out := Forecast{HeldPerHour: slope, Window: span}
+	out.TimeToExhaustion, out.OK = timeToExhaustion(headroom, slope)
+	return out
+}
+
+// Run samples every interval until ctx ends.
+func (f *Forecaster) Run(ctx context.Context, every time.Duration) error {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	f.Sample()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			f.Sample()
+		}
+	}
+}

@@ -1,0 +1,57 @@
+package allocator
+
+import (
+	"net/netip"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the allocator's Prometheus metrics (documented in docs/metrics.md).
+type metrics struct {
+	connected     prometheus.Gauge
+	acks          *prometheus.CounterVec
+	registrations prometheus.Counter
+	removals      prometheus.Counter
+	repairs       *prometheus.CounterVec
+	leaseOps      *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ipledger_nodes_connected", Help: "Nodes whose agent has a sync stream open to the leader.",
+		}),
+		acks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ipledger_release_acks_total", Help: "Items agents confirmed or refused in answer to release proposals.",
+		}, []string{"result"}),
+		registrations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ipledger_node_registrations_total", Help: "Nodes registered.",
+		}),
+		removals: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ipledger_node_removals_total", Help: "Nodes removed because their instance is gone.",
+		}),
+		repairs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ipledger_reconcile_repairs_total", Help: "Differences between etcd and EC2 repaired by reconciliation, by kind.",
+		}, []string{"kind"}),
+		leaseOps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ipledger_lease_operations_total", Help: "Lease operations by kind (assign, release, adopt, drop, create-eni, delete-eni, ...) and outcome.",
+		}, []string{"op", "outcome"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.connected, m.acks, m.registrations, m.removals, m.repairs, m.leaseOps)
+	}
+	return m
+}
+
+func (m *metrics) leaseOp(op string, err error) {
+	outcome := "ok"
+	if err != nil {
+		outcome = "error"
+	}
+	m.leaseOps.WithLabelValues(op, outcome).Inc()
+}
+
+func mustAddr(s string) netip.Addr {
+	ip, _ := netip.ParseAddr(s)
+	return ip
+}

@@ -1,0 +1,449 @@
+package allocator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"sort"
+
+	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+	"github.com/ipledger/ipledger/server/ec2gw"
+	"github.com/ipledger/ipledger/server/instancetypes"
+	"github.com/ipledger/ipledger/server/ledger"
+	"github.com/ipledger/ipledger/server/store"
+)
+
+var (
+	nodeNameRE   = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
+	instanceIDRE = regexp.MustCompile(`^i-[0-9a-f]{8,17}$`)
+	eniIDRE      = regexp.MustCompile(`^eni-[0-9a-f]{8,17}$`)
+	subnetIDRE   = regexp.MustCompile(`^subnet-[0-9a-f]{8,17}$`)
+	azRE         = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-\d[a-z]$`)
+)
+
+// ValidateNodeName checks a Kubernetes node name (DNS-1123 subdomain).
+func ValidateNodeName(field, name string) error {
+	if len(name) == 0 || len(name) > 253 || !nodeNameRE.MatchString(name) {
+		return invalid(field, "%q is not a valid node name (DNS-1123 subdomain, at most 253 characters)", name)
+	}
+	return nil
+}
+
+// ValidateSubnetID checks an EC2 subnet id.
+func ValidateSubnetID(field, id string) error {
+	if !subnetIDRE.MatchString(id) {
+		return invalid(field, "%q is not a subnet id (subnet-...)", id)
+	}
+	return nil
+}
+
+func validateRegister(req *ipledgerv1.RegisterNodeRequest) error {
+	if err := ValidateNodeName("node_name", req.GetNodeName()); err != nil {
+		return err
+	}
+	if !instanceIDRE.MatchString(req.GetInstanceId()) {
+		return invalid("instance_id", "%q is not an instance id (i-...)", req.GetInstanceId())
+	}
+	if _, ok := instancetypes.Lookup(req.GetInstanceType()); !ok {
+		return invalid("instance_type", "unknown instance type %q", req.GetInstanceType())
+	}
+	if !azRE.MatchString(req.GetAvailabilityZone()) {
+		return invalid("availability_zone", "%q is not an availability zone", req.GetAvailabilityZone())
+	}
+	if err := ValidateSubnetID("subnet_id", req.GetSubnetId()); err != nil {
+		return err
+	}
+	if !eniIDRE.MatchString(req.GetPrimaryEniId()) {
+		return invalid("primary_eni_id", "%q is not an ENI id (eni-...)", req.GetPrimaryEniId())
+	}
+	if ip, err := netip.ParseAddr(req.GetPrimaryIp()); err != nil || !ip.Is4() {
+		return invalid("primary_ip", "%q is not an IPv4 address", req.GetPrimaryIp())
+	}
+	if len(req.GetLabels()) > 64 {
+		return invalid("labels", "%d labels; at most 64", len(req.GetLabels()))
+	}
+	for k, v := range req.GetLabels() {
+		if !labelKeyRE.MatchString(k) || !labelValueRE.MatchString(v) {
+			return invalid("labels", "%q=%q is not a valid label", k, v)
+		}
+	}
+	if len(req.GetAgentVersion()) > 128 {
+		return invalid("agent_version", "longer than 128 characters")
+	}
+	return nil
+}
+
+// RegisterNode verifies a node against EC2, records it and returns its pool and policy.
+// Registering the same node and instance again is idempotent.
+func (a *Allocator) RegisterNode(ctx context.Context, req *ipledgerv1.RegisterNodeRequest) (*ipledgerv1.NodePool, *ipledgerv1.NodePolicy, error) {
+	if err := validateRegister(req); err != nil {
+		return nil, nil, err
+	}
+	a.regMu.Lock()
+	defer a.regMu.Unlock()
+
+	name := req.GetNodeName()
+	if rec, ok := a.led.Node(name); ok {
+		if rec.InstanceID == req.GetInstanceId() {
+			return a.reregister(ctx, rec, req)
+		}
+		// The name belongs to another instance. If that instance is gone, the new one takes over.
+		gone, err := a.instanceGone(ctx, rec.InstanceID, ec2gw.PriorityNodeStart)
+		if err != nil {
+			return nil, nil, err
+		}
+		if !gone {
+			return nil, nil, fmt.Errorf("%w: %s is registered for %s", ErrNodeNameTaken, name, rec.InstanceID)
+		}
+		if err := a.removeNode(ctx, name, "instance replaced"); err != nil {
+			return nil, nil, err
+		}
+	}
+	if other, ok := a.led.NodeByInstance(req.GetInstanceId()); ok {
+		return nil, nil, fmt.Errorf("%w: %s is registered as %s", ErrInstanceRegistered, req.GetInstanceId(), other.Name)
+	}
+	inst, err := a.verifyInstance(ctx, req)
+	if err != nil {
+		return nil, nil, err
+	}
+	typ, err := a.instanceType(ctx, req.GetInstanceType())
+	if err != nil {
+		return nil, nil, err
+	}
+	subnet, subnetOps, err := a.ensureSubnet(ctx, req.GetSubnetId(), ec2gw.PriorityNodeStart)
+	if err != nil {
+		return nil, nil, err
+	}
+
+	a.mu.Lock()
+	policies := a.policyListLocked()
+	a.mu.Unlock()
+	policy := MatchPolicy(policies, req.GetLabels(), req.GetInstanceType())
+	mode, modeMsg := PolicyMode(policy, typ)
+
+	rec := ledger.NodeRecord{
+		Name:             name,
+		InstanceID:       inst.ID,
+		InstanceType:     inst.Type,
+		AvailabilityZone: inst.AvailabilityZone,
+		SubnetID:         inst.SubnetID,
+		PrimaryIP:        inst.PrivateIP,
+		Labels:           req.GetLabels(),
+		Policy:           policy.GetName(),
+		Mode:             mode,
+		RegisteredAt:     a.now(),
+	}
+	// Adopt what is already on the instance's ENIs: the primary ENI always, other ENIs when they
+	// carry this cluster's tag (a previous leader created them).
+	for _, e := range inst.ENIs {
+		if e.Attachment == nil {
+			continue
+		}
+		primary := e.Attachment.DeviceIndex == 0
+		if !primary && e.Tags[TagCluster] != a.cfg.ClusterName {
+			continue
+		}
+		if e.SubnetID != inst.SubnetID {
+			continue
+		}
+		er := ledger.ENIRecord{
+			ID: e.ID, MAC: e.MAC, SubnetID: e.SubnetID, PrimaryIP: e.PrimaryIP,
+			DeviceIndex: e.Attachment.DeviceIndex, NetworkCardIndex: e.Attachment.NetworkCardIndex,
+			AttachmentID: e.Attachment.ID, Managed: !primary, DeleteOnTermination: e.Attachment.DeleteOnTermination,
+		}
+		if primary {
+			rec.PrimaryENI = e.ID
+		}
+		for _, ip := range e.SecondaryIPs {
+			er.Addresses = append(er.Addresses, ledger.LeasedAddress{IP: ip, State: ledger.LeaseActive})
+		}
+		for _, p := range e.Prefixes {
+			er.Prefixes = append(er.Prefixes, ledger.LeasedPrefix{Prefix: p, State: ledger.LeaseActive})
+		}
+		rec.ENIs = append(rec.ENIs, er)
+	}
+	sort.Slice(rec.ENIs, func(i, j int) bool { return rec.ENIs[i].DeviceIndex < rec.ENIs[j].DeviceIndex })
+
+	// The node's ENIs were foreign until now; the subnet record stops counting them.
+	mine := map[netip.Addr]bool{}
+	for _, e := range rec.ENIs {
+		mine[e.PrimaryIP] = true
+		for _, ad := range e.Addresses {
+			mine[ad.IP] = true
+		}
+		for _, p := range e.Prefixes {
+			for ip := p.Prefix.Masked().Addr(); p.Prefix.Contains(ip); ip = ip.Next() {
+				mine[ip] = true
+			}
+		}
+	}
+	subnet.Foreign = subtractRanges(subnet.Foreign, mine)
+	ops := append(subnetOps[:0:0], store.PutSubnet(subnet))
+	if err := a.led.PutSubnet(subnet); err != nil {
+		return nil, nil, fmt.Errorf("allocator: subnet %s: %w", subnet.ID, err)
+	}
+	if err := a.led.CheckNode(rec); err != nil {
+		return nil, nil, fmt.Errorf("%w: %s: %v", ErrInstanceMismatch, name, err)
+	}
+	ns := a.newNodeState(rec)
+	ns.typ = typ
+	ns.policy = policy
+	ns.modeMsg = modeMsg
+	rev, err := a.commit(ctx, append(ops, store.PutNode(rec))...)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := a.led.PutNode(rec); err != nil {
+		a.fail(fmt.Errorf("allocator: ledger diverged from etcd: %w", err))
+		return nil, nil, err
+	}
+	a.mu.Lock()
+	ns.generation = uint64(rev)
+	a.nodes[name] = ns
+	if a.runCtx != nil {
+		a.startNodeLocked(a.runCtx, ns)
+	}
+	pool := a.poolLocked(ns, rec)
+	a.mu.Unlock()
+	a.fillCIDRs(pool)
+	a.met.registrations.Inc()
+	a.log.Info("node registered", "node", name, "instance", inst.ID, "type", inst.Type, "subnet", inst.SubnetID, "policy", policy.GetName(), "mode", mode)
+	if modeMsg != "" {
+		a.log.Warn(modeMsg, "node", name)
+	}
+	return pool, policy, nil
+}
+
+// reregister answers a repeated registration of the same node and instance.
+func (a *Allocator) reregister(ctx context.Context, rec ledger.NodeRecord, req *ipledgerv1.RegisterNodeRequest) (*ipledgerv1.NodePool, *ipledgerv1.NodePolicy, error) {
+	if rec.InstanceType != req.GetInstanceType() || rec.AvailabilityZone != req.GetAvailabilityZone() ||
+		rec.SubnetID != req.GetSubnetId() || rec.PrimaryENI != req.GetPrimaryEniId() || rec.PrimaryIP.String() != req.GetPrimaryIp() {
+		return nil, nil, fmt.Errorf("%w: %s is registered with different facts (type %s, AZ %s, subnet %s, ENI %s, IP %s)",
+			ErrInstanceMismatch, rec.Name, rec.InstanceType, rec.AvailabilityZone, rec.SubnetID, rec.PrimaryENI, rec.PrimaryIP)
+	}
+	ns, ok := a.node(rec.Name)
+	if !ok {
+		return nil, nil, fmt.Errorf("%w: %s", ErrUnknownNode, rec.Name)
+	}
+	if !equalLabels(rec.Labels, req.GetLabels()) {
+		if _, err := a.mutateNode(ctx, ns, func(r *ledger.NodeRecord) error {
+			r.Labels = req.GetLabels()
+			return nil
+		}); err != nil {
+			return nil, nil, err
+		}
+	}
+	pool, err := a.Pool(rec.Name)
+	if err != nil {
+		return nil, nil, err
+	}
+	a.mu.Lock()
+	policy := ns.policy
+	a.mu.Unlock()
+	ns.kickNow()
+	return pool, policy, nil
+}
+
+func equalLabels(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// verifyInstance checks the request against what EC2 says about the instance.
+func (a *Allocator) verifyInstance(ctx context.Context, req *ipledgerv1.RegisterNodeRequest) (ec2gw.Instance, error) {
+	insts, err := a.gw.DescribeInstances(ctx, ec2gw.PriorityNodeStart, []string{req.GetInstanceId()})
+	if errors.Is(err, ec2gw.ErrNotFound) || (err == nil && len(insts) == 0) {
+		return ec2gw.Instance{}, fmt.Errorf("%w: EC2 does not know instance %s", ErrInstanceMismatch, req.GetInstanceId())
+	}
+	if err != nil {
+		return ec2gw.Instance{}, ec2Err(err, req.GetSubnetId())
+	}
+	inst := insts[0]
+	mismatch := func(field, got, want string) error {
+		return fmt.Errorf("%w: %s: request says %q, EC2 says %q", ErrInstanceMismatch, field, want, got)
+	}
+	switch {
+	case inst.State != "running" && inst.State != "pending":
+		return ec2gw.Instance{}, fmt.Errorf("%w: instance %s is %s", ErrInstanceMismatch, inst.ID, inst.State)
+	case inst.Type != req.GetInstanceType():
+		return ec2gw.Instance{}, mismatch("instance_type", inst.Type, req.GetInstanceType())
+	case inst.AvailabilityZone != req.GetAvailabilityZone():
+		return ec2gw.Instance{}, mismatch("availability_zone", inst.AvailabilityZone, req.GetAvailabilityZone())
+	case inst.SubnetID != req.GetSubnetId():
+		return ec2gw.Instance{}, mismatch("subnet_id", inst.SubnetID, req.GetSubnetId())
+	case inst.PrivateIP.String() != req.GetPrimaryIp():
+		return ec2gw.Instance{}, mismatch("primary_ip", inst.PrivateIP.String(), req.GetPrimaryIp())
+	}
+	for _, e := range inst.ENIs {
+		if e.Attachment != nil && e.Attachment.DeviceIndex == 0 {
+			if e.ID != req.GetPrimaryEniId() {
+				return ec2gw.Instance{}, mismatch("primary_eni_id", e.ID, req.GetPrimaryEniId())
+			}
+			return inst, nil
+		}
+	}
+	return ec2gw.Instance{}, fmt.Errorf("%w: EC2 lists no primary ENI for %s", ErrInstanceMismatch, inst.ID)
+}
+
+// instanceType returns the limits of a type, from EC2 (cached) or the embedded table.
+func (a *Allocator) instanceType(ctx context.Context, name string) (instancetypes.Type, error) {
+	a.mu.Lock()
+	t, ok := a.types[name]
+	a.mu.Unlock()
+	if ok {
+		return t, nil
+	}
+	got, err := a.gw.DescribeInstanceTypes(ctx, ec2gw.PriorityNodeStart, []string{name})
+	if err == nil && len(got) == 1 {
+		t = instancetypes.Type{
+			Name: got[0].Name, MaxENIs: got[0].MaxENIs, IPv4PerENI: got[0].IPv4PerENI,
+			Hypervisor: got[0].Hypervisor, BareMetal: got[0].BareMetal, NetworkCards: max(got[0].NetworkCards, 1),
+		}
+	} else {
+		var known bool
+		t, known = instancetypes.Lookup(name)
+		if !known {
+			return instancetypes.Type{}, invalid("instance_type", "EC2 and the embedded table do not know %q", name)
+		}
+		a.log.Warn("DescribeInstanceTypes failed; using the embedded limits", "type", name, "err", err)
+	}
+	a.mu.Lock()
+	a.types[name] = t
+	a.mu.Unlock()
+	return t, nil
+}
+
+// ensureSubnet returns the subnet's record, learning it from EC2 (and scanning it for foreign
+// addresses) when the cluster has not used it before.
+func (a *Allocator) ensureSubnet(ctx context.Context, id string, prio ec2gw.Priority) (ledger.SubnetRecord, []store.Op, error) {
+	if s, ok := a.led.Subnet(id); ok {
+		return s, nil, nil
+	}
+	subs, err := a.gw.DescribeSubnets(ctx, prio, []string{id}, "")
+	if errors.Is(err, ec2gw.ErrNotFound) || (err == nil && len(subs) == 0) {
+		return ledger.SubnetRecord{}, nil, fmt.Errorf("%w: EC2 does not know subnet %s", ErrInstanceMismatch, id)
+	}
+	if err != nil {
+		return ledger.SubnetRecord{}, nil, ec2Err(err, id)
+	}
+	s := subs[0]
+	rec := ledger.SubnetRecord{
+		ID: s.ID, CIDR: s.CIDR, AvailabilityZone: s.AvailabilityZone, AvailabilityZoneID: s.AvailabilityZoneID,
+		VPCID: s.VPCID, Tags: s.Tags,
+	}
+	foreign, err := a.scanForeign(ctx, prio, id)
+	if err != nil {
+		return ledger.SubnetRecord{}, nil, err
+	}
+	rec.Foreign = foreign
+	rec.ForeignScannedAt = a.now()
+	return rec, []store.Op{store.PutSubnet(rec)}, nil
+}
+
+// instanceGone reports whether EC2 says the instance is terminated or unknown.
+func (a *Allocator) instanceGone(ctx context.Context, id string, prio ec2gw.Priority) (bool, error) {
+	insts, err := a.gw.DescribeInstances(ctx, prio, []string{id})
+	if errors.Is(err, ec2gw.ErrNotFound) {
+		return true, nil
+	}
+	if err != nil {
+		return false, ec2Err(err, "")
+	}
+	if len(insts) == 0 {
+		return true, nil
+	}
+	s := insts[0].State
+	return s == "terminated" || s == "shutting-down", nil
+}
+
+// removeNode forgets a node whose instance is gone: its lease returns to the subnet and its
+// agent streams end. ENIs that outlive the instance are collected by reconciliation.
+func (a *Allocator) removeNode(ctx context.Context, name, why string) error {
+	a.mu.Lock()
+	ns, ok := a.nodes[name]
+	a.mu.Unlock()
+	if ok {
+		ns.mu.Lock()
+		defer ns.mu.Unlock()
+	}
+	if _, err := a.commit(ctx, store.DeleteNode(name)); err != nil {
+		return err
+	}
+	a.led.DeleteNode(name)
+	a.mu.Lock()
+	if ok {
+		ns.removed = true
+		close(ns.stop)
+		for s := range ns.subs {
+			s.end(fmt.Errorf("%w: %s removed (%s)", ErrUnknownNode, name, why))
+		}
+		close(ns.changed)
+		ns.changed = make(chan struct{})
+		delete(a.nodes, name)
+	}
+	a.mu.Unlock()
+	a.log.Info("node removed", "node", name, "why", why)
+	a.met.removals.Inc()
+	select {
+	case a.sweep <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// subtractRanges removes addresses from a list of ranges.
+func subtractRanges(rs []ledger.AddrRange, drop map[netip.Addr]bool) []ledger.AddrRange {
+	if len(drop) == 0 {
+		return rs
+	}
+	var out []ledger.AddrRange
+	for _, r := range rs {
+		start := netip.Addr{}
+		var prev netip.Addr
+		for ip := r.First; ; ip = ip.Next() {
+			if drop[ip] {
+				if start.IsValid() {
+					out = append(out, ledger.AddrRange{First: start, Last: prev})
+					start = netip.Addr{}
+				}
+			} else if !start.IsValid() {
+				start = ip
+			}
+			prev = ip
+			if ip == r.Last {
+				break
+			}
+		}
+		if start.IsValid() {
+			out = append(out, ledger.AddrRange{First: start, Last: r.Last})
+		}
+	}
+	return out
+}
+
+// toRanges compresses a set of addresses into sorted inclusive ranges.
+func toRanges(set map[netip.Addr]bool) []ledger.AddrRange {
+	ips := make([]netip.Addr, 0, len(set))
+	for ip := range set {
+		ips = append(ips, ip)
+	}
+	sort.Slice(ips, func(i, j int) bool { return ips[i].Less(ips[j]) })
+	var out []ledger.AddrRange
+	for _, ip := range ips {
+		if n := len(out); n > 0 && out[n-1].Last.Next() == ip {
+			out[n-1].Last = ip
+			continue
+		}
+		out = append(out, ledger.AddrRange{First: ip, Last: ip})
+	}
+	return out
+}

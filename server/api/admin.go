@@ -1,0 +1,305 @@
+package api
+
+import (
+	"context"
+	"sort"
+	"time"
+
+	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+	"github.com/ipledger/ipledger/server/allocator"
+	"github.com/ipledger/ipledger/server/ec2gw"
+	"github.com/ipledger/ipledger/server/ledger"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// AdminServer implements AdminService. Reads are answered from this replica's copy of the
+// state; changes only by the leader.
+type AdminServer struct {
+	ipledgerv1.UnimplementedAdminServiceServer
+	replica Replica
+	now     func() time.Time
+}
+
+var _ ipledgerv1.AdminServiceServer = (*AdminServer)(nil)
+
+// NewAdminServer serves AdminService for a replica.
+func NewAdminServer(r Replica) *AdminServer {
+	return &AdminServer{replica: r, now: time.Now}
+}
+
+func (s *AdminServer) leader() (*allocator.Allocator, error) {
+	if a := s.replica.Allocator(); a != nil {
+		return a, nil
+	}
+	return nil, NotLeader(s.replica.LeaderAddress())
+}
+
+// ListSubnets implements AdminService.
+func (s *AdminServer) ListSubnets(ctx context.Context, _ *ipledgerv1.ListSubnetsRequest) (*ipledgerv1.ListSubnetsResponse, error) {
+	led := s.replica.Ledger()
+	out := &ipledgerv1.ListSubnetsResponse{}
+	for _, b := range led.Budgets(s.now()) {
+		out.Subnets = append(out.Subnets, s.subnetBudget(led, b))
+	}
+	return out, nil
+}
+
+func (s *AdminServer) subnetBudget(led *ledger.Ledger, b ledger.Budget) *ipledgerv1.SubnetBudget {
+	sb := &ipledgerv1.SubnetBudget{
+		SubnetId:         b.SubnetID,
+		AvailabilityZone: b.AvailabilityZone,
+		Cidr:             b.CIDR.String(),
+		Size:             uint32(b.Size),
+		Reserved:         uint32(b.Reserved),
+		Foreign:          uint32(b.Foreign),
+		Held:             uint32(b.Held),
+		EniPrimary:       uint32(b.ENIPrimary),
+		InUse:            uint32(b.InUse),
+		Idle:             uint32(b.Idle),
+		PrewarmReserved:  uint32(b.PrewarmReserved),
+		Free:             uint32(b.Free),
+		FreePrefixes:     uint32(b.FreePrefixes),
+		MaxHeld:          uint32(b.MaxHeld),
+		KeepFree:         uint32(b.KeepFree),
+		Headroom:         uint32(b.Headroom),
+	}
+	if rec, ok := led.Subnet(b.SubnetID); ok {
+		sb.Tags = rec.Tags
+	}
+	if f := s.replica.Forecaster(); f != nil {
+		fc := f.Forecast(b.SubnetID, b.Headroom)
+		sb.Forecast = &ipledgerv1.Forecast{HeldPerHour: fc.HeldPerHour, Window: durationpb.New(fc.Window)}
+		if fc.OK {
+			sb.Forecast.TimeToExhaustion = durationpb.New(fc.TimeToExhaustion)
+		}
+	}
+	return sb
+}
+
+// SetSubnetBudget implements AdminService.
+func (s *AdminServer) SetSubnetBudget(ctx context.Context, req *ipledgerv1.SetSubnetBudgetRequest) (*ipledgerv1.SubnetBudget, error) {
+	if err := allocator.ValidateSubnetID("subnet_id", req.GetSubnetId()); err != nil {
+		return nil, Status(err)
+	}
+	a, err := s.leader()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := a.SetSubnetBudget(ctx, req.GetSubnetId(), int(req.GetMaxHeld()), int(req.GetKeepFree())); err != nil {
+		return nil, Status(err)
+	}
+	led := s.replica.Ledger()
+	b, err := led.Budget(req.GetSubnetId(), s.now())
+	if err != nil {
+		return nil, Status(err)
+	}
+	return s.subnetBudget(led, b), nil
+}
+
+// ListNodes implements AdminService.
+func (s *AdminServer) ListNodes(ctx context.Context, _ *ipledgerv1.ListNodesRequest) (*ipledgerv1.ListNodesResponse, error) {
+	led := s.replica.Ledger()
+	out := &ipledgerv1.ListNodesResponse{}
+	for _, rec := range led.Nodes() {
+		out.Nodes = append(out.Nodes, s.summary(led, rec))
+	}
+	return out, nil
+}
+
+func (s *AdminServer) summary(led *ledger.Ledger, rec ledger.NodeRecord) *ipledgerv1.NodeSummary {
+	sum := &ipledgerv1.NodeSummary{
+		NodeName:         rec.Name,
+		InstanceId:       rec.InstanceID,
+		InstanceType:     rec.InstanceType,
+		AvailabilityZone: rec.AvailabilityZone,
+		SubnetId:         rec.SubnetID,
+		Mode:             allocator.ModeToProto(rec.Mode),
+		Policy:           rec.Policy,
+		Enis:             uint32(len(rec.ENIs)),
+		Draining:         rec.Draining,
+		RegisteredAt:     timestamppb.New(rec.RegisteredAt),
+	}
+	if c, ok := led.NodeCounts(rec.Name); ok {
+		sum.Held = uint32(c.Leased)
+		sum.InUse = uint32(c.InUse)
+		sum.Idle = uint32(c.Idle)
+	}
+	if a := s.replica.Allocator(); a != nil {
+		if rt, ok := a.Runtime(rec.Name); ok {
+			sum.Connected = rt.Connected
+			if !rt.LastReport.IsZero() {
+				sum.LastReport = timestamppb.New(rt.LastReport)
+			}
+			sum.TargetFree = uint32(rt.Targets.TargetFree)
+			want := rt.Targets.WantAddresses
+			if d := want - int(sum.Held); d > 0 {
+				sum.Deficit = uint32(d)
+			}
+		}
+	}
+	return sum
+}
+
+// GetNode implements AdminService.
+func (s *AdminServer) GetNode(ctx context.Context, req *ipledgerv1.GetNodeRequest) (*ipledgerv1.NodeDetail, error) {
+	if err := allocator.ValidateNodeName("node_name", req.GetNodeName()); err != nil {
+		return nil, Status(err)
+	}
+	return s.detail(req.GetNodeName())
+}
+
+func (s *AdminServer) detail(name string) (*ipledgerv1.NodeDetail, error) {
+	led := s.replica.Ledger()
+	rec, ok := led.Node(name)
+	if !ok {
+		return nil, Status(allocatorUnknown(name))
+	}
+	d := &ipledgerv1.NodeDetail{Summary: s.summary(led, rec), Labels: rec.Labels}
+	var gen uint64
+	var t allocator.Targets
+	if a := s.replica.Allocator(); a != nil {
+		if rt, ok := a.Runtime(name); ok {
+			gen, t = rt.Generation, rt.Targets
+			d.Policy = rt.Policy
+			if rt.Usage != nil {
+				d.Pods = rt.Usage.GetInUse()
+			}
+			if rt.Problem != nil {
+				d.SupplyProblem = Reason(rt.Problem)
+				d.SupplyMessage = rt.Problem.Error()
+			} else if rt.ModeMessage != "" {
+				d.SupplyMessage = rt.ModeMessage
+			}
+		}
+	}
+	if d.Policy == nil {
+		d.Policy = allocator.MatchPolicy(s.replica.Policies(), rec.Labels, rec.InstanceType)
+	}
+	d.Pool = allocator.PoolFromRecord(rec, gen, t)
+	for _, ni := range d.Pool.Interfaces {
+		if sub, ok := led.Subnet(ni.SubnetId); ok {
+			ni.SubnetCidr = sub.CIDR.String()
+		}
+	}
+	return d, nil
+}
+
+// Reason is the Reason a supply problem reports.
+func Reason(err error) ipledgerv1.Reason {
+	r, _ := ReasonOf(Status(err))
+	return ipledgerv1.Reason(ipledgerv1.Reason_value[r])
+}
+
+// DrainNode implements AdminService.
+func (s *AdminServer) DrainNode(ctx context.Context, req *ipledgerv1.DrainNodeRequest) (*ipledgerv1.NodeDetail, error) {
+	if err := allocator.ValidateNodeName("node_name", req.GetNodeName()); err != nil {
+		return nil, Status(err)
+	}
+	a, err := s.leader()
+	if err != nil {
+		return nil, err
+	}
+	if err := a.Drain(ctx, req.GetNodeName(), req.GetUndo()); err != nil {
+		return nil, Status(err)
+	}
+	return s.detail(req.GetNodeName())
+}
+
+// GetLimiter implements AdminService (leader only: only the leader calls EC2).
+func (s *AdminServer) GetLimiter(ctx context.Context, _ *ipledgerv1.GetLimiterRequest) (*ipledgerv1.LimiterState, error) {
+	a, err := s.leader()
+	if err != nil {
+		return nil, err
+	}
+	st := a.LimiterState()
+	out := &ipledgerv1.LimiterState{ThrottledTotal: st.ThrottledTotal}
+	for _, b := range st.Buckets {
+		out.Buckets = append(out.Buckets, &ipledgerv1.LimiterBucket{
+			Name: b.Name, Capacity: uint32(b.Capacity), RefillPerSecond: b.RefillPerSecond,
+			EffectiveRefillPerSecond: b.EffectiveRefillPerSecond, Tokens: b.Tokens, Actions: b.Actions,
+		})
+	}
+	for p := ipledgerv1.Priority_PRIORITY_POD_WAITING; p <= ipledgerv1.Priority_PRIORITY_RECONCILE; p++ {
+		out.Queue = append(out.Queue, &ipledgerv1.QueueLength{Priority: p, Waiting: uint32(st.Queue[ec2gw.Priority(p)])})
+	}
+	for _, t := range st.RecentThrottles {
+		out.RecentThrottles = append(out.RecentThrottles, &ipledgerv1.ThrottleEvent{Time: timestamppb.New(t.Time), Action: t.Action})
+	}
+	for _, c := range st.Calls {
+		out.Calls = append(out.Calls, &ipledgerv1.CallCount{Action: c.Action, Outcome: c.Outcome, Count: c.Count})
+	}
+	sort.Slice(out.Calls, func(i, j int) bool {
+		if out.Calls[i].Action != out.Calls[j].Action {
+			return out.Calls[i].Action < out.Calls[j].Action
+		}
+		return out.Calls[i].Outcome < out.Calls[j].Outcome
+	})
+	return out, nil
+}
+
+// ListPolicies implements AdminService.
+func (s *AdminServer) ListPolicies(ctx context.Context, _ *ipledgerv1.ListPoliciesRequest) (*ipledgerv1.ListPoliciesResponse, error) {
+	if a := s.replica.Allocator(); a != nil {
+		return &ipledgerv1.ListPoliciesResponse{Policies: a.Policies()}, nil
+	}
+	return &ipledgerv1.ListPoliciesResponse{Policies: s.replica.Policies()}, nil
+}
+
+// SetPolicy implements AdminService.
+func (s *AdminServer) SetPolicy(ctx context.Context, req *ipledgerv1.SetPolicyRequest) (*ipledgerv1.NodePolicy, error) {
+	if err := allocator.ValidatePolicy(req.GetPolicy()); err != nil {
+		return nil, Status(err)
+	}
+	a, err := s.leader()
+	if err != nil {
+		return nil, err
+	}
+	p, err := a.SetPolicy(ctx, req.GetPolicy())
+	if err != nil {
+		return nil, Status(err)
+	}
+	return p, nil
+}
+
+// DeletePolicy implements AdminService.
+func (s *AdminServer) DeletePolicy(ctx context.Context, req *ipledgerv1.DeletePolicyRequest) (*ipledgerv1.DeletePolicyResponse, error) {
+	if req.GetName() == "" {
+		return nil, invalidArg("name", "empty")
+	}
+	a, err := s.leader()
+	if err != nil {
+		return nil, err
+	}
+	if err := a.DeletePolicy(ctx, req.GetName()); err != nil {
+		return nil, Status(err)
+	}
+	return &ipledgerv1.DeletePolicyResponse{}, nil
+}
+
+// Check implements AdminService (leader only: it may ask EC2).
+func (s *AdminServer) Check(ctx context.Context, req *ipledgerv1.CheckRequest) (*ipledgerv1.CheckReport, error) {
+	a, err := s.leader()
+	if err != nil {
+		return nil, err
+	}
+	rep, err := a.Check(ctx, req.GetIncludeEc2())
+	if err != nil {
+		return nil, Status(err)
+	}
+	return rep, nil
+}
+
+// GetClusterStatus implements AdminService.
+func (s *AdminServer) GetClusterStatus(ctx context.Context, _ *ipledgerv1.GetClusterStatusRequest) (*ipledgerv1.ClusterStatus, error) {
+	return s.replica.ClusterStatus(ctx), nil
+}
+
+func allocatorUnknown(name string) error {
+	return &unknownNode{name}
+}
+
+type unknownNode struct{ name string }
+
+func (u *unknownNode) Error() string { return "allocator: unknown node: " + u.name }
+func (u *unknownNode) Unwrap() error { return allocator.ErrUnknownNode }

@@ -1,0 +1,181 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+	"github.com/ipledger/ipledger/server/allocator"
+	"github.com/ipledger/ipledger/server/ledger"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Replica is what the services need from the server process.
+type Replica interface {
+	// Allocator is nil unless this replica leads and its allocator runs.
+	Allocator() *allocator.Allocator
+	// Ledger is this replica's in-memory copy of the state.
+	Ledger() *ledger.Ledger
+	// LeaderAddress is the advertised gRPC address of the leader ("" when unknown).
+	LeaderAddress() string
+	// Policies are the node group policies as this replica knows them.
+	Policies() []*ipledgerv1.NodePolicy
+	Forecaster() *allocator.Forecaster
+	ClusterStatus(ctx context.Context) *ipledgerv1.ClusterStatus
+}
+
+// NodeAuthorizer decides whether the caller may act for a node (mTLS identity). nil allows all.
+type NodeAuthorizer func(ctx context.Context, node string) error
+
+// NodeServer implements NodeService.
+type NodeServer struct {
+	ipledgerv1.UnimplementedNodeServiceServer
+	replica   Replica
+	authorize NodeAuthorizer
+}
+
+var _ ipledgerv1.NodeServiceServer = (*NodeServer)(nil)
+
+// NewNodeServer serves NodeService for a replica.
+func NewNodeServer(r Replica, authorize NodeAuthorizer) *NodeServer {
+	return &NodeServer{replica: r, authorize: authorize}
+}
+
+func (s *NodeServer) leader() (*allocator.Allocator, error) {
+	if a := s.replica.Allocator(); a != nil {
+		return a, nil
+	}
+	return nil, NotLeader(s.replica.LeaderAddress())
+}
+
+func (s *NodeServer) check(ctx context.Context, node string) error {
+	if err := allocator.ValidateNodeName("node_name", node); err != nil {
+		return Status(err)
+	}
+	if s.authorize != nil {
+		if err := s.authorize(ctx, node); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// RegisterNode implements NodeService.
+func (s *NodeServer) RegisterNode(ctx context.Context, req *ipledgerv1.RegisterNodeRequest) (*ipledgerv1.RegisterNodeResponse, error) {
+	if err := s.check(ctx, req.GetNodeName()); err != nil {
+		return nil, err
+	}
+	a, err := s.leader()
+	if err != nil {
+		return nil, err
+	}
+	pool, policy, err := a.RegisterNode(ctx, req)
+	if err != nil {
+		return nil, Status(err)
+	}
+	return &ipledgerv1.RegisterNodeResponse{Pool: pool, Policy: policy}, nil
+}
+
+// RequestAddresses implements NodeService.
+func (s *NodeServer) RequestAddresses(ctx context.Context, req *ipledgerv1.RequestAddressesRequest) (*ipledgerv1.RequestAddressesResponse, error) {
+	if err := s.check(ctx, req.GetNodeName()); err != nil {
+		return nil, err
+	}
+	if req.GetCount() < 1 || req.GetCount() > 256 {
+		return nil, invalidArg("count", fmt.Sprintf("%d is outside 1..256", req.GetCount()))
+	}
+	a, err := s.leader()
+	if err != nil {
+		return nil, err
+	}
+	pool, err := a.RequestAddresses(ctx, req.GetNodeName(), int(req.GetCount()), req.GetKnownGeneration())
+	if err != nil {
+		return nil, Status(err)
+	}
+	return &ipledgerv1.RequestAddressesResponse{Pool: pool}, nil
+}
+
+// Sync implements NodeService: the first request is a SyncHello, then usage reports and release
+// acks flow in while pools and proposals flow out.
+func (s *NodeServer) Sync(stream ipledgerv1.NodeService_SyncServer) error {
+	ctx := stream.Context()
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	hello := first.GetHello()
+	if hello == nil {
+		return invalidArg("hello", "the first message of a Sync stream must be a SyncHello")
+	}
+	node := hello.GetNodeName()
+	if err := s.check(ctx, node); err != nil {
+		return err
+	}
+	a, err := s.leader()
+	if err != nil {
+		return err
+	}
+	if rec, ok := a.Pool(node); ok == nil && hello.GetInstanceId() != "" && rec.GetInstanceId() != hello.GetInstanceId() {
+		return Status(fmt.Errorf("%w: node %s is registered for instance %s, not %s", allocator.ErrInstanceMismatch, node, rec.GetInstanceId(), hello.GetInstanceId()))
+	}
+	sub, err := a.Subscribe(node)
+	if err != nil {
+		return Status(err)
+	}
+	defer a.Unsubscribe(sub)
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		for {
+			msg, err := stream.Recv()
+			if err == io.EOF {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			switch m := msg.GetMsg().(type) {
+			case *ipledgerv1.SyncRequest_Usage:
+				if err := a.ReportUsage(node, m.Usage); err != nil {
+					return Status(err)
+				}
+			case *ipledgerv1.SyncRequest_ReleaseAck:
+				if err := a.AckRelease(gctx, node, m.ReleaseAck); err != nil {
+					return Status(err)
+				}
+			case *ipledgerv1.SyncRequest_Hello:
+				return invalidArg("hello", "SyncHello is only allowed as the first message")
+			default:
+				return invalidArg("msg", "empty SyncRequest")
+			}
+		}
+	})
+	g.Go(func() error {
+		for {
+			resp, err := sub.Next(gctx)
+			if err != nil {
+				if gctx.Err() != nil {
+					return nil
+				}
+				return Status(err)
+			}
+			if resp == nil {
+				return nil // the subscription was closed
+			}
+			if err := stream.Send(resp); err != nil {
+				return err
+			}
+		}
+	})
+	err = g.Wait()
+	if err == nil && ctx.Err() == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok || err == nil {
+		return err
+	}
+	return status.Error(codes.Unavailable, err.Error())
+}
