@@ -332,7 +332,9 @@ func (a *Allocator) diffENI(node string, er ledger.ENIRecord, e ec2gw.ENI) []dri
 			d.finding.Detail += "; a pod uses it, so it is assigned again"
 			d.repair = func(ctx context.Context) error { return a.reassign(ctx, er.ID, it) }
 		} else {
-			d.repair = func(ctx context.Context) error { return a.dropItems(ctx, node, er.ID, er.SubnetID, []string{it}, false) }
+			d.repair = func(ctx context.Context) error {
+				return a.dropItems(ctx, node, er.ID, er.SubnetID, []string{it}, false)
+			}
 		}
 		out = append(out, d)
 	}
@@ -708,4 +710,3 @@ func conflictFinding(c ledger.Conflict) *ipledgerv1.Finding {
 	}
 	return &ipledgerv1.Finding{Kind: kind, SubnetId: c.SubnetID, NodeName: c.Node, EniId: c.ENI, Address: c.Address, Detail: detail}
 }
-
