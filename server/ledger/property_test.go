@@ -977,7 +977,7 @@ func FuzzLedger(f *testing.F) {
 	f.Add([]byte("seed: register, reserve, commit, release"))
 	f.Add(slices.Repeat([]byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17}, 20))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		if len(data) > 4096 {
+		if len(data) > 1024 {
 			t.Skip("long inputs add nothing but time")
 		}
 		newDriver(t, &byteSource{data: data}).run()
