@@ -1,0 +1,117 @@
+// Package ec2sim is the EC2 simulator (binary ipledger-ec2sim): a real HTTP server speaking
+// the EC2 Query protocol (API version 2016-11-15) faithfully enough that code which works
+// against it works against EC2. The unmodified aws-sdk-go-v2 EC2 client talks to it through a
+// custom endpoint with any static credentials (signatures are accepted, not checked).
+//
+// It owns one simulated account and region: a VPC, its subnets with per-address ownership (the
+// 5 AWS-reserved addresses, availableIpAddressCount, aligned /28 prefixes, CIDR reservations),
+// ENIs, instances with per-type ENI and IPv4-per-ENI limits, EC2's token buckets, injected
+// faults and latency, eventual consistency, an IMDSv2 listener per running instance, and a JSON
+// control API. It must never be used outside development, tests, the demo and the benchmark,
+// never talk to real AWS, and never route or configure any of the addresses it hands out: they
+// are data.
+//
+// # Query API (POST /)
+//
+// Actions: CreateNetworkInterface, AttachNetworkInterface, DetachNetworkInterface,
+// DeleteNetworkInterface, AssignPrivateIpAddresses, UnassignPrivateIpAddresses,
+// DescribeNetworkInterfaces, DescribeSubnets, DescribeInstances, DescribeInstanceTypes,
+// ModifyNetworkInterfaceAttribute, CreateTags, DeleteTags, CreateSubnetCidrReservation,
+// DeleteSubnetCidrReservation, RunInstances and TerminateInstances. Any other action gets
+// InvalidAction (400). Success bodies are <ActionResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">
+// with the request id in the x-amzn-RequestId header; errors are
+// <Response><Errors><Error><Code/><Message/></Error></Errors><RequestID/></Response>.
+//
+// Every request passes, in order: the deny list (UnauthorizedOperation, 403), the token bucket
+// (RequestLimitExceeded, 503, no effect), the injected fault of the action (latency, then a
+// failure with the configured probability and no effect), DryRun (DryRunOperation, 412), and
+// then the action. Choices the simulator makes where EC2's documentation is silent:
+//
+//   - A count (SecondaryPrivateIpAddressCount, Ipv4PrefixCount, RunInstances) picks at random
+//     (seeded) among free addresses outside AWS-reserved addresses and CIDR reservations; prefix
+//     counts prefer `prefix` reservations and never use `explicit` ones; explicit addresses and
+//     prefixes may be anywhere in the subnet that is free and not AWS-reserved.
+//   - Assign mixes of addresses and prefixes in one request are InvalidParameterCombination, as
+//     are a count with explicit values. Counts must be 1..1000 (InvalidParameterValue).
+//   - An explicit prefix overlapping assigned addresses is InvalidIPAddress.InUse; a prefix count
+//     with no free aligned /28 is InsufficientCidrBlocks.
+//   - An unattached ENI may hold up to the largest IPv4-per-ENI limit of any type (64); attaching
+//     checks the instance type's limit again (PrivateIpAddressLimitExceeded) and, for prefixes,
+//     Nitro. DeviceIndex must be 0..127; an index in use is InvalidParameterValue; attaching an
+//     attached ENI is InvalidNetworkInterface.InUse; a stopped or terminated instance is
+//     IncorrectInstanceState; detaching device index 0 is OperationNotPermitted.
+//   - Unknown ids are always *.NotFound (never *.Malformed). Malformed NextToken values are
+//     InvalidParameterValue. Missing required parameters are MissingParameter.
+//   - Instances are `running` as soon as RunInstances returns and `terminated` as soon as
+//     TerminateInstances returns (terminated instances stay listed). CreateNetworkInterface and
+//     RunInstances honour ClientToken.
+//   - Attach and detach take effect at once; with an injected latency the attachment shows
+//     `attaching` / `detaching` for that long and completes before the response.
+//   - The eventual-consistency delay hides a new ENI from every action naming it
+//     (InvalidNetworkInterfaceID.NotFound) and from describes, for the configured time divided by
+//     TimeScale. Foreign ENIs made through the control API are visible at once.
+//
+// # Throttling
+//
+// One set of token buckets (the simulator is one account and region), continuous refill,
+// one token per request, shapes from EC2's defaults: each of CreateNetworkInterface,
+// DeleteNetworkInterface, AssignPrivateIpAddresses, UnassignPrivateIpAddresses and
+// ModifyNetworkInterfaceAttribute its own 100 / 5 per s; CreateTags and DeleteTags share
+// 100 / 10; AttachNetworkInterface, DetachNetworkInterface, RunInstances and TerminateInstances
+// share the mutating 50 / 5; DescribeSubnets, DescribeInstanceTypes and DescribeInstances /
+// DescribeNetworkInterfaces with a filter, an id list, MaxResults or NextToken share the
+// non-mutating 100 / 20; DescribeInstances / DescribeNetworkInterfaces with none of these share
+// the unfiltered 50 / 10; subnet CIDR reservations 5 / 1. TimeScale multiplies the refill rates.
+//
+// # IMDS
+//
+// Each running instance has its own listener on 127.0.0.1 (the aws-sdk-go-v2 imds client
+// replaces the URL path, so only the port can name the instance), opened when the instance
+// starts and closed when it terminates or the Server closes. IMDSv2 only: PUT
+// /latest/api/token with X-aws-ec2-metadata-token-ttl-seconds (1..21600) returns a token; a
+// GET without a valid X-aws-ec2-metadata-token gets 401. Paths under /latest/meta-data/:
+// instance-id, instance-type, local-ipv4, local-hostname, hostname, mac, ami-id,
+// reservation-id, placement/{availability-zone,availability-zone-id,region},
+// network/interfaces/macs/ (one "<mac>/" per attached ENI) and
+// network/interfaces/macs/<mac>/{device-number, network-card, interface-id, subnet-id,
+// subnet-ipv4-cidr-block, vpc-id, vpc-ipv4-cidr-block(s), local-ipv4s, ipv4-prefix (404 when
+// none), local-hostname, mac, owner-id, security-group-ids}; directories list their entries one
+// a line. /latest/dynamic/instance-identity/document is the JSON identity document.
+//
+// # Control API (JSON, under /_sim/ on the EC2 listener)
+//
+// Not throttled and not counted in stats. Errors are {"error": {"code": "...", "message": "..."}}
+// with status 400 (404 for unknown paths and ids).
+//
+//	GET    /_sim/state          -> State: {"account_id","region","vpc":{"id","cidr"},
+//	                               "subnets":[{"id","cidr","availability_zone","availability_zone_id",
+//	                                 "vpc_id","tags","size","available","in_use","free_blocks",
+//	                                 "reservations":[{"id","cidr","type"}]}],
+//	                               "instances":[{"id","instance_type","subnet_id","availability_zone",
+//	                                 "state","private_ip","private_dns_name","primary_eni","mac",
+//	                                 "enis":[...],"tags","imds_endpoint"}],
+//	                               "enis":[{"id","subnet_id","vpc_id","availability_zone","mac",
+//	                                 "description","status","foreign","attachment":{"id","instance_id",
+//	                                 "device_index","network_card_index","delete_on_termination","status"},
+//	                                 "primary_ip","secondary_ips":[...],"prefixes":[...],"tags"}]}
+//	GET    /_sim/stats          -> {"calls":{"AssignPrivateIpAddresses":{"calls":150,"throttled":50,
+//	                                 "errors":{"RequestLimitExceeded":50}}, ...}}
+//	GET    /_sim/faults         -> {"Action":{"code","http_status","probability","latency":"250ms"}}
+//	POST   /_sim/faults         <- {"AssignPrivateIpAddresses":{"code":"InternalError","probability":0.5,
+//	                                 "latency":"100ms"}, ...}  (sets or replaces per action) -> all faults
+//	DELETE /_sim/faults         clears every fault -> {}
+//	POST   /_sim/throttle       <- {"on": false} -> {"on": false}
+//	POST   /_sim/instances      <- {"instance_type":"m5.large","subnet_id":"subnet-...","count":2,
+//	                                 "tags":{"k":"v"}} -> {"instances":[InstanceInfo...]}
+//	DELETE /_sim/instances/{id} terminate -> {"terminated":"i-..."}
+//	POST   /_sim/foreign-enis   <- {"subnet_id":"subnet-...","addresses":10} -> ENIInfo (an unattached,
+//	                               untagged ENI of another user holding that many addresses, primary included)
+//	POST   /_sim/fragment       <- {"subnet_id":"subnet-..."} -> {"occupied":510} (one foreign address
+//	                               in every free aligned /28, so InsufficientCidrBlocks follows)
+//
+// # Scenarios
+//
+// A scenario (YAML or JSON, see Scenario and testdata/scenario.yaml) gives the account, region,
+// VPC, subnets, instances, deny list, faults and eventual-consistency delay. IDs not given are
+// generated from the seed (subnet- and eni- + 17 hex digits), so a seed reproduces them.
+package ec2sim

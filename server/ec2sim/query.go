@@ -1,0 +1,456 @@
+package ec2sim
+
+import (
+	"bytes"
+	"context"
+	"encoding/xml"
+	"fmt"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+const (
+	apiVersion = "2016-11-15"
+	xmlNS      = "http://ec2.amazonaws.com/doc/2016-11-15/"
+)
+
+// request is one parsed Query API call.
+type request struct {
+	ctx    context.Context
+	action string
+	p      params
+	// latency is the injected latency of a phased action (attach/detach), already scaled.
+	latency time.Duration
+}
+
+type actionDef struct {
+	handle func(s *Sim, r *request) (response, *APIError)
+	// phased actions apply injected latency themselves as an attaching/detaching phase.
+	phased bool
+}
+
+// actions is every simulated action.
+var actions = map[string]actionDef{
+	"CreateNetworkInterface":          {handle: (*Sim).actCreateNetworkInterface},
+	"AttachNetworkInterface":          {handle: (*Sim).actAttachNetworkInterface, phased: true},
+	"DetachNetworkInterface":          {handle: (*Sim).actDetachNetworkInterface, phased: true},
+	"DeleteNetworkInterface":          {handle: (*Sim).actDeleteNetworkInterface},
+	"AssignPrivateIpAddresses":        {handle: (*Sim).actAssignPrivateIpAddresses},
+	"UnassignPrivateIpAddresses":      {handle: (*Sim).actUnassignPrivateIpAddresses},
+	"DescribeNetworkInterfaces":       {handle: (*Sim).actDescribeNetworkInterfaces},
+	"DescribeSubnets":                 {handle: (*Sim).actDescribeSubnets},
+	"DescribeInstances":               {handle: (*Sim).actDescribeInstances},
+	"DescribeInstanceTypes":           {handle: (*Sim).actDescribeInstanceTypes},
+	"ModifyNetworkInterfaceAttribute": {handle: (*Sim).actModifyNetworkInterfaceAttribute},
+	"CreateTags":                      {handle: (*Sim).actCreateTags},
+	"DeleteTags":                      {handle: (*Sim).actDeleteTags},
+	"CreateSubnetCidrReservation":     {handle: (*Sim).actCreateSubnetCidrReservation},
+	"DeleteSubnetCidrReservation":     {handle: (*Sim).actDeleteSubnetCidrReservation},
+	"RunInstances":                    {handle: (*Sim).actRunInstances},
+	"TerminateInstances":              {handle: (*Sim).actTerminateInstances},
+}
+
+// Actions lists the simulated action names, sorted.
+func Actions() []string {
+	out := make([]string, 0, len(actions))
+	for a := range actions {
+		out = append(out, a)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// response is a success body; every one embeds meta.
+type response interface{ setRequestID(string) }
+
+type meta struct {
+	RequestID string `xml:"requestId"`
+}
+
+func (m *meta) setRequestID(id string) { m.RequestID = id }
+
+// returnResponse is the body of actions that return only <return>true</return>.
+type returnResponse struct {
+	meta
+	Return bool `xml:"return"`
+}
+
+type xmlErrorResponse struct {
+	XMLName   xml.Name   `xml:"Response"`
+	Errors    []xmlError `xml:"Errors>Error"`
+	RequestID string     `xml:"RequestID"`
+}
+
+type xmlError struct {
+	Code    string `xml:"Code"`
+	Message string `xml:"Message"`
+}
+
+func (s *Sim) newRequestID() string {
+	n := s.reqSeq.Add(1)
+	return fmt.Sprintf("%08x-%04x-4%03x-8%03x-%012x", uint32(n*2654435761), uint16(n>>32), n&0xfff, (n>>12)&0xfff, n)
+}
+
+// serveQuery handles one EC2 Query API request.
+func (s *Sim) serveQuery(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	reqID := s.newRequestID()
+	if r.Method != http.MethodPost && r.Method != http.MethodGet {
+		writeError(w, reqID, apiErr("InvalidAction", "The HTTP method %s is not supported.", r.Method))
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, 4<<20)
+	if err := r.ParseForm(); err != nil {
+		writeError(w, reqID, apiErr("MalformedQueryString", "The request could not be parsed: %v", err))
+		return
+	}
+	p := params(r.Form)
+	action := p.str("Action")
+	def, ok := actions[action]
+	if !ok {
+		writeError(w, reqID, apiErr("InvalidAction", "The action %s is not valid for this web service.", action))
+		return
+	}
+	s.stats.call(action)
+	resp, aerr := s.dispatch(r.Context(), action, def, p)
+	if aerr != nil {
+		s.stats.fail(action, aerr.Code)
+		writeError(w, reqID, aerr)
+		s.log.Debug("ec2 request", "action", action, "code", aerr.Code, "status", aerr.HTTPStatus, "duration", time.Since(start))
+		return
+	}
+	resp.setRequestID(reqID)
+	var buf bytes.Buffer
+	buf.WriteString(xml.Header)
+	enc := xml.NewEncoder(&buf)
+	startEl := xml.StartElement{
+		Name: xml.Name{Local: action + "Response"},
+		Attr: []xml.Attr{{Name: xml.Name{Local: "xmlns"}, Value: xmlNS}},
+	}
+	if err := enc.EncodeElement(resp, startEl); err != nil {
+		s.stats.fail(action, "InternalError")
+		writeError(w, reqID, apiErr("InternalError", "encode response: %v", err))
+		return
+	}
+	w.Header().Set("Content-Type", "text/xml;charset=UTF-8")
+	w.Header().Set("x-amzn-RequestId", reqID)
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(buf.Bytes())
+	s.log.Debug("ec2 request", "action", action, "status", http.StatusOK, "duration", time.Since(start))
+}
+
+func writeError(w http.ResponseWriter, reqID string, aerr *APIError) {
+	body, err := xml.Marshal(xmlErrorResponse{Errors: []xmlError{{aerr.Code, aerr.Message}}, RequestID: reqID})
+	if err != nil {
+		body = []byte("<Response><Errors><Error><Code>InternalError</Code></Error></Errors></Response>")
+	}
+	w.Header().Set("Content-Type", "text/xml;charset=UTF-8")
+	w.Header().Set("x-amzn-RequestId", reqID)
+	w.WriteHeader(aerr.HTTPStatus)
+	_, _ = w.Write(append([]byte(xml.Header), body...))
+}
+
+// dispatch applies the deny list, throttling, injected faults and DryRun, then runs the action.
+func (s *Sim) dispatch(ctx context.Context, action string, def actionDef, p params) (response, *APIError) {
+	if s.deny[action] {
+		return nil, apiErr("UnauthorizedOperation",
+			"You are not authorized to perform this operation. User: arn:aws:sts::%s:assumed-role/ipledger/ec2sim is not authorized to perform: ec2:%s", s.accountID, action)
+	}
+	if !s.throttle.take(bucketFor(action, p.filteredOrPaginated()), s.now()) {
+		return nil, apiErr("RequestLimitExceeded", "Request limit exceeded.")
+	}
+	lat, ferr := s.faults.decide(action)
+	lat = s.scaled(lat)
+	if ferr != nil || !def.phased {
+		if err := s.sleep(ctx, lat); err != nil {
+			return nil, apiErr("InternalError", "request abandoned: %v", err)
+		}
+		lat = 0
+	}
+	if ferr != nil {
+		return nil, ferr
+	}
+	dry, aerr := p.boolParam("DryRun")
+	if aerr != nil {
+		return nil, aerr
+	}
+	if dry {
+		return nil, apiErr("DryRunOperation", "Request would have succeeded, but DryRun flag is set.")
+	}
+	return def.handle(s, &request{ctx: ctx, action: action, p: p, latency: lat})
+}
+
+// sleep waits d unless the request or the simulator ends first.
+func (s *Sim) sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.done:
+		return ErrClosed
+	}
+}
+
+// params are the request's form values with EC2's flattened, 1-indexed lists.
+type params url.Values
+
+func (p params) str(k string) string { return url.Values(p).Get(k) }
+
+func (p params) has(k string) bool { _, ok := p[k]; return ok }
+
+// indices returns the sorted N of keys "prefix.N" and "prefix.N.<member>".
+func (p params) indices(prefix string) []int {
+	pre := prefix + "."
+	seen := map[int]bool{}
+	for k := range p {
+		if !strings.HasPrefix(k, pre) {
+			continue
+		}
+		rest := k[len(pre):]
+		if i := strings.IndexByte(rest, '.'); i >= 0 {
+			rest = rest[:i]
+		}
+		n, err := strconv.Atoi(rest)
+		if err == nil && n >= 1 {
+			seen[n] = true
+		}
+	}
+	out := make([]int, 0, len(seen))
+	for n := range seen {
+		out = append(out, n)
+	}
+	sort.Ints(out)
+	return out
+}
+
+// list returns the values of prefix.1, prefix.2, ... in index order.
+func (p params) list(prefix string) []string {
+	var out []string
+	for _, n := range p.indices(prefix) {
+		k := prefix + "." + strconv.Itoa(n)
+		if p.has(k) {
+			out = append(out, p.str(k))
+		}
+	}
+	return out
+}
+
+// intParam parses an integer parameter; set is false when it is absent.
+func (p params) intParam(k string) (v int, set bool, aerr *APIError) {
+	if !p.has(k) {
+		return 0, false, nil
+	}
+	n, err := strconv.Atoi(p.str(k))
+	if err != nil {
+		return 0, true, apiErr("InvalidParameterValue", "Invalid value '%s' for %s", p.str(k), k)
+	}
+	return n, true, nil
+}
+
+func (p params) boolParam(k string) (bool, *APIError) {
+	if !p.has(k) {
+		return false, nil
+	}
+	switch strings.ToLower(p.str(k)) {
+	case "true":
+		return true, nil
+	case "false":
+		return false, nil
+	}
+	return false, apiErr("InvalidParameterValue", "Invalid value '%s' for %s: must be true or false", p.str(k), k)
+}
+
+func (p params) require(k string) (string, *APIError) {
+	v := p.str(k)
+	if v == "" {
+		return "", apiErr("MissingParameter", "The request must contain the parameter %s", k)
+	}
+	return v, nil
+}
+
+// filteredOrPaginated reports a filter, an id list, MaxResults or NextToken: such describes
+// take the non-mutating bucket, the others the unfiltered-describe bucket.
+func (p params) filteredOrPaginated() bool {
+	for k := range p {
+		if strings.HasPrefix(k, "Filter.") || strings.HasPrefix(k, "InstanceId.") ||
+			strings.HasPrefix(k, "NetworkInterfaceId.") || k == "MaxResults" || k == "NextToken" {
+			return true
+		}
+	}
+	return false
+}
+
+type filter struct {
+	name   string
+	values []string
+}
+
+func (p params) filters() ([]filter, *APIError) {
+	var out []filter
+	for _, n := range p.indices("Filter") {
+		pre := "Filter." + strconv.Itoa(n)
+		name := p.str(pre + ".Name")
+		if name == "" {
+			return nil, apiErr("InvalidParameterValue", "%s.Name must be given", pre)
+		}
+		vals := p.list(pre + ".Value")
+		if len(vals) == 0 {
+			return nil, apiErr("InvalidParameterValue", "The filter '%s' needs at least one value", name)
+		}
+		out = append(out, filter{name: name, values: vals})
+	}
+	return out, nil
+}
+
+type kv struct {
+	key      string
+	value    string
+	hasValue bool
+}
+
+// tags reads prefix.N.Key / prefix.N.Value.
+func (p params) tags(prefix string) ([]kv, *APIError) {
+	var out []kv
+	for _, n := range p.indices(prefix) {
+		pre := prefix + "." + strconv.Itoa(n)
+		k := p.str(pre + ".Key")
+		if k == "" {
+			return nil, apiErr("InvalidParameterValue", "Tag key must not be empty (%s.Key)", pre)
+		}
+		out = append(out, kv{key: k, value: p.str(pre + ".Value"), hasValue: p.has(pre + ".Value")})
+	}
+	return out, nil
+}
+
+// tagSpecs reads TagSpecification.N for the given resource type.
+func (p params) tagSpecs(resourceType string) (map[string]string, *APIError) {
+	tags := map[string]string{}
+	for _, n := range p.indices("TagSpecification") {
+		pre := "TagSpecification." + strconv.Itoa(n)
+		rt := p.str(pre + ".ResourceType")
+		if rt != resourceType {
+			return nil, apiErr("InvalidParameterValue", "'%s' is not a valid taggable resource type for this operation.", rt)
+		}
+		list, aerr := p.tags(pre + ".Tag")
+		if aerr != nil {
+			return nil, aerr
+		}
+		for _, t := range list {
+			tags[t.key] = t.value
+		}
+	}
+	if err := validateTags(tags); err != nil {
+		return nil, apiErr("InvalidParameterValue", "%v", err)
+	}
+	return tags, nil
+}
+
+// globMatch matches EC2 filter values: * is any run of characters, ? one character.
+func globMatch(pattern, s string) bool {
+	if !strings.ContainsAny(pattern, "*?") {
+		return pattern == s
+	}
+	px, sx := 0, 0
+	nextPx, nextSx := -1, -1
+	for px < len(pattern) || sx < len(s) {
+		if px < len(pattern) {
+			switch c := pattern[px]; c {
+			case '*':
+				nextPx, nextSx = px, sx+1
+				px++
+				continue
+			case '?':
+				if sx < len(s) {
+					px++
+					sx++
+					continue
+				}
+			default:
+				if sx < len(s) && s[sx] == c {
+					px++
+					sx++
+					continue
+				}
+			}
+		}
+		if nextSx > 0 && nextSx <= len(s) {
+			px, sx = nextPx, nextSx
+			continue
+		}
+		return false
+	}
+	return true
+}
+
+func isGlob(v string) bool { return strings.ContainsAny(v, "*?") }
+
+// matchAny reports whether any of the resource's values matches any filter value.
+func matchAny(patterns, values []string) bool {
+	for _, v := range values {
+		for _, pat := range patterns {
+			if globMatch(pat, v) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// pageSize validates MaxResults (EC2: 5 to 1000) and NextToken against an id list.
+func pageParams(p params, idsGiven bool, maxLimit int) (size int, after string, aerr *APIError) {
+	n, set, aerr := p.intParam("MaxResults")
+	if aerr != nil {
+		return 0, "", aerr
+	}
+	if (set || p.has("NextToken")) && idsGiven {
+		return 0, "", apiErr("InvalidParameterCombination", "The parameter MaxResults or NextToken cannot be used with the parameter of resource ids")
+	}
+	if set && (n < 5 || n > maxLimit) {
+		return 0, "", apiErr("InvalidParameterValue", "Value (%d) for parameter maxResults is invalid. Expecting a value between 5 and %d.", n, maxLimit)
+	}
+	if tok := p.str("NextToken"); tok != "" {
+		after, aerr = decodeToken(tok)
+		if aerr != nil {
+			return 0, "", aerr
+		}
+	}
+	if !set {
+		n = 0
+	}
+	return n, after, nil
+}
+
+func encodeToken(lastID string) string { return "sim1." + lastID }
+
+func decodeToken(tok string) (string, *APIError) {
+	id, ok := strings.CutPrefix(tok, "sim1.")
+	if !ok || id == "" {
+		return "", apiErr("InvalidParameterValue", "The token '%s' is invalid.", tok)
+	}
+	return id, nil
+}
+
+// paginate takes sorted ids after `after`, at most size (0: all), and the next token.
+func paginate(ids []string, size int, after string) ([]string, string) {
+	if after != "" {
+		i := sort.SearchStrings(ids, after)
+		if i < len(ids) && ids[i] == after {
+			i++
+		}
+		ids = ids[i:]
+	}
+	if size > 0 && len(ids) > size {
+		return ids[:size], encodeToken(ids[size-1])
+	}
+	return ids, ""
+}
