@@ -125,14 +125,16 @@ func classify(action string, err error) *APIError {
 		ae.Kind = kindOf(ae.Code, ae.HTTPStatus)
 		return ae
 	}
+	// No EC2 error code: a transport error, or a response that could not be read (a 2xx whose
+	// body was lost is not the caller's fault either).
 	ae.Message = err.Error()
 	switch {
-	case ae.HTTPStatus >= 500 || ae.HTTPStatus == 0:
-		ae.Kind = ErrUnavailable
 	case ae.HTTPStatus == 403:
 		ae.Kind = ErrUnauthorized
-	default:
+	case ae.HTTPStatus >= 400 && ae.HTTPStatus < 500:
 		ae.Kind = ErrInvalidRequest
+	default:
+		ae.Kind = ErrUnavailable
 	}
 	return ae
 }

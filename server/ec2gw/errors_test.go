@@ -55,6 +55,9 @@ func TestClassify(t *testing.T) {
 		{"unknown 403", sdkError("CreateTags", 403, "SomethingElse", "x"), ErrUnauthorized, "SomethingElse", 403, "SomethingElse"},
 		{"internal", sdkError("CreateTags", 500, "InternalError", "x"), ErrUnavailable, "InternalError", 500, "InternalError"},
 		{"unknown 502", sdkError("CreateTags", 502, "BadGateway", "x"), ErrUnavailable, "BadGateway", 502, "BadGateway"},
+		{"200 whose body was lost", &smithy.OperationError{ServiceID: "EC2", OperationName: "AssignPrivateIpAddresses", Err: &awshttp.ResponseError{
+			ResponseError: &smithyhttp.ResponseError{Response: &smithyhttp.Response{Response: &http.Response{StatusCode: 200}},
+				Err: errors.New("deserialization failed: use of closed network connection")}}}, ErrUnavailable, "", 200, "transport"},
 		{"transport", &smithy.OperationError{ServiceID: "EC2", OperationName: "CreateTags", Err: errors.New("dial tcp: connection refused")}, ErrUnavailable, "", 0, "transport"},
 		{"canceled", &smithy.OperationError{ServiceID: "EC2", OperationName: "CreateTags", Err: fmt.Errorf("send: %w", context.Canceled)}, ErrUnavailable, "", 0, "canceled"},
 	}
