@@ -35,7 +35,8 @@ func TestCompatibilityWithEtcd34Cluster(t *testing.T) {
 	})
 	eps := cluster.Endpoints()
 	a := openStore(t, eps, "compat", 0)
-	b := openStore(t, eps, "compat", 0)
+	bLog, bLogged := newCountingLogger(t)
+	b := openStoreLog(t, eps, "compat", 0, bLog)
 
 	resp, err := a.Client().Status(ctxTimeout(t, 5*time.Second), eps[0])
 	if err != nil {
@@ -124,5 +125,59 @@ func TestCompatibilityWithEtcd34Cluster(t *testing.T) {
 	}
 	if len(st.Nodes) != 0 || len(st.Subnets) != 1 || len(st.Policies) != 1 || len(st.Prewarms) != 1 {
 		t.Fatalf("state after commits on etcd 3.4: %+v", st)
+	}
+
+	// Quorum lost: reads and writes fail within their deadlines; the standby's watch is
+	// cancelled by the leaderless member and keeps resuming.
+	if err := cluster.Kill(1); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := a.Health(ctxTimeout(t, 2*time.Second)); !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("health without quorum = %v, want ErrUnavailable", err)
+	}
+	if _, err := lb.Commit(ctxTimeout(t, 2*time.Second), store.DeleteSubnet(subnet.ID)); !errors.Is(err, store.ErrUnavailable) && !errors.Is(err, store.ErrNotLeader) {
+		t.Fatalf("commit without quorum = %v, want ErrUnavailable (or ErrNotLeader once the session timed out)", err)
+	}
+	if d := time.Since(start); d > 6*time.Second {
+		t.Fatalf("health and commit without quorum took %s with 2 s deadlines", d)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for bLogged("etcd watch interrupted; resuming") == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the standby's watch was never interrupted by the leaderless member")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// Quorum back: a new leadership commits and the standby's watch, running all along, sees it.
+	for _, i := range []int{0, 1} {
+		if err := cluster.Restart(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := cluster.WaitHealthy(ctxTimeout(t, 30*time.Second)); err != nil {
+		t.Fatalf("after quorum returned: %v", err)
+	}
+	_ = lb.Resign(ctxTimeout(t, 10*time.Second)) // its session may have timed out meanwhile
+	la2 := campaign(t, a, addr(3))
+	if _, err := la2.Commit(ctxTimeout(t, 10*time.Second), store.PutNode(node)); err != nil {
+		t.Fatalf("commit after quorum returned: %v", err)
+	}
+	if err := b.WaitForRevision(ctxTimeout(t, 10*time.Second), la2.WonRevision()); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		got := append([]string(nil), seen...)
+		mu.Unlock()
+		if len(got) >= len(want)+2 && got[len(got)-1] == "node "+node.Name {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("standby watch did not deliver the commit after recovery; saw %v", got)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -58,8 +58,46 @@ func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
+// countingHandler counts records by message, passing them on.
+type countingHandler struct {
+	slog.Handler
+	mu     *sync.Mutex
+	counts map[string]int
+}
+
+func newCountingLogger(t *testing.T) (*slog.Logger, func(msg string) int) {
+	h := countingHandler{Handler: testLogger(t).Handler(), mu: new(sync.Mutex), counts: map[string]int{}}
+	return slog.New(h), func(msg string) int {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return h.counts[msg]
+	}
+}
+
+func (h countingHandler) Handle(ctx context.Context, r slog.Record) error {
+	h.mu.Lock()
+	h.counts[r.Message]++
+	h.mu.Unlock()
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h countingHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	h.Handler = h.Handler.WithAttrs(as)
+	return h
+}
+
+func (h countingHandler) WithGroup(name string) slog.Handler {
+	h.Handler = h.Handler.WithGroup(name)
+	return h
+}
+
 // openStore opens a store on endpoints for cluster, closed when the test ends.
 func openStore(t *testing.T, endpoints []string, cluster string, ttl time.Duration) *store.Store {
+	t.Helper()
+	return openStoreLog(t, endpoints, cluster, ttl, testLogger(t))
+}
+
+func openStoreLog(t *testing.T, endpoints []string, cluster string, ttl time.Duration, log *slog.Logger) *store.Store {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
@@ -68,7 +106,7 @@ func openStore(t *testing.T, endpoints []string, cluster string, ttl time.Durati
 		ClusterName: cluster,
 		DialTimeout: 5 * time.Second,
 		SessionTTL:  ttl,
-		Logger:      testLogger(t),
+		Logger:      log,
 	})
 	if err != nil {
 		t.Fatalf("open store %s: %v", cluster, err)
