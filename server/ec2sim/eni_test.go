@@ -564,10 +564,10 @@ func TestInsufficientFreeAddressesAndReservations(t *testing.T) {
 		typ          types.SubnetCidrReservationType
 		want         string
 	}{
-		{big, "10.0.1.192/28", types.SubnetCidrReservationTypePrefix, "InvalidParameterValue"},           // overlaps
-		{big, "10.0.2.0/28", types.SubnetCidrReservationTypeExplicit, "InvalidParameterValue"},           // outside
-		{big, "10.0.1.5/28", types.SubnetCidrReservationTypeExplicit, "InvalidParameterValue"},           // not a network address
-		{big, "10.0.1.64/26", types.SubnetCidrReservationType("other"), "InvalidParameterValue"},         // bad type
+		{big, "10.0.1.192/28", types.SubnetCidrReservationTypePrefix, "InvalidParameterValue"},   // overlaps
+		{big, "10.0.2.0/28", types.SubnetCidrReservationTypeExplicit, "InvalidParameterValue"},   // outside
+		{big, "10.0.1.5/28", types.SubnetCidrReservationTypeExplicit, "InvalidParameterValue"},   // not a network address
+		{big, "10.0.1.64/26", types.SubnetCidrReservationType("other"), "InvalidParameterValue"}, // bad type
 		{"subnet-0000000000000000f", "10.0.1.64/26", types.SubnetCidrReservationTypePrefix, "InvalidSubnetID.NotFound"},
 	}
 	for _, b := range bad {
