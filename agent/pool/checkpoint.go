@@ -229,6 +229,7 @@ func (p *Pool) load() error {
 	// Leftovers of a write that crashed before its rename; the checkpoint itself is intact.
 	removeTemps(path)
 	p.durable = p.version
+	p.restored = true
 	p.log.Info("checkpoint loaded", "path", path, "generation", p.generation,
 		"assignments", len(p.byKey), "locks", len(p.locks))
 	return nil

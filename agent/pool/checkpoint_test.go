@@ -75,7 +75,7 @@ func TestCheckpointReloadKeepsEverything(t *testing.T) {
 func TestCheckpointColdStartAndTempLeftovers(t *testing.T) {
 	dir := t.TempDir()
 	p := openPool(t, dir, nil)
-	if p.Generation() != 0 || len(p.Assignments()) != 0 || p.NodePool() != nil {
+	if p.Generation() != 0 || len(p.Assignments()) != 0 || p.NodePool() != nil || p.Restored() {
 		t.Fatal("cold start not empty")
 	}
 	if _, err := os.Stat(p.path); !errors.Is(err, os.ErrNotExist) {
@@ -94,6 +94,9 @@ func TestCheckpointColdStartAndTempLeftovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	q := openPool(t, dir, nil)
+	if !q.Restored() {
+		t.Fatal("Restored false after loading a checkpoint")
+	}
 	if as := q.Assignments(); len(as) != 1 || as[0].ContainerID != "a" {
 		t.Fatalf("assignments after crash %+v", as)
 	}

@@ -141,6 +141,8 @@ type Pool struct {
 	changed    chan struct{}
 	version    uint64 // bumped by every change that the checkpoint must hold
 
+	restored bool // a checkpoint was loaded at Open
+
 	persistMu sync.Mutex
 	durable   uint64 // version held by the checkpoint on disk (guarded by persistMu)
 }
@@ -173,6 +175,9 @@ func Open(cfg Config) (*Pool, error) {
 	}
 	return p, nil
 }
+
+// Restored says whether Open loaded a checkpoint (false: cold start).
+func (p *Pool) Restored() bool { return p.restored }
 
 // Generation is the generation of the applied pool (0 before any).
 func (p *Pool) Generation() uint64 {

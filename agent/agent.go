@@ -1,0 +1,429 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ipledger/ipledger/agent/cniserver"
+	"github.com/ipledger/ipledger/agent/netconf"
+	"github.com/ipledger/ipledger/agent/pool"
+	"github.com/ipledger/ipledger/agent/serverconn"
+	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+)
+
+// netRetry is the pause before the ENI configuration is tried again after a failure.
+const netRetry = 10 * time.Second
+
+// Agent is one node agent. Many may run in one process (each with its own socket, checkpoint,
+// metrics registry and HTTP address).
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	reg     *prometheus.Registry
+	ready   chan struct{}
+	netKick chan struct{}
+	acks    *prometheus.CounterVec
+
+	mu       sync.Mutex
+	started  bool
+	inst     Instance
+	nodeName string
+	pool     *pool.Pool
+	conn     *serverconn.Conn
+	cni      *cniserver.Server
+	netm     *netconf.Manager
+	httpAddr string
+}
+
+var (
+	_ serverconn.Handler  = (*Agent)(nil)
+	_ cniserver.Supplier  = (*serverconn.Conn)(nil)
+	_ prometheus.Gatherer = (*prometheus.Registry)(nil)
+)
+
+// New validates cfg and returns an agent; Run starts it.
+func New(cfg Config) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("agent: invalid config: %w", err)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	cfg.Servers = append([]string(nil), cfg.Servers...)
+	cfg.Labels = maps.Clone(cfg.Labels)
+	return &Agent{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		reg:     prometheus.NewRegistry(),
+		ready:   make(chan struct{}),
+		netKick: make(chan struct{}, 1),
+		acks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ipledger_agent_release_acks_total",
+			Help: "Items of release proposals the agent answered, by result.",
+		}, []string{"result"}),
+	}, nil
+}
+
+// Ready is closed when the agent serves its CNI socket (and HTTP endpoint).
+func (a *Agent) Ready() <-chan struct{} { return a.ready }
+
+// SocketPath is the CNI socket.
+func (a *Agent) SocketPath() string { return a.cfg.SocketPath }
+
+// MetricsAddr is the address the HTTP endpoint listens on ("" before Ready or when off).
+func (a *Agent) MetricsAddr() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.httpAddr
+}
+
+// Gatherer returns the agent's own metrics registry.
+func (a *Agent) Gatherer() prometheus.Gatherer { return a.reg }
+
+// NodeName is the node name in use ("" before discovery).
+func (a *Agent) NodeName() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.nodeName
+}
+
+// Run discovers the instance, loads the checkpoint, serves the CNI socket and HTTP endpoint,
+// keeps the allocator connection and the node's ENIs, and blocks until ctx ends. It returns nil
+// after a clean stop (socket removed, streams closed) and an error when it cannot start or a
+// part fails.
+func (a *Agent) Run(ctx context.Context) error {
+	a.mu.Lock()
+	if a.started {
+		a.mu.Unlock()
+		return errors.New("agent: Run called twice")
+	}
+	a.started = true
+	a.mu.Unlock()
+
+	inst, err := a.discover(ctx)
+	if err != nil {
+		return err
+	}
+	nodeName := a.cfg.NodeName
+	if nodeName == "" {
+		nodeName = inst.LocalHostname
+		if err := ValidNodeName(nodeName); err != nil {
+			return fmt.Errorf("agent: node name from IMDS local-hostname: %w; set --node-name", err)
+		}
+	}
+	log := a.log.With("node", nodeName)
+	a.log = log
+
+	conn, err := serverconn.New(serverconn.Config{
+		Servers:     a.cfg.Servers,
+		Credentials: a.cfg.Credentials,
+		Identity: serverconn.Identity{
+			NodeName: nodeName, InstanceID: inst.InstanceID, InstanceType: inst.InstanceType,
+			AvailabilityZone: inst.AvailabilityZone, SubnetID: inst.SubnetID, PrimaryENIID: inst.ENIID,
+			PrimaryIP: inst.LocalIPv4, Labels: a.cfg.Labels, AgentVersion: a.cfg.AgentVersion,
+		},
+		Handler:       a,
+		Logger:        log.With("component", "serverconn"),
+		UsageInterval: a.cfg.UsageInterval,
+		UsageDebounce: a.cfg.UsageDebounce,
+	})
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	p, err := pool.Open(pool.Config{
+		CheckpointPath: a.cfg.CheckpointPath,
+		NodeName:       nodeName,
+		InstanceID:     inst.InstanceID,
+		Cooldown:       a.cfg.Cooldown,
+		Now:            a.cfg.Now,
+		OnChange:       conn.NotifyUsage,
+		Logger:         log.With("component", "pool"),
+	})
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	metrics, err := cniserver.NewMetrics(a.reg)
+	if err != nil {
+		return fmt.Errorf("agent: metrics: %w", err)
+	}
+	cni, err := cniserver.New(cniserver.Config{
+		SocketPath:      a.cfg.SocketPath,
+		SocketGroup:     a.cfg.SocketGroup,
+		Pool:            p,
+		Supplier:        conn,
+		AddWait:         a.cfg.AddWait,
+		Metrics:         metrics,
+		OnWaitingChange: conn.NotifyUsage,
+		Logger:          log.With("component", "cni"),
+	})
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	var netm *netconf.Manager
+	if a.cfg.ManageNetworking {
+		netm, err = netconf.New(netconf.Config{NetNS: a.cfg.NetNS, SimulateENILinks: a.cfg.SimulateENILinks,
+			Logger: log.With("component", "netconf")})
+		if err != nil {
+			return fmt.Errorf("agent: node networking: %w", err)
+		}
+		defer func() { _ = netm.Close() }()
+		if err := a.restoreNetworking(netm, p); err != nil {
+			return err
+		}
+	}
+	a.mu.Lock()
+	a.inst, a.nodeName, a.pool, a.conn, a.cni, a.netm = inst, nodeName, p, conn, cni, netm
+	a.mu.Unlock()
+	if err := a.registerMetrics(); err != nil {
+		return fmt.Errorf("agent: metrics: %w", err)
+	}
+
+	var httpLn net.Listener
+	if a.cfg.MetricsListen != "" {
+		if httpLn, err = net.Listen("tcp", a.cfg.MetricsListen); err != nil {
+			return fmt.Errorf("agent: --metrics-listen: %w", err)
+		}
+		a.mu.Lock()
+		a.httpAddr = httpLn.Addr().String()
+		a.mu.Unlock()
+	}
+	log.Info("agent starting", "instance", inst.InstanceID, "type", inst.InstanceType, "az", inst.AvailabilityZone,
+		"subnet", inst.SubnetID, "checkpoint_restored", p.Restored(), "generation", p.Generation(),
+		"assignments", len(p.Assignments()), "socket", a.cfg.SocketPath, "http", a.MetricsAddr())
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return cni.Run(gctx) })
+	g.Go(func() error {
+		select {
+		case <-cni.Ready():
+			close(a.ready)
+		case <-gctx.Done():
+		}
+		return nil
+	})
+	g.Go(func() error { return conn.Run(gctx) })
+	if netm != nil {
+		g.Go(func() error { return a.netLoop(gctx, netm, p) })
+	}
+	if httpLn != nil {
+		srv := &http.Server{Handler: a.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+		g.Go(func() error {
+			if err := srv.Serve(httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("agent: http: %w", err)
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-gctx.Done()
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), 2*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+			return nil
+		})
+	}
+	err = g.Wait()
+	if ferr := p.Flush(); ferr != nil {
+		log.Error("final checkpoint write failed", "err", ferr)
+	}
+	if err != nil && ctx.Err() == nil {
+		return err
+	}
+	log.Info("agent stopped")
+	return nil
+}
+
+// discover asks IMDS until it answers or DiscoveryTimeout passes.
+func (a *Agent) discover(ctx context.Context) (Instance, error) {
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.DiscoveryTimeout)
+	defer cancel()
+	wait := 200 * time.Millisecond
+	for {
+		inst, err := Discover(ctx, a.cfg.IMDSEndpoint)
+		if err == nil {
+			return inst, nil
+		}
+		if ctx.Err() != nil {
+			return Instance{}, fmt.Errorf("agent: gave up discovering the instance after %v: %w", a.cfg.DiscoveryTimeout, err)
+		}
+		a.log.Warn("instance discovery failed; retrying", "err", err, "in", wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return Instance{}, fmt.Errorf("agent: gave up discovering the instance: %w", err)
+		case <-t.C:
+		}
+		wait = min(wait*2, 5*time.Second)
+	}
+}
+
+// ApplyPool applies a pool from the allocator (serverconn.Handler).
+func (a *Agent) ApplyPool(np *ipledgerv1.NodePool, force bool) error {
+	res, err := a.pool.Apply(np, force)
+	if err != nil {
+		return err
+	}
+	if res.Applied {
+		a.kickNet()
+		if len(res.Unlocked) > 0 {
+			a.log.Info("release locks ended", "items", res.Unlocked, "generation", res.Generation)
+		}
+	}
+	return nil
+}
+
+// AnswerRelease answers a release proposal (serverconn.Handler).
+func (a *Agent) AnswerRelease(p *ipledgerv1.ReleaseProposal) (*ipledgerv1.ReleaseAck, error) {
+	ack, err := a.pool.Answer(p)
+	if err != nil {
+		return nil, err
+	}
+	a.acks.WithLabelValues("confirmed").Add(float64(len(ack.GetConfirmed())))
+	a.acks.WithLabelValues("refused").Add(float64(len(ack.GetRefused())))
+	a.log.Info("release proposal answered", "proposal", p.GetProposalId(),
+		"confirmed", ack.GetConfirmed(), "refused", ack.GetRefused())
+	return ack, nil
+}
+
+// Usage is the usage report (serverconn.Handler).
+func (a *Agent) Usage() *ipledgerv1.UsageReport {
+	u := a.pool.Usage()
+	u.PodsWaiting = uint32(a.cni.Waiting())
+	return u
+}
+
+// KnownGeneration is the applied pool's generation (serverconn.Handler).
+func (a *Agent) KnownGeneration() uint64 { return a.pool.Generation() }
+
+func (a *Agent) kickNet() {
+	select {
+	case a.netKick <- struct{}{}:
+	default:
+	}
+}
+
+// toNetconfENI converts a pool ENI; false when it lacks what netconf needs.
+func (a *Agent) toNetconfENI(e pool.ENI) (netconf.ENI, error) {
+	out := netconf.ENI{ID: e.ID, MAC: e.MAC, DeviceIndex: int(e.DeviceIndex), MTU: a.cfg.ENIMTU}
+	if e.SubnetCIDR != "" {
+		p, err := netip.ParsePrefix(e.SubnetCIDR)
+		if err != nil {
+			return out, fmt.Errorf("ENI %s: subnet %q: %w", e.ID, e.SubnetCIDR, err)
+		}
+		out.SubnetCIDR = p
+	}
+	if e.PrimaryIP != "" {
+		ip, err := netip.ParseAddr(e.PrimaryIP)
+		if err != nil {
+			return out, fmt.Errorf("ENI %s: primary %q: %w", e.ID, e.PrimaryIP, err)
+		}
+		out.PrimaryIP = ip
+	}
+	return out, out.Validate()
+}
+
+// poolENIs are the ENIs of the applied pool netconf looks after: secondary ENIs, and the primary
+// when its link is simulated.
+func (a *Agent) poolENIs(p *pool.Pool) map[string]pool.ENI {
+	out := map[string]pool.ENI{}
+	for _, nif := range p.NodePool().GetInterfaces() {
+		if nif.GetDeviceIndex() == 0 && !a.cfg.SimulateENILinks {
+			continue
+		}
+		out[nif.GetEniId()] = pool.ENI{ID: nif.GetEniId(), MAC: nif.GetMacAddress(), DeviceIndex: nif.GetDeviceIndex(),
+			SubnetID: nif.GetSubnetId(), SubnetCIDR: nif.GetSubnetCidr(), PrimaryIP: nif.GetPrimaryIp()}
+	}
+	return out
+}
+
+// restoreNetworking puts back the policy rules of the checkpointed assignments after a restart.
+func (a *Agent) restoreNetworking(netm *netconf.Manager, p *pool.Pool) error {
+	if err := netm.EnableIPv4Forwarding(); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	if !p.Restored() {
+		return nil // cold start: no assignments to restore, and no rules of ours to judge
+	}
+	var routes []netconf.PodRoute
+	for _, as := range p.Assignments() {
+		routes = append(routes, netconf.PodRoute{IP: as.IP, Table: int(cniserver.RouteTable(as.ENI.DeviceIndex))})
+	}
+	if err := netm.SyncPodRules(routes); err != nil {
+		return fmt.Errorf("agent: restore pod rules: %w", err)
+	}
+	a.log.Info("pod rules restored from the checkpoint", "pods", len(routes))
+	return nil
+}
+
+// netLoop keeps the ENIs of the applied pool configured: EnsureENI for new or changed ones,
+// RemoveENI for those that left, retried after a failure.
+func (a *Agent) netLoop(ctx context.Context, netm *netconf.Manager, p *pool.Pool) error {
+	done := map[string]pool.ENI{} // configured since start
+	known := a.poolENIs(p)        // from the checkpoint: configured before the restart, maybe
+	var retry <-chan time.Time
+	a.kickNet()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-a.netKick:
+		case <-retry:
+		}
+		retry = nil
+		want := a.poolENIs(p)
+		failed := false
+		for id, e := range want {
+			if prev, ok := done[id]; ok && prev == e {
+				continue
+			}
+			ne, err := a.toNetconfENI(e)
+			if err == nil {
+				err = netm.EnsureENI(ctx, ne)
+			}
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				a.log.Error("configuring ENI failed", "eni", id, "device", e.DeviceIndex, "err", err)
+				failed = true
+				continue
+			}
+			done[id] = e
+			a.log.Info("ENI configured", "eni", id, "device", e.DeviceIndex, "table", netconf.TableForDevice(int(e.DeviceIndex)))
+		}
+		gone := map[string]pool.ENI{}
+		maps.Copy(gone, known)
+		maps.Copy(gone, done)
+		for id, e := range gone {
+			if _, ok := want[id]; ok || e.DeviceIndex == 0 {
+				continue
+			}
+			ne, err := a.toNetconfENI(e)
+			if err == nil {
+				err = netm.RemoveENI(ctx, ne)
+			}
+			if err != nil {
+				a.log.Error("removing ENI failed", "eni", id, "err", err)
+				failed = true
+				continue
+			}
+			delete(done, id)
+			delete(known, id)
+			a.log.Info("ENI removed", "eni", id)
+		}
+		if failed {
+			retry = time.After(netRetry)
+		}
+	}
+}
