@@ -199,18 +199,8 @@ func (l *Leadership) monitor(ctx context.Context) {
 	from := l.rev + 1
 	backoff := newBackoff()
 	for {
-		wch := cli.Watch(clientv3.WithRequireLeader(ctx), l.key, clientv3.WithRev(from))
-		for resp := range wch {
-			if resp.Err() != nil {
-				break
-			}
-			for _, ev := range resp.Events {
-				if ev.Type == clientv3.EventTypeDelete || ev.Kv.CreateRevision != l.rev {
-					l.store.log.Warn("election key deleted; leadership lost", "key", l.key, "revision", ev.Kv.ModRevision)
-					return
-				}
-				from = ev.Kv.ModRevision + 1
-			}
+		if l.watchKey(ctx, &from) {
+			return
 		}
 		if ctx.Err() != nil {
 			if !l.resigned.Load() {
@@ -221,12 +211,7 @@ func (l *Leadership) monitor(ctx context.Context) {
 		// The watch broke (compaction, member lost its leader): look at the key itself.
 		resp, err := cli.Get(ctx, l.key)
 		if err != nil {
-			if ctx.Err() != nil {
-				continue
-			}
-			if backoff.wait(ctx) != nil {
-				continue
-			}
+			_ = backoff.wait(ctx) // the loop ends at the top once ctx is done
 			continue
 		}
 		if len(resp.Kvs) == 0 || resp.Kvs[0].CreateRevision != l.rev {
@@ -236,6 +221,26 @@ func (l *Leadership) monitor(ctx context.Context) {
 		from = resp.Header.Revision + 1
 		backoff.reset()
 	}
+}
+
+// watchKey watches the election key from *from until it is deleted or replaced (true) or the
+// watch ends (false).
+func (l *Leadership) watchKey(ctx context.Context, from *int64) bool {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	for resp := range l.store.client.Watch(wctx, l.key, clientv3.WithRev(*from)) {
+		if resp.Err() != nil {
+			return false
+		}
+		for _, ev := range resp.Events {
+			if ev.Type == clientv3.EventTypeDelete || ev.Kv.CreateRevision != l.rev {
+				l.store.log.Warn("election key deleted; leadership lost", "key", l.key, "revision", ev.Kv.ModRevision)
+				return true
+			}
+			*from = ev.Kv.ModRevision + 1
+		}
+	}
+	return false
 }
 
 // Resign gives up the leadership: deletes the election key (fenced) and revokes the session
@@ -268,6 +273,11 @@ func (l *Leadership) release() {
 	_ = l.Resign(ctx)
 }
 
+// MaxOpsPerCommit is etcd's default limit of operations in one transaction (--max-txn-ops);
+// the fence compare is not counted. A transaction is also limited to etcd's request size
+// (--max-request-bytes, default 1.5 MiB), which large node records can reach first.
+const MaxOpsPerCommit = 128
+
 // Commit writes ops in one etcd transaction fenced by the leadership:
 // If(CreateRevision(Key()) == Revision()).Then(ops...). It returns the revision of the write.
 // Errors: ErrInvalid when an Op is invalid or two Ops name the same record (nothing is sent);
@@ -284,6 +294,9 @@ func (l *Leadership) Commit(ctx context.Context, ops ...Op) (int64, error) {
 		// key might still exist (etcd renews leases when it restarts).
 		return 0, fmt.Errorf("store: commit: %w: leadership lost", ErrNotLeader)
 	default:
+	}
+	if len(ops) > MaxOpsPerCommit {
+		return 0, fmt.Errorf("store: commit: %w: %d ops, etcd takes at most %d per transaction", ErrInvalid, len(ops), MaxOpsPerCommit)
 	}
 	txnOps := make([]clientv3.Op, 0, len(ops))
 	keys := make(map[string]bool, len(ops))

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -251,5 +252,55 @@ func TestCampaignCancelled(t *testing.T) {
 	}
 	if _, err := a.Campaign(ctxTimeout(t, 5*time.Second), ""); !errors.Is(err, store.ErrInvalid) {
 		t.Fatalf("campaign with empty address = %v, want ErrInvalid", err)
+	}
+}
+
+func TestCommitRefusesTooManyOps(t *testing.T) {
+	s := openStore(t, sharedEndpoints(t), "manyops", 0)
+	l := campaign(t, s, addr(1))
+	var ops []store.Op
+	for i := range store.MaxOpsPerCommit + 1 {
+		ops = append(ops, store.DeleteNode(fmt.Sprintf("n%d", i)))
+	}
+	if _, err := l.Commit(ctxTimeout(t, 5*time.Second), ops...); !errors.Is(err, store.ErrInvalid) {
+		t.Fatalf("commit of %d ops = %v, want ErrInvalid", len(ops), err)
+	}
+	if _, err := l.Commit(ctxTimeout(t, 5*time.Second), ops[:store.MaxOpsPerCommit]...); err != nil {
+		t.Fatalf("commit of %d ops: %v", store.MaxOpsPerCommit, err)
+	}
+}
+
+func TestObserveLeaderEnds(t *testing.T) {
+	eps := sharedEndpoints(t)
+	s := openStore(t, eps, "observe", 0)
+	ctx, cancel := context.WithCancel(t.Context())
+	ch := s.ObserveLeader(ctx)
+	nextLeader(t, ch, "")
+	cancel()
+	select {
+	case _, ok := <-ch:
+		if ok {
+			// A value raced the cancellation; the channel must still close.
+			if _, ok := <-ch; ok {
+				t.Fatal("observe channel still open after cancel")
+			}
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("observe channel not closed after cancel")
+	}
+	// Closing the store ends observers too.
+	s2 := openStore(t, eps, "observe", 0)
+	ch2 := s2.ObserveLeader(t.Context())
+	nextLeader(t, ch2, "")
+	if err := s2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case _, ok := <-ch2:
+		if ok {
+			t.Fatal("observer sent a value after Close")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("observe channel not closed by Close")
 	}
 }
