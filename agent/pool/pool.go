@@ -242,7 +242,7 @@ func (p *Pool) Apply(np *ipledgerv1.NodePool, force bool) (ApplyResult, error) {
 		p.log.Debug("ignoring older pool", "generation", np.GetGeneration(), "applied", p.generation)
 		return res, nil
 	}
-	res := p.applyLocked(np, built)
+	res := p.applyLocked(np, built, force)
 	p.npJSON = npJSON
 	p.version++
 	v := p.version
@@ -343,8 +343,9 @@ func eniOf(nif *ipledgerv1.NetworkInterface) ENI {
 	}
 }
 
-// applyLocked installs the new slots, carrying over holders, cooldowns and locks.
-func (p *Pool) applyLocked(np *ipledgerv1.NodePool, built []*slot) ApplyResult {
+// applyLocked installs the new slots, carrying over holders, cooldowns and locks. A forced pool
+// is the server's current state whatever its generation: an item it shows ACTIVE is unlocked.
+func (p *Pool) applyLocked(np *ipledgerv1.NodePool, built []*slot, force bool) ApplyResult {
 	res := ApplyResult{Applied: true, Generation: np.GetGeneration()}
 	oldENIs := p.enisLocked()
 	newSlots := make(map[netip.Addr]*slot, len(built))
@@ -384,7 +385,7 @@ func (p *Pool) applyLocked(np *ipledgerv1.NodePool, built []*slot) ApplyResult {
 	}
 	for item, l := range p.locks {
 		st, ok := items[item]
-		if !ok || (st == ipledgerv1.LeaseState_LEASE_STATE_ACTIVE && np.GetGeneration() > l.generation) {
+		if !ok || (st == ipledgerv1.LeaseState_LEASE_STATE_ACTIVE && (np.GetGeneration() > l.generation || force)) {
 			delete(p.locks, item)
 			res.Unlocked = append(res.Unlocked, item)
 		}

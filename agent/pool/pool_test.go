@@ -399,6 +399,15 @@ func TestReleaseLockSurvivesSameGenerationActive(t *testing.T) {
 		t.Fatalf("unlocked by a same-generation pool: %v", res.Unlocked)
 	}
 	wantNoFree(t, p.assignErr("a"))
+	// A forced pool (registration after the server re-created the node) is current whatever
+	// its generation: ACTIVE there ends the lock.
+	forced := nodePool(1, eni("eni-0", 0, "10.0.0.10", addrs("10.0.0.11", "10.0.0.12")))
+	if res, err := p.Apply(forced, true); err != nil || !slices.Equal(res.Unlocked, []string{"10.0.0.11"}) {
+		t.Fatalf("forced apply: %+v %v", res, err)
+	}
+	if _, err := p.Answer(&ipledgerv1.ReleaseProposal{ProposalId: "r2", Addresses: []string{"10.0.0.11"}}); err != nil {
+		t.Fatal(err)
+	}
 	// Gone from the pool: the lock ends with it.
 	res := p.mustApply(t, nodePool(5, eni("eni-0", 0, "10.0.0.10", nil)))
 	if !slices.Equal(res.Unlocked, []string{"10.0.0.11"}) {
