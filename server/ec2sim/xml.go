@@ -248,10 +248,6 @@ func xmlState(name string) xmlInstanceState {
 }
 
 func (s *Sim) xmlInstanceOf(in *instance) xmlInstance {
-	hv := in.itype.Hypervisor
-	if hv == "unknown" {
-		hv = "nitro"
-	}
 	x := xmlInstance{
 		InstanceID:         in.id,
 		ImageID:            "ami-0ec2s1m0000000000",
@@ -264,7 +260,7 @@ func (s *Sim) xmlInstanceOf(in *instance) xmlInstance {
 		Architecture:       "x86_64",
 		RootDeviceType:     "ebs",
 		VirtualizationType: "hvm",
-		Hypervisor:         hv,
+		Hypervisor:         "xen", // EC2 reports xen for Xen and Nitro instances alike
 		Tags:               xmlTags(in.tags),
 	}
 	if in.state != "terminated" {
