@@ -320,7 +320,8 @@ func LoadConfig(args []string, lookupEnv func(string) (string, bool), usage io.W
 	fs.SetOutput(usage)
 	scratch.RegisterFlags(fs)
 	var file string
-	fs.StringVar(&file, "config", "", "optional config file (YAML or JSON; keys are flag names)")
+	fs.StringVar(&file, "config", "", "optional config file (YAML or JSON; keys are flag names). Every flag can also be\n"+
+		"set as IPLEDGER_AGENT_<FLAG> (e.g. IPLEDGER_AGENT_ADD_WAIT); flags override the environment, which overrides the file")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}
@@ -345,7 +346,7 @@ func LoadConfig(args []string, lookupEnv func(string) (string, bool), usage io.W
 				return Config{}, fmt.Errorf("config file %s: unknown setting %q", file, k)
 			}
 			if err := layer.Set(k, settings[k]); err != nil {
-				return Config{}, fmt.Errorf("config file %s: %s: %w", file, k, err)
+				return Config{}, fmt.Errorf("config file %s: %s: %q: %w", file, k, settings[k], err)
 			}
 		}
 	}
@@ -357,7 +358,7 @@ func LoadConfig(args []string, lookupEnv func(string) (string, bool), usage io.W
 		layer.VisitAll(func(f *flag.Flag) {
 			if v, ok := lookupEnv(EnvName(f.Name)); ok && envErr == nil {
 				if err := layer.Set(f.Name, v); err != nil {
-					envErr = fmt.Errorf("%s: %w", EnvName(f.Name), err)
+					envErr = fmt.Errorf("%s=%q: %w", EnvName(f.Name), v, err)
 				}
 			}
 		})

@@ -566,8 +566,11 @@ func TestEmptyPoolNoServerFailsAfterWait(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			e := start(t, nodePool(1, nil, nil), nil)
-			e.srv.cfg.Supplier = tc.supplier(e.pool)
+			e := start(t, nodePool(1, nil, nil), func(c *Config) {
+				if sup := tc.supplier(c.Pool); sup != nil {
+					c.Supplier = sup
+				}
+			})
 			req := add("c1")
 			req.Wait = durationpb.New(300 * time.Millisecond)
 			t0 := time.Now()
