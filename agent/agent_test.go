@@ -260,6 +260,8 @@ func TestAgentServesFromCheckpointWithoutServer(t *testing.T) {
 			"ipledger_agent_pods_waiting 0",
 			"ipledger_agent_pool_generation 4",
 			`ipledger_agent_add_duration_seconds_count{waited="false"} 1`,
+			`ipledger_agent_release_acks_total{result="confirmed"} 0`,
+			`ipledger_agent_dels_total 0`,
 		} {
 			if code != 200 || !strings.Contains(body, want+"\n") {
 				t.Fatalf("node %d: /metrics lacks %q:\n%s", i, want, body)

@@ -58,6 +58,8 @@ func (a *Agent) httpHandler() http.Handler {
 // registerMetrics adds the pool, waiting, connection and ack metrics to the agent's registry
 // (the CNI service registers its own).
 func (a *Agent) registerMetrics() error {
+	a.acks.WithLabelValues("confirmed")
+	a.acks.WithLabelValues("refused")
 	collectors := []prometheus.Collector{
 		a.acks,
 		poolCollector{a},
