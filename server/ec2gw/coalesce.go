@@ -199,6 +199,9 @@ func (c *coalescer) run(b *batch) {
 	prio := b.prio
 	c.mu.Unlock()
 	if werr != nil {
+		if c.g.ctx.Err() != nil {
+			werr = ErrClosed // the batch's context ends with the gateway
+		}
 		b.err = c.g.waitFailed(callSpec{action: ActionAssignPrivateIPAddresses}, nil, werr)
 		return
 	}

@@ -80,6 +80,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		return nil, fmt.Errorf("ec2gw: load aws config: %w", err)
 	}
 	client := ec2.NewFromConfig(awsCfg, func(o *ec2.Options) {
+		o.HTTPClient = bufferBodies{next: awsCfg.HTTPClient}
 		if cfg.Endpoint != "" {
 			o.BaseEndpoint = aws.String(cfg.Endpoint)
 		}
@@ -104,9 +105,9 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 // Close fails every waiting call with ErrClosed, waits for coalesced calls in flight and
 // unregisters the metrics. Calls after Close fail with ErrClosed.
 func (g *Gateway) Close() {
-	g.cancel()
 	g.coal.close()
 	g.lim.close()
+	g.cancel()
 	g.wg.Wait()
 	g.metrics.unregister()
 }
