@@ -90,6 +90,8 @@ func statusForCode(code string) int {
 		return http.StatusServiceUnavailable
 	case "InternalError", "InternalFailure":
 		return http.StatusInternalServerError
+	case "DryRunOperation":
+		return http.StatusPreconditionFailed
 	}
 	return http.StatusBadRequest
 }
