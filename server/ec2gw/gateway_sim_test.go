@@ -703,7 +703,9 @@ func TestGatewayClose(t *testing.T) {
 	eni := srv.Sim().Snapshot().ENIs[0].ID
 	errs := make(chan error, 2)
 	go func() { _, err := g.DescribeSubnets(ctx, PriorityReconcile, nil, ""); errs <- err }()
-	go func() { errs <- g.AssignAddresses(ctx, PriorityPodWaiting, eni, []netip.Addr{netip.MustParseAddr("192.168.0.200")}) }()
+	go func() {
+		errs <- g.AssignAddresses(ctx, PriorityPodWaiting, eni, []netip.Addr{netip.MustParseAddr("192.168.0.200")})
+	}()
 	waitFor(t, "two waiters", 5*time.Second, func() bool {
 		q := g.LimiterState().Queue
 		return q[PriorityReconcile] == 1 && q[PriorityPodWaiting] == 1
