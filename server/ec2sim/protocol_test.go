@@ -1,8 +1,8 @@
 package ec2sim
 
 import (
-	"errors"
 	"encoding/xml"
+	"errors"
 	"io"
 	"net/http"
 	"net/url"
