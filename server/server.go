@@ -80,7 +80,7 @@ type Options struct {
 // Start brings up a replica: EC2 (the in-process simulator with --dev), etcd (embedded or
 // external), the gRPC and HTTP listeners, and the election loop. It returns once the listeners
 // are bound; Wait blocks until the replica stops.
-func Start(ctx context.Context, cfg config.Config, opts Options) (s *Server, err error) {
+func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -94,7 +94,7 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (s *Server, err
 	if err != nil {
 		return nil, err
 	}
-	s = &Server{cfg: cfg, log: opts.Logger, reg: prometheus.NewRegistry(), policies: policies, done: make(chan struct{}), known: map[string]*ipledgerv1.NodePolicy{}}
+	s := &Server{cfg: cfg, log: opts.Logger, reg: prometheus.NewRegistry(), policies: policies, done: make(chan struct{}), known: map[string]*ipledgerv1.NodePolicy{}}
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	defer func() {
 		if err != nil {

@@ -24,12 +24,14 @@ func (a *Allocator) scanForeign(ctx context.Context, prio ec2gw.Priority, subnet
 	return toRanges(a.foreignOf(enis)), nil
 }
 
-// foreignOf collects the addresses of ENIs that are not ours.
+// foreignOf collects the addresses the ledger must not place: those of ENIs no node or
+// reservation owns. That includes ENIs tagged for this cluster that nobody owns yet (a crashed
+// leader's work): they stay occupied until reconciliation adopts or deletes them.
 func (a *Allocator) foreignOf(enis []ec2gw.ENI) map[netip.Addr]bool {
 	owned := a.ownedENIs()
 	set := map[netip.Addr]bool{}
 	for _, e := range enis {
-		if _, ok := owned[e.ID]; ok || e.Tags[TagCluster] == a.cfg.ClusterName {
+		if _, ok := owned[e.ID]; ok {
 			continue
 		}
 		if e.Attachment != nil {
@@ -102,6 +104,25 @@ func (a *Allocator) updateForeign(ctx context.Context, subnet string, foreign ma
 	}
 	rec.Foreign = ranges
 	rec.ForeignScannedAt = a.now()
+	if _, err := a.commit(ctx, store.PutSubnet(rec)); err != nil {
+		return err
+	}
+	return a.led.PutSubnet(rec)
+}
+
+// unforeign stops counting addresses as foreign (they belong to an ENI being adopted).
+func (a *Allocator) unforeign(ctx context.Context, subnet string, addrs map[netip.Addr]bool) error {
+	a.budgetMu.Lock()
+	defer a.budgetMu.Unlock()
+	rec, ok := a.led.Subnet(subnet)
+	if !ok {
+		return fmt.Errorf("%w: subnet %s", ErrNotFound, subnet)
+	}
+	ranges := subtractRanges(rec.Foreign, addrs)
+	if equalRanges(rec.Foreign, ranges) {
+		return nil
+	}
+	rec.Foreign = ranges
 	if _, err := a.commit(ctx, store.PutSubnet(rec)); err != nil {
 		return err
 	}
@@ -432,6 +453,11 @@ func (a *Allocator) adoptENI(ctx context.Context, node string, e ec2gw.ENI) erro
 	var addrs []netip.Addr
 	addrs = append(addrs, e.PrimaryIP)
 	addrs = append(addrs, e.SecondaryIPs...)
+	mine := map[netip.Addr]bool{}
+	addENIAddrs(mine, e)
+	if err := a.unforeign(ctx, e.SubnetID, mine); err != nil {
+		return err
+	}
 	if err := a.led.ReserveSpecific(e.SubnetID, freeOnly(a.led, addrs), freeOnlyPrefixes(a.led, e.Prefixes), ledger.Owner{Node: node, ENI: e.ID}); err != nil {
 		return err
 	}

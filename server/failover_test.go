@@ -1,0 +1,268 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+	"github.com/ipledger/ipledger/server/allocator"
+	"github.com/ipledger/ipledger/server/ec2sim"
+	"github.com/ipledger/ipledger/server/store"
+	"google.golang.org/protobuf/proto"
+)
+
+var (
+	buildOnce sync.Once
+	buildPath string
+	buildErr  error
+)
+
+// serverBinary returns ipledger-server: from $IPLEDGER_BIN_DIR (make test builds it) or built
+// once for this test binary.
+func serverBinary(t *testing.T) string {
+	t.Helper()
+	if dir := os.Getenv("IPLEDGER_BIN_DIR"); dir != "" {
+		if p := filepath.Join(dir, "ipledger-server"); fileExists(p) {
+			return p
+		}
+	}
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "ipledger-server-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		buildPath = filepath.Join(dir, "ipledger-server")
+		out, err := exec.Command("go", "build", "-o", buildPath, "./cmd/ipledger-server").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return buildPath
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+type replicaProc struct {
+	cmd  *exec.Cmd
+	grpc string
+	done chan struct{}
+}
+
+func startReplica(t *testing.T, bin string, etcd []string, ec2 string) *replicaProc {
+	t.Helper()
+	r := &replicaProc{grpc: freePort(t), done: make(chan struct{})}
+	r.cmd = exec.Command(bin,
+		"--cluster-name", "ft", "--region", "eu-west-1",
+		"--etcd-endpoints", etcd[0], "--ec2-endpoint", ec2,
+		"--grpc-listen", r.grpc, "--http-listen", freePort(t),
+		"--session-ttl", "2s", "--release-delay", "0s",
+		"--reconcile-interval", "1s", "--drift-grace", "1ms", "--instance-check-interval", "1s",
+		"--log-level", "warn",
+	)
+	r.cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID=test", "AWS_SECRET_ACCESS_KEY=test", "AWS_EC2_METADATA_DISABLED=true")
+	r.cmd.Stderr = os.Stderr
+	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { r.cmd.Wait(); close(r.done) }()
+	t.Cleanup(func() {
+		r.cmd.Process.Kill()
+		<-r.done
+	})
+	return r
+}
+
+func (r *replicaProc) status(ctx context.Context, t *testing.T) (*ipledgerv1.ClusterStatus, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	return ipledgerv1.NewAdminServiceClient(dial(t, r.grpc)).GetClusterStatus(ctx, &ipledgerv1.GetClusterStatusRequest{})
+}
+
+func leaderOf(t *testing.T, rs ...*replicaProc) *replicaProc {
+	for _, r := range rs {
+		select {
+		case <-r.done:
+			continue
+		default:
+		}
+		if st, err := r.status(t.Context(), t); err == nil && st.GetIsLeader() {
+			return r
+		}
+	}
+	return nil
+}
+
+// TestFailoverMidAllocation kills -9 the leader while it creates ENIs and assigns addresses
+// for five nodes; the standby must lead within a few seconds, finish the work, lease no address
+// twice and leave nothing leaked (checked against the simulator's state and etcd).
+func TestFailoverMidAllocation(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	bin := serverBinary(t)
+	emb, err := store.StartEmbedded(t.Context(), store.EmbeddedConfig{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { emb.Close() })
+	simCfg := ec2sim.DefaultConfig()
+	simCfg.Throttle = false
+	sim, err := ec2sim.Start(simCfg, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	// Slow EC2 down so the kill lands while calls are in flight.
+	for _, action := range []string{"AssignPrivateIpAddresses", "CreateNetworkInterface", "AttachNetworkInterface"} {
+		sim.Sim().SetFault(action, ec2sim.Fault{Latency: 150 * time.Millisecond})
+	}
+
+	a := startReplica(t, bin, emb.Endpoints(), sim.Endpoint())
+	b := startReplica(t, bin, emb.Endpoints(), sim.Endpoint())
+	var first *replicaProc
+	waitFor(t, 20*time.Second, "a leader", func() bool { first = leaderOf(t, a, b); return first != nil })
+	standby := a
+	if first == a {
+		standby = b
+	}
+	conn := dial(t, first.grpc)
+	if _, err := ipledgerv1.NewAdminServiceClient(conn).SetPolicy(t.Context(), &ipledgerv1.SetPolicyRequest{Policy: &ipledgerv1.NodePolicy{
+		Name: "min14", MinimumIpTarget: proto.Uint32(14),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	var insts []ec2sim.InstanceInfo
+	for _, in := range sim.Sim().Snapshot().Instances {
+		insts = append(insts, in)
+	}
+	for _, in := range insts {
+		ag := newTestAgent(t, conn, in)
+		ag.register()
+	}
+	// Let the leader get some way into the work, then kill it.
+	time.Sleep(400 * time.Millisecond)
+	killedAt := time.Now()
+	if err := first.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-first.done
+	waitFor(t, 15*time.Second, "the standby to lead", func() bool { return leaderOf(t, standby) != nil })
+	tookOver := time.Since(killedAt)
+
+	// Agents reconnect to the new leader and every node reaches its target.
+	conn2 := dial(t, standby.grpc)
+	var agents []*testAgent
+	for _, in := range insts {
+		ag := newTestAgent(t, conn2, in)
+		ag.register()
+		ag.sync()
+		agents = append(agents, ag)
+	}
+	firstServed := time.Time{}
+	for _, ag := range agents {
+		ag.waitPool(30*time.Second, "14 addresses after failover", func(p *ipledgerv1.NodePool) bool {
+			ok := len(addresses(p, ipledgerv1.LeaseState_LEASE_STATE_ACTIVE)) == 14
+			if ok && firstServed.IsZero() {
+				firstServed = time.Now()
+			}
+			return ok
+		})
+	}
+	t.Logf("leader killed; standby led after %s; first node at target %s after the kill", tookOver.Round(time.Millisecond), firstServed.Sub(killedAt).Round(time.Millisecond))
+
+	// Reconciliation (every second, no grace) settles whatever the dead leader left half done.
+	st, err := store.Open(t.Context(), store.Config{Endpoints: emb.Endpoints(), ClusterName: "ft"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	waitFor(t, 30*time.Second, "EC2 and etcd to agree", func() bool { return consistent(t, sim.Sim(), st) == nil })
+	if err := consistent(t, sim.Sim(), st); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := ipledgerv1.NewAdminServiceClient(conn2).Check(t.Context(), &ipledgerv1.CheckRequest{IncludeEc2: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.GetOk() {
+		t.Fatalf("check after failover: %v", rep.GetFindings())
+	}
+}
+
+// consistent reports the first disagreement between the simulator and etcd: an address on two
+// ENIs, an address leased twice, a lease EC2 does not have on the leased ENI, an address on a
+// managed ENI that is not leased, or an ENI tagged for the cluster that no node owns.
+func consistent(t *testing.T, sim *ec2sim.Sim, st *store.Store) error {
+	snap := sim.Snapshot()
+	state, err := st.Load(t.Context())
+	if err != nil {
+		return err
+	}
+	onENI := map[string]string{}
+	for _, e := range snap.ENIs {
+		for _, ip := range append([]string{e.PrimaryIP}, e.SecondaryIPs...) {
+			if other, ok := onENI[ip]; ok {
+				return fmt.Errorf("EC2 has %s on %s and %s", ip, other, e.ID)
+			}
+			onENI[ip] = e.ID
+		}
+	}
+	owned := map[string]string{}
+	leased := map[string]string{}
+	for _, n := range state.Nodes {
+		for _, e := range n.ENIs {
+			owned[e.ID] = n.Name
+			for _, ad := range e.Addresses {
+				ip := ad.IP.String()
+				if other, ok := leased[ip]; ok {
+					return fmt.Errorf("%s leased to %s and %s", ip, other, n.Name)
+				}
+				leased[ip] = n.Name
+				if onENI[ip] != e.ID {
+					return fmt.Errorf("%s leased on %s but EC2 has it on %q", ip, e.ID, onENI[ip])
+				}
+			}
+		}
+	}
+	for _, e := range snap.ENIs {
+		if e.Tags[allocator.TagCluster] == "ft" {
+			if _, ok := owned[e.ID]; !ok {
+				return fmt.Errorf("leaked ENI %s (%s)", e.ID, e.Status)
+			}
+		}
+		if _, ok := owned[e.ID]; ok {
+			for _, ip := range e.SecondaryIPs {
+				if _, ok := leased[ip]; !ok {
+					return fmt.Errorf("%s on managed ENI %s is not leased", ip, e.ID)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+var _ = strconv.Itoa
