@@ -120,7 +120,7 @@ type Conflict struct {
 }
 
 // Conflicts lists every inconsistency the ledger can see, sorted by kind, subnet, address,
-// node and other owner. Put methods refuse most conflicts outright; these are the ones that
+// node, other owner, ENI and detail. Put methods refuse most conflicts outright; these are the ones that
 // arise from outside information (foreign scans, agents' usage reports) or from a pre-warm
 // ENI whose addresses were taken while a node held the ENI.
 func (l *Ledger) Conflicts() []Conflict {
@@ -203,7 +203,8 @@ func (l *Ledger) Conflicts() []Conflict {
 	}
 	slices.SortFunc(out, func(a, b Conflict) int {
 		return cmp.Or(cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.SubnetID, b.SubnetID),
-			compareAddrStrings(a.Address, b.Address), cmp.Compare(a.Node, b.Node), cmp.Compare(a.OtherOwner, b.OtherOwner))
+			compareAddrStrings(a.Address, b.Address), cmp.Compare(a.Node, b.Node), cmp.Compare(a.OtherOwner, b.OtherOwner),
+			cmp.Compare(a.ENI, b.ENI), cmp.Compare(a.Detail, b.Detail))
 	})
 	return out
 }
