@@ -12,7 +12,10 @@
 // safe for concurrent use: one sync.RWMutex guards everything and every method is atomic. A
 // Put method validates its record completely before changing anything: it either applies the
 // whole record or returns an error wrapping one of the sentinels in errors.go and changes
-// nothing. Records are deep-copied in and out. It must never do I/O or call EC2.
+// nothing (CheckNode and CheckPrewarm run the same validation without applying, so a record
+// can be checked before it is committed to etcd). Every other method that can fail changes
+// nothing on error either. Records are deep-copied in and out. It must never do I/O or call
+// EC2.
 //
 // # Ownership model
 //
@@ -29,7 +32,9 @@
 //   - pre-warm: the primary and addresses of a reservation's ENIs that are not attached and
 //     that no node lists. When a node record lists a pre-warm ENI's id, the addresses pass to
 //     the node; if the node lets go of the ENI (record or DeleteNode) while the reservation
-//     still lists it as not attached, they return to the reservation.
+//     still lists it as not attached, they return to the reservation (an address someone
+//     else took meanwhile stays theirs and Conflicts reports a double owner). An attached
+//     ENI's addresses in a reservation record are history: they claim nothing.
 //
 // Foreign addresses (SubnetRecord.Foreign from the last EC2 scan, plus MarkForeign since that
 // scan) are a layer below: an address is foreign only while no ledger owner holds it. A ledger
@@ -41,13 +46,17 @@
 // Cooling is a state of free addresses: Released starts a cooldown (Options.ReleaseCooldown)
 // for addresses unassigned on EC2; until it ends they are not placed (ReserveAddresses,
 // ReservePrefixes) but count as free in budgets. Addresses freed by DeleteNode do not cool.
-// ReserveSpecific accepts cooling addresses (the caller chose them).
+// ReserveSpecific accepts cooling addresses (the caller chose them). OwnerOf reports a free
+// address with a cooldown on record as OwnerCooling with its end time (it takes no now).
+//
+// Usage is volatile: SetUsage replaces a node's report (reports for unknown nodes are
+// dropped); addresses not leased to that node do not count and appear in Conflicts.
 //
 // # Placement
 //
 // Single addresses go into /28 blocks that are already broken (one address or more occupied:
-// owned or foreign), the fullest block first, and only when no broken block has a placeable
-// address is a whole free block broken. Whole blocks (for singles, or for ReservePrefixes) are
+// owned or foreign), the fullest block first (lowest block on ties, lowest addresses within a
+// block), and only when no broken block has a placeable address is a whole free block broken. Whole blocks (for singles, or for ReservePrefixes) are
 // taken from the edge of the shortest run of free blocks, so the longest runs stay intact.
 // Placement is O(blocks + cooling addresses) per block taken; a /16 has 4096 blocks.
 //
@@ -78,7 +87,12 @@
 //
 // so Size = Reserved + Foreign + Held + PrewarmReserved + Free and Held = ENIPrimary + InUse +
 // Idle always hold. Reservations fail with ErrBudgetExhausted when they need more than
-// Headroom (a pre-warm's own number covers its reservations), unless Owner.IgnoreBudget.
-// Usage is volatile: SetUsage replaces a node's report; addresses not leased to that node do
-// not count and appear in Conflicts.
+// Headroom (a pre-warm's own number covers its reservations), unless Owner.IgnoreBudget. The
+// physical check comes first: fewer placeable addresses than asked is ErrSubnetExhausted
+// (ErrNoFreePrefixBlock when enough addresses but not enough whole /28 blocks are placeable).
+//
+// Per node, NodeCounts gives ENIs, Leased (every leased address, a prefix counting 16), InUse
+// (leased and reported in use), Idle (active leases not in use: the warm pool), Pending,
+// Proposed and Releasing; note that the subnet's Idle also counts non-active leases and
+// pending addresses, so that Held = ENIPrimary + InUse + Idle holds.
 package ledger

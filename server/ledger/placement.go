@@ -49,10 +49,10 @@ func (l *Ledger) checkBudget(s *subnet, owner Owner, pw *prewarm, need int, now 
 	return nil
 }
 
-func (l *Ledger) reserve(s *subnet, off uint32, sl slot, owner Owner, prefix netip.Prefix, now time.Time) {
+func (l *Ledger) reserve(s *subnet, off uint32, sl slot, owner Owner, prefix netip.Prefix) {
 	owner.IgnoreBudget = false
 	l.setSlot(s, off, sl)
-	s.pending[off] = pend{owner: owner, prefix: prefix, at: now}
+	s.pending[off] = pend{owner: owner, prefix: prefix}
 }
 
 // ReserveAddresses picks n placeable addresses (free, not foreign, not cooling at now) in the
@@ -92,7 +92,7 @@ func (l *Ledger) ReserveAddresses(subnetID string, n int, owner Owner, now time.
 		}
 		for off := uint32(b * blockSize); off < uint32((b+1)*blockSize) && len(out) < n; off++ {
 			if s.placeable(off, now) {
-				l.reserve(s, off, sl, owner, netip.Prefix{}, now)
+				l.reserve(s, off, sl, owner, netip.Prefix{})
 				out = append(out, s.addr(off))
 			}
 		}
@@ -141,7 +141,7 @@ func (l *Ledger) ReservePrefixes(subnetID string, n int, owner Owner, now time.T
 		b := s.pickRun(func(b int) bool { return s.occ[b] == 0 && cool[b] == 0 })
 		p := s.blockPrefix(b)
 		for off := uint32(b * blockSize); off < uint32((b+1)*blockSize); off++ {
-			l.reserve(s, off, sl, owner, p, now)
+			l.reserve(s, off, sl, owner, p)
 		}
 		out = append(out, p)
 	}
@@ -195,13 +195,13 @@ func (l *Ledger) ReserveSpecific(subnetID string, addrs []netip.Addr, prefixes [
 		}
 		seen[it.off] = true
 	}
-	// Headroom does not depend on time (cooling addresses count as free), so no time is needed.
+	// Headroom does not depend on time (cooling addresses count as free).
 	if err := l.checkBudget(s, owner, pw, need, time.Time{}); err != nil {
 		return err
 	}
 	for _, it := range items {
 		if s.slots[it.off] != sl {
-			l.reserve(s, it.off, sl, owner, it.prefix, time.Time{})
+			l.reserve(s, it.off, sl, owner, it.prefix)
 		}
 	}
 	return nil

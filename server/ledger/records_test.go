@@ -38,6 +38,17 @@ func TestPutSubnetFresh(t *testing.T) {
 	if _, ok := l.OwnerOf(ip("10.0.1.4")); ok {
 		t.Errorf("OwnerOf(address in no subnet) reported an owner")
 	}
+	if info, ok := l.OwnerOf(ip("::ffff:10.0.0.9")); ok || info.SubnetID != "" {
+		t.Errorf("OwnerOf(IPv4-mapped IPv6) = %+v, %v", info, ok)
+	}
+	if _, err := l.Budget("nope", t0); err == nil {
+		t.Errorf("Budget of an unknown subnet: no error")
+	} else {
+		wantErr(t, err, ErrUnknownSubnet)
+	}
+	if _, ok := l.Subnet("nope"); ok {
+		t.Errorf("Subnet found an unknown subnet")
+	}
 	// The smallest and largest sizes AWS allows.
 	mustPutSubnet(t, l, subnetRec("small", "10.1.0.0/28"))
 	mustPutSubnet(t, l, subnetRec("big", "10.2.0.0/16"))

@@ -49,7 +49,6 @@ var freeSlot = slot{kind: kFree, ent: -1}
 type pend struct {
 	owner  Owner // IgnoreBudget cleared
 	prefix netip.Prefix
-	at     time.Time
 }
 
 // subnet is the per-address state of one subnet. All counters are maintained by
