@@ -242,3 +242,16 @@ func TestDenyAndEventualConsistency(t *testing.T) {
 		t.Fatal("a denied delete deleted")
 	}
 }
+
+func TestCheckLoopback(t *testing.T) {
+	for _, ok := range []string{"127.0.0.1:0", "127.1.2.3:4566", "[::1]:80", "localhost:4566"} {
+		if err := CheckLoopback(ok); err != nil {
+			t.Errorf("%s: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{":4566", "0.0.0.0:4566", "192.168.1.5:80", "[::]:80", "example.com:80", "127.0.0.1"} {
+		if err := CheckLoopback(bad); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"sort"
 	"sync"
 	"time"
@@ -208,4 +209,24 @@ func (s *Sim) setIMDSEndpoint(id, endpoint string) bool {
 	}
 	in.imdsEndpoint = endpoint
 	return true
+}
+
+// ErrNotLoopback is returned by CheckLoopback for an address other machines could reach.
+var ErrNotLoopback = errors.New("ec2sim: listen address is not loopback")
+
+// CheckLoopback accepts listen addresses on 127.0.0.0/8, ::1 or localhost only: the simulator
+// must not be reachable from other machines unless its operator insists.
+func CheckLoopback(listen string) error {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return fmt.Errorf("ec2sim: listen address %q: %w", listen, err)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil || !ip.IsLoopback() {
+		return fmt.Errorf("%w: %q", ErrNotLoopback, listen)
+	}
+	return nil
 }
