@@ -207,6 +207,9 @@ func (sn *subnet) blockFree(b int) bool {
 // blockResv returns the reservation kind covering the whole block, or resvNone when the block
 // is unreserved; mixed blocks report resvExplicit so a count never takes them.
 func (sn *subnet) blockResv(b int) uint8 {
+	if len(sn.reservations) == 0 {
+		return resvNone
+	}
 	first := b * blockSize
 	k := sn.resv[first]
 	for off := first + 1; off < first+blockSize; off++ {

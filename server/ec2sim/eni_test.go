@@ -468,19 +468,36 @@ func TestPrefixes(t *testing.T) {
 		NetworkInterfaceId: eni2.NetworkInterface.NetworkInterfaceId, SecondaryPrivateIpAddressCount: aws.Int32(20),
 	})
 	noErr(t, err)
-	// Freeing a block's only foreign address makes it usable again.
-	var foreign ENIInfo
-	for _, e := range srv.Sim().Snapshot().ENIs {
-		if e.Foreign {
-			foreign = e
+	// Freeing the only address of a block makes the block usable again.
+	st = srv.Sim().Snapshot()
+	owners := st.AddressOwners()
+	var foreignID, lone string
+	for _, e := range st.ENIs {
+		if !e.Foreign {
+			continue
+		}
+		for _, a := range e.SecondaryIPs {
+			block := netip.PrefixFrom(netip.MustParseAddr(a), 28).Masked()
+			others := 0
+			for ip := block.Addr(); block.Contains(ip); ip = ip.Next() {
+				if len(owners[ip.String()]) > 0 {
+					others++
+				}
+			}
+			if others == 1 {
+				foreignID, lone = e.ID, a
+				break
+			}
+		}
+		if lone != "" {
 			break
 		}
 	}
-	if foreign.ID == "" || len(foreign.SecondaryIPs) == 0 {
-		t.Fatalf("no foreign ENI with secondaries after Fragment")
+	if lone == "" {
+		t.Fatal("no block held by a single foreign address after Fragment")
 	}
 	_, err = c.UnassignPrivateIpAddresses(ctx, &ec2.UnassignPrivateIpAddressesInput{
-		NetworkInterfaceId: aws.String(foreign.ID), PrivateIpAddresses: []string{foreign.SecondaryIPs[0]},
+		NetworkInterfaceId: aws.String(foreignID), PrivateIpAddresses: []string{lone},
 	})
 	noErr(t, err)
 	ap, err := c.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{
@@ -488,8 +505,8 @@ func TestPrefixes(t *testing.T) {
 	})
 	noErr(t, err)
 	pf := netip.MustParsePrefix(aws.ToString(ap.AssignedIpv4Prefixes[0].Ipv4Prefix))
-	if !pf.Contains(netip.MustParseAddr(foreign.SecondaryIPs[0])) {
-		t.Fatalf("the only free block holds %s, got %s", foreign.SecondaryIPs[0], pf)
+	if !pf.Contains(netip.MustParseAddr(lone)) {
+		t.Fatalf("the only free block holds %s, got %s", lone, pf)
 	}
 	checkConsistent(t, srv)
 }

@@ -340,8 +340,9 @@ func (s *Sim) TerminateInstances(ctx context.Context, ids ...string) error {
 	return nil
 }
 
-// foreignPerENI is how many addresses one foreign ENI holds at most (primary included).
-const foreignPerENI = 50
+// foreignPerENI is how many addresses one foreign ENI holds at most (primary included): the
+// limit of any unattached ENI.
+var foreignPerENI = maxIPv4PerENI
 
 // CreateForeignENI creates an unattached ENI that ipledger does not manage (no tags, a
 // "foreign" description) holding `addresses` random addresses of the subnet (primary
