@@ -81,7 +81,7 @@
 // # Control API (JSON, under /_sim/ on the EC2 listener)
 //
 // Not throttled and not counted in stats. Errors are {"error": {"code": "...", "message": "..."}}
-// with status 400 (404 for unknown paths and ids).
+// with the EC2 error's status (400 for bad input and unknown ids) or 404 for unknown paths.
 //
 //	GET    /_sim/state          -> State: {"account_id","region","vpc":{"id","cidr"},
 //	                               "subnets":[{"id","cidr","availability_zone","availability_zone_id",
@@ -105,9 +105,17 @@
 //	                                 "tags":{"k":"v"}} -> {"instances":[InstanceInfo...]}
 //	DELETE /_sim/instances/{id} terminate -> {"terminated":"i-..."}
 //	POST   /_sim/foreign-enis   <- {"subnet_id":"subnet-...","addresses":10} -> ENIInfo (an unattached,
-//	                               untagged ENI of another user holding that many addresses, primary included)
+//	                               untagged ENI of another user holding 1..64 addresses, primary included)
 //	POST   /_sim/fragment       <- {"subnet_id":"subnet-..."} -> {"occupied":510} (one foreign address
 //	                               in every free aligned /28, so InsufficientCidrBlocks follows)
+//
+// # Clients
+//
+// aws-sdk-go-v2 talking to any fast loopback server can lose a response body ("deserialization
+// failed ... use of closed network connection" on a 200): smithy-go closes the request body when
+// the response headers arrive, while net/http may still read it once more. Give the SDK an HTTP
+// client whose transport buffers request bodies: NewHTTPClient, or BufferBodies around your own
+// transport. The IMDS client is not affected (its requests have no body).
 //
 // # Scenarios
 //

@@ -108,3 +108,17 @@ func (t *throttle) setOn(on bool) {
 	defer t.mu.Unlock()
 	t.on = on
 }
+
+// BucketShapes returns EC2's default bucket shapes by bucket name (a copy); the ENI and IP
+// actions' buckets are named after the action.
+func BucketShapes() map[string]BucketShape {
+	out := make(map[string]BucketShape, len(bucketShapes))
+	for k, v := range bucketShapes {
+		out[k] = v
+	}
+	return out
+}
+
+// BucketFor names the bucket a request of the action takes its token from; filtered is true
+// when the request has a filter, an id list, MaxResults or NextToken.
+func BucketFor(action string, filtered bool) string { return bucketFor(action, filtered) }
