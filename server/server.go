@@ -161,6 +161,7 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err
 	}
 	s.advert = cfg.Advertise(s.grpcLis.Addr().String(), opts.Getenv)
 	s.forecast = allocator.NewForecaster(s.Ledger, time.Hour, time.Now)
+	s.reg.MustRegister(newStateCollector(s))
 	s.grpc = s.newGRPCServer()
 	s.httpSrv = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
 

@@ -105,6 +105,9 @@ type Allocator struct {
 	regMu    sync.Mutex // serialises registrations (instance and name uniqueness)
 	budgetMu sync.Mutex // serialises subnet record changes
 	sweep    chan struct{}
+
+	prewarmMu   sync.Mutex // serialises changes of pre-warm reservations
+	prewarmKick chan struct{}
 }
 
 // nodeState is the leader's runtime view of one node. Fields below mu are guarded by
@@ -162,6 +165,8 @@ func New(cfg Config) (*Allocator, error) {
 		started:  make(chan struct{}),
 		fatal:    make(chan error, 1),
 		sweep:    make(chan struct{}, 1),
+
+		prewarmKick: make(chan struct{}, 1),
 	}
 	a.met = newMetrics(cfg.Registerer)
 	for name, p := range cfg.State.Policies {
@@ -212,8 +217,9 @@ func (a *Allocator) Run(ctx context.Context) error {
 	a.mu.Unlock()
 	a.goLoop(ctx, "reconcile", a.cfg.ReconcileInterval, true, a.reconcileAll)
 	a.goLoop(ctx, "instances", a.cfg.InstanceCheckInterval, false, a.checkInstances)
-	a.wg.Add(1)
+	a.wg.Add(2)
 	go func() { defer a.wg.Done(); a.sweepLoop(ctx) }()
+	go func() { defer a.wg.Done(); a.prewarmLoop(ctx) }()
 	close(a.started)
 	a.log.Info("allocator running", "nodes", len(a.nodes), "revision", a.cfg.State.Revision)
 

@@ -2,12 +2,363 @@ package allocator
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"sort"
+	"time"
 
 	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/ledger"
+	"github.com/ipledger/ipledger/server/store"
 )
 
-// attachPrewarmed attaches a ready pre-warmed ENI of the node's subnet and type, if any.
+// Pre-warm limits.
+const (
+	MaxPrewarmNodes      = 1000
+	DefaultPrewarmExpiry = 30 * time.Minute
+	MaxPrewarmExpiry     = 24 * time.Hour
+)
+
+// PrewarmRequest is an autoscaler's request to prepare for nodes that do not exist yet.
+type PrewarmRequest struct {
+	SubnetID         string
+	AvailabilityZone string
+	InstanceType     string
+	NodeCount        int
+	AddressesPerNode int
+	Expiry           time.Duration
+}
+
+var prewarmIDRE = regexp.MustCompile(`^pw-[0-9a-f]{16}$`)
+
+// Prewarm reserves budget for req.NodeCount nodes and starts pre-creating one tagged ENI per
+// node, each carrying req.AddressesPerNode addresses, paced at pre-warm priority under the one
+// EC2 limiter. A node of that type that registers in the subnet gets one of them attached (one
+// EC2 call) instead of an assign or a create.
+func (a *Allocator) Prewarm(ctx context.Context, req PrewarmRequest) (ledger.PrewarmRecord, error) {
+	if (req.SubnetID == "") == (req.AvailabilityZone == "") {
+		return ledger.PrewarmRecord{}, invalid("subnet_id", "give exactly one of subnet_id and availability_zone")
+	}
+	if req.SubnetID != "" {
+		if err := ValidateSubnetID("subnet_id", req.SubnetID); err != nil {
+			return ledger.PrewarmRecord{}, err
+		}
+	}
+	if req.NodeCount < 1 || req.NodeCount > MaxPrewarmNodes {
+		return ledger.PrewarmRecord{}, invalid("node_count", "%d is outside 1..%d", req.NodeCount, MaxPrewarmNodes)
+	}
+	if req.Expiry == 0 {
+		req.Expiry = DefaultPrewarmExpiry
+	}
+	if req.Expiry < time.Second || req.Expiry > MaxPrewarmExpiry {
+		return ledger.PrewarmRecord{}, invalid("expiry", "%s is outside 1s..24h", req.Expiry)
+	}
+	typ, err := a.instanceType(ctx, req.InstanceType)
+	if err != nil {
+		return ledger.PrewarmRecord{}, err
+	}
+	if req.AddressesPerNode < 1 || req.AddressesPerNode > typ.SecondaryIPsPerENI() {
+		return ledger.PrewarmRecord{}, invalid("addresses_per_node", "%d is outside 1..%d (one %s ENI's secondary addresses)", req.AddressesPerNode, typ.SecondaryIPsPerENI(), typ.Name)
+	}
+	now := a.now()
+	per := 1 + req.AddressesPerNode
+	need := req.NodeCount * per
+	subnet, err := a.pickSubnet(req.SubnetID, req.AvailabilityZone, need, now)
+	if err != nil {
+		return ledger.PrewarmRecord{}, err
+	}
+	rec := ledger.PrewarmRecord{
+		ID: "pw-" + clientToken()[len("ipledger-"):][:16], SubnetID: subnet.ID, AvailabilityZone: subnet.AvailabilityZone,
+		InstanceType: typ.Name, NodeCount: req.NodeCount, AddressesPerNode: req.AddressesPerNode,
+		CreatedAt: now, ExpiresAt: now.Add(req.Expiry), State: ledger.PrewarmPending,
+	}
+	for i := 0; i < req.NodeCount; i++ {
+		rec.ENIs = append(rec.ENIs, ledger.PrewarmENI{State: ledger.PrewarmENICreating, ClientToken: clientToken()})
+	}
+	if err := a.putPrewarm(ctx, rec); err != nil {
+		return ledger.PrewarmRecord{}, err
+	}
+	a.log.Info("pre-warm reserved", "prewarm", rec.ID, "subnet", rec.SubnetID, "type", rec.InstanceType, "nodes", rec.NodeCount, "addresses_per_node", rec.AddressesPerNode, "expires", rec.ExpiresAt)
+	a.kickPrewarm()
+	return rec, nil
+}
+
+// pickSubnet returns the subnet a request names, or the cluster's subnet in the AZ with the most
+// headroom, and checks that need addresses fit its budget.
+func (a *Allocator) pickSubnet(subnetID, az string, need int, now time.Time) (ledger.SubnetRecord, error) {
+	var best ledger.Budget
+	found := false
+	for _, b := range a.led.Budgets(now) {
+		if (subnetID != "" && b.SubnetID == subnetID) || (subnetID == "" && b.AvailabilityZone == az) {
+			if !found || b.Headroom > best.Headroom {
+				best, found = b, true
+			}
+		}
+	}
+	if !found {
+		if subnetID != "" {
+			return ledger.SubnetRecord{}, fmt.Errorf("%w: the cluster does not use subnet %s (a node must have registered there)", ErrNotFound, subnetID)
+		}
+		return ledger.SubnetRecord{}, fmt.Errorf("%w: the cluster uses no subnet in %s", ErrNotFound, az)
+	}
+	if best.Headroom < need {
+		if best.Free-best.KeepFree < need {
+			return ledger.SubnetRecord{}, fmt.Errorf("%w: %s has %d free addresses, the reservation needs %d", ErrSubnetExhausted, best.SubnetID, best.Free, need)
+		}
+		return ledger.SubnetRecord{}, fmt.Errorf("%w: %s has headroom %d under its budget, the reservation needs %d", ErrBudgetExhausted, best.SubnetID, best.Headroom, need)
+	}
+	s, _ := a.led.Subnet(best.SubnetID)
+	return s, nil
+}
+
+// putPrewarm checks, commits and applies a reservation record.
+func (a *Allocator) putPrewarm(ctx context.Context, rec ledger.PrewarmRecord, extra ...store.Op) error {
+	if err := a.led.CheckPrewarm(rec); err != nil {
+		return fmt.Errorf("allocator: refusing to commit pre-warm %s: %w", rec.ID, err)
+	}
+	if _, err := a.commit(ctx, append([]store.Op{store.PutPrewarm(rec)}, extra...)...); err != nil {
+		return err
+	}
+	if err := a.led.PutPrewarm(rec); err != nil {
+		a.fail(fmt.Errorf("allocator: ledger diverged from etcd: %w", err))
+		return err
+	}
+	return nil
+}
+
+// CancelPrewarm ends a reservation now; its unused ENIs are deleted.
+func (a *Allocator) CancelPrewarm(ctx context.Context, id string) (ledger.PrewarmRecord, error) {
+	if !prewarmIDRE.MatchString(id) {
+		return ledger.PrewarmRecord{}, invalid("id", "%q is not a pre-warm reservation id (pw-...)", id)
+	}
+	a.prewarmMu.Lock()
+	defer a.prewarmMu.Unlock()
+	rec, ok := a.led.Prewarm(id)
+	if !ok {
+		return ledger.PrewarmRecord{}, fmt.Errorf("%w: pre-warm reservation %s", ErrNotFound, id)
+	}
+	if rec.State == ledger.PrewarmPending || rec.State == ledger.PrewarmReady {
+		rec.State = ledger.PrewarmCancelled
+		if err := a.putPrewarm(ctx, rec); err != nil {
+			return ledger.PrewarmRecord{}, err
+		}
+	}
+	a.kickPrewarm()
+	return rec, nil
+}
+
+func (a *Allocator) kickPrewarm() {
+	select {
+	case a.prewarmKick <- struct{}{}:
+	default:
+	}
+}
+
+// prewarmLoop creates the ENIs of pending reservations, expires old ones and deletes the ENIs of
+// ended ones.
+func (a *Allocator) prewarmLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.Tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.prewarmKick:
+		case <-t.C:
+		}
+		for _, rec := range a.led.Prewarms() {
+			if ctx.Err() != nil {
+				return
+			}
+			if err := a.prewarmStep(ctx, rec.ID); err != nil && ctx.Err() == nil {
+				a.log.Warn("pre-warm step failed; will retry", "prewarm", rec.ID, "err", err)
+			}
+		}
+	}
+}
+
+// prewarmStep moves one reservation one step forward.
+func (a *Allocator) prewarmStep(ctx context.Context, id string) error {
+	a.prewarmMu.Lock()
+	defer a.prewarmMu.Unlock()
+	rec, ok := a.led.Prewarm(id)
+	if !ok {
+		return nil
+	}
+	now := a.now()
+	active := rec.State == ledger.PrewarmPending || rec.State == ledger.PrewarmReady
+	if active && !now.Before(rec.ExpiresAt) {
+		rec.State = ledger.PrewarmExpired
+		a.log.Info("pre-warm expired", "prewarm", id)
+		return a.putPrewarm(ctx, rec)
+	}
+	if !active {
+		return a.prewarmCleanup(ctx, rec)
+	}
+	for i, e := range rec.ENIs {
+		if e.State != ledger.PrewarmENICreating {
+			continue
+		}
+		if len(e.Addresses) == 0 {
+			// Choose and record the addresses first, so a retry (or a new leader) repeats the
+			// same create and the ClientToken returns the same ENI.
+			owner := ledger.Owner{Prewarm: rec.ID}
+			addrs, err := a.led.ReserveAddresses(rec.SubnetID, 1+rec.AddressesPerNode, owner, now)
+			if err != nil {
+				return ledgerErr(err, rec.SubnetID)
+			}
+			rec.ENIs[i].PrimaryIP, rec.ENIs[i].Addresses = addrs[0], addrs[1:]
+			if err := a.putPrewarm(ctx, rec); err != nil {
+				a.led.CancelReservation(rec.SubnetID, owner, addrs, nil)
+				return err
+			}
+			e = rec.ENIs[i]
+		}
+		eni, err := a.gw.CreateENI(ctx, ec2gw.PriorityPrewarm, ec2gw.CreateENIInput{
+			SubnetID:         rec.SubnetID,
+			SecurityGroupIDs: a.cfg.SecurityGroups,
+			Description:      fmt.Sprintf("ipledger %s pre-warm %s", a.cfg.ClusterName, rec.ID),
+			PrimaryIP:        e.PrimaryIP,
+			SecondaryIPs:     e.Addresses,
+			Tags:             map[string]string{TagCluster: a.cfg.ClusterName, TagPrewarm: rec.ID},
+			ClientToken:      e.ClientToken,
+		})
+		a.met.leaseOp("prewarm-create-eni", err)
+		if err != nil {
+			if errors.Is(err, ec2gw.ErrAddressInUse) {
+				// Someone took an address: choose again.
+				rec.ENIs[i].PrimaryIP, rec.ENIs[i].Addresses = netip.Addr{}, nil
+				rec.ENIs[i].ClientToken = clientToken()
+				_ = a.putPrewarm(ctx, rec)
+				_ = a.rescanSubnet(ctx, ec2gw.PriorityPrewarm, rec.SubnetID)
+			}
+			return ec2Err(err, rec.SubnetID)
+		}
+		rec.ENIs[i].ID, rec.ENIs[i].MAC, rec.ENIs[i].State = eni.ID, eni.MAC, ledger.PrewarmENIReady
+		if err := a.putPrewarm(ctx, rec); err != nil {
+			return err
+		}
+	}
+	if rec.State == ledger.PrewarmPending {
+		rec.State = ledger.PrewarmReady
+		a.log.Info("pre-warm ready", "prewarm", id, "enis", len(rec.ENIs))
+		return a.putPrewarm(ctx, rec)
+	}
+	return nil
+}
+
+// prewarmCleanup deletes the unused ENIs of an ended reservation, then the reservation.
+func (a *Allocator) prewarmCleanup(ctx context.Context, rec ledger.PrewarmRecord) error {
+	for i, e := range rec.ENIs {
+		if e.State == ledger.PrewarmENIAttached {
+			continue
+		}
+		if e.ID != "" {
+			if err := a.gw.DeleteENI(ctx, ec2gw.PriorityRelease, e.ID); err != nil && !errors.Is(err, ec2gw.ErrNotFound) {
+				return ec2Err(err, rec.SubnetID)
+			}
+			a.met.leaseOp("prewarm-delete-eni", nil)
+		} else if e.ClientToken != "" && len(e.Addresses) > 0 {
+			// A create may have happened without its commit: find it by tag before forgetting it.
+			enis, err := a.gw.DescribeNetworkInterfaces(ctx, ec2gw.PriorityRelease, ec2gw.ENIFilter{Tags: map[string]string{TagPrewarm: rec.ID}})
+			if err != nil {
+				return ec2Err(err, rec.SubnetID)
+			}
+			for _, x := range enis {
+				if x.PrimaryIP == e.PrimaryIP {
+					if err := a.gw.DeleteENI(ctx, ec2gw.PriorityRelease, x.ID); err != nil && !errors.Is(err, ec2gw.ErrNotFound) {
+						return ec2Err(err, rec.SubnetID)
+					}
+				}
+			}
+		}
+		rec.ENIs[i].State = ledger.PrewarmENIDeleting
+	}
+	if _, err := a.commit(ctx, store.DeletePrewarm(rec.ID)); err != nil {
+		return err
+	}
+	a.led.DeletePrewarm(rec.ID)
+	a.log.Info("pre-warm ended", "prewarm", rec.ID, "state", rec.State)
+	return nil
+}
+
+// attachPrewarmed attaches a ready pre-warmed ENI of the node's subnet and type, if any: one
+// EC2 call gives the node an ENI full of addresses.
 func (a *Allocator) attachPrewarmed(ctx context.Context, ns *nodeState, rec ledger.NodeRecord, device int, prio ec2gw.Priority) (bool, error) {
+	if rec.Mode != ledger.ModeSecondaryIP {
+		return false, nil
+	}
+	a.prewarmMu.Lock()
+	defer a.prewarmMu.Unlock()
+	pws := a.led.Prewarms()
+	sort.Slice(pws, func(i, j int) bool { return pws[i].ExpiresAt.Before(pws[j].ExpiresAt) })
+	now := a.now()
+	for _, pw := range pws {
+		if pw.SubnetID != rec.SubnetID || pw.InstanceType != rec.InstanceType ||
+			(pw.State != ledger.PrewarmPending && pw.State != ledger.PrewarmReady) || !now.Before(pw.ExpiresAt) {
+			continue
+		}
+		for i, e := range pw.ENIs {
+			if e.State != ledger.PrewarmENIReady || e.ID == "" {
+				continue
+			}
+			attID, err := a.gw.AttachENI(ctx, prio, e.ID, rec.InstanceID, device, 0)
+			a.met.leaseOp("prewarm-attach", err)
+			if err != nil {
+				a.log.Warn("attach of a pre-warmed ENI failed; creating one instead", "node", ns.name, "eni", e.ID, "err", err)
+				return false, nil
+			}
+			eniRec := ledger.ENIRecord{ID: e.ID, MAC: e.MAC, SubnetID: pw.SubnetID, PrimaryIP: e.PrimaryIP, DeviceIndex: device,
+				AttachmentID: attID, Managed: true}
+			for _, ip := range e.Addresses {
+				eniRec.Addresses = append(eniRec.Addresses, ledger.LeasedAddress{IP: ip, State: ledger.LeaseActive})
+			}
+			pw.ENIs[i].State, pw.ENIs[i].NodeName = ledger.PrewarmENIAttached, ns.name
+			if allAttached(pw) {
+				pw.State = ledger.PrewarmConsumed
+			}
+			if _, err := a.mutateNode(ctx, ns, func(r *ledger.NodeRecord) error {
+				r.ENIs = append(r.ENIs, eniRec)
+				return nil
+			}, store.PutPrewarm(pw)); err != nil {
+				// Attached but not committed: reconciliation adopts it (it is attached to the
+				// node's instance and tagged for the cluster).
+				return true, err
+			}
+			if err := a.led.PutPrewarm(pw); err != nil {
+				a.fail(fmt.Errorf("allocator: ledger diverged from etcd: %w", err))
+				return true, err
+			}
+			a.log.Info("attached a pre-warmed ENI", "node", ns.name, "eni", e.ID, "prewarm", pw.ID, "addresses", len(e.Addresses))
+			return true, nil
+		}
+	}
 	return false, nil
+}
+
+// prewarmReady reports whether a ready pre-warmed ENI waits for nodes like this one.
+func (a *Allocator) prewarmReady(rec ledger.NodeRecord) bool {
+	now := a.now()
+	for _, pw := range a.led.Prewarms() {
+		if pw.SubnetID != rec.SubnetID || pw.InstanceType != rec.InstanceType || !now.Before(pw.ExpiresAt) {
+			continue
+		}
+		for _, e := range pw.ENIs {
+			if e.State == ledger.PrewarmENIReady && e.ID != "" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func allAttached(pw ledger.PrewarmRecord) bool {
+	for _, e := range pw.ENIs {
+		if e.State != ledger.PrewarmENIAttached {
+			return false
+		}
+	}
+	return true
 }

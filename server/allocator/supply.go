@@ -122,6 +122,20 @@ func (a *Allocator) fill(ctx context.Context, ns *nodeState, rec ledger.NodeReco
 	}
 	prefix := rec.Mode == ledger.ModePrefix
 	slots := ns.typ.SecondaryIPsPerENI()
+	if heldItems(rec, prefix, false) == 0 && len(rec.ENIs) < ns.typ.MaxENIsPerCard() && a.prewarmReady(rec) {
+		// A starting node takes a pre-warmed ENI: one attach instead of an assign or a create.
+		ok, err := a.attachPrewarmed(ctx, ns, rec, nextDeviceIndex(rec), prio)
+		if err != nil {
+			return err
+		}
+		if ok {
+			rec, _ = a.led.Node(ns.name)
+			deficit -= heldItems(rec, prefix, false)
+			if deficit <= 0 {
+				return nil
+			}
+		}
+	}
 	enis := append([]ledger.ENIRecord(nil), rec.ENIs...)
 	sort.Slice(enis, func(i, j int) bool { return enis[i].DeviceIndex < enis[j].DeviceIndex })
 	var lastErr error

@@ -1,0 +1,79 @@
+package server
+
+import (
+	"io"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestHealthReadinessAndMetrics(t *testing.T) {
+	s := startDev(t, nil)
+	conn := dial(t, s.GRPCAddr())
+	for _, in := range instances(s)[:2] {
+		a := newTestAgent(t, conn, in)
+		a.register()
+		a.sync()
+		a.waitPool(10*time.Second, "a warm address", func(p *ipledgerv1.NodePool) bool { return len(addresses(p, 0)) == 1 })
+	}
+	base := "http://" + s.HTTPAddr()
+	if code, body := get(t, base+"/healthz"); code != 200 || !strings.Contains(body, "ok") {
+		t.Fatalf("/healthz: %d %q", code, body)
+	}
+	if code, body := get(t, base+"/readyz"); code != 200 || !strings.Contains(body, "leader") {
+		t.Fatalf("/readyz: %d %q", code, body)
+	}
+	_, metrics := get(t, base+"/metrics")
+	value := func(re string) float64 {
+		t.Helper()
+		m := regexp.MustCompile(`(?m)^` + re + ` (\S+)$`).FindStringSubmatch(metrics)
+		if m == nil {
+			t.Fatalf("metric %s missing from /metrics", re)
+		}
+		v, _ := strconv.ParseFloat(m[1], 64)
+		return v
+	}
+	subnet := instances(s)[0].SubnetID
+	held := value(`ipledger_subnet_addresses\{az="[^"]+",kind="held",subnet="` + subnet + `"\}`)
+	if held < 2 {
+		t.Fatalf("held in %s: %v", subnet, held)
+	}
+	if value(`ipledger_leader`) != 1 || value(`ipledger_nodes_registered`) != 2 {
+		t.Fatal("leader or node count wrong")
+	}
+	if value(`ipledger_ec2_calls_total\{action="AssignPrivateIpAddresses",outcome="ok"\}`) < 2 {
+		t.Fatal("EC2 calls not counted")
+	}
+	for _, name := range []string{"ipledger_subnet_free_prefixes", "ipledger_subnet_headroom", "ipledger_node_pool_addresses",
+		"ipledger_nodes_in_deficit", "ipledger_ec2_limiter_wait_seconds", "ipledger_ec2_queue_length", "ipledger_lease_operations_total", "ipledger_nodes_connected"} {
+		if !strings.Contains(metrics, name) {
+			t.Errorf("%s missing from /metrics", name)
+		}
+	}
+	h := healthpb.NewHealthClient(conn)
+	for svc, want := range map[string]healthpb.HealthCheckResponse_ServingStatus{
+		"": healthpb.HealthCheckResponse_SERVING, "ipledger.v1.NodeService": healthpb.HealthCheckResponse_SERVING, "ipledger.v1.AdminService": healthpb.HealthCheckResponse_SERVING,
+	} {
+		resp, err := h.Check(t.Context(), &healthpb.HealthCheckRequest{Service: svc})
+		if err != nil || resp.GetStatus() != want {
+			t.Fatalf("health of %q: %v %v", svc, resp, err)
+		}
+	}
+}
