@@ -167,6 +167,24 @@ func (p *plugin) add(args *skel.CmdArgs) (err error) {
 	if err := nc.EnableIPv4Forwarding(); err != nil {
 		return err
 	}
+	// A host veth of this attachment that already routes the address the agent answered with is
+	// left by an earlier ADD of the same attachment (a runtime retrying ADD, the agent returning
+	// the attachment's address again): replace it, so the retry neither fails nor, undoing
+	// itself, takes the working pod's address and rules away.
+	if old, err := linkByName(node.h, hostName); err != nil {
+		return err
+	} else if old != nil && old.Type() == "veth" {
+		ips, err := podIPsVia(node, old)
+		if err != nil {
+			return err
+		}
+		if slices.Contains(ips, ip) {
+			if err := deleteLink(node.h, old); err != nil {
+				return fmt.Errorf("ipledger: ADD %s: replace the veth of an earlier ADD: %w", att.pod(), err)
+			}
+			log.Info("replaced the host veth of an earlier ADD of this attachment", "veth", hostName)
+		}
+	}
 	hostLink, podLink, err = createVeth(node, pod, hostName, att.IfName, conf.MTU)
 	if err != nil {
 		return fmt.Errorf("ipledger: ADD %s: %w", att.pod(), err)

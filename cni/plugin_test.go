@@ -373,6 +373,40 @@ func TestAddFailureUndoes(t *testing.T) {
 	})
 }
 
+// TestAddAgainKeepsThePod: a second ADD of an attachment that is attached (a runtime retrying
+// ADD) gets the same address and leaves the pod attached; it must not undo the first ADD.
+func TestAddAgainKeepsThePod(t *testing.T) {
+	n := newNode(t, "192.168.16.45", "192.168.16.46")
+	a, b := n.newPod("ctr-again-a"), n.newPod("ctr-again-b")
+	conf := n.conf("1.1.0")
+	out := n.run(a.inv("ADD", conf))
+	out.mustSucceed(t, "ADD")
+	ipA := resultIP(t, parseResult(t, out.stdout, "1.1.0", a))
+	out = n.run(b.inv("ADD", conf))
+	out.mustSucceed(t, "ADD pod B")
+	ipB := resultIP(t, parseResult(t, out.stdout, "1.1.0", b))
+
+	out = n.run(a.inv("ADD", conf))
+	out.mustSucceed(t, "second ADD")
+	if got := resultIP(t, parseResult(t, out.stdout, "1.1.0", a)); got != ipA {
+		t.Fatalf("second ADD returned %s, want %s", got, ipA)
+	}
+	n.assertAttached(a, ipA, netconf.MainTable)
+	n.run(a.inv("CHECK", withPrevResult(t, conf, out.stdout))).mustSucceed(t, "CHECK after the second ADD")
+	if err := ping(b, ipA); err != nil {
+		t.Errorf("pod B -> pod A after the second ADD: %v", err)
+	}
+	if err := ping(a, ipB); err != nil {
+		t.Errorf("pod A -> pod B after the second ADD: %v", err)
+	}
+	if got := n.agent.Assigned()[attKey{a.containerID, "eth0"}]; got != ipA.String() {
+		t.Errorf("agent holds %q for pod A after the second ADD, want %s", got, ipA)
+	}
+	if got := n.agent.CallsOf("Del"); got != 0 {
+		t.Errorf("agent saw %d Del calls, want none", got)
+	}
+}
+
 func TestDelIdempotent(t *testing.T) {
 	n := newNode(t, "192.168.16.50", "192.168.16.51")
 	conf := n.conf("1.1.0")
