@@ -147,6 +147,7 @@ func (g *Gateway) call(ctx context.Context, s callSpec, first *waiter, fn func(c
 		start := time.Now()
 		err := fn(ctx)
 		d := time.Since(start)
+		g.lim.done(w)
 		ae := classify(s.action, err)
 		outcome := outcomeOK
 		if ae != nil {

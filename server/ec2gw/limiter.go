@@ -9,17 +9,24 @@ import (
 	"time"
 )
 
-// Limiter tuning. The pace and the reserve keep a client that is alone on the account from ever
-// being throttled; the backoff constants shape the reaction to someone else sharing it.
+// Limiter tuning. The pace, the reserve and the in-flight accounting keep a client that is alone
+// on the account from ever being throttled; the backoff constants shape the reaction to someone
+// else sharing it.
+//
+// Why in-flight accounting: a request reaches EC2 some time after it got its token, and not all
+// equally late. While requests are on their way EC2's bucket may sit full and lose refill that
+// ours counted (at the start of a burst, or when the machine stalls); the requests then arrive
+// together. So a bucket never holds more than its usable capacity minus the calls in flight
+// (granted, not yet answered): tokens + in flight <= usable <= EC2's capacity, and EC2's level,
+// which refills at least as fast as ours, stays at or above tokens + in flight.
 const (
 	// paceFactor: the limiter refills at this fraction of the configured rate, a margin for the
 	// clocks of EC2 and ours not agreeing exactly (elapsed / floor stays near 1/paceFactor).
 	paceFactor = 0.97
-	// jitterAllowance: requests reach EC2 some time after they were given a token, and not all
-	// equally late. A bucket keeps rate x jitterAllowance tokens (at least 1, at most a quarter
-	// of its capacity) in reserve so that requests sent together by delay cannot exceed EC2's
-	// bucket. It costs jitterAllowance of elapsed time once per burst.
-	jitterAllowance = 50 * time.Millisecond
+	// reserveTime: a bucket keeps this much of its configured refill (at least 1 token, at most
+	// a quarter of its capacity) out of its usable capacity, for an EC2 that adds its tokens once
+	// a second rather than continuously. It costs about one second per burst at real scale.
+	reserveTime = time.Second
 	// minRateFraction: backoff never lowers a bucket's rate below this fraction of its
 	// configured rate.
 	minRateFraction = 0.1
@@ -58,13 +65,14 @@ type bucket struct {
 	name     string
 	actions  []string
 	capacity float64 // configured
-	usable   float64 // capacity minus the jitter reserve; the most tokens the bucket holds
+	usable   float64 // capacity minus the reserve: the most tokens + in-flight calls
 	rate     float64 // configured refill x time scale, tokens per second
 	eff      float64 // current refill after backoff, <= rate
 	tokens   float64
 	last     time.Time // tokens and eff are as of last
 	lastCut  time.Time
 	queue    waitQueue
+	inflight int // granted calls not yet answered
 }
 
 // waiter is one request for a token.
@@ -75,6 +83,7 @@ type waiter struct {
 	index    int // in b.queue; -1 when not queued
 	ready    chan struct{}
 	granted  bool
+	inflight bool  // granted and counted in b.inflight until done or refunded
 	err      error // set when the limiter closed before a grant
 	enqueued time.Time
 	waited   time.Duration
@@ -88,7 +97,7 @@ func newLimiter(clk clock, cfgs []BucketConfig, timeScale float64) *limiter {
 	now := clk.Now()
 	for _, c := range cfgs {
 		rate := c.RefillPerSecond * timeScale
-		reserve := math.Max(1, math.Ceil(rate*jitterAllowance.Seconds()))
+		reserve := math.Max(1, math.Ceil(c.RefillPerSecond*reserveTime.Seconds()))
 		reserve = math.Min(reserve, math.Floor(float64(c.Capacity)/4))
 		b := &bucket{
 			name:     c.Name,
@@ -123,6 +132,9 @@ func (l *limiter) bucketFor(key string) *bucket {
 // pace is the rate at which the bucket actually refills now (backoff and margin applied).
 func (b *bucket) pace() float64 { return b.eff * paceFactor }
 
+// limit is the most tokens the bucket may hold now.
+func (b *bucket) limit() float64 { return b.usable - float64(b.inflight) }
+
 // refill brings tokens and the recovering rate up to now.
 func (b *bucket) refill(now time.Time, slope float64) {
 	dt := now.Sub(b.last).Seconds()
@@ -144,10 +156,21 @@ func (b *bucket) refill(now time.Time, slope float64) {
 	} else {
 		added = b.eff * dt
 	}
-	b.tokens = math.Min(b.usable, b.tokens+added*paceFactor)
+	b.tokens = math.Max(b.tokens, math.Min(b.limit(), b.tokens+added*paceFactor))
 }
 
-// timeFor is how long until the bucket holds n tokens at its current pace.
+// take gives w a token (the caller checked there is one); the call is in flight until done.
+func (b *bucket) take(w *waiter, now time.Time) {
+	b.tokens--
+	b.inflight++
+	w.inflight = true
+	w.granted = true
+	w.waited = now.Sub(w.enqueued)
+	close(w.ready)
+}
+
+// timeFor is how long until the bucket holds n tokens at its current pace (answers of calls in
+// flight may be needed too; they are not predicted).
 func (b *bucket) timeFor(n float64) time.Duration {
 	need := n - b.tokens
 	if need <= epsilon {
@@ -187,9 +210,7 @@ func (l *limiter) enqueue(key string, p Priority, seq uint64) *waiter {
 	w.b = b
 	b.refill(now, l.recoverySlope(b))
 	if b.queue.Len() == 0 && b.tokens >= 1-epsilon {
-		b.tokens--
-		w.granted = true
-		close(w.ready)
+		b.take(w, now)
 		return w
 	}
 	heap.Push(&b.queue, w)
@@ -209,7 +230,8 @@ func (l *limiter) wait(ctx context.Context, w *waiter) error {
 	}
 }
 
-// cancel withdraws w: removed from its queue, or its token given back if it was granted.
+// cancel withdraws w: removed from its queue, or its token given back if it was granted and its
+// call not made.
 func (l *limiter) cancel(w *waiter) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -223,13 +245,32 @@ func (l *limiter) cancel(w *waiter) {
 	case w.granted:
 		w.granted = false
 		w.b.refill(now, l.recoverySlope(w.b))
-		w.b.tokens = math.Min(w.b.usable, w.b.tokens+1)
+		if w.inflight {
+			w.inflight = false
+			w.b.inflight--
+		}
+		w.b.tokens = math.Min(w.b.limit(), w.b.tokens+1)
 	}
 	l.dispatchLocked(now)
 }
 
 // refund gives back a granted token that was not used for a call.
 func (l *limiter) refund(w *waiter) { l.cancel(w) }
+
+// done reports that the call w was granted for has ended (answered or not): it no longer
+// counts as in flight.
+func (l *limiter) done(w *waiter) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if w.b == nil || !w.inflight {
+		return
+	}
+	now := l.clk.Now()
+	w.b.refill(now, l.recoverySlope(w.b)) // up to now under the old limit
+	w.inflight = false
+	w.b.inflight--
+	l.dispatchLocked(now)
+}
 
 // setPriority moves a still-queued waiter to priority p (coalesced calls take the best priority
 // of their members).
@@ -254,13 +295,10 @@ func (l *limiter) dispatchLocked(now time.Time) {
 		}
 		b.refill(now, l.recoverySlope(b))
 		for b.queue.Len() > 0 && b.tokens >= 1-epsilon {
-			w := heap.Pop(&b.queue).(*waiter)
-			b.tokens--
-			w.granted = true
-			w.waited = now.Sub(w.enqueued)
-			close(w.ready)
+			b.take(heap.Pop(&b.queue).(*waiter), now)
 		}
-		if b.queue.Len() > 0 {
+		// With too many calls in flight only an answer (done) makes room; no timer then.
+		if b.queue.Len() > 0 && b.limit() >= 1-epsilon {
 			if d := b.timeFor(1); next < 0 || d < next {
 				next = d
 			}
@@ -318,7 +356,8 @@ func (l *limiter) estimate(key string, p Priority) time.Duration {
 	if b == nil {
 		return 0
 	}
-	b.refill(l.clk.Now(), l.recoverySlope(b))
+	now := l.clk.Now()
+	b.refill(now, l.recoverySlope(b))
 	ahead := 0
 	for _, w := range b.queue {
 		if w.prio <= p {

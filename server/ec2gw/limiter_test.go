@@ -98,6 +98,25 @@ func countGranted(ws []*waiter) int {
 	return n
 }
 
+// advanceAnswering advances the clock in steps; after each step the calls granted so far end.
+func advanceAnswering(clk *manualClock, l *limiter, ws []*waiter, d, step time.Duration) {
+	for d > 0 {
+		s := min(d, step)
+		d -= s
+		clk.Advance(s, s)
+		finish(l, ws...)
+	}
+}
+
+// finish ends the calls of every granted waiter (their answers came).
+func finish(l *limiter, ws ...*waiter) {
+	for _, w := range ws {
+		if isGranted(w) {
+			l.done(w)
+		}
+	}
+}
+
 func oneBucket(capacity int, refill float64) []BucketConfig {
 	return []BucketConfig{{Name: "b", Capacity: capacity, RefillPerSecond: refill, Actions: []string{"A"}}}
 }
@@ -108,11 +127,14 @@ func TestLimiterStartsFullThenPaces(t *testing.T) {
 		capacity  int
 		refill    float64
 		timeScale float64
-		wantFirst int // granted at once: capacity minus the jitter reserve
+		wantFirst int // granted at once: capacity minus the reserve (one second of refill)
 	}{
-		{"eni bucket", 100, 5, 1, 99},
-		{"eni bucket time-scaled", 100, 5, 50, 87}, // reserve ceil(250/s x 50ms) = 13
-		{"describe bucket time-scaled", 100, 20, 50, 75},
+		{"eni bucket", 100, 5, 1, 95},
+		{"eni bucket time-scaled", 100, 5, 50, 95}, // the reserve is not time-scaled
+		{"describe bucket time-scaled", 100, 20, 50, 80},
+		{"tags bucket", 100, 10, 1, 90},
+		{"mutating bucket", 50, 5, 1, 45},
+		{"cidr bucket", 5, 1, 1, 4},
 		{"tiny bucket", 2, 1, 1, 2}, // reserve capped at a quarter of the capacity (0)
 	}
 	for _, tc := range tests {
@@ -126,14 +148,15 @@ func TestLimiterStartsFullThenPaces(t *testing.T) {
 			if got := countGranted(ws); got != tc.wantFirst {
 				t.Fatalf("granted at once = %d, want %d", got, tc.wantFirst)
 			}
+			finish(l, ws...) // the burst's answers came
 			pace := tc.refill * tc.timeScale * paceFactor
 			// Just before 10 tokens have refilled at the paced rate, 9 more are granted; just after, 10.
 			tenth := time.Duration(10 / pace * float64(time.Second))
-			clk.Advance(tenth-tenth/100, tenth/50)
+			advanceAnswering(clk, l, ws, tenth-tenth/100, tenth/50)
 			if got := countGranted(ws) - tc.wantFirst; got != 9 {
 				t.Fatalf("granted after %v = %d, want 9", tenth-tenth/100, got)
 			}
-			clk.Advance(tenth/50, tenth/50)
+			advanceAnswering(clk, l, ws, tenth/50, tenth/50)
 			if got := countGranted(ws) - tc.wantFirst; got != 10 {
 				t.Fatalf("granted after %v = %d, want 10", tenth+tenth/100, got)
 			}
@@ -154,6 +177,7 @@ func TestLimiterServesHigherPriorityFirst(t *testing.T) {
 	if !isGranted(first) {
 		t.Fatal("first waiter not granted from a full bucket")
 	}
+	l.done(first)
 	type entry struct {
 		name string
 		p    Priority
@@ -175,6 +199,9 @@ func TestLimiterServesHigherPriorityFirst(t *testing.T) {
 	var got []string
 	for range 100 {
 		clk.Advance(10*time.Millisecond, 10*time.Millisecond)
+		for _, w := range ws {
+			finish(l, w) // each call is answered within 10 ms
+		}
 		for _, name := range want {
 			if isGranted(ws[name]) && !contains(got, name) {
 				got = append(got, name)
@@ -192,7 +219,7 @@ func TestLimiterServesHigherPriorityFirst(t *testing.T) {
 func TestLimiterLowerPriorityNeverTakesAWaitedToken(t *testing.T) {
 	clk := newManualClock()
 	l := newLimiter(clk, oneBucket(1, 1), 1)
-	_ = l.enqueue("A", PriorityPodWaiting, 0) // takes the only token
+	l.done(l.enqueue("A", PriorityPodWaiting, 0)) // takes the only token
 	pod := l.enqueue("A", PriorityPodWaiting, 0)
 	clk.Advance(500*time.Millisecond, 100*time.Millisecond) // half a token
 	rec := l.enqueue("A", PriorityReconcile, 0)
@@ -208,7 +235,7 @@ func TestLimiterLowerPriorityNeverTakesAWaitedToken(t *testing.T) {
 func TestLimiterCancelRemovesWaiter(t *testing.T) {
 	clk := newManualClock()
 	l := newLimiter(clk, oneBucket(1, 1), 1)
-	_ = l.enqueue("A", PriorityPodWaiting, 0)
+	l.done(l.enqueue("A", PriorityPodWaiting, 0))
 	a := l.enqueue("A", PriorityPodWaiting, 0)
 	b := l.enqueue("A", PriorityRelease, 0)
 
@@ -229,6 +256,7 @@ func TestLimiterCancelRemovesWaiter(t *testing.T) {
 	if isGranted(a) {
 		t.Fatal("the canceled waiter was granted")
 	}
+	l.done(b)
 
 	// A waiter canceled after its grant gives the token back.
 	c := l.enqueue("A", PriorityPodWaiting, 0)
@@ -243,10 +271,50 @@ func TestLimiterCancelRemovesWaiter(t *testing.T) {
 	}
 }
 
+func TestLimiterCountsCallsInFlight(t *testing.T) {
+	clk := newManualClock()
+	l := newLimiter(clk, oneBucket(8, 1), 1) // reserve 1: 7 usable, then ~1 per second
+	var ws []*waiter
+	for range 9 {
+		ws = append(ws, l.enqueue("A", PriorityPodWaiting, 0))
+	}
+	if got := countGranted(ws); got != 7 {
+		t.Fatalf("granted at once = %d, want 7", got)
+	}
+	// No answer yet: all 7 may still be on their way to an EC2 bucket that sits full, so ours
+	// does not refill, however long it takes.
+	clk.Advance(10*time.Second, 100*time.Millisecond)
+	if got := countGranted(ws); got != 7 {
+		t.Fatalf("granted with every call in flight = %d, want 7", got)
+	}
+	if st := l.state(); st.Buckets[0].Tokens > 1e-9 {
+		t.Fatalf("tokens with every call in flight = %v, want 0", st.Buckets[0].Tokens)
+	}
+	// Each answer makes room for one token, refilled at the pace from then on.
+	l.done(ws[0])
+	l.done(ws[0]) // a second done of the same call changes nothing
+	if got := countGranted(ws); got != 7 {
+		t.Fatalf("granted right after an answer = %d, want 7 (the token still has to refill)", got)
+	}
+	clk.Advance(1100*time.Millisecond, 100*time.Millisecond)
+	if got := countGranted(ws); got != 8 {
+		t.Fatalf("granted a paced token after the answer = %d, want 8", got)
+	}
+	// An unused token given back leaves the flight too, and goes to the waiter still queued.
+	l.refund(ws[7])
+	l.done(ws[7]) // no effect after the refund
+	if !isGranted(ws[8]) {
+		t.Fatalf("the queued waiter did not get the refunded token")
+	}
+	if st := l.state(); st.Buckets[0].Tokens > 0.2 {
+		t.Fatalf("tokens after the refund went to the next waiter = %v, want about 0", st.Buckets[0].Tokens)
+	}
+}
+
 func TestLimiterSetPriority(t *testing.T) {
 	clk := newManualClock()
 	l := newLimiter(clk, oneBucket(1, 1), 1)
-	_ = l.enqueue("A", PriorityPodWaiting, 0)
+	l.done(l.enqueue("A", PriorityPodWaiting, 0))
 	a := l.enqueue("A", PriorityWarmRefill, 0)
 	b := l.enqueue("A", PriorityReconcile, 0)
 	l.setPriority(b, PriorityPodWaiting)
@@ -314,6 +382,7 @@ func TestLimiterBackoffSlowsGrants(t *testing.T) {
 		ws = append(ws, l.enqueue("A", PriorityWarmRefill, 0))
 	}
 	base := countGranted(ws)
+	finish(l, ws...)
 	l.throttledKey("A", "A") // rate 5/s (x0.97), recovering
 	clk.Advance(time.Second, 10*time.Millisecond)
 	got := countGranted(ws) - base
@@ -329,7 +398,7 @@ func TestLimiterEstimate(t *testing.T) {
 	if got := l.estimate("A", PriorityReconcile); got != 0 {
 		t.Fatalf("estimate with a token available = %v, want 0", got)
 	}
-	_ = l.enqueue("A", PriorityReconcile, 0)
+	l.done(l.enqueue("A", PriorityReconcile, 0))
 	for range 4 {
 		l.enqueue("A", PriorityReconcile, 0)
 	}
@@ -390,7 +459,10 @@ func TestLimiterRealClockConcurrent(t *testing.T) {
 	for i := range n {
 		p := priorities[i%len(priorities)]
 		wg.Go(func() {
-			errs <- l.wait(t.Context(), l.enqueue("A", p, 0))
+			w := l.enqueue("A", p, 0)
+			err := l.wait(t.Context(), w)
+			l.done(w)
+			errs <- err
 		})
 	}
 	wg.Wait()
