@@ -116,6 +116,11 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err
 			return nil, fmt.Errorf("start EC2 simulator: %w", err)
 		}
 		s.cfg.EC2Endpoint = s.sim.Endpoint()
+		if len(s.cfg.Subnets) == 0 {
+			for _, sn := range s.sim.Sim().Snapshot().Subnets {
+				s.cfg.Subnets = append(s.cfg.Subnets, sn.ID)
+			}
+		}
 		s.log.Info("EC2 simulator started", "endpoint", s.sim.Endpoint())
 	}
 
@@ -559,7 +564,7 @@ func (s *Server) lead(ctx context.Context, from int64) error {
 	s.mu.RUnlock()
 	alloc, err := allocator.New(allocator.Config{
 		ClusterName: s.cfg.ClusterName, Ledger: led, Leadership: lead, Gateway: s.gw, State: state,
-		Policies: s.policies, SecurityGroups: s.cfg.SecurityGroups,
+		Policies: s.policies, SecurityGroups: s.cfg.SecurityGroups, Subnets: s.cfg.Subnets,
 		ReleaseDelay: s.cfg.ReleaseDelay.D(), ProposalTimeout: s.cfg.ProposalTimeout.D(),
 		ReconcileInterval: s.cfg.ReconcileInterval.D(), InstanceCheckInterval: s.cfg.InstanceCheckInterval.D(),
 		DriftGrace: s.cfg.DriftGrace.D(), Logger: s.log, Registerer: s.reg,

@@ -38,6 +38,8 @@ type Config struct {
 	Policies []*ipledgerv1.NodePolicy
 	// SecurityGroups for new ENIs; empty copies the node's primary ENI's groups.
 	SecurityGroups []string
+	// Subnets the cluster uses before nodes register there; learned from EC2 at start.
+	Subnets []string
 
 	ReleaseDelay          time.Duration // default 60 s
 	ProposalTimeout       time.Duration // default 60 s
@@ -210,6 +212,9 @@ func (a *Allocator) Run(ctx context.Context) error {
 			return fmt.Errorf("allocator: policy file: %w", err)
 		}
 	}
+	if err := a.learnSubnets(ctx); err != nil {
+		return err
+	}
 	a.mu.Lock()
 	for _, ns := range a.nodes {
 		a.startNodeLocked(ctx, ns)
@@ -241,6 +246,27 @@ func (a *Allocator) Run(ctx context.Context) error {
 	}
 	a.mu.Unlock()
 	return err
+}
+
+// learnSubnets records the configured subnets the cluster does not know yet.
+func (a *Allocator) learnSubnets(ctx context.Context) error {
+	for _, id := range a.cfg.Subnets {
+		if _, ok := a.led.Subnet(id); ok {
+			continue
+		}
+		rec, ops, err := a.ensureSubnet(ctx, id, ec2gw.PriorityReconcile)
+		if err != nil {
+			return fmt.Errorf("allocator: subnet %s: %w", id, err)
+		}
+		if err := a.led.PutSubnet(rec); err != nil {
+			return fmt.Errorf("allocator: subnet %s: %w", id, err)
+		}
+		if _, err := a.commit(ctx, ops...); err != nil {
+			return err
+		}
+		a.log.Info("subnet learned", "subnet", id, "cidr", rec.CIDR, "az", rec.AvailabilityZone)
+	}
+	return nil
 }
 
 // Started is closed once Run has started serving.

@@ -44,6 +44,9 @@ type Config struct {
 	EC2Buckets []BucketOverride `json:"ec2_buckets"`
 	// SecurityGroups for ENIs ipledger creates; empty copies the node's primary ENI's groups.
 	SecurityGroups []string `json:"security_groups"`
+	// Subnets the cluster uses before any node registers there (budgets, pre-warm by AZ,
+	// CanFit). A node's own subnet is always used. With --dev: every subnet of the simulated VPC.
+	Subnets []string `json:"subnets"`
 
 	// GRPCListen serves NodeService and AdminService; HTTPListen serves /metrics, /healthz,
 	// /readyz and the dashboard.
@@ -177,6 +180,7 @@ func settings() []setting {
 		dur("session-ttl", "leader session lease TTL (a dead leader is replaced after at most this)", func(c *Config) *Duration { return &c.SessionTTL }),
 		str("region", "AWS region (default: from the AWS configuration chain)", func(c *Config) *string { return &c.Region }),
 		str("ec2-endpoint", "EC2 endpoint URL (empty: AWS's endpoint for the region)", func(c *Config) *string { return &c.EC2Endpoint }),
+		list("subnets", "comma-separated subnet ids the cluster uses before any node registers there", func(c *Config) *[]string { return &c.Subnets }),
 		list("security-groups", "comma-separated security groups for new ENIs (empty: copy the node's primary ENI)", func(c *Config) *[]string { return &c.SecurityGroups }),
 		str("grpc-listen", "address for NodeService and AdminService", func(c *Config) *string { return &c.GRPCListen }),
 		str("http-listen", "address for /metrics, /healthz, /readyz and the dashboard", func(c *Config) *string { return &c.HTTPListen }),
@@ -322,6 +326,11 @@ func (c Config) Validate() error {
 	}
 	if c.EC2Endpoint != "" && !strings.HasPrefix(c.EC2Endpoint, "http://") && !strings.HasPrefix(c.EC2Endpoint, "https://") {
 		bad("ec2-endpoint", "%q must be an http:// or https:// URL", c.EC2Endpoint)
+	}
+	for _, sn := range c.Subnets {
+		if !strings.HasPrefix(sn, "subnet-") {
+			bad("subnets", "%q is not a subnet id (subnet-...)", sn)
+		}
 	}
 	for _, sg := range c.SecurityGroups {
 		if !strings.HasPrefix(sg, "sg-") {

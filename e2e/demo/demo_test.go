@@ -1,0 +1,137 @@
+package demo
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuffer) String() string             { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// The demo starts, runs the seed's workload, reports, and stops cleanly when its context ends.
+func TestDemoStartsReportsAndStopsCleanly(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var out syncBuffer
+	var rep Report
+	ready := make(chan struct{})
+	dir := t.TempDir()
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Config{DataDir: dir, GRPCListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", Out: &out,
+			Ready: func(r Report) { rep = r; close(ready) }})
+	}()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatalf("demo ended early: %v\n%s", err, out.String())
+	case <-time.After(90 * time.Second):
+		t.Fatalf("demo not ready\n%s", out.String())
+	}
+	if len(rep.Nodes) != 5 {
+		t.Fatalf("%d nodes", len(rep.Nodes))
+	}
+	pods, withIP := 0, 0
+	seen := map[string]bool{}
+	for _, n := range rep.Nodes {
+		for _, p := range n.Pods {
+			pods++
+			if !p.HostNetwork {
+				if p.IP == "" || seen[p.IP] {
+					t.Fatalf("pod %s/%s has address %q (seen before: %v)", p.Namespace, p.Name, p.IP, seen[p.IP])
+				}
+				seen[p.IP] = true
+				withIP++
+			}
+		}
+	}
+	if pods != 15 || withIP != 5 {
+		t.Fatalf("workload: %d pods, %d with addresses; want 15 and 5", pods, withIP)
+	}
+	// Two nodes share a subnet, like the seed's: they hold their two addresses, their pods' and
+	// a warm one each, far below the seed's 43.
+	b := rep.BusiestSubnet
+	if b.Nodes != 2 || b.Held < 2*2 || b.Held > 2+b.PodsInUse+2*2 || b.InUseOnEC2 != b.Held {
+		t.Fatalf("busiest subnet: %+v", b)
+	}
+	text := out.String()
+	for _, want := range []string{"Subnet budgets", "43 addresses", "dashboard      http://" + rep.HTTPAddr, "metrics", "Running until Ctrl-C"} {
+		if !strings.Contains(text, want) {
+			t.Fatalf("report lacks %q:\n%s", want, text)
+		}
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("demo stopped with %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("demo did not stop")
+	}
+	// Stopped means stopped: the server's port is free and the agents' sockets are gone.
+	if l, err := net.Listen("tcp", rep.GRPCAddr); err != nil {
+		t.Fatalf("server port still taken after stop: %v", err)
+	} else {
+		l.Close()
+	}
+	for _, n := range rep.Nodes {
+		if _, err := os.Stat(n.AgentSocket); !os.IsNotExist(err) {
+			t.Fatalf("agent socket %s left behind", n.AgentSocket)
+		}
+	}
+}
+
+// The binary stops cleanly on SIGINT, as Ctrl-C does.
+func TestDemoBinaryStopsOnInterrupt(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the demo binary")
+	}
+	bin := filepath.Join(t.TempDir(), "ipledger-demo")
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/ipledger-demo").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	var out syncBuffer
+	cmd := exec.Command(bin, "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--bin-dir", "")
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	deadline := time.Now().Add(90 * time.Second)
+	for !strings.Contains(out.String(), "Running until Ctrl-C") {
+		if time.Now().After(deadline) {
+			t.Fatalf("demo not ready:\n%s", out.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	cmd.Process.Signal(os.Interrupt)
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	select {
+	case err := <-waited:
+		if err != nil {
+			t.Fatalf("demo exited with %v:\n%s", err, out.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("demo did not stop on SIGINT:\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "stopped cleanly") {
+		t.Fatalf("no clean stop:\n%s", out.String())
+	}
+}
