@@ -5,8 +5,10 @@
 //  1. the limiter: one token bucket per EC2 throttling bucket (EC2's defaults from EC2.md,
 //     overridable for raised account limits), each with a priority queue of waiters (a pod is
 //     waiting > node start > warm refill > pre-warm > release > reconcile; FIFO within a
-//     priority). On RequestLimitExceeded (someone else shares the account) the bucket's rate is
-//     halved and then recovers gradually.
+//     priority). A bucket starts full like EC2's, keeps one second of refill in reserve, paces
+//     at 97% of EC2's rate and never lends more than its capacity minus the calls still in
+//     flight, so a gateway alone on the account is never throttled. On RequestLimitExceeded
+//     (someone else shares the account) the bucket's rate is halved and then recovers gradually.
 //  2. the SDK call, with the SDK's own retries and retry rate limiting off; the gateway retries
 //     throttles and 5xx itself, and every retry passes the limiter again, so one limiter decides.
 //  3. a metric by action and outcome, and the error classified once into the sentinel errors
