@@ -1,0 +1,152 @@
+package ctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+)
+
+// errorDomain is the ErrorInfo domain of ipledger's errors.
+const errorDomain = "ipledger.io"
+
+// dialOptions are the gRPC options for every connection the command opens. Transport security
+// (mTLS with an admin certificate, issue #9) belongs here, with its flags in globals.
+func (c *cli) dialOptions() ([]grpc.DialOption, error) {
+	return []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, nil
+}
+
+// connPool keeps one connection per address for the life of a command.
+type connPool struct {
+	opts  func() ([]grpc.DialOption, error)
+	mu    sync.Mutex
+	conns map[string]*grpc.ClientConn
+}
+
+func newConnPool(opts func() ([]grpc.DialOption, error)) *connPool {
+	return &connPool{opts: opts, conns: map[string]*grpc.ClientConn{}}
+}
+
+func (p *connPool) get(addr string) (*grpc.ClientConn, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if cc, ok := p.conns[addr]; ok {
+		return cc, nil
+	}
+	opts, err := p.opts()
+	if err != nil {
+		return nil, err
+	}
+	cc, err := grpc.NewClient(addr, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("server address %q: %w", addr, err)
+	}
+	p.conns[addr] = cc
+	return cc, nil
+}
+
+func (p *connPool) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for addr, cc := range p.conns {
+		_ = cc.Close()
+		delete(p.conns, addr)
+	}
+}
+
+// call runs one AdminService method against --server. A replica that is not the leader answers
+// changes (and leader-only reads) with UNAVAILABLE / NOT_LEADER and the leader's address; call
+// follows that redirect once. Reads a standby can serve are answered by the standby.
+func call[T any](ctx context.Context, c *cli, what string, f func(context.Context, ipledgerv1.AdminServiceClient) (T, error)) (T, error) {
+	addr := c.g.server
+	res, err := callAt(ctx, c, addr, f)
+	if err != nil {
+		if leader, ok := notLeader(err); ok && leader != "" && leader != addr {
+			fmt.Fprintf(c.stderr, "ipledgerctl: %s is not the leader; sending %s to the leader at %s\n", addr, what, leader)
+			addr = leader
+			res, err = callAt(ctx, c, addr, f)
+		}
+	}
+	if err != nil {
+		var zero T
+		return zero, rpcError(ctx, what, addr, err)
+	}
+	return res, nil
+}
+
+func callAt[T any](ctx context.Context, c *cli, addr string, f func(context.Context, ipledgerv1.AdminServiceClient) (T, error)) (T, error) {
+	cc, err := c.conns.get(addr)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return f(ctx, ipledgerv1.NewAdminServiceClient(cc))
+}
+
+// errorInfo returns the ipledger ErrorInfo of a status error, if any.
+func errorInfo(err error) (*errdetails.ErrorInfo, bool) {
+	st, ok := status.FromError(err)
+	if !ok {
+		return nil, false
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == errorDomain {
+			return info, true
+		}
+	}
+	return nil, false
+}
+
+// notLeader reports whether err is a NOT_LEADER answer, and the leader's address it names.
+func notLeader(err error) (leader string, ok bool) {
+	if status.Code(err) != codes.Unavailable {
+		return "", false
+	}
+	info, ok := errorInfo(err)
+	if !ok || info.GetReason() != ipledgerv1.Reason_NOT_LEADER.String() {
+		return "", false
+	}
+	return info.GetMetadata()["leader"], true
+}
+
+// rpcError says what failed, where, with the gRPC code and the server's reason.
+func rpcError(ctx context.Context, what, addr string, err error) error {
+	st, ok := status.FromError(err)
+	if !ok {
+		return fmt.Errorf("%s: %s: %w", what, addr, err)
+	}
+	switch {
+	case st.Code() == codes.DeadlineExceeded && errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return fmt.Errorf("%s: no answer from ipledger-server at %s before the deadline (--timeout): %s", what, addr, st.Message())
+	case st.Code() == codes.Canceled && ctx.Err() != nil:
+		return fmt.Errorf("%s: cancelled: %w", what, ctx.Err())
+	}
+	info, hasInfo := errorInfo(err)
+	if st.Code() == codes.Unavailable && !hasInfo {
+		why := st.Message()
+		if strings.Contains(why, "connection refused") {
+			why = "connection refused"
+		}
+		return fmt.Errorf("%s: cannot reach ipledger-server at %s: %s (is it running? set --server or %s)", what, addr, why, EnvServer)
+	}
+	if st.Code() == codes.Unimplemented {
+		return fmt.Errorf("%s: ipledger-server at %s answered Unimplemented: it does not offer this yet (%s)", what, addr, st.Message())
+	}
+	reason := ""
+	if hasInfo {
+		reason = " (" + info.GetReason()
+		for _, k := range sortedKeys(info.GetMetadata()) {
+			reason += ", " + k + "=" + info.GetMetadata()[k]
+		}
+		reason += ")"
+	}
+	return fmt.Errorf("%s: ipledger-server at %s answered %s%s: %s", what, addr, st.Code(), reason, st.Message())
+}

@@ -1,0 +1,11 @@
+// Package ctl is ipledgerctl, the admin CLI of ipledger: a thin client of AdminService.
+//
+// It owns the command line (commands, flags, help, shell completion), the translation of
+// AdminService answers into its own output documents (table, JSON and YAML with stable,
+// documented snake_case field names: see docs/ipledgerctl.md), the exit codes, and following a
+// NOT_LEADER answer once to the leader's address.
+//
+// It must never keep state of its own, talk to etcd or EC2, or decide anything the server
+// decides (validation of policies and budgets is the server's; ctl only checks that a request
+// is well formed). Everything it prints comes from one AdminService answer.
+package ctl

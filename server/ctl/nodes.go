@@ -1,0 +1,167 @@
+package ctl
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+
+	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+)
+
+func nodesCmd() *command {
+	return &command{
+		path: "nodes", maxArgs: 0,
+		summary: "List registered nodes with their pod addresses and targets",
+		long: `
+HELD, IN-USE and FREE count pod addresses (ENI primaries excluded); TARGET is the number of free
+addresses the server aims to keep on the node and DEFICIT what it lacks to reach its target.
+CONNECTED says whether the node's agent has its sync stream open to the leader (a standby
+cannot know and says no).`,
+		setup: func(fs *flag.FlagSet) runFunc {
+			return func(ctx context.Context, c *cli, args []string) error {
+				resp, err := call(ctx, c, "list nodes", func(ctx context.Context, a ipledgerv1.AdminServiceClient) (*ipledgerv1.ListNodesResponse, error) {
+					return a.ListNodes(ctx, &ipledgerv1.ListNodesRequest{})
+				})
+				if err != nil {
+					return err
+				}
+				docs := make([]NodeSummary, 0, len(resp.GetNodes()))
+				for _, n := range resp.GetNodes() {
+					docs = append(docs, nodeSummaryDoc(n))
+				}
+				sort.Slice(docs, func(i, j int) bool { return docs[i].NodeName < docs[j].NodeName })
+				now := time.Now()
+				return c.emit(docs, func(w io.Writer) {
+					row(w, "NODE", "INSTANCE", "TYPE", "AZ", "SUBNET", "MODE", "POLICY", "ENIS", "HELD", "IN-USE", "FREE", "TARGET", "DEFICIT", "CONNECTED", "DRAINING", "LAST-REPORT")
+					for _, n := range docs {
+						row(w, n.NodeName, n.InstanceID, n.InstanceType, n.AZ, n.SubnetID, n.Mode, n.Policy, n.ENIs, n.Held, n.InUse, n.Idle,
+							n.TargetFree, n.Deficit, yesNo(n.Connected), yesNo(n.Draining), ago(n.LastReport, now))
+					}
+				})
+			}
+		},
+	}
+}
+
+func nodeCmd() *command {
+	return &command{
+		path: "node", args: "NODE", minArgs: 1, maxArgs: 1,
+		summary: "Show one node: ENIs, leased addresses and prefixes, pods, policy, supply problem",
+		setup: func(fs *flag.FlagSet) runFunc {
+			return func(ctx context.Context, c *cli, args []string) error {
+				d, err := call(ctx, c, "get node "+args[0], func(ctx context.Context, a ipledgerv1.AdminServiceClient) (*ipledgerv1.NodeDetail, error) {
+					return a.GetNode(ctx, &ipledgerv1.GetNodeRequest{NodeName: args[0]})
+				})
+				if err != nil {
+					return err
+				}
+				doc := nodeDetailDoc(d)
+				return c.emit(doc, func(w io.Writer) { nodeTable(w, doc, time.Now()) })
+			}
+		},
+	}
+}
+
+func nodeTable(w io.Writer, d NodeDetail, now time.Time) {
+	row(w, "Node:", d.NodeName)
+	row(w, "Instance:", fmt.Sprintf("%s (%s, %s)", d.InstanceID, d.InstanceType, d.AZ))
+	row(w, "Subnet:", d.SubnetID)
+	row(w, "Mode:", d.Mode)
+	pol := d.Policy
+	if d.PolicyDetail != nil {
+		pol += ": " + d.PolicyDetail.targets()
+	}
+	row(w, "Policy:", pol)
+	row(w, "Labels:", kv(d.Labels))
+	row(w, "Addresses:", fmt.Sprintf("held %d, in use %d, free %d (max %d)", d.Held, d.InUse, d.Idle, d.MaxAddresses))
+	row(w, "Target:", fmt.Sprintf("%d free, deficit %d", d.TargetFree, d.Deficit))
+	supply := "ok"
+	if d.SupplyProblem != "" {
+		supply = d.SupplyProblem + ": " + d.SupplyMessage
+	} else if d.SupplyMessage != "" {
+		supply = d.SupplyMessage
+	}
+	row(w, "Supply:", supply)
+	row(w, "Connected:", fmt.Sprintf("%s (last report %s)", yesNo(d.Connected), ago(d.LastReport, now)))
+	row(w, "Draining:", yesNo(d.Draining))
+	registered := "-"
+	if d.Registered != nil {
+		registered = fmt.Sprintf("%s (%s)", d.Registered.Format(time.RFC3339), ago(d.Registered, now))
+	}
+	row(w, "Registered:", registered)
+	row(w, "Generation:", d.Generation)
+	row(w)
+	row(w, "DEVICE", "ENI", "SUBNET", "PRIMARY-IP", "ADDRESSES", "PREFIXES")
+	for _, it := range d.Interfaces {
+		dev := fmt.Sprint(it.DeviceIndex)
+		if it.NetworkCardIndex != 0 {
+			dev = fmt.Sprintf("%d/%d", it.NetworkCardIndex, it.DeviceIndex)
+		}
+		row(w, dev, it.ENIID, fmt.Sprintf("%s (%s)", it.SubnetID, orDash(it.SubnetCIDR)), it.PrimaryIP, len(it.Addresses), len(it.Prefixes))
+	}
+	row(w)
+	row(w, "ENI", "LEASED", "STATE")
+	leased := 0
+	for _, it := range d.Interfaces {
+		for _, a := range it.Addresses {
+			row(w, it.ENIID, a.IP, a.State)
+			leased++
+		}
+		for _, p := range it.Prefixes {
+			row(w, it.ENIID, p.CIDR, p.State)
+			leased++
+		}
+	}
+	if leased == 0 {
+		row(w, "(none)")
+	}
+	row(w)
+	row(w, "NAMESPACE", "POD", "IP", "CONTAINER", "IFNAME")
+	for _, p := range d.Pods {
+		cid := p.ContainerID
+		if len(cid) > 12 {
+			cid = cid[:12]
+		}
+		row(w, orDash(p.Namespace), orDash(p.Name), p.IP, orDash(cid), orDash(p.Ifname))
+	}
+	if len(d.Pods) == 0 {
+		row(w, "(none)")
+	}
+}
+
+func drainCmd() *command {
+	return &command{
+		path: "drain", args: "NODE", minArgs: 1, maxArgs: 1,
+		summary: "Stop giving a node addresses and release what no pod uses (--undo ends it)",
+		long: `
+A drained node gets no new addresses; everything it holds that no pod uses is released through
+the release handshake. --undo ends the drain. Prints the node afterwards (see 'help node').`,
+		setup: func(fs *flag.FlagSet) runFunc {
+			undo := fs.Bool("undo", false, "end the drain")
+			return func(ctx context.Context, c *cli, args []string) error {
+				what := "drain node " + args[0]
+				if *undo {
+					what = "undrain node " + args[0]
+				}
+				d, err := call(ctx, c, what, func(ctx context.Context, a ipledgerv1.AdminServiceClient) (*ipledgerv1.NodeDetail, error) {
+					return a.DrainNode(ctx, &ipledgerv1.DrainNodeRequest{NodeName: args[0], Undo: *undo})
+				})
+				if err != nil {
+					return err
+				}
+				doc := nodeDetailDoc(d)
+				return c.emit(doc, func(w io.Writer) {
+					state := "draining: it gets no new addresses; unused ones are being released"
+					if !doc.Draining {
+						state = "no longer draining"
+					}
+					fmt.Fprintf(w, "node %s is %s\n", doc.NodeName, strings.TrimSpace(state))
+				})
+			}
+		},
+	}
+}

@@ -1,0 +1,137 @@
+package ctl
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+
+	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+)
+
+func subnetsCmd() *command {
+	return &command{
+		path: "subnets", maxArgs: 0,
+		summary: "List every subnet's address budget with its exhaustion forecast",
+		long: `
+Columns: SIZE addresses in the CIDR; RESERVED by AWS (5 per subnet); FOREIGN used by ENIs
+ipledger does not manage; HELD on the cluster's nodes (ENI primaries + leased); IN-USE by pods;
+FREE for anyone; FREE-/28 aligned blocks with every address free; PREWARM reserved for pre-warm
+reservations; BUDGET the admin cap (max_held / keep_free, "-" when none); HEADROOM what the
+cluster may still take; FORECAST when headroom runs out at the trend of the last hour ("never"
+when flat or shrinking, "n/a" with less than a minute of history). A TOTAL line ends the table.`,
+		setup: func(fs *flag.FlagSet) runFunc {
+			return func(ctx context.Context, c *cli, args []string) error {
+				resp, err := call(ctx, c, "list subnets", func(ctx context.Context, a ipledgerv1.AdminServiceClient) (*ipledgerv1.ListSubnetsResponse, error) {
+					return a.ListSubnets(ctx, &ipledgerv1.ListSubnetsRequest{})
+				})
+				if err != nil {
+					return err
+				}
+				docs := subnetDocs(resp.GetSubnets())
+				return c.emit(docs, func(w io.Writer) { subnetTable(w, docs, true) })
+			}
+		},
+	}
+}
+
+func budgetText(s Subnet) string {
+	switch {
+	case s.MaxHeld == 0 && s.KeepFree == 0:
+		return "-"
+	case s.KeepFree == 0:
+		return fmt.Sprintf("max=%d", s.MaxHeld)
+	case s.MaxHeld == 0:
+		return fmt.Sprintf("keep=%d", s.KeepFree)
+	}
+	return fmt.Sprintf("max=%d keep=%d", s.MaxHeld, s.KeepFree)
+}
+
+func subnetTable(w io.Writer, docs []Subnet, totals bool) {
+	row(w, "SUBNET", "AZ", "CIDR", "SIZE", "RESERVED", "FOREIGN", "HELD", "IN-USE", "FREE", "FREE-/28", "PREWARM", "BUDGET", "HEADROOM", "FORECAST")
+	var t Subnet
+	for _, s := range docs {
+		row(w, s.SubnetID, s.AZ, s.CIDR, s.Size, s.Reserved, s.Foreign, s.Held, s.InUse, s.Free, s.FreePrefixes,
+			s.PrewarmReserved, budgetText(s), s.Headroom, s.Forecast.text())
+		t.Size += s.Size
+		t.Reserved += s.Reserved
+		t.Foreign += s.Foreign
+		t.Held += s.Held
+		t.InUse += s.InUse
+		t.Free += s.Free
+		t.FreePrefixes += s.FreePrefixes
+		t.PrewarmReserved += s.PrewarmReserved
+		t.Headroom += s.Headroom
+	}
+	if totals {
+		row(w, fmt.Sprintf("TOTAL (%d)", len(docs)), "", "", t.Size, t.Reserved, t.Foreign, t.Held, t.InUse, t.Free, t.FreePrefixes,
+			t.PrewarmReserved, "", t.Headroom, "")
+	}
+}
+
+func subnetBudgetCmd() *command {
+	return &command{
+		path: "subnet budget", args: "SUBNET", minArgs: 1, maxArgs: 1,
+		summary: "Cap what the cluster may hold in a subnet (SetSubnetBudget)",
+		long: `
+--max-held caps the addresses the cluster holds in the subnet (ENI primaries, leases and
+pre-warm); 0 removes the cap. --keep-free keeps that many addresses free for others; 0 keeps
+nothing back. A flag left out keeps its current value. The change takes effect at once: nodes get
+nothing above the cap and surplus is reclaimed through the release handshake. Prints the
+subnet's new budget.`,
+		setup: func(fs *flag.FlagSet) runFunc {
+			maxHeld := fs.Uint("max-held", 0, "most addresses (`N`) the cluster may hold in the subnet (0: no cap)")
+			keepFree := fs.Uint("keep-free", 0, "addresses (`N`) to leave free for others (0: none)")
+			return func(ctx context.Context, c *cli, args []string) error {
+				set := map[string]bool{}
+				fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+				if !set["max-held"] && !set["keep-free"] {
+					return usagef("subnet budget", "subnet budget: give --max-held, --keep-free or both")
+				}
+				for name, v := range map[string]uint{"max-held": *maxHeld, "keep-free": *keepFree} {
+					if v > math.MaxUint32 {
+						return usagef("subnet budget", "subnet budget: --%s %d is too large", name, v)
+					}
+				}
+				req := &ipledgerv1.SetSubnetBudgetRequest{SubnetId: args[0], MaxHeld: uint32(*maxHeld), KeepFree: uint32(*keepFree)}
+				if !set["max-held"] || !set["keep-free"] {
+					cur, err := currentBudget(ctx, c, args[0])
+					if err != nil {
+						return err
+					}
+					if !set["max-held"] {
+						req.MaxHeld = cur.GetMaxHeld()
+					}
+					if !set["keep-free"] {
+						req.KeepFree = cur.GetKeepFree()
+					}
+				}
+				b, err := call(ctx, c, "set subnet budget", func(ctx context.Context, a ipledgerv1.AdminServiceClient) (*ipledgerv1.SubnetBudget, error) {
+					return a.SetSubnetBudget(ctx, req)
+				})
+				if err != nil {
+					return err
+				}
+				doc := subnetDoc(b)
+				return c.emit(doc, func(w io.Writer) { subnetTable(w, []Subnet{doc}, false) })
+			}
+		},
+	}
+}
+
+// currentBudget reads one subnet's budget (for the flags a budget change leaves out).
+func currentBudget(ctx context.Context, c *cli, subnet string) (*ipledgerv1.SubnetBudget, error) {
+	resp, err := call(ctx, c, "list subnets", func(ctx context.Context, a ipledgerv1.AdminServiceClient) (*ipledgerv1.ListSubnetsResponse, error) {
+		return a.ListSubnets(ctx, &ipledgerv1.ListSubnetsRequest{})
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, b := range resp.GetSubnets() {
+		if b.GetSubnetId() == subnet {
+			return b, nil
+		}
+	}
+	return nil, fmt.Errorf("subnet budget: the cluster does not use subnet %s (see 'ipledgerctl subnets')", subnet)
+}
