@@ -13,10 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/credentials"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/allocator"
 	"github.com/ipledger/ipledger/server/api"
 	"github.com/ipledger/ipledger/server/config"
+	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/ec2sim"
 	"github.com/ipledger/ipledger/server/ledger"
 	"google.golang.org/grpc"
@@ -411,6 +413,20 @@ func TestNewENIWhenFullAndTerminatedInstanceIsCleaned(t *testing.T) {
 		return e.Attachment != nil && e.Attachment.InstanceID == inst.ID && e.Attachment.DeleteOnTermination &&
 			e.Tags[allocator.TagCluster] == "dev" && e.Tags[allocator.TagNode] == a.name()
 	})
+	// The new ENI carries the node's primary ENI's security groups.
+	gw, err := ec2gw.New(t.Context(), ec2gw.Config{Region: "eu-west-1", Endpoint: s.Sim().Endpoint(),
+		Credentials: credentials.NewStaticCredentialsProvider("x", "y", "")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gw.Close()
+	both, err := gw.DescribeNetworkInterfaces(t.Context(), ec2gw.PriorityReconcile, ec2gw.ENIFilter{IDs: []string{inst.PrimaryENI, second.GetEniId()}})
+	if err != nil || len(both) != 2 {
+		t.Fatalf("describe: %v %v", both, err)
+	}
+	if len(both[0].SecurityGroupIDs) == 0 || strings.Join(both[0].SecurityGroupIDs, ",") != strings.Join(both[1].SecurityGroupIDs, ",") {
+		t.Fatalf("security groups: %v vs %v", both[0].SecurityGroupIDs, both[1].SecurityGroupIDs)
+	}
 	checkNoAddressTwice(t, s)
 
 	// The instance goes away: the node is removed and EC2 keeps no ENI of ours.

@@ -493,8 +493,10 @@ func (a *Allocator) securityGroups(ctx context.Context, rec ledger.NodeRecord, p
 	if err != nil {
 		return nil, ec2Err(err, rec.SubnetID)
 	}
-	_ = enis // TODOSG: copy the primary ENI's security groups once ec2gw.ENI carries them
-	return nil, nil
+	if len(enis) != 1 {
+		return nil, fmt.Errorf("%w: primary ENI %s of %s not found on EC2", ErrEC2, rec.PrimaryENI, rec.Name)
+	}
+	return enis[0].SecurityGroupIDs, nil
 }
 
 func clientToken() string {

@@ -570,6 +570,11 @@ func eniFrom(n types.NetworkInterface) ENI {
 			e.Prefixes = append(e.Prefixes, pfx)
 		}
 	}
+	for _, g := range n.Groups {
+		if id := aws.ToString(g.GroupId); id != "" {
+			e.SecurityGroupIDs = append(e.SecurityGroupIDs, id)
+		}
+	}
 	if a := n.Attachment; a != nil {
 		e.Attachment = &Attachment{
 			ID:                  aws.ToString(a.AttachmentId),

@@ -28,6 +28,8 @@ type ENI struct {
 	Prefixes                                                        []netip.Prefix
 	Tags                                                            map[string]string
 	Attachment                                                      *Attachment // nil when detached
+	// SecurityGroupIDs are the ENI's security groups (new ENIs of a node copy its primary's).
+	SecurityGroupIDs []string
 }
 
 // Subnet is a VPC subnet.
