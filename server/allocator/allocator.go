@@ -219,6 +219,7 @@ func (a *Allocator) Run(ctx context.Context) error {
 	for _, ns := range a.nodes {
 		a.startNodeLocked(ctx, ns)
 	}
+	nodes := len(a.nodes)
 	a.mu.Unlock()
 	a.goLoop(ctx, "reconcile", a.cfg.ReconcileInterval, true, a.reconcileAll)
 	a.goLoop(ctx, "instances", a.cfg.InstanceCheckInterval, false, a.checkInstances)
@@ -226,7 +227,7 @@ func (a *Allocator) Run(ctx context.Context) error {
 	go func() { defer a.wg.Done(); a.sweepLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.prewarmLoop(ctx) }()
 	close(a.started)
-	a.log.Info("allocator running", "nodes", len(a.nodes), "revision", a.cfg.State.Revision)
+	a.log.Info("allocator running", "nodes", nodes, "revision", a.cfg.State.Revision)
 
 	var err error
 	select {
