@@ -1,11 +1,16 @@
 package e2e_test
 
 import (
+	"fmt"
+	"maps"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ipledger/ipledger/agent"
+	"github.com/ipledger/ipledger/e2e/harness"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/ec2sim"
 )
@@ -51,4 +56,34 @@ func counter(t *testing.T, g prometheus.Gatherer, name, label string) float64 {
 		}
 	}
 	return 0
+}
+
+type ec2simInstance = ec2sim.InstanceInfo
+
+// viewAddresses lists every address of an agent's pool, sorted.
+func viewAddresses(v agent.PoolView) []string {
+	var out []string
+	for _, e := range v.ENIs {
+		for _, ad := range e.Addresses {
+			out = append(out, ad.IP)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// waitServerPods waits until the server's view of the node's pods is want (address -> container).
+func waitServerPods(t *testing.T, admin ipledgerv1.AdminServiceClient, node string, want map[string]string) {
+	t.Helper()
+	harness.Eventually(t, 10*time.Second, "the server to see the node's pods", func() error {
+		d := mustNode(t, admin, node)
+		got := map[string]string{}
+		for _, p := range d.GetPods() {
+			got[p.GetIp()] = p.GetContainerId()
+		}
+		if int(d.GetSummary().GetInUse()) != len(want) || !maps.Equal(got, want) {
+			return fmt.Errorf("in use %d, pods %v; want %v", d.GetSummary().GetInUse(), got, want)
+		}
+		return nil
+	})
 }
