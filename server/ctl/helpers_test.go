@@ -266,6 +266,7 @@ func startCluster(t *testing.T) *cluster {
 	}
 	for _, a := range c.agents {
 		a.waitAddresses(1)
+		a.report(nil) // agents report usage; only a node that reported is asked to release
 	}
 	// Two pods on the first node: its pool grows to keep one free.
 	first := c.agents[0]
