@@ -8,8 +8,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// httpHandler serves /metrics, /healthz (the process answers) and /readyz (etcd has quorum and
-// a leader is known, or this replica leads).
+// httpHandler serves /metrics, /healthz (the process answers), /readyz (etcd has quorum and
+// a leader is known, or this replica leads) and the dashboard (everything else).
 func (s *Server) httpHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
@@ -33,5 +33,6 @@ func (s *Server) httpHandler() http.Handler {
 		}
 		w.Write([]byte("ready (" + role + ")\n"))
 	})
+	mux.Handle("/", s.dash.Handler())
 	return mux
 }

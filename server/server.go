@@ -19,6 +19,7 @@ import (
 	"github.com/ipledger/ipledger/server/allocator"
 	"github.com/ipledger/ipledger/server/api"
 	"github.com/ipledger/ipledger/server/config"
+	"github.com/ipledger/ipledger/server/dashboard"
 	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/ec2sim"
 	"github.com/ipledger/ipledger/server/ledger"
@@ -50,6 +51,7 @@ type Server struct {
 	httpSrv  *http.Server
 	httpLis  net.Listener
 	forecast *allocator.Forecaster
+	dash     *dashboard.Dashboard
 	policies []*ipledgerv1.NodePolicy // from the policy file
 	advert   string
 
@@ -168,6 +170,7 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err
 	s.forecast = allocator.NewForecaster(s.Ledger, time.Hour, time.Now)
 	s.reg.MustRegister(newStateCollector(s))
 	s.grpc = s.newGRPCServer()
+	s.dash = dashboard.New(api.NewAdminServer(s), dashboard.Options{Logger: s.log.With("component", "dashboard")})
 	s.httpSrv = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
 
 	runCtx, cancel := context.WithCancel(context.Background())
@@ -189,6 +192,7 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err
 		return nil
 	}, "http")
 	s.goRun(func() error { return s.forecast.Run(runCtx, 30*time.Second) }, "forecast")
+	s.goRun(func() error { return s.dash.Run(runCtx) }, "dashboard")
 	s.goRun(func() error { s.observeLeader(runCtx); return nil }, "leader-observer")
 	s.goRun(func() error { return s.lead(runCtx, state.Revision) }, "election")
 	s.log.Info("replica started", "grpc", s.GRPCAddr(), "http", s.HTTPAddr(), "advertise", s.advert, "cluster", cfg.ClusterName)
