@@ -3,13 +3,17 @@ package e2e_test
 import (
 	"fmt"
 	"maps"
+	"os/exec"
 	"slices"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ipledger/ipledger/agent"
+	"github.com/ipledger/ipledger/agent/pool"
 	"github.com/ipledger/ipledger/e2e/harness"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/ec2sim"
@@ -83,6 +87,57 @@ func waitServerPods(t *testing.T, admin ipledgerv1.AdminServiceClient, node stri
 		}
 		if int(d.GetSummary().GetInUse()) != len(want) || !maps.Equal(got, want) {
 			return fmt.Errorf("in use %d, pods %v; want %v", d.GetSummary().GetInUse(), got, want)
+		}
+		return nil
+	})
+}
+
+type (
+	agentPod    = pool.PodSnapshot
+	coolingAddr = pool.CoolSnapshot
+)
+
+// startPlugin starts the plugin for a pod (CNI 1.1.0) without waiting for it; it is killed in
+// t.Cleanup if still running.
+func startPlugin(t *testing.T, n *harness.Node, cmd string, p *harness.Pod) *exec.Cmd {
+	t.Helper()
+	c := n.PluginCmd(n.Env(cmd, p), n.Conf("1.1.0"))
+	if err := harness.Start(c); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = c.Wait(); close(done) }()
+	t.Cleanup(func() {
+		_ = c.Process.Kill()
+		<-done
+	})
+	plugins.Store(c, done)
+	return c
+}
+
+// plugins maps a started plugin to the channel closed when it exits.
+var plugins sync.Map
+
+// killPlugin sends SIGKILL to a started plugin and waits until it is gone.
+func killPlugin(t *testing.T, c *exec.Cmd) {
+	t.Helper()
+	if err := c.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	done, _ := plugins.Load(c)
+	select {
+	case <-done.(chan struct{}):
+	case <-time.After(5 * time.Second):
+		t.Fatal("the killed plugin did not exit")
+	}
+}
+
+// waitServerPodCount waits until the server counts want pods in use on the node.
+func waitServerPodCount(t *testing.T, admin ipledgerv1.AdminServiceClient, node string, want int) {
+	t.Helper()
+	harness.Eventually(t, 10*time.Second, "the server's pod count", func() error {
+		if got := mustNode(t, admin, node).GetSummary().GetInUse(); int(got) != want {
+			return fmt.Errorf("in use %d, want %d", got, want)
 		}
 		return nil
 	})

@@ -114,7 +114,7 @@ func (n *Node) StartAgent(extra ...string) *Agent {
 		a.cmd.Stdout, a.cmd.Stderr = w, w
 	}
 	a.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := a.cmd.Start(); err != nil {
+	if err := Start(a.cmd); err != nil {
 		_ = logFile.Close()
 		n.T.Fatalf("start ipledger-agent: %v", err)
 	}

@@ -195,7 +195,7 @@ func (n *Node) RunPlugin(env map[string]string, stdin []byte) Result {
 	cmd := n.PluginCmd(env, stdin)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
+	err := Run(cmd)
 	return Result{Stdout: stdout.Bytes(), Stderr: stderr.Bytes(), Err: err}
 }
 
@@ -282,7 +282,7 @@ func (r *Runtime) Run(cmd string, p *Pod) Result {
 	c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var stdout, stderr bytes.Buffer
 	c.Stdout, c.Stderr = &stdout, &stderr
-	err := c.Run()
+	err := Run(c)
 	return Result{Stdout: stdout.Bytes(), Stderr: stderr.Bytes(), Err: err}
 }
 
@@ -383,6 +383,46 @@ func (n *Node) TableRoutes(table int) []string {
 			dst += " dev " + l.Attrs().Name
 		}
 		out = append(out, dst)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// GC runs the plugin's GC (CNI 1.1.0) with valid as the runtime's valid attachments.
+func (n *Node) GC(valid ...*Pod) Result {
+	n.T.Helper()
+	type attachment struct {
+		ContainerID string `json:"containerID"`
+		IfName      string `json:"ifname"`
+	}
+	list := []attachment{}
+	for _, p := range valid {
+		list = append(list, attachment{p.ContainerID, p.IfName})
+	}
+	b, err := json.Marshal(list)
+	if err != nil {
+		n.T.Fatal(err)
+	}
+	return n.RunPlugin(n.Env("GC", nil), n.Conf("1.1.0", `"cni.dev/valid-attachments":`+string(b)))
+}
+
+// PodLinks lists the pod namespace's links other than lo.
+func PodLinks(t testing.TB, p *Pod) []string {
+	t.Helper()
+	h, err := netlink.NewHandleAt(netnsHandle(p.NS))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	links, err := h.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range links {
+		if l.Attrs().Name != "lo" {
+			out = append(out, l.Attrs().Name)
+		}
 	}
 	slices.Sort(out)
 	return out

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netns"
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 )
@@ -56,3 +57,5 @@ func Ping(p *Pod, dst netip.Addr) error {
 		return fmt.Errorf("no echo reply from %s", dst)
 	})
 }
+
+func netnsHandle(n ns.NetNS) netns.NsHandle { return netns.NsHandle(int(n.Fd())) }
