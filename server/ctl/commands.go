@@ -22,8 +22,7 @@ type command struct {
 	summary string
 	long    string
 	setup   func(fs *flag.FlagSet) runFunc
-	// values completes flag values ("-o" is global) and argValues the positional arguments.
-	values    map[string][]string
+	// argValues completes the positional arguments (flag values: see completionSpec).
 	argValues func() []string
 	// noOutput marks commands for which -o does not apply.
 	noOutput bool

@@ -70,7 +70,8 @@ type compSpec struct {
 func completionSpec() compSpec {
 	s := compSpec{top: topLevel(), topDesc: map[string]string{}}
 	for _, f := range globalFlags() {
-		cf := compFlag{name: f.Name, usage: f.Usage, value: !isBoolFlag(f)}
+		_, usage := flag.UnquoteUsage(f)
+		cf := compFlag{name: f.Name, usage: usage, value: !isBoolFlag(f)}
 		if f.Name == "o" {
 			cf.values = outputFormats
 		}
@@ -99,7 +100,8 @@ func completionSpec() compSpec {
 			s.topDesc[c.path] = c.summary
 		}
 		for _, f := range c.flagList() {
-			cf := compFlag{name: f.Name, usage: f.Usage, value: !isBoolFlag(f), values: c.values[f.Name], file: f.Name == "f"}
+			_, usage := flag.UnquoteUsage(f)
+			cf := compFlag{name: f.Name, usage: usage, value: !isBoolFlag(f), file: f.Name == "f"}
 			cc.flags = append(cc.flags, cf)
 			if cf.value {
 				valueFlags[f.Name] = true

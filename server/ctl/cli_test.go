@@ -1,0 +1,213 @@
+package ctl
+
+import (
+	"bytes"
+	"flag"
+	"net"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// closedAddr is a loopback address nothing listens on.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+func TestUsageErrorsExit2AndSendNothing(t *testing.T) {
+	// Nothing listens: a usage error must be found before any call is made.
+	addr := closedAddr(t)
+	policyDir := t.TempDir()
+	tests := []struct {
+		args []string
+		want string // in stderr
+	}{
+		{nil, "no command given"},
+		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
+		{[]string{"--bogus", "subnets"}, "unknown flag -bogus"},
+		{[]string{"subnets", "--bogus"}, "subnets: unknown flag -bogus"},
+		{[]string{"subnets", "extra"}, `unexpected argument "extra"`},
+		{[]string{"subnets", "-o", "xml"}, `invalid -o "xml"`},
+		{[]string{"-o", "xml", "nodes"}, `invalid -o "xml"`},
+		{[]string{"status", "--timeout", "0s"}, "invalid --timeout"},
+		{[]string{"status", "--timeout", "soon"}, "invalid value"},
+		{[]string{"status", "--server", ""}, "empty --server"},
+		{[]string{"node"}, "node: missing NODE"},
+		{[]string{"node", "a", "b"}, `unexpected argument "b"`},
+		{[]string{"drain"}, "drain: missing NODE"},
+		{[]string{"subnet"}, "subnet needs a subcommand: budget"},
+		{[]string{"subnet", "grow"}, `unknown subnet subcommand "grow"`},
+		{[]string{"subnet", "budget"}, "missing SUBNET"},
+		{[]string{"subnet", "budget", "subnet-1"}, "give --max-held, --keep-free or both"},
+		{[]string{"subnet", "budget", "subnet-1", "--max-held", "-1"}, "invalid value"},
+		{[]string{"subnet", "budget", "subnet-1", "--max-held", "lots"}, "invalid value"},
+		{[]string{"subnet", "budget", "subnet-1", "--max-held", "99999999999"}, "too large"},
+		{[]string{"prewarm"}, "prewarm needs a subcommand: create, list, cancel"},
+		{[]string{"prewarm", "create", "--instance-type", "m5.large", "--nodes", "1", "--addresses-per-node", "1"}, "give --subnet or --az"},
+		{[]string{"prewarm", "create", "--subnet", "s", "--az", "a", "--instance-type", "m5.large", "--nodes", "1", "--addresses-per-node", "1"}, "not both"},
+		{[]string{"prewarm", "create", "--subnet", "s", "--nodes", "1", "--addresses-per-node", "1"}, "--instance-type is required"},
+		{[]string{"prewarm", "create", "--subnet", "s", "--instance-type", "m5.large", "--addresses-per-node", "1"}, "--nodes is required"},
+		{[]string{"prewarm", "create", "--subnet", "s", "--instance-type", "m5.large", "--nodes", "1"}, "--addresses-per-node is required"},
+		{[]string{"prewarm", "create", "--subnet", "s", "--instance-type", "m5.large", "--nodes", "1", "--addresses-per-node", "1", "--expiry", "-5m"}, "must be positive"},
+		{[]string{"prewarm", "cancel"}, "missing ID"},
+		{[]string{"canfit", "--nodes", "2"}, "give --subnet or --az"},
+		{[]string{"canfit", "--az", "eu-west-1a"}, "--nodes is required"},
+		{[]string{"policy", "set"}, "-f FILE is required"},
+		{[]string{"policy", "set", "-f", policyDir + "/missing.yaml"}, "missing.yaml"},
+		{[]string{"policy", "delete"}, "missing NAME"},
+		{[]string{"check", "--ec2"}, "unknown flag -ec2"},
+		{[]string{"completion"}, "missing bash|zsh|fish"},
+		{[]string{"completion", "tcsh"}, `unknown shell "tcsh"`},
+		{[]string{"help", "frobnicate"}, `unknown command "frobnicate"`},
+	}
+	for _, tc := range tests {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			r := ctl(t, addr, tc.args...)
+			if r.code != ExitUsage || !strings.Contains(r.stderr, tc.want) || !strings.Contains(r.stderr, "Run 'ipledgerctl help") || r.stdout != "" {
+				t.Fatalf("want exit 2 with %q, got %s", tc.want, r)
+			}
+			if strings.Contains(r.stderr, "cannot reach") {
+				t.Fatalf("a usage error reached for the server: %s", r)
+			}
+		})
+	}
+	// The hint names the command whose help explains the mistake.
+	if r := ctl(t, addr, "subnet", "budget", "x"); !strings.Contains(r.stderr, "Run 'ipledgerctl help subnet budget' for usage.") {
+		t.Fatalf("hint: %s", r.stderr)
+	}
+}
+
+func TestConnectionRefusedSaysWhere(t *testing.T) {
+	addr := closedAddr(t)
+	for _, args := range [][]string{{"subnets"}, {"drain", "n"}, {"status", "-o", "json"}} {
+		r := ctl(t, addr, args...)
+		if r.code != ExitError || r.stdout != "" || !strings.Contains(r.stderr, "cannot reach ipledger-server at "+addr+": connection refused") ||
+			!strings.Contains(r.stderr, "--server or IPLEDGER_SERVER") {
+			t.Fatalf("%v: %s", args, r)
+		}
+	}
+	// --server overrides the environment.
+	var out, errOut bytes.Buffer
+	code := Main(t.Context(), []string{"--server", addr, "subnets"}, &out, &errOut, func(k string) string {
+		if k == EnvServer {
+			return "127.0.0.1:1"
+		}
+		return ""
+	})
+	if code != ExitError || !strings.Contains(errOut.String(), addr) {
+		t.Fatalf("--server did not win over %s: %d %s", EnvServer, code, errOut.String())
+	}
+	// Without either, the default address is used (whether or not something answers there:
+	// status prints the address it asked).
+	out.Reset()
+	errOut.Reset()
+	Main(t.Context(), []string{"status", "--timeout", "2s"}, &out, &errOut, func(string) string { return "" })
+	if !strings.Contains(out.String()+errOut.String(), DefaultServer) {
+		t.Fatalf("default server: %s %s", out.String(), errOut.String())
+	}
+}
+
+func TestHelp(t *testing.T) {
+	addr := closedAddr(t)
+	for _, args := range [][]string{{"help"}, {"--help"}, {"-h"}} {
+		r := mustCtl(t, 0, addr, args...)
+		for _, c := range commands {
+			if !strings.Contains(r.stdout, "  "+c.path) {
+				t.Fatalf("%v does not list %q:\n%s", args, c.path, r.stdout)
+			}
+		}
+		if !strings.Contains(r.stdout, "Exit codes:") || !strings.Contains(r.stdout, "--server ADDR") {
+			t.Fatalf("%v:\n%s", args, r.stdout)
+		}
+	}
+	for _, c := range commands {
+		words := strings.Fields(c.path)
+		r := mustCtl(t, 0, addr, append([]string{"help"}, words...)...)
+		if !strings.HasPrefix(r.stdout, "Usage: ipledgerctl "+c.path) {
+			t.Fatalf("help %s:\n%s", c.path, r.stdout)
+		}
+		for _, f := range c.flagList() {
+			if !strings.Contains(r.stdout, dashed(f.Name)) {
+				t.Fatalf("help %s does not show %s", c.path, dashed(f.Name))
+			}
+		}
+		// COMMAND -h is the same help.
+		if h := mustCtl(t, 0, addr, append(words, "-h")...); h.stdout != r.stdout {
+			t.Fatalf("%s -h differs from help %s", c.path, c.path)
+		}
+	}
+	if r := mustCtl(t, 0, addr, "help", "prewarm"); !strings.Contains(r.stdout, "prewarm create") || !strings.Contains(r.stdout, "prewarm cancel ID") {
+		t.Fatalf("help prewarm:\n%s", r.stdout)
+	}
+}
+
+func TestParseInterleaved(t *testing.T) {
+	tests := []struct {
+		args []string
+		pos  []string
+		o    string
+		undo bool
+	}{
+		{[]string{"node-a"}, []string{"node-a"}, "table", false},
+		{[]string{"node-a", "-o", "json"}, []string{"node-a"}, "json", false},
+		{[]string{"-o", "yaml", "node-a", "--undo"}, []string{"node-a"}, "yaml", true},
+		{[]string{"--undo", "--", "-o"}, []string{"-o"}, "table", true},
+		{[]string{"a", "b", "--undo", "c"}, []string{"a", "b", "c"}, "table", true},
+	}
+	for _, tc := range tests {
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		o := fs.String("o", "table", "")
+		undo := fs.Bool("undo", false, "")
+		pos, err := parseInterleaved(fs, tc.args)
+		if err != nil || !reflect.DeepEqual(pos, tc.pos) || *o != tc.o || *undo != tc.undo {
+			t.Fatalf("%v: pos %v o %s undo %v err %v", tc.args, pos, *o, *undo, err)
+		}
+	}
+}
+
+func TestHumanUnits(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		0: "0s", 45 * time.Second: "45s", 90 * time.Second: "1m30s", 12 * time.Minute: "12m",
+		3*time.Hour + 20*time.Minute: "3h20m", 5 * time.Hour: "5h", 50 * time.Hour: "2d2h", 72 * time.Hour: "3d",
+	} {
+		if got := human(d); got != want {
+			t.Errorf("human(%s) = %q, want %q", d, got, want)
+		}
+	}
+}
+
+func TestForecastColumn(t *testing.T) {
+	ttl := 3*time.Hour + 20*time.Minute
+	tests := []struct {
+		name   string
+		in     *ipledgerv1.Forecast
+		status string
+		text   string
+	}{
+		{"no forecast", nil, "unknown", "n/a"},
+		{"too little history", &ipledgerv1.Forecast{Window: durationpb.New(30 * time.Second)}, "unknown", "n/a"},
+		{"flat", &ipledgerv1.Forecast{Window: durationpb.New(time.Hour)}, "never", "never"},
+		{"shrinking", &ipledgerv1.Forecast{HeldPerHour: -4, Window: durationpb.New(time.Hour)}, "never", "never"},
+		{"growing", &ipledgerv1.Forecast{HeldPerHour: 30, Window: durationpb.New(time.Hour), TimeToExhaustion: durationpb.New(ttl)}, "exhausts", "in 3h20m"},
+	}
+	for _, tc := range tests {
+		s := subnetDoc(&ipledgerv1.SubnetBudget{Forecast: tc.in})
+		if s.Forecast.Status != tc.status || s.Forecast.text() != tc.text {
+			t.Errorf("%s: status %q text %q, want %q %q", tc.name, s.Forecast.Status, s.Forecast.text(), tc.status, tc.text)
+		}
+		if (s.Forecast.ExhaustionInSeconds != nil) != (tc.status == "exhausts") {
+			t.Errorf("%s: exhaustion_in_seconds %v", tc.name, s.Forecast.ExhaustionInSeconds)
+		}
+	}
+}
