@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -77,7 +78,7 @@ func call[T any](ctx context.Context, c *cli, what string, f func(context.Contex
 	}
 	if err != nil {
 		var zero T
-		return zero, rpcError(ctx, what, addr, err)
+		return zero, rpcError(ctx, what, addr, c.g.timeout, err)
 	}
 	return res, nil
 }
@@ -118,14 +119,14 @@ func notLeader(err error) (leader string, ok bool) {
 }
 
 // rpcError says what failed, where, with the gRPC code and the server's reason.
-func rpcError(ctx context.Context, what, addr string, err error) error {
+func rpcError(ctx context.Context, what, addr string, timeout time.Duration, err error) error {
 	st, ok := status.FromError(err)
 	if !ok {
 		return fmt.Errorf("%s: %s: %w", what, addr, err)
 	}
 	switch {
 	case st.Code() == codes.DeadlineExceeded && errors.Is(ctx.Err(), context.DeadlineExceeded):
-		return fmt.Errorf("%s: no answer from ipledger-server at %s before the deadline (--timeout): %s", what, addr, st.Message())
+		return fmt.Errorf("%s: no answer from ipledger-server at %s within --timeout %s: %s", what, addr, timeout, st.Message())
 	case st.Code() == codes.Canceled && ctx.Err() != nil:
 		return fmt.Errorf("%s: cancelled: %w", what, ctx.Err())
 	}

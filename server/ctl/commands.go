@@ -147,6 +147,9 @@ func writeFlags(w io.Writer, flags []*flag.Flag) {
 	tw := newTable(w)
 	for _, f := range flags {
 		name, usage := flag.UnquoteUsage(f)
+		if v, ok := valueNames[f.Name]; ok {
+			name = v
+		}
 		left := "  " + dashed(f.Name)
 		if name != "" {
 			left += " " + strings.ToUpper(name)
@@ -157,6 +160,13 @@ func writeFlags(w io.Writer, flags []*flag.Flag) {
 		row(tw, left, usage)
 	}
 	tw.Flush()
+}
+
+// valueNames name the values of flags in help ("--nodes N").
+var valueNames = map[string]string{
+	"server": "ADDR", "o": "FORMAT", "timeout": "DURATION", "max-held": "N", "keep-free": "N",
+	"subnet": "SUBNET", "az": "AZ", "instance-type": "TYPE", "nodes": "N", "addresses-per-node": "N",
+	"pods-per-node": "N", "expiry": "DURATION", "f": "FILE",
 }
 
 func globalFlags() []*flag.Flag {

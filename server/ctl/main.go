@@ -41,8 +41,8 @@ type globals struct {
 }
 
 func (g *globals) register(fs *flag.FlagSet) {
-	fs.StringVar(&g.server, "server", g.server, "`ADDR`ess (host:port) of an ipledger-server replica")
-	fs.StringVar(&g.output, "o", g.output, "output `FORMAT`: table, json or yaml")
+	fs.StringVar(&g.server, "server", g.server, "host:port of an ipledger-server replica (any replica; changes go to the leader)")
+	fs.StringVar(&g.output, "o", g.output, "output format: table, json or yaml")
 	fs.DurationVar(&g.timeout, "timeout", g.timeout, "deadline for the whole command")
 }
 

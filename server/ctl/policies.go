@@ -55,7 +55,7 @@ The file holds one policy with the fields 'policies -o yaml' prints, for example
 A file that cannot be parsed is a usage error (exit 2); a policy the server finds invalid is
 refused with its INVALID_ARGUMENT message (exit 1). Prints the stored policy.`,
 		setup: func(fs *flag.FlagSet) runFunc {
-			file := fs.String("f", "", "policy `FILE`, YAML or JSON (required)")
+			file := fs.String("f", "", "policy file, YAML or JSON (required)")
 			return func(ctx context.Context, c *cli, args []string) error {
 				if *file == "" {
 					return usagef("policy set", "policy set: -f FILE is required")

@@ -21,11 +21,8 @@ type placeFlags struct {
 	subnet, az *string
 }
 
-func addPlaceFlags(fs *flag.FlagSet, what string) placeFlags {
-	return placeFlags{
-		subnet: fs.String("subnet", "", what+" in this `SUBNET`"),
-		az:     fs.String("az", "", what+" in this availability zone (`AZ`; the server picks the subnets)"),
-	}
+func addPlaceFlags(fs *flag.FlagSet, subnetUsage, azUsage string) placeFlags {
+	return placeFlags{subnet: fs.String("subnet", "", subnetUsage), az: fs.String("az", "", azUsage)}
 }
 
 func (p placeFlags) check(cmd string) error {
@@ -60,11 +57,11 @@ ENIs with --addresses-per-node addresses each. A node that registers there with 
 type gets one attached instead of a create + assign. Unused reservations expire after --expiry
 and their ENIs are deleted. Prints the reservation.`,
 		setup: func(fs *flag.FlagSet) runFunc {
-			place := addPlaceFlags(fs, "reserve")
-			itype := fs.String("instance-type", "", "instance `TYPE` of the nodes to come (required)")
-			nodes := fs.Uint("nodes", 0, "number (`N`) of nodes to prepare for (required)")
-			perNode := fs.Uint("addresses-per-node", 0, "pod addresses (`N`) to pre-assign per node (required)")
-			expiry := fs.Duration("expiry", DefaultPrewarmExpiry, "how long (`DURATION`) the reservation lasts if no node uses it")
+			place := addPlaceFlags(fs, "subnet to reserve in", "availability zone: the server picks its subnet with the most headroom")
+			itype := fs.String("instance-type", "", "instance type of the nodes to come (required)")
+			nodes := fs.Uint("nodes", 0, "nodes to prepare for (required)")
+			perNode := fs.Uint("addresses-per-node", 0, "pod addresses to pre-assign per node (required)")
+			expiry := fs.Duration("expiry", DefaultPrewarmExpiry, "how long the reservation lasts if no node uses it")
 			return func(ctx context.Context, c *cli, args []string) error {
 				const cmd = "prewarm create"
 				if err := place.check(cmd); err != nil {
@@ -183,10 +180,10 @@ or in the cluster's subnets of an availability zone (--az), counting pod address
 primaries and the warm floor; with --instance-type, per-node limits of the type are checked too.
 Exits 0 when they fit and 3 when they do not, printing the reasons.`,
 		setup: func(fs *flag.FlagSet) runFunc {
-			place := addPlaceFlags(fs, "place the nodes")
-			nodes := fs.Uint("nodes", 0, "number (`N`) of nodes (required)")
-			pods := fs.Uint("pods-per-node", 0, "pods (`N`) per node")
-			itype := fs.String("instance-type", "", "instance `TYPE` (optional: also checks per-node limits)")
+			place := addPlaceFlags(fs, "subnet of the nodes", "availability zone of the nodes: all the cluster's subnets in it count")
+			nodes := fs.Uint("nodes", 0, "nodes (required)")
+			pods := fs.Uint("pods-per-node", 0, "pods per node")
+			itype := fs.String("instance-type", "", "instance type (optional: also checks per-node limits)")
 			return func(ctx context.Context, c *cli, args []string) error {
 				const cmd = "canfit"
 				if err := place.check(cmd); err != nil {

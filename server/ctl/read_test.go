@@ -334,6 +334,13 @@ func TestReadCommands(t *testing.T) {
 		}
 	})
 
+	t.Run("timeout", func(t *testing.T) {
+		r := mustCtl(t, 1, c.addr, "subnets", "--timeout", "1ns")
+		if !strings.Contains(r.stderr, "no answer from ipledger-server at "+c.addr+" within --timeout 1ns") {
+			t.Fatalf("deadline: %s", r)
+		}
+	})
+
 	t.Run("version", func(t *testing.T) {
 		if r := mustCtl(t, 0, c.addr, "version"); r.stdout != "ipledgerctl "+Version+"\n" {
 			t.Fatalf("version: %q", r.stdout)

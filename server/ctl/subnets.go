@@ -81,8 +81,8 @@ nothing back. A flag left out keeps its current value. The change takes effect a
 nothing above the cap and surplus is reclaimed through the release handshake. Prints the
 subnet's new budget.`,
 		setup: func(fs *flag.FlagSet) runFunc {
-			maxHeld := fs.Uint("max-held", 0, "most addresses (`N`) the cluster may hold in the subnet (0: no cap)")
-			keepFree := fs.Uint("keep-free", 0, "addresses (`N`) to leave free for others (0: none)")
+			maxHeld := fs.Uint("max-held", 0, "most addresses the cluster may hold in the subnet (0: no cap)")
+			keepFree := fs.Uint("keep-free", 0, "addresses to leave free for others (0: none)")
 			return func(ctx context.Context, c *cli, args []string) error {
 				set := map[string]bool{}
 				fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
