@@ -1,0 +1,35 @@
+// Package vpccni is the benchmark's model of today's Amazon VPC CNI: one ipamd per node, written
+// from the facts in ../shared/brief/PROBLEM.md, so that ipledger-bench can run it side by side
+// with ipledger against the same EC2 simulator.
+//
+// The model is a separate system, not a client of ipledger: it imports the aws-sdk-go-v2 EC2
+// client directly (one client per node, as every aws-node pod has its own) and talks to the
+// simulator over HTTP with the SDK's default retryer (standard mode, 3 attempts, the client-side
+// retry quota) and no client-side rate limiter. Only the retryer's backoff is divided by the time
+// scale, like every other timer of the model.
+//
+// What it models, per node (Node):
+//
+//   - a pool loop every 5 s (Timers.PoolLoop) that either grows the pool by one EC2 step, or
+//     shrinks it at most every 30 s (Timers.ReleaseInterval);
+//   - growth: first the existing ENIs (AssignPrivateIpAddresses with
+//     SecondaryPrivateIpAddressCount, or Ipv4PrefixCount in prefix mode), and only when none has
+//     room a new ENI, which costs DescribeSubnets, CreateNetworkInterface, DescribeInstances (to
+//     find a free device index), AttachNetworkInterface and ModifyNetworkInterfaceAttribute
+//     (DeleteOnTermination), followed by the Assign that fills it;
+//   - the targets of ipamd: WARM_ENI_TARGET keeps whole warm ENIs beyond the ENIs pods fill (the
+//     primary ENI counts as filled) and fills every ENI it uses; WARM_IP_TARGET / MINIMUM_IP_TARGET
+//     keep short = max(WARM_IP_TARGET - available, MINIMUM_IP_TARGET - total) and release the
+//     surplus above both; WARM_PREFIX_TARGET keeps that many whole free /28 prefixes;
+//   - release: in the default mode only whole ENIs with no pods (DetachNetworkInterface +
+//     DeleteNetworkInterface); in warm-IP mode free addresses (UnassignPrivateIpAddresses); in
+//     prefix mode free prefixes;
+//   - a 30 s cooldown before an address a pod gave back is handed out again;
+//   - a 120 s pause of growth after InsufficientCidrBlocks or InsufficientFreeAddressesInSubnet;
+//   - Add fails at once when no address is free (ErrNoAvailableIP): the caller (the kubelet in
+//     the benchmark) retries later.
+//
+// The instance type's limits come from the embedded table of package instancetypes (ipamd ships
+// the same table). The package never configures networking and never talks to anything but the
+// endpoint it is given (the simulator on loopback).
+package vpccni
