@@ -83,8 +83,11 @@ func TestUsageErrorsExit2AndSendNothing(t *testing.T) {
 		})
 	}
 	// The hint names the command whose help explains the mistake.
-	if r := ctl(t, addr, "subnet", "budget", "x"); !strings.Contains(r.stderr, "Run 'ipledgerctl help subnet budget' for usage.") {
+	if r := ctl(t, addr, "subnet", "budget", "x"); !strings.Contains(r.stderr, "Usage: ipledgerctl subnet budget SUBNET [flags]\nRun 'ipledgerctl help subnet budget' for usage.") {
 		t.Fatalf("hint: %s", r.stderr)
+	}
+	if r := ctl(t, addr, "prewarm"); !strings.Contains(r.stderr, "Usage: ipledgerctl prewarm create|list|cancel ...") {
+		t.Fatalf("group hint: %s", r.stderr)
 	}
 }
 

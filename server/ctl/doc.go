@@ -7,5 +7,5 @@
 //
 // It must never keep state of its own, talk to etcd or EC2, or decide anything the server
 // decides (validation of policies and budgets is the server's; ctl only checks that a request
-// is well formed). Everything it prints comes from one AdminService answer.
+// is well formed). Everything it prints comes from AdminService's answers.
 package ctl

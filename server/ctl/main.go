@@ -92,6 +92,11 @@ func (c *cli) report(err error) int {
 	case errors.As(err, &ue):
 		fmt.Fprintf(c.stderr, "ipledgerctl: %s\n", ue.msg)
 		if ue.cmd != "" {
+			if cmd := findCommand(ue.cmd); cmd != nil {
+				fmt.Fprintf(c.stderr, "Usage: %s\n", cmd.usageLine())
+			} else if subs, ok := groups()[ue.cmd]; ok {
+				fmt.Fprintf(c.stderr, "Usage: ipledgerctl %s %s ...\n", ue.cmd, strings.Join(subs, "|"))
+			}
 			fmt.Fprintf(c.stderr, "Run 'ipledgerctl help %s' for usage.\n", ue.cmd)
 		} else {
 			fmt.Fprintln(c.stderr, "Run 'ipledgerctl help' for usage.")
