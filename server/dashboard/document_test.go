@@ -274,4 +274,19 @@ func TestStandbyNamesTheLeader(t *testing.T) {
 	if doc.Nodes[0].NodeName != a.name() || primaries != 1 {
 		t.Fatalf("standby's copy of the state: nodes %+v subnets %+v", doc.Nodes, doc.Subnets)
 	}
+
+	// The page says so too (when a browser is at hand; TestPageInHeadlessChromium skips without).
+	bin := findChromium()
+	if bin == "" {
+		t.Log("chromium is not installed: the standby page is not rendered")
+		return
+	}
+	d := parseDOM(t, runChromium(t, bin, base+"/", "--dump-dom"))
+	line := all(d.root, withAttr("p", "id", "ec2-state"))
+	if len(line) != 1 || strings.TrimSpace(text(line[0])) != "standby — EC2 calls are made by the leader at "+leader.Advertise() {
+		t.Fatalf("standby page's EC2 line: %q", text(line[0]))
+	}
+	if bands := all(d.root, withAttr("rect", "data-state", dashboard.StateStandby)); len(bands) < 3 {
+		t.Fatalf("%d standby bands in the chart, want one per sample", len(bands))
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -73,7 +74,8 @@ func startDev(t *testing.T) *server.Server {
 }
 
 // serveDashboard runs a dashboard of its own over the replica's AdminServer (sampling every
-// sampleEvery) on a loopback listener. It returns the base URL and the paths requested of it.
+// sampleEvery) on a loopback listener. It returns the base URL and the paths a browser
+// (a Chrome user agent) requested of it.
 func serveDashboard(t *testing.T, s *server.Server, sampleEvery time.Duration) (string, *dashboard.Dashboard, func() []string) {
 	t.Helper()
 	d := dashboard.New(api.NewAdminServer(s), dashboard.Options{SampleEvery: sampleEvery, History: time.Hour, Logger: testLogger()})
@@ -90,9 +92,11 @@ func serveDashboard(t *testing.T, s *server.Server, sampleEvery time.Duration) (
 	var paths []string
 	h := d.Handler()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		paths = append(paths, r.URL.Path)
-		mu.Unlock()
+		if strings.Contains(r.UserAgent(), "Chrome") {
+			mu.Lock()
+			paths = append(paths, r.URL.Path)
+			mu.Unlock()
+		}
 		h.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)

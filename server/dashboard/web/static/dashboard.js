@@ -59,7 +59,11 @@
 
   function n(v) { return (v || 0).toLocaleString('en-US'); }
   function pct(part, whole) { return whole > 0 ? (100 * part / whole) : 0; }
-  function fmtPct(p) { return (p >= 10 || p === 0 ? p.toFixed(0) : p.toFixed(1)) + '%'; }
+  function fmtPct(p) {
+    if (p > 0 && p < 0.1) return '<0.1%';
+    return (p >= 10 || p === 0 ? p.toFixed(0) : p.toFixed(1)) + '%';
+  }
+  function plural(k, one, many) { return n(k) + ' ' + (k === 1 ? one : many); }
   function fmtTime(s) {
     if (!s) return '\u2014';
     var d = new Date(s);
@@ -134,11 +138,24 @@
       d.style.flexGrow = String(v);
       bar.appendChild(d);
     });
+    // The taken part again at full width: on a large subnet it is a sliver of the bar above.
+    var taken = s.size - s.free;
+    var zoom = el('div', { class: 'zoom', role: 'img', 'data-subnet': s.subnet_id,
+      'aria-label': 'The ' + n(taken) + ' taken addresses of ' + s.subnet_id + ', zoomed' });
+    SEGMENTS.forEach(function (seg) {
+      var v = s[seg[0]] || 0;
+      if (seg[0] === 'free' || !v) return;
+      var d = el('div', { class: 'seg seg-' + seg[0], 'data-kind': seg[0], title: seg[1] + ': ' + n(v) + ' of ' + n(taken) + ' taken' });
+      d.style.flexGrow = String(v);
+      zoom.appendChild(d);
+    });
+    var zoomRow = el('div', { class: 'zoom-row' },
+      el('span', { class: 'zoom-label', text: 'taken \u00d7' + (taken ? Math.round(s.size / taken) : 1), title: 'the taken addresses, magnified to the full width' }), zoom);
     var counts = el('ul', { class: 'counts', 'aria-label': 'Addresses of ' + s.subnet_id });
     SEGMENTS.forEach(function (seg) {
       append(counts, el('li', { 'data-kind': seg[0] },
         el('span', { class: 'swatch seg-' + seg[0], 'aria-hidden': 'true' }),
-        seg[1], el('b', { class: 'num', text: n(s[seg[0]]) })));
+        seg[1] + ' ', el('b', { class: 'num', text: n(s[seg[0]]) })));
     });
 
     var freePct = pct(s.free_prefixes, s.total_prefixes);
@@ -162,17 +179,18 @@
       fact('headroom', n(s.headroom), { key: 'headroom', bad: s.headroom === 0 }),
       fact('budget cap', s.max_held ? n(s.budget_cap) : n(s.budget_cap) + ' (no cap)', { key: 'budget_cap' }),
       fact('keep free', n(s.keep_free), { key: 'keep_free' }),
-      fact('free /28 blocks', [el('span', { class: 'num', text: n(s.free_prefixes) + ' / ' + n(s.total_prefixes) + ' (' + fmtPct(freePct) + ')' }), strip], { key: 'free_prefixes' }),
+      fact('free /28 blocks', [el('span', { class: 'num', text: n(s.free_prefixes) + ' / ' + n(s.total_prefixes) + ' (' + fmtPct(freePct) + ')' }), strip], { key: 'free_prefixes', wide: true }),
       fact('forecast of exhaustion', fc.text, { key: 'forecast', wide: true, bad: fc.bad })
     );
     return el('article', { class: 'subnet', 'data-subnet': s.subnet_id, 'aria-labelledby': headId },
       el('div', { class: 'subnet-head' },
         el('h3', { id: headId, text: s.name || s.subnet_id }),
-        s.name ? el('span', { class: 'id', text: s.subnet_id }) : null,
         el('span', { text: s.cidr }),
         el('span', { class: 'muted', text: 'AZ ' + s.availability_zone }),
-        el('span', { class: 'muted num', text: n(s.size) + ' addresses' })),
-      bar, counts, facts);
+        el('span', { class: 'sub' },
+          s.name ? el('span', { class: 'id', text: s.subnet_id }) : null,
+          el('span', { class: 'muted num', text: n(s.size) + ' addresses, ' + n(s.size - s.free) + ' taken (' + fmtPct(pct(s.size - s.free, s.size)) + ')' }))),
+      bar, zoomRow, counts, facts);
   }
 
   function renderSubnets(doc) {
@@ -230,7 +248,7 @@
           yesNo(x.connected, true), { text: x.draining ? 'draining' : 'no', cls: x.draining ? 'bad' : null }]
       };
     });
-    replace('node-table-wrap', table(nodes.length + ' nodes', cols, rows, { id: 'node-table' }));
+    replace('node-table-wrap', table(plural(nodes.length, 'node', 'nodes'), cols, rows, { id: 'node-table' }));
   }
 
   function renderPrewarms(doc) {
@@ -248,7 +266,7 @@
           n(p.enis_ready) + ' / ' + n(p.enis), n(p.reserved_addresses), fmtTime(p.expires_at)]
       };
     });
-    replace('prewarm-table-wrap', table(list.length + ' reservations', cols, rows, { id: 'prewarm-table' }));
+    replace('prewarm-table-wrap', table(plural(list.length, 'reservation', 'reservations'), cols, rows, { id: 'prewarm-table' }));
   }
 
   // ---- EC2 ----
@@ -371,11 +389,14 @@
     }
     if ((e.buckets || []).length) {
       replace('ec2-buckets-wrap', table('Token buckets (as the server paces itself)',
-        [{ label: 'Bucket' }, { label: 'Tokens', num: true }, { label: 'Capacity', num: true }, { label: 'Refill/s', num: true }, { label: 'Effective/s', num: true, title: 'lower than refill after throttling' }],
+        [{ label: 'Bucket' }, { label: 'Tokens', num: true, title: 'tokens now / capacity' },
+          { label: 'Refill/s', num: true, title: 'refill rate in use / EC2\u2019s rate: lower after throttling, recovering gradually' }],
         e.buckets.map(function (b) {
+          // The server always paces a little under EC2's rate; far under it means it backed off after throttling.
+          var slowed = b.effective_refill_per_second < 0.9 * b.refill_per_second;
           return { attrs: { 'data-bucket': b.name, title: (b.actions || []).join(', ') },
-            cells: [b.name, b.tokens.toFixed(1), n(b.capacity), b.refill_per_second.toFixed(2),
-              { text: b.effective_refill_per_second.toFixed(2), cls: b.effective_refill_per_second < b.refill_per_second ? 'bad' : null }] };
+            cells: [b.name, b.tokens.toFixed(1) + ' / ' + n(b.capacity),
+              { text: b.effective_refill_per_second.toFixed(2) + ' / ' + b.refill_per_second.toFixed(2) + (slowed ? ' (backed off)' : ''), cls: slowed ? 'bad' : null }] };
         }), { id: 'ec2-buckets' }));
       replace('ec2-queue-wrap', table('Calls waiting by priority', [{ label: 'Priority' }, { label: 'Waiting', num: true }],
         (e.queue || []).map(function (q) { return { cells: [q.priority.replace(/_/g, ' '), n(q.waiting)] }; }), { id: 'ec2-queue' }));
