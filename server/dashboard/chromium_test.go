@@ -7,17 +7,21 @@ import (
 	"fmt"
 	"image"
 	"image/png"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+	"github.com/ipledger/ipledger/server/api"
 	"github.com/ipledger/ipledger/server/dashboard"
 	"golang.org/x/net/html"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -446,4 +450,50 @@ func comma(n uint32) string {
 		s = s[:i] + "," + s[i:]
 	}
 	return s
+}
+
+// TestPageKeepsItsDataWhenARefreshFails: the document is served once, then the replica
+// answers 503; the page keeps what it drew, says the refresh failed and raises an alert.
+func TestPageKeepsItsDataWhenARefreshFails(t *testing.T) {
+	bin := chromiumBinary(t)
+	s := startDev(t)
+	h := dashboard.New(api.NewAdminServer(s), dashboard.Options{Logger: testLogger()}).Handler()
+	var mu sync.Mutex
+	docs := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/api/dashboard.json" {
+			mu.Lock()
+			docs++
+			n := docs
+			mu.Unlock()
+			if n > 1 {
+				http.Error(w, "dashboard test: replica gone", http.StatusServiceUnavailable)
+				return
+			}
+		}
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+
+	d := parseDOM(t, runChromium(t, bin, srv.URL+"/", "--dump-dom"))
+	mu.Lock()
+	fetched := docs
+	mu.Unlock()
+	if fetched < 2 {
+		t.Fatalf("the page fetched the document %d times in 5 s of virtual time, want a refresh", fetched)
+	}
+	refresh := all(d.root, withAttr("p", "id", "refresh"))
+	if len(refresh) != 1 || !hasClass(refresh[0], "stale") || !strings.Contains(text(refresh[0]), "Refresh failed") || !strings.Contains(text(refresh[0]), "HTTP 503") {
+		t.Fatalf("refresh line: %v", text(refresh[0]))
+	}
+	alert := all(d.root, withAttr("p", "id", "errors"))
+	if len(alert) != 1 || !strings.Contains(text(alert[0]), "Refresh failed") {
+		t.Fatal("no alert about the failed refresh")
+	}
+	if _, hidden := attr(alert[0], "hidden"); hidden {
+		t.Fatal("the alert is hidden")
+	}
+	if bars := all(d.root, func(n *html.Node) bool { return hasClass(n, "bar") }); len(bars) != 6 {
+		t.Fatalf("%d bars after a failed refresh, want the 6 drawn before", len(bars))
+	}
 }

@@ -444,8 +444,12 @@
         setRefresh('Last refresh ' + fmtTime(new Date().toISOString()) + ' (data of ' + fmtTime(doc.generated_at) + ')', false);
       })
       .catch(function (err) {
-        setRefresh('Refresh failed at ' + fmtTime(new Date().toISOString()) + ': ' + err.message +
-          (lastDoc ? '; showing data of ' + fmtTime(lastDoc.generated_at) : ''), true);
+        var msg = 'Refresh failed at ' + fmtTime(new Date().toISOString()) + ': ' + err.message +
+          (lastDoc ? '; showing data of ' + fmtTime(lastDoc.generated_at) : '');
+        setRefresh(msg, true);
+        var errs = document.getElementById('errors'); // an alert: announced, unlike the routine refresh line
+        errs.hidden = false;
+        errs.textContent = msg;
       })
       .then(function () { window.setTimeout(refresh, next); });
   }
