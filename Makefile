@@ -10,7 +10,8 @@ PROTO_FILES  := $(wildcard $(PROTO_DIR)/ipledger/v1/*.proto)
 TEST_TIMEOUT ?= 14m
 # Packages of the binaries; a binary is built once its package exists.
 CMDS := server/cmd/ipledger-server server/cmd/ipledgerctl server/cmd/ipledger-ec2sim \
-        agent/cmd/ipledger-agent cni/cmd/ipledger-cni e2e/cmd/ipledger-bench e2e/cmd/ipledger-demo
+        agent/cmd/ipledger-agent cni/cmd/ipledger-cni deploy/cmd/ipledger-cni-install \
+        e2e/cmd/ipledger-bench e2e/cmd/ipledger-demo
 PRESENT_CMDS := $(foreach c,$(CMDS),$(if $(wildcard $(c)/*.go),$(c)))
 
 .DEFAULT_GOAL := help
