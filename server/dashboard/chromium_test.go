@@ -313,13 +313,20 @@ func TestPageInHeadlessChromium(t *testing.T) {
 		t.Fatal(err)
 	}
 	var doc *dashboard.Document
-	waitFor(t, 20*time.Second, "pods, the pre-warm and a few samples in the document", func() bool {
+	var seen string
+	defer func() {
+		if t.Failed() {
+			t.Logf("last document: %s", seen)
+		}
+	}()
+	waitFor(t, 30*time.Second, "pods, the pre-warm and a few samples in the document", func() bool {
 		doc, _ = getDocument(t, base+"/api/dashboard.json")
 		var inUse, prewarm uint32
 		for _, sb := range doc.Subnets {
 			inUse += sb.InUse
 			prewarm += sb.PrewarmReserved
 		}
+		seen = fmt.Sprintf("in use %d, pre-warm reserved %d, %d reservations, %d samples", inUse, prewarm, len(doc.Prewarms), len(doc.EC2.Samples))
 		return inUse == 9 && prewarm > 0 && len(doc.Prewarms) == 1 && len(doc.EC2.Samples) >= 10
 	})
 

@@ -239,12 +239,15 @@ func (a *agent) report(inUse []string, waiting int) {
 	}
 }
 
-// runPods makes pods use n addresses on the agent's node: they wait first, then take
-// addresses as the pool grows.
+// runPods makes n pods use addresses on the agent's node (it is told only the count): when the
+// pool is short they wait first and take addresses as it grows. Fewer pods than before free
+// addresses without a moment where none is in use.
 func (a *agent) runPods(n int) {
 	a.t.Helper()
-	a.report(nil, n)
-	waitFor(a.t, 15*time.Second, fmt.Sprintf("%d addresses on %s", n, a.name()), func() bool { return len(a.active()) >= n })
+	if len(a.active()) < n {
+		a.report(nil, n)
+		waitFor(a.t, 15*time.Second, fmt.Sprintf("%d addresses on %s", n, a.name()), func() bool { return len(a.active()) >= n })
+	}
 	a.report(a.active()[:n], 0)
 }
 
