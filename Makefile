@@ -34,7 +34,8 @@ build: ## Build every binary into bin/.
 
 test: deps build ## Install what is needed, then go vet and go test -race over everything.
 	$(GO) vet ./...
-	IPLEDGER_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -race -timeout $(TEST_TIMEOUT) ./...
+	@mkdir -p $(BIN)/artifacts
+	IPLEDGER_BIN_DIR=$(CURDIR)/$(BIN) IPLEDGER_ARTIFACTS_DIR=$(CURDIR)/$(BIN)/artifacts $(GO) test -race -timeout $(TEST_TIMEOUT) ./...
 
 demo: build ## Run the demo: server (embedded etcd + simulated EC2), agents, pods; Ctrl-C stops it.
 	@if [ -x $(BIN)/ipledger-demo ]; then exec $(BIN)/ipledger-demo --bin-dir $(BIN); \

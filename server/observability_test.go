@@ -55,6 +55,9 @@ func TestHealthReadinessAndMetrics(t *testing.T) {
 	if held < 2 {
 		t.Fatalf("held in %s: %v", subnet, held)
 	}
+	if st := s.ClusterStatus(t.Context()); st.GetRevision() < 5 || !st.GetIsLeader() {
+		t.Fatalf("a leader that committed registrations reports revision %d", st.GetRevision())
+	}
 	if value(`ipledger_leader`) != 1 || value(`ipledger_nodes_registered`) != 2 {
 		t.Fatal("leader or node count wrong")
 	}

@@ -402,6 +402,9 @@ func (s *Server) ClusterStatus(ctx context.Context) *ipledgerv1.ClusterStatus {
 		Subnets:      uint32(len(s.led.Subnets())),
 		Version:      Version,
 	}
+	if s.alloc != nil {
+		st.Revision = s.alloc.Revision()
+	}
 	if herr != nil {
 		st.StoreMessage = herr.Error()
 	} else {

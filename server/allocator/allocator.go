@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
@@ -110,6 +111,8 @@ type Allocator struct {
 
 	prewarmMu   sync.Mutex // serialises changes of pre-warm reservations
 	prewarmKick chan struct{}
+
+	revision atomic.Int64 // etcd revision of the last commit (or of the state taken over)
 }
 
 // nodeState is the leader's runtime view of one node. Fields below mu are guarded by
@@ -171,6 +174,7 @@ func New(cfg Config) (*Allocator, error) {
 		prewarmKick: make(chan struct{}, 1),
 	}
 	a.met = newMetrics(cfg.Registerer)
+	a.revision.Store(cfg.State.Revision)
 	for name, p := range cfg.State.Policies {
 		a.policies[name] = p
 	}
@@ -270,6 +274,9 @@ func (a *Allocator) learnSubnets(ctx context.Context) error {
 	return nil
 }
 
+// Revision is the etcd revision of the allocator's last commit.
+func (a *Allocator) Revision() int64 { return a.revision.Load() }
+
 // Started is closed once Run has started serving.
 func (a *Allocator) Started() <-chan struct{} { return a.started }
 
@@ -368,6 +375,12 @@ func (a *Allocator) commit(ctx context.Context, ops ...store.Op) (int64, error) 
 	rev, err := a.lead.Commit(cctx, ops...)
 	switch {
 	case err == nil:
+		for {
+			cur := a.revision.Load()
+			if rev <= cur || a.revision.CompareAndSwap(cur, rev) {
+				break
+			}
+		}
 		return rev, nil
 	case errors.Is(err, store.ErrNotLeader):
 		a.fail(ErrLostLeadership)
@@ -436,7 +449,8 @@ func (a *Allocator) setProblem(ns *nodeState, err error) {
 	ns.changed = make(chan struct{})
 }
 
-// Pool returns the node's current pool as the agent sees it.
+// Pool returns the node's current pool as the agent sees it, subnet CIDRs included (the agent
+// needs them to configure the ENIs' route tables).
 func (a *Allocator) Pool(node string) (*ipledgerv1.NodePool, error) {
 	ns, ok := a.node(node)
 	if !ok {
@@ -447,8 +461,10 @@ func (a *Allocator) Pool(node string) (*ipledgerv1.NodePool, error) {
 		return nil, fmt.Errorf("%w: %s", ErrUnknownNode, node)
 	}
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.poolLocked(ns, rec), nil
+	pool := a.poolLocked(ns, rec)
+	a.mu.Unlock()
+	a.fillCIDRs(pool)
+	return pool, nil
 }
 
 func (a *Allocator) poolLocked(ns *nodeState, rec ledger.NodeRecord) *ipledgerv1.NodePool {
