@@ -19,7 +19,7 @@ func (s *Server) httpHandler() http.Handler {
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
-		if err := s.st.Health(ctx); err != nil {
+		if err := s.storeHealth(ctx); err != nil {
 			http.Error(w, "not ready: etcd: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}

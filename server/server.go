@@ -61,13 +61,14 @@ type Server struct {
 	errMu  sync.Mutex
 	err    error
 
-	mu        sync.RWMutex
-	led       *ledger.Ledger
-	alloc     *allocator.Allocator
-	leader    string
-	known     map[string]*ipledgerv1.NodePolicy
-	revision  int64
-	following bool
+	mu         sync.RWMutex
+	led        *ledger.Ledger
+	alloc      *allocator.Allocator
+	leader     string
+	known      map[string]*ipledgerv1.NodePolicy
+	revision   int64
+	connected  bool   // the store was opened and the state loaded
+	connectMsg string // why not, while it is not
 }
 
 var _ api.Replica = (*Server)(nil)
@@ -141,9 +142,6 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err
 			return nil, err
 		}
 	}
-	if s.st, err = store.Open(ctx, storeCfg); err != nil {
-		return nil, fmt.Errorf("open etcd: %w", err)
-	}
 
 	var buckets []ec2gw.BucketConfig
 	for _, b := range cfg.EC2Buckets {
@@ -175,15 +173,8 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err
 
 	runCtx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	state, err := s.st.Load(ctx)
-	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("load state from etcd: %w", err)
-	}
-	if err := s.install(state); err != nil {
-		cancel()
-		return nil, err
-	}
+	s.led = ledger.New(ledger.Options{})
+	s.setStoreStatus(false, "connecting to etcd")
 	s.goRun(func() error { return s.grpc.Serve(s.grpcLis) }, "grpc")
 	s.goRun(func() error {
 		if err := s.httpSrv.Serve(s.httpLis); !errors.Is(err, http.ErrServerClosed) {
@@ -193,8 +184,7 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err
 	}, "http")
 	s.goRun(func() error { return s.forecast.Run(runCtx, 30*time.Second) }, "forecast")
 	s.goRun(func() error { return s.dash.Run(runCtx) }, "dashboard")
-	s.goRun(func() error { s.observeLeader(runCtx); return nil }, "leader-observer")
-	s.goRun(func() error { return s.lead(runCtx, state.Revision) }, "election")
+	s.goRun(func() error { return s.connectAndLead(runCtx, storeCfg) }, "store")
 	s.log.Info("replica started", "grpc", s.GRPCAddr(), "http", s.HTTPAddr(), "advertise", s.advert, "cluster", cfg.ClusterName)
 	return s, nil
 }
@@ -282,8 +272,8 @@ func (s *Server) closeResources() {
 	if s.gw != nil {
 		s.gw.Close()
 	}
-	if s.st != nil {
-		_ = s.st.Close()
+	if st := s.Store(); st != nil {
+		_ = st.Close()
 	}
 	if s.etcd != nil {
 		_ = s.etcd.Close()
@@ -330,7 +320,12 @@ func (s *Server) Advertise() string { return s.advert }
 func (s *Server) Sim() *ec2sim.Server { return s.sim }
 
 // Store is the replica's etcd store.
-func (s *Server) Store() *store.Store { return s.st }
+// It is nil until the replica has reached etcd.
+func (s *Server) Store() *store.Store {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.st
+}
 
 // Registry is the replica's Prometheus registry.
 func (s *Server) Registry() *prometheus.Registry { return s.reg }
@@ -388,7 +383,7 @@ func (s *Server) Forecaster() *allocator.Forecaster { return s.forecast }
 func (s *Server) ClusterStatus(ctx context.Context) *ipledgerv1.ClusterStatus {
 	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	herr := s.st.Health(hctx)
+	herr := s.storeHealth(hctx)
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	st := &ipledgerv1.ClusterStatus{
@@ -411,6 +406,17 @@ func (s *Server) ClusterStatus(ctx context.Context) *ipledgerv1.ClusterStatus {
 		st.StoreMessage = "etcd quorum reachable"
 	}
 	return st
+}
+
+// storeHealth says whether etcd answers a linearizable read (and why not).
+func (s *Server) storeHealth(ctx context.Context) error {
+	s.mu.RLock()
+	st, connected, msg := s.st, s.connected, s.connectMsg
+	s.mu.RUnlock()
+	if !connected || st == nil {
+		return errors.New(msg)
+	}
+	return st.Health(ctx)
 }
 
 // install replaces the in-memory state with what etcd holds.
@@ -523,6 +529,63 @@ func (s *Server) follow(ctx context.Context, from int64) {
 		}
 		from = state.Revision
 	}
+}
+
+// connectAndLead connects to etcd (waiting as long as it takes: a replica that cannot reach
+// etcd stays up, answers /healthz and says why it is not ready, instead of crash-looping), loads
+// the state, and then follows, campaigns and leads.
+func (s *Server) connectAndLead(ctx context.Context, cfg store.Config) error {
+	wait := 200 * time.Millisecond
+	var st *store.Store
+	for {
+		var err error
+		st, err = store.Open(ctx, cfg)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		s.setStoreStatus(false, "waiting for etcd: "+err.Error())
+		s.log.Warn("etcd unreachable; retrying", "endpoints", cfg.Endpoints, "in", wait, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+	s.mu.Lock()
+	s.st = st
+	s.mu.Unlock()
+	var state *store.State
+	for {
+		var err error
+		if state, err = st.Load(ctx); err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		s.setStoreStatus(false, "cannot load state from etcd: "+err.Error())
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
+	}
+	if err := s.install(state); err != nil {
+		return err
+	}
+	s.setStoreStatus(true, "")
+	s.goRun(func() error { s.observeLeader(ctx); return nil }, "leader-observer")
+	return s.lead(ctx, state.Revision)
+}
+
+func (s *Server) setStoreStatus(connected bool, msg string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.connected, s.connectMsg = connected, msg
 }
 
 // lead follows etcd as a standby while campaigning; once elected it catches up with every write

@@ -1,0 +1,48 @@
+package server
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ipledger/ipledger/server/config"
+	"github.com/ipledger/ipledger/server/store"
+)
+
+// A replica that cannot reach etcd stays up, answers /healthz, says why it is not ready, and
+// leads once etcd is there: under Kubernetes this avoids a crash loop whose back-off would
+// delay recovery long after quorum returns.
+func TestReplicaWaitsForEtcd(t *testing.T) {
+	addr := freePort(t)
+	cfg := config.DevConfig(t.TempDir())
+	cfg.EtcdEndpoints = []string{"http://" + addr}
+	cfg.SessionTTL = config.Duration(2 * time.Second)
+	cfg.SimThrottle = false
+	s, err := Start(t.Context(), cfg, Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+
+	base := "http://" + s.HTTPAddr()
+	waitFor(t, 10*time.Second, "readyz to say it waits for etcd", func() bool {
+		code, body := get(t, base+"/readyz")
+		return code == 503 && strings.Contains(body, "waiting for etcd")
+	})
+	if code, _ := get(t, base+"/healthz"); code != 200 {
+		t.Fatalf("/healthz %d while etcd is down", code)
+	}
+	if st := s.ClusterStatus(t.Context()); st.GetStoreHealthy() || st.GetIsLeader() || !strings.Contains(st.GetStoreMessage(), "etcd") {
+		t.Fatalf("status while etcd is down: %v", st)
+	}
+
+	emb, err := store.StartEmbedded(t.Context(), store.EmbeddedConfig{Dir: t.TempDir(), ClientAddr: addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { emb.Close() })
+	waitFor(t, 20*time.Second, "leadership once etcd is up", s.IsLeader)
+	if code, body := get(t, base+"/readyz"); code != 200 || !strings.Contains(body, "leader") {
+		t.Fatalf("/readyz after etcd came: %d %q", code, body)
+	}
+}
