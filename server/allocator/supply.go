@@ -171,6 +171,21 @@ func (a *Allocator) fill(ctx context.Context, ns *nodeState, rec ledger.NodeReco
 
 var errENIFull = errors.New("allocator: ENI full")
 
+// placeableAddresses caps n at the addresses the subnet can give now (free, not cooling, within
+// its budget), so a subnet that is short still gives waiting pods what it has instead of
+// nothing. When nothing is placeable n is returned unchanged and the reservation fails with the
+// reason (subnet or budget exhausted).
+func (a *Allocator) placeableAddresses(subnetID string, n int, now time.Time) int {
+	b, err := a.led.Budget(subnetID, now)
+	if err != nil {
+		return n
+	}
+	if avail := min(b.Free-b.Cooling, b.Headroom); avail > 0 && avail < n {
+		return avail
+	}
+	return n
+}
+
 // assignOnENI places n items on an existing ENI and commits them. It returns how many arrived.
 func (a *Allocator) assignOnENI(ctx context.Context, ns *nodeState, e ledger.ENIRecord, n int, prefix bool, prio ec2gw.Priority) (int, error) {
 	owner := ledger.Owner{Node: ns.name, ENI: e.ID}
@@ -182,7 +197,7 @@ func (a *Allocator) assignOnENI(ctx context.Context, ns *nodeState, e ledger.ENI
 		if prefix {
 			prefixes, err = a.led.ReservePrefixes(e.SubnetID, n, owner, now)
 		} else {
-			addrs, err = a.led.ReserveAddresses(e.SubnetID, n, owner, now)
+			addrs, err = a.led.ReserveAddresses(e.SubnetID, a.placeableAddresses(e.SubnetID, n, now), owner, now)
 		}
 		if err != nil {
 			return 0, ledgerErr(err, e.SubnetID)
@@ -198,7 +213,7 @@ func (a *Allocator) assignOnENI(ctx context.Context, ns *nodeState, e ledger.ENI
 			if cerr := a.commitAssigned(ctx, ns, e.ID, addrs, prefixes); cerr != nil {
 				return 0, cerr
 			}
-			return n, nil
+			return len(addrs) + len(prefixes), nil
 		case errors.Is(err, ec2gw.ErrAddressInUse):
 			// Someone we do not manage took an address: learn the subnet again, place elsewhere.
 			a.led.CancelReservation(e.SubnetID, owner, addrs, prefixes)
@@ -400,7 +415,7 @@ func (a *Allocator) addENI(ctx context.Context, ns *nodeState, rec ledger.NodeRe
 	if prefix {
 		prefixes, err = a.led.ReservePrefixes(rec.SubnetID, n, owner, a.now())
 	} else {
-		addrs, err = a.led.ReserveAddresses(rec.SubnetID, n, owner, a.now())
+		addrs, err = a.led.ReserveAddresses(rec.SubnetID, a.placeableAddresses(rec.SubnetID, n, a.now()), owner, a.now())
 	}
 	if err != nil {
 		a.led.CancelReservation(rec.SubnetID, owner, primary, nil)
