@@ -142,3 +142,25 @@ func waitServerPodCount(t *testing.T, admin ipledgerv1.AdminServiceClient, node 
 		return nil
 	})
 }
+
+// histogramCount reads the sample count of a histogram of a registry by its one label value.
+func histogramCount(t *testing.T, g prometheus.Gatherer, name, label string) uint64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetValue() == label {
+					return m.GetHistogram().GetSampleCount()
+				}
+			}
+		}
+	}
+	return 0
+}
