@@ -1,0 +1,137 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+)
+
+// WriteJSON writes reports as JSON: one object for one report, a list for several.
+func WriteJSON(w io.Writer, reps []Report) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if len(reps) == 1 {
+		return enc.Encode(reps[0])
+	}
+	return enc.Encode(reps)
+}
+
+func fnum(v float64, prec int) string { return fmt.Sprintf("%.*f", prec, v) }
+
+func fptr(v *float64, prec int) string {
+	if v == nil {
+		return "n/a"
+	}
+	return fnum(*v, prec)
+}
+
+func pct(v float64) string {
+	switch {
+	case v >= 0.9995 && v < 1:
+		return fmt.Sprintf("%.2f%%", 100*v)
+	default:
+		return fmt.Sprintf("%.1f%%", 100*v)
+	}
+}
+
+// WriteMarkdown writes each report as a Markdown section with one table row per system.
+func WriteMarkdown(w io.Writer, reps []Report) error {
+	var b strings.Builder
+	for i, rep := range reps {
+		if i > 0 {
+			b.WriteString("\n")
+		}
+		writeReportMarkdown(&b, rep)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func writeReportMarkdown(b *strings.Builder, rep Report) {
+	fmt.Fprintf(b, "### %s\n\n", rep.Trace)
+	if g := rep.Gateway; g != nil {
+		fmt.Fprintf(b, "%d concurrent requests through one ec2gw.Gateway (%s), EC2's bucket shapes at time scale %g.\n\n",
+			g.Requests-g.Throttled, actionsList(g.PerAction), g.TimeScale)
+		b.WriteString("| requests | elapsed s | floor s | elapsed / floor | throttled | failed |\n|---:|---:|---:|---:|---:|---:|\n")
+		fmt.Fprintf(b, "| %d | %s | %s | %s | %d | %d |\n", g.Requests, fnum(g.ElapsedS, 1), fnum(g.FloorS, 1), fnum(g.ElapsedPerFloor, 3), g.Throttled, g.Failed)
+		return
+	}
+	p := rep.Params
+	fmt.Fprintf(b, "%s. Time scale %g; %s. Wall time %.0f s.\n\n", describeParams(rep.Trace, p), rep.TimeScale, Units, rep.WallSeconds)
+	if f := rep.BurstFloor; f != nil {
+		fmt.Fprintf(b, "Burst floor: %d node starts x (%s) through EC2's buckets = **%.0f s** until every node can hold an address.\n\n",
+			f.Nodes, actionsList(f.CallsPerNodeStart), f.FloorS)
+	}
+	b.WriteString("| system | held mean | held peak | in use mean | held / in use | idle / node | idle / idle node | mutating calls / node start | / 1000 pod starts | throttled | add wait p50 / p99 / max ms | served without wait | all running s | nodes ready s | server CPU s | server peak MiB | etcd MiB |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, s := range rep.Systems {
+		ready := fptr(s.NodesReadyS, 0)
+		if s.NodesReadyPerFloor != nil {
+			ready += fmt.Sprintf(" (%.2fx floor)", *s.NodesReadyPerFloor)
+		}
+		etcd := "n/a"
+		if s.EtcdDBBytes != nil {
+			etcd = fnum(float64(*s.EtcdDBBytes)/(1<<20), 1)
+		}
+		allRunning := fptr(s.TimeToAllRunningS, 0)
+		if s.PodsNotRunning > 0 {
+			allRunning = fmt.Sprintf("never (%d pods not running)", s.PodsNotRunning)
+		}
+		fmt.Fprintf(b, "| %s | %s | %d | %s | %s | %s | %s | %s | %s | %d | %s / %s / %s | %s | %s | %s | %s | %s | %s |\n",
+			s.Name, fnum(s.HeldMean, 0), s.HeldPeak, fnum(s.InUseMean, 0), fnum(s.HeldPerInUse, 2), fnum(s.IdlePerNode, 1),
+			fptr(s.IdlePerIdleNode, 1), fnum(s.MutatingCallsPerNodeStart, 2), fnum(s.MutatingCallsPer1000PodStarts, 0),
+			s.Throttled, fnum(s.AddWaitP50Ms, 0), fnum(s.AddWaitP99Ms, 0), fnum(s.AddWaitMaxMs, 0), pct(s.ServedWithoutWait),
+			allRunning, ready, fptr(s.ServerCPUSeconds, 1), fptr(s.ServerPeakRSSMB, 0), etcd)
+	}
+	for _, s := range rep.Systems {
+		if s.ServerRestarts > 0 {
+			fmt.Fprintf(b, "\n**%s: the server exited %d time(s) during the trace and was restarted** (first: %s).\n", s.Name, s.ServerRestarts, s.ServerExits[0])
+		}
+	}
+	if rep.Trace == TracePrefix {
+		b.WriteString("\n| system | InsufficientCidrBlocks | whole /28 blocks left at the end | pods not running |\n|---|---:|---:|---:|\n")
+		for _, s := range rep.Systems {
+			fmt.Fprintf(b, "| %s | %d | %d | %d |\n", s.Name, s.InsufficientCidrBlocks, s.FreeBlocksEnd, s.PodsNotRunning)
+		}
+	}
+	b.WriteString("\nEC2 calls by action (successful + throttled answers):\n\n")
+	for _, s := range rep.Systems {
+		fmt.Fprintf(b, "- %s: %s\n", s.Name, actionsList(s.EC2Calls))
+	}
+}
+
+func describeParams(trace string, p Params) string {
+	switch trace {
+	case TraceSeed:
+		return fmt.Sprintf("The seed's cluster: 5 %s nodes in six /19 subnets, 15 pods of which 10 host network, %.0f s", p.InstanceType, p.DurationS)
+	case TraceSteady:
+		return fmt.Sprintf("%d %s nodes (%.0f%% of them idle), %d pods on each busy node, %.0f%% of pods replaced per minute for %.0f s after placement",
+			p.Nodes, p.InstanceType, 100*p.IdleNodes, p.PodsPerNode, 100*p.Churn, p.DurationS)
+	case TraceBurst:
+		return fmt.Sprintf("%d %s nodes launched at once, %d pod(s) on each as soon as it is ready", p.Nodes, p.InstanceType, p.PodsPerNode)
+	case TraceBatch:
+		return fmt.Sprintf("%d %s nodes; %d waves, every 120 s, of %d job pods per node that run 60 s", p.Nodes, p.InstanceType, p.Waves, p.PodsPerNode)
+	case TracePrefix:
+		return fmt.Sprintf("One /22 with %d free /28 blocks and one foreign address in every other block; %d %s nodes in secondary-IP mode with %d pods each, then %d prefix-mode nodes with %d pods each, %.0f s",
+			p.WholeBlocks, p.Nodes, p.InstanceType, p.PodsPerNode, p.PrefixNodes, p.PrefixPods, p.DurationS)
+	}
+	return trace
+}
+
+func actionsList(m map[string]int) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, 0, len(keys))
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
+}

@@ -1,0 +1,430 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/ipledger/ipledger/e2e/vpccni"
+	"github.com/ipledger/ipledger/server/ec2sim"
+)
+
+// Trace names.
+const (
+	TraceSeed         = "seed"
+	TraceSteady       = "steady"
+	TraceBurst        = "burst"
+	TraceBatch        = "batch"
+	TracePrefix       = "prefix"
+	TraceGatewayBurst = "gateway-burst"
+)
+
+// ErrUnknownTrace is returned for a trace name the bench does not know.
+var ErrUnknownTrace = errors.New("bench: unknown trace")
+
+// Traces lists the trace names.
+func Traces() []string {
+	return []string{TraceSeed, TraceSteady, TraceBurst, TraceBatch, TracePrefix, TraceGatewayBurst}
+}
+
+// TraceParams are one trace's parameters. Zero values take the trace's defaults (Defaults).
+type TraceParams struct {
+	Trace        string
+	Nodes        int // nodes (prefix: IP-mode nodes; the prefix-mode nodes are PrefixNodes)
+	Pods         int // pods per node (batch: per node per wave)
+	PrefixNodes  int
+	PrefixPods   int
+	InstanceType string
+	TimeScale    float64
+	// Duration is the simulated length of the measured part (steady: churn; seed, prefix: the
+	// whole trace; burst: the longest it may take).
+	Duration time.Duration
+	// Churn is the share of pods replaced per simulated minute (steady).
+	Churn float64
+	// IdleNodes is the share of nodes that run no pods (steady).
+	IdleNodes float64
+	// Waves (batch) of pods every WaveEvery that run WaveRun.
+	Waves     int
+	WaveEvery time.Duration
+	WaveRun   time.Duration
+	// WholeBlocks is how many free /28 blocks the prefix trace's subnet keeps unfragmented.
+	WholeBlocks int
+	// GatewayPerAction is the gateway-burst's requests per action.
+	GatewayPerAction int
+	Systems          []string
+	Seed             int64
+}
+
+// Defaults fills the trace's defaults into zero fields.
+func Defaults(p TraceParams) (TraceParams, error) {
+	d := TraceParams{Seed: 1, Churn: 0.10}
+	switch p.Trace {
+	case TraceSeed:
+		d.Nodes, d.InstanceType, d.TimeScale, d.Duration = 5, "m5.large", 20, 120*time.Second
+		d.Systems = AllSystems()
+	case TraceSteady:
+		d.Nodes, d.Pods, d.InstanceType, d.TimeScale, d.Duration, d.IdleNodes = 50, 24, "m5.4xlarge", 30, 600*time.Second, 0.1
+		d.Systems = AllSystems()
+	case TraceBurst:
+		d.Nodes, d.Pods, d.InstanceType, d.TimeScale, d.Duration = 1000, 1, "m5.large", 10, 1800*time.Second
+		d.Systems = []string{SystemIPLedger, vpccni.NameDefault, vpccni.NameWarmIP}
+	case TraceBatch:
+		d.Nodes, d.Pods, d.InstanceType, d.TimeScale = 50, 8, "m5.xlarge", 30
+		d.Waves, d.WaveEvery, d.WaveRun = 4, 120*time.Second, 60*time.Second
+		d.Systems = []string{SystemIPLedger, vpccni.NameDefault, vpccni.NameWarmIP, vpccni.NameMin5}
+	case TracePrefix:
+		d.Nodes, d.Pods, d.PrefixNodes, d.PrefixPods, d.InstanceType, d.TimeScale, d.Duration = 6, 10, 4, 20, "m5.large", 20, 420*time.Second
+		d.WholeBlocks = 16
+		d.Systems = []string{SystemIPLedger, vpccni.NamePrefix}
+	case TraceGatewayBurst:
+		d.GatewayPerAction, d.TimeScale = 200, 1
+		d.Systems = []string{SystemIPLedger}
+	default:
+		return p, fmt.Errorf("%w %q (known: %s)", ErrUnknownTrace, p.Trace, strings.Join(Traces(), ", "))
+	}
+	fill := func(v *int, def int) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	fill(&p.Nodes, d.Nodes)
+	fill(&p.Pods, d.Pods)
+	fill(&p.PrefixNodes, d.PrefixNodes)
+	fill(&p.PrefixPods, d.PrefixPods)
+	fill(&p.Waves, d.Waves)
+	fill(&p.WholeBlocks, d.WholeBlocks)
+	fill(&p.GatewayPerAction, d.GatewayPerAction)
+	if p.InstanceType == "" {
+		p.InstanceType = d.InstanceType
+	}
+	if p.TimeScale == 0 {
+		p.TimeScale = d.TimeScale
+	}
+	if p.Duration == 0 {
+		p.Duration = d.Duration
+	}
+	if p.Churn == 0 {
+		p.Churn = d.Churn
+	}
+	if p.IdleNodes == 0 {
+		p.IdleNodes = d.IdleNodes
+	}
+	if p.WaveEvery == 0 {
+		p.WaveEvery = d.WaveEvery
+	}
+	if p.WaveRun == 0 {
+		p.WaveRun = d.WaveRun
+	}
+	if len(p.Systems) == 0 {
+		p.Systems = d.Systems
+	}
+	if p.Seed == 0 {
+		p.Seed = d.Seed
+	}
+	return p, p.validate()
+}
+
+func (p TraceParams) validate() error {
+	var errs []error
+	if p.TimeScale < 1 || p.TimeScale > 200 {
+		errs = append(errs, fmt.Errorf("time scale %g is outside 1..200", p.TimeScale))
+	}
+	if p.Trace != TraceGatewayBurst && (p.Nodes < 1 || p.Nodes > 2000) {
+		errs = append(errs, fmt.Errorf("nodes %d is outside 1..2000", p.Nodes))
+	}
+	if p.Pods < 0 || p.Pods > 250 {
+		errs = append(errs, fmt.Errorf("pods per node %d is outside 0..250", p.Pods))
+	}
+	if p.Churn < 0 || p.Churn > 1 || p.IdleNodes < 0 || p.IdleNodes >= 1 {
+		errs = append(errs, errors.New("churn must be in 0..1 and the idle share in 0..<1"))
+	}
+	if p.Duration < 0 || p.Duration > 4*time.Hour {
+		errs = append(errs, fmt.Errorf("duration %v is outside 0..4h", p.Duration))
+	}
+	if p.Trace == TraceGatewayBurst && (p.GatewayPerAction < 1 || p.GatewayPerAction > 1000) {
+		errs = append(errs, fmt.Errorf("gateway requests per action %d is outside 1..1000", p.GatewayPerAction))
+	}
+	if p.Trace == TracePrefix {
+		for _, s := range p.Systems {
+			if s != SystemIPLedger && s != vpccni.NamePrefix {
+				errs = append(errs, fmt.Errorf("the prefix trace compares ipledger with %s, not %s", vpccni.NamePrefix, s))
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("bench: %s: %w", p.Trace, err)
+	}
+	return nil
+}
+
+// traceDef is how one trace builds its scenario, prepares the simulator and drives a system.
+type traceDef struct {
+	scenario func(p TraceParams) (*ec2sim.Scenario, error)
+	setup    func(ctx context.Context, p TraceParams, sim *ec2sim.Server) error
+	drive    func(ctx context.Context, r *runner, p TraceParams) error
+}
+
+var traceDefs = map[string]traceDef{
+	TraceSeed:   {scenario: func(TraceParams) (*ec2sim.Scenario, error) { return ec2sim.DefaultScenario(), nil }, drive: driveSeed},
+	TraceSteady: {scenario: runningScenario, drive: driveSteady},
+	TraceBurst: {scenario: func(p TraceParams) (*ec2sim.Scenario, error) {
+		return generateScenario(clusterShape{Nodes: p.Nodes, InstanceType: p.InstanceType})
+	}, drive: driveBurst},
+	TraceBatch:  {scenario: runningScenario, drive: driveBatch},
+	TracePrefix: {scenario: prefixScenario, setup: fragmentPartly, drive: drivePrefix},
+}
+
+func runningScenario(p TraceParams) (*ec2sim.Scenario, error) {
+	return generateScenario(clusterShape{Nodes: p.Nodes, InstanceType: p.InstanceType, Running: true})
+}
+
+// driveSeed: the seed's cluster and workload: per node two host-network pods (aws-node and
+// kube-proxy) and, round-robin, coredns x2 and nginx x3.
+func driveSeed(ctx context.Context, r *runner, p TraceParams) error {
+	insts := runningInstances(r.sim)
+	ph := r.newPhase()
+	perNode := map[string]int{}
+	for i := 0; i < 5; i++ {
+		perNode[insts[i%len(insts)].ID]++
+	}
+	r.expect(ph, 2*len(insts)+5)
+	if _, err := r.startNodes(ctx, insts, roleDefault, func(n *nodeRec) {
+		r.startPod(n, ph, true)
+		r.startPod(n, ph, true)
+		for k := 0; k < perNode[n.inst.ID]; k++ {
+			r.startPod(n, ph, false)
+		}
+	}); err != nil {
+		return err
+	}
+	r.waitPhase(ph, p.Duration)
+	r.clk.SleepUntil(r.ctx, p.Duration)
+	return nil
+}
+
+// driveSteady: nodes start, each non-idle node gets its pods; after the placement (the window
+// starts), a share of the pods is replaced every simulated minute (in steps of 6 s).
+func driveSteady(ctx context.Context, r *runner, p TraceParams) error {
+	insts := runningInstances(r.sim)
+	ph := r.newPhase()
+	idleEvery := 0
+	if p.IdleNodes > 0 {
+		idleEvery = int(math.Round(1 / p.IdleNodes))
+	}
+	busy := func(i int) bool { return idleEvery == 0 || i%idleEvery != idleEvery-1 }
+	index := map[string]int{}
+	for i, in := range insts {
+		index[in.ID] = i
+		if busy(i) {
+			r.expect(ph, p.Pods)
+		}
+	}
+	if _, err := r.startNodes(ctx, insts, roleDefault, func(n *nodeRec) {
+		if busy(index[n.inst.ID]) {
+			for k := 0; k < p.Pods; k++ {
+				r.startPod(n, ph, false)
+			}
+		}
+	}); err != nil {
+		return err
+	}
+	placementDeadline := r.clk.Now() + p.Duration
+	r.waitPhase(ph, placementDeadline)
+	r.setWindow()
+	end := r.clk.Now() + p.Duration
+	const step = 6 * time.Second
+	perStep := p.Churn * step.Seconds() / 60
+	carry := 0.0
+	for t := r.clk.Now() + step; t <= end; t += step {
+		if !r.clk.SleepUntil(r.ctx, t) {
+			return nil
+		}
+		pods := r.runningPods()
+		carry += perStep * float64(len(pods))
+		k := int(carry)
+		carry -= float64(k)
+		r.rng.Shuffle(len(pods), func(i, j int) { pods[i], pods[j] = pods[j], pods[i] })
+		for _, pod := range pods[:min(k, len(pods))] {
+			r.deletePod(r.ctx, pod)
+			r.startPod(pod.n, nil, false)
+		}
+	}
+	return nil
+}
+
+// driveBurst: every node launches at once; each gets its pods as soon as it is ready. The
+// trace ends a minute after every pod runs, or at the duration.
+func driveBurst(ctx context.Context, r *runner, p TraceParams) error {
+	insts, err := r.launch(ctx, p.InstanceType, nodesPerSubnet(r.cfg.scenario, p.Nodes))
+	if err != nil {
+		return err
+	}
+	ph := r.newPhase()
+	r.expect(ph, len(insts)*p.Pods)
+	if _, err := r.startNodes(ctx, insts, roleDefault, func(n *nodeRec) {
+		for k := 0; k < p.Pods; k++ {
+			r.startPod(n, ph, false)
+		}
+	}); err != nil {
+		return err
+	}
+	if r.waitPhase(ph, p.Duration) {
+		r.clk.Sleep(r.ctx, min(60*time.Second, max(p.Duration-r.clk.Now(), 0)))
+	}
+	return nil
+}
+
+// driveBatch: once every node is ready, waves of short-lived pods: every WaveEvery each node
+// gets Pods pods, started over 10 s, that run WaveRun and end.
+func driveBatch(ctx context.Context, r *runner, p TraceParams) error {
+	insts := runningInstances(r.sim)
+	recs, err := r.startNodes(ctx, insts, roleDefault, nil)
+	if err != nil {
+		return err
+	}
+	for _, n := range recs {
+		select {
+		case <-n.ready:
+		case <-r.ctx.Done():
+			return nil
+		}
+	}
+	r.setWindow()
+	t0 := r.clk.Now()
+	for w := 0; w < p.Waves; w++ {
+		if !r.clk.SleepUntil(r.ctx, t0+time.Duration(w)*p.WaveEvery) {
+			return nil
+		}
+		ph := r.newPhase()
+		r.expect(ph, len(recs)*p.Pods)
+		spread := 10 * time.Second / time.Duration(max(p.Pods, 1))
+		r.podWG.Add(1)
+		go func() {
+			defer r.podWG.Done()
+			for k := 0; k < p.Pods; k++ {
+				for _, n := range recs {
+					pod := r.startPod(n, ph, false)
+					r.podWG.Add(1)
+					go func() {
+						defer r.podWG.Done()
+						r.endAfterRun(pod, p.WaveRun)
+					}()
+				}
+				if !r.clk.Sleep(r.ctx, spread) {
+					return
+				}
+			}
+		}()
+	}
+	r.clk.SleepUntil(r.ctx, t0+time.Duration(p.Waves-1)*p.WaveEvery+p.WaveRun+p.WaveEvery/2)
+	return nil
+}
+
+// endAfterRun deletes a job's pod once it has run for d.
+func (r *runner) endAfterRun(p *podRec, d time.Duration) {
+	every := max(r.clk.Real(time.Second), 10*time.Millisecond)
+	for {
+		p.mu.Lock()
+		running, at := p.running, p.runningAt
+		p.mu.Unlock()
+		if running {
+			if r.clk.SleepUntil(r.ctx, at+d) {
+				r.deletePod(r.ctx, p)
+			}
+			return
+		}
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-time.After(every):
+		}
+	}
+}
+
+// prefixScenario: one /22 subnet with the IP-mode and the prefix-mode nodes.
+func prefixScenario(p TraceParams) (*ec2sim.Scenario, error) {
+	sc := &ec2sim.Scenario{
+		VPC:     ec2sim.VPCSpec{CIDR: vpcCIDR},
+		Subnets: []ec2sim.SubnetSpec{{CIDR: "192.168.0.0/22", AvailabilityZone: "eu-west-1a", Tags: map[string]string{"Name": "bench-fragmented"}}},
+		Instances: []ec2sim.InstanceGroup{
+			{Type: p.InstanceType, Subnet: "192.168.0.0/22", Count: p.Nodes, Name: "ip-node"},
+			{Type: p.InstanceType, Subnet: "192.168.0.0/22", Count: p.PrefixNodes, Name: "prefix-node"},
+		},
+	}
+	return sc, sc.Validate()
+}
+
+// fragmentPartly leaves exactly WholeBlocks free /28 blocks in the subnet and one foreign
+// address in every other free block: a holder ENI keeps the whole blocks while Fragment
+// occupies the rest, then goes away. It runs before the trace's baseline, so its calls do not
+// count.
+func fragmentPartly(ctx context.Context, p TraceParams, sim *ec2sim.Server) error {
+	sub := sim.Sim().Snapshot().Subnets[0]
+	c, err := vpccni.NewEC2Client(vpccni.ClientConfig{Endpoint: sim.Endpoint(), TimeScale: p.TimeScale})
+	if err != nil {
+		return err
+	}
+	out, err := c.CreateNetworkInterface(ctx, &ec2.CreateNetworkInterfaceInput{
+		SubnetId: aws.String(sub.ID), Ipv4PrefixCount: aws.Int32(int32(p.WholeBlocks)), Description: aws.String("bench: keeps whole /28 blocks"),
+	})
+	if err != nil {
+		return fmt.Errorf("bench: holder ENI: %w", err)
+	}
+	if _, err := sim.Sim().Fragment(ctx, sub.ID); err != nil {
+		return fmt.Errorf("bench: fragment: %w", err)
+	}
+	if _, err := c.DeleteNetworkInterface(ctx, &ec2.DeleteNetworkInterfaceInput{NetworkInterfaceId: out.NetworkInterface.NetworkInterfaceId}); err != nil {
+		return fmt.Errorf("bench: delete holder ENI: %w", err)
+	}
+	if got := sim.Sim().Snapshot().Subnets[0].FreeBlocks; got != p.WholeBlocks {
+		return fmt.Errorf("bench: fragmented subnet has %d free /28 blocks, want %d", got, p.WholeBlocks)
+	}
+	return nil
+}
+
+// drivePrefix: the IP-mode nodes start with their pods (their single addresses land in the
+// subnet: EC2's random picks for the VPC CNI, packed into broken blocks by ipledger); a minute
+// later the prefix-mode nodes join and need whole /28 blocks for their pods.
+func drivePrefix(ctx context.Context, r *runner, p TraceParams) error {
+	var ipNodes, pfxNodes []ec2sim.InstanceInfo
+	for _, in := range runningInstances(r.sim) {
+		if strings.HasPrefix(in.Tags["Name"], "prefix-node") {
+			pfxNodes = append(pfxNodes, in)
+		} else {
+			ipNodes = append(ipNodes, in)
+		}
+	}
+	sort.Slice(pfxNodes, func(i, j int) bool { return pfxNodes[i].ID < pfxNodes[j].ID })
+	ph := r.newPhase()
+	r.expect(ph, len(ipNodes)*p.Pods+len(pfxNodes)*p.PrefixPods)
+	// Pods are scheduled at once (the kubelet retries until the node gives an address), so a
+	// node that never gets one shows its pods as not running.
+	recs, err := r.startNodes(ctx, ipNodes, roleSecondary, nil)
+	if err != nil {
+		return err
+	}
+	for _, n := range recs {
+		for k := 0; k < p.Pods; k++ {
+			r.startPod(n, ph, false)
+		}
+	}
+	if !r.clk.SleepUntil(r.ctx, 60*time.Second) {
+		return nil
+	}
+	if recs, err = r.startNodes(ctx, pfxNodes, rolePrefix, nil); err != nil {
+		return err
+	}
+	for _, n := range recs {
+		for k := 0; k < p.PrefixPods; k++ {
+			r.startPod(n, ph, false)
+		}
+	}
+	r.clk.SleepUntil(r.ctx, p.Duration)
+	return nil
+}
