@@ -40,7 +40,8 @@ func ec2Secondaries(t *testing.T, sim *ec2sim.Sim, id string) []string {
 	return out
 }
 
-// counter reads a counter of a registry by its one label value (0 when absent).
+// counter reads a counter of a registry by its one label value ("" for a counter without
+// labels; 0 when absent).
 func counter(t *testing.T, g prometheus.Gatherer, name, label string) float64 {
 	t.Helper()
 	mfs, err := g.Gather()
@@ -52,6 +53,9 @@ func counter(t *testing.T, g prometheus.Gatherer, name, label string) float64 {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
+			if label == "" && len(m.GetLabel()) == 0 {
+				return m.GetCounter().GetValue()
+			}
 			for _, lp := range m.GetLabel() {
 				if lp.GetValue() == label {
 					return m.GetCounter().GetValue()
