@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
 	"github.com/ipledger/ipledger/agent/internal/rpcerr"
@@ -28,6 +29,12 @@ const (
 	DefaultBackoffMin    = 200 * time.Millisecond
 	DefaultBackoffMax    = 15 * time.Second
 	DefaultCallTimeout   = 30 * time.Second
+	// DefaultKeepaliveTime and DefaultKeepaliveTimeout: the client pings the server after this
+	// long without traffic and drops the connection when the answer takes longer than the
+	// timeout, so a stream to a leader that died without closing it (a half-open connection)
+	// is noticed. The server allows pings every 10 s, also without streams.
+	DefaultKeepaliveTime    = 30 * time.Second
+	DefaultKeepaliveTimeout = 10 * time.Second
 )
 
 // MaxRequestCount is the most addresses one RequestAddresses may ask for (node.proto).
@@ -92,6 +99,10 @@ type Config struct {
 	BackoffMax time.Duration
 	// CallTimeout bounds RegisterNode (default 30 s).
 	CallTimeout time.Duration
+	// KeepaliveTime and KeepaliveTimeout are the client's keepalive pings (defaults 30 s and
+	// 10 s; gRPC never pings more often than every 10 s).
+	KeepaliveTime    time.Duration
+	KeepaliveTimeout time.Duration
 }
 
 // State is the connection's state for Status, metrics and introspection.
@@ -148,6 +159,12 @@ func New(cfg Config) (*Conn, error) {
 	}
 	if cfg.CallTimeout <= 0 {
 		cfg.CallTimeout = DefaultCallTimeout
+	}
+	if cfg.KeepaliveTime <= 0 {
+		cfg.KeepaliveTime = DefaultKeepaliveTime
+	}
+	if cfg.KeepaliveTimeout <= 0 {
+		cfg.KeepaliveTimeout = DefaultKeepaliveTimeout
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -467,7 +484,12 @@ func (c *Conn) client() (string, ipledgerv1.NodeServiceClient, error) {
 		if creds == nil {
 			creds = insecure.NewCredentials()
 		}
-		opts := append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, c.cfg.DialOptions...)
+		opts := append([]grpc.DialOption{
+			grpc.WithTransportCredentials(creds),
+			grpc.WithKeepaliveParams(keepalive.ClientParameters{
+				Time: c.cfg.KeepaliveTime, Timeout: c.cfg.KeepaliveTimeout, PermitWithoutStream: true,
+			}),
+		}, c.cfg.DialOptions...)
 		var err error
 		if cc, err = grpc.NewClient(target, opts...); err != nil {
 			return target, nil, fmt.Errorf("serverconn: client for %s: %w", target, err)
