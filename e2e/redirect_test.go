@@ -1,0 +1,57 @@
+package e2e_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/ipledger/ipledger/agent"
+	"github.com/ipledger/ipledger/agent/netconf/nstest"
+	"github.com/ipledger/ipledger/e2e/harness"
+)
+
+// TestLeaderRedirect: two replicas share one etcd and one EC2; the agent is told only the
+// standby's address, follows its NOT_LEADER answer to the leader, and serves pods. When the
+// leader goes away the standby takes over and the agent follows it there.
+func TestLeaderRedirect(t *testing.T) {
+	nstest.GuardRootNS(t, "eni", "sim-")
+	c := harness.StartCluster(t, 2, nil)
+	leader, standby := c.Leader(), c.Standby()
+	if leader == nil || standby == nil {
+		t.Fatal("want one leader and one standby")
+	}
+	inst := harness.Running(c.Sim.Sim())[4]
+	n := harness.NewNode(t, c.Sim, inst, standby.GRPCAddr())
+	ag := n.StartAgentInProcess(nil)
+	v := ag.WaitConnected(20*time.Second, 1)
+	if v.Server.Target != leader.Advertise() {
+		t.Fatalf("agent connected to %s, want the leader %s (told only the standby %s)", v.Server.Target, leader.Advertise(), standby.GRPCAddr())
+	}
+	first := n.NewPod("first")
+	ip1 := n.Add(first)
+	waitServerPods(t, harness.Admin(t, leader.GRPCAddr()), n.Name(), map[string]string{ip1.String(): first.ContainerID})
+
+	// The leader goes away; the standby leads after the session TTL, and the agent follows.
+	if err := leader.Close(); err != nil {
+		t.Fatal(err)
+	}
+	harness.WaitFor(t, 20*time.Second, "the standby to lead", standby.IsLeader)
+	ag.WaitView(30*time.Second, "the agent on the new leader", func(v agent.PoolView) bool {
+		return v.Server.Connected && v.Server.Target == standby.GRPCAddr()
+	})
+	second := n.NewPod("second")
+	ip2 := n.Add(second)
+	if ip2 == ip1 {
+		t.Fatalf("the new leader's pool gave %s again", ip1)
+	}
+	n.Plugin("CHECK", first, "1.1.0").MustSucceed(t, "CHECK of the first pod after the failover")
+	if err := harness.Ping(second, ip1); err != nil {
+		t.Errorf("second -> first after the failover: %v", err)
+	}
+	waitServerPods(t, harness.Admin(t, standby.GRPCAddr()), n.Name(),
+		map[string]string{ip1.String(): first.ContainerID, ip2.String(): second.ContainerID})
+	n.Del(first)
+	n.Del(second)
+	harness.Eventually(t, 10*time.Second, "EC2 and etcd to agree", func() error {
+		return harness.Consistent(t.Context(), c.Sim.Sim(), standby.Store(), "e2e")
+	})
+}
