@@ -141,7 +141,7 @@ func TestMarkdownFormatting(t *testing.T) {
 			BurstFloor: burstFloor(1000),
 			Systems: []SystemResult{{Name: SystemIPLedger, HeldMean: 2000, HeldPerInUse: 2, ServedWithoutWait: 0.9995,
 				NodesReadyS: &ready, NodesReadyPerFloor: &floor, EtcdDBBytes: &etcd, PodsNotRunning: 3,
-				EC2Calls: map[string]int{"DescribeInstances": 1000, "AssignPrivateIpAddresses": 1000},
+				EC2Calls:       map[string]int{"DescribeInstances": 1000, "AssignPrivateIpAddresses": 1000},
 				ServerRestarts: 1, ServerExits: []string{"exit status 1: boom"}}}},
 		{Trace: TraceGatewayBurst, Gateway: &GatewayBurst{TimeScale: 1, Requests: 1000, PerAction: map[string]int{"CreateNetworkInterface": 200}, ElapsedS: 21.5, FloorS: 20, ElapsedPerFloor: 1.075}},
 	}

@@ -91,7 +91,18 @@ type SystemResult struct {
 	// bottleneck.
 	BucketUse map[string]float64 `json:"bucket_use"`
 
+	// Phases (batch: one per wave) with their own add statistics.
+	Phases []PhaseResult `json:"phases,omitempty"`
+
 	Series []Sample `json:"series"`
+}
+
+// PhaseResult is one phase of pods started together (a batch wave).
+type PhaseResult struct {
+	StartS            float64  `json:"start_s"`
+	AllRunningS       *float64 `json:"all_running_s"`
+	Adds              int      `json:"adds"`
+	ServedWithoutWait float64  `json:"served_without_wait"`
 }
 
 // mutating reports whether an EC2 action changes state (every action but describes).
@@ -251,6 +262,28 @@ func (r *runner) result(res Resources, stats ec2sim.Stats, duration time.Duratio
 	}
 	if allReady {
 		out.NodesReadyS = &ready
+	}
+	if len(r.phases) > 1 {
+		for _, ph := range r.phases {
+			pr := PhaseResult{StartS: ph.start.Seconds()}
+			if ph.done >= 0 {
+				v := (ph.done - ph.start).Seconds()
+				pr.AllRunningS = &v
+			}
+			nw := 0
+			for _, a := range r.adds {
+				if a.phase == ph {
+					pr.Adds++
+					if a.noWait {
+						nw++
+					}
+				}
+			}
+			if pr.Adds > 0 {
+				pr.ServedWithoutWait = float64(nw) / float64(pr.Adds)
+			}
+			out.Phases = append(out.Phases, pr)
+		}
 	}
 	lags := append([]float64(nil), r.lags...)
 	sort.Float64s(lags)

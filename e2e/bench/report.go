@@ -90,6 +90,16 @@ func writeReportMarkdown(b *strings.Builder, rep Report) {
 			fmt.Fprintf(b, "\n**%s: the server exited %d time(s) during the trace and was restarted** (first: %s).\n", s.Name, s.ServerRestarts, s.ServerExits[0])
 		}
 	}
+	if rep.Trace == TraceBatch {
+		b.WriteString("\nServed without waiting on EC2, by wave:\n\n")
+		for _, s := range rep.Systems {
+			var parts []string
+			for i, ph := range s.Phases {
+				parts = append(parts, fmt.Sprintf("wave %d %s (all running in %s s)", i+1, pct(ph.ServedWithoutWait), fptr(ph.AllRunningS, 0)))
+			}
+			fmt.Fprintf(b, "- %s: %s\n", s.Name, strings.Join(parts, ", "))
+		}
+	}
 	if rep.Trace == TracePrefix {
 		b.WriteString("\n| system | InsufficientCidrBlocks | whole /28 blocks left at the end | pods not running |\n|---|---:|---:|---:|\n")
 		for _, s := range rep.Systems {

@@ -44,6 +44,7 @@ type Params struct {
 	IdleNodes    float64 `json:"idle_node_share,omitempty"`
 	Waves        int     `json:"waves,omitempty"`
 	WholeBlocks  int     `json:"whole_blocks,omitempty"`
+	EC2LatencyMs float64 `json:"ec2_latency_ms,omitempty"`
 	Seed         int64   `json:"seed"`
 }
 
@@ -133,6 +134,7 @@ func Run(ctx context.Context, p TraceParams, env Env) (Report, error) {
 	}
 	rep := Report{Trace: p.Trace, TimeScale: p.TimeScale, Units: Units, Params: Params{
 		Nodes: p.Nodes, PodsPerNode: p.Pods, InstanceType: p.InstanceType, Seed: p.Seed,
+		EC2LatencyMs: float64(p.EC2Latency) / float64(time.Millisecond),
 	}}
 	wall := time.Now()
 	defer func() { rep.WallSeconds = time.Since(wall).Seconds() }()
@@ -182,6 +184,14 @@ func runSystem(ctx context.Context, p TraceParams, def traceDef, sys string, env
 	sc, err := def.scenario(p)
 	if err != nil {
 		return SystemResult{}, err
+	}
+	if p.EC2Latency > 0 {
+		sc.Faults = map[string]ec2sim.Fault{}
+		for _, a := range ec2sim.Actions() {
+			if a != "RunInstances" && a != "TerminateInstances" {
+				sc.Faults[a] = ec2sim.Fault{Latency: p.EC2Latency}
+			}
+		}
 	}
 	env.progress("%s: %s (time scale %g)", p.Trace, sys, p.TimeScale)
 	wall := time.Now()

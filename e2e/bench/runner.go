@@ -83,6 +83,7 @@ type podRec struct {
 }
 
 type addRecord struct {
+	phase     *phase
 	scheduled time.Duration
 	wait      time.Duration // simulated, from scheduling to success
 	noWait    bool
@@ -288,7 +289,7 @@ func (r *runner) startPod(n *nodeRec, ph *phase, hostNet bool) *podRec {
 				}
 				p.mu.Unlock()
 				r.mu.Lock()
-				r.adds = append(r.adds, addRecord{scheduled: scheduled, wait: wait, noWait: attempt == 1 && !waited})
+				r.adds = append(r.adds, addRecord{phase: ph, scheduled: scheduled, wait: wait, noWait: attempt == 1 && !waited})
 				r.mu.Unlock()
 				if deleted {
 					_ = n.h.Del(context.WithoutCancel(ctx), name)

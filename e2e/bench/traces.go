@@ -55,6 +55,10 @@ type TraceParams struct {
 	WaveRun   time.Duration
 	// WholeBlocks is how many free /28 blocks the prefix trace's subnet keeps unfragmented.
 	WholeBlocks int
+	// EC2Latency is added to every EC2 call (simulated time; the simulator divides it by the
+	// time scale). EC2 answers in tens to hundreds of milliseconds; the simulator alone in
+	// about one.
+	EC2Latency time.Duration
 	// GatewayPerAction is the gateway-burst's requests per action.
 	GatewayPerAction int
 	Systems          []string
@@ -72,8 +76,10 @@ func Defaults(p TraceParams) (TraceParams, error) {
 		d.Nodes, d.Pods, d.InstanceType, d.TimeScale, d.Duration, d.IdleNodes = 50, 24, "m5.4xlarge", 30, 600*time.Second, 0.1
 		d.Systems = AllSystems()
 	case TraceBurst:
-		d.Nodes, d.Pods, d.InstanceType, d.TimeScale, d.Duration = 1000, 1, "m5.large", 10, 1800*time.Second
-		d.Systems = []string{SystemIPLedger, vpccni.NameDefault, vpccni.NameWarmIP}
+		// A low time scale: at F the server's and agents' own (unscaled) latencies count F
+		// times in simulated time, which at 10 already adds a third to the burst.
+		d.Nodes, d.Pods, d.InstanceType, d.TimeScale, d.Duration = 1000, 1, "m5.large", 4, 1200*time.Second
+		d.Systems = []string{SystemIPLedger, vpccni.NameDefault}
 	case TraceBatch:
 		d.Nodes, d.Pods, d.InstanceType, d.TimeScale = 50, 8, "m5.xlarge", 30
 		d.Waves, d.WaveEvery, d.WaveRun = 4, 120*time.Second, 60*time.Second
@@ -259,7 +265,7 @@ func driveSteady(ctx context.Context, r *runner, p TraceParams) error {
 }
 
 // driveBurst: every node launches at once; each gets its pods as soon as it is ready. The
-// trace ends a minute after every pod runs, or at the duration.
+// trace ends 30 s after every pod runs, or at the duration.
 func driveBurst(ctx context.Context, r *runner, p TraceParams) error {
 	insts, err := r.launch(ctx, p.InstanceType, nodesPerSubnet(r.cfg.scenario, p.Nodes))
 	if err != nil {
@@ -275,7 +281,7 @@ func driveBurst(ctx context.Context, r *runner, p TraceParams) error {
 		return err
 	}
 	if r.waitPhase(ph, p.Duration) {
-		r.clk.Sleep(r.ctx, min(60*time.Second, max(p.Duration-r.clk.Now(), 0)))
+		r.clk.Sleep(r.ctx, min(30*time.Second, max(p.Duration-r.clk.Now(), 0)))
 	}
 	return nil
 }
@@ -382,7 +388,8 @@ func fragmentPartly(ctx context.Context, p TraceParams, sim *ec2sim.Server) erro
 	if _, err := c.DeleteNetworkInterface(ctx, &ec2.DeleteNetworkInterfaceInput{NetworkInterfaceId: out.NetworkInterface.NetworkInterfaceId}); err != nil {
 		return fmt.Errorf("bench: delete holder ENI: %w", err)
 	}
-	if got := sim.Sim().Snapshot().Subnets[0].FreeBlocks; got != p.WholeBlocks {
+	// The holder's own primary address may have kept one more block whole.
+	if got := sim.Sim().Snapshot().Subnets[0].FreeBlocks; got < p.WholeBlocks || got > p.WholeBlocks+1 {
 		return fmt.Errorf("bench: fragmented subnet has %d free /28 blocks, want %d", got, p.WholeBlocks)
 	}
 	return nil
