@@ -9,7 +9,6 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 
-	"github.com/ipledger/ipledger/agent/netconf/nstest"
 	"github.com/ipledger/ipledger/e2e/harness"
 )
 
@@ -17,7 +16,7 @@ import (
 // cni package's tests) get clear CNI errors from the plugin or the real agent behind it, and
 // change nothing: not the node namespace, not the pod's, not the agent's assignments.
 func TestBadInputAgainstRealAgent(t *testing.T) {
-	nstest.GuardRootNS(t, "eni", "sim-")
+	harness.RequireNodeNamespaces(t)
 	s := harness.StartDev(t, nil)
 	inst := harness.Running(s.Sim().Sim())[3]
 	n := harness.NewNode(t, s.Sim(), inst, s.GRPCAddr())

@@ -12,7 +12,6 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/ipledger/ipledger/agent"
-	"github.com/ipledger/ipledger/agent/netconf/nstest"
 	"github.com/ipledger/ipledger/e2e/harness"
 	"github.com/ipledger/ipledger/server/ec2sim"
 )
@@ -23,7 +22,7 @@ import (
 // for an address (nothing leaks) and once after the agent answered (the address leaks), and CNI
 // GC with the runtime's valid attachments returns what leaked.
 func TestAgentCrash(t *testing.T) {
-	nstest.GuardRootNS(t, "eni", "sim-")
+	harness.RequireNodeNamespaces(t)
 	s := harness.StartDev(t, nil)
 	admin := harness.Admin(t, s.GRPCAddr())
 	sim := s.Sim().Sim()

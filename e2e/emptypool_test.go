@@ -11,7 +11,6 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/ipledger/ipledger/agent"
-	"github.com/ipledger/ipledger/agent/netconf/nstest"
 	"github.com/ipledger/ipledger/e2e/harness"
 	"github.com/ipledger/ipledger/server/config"
 	"github.com/ipledger/ipledger/server/ec2sim"
@@ -31,7 +30,7 @@ instances:
 // assigns more (some of them wait); when the subnet is exhausted, ADD fails with CNI code 11 and
 // a message naming the exhaustion, and changes nothing.
 func TestEmptyPool(t *testing.T) {
-	nstest.GuardRootNS(t, "eni", "sim-")
+	harness.RequireNodeNamespaces(t)
 	scenario := filepath.Join(t.TempDir(), "tiny.yaml")
 	if err := os.WriteFile(scenario, []byte(tinySubnet), 0o644); err != nil {
 		t.Fatal(err)

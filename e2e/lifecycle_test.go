@@ -12,7 +12,6 @@ import (
 
 	"github.com/ipledger/ipledger/agent"
 	"github.com/ipledger/ipledger/agent/netconf"
-	"github.com/ipledger/ipledger/agent/netconf/nstest"
 	"github.com/ipledger/ipledger/e2e/harness"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server"
@@ -21,7 +20,7 @@ import (
 // TestPodLifecycle runs real agents (in-process, node networking in their node namespaces)
 // against a real --dev server, with the real plugin binary and cnitool as the runtime.
 func TestPodLifecycle(t *testing.T) {
-	nstest.GuardRootNS(t, "eni", "sim-")
+	harness.RequireNodeNamespaces(t)
 	s := harness.StartDev(t, nil)
 	insts := harness.Running(s.Sim().Sim())
 	t.Run("plugin and cnitool", func(t *testing.T) { testPluginAndCNITool(t, s, insts[0]) })

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/ipledger/ipledger/agent"
-	"github.com/ipledger/ipledger/agent/netconf/nstest"
 	"github.com/ipledger/ipledger/e2e/harness"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 )
@@ -17,7 +16,7 @@ import (
 // server's pool (the server assigned more addresses after it was written, some while the agent
 // was down): the agent takes the server's newer pool and keeps every address its pods use.
 func TestAgentRestartWithStaleCheckpoint(t *testing.T) {
-	nstest.GuardRootNS(t, "eni", "sim-")
+	harness.RequireNodeNamespaces(t)
 	s := harness.StartDev(t, nil)
 	admin := harness.Admin(t, s.GRPCAddr())
 	nodes := ipledgerv1.NewNodeServiceClient(harness.Dial(t, s.GRPCAddr()))

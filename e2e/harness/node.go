@@ -427,3 +427,12 @@ func PodLinks(t testing.TB, p *Pod) []string {
 	slices.Sort(out)
 	return out
 }
+
+// RequireNodeNamespaces skips the test unless it can create network namespaces (root, iproute2),
+// and fails it at the end if the test's own (root) namespace gained IPv4 forwarding, pod rules,
+// host veths ("eni...") or simulated ENI links ("sim-..."). Call it first.
+func RequireNodeNamespaces(t testing.TB) {
+	t.Helper()
+	nstest.RequireIPNetns(t)
+	nstest.GuardRootNS(t, cni.DefaultVethPrefix, "sim-")
+}
