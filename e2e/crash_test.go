@@ -3,6 +3,7 @@ package e2e_test
 import (
 	"fmt"
 	"net/netip"
+	"os/exec"
 	"slices"
 	"strings"
 	"syscall"
@@ -80,30 +81,53 @@ func TestAgentCrash(t *testing.T) {
 	// The plugin killed mid-ADD. EC2 refuses every assignment, so the pool runs dry and ADD waits.
 	sim.SetFault("AssignPrivateIpAddresses", ec2sim.Fault{Code: "InternalError", Probability: 1})
 	live := []*harness.Pod{second, third}
+	deadline := time.Now().Add(15 * time.Second)
 	for i := 0; ; i++ {
 		v := ag.MustView()
-		if v.Counts.Free == 0 && v.Waiting == 0 {
-			break
-		}
-		if i == 20 {
+		if time.Now().After(deadline) {
 			t.Fatalf("the pool does not run dry: %+v", v.Counts)
 		}
-		p := n.NewPod(fmt.Sprintf("drain-%d", i))
-		n.Add(p)
-		live = append(live, p)
+		if v.Counts.Free > 0 {
+			p := n.NewPod(fmt.Sprintf("drain-%d", i))
+			n.Add(p)
+			live = append(live, p)
+			continue
+		}
+		if len(v.Cooling) == 0 && v.Waiting == 0 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond) // the survivor's address is cooling down: poll
+	}
+	// waitingAdd starts an ADD and returns once the agent waits for an address for it. An ADD
+	// that got an address after all (one the server had in flight) joins the live pods and
+	// another is started.
+	waitingAdd := func(name string) (*harness.Pod, *exec.Cmd) {
+		t.Helper()
+		for attempt := range 5 {
+			p := n.NewPod(fmt.Sprintf("%s-%d", name, attempt))
+			cmd := startPlugin(t, n, "ADD", p)
+			harness.WaitFor(t, 10*time.Second, name+"'s ADD to wait or finish", func() bool {
+				return ag.MustView().Waiting == 1 || pluginExited(cmd)
+			})
+			if !pluginExited(cmd) {
+				return p, cmd
+			}
+			if !cmd.ProcessState.Success() {
+				t.Fatalf("ADD of %s failed while the pool ran dry", p.Name)
+			}
+			live = append(live, p)
+		}
+		t.Fatalf("no ADD of %s waited in 5 attempts", name)
+		return nil, nil
 	}
 
 	// Killed while the agent waits: the wait ends and nothing is assigned.
-	ghost := n.NewPod("ghost")
-	ghostCmd := startPlugin(t, n, "ADD", ghost)
-	ag.WaitView(10*time.Second, "the ghost's ADD to wait", func(v agent.PoolView) bool { return v.Waiting == 1 })
+	ghost, ghostCmd := waitingAdd("ghost")
 	killPlugin(t, ghostCmd)
 	ag.WaitView(10*time.Second, "the wait to end", func(v agent.PoolView) bool { return v.Waiting == 0 })
 
 	// Stopped while the agent waits, killed after the agent answered: the address leaks.
-	victim := n.NewPod("victim")
-	victimCmd := startPlugin(t, n, "ADD", victim)
-	ag.WaitView(10*time.Second, "the victim's ADD to wait", func(v agent.PoolView) bool { return v.Waiting == 1 })
+	victim, victimCmd := waitingAdd("victim")
 	if err := victimCmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}

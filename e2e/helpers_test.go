@@ -168,3 +168,18 @@ func histogramCount(t *testing.T, g prometheus.Gatherer, name, label string) uin
 	}
 	return 0
 }
+
+// pluginExited reports whether a plugin started by startPlugin has exited (its ProcessState is
+// then set).
+func pluginExited(c *exec.Cmd) bool {
+	done, ok := plugins.Load(c)
+	if !ok {
+		return false
+	}
+	select {
+	case <-done.(chan struct{}):
+		return true
+	default:
+		return false
+	}
+}
