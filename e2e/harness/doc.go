@@ -1,7 +1,8 @@
 // Package harness is the toolkit of ipledger's end-to-end tests: it builds (once per test
 // binary) or finds the binaries (ipledger-agent, the plugin installed as "ipledger",
 // ipledger-server, cnitool), starts allocator replicas in-process (a --dev server, or replicas
-// sharing one embedded etcd and one EC2 simulator), creates a node's network namespace with its
+// sharing one embedded etcd and one EC2 simulator) or as ipledger-server processes on that etcd
+// and simulator, creates a node's network namespace with its
 // agent (as a process or in-process) and pods' namespaces inside it, runs the plugin and cnitool
 // inside the node namespace as a container runtime would, and checks the outcome: EC2 (the
 // simulator) against etcd, the node's routes and rules, pings between pods.
