@@ -152,7 +152,7 @@ func TestMarkdownFormatting(t *testing.T) {
 	out := b.String()
 	for _, want := range []string{
 		"### burst", "**180 s**", "| ipledger | 2000 |", "99.95%", "190 (1.05x floor)", "| 3.0 |",
-		"never (3 pods not running)", "n/a", "AssignPrivateIpAddresses 1000, DescribeInstances 1000",
+		"never (3 pods stuck)", "n/a", "AssignPrivateIpAddresses 1000, DescribeInstances 1000",
 		"exited 1 time(s)", "### gateway-burst", "| 1000 | 21.5 | 20.0 | 1.075 | 0 | 0 |",
 	} {
 		if !strings.Contains(out, want) {

@@ -60,8 +60,10 @@ type SystemResult struct {
 	ServedWithoutWaitAll float64 `json:"served_without_wait_all"`
 	Adds                 int     `json:"adds"`
 	FailedAddAttempts    int     `json:"failed_add_attempts"`
-	// PodsNotRunning: pods scheduled that never ran by the end of the trace.
+	// PodsNotRunning: pods scheduled at least 60 s before the end of the trace that never ran;
+	// PodsPendingEnd: every pod still pending at the end (recent churn included).
 	PodsNotRunning int `json:"pods_not_running"`
+	PodsPendingEnd int `json:"pods_pending_end"`
 	// TimeToAllRunningS: from the start of a phase (the initial placement, a batch wave) until
 	// its last pod runs; the longest phase. Null when some phase never completed.
 	TimeToAllRunningS *float64 `json:"time_to_all_running_s"`
@@ -234,8 +236,11 @@ func (r *runner) result(res Resources, stats ec2sim.Stats, duration time.Duratio
 	out.Adds = len(waits)
 	for _, p := range r.pods {
 		p.mu.Lock()
-		if !p.running && !p.deleted && !p.hostNet && p.runningAt == 0 {
-			out.PodsNotRunning++
+		if p.pendingLocked() {
+			out.PodsPendingEnd++
+			if p.scheduledAt < duration-stuckAfter {
+				out.PodsNotRunning++
+			}
 		}
 		p.mu.Unlock()
 	}

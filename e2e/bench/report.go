@@ -76,8 +76,11 @@ func writeReportMarkdown(b *strings.Builder, rep Report) {
 			etcd = fnum(float64(*s.EtcdDBBytes)/(1<<20), 1)
 		}
 		allRunning := fptr(s.TimeToAllRunningS, 0)
+		if s.TimeToAllRunningS == nil {
+			allRunning = "never"
+		}
 		if s.PodsNotRunning > 0 {
-			allRunning = fmt.Sprintf("never (%d pods not running)", s.PodsNotRunning)
+			allRunning += fmt.Sprintf(" (%d pods stuck)", s.PodsNotRunning)
 		}
 		fmt.Fprintf(b, "| %s | %s | %d | %s | %s | %s | %s | %s | %s | %d | %s / %s / %s | %s | %s | %s | %s | %s | %s |\n",
 			s.Name, fnum(s.HeldMean, 0), s.HeldPeak, fnum(s.InUseMean, 0), fnum(s.HeldPerInUse, 2), fnum(s.IdlePerNode, 1),

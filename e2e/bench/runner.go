@@ -71,15 +71,24 @@ type nodeRec struct {
 }
 
 type podRec struct {
-	name      string
-	n         *nodeRec
-	hostNet   bool
-	phase     *phase
-	mu        sync.Mutex
-	running   bool
-	deleted   bool
-	cancel    context.CancelFunc
-	runningAt time.Duration
+	name        string
+	n           *nodeRec
+	hostNet     bool
+	phase       *phase
+	mu          sync.Mutex
+	running     bool
+	deleted     bool
+	cancel      context.CancelFunc
+	runningAt   time.Duration
+	scheduledAt time.Duration
+}
+
+// stuckAfter: a pod still pending this long before the trace ends counts as not running.
+const stuckAfter = 60 * time.Second
+
+// pending: scheduled, not deleted, never ran (p.mu held).
+func (p *podRec) pendingLocked() bool {
+	return !p.running && !p.deleted && !p.hostNet && p.runningAt == 0
 }
 
 type addRecord struct {
@@ -255,7 +264,7 @@ func (r *runner) startPod(n *nodeRec, ph *phase, hostNet bool) *podRec {
 	name := fmt.Sprintf("pod-%06d", r.podSeq)
 	n.pods++
 	ctx, cancel := context.WithCancel(r.ctx)
-	p := &podRec{name: name, n: n, hostNet: hostNet, phase: ph, cancel: cancel}
+	p := &podRec{name: name, n: n, hostNet: hostNet, phase: ph, cancel: cancel, scheduledAt: r.clk.Now()}
 	r.pods[name] = p
 	r.mu.Unlock()
 	if hostNet {
@@ -475,7 +484,7 @@ func (r *runner) reportStuck() {
 	stuck := map[string]int{}
 	for _, p := range r.pods {
 		p.mu.Lock()
-		if !p.running && !p.deleted && !p.hostNet && p.runningAt == 0 {
+		if p.pendingLocked() && p.scheduledAt < r.clk.Now()-stuckAfter {
 			stuck[p.n.inst.PrivateDNSName]++
 		}
 		p.mu.Unlock()
