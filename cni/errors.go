@@ -32,6 +32,8 @@ var reasonText = map[ipledgerv1.Reason]string{
 	ipledgerv1.Reason_UNKNOWN_NODE:         "the node is not registered with the ipledger server (yet)",
 	ipledgerv1.Reason_NOT_LEADER:           "the ipledger server is changing leaders",
 	ipledgerv1.Reason_INSTANCE_MISMATCH:    "EC2 does not confirm the node's instance",
+	ipledgerv1.Reason_RATE_LIMITED:         "the ipledger server is rate-limiting this node's agent",
+	ipledgerv1.Reason_WRONG_NODE_IDENTITY:  "the node's agent holds a certificate that does not name this node",
 }
 
 // errorInfo returns the status's ipledger ErrorInfo, or nil.

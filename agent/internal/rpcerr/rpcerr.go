@@ -68,7 +68,7 @@ func CodeFor(r ipledgerv1.Reason) codes.Code {
 		return codes.ResourceExhausted
 	case ipledgerv1.Reason_SERVER_UNREACHABLE, ipledgerv1.Reason_EC2_THROTTLED,
 		ipledgerv1.Reason_EC2_ERROR, ipledgerv1.Reason_STORE_UNAVAILABLE,
-		ipledgerv1.Reason_NOT_LEADER:
+		ipledgerv1.Reason_NOT_LEADER, ipledgerv1.Reason_RATE_LIMITED:
 		return codes.Unavailable
 	case ipledgerv1.Reason_SUPPLY_TIMEOUT:
 		return codes.DeadlineExceeded
@@ -78,7 +78,7 @@ func CodeFor(r ipledgerv1.Reason) codes.Code {
 		return codes.NotFound
 	case ipledgerv1.Reason_INSTANCE_ALREADY_REGISTERED:
 		return codes.AlreadyExists
-	case ipledgerv1.Reason_WRONG_NODE_IDENTITY:
+	case ipledgerv1.Reason_WRONG_NODE_IDENTITY, ipledgerv1.Reason_ADMIN_REQUIRED:
 		return codes.PermissionDenied
 	case ipledgerv1.Reason_INSTANCE_MISMATCH:
 		return codes.FailedPrecondition

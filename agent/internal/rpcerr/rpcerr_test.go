@@ -46,6 +46,9 @@ func TestCodeFor(t *testing.T) {
 		ipledgerv1.Reason_EC2_THROTTLED:      codes.Unavailable,
 		ipledgerv1.Reason_SUPPLY_TIMEOUT:     codes.DeadlineExceeded,
 		ipledgerv1.Reason_INVALID_ARGUMENT:   codes.InvalidArgument,
+		// A rate-limited agent tells the plugin to try again later; an identity problem is final.
+		ipledgerv1.Reason_RATE_LIMITED:        codes.Unavailable,
+		ipledgerv1.Reason_WRONG_NODE_IDENTITY: codes.PermissionDenied,
 	} {
 		if got := CodeFor(r); got != want {
 			t.Errorf("CodeFor(%v) = %v, want %v", r, got, want)

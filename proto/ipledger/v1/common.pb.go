@@ -177,12 +177,18 @@ const (
 	Reason_STORE_UNAVAILABLE Reason = 12
 	// The agent cannot reach the server; it is serving from its pool alone.
 	Reason_SERVER_UNREACHABLE Reason = 13
-	// The caller is not allowed to act for the node named in the request.
+	// The caller is not allowed to act for the node named in the request: its certificate names
+	// another node, or is not a node's.
 	Reason_WRONG_NODE_IDENTITY Reason = 14
 	// A request field failed validation. ErrorInfo.metadata["field"] names it.
 	Reason_INVALID_ARGUMENT Reason = 15
 	// The deadline passed while waiting for EC2 to supply addresses.
 	Reason_SUPPLY_TIMEOUT Reason = 16
+	// The node sends more requests than its rate limit allows (--node-rate-limit,
+	// --node-rate-burst on the server). Retry later; a healthy agent never gets here.
+	Reason_RATE_LIMITED Reason = 17
+	// The call needs an admin identity (a client certificate naming ipledger://admin/<name>).
+	Reason_ADMIN_REQUIRED Reason = 18
 )
 
 // Enum value maps for Reason.
@@ -205,6 +211,8 @@ var (
 		14: "WRONG_NODE_IDENTITY",
 		15: "INVALID_ARGUMENT",
 		16: "SUPPLY_TIMEOUT",
+		17: "RATE_LIMITED",
+		18: "ADMIN_REQUIRED",
 	}
 	Reason_value = map[string]int32{
 		"REASON_UNSPECIFIED":          0,
@@ -224,6 +232,8 @@ var (
 		"WRONG_NODE_IDENTITY":         14,
 		"INVALID_ARGUMENT":            15,
 		"SUPPLY_TIMEOUT":              16,
+		"RATE_LIMITED":                17,
+		"ADMIN_REQUIRED":              18,
 	}
 )
 
@@ -1062,7 +1072,7 @@ const file_ipledger_v1_common_proto_rawDesc = "" +
 	"\x17LEASE_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12LEASE_STATE_ACTIVE\x10\x01\x12 \n" +
 	"\x1cLEASE_STATE_RELEASE_PROPOSED\x10\x02\x12\x19\n" +
-	"\x15LEASE_STATE_RELEASING\x10\x03*\xfa\x02\n" +
+	"\x15LEASE_STATE_RELEASING\x10\x03*\xa0\x03\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -1082,7 +1092,9 @@ const file_ipledger_v1_common_proto_rawDesc = "" +
 	"\x12SERVER_UNREACHABLE\x10\r\x12\x17\n" +
 	"\x13WRONG_NODE_IDENTITY\x10\x0e\x12\x14\n" +
 	"\x10INVALID_ARGUMENT\x10\x0f\x12\x12\n" +
-	"\x0eSUPPLY_TIMEOUT\x10\x10*\xb5\x01\n" +
+	"\x0eSUPPLY_TIMEOUT\x10\x10\x12\x10\n" +
+	"\fRATE_LIMITED\x10\x11\x12\x12\n" +
+	"\x0eADMIN_REQUIRED\x10\x12*\xb5\x01\n" +
 	"\bPriority\x12\x18\n" +
 	"\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14PRIORITY_POD_WAITING\x10\x01\x12\x17\n" +
