@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"os/exec"
@@ -25,6 +26,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 )
 
 // Labels the bench gives nodes, and the policy that puts prefix-role nodes in prefix mode.
@@ -90,19 +92,28 @@ func serverFlags(f float64) []string {
 }
 
 // policies are the bench's node group policies: nodes labelled for prefix mode get it (with the
-// adaptive target); every other node keeps the built-in default policy.
-func policies() []*ipledgerv1.NodePolicy {
-	return []*ipledgerv1.NodePolicy{{
+// adaptive target); every other node keeps the built-in default policy, or, when floor > 0, a
+// default policy with that adaptive floor (the one tuning the bench allows itself).
+func policies(floor int) []*ipledgerv1.NodePolicy {
+	out := []*ipledgerv1.NodePolicy{{
 		Name:     prefixPolicy,
 		Order:    10,
 		Selector: &ipledgerv1.NodeSelector{Labels: map[string]string{labelMode: "prefix"}},
 		Mode:     ipledgerv1.AddressMode_ADDRESS_MODE_PREFIX,
 	}}
+	if floor > 0 {
+		out = append(out, &ipledgerv1.NodePolicy{
+			Name: "default", Order: math.MaxInt32, Selector: &ipledgerv1.NodeSelector{},
+			Mode:          ipledgerv1.AddressMode_ADDRESS_MODE_SECONDARY_IP,
+			AdaptiveFloor: proto.Uint32(uint32(floor)), AdaptiveCap: proto.Uint32(uint32(max(16, floor))),
+		})
+	}
+	return out
 }
 
-func writePolicyFile(path string) error {
+func writePolicyFile(path string, floor int) error {
 	var parts []string
-	for _, p := range policies() {
+	for _, p := range policies(floor) {
 		b, err := protojson.Marshal(p)
 		if err != nil {
 			return err
@@ -153,7 +164,7 @@ func startIPLedger(ctx context.Context, env systemEnv) (_ *ipledgerSystem, err e
 		return nil, fmt.Errorf("bench: embedded etcd: %w", err)
 	}
 	policyPath := filepath.Join(s.dir, "policies.json")
-	if err := writePolicyFile(policyPath); err != nil {
+	if err := writePolicyFile(policyPath, env.ipledgerFloor); err != nil {
 		return nil, err
 	}
 	if s.grpcAddr, err = freeLoopbackPort(); err != nil {

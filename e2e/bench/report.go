@@ -59,7 +59,14 @@ func writeReportMarkdown(b *strings.Builder, rep Report) {
 		return
 	}
 	p := rep.Params
-	fmt.Fprintf(b, "%s. Time scale %g; %s. Wall time %.0f s.\n\n", describeParams(rep.Trace, p), rep.TimeScale, Units, rep.WallSeconds)
+	tuning := ""
+	if p.IPLedgerFloor > 0 {
+		tuning = fmt.Sprintf(" ipledger's default policy has adaptive_floor %d.", p.IPLedgerFloor)
+	}
+	if p.EC2LatencyMs > 0 {
+		tuning += fmt.Sprintf(" Every EC2 call takes %.0f ms more.", p.EC2LatencyMs)
+	}
+	fmt.Fprintf(b, "%s.%s Time scale %g; %s. Wall time %.0f s.\n\n", describeParams(rep.Trace, p), tuning, rep.TimeScale, Units, rep.WallSeconds)
 	if f := rep.BurstFloor; f != nil {
 		fmt.Fprintf(b, "Burst floor: %d node starts x (%s) through EC2's buckets = **%.0f s** until every node can hold an address.\n\n",
 			f.Nodes, actionsList(f.CallsPerNodeStart), f.FloorS)

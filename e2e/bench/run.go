@@ -45,7 +45,9 @@ type Params struct {
 	Waves        int     `json:"waves,omitempty"`
 	WholeBlocks  int     `json:"whole_blocks,omitempty"`
 	EC2LatencyMs float64 `json:"ec2_latency_ms,omitempty"`
-	Seed         int64   `json:"seed"`
+	// IPLedgerFloor is the adaptive floor given to ipledger's default policy (0: built-in, 1).
+	IPLedgerFloor int   `json:"ipledger_adaptive_floor,omitempty"`
+	Seed          int64 `json:"seed"`
 }
 
 // BurstFloor is the burst trace's floor: for each bucket, node starts x the calls one start
@@ -134,7 +136,7 @@ func Run(ctx context.Context, p TraceParams, env Env) (Report, error) {
 	}
 	rep := Report{Trace: p.Trace, TimeScale: p.TimeScale, Units: Units, Params: Params{
 		Nodes: p.Nodes, PodsPerNode: p.Pods, InstanceType: p.InstanceType, Seed: p.Seed,
-		EC2LatencyMs: float64(p.EC2Latency) / float64(time.Millisecond),
+		EC2LatencyMs: float64(p.EC2Latency) / float64(time.Millisecond), IPLedgerFloor: p.IPLedgerFloor,
 	}}
 	wall := time.Now()
 	defer func() { rep.WallSeconds = time.Since(wall).Seconds() }()
@@ -197,7 +199,7 @@ func runSystem(ctx context.Context, p TraceParams, def traceDef, sys string, env
 	wall := time.Now()
 	r := newRunner(runConfig{
 		trace: p.Trace, system: sys, timeScale: p.TimeScale, seed: p.Seed, scenario: sc,
-		env:      systemEnv{workDir: env.WorkDir, serverBin: env.ServerBin, logDir: env.LogDir},
+		env:      systemEnv{workDir: env.WorkDir, serverBin: env.ServerBin, logDir: env.LogDir, ipledgerFloor: p.IPLedgerFloor},
 		progress: env.progress,
 	})
 	var setup func(context.Context, *ec2sim.Server) error

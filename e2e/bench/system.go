@@ -93,4 +93,6 @@ type systemEnv struct {
 	serverBin string
 	subnets   []string
 	logDir    string
+	// ipledgerFloor, when > 0, is the adaptive floor of ipledger's default policy.
+	ipledgerFloor int
 }

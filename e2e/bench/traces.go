@@ -59,6 +59,9 @@ type TraceParams struct {
 	// time scale). EC2 answers in tens to hundreds of milliseconds; the simulator alone in
 	// about one.
 	EC2Latency time.Duration
+	// IPLedgerFloor, when > 0, sets the adaptive floor of ipledger's default policy (free
+	// addresses every node keeps at least; the built-in default is 1).
+	IPLedgerFloor int
 	// GatewayPerAction is the gateway-burst's requests per action.
 	GatewayPerAction int
 	Systems          []string
@@ -152,6 +155,9 @@ func (p TraceParams) validate() error {
 	}
 	if p.Duration < 0 || p.Duration > 4*time.Hour {
 		errs = append(errs, fmt.Errorf("duration %v is outside 0..4h", p.Duration))
+	}
+	if p.IPLedgerFloor < 0 || p.IPLedgerFloor > 64 {
+		errs = append(errs, fmt.Errorf("ipledger adaptive floor %d is outside 0..64", p.IPLedgerFloor))
 	}
 	if p.Trace == TraceGatewayBurst && (p.GatewayPerAction < 1 || p.GatewayPerAction > 1000) {
 		errs = append(errs, fmt.Errorf("gateway requests per action %d is outside 1..1000", p.GatewayPerAction))

@@ -42,6 +42,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.Int64Var(&p.Seed, "seed", 1, "seed of the simulator and the workload")
 	fs.DurationVar(&p.Duration, "duration", 0, "simulated duration of the measured part (default: the trace's)")
 	fs.StringVar(&p.InstanceType, "instance-type", "", "instance type of the nodes (default: the trace's)")
+	fs.IntVar(&p.IPLedgerFloor, "ipledger-adaptive-floor", 0, "adaptive floor of ipledger's default policy (0: the built-in 1)")
 	fs.DurationVar(&p.EC2Latency, "ec2-latency", 0, "latency added to every simulated EC2 call (simulated time)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
