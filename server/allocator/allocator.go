@@ -133,14 +133,18 @@ type nodeState struct {
 	problem      error
 	problemAt    time.Time
 	surplusSince time.Time
-	releasing    bool
-	typ          instancetypes.Type
-	policy       *ipledgerv1.NodePolicy
-	modeMsg      string
-	nextSupply   time.Time
-	backoff      time.Duration
-	uncommitted  []uncommitted
-	removed      bool
+	// noProposalBefore holds the next proposal back after the agent refused items: without
+	// it, a surplus the agent keeps refusing (cooling addresses; a tight subnet, where the
+	// release delay is 0) would be proposed again at once, in a loop of etcd writes.
+	noProposalBefore time.Time
+	releasing        bool
+	typ              instancetypes.Type
+	policy           *ipledgerv1.NodePolicy
+	modeMsg          string
+	nextSupply       time.Time
+	backoff          time.Duration
+	uncommitted      []uncommitted
+	removed          bool
 }
 
 // uncommitted is EC2 work that succeeded but whose etcd commit failed; retried by the worker.

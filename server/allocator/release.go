@@ -16,6 +16,10 @@ import (
 // maxProposalItems bounds one release proposal.
 const maxProposalItems = 64
 
+// refusalBackoff is the least time between an ack that refused items and the node's next
+// proposal.
+const refusalBackoff = 2 * time.Second
+
 // maybePropose proposes surplus for release once it has lasted the release delay. Nothing is
 // proposed to a node whose agent is not connected or has not reported usage: only an agent that
 // can answer may be asked.
@@ -54,7 +58,7 @@ func (a *Allocator) maybePropose(ctx context.Context, ns *nodeState) {
 	if ns.surplusSince.IsZero() {
 		ns.surplusSince = now
 	}
-	due := now.Sub(ns.surplusSince) >= delay
+	due := now.Sub(ns.surplusSince) >= delay && !now.Before(ns.noProposalBefore)
 	a.mu.Unlock()
 	if !due {
 		return
@@ -199,6 +203,9 @@ func (a *Allocator) AckRelease(ctx context.Context, node string, ack *ipledgerv1
 			stale = true
 			return errStale
 		}
+		if err := checkAckItems(r.Proposal.Items, ack); err != nil {
+			return err
+		}
 		toRelease := map[string]bool{}
 		back := map[string]bool{}
 		for _, it := range r.Proposal.Items {
@@ -223,11 +230,44 @@ func (a *Allocator) AckRelease(ctx context.Context, node string, ack *ipledgerv1
 	}
 	a.met.acks.WithLabelValues("confirmed").Add(float64(len(ack.GetConfirmed())))
 	a.met.acks.WithLabelValues("refused").Add(float64(len(ack.GetRefused())))
+	if len(ack.GetRefused()) > 0 {
+		a.mu.Lock()
+		ns.noProposalBefore = a.now().Add(refusalBackoff)
+		a.mu.Unlock()
+	}
 	ns.kickNow()
 	return nil
 }
 
 var errStale = errors.New("allocator: stale proposal")
+
+// checkAckItems refuses an ack that names items the proposal does not hold, names one twice,
+// or names more items than the proposal has: an agent answers exactly what it was asked.
+func checkAckItems(proposed []string, ack *ipledgerv1.ReleaseAck) error {
+	if n := len(ack.GetConfirmed()) + len(ack.GetRefused()); n > len(proposed) {
+		return invalid("release_ack", "%d items answer a proposal of %d", n, len(proposed))
+	}
+	inProposal := make(map[string]bool, len(proposed))
+	for _, it := range proposed {
+		inProposal[it] = true
+	}
+	seen := make(map[string]bool, len(proposed))
+	for _, list := range []struct {
+		field string
+		items []string
+	}{{"release_ack.confirmed", ack.GetConfirmed()}, {"release_ack.refused", ack.GetRefused()}} {
+		for i, it := range list.items {
+			if !inProposal[it] {
+				return invalid(fmt.Sprintf("%s[%d]", list.field, i), "%q is not in proposal %s", it, ack.GetProposalId())
+			}
+			if seen[it] {
+				return invalid(fmt.Sprintf("%s[%d]", list.field, i), "%q is answered twice", it)
+			}
+			seen[it] = true
+		}
+	}
+	return nil
+}
 
 // cancelProposal takes an open proposal back: every proposed item is ACTIVE again.
 func (a *Allocator) cancelProposal(ctx context.Context, ns *nodeState, why string) error {
