@@ -19,6 +19,7 @@ import (
 	"github.com/ipledger/ipledger/agent/netconf"
 	"github.com/ipledger/ipledger/agent/pool"
 	"github.com/ipledger/ipledger/agent/serverconn"
+	"github.com/ipledger/ipledger/internal/mtls"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 )
 
@@ -34,6 +35,7 @@ type Agent struct {
 	ready   chan struct{}
 	netKick chan struct{}
 	acks    *prometheus.CounterVec
+	tls     *mtls.Source // the node's certificate and the server CA (nil: plaintext or Credentials given)
 
 	mu       sync.Mutex
 	started  bool
@@ -62,7 +64,18 @@ func New(cfg Config) (*Agent, error) {
 	}
 	cfg.Servers = append([]string(nil), cfg.Servers...)
 	cfg.Labels = maps.Clone(cfg.Labels)
+	var tlsSrc *mtls.Source
+	if cfg.Credentials == nil && cfg.TLSCertFile != "" {
+		src, err := mtls.NewSource(mtls.Files{Cert: cfg.TLSCertFile, Key: cfg.TLSKeyFile, CA: cfg.TLSCAFile},
+			mtls.SourceOptions{Logger: cfg.Logger.With("component", "tls")})
+		if err != nil {
+			return nil, fmt.Errorf("agent: --tls-cert-file, --tls-key-file, --tls-ca-file: %w", err)
+		}
+		tlsSrc = src
+		cfg.Credentials = mtls.ClientCredentials(src)
+	}
 	return &Agent{
+		tls:     tlsSrc,
 		cfg:     cfg,
 		log:     cfg.Logger,
 		reg:     prometheus.NewRegistry(),
@@ -124,6 +137,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	log := a.log.With("node", nodeName)
 	a.log = log
+	if a.tls != nil {
+		// The server refuses every call of a certificate that names another node; say so now.
+		if id, err := mtls.IdentityOf(a.tls.Leaf()); err != nil || id != mtls.NodeIdentity(nodeName) {
+			return fmt.Errorf("agent: --tls-cert-file %s names %q, not this node %s (want the URI SAN %s): %v",
+				a.cfg.TLSCertFile, id.String(), nodeName, mtls.NodeIdentity(nodeName), err)
+		}
+	}
 
 	conn, err := serverconn.New(serverconn.Config{
 		Servers:     a.cfg.Servers,

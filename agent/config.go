@@ -83,7 +83,16 @@ type Config struct {
 	// AgentVersion is reported at registration.
 	AgentVersion string
 
-	// Credentials for the allocator connection (nil: insecure; mTLS comes with issue #9).
+	// TLSCertFile, TLSKeyFile and TLSCAFile turn on mutual TLS to the allocator
+	// (--tls-cert-file, --tls-key-file, --tls-ca-file): this node's certificate (URI SAN
+	// ipledger://node/<node-name>), its key, and the CA of the server's certificate. All three
+	// or none; they are read again when they change on disk.
+	TLSCertFile string
+	TLSKeyFile  string
+	TLSCAFile   string
+
+	// Credentials for the allocator connection (nil: mutual TLS from the TLS files, plaintext
+	// without them). Programs that embed agents may set them directly.
 	Credentials credentials.TransportCredentials
 	// Logger (nil: discard).
 	Logger *slog.Logger
@@ -149,6 +158,18 @@ func (c Config) Validate() error {
 		if _, err := cniserver.LookupGroup(c.SocketGroup); err != nil {
 			bad("socket-group", "%v", err)
 		}
+	}
+	tlsGiven := 0
+	for _, f := range []string{c.TLSCertFile, c.TLSKeyFile, c.TLSCAFile} {
+		if f != "" {
+			tlsGiven++
+			if !filepath.IsAbs(f) {
+				bad("tls-cert-file", "%q: TLS files need absolute paths", f)
+			}
+		}
+	}
+	if tlsGiven != 0 && tlsGiven != 3 {
+		bad("tls-cert-file", "mutual TLS needs --tls-cert-file, --tls-key-file and --tls-ca-file together")
 	}
 	if c.CheckpointPath == "" || !filepath.IsAbs(c.CheckpointPath) || strings.HasSuffix(c.CheckpointPath, "/") {
 		bad("checkpoint", "%q is not an absolute file path", c.CheckpointPath)
@@ -290,6 +311,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.DiscoveryTimeout, "discovery-timeout", c.DiscoveryTimeout, "how long to retry IMDS at start")
 	fs.StringVar(&c.SocketPath, "socket", c.SocketPath, "unix socket of the CNI service")
 	fs.StringVar(&c.SocketGroup, "socket-group", c.SocketGroup, "group (name or gid) owning the socket (\"\" = the agent's)")
+	fs.StringVar(&c.TLSCertFile, "tls-cert-file", c.TLSCertFile, "this node's client certificate for mutual TLS to the allocator (URI SAN ipledger://node/<node-name>)")
+	fs.StringVar(&c.TLSKeyFile, "tls-key-file", c.TLSKeyFile, "private key of --tls-cert-file")
+	fs.StringVar(&c.TLSCAFile, "tls-ca-file", c.TLSCAFile, "CA bundle that verifies the allocator's certificate (URI SAN ipledger://server)")
 	fs.StringVar(&c.CheckpointPath, "checkpoint", c.CheckpointPath, "checkpoint file of the pool and its assignments")
 	fs.StringVar(&c.MetricsListen, "metrics-listen", c.MetricsListen, "HTTP address for /metrics, /healthz and /v1/pool (\"\" = off)")
 	fs.DurationVar(&c.AddWait, "add-wait", c.AddWait, "how long a CNI ADD waits for an address when the pool is empty")

@@ -49,6 +49,10 @@ func TestValidate(t *testing.T) {
 		{func(c *Config) { c.Labels = map[string]string{"a=b": "c"} }, "node-labels"},
 		{func(c *Config) { c.LogLevel = "loud" }, "log-level"},
 		{func(c *Config) { c.LogFormat = "xml" }, "log-format"},
+		{func(c *Config) { c.TLSCertFile = "/etc/ipledger/pki/node.crt" }, "tls-cert-file"},
+		{func(c *Config) {
+			c.TLSCertFile, c.TLSKeyFile, c.TLSCAFile = "node.crt", "/etc/ipledger/pki/node.key", "/etc/ipledger/pki/ca.crt"
+		}, "tls-cert-file"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.flag, func(t *testing.T) {
