@@ -11,13 +11,18 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
+	"github.com/ipledger/ipledger/internal/mtls"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/api"
 	"github.com/ipledger/ipledger/server/config"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -29,29 +34,55 @@ type ec2Credentials = aws.CredentialsProvider
 // MaxMessageBytes bounds every gRPC message the server accepts.
 const MaxMessageBytes = 4 << 20
 
-// newGRPCServer builds the gRPC server: recovery (a panic becomes INTERNAL, never a crash),
-// logging, message size limits, keepalive, and the services.
-func (s *Server) newGRPCServer() *grpc.Server {
-	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall)}
+// newGRPCServer builds the gRPC server: transport credentials (mutual TLS, or none), then the
+// interceptors, outermost first: metrics (every call, refused ones included), recovery (a
+// panic becomes INTERNAL, never a crash), logging, authentication (go-grpc-middleware's auth,
+// skipped for the health service), the per-node rate limit; message size limits, keepalive,
+// and the services.
+func (s *Server) newGRPCServer(creds credentials.TransportCredentials) *grpc.Server {
+	logOpts := []logging.Option{
+		logging.WithLogOnEvents(logging.FinishCall),
+		logging.WithFieldsFromContext(func(ctx context.Context) logging.Fields {
+			if id, err := mtls.PeerIdentity(ctx); err == nil {
+				return logging.Fields{"identity", id.String()}
+			}
+			return nil
+		}),
+	}
 	onPanic := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
 		s.log.Error("panic in gRPC handler", "panic", p, "stack", string(debug.Stack()))
 		return status.Errorf(codes.Internal, "internal error")
 	})
-	srv := grpc.NewServer(
+	authz := api.Authorizer{Required: creds != nil}
+	notHealth := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
+		return c.Service != healthpb.Health_ServiceDesc.ServiceName
+	})
+	limiter := api.NewNodeLimiter(s.cfg.NodeRateLimit, s.cfg.NodeRateBurst)
+	limiter.OnLimited = func(method string) { s.grpcMet.limited.WithLabelValues(method).Inc() }
+	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(MaxMessageBytes),
 		grpc.MaxSendMsgSize(MaxMessageBytes),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(
+			interceptors.UnaryServerInterceptor(s.grpcMet.reportable()),
 			recovery.UnaryServerInterceptor(onPanic),
 			logging.UnaryServerInterceptor(slogAdapter(s.log), logOpts...),
+			selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(authz.Authenticate), notHealth),
+			limiter.UnaryServerInterceptor(),
 		),
 		grpc.ChainStreamInterceptor(
+			interceptors.StreamServerInterceptor(s.grpcMet.reportable()),
 			recovery.StreamServerInterceptor(onPanic),
 			logging.StreamServerInterceptor(slogAdapter(s.log), logOpts...),
+			selector.StreamServerInterceptor(auth.StreamServerInterceptor(authz.Authenticate), notHealth),
 		),
-	)
-	ipledgerv1.RegisterNodeServiceServer(srv, api.NewNodeServer(s, nil))
+	}
+	if creds != nil {
+		opts = append(opts, grpc.Creds(creds))
+	}
+	srv := grpc.NewServer(opts...)
+	ipledgerv1.RegisterNodeServiceServer(srv, api.NewNodeServer(s, api.NodeOptions{Authorize: authz.AuthorizeNode, Limiter: limiter}))
 	ipledgerv1.RegisterAdminServiceServer(srv, api.NewAdminServer(s))
 	s.health = health.NewServer()
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
@@ -60,6 +91,50 @@ func (s *Server) newGRPCServer() *grpc.Server {
 	s.health.SetServingStatus(ipledgerv1.NodeService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
 	healthpb.RegisterHealthServer(srv, s.health)
 	return srv
+}
+
+// transportCredentials secures gRPC as the configuration says: the TLS files, or the --dev
+// certificates (created in <data-dir>/certs with one per simulated instance), or nothing
+// (plaintext, which Validate allows on loopback or with --insecure only).
+func (s *Server) transportCredentials() (credentials.TransportCredentials, error) {
+	var files mtls.Files
+	switch s.cfg.Transport() {
+	case config.TransportPlaintext:
+		level := slog.LevelInfo
+		if s.cfg.Insecure {
+			level = slog.LevelWarn
+		}
+		s.log.Log(context.Background(), level, "gRPC is plaintext: no client certificates, no identity checks", "grpc", s.cfg.GRPCListen, "insecure", s.cfg.Insecure)
+		return nil, nil
+	case config.TransportTLSFiles:
+		files = mtls.Files{Cert: s.cfg.TLSCertFile, Key: s.cfg.TLSKeyFile, CA: s.cfg.TLSClientCAFile}
+	case config.TransportDevCerts:
+		var nodes []string
+		if s.sim != nil {
+			for _, in := range s.sim.Sim().Snapshot().Instances {
+				if in.PrivateDNSName != "" {
+					nodes = append(nodes, in.PrivateDNSName)
+				}
+			}
+		}
+		dev, err := mtls.EnsureDevCerts(s.cfg.DevCertsDir(), nodes, time.Now())
+		if err != nil {
+			return nil, fmt.Errorf("--dev certificates: %w", err)
+		}
+		s.devCerts = &dev
+		files = dev.Server()
+		s.log.Info("--dev certificates ready", "dir", dev.Dir, "ca", dev.CA(), "admin", dev.Admin().Cert, "nodes", len(nodes))
+	}
+	src, err := mtls.NewSource(files, mtls.SourceOptions{Logger: s.log.With("component", "tls")})
+	if err != nil {
+		return nil, fmt.Errorf("gRPC TLS: %w", err)
+	}
+	if id, err := mtls.IdentityOf(src.Leaf()); err != nil || id != mtls.ServerIdentity {
+		s.log.Warn("the server certificate does not carry the URI SAN ipledger://server; agents and ipledgerctl will refuse it",
+			"cert", files.Cert, "identity", id.String(), "err", err)
+	}
+	s.tls = src
+	return mtls.ServerCredentials(src, s.log.With("component", "tls"), func(error) { s.grpcMet.handshakes.Inc() })
 }
 
 // slogAdapter logs finished calls at debug, failed ones at info.

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/ipledger/ipledger/internal/mtls"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/allocator"
 	"github.com/ipledger/ipledger/server/api"
@@ -54,6 +55,9 @@ type Server struct {
 	dash     *dashboard.Dashboard
 	policies []*ipledgerv1.NodePolicy // from the policy file
 	advert   string
+	grpcMet  *grpcMetrics
+	tls      *mtls.Source   // the server's certificate and client CA (nil: plaintext)
+	devCerts *mtls.DevCerts // --dev's certificates (nil without them)
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -158,6 +162,12 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err
 		return nil, fmt.Errorf("EC2 gateway: %w", err)
 	}
 
+	s.grpcMet = newGRPCMetrics(s.reg)
+	grpcCreds, err := s.transportCredentials()
+	if err != nil {
+		return nil, err
+	}
+
 	if s.grpcLis, err = net.Listen("tcp", cfg.GRPCListen); err != nil {
 		return nil, fmt.Errorf("grpc-listen %s: %w", cfg.GRPCListen, err)
 	}
@@ -167,7 +177,7 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err
 	s.advert = cfg.Advertise(s.grpcLis.Addr().String(), opts.Getenv)
 	s.forecast = allocator.NewForecaster(s.Ledger, time.Hour, time.Now)
 	s.reg.MustRegister(newStateCollector(s))
-	s.grpc = s.newGRPCServer()
+	s.grpc = s.newGRPCServer(grpcCreds)
 	s.dash = dashboard.New(api.NewAdminServer(s), dashboard.Options{Logger: s.log.With("component", "dashboard")})
 	s.httpSrv = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
 
@@ -185,7 +195,8 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err
 	s.goRun(func() error { return s.forecast.Run(runCtx, 30*time.Second) }, "forecast")
 	s.goRun(func() error { return s.dash.Run(runCtx) }, "dashboard")
 	s.goRun(func() error { return s.connectAndLead(runCtx, storeCfg) }, "store")
-	s.log.Info("replica started", "grpc", s.GRPCAddr(), "http", s.HTTPAddr(), "advertise", s.advert, "cluster", cfg.ClusterName)
+	s.log.Info("replica started", "grpc", s.GRPCAddr(), "http", s.HTTPAddr(), "advertise", s.advert, "cluster", cfg.ClusterName,
+		"transport", cfg.Transport().String())
 	return s, nil
 }
 
@@ -315,6 +326,12 @@ func (s *Server) HTTPAddr() string { return s.httpLis.Addr().String() }
 
 // Advertise is the address other replicas send agents to when this one leads.
 func (s *Server) Advertise() string { return s.advert }
+
+// DevCerts are the certificates --dev created (nil when gRPC does not use them).
+func (s *Server) DevCerts() *mtls.DevCerts { return s.devCerts }
+
+// TLS is the source of the server's certificate and client CA (nil with plaintext gRPC).
+func (s *Server) TLS() *mtls.Source { return s.tls }
 
 // Sim is the in-process EC2 simulator (--dev), or nil.
 func (s *Server) Sim() *ec2sim.Server { return s.sim }

@@ -30,18 +30,48 @@ type Replica interface {
 // NodeAuthorizer decides whether the caller may act for a node (mTLS identity). nil allows all.
 type NodeAuthorizer func(ctx context.Context, node string) error
 
+// Bounds of repeated fields in NodeService requests, beyond the 4 MiB message size limit. No
+// node runs more pods than an instance type has addresses (a few thousand at most).
+const (
+	// MaxUsagePods bounds UsageReport.in_use.
+	MaxUsagePods = 10000
+	// MaxAckItems bounds ReleaseAck.confirmed + refused (the allocator also checks them against
+	// the proposal they answer).
+	MaxAckItems = 10000
+	// maxIDLength bounds identifiers agents send back (proposal ids, container ids, pod names).
+	maxIDLength = 256
+)
+
+// NodeOptions are a NodeServer's guards.
+type NodeOptions struct {
+	// Authorize checks the caller may act for the node a request names (nil: anyone may).
+	Authorize NodeAuthorizer
+	// Limiter is the per-node rate limit of Sync messages (nil: none). Unary calls are limited
+	// by its interceptor.
+	Limiter *NodeLimiter
+}
+
 // NodeServer implements NodeService.
 type NodeServer struct {
 	ipledgerv1.UnimplementedNodeServiceServer
 	replica   Replica
 	authorize NodeAuthorizer
+	limiter   *NodeLimiter
 }
 
 var _ ipledgerv1.NodeServiceServer = (*NodeServer)(nil)
 
 // NewNodeServer serves NodeService for a replica.
-func NewNodeServer(r Replica, authorize NodeAuthorizer) *NodeServer {
-	return &NodeServer{replica: r, authorize: authorize}
+func NewNodeServer(r Replica, opts NodeOptions) *NodeServer {
+	return &NodeServer{replica: r, authorize: opts.Authorize, limiter: opts.Limiter}
+}
+
+// allow takes a token of node's Sync bucket.
+func (s *NodeServer) allow(node string) error {
+	if s.limiter == nil || s.limiter.Allow(node) {
+		return nil
+	}
+	return s.limiter.Refuse(node, "Sync")
 }
 
 func (s *NodeServer) leader() (*allocator.Allocator, error) {
@@ -114,6 +144,9 @@ func (s *NodeServer) Sync(stream ipledgerv1.NodeService_SyncServer) error {
 	if err := s.check(ctx, node); err != nil {
 		return err
 	}
+	if err := s.allow(node); err != nil {
+		return err
+	}
 	a, err := s.leader()
 	if err != nil {
 		return err
@@ -137,12 +170,24 @@ func (s *NodeServer) Sync(stream ipledgerv1.NodeService_SyncServer) error {
 			if err != nil {
 				return err
 			}
+			// Over the limit, the stream ends: a healthy agent sends a few messages a second at
+			// most, and a flooding one must not make the server decode its messages; it
+			// reconnects after its back-off.
+			if err := s.allow(node); err != nil {
+				return err
+			}
 			switch m := msg.GetMsg().(type) {
 			case *ipledgerv1.SyncRequest_Usage:
+				if err := validateUsage(m.Usage); err != nil {
+					return err
+				}
 				if err := a.ReportUsage(node, m.Usage); err != nil {
 					return Status(err)
 				}
 			case *ipledgerv1.SyncRequest_ReleaseAck:
+				if err := validateAck(m.ReleaseAck); err != nil {
+					return err
+				}
 				if err := a.AckRelease(gctx, node, m.ReleaseAck); err != nil {
 					return Status(err)
 				}
@@ -178,4 +223,33 @@ func (s *NodeServer) Sync(stream ipledgerv1.NodeService_SyncServer) error {
 		return err
 	}
 	return status.Error(codes.Unavailable, err.Error())
+}
+
+// validateUsage bounds a usage report before the allocator sees it.
+func validateUsage(u *ipledgerv1.UsageReport) error {
+	if n := len(u.GetInUse()); n > MaxUsagePods {
+		return invalidArg("usage.in_use", fmt.Sprintf("%d pods; at most %d", n, MaxUsagePods))
+	}
+	for i, p := range u.GetInUse() {
+		for _, f := range [...]struct{ name, v string }{
+			{"container_id", p.GetContainerId()}, {"ifname", p.GetIfname()}, {"pod_namespace", p.GetPodNamespace()},
+			{"pod_name", p.GetPodName()}, {"pod_uid", p.GetPodUid()},
+		} {
+			if len(f.v) > maxIDLength {
+				return invalidArg(fmt.Sprintf("usage.in_use[%d].%s", i, f.name), fmt.Sprintf("longer than %d characters", maxIDLength))
+			}
+		}
+	}
+	return nil
+}
+
+// validateAck bounds a release ack before the allocator sees it.
+func validateAck(ack *ipledgerv1.ReleaseAck) error {
+	if len(ack.GetProposalId()) > maxIDLength {
+		return invalidArg("release_ack.proposal_id", fmt.Sprintf("longer than %d characters", maxIDLength))
+	}
+	if n := len(ack.GetConfirmed()) + len(ack.GetRefused()); n > MaxAckItems {
+		return invalidArg("release_ack", fmt.Sprintf("%d items; at most %d", n, MaxAckItems))
+	}
+	return nil
 }

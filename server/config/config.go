@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -55,6 +56,21 @@ type Config struct {
 	// AdvertiseAddress is the gRPC address other replicas send agents to when this replica
 	// leads. Default: GRPCListen when it names a host, else $POD_IP with GRPCListen's port.
 	AdvertiseAddress string `json:"advertise_address"`
+
+	// TLSCertFile, TLSKeyFile and TLSClientCAFile turn on mutual TLS for gRPC: the server's
+	// certificate (it must name ipledger://server) and key, and the CA that signs agents' and
+	// admins' client certificates. All three or none; the files are read again when they change.
+	TLSCertFile     string `json:"tls_cert_file"`
+	TLSKeyFile      string `json:"tls_key_file"`
+	TLSClientCAFile string `json:"tls_client_ca_file"`
+	// Insecure allows plaintext gRPC on a listen address that is not loopback. Without TLS files
+	// and without --dev, gRPC is plaintext and must be loopback unless Insecure is set. With --dev
+	// and without TLS files, Insecure is what turns the generated certificates off.
+	Insecure bool `json:"insecure"`
+	// NodeRateLimit and NodeRateBurst are each node's token bucket for NodeService requests and
+	// Sync stream messages (per second, and the burst).
+	NodeRateLimit float64 `json:"node_rate_limit"`
+	NodeRateBurst int     `json:"node_rate_burst"`
 
 	// PolicyFile holds node group policies (YAML or JSON list of NodePolicy objects); applied by
 	// the leader when it takes over.
@@ -116,6 +132,13 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// Defaults of the per-node rate limit: far above what a healthy agent sends (a debounced usage
+// report at most every 200 ms, one registration, one urgent request at a time).
+const (
+	DefaultNodeRateLimit = 20
+	DefaultNodeRateBurst = 50
+)
+
 // Default returns the production defaults.
 func Default() Config {
 	return Config{
@@ -123,6 +146,8 @@ func Default() Config {
 		SessionTTL:            Duration(5 * time.Second),
 		GRPCListen:            "127.0.0.1:7400",
 		HTTPListen:            "127.0.0.1:7401",
+		NodeRateLimit:         DefaultNodeRateLimit,
+		NodeRateBurst:         DefaultNodeRateBurst,
 		ReleaseDelay:          Duration(60 * time.Second),
 		ReleaseCooldown:       Duration(30 * time.Second),
 		ProposalTimeout:       Duration(60 * time.Second),
@@ -185,6 +210,16 @@ func settings() []setting {
 		str("grpc-listen", "address for NodeService and AdminService", func(c *Config) *string { return &c.GRPCListen }),
 		str("http-listen", "address for /metrics, /healthz, /readyz and the dashboard", func(c *Config) *string { return &c.HTTPListen }),
 		str("advertise-address", "gRPC address agents are sent to when this replica leads", func(c *Config) *string { return &c.AdvertiseAddress }),
+		str("tls-cert-file", "server certificate (PEM; must carry the URI SAN ipledger://server) for mutual TLS on gRPC", func(c *Config) *string { return &c.TLSCertFile }),
+		str("tls-key-file", "private key of --tls-cert-file", func(c *Config) *string { return &c.TLSKeyFile }),
+		str("tls-client-ca-file", "CA bundle that verifies agents' and admins' client certificates", func(c *Config) *string { return &c.TLSClientCAFile }),
+		boolean("insecure", "allow plaintext gRPC on a non-loopback address (no TLS files), or turn off --dev's certificates", func(c *Config) *bool { return &c.Insecure }),
+		{"node-rate-limit", "requests per second each node may send (NodeService calls and Sync messages)", func(fs *flag.FlagSet, c *Config) {
+			fs.Float64Var(&c.NodeRateLimit, "node-rate-limit", c.NodeRateLimit, "requests per second each node may send (NodeService calls and Sync messages)")
+		}},
+		{"node-rate-burst", "burst of each node's request rate limit", func(fs *flag.FlagSet, c *Config) {
+			fs.IntVar(&c.NodeRateBurst, "node-rate-burst", c.NodeRateBurst, "burst of each node's request rate limit")
+		}},
 		str("policy-file", "YAML or JSON file of node group policies, applied when this replica takes over", func(c *Config) *string { return &c.PolicyFile }),
 		dur("release-delay", "how long surplus lasts before it is proposed for release", func(c *Config) *Duration { return &c.ReleaseDelay }),
 		dur("release-cooldown", "how long an unassigned address waits before another node gets it", func(c *Config) *Duration { return &c.ReleaseCooldown }),
@@ -353,6 +388,31 @@ func (c Config) Validate() error {
 			bad("advertise-address", "%q is not host:port", c.AdvertiseAddress)
 		}
 	}
+	tlsFiles := map[string]string{"tls-cert-file": c.TLSCertFile, "tls-key-file": c.TLSKeyFile, "tls-client-ca-file": c.TLSClientCAFile}
+	var given, missing []string
+	for _, name := range []string{"tls-cert-file", "tls-key-file", "tls-client-ca-file"} {
+		if tlsFiles[name] != "" {
+			given = append(given, "--"+name)
+		} else {
+			missing = append(missing, "--"+name)
+		}
+	}
+	switch {
+	case len(given) > 0 && len(missing) > 0:
+		bad(strings.TrimPrefix(missing[0], "--"), "mutual TLS needs --tls-cert-file, --tls-key-file and --tls-client-ca-file together; %s given, %s missing",
+			strings.Join(given, ", "), strings.Join(missing, ", "))
+	case len(given) > 0 && c.Insecure:
+		bad("insecure", "--insecure and the TLS files (%s) exclude each other", strings.Join(given, ", "))
+	case c.Transport() == TransportPlaintext && !c.Insecure && checkListen(c.GRPCListen) == nil && !isLoopback(c.GRPCListen):
+		bad("grpc-listen", "%q is not a loopback address and gRPC has no TLS: give --tls-cert-file, --tls-key-file and --tls-client-ca-file "+
+			"(or --dev for generated certificates), or --insecure to serve plaintext anyway", c.GRPCListen)
+	}
+	if c.NodeRateLimit <= 0 || math.IsInf(c.NodeRateLimit, 0) || math.IsNaN(c.NodeRateLimit) {
+		bad("node-rate-limit", "must be a positive number of requests per second, got %g", c.NodeRateLimit)
+	}
+	if c.NodeRateBurst < 1 {
+		bad("node-rate-burst", "must be at least 1, got %d", c.NodeRateBurst)
+	}
 	positive := map[string]Duration{
 		"session-ttl": c.SessionTTL, "release-cooldown": c.ReleaseCooldown, "proposal-timeout": c.ProposalTimeout,
 		"reconcile-interval": c.ReconcileInterval, "instance-check-interval": c.InstanceCheckInterval, "drift-grace": c.DriftGrace,
@@ -385,6 +445,57 @@ func (c Config) Validate() error {
 		bad("log-format", "%q is not text or json", c.LogFormat)
 	}
 	return errors.Join(errs...)
+}
+
+// Transport is how the gRPC listener is secured.
+type Transport int
+
+// Transports.
+const (
+	// TransportPlaintext: no TLS (loopback, or --insecure).
+	TransportPlaintext Transport = iota
+	// TransportTLSFiles: mutual TLS with --tls-cert-file, --tls-key-file, --tls-client-ca-file.
+	TransportTLSFiles
+	// TransportDevCerts: mutual TLS with certificates --dev generates in <data-dir>/certs.
+	TransportDevCerts
+)
+
+func (t Transport) String() string {
+	switch t {
+	case TransportTLSFiles:
+		return "mutual TLS (files)"
+	case TransportDevCerts:
+		return "mutual TLS (--dev certificates)"
+	}
+	return "plaintext"
+}
+
+// Transport says how gRPC is secured: TLS files when given, else the --dev certificates unless
+// --insecure, else plaintext.
+func (c Config) Transport() Transport {
+	switch {
+	case c.TLSCertFile != "" || c.TLSKeyFile != "" || c.TLSClientCAFile != "":
+		return TransportTLSFiles
+	case c.Dev && !c.Insecure:
+		return TransportDevCerts
+	}
+	return TransportPlaintext
+}
+
+// DevCertsDir is where --dev keeps its CA and certificates.
+func (c Config) DevCertsDir() string { return filepath.Join(c.DataDir, "certs") }
+
+// isLoopback reports whether a listen address binds loopback only.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 func checkListen(addr string) error {
@@ -445,5 +556,8 @@ func DevConfig(dataDir string) Config {
 	c.Region = "eu-west-1"
 	c.GRPCListen = "127.0.0.1:0"
 	c.HTTPListen = "127.0.0.1:0"
+	// Plain loopback gRPC for in-process tests; tests of TLS turn this off (then --dev creates
+	// certificates) or set the TLS files.
+	c.Insecure = true
 	return c
 }

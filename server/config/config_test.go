@@ -69,10 +69,25 @@ func TestInvalidConfigNamesTheSetting(t *testing.T) {
 		{"time scale without sim", []string{"--cluster-name", "c", "--region", "eu-west-1", "--time-scale", "10"}, nil, "time-scale"},
 		{"stray argument", []string{"--dev", "extra"}, nil, "unexpected argument"},
 		{"cert without key", []string{"--dev", "--etcd-cert-file", "/x"}, nil, "etcd-cert-file"},
+		{"tls cert alone", []string{"--dev", "--tls-cert-file", "/s.crt"}, nil, "--tls-key-file, --tls-client-ca-file missing"},
+		{"tls without client ca", []string{"--dev", "--tls-cert-file", "/s.crt", "--tls-key-file", "/s.key"}, nil, "tls-client-ca-file"},
+		{"tls and insecure", []string{"--dev", "--insecure", "--tls-cert-file", "/s.crt", "--tls-key-file", "/s.key", "--tls-client-ca-file", "/ca.crt"}, nil, "exclude each other"},
+		{"plaintext on all interfaces", []string{"--cluster-name", "c", "--region", "eu-west-1", "--grpc-listen", "0.0.0.0:7400"}, nil, "not a loopback address and gRPC has no TLS"},
+		{"plaintext on a node address", []string{"--cluster-name", "c", "--region", "eu-west-1", "--grpc-listen", "10.0.0.5:7400"}, nil, "--insecure"},
+		{"dev certificates on all interfaces", []string{"--dev", "--grpc-listen", ":7400"}, nil, ""},
+		{"dev insecure on all interfaces", []string{"--dev", "--insecure", "--grpc-listen", ":7400"}, nil, ""},
+		{"zero rate", []string{"--dev", "--node-rate-limit", "0"}, nil, "node-rate-limit"},
+		{"zero burst", []string{"--dev", "--node-rate-burst", "0"}, nil, "node-rate-burst"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Load("s", append(tc.args, "--data-dir", dir), env(tc.env))
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("want no error, got %v", err)
+				}
+				return
+			}
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("want error naming %q, got %v", tc.want, err)
 			}
@@ -91,5 +106,40 @@ func TestAdvertise(t *testing.T) {
 	c.AdvertiseAddress = "srv:1"
 	if got := c.Advertise("0.0.0.0:7400", env(nil)); got != "srv:1" {
 		t.Fatal(got)
+	}
+}
+
+// gRPC is mutual TLS with the TLS files, else with --dev's certificates, else plaintext, which
+// is allowed on loopback or with --insecure only.
+func TestTransport(t *testing.T) {
+	tlsArgs := []string{"--tls-cert-file", "/s.crt", "--tls-key-file", "/s.key", "--tls-client-ca-file", "/ca.crt"}
+	prod := []string{"--cluster-name", "c", "--region", "eu-west-1", "--etcd-endpoints", "https://etcd:2379"}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want Transport
+	}{
+		{"dev generates certificates", []string{"--dev"}, TransportDevCerts},
+		{"dev with files uses them", append([]string{"--dev"}, tlsArgs...), TransportTLSFiles},
+		{"dev insecure", []string{"--dev", "--insecure"}, TransportPlaintext},
+		{"production with files on all interfaces", append(append([]string{"--grpc-listen", "0.0.0.0:7400"}, prod...), tlsArgs...), TransportTLSFiles},
+		{"production plaintext on loopback", append([]string{"--grpc-listen", "127.0.0.1:7400"}, prod...), TransportPlaintext},
+		{"production plaintext on localhost", append([]string{"--grpc-listen", "localhost:7400"}, prod...), TransportPlaintext},
+		{"production plaintext on ::1", append([]string{"--grpc-listen", "[::1]:7400"}, prod...), TransportPlaintext},
+		{"production insecure on all interfaces", append([]string{"--grpc-listen", "0.0.0.0:7400", "--insecure"}, prod...), TransportPlaintext},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Load("s", append(tc.args, "--data-dir", t.TempDir()), env(nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.Transport(); got != tc.want {
+				t.Fatalf("transport %v, want %v", got, tc.want)
+			}
+		})
+	}
+	// The Go helper for in-process tests keeps plain loopback gRPC.
+	if c := DevConfig(t.TempDir()); c.Transport() != TransportPlaintext || c.Validate() != nil {
+		t.Fatalf("DevConfig: %v, %v", c.Transport(), c.Validate())
 	}
 }

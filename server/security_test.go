@@ -1,0 +1,386 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"reflect"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/ipledger/ipledger/internal/mtls"
+	"github.com/ipledger/ipledger/internal/mtls/mtlstest"
+	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+	"github.com/ipledger/ipledger/server/api"
+	"github.com/ipledger/ipledger/server/config"
+)
+
+// dialTLS connects to addr with a client certificate.
+func dialTLS(t *testing.T, addr string, f mtls.Files) *grpc.ClientConn {
+	t.Helper()
+	src, err := mtls.NewSource(f, mtls.SourceOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(mtls.ClientCredentials(src)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// wantDenied checks a PERMISSION_DENIED answer with reason.
+func wantDenied(t *testing.T, what string, err error, reason ipledgerv1.Reason) {
+	t.Helper()
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("%s: want PermissionDenied, got %v", what, err)
+	}
+	if r, _ := api.ReasonOf(err); r != reason.String() {
+		t.Fatalf("%s: want reason %s, got %q (%v)", what, reason, r, err)
+	}
+}
+
+// syncHello opens a Sync stream for node and returns its first answer.
+func syncHello(ctx context.Context, cli ipledgerv1.NodeServiceClient, node, instance string) (*ipledgerv1.SyncResponse, error) {
+	st, err := cli.Sync(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := st.Send(&ipledgerv1.SyncRequest{Msg: &ipledgerv1.SyncRequest_Hello{Hello: &ipledgerv1.SyncHello{NodeName: node, InstanceId: instance}}}); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	return st.Recv()
+}
+
+// With --dev's certificates, an agent holding node A's certificate can neither read nor
+// change node B's lease; node and admin certificates cannot stand in for each other; a
+// plaintext client gets nothing.
+func TestDevCertificatesConfineEachCallerToItsIdentity(t *testing.T) {
+	s := startDev(t, func(c *config.Config) { c.Insecure = false })
+	dev := s.DevCerts()
+	if dev == nil {
+		t.Fatal("--dev without --insecure made no certificates")
+	}
+	insts := instances(s)
+	a, b := insts[0], insts[1]
+	asA := ipledgerv1.NewNodeServiceClient(dialTLS(t, s.GRPCAddr(), dev.Node(a.PrivateDNSName)))
+	asB := ipledgerv1.NewNodeServiceClient(dialTLS(t, s.GRPCAddr(), dev.Node(b.PrivateDNSName)))
+	adminConn := dialTLS(t, s.GRPCAddr(), dev.Admin())
+
+	// B registers itself and gets its warm address.
+	agentB := &testAgent{t: t, inst: b, cli: asB}
+	agentB.register()
+	agentB.sync()
+	agentB.waitPool(10*time.Second, "B's warm address", func(p *ipledgerv1.NodePool) bool {
+		return len(addresses(p, ipledgerv1.LeaseState_LEASE_STATE_ACTIVE)) == 1
+	})
+	before, ok := s.Ledger().Node(b.PrivateDNSName)
+	if !ok {
+		t.Fatal("B is not registered")
+	}
+	revBefore := s.Allocator().Revision()
+
+	// A, with its own certificate, acting for B: refused, whatever the call.
+	regB := agentB.registerRequest()
+	_, err := asA.RegisterNode(t.Context(), regB)
+	wantDenied(t, "A registers B", err, ipledgerv1.Reason_WRONG_NODE_IDENTITY)
+	_, err = asA.RequestAddresses(t.Context(), &ipledgerv1.RequestAddressesRequest{NodeName: b.PrivateDNSName, Count: 4})
+	wantDenied(t, "A asks addresses for B", err, ipledgerv1.Reason_WRONG_NODE_IDENTITY)
+	resp, err := syncHello(t.Context(), asA, b.PrivateDNSName, b.ID)
+	wantDenied(t, "A syncs as B (would read B's pool and answer its release proposals)", err, ipledgerv1.Reason_WRONG_NODE_IDENTITY)
+	if resp != nil {
+		t.Fatalf("A got B's data: %v", resp)
+	}
+	// An admin certificate is not a node's.
+	_, err = ipledgerv1.NewNodeServiceClient(adminConn).RegisterNode(t.Context(), regB)
+	wantDenied(t, "admin registers B", err, ipledgerv1.Reason_WRONG_NODE_IDENTITY)
+	// A node certificate is not an admin's: no listing, no draining.
+	_, err = ipledgerv1.NewAdminServiceClient(dialTLS(t, s.GRPCAddr(), dev.Node(a.PrivateDNSName))).ListNodes(t.Context(), &ipledgerv1.ListNodesRequest{})
+	wantDenied(t, "node lists nodes", err, ipledgerv1.Reason_ADMIN_REQUIRED)
+	_, err = ipledgerv1.NewAdminServiceClient(dialTLS(t, s.GRPCAddr(), dev.Node(a.PrivateDNSName))).DrainNode(t.Context(), &ipledgerv1.DrainNodeRequest{NodeName: b.PrivateDNSName})
+	wantDenied(t, "node drains B", err, ipledgerv1.Reason_ADMIN_REQUIRED)
+	// The server's own certificate is neither.
+	_, err = ipledgerv1.NewAdminServiceClient(dialTLS(t, s.GRPCAddr(), mtls.Files{Cert: dev.Server().Cert, Key: dev.Server().Key, CA: dev.CA()})).ListNodes(t.Context(), &ipledgerv1.ListNodesRequest{})
+	if status.Code(err) == codes.OK {
+		t.Fatal("the server's certificate was accepted as a client")
+	}
+
+	// Nothing changed: B's record and the store's revision are as they were; A is unknown.
+	after, _ := s.Ledger().Node(b.PrivateDNSName)
+	if !reflect.DeepEqual(before, after) || s.Allocator().Revision() != revBefore {
+		t.Fatalf("refused calls changed state: revision %d -> %d", revBefore, s.Allocator().Revision())
+	}
+	if _, ok := s.Ledger().Node(a.PrivateDNSName); ok {
+		t.Fatal("A got registered")
+	}
+
+	// The rightful callers get through: A for itself, the admin for AdminService; health is open.
+	agentA := &testAgent{t: t, inst: a, cli: asA}
+	agentA.register()
+	nodes, err := ipledgerv1.NewAdminServiceClient(adminConn).ListNodes(t.Context(), &ipledgerv1.ListNodesRequest{})
+	if err != nil || len(nodes.GetNodes()) != 2 {
+		t.Fatalf("admin lists nodes: %v, %v", nodes, err)
+	}
+	if _, err := healthpb.NewHealthClient(dialTLS(t, s.GRPCAddr(), dev.Node(a.PrivateDNSName))).Check(t.Context(), &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatalf("health with a node certificate: %v", err)
+	}
+	// A plaintext client against the mTLS server gets nothing.
+	plain := dial(t, s.GRPCAddr())
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if _, err := ipledgerv1.NewAdminServiceClient(plain).ListNodes(ctx, &ipledgerv1.ListNodesRequest{}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("plaintext client: want Unavailable, got %v", err)
+	}
+	if got := counterValue(t, s, "ipledger_grpc_tls_handshake_failures_total"); got < 1 {
+		t.Fatalf("handshake failures counted: %v", got)
+	}
+	if got := counterValue(t, s, "ipledger_grpc_requests_total", "service", "ipledger.v1.NodeService", "method", "RegisterNode", "code", "PermissionDenied"); got < 2 {
+		t.Fatalf("refused RegisterNode calls counted: %v", got)
+	}
+}
+
+// counterValue reads a counter (summed over series matching the label pairs) from the registry.
+func counterValue(t *testing.T, s *Server, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := s.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metrics:
+		for _, m := range mf.GetMetric() {
+			for i := 0; i+1 < len(labels); i += 2 {
+				found := false
+				for _, lp := range m.GetLabel() {
+					if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
+						found = true
+					}
+				}
+				if !found {
+					continue metrics
+				}
+			}
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum
+}
+
+// With certificates from files (a cluster CA, as cert-manager issues them): certificates of an
+// unknown CA, expired ones and missing ones are refused; replacing the server's files on disk
+// changes the certificate new connections get, without a restart.
+func TestTLSFilesRefuseBadCertificatesAndRotateWithoutRestart(t *testing.T) {
+	ca := mtlstest.NewCA(t, "cluster CA")
+	rogue := mtlstest.NewCA(t, "rogue CA")
+	serverFiles := ca.Issue(t, "server", mtlstest.Leaf{Identity: mtls.ServerIdentity, Server: true, CommonName: "first"})
+	s := startDev(t, func(c *config.Config) {
+		c.Insecure = false
+		c.TLSCertFile, c.TLSKeyFile, c.TLSClientCAFile = serverFiles.Cert, serverFiles.Key, ca.CAFile
+	})
+	if s.DevCerts() != nil {
+		t.Fatal("TLS files given, but --dev certificates were made")
+	}
+	admin := ca.Issue(t, "admin", mtlstest.Leaf{Identity: mtls.AdminIdentity("alice")})
+	status1 := func(f mtls.Files) (string, error) {
+		conn := dialTLS(t, s.GRPCAddr(), f)
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		defer cancel()
+		var p peer.Peer
+		_, err := ipledgerv1.NewAdminServiceClient(conn).GetClusterStatus(ctx, &ipledgerv1.GetClusterStatusRequest{}, grpc.Peer(&p))
+		if err != nil {
+			return "", err
+		}
+		return p.AuthInfo.(credentials.TLSInfo).State.PeerCertificates[0].Subject.CommonName, nil
+	}
+	if cn, err := status1(admin); err != nil || cn != "first" {
+		t.Fatalf("admin: %q, %v", cn, err)
+	}
+	now := time.Now()
+	withCA := func(f mtls.Files) mtls.Files { f.CA = ca.CAFile; return f }
+	for _, tc := range []struct {
+		name string
+		f    mtls.Files
+		want string
+	}{
+		{"unknown CA", withCA(rogue.Issue(t, "admin", mtlstest.Leaf{Identity: mtls.AdminIdentity("alice")})), ""},
+		{"expired", ca.Issue(t, "admin", mtlstest.Leaf{Identity: mtls.AdminIdentity("alice"), NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-time.Minute)}), "expired at"},
+		{"no certificate", mtls.Files{CA: ca.CAFile}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := counterValue(t, s, "ipledger_grpc_tls_handshake_failures_total")
+			_, err := status1(tc.f)
+			if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("want Unavailable containing %q, got %v", tc.want, err)
+			}
+			waitFor(t, 5*time.Second, "the server to count the refused handshake", func() bool {
+				return counterValue(t, s, "ipledger_grpc_tls_handshake_failures_total") > before
+			})
+		})
+	}
+	// The same certificate, seen by the server with its clock: an expired certificate a client
+	// sends anyway (its own check skipped) is refused by the server too.
+	expired := ca.Issue(t, "admin", mtlstest.Leaf{Identity: mtls.AdminIdentity("alice"), NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-time.Minute)})
+	src, err := mtls.NewSource(expired, mtls.SourceOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := mtls.ClientConfig(src, mtls.ServerIdentity)
+	raw.GetClientCertificate = nil
+	raw.Certificates = []tls.Certificate{*src.Certificate()}
+	conn, err := grpc.NewClient(s.GRPCAddr(), grpc.WithTransportCredentials(credentials.NewTLS(raw)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	before := counterValue(t, s, "ipledger_grpc_tls_handshake_failures_total")
+	if _, err := ipledgerv1.NewAdminServiceClient(conn).ListNodes(t.Context(), &ipledgerv1.ListNodesRequest{}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("expired certificate sent anyway: %v", err)
+	}
+	waitFor(t, 5*time.Second, "the server to refuse the expired certificate", func() bool {
+		return counterValue(t, s, "ipledger_grpc_tls_handshake_failures_total") > before
+	})
+
+	// Rotation: cert-manager writes new files; new connections get the new certificate.
+	mtlstest.CopyFiles(t, ca.Issue(t, "server2", mtlstest.Leaf{Identity: mtls.ServerIdentity, Server: true, CommonName: "second"}),
+		mtls.Files{Cert: serverFiles.Cert, Key: serverFiles.Key})
+	waitFor(t, 10*time.Second, "the rotated server certificate", func() bool {
+		cn, err := status1(admin)
+		return err == nil && cn == "second"
+	})
+	if s.TLS().Reloads() != 1 {
+		t.Fatalf("%d reloads", s.TLS().Reloads())
+	}
+}
+
+// One node flooding the server gets RESOURCE_EXHAUSTED / RATE_LIMITED, on unary calls and on
+// its Sync stream, while another node's calls are served promptly.
+func TestPerNodeRateLimitKeepsAFloodingAgentFromStarvingOthers(t *testing.T) {
+	s := startDev(t, nil)
+	conn := dial(t, s.GRPCAddr())
+	insts := instances(s)
+	flood := newTestAgent(t, conn, insts[0])
+	calm := newTestAgent(t, conn, insts[1])
+	flood.register()
+
+	// 200 concurrent RequestAddresses from one node: at most the burst plus the refill pass.
+	const calls = 200
+	var limited, other atomic.Int32
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range calls {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+			defer cancel()
+			_, err := flood.cli.RequestAddresses(ctx, &ipledgerv1.RequestAddressesRequest{NodeName: flood.name(), Count: 1})
+			if status.Code(err) == codes.ResourceExhausted {
+				if r, _ := api.ReasonOf(err); r == ipledgerv1.Reason_RATE_LIMITED.String() {
+					limited.Add(1)
+					return
+				}
+			}
+			other.Add(1)
+		})
+	}
+	// Meanwhile the other node registers and syncs as if nothing happened.
+	t0 := time.Now()
+	calm.register()
+	if d := time.Since(t0); d > 2*time.Second {
+		t.Fatalf("the calm node waited %s to register", d)
+	}
+	wg.Wait()
+	maxPassed := int32(config.DefaultNodeRateBurst + config.DefaultNodeRateLimit*time.Since(start).Seconds() + 1)
+	if limited.Load() < calls-maxPassed || other.Load() > maxPassed {
+		t.Fatalf("%d of %d calls rate-limited, %d passed (at most %d should)", limited.Load(), calls, other.Load(), maxPassed)
+	}
+	if got := counterValue(t, s, "ipledger_grpc_rate_limited_total", "method", "RequestAddresses"); got != float64(limited.Load()) {
+		t.Fatalf("metric counts %v refusals, clients saw %d", got, limited.Load())
+	}
+
+	// A Sync stream that floods usage reports is ended with RATE_LIMITED.
+	st, err := flood.cli.Sync(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&ipledgerv1.SyncRequest{Msg: &ipledgerv1.SyncRequest_Hello{Hello: &ipledgerv1.SyncHello{NodeName: flood.name(), InstanceId: flood.inst.ID}}}); err != nil {
+		t.Fatal(err)
+	}
+	sendErr := make(chan error, 1)
+	go func() {
+		for i := 0; i < 10*config.DefaultNodeRateBurst; i++ {
+			if err := st.Send(&ipledgerv1.SyncRequest{Msg: &ipledgerv1.SyncRequest_Usage{Usage: &ipledgerv1.UsageReport{Free: uint32(i)}}}); err != nil {
+				sendErr <- err
+				return
+			}
+		}
+		sendErr <- nil
+	}()
+	var streamErr error
+	for streamErr == nil {
+		_, streamErr = st.Recv()
+	}
+	<-sendErr
+	if status.Code(streamErr) != codes.ResourceExhausted {
+		t.Fatalf("flooding stream ended with %v", streamErr)
+	}
+	if r, _ := api.ReasonOf(streamErr); r != ipledgerv1.Reason_RATE_LIMITED.String() {
+		t.Fatalf("flooding stream: reason %q", r)
+	}
+	// The calm node's stream works, promptly.
+	t0 = time.Now()
+	calm.sync()
+	calm.waitPool(5*time.Second, "the calm node's warm address", func(p *ipledgerv1.NodePool) bool {
+		return len(addresses(p, ipledgerv1.LeaseState_LEASE_STATE_ACTIVE)) >= 1
+	})
+	if d := time.Since(t0); d > 3*time.Second {
+		t.Fatalf("the calm node waited %s", d)
+	}
+}
+
+// Repeated fields are bounded: a usage report with too many pods ends the stream with
+// INVALID_ARGUMENT and is not applied.
+func TestOversizedUsageReportIsRefused(t *testing.T) {
+	s := startDev(t, nil)
+	conn := dial(t, s.GRPCAddr())
+	a := newTestAgent(t, conn, instances(s)[0])
+	a.register()
+	st, err := a.cli.Sync(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&ipledgerv1.SyncRequest{Msg: &ipledgerv1.SyncRequest_Hello{Hello: &ipledgerv1.SyncHello{NodeName: a.name(), InstanceId: a.inst.ID}}}); err != nil {
+		t.Fatal(err)
+	}
+	u := &ipledgerv1.UsageReport{}
+	for i := range api.MaxUsagePods + 1 {
+		u.InUse = append(u.InUse, &ipledgerv1.PodAddress{Ip: fmt.Sprintf("10.%d.%d.%d", i>>16, (i>>8)&255, i&255), ContainerId: "c", Ifname: "eth0"})
+	}
+	if err := st.Send(&ipledgerv1.SyncRequest{Msg: &ipledgerv1.SyncRequest_Usage{Usage: u}}); err != nil && !errors.Is(err, io.EOF) {
+		t.Fatal(err)
+	}
+	for err == nil {
+		_, err = st.Recv()
+	}
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "usage.in_use") {
+		t.Fatalf("oversized report: %v", err)
+	}
+	if rt, ok := s.Allocator().Runtime(a.name()); ok && rt.Usage != nil {
+		t.Fatalf("the oversized report was applied: %d pods", len(rt.Usage.GetInUse()))
+	}
+}
