@@ -57,6 +57,7 @@ func TestStrictDecodingRejectsUnknownFields(t *testing.T) {
 		{"misspelt container field", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec:\n  selector: {matchLabels: {a: b}}\n  template:\n    metadata: {labels: {a: b}}\n    spec:\n      containers:\n      - name: c\n        image: i\n        arg: [--x]\n"},
 		{"duplicate field", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {a: b}\ndata: {c: d}\n"},
 		{"ServiceMonitor typo", "apiVersion: monitoring.coreos.com/v1\nkind: ServiceMonitor\nmetadata: {name: x}\nspec:\n  endpoint: []\n"},
+		{"Certificate typo", "apiVersion: cert-manager.io/v1\nkind: Certificate\nmetadata: {name: x}\nspec:\n  uri: [ipledger://server]\n"},
 		{"unknown kind", "apiVersion: v1\nkind: Frobnicator\nmetadata: {name: x}\n"},
 	}
 	for _, tt := range bad {
@@ -724,8 +725,8 @@ func TestVolumesAndReferences(t *testing.T) {
 		// Every file a binary reads or writes is on a volume (root filesystems are read-only,
 		// and the images carry no such files), and files from ConfigMaps/Secrets are real keys.
 		fileFlags := map[string][]string{
-			"ipledger-server": {"policy-file", "etcd-ca-file", "etcd-cert-file", "etcd-key-file"},
-			"ipledger-agent":  {"socket", "checkpoint"},
+			"ipledger-server": {"policy-file", "etcd-ca-file", "etcd-cert-file", "etcd-key-file", "tls-cert-file", "tls-key-file", "tls-client-ca-file"},
+			"ipledger-agent":  {"socket", "checkpoint", "tls-cert-file", "tls-key-file", "tls-ca-file"},
 		}
 		for _, r := range b.runs(t) {
 			vals, err := flagValues(r.binary, r.args)
