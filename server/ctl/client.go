@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ipledger/ipledger/internal/mtls"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -19,10 +20,32 @@ import (
 // errorDomain is the ErrorInfo domain of ipledger's errors.
 const errorDomain = "ipledger.io"
 
-// dialOptions are the gRPC options for every connection the command opens. Transport security
-// (mTLS with an admin certificate, issue #9) belongs here, with its flags in globals.
+// dialOptions are the gRPC options for every connection the command opens, the redirect to the
+// leader included: mutual TLS with the admin certificate when one is given (the server is
+// verified by its identity ipledger://server, so any replica's address works), else plaintext.
 func (c *cli) dialOptions() ([]grpc.DialOption, error) {
-	return []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, nil
+	cert, key, ca := c.g.tlsFiles()
+	if cert == "" {
+		return []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, nil
+	}
+	src, err := mtls.NewSource(mtls.Files{Cert: cert, Key: key, CA: ca}, mtls.SourceOptions{})
+	if err != nil {
+		return nil, &usageError{msg: fmt.Sprintf("--tls-cert, --tls-key, --tls-ca: %v", err)}
+	}
+	if id, err := mtls.IdentityOf(src.Leaf()); err != nil {
+		fmt.Fprintf(c.stderr, "ipledgerctl: warning: %s is not an admin certificate (%v); the server will refuse AdminService calls\n", cert, err)
+	} else if id.Kind != mtls.KindAdmin {
+		fmt.Fprintf(c.stderr, "ipledgerctl: warning: %s names %s, not an admin; the server will refuse AdminService calls\n", cert, id)
+	}
+	return []grpc.DialOption{grpc.WithTransportCredentials(mtls.ClientCredentials(src))}, nil
+}
+
+// tlsHint says what to try when a plaintext connection fails.
+func (c *cli) tlsHint() string {
+	if cert, _, _ := c.g.tlsFiles(); cert != "" {
+		return ""
+	}
+	return "; if the server runs mutual TLS, give --tls-cert, --tls-key and --tls-ca (or --dev-certs DIR)"
 }
 
 // connPool keeps one connection per address for the life of a command.
@@ -78,7 +101,11 @@ func call[T any](ctx context.Context, c *cli, what string, f func(context.Contex
 	}
 	if err != nil {
 		var zero T
-		return zero, rpcError(ctx, what, addr, c.g.timeout, err)
+		var ue *usageError
+		if errors.As(err, &ue) {
+			return zero, err
+		}
+		return zero, rpcError(ctx, what, addr, c.g.timeout, c.tlsHint(), err)
 	}
 	return res, nil
 }
@@ -119,7 +146,7 @@ func notLeader(err error) (leader string, ok bool) {
 }
 
 // rpcError says what failed, where, with the gRPC code and the server's reason.
-func rpcError(ctx context.Context, what, addr string, timeout time.Duration, err error) error {
+func rpcError(ctx context.Context, what, addr string, timeout time.Duration, hint string, err error) error {
 	st, ok := status.FromError(err)
 	if !ok {
 		return fmt.Errorf("%s: %s: %w", what, addr, err)
@@ -136,7 +163,7 @@ func rpcError(ctx context.Context, what, addr string, timeout time.Duration, err
 		if strings.Contains(why, "connection refused") {
 			why = "connection refused"
 		}
-		return fmt.Errorf("%s: cannot reach ipledger-server at %s: %s (is it running? set --server or %s)", what, addr, why, EnvServer)
+		return fmt.Errorf("%s: cannot reach ipledger-server at %s: %s (is it running? set --server or %s%s)", what, addr, why, EnvServer, hint)
 	}
 	if st.Code() == codes.Unimplemented {
 		return fmt.Errorf("%s: ipledger-server at %s answered Unimplemented: it does not offer this yet (%s)", what, addr, st.Message())

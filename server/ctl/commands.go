@@ -164,7 +164,7 @@ func writeFlags(w io.Writer, flags []*flag.Flag) {
 
 // valueNames name the values of flags in help ("--nodes N").
 var valueNames = map[string]string{
-	"server": "ADDR", "o": "FORMAT", "timeout": "DURATION", "max-held": "N", "keep-free": "N",
+	"server": "ADDR", "o": "FORMAT", "timeout": "DURATION", "tls-cert": "FILE", "tls-key": "FILE", "tls-ca": "FILE", "dev-certs": "DIR", "max-held": "N", "keep-free": "N",
 	"subnet": "SUBNET", "az": "AZ", "instance-type": "TYPE", "nodes": "N", "addresses-per-node": "N",
 	"pods-per-node": "N", "expiry": "DURATION", "f": "FILE",
 }
@@ -202,6 +202,7 @@ func writeUsage(w io.Writer) {
 	fmt.Fprintln(w, "Global flags (before or after the command):")
 	writeFlags(w, globalFlags())
 	fmt.Fprintf(w, "  The server address defaults to $%s, then %s.\n", EnvServer, DefaultServer)
+	fmt.Fprintf(w, "  Mutual TLS: --tls-cert, --tls-key, --tls-ca default to $%s, $%s, $%s; --dev-certs to $%s.\n", EnvTLSCert, EnvTLSKey, EnvTLSCA, EnvDevCerts)
 	fmt.Fprintln(w)
 	writeExitCodes(w)
 	fmt.Fprintln(w)
@@ -231,7 +232,7 @@ func writeCommandUsage(w io.Writer, cmd *command) {
 	}
 	if !cmd.noOutput {
 		fmt.Fprintln(w)
-		fmt.Fprintln(w, "Global flags: --server ADDR, -o table|json|yaml, --timeout DURATION (see 'ipledgerctl help').")
+		fmt.Fprintln(w, "Global flags: --server ADDR, -o table|json|yaml, --timeout DURATION, --tls-cert/--tls-key/--tls-ca FILE, --dev-certs DIR (see 'ipledgerctl help').")
 	}
 }
 

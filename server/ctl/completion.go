@@ -75,6 +75,7 @@ func completionSpec() compSpec {
 		if f.Name == "o" {
 			cf.values = outputFormats
 		}
+		cf.file = f.Name == "tls-cert" || f.Name == "tls-key" || f.Name == "tls-ca" || f.Name == "dev-certs"
 		s.globals = append(s.globals, cf)
 	}
 	s.globals = append(s.globals, compFlag{name: "help", usage: "show help"})

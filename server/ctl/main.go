@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -28,6 +29,12 @@ const (
 	DefaultTimeout = 10 * time.Second
 	// EnvServer overrides DefaultServer (the --server flag overrides both).
 	EnvServer = "IPLEDGER_SERVER"
+	// EnvTLSCert, EnvTLSKey, EnvTLSCA and EnvDevCerts set --tls-cert, --tls-key, --tls-ca and
+	// --dev-certs (the flags override them).
+	EnvTLSCert  = "IPLEDGER_TLS_CERT"
+	EnvTLSKey   = "IPLEDGER_TLS_KEY"
+	EnvTLSCA    = "IPLEDGER_TLS_CA"
+	EnvDevCerts = "IPLEDGER_DEV_CERTS"
 )
 
 // Output formats of -o.
@@ -35,15 +42,41 @@ var outputFormats = []string{"table", "json", "yaml"}
 
 // globals are the flags every command accepts, before or after the command name.
 type globals struct {
-	server  string
-	output  string
-	timeout time.Duration
+	server   string
+	output   string
+	timeout  time.Duration
+	tlsCert  string
+	tlsKey   string
+	tlsCA    string
+	devCerts string
 }
 
 func (g *globals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.server, "server", g.server, "host:port of an ipledger-server replica (any replica; changes go to the leader)")
 	fs.StringVar(&g.output, "o", g.output, "output format: table, json or yaml")
 	fs.DurationVar(&g.timeout, "timeout", g.timeout, "deadline for the whole command")
+	fs.StringVar(&g.tlsCert, "tls-cert", g.tlsCert, "admin client certificate (URI SAN ipledger://admin/<name>) for mutual TLS")
+	fs.StringVar(&g.tlsKey, "tls-key", g.tlsKey, "private key of --tls-cert")
+	fs.StringVar(&g.tlsCA, "tls-ca", g.tlsCA, "CA bundle that verifies the server's certificate (URI SAN ipledger://server)")
+	fs.StringVar(&g.devCerts, "dev-certs", g.devCerts, "directory of ipledger-server --dev's certificates (<data-dir>/certs): use its admin.crt, admin.key and ca.crt")
+}
+
+// tlsFiles are the certificate files the command uses: --tls-cert, --tls-key and --tls-ca,
+// each defaulting to the admin's file of --dev-certs; all empty means plaintext.
+func (g *globals) tlsFiles() (cert, key, ca string) {
+	cert, key, ca = g.tlsCert, g.tlsKey, g.tlsCA
+	if g.devCerts != "" {
+		if cert == "" {
+			cert = filepath.Join(g.devCerts, "admin.crt")
+		}
+		if key == "" {
+			key = filepath.Join(g.devCerts, "admin.key")
+		}
+		if ca == "" {
+			ca = filepath.Join(g.devCerts, "ca.crt")
+		}
+	}
+	return cert, key, ca
 }
 
 func (g *globals) validate() error {
@@ -55,6 +88,9 @@ func (g *globals) validate() error {
 	}
 	if strings.TrimSpace(g.server) == "" {
 		return usagef("", "empty --server: want host:port of an ipledger-server replica")
+	}
+	if cert, key, ca := g.tlsFiles(); (cert != "" || key != "" || ca != "") && (cert == "" || key == "" || ca == "") {
+		return usagef("", "mutual TLS needs --tls-cert, --tls-key and --tls-ca together (or --dev-certs DIR)")
 	}
 	return nil
 }
@@ -76,6 +112,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, getenv f
 	if s := getenv(EnvServer); s != "" {
 		c.g.server = s
 	}
+	c.g.tlsCert, c.g.tlsKey, c.g.tlsCA, c.g.devCerts = getenv(EnvTLSCert), getenv(EnvTLSKey), getenv(EnvTLSCA), getenv(EnvDevCerts)
 	c.conns = newConnPool(c.dialOptions)
 	defer c.conns.close()
 	err := c.run(ctx, args)

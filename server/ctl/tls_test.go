@@ -1,0 +1,126 @@
+package ctl
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ipledger/ipledger/internal/mtls"
+	"github.com/ipledger/ipledger/internal/mtls/mtlstest"
+	"github.com/ipledger/ipledger/server"
+	"github.com/ipledger/ipledger/server/config"
+	"github.com/ipledger/ipledger/server/ec2sim"
+	"github.com/ipledger/ipledger/server/store"
+)
+
+// ctlEnv runs ipledgerctl with an environment.
+func ctlEnv(t *testing.T, env map[string]string, args ...string) result {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := Main(t.Context(), args, &out, &errOut, func(k string) string { return env[k] })
+	return result{code: code, stdout: out.String(), stderr: errOut.String()}
+}
+
+// Against a server with --dev's certificates, ipledgerctl works with --dev-certs (or the
+// environment, or the three files), and says what is missing when it has no or the wrong
+// certificate.
+func TestMutualTLSWithDevCertificates(t *testing.T) {
+	cfg := devConfig(t)
+	cfg.Insecure = false
+	s := startServer(t, cfg)
+	waitFor(t, 15*time.Second, "leadership", s.IsLeader)
+	dev := s.DevCerts()
+	if dev == nil {
+		t.Fatal("no --dev certificates")
+	}
+	addr := s.GRPCAddr()
+	node := runningInstances(s.Sim())[0].PrivateDNSName
+	for _, tc := range []struct {
+		name   string
+		env    map[string]string
+		args   []string
+		code   int
+		stdout string
+		stderr []string
+	}{
+		{"--dev-certs", nil, []string{"--dev-certs", dev.Dir, "status"}, 0, addr + " (leader)", nil},
+		{"environment", map[string]string{EnvDevCerts: dev.Dir}, []string{"status"}, 0, addr + " (leader)", nil},
+		{"three files", map[string]string{EnvTLSCA: dev.CA()}, []string{"--tls-cert", dev.Admin().Cert, "--tls-key", dev.Admin().Key, "status"}, 0, addr, nil},
+		{"plaintext", nil, []string{"status"}, ExitError, "", []string{"cannot reach ipledger-server at " + addr, "give --tls-cert, --tls-key and --tls-ca (or --dev-certs DIR)"}},
+		{"a node's certificate", nil, []string{"--dev-certs", dev.Dir, "--tls-cert", dev.Node(node).Cert, "--tls-key", dev.Node(node).Key, "nodes"}, ExitError, "",
+			[]string{"names ipledger://node/" + node + ", not an admin", "answered PermissionDenied (ADMIN_REQUIRED"}},
+		{"certificate without key", nil, []string{"--tls-cert", dev.Admin().Cert, "--tls-ca", dev.CA(), "status"}, ExitUsage, "", []string{"--tls-cert, --tls-key and --tls-ca together"}},
+		{"missing file", nil, []string{"--dev-certs", "/nonexistent/certs", "status"}, ExitUsage, "", []string{"/nonexistent/certs/admin.crt"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := map[string]string{EnvServer: addr}
+			for k, v := range tc.env {
+				env[k] = v
+			}
+			r := ctlEnv(t, env, tc.args...)
+			if r.code != tc.code || !strings.Contains(r.stdout, tc.stdout) {
+				t.Fatalf("want exit %d and stdout containing %q, got %s", tc.code, tc.stdout, r)
+			}
+			for _, want := range tc.stderr {
+				if !strings.Contains(r.stderr, want) {
+					t.Fatalf("stderr lacks %q: %s", want, r)
+				}
+			}
+		})
+	}
+}
+
+// A standby's NOT_LEADER redirect keeps the admin certificate: the change reaches the leader
+// over mutual TLS.
+func TestRedirectKeepsTheCredentials(t *testing.T) {
+	emb, err := store.StartEmbedded(t.Context(), store.EmbeddedConfig{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { emb.Close() })
+	simCfg := ec2sim.DefaultConfig()
+	simCfg.Throttle = false
+	sim, err := ec2sim.Start(simCfg, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	ca := mtlstest.NewCA(t, "cluster CA")
+	srv := ca.Issue(t, "server", mtlstest.Leaf{Identity: mtls.ServerIdentity, Server: true})
+	adm := ca.Issue(t, "admin", mtlstest.Leaf{Identity: mtls.AdminIdentity("alice")})
+	replica := func() *server.Server {
+		cfg := devConfig(t)
+		cfg.EtcdEndpoints = emb.Endpoints()
+		cfg.EC2Endpoint = sim.Endpoint()
+		cfg.Insecure = false
+		cfg.TLSCertFile, cfg.TLSKeyFile, cfg.TLSClientCAFile = srv.Cert, srv.Key, ca.CAFile
+		if cfg.Transport() != config.TransportTLSFiles {
+			t.Fatalf("transport %v", cfg.Transport())
+		}
+		return startServer(t, cfg)
+	}
+	a := replica()
+	waitFor(t, 15*time.Second, "the first replica to lead", a.IsLeader)
+	b := replica()
+	leader, standby := a.GRPCAddr(), b.GRPCAddr()
+	waitFor(t, 15*time.Second, "the standby to know the leader", func() bool { return b.LeaderAddress() == leader })
+
+	env := map[string]string{EnvServer: standby, EnvTLSCert: adm.Cert, EnvTLSKey: adm.Key, EnvTLSCA: adm.CA}
+	policy := writeFile(t, "p.yaml", "name: tls-redirect\norder: 3\nwarm_ip_target: 2\n")
+	r := ctlEnv(t, env, "policy", "set", "-f", policy)
+	if r.code != 0 || !strings.Contains(r.stderr, "sending set policy tls-redirect to the leader at "+leader) {
+		t.Fatalf("policy set through the standby: %s", r)
+	}
+	found := false
+	for _, p := range a.Allocator().Policies() {
+		found = found || p.GetName() == "tls-redirect"
+	}
+	if !found {
+		t.Fatal("the leader does not have the policy")
+	}
+	// Without credentials the same command reaches nobody.
+	if r := ctlEnv(t, map[string]string{EnvServer: standby}, "policy", "set", "-f", policy); r.code != ExitError {
+		t.Fatalf("plaintext: %s", r)
+	}
+}
