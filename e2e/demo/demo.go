@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -53,7 +54,11 @@ type Config struct {
 // Report is what the demo shows once the workload runs.
 type Report struct {
 	GRPCAddr, HTTPAddr string
-	Nodes              []NodeReport
+	// DevCerts is the server's --dev certificate directory (ipledgerctl --dev-certs).
+	DevCerts string
+	// CtlFlags are the global flags the printed ipledgerctl commands carry.
+	CtlFlags []string
+	Nodes    []NodeReport
 	// BusiestSubnet is the subnet with the most nodes (two in the seed's cluster).
 	BusiestSubnet SubnetReport
 }
@@ -127,6 +132,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		defer os.RemoveAll(tmp)
 	}
 	scfg := config.DevConfig(filepath.Join(dir, "server"))
+	// gRPC is mutual TLS with the certificates --dev creates in <data-dir>/certs, as with
+	// ipledger-server --dev: the agents get their nodes' certificates, ipledgerctl the admin's.
+	scfg.Insecure = false
 	scfg.GRPCListen = pickListen(cfg.GRPCListen, "127.0.0.1:7400")
 	scfg.HTTPListen = pickListen(cfg.HTTPListen, "127.0.0.1:7401")
 	fmt.Fprintf(out, "ipledger demo: starting ipledger-server --dev (embedded etcd in %s, simulated EC2: the seed's VPC 192.168.0.0/16, six /19 subnets, five m5.large nodes)\n", scfg.DataDir)
@@ -140,6 +148,10 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}()
 	if err := waitUntil(ctx, 20*time.Second, srv.IsLeader); err != nil {
 		return fmt.Errorf("server did not take leadership: %w", err)
+	}
+	certs := srv.DevCerts()
+	if certs == nil {
+		return errors.New("the server made no --dev certificates")
 	}
 
 	// One agent per simulated instance, discovering itself through its IMDS.
@@ -164,6 +176,8 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		acfg.CheckpointPath = filepath.Join(dir, "agents", in.ID, "checkpoint.json")
 		acfg.MetricsListen = "127.0.0.1:0"
 		acfg.ManageNetworking = false
+		node := certs.Node(in.PrivateDNSName)
+		acfg.TLSCertFile, acfg.TLSKeyFile, acfg.TLSCAFile = node.Cert, node.Key, node.CA
 		acfg.Logger = cfg.Logger.With("component", "agent", "instance", in.ID)
 		a, err := agent.New(acfg)
 		if err != nil {
@@ -192,7 +206,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return fmt.Errorf("pools did not fill: %w", err)
 	}
 
-	rep := Report{GRPCAddr: srv.GRPCAddr(), HTTPAddr: srv.HTTPAddr()}
+	rep := Report{GRPCAddr: srv.GRPCAddr(), HTTPAddr: srv.HTTPAddr(), DevCerts: certs.Dir}
 	for i, in := range insts {
 		rep.Nodes = append(rep.Nodes, NodeReport{Name: in.PrivateDNSName, Subnet: in.SubnetID, Instance: in.ID, AgentSocket: agents[i].SocketPath(), AgentHTTP: agents[i].MetricsAddr()})
 	}
@@ -202,6 +216,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	// Let usage reports reach the server and the pools settle at their targets.
 	time.Sleep(1500 * time.Millisecond)
 	rep.BusiestSubnet = busiest(srv, insts)
+	rep.CtlFlags = []string{"--dev-certs", rep.DevCerts}
 	printReport(out, cfg, srv, rep)
 	if cfg.Ready != nil {
 		cfg.Ready(rep)
@@ -336,7 +351,7 @@ func printReport(out io.Writer, cfg Config, srv *server.Server, rep Report) {
 
 	fmt.Fprintln(out, "\nSubnet budgets (ipledgerctl subnets):")
 	if ctl := filepath.Join(cfg.BinDir, "ipledgerctl"); cfg.BinDir != "" && fileExists(ctl) {
-		cmd := exec.Command(ctl, "--server", rep.GRPCAddr, "subnets")
+		cmd := exec.Command(ctl, append(append([]string{}, rep.CtlFlags...), "--server", rep.GRPCAddr, "subnets")...)
 		cmd.Stdout, cmd.Stderr = out, out
 		if err := cmd.Run(); err != nil {
 			fmt.Fprintf(out, "  (ipledgerctl failed: %v)\n", err)
@@ -362,11 +377,12 @@ func printReport(out io.Writer, cfg Config, srv *server.Server, rep Report) {
 	if cfg.BinDir != "" {
 		ctl = filepath.Join(cfg.BinDir, "ipledgerctl")
 	}
-	flag := ""
+	flags := strings.Join(rep.CtlFlags, " ")
 	if rep.GRPCAddr != "127.0.0.1:7400" {
-		flag = " --server " + rep.GRPCAddr
+		flags += " --server " + rep.GRPCAddr
 	}
-	fmt.Fprintf(out, "  try            %s%s subnets | nodes | node %s | limiter | check | status\n", ctl, flag, firstName(rep))
+	fmt.Fprintf(out, "  try            %s %s subnets | nodes | node %s | limiter | check | status\n", ctl, flags, firstName(rep))
+	fmt.Fprintf(out, "                 (gRPC is mutual TLS; --dev-certs gives ipledgerctl the admin certificate of %s)\n", rep.DevCerts)
 	fmt.Fprintf(out, "\nRunning until Ctrl-C.\n")
 }
 

@@ -3,6 +3,7 @@ package demo
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -12,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ipledger/ipledger/server/ctl"
 )
 
 type syncBuffer struct {
@@ -73,10 +76,20 @@ func TestDemoStartsReportsAndStopsCleanly(t *testing.T) {
 		t.Fatalf("busiest subnet: %+v", b)
 	}
 	text := out.String()
-	for _, want := range []string{"Subnet budgets", "43 addresses", "dashboard      http://" + rep.HTTPAddr, "metrics", "Running until Ctrl-C"} {
+	for _, want := range []string{"Subnet budgets", "43 addresses", "dashboard      http://" + rep.HTTPAddr, "metrics", "Running until Ctrl-C",
+		"--dev-certs " + rep.DevCerts} {
 		if !strings.Contains(text, want) {
 			t.Fatalf("report lacks %q:\n%s", want, text)
 		}
+	}
+	// gRPC is mutual TLS: ipledgerctl works as printed, and not without the certificates.
+	var ctlOut, ctlErr bytes.Buffer
+	args := append(append([]string{}, rep.CtlFlags...), "--server", rep.GRPCAddr, "nodes", "-o", "json")
+	if code := ctl.Main(t.Context(), args, &ctlOut, &ctlErr, func(string) string { return "" }); code != 0 || strings.Count(ctlOut.String(), `"node_name"`) != 5 {
+		t.Fatalf("ipledgerctl %v: exit %d\n%s%s", args, code, ctlOut.String(), ctlErr.String())
+	}
+	if code := ctl.Main(t.Context(), []string{"--server", rep.GRPCAddr, "status"}, io.Discard, io.Discard, func(string) string { return "" }); code != ctl.ExitError {
+		t.Fatalf("plaintext ipledgerctl against the demo: exit %d", code)
 	}
 	cancel()
 	select {
