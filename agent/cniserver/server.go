@@ -37,6 +37,8 @@ var (
 	ErrSocketInUse = errors.New("cniserver: another agent is listening on the socket")
 	// ErrNotSocket: the socket path exists and is not a socket (it is left alone).
 	ErrNotSocket = errors.New("cniserver: socket path exists and is not a socket")
+	// ErrUnsafeDir: the socket's directory lets anyone replace the socket.
+	ErrUnsafeDir = errors.New("cniserver: unsafe socket directory")
 )
 
 // Supplier is the allocator as the CNI service needs it: the urgent request for addresses and
@@ -197,17 +199,26 @@ func (s *Server) Run(ctx context.Context) error {
 		<-stopped
 	}
 	s.requests.Wait()
-	// Serve closed the listener, which removed the socket file; make sure.
+	// The listener does not unlink the socket it moved into place: remove it.
 	if err := os.Remove(s.cfg.SocketPath); err != nil && !errors.Is(err, os.ErrNotExist) {
 		s.log.Warn("removing the socket failed", "socket", s.cfg.SocketPath, "err", err)
 	}
 	return err2
 }
 
-// listen opens the unix socket: directory 0755, stale socket removed, socket 0660 with group.
+// listen opens the unix socket: directory 0755 (created if missing; refused when anyone may
+// replace files in it), stale socket removed, socket 0660 with group. The socket is bound in a
+// private directory (0700) and renamed into place only once its mode and group are set, so no
+// process outside root and the group can connect at any moment, whatever the umask.
 func listen(path, group string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("cniserver: create socket directory: %w", err)
+	}
+	if di, err := os.Stat(dir); err != nil {
+		return nil, fmt.Errorf("cniserver: socket directory: %w", err)
+	} else if di.Mode().Perm()&0o002 != 0 && di.Mode()&os.ModeSticky == 0 {
+		return nil, fmt.Errorf("%w: %s is %v: anyone could replace the socket; use a directory only root can write", ErrUnsafeDir, dir, di.Mode().Perm())
 	}
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode()&os.ModeSocket == 0 {
@@ -221,15 +232,29 @@ func listen(path, group string) (net.Listener, error) {
 			return nil, fmt.Errorf("cniserver: remove stale socket %s: %w", path, err)
 		}
 	}
-	ln, err := net.Listen("unix", path)
+	priv, err := os.MkdirTemp(dir, ".sock-")
+	if err != nil {
+		return nil, fmt.Errorf("cniserver: private directory for the socket: %w", err)
+	}
+	defer func() { _ = os.RemoveAll(priv) }()
+	bind := filepath.Join(priv, "s")
+	if len(bind) > maxSocketPath {
+		// The private path does not fit sun_path; bind in place (the umask then decides the
+		// mode until the chmod below).
+		bind = path
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: bind, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("cniserver: listen on %s: %w", path, err)
 	}
+	// The socket file moves; Run removes it from its final path.
+	ln.SetUnlinkOnClose(false)
 	fail := func(err error) (net.Listener, error) {
 		_ = ln.Close()
+		_ = os.Remove(bind)
 		return nil, err
 	}
-	if err := os.Chmod(path, SocketMode); err != nil {
+	if err := os.Chmod(bind, SocketMode); err != nil {
 		return fail(fmt.Errorf("cniserver: chmod %s: %w", path, err))
 	}
 	if group != "" {
@@ -237,8 +262,13 @@ func listen(path, group string) (net.Listener, error) {
 		if err != nil {
 			return fail(err)
 		}
-		if err := os.Chown(path, -1, gid); err != nil {
+		if err := os.Chown(bind, -1, gid); err != nil {
 			return fail(fmt.Errorf("cniserver: chown %s to group %s: %w", path, group, err))
+		}
+	}
+	if bind != path {
+		if err := os.Rename(bind, path); err != nil {
+			return fail(fmt.Errorf("cniserver: move the socket to %s: %w", path, err))
 		}
 	}
 	return ln, nil
