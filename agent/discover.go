@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"regexp"
 	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
@@ -67,6 +68,10 @@ func Discover(ctx context.Context, endpoint string) (Instance, error) {
 		}
 		*f.dst = v
 	}
+	// The MAC goes into the next paths: it must be a MAC, not a path.
+	if !macRE.MatchString(in.MAC) {
+		return Instance{}, fmt.Errorf("%w: IMDS %s: mac %q is not a MAC address", ErrDiscovery, endpointName(endpoint), in.MAC)
+	}
 	macDir := "network/interfaces/macs/" + in.MAC + "/"
 	for _, f := range []struct {
 		path string
@@ -88,6 +93,17 @@ func Discover(ctx context.Context, endpoint string) (Instance, error) {
 	return in, nil
 }
 
+// Shapes of IMDS answers. The server checks the identity against EC2 again; these keep what
+// the agent itself uses (paths, its checkpoint, log lines) sane.
+var (
+	macRE          = regexp.MustCompile(`^[0-9a-f]{2}(:[0-9a-f]{2}){5}$`)
+	instanceIDRE   = regexp.MustCompile(`^i-[0-9a-f]{8,17}$`)
+	eniIDRE        = regexp.MustCompile(`^eni-[0-9a-f]{8,17}$`)
+	subnetIDRE     = regexp.MustCompile(`^subnet-[0-9a-f]{8,17}$`)
+	instanceTypeRE = regexp.MustCompile(`^[a-z0-9-]+\.[a-z0-9-]+$`)
+	zoneRE         = regexp.MustCompile(`^[a-z]{2}(-[a-z0-9]+)+[a-z]$`)
+)
+
 func (in Instance) validate() error {
 	ip, err := netip.ParseAddr(in.LocalIPv4)
 	if err != nil || !ip.Is4() {
@@ -100,11 +116,23 @@ func (in Instance) validate() error {
 	if !cidr.Contains(ip) {
 		return fmt.Errorf("local-ipv4 %s is not in the primary ENI's subnet %s", ip, cidr)
 	}
-	if !strings.HasPrefix(in.InstanceID, "i-") {
+	if !instanceIDRE.MatchString(in.InstanceID) {
 		return fmt.Errorf("instance-id %q does not look like an EC2 instance id", in.InstanceID)
 	}
-	if !strings.HasPrefix(in.ENIID, "eni-") {
+	if !eniIDRE.MatchString(in.ENIID) {
 		return fmt.Errorf("interface-id %q does not look like an ENI id", in.ENIID)
+	}
+	if !subnetIDRE.MatchString(in.SubnetID) {
+		return fmt.Errorf("subnet-id %q does not look like a subnet id", in.SubnetID)
+	}
+	if !instanceTypeRE.MatchString(in.InstanceType) {
+		return fmt.Errorf("instance-type %q does not look like an instance type", in.InstanceType)
+	}
+	if !zoneRE.MatchString(in.AvailabilityZone) {
+		return fmt.Errorf("placement/availability-zone %q does not look like an availability zone", in.AvailabilityZone)
+	}
+	if len(in.LocalHostname) > 253 || strings.ContainsFunc(in.LocalHostname, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return fmt.Errorf("local-hostname %q is not a host name", in.LocalHostname)
 	}
 	return nil
 }
