@@ -24,7 +24,9 @@ var ErrTwice = errors.New("harness: an address has two owners")
 // ipledger's invariants it finds (joined), or nil:
 //
 //   - EC2 has no address on two ENIs (addresses inside assigned prefixes included);
-//   - etcd leases no address or prefix twice, and no leased address lies in a leased prefix;
+//   - etcd leases no address or prefix twice, no leased address lies in a leased prefix, and no
+//     address of a node's ENI (primary, leased, in a leased prefix) is also among its subnet's
+//     foreign addresses;
 //   - every lease that is not RELEASING is on EC2, on the ENI etcd names, and that ENI is
 //     attached to the node's instance;
 //   - every secondary address and prefix EC2 has on an ENI a node owns is leased in etcd (no
@@ -116,6 +118,32 @@ func invariants(snap ec2sim.State, state *store.State, cluster string) error {
 				leasedPfx[p.Prefix] = name
 				if p.State != ledger.LeaseReleasing && (!onEC2 || !containsString(ec2e.Prefixes, p.Prefix.String())) {
 					bad("etcd leases %s (%s) on %s to %s, EC2 does not have it there", p.Prefix, p.State, e.ID, name)
+				}
+			}
+		}
+	}
+	// A subnet's foreign addresses (from the last EC2 scan) belong to nobody in the cluster.
+	for _, name := range sortedNames(state.Nodes) {
+		for _, e := range state.Nodes[name].ENIs {
+			sn, ok := state.Subnets[e.SubnetID]
+			if !ok {
+				bad("node %s: ENI %s is in subnet %s, which etcd does not know", name, e.ID, e.SubnetID)
+				continue
+			}
+			mine := []netip.Addr{e.PrimaryIP}
+			for _, ad := range e.Addresses {
+				mine = append(mine, ad.IP)
+			}
+			for _, p := range e.Prefixes {
+				for a := p.Prefix.Masked().Addr(); p.Prefix.Contains(a); a = a.Next() {
+					mine = append(mine, a)
+				}
+			}
+			for _, a := range mine {
+				for _, r := range sn.Foreign {
+					if r.First.Compare(a) <= 0 && a.Compare(r.Last) <= 0 {
+						bad("%w: etcd counts %s as foreign in %s (range %s-%s) and gives it to node %s on %s", ErrTwice, a, e.SubnetID, r.First, r.Last, name, e.ID)
+					}
 				}
 			}
 		}
