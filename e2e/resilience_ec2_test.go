@@ -70,7 +70,9 @@ func (rs *resilience) testEC2Trouble(t *testing.T) {
 			reasons: []string{"SUPPLY_TIMEOUT"},
 		},
 	}
+	nodes := []*rsNode{probe, worker}
 	for i, tr := range troubles {
+		registered := rs.registeredAt(t, nodes)
 		before := sim.Stats()
 		pods := map[*rsNode][]*harness.Pod{}
 		for j := range 3 {
@@ -84,6 +86,7 @@ func (rs *resilience) testEC2Trouble(t *testing.T) {
 		began := time.Now()
 		b := startBurst(pods, 6, began.Add(60*time.Second))
 		newNode := rs.join(t, joining, roleDefault)
+		nodes = append(nodes, newNode)
 		step("%s: on for %v; %d pods starting, node %s joining", tr.name, tr.lasts, 6, newNode.Name())
 		time.Sleep(time.Until(began.Add(tr.lasts))) // the trouble lasts this long
 		sim.ClearFaults()
@@ -123,6 +126,14 @@ func (rs *resilience) testEC2Trouble(t *testing.T) {
 			}
 		}
 		rs.settle(t, tr.name)
+		// A failed or throttled DescribeInstances must not have removed a node: every node
+		// that was registered before the trouble still is, with the same registration.
+		after := rs.registeredAt(t, nodes)
+		for name, at := range registered {
+			if !after[name].Equal(at) {
+				t.Errorf("%s: node %s was registered at %v before the trouble and at %v after it (removed and registered again?)", tr.name, name, at, after[name])
+			}
+		}
 	}
 
 	// No free /28 block: another user occupies an address in every free block of the subnet.
@@ -209,4 +220,18 @@ func (rs *resilience) deleteForeignENIs(t *testing.T, subnet string) int {
 		n++
 	}
 	return n
+}
+
+// registeredAt returns when etcd says each of the nodes registered (zero when it has no record).
+func (rs *resilience) registeredAt(t *testing.T, nodes []*rsNode) map[string]time.Time {
+	t.Helper()
+	st, err := rs.c.Store.Load(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]time.Time{}
+	for _, n := range nodes {
+		out[n.Name()] = st.Nodes[n.Name()].RegisteredAt
+	}
+	return out
 }

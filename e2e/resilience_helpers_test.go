@@ -1,7 +1,6 @@
 package e2e_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -378,14 +377,6 @@ func (f *figures) report(t *testing.T) {
 }
 
 func ms(d time.Duration) string { return d.Round(10 * time.Millisecond).String() }
-
-// leaderAt returns the leader's index if one replica leads, else -1 (soft: no test failure).
-func (rs *resilience) leaderIndex(ctx context.Context) int {
-	if l := rs.c.Leader(ctx); l != nil {
-		return l.Index
-	}
-	return -1
-}
 
 type agentPoolView = agent.PoolView
 
