@@ -8,6 +8,10 @@ PROTOC       ?= protoc
 PROTO_DIR    := proto
 PROTO_FILES  := $(wildcard $(PROTO_DIR)/ipledger/v1/*.proto)
 TEST_TIMEOUT ?= 14m
+# fuzz-short runs each fuzz target this long beyond its committed corpus (testdata/fuzz/).
+FUZZTIME     ?= 10s
+FUZZ_TARGETS := ./cni:FuzzParseConfig ./cni:FuzzParseAttachment ./server/ec2sim:FuzzQuery \
+                ./server/ledger:FuzzLedger ./agent/pool:FuzzCheckpoint
 # Packages of the binaries; a binary is built once its package exists.
 CMDS := server/cmd/ipledger-server server/cmd/ipledgerctl server/cmd/ipledger-ec2sim \
         agent/cmd/ipledger-agent cni/cmd/ipledger-cni deploy/cmd/ipledger-cni-install \
@@ -15,7 +19,7 @@ CMDS := server/cmd/ipledger-server server/cmd/ipledgerctl server/cmd/ipledger-ec
 PRESENT_CMDS := $(foreach c,$(CMDS),$(if $(wildcard $(c)/*.go),$(c)))
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build test demo bench bench-quick lint proto verify clean
+.PHONY: help deps build test fuzz-short demo bench bench-quick lint proto verify clean
 
 help: ## Show this list.
 	@echo "ipledger make targets:"
@@ -36,6 +40,14 @@ test: deps build ## Install what is needed, then go vet and go test -race over e
 	$(GO) vet ./...
 	@mkdir -p $(BIN)/artifacts
 	IPLEDGER_BIN_DIR=$(CURDIR)/$(BIN) IPLEDGER_ARTIFACTS_DIR=$(CURDIR)/$(BIN)/artifacts $(GO) test -race -timeout $(TEST_TIMEOUT) ./...
+	@$(MAKE) --no-print-directory fuzz-short
+
+fuzz-short: ## Fuzz each target for FUZZTIME (10s): CNI config and env, EC2 queries, ledger, checkpoint.
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t##*:}; \
+		echo "go test -run='^\$$' -fuzz='^$$fn\$$' -fuzztime=$(FUZZTIME) $$pkg"; \
+		$(GO) test -run='^$$' -fuzz="^$$fn\$$" -fuzztime=$(FUZZTIME) $$pkg || exit 1; \
+	done
 
 demo: build ## Run the demo: server (embedded etcd + simulated EC2), agents, pods; Ctrl-C stops it.
 	@if [ -x $(BIN)/ipledger-demo ]; then exec $(BIN)/ipledger-demo --bin-dir $(BIN); \
