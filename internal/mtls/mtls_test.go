@@ -446,3 +446,43 @@ func TestEnsureDevCertsCreatesAndReuses(t *testing.T) {
 		t.Fatal("a bad node name was accepted")
 	}
 }
+
+// A client's rotated certificate is used by its next connection: the server sees the new one.
+func TestClientCertificateRotation(t *testing.T) {
+	ca := mtlstest.NewCA(t, "cluster CA")
+	srvSrc, err := mtls.NewSource(ca.Issue(t, "server", mtlstest.Leaf{Identity: mtls.ServerIdentity, Server: true}), mtls.SourceOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := mtls.ServerCredentials(srvSrc, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, last := healthServer(t, creds)
+	f := ca.Issue(t, "node", mtlstest.Leaf{Identity: mtls.NodeIdentity("first")})
+	src, err := mtls.NewSource(f, mtls.SourceOptions{Interval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientCreds := mtls.ClientCredentials(src)
+	if err := check(t, addr, clientCreds); err != nil {
+		t.Fatal(err)
+	}
+	if id := <-last; id != mtls.NodeIdentity("first") {
+		t.Fatalf("server saw %v", id)
+	}
+	mtlstest.CopyFiles(t, ca.Issue(t, "node2", mtlstest.Leaf{Identity: mtls.NodeIdentity("second")}), mtls.Files{Cert: f.Cert, Key: f.Key})
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if err := check(t, addr, clientCreds); err != nil {
+			t.Fatal(err)
+		}
+		if id := <-last; id == mtls.NodeIdentity("second") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the client still presents its old certificate")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -38,7 +38,10 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "ipledger-server: %v\n", err)
 		return 1
 	}
-	fmt.Fprintf(os.Stderr, "ipledger-server: gRPC on %s, HTTP on %s (metrics, healthz, readyz, dashboard)\n", srv.GRPCAddr(), srv.HTTPAddr())
+	fmt.Fprintf(os.Stderr, "ipledger-server: gRPC on %s (%s), HTTP on %s (metrics, healthz, readyz, dashboard)\n", srv.GRPCAddr(), cfg.Transport(), srv.HTTPAddr())
+	if d := srv.DevCerts(); d != nil {
+		fmt.Fprintf(os.Stderr, "ipledger-server: --dev: CA and certificates in %s (ipledgerctl --dev-certs %s; agents: nodes/<node-name>.crt)\n", d.Dir, d.Dir)
+	}
 	if sim := srv.Sim(); sim != nil {
 		fmt.Fprintf(os.Stderr, "ipledger-server: --dev: EC2 simulator on %s, etcd in %s\n", sim.Endpoint(), cfg.DataDir)
 	}
