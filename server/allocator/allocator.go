@@ -95,19 +95,21 @@ type Allocator struct {
 	now  func() time.Time
 	met  *metrics
 
-	mu       sync.Mutex
-	nodes    map[string]*nodeState
-	policies map[string]*ipledgerv1.NodePolicy
-	types    map[string]instancetypes.Type
-	drift    map[string]time.Time
-	eniSeen  map[string]time.Time
-	runCtx   context.Context
-	started  chan struct{}
-	fatal    chan error
-	wg       sync.WaitGroup
-	regMu    sync.Mutex // serialises registrations (instance and name uniqueness)
-	budgetMu sync.Mutex // serialises subnet record changes
-	sweep    chan struct{}
+	mu        sync.Mutex
+	nodes     map[string]*nodeState
+	policies  map[string]*ipledgerv1.NodePolicy
+	types     map[string]instancetypes.Type
+	drift     map[string]time.Time
+	eniSeen   map[string]time.Time
+	runCtx    context.Context
+	started   chan struct{}
+	fatal     chan error
+	wg        sync.WaitGroup
+	regMu     sync.Mutex // serialises registrations (instance and name uniqueness)
+	learnMu   sync.Mutex // serialises learning new subnets from EC2
+	describer *instanceBatcher
+	budgetMu  sync.Mutex // serialises subnet record changes
+	sweep     chan struct{}
 
 	prewarmMu   sync.Mutex // serialises changes of pre-warm reservations
 	prewarmKick chan struct{}
@@ -178,6 +180,7 @@ func New(cfg Config) (*Allocator, error) {
 		prewarmKick: make(chan struct{}, 1),
 	}
 	a.met = newMetrics(cfg.Registerer)
+	a.describer = newInstanceBatcher(cfg.Gateway)
 	a.revision.Store(cfg.State.Revision)
 	for name, p := range cfg.State.Policies {
 		a.policies[name] = p
@@ -260,20 +263,9 @@ func (a *Allocator) Run(ctx context.Context) error {
 // learnSubnets records the configured subnets the cluster does not know yet.
 func (a *Allocator) learnSubnets(ctx context.Context) error {
 	for _, id := range a.cfg.Subnets {
-		if _, ok := a.led.Subnet(id); ok {
-			continue
-		}
-		rec, ops, err := a.ensureSubnet(ctx, id, ec2gw.PriorityReconcile)
-		if err != nil {
+		if err := a.learnSubnet(ctx, id, ec2gw.PriorityReconcile); err != nil {
 			return fmt.Errorf("allocator: subnet %s: %w", id, err)
 		}
-		if err := a.led.PutSubnet(rec); err != nil {
-			return fmt.Errorf("allocator: subnet %s: %w", id, err)
-		}
-		if _, err := a.commit(ctx, ops...); err != nil {
-			return err
-		}
-		a.log.Info("subnet learned", "subnet", id, "cidr", rec.CIDR, "az", rec.AvailabilityZone)
 	}
 	return nil
 }

@@ -27,11 +27,18 @@ func (a *Allocator) scanForeign(ctx context.Context, prio ec2gw.Priority, subnet
 // foreignOf collects the addresses the ledger must not place: those of ENIs no node or
 // reservation owns. That includes ENIs tagged for this cluster that nobody owns yet (a crashed
 // leader's work): they stay occupied until reconciliation adopts or deletes them.
+//
+// On a node's own ENIs, addresses EC2 has but the lease lacks (assigned by a leader that crashed
+// before committing) are occupied too, unless they are pending for that node (an assignment in
+// flight): reconciliation adopts them into the node's lease.
 func (a *Allocator) foreignOf(enis []ec2gw.ENI) map[netip.Addr]bool {
 	owned := a.ownedENIs()
 	set := map[netip.Addr]bool{}
 	for _, e := range enis {
-		if _, ok := owned[e.ID]; ok {
+		if o, ok := owned[e.ID]; ok {
+			if o.node != "" {
+				a.unleasedOn(set, o, e)
+			}
 			continue
 		}
 		if e.Attachment != nil {
@@ -42,6 +49,72 @@ func (a *Allocator) foreignOf(enis []ec2gw.ENI) map[netip.Addr]bool {
 		addENIAddrs(set, e)
 	}
 	return set
+}
+
+// unleasedOn adds to set the addresses EC2 has on a node's ENI that its lease lacks.
+func (a *Allocator) unleasedOn(set map[netip.Addr]bool, o eniOwner, e ec2gw.ENI) {
+	leased := map[netip.Addr]bool{o.rec.PrimaryIP: true}
+	for _, ad := range o.rec.Addresses {
+		leased[ad.IP] = true
+	}
+	for _, p := range o.rec.Prefixes {
+		for ip := p.Prefix.Masked().Addr(); p.Prefix.Contains(ip); ip = ip.Next() {
+			leased[ip] = true
+		}
+	}
+	onEC2 := map[netip.Addr]bool{}
+	addENIAddrs(onEC2, e)
+	for ip := range onEC2 {
+		if leased[ip] {
+			continue
+		}
+		if own, taken := a.led.OwnerOf(ip); taken && own.Kind == ledger.OwnerPending && own.Node == o.node {
+			continue
+		}
+		set[ip] = true
+	}
+}
+
+// claim reserves for owner.Node the given addresses and prefixes that are free in the ledger.
+// Those the ledger counts as foreign are left for the node's record to take over (a node's
+// record wins over a foreign scan), and those pending for the same node are its already; an
+// address anybody else holds is an error. It returns what undoes the reservation.
+func (a *Allocator) claim(subnet string, owner ledger.Owner, addrs []netip.Addr, prefixes []netip.Prefix) (func(), error) {
+	var freeA []netip.Addr
+	var freeP []netip.Prefix
+	check := func(ip netip.Addr) (free bool, err error) {
+		o, taken := a.led.OwnerOf(ip)
+		switch {
+		case !taken:
+			return true, nil
+		case o.Kind == ledger.OwnerForeign && !o.Marked, o.Node == owner.Node && (o.Kind == ledger.OwnerPending || o.Kind == ledger.OwnerLeased || o.Kind == ledger.OwnerENIPrimary):
+			return false, nil
+		default:
+			return false, fmt.Errorf("allocator: %s is held by %s %s%s in the ledger", ip, o.Kind, o.Node, o.Prewarm)
+		}
+	}
+	for _, ip := range addrs {
+		free, err := check(ip)
+		if err != nil {
+			return nil, err
+		}
+		if free {
+			freeA = append(freeA, ip)
+		}
+	}
+	for _, p := range prefixes {
+		free, err := check(p.Addr())
+		if err != nil {
+			return nil, err
+		}
+		if free {
+			freeP = append(freeP, p)
+		}
+	}
+	if err := a.led.ReserveSpecific(subnet, freeA, freeP, owner); err != nil {
+		return nil, err
+	}
+	return func() { a.led.CancelReservation(subnet, owner, freeA, freeP) }, nil
 }
 
 func addENIAddrs(set map[netip.Addr]bool, e ec2gw.ENI) {
@@ -450,15 +523,9 @@ func (a *Allocator) adoptENI(ctx context.Context, node string, e ec2gw.ENI) erro
 	if !ok {
 		return fmt.Errorf("%w: %s", ErrUnknownNode, node)
 	}
-	var addrs []netip.Addr
-	addrs = append(addrs, e.PrimaryIP)
-	addrs = append(addrs, e.SecondaryIPs...)
-	mine := map[netip.Addr]bool{}
-	addENIAddrs(mine, e)
-	if err := a.unforeign(ctx, e.SubnetID, mine); err != nil {
-		return err
-	}
-	if err := a.led.ReserveSpecific(e.SubnetID, freeOnly(a.led, addrs), freeOnlyPrefixes(a.led, e.Prefixes), ledger.Owner{Node: node, ENI: e.ID}); err != nil {
+	owner := ledger.Owner{Node: node, ENI: e.ID, IgnoreBudget: true}
+	release, err := a.claim(e.SubnetID, owner, append([]netip.Addr{e.PrimaryIP}, e.SecondaryIPs...), e.Prefixes)
+	if err != nil {
 		return err
 	}
 	er := ledger.ENIRecord{ID: e.ID, MAC: e.MAC, SubnetID: e.SubnetID, PrimaryIP: e.PrimaryIP, DeviceIndex: e.Attachment.DeviceIndex,
@@ -469,7 +536,7 @@ func (a *Allocator) adoptENI(ctx context.Context, node string, e ec2gw.ENI) erro
 	for _, p := range e.Prefixes {
 		er.Prefixes = append(er.Prefixes, ledger.LeasedPrefix{Prefix: p, State: ledger.LeaseActive})
 	}
-	_, err := a.mutateNode(ctx, ns, func(r *ledger.NodeRecord) error {
+	if _, err := a.mutateNode(ctx, ns, func(r *ledger.NodeRecord) error {
 		for _, x := range r.ENIs {
 			if x.ID == e.ID || x.DeviceIndex == er.DeviceIndex {
 				return fmt.Errorf("allocator: node %s already has ENI %s or device index %d", node, e.ID, er.DeviceIndex)
@@ -477,31 +544,13 @@ func (a *Allocator) adoptENI(ctx context.Context, node string, e ec2gw.ENI) erro
 		}
 		r.ENIs = append(r.ENIs, er)
 		return nil
-	})
-	if err != nil {
-		a.led.CancelReservation(e.SubnetID, ledger.Owner{Node: node, ENI: e.ID}, addrs, e.Prefixes)
+	}); err != nil {
+		release()
+		return err
 	}
-	return err
-}
-
-func freeOnly(led *ledger.Ledger, addrs []netip.Addr) []netip.Addr {
-	var out []netip.Addr
-	for _, ip := range addrs {
-		if o, ok := led.OwnerOf(ip); !ok || o.Kind == ledger.OwnerFree || o.Kind == ledger.OwnerCooling {
-			out = append(out, ip)
-		}
-	}
-	return out
-}
-
-func freeOnlyPrefixes(led *ledger.Ledger, ps []netip.Prefix) []netip.Prefix {
-	var out []netip.Prefix
-	for _, p := range ps {
-		if o, ok := led.OwnerOf(p.Addr()); !ok || o.Kind == ledger.OwnerFree || o.Kind == ledger.OwnerCooling {
-			out = append(out, p)
-		}
-	}
-	return out
+	mine := map[netip.Addr]bool{}
+	addENIAddrs(mine, e)
+	return a.unforeign(ctx, e.SubnetID, mine)
 }
 
 // adopt adds one address or prefix EC2 has on a node's ENI to its lease.
@@ -519,22 +568,29 @@ func (a *Allocator) adopt(ctx context.Context, node, eniID, item string) error {
 	}
 	var addrs []netip.Addr
 	var prefixes []netip.Prefix
+	mine := map[netip.Addr]bool{}
 	if p, err := netip.ParsePrefix(item); err == nil {
 		prefixes = append(prefixes, p)
+		for ip := p.Masked().Addr(); p.Contains(ip); ip = ip.Next() {
+			mine[ip] = true
+		}
 	} else if ip, err := netip.ParseAddr(item); err == nil {
 		addrs = append(addrs, ip)
+		mine[ip] = true
 	} else {
 		return fmt.Errorf("allocator: bad item %q", item)
 	}
-	owner := ledger.Owner{Node: node, ENI: eniID}
-	if err := a.led.ReserveSpecific(subnet, addrs, prefixes, owner); err != nil {
+	release, err := a.claim(subnet, ledger.Owner{Node: node, ENI: eniID, IgnoreBudget: true}, addrs, prefixes)
+	if err != nil {
 		return err
 	}
 	if err := a.commitAssigned(ctx, ns, eniID, addrs, prefixes); err != nil {
+		// EC2 has them: they stay reserved and the node's worker retries the commit.
+		_ = release
 		return err
 	}
 	a.met.leaseOp("adopt", nil)
-	return nil
+	return a.unforeign(ctx, subnet, mine)
 }
 
 // dropItems removes leased items EC2 no longer has from a node's record.

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"regexp"
 	"sort"
+	"time"
 
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/ec2gw"
@@ -77,14 +78,36 @@ func validateRegister(req *ipledgerv1.RegisterNodeRequest) error {
 
 // RegisterNode verifies a node against EC2, records it and returns its pool and policy.
 // Registering the same node and instance again is idempotent.
+//
+// The EC2 checks run outside the registration lock (concurrent registrations share batched
+// DescribeInstances calls); only the uniqueness checks and the commit are serialised. The
+// instance's own addresses are reserved for the node in the ledger before anything is committed,
+// so no other node's supply can place them in the meantime.
 func (a *Allocator) RegisterNode(ctx context.Context, req *ipledgerv1.RegisterNodeRequest) (*ipledgerv1.NodePool, *ipledgerv1.NodePolicy, error) {
 	if err := validateRegister(req); err != nil {
 		return nil, nil, err
 	}
+	name := req.GetNodeName()
+	if rec, ok := a.led.Node(name); ok && rec.InstanceID == req.GetInstanceId() {
+		return a.reregister(ctx, rec, req)
+	}
+	if other, ok := a.led.NodeByInstance(req.GetInstanceId()); ok && other.Name != name {
+		return nil, nil, fmt.Errorf("%w: %s is registered as %s", ErrInstanceRegistered, req.GetInstanceId(), other.Name)
+	}
+	inst, err := a.verifyInstance(ctx, req)
+	if err != nil {
+		return nil, nil, err
+	}
+	typ, err := a.instanceType(ctx, req.GetInstanceType())
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := a.learnSubnet(ctx, req.GetSubnetId(), ec2gw.PriorityNodeStart); err != nil {
+		return nil, nil, err
+	}
+
 	a.regMu.Lock()
 	defer a.regMu.Unlock()
-
-	name := req.GetNodeName()
 	if rec, ok := a.led.Node(name); ok {
 		if rec.InstanceID == req.GetInstanceId() {
 			return a.reregister(ctx, rec, req)
@@ -104,48 +127,119 @@ func (a *Allocator) RegisterNode(ctx context.Context, req *ipledgerv1.RegisterNo
 	if other, ok := a.led.NodeByInstance(req.GetInstanceId()); ok {
 		return nil, nil, fmt.Errorf("%w: %s is registered as %s", ErrInstanceRegistered, req.GetInstanceId(), other.Name)
 	}
-	inst, err := a.verifyInstance(ctx, req)
-	if err != nil {
-		return nil, nil, err
-	}
-	typ, err := a.instanceType(ctx, req.GetInstanceType())
-	if err != nil {
-		return nil, nil, err
-	}
-	subnet, subnetOps, err := a.ensureSubnet(ctx, req.GetSubnetId(), ec2gw.PriorityNodeStart)
-	if err != nil {
-		return nil, nil, err
-	}
 
 	a.mu.Lock()
 	policies := a.policyListLocked()
 	a.mu.Unlock()
 	policy := MatchPolicy(policies, req.GetLabels(), req.GetInstanceType())
 	mode, modeMsg := PolicyMode(policy, typ)
+	rec := nodeRecordFrom(inst, req, policy.GetName(), mode, a.cfg.ClusterName, a.now())
 
+	// The instance's own addresses become unplaceable at once: they join the subnet's foreign set
+	// in memory (a node's record takes foreign addresses over when it is applied), so no other
+	// node's supply can place them between this check and the commit.
+	mine := map[netip.Addr]bool{}
+	for _, e := range rec.ENIs {
+		mine[e.PrimaryIP] = true
+		for _, ad := range e.Addresses {
+			mine[ad.IP] = true
+		}
+		for _, p := range e.Prefixes {
+			for ip := p.Prefix.Masked().Addr(); p.Prefix.Contains(ip); ip = ip.Next() {
+				mine[ip] = true
+			}
+		}
+	}
+	a.budgetMu.Lock()
+	// An address of the instance may already be reserved for another node or reservation: the
+	// last scan of the subnet predates the instance, so placement took it for free. EC2 has it on
+	// this instance, so the call behind that reservation will be refused; let it go now.
+	for ip := range mine {
+		if o, taken := a.led.OwnerOf(ip); taken && o.Kind == ledger.OwnerPending && o.Node != name {
+			var pfx []netip.Prefix
+			if o.Prefix.IsValid() {
+				pfx = []netip.Prefix{o.Prefix}
+			}
+			a.led.CancelReservation(rec.SubnetID, ledger.Owner{Node: o.Node, ENI: o.ENI, Prewarm: o.Prewarm}, []netip.Addr{ip}, pfx)
+			a.log.Info("an instance's address was reserved for someone else; released", "node", name, "address", ip, "reserved_for", o.Node+o.Prewarm)
+		}
+	}
+	before, _ := a.led.Subnet(rec.SubnetID)
+	occupied := before
+	occupied.Foreign = unionRanges(before.Foreign, mine)
+	if err := a.led.PutSubnet(occupied); err != nil {
+		a.budgetMu.Unlock()
+		return nil, nil, fmt.Errorf("allocator: subnet %s: %w", rec.SubnetID, err)
+	}
+	restore := func() {
+		_ = a.led.PutSubnet(before)
+		a.budgetMu.Unlock()
+	}
+	if err := a.led.CheckNode(rec); err != nil {
+		restore()
+		return nil, nil, fmt.Errorf("%w: %s: %v; reconciliation will settle it, retry", ErrStoreUnavailable, name, err)
+	}
+	subnet := before
+	subnet.Foreign = subtractRanges(before.Foreign, mine)
+	ns := a.newNodeState(rec)
+	ns.typ = typ
+	ns.policy = policy
+	ns.modeMsg = modeMsg
+	rev, err := a.commit(ctx, store.PutSubnet(subnet), store.PutNode(rec))
+	if err != nil {
+		restore()
+		return nil, nil, err
+	}
+	// The node takes its addresses first, then the subnet stops counting them as foreign.
+	if err := a.led.PutNode(rec); err != nil {
+		a.budgetMu.Unlock()
+		a.fail(fmt.Errorf("allocator: ledger diverged from etcd: %w", err))
+		return nil, nil, err
+	}
+	err = a.led.PutSubnet(subnet)
+	a.budgetMu.Unlock()
+	if err != nil {
+		a.fail(fmt.Errorf("allocator: ledger diverged from etcd: %w", err))
+		return nil, nil, err
+	}
+	a.mu.Lock()
+	ns.generation = uint64(rev)
+	a.nodes[name] = ns
+	if a.runCtx != nil {
+		a.startNodeLocked(a.runCtx, ns)
+	}
+	pool := a.poolLocked(ns, rec)
+	a.mu.Unlock()
+	a.met.registrations.Inc()
+	a.log.Info("node registered", "node", name, "instance", inst.ID, "type", inst.Type, "subnet", inst.SubnetID, "policy", policy.GetName(), "mode", mode)
+	if modeMsg != "" {
+		a.log.Warn(modeMsg, "node", name)
+	}
+	return pool, policy, nil
+}
+
+// nodeRecordFrom builds a new node's record from EC2's view of its instance: the primary ENI
+// always, other ENIs when they carry this cluster's tag (a previous leader created them), with
+// what EC2 already has on them.
+func nodeRecordFrom(inst ec2gw.Instance, req *ipledgerv1.RegisterNodeRequest, policy string, mode ledger.AddressMode, cluster string, now time.Time) ledger.NodeRecord {
 	rec := ledger.NodeRecord{
-		Name:             name,
+		Name:             req.GetNodeName(),
 		InstanceID:       inst.ID,
 		InstanceType:     inst.Type,
 		AvailabilityZone: inst.AvailabilityZone,
 		SubnetID:         inst.SubnetID,
 		PrimaryIP:        inst.PrivateIP,
 		Labels:           req.GetLabels(),
-		Policy:           policy.GetName(),
+		Policy:           policy,
 		Mode:             mode,
-		RegisteredAt:     a.now(),
+		RegisteredAt:     now,
 	}
-	// Adopt what is already on the instance's ENIs: the primary ENI always, other ENIs when they
-	// carry this cluster's tag (a previous leader created them).
 	for _, e := range inst.ENIs {
-		if e.Attachment == nil {
+		if e.Attachment == nil || e.SubnetID != inst.SubnetID {
 			continue
 		}
 		primary := e.Attachment.DeviceIndex == 0
-		if !primary && e.Tags[TagCluster] != a.cfg.ClusterName {
-			continue
-		}
-		if e.SubnetID != inst.SubnetID {
+		if !primary && e.Tags[TagCluster] != cluster {
 			continue
 		}
 		er := ledger.ENIRecord{
@@ -165,55 +259,15 @@ func (a *Allocator) RegisterNode(ctx context.Context, req *ipledgerv1.RegisterNo
 		rec.ENIs = append(rec.ENIs, er)
 	}
 	sort.Slice(rec.ENIs, func(i, j int) bool { return rec.ENIs[i].DeviceIndex < rec.ENIs[j].DeviceIndex })
+	return rec
+}
 
-	// The node's ENIs were foreign until now; the subnet record stops counting them.
-	mine := map[netip.Addr]bool{}
-	for _, e := range rec.ENIs {
-		mine[e.PrimaryIP] = true
-		for _, ad := range e.Addresses {
-			mine[ad.IP] = true
-		}
-		for _, p := range e.Prefixes {
-			for ip := p.Prefix.Masked().Addr(); p.Prefix.Contains(ip); ip = ip.Next() {
-				mine[ip] = true
-			}
-		}
+func leasedIPs(e ledger.ENIRecord) []netip.Addr {
+	out := make([]netip.Addr, 0, len(e.Addresses))
+	for _, ad := range e.Addresses {
+		out = append(out, ad.IP)
 	}
-	subnet.Foreign = subtractRanges(subnet.Foreign, mine)
-	ops := append(subnetOps[:0:0], store.PutSubnet(subnet))
-	if err := a.led.PutSubnet(subnet); err != nil {
-		return nil, nil, fmt.Errorf("allocator: subnet %s: %w", subnet.ID, err)
-	}
-	if err := a.led.CheckNode(rec); err != nil {
-		return nil, nil, fmt.Errorf("%w: %s: %v", ErrInstanceMismatch, name, err)
-	}
-	ns := a.newNodeState(rec)
-	ns.typ = typ
-	ns.policy = policy
-	ns.modeMsg = modeMsg
-	rev, err := a.commit(ctx, append(ops, store.PutNode(rec))...)
-	if err != nil {
-		return nil, nil, err
-	}
-	if err := a.led.PutNode(rec); err != nil {
-		a.fail(fmt.Errorf("allocator: ledger diverged from etcd: %w", err))
-		return nil, nil, err
-	}
-	a.mu.Lock()
-	ns.generation = uint64(rev)
-	a.nodes[name] = ns
-	if a.runCtx != nil {
-		a.startNodeLocked(a.runCtx, ns)
-	}
-	pool := a.poolLocked(ns, rec)
-	a.mu.Unlock()
-	a.fillCIDRs(pool)
-	a.met.registrations.Inc()
-	a.log.Info("node registered", "node", name, "instance", inst.ID, "type", inst.Type, "subnet", inst.SubnetID, "policy", policy.GetName(), "mode", mode)
-	if modeMsg != "" {
-		a.log.Warn(modeMsg, "node", name)
-	}
-	return pool, policy, nil
+	return out
 }
 
 // reregister answers a repeated registration of the same node and instance.
@@ -260,14 +314,13 @@ func equalLabels(a, b map[string]string) bool {
 
 // verifyInstance checks the request against what EC2 says about the instance.
 func (a *Allocator) verifyInstance(ctx context.Context, req *ipledgerv1.RegisterNodeRequest) (ec2gw.Instance, error) {
-	insts, err := a.gw.DescribeInstances(ctx, ec2gw.PriorityNodeStart, []string{req.GetInstanceId()})
-	if errors.Is(err, ec2gw.ErrNotFound) || (err == nil && len(insts) == 0) {
+	inst, err := a.describer.describe(ctx, req.GetInstanceId(), ec2gw.PriorityNodeStart)
+	if errors.Is(err, ec2gw.ErrNotFound) {
 		return ec2gw.Instance{}, fmt.Errorf("%w: EC2 does not know instance %s", ErrInstanceMismatch, req.GetInstanceId())
 	}
 	if err != nil {
 		return ec2gw.Instance{}, ec2Err(err, req.GetSubnetId())
 	}
-	inst := insts[0]
 	mismatch := func(field, got, want string) error {
 		return fmt.Errorf("%w: %s: request says %q, EC2 says %q", ErrInstanceMismatch, field, want, got)
 	}
@@ -320,6 +373,34 @@ func (a *Allocator) instanceType(ctx context.Context, name string) (instancetype
 	a.types[name] = t
 	a.mu.Unlock()
 	return t, nil
+}
+
+// learnSubnet makes sure the ledger (and etcd) know a subnet, learning it from EC2 once even when
+// many nodes of a new subnet register together.
+func (a *Allocator) learnSubnet(ctx context.Context, id string, prio ec2gw.Priority) error {
+	if _, ok := a.led.Subnet(id); ok {
+		return nil
+	}
+	a.learnMu.Lock()
+	defer a.learnMu.Unlock()
+	if _, ok := a.led.Subnet(id); ok {
+		return nil
+	}
+	rec, ops, err := a.ensureSubnet(ctx, id, prio)
+	if err != nil {
+		return err
+	}
+	a.budgetMu.Lock()
+	defer a.budgetMu.Unlock()
+	if _, err := a.commit(ctx, ops...); err != nil {
+		return err
+	}
+	if err := a.led.PutSubnet(rec); err != nil {
+		a.fail(fmt.Errorf("allocator: ledger diverged from etcd: %w", err))
+		return err
+	}
+	a.log.Info("subnet learned", "subnet", id, "cidr", rec.CIDR, "az", rec.AvailabilityZone)
+	return nil
 }
 
 // ensureSubnet returns the subnet's record, learning it from EC2 (and scanning it for foreign
@@ -428,6 +509,23 @@ func subtractRanges(rs []ledger.AddrRange, drop map[netip.Addr]bool) []ledger.Ad
 		}
 	}
 	return out
+}
+
+// unionRanges adds addresses to a list of ranges.
+func unionRanges(rs []ledger.AddrRange, add map[netip.Addr]bool) []ledger.AddrRange {
+	set := map[netip.Addr]bool{}
+	for ip := range add {
+		set[ip] = true
+	}
+	for _, r := range rs {
+		for ip := r.First; ; ip = ip.Next() {
+			set[ip] = true
+			if ip == r.Last {
+				break
+			}
+		}
+	}
+	return toRanges(set)
 }
 
 // toRanges compresses a set of addresses into sorted inclusive ranges.

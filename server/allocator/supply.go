@@ -317,7 +317,8 @@ func (a *Allocator) retryUncommitted(ctx context.Context, ns *nodeState) {
 }
 
 // resyncENI asks EC2 what an ENI of the node holds and commits addresses that EC2 has and the
-// lease lacks (reserved for this node, or free). It returns how many were added.
+// lease lacks (reserved for this node, free, or counted as foreign). It returns how many were
+// added.
 func (a *Allocator) resyncENI(ctx context.Context, ns *nodeState, eniID string, prio ec2gw.Priority) int {
 	enis, err := a.gw.DescribeNetworkInterfaces(ctx, prio, ec2gw.ENIFilter{IDs: []string{eniID}})
 	if err != nil || len(enis) != 1 {
@@ -343,56 +344,37 @@ func (a *Allocator) resyncENI(ctx context.Context, ns *nodeState, eniID string, 
 	var addrs []netip.Addr
 	var prefixes []netip.Prefix
 	for _, ip := range enis[0].SecondaryIPs {
-		if !leased[ip.String()] && a.adoptable(ip, ns.name) {
+		if !leased[ip.String()] {
 			addrs = append(addrs, ip)
 		}
 	}
 	for _, p := range enis[0].Prefixes {
-		if !leased[p.String()] && a.adoptable(p.Addr(), ns.name) {
+		if !leased[p.String()] {
 			prefixes = append(prefixes, p)
 		}
 	}
 	if len(addrs)+len(prefixes) == 0 {
 		return 0
 	}
-	if err := a.led.ReserveSpecific(cur.SubnetID, onlyFree(a.led, addrs, ns.name), onlyFreePrefixes(a.led, prefixes, ns.name), ledger.Owner{Node: ns.name, ENI: eniID}); err != nil {
-		a.log.Warn("resync ENI: cannot reserve what EC2 has", "node", ns.name, "eni", eniID, "err", err)
+	if _, err := a.claim(cur.SubnetID, ledger.Owner{Node: ns.name, ENI: eniID, IgnoreBudget: true}, addrs, prefixes); err != nil {
+		a.log.Warn("resync ENI: cannot claim what EC2 has", "node", ns.name, "eni", eniID, "err", err)
 		return 0
 	}
 	if err := a.commitAssigned(ctx, ns, eniID, addrs, prefixes); err != nil {
 		return 0
 	}
 	a.met.leaseOp("adopt", nil)
-	return len(addrs) + len(prefixes)
-}
-
-// adoptable: an address found on a node's ENI may join its lease when nobody else owns it.
-func (a *Allocator) adoptable(ip netip.Addr, node string) bool {
-	o, ok := a.led.OwnerOf(ip)
-	if !ok {
-		return true
-	}
-	return o.Node == node || o.Kind == ledger.OwnerFree || o.Kind == ledger.OwnerCooling
-}
-
-func onlyFree(led *ledger.Ledger, addrs []netip.Addr, node string) []netip.Addr {
-	var out []netip.Addr
+	mine := map[netip.Addr]bool{}
 	for _, ip := range addrs {
-		if o, ok := led.OwnerOf(ip); !ok || o.Node != node {
-			out = append(out, ip)
+		mine[ip] = true
+	}
+	for _, p := range prefixes {
+		for ip := p.Masked().Addr(); p.Contains(ip); ip = ip.Next() {
+			mine[ip] = true
 		}
 	}
-	return out
-}
-
-func onlyFreePrefixes(led *ledger.Ledger, ps []netip.Prefix, node string) []netip.Prefix {
-	var out []netip.Prefix
-	for _, p := range ps {
-		if o, ok := led.OwnerOf(p.Addr()); !ok || o.Node != node {
-			out = append(out, p)
-		}
-	}
-	return out
+	_ = a.unforeign(ctx, cur.SubnetID, mine)
+	return len(addrs) + len(prefixes)
 }
 
 // addENI creates, attaches and commits a new ENI carrying up to deficit items. A pre-warmed ENI

@@ -1,0 +1,105 @@
+package allocator
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/ipledger/ipledger/server/ec2gw"
+)
+
+// instanceBatcher merges the DescribeInstances calls of registrations that arrive together into
+// one call of up to maxBatch ids: when a thousand nodes start at once, verifying them costs ten
+// calls of the describe bucket instead of a thousand.
+type instanceBatcher struct {
+	gw     *ec2gw.Gateway
+	linger time.Duration
+
+	mu      sync.Mutex
+	waiting map[string][]chan instanceResult
+	open    bool
+}
+
+type instanceResult struct {
+	inst ec2gw.Instance
+	err  error
+}
+
+const maxDescribeBatch = 100
+
+func newInstanceBatcher(gw *ec2gw.Gateway) *instanceBatcher {
+	return &instanceBatcher{gw: gw, linger: 20 * time.Millisecond, waiting: map[string][]chan instanceResult{}}
+}
+
+// describe returns EC2's view of one instance; ec2gw.ErrNotFound when EC2 does not know it.
+func (b *instanceBatcher) describe(ctx context.Context, id string, prio ec2gw.Priority) (ec2gw.Instance, error) {
+	ch := make(chan instanceResult, 1)
+	b.mu.Lock()
+	b.waiting[id] = append(b.waiting[id], ch)
+	if !b.open {
+		b.open = true
+		go b.flush(context.WithoutCancel(ctx), prio)
+	}
+	b.mu.Unlock()
+	select {
+	case r := <-ch:
+		return r.inst, r.err
+	case <-ctx.Done():
+		return ec2gw.Instance{}, ctx.Err()
+	}
+}
+
+// flush waits a moment for more ids, then describes everything waiting, in batches.
+func (b *instanceBatcher) flush(ctx context.Context, prio ec2gw.Priority) {
+	time.Sleep(b.linger)
+	b.mu.Lock()
+	waiting := b.waiting
+	b.waiting = map[string][]chan instanceResult{}
+	b.open = false
+	b.mu.Unlock()
+	ids := make([]string, 0, len(waiting))
+	for id := range waiting {
+		ids = append(ids, id)
+	}
+	for start := 0; start < len(ids); start += maxDescribeBatch {
+		batch := ids[start:min(start+maxDescribeBatch, len(ids))]
+		results := b.call(ctx, batch, prio)
+		for _, id := range batch {
+			for _, ch := range waiting[id] {
+				ch <- results[id]
+			}
+		}
+	}
+}
+
+// call describes a batch. EC2 fails the whole call when one id is unknown, so a NotFound batch
+// is asked again id by id.
+func (b *instanceBatcher) call(ctx context.Context, ids []string, prio ec2gw.Priority) map[string]instanceResult {
+	out := make(map[string]instanceResult, len(ids))
+	insts, err := b.gw.DescribeInstances(ctx, prio, ids)
+	if errors.Is(err, ec2gw.ErrNotFound) && len(ids) > 1 {
+		for _, id := range ids {
+			out[id] = b.call(ctx, []string{id}, prio)[id]
+		}
+		return out
+	}
+	if err != nil {
+		for _, id := range ids {
+			out[id] = instanceResult{err: err}
+		}
+		return out
+	}
+	found := map[string]ec2gw.Instance{}
+	for _, in := range insts {
+		found[in.ID] = in
+	}
+	for _, id := range ids {
+		if in, ok := found[id]; ok {
+			out[id] = instanceResult{inst: in}
+		} else {
+			out[id] = instanceResult{err: ec2gw.ErrNotFound}
+		}
+	}
+	return out
+}

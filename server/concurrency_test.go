@@ -1,0 +1,95 @@
+package server
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+	"github.com/ipledger/ipledger/server/ec2sim"
+)
+
+// Many nodes register at once while supply runs for those already registered: the leader must
+// not place a registering instance's own addresses for another node (the benchmark's 1,000-node
+// burst once made the leader exit on exactly that), and no address may be leased twice.
+func TestConcurrentRegistrationsWhileSupplyRuns(t *testing.T) {
+	if testing.Short() {
+		t.Skip("registers 250 nodes")
+	}
+	s := startDev(t, nil)
+	conn := dial(t, s.GRPCAddr())
+	subnet := instances(s)[0].SubnetID
+	// 100 busy nodes: each asks for addresses until it holds what an m5.large can (27), so supply
+	// keeps placing addresses in the subnet while 150 more nodes register there.
+	busy, err := s.Sim().Sim().RunInstances(t.Context(), ec2sim.InstanceSpec{InstanceType: "m5.large", SubnetID: subnet}, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var load sync.WaitGroup
+	for _, in := range busy {
+		a := newTestAgent(t, conn, in)
+		a.register()
+		load.Add(1)
+		go func() {
+			defer load.Done()
+			for i := 0; i < 6; i++ {
+				ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+				_, _ = a.cli.RequestAddresses(ctx, &ipledgerv1.RequestAddressesRequest{NodeName: a.name(), Count: 5, KnownGeneration: uint64(i)})
+				cancel()
+			}
+		}()
+	}
+	launched, err := s.Sim().Sim().RunInstances(t.Context(), ec2sim.InstanceSpec{InstanceType: "m5.large", SubnetID: subnet}, 150)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, len(launched))
+	agents := make([]*testAgent, len(launched))
+	for i, in := range launched {
+		agents[i] = newTestAgent(t, conn, in)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := agents[i].cli.RegisterNode(t.Context(), agents[i].registerRequest()); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	load.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("registration failed: %v", err)
+	}
+	if t.Failed() {
+		return
+	}
+	waitFor(t, 60*time.Second, "every node's warm address", func() bool {
+		for _, in := range launched {
+			c, ok := s.Ledger().NodeCounts(in.PrivateDNSName)
+			if !ok || c.Idle < 1 {
+				return false
+			}
+		}
+		return true
+	})
+	select {
+	case <-s.Done():
+		t.Fatalf("the replica stopped: %v", s.Wait())
+	default:
+	}
+	if !s.IsLeader() {
+		t.Fatal("the replica lost leadership during the registrations")
+	}
+	checkNoAddressTwice(t, s)
+	checkBudgetsAddUp(t, s)
+	rep, err := ipledgerv1.NewAdminServiceClient(conn).Check(t.Context(), &ipledgerv1.CheckRequest{IncludeEc2: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.GetOk() {
+		t.Fatalf("check after the registrations: %v", rep.GetFindings())
+	}
+}
