@@ -57,8 +57,12 @@ func (s *Server) newGRPCServer(creds credentials.TransportCredentials) *grpc.Ser
 	notHealth := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
 		return c.Service != healthpb.Health_ServiceDesc.ServiceName
 	})
+	// One bucket per node for unary calls, one for Sync messages: usage reports never take the
+	// tokens of an urgent RequestAddresses.
 	limiter := api.NewNodeLimiter(s.cfg.NodeRateLimit, s.cfg.NodeRateBurst)
 	limiter.OnLimited = func(method string) { s.grpcMet.limited.WithLabelValues(method).Inc() }
+	syncLimiter := api.NewNodeLimiter(s.cfg.NodeRateLimit, s.cfg.NodeRateBurst)
+	syncLimiter.OnLimited = limiter.OnLimited
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(MaxMessageBytes),
 		grpc.MaxSendMsgSize(MaxMessageBytes),
@@ -82,7 +86,7 @@ func (s *Server) newGRPCServer(creds credentials.TransportCredentials) *grpc.Ser
 		opts = append(opts, grpc.Creds(creds))
 	}
 	srv := grpc.NewServer(opts...)
-	ipledgerv1.RegisterNodeServiceServer(srv, api.NewNodeServer(s, api.NodeOptions{Authorize: authz.AuthorizeNode, Limiter: limiter}))
+	ipledgerv1.RegisterNodeServiceServer(srv, api.NewNodeServer(s, api.NodeOptions{Authorize: authz.AuthorizeNode, SyncLimiter: syncLimiter}))
 	ipledgerv1.RegisterAdminServiceServer(srv, api.NewAdminServer(s))
 	s.health = health.NewServer()
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)

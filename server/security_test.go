@@ -269,10 +269,12 @@ func TestTLSFilesRefuseBadCertificatesAndRotateWithoutRestart(t *testing.T) {
 	}
 }
 
-// One node flooding the server gets RESOURCE_EXHAUSTED / RATE_LIMITED, on unary calls and on
-// its Sync stream, while another node's calls are served promptly.
+// One node flooding the server gets RESOURCE_EXHAUSTED / RATE_LIMITED on its unary calls; on
+// its Sync stream, messages over the limit are dropped and a flood ends the stream; meanwhile
+// another node's calls are served promptly.
 func TestPerNodeRateLimitKeepsAFloodingAgentFromStarvingOthers(t *testing.T) {
-	s := startDev(t, nil)
+	const perSecond, burst = 10, 5
+	s := startDev(t, func(c *config.Config) { c.NodeRateLimit, c.NodeRateBurst = perSecond, burst })
 	conn := dial(t, s.GRPCAddr())
 	insts := instances(s)
 	flood := newTestAgent(t, conn, insts[0])
@@ -305,7 +307,7 @@ func TestPerNodeRateLimitKeepsAFloodingAgentFromStarvingOthers(t *testing.T) {
 		t.Fatalf("the calm node waited %s to register", d)
 	}
 	wg.Wait()
-	maxPassed := int32(config.DefaultNodeRateBurst + config.DefaultNodeRateLimit*time.Since(start).Seconds() + 1)
+	maxPassed := int32(burst + perSecond*time.Since(start).Seconds() + 1)
 	if limited.Load() < calls-maxPassed || other.Load() > maxPassed {
 		t.Fatalf("%d of %d calls rate-limited, %d passed (at most %d should)", limited.Load(), calls, other.Load(), maxPassed)
 	}
@@ -313,7 +315,9 @@ func TestPerNodeRateLimitKeepsAFloodingAgentFromStarvingOthers(t *testing.T) {
 		t.Fatalf("metric counts %v refusals, clients saw %d", got, limited.Load())
 	}
 
-	// A Sync stream that floods usage reports is ended with RATE_LIMITED.
+	// Sync: the unary flood did not spend the stream's bucket. Reports faster than the limit (in
+	// groups of 5 every 300 ms against 10/s: 3 tokens come back between groups) lose some
+	// messages but keep the stream.
 	st, err := flood.cli.Sync(t.Context())
 	if err != nil {
 		t.Fatal(err)
@@ -321,25 +325,58 @@ func TestPerNodeRateLimitKeepsAFloodingAgentFromStarvingOthers(t *testing.T) {
 	if err := st.Send(&ipledgerv1.SyncRequest{Msg: &ipledgerv1.SyncRequest_Hello{Hello: &ipledgerv1.SyncHello{NodeName: flood.name(), InstanceId: flood.inst.ID}}}); err != nil {
 		t.Fatal(err)
 	}
-	sendErr := make(chan error, 1)
+	streamErr := make(chan error, 1)
 	go func() {
-		for i := 0; i < 10*config.DefaultNodeRateBurst; i++ {
-			if err := st.Send(&ipledgerv1.SyncRequest{Msg: &ipledgerv1.SyncRequest_Usage{Usage: &ipledgerv1.UsageReport{Free: uint32(i)}}}); err != nil {
-				sendErr <- err
+		for {
+			if _, err := st.Recv(); err != nil {
+				streamErr <- err
 				return
 			}
 		}
-		sendErr <- nil
 	}()
-	var streamErr error
-	for streamErr == nil {
-		_, streamErr = st.Recv()
+	report := func(free int) error {
+		return st.Send(&ipledgerv1.SyncRequest{Msg: &ipledgerv1.SyncRequest_Usage{Usage: &ipledgerv1.UsageReport{Free: uint32(free)}}})
 	}
-	<-sendErr
-	if status.Code(streamErr) != codes.ResourceExhausted {
-		t.Fatalf("flooding stream ended with %v", streamErr)
+	const groups = 8
+	for g := range groups {
+		for i := range 5 {
+			if err := report(5*g + i); err != nil {
+				t.Fatalf("report %d: %v", 5*g+i, err)
+			}
+		}
+		time.Sleep(300 * time.Millisecond) // pacing the sender, not synchronisation
 	}
-	if r, _ := api.ReasonOf(streamErr); r != ipledgerv1.Reason_RATE_LIMITED.String() {
+	waitFor(t, 5*time.Second, "the server to hold a report of the last group", func() bool {
+		rt, ok := s.Allocator().Runtime(flood.name())
+		return ok && rt.Usage != nil && rt.Usage.GetFree() >= 5*(groups-1)
+	})
+	select {
+	case err := <-streamErr:
+		t.Fatalf("a stream slightly over its limit was ended: %v", err)
+	default:
+	}
+	if got := counterValue(t, s, "ipledger_grpc_rate_limited_total", "method", "Sync"); got < 1 {
+		t.Fatal("no Sync message was dropped over the limit")
+	}
+
+	// A flood ends the stream with RATE_LIMITED.
+	go func() {
+		for i := 0; i < 100*burst; i++ {
+			if report(1000+i) != nil {
+				return
+			}
+		}
+	}()
+	var err2 error
+	select {
+	case err2 = <-streamErr:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the flooding stream was not ended")
+	}
+	if status.Code(err2) != codes.ResourceExhausted {
+		t.Fatalf("flooding stream ended with %v", err2)
+	}
+	if r, _ := api.ReasonOf(err2); r != ipledgerv1.Reason_RATE_LIMITED.String() {
 		t.Fatalf("flooding stream: reason %q", r)
 	}
 	// The calm node's stream works, promptly.

@@ -46,9 +46,10 @@ const (
 type NodeOptions struct {
 	// Authorize checks the caller may act for the node a request names (nil: anyone may).
 	Authorize NodeAuthorizer
-	// Limiter is the per-node rate limit of Sync messages (nil: none). Unary calls are limited
-	// by its interceptor.
-	Limiter *NodeLimiter
+	// SyncLimiter is the per-node rate limit of Sync streams and their messages (nil: none).
+	// Unary calls have their own buckets (a NodeLimiter's interceptor), so a node's usage
+	// reports never take the tokens of its urgent requests for addresses.
+	SyncLimiter *NodeLimiter
 }
 
 // NodeServer implements NodeService.
@@ -63,15 +64,12 @@ var _ ipledgerv1.NodeServiceServer = (*NodeServer)(nil)
 
 // NewNodeServer serves NodeService for a replica.
 func NewNodeServer(r Replica, opts NodeOptions) *NodeServer {
-	return &NodeServer{replica: r, authorize: opts.Authorize, limiter: opts.Limiter}
+	return &NodeServer{replica: r, authorize: opts.Authorize, limiter: opts.SyncLimiter}
 }
 
 // allow takes a token of node's Sync bucket.
-func (s *NodeServer) allow(node string) error {
-	if s.limiter == nil || s.limiter.Allow(node) {
-		return nil
-	}
-	return s.limiter.Refuse(node, "Sync")
+func (s *NodeServer) allow(node string) bool {
+	return s.limiter == nil || s.limiter.Allow(node)
 }
 
 func (s *NodeServer) leader() (*allocator.Allocator, error) {
@@ -144,8 +142,8 @@ func (s *NodeServer) Sync(stream ipledgerv1.NodeService_SyncServer) error {
 	if err := s.check(ctx, node); err != nil {
 		return err
 	}
-	if err := s.allow(node); err != nil {
-		return err
+	if !s.allow(node) {
+		return s.limiter.Refuse(node, "Sync")
 	}
 	a, err := s.leader()
 	if err != nil {
@@ -162,6 +160,7 @@ func (s *NodeServer) Sync(stream ipledgerv1.NodeService_SyncServer) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
+		dropped := 0 // messages over the limit since the last one accepted
 		for {
 			msg, err := stream.Recv()
 			if err == io.EOF {
@@ -170,12 +169,20 @@ func (s *NodeServer) Sync(stream ipledgerv1.NodeService_SyncServer) error {
 			if err != nil {
 				return err
 			}
-			// Over the limit, the stream ends: a healthy agent sends a few messages a second at
-			// most, and a flooding one must not make the server decode its messages; it
-			// reconnects after its back-off.
-			if err := s.allow(node); err != nil {
-				return err
+			// A message over the node's limit is dropped: a usage report is a full snapshot, so
+			// the next one carries everything; a dropped release ack leaves its proposal to time
+			// out, which releases nothing. A stream that keeps going over (a burst's worth of
+			// messages dropped in a row) is ended: the agent floods, and reconnects after its
+			// back-off, its new stream refused while its bucket is empty.
+			if !s.allow(node) {
+				dropped++
+				s.limiter.Dropped("Sync")
+				if dropped > s.limiter.Burst() {
+					return s.limiter.Refuse(node, "Sync")
+				}
+				continue
 			}
+			dropped = 0
 			switch m := msg.GetMsg().(type) {
 			case *ipledgerv1.SyncRequest_Usage:
 				if err := validateUsage(m.Usage); err != nil {

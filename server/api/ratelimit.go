@@ -22,9 +22,10 @@ const maxLimiterEntries = 1 << 16
 const sweepEvery = 10 * time.Second
 
 // NodeLimiter gives every node its own token bucket, so that one broken agent cannot take the
-// server's attention from the others: NodeService calls and Sync stream messages each take a
-// token. A call over the limit is answered at once with RESOURCE_EXHAUSTED / RATE_LIMITED (it
-// never waits, so it holds nothing). Safe for concurrent use.
+// server's attention from the others. The server has two: one for NodeService's unary calls
+// (its interceptor), one for Sync streams and their messages (NodeServer). A call over the limit
+// is answered at once with RESOURCE_EXHAUSTED / RATE_LIMITED (it never waits, so it holds
+// nothing). Safe for concurrent use.
 type NodeLimiter struct {
 	limit rate.Limit
 	burst int
@@ -91,11 +92,19 @@ func (l *NodeLimiter) Tracked() int {
 	return len(l.nodes)
 }
 
-// Refuse is the answer to a call or message over node's limit.
-func (l *NodeLimiter) Refuse(node, method string) error {
+// Burst is the bucket size.
+func (l *NodeLimiter) Burst() int { return l.burst }
+
+// Dropped reports a message dropped over the limit (to OnLimited).
+func (l *NodeLimiter) Dropped(method string) {
 	if l.OnLimited != nil {
 		l.OnLimited(method)
 	}
+}
+
+// Refuse is the answer to a call or stream over node's limit.
+func (l *NodeLimiter) Refuse(node, method string) error {
+	l.Dropped(method)
 	return withInfo(codes.ResourceExhausted,
 		fmt.Sprintf("node %s sends more than %g requests per second (burst %d): %s refused; retry later", node, float64(l.limit), l.burst, method),
 		ipledgerv1.Reason_RATE_LIMITED, map[string]string{

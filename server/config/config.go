@@ -67,8 +67,8 @@ type Config struct {
 	// and without --dev, gRPC is plaintext and must be loopback unless Insecure is set. With --dev
 	// and without TLS files, Insecure is what turns the generated certificates off.
 	Insecure bool `json:"insecure"`
-	// NodeRateLimit and NodeRateBurst are each node's token bucket for NodeService requests and
-	// Sync stream messages (per second, and the burst).
+	// NodeRateLimit and NodeRateBurst are each node's token buckets (per second, and the burst):
+	// one for NodeService calls, one for Sync streams and their messages.
 	NodeRateLimit float64 `json:"node_rate_limit"`
 	NodeRateBurst int     `json:"node_rate_burst"`
 
@@ -214,8 +214,8 @@ func settings() []setting {
 		str("tls-key-file", "private key of --tls-cert-file", func(c *Config) *string { return &c.TLSKeyFile }),
 		str("tls-client-ca-file", "CA bundle that verifies agents' and admins' client certificates", func(c *Config) *string { return &c.TLSClientCAFile }),
 		boolean("insecure", "allow plaintext gRPC on a non-loopback address (no TLS files), or turn off --dev's certificates", func(c *Config) *bool { return &c.Insecure }),
-		{"node-rate-limit", "requests per second each node may send (NodeService calls and Sync messages)", func(fs *flag.FlagSet, c *Config) {
-			fs.Float64Var(&c.NodeRateLimit, "node-rate-limit", c.NodeRateLimit, "requests per second each node may send (NodeService calls and Sync messages)")
+		{"node-rate-limit", "requests per second each node may send (NodeService calls; Sync messages, separately)", func(fs *flag.FlagSet, c *Config) {
+			fs.Float64Var(&c.NodeRateLimit, "node-rate-limit", c.NodeRateLimit, "requests per second each node may send (NodeService calls; Sync messages, separately)")
 		}},
 		{"node-rate-burst", "burst of each node's request rate limit", func(fs *flag.FlagSet, c *Config) {
 			fs.IntVar(&c.NodeRateBurst, "node-rate-burst", c.NodeRateBurst, "burst of each node's request rate limit")
