@@ -126,6 +126,31 @@ func TestWorldWritableSocketDirIsRefused(t *testing.T) {
 	}
 }
 
+// A private bind directory a crash left behind is removed at the next start.
+func TestLeftoverBindDirectoryIsRemoved(t *testing.T) {
+	dir := shortDir(t)
+	left := filepath.Join(dir, privPrefix+"123")
+	if err := os.MkdirAll(left, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(left, "s"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e := start(t, nil, func(c *Config) { c.SocketPath = filepath.Join(dir, "agent.sock") })
+	if _, err := e.client.Status(t.Context(), &ipledgerv1.CNIStatusRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, en := range entries {
+		if strings.HasPrefix(en.Name(), privPrefix) {
+			t.Fatalf("%s left in the socket directory", en.Name())
+		}
+	}
+}
+
 func copyFile(from, to string, mode os.FileMode) error {
 	in, err := os.Open(from)
 	if err != nil {

@@ -29,6 +29,8 @@ const (
 	SocketMode = 0o660
 	// maxSocketPath is the longest path a unix socket address holds (sun_path minus the NUL).
 	maxSocketPath = 107
+	// privPrefix names the private directories the socket is bound in before it moves.
+	privPrefix = ".ipledger-sock-"
 )
 
 // Errors.
@@ -232,7 +234,15 @@ func listen(path, group string) (net.Listener, error) {
 			return nil, fmt.Errorf("cniserver: remove stale socket %s: %w", path, err)
 		}
 	}
-	priv, err := os.MkdirTemp(dir, ".sock-")
+	// Private directories a crash left behind (between bind and rename) go first.
+	if old, _ := filepath.Glob(filepath.Join(dir, privPrefix+"*")); len(old) > 0 {
+		for _, o := range old {
+			if fi, err := os.Lstat(o); err == nil && fi.IsDir() {
+				_ = os.RemoveAll(o)
+			}
+		}
+	}
+	priv, err := os.MkdirTemp(dir, privPrefix)
 	if err != nil {
 		return nil, fmt.Errorf("cniserver: private directory for the socket: %w", err)
 	}
