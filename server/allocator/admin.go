@@ -27,6 +27,8 @@ func (a *Allocator) RequestAddresses(ctx context.Context, node string, count int
 		return nil, fmt.Errorf("%w: %s", ErrUnknownNode, node)
 	}
 	start := a.now()
+	startRec, _ := a.led.Node(node)
+	startActive := activeAddresses(startRec)
 	a.mu.Lock()
 	ns.waiting += count
 	ns.nextSupply = time.Time{}
@@ -47,11 +49,15 @@ func (a *Allocator) RequestAddresses(ctx context.Context, node string, count int
 		problem, problemAt := ns.problem, ns.problemAt
 		changed := ns.changed
 		removed := ns.removed
+		usageKnown := ns.usage != nil
 		a.mu.Unlock()
 		if removed {
 			return nil, fmt.Errorf("%w: %s", ErrUnknownNode, node)
 		}
-		if gen > knownGen && a.hasFree(node, rec) {
+		// The pool gained addresses since the request came, or (when the agent's usage is known)
+		// holds one no pod uses in a pool the agent has not seen yet.
+		grew := activeAddresses(rec) > startActive
+		if gen > knownGen && (grew || (usageKnown && a.hasFree(node, rec))) {
 			pool, err := a.Pool(node)
 			return pool, err
 		}

@@ -135,6 +135,8 @@ type nodeState struct {
 	problem      error
 	problemAt    time.Time
 	surplusSince time.Time
+	// assumedInUse stands in for the agent's report until the first one arrives.
+	assumedInUse int
 	// noProposalBefore holds the next proposal back after the agent refused items: without
 	// it, a surplus the agent keeps refusing (cooling addresses; a tight subnet, where the
 	// release delay is 0) would be proposed again at once, in a loop of etcd writes.
@@ -203,6 +205,7 @@ func (a *Allocator) newNodeState(rec ledger.NodeRecord) *nodeState {
 	}
 	ns.typ, _ = instancetypes.Lookup(rec.InstanceType)
 	ns.policy = a.policyByNameLocked(rec.Policy)
+	ns.assumedInUse = activeAddresses(rec)
 	return ns
 }
 
@@ -533,7 +536,7 @@ func StateToProto(s ledger.LeaseState) ipledgerv1.LeaseState {
 
 // targetsLocked computes the node's targets from its policy and what the agent reported.
 func (a *Allocator) targetsLocked(ns *nodeState, rec ledger.NodeRecord) Targets {
-	in := a.inputsLocked(ns)
+	in := a.inputsLocked(ns, rec)
 	shape := ShapeOf(ns.typ, rec.Mode)
 	if ns.typ.Name == "" {
 		shape = Shape{SlotsPerENI: 1, MaxENIs: 1, Prefix: rec.Mode == ledger.ModePrefix}
@@ -552,17 +555,42 @@ func (a *Allocator) targetsLocked(ns *nodeState, rec ledger.NodeRecord) Targets 
 	return t
 }
 
-func (a *Allocator) inputsLocked(ns *nodeState) Inputs {
+// inputsLocked is what the policy sees of a node. Until the node's agent has reported to this
+// leader (after a takeover it reconnects within seconds), the leases it had when this leader
+// took over (or when it registered) count as in use: guessing "free" would leave waiting pods
+// unserved, guessing "used" costs a warm address or two that the release handshake returns once
+// the report arrives.
+func (a *Allocator) inputsLocked(ns *nodeState, rec ledger.NodeRecord) Inputs {
 	in := Inputs{Waiting: ns.waiting}
 	if u := ns.usage; u != nil {
 		in.InUse = len(u.GetInUse()) + int(u.GetCooling())
 		in.Waiting = max(in.Waiting, int(u.GetPodsWaiting()))
+	} else {
+		in.InUse = ns.assumedInUse
 	}
 	window := AdaptiveWindow(ns.policy)
 	in.StartRate = ns.rate.rate(a.now(), 10*time.Second)
 	_ = window
 	in.RefillLatency = a.gw.EstimateWait("AssignPrivateIpAddresses", ec2gw.PriorityWarmRefill)
 	return in
+}
+
+// activeAddresses counts a node's active leased addresses (a prefix counts 16).
+func activeAddresses(rec ledger.NodeRecord) int {
+	n := 0
+	for _, e := range rec.ENIs {
+		for _, ad := range e.Addresses {
+			if ad.State == ledger.LeaseActive {
+				n++
+			}
+		}
+		for _, p := range e.Prefixes {
+			if p.State == ledger.LeaseActive {
+				n += 16
+			}
+		}
+	}
+	return n
 }
 
 func (a *Allocator) policyByNameLocked(name string) *ipledgerv1.NodePolicy {

@@ -161,17 +161,20 @@ func (a *Allocator) rescanSubnet(ctx context.Context, prio ec2gw.Priority, subne
 	if err != nil {
 		return ec2Err(err, subnet)
 	}
-	return a.updateForeign(ctx, subnet, a.foreignOf(enis))
+	return a.updateForeign(ctx, subnet, enis)
 }
 
-func (a *Allocator) updateForeign(ctx context.Context, subnet string, foreign map[netip.Addr]bool) error {
+// updateForeign records the foreign addresses of a subnet from a scan of its ENIs. The set is
+// worked out here, under the lock registration holds, from who owns what now: a node that
+// registered after the scan was taken must not have its addresses written back as foreign.
+func (a *Allocator) updateForeign(ctx context.Context, subnet string, scanned []ec2gw.ENI) error {
 	a.budgetMu.Lock()
 	defer a.budgetMu.Unlock()
 	rec, ok := a.led.Subnet(subnet)
 	if !ok {
 		return fmt.Errorf("%w: subnet %s", ErrNotFound, subnet)
 	}
-	ranges := toRanges(foreign)
+	ranges := toRanges(a.foreignOf(scanned))
 	if equalRanges(rec.Foreign, ranges) {
 		return nil
 	}
@@ -281,14 +284,13 @@ func (a *Allocator) collectDrift(ctx context.Context, prio ec2gw.Priority) ([]dr
 			seenENI[e.ID] = true
 		}
 		out = append(out, a.diffSubnet(s.ID, enis)...)
-		foreign := a.foreignOf(enis)
-		sid := s.ID
-		if !equalRanges(s.Foreign, toRanges(foreign)) {
+		sid, scanned := s.ID, enis
+		if !equalRanges(s.Foreign, toRanges(a.foreignOf(enis))) {
 			out = append(out, drift{
 				finding:   &ipledgerv1.Finding{SubnetId: sid, Detail: "foreign addresses changed since the last scan"},
 				key:       "foreign|" + sid,
 				immediate: true,
-				repair:    func(ctx context.Context) error { return a.updateForeign(ctx, sid, foreign) },
+				repair:    func(ctx context.Context) error { return a.updateForeign(ctx, sid, scanned) },
 			})
 		}
 	}
@@ -754,13 +756,25 @@ func (a *Allocator) Check(ctx context.Context, includeEC2 bool) (*ipledgerv1.Che
 		}
 	}
 	if includeEC2 {
-		drifts, err := a.collectDrift(ctx, ec2gw.PriorityReconcile)
+		// A lease committed between the EC2 scan and the comparison looks like drift for a
+		// moment; a second scan confirms what is real: only findings seen twice are reported.
+		first, err := a.collectDrift(ctx, ec2gw.PriorityReconcile)
 		if err != nil {
 			return nil, err
 		}
-		for _, d := range drifts {
-			if d.finding.GetKind() != ipledgerv1.FindingKind_FINDING_KIND_UNSPECIFIED {
-				rep.Findings = append(rep.Findings, d.finding)
+		seen := map[string]bool{}
+		for _, d := range first {
+			seen[d.key] = true
+		}
+		if len(seen) > 0 {
+			second, err := a.collectDrift(ctx, ec2gw.PriorityReconcile)
+			if err != nil {
+				return nil, err
+			}
+			for _, d := range second {
+				if seen[d.key] && d.finding.GetKind() != ipledgerv1.FindingKind_FINDING_KIND_UNSPECIFIED {
+					rep.Findings = append(rep.Findings, d.finding)
+				}
 			}
 		}
 	}
