@@ -358,6 +358,15 @@ func TestUsageMovesTargetsAndSurplusIsReleasedThroughTheHandshake(t *testing.T) 
 	a.report([]string{first}, 3)
 	p = a.waitPool(10*time.Second, "five addresses", func(p *ipledgerv1.NodePool) bool { return len(addresses(p, 0)) == 5 })
 
+	// A re-registration (an agent restarting) gets back the pods it last reported.
+	again, err := a.cli.RegisterNode(t.Context(), a.registerRequest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := again.GetLastReportedInUse(); len(got) != 1 || got[0].GetIp() != first || got[0].GetContainerId() != "c0" {
+		t.Fatalf("last reported pods on re-registration: %v", got)
+	}
+
 	// The agent refuses to give anything back: nothing is unassigned.
 	a.mu.Lock()
 	a.refuse = true

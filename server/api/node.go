@@ -104,7 +104,11 @@ func (s *NodeServer) RegisterNode(ctx context.Context, req *ipledgerv1.RegisterN
 	if err != nil {
 		return nil, Status(err)
 	}
-	return &ipledgerv1.RegisterNodeResponse{Pool: pool, Policy: policy}, nil
+	resp := &ipledgerv1.RegisterNodeResponse{Pool: pool, Policy: policy}
+	if rt, ok := a.Runtime(req.GetNodeName()); ok && rt.Usage != nil {
+		resp.LastReportedInUse = rt.Usage.GetInUse()
+	}
+	return resp, nil
 }
 
 // RequestAddresses implements NodeService.

@@ -155,9 +155,14 @@ type RegisterNodeResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Pool  *NodePool              `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
 	// The policy that applies to the node.
-	Policy        *NodePolicy `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Policy *NodePolicy `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
+	// The pods the node's agent last reported in use to this leader (empty when it has not
+	// reported since this leader took over). An agent that restarted from a stale or lost
+	// checkpoint restores the assignments it lacks from this list, so it never hands a running
+	// pod's address to a new pod.
+	LastReportedInUse []*PodAddress `protobuf:"bytes,3,rep,name=last_reported_in_use,json=lastReportedInUse,proto3" json:"last_reported_in_use,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *RegisterNodeResponse) Reset() {
@@ -200,6 +205,13 @@ func (x *RegisterNodeResponse) GetPool() *NodePool {
 func (x *RegisterNodeResponse) GetPolicy() *NodePolicy {
 	if x != nil {
 		return x.Policy
+	}
+	return nil
+}
+
+func (x *RegisterNodeResponse) GetLastReportedInUse() []*PodAddress {
+	if x != nil {
+		return x.LastReportedInUse
 	}
 	return nil
 }
@@ -788,10 +800,11 @@ const file_ipledger_v1_node_proto_rawDesc = "" +
 	"\ragent_version\x18\t \x01(\tR\fagentVersion\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"r\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbc\x01\n" +
 	"\x14RegisterNodeResponse\x12)\n" +
 	"\x04pool\x18\x01 \x01(\v2\x15.ipledger.v1.NodePoolR\x04pool\x12/\n" +
-	"\x06policy\x18\x02 \x01(\v2\x17.ipledger.v1.NodePolicyR\x06policy\"\xb2\x01\n" +
+	"\x06policy\x18\x02 \x01(\v2\x17.ipledger.v1.NodePolicyR\x06policy\x12H\n" +
+	"\x14last_reported_in_use\x18\x03 \x03(\v2\x17.ipledger.v1.PodAddressR\x11lastReportedInUse\"\xb2\x01\n" +
 	"\vSyncRequest\x12.\n" +
 	"\x05hello\x18\x01 \x01(\v2\x16.ipledger.v1.SyncHelloH\x00R\x05hello\x120\n" +
 	"\x05usage\x18\x02 \x01(\v2\x18.ipledger.v1.UsageReportH\x00R\x05usage\x12:\n" +
@@ -870,24 +883,25 @@ var file_ipledger_v1_node_proto_depIdxs = []int32{
 	10, // 0: ipledger.v1.RegisterNodeRequest.labels:type_name -> ipledger.v1.RegisterNodeRequest.LabelsEntry
 	11, // 1: ipledger.v1.RegisterNodeResponse.pool:type_name -> ipledger.v1.NodePool
 	12, // 2: ipledger.v1.RegisterNodeResponse.policy:type_name -> ipledger.v1.NodePolicy
-	3,  // 3: ipledger.v1.SyncRequest.hello:type_name -> ipledger.v1.SyncHello
-	4,  // 4: ipledger.v1.SyncRequest.usage:type_name -> ipledger.v1.UsageReport
-	5,  // 5: ipledger.v1.SyncRequest.release_ack:type_name -> ipledger.v1.ReleaseAck
-	13, // 6: ipledger.v1.UsageReport.in_use:type_name -> ipledger.v1.PodAddress
-	11, // 7: ipledger.v1.SyncResponse.pool:type_name -> ipledger.v1.NodePool
-	7,  // 8: ipledger.v1.SyncResponse.release:type_name -> ipledger.v1.ReleaseProposal
-	11, // 9: ipledger.v1.RequestAddressesResponse.pool:type_name -> ipledger.v1.NodePool
-	0,  // 10: ipledger.v1.NodeService.RegisterNode:input_type -> ipledger.v1.RegisterNodeRequest
-	2,  // 11: ipledger.v1.NodeService.Sync:input_type -> ipledger.v1.SyncRequest
-	8,  // 12: ipledger.v1.NodeService.RequestAddresses:input_type -> ipledger.v1.RequestAddressesRequest
-	1,  // 13: ipledger.v1.NodeService.RegisterNode:output_type -> ipledger.v1.RegisterNodeResponse
-	6,  // 14: ipledger.v1.NodeService.Sync:output_type -> ipledger.v1.SyncResponse
-	9,  // 15: ipledger.v1.NodeService.RequestAddresses:output_type -> ipledger.v1.RequestAddressesResponse
-	13, // [13:16] is the sub-list for method output_type
-	10, // [10:13] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	13, // 3: ipledger.v1.RegisterNodeResponse.last_reported_in_use:type_name -> ipledger.v1.PodAddress
+	3,  // 4: ipledger.v1.SyncRequest.hello:type_name -> ipledger.v1.SyncHello
+	4,  // 5: ipledger.v1.SyncRequest.usage:type_name -> ipledger.v1.UsageReport
+	5,  // 6: ipledger.v1.SyncRequest.release_ack:type_name -> ipledger.v1.ReleaseAck
+	13, // 7: ipledger.v1.UsageReport.in_use:type_name -> ipledger.v1.PodAddress
+	11, // 8: ipledger.v1.SyncResponse.pool:type_name -> ipledger.v1.NodePool
+	7,  // 9: ipledger.v1.SyncResponse.release:type_name -> ipledger.v1.ReleaseProposal
+	11, // 10: ipledger.v1.RequestAddressesResponse.pool:type_name -> ipledger.v1.NodePool
+	0,  // 11: ipledger.v1.NodeService.RegisterNode:input_type -> ipledger.v1.RegisterNodeRequest
+	2,  // 12: ipledger.v1.NodeService.Sync:input_type -> ipledger.v1.SyncRequest
+	8,  // 13: ipledger.v1.NodeService.RequestAddresses:input_type -> ipledger.v1.RequestAddressesRequest
+	1,  // 14: ipledger.v1.NodeService.RegisterNode:output_type -> ipledger.v1.RegisterNodeResponse
+	6,  // 15: ipledger.v1.NodeService.Sync:output_type -> ipledger.v1.SyncResponse
+	9,  // 16: ipledger.v1.NodeService.RequestAddresses:output_type -> ipledger.v1.RequestAddressesResponse
+	14, // [14:17] is the sub-list for method output_type
+	11, // [11:14] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_ipledger_v1_node_proto_init() }
