@@ -642,6 +642,11 @@ func (s *Server) lead(ctx context.Context, from int64) error {
 	stopFollow()
 	<-followed
 
+	if len(s.Ledger().Nodes()) > 0 {
+		// A previous leader served this cluster and may have just used up the account's EC2
+		// buckets: pace from empty rather than be throttled on the first calls.
+		s.gw.AssumeDrained()
+	}
 	s.mu.RLock()
 	state := &store.State{Revision: s.revision, Policies: map[string]*ipledgerv1.NodePolicy{}}
 	for k, v := range s.known {

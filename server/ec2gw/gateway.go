@@ -263,6 +263,11 @@ func (g *Gateway) EstimateWait(action string, p Priority) time.Duration {
 	return wait + lat
 }
 
+// AssumeDrained tells the limiter that the account's EC2 buckets may be empty right now — a
+// new leader takes over from one that may have just used them up — so it starts pacing from empty
+// instead of from full, and the first calls of a takeover are not throttled.
+func (g *Gateway) AssumeDrained() { g.lim.drain() }
+
 // LimiterState snapshots the limiter's buckets, queues, recent throttles and call counts.
 func (g *Gateway) LimiterState() LimiterState {
 	st := g.lim.state()

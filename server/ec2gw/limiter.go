@@ -121,6 +121,17 @@ func newLimiter(clk clock, cfgs []BucketConfig, timeScale float64) *limiter {
 	return l
 }
 
+// drain empties every bucket as of now; they refill at their pace from here.
+func (l *limiter) drain() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.clk.Now()
+	for _, b := range l.buckets {
+		b.refill(now, l.recoverySlope(b))
+		b.tokens = 0
+	}
+}
+
 // bucketFor returns the bucket that serves a limiter key, or nil.
 func (l *limiter) bucketFor(key string) *bucket {
 	if b, ok := l.byKey[key]; ok {

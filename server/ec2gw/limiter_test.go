@@ -498,3 +498,24 @@ func equal(a, b []string) bool {
 	}
 	return true
 }
+
+// After drain (a new leader taking over an account another leader may have just used up) the
+// limiter grants nothing at once and then paces from empty.
+func TestLimiterDrainStartsFromEmpty(t *testing.T) {
+	clk := newManualClock()
+	l := newLimiter(clk, oneBucket(100, 5), 1)
+	l.drain()
+	var ws []*waiter
+	for range 10 {
+		ws = append(ws, l.enqueue("A", PriorityPodWaiting, 0))
+	}
+	if got := countGranted(ws); got != 0 {
+		t.Fatalf("granted right after drain: %d, want 0", got)
+	}
+	pace := 5 * paceFactor
+	two := time.Duration(2 / pace * float64(time.Second))
+	advanceAnswering(clk, l, ws, two+two/100, two/50)
+	if got := countGranted(ws); got != 2 {
+		t.Fatalf("granted two tokens' time after drain: %d, want 2", got)
+	}
+}
