@@ -115,6 +115,7 @@ type Allocator struct {
 	prewarmKick chan struct{}
 
 	revision atomic.Int64 // etcd revision of the last commit (or of the state taken over)
+	starts   startPrior
 }
 
 // nodeState is the leader's runtime view of one node. Fields below mu are guarded by
@@ -137,6 +138,11 @@ type nodeState struct {
 	surplusSince time.Time
 	// assumedInUse stands in for the agent's report until the first one arrives.
 	assumedInUse int
+	// fresh: this leader registered the node (it is new), so its first minute teaches the
+	// cluster's start prior; priorDone once it has.
+	fresh      bool
+	registered time.Time
+	priorDone  bool
 	// noProposalBefore holds the next proposal back after the agent refused items: without
 	// it, a surplus the agent keeps refusing (cooling addresses; a tight subnet, where the
 	// release delay is 0) would be proposed again at once, in a loop of etcd writes.
@@ -568,11 +574,52 @@ func (a *Allocator) inputsLocked(ns *nodeState, rec ledger.NodeRecord) Inputs {
 	} else {
 		in.InUse = ns.assumedInUse
 	}
-	window := AdaptiveWindow(ns.policy)
-	in.StartRate = ns.rate.rate(a.now(), 10*time.Second)
-	_ = window
+	now := a.now()
+	in.StartRate = ns.rate.rate(now, 10*time.Second)
 	in.RefillLatency = a.gw.EstimateWait("AssignPrivateIpAddresses", ec2gw.PriorityWarmRefill)
+	in.PeakBurst = ns.rate.peak(refillWindow(in.RefillLatency))
+	if ns.fresh && now.Sub(ns.registered) < startWindow {
+		in.StartPrior = a.starts.prior()
+	}
 	return in
+}
+
+// startWindow is a new node's first minute, whose pod starts teach the cluster's start prior.
+const startWindow = time.Minute
+
+// refillWindow is the stretch of time a node's warm pool must cover: from a pod taking the last
+// free address until the refill lands (the report, the EC2 call, the commit, the push), with
+// margin.
+func refillWindow(latency time.Duration) time.Duration {
+	return 2*time.Second + 2*latency
+}
+
+// startPrior learns how many pods new nodes start in their first minute: the median of the
+// last few nodes, so a cluster whose new nodes each get twelve pods gives the next new node
+// twelve addresses at once (one EC2 call) instead of one and a refill.
+type startPrior struct {
+	mu      sync.Mutex
+	samples []int
+}
+
+func (p *startPrior) add(n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.samples = append(p.samples, n)
+	if len(p.samples) > 31 {
+		p.samples = p.samples[len(p.samples)-31:]
+	}
+}
+
+func (p *startPrior) prior() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.samples) == 0 {
+		return 0
+	}
+	s := append([]int(nil), p.samples...)
+	sort.Ints(s)
+	return s[len(s)/2]
 }
 
 // activeAddresses counts a node's active leased addresses (a prefix counts 16).
@@ -758,6 +805,11 @@ func (a *Allocator) ReportUsage(node string, u *ipledgerv1.UsageReport) error {
 	ns.usage = u
 	ns.lastReport = now
 	ns.rate.observe(now, u.GetAddsTotal(), AdaptiveWindow(ns.policy))
+	if ns.fresh && !ns.priorDone && now.Sub(ns.registered) >= startWindow {
+		// The agent started with the node, so its adds counter is the node's pod starts.
+		ns.priorDone = true
+		a.starts.add(int(u.GetAddsTotal()))
+	}
 	a.mu.Unlock()
 	a.led.SetUsage(node, ips)
 	if prev == nil || u.GetPodsWaiting() > 0 || len(prev.GetInUse()) != len(u.GetInUse()) || prev.GetCooling() != u.GetCooling() {

@@ -207,6 +207,11 @@ type Inputs struct {
 	StartRate float64
 	// RefillLatency is how long a new address takes to arrive now (limiter queue + EC2 call).
 	RefillLatency time.Duration
+	// PeakBurst is the most pods the node started within one refill window recently.
+	PeakBurst int
+	// StartPrior, for a node in its first minute, is how many pods new nodes of the cluster
+	// typically start in theirs (learned by the allocator).
+	StartPrior int
 }
 
 // Targets is what a node should hold.
@@ -264,7 +269,11 @@ func ComputeTargets(p *ipledgerv1.NodePolicy, shape Shape, in Inputs, defaultRel
 	return t
 }
 
-// AdaptiveFree is the adaptive rule's free target for the node.
+// AdaptiveFree is the adaptive rule's free target for the node: enough for the pods expected
+// to start while a refill is on its way — the mean rate times the refill latency (with
+// headroom), or the largest burst the node saw within one refill window, whichever is more; a
+// node in its first minute expects what new nodes of the cluster typically get — clamped to
+// the policy's floor and cap.
 func AdaptiveFree(p *ipledgerv1.NodePolicy, in Inputs) int {
 	floor, cap := adaptiveBounds(p)
 	headroom := float64(defaultAdaptiveHeadroom) / 100
@@ -272,6 +281,7 @@ func AdaptiveFree(p *ipledgerv1.NodePolicy, in Inputs) int {
 		headroom = float64(*p.AdaptiveHeadroomPercent) / 100
 	}
 	need := int(math.Ceil(in.StartRate * in.RefillLatency.Seconds() * headroom))
+	need = max(need, in.PeakBurst, in.StartPrior)
 	return min(max(need, floor), cap)
 }
 

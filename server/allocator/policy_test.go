@@ -154,3 +154,40 @@ func TestPolicyModeFallsBackOnXen(t *testing.T) {
 		t.Fatalf("nitro: %s", m)
 	}
 }
+
+func TestAdaptiveFreeCoversBurstsAndNewNodes(t *testing.T) {
+	def := DefaultPolicy()
+	// A node that saw 5 pods start within one refill window keeps 5 free, though its mean rate
+	// alone asks for 1.
+	if got := AdaptiveFree(def, Inputs{StartRate: 0.05, RefillLatency: time.Second, PeakBurst: 5}); got != 5 {
+		t.Fatalf("burst: %d, want 5", got)
+	}
+	// A new node expects what new nodes typically get.
+	if got := AdaptiveFree(def, Inputs{StartPrior: 12}); got != 12 {
+		t.Fatalf("start prior: %d, want 12", got)
+	}
+	// Both stay within the policy's cap.
+	capped := &ipledgerv1.NodePolicy{Name: "c", AdaptiveCap: proto.Uint32(4)}
+	if got := AdaptiveFree(capped, Inputs{PeakBurst: 9, StartPrior: 12}); got != 4 {
+		t.Fatalf("cap: %d, want 4", got)
+	}
+}
+
+func TestStartPriorIsTheMedianOfRecentNodes(t *testing.T) {
+	var p startPrior
+	if p.prior() != 0 {
+		t.Fatal("empty prior must be 0")
+	}
+	for _, n := range []int{12, 0, 12, 11, 40} {
+		p.add(n)
+	}
+	if got := p.prior(); got != 12 {
+		t.Fatalf("median: %d, want 12", got)
+	}
+	for i := 0; i < 40; i++ {
+		p.add(3)
+	}
+	if got := p.prior(); got != 3 || len(p.samples) != 31 {
+		t.Fatalf("after 40 new nodes with 3 pods: prior %d over %d samples", got, len(p.samples))
+	}
+}

@@ -185,6 +185,7 @@ func (a *Allocator) RegisterNode(ctx context.Context, req *ipledgerv1.RegisterNo
 	ns.typ = typ
 	ns.policy = policy
 	ns.modeMsg = modeMsg
+	ns.fresh, ns.registered = true, a.now()
 	rev, err := a.commit(ctx, store.PutSubnet(subnet), store.PutNode(rec))
 	if err != nil {
 		restore()

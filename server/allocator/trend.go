@@ -42,6 +42,27 @@ func (r *rateTracker) rate(now time.Time, minSpan time.Duration) float64 {
 	return float64(last.adds-first.adds) / span.Seconds()
 }
 
+// peak returns the most pod starts seen within any span-long stretch of the window: the burst
+// the node's warm pool must absorb while a refill is on its way.
+func (r *rateTracker) peak(span time.Duration) int {
+	best := uint64(0)
+	j := 0
+	for i := range r.samples {
+		for r.samples[i].at.Sub(r.samples[j].at) > span {
+			j++
+		}
+		// Starts reported at sample i since the sample before the stretch began.
+		from := j
+		if from > 0 {
+			from--
+		}
+		if d := r.samples[i].adds - r.samples[from].adds; d > best && from < i {
+			best = d
+		}
+	}
+	return int(best)
+}
+
 // trend keeps a subnet's held-address samples and forecasts exhaustion by least squares.
 type trend struct {
 	samples []trendSample

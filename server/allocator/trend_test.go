@@ -68,3 +68,29 @@ func TestTrendForecast(t *testing.T) {
 		t.Fatalf("window: %d samples", len(tr.samples))
 	}
 }
+
+func TestRateTrackerPeak(t *testing.T) {
+	var r rateTracker
+	t0 := time.Unix(1000, 0)
+	window := 5 * time.Minute
+	// Steady: one pod every 20 s.
+	for i := 0; i <= 6; i++ {
+		r.observe(t0.Add(time.Duration(i)*20*time.Second), uint64(i), window)
+	}
+	if got := r.peak(2 * time.Second); got != 1 {
+		t.Fatalf("steady: peak %d, want 1", got)
+	}
+	// A wave: 8 pods reported over 1 s in two reports.
+	r.observe(t0.Add(125*time.Second), 10, window)
+	r.observe(t0.Add(126*time.Second), 14, window)
+	if got := r.peak(2 * time.Second); got != 8 {
+		t.Fatalf("wave: peak %d, want 8", got)
+	}
+	// The wave leaves the window after five minutes.
+	for i := 0; i < 30; i++ {
+		r.observe(t0.Add(127*time.Second+time.Duration(i)*20*time.Second), 14+uint64(i), window)
+	}
+	if got := r.peak(2 * time.Second); got != 1 {
+		t.Fatalf("after the window: peak %d, want 1", got)
+	}
+}
