@@ -659,7 +659,7 @@ func (s *Server) lead(ctx context.Context, from int64) error {
 		Policies: s.policies, SecurityGroups: s.cfg.SecurityGroups, Subnets: s.cfg.Subnets,
 		ReleaseDelay: s.cfg.ReleaseDelay.D(), ProposalTimeout: s.cfg.ProposalTimeout.D(),
 		ReconcileInterval: s.cfg.ReconcileInterval.D(), InstanceCheckInterval: s.cfg.InstanceCheckInterval.D(),
-		DriftGrace: s.cfg.DriftGrace.D(), Logger: s.log, Registerer: s.reg,
+		DriftGrace: s.cfg.DriftGrace.D(), TimeScale: s.cfg.TimeScale, Logger: s.log, Registerer: s.reg,
 	})
 	if err != nil {
 		_ = lead.Resign(context.Background())

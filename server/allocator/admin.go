@@ -279,7 +279,7 @@ func (a *Allocator) Runtime(node string) (NodeRuntime, bool) {
 		Policy:       ns.policy,
 		ModeMessage:  ns.modeMsg,
 		Generation:   ns.generation,
-		StartRatePPS: ns.rate.rate(a.now(), 10*time.Second),
+		StartRatePPS: ns.rate.rate(a.now(), a.cfg.scaled(rateMinSpan)),
 	}
 	if ns.usage != nil {
 		rt.PodsInUse = len(ns.usage.GetInUse())

@@ -47,12 +47,23 @@ type Config struct {
 	ReconcileInterval     time.Duration // default 5 min
 	InstanceCheckInterval time.Duration // default 60 s
 	DriftGrace            time.Duration // default 60 s
-	// Tick is how often every node is looked at without an event (default 1 s).
+	// Tick is how often every node is looked at without an event (default 1 s / TimeScale).
 	Tick time.Duration
+	// TimeScale divides the allocator's own time constants (tick, rate span, refill window,
+	// a new node's first minute, back-off) when EC2 is a simulator running faster (default 1).
+	TimeScale float64
 
 	Now        func() time.Time
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
+}
+
+// scaled divides one of the allocator's time constants by the time scale.
+func (c *Config) scaled(d time.Duration) time.Duration {
+	if c.TimeScale <= 1 {
+		return d
+	}
+	return time.Duration(float64(d) / c.TimeScale)
 }
 
 func (c *Config) setDefaults() error {
@@ -74,7 +85,10 @@ func (c *Config) setDefaults() error {
 	def(&c.ReconcileInterval, 5*time.Minute)
 	def(&c.InstanceCheckInterval, time.Minute)
 	def(&c.DriftGrace, time.Minute)
-	def(&c.Tick, time.Second)
+	if c.TimeScale < 1 {
+		c.TimeScale = 1
+	}
+	def(&c.Tick, c.scaled(time.Second))
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -575,24 +589,27 @@ func (a *Allocator) inputsLocked(ns *nodeState, rec ledger.NodeRecord) Inputs {
 		in.InUse = ns.assumedInUse
 	}
 	now := a.now()
-	in.StartRate = ns.rate.rate(now, 10*time.Second)
+	in.StartRate = ns.rate.rate(now, a.cfg.scaled(rateMinSpan))
 	in.RefillLatency = a.gw.EstimateWait("AssignPrivateIpAddresses", ec2gw.PriorityWarmRefill)
-	in.PeakBurst = ns.rate.peak(refillWindow(in.RefillLatency))
-	if ns.fresh && now.Sub(ns.registered) < startWindow {
+	in.PeakBurst = ns.rate.peak(a.cfg.scaled(2*time.Second) + 2*in.RefillLatency)
+	if ns.fresh && now.Sub(ns.registered) < a.cfg.scaled(startWindow) {
 		in.StartPrior = a.starts.prior()
 	}
 	return in
 }
 
-// startWindow is a new node's first minute, whose pod starts teach the cluster's start prior.
-const startWindow = time.Minute
-
-// refillWindow is the stretch of time a node's warm pool must cover: from a pod taking the last
-// free address until the refill lands (the report, the EC2 call, the commit, the push), with
-// margin.
-func refillWindow(latency time.Duration) time.Duration {
-	return 2*time.Second + 2*latency
-}
+// Time constants of the adaptive policy (divided by the time scale):
+//   - startWindow: a new node's first minute, whose pod starts teach the cluster's start prior;
+//   - rateMinSpan: a start rate is measured over at least this long, so one report of a burst
+//     does not read as an endless rate.
+//
+// A node's warm pool covers the burst seen within 2 s plus twice the refill latency: from a pod
+// taking the last free address until the refill lands (the report, the EC2 call, the commit,
+// the push), with margin.
+const (
+	startWindow = time.Minute
+	rateMinSpan = 10 * time.Second
+)
 
 // startPrior learns how many pods new nodes start in their first minute: the median of the
 // last few nodes, so a cluster whose new nodes each get twelve pods gives the next new node
@@ -805,7 +822,7 @@ func (a *Allocator) ReportUsage(node string, u *ipledgerv1.UsageReport) error {
 	ns.usage = u
 	ns.lastReport = now
 	ns.rate.observe(now, u.GetAddsTotal(), AdaptiveWindow(ns.policy))
-	if ns.fresh && !ns.priorDone && now.Sub(ns.registered) >= startWindow {
+	if ns.fresh && !ns.priorDone && now.Sub(ns.registered) >= a.cfg.scaled(startWindow) {
 		// The agent started with the node, so its adds counter is the node's pod starts.
 		ns.priorDone = true
 		a.starts.add(int(u.GetAddsTotal()))
