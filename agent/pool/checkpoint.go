@@ -60,6 +60,8 @@ type cpAssignment struct {
 	SubnetID     string     `json:"subnet_id,omitempty"`
 	SubnetCIDR   string     `json:"subnet_cidr,omitempty"`
 	ENIPrimaryIP string     `json:"eni_primary_ip,omitempty"`
+	// Recovered: held for a pod the kernel showed, attachment unknown (ContainerID, IfName "").
+	Recovered bool `json:"recovered,omitempty"`
 }
 
 type cpLock struct {
@@ -141,7 +143,7 @@ func (p *Pool) encodeLocked() ([]byte, error) {
 				PodNamespace: s.holder.pod.Namespace, PodName: s.holder.pod.Name, PodUID: s.holder.pod.UID,
 				AssignedAt: s.holder.assignedAt.UTC(), Leased: s.leased,
 				ENIID: s.eni.ID, ENIMAC: s.eni.MAC, DeviceIndex: s.eni.DeviceIndex, SubnetID: s.eni.SubnetID,
-				SubnetCIDR: s.eni.SubnetCIDR, ENIPrimaryIP: s.eni.PrimaryIP,
+				SubnetCIDR: s.eni.SubnetCIDR, ENIPrimaryIP: s.eni.PrimaryIP, Recovered: s.holder.recovered,
 			}); err != nil {
 				return nil, err
 			}
@@ -231,7 +233,7 @@ func (p *Pool) load() error {
 	p.durable = p.version
 	p.restored = true
 	p.log.Info("checkpoint loaded", "path", path, "generation", p.generation,
-		"assignments", len(p.byKey), "locks", len(p.locks))
+		"assignments", len(p.byKey), "recovered", len(p.recovered), "locks", len(p.locks))
 	return nil
 }
 
@@ -283,15 +285,22 @@ func (p *Pool) decode(raw []byte) error {
 		slots[s.ip] = s
 	}
 	byKey := map[Key]*slot{}
+	recovered := map[netip.Addr]*slot{}
 	for _, a := range d.Assignments {
 		key := Key{ContainerID: a.ContainerID, IfName: a.IfName}
-		if key.ContainerID == "" || key.IfName == "" || !a.IP.Is4() {
+		switch {
+		case !a.IP.Is4():
+			return fmt.Errorf("assignment %q/%q %v: not an IPv4 address", a.ContainerID, a.IfName, a.IP)
+		case a.Recovered && key != (Key{}):
+			return fmt.Errorf("recovered assignment of %v names attachment %s", a.IP, key)
+		case !a.Recovered && (key.ContainerID == "" || key.IfName == ""):
 			return fmt.Errorf("assignment %q/%q %v: incomplete", a.ContainerID, a.IfName, a.IP)
 		}
-		if _, dup := byKey[key]; dup {
+		if _, dup := byKey[key]; dup && !a.Recovered {
 			return fmt.Errorf("attachment %s assigned twice", key)
 		}
-		h := &assignment{key: key, pod: PodInfo{Namespace: a.PodNamespace, Name: a.PodName, UID: a.PodUID}, assignedAt: a.AssignedAt}
+		h := &assignment{key: key, pod: PodInfo{Namespace: a.PodNamespace, Name: a.PodName, UID: a.PodUID},
+			assignedAt: a.AssignedAt, recovered: a.Recovered}
 		s, ok := slots[a.IP]
 		if !ok {
 			s = &slot{ip: a.IP, item: a.IP.String(), eni: ENI{ID: a.ENIID, MAC: a.ENIMAC, DeviceIndex: a.DeviceIndex,
@@ -299,10 +308,14 @@ func (p *Pool) decode(raw []byte) error {
 			slots[a.IP] = s
 		}
 		if s.holder != nil {
-			return fmt.Errorf("address %s assigned to %s and %s", a.IP, s.holder.key, key)
+			return fmt.Errorf("address %s assigned twice (%s and %s)", a.IP, holderName(s.holder), holderName(h))
 		}
 		s.holder = h
-		byKey[key] = s
+		if h.recovered {
+			recovered[a.IP] = s
+		} else {
+			byKey[key] = s
+		}
 	}
 	for _, r := range d.Released {
 		if s, ok := slots[r.IP]; ok && s.leased && s.holder == nil {
@@ -330,13 +343,14 @@ func (p *Pool) decode(raw []byte) error {
 	p.slots = slots
 	p.order = built
 	p.byKey = byKey
+	p.recovered = recovered
 	p.locks = locks
 	p.addsTotal = d.AddsTotal
 	p.recountLocked()
 	for _, s := range slots {
 		if s.holder != nil && !s.leased {
 			p.log.Error("checkpointed assignment is not in the checkpointed pool; keeping it for the pod",
-				"ip", s.ip, "container", s.holder.key.ContainerID, "ifname", s.holder.key.IfName)
+				"ip", s.ip, "container", s.holder.key.ContainerID, "ifname", s.holder.key.IfName, "recovered", s.holder.recovered)
 		}
 	}
 	return nil

@@ -134,6 +134,14 @@ func TestCheckpointCorruptRefused(t *testing.T) {
 				d.Assignments[1].ContainerID = "b"
 			})
 		}(), ErrCorruptCheckpoint},
+		{"recovered assignment naming an attachment", func() []byte {
+			return resignData(t, good, func(d *cpData) { d.Assignments[0].Recovered = true })
+		}(), ErrCorruptCheckpoint},
+		{"address recovered and assigned", func() []byte {
+			return resignData(t, good, func(d *cpData) {
+				d.Assignments = append(d.Assignments, cpAssignment{IP: d.Assignments[0].IP, Recovered: true})
+			})
+		}(), ErrCorruptCheckpoint},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

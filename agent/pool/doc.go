@@ -7,7 +7,16 @@
 // fsync of the directory) before the call that made it returns; concurrent callers share one
 // write (group commit). A missing checkpoint is a cold start; a corrupt one is an error.
 //
-// The pool never hands out an address that is not ACTIVE in the applied pool, that a pod holds,
-// that is cooling down or that was confirmed for release. It does no network I/O and never talks
-// to the server or EC2: the agent feeds it pools and release proposals.
+// A checkpoint can be older than the node's pods (restored from a copy, or lost): two sources
+// put back what it lacks. Recover holds the addresses the node's kernel shows in use by pods
+// (their policy rules) that no attachment holds — recovered assignments, with no attachment,
+// never handed out, kept by GC, given back by ReleaseRecovered once their rules are gone.
+// Restore brings back, once after Open, the pods the server says the node last reported in use,
+// with their attachments; where the report and the checkpoint disagree the newer assignment
+// wins. Until Restore has run (or Config.RestoreWait has passed) new attachments get no address.
+//
+// The pool never hands out an address that is not ACTIVE in the applied pool, that a pod holds
+// (known or recovered), that is cooling down or that was confirmed for release. It does no
+// network I/O and never talks to the server, EC2 or the kernel: the agent feeds it pools,
+// release proposals, the kernel's pods and the server's report.
 package pool

@@ -16,6 +16,9 @@ import (
 var (
 	// ErrNoFreeAddress: every usable address is held, cooling, locked or not ACTIVE.
 	ErrNoFreeAddress = errors.New("pool: no free address")
+	// ErrAwaitingRestore: new attachments get no address until Restore has run or
+	// Config.RestoreWait has passed (it wraps ErrNoFreeAddress: callers wait as for an empty pool).
+	ErrAwaitingRestore = fmt.Errorf("%w: waiting for the first registration to restore the pods the server knows", ErrNoFreeAddress)
 	// ErrCorruptCheckpoint: the checkpoint file exists but cannot be trusted.
 	ErrCorruptCheckpoint = errors.New("pool: corrupt checkpoint")
 	// ErrWrongIdentity: a checkpoint or pool names another node or instance.
@@ -26,6 +29,10 @@ var (
 
 // DefaultCooldown is how long an address given back by a pod waits before reuse.
 const DefaultCooldown = 30 * time.Second
+
+// maxForgotten bounds the attachments remembered as deleted before the first Restore (an agent
+// that never registers must not grow without bound).
+const maxForgotten = 4096
 
 // Config configures a Pool.
 type Config struct {
@@ -39,6 +46,9 @@ type Config struct {
 	Cooldown time.Duration
 	// Now is the clock (nil: time.Now). Tests inject one.
 	Now func() time.Time
+	// RestoreWait: after Open, new attachments get no address until Restore has run (the
+	// agent's first registration) or this long has passed (0: they do not wait).
+	RestoreWait time.Duration
 	// OnChange is called (outside the pool's lock) after every change of the pool, assignments,
 	// cooldowns or locks; the agent uses it to schedule usage reports. It must not block.
 	OnChange func()
@@ -79,6 +89,9 @@ type Assignment struct {
 	ENI        ENI
 	// Leased is false when the address has left the server's pool while the pod still holds it.
 	Leased bool
+	// Recovered: a pod on the node uses the address (the kernel shows its policy rules) but no
+	// attachment known to the pool holds it; Key and Pod are empty (see Recover).
+	Recovered bool
 }
 
 // ApplyResult says what applying a NodePool did.
@@ -96,9 +109,10 @@ type ApplyResult struct {
 }
 
 type assignment struct {
-	key        Key
+	key        Key // empty when recovered
 	pod        PodInfo
 	assignedAt time.Time
+	recovered  bool
 }
 
 // slot is one address the pool knows: leased now, or held by a pod after it left the pool.
@@ -135,6 +149,7 @@ type Pool struct {
 	slots      map[netip.Addr]*slot
 	order      []*slot // leased slots by address
 	byKey      map[Key]*slot
+	recovered  map[netip.Addr]*slot // slots held by recovered assignments (no attachment known)
 	locks      map[string]lock
 	prefixUse  map[netip.Prefix]int
 	addsTotal  uint64
@@ -142,6 +157,13 @@ type Pool struct {
 	version    uint64 // bumped by every change that the checkpoint must hold
 
 	restored bool // a checkpoint was loaded at Open
+
+	// Before the first Restore: new attachments wait until restoreUntil; attachments the runtime
+	// deleted meanwhile are remembered so that Restore does not bring them back.
+	restoreDone  bool
+	restoreUntil time.Time
+	forgotten    map[Key]bool // Release of an attachment the pool did not know
+	gcValid      map[Key]bool // valid attachments of the last GC (nil: no GC yet)
 
 	persistMu sync.Mutex
 	durable   uint64 // version held by the checkpoint on disk (guarded by persistMu)
@@ -166,12 +188,17 @@ func Open(cfg Config) (*Pool, error) {
 		log:       cfg.Logger,
 		slots:     map[netip.Addr]*slot{},
 		byKey:     map[Key]*slot{},
+		recovered: map[netip.Addr]*slot{},
 		locks:     map[string]lock{},
+		forgotten: map[Key]bool{},
 		prefixUse: map[netip.Prefix]int{},
 		changed:   make(chan struct{}),
 	}
 	if err := p.load(); err != nil {
 		return nil, err
+	}
+	if cfg.RestoreWait > 0 {
+		p.restoreUntil = cfg.Now().Add(cfg.RestoreWait)
 	}
 	return p, nil
 }
@@ -355,7 +382,7 @@ func (p *Pool) applyLocked(np *ipledgerv1.NodePool, built []*slot, force bool) A
 			s.coolUntil = old.coolUntil
 			s.releasedAt = old.releasedAt
 			if old.holder != nil {
-				p.byKey[old.holder.key] = s
+				p.indexHolderLocked(s)
 			}
 		}
 		newSlots[s.ip] = s
@@ -436,7 +463,22 @@ func (p *Pool) assignmentLocked(s *slot) Assignment {
 		AssignedAt: s.holder.assignedAt,
 		ENI:        s.eni,
 		Leased:     s.leased,
+		Recovered:  s.holder.recovered,
 	}
+}
+
+// indexHolderLocked files s, which has a holder, under its attachment or as recovered.
+func (p *Pool) indexHolderLocked(s *slot) {
+	if s.holder.recovered {
+		p.recovered[s.ip] = s
+	} else {
+		p.byKey[s.holder.key] = s
+	}
+}
+
+// awaitingRestoreLocked says whether new attachments must wait for Restore now.
+func (p *Pool) awaitingRestoreLocked(now time.Time) bool {
+	return !p.restoreDone && now.Before(p.restoreUntil)
 }
 
 // usableLocked says whether s may be handed to a pod now.
@@ -474,6 +516,10 @@ func (p *Pool) Assign(key Key, pod PodInfo) (a Assignment, isNew bool, err error
 		return a, false, p.persist(v)
 	}
 	now := p.cfg.Now()
+	if p.awaitingRestoreLocked(now) {
+		p.mu.Unlock()
+		return Assignment{}, false, ErrAwaitingRestore
+	}
 	var best *slot
 	for _, s := range p.order {
 		if p.usableLocked(s, now) && (best == nil || p.better(s, best)) {
@@ -515,7 +561,11 @@ func (p *Pool) Assign(key Key, pod PodInfo) (a Assignment, isNew bool, err error
 
 // dropHolderLocked frees s. releasedAt zero means the pod never used it (no cooldown).
 func (p *Pool) dropHolderLocked(s *slot, releasedAt time.Time) {
-	delete(p.byKey, s.holder.key)
+	if s.holder.recovered {
+		delete(p.recovered, s.ip)
+	} else {
+		delete(p.byKey, s.holder.key)
+	}
 	s.holder = nil
 	s.cpJSON = nil
 	if s.prefix.IsValid() {
@@ -547,7 +597,8 @@ func (p *Pool) Lookup(key Key) (Assignment, bool) {
 }
 
 // Release takes the attachment's address back; it cools down before reuse. found is false for
-// an attachment without an address (success: Release is idempotent). The change is checkpointed
+// an attachment without an address (success: Release is idempotent; before the first Restore the
+// attachment is remembered, so Restore does not bring it back). The change is checkpointed
 // before Release returns.
 func (p *Pool) Release(key Key) (a Assignment, found bool, err error) {
 	p.mu.Lock()
@@ -557,6 +608,8 @@ func (p *Pool) Release(key Key) (a Assignment, found bool, err error) {
 		p.dropHolderLocked(s, p.cfg.Now())
 		p.version++
 		p.notifyLocked()
+	} else if !p.restoreDone && len(p.forgotten) < maxForgotten {
+		p.forgotten[key] = true
 	}
 	v := p.version
 	p.mu.Unlock()
@@ -569,13 +622,18 @@ func (p *Pool) Release(key Key) (a Assignment, found bool, err error) {
 	return a, ok, nil
 }
 
-// GC releases every attachment not in valid and returns what it released.
+// GC releases every attachment not in valid and returns what it released. Recovered
+// assignments have no attachment to match: GC leaves them (ReleaseRecovered gives them back).
+// Before the first Restore the valid list is remembered: Restore brings back no other attachment.
 func (p *Pool) GC(valid []Key) ([]Assignment, error) {
 	keep := make(map[Key]bool, len(valid))
 	for _, k := range valid {
 		keep[k] = true
 	}
 	p.mu.Lock()
+	if !p.restoreDone {
+		p.gcValid = keep
+	}
 	now := p.cfg.Now()
 	var out []Assignment
 	for k, s := range p.byKey {
@@ -601,23 +659,27 @@ func (p *Pool) GC(valid []Key) ([]Assignment, error) {
 	return out, nil
 }
 
-// Assignments returns every assignment, by address.
+// Assignments returns every assignment (recovered ones included), by address.
 func (p *Pool) Assignments() []Assignment {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := make([]Assignment, 0, len(p.byKey))
+	out := make([]Assignment, 0, len(p.byKey)+len(p.recovered))
 	for _, s := range p.heldLocked() {
 		out = append(out, p.assignmentLocked(s))
 	}
 	return out
 }
 
-// NextFreeAt is the earliest time a cooling address becomes free (false when none cools).
+// NextFreeAt is the earliest time a cooling address becomes free (false when none cools), or
+// the end of the wait for Restore while new attachments wait for it.
 func (p *Pool) NextFreeAt() (time.Time, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var t time.Time
 	now := p.cfg.Now()
+	if p.awaitingRestoreLocked(now) {
+		return p.restoreUntil, true
+	}
 	for _, s := range p.order {
 		if s.holder == nil && s.leased && !s.locked && s.state == ipledgerv1.LeaseState_LEASE_STATE_ACTIVE &&
 			now.Before(s.coolUntil) && (t.IsZero() || s.coolUntil.Before(t)) {

@@ -147,7 +147,7 @@ type AddressSnapshot struct {
 	Prefix     string `json:"prefix,omitempty"`
 	LeaseState string `json:"lease_state"`
 	State      string `json:"state"`
-	Pod        string `json:"pod,omitempty"` // container id/ifname
+	Pod        string `json:"pod,omitempty"` // container id/ifname, or "recovered"
 }
 
 // PodSnapshot is one attachment and its address.
@@ -160,6 +160,9 @@ type PodSnapshot struct {
 	PodName      string    `json:"pod_name,omitempty"`
 	AssignedAt   time.Time `json:"assigned_at"`
 	Leased       bool      `json:"leased"`
+	// Recovered: a pod on the node uses the address but its attachment is not known (see
+	// Pool.Recover); ContainerID and IfName are empty.
+	Recovered bool `json:"recovered,omitempty"`
 }
 
 // CoolSnapshot is an address cooling down.
@@ -213,7 +216,10 @@ func (p *Pool) Snapshot() Snapshot {
 		if s.prefix.IsValid() {
 			as.Prefix = s.prefix.String()
 		}
-		if s.holder != nil {
+		switch {
+		case s.holder != nil && s.holder.recovered:
+			as.Pod = "recovered"
+		case s.holder != nil:
 			as.Pod = s.holder.key.String()
 		}
 		if i, ok := idx[s.eni.ID]; ok {
@@ -227,7 +233,7 @@ func (p *Pool) Snapshot() Snapshot {
 		snap.Pods = append(snap.Pods, PodSnapshot{
 			ContainerID: s.holder.key.ContainerID, IfName: s.holder.key.IfName, IP: s.ip.String(),
 			ENIID: s.eni.ID, PodNamespace: s.holder.pod.Namespace, PodName: s.holder.pod.Name,
-			AssignedAt: s.holder.assignedAt, Leased: s.leased,
+			AssignedAt: s.holder.assignedAt, Leased: s.leased, Recovered: s.holder.recovered,
 		})
 	}
 	for item, l := range p.locks {
@@ -237,10 +243,13 @@ func (p *Pool) Snapshot() Snapshot {
 	return snap
 }
 
-// heldLocked returns the slots held by pods, by address.
+// heldLocked returns the slots held by pods (recovered ones included), by address.
 func (p *Pool) heldLocked() []*slot {
-	out := make([]*slot, 0, len(p.byKey))
+	out := make([]*slot, 0, len(p.byKey)+len(p.recovered))
 	for _, s := range p.byKey {
+		out = append(out, s)
+	}
+	for _, s := range p.recovered {
 		out = append(out, s)
 	}
 	slices.SortFunc(out, func(a, b *slot) int { return a.ip.Compare(b.ip) })
