@@ -591,7 +591,11 @@ func (a *Allocator) inputsLocked(ns *nodeState, rec ledger.NodeRecord) Inputs {
 	now := a.now()
 	in.StartRate = ns.rate.rate(now, a.cfg.scaled(rateMinSpan))
 	in.RefillLatency = a.gw.EstimateWait("AssignPrivateIpAddresses", ec2gw.PriorityWarmRefill)
-	in.PeakBurst = ns.rate.peak(a.cfg.scaled(2*time.Second) + 2*in.RefillLatency)
+	var since time.Time
+	if ns.fresh {
+		since = ns.registered.Add(a.cfg.scaled(startWindow))
+	}
+	in.PeakBurst = ns.rate.peak(a.cfg.scaled(2*time.Second)+2*in.RefillLatency, since)
 	if ns.fresh && now.Sub(ns.registered) < a.cfg.scaled(startWindow) {
 		in.StartPrior = a.starts.prior()
 	}

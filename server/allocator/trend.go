@@ -42,16 +42,22 @@ func (r *rateTracker) rate(now time.Time, minSpan time.Duration) float64 {
 	return float64(last.adds-first.adds) / span.Seconds()
 }
 
-// peak returns the most pod starts seen within any span-long stretch of the window: the burst
-// the node's warm pool must absorb while a refill is on its way.
-func (r *rateTracker) peak(span time.Duration) int {
+// peak returns the most pod starts seen within any span-long stretch of the window after
+// since: the burst the node's warm pool must absorb while a refill is on its way. (A node's
+// first minute, when it is filled with its first pods, is left out: the start prior covers it.)
+func (r *rateTracker) peak(span time.Duration, since time.Time) int {
 	best := uint64(0)
 	j := 0
 	for i := range r.samples {
+		if r.samples[i].at.Before(since) {
+			j = i + 1
+			continue
+		}
 		for r.samples[i].at.Sub(r.samples[j].at) > span {
 			j++
 		}
-		// Starts reported at sample i since the sample before the stretch began.
+		// Starts reported at sample i since the sample before the stretch began (that sample
+		// is only the counter's baseline, so it may lie before since).
 		from := j
 		if from > 0 {
 			from--

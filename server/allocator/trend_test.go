@@ -77,20 +77,35 @@ func TestRateTrackerPeak(t *testing.T) {
 	for i := 0; i <= 6; i++ {
 		r.observe(t0.Add(time.Duration(i)*20*time.Second), uint64(i), window)
 	}
-	if got := r.peak(2 * time.Second); got != 1 {
+	if got := r.peak(2*time.Second, time.Time{}); got != 1 {
 		t.Fatalf("steady: peak %d, want 1", got)
 	}
 	// A wave: 8 pods reported over 1 s in two reports.
 	r.observe(t0.Add(125*time.Second), 10, window)
 	r.observe(t0.Add(126*time.Second), 14, window)
-	if got := r.peak(2 * time.Second); got != 8 {
+	if got := r.peak(2*time.Second, time.Time{}); got != 8 {
 		t.Fatalf("wave: peak %d, want 8", got)
 	}
 	// The wave leaves the window after five minutes.
 	for i := 0; i < 30; i++ {
 		r.observe(t0.Add(127*time.Second+time.Duration(i)*20*time.Second), 14+uint64(i), window)
 	}
-	if got := r.peak(2 * time.Second); got != 1 {
+	if got := r.peak(2*time.Second, time.Time{}); got != 1 {
 		t.Fatalf("after the window: peak %d, want 1", got)
+	}
+}
+
+func TestRateTrackerPeakLeavesOutTheFirstMinute(t *testing.T) {
+	var r rateTracker
+	t0 := time.Unix(1000, 0)
+	// The node is filled with 24 pods in its first seconds, then one more later.
+	r.observe(t0, 0, 5*time.Minute)
+	r.observe(t0.Add(time.Second), 24, 5*time.Minute)
+	r.observe(t0.Add(90*time.Second), 25, 5*time.Minute)
+	if got := r.peak(2*time.Second, time.Time{}); got != 24 {
+		t.Fatalf("with the first minute: %d", got)
+	}
+	if got := r.peak(2*time.Second, t0.Add(time.Minute)); got != 1 {
+		t.Fatalf("without the first minute: %d, want 1", got)
 	}
 }
