@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -25,6 +26,10 @@ import (
 
 // netRetry is the pause before the ENI configuration is tried again after a failure.
 const netRetry = 10 * time.Second
+
+// recoveredCheck is how often the networking loop looks whether the pods of recovered addresses
+// are gone while there are any (a Del of an attachment the pool does not know looks at once).
+const recoveredCheck = 5 * time.Second
 
 // Agent is one node agent. Many may run in one process (each with its own socket, checkpoint,
 // metrics registry and HTTP address).
@@ -166,6 +171,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		NodeName:       nodeName,
 		InstanceID:     inst.InstanceID,
 		Cooldown:       a.cfg.Cooldown,
+		RestoreWait:    a.cfg.RestoreWait,
 		Now:            a.cfg.Now,
 		OnChange:       conn.NotifyUsage,
 		Logger:         log.With("component", "pool"),
@@ -177,6 +183,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agent: metrics: %w", err)
 	}
+	var onUnknownDel func()
+	if a.cfg.ManageNetworking {
+		// The plugin removed the pod's rules before its Del: a recovered address may be free.
+		onUnknownDel = a.kickNet
+	}
 	cni, err := cniserver.New(cniserver.Config{
 		SocketPath:      a.cfg.SocketPath,
 		SocketGroup:     a.cfg.SocketGroup,
@@ -185,6 +196,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		AddWait:         a.cfg.AddWait,
 		Metrics:         metrics,
 		OnWaitingChange: conn.NotifyUsage,
+		OnUnknownDel:    onUnknownDel,
 		Logger:          log.With("component", "cni"),
 	})
 	if err != nil {
@@ -220,7 +232,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	log.Info("agent starting", "instance", inst.InstanceID, "type", inst.InstanceType, "az", inst.AvailabilityZone,
 		"subnet", inst.SubnetID, "checkpoint_restored", p.Restored(), "generation", p.Generation(),
-		"assignments", len(p.Assignments()), "socket", a.cfg.SocketPath, "http", a.MetricsAddr())
+		"assignments", len(p.Assignments()), "recovered", len(p.Recovered()), "restore_wait", a.cfg.RestoreWait,
+		"socket", a.cfg.SocketPath, "http", a.MetricsAddr())
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return cni.Run(gctx) })
@@ -326,6 +339,46 @@ func (a *Agent) Usage() *ipledgerv1.UsageReport {
 // KnownGeneration is the applied pool's generation (serverconn.Handler).
 func (a *Agent) KnownGeneration() uint64 { return a.pool.Generation() }
 
+// RestorePods restores, after the first registration, the pods the server says the node last
+// reported in use that the checkpoint lacks (serverconn.Handler). Disagreements between the
+// report and the checkpoint are logged as errors: one of them was stale.
+func (a *Agent) RestorePods(pods []*ipledgerv1.PodAddress) {
+	res, err := a.pool.Restore(pods)
+	if err != nil {
+		a.log.Error("restoring the pods the server knows failed", "err", err)
+	}
+	if res.Ignored {
+		return
+	}
+	for _, n := range res.Notes {
+		if n.Conflict {
+			a.log.Error("the server's report and the checkpoint disagree about a pod's address; keeping the newer assignment",
+				"ip", n.IP, "attachment", n.Key.String(), "kept", n.Kept, "why", n.Reason)
+		} else {
+			a.log.Warn("a pod the server reported is not restored", "ip", n.IP, "attachment", n.Key.String(), "why", n.Reason)
+		}
+	}
+	for _, as := range res.Replaced {
+		a.log.Error("checkpointed assignment superseded by a newer one the server reported", "ip", as.IP,
+			"attachment", as.Key.String(), "assigned_at", as.AssignedAt)
+	}
+	if len(res.Restored) > 0 || len(res.Upgraded) > 0 {
+		a.log.Warn("restored pods the checkpoint lacked from the server's last report (the checkpoint was stale or lost)",
+			"restored", assignmentNames(res.Restored), "recovered_now_known", assignmentNames(res.Upgraded))
+	} else {
+		a.log.Info("the server's last report holds no pod the checkpoint lacks", "reported", len(pods))
+	}
+}
+
+// assignmentNames lists assignments as ip=attachment.
+func assignmentNames(as []pool.Assignment) []string {
+	out := make([]string, 0, len(as))
+	for _, x := range as {
+		out = append(out, x.IP.String()+"="+x.Key.String())
+	}
+	return out
+}
+
 func (a *Agent) kickNet() {
 	select {
 	case a.netKick <- struct{}{}:
@@ -367,31 +420,136 @@ func (a *Agent) poolENIs(p *pool.Pool) map[string]pool.ENI {
 	return out
 }
 
-// restoreNetworking puts back the policy rules of the checkpointed assignments after a restart.
+// kernelPods returns the pods the node namespace routes: addresses with pod rules and a /32
+// route to a host link (a pod's veth). A rule without such a route is no pod's.
+func kernelPods(netm *netconf.Manager) (map[netip.Addr]netconf.PodRoute, []netconf.PodRoute, error) {
+	rules, err := netm.Rules()
+	if err != nil {
+		return nil, nil, err
+	}
+	pods := make(map[netip.Addr]netconf.PodRoute, len(rules))
+	for _, r := range rules {
+		if r.HostVeth != "" {
+			pods[r.IP] = r
+		}
+	}
+	return pods, rules, nil
+}
+
+// restoreNetworking runs before the CNI socket serves anything. It holds every address a pod
+// on the node uses (its rules and host route) that the checkpoint gives to no attachment — the
+// checkpoint may be older than the pods, or lost — gives back recovered addresses whose pods
+// went while the agent was down, and, after a restart with a checkpoint, puts back the rules of
+// the checkpointed and recovered assignments and removes the pod rules of no one.
 func (a *Agent) restoreNetworking(netm *netconf.Manager, p *pool.Pool) error {
 	if err := netm.EnableIPv4Forwarding(); err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
+	pods, rules, err := kernelPods(netm)
+	if err != nil {
+		return fmt.Errorf("agent: read pod rules: %w", err)
+	}
+	var gone []netip.Addr
+	for _, ip := range p.Recovered() {
+		if _, ok := pods[ip]; !ok {
+			gone = append(gone, ip)
+		}
+	}
+	released, err := p.ReleaseRecovered(gone)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	if len(released) > 0 {
+		a.log.Info("recovered addresses given back: their pods went while the agent was down", "ips", gone)
+	}
+	cand := make([]netip.Addr, 0, len(pods))
+	for ip := range pods {
+		cand = append(cand, ip)
+	}
+	recovered, err := p.Recover(cand)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	if len(recovered) > 0 {
+		var list []string
+		for _, r := range recovered {
+			list = append(list, r.IP.String()+" via "+pods[r.IP].HostVeth)
+		}
+		a.log.Warn("pods on the node use addresses the checkpoint gives to no attachment (it is stale or lost): holding them until their rules go",
+			"recovered", list)
+	}
 	if !p.Restored() {
-		return nil // cold start: no assignments to restore, and no rules of ours to judge
+		// Cold start: no assignments to put back, and no rules of ours to judge.
+		a.log.Info("pod rules left as they are (no checkpoint)", "rules", len(rules), "recovered", len(recovered))
+		return nil
 	}
 	var routes []netconf.PodRoute
 	for _, as := range p.Assignments() {
+		if as.Recovered {
+			routes = append(routes, netconf.PodRoute{IP: as.IP, Table: pods[as.IP].Table})
+			continue
+		}
 		routes = append(routes, netconf.PodRoute{IP: as.IP, Table: int(cniserver.RouteTable(as.ENI.DeviceIndex))})
 	}
 	if err := netm.SyncPodRules(routes); err != nil {
 		return fmt.Errorf("agent: restore pod rules: %w", err)
 	}
-	a.log.Info("pod rules restored from the checkpoint", "pods", len(routes))
+	a.log.Info("pod rules restored from the checkpoint and the kernel", "pods", len(routes), "recovered", len(p.Recovered()))
 	return nil
 }
 
+// checkRecovered gives back the recovered addresses whose pods are gone: no pod rule, or no host
+// route any more (the rules left of such an address are removed first).
+func (a *Agent) checkRecovered(netm *netconf.Manager, p *pool.Pool) {
+	rec := p.Recovered()
+	if len(rec) == 0 {
+		return
+	}
+	pods, rules, err := kernelPods(netm)
+	if err != nil {
+		a.log.Error("checking the pods of recovered addresses failed", "err", err)
+		return
+	}
+	var gone []netip.Addr
+	for _, ip := range rec {
+		if _, ok := pods[ip]; ok {
+			continue
+		}
+		if slices.ContainsFunc(rules, func(r netconf.PodRoute) bool { return r.IP == ip }) {
+			// Rules without the pod's veth: the pod went without its DEL (which removes them).
+			if err := netm.DelPodRules(ip); err != nil {
+				a.log.Error("removing the rules of a recovered address whose pod is gone failed", "ip", ip, "err", err)
+				continue
+			}
+		}
+		gone = append(gone, ip)
+	}
+	if len(gone) == 0 {
+		return
+	}
+	released, err := p.ReleaseRecovered(gone)
+	if err != nil {
+		a.log.Error("giving back recovered addresses failed", "ips", gone, "err", err)
+		return
+	}
+	a.log.Info("recovered addresses given back: their pods' rules are gone", "ips", assignmentIPs(released))
+}
+
+func assignmentIPs(as []pool.Assignment) []string {
+	out := make([]string, 0, len(as))
+	for _, x := range as {
+		out = append(out, x.IP.String())
+	}
+	return out
+}
+
 // netLoop keeps the ENIs of the applied pool configured: EnsureENI for new or changed ones,
-// RemoveENI for those that left, retried after a failure.
+// RemoveENI for those that left, retried after a failure. Every pass (and every recoveredCheck
+// while there are recovered addresses) gives back the recovered addresses whose pods are gone.
 func (a *Agent) netLoop(ctx context.Context, netm *netconf.Manager, p *pool.Pool) error {
 	done := map[string]pool.ENI{} // configured since start
 	known := a.poolENIs(p)        // from the checkpoint: configured before the restart, maybe
-	var retry <-chan time.Time
+	var retry, recheck <-chan time.Time
 	a.kickNet()
 	for {
 		select {
@@ -399,8 +557,13 @@ func (a *Agent) netLoop(ctx context.Context, netm *netconf.Manager, p *pool.Pool
 			return nil
 		case <-a.netKick:
 		case <-retry:
+		case <-recheck:
 		}
-		retry = nil
+		retry, recheck = nil, nil
+		a.checkRecovered(netm, p)
+		if len(p.Recovered()) > 0 {
+			recheck = time.After(recoveredCheck)
+		}
 		want := a.poolENIs(p)
 		failed := false
 		for id, e := range want {

@@ -119,6 +119,7 @@ func agentConfig(t *testing.T, srv *ec2sim.Server, in ec2sim.InstanceInfo, dir s
 	c.ManageNetworking = false
 	c.AddWait = 300 * time.Millisecond
 	c.DiscoveryTimeout = 10 * time.Second
+	c.RestoreWait = 0 // nobody answers the registration it would wait for
 	return c
 }
 

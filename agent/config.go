@@ -31,6 +31,11 @@ const (
 	DefaultCheckpointPath   = "/var/lib/ipledger/agent-checkpoint.json"
 	DefaultMetricsListen    = "127.0.0.1:61680"
 	DefaultDiscoveryTimeout = 2 * time.Minute
+	// DefaultRestoreWait bounds how long new pods wait, after the agent starts, for the first
+	// registration to say which addresses running pods hold (see Config.RestoreWait).
+	DefaultRestoreWait = 5 * time.Second
+	// MaxRestoreWait is the longest --restore-wait.
+	MaxRestoreWait = 5 * time.Minute
 	// EnvPrefix prefixes the environment variable of every flag: --add-wait is
 	// IPLEDGER_AGENT_ADD_WAIT.
 	EnvPrefix = "IPLEDGER_AGENT_"
@@ -62,6 +67,10 @@ type Config struct {
 	AddWait time.Duration
 	// Cooldown before an address given back is handed out again (--cooldown).
 	Cooldown time.Duration
+	// RestoreWait: after the agent starts, new pods get no address until the first
+	// registration has restored the pods the server knows and the checkpoint lacks, or this
+	// long has passed (--restore-wait; 0: they do not wait).
+	RestoreWait time.Duration
 	// UsageInterval and UsageDebounce pace usage reports (--usage-interval, --usage-debounce).
 	UsageInterval time.Duration
 	UsageDebounce time.Duration
@@ -109,6 +118,7 @@ func DefaultConfig() Config {
 		MetricsListen:    DefaultMetricsListen,
 		AddWait:          cniserver.DefaultAddWait,
 		Cooldown:         pool.DefaultCooldown,
+		RestoreWait:      DefaultRestoreWait,
 		UsageInterval:    serverconn.DefaultUsageInterval,
 		UsageDebounce:    serverconn.DefaultUsageDebounce,
 		ManageNetworking: true,
@@ -184,6 +194,9 @@ func (c Config) Validate() error {
 	}
 	if c.Cooldown <= 0 {
 		bad("cooldown", "must be positive, not %v", c.Cooldown)
+	}
+	if c.RestoreWait < 0 || c.RestoreWait > MaxRestoreWait {
+		bad("restore-wait", "%v is outside [0, %v]", c.RestoreWait, MaxRestoreWait)
 	}
 	if c.UsageInterval <= 0 {
 		bad("usage-interval", "must be positive, not %v", c.UsageInterval)
@@ -318,6 +331,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.MetricsListen, "metrics-listen", c.MetricsListen, "HTTP address for /metrics, /healthz and /v1/pool (\"\" = off)")
 	fs.DurationVar(&c.AddWait, "add-wait", c.AddWait, "how long a CNI ADD waits for an address when the pool is empty")
 	fs.DurationVar(&c.Cooldown, "cooldown", c.Cooldown, "cooldown of an address given back before it is handed out again")
+	fs.DurationVar(&c.RestoreWait, "restore-wait", c.RestoreWait, "after a start, how long new pods wait for the first registration to say which addresses running pods hold (0 = no wait)")
 	fs.DurationVar(&c.UsageInterval, "usage-interval", c.UsageInterval, "longest interval between usage reports to the allocator")
 	fs.DurationVar(&c.UsageDebounce, "usage-debounce", c.UsageDebounce, "delay of a usage report after a change")
 	fs.BoolVar(&c.ManageNetworking, "manage-networking", c.ManageNetworking, "configure secondary ENIs, their route tables and pod rules")

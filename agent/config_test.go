@@ -41,6 +41,8 @@ func TestValidate(t *testing.T) {
 		{func(c *Config) { c.AddWait = 0 }, "add-wait"},
 		{func(c *Config) { c.AddWait = time.Hour }, "add-wait"},
 		{func(c *Config) { c.Cooldown = -time.Second }, "cooldown"},
+		{func(c *Config) { c.RestoreWait = -time.Second }, "restore-wait"},
+		{func(c *Config) { c.RestoreWait = time.Hour }, "restore-wait"},
 		{func(c *Config) { c.UsageInterval = 0 }, "usage-interval"},
 		{func(c *Config) { c.UsageDebounce = time.Minute }, "usage-debounce"},
 		{func(c *Config) { c.NetNS = "ns/node" }, "netns"},

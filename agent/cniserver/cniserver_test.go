@@ -608,6 +608,9 @@ func (h poolHandler) AnswerRelease(r *ipledgerv1.ReleaseProposal) (*ipledgerv1.R
 }
 func (h poolHandler) Usage() *ipledgerv1.UsageReport { return h.p.Usage() }
 func (h poolHandler) KnownGeneration() uint64        { return h.p.Generation() }
+func (h poolHandler) RestorePods(pods []*ipledgerv1.PodAddress) {
+	_, _ = h.p.Restore(pods)
+}
 
 var _ Supplier = (*serverconn.Conn)(nil)
 
@@ -822,4 +825,83 @@ func metricCount(c prometheus.Collector) int {
 		n++
 	}
 	return n
+}
+
+// TestAddWaitsForRestore: after a restart the pool waits for the first registration; an Add
+// waits too, without asking the allocator (the addresses it lacks may be running pods'), gets
+// an address nobody holds once Restore has run, and fails with the reason when the wait for
+// the registration outlasts its own.
+func TestAddWaitsForRestore(t *testing.T) {
+	dir := shortDir(t)
+	p, err := pool.Open(pool.Config{CheckpointPath: filepath.Join(dir, "cp.json"), RestoreWait: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Apply(nodePool(1, []string{"10.0.0.11", "10.0.0.12"}, nil), false); err != nil {
+		t.Fatal(err)
+	}
+	sup := &scriptedSupplier{answer: func(int, uint32) error { return nil }}
+	unknownDels := make(chan struct{}, 4)
+	srv, err := New(Config{SocketPath: filepath.Join(dir, "a.sock"), Pool: p, Supplier: sup, AddWait: 5 * time.Second,
+		OnUnknownDel: func() { unknownDels <- struct{}{} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	<-srv.Ready()
+	client := dial(t, filepath.Join(dir, "a.sock"))
+
+	// The wait of the Add is shorter than the pool's: it fails, saying why.
+	short := add("impatient")
+	short.Wait = durationpb.New(200 * time.Millisecond)
+	_, err = client.Add(t.Context(), short)
+	wantReason(t, err, codes.Unavailable, ipledgerv1.Reason_SERVER_UNREACHABLE, "")
+	if !strings.Contains(status.Convert(err).Message(), "first registration") {
+		t.Fatalf("error %v does not say the agent waits for its registration", err)
+	}
+
+	res := make(chan *ipledgerv1.CNIAddResponse, 1)
+	go func() {
+		r, err := client.Add(t.Context(), add("new"))
+		if err != nil {
+			t.Errorf("add while awaiting restore: %v", err)
+		}
+		res <- r
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for srv.Waiting() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the Add does not wait")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// The runtime deletes a pod the pool does not know: success, and the agent is told.
+	if del, err := client.Del(t.Context(), &ipledgerv1.CNIDelRequest{ContainerId: "unknown", Ifname: "eth0"}); err != nil || del.Ip != "" {
+		t.Fatalf("del of an unknown attachment: %v %v", del, err)
+	}
+	select {
+	case <-unknownDels:
+	case <-time.After(5 * time.Second):
+		t.Fatal("OnUnknownDel not called")
+	}
+	// The registration says a running pod holds .11.
+	if _, err := p.Restore([]*ipledgerv1.PodAddress{{Ip: "10.0.0.11", ContainerId: "running", Ifname: "eth0"}}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-res:
+		if r == nil || r.Ip != "10.0.0.12" || !r.Waited {
+			t.Fatalf("add after Restore = %v, want 10.0.0.12", r)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the Add did not wake after Restore")
+	}
+	sup.mu.Lock()
+	defer sup.mu.Unlock()
+	if len(sup.counts) != 0 {
+		t.Fatalf("the allocator was asked for addresses %v while the pool waited for its registration", sup.counts)
+	}
 }

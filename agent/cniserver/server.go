@@ -71,7 +71,11 @@ type Config struct {
 	Metrics *Metrics
 	// OnWaitingChange is called when the number of waiting Adds changes. It must not block.
 	OnWaitingChange func()
-	Logger          *slog.Logger
+	// OnUnknownDel is called after a Del of an attachment the pool does not know (the plugin
+	// has removed the pod's rules by then: the agent looks whether a recovered address is now
+	// free). It must not block.
+	OnUnknownDel func()
+	Logger       *slog.Logger
 }
 
 // Server serves CNIService.

@@ -89,6 +89,9 @@ func (s *Server) Del(_ context.Context, req *ipledgerv1.CNIDelRequest) (*ipledge
 		return nil, status.Errorf(codes.Internal, "del %s: %v", key, err)
 	}
 	if !found {
+		if s.cfg.OnUnknownDel != nil {
+			s.cfg.OnUnknownDel()
+		}
 		return &ipledgerv1.CNIDelResponse{}, nil
 	}
 	s.cfg.Metrics.released(1)
@@ -174,7 +177,13 @@ func (s *Server) wait(ctx context.Context, key pool.Key, pod pool.PodInfo, d tim
 		if !errors.Is(err, pool.ErrNoFreeAddress) {
 			return a, err
 		}
-		supplied, retryAt := s.kick(ctx)
+		var supplied <-chan struct{}
+		var retryAt time.Time
+		if !errors.Is(err, pool.ErrAwaitingRestore) {
+			// While the pool waits for the first registration, the allocator is not asked:
+			// the addresses it lacks may be running pods'.
+			supplied, retryAt = s.kick(ctx)
+		}
 		var wake time.Time
 		if t, ok := s.cfg.Pool.NextFreeAt(); ok {
 			wake = t
@@ -298,6 +307,10 @@ func (s *Server) waitError(ctx context.Context, key pool.Key, d time.Duration) e
 	}
 	if s.cfg.Pool.Draining() {
 		return fail(ipledgerv1.Reason_NODE_DRAINING, "the node is being drained and gets no new addresses")
+	}
+	if s.cfg.Pool.AwaitingRestore() {
+		return fail(ipledgerv1.Reason_SERVER_UNREACHABLE,
+			"the agent restarted and waits for its first registration with the allocator to learn which addresses running pods hold")
 	}
 	if s.cfg.Supplier == nil {
 		return fail(ipledgerv1.Reason_SERVER_UNREACHABLE, "the pool is empty and no allocator is configured")

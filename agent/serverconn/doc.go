@@ -1,5 +1,6 @@
 // Package serverconn is the node agent's connection to the allocator (NodeService): it registers
-// the node (retrying with backoff and jitter), keeps one Sync stream to the leader (SyncHello,
+// the node (retrying with backoff and jitter; the registration's pool, then the pods the server
+// says the node last reported, go to the Handler), keeps one Sync stream to the leader (SyncHello,
 // debounced and periodic usage reports, release acks; pools and release proposals in), follows
 // NOT_LEADER redirects, re-registers after UNKNOWN_NODE, and makes the urgent RequestAddresses
 // call for pods that wait.

@@ -68,6 +68,10 @@ type Handler interface {
 	// followed a cold start of this process or UNKNOWN_NODE, and is authoritative whatever its
 	// generation.
 	ApplyPool(np *ipledgerv1.NodePool, force bool) error
+	// RestorePods is called after every successful registration, after ApplyPool of its pool,
+	// with the pods the server says the node last reported in use (empty when this leader has
+	// no report of the node). The agent restores those its checkpoint lacks.
+	RestorePods(pods []*ipledgerv1.PodAddress)
 	// AnswerRelease answers a proposal; the returned ack is sent only when the locks it
 	// confirms are durable (no error).
 	AnswerRelease(p *ipledgerv1.ReleaseProposal) (*ipledgerv1.ReleaseAck, error)
@@ -256,12 +260,13 @@ func (c *Conn) register(ctx context.Context, bo *backoff) error {
 			c.st.Registered = true
 			c.mu.Unlock()
 			c.log.Info("registered with the server", "server", target, "generation", resp.GetPool().GetGeneration(),
-				"policy", resp.GetPolicy().GetName())
+				"policy", resp.GetPolicy().GetName(), "last_reported_pods", len(resp.GetLastReportedInUse()))
 			if resp.GetPool() != nil {
 				if err := c.cfg.Handler.ApplyPool(resp.GetPool(), force); err != nil {
 					c.log.Error("applying the pool from registration failed", "err", err)
 				}
 			}
+			c.cfg.Handler.RestorePods(resp.GetLastReportedInUse())
 			return nil
 		}
 		if ctx.Err() != nil {
