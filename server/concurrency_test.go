@@ -1,4 +1,4 @@
-package server
+package server_test
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/ec2sim"
+	"github.com/ipledger/ipledger/server/servertest"
 )
 
 // Many nodes register at once while supply runs for those already registered: the leader must
@@ -17,9 +18,9 @@ func TestConcurrentRegistrationsWhileSupplyRuns(t *testing.T) {
 	if testing.Short() {
 		t.Skip("registers 250 nodes")
 	}
-	s := startDev(t, nil)
-	conn := dial(t, s.GRPCAddr())
-	subnet := instances(s)[0].SubnetID
+	s := servertest.StartDev(t, nil)
+	conn := servertest.Dial(t, s.GRPCAddr())
+	subnet := servertest.Instances(s)[0].SubnetID
 	// 100 busy nodes: each asks for addresses until it holds what an m5.large can (27), so supply
 	// keeps placing addresses in the subnet while 150 more nodes register there.
 	busy, err := s.Sim().Sim().RunInstances(t.Context(), ec2sim.InstanceSpec{InstanceType: "m5.large", SubnetID: subnet}, 100)
@@ -28,14 +29,14 @@ func TestConcurrentRegistrationsWhileSupplyRuns(t *testing.T) {
 	}
 	var load sync.WaitGroup
 	for _, in := range busy {
-		a := newTestAgent(t, conn, in)
-		a.register()
+		a := servertest.NewAgent(t, conn, in)
+		a.Register()
 		load.Add(1)
 		go func() {
 			defer load.Done()
 			for i := 0; i < 6; i++ {
 				ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
-				_, _ = a.cli.RequestAddresses(ctx, &ipledgerv1.RequestAddressesRequest{NodeName: a.name(), Count: 5, KnownGeneration: uint64(i)})
+				_, _ = a.Client.RequestAddresses(ctx, &ipledgerv1.RequestAddressesRequest{NodeName: a.Name(), Count: 5, KnownGeneration: uint64(i)})
 				cancel()
 			}
 		}()
@@ -46,13 +47,13 @@ func TestConcurrentRegistrationsWhileSupplyRuns(t *testing.T) {
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, len(launched))
-	agents := make([]*testAgent, len(launched))
+	agents := make([]*servertest.Agent, len(launched))
 	for i, in := range launched {
-		agents[i] = newTestAgent(t, conn, in)
+		agents[i] = servertest.NewAgent(t, conn, in)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, err := agents[i].cli.RegisterNode(t.Context(), agents[i].registerRequest()); err != nil {
+			if _, err := agents[i].Client.RegisterNode(t.Context(), agents[i].RegisterRequest()); err != nil {
 				errs <- err
 			}
 		}()
@@ -66,7 +67,7 @@ func TestConcurrentRegistrationsWhileSupplyRuns(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	waitFor(t, 60*time.Second, "every node's warm address", func() bool {
+	servertest.WaitFor(t, 60*time.Second, "every node's warm address", func() bool {
 		for _, in := range launched {
 			c, ok := s.Ledger().NodeCounts(in.PrivateDNSName)
 			if !ok || c.Idle < 1 {
@@ -83,8 +84,8 @@ func TestConcurrentRegistrationsWhileSupplyRuns(t *testing.T) {
 	if !s.IsLeader() {
 		t.Fatal("the replica lost leadership during the registrations")
 	}
-	checkNoAddressTwice(t, s)
-	checkBudgetsAddUp(t, s)
+	servertest.CheckNoAddressTwice(t, s)
+	servertest.CheckBudgetsAddUp(t, s)
 	rep, err := ipledgerv1.NewAdminServiceClient(conn).Check(t.Context(), &ipledgerv1.CheckRequest{IncludeEc2: true})
 	if err != nil {
 		t.Fatal(err)

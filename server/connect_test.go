@@ -1,11 +1,13 @@
-package server
+package server_test
 
 import (
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ipledger/ipledger/server"
 	"github.com/ipledger/ipledger/server/config"
+	"github.com/ipledger/ipledger/server/servertest"
 	"github.com/ipledger/ipledger/server/store"
 )
 
@@ -18,14 +20,14 @@ func TestReplicaWaitsForEtcd(t *testing.T) {
 	cfg.EtcdEndpoints = []string{"http://" + addr}
 	cfg.SessionTTL = config.Duration(2 * time.Second)
 	cfg.SimThrottle = false
-	s, err := Start(t.Context(), cfg, Options{Logger: testLogger(t)})
+	s, err := server.Start(t.Context(), cfg, server.Options{Logger: servertest.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
 
 	base := "http://" + s.HTTPAddr()
-	waitFor(t, 10*time.Second, "readyz to say it waits for etcd", func() bool {
+	servertest.WaitFor(t, 10*time.Second, "readyz to say it waits for etcd", func() bool {
 		code, body := get(t, base+"/readyz")
 		return code == 503 && strings.Contains(body, "waiting for etcd")
 	})
@@ -41,7 +43,7 @@ func TestReplicaWaitsForEtcd(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { emb.Close() })
-	waitFor(t, 20*time.Second, "leadership once etcd is up", s.IsLeader)
+	servertest.WaitFor(t, 20*time.Second, "leadership once etcd is up", s.IsLeader)
 	if code, body := get(t, base+"/readyz"); code != 200 || !strings.Contains(body, "leader") {
 		t.Fatalf("/readyz after etcd came: %d %q", code, body)
 	}

@@ -1,4 +1,4 @@
-package server
+package server_test
 
 import (
 	"context"
@@ -13,11 +13,13 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/allocator"
 	"github.com/ipledger/ipledger/server/ec2sim"
+	"github.com/ipledger/ipledger/server/servertest"
 	"github.com/ipledger/ipledger/server/store"
-	"google.golang.org/protobuf/proto"
 )
 
 var (
@@ -99,7 +101,7 @@ func startReplica(t *testing.T, bin string, etcd []string, ec2 string) *replicaP
 func (r *replicaProc) status(ctx context.Context, t *testing.T) (*ipledgerv1.ClusterStatus, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	return ipledgerv1.NewAdminServiceClient(dial(t, r.grpc)).GetClusterStatus(ctx, &ipledgerv1.GetClusterStatusRequest{})
+	return ipledgerv1.NewAdminServiceClient(servertest.Dial(t, r.grpc)).GetClusterStatus(ctx, &ipledgerv1.GetClusterStatusRequest{})
 }
 
 func leaderOf(t *testing.T, rs ...*replicaProc) *replicaProc {
@@ -144,12 +146,12 @@ func TestFailoverMidAllocation(t *testing.T) {
 	a := startReplica(t, bin, emb.Endpoints(), sim.Endpoint())
 	b := startReplica(t, bin, emb.Endpoints(), sim.Endpoint())
 	var first *replicaProc
-	waitFor(t, 20*time.Second, "a leader", func() bool { first = leaderOf(t, a, b); return first != nil })
+	servertest.WaitFor(t, 20*time.Second, "a leader", func() bool { first = leaderOf(t, a, b); return first != nil })
 	standby := a
 	if first == a {
 		standby = b
 	}
-	conn := dial(t, first.grpc)
+	conn := servertest.Dial(t, first.grpc)
 	if _, err := ipledgerv1.NewAdminServiceClient(conn).SetPolicy(t.Context(), &ipledgerv1.SetPolicyRequest{Policy: &ipledgerv1.NodePolicy{
 		Name: "min14", MinimumIpTarget: proto.Uint32(14),
 	}}); err != nil {
@@ -160,8 +162,8 @@ func TestFailoverMidAllocation(t *testing.T) {
 		insts = append(insts, in)
 	}
 	for _, in := range insts {
-		ag := newTestAgent(t, conn, in)
-		ag.register()
+		ag := servertest.NewAgent(t, conn, in)
+		ag.Register()
 	}
 	// Let the leader get some way into the work, then kill it.
 	time.Sleep(400 * time.Millisecond)
@@ -170,22 +172,22 @@ func TestFailoverMidAllocation(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-first.done
-	waitFor(t, 15*time.Second, "the standby to lead", func() bool { return leaderOf(t, standby) != nil })
+	servertest.WaitFor(t, 15*time.Second, "the standby to lead", func() bool { return leaderOf(t, standby) != nil })
 	tookOver := time.Since(killedAt)
 
 	// Agents reconnect to the new leader and every node reaches its target.
-	conn2 := dial(t, standby.grpc)
-	var agents []*testAgent
+	conn2 := servertest.Dial(t, standby.grpc)
+	var agents []*servertest.Agent
 	for _, in := range insts {
-		ag := newTestAgent(t, conn2, in)
-		ag.register()
-		ag.sync()
+		ag := servertest.NewAgent(t, conn2, in)
+		ag.Register()
+		ag.Sync()
 		agents = append(agents, ag)
 	}
 	firstServed := time.Time{}
 	for _, ag := range agents {
-		ag.waitPool(30*time.Second, "14 addresses after failover", func(p *ipledgerv1.NodePool) bool {
-			ok := len(addresses(p, ipledgerv1.LeaseState_LEASE_STATE_ACTIVE)) == 14
+		ag.WaitPool(30*time.Second, "14 addresses after failover", func(p *ipledgerv1.NodePool) bool {
+			ok := len(servertest.Addresses(p, ipledgerv1.LeaseState_LEASE_STATE_ACTIVE)) == 14
 			if ok && firstServed.IsZero() {
 				firstServed = time.Now()
 			}
@@ -200,7 +202,7 @@ func TestFailoverMidAllocation(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	waitFor(t, 30*time.Second, "EC2 and etcd to agree", func() bool { return consistent(t, sim.Sim(), st) == nil })
+	servertest.WaitFor(t, 30*time.Second, "EC2 and etcd to agree", func() bool { return consistent(t, sim.Sim(), st) == nil })
 	if err := consistent(t, sim.Sim(), st); err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package server
+package server_test
 
 import (
 	"io"
@@ -9,8 +9,10 @@ import (
 	"testing"
 	"time"
 
-	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+	"github.com/ipledger/ipledger/server/servertest"
 )
 
 func get(t *testing.T, url string) (int, string) {
@@ -25,13 +27,13 @@ func get(t *testing.T, url string) (int, string) {
 }
 
 func TestHealthReadinessAndMetrics(t *testing.T) {
-	s := startDev(t, nil)
-	conn := dial(t, s.GRPCAddr())
-	for _, in := range instances(s)[:2] {
-		a := newTestAgent(t, conn, in)
-		a.register()
-		a.sync()
-		a.waitPool(10*time.Second, "a warm address", func(p *ipledgerv1.NodePool) bool { return len(addresses(p, 0)) == 1 })
+	s := servertest.StartDev(t, nil)
+	conn := servertest.Dial(t, s.GRPCAddr())
+	for _, in := range servertest.Instances(s)[:2] {
+		a := servertest.NewAgent(t, conn, in)
+		a.Register()
+		a.Sync()
+		a.WaitPool(10*time.Second, "a warm address", func(p *ipledgerv1.NodePool) bool { return len(servertest.Addresses(p, 0)) == 1 })
 	}
 	base := "http://" + s.HTTPAddr()
 	if code, body := get(t, base+"/healthz"); code != 200 || !strings.Contains(body, "ok") {
@@ -50,7 +52,7 @@ func TestHealthReadinessAndMetrics(t *testing.T) {
 		v, _ := strconv.ParseFloat(m[1], 64)
 		return v
 	}
-	subnet := instances(s)[0].SubnetID
+	subnet := servertest.Instances(s)[0].SubnetID
 	held := value(`ipledger_subnet_addresses\{az="[^"]+",kind="held",subnet="` + subnet + `"\}`)
 	if held < 2 {
 		t.Fatalf("held in %s: %v", subnet, held)

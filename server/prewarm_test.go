@@ -1,23 +1,25 @@
-package server
+package server_test
 
 import (
 	"testing"
 	"time"
 
-	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
-	"github.com/ipledger/ipledger/server/allocator"
-	"github.com/ipledger/ipledger/server/ec2sim"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+	"github.com/ipledger/ipledger/server/allocator"
+	"github.com/ipledger/ipledger/server/ec2sim"
+	"github.com/ipledger/ipledger/server/servertest"
 )
 
 func TestPrewarmEndToEnd(t *testing.T) {
-	s := startDev(t, nil)
-	conn := dial(t, s.GRPCAddr())
+	s := servertest.StartDev(t, nil)
+	conn := servertest.Dial(t, s.GRPCAddr())
 	admin := ipledgerv1.NewAdminServiceClient(conn)
-	first := instances(s)[0]
-	newTestAgent(t, conn, first).register() // the cluster now uses first's subnet
+	first := servertest.Instances(s)[0]
+	servertest.NewAgent(t, conn, first).Register() // the cluster now uses first's subnet
 
 	res, err := admin.Prewarm(t.Context(), &ipledgerv1.PrewarmRequest{
 		SubnetId: first.SubnetID, InstanceType: "m5.large", NodeCount: 2, AddressesPerNode: 5, Expiry: durationpb.New(time.Hour),
@@ -29,7 +31,7 @@ func TestPrewarmEndToEnd(t *testing.T) {
 		t.Fatalf("reservation: %v", res)
 	}
 	var ready *ipledgerv1.PrewarmReservation
-	waitFor(t, 10*time.Second, "pre-warm ready", func() bool {
+	servertest.WaitFor(t, 10*time.Second, "pre-warm ready", func() bool {
 		l, err := admin.ListPrewarms(t.Context(), &ipledgerv1.ListPrewarmsRequest{})
 		if err != nil || len(l.GetReservations()) != 1 {
 			return false
@@ -38,7 +40,7 @@ func TestPrewarmEndToEnd(t *testing.T) {
 		return ready.GetState() == "ready"
 	})
 	for _, e := range ready.GetEnis() {
-		sim := simENI(t, s.Sim(), e.GetEniId())
+		sim := servertest.SimENI(t, s.Sim(), e.GetEniId())
 		if sim.Status != "available" || len(sim.SecondaryIPs) != 5 || sim.Tags[allocator.TagPrewarm] != res.GetId() || sim.Tags[allocator.TagCluster] != "dev" {
 			t.Fatalf("pre-created ENI in EC2: %+v", sim)
 		}
@@ -47,7 +49,7 @@ func TestPrewarmEndToEnd(t *testing.T) {
 	if budget.GetPrewarmReserved() != 12 {
 		t.Fatalf("budget holds %d for the reservation, want 12", budget.GetPrewarmReserved())
 	}
-	checkBudgetsAddUp(t, s)
+	servertest.CheckBudgetsAddUp(t, s)
 
 	// A new node of that type starts in the subnet: it gets a pre-created ENI attached, with one
 	// EC2 call instead of an assign or a create + attach.
@@ -56,10 +58,10 @@ func TestPrewarmEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := s.Sim().Sim().Stats()
-	a := newTestAgent(t, conn, launched[0])
-	a.register()
-	a.sync()
-	p := a.waitPool(10*time.Second, "the pre-warmed ENI", func(p *ipledgerv1.NodePool) bool {
+	a := servertest.NewAgent(t, conn, launched[0])
+	a.Register()
+	a.Sync()
+	p := a.WaitPool(10*time.Second, "the pre-warmed ENI", func(p *ipledgerv1.NodePool) bool {
 		return len(p.GetInterfaces()) == 2 && len(p.GetInterfaces()[1].GetAddresses()) == 5
 	})
 	attached := p.GetInterfaces()[1].GetEniId()
@@ -80,14 +82,14 @@ func TestPrewarmEndToEnd(t *testing.T) {
 	if budget.GetPrewarmReserved() != 6 {
 		t.Fatalf("after one attach the reservation holds %d, want 6", budget.GetPrewarmReserved())
 	}
-	checkNoAddressTwice(t, s)
-	checkBudgetsAddUp(t, s)
+	servertest.CheckNoAddressTwice(t, s)
+	servertest.CheckBudgetsAddUp(t, s)
 
 	// Cancel: the unused ENI is deleted and the budget returns.
 	if _, err := admin.CancelPrewarm(t.Context(), &ipledgerv1.CancelPrewarmRequest{Id: res.GetId()}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "reservation gone", func() bool {
+	servertest.WaitFor(t, 10*time.Second, "reservation gone", func() bool {
 		l, _ := admin.ListPrewarms(t.Context(), &ipledgerv1.ListPrewarmsRequest{})
 		return len(l.GetReservations()) == 0
 	})
@@ -107,7 +109,7 @@ func TestPrewarmEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 15*time.Second, "expired reservation gone", func() bool {
+	servertest.WaitFor(t, 15*time.Second, "expired reservation gone", func() bool {
 		l, _ := admin.ListPrewarms(t.Context(), &ipledgerv1.ListPrewarmsRequest{})
 		return len(l.GetReservations()) == 0
 	})
@@ -116,7 +118,7 @@ func TestPrewarmEndToEnd(t *testing.T) {
 			t.Fatalf("ENI %s of the expired reservation left in EC2", e.ID)
 		}
 	}
-	checkBudgetsAddUp(t, s)
+	servertest.CheckBudgetsAddUp(t, s)
 
 	// Bad requests change nothing.
 	for _, bad := range []*ipledgerv1.PrewarmRequest{
@@ -150,11 +152,11 @@ func subnetBudget(t *testing.T, admin ipledgerv1.AdminServiceClient, id string) 
 }
 
 func TestCanFit(t *testing.T) {
-	s := startDev(t, nil)
-	conn := dial(t, s.GRPCAddr())
+	s := servertest.StartDev(t, nil)
+	conn := servertest.Dial(t, s.GRPCAddr())
 	admin := ipledgerv1.NewAdminServiceClient(conn)
-	first := instances(s)[0]
-	newTestAgent(t, conn, first).register()
+	first := servertest.Instances(s)[0]
+	servertest.NewAgent(t, conn, first).Register()
 
 	fit, err := admin.CanFit(t.Context(), &ipledgerv1.CanFitRequest{SubnetId: first.SubnetID, NodeCount: 10, PodsPerNode: 20, InstanceType: "m5.large"})
 	if err != nil {

@@ -1,4 +1,4 @@
-package server
+package server_test
 
 import (
 	"context"
@@ -23,8 +23,10 @@ import (
 	"github.com/ipledger/ipledger/internal/mtls"
 	"github.com/ipledger/ipledger/internal/mtls/mtlstest"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+	"github.com/ipledger/ipledger/server"
 	"github.com/ipledger/ipledger/server/api"
 	"github.com/ipledger/ipledger/server/config"
+	"github.com/ipledger/ipledger/server/servertest"
 )
 
 // dialTLS connects to addr with a client certificate.
@@ -69,23 +71,23 @@ func syncHello(ctx context.Context, cli ipledgerv1.NodeServiceClient, node, inst
 // change node B's lease; node and admin certificates cannot stand in for each other; a
 // plaintext client gets nothing.
 func TestDevCertificatesConfineEachCallerToItsIdentity(t *testing.T) {
-	s := startDev(t, func(c *config.Config) { c.Insecure = false })
+	s := servertest.StartDev(t, func(c *config.Config) { c.Insecure = false })
 	dev := s.DevCerts()
 	if dev == nil {
 		t.Fatal("--dev without --insecure made no certificates")
 	}
-	insts := instances(s)
+	insts := servertest.Instances(s)
 	a, b := insts[0], insts[1]
 	asA := ipledgerv1.NewNodeServiceClient(dialTLS(t, s.GRPCAddr(), dev.Node(a.PrivateDNSName)))
 	asB := ipledgerv1.NewNodeServiceClient(dialTLS(t, s.GRPCAddr(), dev.Node(b.PrivateDNSName)))
 	adminConn := dialTLS(t, s.GRPCAddr(), dev.Admin())
 
 	// B registers itself and gets its warm address.
-	agentB := &testAgent{t: t, inst: b, cli: asB}
-	agentB.register()
-	agentB.sync()
-	agentB.waitPool(10*time.Second, "B's warm address", func(p *ipledgerv1.NodePool) bool {
-		return len(addresses(p, ipledgerv1.LeaseState_LEASE_STATE_ACTIVE)) == 1
+	agentB := &servertest.Agent{T: t, Inst: b, Client: asB}
+	agentB.Register()
+	agentB.Sync()
+	agentB.WaitPool(10*time.Second, "B's warm address", func(p *ipledgerv1.NodePool) bool {
+		return len(servertest.Addresses(p, ipledgerv1.LeaseState_LEASE_STATE_ACTIVE)) == 1
 	})
 	before, ok := s.Ledger().Node(b.PrivateDNSName)
 	if !ok {
@@ -94,7 +96,7 @@ func TestDevCertificatesConfineEachCallerToItsIdentity(t *testing.T) {
 	revBefore := s.Allocator().Revision()
 
 	// A, with its own certificate, acting for B: refused, whatever the call.
-	regB := agentB.registerRequest()
+	regB := agentB.RegisterRequest()
 	_, err := asA.RegisterNode(t.Context(), regB)
 	wantDenied(t, "A registers B", err, ipledgerv1.Reason_WRONG_NODE_IDENTITY)
 	_, err = asA.RequestAddresses(t.Context(), &ipledgerv1.RequestAddressesRequest{NodeName: b.PrivateDNSName, Count: 4})
@@ -128,8 +130,8 @@ func TestDevCertificatesConfineEachCallerToItsIdentity(t *testing.T) {
 	}
 
 	// The rightful callers get through: A for itself, the admin for AdminService; health is open.
-	agentA := &testAgent{t: t, inst: a, cli: asA}
-	agentA.register()
+	agentA := &servertest.Agent{T: t, Inst: a, Client: asA}
+	agentA.Register()
 	nodes, err := ipledgerv1.NewAdminServiceClient(adminConn).ListNodes(t.Context(), &ipledgerv1.ListNodesRequest{})
 	if err != nil || len(nodes.GetNodes()) != 2 {
 		t.Fatalf("admin lists nodes: %v, %v", nodes, err)
@@ -138,7 +140,7 @@ func TestDevCertificatesConfineEachCallerToItsIdentity(t *testing.T) {
 		t.Fatalf("health with a node certificate: %v", err)
 	}
 	// A plaintext client against the mTLS server gets nothing.
-	plain := dial(t, s.GRPCAddr())
+	plain := servertest.Dial(t, s.GRPCAddr())
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
 	if _, err := ipledgerv1.NewAdminServiceClient(plain).ListNodes(ctx, &ipledgerv1.ListNodesRequest{}); status.Code(err) != codes.Unavailable {
@@ -153,7 +155,7 @@ func TestDevCertificatesConfineEachCallerToItsIdentity(t *testing.T) {
 }
 
 // counterValue reads a counter (summed over series matching the label pairs) from the registry.
-func counterValue(t *testing.T, s *Server, name string, labels ...string) float64 {
+func counterValue(t *testing.T, s *server.Server, name string, labels ...string) float64 {
 	t.Helper()
 	mfs, err := s.Registry().Gather()
 	if err != nil {
@@ -190,7 +192,7 @@ func TestTLSFilesRefuseBadCertificatesAndRotateWithoutRestart(t *testing.T) {
 	ca := mtlstest.NewCA(t, "cluster CA")
 	rogue := mtlstest.NewCA(t, "rogue CA")
 	serverFiles := ca.Issue(t, "server", mtlstest.Leaf{Identity: mtls.ServerIdentity, Server: true, CommonName: "first"})
-	s := startDev(t, func(c *config.Config) {
+	s := servertest.StartDev(t, func(c *config.Config) {
 		c.Insecure = false
 		c.TLSCertFile, c.TLSKeyFile, c.TLSClientCAFile = serverFiles.Cert, serverFiles.Key, ca.CAFile
 	})
@@ -229,7 +231,7 @@ func TestTLSFilesRefuseBadCertificatesAndRotateWithoutRestart(t *testing.T) {
 			if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("want Unavailable containing %q, got %v", tc.want, err)
 			}
-			waitFor(t, 5*time.Second, "the server to count the refused handshake", func() bool {
+			servertest.WaitFor(t, 5*time.Second, "the server to count the refused handshake", func() bool {
 				return counterValue(t, s, "ipledger_grpc_tls_handshake_failures_total") > before
 			})
 		})
@@ -253,14 +255,14 @@ func TestTLSFilesRefuseBadCertificatesAndRotateWithoutRestart(t *testing.T) {
 	if _, err := ipledgerv1.NewAdminServiceClient(conn).ListNodes(t.Context(), &ipledgerv1.ListNodesRequest{}); status.Code(err) != codes.Unavailable {
 		t.Fatalf("expired certificate sent anyway: %v", err)
 	}
-	waitFor(t, 5*time.Second, "the server to refuse the expired certificate", func() bool {
+	servertest.WaitFor(t, 5*time.Second, "the server to refuse the expired certificate", func() bool {
 		return counterValue(t, s, "ipledger_grpc_tls_handshake_failures_total") > before
 	})
 
 	// Rotation: cert-manager writes new files; new connections get the new certificate.
 	mtlstest.CopyFiles(t, ca.Issue(t, "server2", mtlstest.Leaf{Identity: mtls.ServerIdentity, Server: true, CommonName: "second"}),
 		mtls.Files{Cert: serverFiles.Cert, Key: serverFiles.Key})
-	waitFor(t, 10*time.Second, "the rotated server certificate", func() bool {
+	servertest.WaitFor(t, 10*time.Second, "the rotated server certificate", func() bool {
 		cn, err := status1(admin)
 		return err == nil && cn == "second"
 	})
@@ -274,12 +276,12 @@ func TestTLSFilesRefuseBadCertificatesAndRotateWithoutRestart(t *testing.T) {
 // another node's calls are served promptly.
 func TestPerNodeRateLimitKeepsAFloodingAgentFromStarvingOthers(t *testing.T) {
 	const perSecond, burst = 10, 5
-	s := startDev(t, func(c *config.Config) { c.NodeRateLimit, c.NodeRateBurst = perSecond, burst })
-	conn := dial(t, s.GRPCAddr())
-	insts := instances(s)
-	flood := newTestAgent(t, conn, insts[0])
-	calm := newTestAgent(t, conn, insts[1])
-	flood.register()
+	s := servertest.StartDev(t, func(c *config.Config) { c.NodeRateLimit, c.NodeRateBurst = perSecond, burst })
+	conn := servertest.Dial(t, s.GRPCAddr())
+	insts := servertest.Instances(s)
+	flood := servertest.NewAgent(t, conn, insts[0])
+	calm := servertest.NewAgent(t, conn, insts[1])
+	flood.Register()
 
 	// 200 concurrent RequestAddresses from one node: at most the burst plus the refill pass.
 	const calls = 200
@@ -290,7 +292,7 @@ func TestPerNodeRateLimitKeepsAFloodingAgentFromStarvingOthers(t *testing.T) {
 		wg.Go(func() {
 			ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
 			defer cancel()
-			_, err := flood.cli.RequestAddresses(ctx, &ipledgerv1.RequestAddressesRequest{NodeName: flood.name(), Count: 1})
+			_, err := flood.Client.RequestAddresses(ctx, &ipledgerv1.RequestAddressesRequest{NodeName: flood.Name(), Count: 1})
 			if status.Code(err) == codes.ResourceExhausted {
 				if r, _ := api.ReasonOf(err); r == ipledgerv1.Reason_RATE_LIMITED.String() {
 					limited.Add(1)
@@ -302,7 +304,7 @@ func TestPerNodeRateLimitKeepsAFloodingAgentFromStarvingOthers(t *testing.T) {
 	}
 	// Meanwhile the other node registers and syncs as if nothing happened.
 	t0 := time.Now()
-	calm.register()
+	calm.Register()
 	if d := time.Since(t0); d > 2*time.Second {
 		t.Fatalf("the calm node waited %s to register", d)
 	}
@@ -318,11 +320,11 @@ func TestPerNodeRateLimitKeepsAFloodingAgentFromStarvingOthers(t *testing.T) {
 	// Sync: the unary flood did not spend the stream's bucket. Reports faster than the limit (in
 	// groups of 5 every 300 ms against 10/s: 3 tokens come back between groups) lose some
 	// messages but keep the stream.
-	st, err := flood.cli.Sync(t.Context())
+	st, err := flood.Client.Sync(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Send(&ipledgerv1.SyncRequest{Msg: &ipledgerv1.SyncRequest_Hello{Hello: &ipledgerv1.SyncHello{NodeName: flood.name(), InstanceId: flood.inst.ID}}}); err != nil {
+	if err := st.Send(&ipledgerv1.SyncRequest{Msg: &ipledgerv1.SyncRequest_Hello{Hello: &ipledgerv1.SyncHello{NodeName: flood.Name(), InstanceId: flood.Inst.ID}}}); err != nil {
 		t.Fatal(err)
 	}
 	streamErr := make(chan error, 1)
@@ -346,8 +348,8 @@ func TestPerNodeRateLimitKeepsAFloodingAgentFromStarvingOthers(t *testing.T) {
 		}
 		time.Sleep(300 * time.Millisecond) // pacing the sender, not synchronisation
 	}
-	waitFor(t, 5*time.Second, "the server to hold a report of the last group", func() bool {
-		rt, ok := s.Allocator().Runtime(flood.name())
+	servertest.WaitFor(t, 5*time.Second, "the server to hold a report of the last group", func() bool {
+		rt, ok := s.Allocator().Runtime(flood.Name())
 		return ok && rt.Usage != nil && rt.Usage.GetFree() >= 5*(groups-1)
 	})
 	select {
@@ -381,9 +383,9 @@ func TestPerNodeRateLimitKeepsAFloodingAgentFromStarvingOthers(t *testing.T) {
 	}
 	// The calm node's stream works, promptly.
 	t0 = time.Now()
-	calm.sync()
-	calm.waitPool(5*time.Second, "the calm node's warm address", func(p *ipledgerv1.NodePool) bool {
-		return len(addresses(p, ipledgerv1.LeaseState_LEASE_STATE_ACTIVE)) >= 1
+	calm.Sync()
+	calm.WaitPool(5*time.Second, "the calm node's warm address", func(p *ipledgerv1.NodePool) bool {
+		return len(servertest.Addresses(p, ipledgerv1.LeaseState_LEASE_STATE_ACTIVE)) >= 1
 	})
 	if d := time.Since(t0); d > 3*time.Second {
 		t.Fatalf("the calm node waited %s", d)
@@ -393,15 +395,15 @@ func TestPerNodeRateLimitKeepsAFloodingAgentFromStarvingOthers(t *testing.T) {
 // Repeated fields are bounded: a usage report with too many pods ends the stream with
 // INVALID_ARGUMENT and is not applied.
 func TestOversizedUsageReportIsRefused(t *testing.T) {
-	s := startDev(t, nil)
-	conn := dial(t, s.GRPCAddr())
-	a := newTestAgent(t, conn, instances(s)[0])
-	a.register()
-	st, err := a.cli.Sync(t.Context())
+	s := servertest.StartDev(t, nil)
+	conn := servertest.Dial(t, s.GRPCAddr())
+	a := servertest.NewAgent(t, conn, servertest.Instances(s)[0])
+	a.Register()
+	st, err := a.Client.Sync(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Send(&ipledgerv1.SyncRequest{Msg: &ipledgerv1.SyncRequest_Hello{Hello: &ipledgerv1.SyncHello{NodeName: a.name(), InstanceId: a.inst.ID}}}); err != nil {
+	if err := st.Send(&ipledgerv1.SyncRequest{Msg: &ipledgerv1.SyncRequest_Hello{Hello: &ipledgerv1.SyncHello{NodeName: a.Name(), InstanceId: a.Inst.ID}}}); err != nil {
 		t.Fatal(err)
 	}
 	u := &ipledgerv1.UsageReport{}
@@ -417,7 +419,7 @@ func TestOversizedUsageReportIsRefused(t *testing.T) {
 	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "usage.in_use") {
 		t.Fatalf("oversized report: %v", err)
 	}
-	if rt, ok := s.Allocator().Runtime(a.name()); ok && rt.Usage != nil {
+	if rt, ok := s.Allocator().Runtime(a.Name()); ok && rt.Usage != nil {
 		t.Fatalf("the oversized report was applied: %d pods", len(rt.Usage.GetInUse()))
 	}
 }

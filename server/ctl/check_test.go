@@ -8,6 +8,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
 	"github.com/ipledger/ipledger/server/ec2sim"
 )
 
@@ -43,7 +44,7 @@ func TestCheckFindsInjectedInconsistencies(t *testing.T) {
 	ec2c := ec2Client(c.s.Sim())
 	node := c.agents[1]
 	created, err := ec2c.CreateNetworkInterface(t.Context(), &ec2.CreateNetworkInterfaceInput{
-		SubnetId: aws.String(node.inst.SubnetID),
+		SubnetId: aws.String(node.Inst.SubnetID),
 		TagSpecifications: []types.TagSpecification{{
 			ResourceType: types.ResourceTypeNetworkInterface,
 			Tags:         []types.Tag{{Key: aws.String("ipledger.io/cluster"), Value: aws.String("dev")}},
@@ -55,7 +56,7 @@ func TestCheckFindsInjectedInconsistencies(t *testing.T) {
 	leakedENI := aws.ToString(created.NetworkInterface.NetworkInterfaceId)
 	lost := node.addresses()[0]
 	if _, err := ec2c.UnassignPrivateIpAddresses(t.Context(), &ec2.UnassignPrivateIpAddressesInput{
-		NetworkInterfaceId: aws.String(node.inst.PrimaryENI), PrivateIpAddresses: []string{lost},
+		NetworkInterfaceId: aws.String(node.Inst.PrimaryENI), PrivateIpAddresses: []string{lost},
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +71,7 @@ func TestCheckFindsInjectedInconsistencies(t *testing.T) {
 		switch {
 		case f.Kind == "leaked_eni" && f.ENIID == leakedENI:
 			sawLeak = true
-		case f.Kind == "leased_not_on_ec2" && f.Address == lost && f.NodeName == node.name() && f.ENIID == node.inst.PrimaryENI:
+		case f.Kind == "leased_not_on_ec2" && f.Address == lost && f.NodeName == node.Name() && f.ENIID == node.Inst.PrimaryENI:
 			sawLost = true
 		}
 	}

@@ -9,8 +9,9 @@ import (
 	"testing"
 	"time"
 
-	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 )
 
 // closedAddr is a loopback address nothing listens on.

@@ -6,12 +6,13 @@ import (
 	"time"
 
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+	"github.com/ipledger/ipledger/server/servertest"
 )
 
 func TestPrewarmAndCanFit(t *testing.T) {
 	c := startCluster(t)
 	ac := admin(t, c.addr)
-	subnet := c.agents[0].inst.SubnetID
+	subnet := c.agents[0].Inst.SubnetID
 
 	listed := func(t *testing.T) []Reservation {
 		t.Helper()
@@ -33,7 +34,7 @@ func TestPrewarmAndCanFit(t *testing.T) {
 		}
 		// The ENIs are created under the limiter; list follows them to ready.
 		var ready Reservation
-		waitFor(t, 15*time.Second, "the reservation's ENIs ready", func() bool {
+		servertest.WaitFor(t, 15*time.Second, "the reservation's ENIs ready", func() bool {
 			for _, x := range listed(t) {
 				if x.ID == r.ID && x.State == "ready" {
 					ready = x
@@ -67,9 +68,9 @@ func TestPrewarmAndCanFit(t *testing.T) {
 
 		// By AZ: the server picks the subnet.
 		var byAZ Reservation
-		decode(t, mustCtl(t, 0, c.addr, "prewarm", "create", "--az", c.agents[0].inst.AvailabilityZone, "--instance-type", "m5.large",
+		decode(t, mustCtl(t, 0, c.addr, "prewarm", "create", "--az", c.agents[0].Inst.AvailabilityZone, "--instance-type", "m5.large",
 			"--nodes", "1", "--addresses-per-node", "1", "-o", "json"), &byAZ)
-		if byAZ.AZ != c.agents[0].inst.AvailabilityZone || byAZ.SubnetID == "" {
+		if byAZ.AZ != c.agents[0].Inst.AvailabilityZone || byAZ.SubnetID == "" {
 			t.Fatalf("reservation by AZ %+v", byAZ)
 		}
 		if d := byAZ.ExpiresAt.Sub(*byAZ.CreatedAt); d != DefaultPrewarmExpiry {
@@ -82,7 +83,7 @@ func TestPrewarmAndCanFit(t *testing.T) {
 			t.Fatalf("cancel printed %+v", cancelled)
 		}
 		mustCtl(t, 0, c.addr, "prewarm", "cancel", byAZ.ID)
-		waitFor(t, 15*time.Second, "cancelled reservations cleaned up", func() bool { return len(listed(t)) == 0 })
+		servertest.WaitFor(t, 15*time.Second, "cancelled reservations cleaned up", func() bool { return len(listed(t)) == 0 })
 		for _, e := range ready.ENIs {
 			if _, ok := c.s.Sim().Sim().Snapshot().ENI(e.ENIID); ok {
 				t.Fatalf("ENI %s of a cancelled reservation is still in EC2", e.ENIID)

@@ -7,8 +7,9 @@ import (
 	"testing"
 	"time"
 
-	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"sigs.k8s.io/yaml"
+
+	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 )
 
 // decode parses a command's JSON output into v, failing the test on anything else.
@@ -166,16 +167,16 @@ func TestReadCommands(t *testing.T) {
 			}
 		}
 		for _, a := range c.agents {
-			d, ok := byName[a.name()]
+			d, ok := byName[a.Name()]
 			if !ok {
-				t.Fatalf("node %s missing", a.name())
+				t.Fatalf("node %s missing", a.Name())
 			}
-			if d.InstanceID != a.inst.ID || d.InstanceType != "m5.large" || d.AZ != a.inst.AvailabilityZone || d.SubnetID != a.inst.SubnetID ||
+			if d.InstanceID != a.Inst.ID || d.InstanceType != "m5.large" || d.AZ != a.Inst.AvailabilityZone || d.SubnetID != a.Inst.SubnetID ||
 				d.Mode != "secondary_ip" || d.Policy != "default" || d.ENIs != 1 || !d.Connected || d.Draining || d.Registered == nil {
-				t.Fatalf("node %s: %+v", a.name(), d)
+				t.Fatalf("node %s: %+v", a.Name(), d)
 			}
 		}
-		if d := byName[first.name()]; d.Held != 3 || d.InUse != 2 || d.Idle != 1 || d.LastReport == nil {
+		if d := byName[first.Name()]; d.Held != 3 || d.InUse != 2 || d.Idle != 1 || d.LastReport == nil {
 			t.Fatalf("node with two pods: %+v", d)
 		}
 		r = mustCtl(t, 0, c.addr, "nodes")
@@ -196,19 +197,19 @@ func TestReadCommands(t *testing.T) {
 	})
 
 	t.Run("node", func(t *testing.T) {
-		truth, err := ac.GetNode(t.Context(), &ipledgerv1.GetNodeRequest{NodeName: first.name()})
+		truth, err := ac.GetNode(t.Context(), &ipledgerv1.GetNodeRequest{NodeName: first.Name()})
 		if err != nil {
 			t.Fatal(err)
 		}
-		r := mustCtl(t, 0, c.addr, "node", first.name(), "-o", "json")
+		r := mustCtl(t, 0, c.addr, "node", first.Name(), "-o", "json")
 		var d NodeDetail
 		decode(t, r, &d)
-		if d.NodeName != first.name() || len(d.Interfaces) != 1 || d.Policy != "default" || d.PolicyDetail == nil || d.PolicyDetail.Name != "default" ||
+		if d.NodeName != first.Name() || len(d.Interfaces) != 1 || d.Policy != "default" || d.PolicyDetail == nil || d.PolicyDetail.Name != "default" ||
 			d.Labels["ipledger.io/test"] != "ctl" || d.SupplyProblem != "" || d.Generation != truth.GetPool().GetGeneration() {
 			t.Fatalf("node detail %+v", d)
 		}
 		eni := d.Interfaces[0]
-		if eni.ENIID != first.inst.PrimaryENI || eni.DeviceIndex != 0 || eni.PrimaryIP != first.inst.PrivateIP || eni.SubnetID != first.inst.SubnetID || eni.SubnetCIDR == "" {
+		if eni.ENIID != first.Inst.PrimaryENI || eni.DeviceIndex != 0 || eni.PrimaryIP != first.Inst.PrivateIP || eni.SubnetID != first.Inst.SubnetID || eni.SubnetCIDR == "" {
 			t.Fatalf("primary ENI %+v", eni)
 		}
 		var leased []string
@@ -230,12 +231,12 @@ func TestReadCommands(t *testing.T) {
 			}
 		}
 		var yd NodeDetail
-		decodeYAML(t, mustCtl(t, 0, c.addr, "node", first.name(), "-o", "yaml"), &yd)
+		decodeYAML(t, mustCtl(t, 0, c.addr, "node", first.Name(), "-o", "yaml"), &yd)
 		if !reflect.DeepEqual(yd.Interfaces, d.Interfaces) || !reflect.DeepEqual(yd.Pods, d.Pods) {
 			t.Fatalf("YAML node differs from JSON")
 		}
 
-		r = mustCtl(t, 0, c.addr, "node", first.name())
+		r = mustCtl(t, 0, c.addr, "node", first.Name())
 		rows := tableRows(t, r.stdout, "DEVICE", "ENI", "SUBNET")
 		if len(rows) != 1 || rows[0][0] != "0" || rows[0][1] != eni.ENIID || rows[0][4] != eni.PrimaryIP {
 			t.Fatalf("ENI table %v", rows)

@@ -8,6 +8,7 @@ import (
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server"
 	"github.com/ipledger/ipledger/server/ec2sim"
+	"github.com/ipledger/ipledger/server/servertest"
 	"github.com/ipledger/ipledger/server/store"
 )
 
@@ -35,16 +36,16 @@ func TestStandbyRedirectsWritesToTheLeader(t *testing.T) {
 		return startServer(t, cfg)
 	}
 	a := replica()
-	waitFor(t, 15*time.Second, "the first replica to lead", a.IsLeader)
+	servertest.WaitFor(t, 15*time.Second, "the first replica to lead", a.IsLeader)
 	b := replica()
 	leader, standby := a.GRPCAddr(), b.GRPCAddr()
-	waitFor(t, 15*time.Second, "the standby to know the leader", func() bool { return b.LeaderAddress() == leader })
+	servertest.WaitFor(t, 15*time.Second, "the standby to know the leader", func() bool { return b.LeaderAddress() == leader })
 
 	// A node, registered with the leader, so there is something to drain.
-	ag := newTestAgent(t, dial(t, leader), runningInstances(sim)[0])
-	ag.register()
-	waitFor(t, 10*time.Second, "the standby to follow the registration", func() bool {
-		_, ok := b.Ledger().Node(ag.name())
+	ag := newTestAgent(t, servertest.Dial(t, leader), servertest.Running(sim)[0])
+	ag.Register()
+	servertest.WaitFor(t, 10*time.Second, "the standby to follow the registration", func() bool {
+		_, ok := b.Ledger().Node(ag.Name())
 		return ok
 	})
 
@@ -62,13 +63,13 @@ func TestStandbyRedirectsWritesToTheLeader(t *testing.T) {
 	r := mustCtl(t, 0, standby, "nodes", "-o", "json")
 	var nodes []NodeSummary
 	decode(t, r, &nodes)
-	if len(nodes) != 1 || nodes[0].NodeName != ag.name() || r.stderr != "" {
+	if len(nodes) != 1 || nodes[0].NodeName != ag.Name() || r.stderr != "" {
 		t.Fatalf("nodes from the standby: %s", r)
 	}
 
 	// Writes: redirected once to the leader, which carries them out.
-	r = mustCtl(t, 0, standby, "drain", ag.name(), "-o", "json")
-	if !strings.Contains(r.stderr, standby+" is not the leader; sending drain node "+ag.name()+" to the leader at "+leader) {
+	r = mustCtl(t, 0, standby, "drain", ag.Name(), "-o", "json")
+	if !strings.Contains(r.stderr, standby+" is not the leader; sending drain node "+ag.Name()+" to the leader at "+leader) {
 		t.Fatalf("drain through the standby: %s", r)
 	}
 	var d NodeDetail
@@ -76,7 +77,7 @@ func TestStandbyRedirectsWritesToTheLeader(t *testing.T) {
 	if !d.Draining {
 		t.Fatalf("drain printed %+v", d)
 	}
-	if rec, _ := a.Ledger().Node(ag.name()); !rec.Draining {
+	if rec, _ := a.Ledger().Node(ag.Name()); !rec.Draining {
 		t.Fatal("the leader's ledger does not have the node draining")
 	}
 	mustCtl(t, 0, standby, "policy", "set", "-f", writeFile(t, "p.yaml", "name: via-standby\nwarm_ip_target: 2\n"))

@@ -11,6 +11,7 @@ import (
 	"github.com/ipledger/ipledger/server"
 	"github.com/ipledger/ipledger/server/config"
 	"github.com/ipledger/ipledger/server/ec2sim"
+	"github.com/ipledger/ipledger/server/servertest"
 	"github.com/ipledger/ipledger/server/store"
 )
 
@@ -29,13 +30,13 @@ func TestMutualTLSWithDevCertificates(t *testing.T) {
 	cfg := devConfig(t)
 	cfg.Insecure = false
 	s := startServer(t, cfg)
-	waitFor(t, 15*time.Second, "leadership", s.IsLeader)
+	servertest.WaitFor(t, 15*time.Second, "leadership", s.IsLeader)
 	dev := s.DevCerts()
 	if dev == nil {
 		t.Fatal("no --dev certificates")
 	}
 	addr := s.GRPCAddr()
-	node := runningInstances(s.Sim())[0].PrivateDNSName
+	node := servertest.Running(s.Sim())[0].PrivateDNSName
 	for _, tc := range []struct {
 		name   string
 		env    map[string]string
@@ -101,10 +102,10 @@ func TestRedirectKeepsTheCredentials(t *testing.T) {
 		return startServer(t, cfg)
 	}
 	a := replica()
-	waitFor(t, 15*time.Second, "the first replica to lead", a.IsLeader)
+	servertest.WaitFor(t, 15*time.Second, "the first replica to lead", a.IsLeader)
 	b := replica()
 	leader, standby := a.GRPCAddr(), b.GRPCAddr()
-	waitFor(t, 15*time.Second, "the standby to know the leader", func() bool { return b.LeaderAddress() == leader })
+	servertest.WaitFor(t, 15*time.Second, "the standby to know the leader", func() bool { return b.LeaderAddress() == leader })
 
 	env := map[string]string{EnvServer: standby, EnvTLSCert: adm.Cert, EnvTLSKey: adm.Key, EnvTLSCA: adm.CA}
 	policy := writeFile(t, "p.yaml", "name: tls-redirect\norder: 3\nwarm_ip_target: 2\n")

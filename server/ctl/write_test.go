@@ -7,8 +7,10 @@ import (
 	"testing"
 	"time"
 
-	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"sigs.k8s.io/yaml"
+
+	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+	"github.com/ipledger/ipledger/server/servertest"
 )
 
 func writeFile(t *testing.T, name, content string) string {
@@ -24,7 +26,7 @@ func TestWriteCommands(t *testing.T) {
 	c := startCluster(t)
 	ac := admin(t, c.addr)
 	first := c.agents[0]
-	subnet := first.inst.SubnetID
+	subnet := first.Inst.SubnetID
 
 	budgetOf := func(t *testing.T) *ipledgerv1.SubnetBudget {
 		t.Helper()
@@ -79,31 +81,31 @@ func TestWriteCommands(t *testing.T) {
 	t.Run("drain", func(t *testing.T) {
 		node := c.agents[1]
 		var d NodeDetail
-		decode(t, mustCtl(t, 0, c.addr, "drain", node.name(), "-o", "json"), &d)
-		if !d.Draining || d.NodeName != node.name() {
+		decode(t, mustCtl(t, 0, c.addr, "drain", node.Name(), "-o", "json"), &d)
+		if !d.Draining || d.NodeName != node.Name() {
 			t.Fatalf("drain printed %+v", d)
 		}
-		rec, ok := c.s.Ledger().Node(node.name())
+		rec, ok := c.s.Ledger().Node(node.Name())
 		if !ok || !rec.Draining {
-			t.Fatalf("the ledger does not have %s draining", node.name())
+			t.Fatalf("the ledger does not have %s draining", node.Name())
 		}
 		// Its unused warm address goes back.
-		waitFor(t, 15*time.Second, "the drained node's warm address released", func() bool {
-			n, ok := c.s.Ledger().NodeCounts(node.name())
+		servertest.WaitFor(t, 15*time.Second, "the drained node's warm address released", func() bool {
+			n, ok := c.s.Ledger().NodeCounts(node.Name())
 			return ok && n.Leased == 0
 		})
 		var nd []NodeSummary
 		decode(t, mustCtl(t, 0, c.addr, "nodes", "-o", "json"), &nd)
 		for _, n := range nd {
-			if n.Draining != (n.NodeName == node.name()) {
+			if n.Draining != (n.NodeName == node.Name()) {
 				t.Fatalf("nodes shows draining=%v for %s", n.Draining, n.NodeName)
 			}
 		}
-		r := mustCtl(t, 0, c.addr, "drain", node.name(), "--undo")
+		r := mustCtl(t, 0, c.addr, "drain", node.Name(), "--undo")
 		if !strings.Contains(r.stdout, "no longer draining") {
 			t.Fatalf("undo: %s", r)
 		}
-		if rec, _ := c.s.Ledger().Node(node.name()); rec.Draining {
+		if rec, _ := c.s.Ledger().Node(node.Name()); rec.Draining {
 			t.Fatal("undo left the node draining")
 		}
 		node.waitAddresses(1)
@@ -146,7 +148,7 @@ minimum_ip_target: 4
 		// Every node matches it now and grows to the minimum.
 		first.waitAddresses(4)
 		var nd NodeDetail
-		decode(t, mustCtl(t, 0, c.addr, "node", first.name(), "-o", "json"), &nd)
+		decode(t, mustCtl(t, 0, c.addr, "node", first.Name(), "-o", "json"), &nd)
 		if nd.Policy != "batch" || nd.PolicyDetail == nil || nd.PolicyDetail.Name != "batch" {
 			t.Fatalf("node policy %q %+v", nd.Policy, nd.PolicyDetail)
 		}

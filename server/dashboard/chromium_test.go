@@ -20,11 +20,13 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/html"
+	"google.golang.org/protobuf/types/known/durationpb"
+
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/api"
 	"github.com/ipledger/ipledger/server/dashboard"
-	"golang.org/x/net/html"
-	"google.golang.org/protobuf/types/known/durationpb"
+	"github.com/ipledger/ipledger/server/servertest"
 )
 
 const (
@@ -285,16 +287,16 @@ func TestPageInHeadlessChromium(t *testing.T) {
 	samples := func() int { return len(dash.Document(t.Context()).EC2.Samples) }
 	later := func() {
 		n := samples()
-		waitFor(t, 10*time.Second, "two more samples", func() bool { return samples() >= n+2 })
+		servertest.WaitFor(t, 10*time.Second, "two more samples", func() bool { return samples() >= n+2 })
 	}
-	conn := dial(t, s.GRPCAddr())
+	conn := servertest.Dial(t, s.GRPCAddr())
 	admin := ipledgerv1.NewAdminServiceClient(conn)
 	var agents []*agent
-	for _, in := range instances(s) {
+	for _, in := range servertest.Instances(s) {
 		agents = append(agents, startAgent(t, conn, in))
 	}
 	for _, a := range agents {
-		waitFor(t, 15*time.Second, "a warm address on "+a.name(), func() bool { return len(a.active()) >= 1 })
+		servertest.WaitFor(t, 15*time.Second, "a warm address on "+a.Name(), func() bool { return len(a.active()) >= 1 })
 	}
 	// Some pods, a budget cap and a pre-warm reservation, so every part of the bars shows.
 	later()
@@ -304,11 +306,11 @@ func TestPageInHeadlessChromium(t *testing.T) {
 	later()
 	agents[1].runPods(2) // two pods end: the surplus goes back through the handshake
 	later()
-	if _, err := admin.SetSubnetBudget(t.Context(), &ipledgerv1.SetSubnetBudgetRequest{SubnetId: agents[3].inst.SubnetID, MaxHeld: 96, KeepFree: 16}); err != nil {
+	if _, err := admin.SetSubnetBudget(t.Context(), &ipledgerv1.SetSubnetBudgetRequest{SubnetId: agents[3].Inst.SubnetID, MaxHeld: 96, KeepFree: 16}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := admin.Prewarm(t.Context(), &ipledgerv1.PrewarmRequest{
-		SubnetId: agents[0].inst.SubnetID, InstanceType: "m5.large", NodeCount: 2, AddressesPerNode: 5, Expiry: durationpb.New(time.Hour),
+		SubnetId: agents[0].Inst.SubnetID, InstanceType: "m5.large", NodeCount: 2, AddressesPerNode: 5, Expiry: durationpb.New(time.Hour),
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -319,7 +321,7 @@ func TestPageInHeadlessChromium(t *testing.T) {
 			t.Logf("last document: %s", seen)
 		}
 	}()
-	waitFor(t, 30*time.Second, "pods, the pre-warm and a few samples in the document", func() bool {
+	servertest.WaitFor(t, 30*time.Second, "pods, the pre-warm and a few samples in the document", func() bool {
 		doc, _ = getDocument(t, base+"/api/dashboard.json")
 		var inUse, prewarm uint32
 		for _, sb := range doc.Subnets {
@@ -464,7 +466,7 @@ func comma(n uint32) string {
 func TestPageKeepsItsDataWhenARefreshFails(t *testing.T) {
 	bin := chromiumBinary(t)
 	s := startDev(t)
-	h := dashboard.New(api.NewAdminServer(s), dashboard.Options{Logger: testLogger()}).Handler()
+	h := dashboard.New(api.NewAdminServer(s), dashboard.Options{Logger: servertest.Logger(t)}).Handler()
 	var mu sync.Mutex
 	docs := 0
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -10,6 +10,7 @@ import (
 	"github.com/ipledger/ipledger/server/api"
 	"github.com/ipledger/ipledger/server/config"
 	"github.com/ipledger/ipledger/server/dashboard"
+	"github.com/ipledger/ipledger/server/servertest"
 	"github.com/ipledger/ipledger/server/store"
 )
 
@@ -25,13 +26,13 @@ func ec2Calls(doc *dashboard.Document, action string) uint64 {
 func TestDocumentOfADevServer(t *testing.T) {
 	s := startDev(t)
 	base, _, _ := serveDashboard(t, s, 50*time.Millisecond)
-	conn := dial(t, s.GRPCAddr())
+	conn := servertest.Dial(t, s.GRPCAddr())
 	var agents []*agent
-	for _, in := range instances(s) {
+	for _, in := range servertest.Instances(s) {
 		agents = append(agents, startAgent(t, conn, in))
 	}
 	for _, a := range agents {
-		waitFor(t, 15*time.Second, "a warm address on "+a.name(), func() bool { return len(a.active()) >= 1 })
+		servertest.WaitFor(t, 15*time.Second, "a warm address on "+a.Name(), func() bool { return len(a.active()) >= 1 })
 	}
 	busy := agents[1]
 	busy.runPods(3)
@@ -39,13 +40,13 @@ func TestDocumentOfADevServer(t *testing.T) {
 	url := base + "/api/dashboard.json"
 	var doc *dashboard.Document
 	var raw map[string]any
-	waitFor(t, 15*time.Second, "the document to show 3 pods and every node connected", func() bool {
+	servertest.WaitFor(t, 15*time.Second, "the document to show 3 pods and every node connected", func() bool {
 		doc, raw = getDocument(t, url)
 		if len(doc.Nodes) != len(agents) {
 			return false
 		}
 		for _, n := range doc.Nodes {
-			if !n.Connected || (n.NodeName == busy.name() && (n.InUse != 3 || n.Idle < 1)) {
+			if !n.Connected || (n.NodeName == busy.Name() && (n.InUse != 3 || n.Idle < 1)) {
 				return false
 			}
 		}
@@ -67,7 +68,7 @@ func TestDocumentOfADevServer(t *testing.T) {
 	}
 	nodesIn := map[string]int{}
 	for _, a := range agents {
-		nodesIn[a.inst.SubnetID]++
+		nodesIn[a.Inst.SubnetID]++
 	}
 	if len(doc.Subnets) != len(simSubnets) || len(doc.Subnets) != 6 {
 		t.Fatalf("%d subnets, want the scenario's 6: %+v", len(doc.Subnets), doc.Subnets)
@@ -91,7 +92,7 @@ func TestDocumentOfADevServer(t *testing.T) {
 		if sb.ENIPrimary != uint32(nodes) {
 			t.Fatalf("%s: %d ENI primaries, want one per node (%d)", sb.SubnetID, sb.ENIPrimary, nodes)
 		}
-		if sb.SubnetID == busy.inst.SubnetID && sb.InUse != 3 {
+		if sb.SubnetID == busy.Inst.SubnetID && sb.InUse != 3 {
 			t.Fatalf("%s: in use %d, want the 3 pods", sb.SubnetID, sb.InUse)
 		}
 		led, err := s.Ledger().Budget(sb.SubnetID, time.Now())
@@ -107,14 +108,14 @@ func TestDocumentOfADevServer(t *testing.T) {
 	for i, n := range doc.Nodes {
 		a := agents[0]
 		for _, x := range agents {
-			if x.name() == n.NodeName {
+			if x.Name() == n.NodeName {
 				a = x
 			}
 		}
-		if a.name() != n.NodeName || n.InstanceID != a.inst.ID || n.InstanceType != "m5.large" || n.SubnetID != a.inst.SubnetID ||
-			n.AvailabilityZone != a.inst.AvailabilityZone || n.ENIs != 1 || n.Held != n.InUse+n.Idle || n.TargetFree != 1 ||
+		if a.Name() != n.NodeName || n.InstanceID != a.Inst.ID || n.InstanceType != "m5.large" || n.SubnetID != a.Inst.SubnetID ||
+			n.AvailabilityZone != a.Inst.AvailabilityZone || n.ENIs != 1 || n.Held != n.InUse+n.Idle || n.TargetFree != 1 ||
 			n.Mode != "secondary_ip" || n.Draining || n.RegisteredAt == nil {
-			t.Fatalf("node %+v (agent %s)", n, a.name())
+			t.Fatalf("node %+v (agent %s)", n, a.Name())
 		}
 		if i > 0 && doc.Nodes[i-1].NodeName >= n.NodeName {
 			t.Fatal("nodes not sorted")
@@ -127,7 +128,7 @@ func TestDocumentOfADevServer(t *testing.T) {
 		t.Fatalf("ec2 %+v", doc.EC2)
 	}
 	admin := api.NewAdminServer(s)
-	waitFor(t, 10*time.Second, "the history to hold every AssignPrivateIpAddresses call", func() bool {
+	servertest.WaitFor(t, 10*time.Second, "the history to hold every AssignPrivateIpAddresses call", func() bool {
 		lim, err := admin.GetLimiter(t.Context(), &ipledgerv1.GetLimiterRequest{})
 		if err != nil {
 			t.Fatal(err)
@@ -223,32 +224,32 @@ func containsString(list []string, s string) bool {
 // TestStandbyNamesTheLeader runs two replicas on one etcd and one EC2 simulator: the standby's
 // dashboard says who makes the EC2 calls and records its intervals as standby.
 func TestStandbyNamesTheLeader(t *testing.T) {
-	etcd, err := store.StartEmbedded(t.Context(), store.EmbeddedConfig{Dir: t.TempDir(), Logger: testLogger()})
+	etcd, err := store.StartEmbedded(t.Context(), store.EmbeddedConfig{Dir: t.TempDir(), Logger: servertest.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { etcd.Close() })
 	sim := startSim(t)
 	shared := func() config.Config {
-		cfg := testConfig(t)
+		cfg := servertest.DevConfig(t)
 		cfg.EtcdEndpoints = etcd.Endpoints()
 		cfg.EC2Endpoint = sim.Endpoint()
 		return cfg
 	}
-	leader := startServer(t, shared())
-	waitFor(t, 15*time.Second, "leadership", leader.IsLeader)
-	standby := startServer(t, shared())
-	waitFor(t, 15*time.Second, "the standby to know the leader", func() bool { return standby.LeaderAddress() == leader.Advertise() })
+	leader := servertest.Start(t, shared())
+	servertest.WaitFor(t, 15*time.Second, "leadership", leader.IsLeader)
+	standby := servertest.Start(t, shared())
+	servertest.WaitFor(t, 15*time.Second, "the standby to know the leader", func() bool { return standby.LeaderAddress() == leader.Advertise() })
 	if standby.IsLeader() {
 		t.Fatal("two leaders")
 	}
-	conn := dial(t, leader.GRPCAddr())
-	a := startAgent(t, conn, running(sim)[0])
-	waitFor(t, 15*time.Second, "a warm address", func() bool { return len(a.active()) >= 1 })
+	conn := servertest.Dial(t, leader.GRPCAddr())
+	a := startAgent(t, conn, servertest.Running(sim)[0])
+	servertest.WaitFor(t, 15*time.Second, "a warm address", func() bool { return len(a.active()) >= 1 })
 
 	base, _, _ := serveDashboard(t, standby, 20*time.Millisecond)
 	var doc *dashboard.Document
-	waitFor(t, 15*time.Second, "the standby's document to show the node and a few standby samples", func() bool {
+	servertest.WaitFor(t, 15*time.Second, "the standby's document to show the node and a few standby samples", func() bool {
 		doc, _ = getDocument(t, base+"/api/dashboard.json")
 		return len(doc.Nodes) == 1 && len(doc.EC2.Samples) >= 3
 	})
@@ -267,11 +268,11 @@ func TestStandbyNamesTheLeader(t *testing.T) {
 	}
 	var primaries uint32
 	for _, sb := range doc.Subnets {
-		if sb.SubnetID == a.inst.SubnetID {
+		if sb.SubnetID == a.Inst.SubnetID {
 			primaries = sb.ENIPrimary
 		}
 	}
-	if doc.Nodes[0].NodeName != a.name() || primaries != 1 {
+	if doc.Nodes[0].NodeName != a.Name() || primaries != 1 {
 		t.Fatalf("standby's copy of the state: nodes %+v subnets %+v", doc.Nodes, doc.Subnets)
 	}
 
