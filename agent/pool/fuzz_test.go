@@ -68,6 +68,7 @@ func FuzzCheckpoint(f *testing.F) {
 	f.Add([]byte(`{"generation":1,"assignments":[{"container_id":"c","ifname":"eth0","ip":"10.0.0.1"},{"container_id":"d","ifname":"eth0","ip":"10.0.0.1"}]}`))
 	f.Add([]byte(`{"generation":2,"pool":{"generation":"2","interfaces":[{"eniId":"eni-1","addresses":[{"ip":"10.0.0.1"},{"ip":"10.0.0.1"}]}]}}`))
 	f.Add([]byte(`{"locks":[{"item":""}]}`))
+	f.Add([]byte(`{"generation":1,"assignments":[{"container_id":"","ifname":"","ip":"10.0.0.1","recovered":true},{"container_id":"","ifname":"","ip":"10.0.0.2","recovered":true}]}`))
 	f.Add([]byte(`not json`))
 
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -101,7 +102,7 @@ func FuzzCheckpoint(f *testing.F) {
 			t.Fatalf("the checkpoint the agent wrote does not load: %v\n%s", err, out)
 		}
 		if p.Generation() != q.Generation() || !slices.EqualFunc(p.Assignments(), q.Assignments(), func(a, b Assignment) bool {
-			return a.Key == b.Key && a.IP == b.IP && a.Pod == b.Pod
+			return a.Key == b.Key && a.IP == b.IP && a.Pod == b.Pod && a.Recovered == b.Recovered
 		}) || p.Counts() != q.Counts() {
 			t.Fatalf("round trip changed the pool: %+v/%v vs %+v/%v", p.Counts(), p.Assignments(), q.Counts(), q.Assignments())
 		}
