@@ -220,8 +220,10 @@ func (p params) indices(prefix string) []int {
 		if i := strings.IndexByte(rest, '.'); i >= 0 {
 			rest = rest[:i]
 		}
+		// Only canonical decimal indices ("1", not "01" or "+1"): list and member lookups build
+		// their keys with strconv.Itoa, so any other spelling would name a key that is not there.
 		n, err := strconv.Atoi(rest)
-		if err == nil && n >= 1 {
+		if err == nil && n >= 1 && rest == strconv.Itoa(n) {
 			seen[n] = true
 		}
 	}
