@@ -234,7 +234,12 @@ func (l *Leadership) watchKey(ctx context.Context, from *int64) bool {
 		}
 		for _, ev := range resp.Events {
 			if ev.Type == clientv3.EventTypeDelete || ev.Kv.CreateRevision != l.rev {
-				l.store.log.Warn("election key deleted; leadership lost", "key", l.key, "revision", ev.Kv.ModRevision)
+				if l.resigned.Load() {
+					// Our own Resign deleted it: expected, not a loss.
+					l.store.log.Debug("election key deleted after resigning", "key", l.key, "revision", ev.Kv.ModRevision)
+				} else {
+					l.store.log.Warn("election key deleted; leadership lost", "key", l.key, "revision", ev.Kv.ModRevision)
+				}
 				return true
 			}
 			*from = ev.Kv.ModRevision + 1
