@@ -26,6 +26,11 @@ func TestNodesRegisterAndPoolsFillToTheFloor(t *testing.T) {
 	for _, in := range servertest.Instances(s) {
 		a := servertest.NewAgent(t, conn, in)
 		resp := a.Register()
+		for _, ni := range resp.GetPool().GetInterfaces() {
+			if ni.GetSubnetCidr() == "" {
+				t.Fatalf("the first registration's pool lacks the subnet CIDR of %s", ni.GetEniId())
+			}
+		}
 		if resp.GetPolicy().GetName() != allocator.DefaultPolicyName || resp.GetPool().GetMode() != ipledgerv1.AddressMode_ADDRESS_MODE_SECONDARY_IP {
 			t.Fatalf("register: %v", resp)
 		}

@@ -480,15 +480,17 @@ func (a *Allocator) Pool(node string) (*ipledgerv1.NodePool, error) {
 		return nil, fmt.Errorf("%w: %s", ErrUnknownNode, node)
 	}
 	a.mu.Lock()
-	pool := a.poolLocked(ns, rec)
-	a.mu.Unlock()
-	a.fillCIDRs(pool)
-	return pool, nil
+	defer a.mu.Unlock()
+	return a.poolLocked(ns, rec), nil
 }
 
+// poolLocked is the node's pool as agents receive it, subnet CIDRs included (every pool the
+// allocator hands out is built here).
 func (a *Allocator) poolLocked(ns *nodeState, rec ledger.NodeRecord) *ipledgerv1.NodePool {
 	t := a.targetsLocked(ns, rec)
-	return PoolFromRecord(rec, ns.generation, t)
+	p := PoolFromRecord(rec, ns.generation, t)
+	a.fillCIDRs(p)
+	return p
 }
 
 // PoolFromRecord converts a node record into the NodePool agents receive.
@@ -524,7 +526,7 @@ func PoolFromRecord(rec ledger.NodeRecord, generation uint64, t Targets) *ipledg
 	return p
 }
 
-// SubnetCIDRs fills the subnet CIDR of every interface of a pool from the ledger.
+// fillCIDRs fills the subnet CIDR of every interface of a pool from the ledger.
 func (a *Allocator) fillCIDRs(p *ipledgerv1.NodePool) {
 	for _, ni := range p.Interfaces {
 		if s, ok := a.led.Subnet(ni.SubnetId); ok {
@@ -682,7 +684,6 @@ type Subscription struct {
 	notify    chan struct{}
 	done      chan struct{}
 	err       error
-	fill      func(*ipledgerv1.NodePool)
 }
 
 func (s *Subscription) wake() {
@@ -727,9 +728,6 @@ func (s *Subscription) Next(ctx context.Context) (*ipledgerv1.SyncResponse, erro
 			p := s.pool
 			s.pool = nil
 			s.mu.Unlock()
-			if s.fill != nil {
-				s.fill(p)
-			}
 			return &ipledgerv1.SyncResponse{Msg: &ipledgerv1.SyncResponse_Pool{Pool: p}}, nil
 		}
 		if len(s.proposals) > 0 {
@@ -760,7 +758,7 @@ func (a *Allocator) Subscribe(node string) (*Subscription, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: %s", ErrUnknownNode, node)
 	}
-	s := &Subscription{node: node, notify: make(chan struct{}, 1), done: make(chan struct{}), fill: a.fillCIDRs}
+	s := &Subscription{node: node, notify: make(chan struct{}, 1), done: make(chan struct{})}
 	a.mu.Lock()
 	ns.subs[s] = struct{}{}
 	s.sendPool(a.poolLocked(ns, rec))
