@@ -186,23 +186,35 @@ func (a *Allocator) updateForeign(ctx context.Context, subnet string, scanned []
 	return a.led.PutSubnet(rec)
 }
 
-// unforeign stops counting addresses as foreign (they belong to an ENI being adopted).
-func (a *Allocator) unforeign(ctx context.Context, subnet string, addrs map[netip.Addr]bool) error {
+// mutateNodeUnforeign is mutateNode for a change that gives the node addresses the ledger may
+// count as foreign: those leave the subnet's foreign set in the same transaction.
+func (a *Allocator) mutateNodeUnforeign(ctx context.Context, ns *nodeState, subnet string, addrs map[netip.Addr]bool, fn func(*ledger.NodeRecord) error) error {
+	foreign := map[netip.Addr]bool{}
+	for ip := range addrs {
+		if o, taken := a.led.OwnerOf(ip); taken && (o.Kind == ledger.OwnerForeign || o.Foreign) {
+			foreign[ip] = true
+		}
+	}
+	if len(foreign) == 0 || subnet == "" {
+		_, err := a.mutateNode(ctx, ns, fn)
+		return err
+	}
 	a.budgetMu.Lock()
 	defer a.budgetMu.Unlock()
 	rec, ok := a.led.Subnet(subnet)
 	if !ok {
 		return fmt.Errorf("%w: subnet %s", ErrNotFound, subnet)
 	}
-	ranges := subtractRanges(rec.Foreign, addrs)
-	if equalRanges(rec.Foreign, ranges) {
-		return nil
-	}
-	rec.Foreign = ranges
-	if _, err := a.commit(ctx, store.PutSubnet(rec)); err != nil {
+	reduced := rec
+	reduced.Foreign = subtractRanges(rec.Foreign, foreign)
+	if _, err := a.mutateNode(ctx, ns, fn, store.PutSubnet(reduced)); err != nil {
 		return err
 	}
-	return a.led.PutSubnet(rec)
+	if err := a.led.PutSubnet(reduced); err != nil {
+		a.fail(fmt.Errorf("allocator: ledger diverged from etcd: %w", err))
+		return err
+	}
+	return nil
 }
 
 func equalRanges(x, y []ledger.AddrRange) bool {
@@ -538,7 +550,9 @@ func (a *Allocator) adoptENI(ctx context.Context, node string, e ec2gw.ENI) erro
 	for _, p := range e.Prefixes {
 		er.Prefixes = append(er.Prefixes, ledger.LeasedPrefix{Prefix: p, State: ledger.LeaseActive})
 	}
-	if _, err := a.mutateNode(ctx, ns, func(r *ledger.NodeRecord) error {
+	mine := map[netip.Addr]bool{}
+	addENIAddrs(mine, e)
+	if err := a.mutateNodeUnforeign(ctx, ns, e.SubnetID, mine, func(r *ledger.NodeRecord) error {
 		for _, x := range r.ENIs {
 			if x.ID == e.ID || x.DeviceIndex == er.DeviceIndex {
 				return fmt.Errorf("allocator: node %s already has ENI %s or device index %d", node, e.ID, er.DeviceIndex)
@@ -550,9 +564,7 @@ func (a *Allocator) adoptENI(ctx context.Context, node string, e ec2gw.ENI) erro
 		release()
 		return err
 	}
-	mine := map[netip.Addr]bool{}
-	addENIAddrs(mine, e)
-	return a.unforeign(ctx, e.SubnetID, mine)
+	return nil
 }
 
 // adopt adds one address or prefix EC2 has on a node's ENI to its lease.
@@ -570,15 +582,10 @@ func (a *Allocator) adopt(ctx context.Context, node, eniID, item string) error {
 	}
 	var addrs []netip.Addr
 	var prefixes []netip.Prefix
-	mine := map[netip.Addr]bool{}
 	if p, err := netip.ParsePrefix(item); err == nil {
 		prefixes = append(prefixes, p)
-		for ip := p.Masked().Addr(); p.Contains(ip); ip = ip.Next() {
-			mine[ip] = true
-		}
 	} else if ip, err := netip.ParseAddr(item); err == nil {
 		addrs = append(addrs, ip)
-		mine[ip] = true
 	} else {
 		return fmt.Errorf("allocator: bad item %q", item)
 	}
@@ -592,7 +599,7 @@ func (a *Allocator) adopt(ctx context.Context, node, eniID, item string) error {
 		return err
 	}
 	a.met.leaseOp("adopt", nil)
-	return a.unforeign(ctx, subnet, mine)
+	return nil
 }
 
 // dropItems removes leased items EC2 no longer has from a node's record.

@@ -258,8 +258,29 @@ func (a *Allocator) assignOnENI(ctx context.Context, ns *nodeState, e ledger.ENI
 
 // commitAssigned commits addresses EC2 has assigned to a node's ENI. A failed commit keeps them
 // pending and retries later, so they are never given to anyone else.
+//
+// Addresses the ledger counts as foreign (adopted from EC2: a crashed leader's assignments) leave
+// the subnet's foreign set in the same transaction, so etcd never holds one both as foreign and
+// as leased.
 func (a *Allocator) commitAssigned(ctx context.Context, ns *nodeState, eniID string, addrs []netip.Addr, prefixes []netip.Prefix) error {
-	_, err := a.mutateNode(ctx, ns, func(rec *ledger.NodeRecord) error {
+	subnet := ""
+	if rec, ok := a.led.Node(ns.name); ok {
+		for _, e := range rec.ENIs {
+			if e.ID == eniID {
+				subnet = e.SubnetID
+			}
+		}
+	}
+	mine := map[netip.Addr]bool{}
+	for _, ip := range addrs {
+		mine[ip] = true
+	}
+	for _, p := range prefixes {
+		for ip := p.Masked().Addr(); p.Contains(ip); ip = ip.Next() {
+			mine[ip] = true
+		}
+	}
+	err := a.mutateNodeUnforeign(ctx, ns, subnet, mine, func(rec *ledger.NodeRecord) error {
 		return addToENI(rec, eniID, addrs, prefixes)
 	})
 	if err != nil {
@@ -364,16 +385,6 @@ func (a *Allocator) resyncENI(ctx context.Context, ns *nodeState, eniID string, 
 		return 0
 	}
 	a.met.leaseOp("adopt", nil)
-	mine := map[netip.Addr]bool{}
-	for _, ip := range addrs {
-		mine[ip] = true
-	}
-	for _, p := range prefixes {
-		for ip := p.Masked().Addr(); p.Contains(ip); ip = ip.Next() {
-			mine[ip] = true
-		}
-	}
-	_ = a.unforeign(ctx, cur.SubnetID, mine)
 	return len(addrs) + len(prefixes)
 }
 
