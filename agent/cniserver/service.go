@@ -169,14 +169,26 @@ func (s *Server) wait(ctx context.Context, key pool.Key, pod pool.PodInfo, d tim
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	s.addWaiting(1)
-	defer s.addWaiting(-1)
+	waiting := true
+	defer func() {
+		if waiting {
+			s.addWaiting(-1)
+		}
+	}()
 	runDone := s.runDone()
 	for {
 		changed := s.cfg.Pool.Changed()
+		// The pod stops counting as waiting before the pool can show it in use: a usage report
+		// taken in between would count it twice, and the allocator would supply one address
+		// too many.
+		s.addWaiting(-1)
+		waiting = false
 		a, _, err := s.cfg.Pool.Assign(key, pod)
 		if !errors.Is(err, pool.ErrNoFreeAddress) {
 			return a, err
 		}
+		s.addWaiting(1)
+		waiting = true
 		var supplied <-chan struct{}
 		var retryAt time.Time
 		if !errors.Is(err, pool.ErrAwaitingRestore) {
