@@ -219,6 +219,11 @@ func TestFailoverMidAllocation(t *testing.T) {
 // ENIs, an address leased twice, a lease EC2 does not have on the leased ENI, an address on a
 // managed ENI that is not leased, or an ENI tagged for the cluster that no node owns.
 func consistent(t *testing.T, sim *ec2sim.Sim, st *store.Store) error {
+	return consistentFor(t, sim, st, "ft")
+}
+
+// consistentFor is consistent for the cluster named cluster.
+func consistentFor(t *testing.T, sim *ec2sim.Sim, st *store.Store, cluster string) error {
 	snap := sim.Snapshot()
 	state, err := st.Load(t.Context())
 	if err != nil {
@@ -251,7 +256,7 @@ func consistent(t *testing.T, sim *ec2sim.Sim, st *store.Store) error {
 		}
 	}
 	for _, e := range snap.ENIs {
-		if e.Tags[allocator.TagCluster] == "ft" {
+		if e.Tags[allocator.TagCluster] == cluster {
 			if _, ok := owned[e.ID]; !ok {
 				return fmt.Errorf("leaked ENI %s (%s)", e.ID, e.Status)
 			}

@@ -255,9 +255,9 @@ func (a *Allocator) Run(ctx context.Context) error {
 	}
 	nodes := len(a.nodes)
 	a.mu.Unlock()
-	a.goLoop(ctx, "reconcile", a.cfg.ReconcileInterval, true, a.reconcileAll)
 	a.goLoop(ctx, "instances", a.cfg.InstanceCheckInterval, false, a.checkInstances)
-	a.wg.Add(2)
+	a.wg.Add(3)
+	go func() { defer a.wg.Done(); a.reconcileLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.sweepLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.prewarmLoop(ctx) }()
 	close(a.started)

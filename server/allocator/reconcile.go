@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"time"
 
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/ec2gw"
@@ -238,12 +239,38 @@ type drift struct {
 	repair    func(ctx context.Context) error
 }
 
+// reconcileLoop runs reconcileAll at once, then every ReconcileInterval, and sooner when a
+// difference with a repair is waiting out its drift grace: a crashed leader's half-done work
+// (an address assigned on EC2 but never committed) is adopted one grace after the takeover,
+// not one whole interval later.
+func (a *Allocator) reconcileLoop(ctx context.Context) {
+	for {
+		next := a.cfg.ReconcileInterval
+		pending, err := a.reconcileAll(ctx)
+		if err != nil && ctx.Err() == nil {
+			a.log.Warn("loop failed", "loop", "reconcile", "err", err)
+		}
+		if pending && a.cfg.DriftGrace < next {
+			// A little over the grace, so the difference has surely persisted for it.
+			next = a.cfg.DriftGrace + a.cfg.DriftGrace/10 + 10*time.Millisecond
+		}
+		t := time.NewTimer(next)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
 // reconcileAll compares every subnet the cluster uses, and every ENI tagged for the cluster,
-// with EC2, and repairs differences that persisted for the drift grace.
-func (a *Allocator) reconcileAll(ctx context.Context) error {
+// with EC2, and repairs differences that persisted for the drift grace. pending says whether a
+// difference with a repair is still waiting out its grace.
+func (a *Allocator) reconcileAll(ctx context.Context) (pending bool, err error) {
 	drifts, err := a.collectDrift(ctx, ec2gw.PriorityReconcile)
 	if err != nil {
-		return err
+		return false, err
 	}
 	now := a.now()
 	seen := map[string]bool{}
@@ -268,10 +295,12 @@ func (a *Allocator) reconcileAll(ctx context.Context) error {
 		first := a.drift[d.key]
 		a.mu.Unlock()
 		if !d.immediate && now.Sub(first) < a.cfg.DriftGrace {
+			pending = true
 			continue
 		}
 		if err := d.repair(ctx); err != nil {
 			a.log.Warn("repair failed", "kind", d.finding.GetKind().String(), "node", d.finding.GetNodeName(), "eni", d.finding.GetEniId(), "address", d.finding.GetAddress(), "err", err)
+			pending = true // tried again one grace later
 			continue
 		}
 		a.log.Info("repaired drift", "kind", d.finding.GetKind().String(), "node", d.finding.GetNodeName(), "eni", d.finding.GetEniId(), "address", d.finding.GetAddress(), "detail", d.finding.GetDetail())
@@ -280,7 +309,7 @@ func (a *Allocator) reconcileAll(ctx context.Context) error {
 		delete(a.drift, d.key)
 		a.mu.Unlock()
 	}
-	return nil
+	return pending, nil
 }
 
 // collectDrift reads EC2 and lists every difference with its repair.
