@@ -14,7 +14,6 @@ import (
 
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/config"
-	"github.com/ipledger/ipledger/server/ec2sim"
 	"github.com/ipledger/ipledger/server/servertest"
 	"github.com/ipledger/ipledger/server/store"
 )
@@ -24,18 +23,8 @@ import (
 // holds. The next leader must not place it elsewhere, and must adopt it into the node's lease
 // one drift grace after it takes over, not one whole reconcile interval (an hour here) later.
 func TestTakeoverAdoptsAnAssignmentTheOldLeaderNeverCommitted(t *testing.T) {
-	emb, err := store.StartEmbedded(t.Context(), store.EmbeddedConfig{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { emb.Close() })
-	simCfg := ec2sim.DefaultConfig()
-	simCfg.Throttle = false
-	sim, err := ec2sim.Start(simCfg, "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sim.Close() })
+	be := servertest.StartBackends(t)
+	emb, sim := be.Etcd, be.Sim
 	t.Setenv("AWS_ACCESS_KEY_ID", "test")
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "test")
 	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
@@ -45,8 +34,7 @@ func TestTakeoverAdoptsAnAssignmentTheOldLeaderNeverCommitted(t *testing.T) {
 		cfg.Dev = false
 		cfg.ClusterName = "adopt"
 		cfg.Region = "eu-west-1"
-		cfg.EtcdEndpoints = emb.Endpoints()
-		cfg.EC2Endpoint = sim.Endpoint()
+		be.Use(&cfg)
 		cfg.GRPCListen, cfg.HTTPListen = "127.0.0.1:0", "127.0.0.1:0"
 		cfg.DriftGrace = config.Duration(300 * time.Millisecond)
 		return cfg

@@ -126,18 +126,8 @@ func TestFailoverMidAllocation(t *testing.T) {
 		t.Skip("starts processes")
 	}
 	bin := serverBinary(t)
-	emb, err := store.StartEmbedded(t.Context(), store.EmbeddedConfig{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { emb.Close() })
-	simCfg := ec2sim.DefaultConfig()
-	simCfg.Throttle = false
-	sim, err := ec2sim.Start(simCfg, "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sim.Close() })
+	be := servertest.StartBackends(t)
+	emb, sim := be.Etcd, be.Sim
 	// Slow EC2 down so the kill lands while calls are in flight.
 	for _, action := range []string{"AssignPrivateIpAddresses", "CreateNetworkInterface", "AttachNetworkInterface"} {
 		sim.Sim().SetFault(action, ec2sim.Fault{Latency: 150 * time.Millisecond})

@@ -7,32 +7,18 @@ import (
 
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server"
-	"github.com/ipledger/ipledger/server/ec2sim"
 	"github.com/ipledger/ipledger/server/servertest"
-	"github.com/ipledger/ipledger/server/store"
 )
 
 // TestStandbyRedirectsWritesToTheLeader runs two replicas sharing one etcd and one EC2
 // simulator: ipledgerctl pointed at the standby gets reads from the standby and has its
 // changes carried out by the leader.
 func TestStandbyRedirectsWritesToTheLeader(t *testing.T) {
-	emb, err := store.StartEmbedded(t.Context(), store.EmbeddedConfig{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { emb.Close() })
-	simCfg := ec2sim.DefaultConfig()
-	simCfg.Throttle = false
-	sim, err := ec2sim.Start(simCfg, "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sim.Close() })
+	be := servertest.StartBackends(t)
 
 	replica := func() *server.Server {
 		cfg := devConfig(t)
-		cfg.EtcdEndpoints = emb.Endpoints()
-		cfg.EC2Endpoint = sim.Endpoint()
+		be.Use(&cfg)
 		return startServer(t, cfg)
 	}
 	a := replica()
@@ -42,7 +28,7 @@ func TestStandbyRedirectsWritesToTheLeader(t *testing.T) {
 	servertest.WaitFor(t, 15*time.Second, "the standby to know the leader", func() bool { return b.LeaderAddress() == leader })
 
 	// A node, registered with the leader, so there is something to drain.
-	ag := newTestAgent(t, servertest.Dial(t, leader), servertest.Running(sim)[0])
+	ag := newTestAgent(t, servertest.Dial(t, leader), servertest.Running(be.Sim)[0])
 	ag.Register()
 	servertest.WaitFor(t, 10*time.Second, "the standby to follow the registration", func() bool {
 		_, ok := b.Ledger().Node(ag.Name())

@@ -10,9 +10,7 @@ import (
 	"github.com/ipledger/ipledger/internal/mtls/mtlstest"
 	"github.com/ipledger/ipledger/server"
 	"github.com/ipledger/ipledger/server/config"
-	"github.com/ipledger/ipledger/server/ec2sim"
 	"github.com/ipledger/ipledger/server/servertest"
-	"github.com/ipledger/ipledger/server/store"
 )
 
 // ctlEnv runs ipledgerctl with an environment.
@@ -75,25 +73,13 @@ func TestMutualTLSWithDevCertificates(t *testing.T) {
 // A standby's NOT_LEADER redirect keeps the admin certificate: the change reaches the leader
 // over mutual TLS.
 func TestRedirectKeepsTheCredentials(t *testing.T) {
-	emb, err := store.StartEmbedded(t.Context(), store.EmbeddedConfig{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { emb.Close() })
-	simCfg := ec2sim.DefaultConfig()
-	simCfg.Throttle = false
-	sim, err := ec2sim.Start(simCfg, "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sim.Close() })
+	be := servertest.StartBackends(t)
 	ca := mtlstest.NewCA(t, "cluster CA")
 	srv := ca.Issue(t, "server", mtlstest.Leaf{Identity: mtls.ServerIdentity, Server: true})
 	adm := ca.Issue(t, "admin", mtlstest.Leaf{Identity: mtls.AdminIdentity("alice")})
 	replica := func() *server.Server {
 		cfg := devConfig(t)
-		cfg.EtcdEndpoints = emb.Endpoints()
-		cfg.EC2Endpoint = sim.Endpoint()
+		be.Use(&cfg)
 		cfg.Insecure = false
 		cfg.TLSCertFile, cfg.TLSKeyFile, cfg.TLSClientCAFile = srv.Cert, srv.Key, ca.CAFile
 		if cfg.Transport() != config.TransportTLSFiles {

@@ -20,6 +20,7 @@ import (
 	"github.com/ipledger/ipledger/server/config"
 	"github.com/ipledger/ipledger/server/ec2sim"
 	"github.com/ipledger/ipledger/server/ledger"
+	"github.com/ipledger/ipledger/server/store"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
@@ -81,6 +82,38 @@ func StartDev(t testing.TB, mod func(*config.Config)) *server.Server {
 	s := Start(t, cfg)
 	WaitFor(t, 15*time.Second, "leadership", s.IsLeader)
 	return s
+}
+
+// Backends are one etcd and one EC2 simulator that several replicas share, as the replicas of
+// one cluster do.
+type Backends struct {
+	Etcd *store.Embedded
+	Sim  *ec2sim.Server
+}
+
+// StartBackends starts embedded etcd in a temporary directory and the EC2 simulator over HTTP
+// on loopback without throttling; both are closed when the test ends.
+func StartBackends(t testing.TB) Backends {
+	t.Helper()
+	emb, err := store.StartEmbedded(t.Context(), store.EmbeddedConfig{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { emb.Close() })
+	simCfg := ec2sim.DefaultConfig()
+	simCfg.Throttle = false
+	sim, err := ec2sim.Start(simCfg, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	return Backends{Etcd: emb, Sim: sim}
+}
+
+// Use points a replica's configuration at the shared etcd and simulator.
+func (b Backends) Use(cfg *config.Config) {
+	cfg.EtcdEndpoints = b.Etcd.Endpoints()
+	cfg.EC2Endpoint = b.Sim.Endpoint()
 }
 
 // Dial opens a plaintext gRPC connection, closed when the test ends.
