@@ -15,6 +15,7 @@ import (
 	"github.com/ipledger/ipledger/agent"
 	"github.com/ipledger/ipledger/e2e/harness"
 	"github.com/ipledger/ipledger/server/ec2sim"
+	"github.com/ipledger/ipledger/server/servertest"
 )
 
 // TestAgentCrash kills -9 the agent process between a pod's ADD and DEL and restarts it on the
@@ -174,7 +175,7 @@ func TestAgentCrash(t *testing.T) {
 		t.Errorf("pod rules left: %+v", r)
 	}
 	harness.Eventually(t, 10*time.Second, "EC2 and etcd to agree", func() error {
-		return harness.Consistent(t.Context(), sim, s.Store(), "dev")
+		return servertest.ConsistentMidRelease(t.Context(), sim, s.Store(), "dev")
 	})
 	_ = netip.Addr{}
 }

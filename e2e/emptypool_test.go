@@ -14,6 +14,7 @@ import (
 	"github.com/ipledger/ipledger/e2e/harness"
 	"github.com/ipledger/ipledger/server/config"
 	"github.com/ipledger/ipledger/server/ec2sim"
+	"github.com/ipledger/ipledger/server/servertest"
 )
 
 // tinySubnet is a /28 (11 usable addresses) with eight instances: their primary addresses leave
@@ -103,7 +104,7 @@ func TestEmptyPool(t *testing.T) {
 	for _, p := range append(pods[1:], late) {
 		n.Del(p)
 	}
-	if err := harness.Consistent(t.Context(), sim, s.Store(), "dev"); err != nil {
+	if err := servertest.ConsistentMidRelease(t.Context(), sim, s.Store(), "dev"); err != nil {
 		t.Error(err)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/ipledger/ipledger/e2e/harness"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server"
+	"github.com/ipledger/ipledger/server/servertest"
 )
 
 // TestPodLifecycle runs real agents (in-process, node networking in their node namespaces)
@@ -25,7 +26,7 @@ func TestPodLifecycle(t *testing.T) {
 	insts := harness.Running(s.Sim().Sim())
 	t.Run("plugin and cnitool", func(t *testing.T) { testPluginAndCNITool(t, s, insts[0]) })
 	t.Run("pod on a secondary ENI", func(t *testing.T) { testSecondaryENI(t, s, insts[1]) })
-	if err := harness.Consistent(t.Context(), s.Sim().Sim(), s.Store(), "dev"); err != nil {
+	if err := servertest.ConsistentMidRelease(t.Context(), s.Sim().Sim(), s.Store(), "dev"); err != nil {
 		t.Error(err)
 	}
 	if err := harness.BudgetsAddUp(t.Context(), harness.Admin(t, s.GRPCAddr())); err != nil {

@@ -6,6 +6,7 @@ import (
 
 	"github.com/ipledger/ipledger/agent"
 	"github.com/ipledger/ipledger/e2e/harness"
+	"github.com/ipledger/ipledger/server/servertest"
 )
 
 // TestLeaderRedirect: two replicas share one etcd and one EC2; the agent is told only the
@@ -51,7 +52,7 @@ func TestLeaderRedirect(t *testing.T) {
 	n.Del(first)
 	n.Del(second)
 	harness.Eventually(t, 10*time.Second, "EC2 and etcd to agree", func() error {
-		return harness.Consistent(t.Context(), c.Sim.Sim(), standby.Store(), harness.ClusterName)
+		return servertest.ConsistentMidRelease(t.Context(), c.Sim.Sim(), standby.Store(), harness.ClusterName)
 	})
 }
 
@@ -95,7 +96,7 @@ func TestLeaderKilled(t *testing.T) {
 		map[string]string{ip1.String(): first.ContainerID, ip2.String(): second.ContainerID})
 	st := c.Store(t)
 	harness.Eventually(t, 20*time.Second, "EC2 and etcd to agree", func() error {
-		return harness.Consistent(t.Context(), c.Sim.Sim(), st, harness.ClusterName)
+		return servertest.ConsistentMidRelease(t.Context(), c.Sim.Sim(), st, harness.ClusterName)
 	})
 	n.Del(first)
 	n.Del(second)

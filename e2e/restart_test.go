@@ -10,6 +10,7 @@ import (
 	"github.com/ipledger/ipledger/agent"
 	"github.com/ipledger/ipledger/e2e/harness"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+	"github.com/ipledger/ipledger/server/servertest"
 )
 
 // TestAgentRestartWithStaleCheckpoint restarts a killed agent on a checkpoint older than the
@@ -111,7 +112,7 @@ func TestAgentRestartWithStaleCheckpoint(t *testing.T) {
 	}
 	ag.WaitView(5*time.Second, "no pods", func(v agent.PoolView) bool { return len(v.Pods) == 0 })
 	harness.Eventually(t, 10*time.Second, "EC2 and etcd to agree", func() error {
-		return harness.Consistent(t.Context(), s.Sim().Sim(), s.Store(), "dev")
+		return servertest.ConsistentMidRelease(t.Context(), s.Sim().Sim(), s.Store(), "dev")
 	})
 }
 

@@ -100,7 +100,7 @@ func TestTakeoverAdoptsAnAssignmentTheOldLeaderNeverCommitted(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	servertest.WaitFor(t, 10*time.Second, "EC2 and etcd to agree", func() bool { return consistentFor(t, sim.Sim(), st, "adopt") == nil })
+	servertest.WaitFor(t, 10*time.Second, "EC2 and etcd to agree", func() bool { return servertest.Consistent(t.Context(), sim.Sim(), st, "adopt") == nil })
 	rep, err := admin.Check(t.Context(), &ipledgerv1.CheckRequest{IncludeEc2: true})
 	if err != nil {
 		t.Fatal(err)

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -16,7 +15,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
-	"github.com/ipledger/ipledger/server/allocator"
 	"github.com/ipledger/ipledger/server/ec2sim"
 	"github.com/ipledger/ipledger/server/servertest"
 	"github.com/ipledger/ipledger/server/store"
@@ -192,8 +190,8 @@ func TestFailoverMidAllocation(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	servertest.WaitFor(t, 30*time.Second, "EC2 and etcd to agree", func() bool { return consistent(t, sim.Sim(), st) == nil })
-	if err := consistent(t, sim.Sim(), st); err != nil {
+	servertest.WaitFor(t, 30*time.Second, "EC2 and etcd to agree", func() bool { return servertest.Consistent(t.Context(), sim.Sim(), st, "ft") == nil })
+	if err := servertest.Consistent(t.Context(), sim.Sim(), st, "ft"); err != nil {
 		t.Fatal(err)
 	}
 	rep, err := ipledgerv1.NewAdminServiceClient(conn2).Check(t.Context(), &ipledgerv1.CheckRequest{IncludeEc2: true})
@@ -204,62 +202,3 @@ func TestFailoverMidAllocation(t *testing.T) {
 		t.Fatalf("check after failover: %v", rep.GetFindings())
 	}
 }
-
-// consistent reports the first disagreement between the simulator and etcd: an address on two
-// ENIs, an address leased twice, a lease EC2 does not have on the leased ENI, an address on a
-// managed ENI that is not leased, or an ENI tagged for the cluster that no node owns.
-func consistent(t *testing.T, sim *ec2sim.Sim, st *store.Store) error {
-	return consistentFor(t, sim, st, "ft")
-}
-
-// consistentFor is consistent for the cluster named cluster.
-func consistentFor(t *testing.T, sim *ec2sim.Sim, st *store.Store, cluster string) error {
-	snap := sim.Snapshot()
-	state, err := st.Load(t.Context())
-	if err != nil {
-		return err
-	}
-	onENI := map[string]string{}
-	for _, e := range snap.ENIs {
-		for _, ip := range append([]string{e.PrimaryIP}, e.SecondaryIPs...) {
-			if other, ok := onENI[ip]; ok {
-				return fmt.Errorf("EC2 has %s on %s and %s", ip, other, e.ID)
-			}
-			onENI[ip] = e.ID
-		}
-	}
-	owned := map[string]string{}
-	leased := map[string]string{}
-	for _, n := range state.Nodes {
-		for _, e := range n.ENIs {
-			owned[e.ID] = n.Name
-			for _, ad := range e.Addresses {
-				ip := ad.IP.String()
-				if other, ok := leased[ip]; ok {
-					return fmt.Errorf("%s leased to %s and %s", ip, other, n.Name)
-				}
-				leased[ip] = n.Name
-				if onENI[ip] != e.ID {
-					return fmt.Errorf("%s leased on %s but EC2 has it on %q", ip, e.ID, onENI[ip])
-				}
-			}
-		}
-	}
-	for _, e := range snap.ENIs {
-		if e.Tags[allocator.TagCluster] == cluster {
-			if _, ok := owned[e.ID]; !ok {
-				return fmt.Errorf("leaked ENI %s (%s)", e.ID, e.Status)
-			}
-		}
-		if _, ok := owned[e.ID]; ok {
-			for _, ip := range e.SecondaryIPs {
-				if _, ok := leased[ip]; !ok {
-					return fmt.Errorf("%s on managed ENI %s is not leased", ip, e.ID)
-				}
-			}
-		}
-	}
-	return nil
-}
-
-var _ = strconv.Itoa

@@ -35,7 +35,7 @@ var ErrTwice = errors.New("harness: an address has two owners")
 //     ENI);
 //   - no node is registered whose instance is terminated or unknown to EC2.
 //
-// It is stricter than Consistent (prefixes, attachments, terminated instances) and reports all
+// It is stricter than servertest.ConsistentMidRelease (prefixes, attachments, terminated instances) and reports all
 // problems at once.
 func Invariants(ctx context.Context, sim *ec2sim.Sim, st *store.Store, cluster string) error {
 	snap := sim.Snapshot()
