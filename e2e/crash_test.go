@@ -107,7 +107,7 @@ func TestAgentCrash(t *testing.T) {
 		for attempt := range 5 {
 			p := n.NewPod(fmt.Sprintf("%s-%d", name, attempt))
 			cmd := startPlugin(t, n, "ADD", p)
-			harness.WaitFor(t, 10*time.Second, name+"'s ADD to wait or finish", func() bool {
+			servertest.WaitFor(t, 10*time.Second, name+"'s ADD to wait or finish", func() bool {
 				return ag.MustView().Waiting == 1 || pluginExited(cmd)
 			})
 			if !pluginExited(cmd) {

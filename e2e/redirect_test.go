@@ -34,7 +34,7 @@ func TestLeaderRedirect(t *testing.T) {
 	if err := leader.Close(); err != nil {
 		t.Fatal(err)
 	}
-	harness.WaitFor(t, 20*time.Second, "the standby to lead", standby.IsLeader)
+	servertest.WaitFor(t, 20*time.Second, "the standby to lead", standby.IsLeader)
 	ag.WaitView(30*time.Second, "the agent on the new leader", func(v agent.PoolView) bool {
 		return v.Server.Connected && v.Server.Target == standby.GRPCAddr()
 	})
@@ -81,7 +81,7 @@ func TestLeaderKilled(t *testing.T) {
 
 	killed := time.Now()
 	leader.Kill()
-	harness.WaitFor(t, 20*time.Second, "the standby to lead", standby.IsLeader)
+	servertest.WaitFor(t, 20*time.Second, "the standby to lead", standby.IsLeader)
 	v = ag.WaitView(30*time.Second, "the agent on the new leader", func(v agent.PoolView) bool {
 		return v.Server.Connected && v.Server.Target == standby.GRPC
 	})

@@ -9,6 +9,7 @@ import (
 	"github.com/ipledger/ipledger/e2e/harness"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/api"
+	"github.com/ipledger/ipledger/server/servertest"
 )
 
 // testLeaderKills kills -9 the leading ipledger-server three times, each time while pods start
@@ -106,7 +107,7 @@ func (rs *resilience) testLeaderKills(t *testing.T) {
 	}
 	// The supervisor brought every victim back, as a standby.
 	for _, v := range victims {
-		harness.WaitFor(t, 20*time.Second, fmt.Sprintf("replica %d to run again", v.Index), func() bool { return v.PID() != 0 })
+		servertest.WaitFor(t, 20*time.Second, fmt.Sprintf("replica %d to run again", v.Index), func() bool { return v.PID() != 0 })
 	}
 	harness.Eventually(t, 20*time.Second, "every replica to be ready", func() error {
 		for _, r := range c.Replicas {

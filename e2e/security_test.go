@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ipledger/ipledger/e2e/harness"
+	"github.com/ipledger/ipledger/server/servertest"
 )
 
 // proc is a process of the test, stopped (SIGTERM, then SIGKILL) at cleanup.
@@ -79,7 +80,7 @@ func simEndpoint(t *testing.T, server *proc) string {
 	t.Helper()
 	re := regexp.MustCompile(`EC2 simulator on (http://\S+),`)
 	var url string
-	harness.WaitFor(t, 30*time.Second, "the --dev server to start its simulator", func() bool {
+	servertest.WaitFor(t, 30*time.Second, "the --dev server to start its simulator", func() bool {
 		m := re.FindStringSubmatch(server.output())
 		if m != nil {
 			url = m[1]
@@ -134,7 +135,7 @@ func TestDevBinariesSpeakMutualTLS(t *testing.T) {
 	certs := filepath.Join(dataDir, "certs")
 	in := firstInstance(t, sim)
 	ctl := func(args ...string) harness.CtlResult { return harness.Ctl(t, grpcAddr, append(args, "-o", "json")...) }
-	harness.WaitFor(t, 30*time.Second, "the server to lead", func() bool {
+	servertest.WaitFor(t, 30*time.Second, "the server to lead", func() bool {
 		r := ctl("--dev-certs", certs, "status")
 		return r.Exit == 0 && strings.Contains(r.Stdout, `"is_leader": true`)
 	})
@@ -149,7 +150,7 @@ func TestDevBinariesSpeakMutualTLS(t *testing.T) {
 		r := ctl("--dev-certs", certs, "nodes")
 		return r.Exit == 0 && strings.Contains(r.Stdout, in.PrivateDNSName) && strings.Contains(r.Stdout, `"connected": true`)
 	}
-	harness.WaitFor(t, 30*time.Second, "the agent to register and sync over mutual TLS", connected)
+	servertest.WaitFor(t, 30*time.Second, "the agent to register and sync over mutual TLS", connected)
 
 	// Without certificates ipledgerctl gets nothing, and says what to add.
 	if r := ctl("nodes"); r.Exit != 1 || !strings.Contains(r.Stderr, "--dev-certs") {
@@ -164,7 +165,7 @@ func TestDevBinariesSpeakMutualTLS(t *testing.T) {
 	before := readDir(t, certs)
 	server.stop(t)
 	startProc(t, serverBin, serverArgs...)
-	harness.WaitFor(t, 60*time.Second, "the agent to reconnect to the restarted server", connected)
+	servertest.WaitFor(t, 60*time.Second, "the agent to reconnect to the restarted server", connected)
 	after := readDir(t, certs)
 	for name, b := range before {
 		if !bytes.Equal(after[name], b) {

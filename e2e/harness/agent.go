@@ -23,6 +23,7 @@ import (
 
 	"github.com/ipledger/ipledger/agent"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+	"github.com/ipledger/ipledger/server/servertest"
 )
 
 // AgentStartTimeout bounds the wait for an agent to serve its socket.
@@ -327,7 +328,7 @@ func (a *Agent) WaitView(d time.Duration, what string, cond func(agent.PoolView)
 	a.n.T.Helper()
 	var v agent.PoolView
 	var lastErr error
-	WaitFor(a.n.T, d, what+" (agent of "+a.n.Name()+")", func() bool {
+	servertest.WaitFor(a.n.T, d, what+" (agent of "+a.n.Name()+")", func() bool {
 		v, lastErr = a.View()
 		return lastErr == nil && cond(v)
 	})

@@ -17,6 +17,7 @@ import (
 	"github.com/ipledger/ipledger/e2e/etcdcluster"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/ec2sim"
+	"github.com/ipledger/ipledger/server/servertest"
 	"github.com/ipledger/ipledger/server/store"
 )
 
@@ -223,7 +224,7 @@ func (c *ProcCluster) Leader(ctx context.Context) *ServerProc {
 func (c *ProcCluster) WaitLeader(d time.Duration, not *ServerProc) *ServerProc {
 	c.T.Helper()
 	var l *ServerProc
-	WaitFor(c.T, d, "a replica to lead", func() bool {
+	servertest.WaitFor(c.T, d, "a replica to lead", func() bool {
 		l = c.Leader(c.T.Context())
 		return l != nil && l != not
 	})

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+	"github.com/ipledger/ipledger/server/servertest"
 	"github.com/ipledger/ipledger/server/store"
 )
 
@@ -115,7 +116,7 @@ func (r *ReplicaProc) IsLeader() bool {
 func LeaderProc(t testing.TB, d time.Duration, rs ...*ReplicaProc) *ReplicaProc {
 	t.Helper()
 	var leader *ReplicaProc
-	WaitFor(t, d, "a replica to lead", func() bool {
+	servertest.WaitFor(t, d, "a replica to lead", func() bool {
 		for _, r := range rs {
 			if r.IsLeader() {
 				leader = r

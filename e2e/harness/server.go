@@ -15,6 +15,7 @@ import (
 	"github.com/ipledger/ipledger/server"
 	"github.com/ipledger/ipledger/server/config"
 	"github.com/ipledger/ipledger/server/ec2sim"
+	"github.com/ipledger/ipledger/server/servertest"
 	"github.com/ipledger/ipledger/server/store"
 )
 
@@ -28,18 +29,6 @@ func Logger(component string) *slog.Logger {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("component", component)
 	}
 	return slog.New(slog.DiscardHandler)
-}
-
-// WaitFor polls cond every 20 ms until it holds, failing the test after d.
-func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // Eventually polls check every 20 ms until it returns nil, failing the test with its last error
@@ -59,19 +48,14 @@ func Eventually(t testing.TB, d time.Duration, what string, check func() error) 
 	}
 }
 
-// DevConfig is a --dev configuration for tests: embedded etcd in a temporary directory, the
-// in-process simulator without throttling, no release delay, short session and check intervals.
+// DevConfig is servertest.DevConfig (embedded etcd in a temporary directory, the in-process
+// simulator without throttling, no release delay, short session and intervals) with a 1 s
+// release cooldown and instance checks every second, paced for agents and plugins as processes.
 func DevConfig(t testing.TB) config.Config {
 	t.Helper()
-	cfg := config.DevConfig(t.TempDir())
-	cfg.SessionTTL = config.Duration(2 * time.Second)
-	cfg.ReleaseDelay = 0
+	cfg := servertest.DevConfig(t)
 	cfg.ReleaseCooldown = config.Duration(time.Second)
-	cfg.ProposalTimeout = config.Duration(5 * time.Second)
 	cfg.InstanceCheckInterval = config.Duration(time.Second)
-	cfg.ReconcileInterval = config.Duration(time.Hour)
-	cfg.DriftGrace = config.Duration(time.Millisecond)
-	cfg.SimThrottle = false
 	return cfg
 }
 
@@ -96,7 +80,7 @@ func StartReplica(t testing.TB, cfg config.Config) *server.Server {
 	}
 	t.Cleanup(func() { _ = s.Close() })
 	if len(cfg.EtcdEndpoints) == 0 {
-		WaitFor(t, 20*time.Second, "the dev server to lead", s.IsLeader)
+		servertest.WaitFor(t, 20*time.Second, "the dev server to lead", s.IsLeader)
 	}
 	return s
 }
@@ -139,7 +123,7 @@ func StartCluster(t testing.TB, n int, mod func(*config.Config)) *Cluster {
 		c.Replicas = append(c.Replicas, StartReplica(t, cfg))
 	}
 	if n > 0 {
-		WaitFor(t, 20*time.Second, "a leader", func() bool { return c.Leader() != nil })
+		servertest.WaitFor(t, 20*time.Second, "a leader", func() bool { return c.Leader() != nil })
 	}
 	return c
 }
