@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/ipledger/ipledger/agent/netconf"
+	"github.com/ipledger/ipledger/agent/netconf/nstest"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 )
 
@@ -101,7 +102,7 @@ func TestThroughCNITool(t *testing.T) {
 			}
 			n.assertAttached(a, ips[0], netconf.MainTable)
 			n.assertAttached(b, ips[1], 2)
-			if err := ping(a, ips[1]); err != nil {
+			if err := nstest.Ping(a.ns, ips[1]); err != nil {
 				t.Errorf("pod A -> pod B: %v", err)
 			}
 

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -15,13 +14,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/net/icmp"
-	"golang.org/x/net/ipv4"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -487,47 +483,4 @@ func (n *node) assertClean(keep ...string) {
 	if r := n.podRules(); len(r) != 0 {
 		n.t.Errorf("node pod rules = %+v, want none", r)
 	}
-}
-
-// ping sends ICMP echo requests from inside the pod's namespace and waits for a reply.
-func ping(p *pod, dst netip.Addr) error {
-	return p.ns.Do(func(ns.NetNS) error {
-		c, err := icmp.ListenPacket("ip4:icmp", "0.0.0.0")
-		if err != nil {
-			return err
-		}
-		defer c.Close() //nolint:errcheck
-		id := os.Getpid() & 0xffff
-		buf := make([]byte, 1500)
-		for seq := 1; seq <= 5; seq++ {
-			msg := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("ipledger")}}
-			b, err := msg.Marshal(nil)
-			if err != nil {
-				return err
-			}
-			if _, err := c.WriteTo(b, &net.IPAddr{IP: net.IP(dst.AsSlice())}); err != nil {
-				return fmt.Errorf("send echo to %s: %w", dst, err)
-			}
-			deadline := time.Now().Add(time.Second)
-			_ = c.SetReadDeadline(deadline)
-			for time.Now().Before(deadline) {
-				n, from, err := c.ReadFrom(buf)
-				if err != nil {
-					var ne net.Error
-					if errors.As(err, &ne) && ne.Timeout() {
-						break
-					}
-					return err
-				}
-				reply, err := icmp.ParseMessage(1, buf[:n])
-				if err != nil || reply.Type != ipv4.ICMPTypeEchoReply {
-					continue
-				}
-				if echo, ok := reply.Body.(*icmp.Echo); ok && echo.ID == id && echo.Seq == seq && from.String() == dst.String() {
-					return nil
-				}
-			}
-		}
-		return fmt.Errorf("no echo reply from %s", dst)
-	})
 }

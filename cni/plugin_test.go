@@ -292,16 +292,16 @@ func TestPodsPingEachOther(t *testing.T) {
 		return l.Attrs().Statistics.RxPackets
 	}
 	beforeA, beforeB := rx(a), rx(b)
-	if err := ping(a, ips[1]); err != nil {
+	if err := nstest.Ping(a.ns, ips[1]); err != nil {
 		t.Fatalf("pod A (%s) -> pod B (%s): %v", ips[0], ips[1], err)
 	}
-	if err := ping(b, ips[0]); err != nil {
+	if err := nstest.Ping(b.ns, ips[0]); err != nil {
 		t.Fatalf("pod B (%s) -> pod A (%s): %v", ips[1], ips[0], err)
 	}
 	if rx(a) == beforeA || rx(b) == beforeB {
 		t.Errorf("host veths received nothing (A %d->%d, B %d->%d): the pings did not pass through them", beforeA, rx(a), beforeB, rx(b))
 	}
-	if err := ping(a, eni.PrimaryIP); err != nil {
+	if err := nstest.Ping(a.ns, eni.PrimaryIP); err != nil {
 		t.Errorf("pod A -> node address %s: %v", eni.PrimaryIP, err)
 	}
 
@@ -309,7 +309,7 @@ func TestPodsPingEachOther(t *testing.T) {
 		n.run(p.inv("DEL", conf)).mustSucceed(t, "DEL "+p.containerID)
 	}
 	n.assertClean(netconf.SimulatedLinkName(eni.ID))
-	if err := ping(a, ips[1]); err == nil {
+	if err := nstest.Ping(a.ns, ips[1]); err == nil {
 		t.Errorf("pod A still reaches pod B after both were deleted")
 	}
 }
@@ -393,10 +393,10 @@ func TestAddAgainKeepsThePod(t *testing.T) {
 	}
 	n.assertAttached(a, ipA, netconf.MainTable)
 	n.run(a.inv("CHECK", withPrevResult(t, conf, out.stdout))).mustSucceed(t, "CHECK after the second ADD")
-	if err := ping(b, ipA); err != nil {
+	if err := nstest.Ping(b.ns, ipA); err != nil {
 		t.Errorf("pod B -> pod A after the second ADD: %v", err)
 	}
-	if err := ping(a, ipB); err != nil {
+	if err := nstest.Ping(a.ns, ipB); err != nil {
 		t.Errorf("pod A -> pod B after the second ADD: %v", err)
 	}
 	if got := n.agent.Assigned()[attKey{a.containerID, "eth0"}]; got != ipA.String() {

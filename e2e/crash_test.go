@@ -13,6 +13,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/ipledger/ipledger/agent"
+	"github.com/ipledger/ipledger/agent/netconf/nstest"
 	"github.com/ipledger/ipledger/e2e/harness"
 	"github.com/ipledger/ipledger/server/ec2sim"
 	"github.com/ipledger/ipledger/server/servertest"
@@ -67,7 +68,7 @@ func TestAgentCrash(t *testing.T) {
 	if ip2 == ip1 || ip3 == ip1 || ip2 == ip3 {
 		t.Fatalf("addresses after the restart: survivor %s, second %s, third %s", ip1, ip2, ip3)
 	}
-	if err := harness.Ping(second, ip1); err != nil {
+	if err := nstest.Ping(second.NS, ip1); err != nil {
 		t.Errorf("second -> survivor after the restart: %v", err)
 	}
 	waitServerPods(t, admin, n.Name(), map[string]string{ip1.String(): survivor.ContainerID, ip2.String(): second.ContainerID, ip3.String(): third.ContainerID})

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ipledger/ipledger/agent"
 	"github.com/ipledger/ipledger/agent/netconf"
+	"github.com/ipledger/ipledger/agent/netconf/nstest"
 	"github.com/ipledger/ipledger/e2e/harness"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server"
@@ -72,10 +73,10 @@ func testPluginAndCNITool(t *testing.T, s *server.Server, inst ec2simInstance) {
 	n.Plugin("CHECK", a, "1.1.0", `"prevResult":`+string(addA.Stdout)).MustSucceed(t, "CHECK pod-a")
 	n.Plugin("CHECK", b, "1.0.0", `"prevResult":`+string(addB.Stdout)).MustSucceed(t, "CHECK pod-b")
 	n.RunPlugin(n.Env("STATUS", nil), n.Conf("1.1.0")).MustSucceed(t, "STATUS")
-	if err := harness.Ping(a, ipB); err != nil {
+	if err := nstest.Ping(a.NS, ipB); err != nil {
 		t.Errorf("pod-a -> pod-b: %v", err)
 	}
-	if err := harness.Ping(b, ipA); err != nil {
+	if err := nstest.Ping(b.NS, ipA); err != nil {
 		t.Errorf("pod-b -> pod-a: %v", err)
 	}
 	// A repeated ADD (a runtime retrying) returns the same address and keeps the pod working.
@@ -96,10 +97,10 @@ func testPluginAndCNITool(t *testing.T, s *server.Server, inst ec2simInstance) {
 		rt.Run("check", p).MustSucceed(t, "cnitool check "+p.Name)
 	}
 	rt.Run("status", c).MustSucceed(t, "cnitool status")
-	if err := harness.Ping(c, ipD); err != nil {
+	if err := nstest.Ping(c.NS, ipD); err != nil {
 		t.Errorf("tool-c -> tool-d: %v", err)
 	}
-	if err := harness.Ping(d, ipA); err != nil {
+	if err := nstest.Ping(d.NS, ipA); err != nil {
 		t.Errorf("tool-d -> pod-a: %v", err)
 	}
 	waitServerPods(t, admin, n.Name(), map[string]string{ipA.String(): a.ContainerID, ipB.String(): b.ContainerID,
@@ -217,10 +218,10 @@ func testSecondaryENI(t *testing.T, s *server.Server, inst ec2simInstance) {
 		t.Errorf("pod rules %+v, want %+v (`from %s lookup %d`)", rules, want, ipOther, table)
 	}
 	n.Plugin("CHECK", other, "1.1.0").MustSucceed(t, "CHECK of the pod on the second ENI")
-	if err := harness.Ping(other, ipFirst); err != nil {
+	if err := nstest.Ping(other.NS, ipFirst); err != nil {
 		t.Errorf("pod on the second ENI -> pod on the primary: %v", err)
 	}
-	if err := harness.Ping(first, ipOther); err != nil {
+	if err := nstest.Ping(first.NS, ipOther); err != nil {
 		t.Errorf("pod on the primary ENI -> pod on the second: %v", err)
 	}
 	if rules := n.PodRules(); !slices.Contains(rules, netconf.PodRoute{IP: ipFirst, HostVeth: first.HostVeth(), Table: netconf.MainTable}) {

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/ipledger/ipledger/agent"
+	"github.com/ipledger/ipledger/agent/netconf/nstest"
 	"github.com/ipledger/ipledger/e2e/harness"
 	"github.com/ipledger/ipledger/server/servertest"
 )
@@ -44,7 +45,7 @@ func TestLeaderRedirect(t *testing.T) {
 		t.Fatalf("the new leader's pool gave %s again", ip1)
 	}
 	n.Plugin("CHECK", first, "1.1.0").MustSucceed(t, "CHECK of the first pod after the failover")
-	if err := harness.Ping(second, ip1); err != nil {
+	if err := nstest.Ping(second.NS, ip1); err != nil {
 		t.Errorf("second -> first after the failover: %v", err)
 	}
 	waitServerPods(t, harness.Admin(t, standby.GRPCAddr()), n.Name(),

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ipledger/ipledger/agent"
+	"github.com/ipledger/ipledger/agent/netconf/nstest"
 	"github.com/ipledger/ipledger/e2e/harness"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/servertest"
@@ -104,7 +105,7 @@ func TestAgentRestartWithStaleCheckpoint(t *testing.T) {
 	if ip3 == ip1 || ip3 == ip2 {
 		t.Fatalf("a new pod got %s, which p1 (%s) or p2 (%s) holds", ip3, ip1, ip2)
 	}
-	if err := harness.Ping(p3, ip1); err != nil {
+	if err := nstest.Ping(p3.NS, ip1); err != nil {
 		t.Errorf("p3 -> p1 after the restart: %v", err)
 	}
 	for _, p := range []*harness.Pod{p1, p2, p3} {

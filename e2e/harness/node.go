@@ -19,6 +19,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 
 	"github.com/ipledger/ipledger/agent/netconf"
 	"github.com/ipledger/ipledger/agent/netconf/nstest"
@@ -436,3 +437,5 @@ func RequireNodeNamespaces(t testing.TB) {
 	nstest.RequireIPNetns(t)
 	nstest.GuardRootNS(t, cni.DefaultVethPrefix, "sim-")
 }
+
+func netnsHandle(n ns.NetNS) netns.NsHandle { return netns.NsHandle(int(n.Fd())) }
