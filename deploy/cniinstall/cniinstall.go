@@ -56,6 +56,9 @@ type Config struct {
 	ConfDir string
 	// ConflistName is the file name in ConfDir ("" = the base name of ConflistSource).
 	ConflistName string
+	// CNIVersion replaces the conflist's "cniVersion" when set ("" keeps the shipped 1.0.0, what
+	// containerd 1.6 and 1.7 speak; "1.1.0" adds GC and STATUS for runtimes that speak it).
+	CNIVersion string
 	// RequireChained refuses to install when a chained plugin of the conflist (portmap, ...) is
 	// not in BinDir; without it a missing plugin is only logged.
 	RequireChained bool
@@ -94,6 +97,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.ConflistSource, "conflist-src", c.ConflistSource, "network config list to install")
 	fs.StringVar(&c.ConfDir, "conf-dir", c.ConfDir, "the node's CNI config directory")
 	fs.StringVar(&c.ConflistName, "conflist-name", c.ConflistName, "file name in --conf-dir (\"\" = the base name of --conflist-src)")
+	fs.StringVar(&c.CNIVersion, "cni-version", c.CNIVersion, "cniVersion to install the conflist with (\"\" = as shipped, 1.0.0; 1.1.0 only for runtimes that speak it, e.g. containerd 2.x)")
 	fs.BoolVar(&c.RequireChained, "require-chained", c.RequireChained, "refuse to install when a chained plugin is missing from --bin-dir")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
 }
@@ -119,6 +123,9 @@ func (c Config) Validate() error {
 		bad("conflist-name", "%q is not a plain file name", name)
 	} else if !slices.Contains(configExtensions, filepath.Ext(name)) {
 		bad("conflist-name", "%q must end in .conflist (or .conf/.json) for the runtime to read it", name)
+	}
+	if c.CNIVersion != "" && !slices.Contains(cni.SupportedVersions().SupportedVersions(), c.CNIVersion) {
+		bad("cni-version", "%q is not one the plugin speaks (%s)", c.CNIVersion, strings.Join(cni.SupportedVersions().SupportedVersions(), ", "))
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		bad("log-format", "%q is neither text nor json", c.LogFormat)
@@ -184,6 +191,11 @@ func Install(cfg Config) (Result, error) {
 	if len(plugin) == 0 {
 		return res, fmt.Errorf("cniinstall: plugin %s is empty", cfg.PluginSource)
 	}
+	if cfg.CNIVersion != "" {
+		if conflist, err = withCNIVersion(conflist, cfg.CNIVersion); err != nil {
+			return res, fmt.Errorf("%s: %w", cfg.ConflistSource, err)
+		}
+	}
 	if res.AgentSocket, res.Chained, err = checkConflist(conflist, cfg.PluginName); err != nil {
 		return res, fmt.Errorf("%s: %w", cfg.ConflistSource, err)
 	}
@@ -220,6 +232,21 @@ func Install(cfg Config) (Result, error) {
 			"file", filepath.Join(cfg.ConfDir, f), "ours", name)
 	}
 	return res, nil
+}
+
+// withCNIVersion returns the list with its top-level "cniVersion" set to v (the runtime hands
+// every plugin of the chain that version, and expects results in it).
+func withCNIVersion(b []byte, v string) ([]byte, error) {
+	var list map[string]json.RawMessage
+	if err := json.Unmarshal(b, &list); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidConflist, err)
+	}
+	list["cniVersion"], _ = json.Marshal(v)
+	out, err := json.MarshalIndent(list, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidConflist, err)
+	}
+	return append(out, '\n'), nil
 }
 
 // checkConflist parses the list as the runtime does (libcni), requires our plugin first (it

@@ -2,11 +2,13 @@ package cniinstall
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"flag"
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -282,5 +284,60 @@ func TestFlagsSetEverySetting(t *testing.T) {
 	}
 	if err := cfg.Validate(); err != nil {
 		t.Errorf("valid settings refused: %v", err)
+	}
+}
+
+// containerd 1.6 and 1.7 (what most EKS AMIs run) read results up to CNI 1.0.0: with a 1.1.0
+// conflist the ADD succeeds, then containerd fails with "unsupported CNI result version" and
+// leaves the container behind. The shipped list must stay at 1.0.0.
+func TestShippedConflistIsCNI100(t *testing.T) {
+	var list struct {
+		CNIVersion string `json:"cniVersion"`
+	}
+	if err := json.Unmarshal(sampleConflist(t), &list); err != nil {
+		t.Fatal(err)
+	}
+	if list.CNIVersion != "1.0.0" {
+		t.Fatalf("deploy/cni/10-ipledger.conflist has cniVersion %q, want 1.0.0 (containerd 1.6/1.7 refuse 1.1.0 results)", list.CNIVersion)
+	}
+}
+
+func TestInstallWithCNIVersion(t *testing.T) {
+	f := newFixture(t, sampleConflist(t))
+	f.cfg.CNIVersion = "1.1.0"
+	res, err := Install(f.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(res.ConflistPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got, want map[string]any
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatalf("installed conflist does not parse: %v\n%s", err, b)
+	}
+	if err := json.Unmarshal(sampleConflist(t), &want); err != nil {
+		t.Fatal(err)
+	}
+	if got["cniVersion"] != "1.1.0" {
+		t.Errorf("installed cniVersion %v, want 1.1.0", got["cniVersion"])
+	}
+	want["cniVersion"] = "1.1.0"
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("--cni-version changed more than cniVersion:\n got %v\nwant %v", got, want)
+	}
+
+	for _, bad := range []string{"0.3.1", "2.0.0", "1.1"} {
+		f := newFixture(t, sampleConflist(t))
+		f.cfg.CNIVersion = bad
+		before := snapshot(t, f.root)
+		_, err := Install(f.cfg)
+		if !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "--cni-version") {
+			t.Errorf("--cni-version %q: err %v, want ErrInvalidConfig naming --cni-version", bad, err)
+		}
+		if after := snapshot(t, f.root); !reflect.DeepEqual(before, after) {
+			t.Errorf("--cni-version %q: a refused install changed files", bad)
+		}
 	}
 }
