@@ -1,8 +1,6 @@
 package server
 
 import (
-	"time"
-
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -55,7 +53,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
-	for _, b := range led.Budgets(time.Now()) {
+	for _, b := range led.Budgets(c.s.clk.Now()) {
 		for kind, v := range map[string]int{
 			"size": b.Size, "reserved": b.Reserved, "foreign": b.Foreign, "held": b.Held, "eni_primary": b.ENIPrimary,
 			"in_use": b.InUse, "idle": b.Idle, "prewarm": b.PrewarmReserved, "free": b.Free,

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/ipledger/ipledger/internal/clock"
 	"github.com/ipledger/ipledger/internal/mtls"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/allocator"
@@ -40,6 +41,7 @@ var Version = "dev"
 // Server is one running ipledger-server replica.
 type Server struct {
 	cfg      config.Config
+	clk      clock.Clock
 	log      *slog.Logger
 	reg      *prometheus.Registry
 	sim      *ec2sim.Server
@@ -101,7 +103,7 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: opts.Logger, reg: prometheus.NewRegistry(), policies: policies, done: make(chan struct{}), known: map[string]*ipledgerv1.NodePolicy{}}
+	s := &Server{cfg: cfg, clk: clock.Scaled(clock.Real(), cfg.TimeScale), log: opts.Logger, reg: prometheus.NewRegistry(), policies: policies, done: make(chan struct{}), known: map[string]*ipledgerv1.NodePolicy{}}
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	defer func() {
 		if err != nil {
@@ -156,7 +158,7 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err
 	}
 	s.gw, err = ec2gw.New(ctx, ec2gw.Config{
 		Region: cfg.Region, Endpoint: s.cfg.EC2Endpoint, Credentials: creds, Buckets: buckets,
-		TimeScale: cfg.TimeScale, Registerer: s.reg, Logger: s.log.With("component", "ec2gw"),
+		Clock: s.clk, Registerer: s.reg, Logger: s.log.With("component", "ec2gw"),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("EC2 gateway: %w", err)
@@ -175,7 +177,7 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err
 		return nil, fmt.Errorf("http-listen %s: %w", cfg.HTTPListen, err)
 	}
 	s.advert = cfg.Advertise(s.grpcLis.Addr().String(), opts.Getenv)
-	s.forecast = allocator.NewForecaster(s.Ledger, time.Hour, time.Now)
+	s.forecast = allocator.NewForecaster(s.Ledger, time.Hour, s.clk)
 	s.reg.MustRegister(newStateCollector(s))
 	s.grpc = s.newGRPCServer(grpcCreds)
 	s.dash = dashboard.New(api.NewAdminServer(s), dashboard.Options{Logger: s.log.With("component", "dashboard")})
@@ -392,6 +394,9 @@ func (s *Server) Policies() []*ipledgerv1.NodePolicy {
 	})
 	return out
 }
+
+// Clock implements api.Replica: the real clock, scaled by --time-scale.
+func (s *Server) Clock() clock.Clock { return s.clk }
 
 // Forecaster implements api.Replica.
 func (s *Server) Forecaster() *allocator.Forecaster { return s.forecast }
@@ -659,7 +664,7 @@ func (s *Server) lead(ctx context.Context, from int64) error {
 		Policies: s.policies, SecurityGroups: s.cfg.SecurityGroups, Subnets: s.cfg.Subnets,
 		ReleaseDelay: s.cfg.ReleaseDelay.D(), ProposalTimeout: s.cfg.ProposalTimeout.D(),
 		ReconcileInterval: s.cfg.ReconcileInterval.D(), InstanceCheckInterval: s.cfg.InstanceCheckInterval.D(),
-		DriftGrace: s.cfg.DriftGrace.D(), TimeScale: s.cfg.TimeScale, Logger: s.log, Registerer: s.reg,
+		DriftGrace: s.cfg.DriftGrace.D(), Clock: s.clk, Logger: s.log, Registerer: s.reg,
 	})
 	if err != nil {
 		_ = lead.Resign(context.Background())

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/ipledger/ipledger/internal/clock"
 	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/ec2sim"
 	"golang.org/x/sync/errgroup"
@@ -112,7 +113,7 @@ func runGatewayBurst(ctx context.Context, perAction int, timeScale float64) (Gat
 	}
 
 	gw, err := ec2gw.New(ctx, ec2gw.Config{
-		Region: "eu-west-1", Endpoint: "http://" + lis.Addr().String(), TimeScale: timeScale,
+		Region: "eu-west-1", Endpoint: "http://" + lis.Addr().String(), Clock: clock.Scaled(clock.Real(), timeScale),
 		Credentials: credentials.NewStaticCredentialsProvider("ipledger-bench", "ipledger-bench", ""),
 	})
 	if err != nil {

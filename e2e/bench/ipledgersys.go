@@ -77,9 +77,10 @@ type serverProc struct {
 
 var _ system = (*ipledgerSystem)(nil)
 
-// serverFlags are the server's flags for a time-scaled run: every timer divided by F.
+// serverFlags are the server's flags for a time-scaled run: --time-scale F makes the server's
+// clock run F times faster, so its timers are given in simulated time (the defaults, spelled out).
 func serverFlags(f float64) []string {
-	d := func(x time.Duration) string { return time.Duration(float64(x) / f).String() }
+	d := func(x time.Duration) string { return x.String() }
 	return []string{
 		"--time-scale", strconv.FormatFloat(f, 'f', -1, 64),
 		"--release-delay", d(60 * time.Second),

@@ -279,7 +279,7 @@ func (a *Allocator) Runtime(node string) (NodeRuntime, bool) {
 		Policy:       ns.policy,
 		ModeMessage:  ns.modeMsg,
 		Generation:   ns.generation,
-		StartRatePPS: ns.rate.rate(a.now(), a.cfg.scaled(rateMinSpan)),
+		StartRatePPS: ns.rate.rate(a.now(), rateMinSpan),
 	}
 	if ns.usage != nil {
 		rt.PodsInUse = len(ns.usage.GetInUse())

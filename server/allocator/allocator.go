@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ipledger/ipledger/internal/clock"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/instancetypes"
@@ -47,23 +48,14 @@ type Config struct {
 	ReconcileInterval     time.Duration // default 5 min
 	InstanceCheckInterval time.Duration // default 60 s
 	DriftGrace            time.Duration // default 60 s
-	// Tick is how often every node is looked at without an event (default 1 s / TimeScale).
+	// Tick is how often every node is looked at without an event (default 1 s).
 	Tick time.Duration
-	// TimeScale divides the allocator's own time constants (tick, rate span, refill window,
-	// a new node's first minute, back-off) when EC2 is a simulator running faster (default 1).
-	TimeScale float64
 
-	Now        func() time.Time
+	// Clock is the allocator's time: every interval, delay and time stamp above is read on it
+	// (default the real clock; a scaled clock for a simulator run faster than real time).
+	Clock      clock.Clock
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
-}
-
-// scaled divides one of the allocator's time constants by the time scale.
-func (c *Config) scaled(d time.Duration) time.Duration {
-	if c.TimeScale <= 1 {
-		return d
-	}
-	return time.Duration(float64(d) / c.TimeScale)
 }
 
 func (c *Config) setDefaults() error {
@@ -85,12 +77,9 @@ func (c *Config) setDefaults() error {
 	def(&c.ReconcileInterval, 5*time.Minute)
 	def(&c.InstanceCheckInterval, time.Minute)
 	def(&c.DriftGrace, time.Minute)
-	if c.TimeScale < 1 {
-		c.TimeScale = 1
-	}
-	def(&c.Tick, c.scaled(time.Second))
-	if c.Now == nil {
-		c.Now = time.Now
+	def(&c.Tick, time.Second)
+	if c.Clock == nil {
+		c.Clock = clock.Real()
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -106,6 +95,7 @@ type Allocator struct {
 	led  *ledger.Ledger
 	gw   *ec2gw.Gateway
 	lead *store.Leadership
+	clk  clock.Clock
 	now  func() time.Time
 	met  *metrics
 
@@ -189,7 +179,8 @@ func New(cfg Config) (*Allocator, error) {
 		led:      cfg.Ledger,
 		gw:       cfg.Gateway,
 		lead:     cfg.Leadership,
-		now:      cfg.Now,
+		clk:      cfg.Clock,
+		now:      cfg.Clock.Now,
 		nodes:    map[string]*nodeState{},
 		policies: map[string]*ipledgerv1.NodePolicy{},
 		types:    map[string]instancetypes.Type{},
@@ -303,7 +294,7 @@ func (a *Allocator) goLoop(ctx context.Context, name string, every time.Duration
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
-		t := time.NewTicker(every)
+		t := a.clk.NewTicker(every)
 		defer t.Stop()
 		if now {
 			if err := fn(ctx); err != nil && ctx.Err() == nil {
@@ -314,7 +305,7 @@ func (a *Allocator) goLoop(ctx context.Context, name string, every time.Duration
 			select {
 			case <-ctx.Done():
 				return
-			case <-t.C:
+			case <-t.Chan():
 				if err := fn(ctx); err != nil && ctx.Err() == nil {
 					a.log.Warn("loop failed", "loop", name, "err", err)
 				}
@@ -340,7 +331,7 @@ func (ns *nodeState) kickNow() {
 }
 
 func (a *Allocator) runNode(ctx context.Context, ns *nodeState) {
-	t := time.NewTicker(a.cfg.Tick)
+	t := a.clk.NewTicker(a.cfg.Tick)
 	defer t.Stop()
 	for {
 		select {
@@ -349,7 +340,7 @@ func (a *Allocator) runNode(ctx context.Context, ns *nodeState) {
 		case <-ns.stop:
 			return
 		case <-ns.kick:
-		case <-t.C:
+		case <-t.Chan():
 		}
 		a.step(ctx, ns)
 	}
@@ -591,20 +582,20 @@ func (a *Allocator) inputsLocked(ns *nodeState, rec ledger.NodeRecord) Inputs {
 		in.InUse = ns.assumedInUse
 	}
 	now := a.now()
-	in.StartRate = ns.rate.rate(now, a.cfg.scaled(rateMinSpan))
+	in.StartRate = ns.rate.rate(now, rateMinSpan)
 	in.RefillLatency = a.gw.EstimateWait("AssignPrivateIpAddresses", ec2gw.PriorityWarmRefill)
 	var since time.Time
 	if ns.fresh {
-		since = ns.registered.Add(a.cfg.scaled(startWindow))
+		since = ns.registered.Add(startWindow)
 	}
-	in.PeakBurst = ns.rate.peak(a.cfg.scaled(2*time.Second)+2*in.RefillLatency, since)
-	if ns.fresh && now.Sub(ns.registered) < a.cfg.scaled(startWindow) {
+	in.PeakBurst = ns.rate.peak(2*time.Second+2*in.RefillLatency, since)
+	if ns.fresh && now.Sub(ns.registered) < startWindow {
 		in.StartPrior = a.starts.prior()
 	}
 	return in
 }
 
-// Time constants of the adaptive policy (divided by the time scale):
+// Time constants of the adaptive policy (in the allocator's clock time):
 //   - startWindow: a new node's first minute, whose pod starts teach the cluster's start prior;
 //   - rateMinSpan: a start rate is measured over at least this long, so one report of a burst
 //     does not read as an endless rate.
@@ -824,7 +815,7 @@ func (a *Allocator) ReportUsage(node string, u *ipledgerv1.UsageReport) error {
 	ns.usage = u
 	ns.lastReport = now
 	ns.rate.observe(now, u.GetAddsTotal(), AdaptiveWindow(ns.policy))
-	if ns.fresh && !ns.priorDone && now.Sub(ns.registered) >= a.cfg.scaled(startWindow) {
+	if ns.fresh && !ns.priorDone && now.Sub(ns.registered) >= startWindow {
 		// The agent started with the node, so its adds counter is the node's pod starts.
 		ns.priorDone = true
 		a.starts.add(int(u.GetAddsTotal()))

@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ipledger/ipledger/internal/clock"
 	"github.com/ipledger/ipledger/server/ledger"
 )
 
@@ -14,7 +15,7 @@ import (
 type Forecaster struct {
 	led    func() *ledger.Ledger
 	window time.Duration
-	now    func() time.Time
+	clk    clock.Clock
 
 	mu     sync.Mutex
 	trends map[string]*trend
@@ -30,20 +31,20 @@ type Forecast struct {
 }
 
 // NewForecaster samples the ledger led returns (a replica replaces its ledger when it reloads
-// from etcd) and keeps window of history (default 1 h).
-func NewForecaster(led func() *ledger.Ledger, window time.Duration, now func() time.Time) *Forecaster {
+// from etcd) and keeps window of history (default 1 h) on clk (nil: the real clock).
+func NewForecaster(led func() *ledger.Ledger, window time.Duration, clk clock.Clock) *Forecaster {
 	if window <= 0 {
 		window = time.Hour
 	}
-	if now == nil {
-		now = time.Now
+	if clk == nil {
+		clk = clock.Real()
 	}
-	return &Forecaster{led: led, window: window, now: now, trends: map[string]*trend{}}
+	return &Forecaster{led: led, window: window, clk: clk, trends: map[string]*trend{}}
 }
 
 // Sample records every subnet's held addresses now.
 func (f *Forecaster) Sample() {
-	now := f.now()
+	now := f.clk.Now()
 	budgets := f.led().Budgets(now)
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -76,14 +77,14 @@ func (f *Forecaster) Forecast(subnet string, headroom int) Forecast {
 
 // Run samples every interval until ctx ends.
 func (f *Forecaster) Run(ctx context.Context, every time.Duration) error {
-	t := time.NewTicker(every)
+	t := f.clk.NewTicker(every)
 	defer t.Stop()
 	f.Sample()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-t.C:
+		case <-t.Chan():
 			f.Sample()
 		}
 	}

@@ -159,14 +159,14 @@ func (a *Allocator) kickPrewarm() {
 // prewarmLoop creates the ENIs of pending reservations, expires old ones and deletes the ENIs of
 // ended ones.
 func (a *Allocator) prewarmLoop(ctx context.Context) {
-	t := time.NewTicker(a.cfg.Tick)
+	t := a.clk.NewTicker(a.cfg.Tick)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-a.prewarmKick:
-		case <-t.C:
+		case <-t.Chan():
 		}
 		for _, rec := range a.led.Prewarms() {
 			if ctx.Err() != nil {

@@ -254,12 +254,12 @@ func (a *Allocator) reconcileLoop(ctx context.Context) {
 			// A little over the grace, so the difference has surely persisted for it.
 			next = a.cfg.DriftGrace + a.cfg.DriftGrace/10 + 10*time.Millisecond
 		}
-		t := time.NewTimer(next)
+		t := a.clk.NewTimer(next)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
-		case <-t.C:
+		case <-t.Chan():
 		}
 	}
 }

@@ -529,19 +529,19 @@ func (a *Allocator) deleteENI(ctx context.Context, ns *nodeState, e ledger.ENIRe
 			return err
 		}
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := a.clk.Now().Add(30 * time.Second)
 	for {
 		err := a.gw.DeleteENI(ctx, ec2gw.PriorityRelease, e.ID)
 		if err == nil || errors.Is(err, ec2gw.ErrNotFound) {
 			break
 		}
-		if !errors.Is(err, ec2gw.ErrENIInUse) || time.Now().After(deadline) {
+		if !errors.Is(err, ec2gw.ErrENIInUse) || a.clk.Now().After(deadline) {
 			return err
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(500 * time.Millisecond):
+		case <-a.clk.After(500 * time.Millisecond):
 		}
 	}
 	a.met.leaseOp("delete-eni", nil)

@@ -70,7 +70,7 @@ func (a *Allocator) supply(ctx context.Context, ns *nodeState) {
 	a.setProblem(ns, err)
 	a.mu.Lock()
 	if err != nil {
-		ns.backoff = min(max(2*ns.backoff, a.cfg.scaled(200*time.Millisecond)), a.cfg.scaled(10*time.Second))
+		ns.backoff = min(max(2*ns.backoff, 200*time.Millisecond), 10*time.Second)
 		if errors.Is(err, ErrThrottled) || errors.Is(err, ErrEC2) || errors.Is(err, ErrStoreUnavailable) {
 			ns.nextSupply = a.now().Add(ns.backoff)
 		} else {

@@ -25,7 +25,7 @@ var _ ipledgerv1.AdminServiceServer = (*AdminServer)(nil)
 
 // NewAdminServer serves AdminService for a replica.
 func NewAdminServer(r Replica) *AdminServer {
-	return &AdminServer{replica: r, now: time.Now}
+	return &AdminServer{replica: r, now: r.Clock().Now}
 }
 
 func (s *AdminServer) leader() (*allocator.Allocator, error) {

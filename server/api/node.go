@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/ipledger/ipledger/internal/clock"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/allocator"
 	"github.com/ipledger/ipledger/server/ledger"
@@ -25,6 +26,9 @@ type Replica interface {
 	Policies() []*ipledgerv1.NodePolicy
 	Forecaster() *allocator.Forecaster
 	ClusterStatus(ctx context.Context) *ipledgerv1.ClusterStatus
+	// Clock is the replica's one clock (reads that depend on time, such as cooling addresses,
+	// use it as the allocator does).
+	Clock() clock.Clock
 }
 
 // NodeAuthorizer decides whether the caller may act for a node (mTLS identity). nil allows all.
