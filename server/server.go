@@ -395,6 +395,9 @@ func (s *Server) Policies() []*ipledgerv1.NodePolicy {
 	return out
 }
 
+// LimiterState implements api.Replica.
+func (s *Server) LimiterState() ec2gw.LimiterState { return s.gw.LimiterState() }
+
 // Clock implements api.Replica: the real clock, scaled by --time-scale.
 func (s *Server) Clock() clock.Clock { return s.clk }
 
@@ -653,14 +656,15 @@ func (s *Server) lead(ctx context.Context, from int64) error {
 		s.gw.AssumeDrained()
 	}
 	s.mu.RLock()
-	state := &store.State{Revision: s.revision, Policies: map[string]*ipledgerv1.NodePolicy{}}
+	revision, stored := s.revision, map[string]*ipledgerv1.NodePolicy{}
 	for k, v := range s.known {
-		state.Policies[k] = v
+		stored[k] = v
 	}
 	led := s.led
 	s.mu.RUnlock()
 	alloc, err := allocator.New(allocator.Config{
-		ClusterName: s.cfg.ClusterName, Ledger: led, Leadership: lead, Gateway: s.gw, State: state,
+		ClusterName: s.cfg.ClusterName, Ledger: led, Store: leaderStore{lead}, EC2: s.gw,
+		Revision: revision, StoredPolicies: stored,
 		Policies: s.policies, SecurityGroups: s.cfg.SecurityGroups, Subnets: s.cfg.Subnets,
 		ReleaseDelay: s.cfg.ReleaseDelay.D(), ProposalTimeout: s.cfg.ProposalTimeout.D(),
 		ReconcileInterval: s.cfg.ReconcileInterval.D(), InstanceCheckInterval: s.cfg.InstanceCheckInterval.D(),
@@ -683,7 +687,7 @@ func (s *Server) lead(ctx context.Context, from int64) error {
 	s.leader = s.advert
 	s.mu.Unlock()
 	s.health.SetServingStatus(ipledgerv1.NodeService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
-	s.log.Info("leading", "revision", state.Revision, "takeover", time.Since(wonAt).Round(time.Millisecond))
+	s.log.Info("leading", "revision", revision, "takeover", time.Since(wonAt).Round(time.Millisecond))
 
 	err = <-runErr
 	s.mu.Lock()

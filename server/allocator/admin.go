@@ -8,9 +8,7 @@ import (
 	"time"
 
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
-	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/ledger"
-	"github.com/ipledger/ipledger/server/store"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -127,7 +125,7 @@ func (a *Allocator) SetSubnetBudget(ctx context.Context, subnet string, maxHeld,
 		return ledger.SubnetRecord{}, invalid("keep_free", "%d is outside 0..%d (the subnet's size)", keepFree, size)
 	}
 	rec.MaxHeld, rec.KeepFree = maxHeld, keepFree
-	if _, err := a.commit(ctx, store.PutSubnet(rec)); err != nil {
+	if _, err := a.commit(ctx, PutSubnet(rec)); err != nil {
 		return ledger.SubnetRecord{}, err
 	}
 	if err := a.led.PutSubnet(rec); err != nil {
@@ -185,7 +183,7 @@ func (a *Allocator) SetPolicy(ctx context.Context, p *ipledgerv1.NodePolicy) (*i
 	if had && proto.Equal(old, p) {
 		return p, nil
 	}
-	if _, err := a.commit(ctx, store.PutPolicy(p)); err != nil {
+	if _, err := a.commit(ctx, PutPolicy(p)); err != nil {
 		return nil, err
 	}
 	a.mu.Lock()
@@ -203,7 +201,7 @@ func (a *Allocator) DeletePolicy(ctx context.Context, name string) error {
 	if !had {
 		return fmt.Errorf("%w: policy %q", ErrNotFound, name)
 	}
-	if _, err := a.commit(ctx, store.DeletePolicy(name)); err != nil {
+	if _, err := a.commit(ctx, DeletePolicy(name)); err != nil {
 		return err
 	}
 	a.mu.Lock()
@@ -286,6 +284,3 @@ func (a *Allocator) Runtime(node string) (NodeRuntime, bool) {
 	}
 	return rt, true
 }
-
-// LimiterState is the EC2 limiter's state (only the leader's is meaningful).
-func (a *Allocator) LimiterState() ec2gw.LimiterState { return a.gw.LimiterState() }

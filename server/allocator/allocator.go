@@ -16,7 +16,6 @@ import (
 	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/instancetypes"
 	"github.com/ipledger/ipledger/server/ledger"
-	"github.com/ipledger/ipledger/server/store"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -28,14 +27,17 @@ const (
 	TagPrewarm = "ipledger.io/prewarm"
 )
 
-// Config wires an Allocator. Ledger, Leadership, Gateway and State are required.
+// Config wires an Allocator. Ledger, Store and EC2 are required.
 type Config struct {
 	ClusterName string
-	Ledger      *ledger.Ledger
-	Leadership  *store.Leadership
-	Gateway     *ec2gw.Gateway
-	// State is what etcd held when this replica took over; the ledger already reflects it.
-	State *store.State
+	// Ledger holds what the store held when this replica took over.
+	Ledger *ledger.Ledger
+	// Store commits the leader's changes; EC2 is the way to EC2.
+	Store Store
+	EC2   EC2
+	// Revision is the store's revision the ledger reflects; StoredPolicies the policies stored.
+	Revision       int64
+	StoredPolicies map[string]*ipledgerv1.NodePolicy
 	// Policies from the policy file, upserted when the allocator starts.
 	Policies []*ipledgerv1.NodePolicy
 	// SecurityGroups for new ENIs; empty copies the node's primary ENI's groups.
@@ -59,8 +61,8 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() error {
-	if c.Ledger == nil || c.Leadership == nil || c.Gateway == nil || c.State == nil {
-		return errors.New("allocator: Ledger, Leadership, Gateway and State are required")
+	if c.Ledger == nil || c.Store == nil || c.EC2 == nil {
+		return errors.New("allocator: Ledger, Store and EC2 are required")
 	}
 	if c.ClusterName == "" {
 		return errors.New("allocator: ClusterName is required")
@@ -90,14 +92,14 @@ func (c *Config) setDefaults() error {
 // Allocator is the leader's control loop. Create it with New once this replica leads, and Run
 // it until leadership ends.
 type Allocator struct {
-	cfg  Config
-	log  *slog.Logger
-	led  *ledger.Ledger
-	gw   *ec2gw.Gateway
-	lead *store.Leadership
-	clk  clock.Clock
-	now  func() time.Time
-	met  *metrics
+	cfg Config
+	log *slog.Logger
+	led *ledger.Ledger
+	gw  EC2
+	st  Store
+	clk clock.Clock
+	now func() time.Time
+	met *metrics
 
 	mu        sync.Mutex
 	nodes     map[string]*nodeState
@@ -177,8 +179,8 @@ func New(cfg Config) (*Allocator, error) {
 		cfg:      cfg,
 		log:      cfg.Logger.With("component", "allocator"),
 		led:      cfg.Ledger,
-		gw:       cfg.Gateway,
-		lead:     cfg.Leadership,
+		gw:       cfg.EC2,
+		st:       cfg.Store,
 		clk:      cfg.Clock,
 		now:      cfg.Clock.Now,
 		nodes:    map[string]*nodeState{},
@@ -193,14 +195,14 @@ func New(cfg Config) (*Allocator, error) {
 		prewarmKick: make(chan struct{}, 1),
 	}
 	a.met = newMetrics(cfg.Registerer)
-	a.describer = newInstanceBatcher(cfg.Gateway)
-	a.revision.Store(cfg.State.Revision)
-	for name, p := range cfg.State.Policies {
+	a.describer = newInstanceBatcher(cfg.EC2)
+	a.revision.Store(cfg.Revision)
+	for name, p := range cfg.StoredPolicies {
 		a.policies[name] = p
 	}
 	for _, rec := range a.led.Nodes() {
 		ns := a.newNodeState(rec)
-		ns.generation = uint64(cfg.State.Revision)
+		ns.generation = uint64(cfg.Revision)
 		a.nodes[rec.Name] = ns
 	}
 	return a, nil
@@ -252,13 +254,13 @@ func (a *Allocator) Run(ctx context.Context) error {
 	go func() { defer a.wg.Done(); a.sweepLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.prewarmLoop(ctx) }()
 	close(a.started)
-	a.log.Info("allocator running", "nodes", nodes, "revision", a.cfg.State.Revision)
+	a.log.Info("allocator running", "nodes", nodes, "revision", a.cfg.Revision)
 
 	var err error
 	select {
 	case <-ctx.Done():
 		err = ctx.Err()
-	case <-a.lead.Done():
+	case <-a.st.Done():
 		err = ErrLostLeadership
 	case err = <-a.fatal:
 	}
@@ -379,10 +381,10 @@ func (a *Allocator) node(name string) (*nodeState, bool) {
 }
 
 // commit writes ops in a fenced transaction and maps store errors.
-func (a *Allocator) commit(ctx context.Context, ops ...store.Op) (int64, error) {
+func (a *Allocator) commit(ctx context.Context, ops ...Change) (int64, error) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	rev, err := a.lead.Commit(cctx, ops...)
+	rev, err := a.st.Commit(cctx, ops...)
 	switch {
 	case err == nil:
 		for {
@@ -392,9 +394,9 @@ func (a *Allocator) commit(ctx context.Context, ops ...store.Op) (int64, error) 
 			}
 		}
 		return rev, nil
-	case errors.Is(err, store.ErrNotLeader):
+	case errors.Is(err, ErrNotLeader):
 		a.fail(ErrLostLeadership)
-		return 0, fmt.Errorf("%w: %v", ErrNotLeader, err)
+		return 0, err
 	default:
 		return 0, fmt.Errorf("%w: %v", ErrStoreUnavailable, err)
 	}
@@ -402,7 +404,7 @@ func (a *Allocator) commit(ctx context.Context, ops ...store.Op) (int64, error) 
 
 // mutateNode applies fn to the node's current record, checks the result against the ledger,
 // commits it to etcd (fenced), applies it to the ledger, and only then tells the agent.
-func (a *Allocator) mutateNode(ctx context.Context, ns *nodeState, fn func(rec *ledger.NodeRecord) error, extra ...store.Op) (ledger.NodeRecord, error) {
+func (a *Allocator) mutateNode(ctx context.Context, ns *nodeState, fn func(rec *ledger.NodeRecord) error, extra ...Change) (ledger.NodeRecord, error) {
 	ns.mu.Lock()
 	defer ns.mu.Unlock()
 	rec, ok := a.led.Node(ns.name)
@@ -418,7 +420,7 @@ func (a *Allocator) mutateNode(ctx context.Context, ns *nodeState, fn func(rec *
 	if err := a.led.CheckNode(rec); err != nil {
 		return ledger.NodeRecord{}, fmt.Errorf("allocator: refusing to commit node %s: %w", ns.name, err)
 	}
-	rev, err := a.commit(ctx, append([]store.Op{store.PutNode(rec)}, extra...)...)
+	rev, err := a.commit(ctx, append([]Change{PutNode(rec)}, extra...)...)
 	if err != nil {
 		return ledger.NodeRecord{}, err
 	}

@@ -13,7 +13,7 @@ import (
 // one call of up to maxBatch ids: when a thousand nodes start at once, verifying them costs ten
 // calls of the describe bucket instead of a thousand.
 type instanceBatcher struct {
-	gw     *ec2gw.Gateway
+	gw     EC2
 	linger time.Duration
 
 	mu      sync.Mutex
@@ -28,7 +28,7 @@ type instanceResult struct {
 
 const maxDescribeBatch = 100
 
-func newInstanceBatcher(gw *ec2gw.Gateway) *instanceBatcher {
+func newInstanceBatcher(gw EC2) *instanceBatcher {
 	return &instanceBatcher{gw: gw, linger: 20 * time.Millisecond, waiting: map[string][]chan instanceResult{}}
 }
 

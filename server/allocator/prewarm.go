@@ -11,7 +11,6 @@ import (
 
 	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/ledger"
-	"github.com/ipledger/ipledger/server/store"
 )
 
 // Pre-warm limits.
@@ -114,11 +113,11 @@ func (a *Allocator) pickSubnet(subnetID, az string, need int, now time.Time) (le
 }
 
 // putPrewarm checks, commits and applies a reservation record.
-func (a *Allocator) putPrewarm(ctx context.Context, rec ledger.PrewarmRecord, extra ...store.Op) error {
+func (a *Allocator) putPrewarm(ctx context.Context, rec ledger.PrewarmRecord, extra ...Change) error {
 	if err := a.led.CheckPrewarm(rec); err != nil {
 		return fmt.Errorf("allocator: refusing to commit pre-warm %s: %w", rec.ID, err)
 	}
-	if _, err := a.commit(ctx, append([]store.Op{store.PutPrewarm(rec)}, extra...)...); err != nil {
+	if _, err := a.commit(ctx, append([]Change{PutPrewarm(rec)}, extra...)...); err != nil {
 		return err
 	}
 	if err := a.led.PutPrewarm(rec); err != nil {
@@ -276,7 +275,7 @@ func (a *Allocator) prewarmCleanup(ctx context.Context, rec ledger.PrewarmRecord
 		}
 		rec.ENIs[i].State = ledger.PrewarmENIDeleting
 	}
-	if _, err := a.commit(ctx, store.DeletePrewarm(rec.ID)); err != nil {
+	if _, err := a.commit(ctx, DeletePrewarm(rec.ID)); err != nil {
 		return err
 	}
 	a.led.DeletePrewarm(rec.ID)
@@ -322,7 +321,7 @@ func (a *Allocator) attachPrewarmed(ctx context.Context, ns *nodeState, rec ledg
 			if _, err := a.mutateNode(ctx, ns, func(r *ledger.NodeRecord) error {
 				r.ENIs = append(r.ENIs, eniRec)
 				return nil
-			}, store.PutPrewarm(pw)); err != nil {
+			}, PutPrewarm(pw)); err != nil {
 				// Attached but not committed: reconciliation adopts it (it is attached to the
 				// node's instance and tagged for the cluster).
 				return true, err

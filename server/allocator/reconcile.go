@@ -11,7 +11,6 @@ import (
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/ledger"
-	"github.com/ipledger/ipledger/server/store"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -181,7 +180,7 @@ func (a *Allocator) updateForeign(ctx context.Context, subnet string, scanned []
 	}
 	rec.Foreign = ranges
 	rec.ForeignScannedAt = a.now()
-	if _, err := a.commit(ctx, store.PutSubnet(rec)); err != nil {
+	if _, err := a.commit(ctx, PutSubnet(rec)); err != nil {
 		return err
 	}
 	return a.led.PutSubnet(rec)
@@ -208,7 +207,7 @@ func (a *Allocator) mutateNodeUnforeign(ctx context.Context, ns *nodeState, subn
 	}
 	reduced := rec
 	reduced.Foreign = subtractRanges(rec.Foreign, foreign)
-	if _, err := a.mutateNode(ctx, ns, fn, store.PutSubnet(reduced)); err != nil {
+	if _, err := a.mutateNode(ctx, ns, fn, PutSubnet(reduced)); err != nil {
 		return err
 	}
 	if err := a.led.PutSubnet(reduced); err != nil {

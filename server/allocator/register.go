@@ -13,7 +13,6 @@ import (
 	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/instancetypes"
 	"github.com/ipledger/ipledger/server/ledger"
-	"github.com/ipledger/ipledger/server/store"
 )
 
 var (
@@ -186,7 +185,7 @@ func (a *Allocator) RegisterNode(ctx context.Context, req *ipledgerv1.RegisterNo
 	ns.policy = policy
 	ns.modeMsg = modeMsg
 	ns.fresh, ns.registered = true, a.now()
-	rev, err := a.commit(ctx, store.PutSubnet(subnet), store.PutNode(rec))
+	rev, err := a.commit(ctx, PutSubnet(subnet), PutNode(rec))
 	if err != nil {
 		restore()
 		return nil, nil, err
@@ -406,7 +405,7 @@ func (a *Allocator) learnSubnet(ctx context.Context, id string, prio ec2gw.Prior
 
 // ensureSubnet returns the subnet's record, learning it from EC2 (and scanning it for foreign
 // addresses) when the cluster has not used it before.
-func (a *Allocator) ensureSubnet(ctx context.Context, id string, prio ec2gw.Priority) (ledger.SubnetRecord, []store.Op, error) {
+func (a *Allocator) ensureSubnet(ctx context.Context, id string, prio ec2gw.Priority) (ledger.SubnetRecord, []Change, error) {
 	if s, ok := a.led.Subnet(id); ok {
 		return s, nil, nil
 	}
@@ -428,7 +427,7 @@ func (a *Allocator) ensureSubnet(ctx context.Context, id string, prio ec2gw.Prio
 	}
 	rec.Foreign = foreign
 	rec.ForeignScannedAt = a.now()
-	return rec, []store.Op{store.PutSubnet(rec)}, nil
+	return rec, []Change{PutSubnet(rec)}, nil
 }
 
 // instanceGone reports whether EC2 says the instance is terminated or unknown.
@@ -457,7 +456,7 @@ func (a *Allocator) removeNode(ctx context.Context, name, why string) error {
 		ns.mu.Lock()
 		defer ns.mu.Unlock()
 	}
-	if _, err := a.commit(ctx, store.DeleteNode(name)); err != nil {
+	if _, err := a.commit(ctx, DeleteNode(name)); err != nil {
 		return err
 	}
 	a.led.DeleteNode(name)

@@ -208,11 +208,10 @@ func (s *AdminServer) DrainNode(ctx context.Context, req *ipledgerv1.DrainNodeRe
 
 // GetLimiter implements AdminService (leader only: only the leader calls EC2).
 func (s *AdminServer) GetLimiter(ctx context.Context, _ *ipledgerv1.GetLimiterRequest) (*ipledgerv1.LimiterState, error) {
-	a, err := s.leader()
-	if err != nil {
+	if _, err := s.leader(); err != nil {
 		return nil, err
 	}
-	st := a.LimiterState()
+	st := s.replica.LimiterState()
 	out := &ipledgerv1.LimiterState{ThrottledTotal: st.ThrottledTotal}
 	for _, b := range st.Buckets {
 		out.Buckets = append(out.Buckets, &ipledgerv1.LimiterBucket{

@@ -8,6 +8,7 @@ import (
 	"github.com/ipledger/ipledger/internal/clock"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/allocator"
+	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/ledger"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc/codes"
@@ -26,6 +27,8 @@ type Replica interface {
 	Policies() []*ipledgerv1.NodePolicy
 	Forecaster() *allocator.Forecaster
 	ClusterStatus(ctx context.Context) *ipledgerv1.ClusterStatus
+	// LimiterState is the EC2 limiter's state (meaningful on the leader only: only it calls EC2).
+	LimiterState() ec2gw.LimiterState
 	// Clock is the replica's one clock (reads that depend on time, such as cooling addresses,
 	// use it as the allocator does).
 	Clock() clock.Clock
