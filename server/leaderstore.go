@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/ipledger/ipledger/server/allocator"
+	"github.com/ipledger/ipledger/server/api"
 	"github.com/ipledger/ipledger/server/store"
 )
 
@@ -42,8 +43,8 @@ func storeOp(c allocator.Change) store.Op {
 		return store.PutSubnet(*c.Subnet)
 	case c.Kind == allocator.ChangePolicy && c.Delete:
 		return store.DeletePolicy(c.Name)
-	case c.Kind == allocator.ChangePolicy:
-		return store.PutPolicy(c.Policy)
+	case c.Kind == allocator.ChangePolicy && c.Policy != nil:
+		return store.PutPolicy(api.PolicyToProto(*c.Policy))
 	case c.Kind == allocator.ChangePrewarm && c.Delete:
 		return store.DeletePrewarm(c.Name)
 	case c.Kind == allocator.ChangePrewarm && c.Prewarm != nil:

@@ -350,7 +350,7 @@ func TestPerNodeRateLimitKeepsAFloodingAgentFromStarvingOthers(t *testing.T) {
 	}
 	servertest.WaitFor(t, 5*time.Second, "the server to hold a report of the last group", func() bool {
 		rt, ok := s.Allocator().Runtime(flood.Name())
-		return ok && rt.Usage != nil && rt.Usage.GetFree() >= 5*(groups-1)
+		return ok && rt.Usage != nil && rt.Usage.Free >= 5*(groups-1)
 	})
 	select {
 	case err := <-streamErr:
@@ -420,6 +420,6 @@ func TestOversizedUsageReportIsRefused(t *testing.T) {
 		t.Fatalf("oversized report: %v", err)
 	}
 	if rt, ok := s.Allocator().Runtime(a.Name()); ok && rt.Usage != nil {
-		t.Fatalf("the oversized report was applied: %d pods", len(rt.Usage.GetInUse()))
+		t.Fatalf("the oversized report was applied: %d pods", len(rt.Usage.InUse))
 	}
 }

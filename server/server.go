@@ -19,6 +19,7 @@ import (
 	"github.com/ipledger/ipledger/internal/mtls"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/allocator"
+	"github.com/ipledger/ipledger/server/allocator/policy"
 	"github.com/ipledger/ipledger/server/api"
 	"github.com/ipledger/ipledger/server/config"
 	"github.com/ipledger/ipledger/server/dashboard"
@@ -55,7 +56,7 @@ type Server struct {
 	httpLis  net.Listener
 	forecast *allocator.Forecaster
 	dash     *dashboard.Dashboard
-	policies []*ipledgerv1.NodePolicy // from the policy file
+	policies []policy.Policy // from the policy file
 	advert   string
 	grpcMet  *grpcMetrics
 	tls      *mtls.Source   // the server's certificate and client CA (nil: plaintext)
@@ -71,7 +72,7 @@ type Server struct {
 	led        *ledger.Ledger
 	alloc      *allocator.Allocator
 	leader     string
-	known      map[string]*ipledgerv1.NodePolicy
+	known      map[string]policy.Policy
 	revision   int64
 	connected  bool   // the store was opened and the state loaded
 	connectMsg string // why not, while it is not
@@ -103,7 +104,7 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, clk: clock.Scaled(clock.Real(), cfg.TimeScale), log: opts.Logger, reg: prometheus.NewRegistry(), policies: policies, done: make(chan struct{}), known: map[string]*ipledgerv1.NodePolicy{}}
+	s := &Server{cfg: cfg, clk: clock.Scaled(clock.Real(), cfg.TimeScale), log: opts.Logger, reg: prometheus.NewRegistry(), policies: policies, done: make(chan struct{}), known: map[string]policy.Policy{}}
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	defer func() {
 		if err != nil {
@@ -374,25 +375,10 @@ func (s *Server) LeaderAddress() string {
 }
 
 // Policies implements api.Replica.
-func (s *Server) Policies() []*ipledgerv1.NodePolicy {
+func (s *Server) Policies() []policy.Policy {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	out := make([]*ipledgerv1.NodePolicy, 0, len(s.known)+1)
-	hasDefault := false
-	for _, p := range s.known {
-		out = append(out, p)
-		hasDefault = hasDefault || p.GetName() == allocator.DefaultPolicyName
-	}
-	if !hasDefault {
-		out = append(out, allocator.DefaultPolicy())
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].GetOrder() != out[j].GetOrder() {
-			return out[i].GetOrder() < out[j].GetOrder()
-		}
-		return out[i].GetName() < out[j].GetName()
-	})
-	return out
+	return policy.List(s.known)
 }
 
 // LimiterState implements api.Replica.
@@ -453,9 +439,13 @@ func (s *Server) install(state *store.State) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.led = led
-	s.known = map[string]*ipledgerv1.NodePolicy{}
+	s.known = map[string]policy.Policy{}
 	for name, p := range state.Policies {
-		s.known[name] = p
+		if dp, err := api.PolicyFromProto(p); err == nil {
+			s.known[name] = dp
+		} else {
+			s.log.Warn("a stored policy cannot be read; ignored", "policy", name, "err", err)
+		}
 	}
 	s.revision = state.Revision
 	return nil
@@ -513,8 +503,10 @@ func (s *Server) apply(ev store.Event) error {
 	case store.RecordPolicy:
 		if ev.Deleted {
 			delete(s.known, ev.Name)
+		} else if dp, perr := api.PolicyFromProto(ev.Policy); perr == nil {
+			s.known[ev.Name] = dp
 		} else {
-			s.known[ev.Name] = ev.Policy
+			s.log.Warn("a stored policy cannot be read; ignored", "policy", ev.Name, "err", perr)
 		}
 	case store.RecordPrewarm:
 		if ev.Deleted {
@@ -656,7 +648,7 @@ func (s *Server) lead(ctx context.Context, from int64) error {
 		s.gw.AssumeDrained()
 	}
 	s.mu.RLock()
-	revision, stored := s.revision, map[string]*ipledgerv1.NodePolicy{}
+	revision, stored := s.revision, map[string]policy.Policy{}
 	for k, v := range s.known {
 		stored[k] = v
 	}
@@ -714,7 +706,7 @@ func (s *Server) observeLeader(ctx context.Context) {
 }
 
 // LoadPolicyFile reads a YAML or JSON list of NodePolicy objects and validates each.
-func LoadPolicyFile(path string) ([]*ipledgerv1.NodePolicy, error) {
+func LoadPolicyFile(path string) ([]policy.Policy, error) {
 	if path == "" {
 		return nil, nil
 	}
@@ -731,19 +723,23 @@ func LoadPolicyFile(path string) ([]*ipledgerv1.NodePolicy, error) {
 		return nil, fmt.Errorf("policy-file %s: want a list of policies: %w", path, err)
 	}
 	seen := map[string]bool{}
-	var out []*ipledgerv1.NodePolicy
+	var out []policy.Policy
 	for i, r := range raw {
-		p := &ipledgerv1.NodePolicy{}
-		if err := protojson.Unmarshal(r, p); err != nil {
+		wire := &ipledgerv1.NodePolicy{}
+		if err := protojson.Unmarshal(r, wire); err != nil {
 			return nil, fmt.Errorf("policy-file %s: policy %d: %w", path, i, err)
 		}
-		if err := allocator.ValidatePolicy(p); err != nil {
+		p, err := api.PolicyFromProto(wire)
+		if err == nil {
+			err = p.Validate()
+		}
+		if err != nil {
 			return nil, fmt.Errorf("policy-file %s: policy %d: %w", path, i, err)
 		}
-		if seen[p.GetName()] {
-			return nil, fmt.Errorf("policy-file %s: policy %q appears twice", path, p.GetName())
+		if seen[p.Name] {
+			return nil, fmt.Errorf("policy-file %s: policy %q appears twice", path, p.Name)
 		}
-		seen[p.GetName()] = true
+		seen[p.Name] = true
 		out = append(out, p)
 	}
 	return out, nil

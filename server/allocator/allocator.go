@@ -6,25 +6,24 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/ipledger/ipledger/internal/clock"
-	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+	"github.com/ipledger/ipledger/server/allocator/diff"
+	"github.com/ipledger/ipledger/server/allocator/policy"
 	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/instancetypes"
 	"github.com/ipledger/ipledger/server/ledger"
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // Tags ipledger puts on every ENI it creates.
 const (
-	TagCluster = "ipledger.io/cluster"
-	TagNode    = "ipledger.io/node"
-	TagPrewarm = "ipledger.io/prewarm"
+	TagCluster = diff.TagCluster
+	TagNode    = diff.TagNode
+	TagPrewarm = diff.TagPrewarm
 )
 
 // Config wires an Allocator. Ledger, Store and EC2 are required.
@@ -37,9 +36,9 @@ type Config struct {
 	EC2   EC2
 	// Revision is the store's revision the ledger reflects; StoredPolicies the policies stored.
 	Revision       int64
-	StoredPolicies map[string]*ipledgerv1.NodePolicy
+	StoredPolicies map[string]policy.Policy
 	// Policies from the policy file, upserted when the allocator starts.
-	Policies []*ipledgerv1.NodePolicy
+	Policies []policy.Policy
 	// SecurityGroups for new ENIs; empty copies the node's primary ENI's groups.
 	SecurityGroups []string
 	// Subnets the cluster uses before nodes register there; learned from EC2 at start.
@@ -103,7 +102,7 @@ type Allocator struct {
 
 	mu        sync.Mutex
 	nodes     map[string]*nodeState
-	policies  map[string]*ipledgerv1.NodePolicy
+	policies  map[string]policy.Policy
 	types     map[string]instancetypes.Type
 	drift     map[string]time.Time
 	eniSeen   map[string]time.Time
@@ -121,7 +120,8 @@ type Allocator struct {
 	prewarmKick chan struct{}
 
 	revision atomic.Int64 // etcd revision of the last commit (or of the state taken over)
-	starts   startPrior
+	startsMu sync.Mutex
+	starts   policy.StartPrior
 }
 
 // nodeState is the leader's runtime view of one node. Fields below mu are guarded by
@@ -133,9 +133,9 @@ type nodeState struct {
 	stop chan struct{}
 
 	generation   uint64
-	usage        *ipledgerv1.UsageReport
+	usage        *Usage
 	lastReport   time.Time
-	rate         rateTracker
+	rate         policy.RateTracker
 	waiting      int
 	subs         map[*Subscription]struct{}
 	changed      chan struct{}
@@ -155,7 +155,7 @@ type nodeState struct {
 	noProposalBefore time.Time
 	releasing        bool
 	typ              instancetypes.Type
-	policy           *ipledgerv1.NodePolicy
+	policy           policy.Policy
 	modeMsg          string
 	nextSupply       time.Time
 	backoff          time.Duration
@@ -184,7 +184,7 @@ func New(cfg Config) (*Allocator, error) {
 		clk:      cfg.Clock,
 		now:      cfg.Clock.Now,
 		nodes:    map[string]*nodeState{},
-		policies: map[string]*ipledgerv1.NodePolicy{},
+		policies: map[string]policy.Policy{},
 		types:    map[string]instancetypes.Type{},
 		drift:    map[string]time.Time{},
 		eniSeen:  map[string]time.Time{},
@@ -461,9 +461,8 @@ func (a *Allocator) setProblem(ns *nodeState, err error) {
 	ns.changed = make(chan struct{})
 }
 
-// Pool returns the node's current pool as the agent sees it, subnet CIDRs included (the agent
-// needs them to configure the ENIs' route tables).
-func (a *Allocator) Pool(node string) (*ipledgerv1.NodePool, error) {
+// Pool returns the node's current pool as the agent sees it.
+func (a *Allocator) Pool(node string) (*Pool, error) {
 	ns, ok := a.node(node)
 	if !ok {
 		return nil, fmt.Errorf("%w: %s", ErrUnknownNode, node)
@@ -479,95 +478,26 @@ func (a *Allocator) Pool(node string) (*ipledgerv1.NodePool, error) {
 
 // poolLocked is the node's pool as agents receive it, subnet CIDRs included (every pool the
 // allocator hands out is built here).
-func (a *Allocator) poolLocked(ns *nodeState, rec ledger.NodeRecord) *ipledgerv1.NodePool {
-	t := a.targetsLocked(ns, rec)
-	p := PoolFromRecord(rec, ns.generation, t)
-	a.fillCIDRs(p)
-	return p
+func (a *Allocator) poolLocked(ns *nodeState, rec ledger.NodeRecord) *Pool {
+	return &Pool{Node: rec, Generation: ns.generation, Targets: a.targetsLocked(ns, rec), SubnetCIDRs: a.subnetCIDRs(rec)}
 }
 
-// PoolFromRecord converts a node record into the NodePool agents receive.
-func PoolFromRecord(rec ledger.NodeRecord, generation uint64, t Targets) *ipledgerv1.NodePool {
-	p := &ipledgerv1.NodePool{
-		NodeName:     rec.Name,
-		InstanceId:   rec.InstanceID,
-		Generation:   generation,
-		Mode:         ModeToProto(rec.Mode),
-		TargetFree:   uint32(t.TargetFree),
-		MaxAddresses: uint32(t.Max),
-		Draining:     rec.Draining,
-	}
-	enis := append([]ledger.ENIRecord(nil), rec.ENIs...)
-	sort.Slice(enis, func(i, j int) bool { return enis[i].DeviceIndex < enis[j].DeviceIndex })
-	for _, e := range enis {
-		ni := &ipledgerv1.NetworkInterface{
-			EniId:            e.ID,
-			MacAddress:       e.MAC,
-			DeviceIndex:      uint32(e.DeviceIndex),
-			NetworkCardIndex: uint32(e.NetworkCardIndex),
-			SubnetId:         e.SubnetID,
-			PrimaryIp:        e.PrimaryIP.String(),
-		}
-		for _, ad := range e.Addresses {
-			ni.Addresses = append(ni.Addresses, &ipledgerv1.PoolAddress{Ip: ad.IP.String(), State: StateToProto(ad.State)})
-		}
-		for _, pf := range e.Prefixes {
-			ni.Prefixes = append(ni.Prefixes, &ipledgerv1.PoolPrefix{Cidr: pf.Prefix.String(), State: StateToProto(pf.State)})
-		}
-		p.Interfaces = append(p.Interfaces, ni)
-	}
-	return p
-}
-
-// fillCIDRs fills the subnet CIDR of every interface of a pool from the ledger.
-func (a *Allocator) fillCIDRs(p *ipledgerv1.NodePool) {
-	for _, ni := range p.Interfaces {
-		if s, ok := a.led.Subnet(ni.SubnetId); ok {
-			ni.SubnetCidr = s.CIDR.String()
+// subnetCIDRs are the CIDRs of the subnets of a node's ENIs.
+func (a *Allocator) subnetCIDRs(rec ledger.NodeRecord) map[string]netip.Prefix {
+	out := map[string]netip.Prefix{}
+	for _, e := range rec.ENIs {
+		if s, ok := a.led.Subnet(e.SubnetID); ok {
+			out[e.SubnetID] = s.CIDR
 		}
 	}
-}
-
-// ModeToProto converts an address mode.
-func ModeToProto(m ledger.AddressMode) ipledgerv1.AddressMode {
-	if m == ledger.ModePrefix {
-		return ipledgerv1.AddressMode_ADDRESS_MODE_PREFIX
-	}
-	return ipledgerv1.AddressMode_ADDRESS_MODE_SECONDARY_IP
-}
-
-// StateToProto converts a lease state.
-func StateToProto(s ledger.LeaseState) ipledgerv1.LeaseState {
-	switch s {
-	case ledger.LeaseActive:
-		return ipledgerv1.LeaseState_LEASE_STATE_ACTIVE
-	case ledger.LeaseReleaseProposed:
-		return ipledgerv1.LeaseState_LEASE_STATE_RELEASE_PROPOSED
-	case ledger.LeaseReleasing:
-		return ipledgerv1.LeaseState_LEASE_STATE_RELEASING
-	}
-	return ipledgerv1.LeaseState_LEASE_STATE_UNSPECIFIED
+	return out
 }
 
 // targetsLocked computes the node's targets from its policy and what the agent reported.
-func (a *Allocator) targetsLocked(ns *nodeState, rec ledger.NodeRecord) Targets {
+func (a *Allocator) targetsLocked(ns *nodeState, rec ledger.NodeRecord) policy.Targets {
 	in := a.inputsLocked(ns, rec)
-	shape := ShapeOf(ns.typ, rec.Mode)
-	if ns.typ.Name == "" {
-		shape = Shape{SlotsPerENI: 1, MaxENIs: 1, Prefix: rec.Mode == ledger.ModePrefix}
-	}
-	t := ComputeTargets(ns.policy, shape, in, a.cfg.ReleaseDelay)
-	if rec.Draining {
-		used := in.InUse
-		t.TargetFree = 0
-		t.WantAddresses = used
-		if shape.Prefix {
-			t.WantPrefixes = ceilDiv(used, 16)
-			t.WantAddresses = t.WantPrefixes * 16
-		}
-		t.ReleaseDelay = 0
-	}
-	return t
+	in.Draining = rec.Draining
+	return policy.Compute(ns.policy, policy.ShapeOf(ns.typ, rec.Mode), in, a.cfg.ReleaseDelay)
 }
 
 // inputsLocked is what the policy sees of a node. Until the node's agent has reported to this
@@ -575,67 +505,28 @@ func (a *Allocator) targetsLocked(ns *nodeState, rec ledger.NodeRecord) Targets 
 // took over (or when it registered) count as in use: guessing "free" would leave waiting pods
 // unserved, guessing "used" costs a warm address or two that the release handshake returns once
 // the report arrives.
-func (a *Allocator) inputsLocked(ns *nodeState, rec ledger.NodeRecord) Inputs {
-	in := Inputs{Waiting: ns.waiting}
+func (a *Allocator) inputsLocked(ns *nodeState, rec ledger.NodeRecord) policy.Inputs {
+	in := policy.Inputs{Waiting: ns.waiting}
 	if u := ns.usage; u != nil {
-		in.InUse = len(u.GetInUse()) + int(u.GetCooling())
-		in.Waiting = max(in.Waiting, int(u.GetPodsWaiting()))
+		in.InUse = len(u.InUse) + u.Cooling
+		in.Waiting = max(in.Waiting, u.PodsWaiting)
 	} else {
 		in.InUse = ns.assumedInUse
 	}
 	now := a.now()
-	in.StartRate = ns.rate.rate(now, rateMinSpan)
+	in.StartRate = ns.rate.Rate(now, policy.RateMinSpan)
 	in.RefillLatency = a.gw.EstimateWait("AssignPrivateIpAddresses", ec2gw.PriorityWarmRefill)
 	var since time.Time
 	if ns.fresh {
-		since = ns.registered.Add(startWindow)
+		since = ns.registered.Add(policy.StartWindow)
 	}
-	in.PeakBurst = ns.rate.peak(2*time.Second+2*in.RefillLatency, since)
-	if ns.fresh && now.Sub(ns.registered) < startWindow {
-		in.StartPrior = a.starts.prior()
+	in.PeakBurst = ns.rate.Peak(policy.BurstSpan+2*in.RefillLatency, since)
+	if ns.fresh && now.Sub(ns.registered) < policy.StartWindow {
+		a.startsMu.Lock()
+		in.StartPrior = a.starts.Prior()
+		a.startsMu.Unlock()
 	}
 	return in
-}
-
-// Time constants of the adaptive policy (in the allocator's clock time):
-//   - startWindow: a new node's first minute, whose pod starts teach the cluster's start prior;
-//   - rateMinSpan: a start rate is measured over at least this long, so one report of a burst
-//     does not read as an endless rate.
-//
-// A node's warm pool covers the burst seen within 2 s plus twice the refill latency: from a pod
-// taking the last free address until the refill lands (the report, the EC2 call, the commit,
-// the push), with margin.
-const (
-	startWindow = time.Minute
-	rateMinSpan = 10 * time.Second
-)
-
-// startPrior learns how many pods new nodes start in their first minute: the median of the
-// last few nodes, so a cluster whose new nodes each get twelve pods gives the next new node
-// twelve addresses at once (one EC2 call) instead of one and a refill.
-type startPrior struct {
-	mu      sync.Mutex
-	samples []int
-}
-
-func (p *startPrior) add(n int) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.samples = append(p.samples, n)
-	if len(p.samples) > 31 {
-		p.samples = p.samples[len(p.samples)-31:]
-	}
-}
-
-func (p *startPrior) prior() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if len(p.samples) == 0 {
-		return 0
-	}
-	s := append([]int(nil), p.samples...)
-	sort.Ints(s)
-	return s[len(s)/2]
 }
 
 // activeAddresses counts a node's active leased addresses (a prefix counts 16).
@@ -656,15 +547,12 @@ func activeAddresses(rec ledger.NodeRecord) int {
 	return n
 }
 
-func (a *Allocator) policyByNameLocked(name string) *ipledgerv1.NodePolicy {
+func (a *Allocator) policyByNameLocked(name string) policy.Policy {
 	if p, ok := a.policies[name]; ok {
 		return p
 	}
-	if name == DefaultPolicyName || name == "" {
-		return DefaultPolicy()
-	}
-	// The node's policy was deleted: fall back to the default until it is re-matched.
-	return DefaultPolicy()
+	// The built-in default, or a deleted policy: the default until the node is re-matched.
+	return policy.Default()
 }
 
 // Subscription is one agent sync stream's view of its node: the latest pool (older ones are
@@ -672,8 +560,8 @@ func (a *Allocator) policyByNameLocked(name string) *ipledgerv1.NodePolicy {
 type Subscription struct {
 	node      string
 	mu        sync.Mutex
-	pool      *ipledgerv1.NodePool
-	proposals []*ipledgerv1.ReleaseProposal
+	pool      *Pool
+	proposals []ledger.ReleaseProposal
 	notify    chan struct{}
 	done      chan struct{}
 	err       error
@@ -686,16 +574,16 @@ func (s *Subscription) wake() {
 	}
 }
 
-func (s *Subscription) sendPool(p *ipledgerv1.NodePool) {
+func (s *Subscription) sendPool(p *Pool) {
 	s.mu.Lock()
-	if s.pool == nil || p.GetGeneration() >= s.pool.GetGeneration() {
+	if s.pool == nil || p.Generation >= s.pool.Generation {
 		s.pool = p
 	}
 	s.mu.Unlock()
 	s.wake()
 }
 
-func (s *Subscription) sendProposal(p *ipledgerv1.ReleaseProposal) {
+func (s *Subscription) sendProposal(p ledger.ReleaseProposal) {
 	s.mu.Lock()
 	s.proposals = append(s.proposals, p)
 	s.mu.Unlock()
@@ -714,27 +602,27 @@ func (s *Subscription) end(err error) {
 }
 
 // Next blocks until there is something to send: the newest pool first, then proposals.
-func (s *Subscription) Next(ctx context.Context) (*ipledgerv1.SyncResponse, error) {
+func (s *Subscription) Next(ctx context.Context) (SyncMessage, error) {
 	for {
 		s.mu.Lock()
 		if s.pool != nil {
 			p := s.pool
 			s.pool = nil
 			s.mu.Unlock()
-			return &ipledgerv1.SyncResponse{Msg: &ipledgerv1.SyncResponse_Pool{Pool: p}}, nil
+			return SyncMessage{Pool: p}, nil
 		}
 		if len(s.proposals) > 0 {
 			p := s.proposals[0]
 			s.proposals = s.proposals[1:]
 			s.mu.Unlock()
-			return &ipledgerv1.SyncResponse{Msg: &ipledgerv1.SyncResponse_Release{Release: p}}, nil
+			return SyncMessage{Proposal: &p}, nil
 		}
 		s.mu.Unlock()
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return SyncMessage{}, ctx.Err()
 		case <-s.done:
-			return nil, s.err
+			return SyncMessage{}, s.err
 		case <-s.notify:
 		}
 	}
@@ -756,7 +644,7 @@ func (a *Allocator) Subscribe(node string) (*Subscription, error) {
 	ns.subs[s] = struct{}{}
 	s.sendPool(a.poolLocked(ns, rec))
 	if p := rec.Proposal; p != nil {
-		s.sendProposal(proposalToProto(p))
+		s.sendProposal(*p)
 	}
 	a.met.connected.Set(float64(a.connectedLocked()))
 	a.mu.Unlock()
@@ -785,55 +673,36 @@ func (a *Allocator) connectedLocked() int {
 	return n
 }
 
-func proposalToProto(p *ledger.ReleaseProposal) *ipledgerv1.ReleaseProposal {
-	out := &ipledgerv1.ReleaseProposal{ProposalId: p.ID}
-	for _, it := range p.Items {
-		if _, err := netip.ParsePrefix(it); err == nil {
-			out.Prefixes = append(out.Prefixes, it)
-		} else {
-			out.Addresses = append(out.Addresses, it)
-		}
-	}
-	return out
-}
-
 // ReportUsage records an agent's usage report.
-func (a *Allocator) ReportUsage(node string, u *ipledgerv1.UsageReport) error {
+func (a *Allocator) ReportUsage(node string, u Usage) error {
 	ns, ok := a.node(node)
 	if !ok {
 		return fmt.Errorf("%w: %s", ErrUnknownNode, node)
 	}
-	ips := make([]netip.Addr, 0, len(u.GetInUse()))
-	for i, p := range u.GetInUse() {
-		ip, err := netip.ParseAddr(p.GetIp())
-		if err != nil || !ip.Is4() {
-			return invalid(fmt.Sprintf("usage.in_use[%d].ip", i), "%q is not an IPv4 address", p.GetIp())
+	ips := make([]netip.Addr, 0, len(u.InUse))
+	for i, p := range u.InUse {
+		if !p.IP.Is4() {
+			return invalid(fmt.Sprintf("usage.in_use[%d].ip", i), "%q is not an IPv4 address", p.IP)
 		}
-		ips = append(ips, ip)
+		ips = append(ips, p.IP)
 	}
 	now := a.now()
 	a.mu.Lock()
 	prev := ns.usage
-	ns.usage = u
+	ns.usage = &u
 	ns.lastReport = now
-	ns.rate.observe(now, u.GetAddsTotal(), AdaptiveWindow(ns.policy))
-	if ns.fresh && !ns.priorDone && now.Sub(ns.registered) >= startWindow {
+	ns.rate.Observe(now, u.AddsTotal, policy.AdaptiveWindow(ns.policy))
+	if ns.fresh && !ns.priorDone && now.Sub(ns.registered) >= policy.StartWindow {
 		// The agent started with the node, so its adds counter is the node's pod starts.
 		ns.priorDone = true
-		a.starts.add(int(u.GetAddsTotal()))
+		a.startsMu.Lock()
+		a.starts.Add(int(u.AddsTotal))
+		a.startsMu.Unlock()
 	}
 	a.mu.Unlock()
 	a.led.SetUsage(node, ips)
-	if prev == nil || u.GetPodsWaiting() > 0 || len(prev.GetInUse()) != len(u.GetInUse()) || prev.GetCooling() != u.GetCooling() {
+	if prev == nil || u.PodsWaiting > 0 || len(prev.InUse) != len(u.InUse) || prev.Cooling != u.Cooling {
 		ns.kickNow()
 	}
 	return nil
-}
-
-// timestamp converts a time (zero -> nil).
-func timestamp(t time.Time) *timestamppb.Timestamp {
-	if t.IsZero() {
-		return nil
-	}
-	return timestamppb.New(t)
 }

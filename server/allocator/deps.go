@@ -5,7 +5,7 @@ import (
 	"net/netip"
 	"time"
 
-	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+	"github.com/ipledger/ipledger/server/allocator/policy"
 	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/ledger"
 )
@@ -78,7 +78,7 @@ type Change struct {
 	Delete  bool
 	Node    *ledger.NodeRecord
 	Subnet  *ledger.SubnetRecord
-	Policy  *ipledgerv1.NodePolicy
+	Policy  *policy.Policy
 	Prewarm *ledger.PrewarmRecord
 }
 
@@ -96,8 +96,8 @@ func PutSubnet(rec ledger.SubnetRecord) Change {
 }
 
 // PutPolicy writes a policy.
-func PutPolicy(p *ipledgerv1.NodePolicy) Change {
-	return Change{Kind: ChangePolicy, Name: p.GetName(), Policy: p}
+func PutPolicy(p policy.Policy) Change {
+	return Change{Kind: ChangePolicy, Name: p.Name, Policy: &p}
 }
 
 // DeletePolicy deletes a policy.

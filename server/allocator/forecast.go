@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/ipledger/ipledger/internal/clock"
+	"github.com/ipledger/ipledger/server/allocator/policy"
 	"github.com/ipledger/ipledger/server/ledger"
 )
 
@@ -18,17 +19,11 @@ type Forecaster struct {
 	clk    clock.Clock
 
 	mu     sync.Mutex
-	trends map[string]*trend
+	trends map[string]*policy.Trend
 }
 
 // Forecast is one subnet's exhaustion forecast.
-type Forecast struct {
-	HeldPerHour float64
-	// TimeToExhaustion is set (OK true) when the headroom runs out at the trend.
-	TimeToExhaustion time.Duration
-	OK               bool
-	Window           time.Duration
-}
+type Forecast = policy.Forecast
 
 // NewForecaster samples the ledger led returns (a replica replaces its ledger when it reloads
 // from etcd) and keeps window of history (default 1 h) on clk (nil: the real clock).
@@ -39,7 +34,7 @@ func NewForecaster(led func() *ledger.Ledger, window time.Duration, clk clock.Cl
 	if clk == nil {
 		clk = clock.Real()
 	}
-	return &Forecaster{led: led, window: window, clk: clk, trends: map[string]*trend{}}
+	return &Forecaster{led: led, window: window, clk: clk, trends: map[string]*policy.Trend{}}
 }
 
 // Sample records every subnet's held addresses now.
@@ -51,10 +46,10 @@ func (f *Forecaster) Sample() {
 	for _, b := range budgets {
 		t, ok := f.trends[b.SubnetID]
 		if !ok {
-			t = newTrend(f.window)
+			t = policy.NewTrend(f.window)
 			f.trends[b.SubnetID] = t
 		}
-		t.add(now, b.Held+b.PrewarmReserved)
+		t.Add(now, b.Held+b.PrewarmReserved)
 	}
 }
 
@@ -66,13 +61,7 @@ func (f *Forecaster) Forecast(subnet string, headroom int) Forecast {
 	if !ok {
 		return Forecast{}
 	}
-	slope, span, ok := t.perHour()
-	if !ok {
-		return Forecast{Window: span}
-	}
-	out := Forecast{HeldPerHour: slope, Window: span}
-	out.TimeToExhaustion, out.OK = timeToExhaustion(headroom, slope)
-	return out
+	return t.Forecast(headroom)
 }
 
 // Run samples every interval until ctx ends.

@@ -9,7 +9,7 @@ import (
 	"sort"
 	"time"
 
-	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+	"github.com/ipledger/ipledger/server/allocator/policy"
 	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/instancetypes"
 	"github.com/ipledger/ipledger/server/ledger"
@@ -39,37 +39,37 @@ func ValidateSubnetID(field, id string) error {
 	return nil
 }
 
-func validateRegister(req *ipledgerv1.RegisterNodeRequest) error {
-	if err := ValidateNodeName("node_name", req.GetNodeName()); err != nil {
+func validateRegister(req Registration) error {
+	if err := ValidateNodeName("node_name", req.NodeName); err != nil {
 		return err
 	}
-	if !instanceIDRE.MatchString(req.GetInstanceId()) {
-		return invalid("instance_id", "%q is not an instance id (i-...)", req.GetInstanceId())
+	if !instanceIDRE.MatchString(req.InstanceID) {
+		return invalid("instance_id", "%q is not an instance id (i-...)", req.InstanceID)
 	}
-	if _, ok := instancetypes.Lookup(req.GetInstanceType()); !ok {
-		return invalid("instance_type", "unknown instance type %q", req.GetInstanceType())
+	if _, ok := instancetypes.Lookup(req.InstanceType); !ok {
+		return invalid("instance_type", "unknown instance type %q", req.InstanceType)
 	}
-	if !azRE.MatchString(req.GetAvailabilityZone()) {
-		return invalid("availability_zone", "%q is not an availability zone", req.GetAvailabilityZone())
+	if !azRE.MatchString(req.AvailabilityZone) {
+		return invalid("availability_zone", "%q is not an availability zone", req.AvailabilityZone)
 	}
-	if err := ValidateSubnetID("subnet_id", req.GetSubnetId()); err != nil {
+	if err := ValidateSubnetID("subnet_id", req.SubnetID); err != nil {
 		return err
 	}
-	if !eniIDRE.MatchString(req.GetPrimaryEniId()) {
-		return invalid("primary_eni_id", "%q is not an ENI id (eni-...)", req.GetPrimaryEniId())
+	if !eniIDRE.MatchString(req.PrimaryENI) {
+		return invalid("primary_eni_id", "%q is not an ENI id (eni-...)", req.PrimaryENI)
 	}
-	if ip, err := netip.ParseAddr(req.GetPrimaryIp()); err != nil || !ip.Is4() {
-		return invalid("primary_ip", "%q is not an IPv4 address", req.GetPrimaryIp())
+	if !req.PrimaryIP.Is4() {
+		return invalid("primary_ip", "%q is not an IPv4 address", req.PrimaryIP)
 	}
-	if len(req.GetLabels()) > 64 {
-		return invalid("labels", "%d labels; at most 64", len(req.GetLabels()))
+	if len(req.Labels) > 64 {
+		return invalid("labels", "%d labels; at most 64", len(req.Labels))
 	}
-	for k, v := range req.GetLabels() {
-		if !labelKeyRE.MatchString(k) || !labelValueRE.MatchString(v) {
+	for k, v := range req.Labels {
+		if !policy.LabelKeyRE.MatchString(k) || !policy.LabelValueRE.MatchString(v) {
 			return invalid("labels", "%q=%q is not a valid label", k, v)
 		}
 	}
-	if len(req.GetAgentVersion()) > 128 {
+	if len(req.AgentVersion) > 128 {
 		return invalid("agent_version", "longer than 128 characters")
 	}
 	return nil
@@ -82,57 +82,56 @@ func validateRegister(req *ipledgerv1.RegisterNodeRequest) error {
 // DescribeInstances calls); only the uniqueness checks and the commit are serialised. The
 // instance's own addresses are reserved for the node in the ledger before anything is committed,
 // so no other node's supply can place them in the meantime.
-func (a *Allocator) RegisterNode(ctx context.Context, req *ipledgerv1.RegisterNodeRequest) (*ipledgerv1.NodePool, *ipledgerv1.NodePolicy, error) {
+func (a *Allocator) RegisterNode(ctx context.Context, req Registration) (*Pool, policy.Policy, error) {
 	if err := validateRegister(req); err != nil {
-		return nil, nil, err
+		return nil, policy.Policy{}, err
 	}
-	name := req.GetNodeName()
-	if rec, ok := a.led.Node(name); ok && rec.InstanceID == req.GetInstanceId() {
+	name := req.NodeName
+	if rec, ok := a.led.Node(name); ok && rec.InstanceID == req.InstanceID {
 		return a.reregister(ctx, rec, req)
 	}
-	if other, ok := a.led.NodeByInstance(req.GetInstanceId()); ok && other.Name != name {
-		return nil, nil, fmt.Errorf("%w: %s is registered as %s", ErrInstanceRegistered, req.GetInstanceId(), other.Name)
+	if other, ok := a.led.NodeByInstance(req.InstanceID); ok && other.Name != name {
+		return nil, policy.Policy{}, fmt.Errorf("%w: %s is registered as %s", ErrInstanceRegistered, req.InstanceID, other.Name)
 	}
 	inst, err := a.verifyInstance(ctx, req)
 	if err != nil {
-		return nil, nil, err
+		return nil, policy.Policy{}, err
 	}
-	typ, err := a.instanceType(ctx, req.GetInstanceType())
+	typ, err := a.instanceType(ctx, req.InstanceType)
 	if err != nil {
-		return nil, nil, err
+		return nil, policy.Policy{}, err
 	}
-	if err := a.learnSubnet(ctx, req.GetSubnetId(), ec2gw.PriorityNodeStart); err != nil {
-		return nil, nil, err
+	if err := a.learnSubnet(ctx, req.SubnetID, ec2gw.PriorityNodeStart); err != nil {
+		return nil, policy.Policy{}, err
 	}
 
 	a.regMu.Lock()
 	defer a.regMu.Unlock()
 	if rec, ok := a.led.Node(name); ok {
-		if rec.InstanceID == req.GetInstanceId() {
+		if rec.InstanceID == req.InstanceID {
 			return a.reregister(ctx, rec, req)
 		}
 		// The name belongs to another instance. If that instance is gone, the new one takes over.
 		gone, err := a.instanceGone(ctx, rec.InstanceID, ec2gw.PriorityNodeStart)
 		if err != nil {
-			return nil, nil, err
+			return nil, policy.Policy{}, err
 		}
 		if !gone {
-			return nil, nil, fmt.Errorf("%w: %s is registered for %s", ErrNodeNameTaken, name, rec.InstanceID)
+			return nil, policy.Policy{}, fmt.Errorf("%w: %s is registered for %s", ErrNodeNameTaken, name, rec.InstanceID)
 		}
 		if err := a.removeNode(ctx, name, "instance replaced"); err != nil {
-			return nil, nil, err
+			return nil, policy.Policy{}, err
 		}
 	}
-	if other, ok := a.led.NodeByInstance(req.GetInstanceId()); ok {
-		return nil, nil, fmt.Errorf("%w: %s is registered as %s", ErrInstanceRegistered, req.GetInstanceId(), other.Name)
+	if other, ok := a.led.NodeByInstance(req.InstanceID); ok {
+		return nil, policy.Policy{}, fmt.Errorf("%w: %s is registered as %s", ErrInstanceRegistered, req.InstanceID, other.Name)
 	}
 
 	a.mu.Lock()
-	policies := a.policyListLocked()
+	pol := policy.Match(policy.List(a.policies), req.Labels, req.InstanceType)
 	a.mu.Unlock()
-	policy := MatchPolicy(policies, req.GetLabels(), req.GetInstanceType())
-	mode, modeMsg := PolicyMode(policy, typ)
-	rec := nodeRecordFrom(inst, req, policy.GetName(), mode, a.cfg.ClusterName, a.now())
+	mode, modeMsg := policy.ModeFor(pol, typ)
+	rec := nodeRecordFrom(inst, req, pol.Name, mode, a.cfg.ClusterName, a.now())
 
 	// The instance's own addresses become unplaceable at once: they join the subnet's foreign set
 	// in memory (a node's record takes foreign addresses over when it is applied), so no other
@@ -168,7 +167,7 @@ func (a *Allocator) RegisterNode(ctx context.Context, req *ipledgerv1.RegisterNo
 	occupied.Foreign = unionRanges(before.Foreign, mine)
 	if err := a.led.PutSubnet(occupied); err != nil {
 		a.budgetMu.Unlock()
-		return nil, nil, fmt.Errorf("allocator: subnet %s: %w", rec.SubnetID, err)
+		return nil, policy.Policy{}, fmt.Errorf("allocator: subnet %s: %w", rec.SubnetID, err)
 	}
 	restore := func() {
 		_ = a.led.PutSubnet(before)
@@ -176,31 +175,31 @@ func (a *Allocator) RegisterNode(ctx context.Context, req *ipledgerv1.RegisterNo
 	}
 	if err := a.led.CheckNode(rec); err != nil {
 		restore()
-		return nil, nil, fmt.Errorf("%w: %s: %v; reconciliation will settle it, retry", ErrStoreUnavailable, name, err)
+		return nil, policy.Policy{}, fmt.Errorf("%w: %s: %v; reconciliation will settle it, retry", ErrStoreUnavailable, name, err)
 	}
 	subnet := before
 	subnet.Foreign = subtractRanges(before.Foreign, mine)
 	ns := a.newNodeState(rec)
 	ns.typ = typ
-	ns.policy = policy
+	ns.policy = pol
 	ns.modeMsg = modeMsg
 	ns.fresh, ns.registered = true, a.now()
 	rev, err := a.commit(ctx, PutSubnet(subnet), PutNode(rec))
 	if err != nil {
 		restore()
-		return nil, nil, err
+		return nil, policy.Policy{}, err
 	}
 	// The node takes its addresses first, then the subnet stops counting them as foreign.
 	if err := a.led.PutNode(rec); err != nil {
 		a.budgetMu.Unlock()
 		a.fail(fmt.Errorf("allocator: ledger diverged from etcd: %w", err))
-		return nil, nil, err
+		return nil, policy.Policy{}, err
 	}
 	err = a.led.PutSubnet(subnet)
 	a.budgetMu.Unlock()
 	if err != nil {
 		a.fail(fmt.Errorf("allocator: ledger diverged from etcd: %w", err))
-		return nil, nil, err
+		return nil, policy.Policy{}, err
 	}
 	a.mu.Lock()
 	ns.generation = uint64(rev)
@@ -211,25 +210,25 @@ func (a *Allocator) RegisterNode(ctx context.Context, req *ipledgerv1.RegisterNo
 	pool := a.poolLocked(ns, rec)
 	a.mu.Unlock()
 	a.met.registrations.Inc()
-	a.log.Info("node registered", "node", name, "instance", inst.ID, "type", inst.Type, "subnet", inst.SubnetID, "policy", policy.GetName(), "mode", mode)
+	a.log.Info("node registered", "node", name, "instance", inst.ID, "type", inst.Type, "subnet", inst.SubnetID, "policy", pol.Name, "mode", mode)
 	if modeMsg != "" {
 		a.log.Warn(modeMsg, "node", name)
 	}
-	return pool, policy, nil
+	return pool, pol, nil
 }
 
 // nodeRecordFrom builds a new node's record from EC2's view of its instance: the primary ENI
 // always, other ENIs when they carry this cluster's tag (a previous leader created them), with
 // what EC2 already has on them.
-func nodeRecordFrom(inst ec2gw.Instance, req *ipledgerv1.RegisterNodeRequest, policy string, mode ledger.AddressMode, cluster string, now time.Time) ledger.NodeRecord {
+func nodeRecordFrom(inst ec2gw.Instance, req Registration, policy string, mode ledger.AddressMode, cluster string, now time.Time) ledger.NodeRecord {
 	rec := ledger.NodeRecord{
-		Name:             req.GetNodeName(),
+		Name:             req.NodeName,
 		InstanceID:       inst.ID,
 		InstanceType:     inst.Type,
 		AvailabilityZone: inst.AvailabilityZone,
 		SubnetID:         inst.SubnetID,
 		PrimaryIP:        inst.PrivateIP,
-		Labels:           req.GetLabels(),
+		Labels:           req.Labels,
 		Policy:           policy,
 		Mode:             mode,
 		RegisteredAt:     now,
@@ -271,33 +270,33 @@ func leasedIPs(e ledger.ENIRecord) []netip.Addr {
 }
 
 // reregister answers a repeated registration of the same node and instance.
-func (a *Allocator) reregister(ctx context.Context, rec ledger.NodeRecord, req *ipledgerv1.RegisterNodeRequest) (*ipledgerv1.NodePool, *ipledgerv1.NodePolicy, error) {
-	if rec.InstanceType != req.GetInstanceType() || rec.AvailabilityZone != req.GetAvailabilityZone() ||
-		rec.SubnetID != req.GetSubnetId() || rec.PrimaryENI != req.GetPrimaryEniId() || rec.PrimaryIP.String() != req.GetPrimaryIp() {
-		return nil, nil, fmt.Errorf("%w: %s is registered with different facts (type %s, AZ %s, subnet %s, ENI %s, IP %s)",
+func (a *Allocator) reregister(ctx context.Context, rec ledger.NodeRecord, req Registration) (*Pool, policy.Policy, error) {
+	if rec.InstanceType != req.InstanceType || rec.AvailabilityZone != req.AvailabilityZone ||
+		rec.SubnetID != req.SubnetID || rec.PrimaryENI != req.PrimaryENI || rec.PrimaryIP.String() != req.PrimaryIP.String() {
+		return nil, policy.Policy{}, fmt.Errorf("%w: %s is registered with different facts (type %s, AZ %s, subnet %s, ENI %s, IP %s)",
 			ErrInstanceMismatch, rec.Name, rec.InstanceType, rec.AvailabilityZone, rec.SubnetID, rec.PrimaryENI, rec.PrimaryIP)
 	}
 	ns, ok := a.node(rec.Name)
 	if !ok {
-		return nil, nil, fmt.Errorf("%w: %s", ErrUnknownNode, rec.Name)
+		return nil, policy.Policy{}, fmt.Errorf("%w: %s", ErrUnknownNode, rec.Name)
 	}
-	if !equalLabels(rec.Labels, req.GetLabels()) {
+	if !equalLabels(rec.Labels, req.Labels) {
 		if _, err := a.mutateNode(ctx, ns, func(r *ledger.NodeRecord) error {
-			r.Labels = req.GetLabels()
+			r.Labels = req.Labels
 			return nil
 		}); err != nil {
-			return nil, nil, err
+			return nil, policy.Policy{}, err
 		}
 	}
 	pool, err := a.Pool(rec.Name)
 	if err != nil {
-		return nil, nil, err
+		return nil, policy.Policy{}, err
 	}
 	a.mu.Lock()
-	policy := ns.policy
+	pol := ns.policy
 	a.mu.Unlock()
 	ns.kickNow()
-	return pool, policy, nil
+	return pool, pol, nil
 }
 
 func equalLabels(a, b map[string]string) bool {
@@ -313,13 +312,13 @@ func equalLabels(a, b map[string]string) bool {
 }
 
 // verifyInstance checks the request against what EC2 says about the instance.
-func (a *Allocator) verifyInstance(ctx context.Context, req *ipledgerv1.RegisterNodeRequest) (ec2gw.Instance, error) {
-	inst, err := a.describer.describe(ctx, req.GetInstanceId(), ec2gw.PriorityNodeStart)
+func (a *Allocator) verifyInstance(ctx context.Context, req Registration) (ec2gw.Instance, error) {
+	inst, err := a.describer.describe(ctx, req.InstanceID, ec2gw.PriorityNodeStart)
 	if errors.Is(err, ec2gw.ErrNotFound) {
-		return ec2gw.Instance{}, fmt.Errorf("%w: EC2 does not know instance %s", ErrInstanceMismatch, req.GetInstanceId())
+		return ec2gw.Instance{}, fmt.Errorf("%w: EC2 does not know instance %s", ErrInstanceMismatch, req.InstanceID)
 	}
 	if err != nil {
-		return ec2gw.Instance{}, ec2Err(err, req.GetSubnetId())
+		return ec2gw.Instance{}, ec2Err(err, req.SubnetID)
 	}
 	mismatch := func(field, got, want string) error {
 		return fmt.Errorf("%w: %s: request says %q, EC2 says %q", ErrInstanceMismatch, field, want, got)
@@ -327,19 +326,19 @@ func (a *Allocator) verifyInstance(ctx context.Context, req *ipledgerv1.Register
 	switch {
 	case inst.State != "running" && inst.State != "pending":
 		return ec2gw.Instance{}, fmt.Errorf("%w: instance %s is %s", ErrInstanceMismatch, inst.ID, inst.State)
-	case inst.Type != req.GetInstanceType():
-		return ec2gw.Instance{}, mismatch("instance_type", inst.Type, req.GetInstanceType())
-	case inst.AvailabilityZone != req.GetAvailabilityZone():
-		return ec2gw.Instance{}, mismatch("availability_zone", inst.AvailabilityZone, req.GetAvailabilityZone())
-	case inst.SubnetID != req.GetSubnetId():
-		return ec2gw.Instance{}, mismatch("subnet_id", inst.SubnetID, req.GetSubnetId())
-	case inst.PrivateIP.String() != req.GetPrimaryIp():
-		return ec2gw.Instance{}, mismatch("primary_ip", inst.PrivateIP.String(), req.GetPrimaryIp())
+	case inst.Type != req.InstanceType:
+		return ec2gw.Instance{}, mismatch("instance_type", inst.Type, req.InstanceType)
+	case inst.AvailabilityZone != req.AvailabilityZone:
+		return ec2gw.Instance{}, mismatch("availability_zone", inst.AvailabilityZone, req.AvailabilityZone)
+	case inst.SubnetID != req.SubnetID:
+		return ec2gw.Instance{}, mismatch("subnet_id", inst.SubnetID, req.SubnetID)
+	case inst.PrivateIP.String() != req.PrimaryIP.String():
+		return ec2gw.Instance{}, mismatch("primary_ip", inst.PrivateIP.String(), req.PrimaryIP.String())
 	}
 	for _, e := range inst.ENIs {
 		if e.Attachment != nil && e.Attachment.DeviceIndex == 0 {
-			if e.ID != req.GetPrimaryEniId() {
-				return ec2gw.Instance{}, mismatch("primary_eni_id", e.ID, req.GetPrimaryEniId())
+			if e.ID != req.PrimaryENI {
+				return ec2gw.Instance{}, mismatch("primary_eni_id", e.ID, req.PrimaryENI)
 			}
 			return inst, nil
 		}

@@ -8,7 +8,6 @@ import (
 	"sort"
 	"time"
 
-	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/ledger"
 )
@@ -37,8 +36,8 @@ func (a *Allocator) maybePropose(ctx context.Context, ns *nodeState) {
 	}
 	t := a.targetsLocked(ns, rec)
 	inUse := map[string]bool{}
-	for _, p := range ns.usage.GetInUse() {
-		inUse[p.GetIp()] = true
+	for _, p := range ns.usage.InUse {
+		inUse[p.IP.String()] = true
 	}
 	want := t.WantAddresses
 	if prefix {
@@ -86,7 +85,7 @@ func (a *Allocator) maybePropose(ctx context.Context, ns *nodeState) {
 	}
 	a.mu.Lock()
 	for s := range ns.subs {
-		s.sendProposal(proposalToProto(p))
+		s.sendProposal(*p)
 	}
 	ns.surplusSince = time.Time{}
 	a.mu.Unlock()
@@ -185,21 +184,21 @@ func newProposalID() string { return "rp-" + clientToken()[len("ipledger-"):][:1
 
 // AckRelease applies an agent's answer to a release proposal: confirmed items become RELEASING
 // (then the release lane unassigns them), refused items become ACTIVE again.
-func (a *Allocator) AckRelease(ctx context.Context, node string, ack *ipledgerv1.ReleaseAck) error {
+func (a *Allocator) AckRelease(ctx context.Context, node string, ack ReleaseAck) error {
 	ns, ok := a.node(node)
 	if !ok {
 		return fmt.Errorf("%w: %s", ErrUnknownNode, node)
 	}
-	if ack.GetProposalId() == "" {
+	if ack.ProposalID == "" {
 		return invalid("release_ack.proposal_id", "empty")
 	}
 	confirmed := map[string]bool{}
-	for _, it := range ack.GetConfirmed() {
+	for _, it := range ack.Confirmed {
 		confirmed[it] = true
 	}
 	stale := false
 	_, err := a.mutateNode(ctx, ns, func(r *ledger.NodeRecord) error {
-		if r.Proposal == nil || r.Proposal.ID != ack.GetProposalId() {
+		if r.Proposal == nil || r.Proposal.ID != ack.ProposalID {
 			stale = true
 			return errStale
 		}
@@ -222,15 +221,15 @@ func (a *Allocator) AckRelease(ctx context.Context, node string, ack *ipledgerv1
 	})
 	if stale {
 		// An answer to a proposal that was cancelled or already answered changes nothing.
-		a.log.Debug("stale release ack", "node", node, "proposal", ack.GetProposalId())
+		a.log.Debug("stale release ack", "node", node, "proposal", ack.ProposalID)
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	a.met.acks.WithLabelValues("confirmed").Add(float64(len(ack.GetConfirmed())))
-	a.met.acks.WithLabelValues("refused").Add(float64(len(ack.GetRefused())))
-	if len(ack.GetRefused()) > 0 {
+	a.met.acks.WithLabelValues("confirmed").Add(float64(len(ack.Confirmed)))
+	a.met.acks.WithLabelValues("refused").Add(float64(len(ack.Refused)))
+	if len(ack.Refused) > 0 {
 		a.mu.Lock()
 		ns.noProposalBefore = a.now().Add(refusalBackoff)
 		a.mu.Unlock()
@@ -243,8 +242,8 @@ var errStale = errors.New("allocator: stale proposal")
 
 // checkAckItems refuses an ack that names items the proposal does not hold, names one twice,
 // or names more items than the proposal has: an agent answers exactly what it was asked.
-func checkAckItems(proposed []string, ack *ipledgerv1.ReleaseAck) error {
-	if n := len(ack.GetConfirmed()) + len(ack.GetRefused()); n > len(proposed) {
+func checkAckItems(proposed []string, ack ReleaseAck) error {
+	if n := len(ack.Confirmed) + len(ack.Refused); n > len(proposed) {
 		return invalid("release_ack", "%d items answer a proposal of %d", n, len(proposed))
 	}
 	inProposal := make(map[string]bool, len(proposed))
@@ -255,10 +254,10 @@ func checkAckItems(proposed []string, ack *ipledgerv1.ReleaseAck) error {
 	for _, list := range []struct {
 		field string
 		items []string
-	}{{"release_ack.confirmed", ack.GetConfirmed()}, {"release_ack.refused", ack.GetRefused()}} {
+	}{{"release_ack.confirmed", ack.Confirmed}, {"release_ack.refused", ack.Refused}} {
 		for i, it := range list.items {
 			if !inProposal[it] {
-				return invalid(fmt.Sprintf("%s[%d]", list.field, i), "%q is not in proposal %s", it, ack.GetProposalId())
+				return invalid(fmt.Sprintf("%s[%d]", list.field, i), "%q is not in proposal %s", it, ack.ProposalID)
 			}
 			if seen[it] {
 				return invalid(fmt.Sprintf("%s[%d]", list.field, i), "%q is answered twice", it)

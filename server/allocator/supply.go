@@ -28,7 +28,7 @@ func (a *Allocator) supply(ctx context.Context, ns *nodeState) {
 	t := a.targetsLocked(ns, rec)
 	waiting := ns.waiting
 	if ns.usage != nil {
-		waiting = max(waiting, int(ns.usage.GetPodsWaiting()))
+		waiting = max(waiting, ns.usage.PodsWaiting)
 	}
 	a.mu.Unlock()
 

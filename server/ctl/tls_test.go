@@ -101,7 +101,7 @@ func TestRedirectKeepsTheCredentials(t *testing.T) {
 	}
 	found := false
 	for _, p := range a.Allocator().Policies() {
-		found = found || p.GetName() == "tls-redirect"
+		found = found || p.Name == "tls-redirect"
 	}
 	if !found {
 		t.Fatal("the leader does not have the policy")

@@ -1,0 +1,199 @@
+package allocator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+
+	"github.com/ipledger/ipledger/server/allocator/policy"
+	"github.com/ipledger/ipledger/server/ledger"
+)
+
+// fakeStore is the allocator's Store in memory: it keeps the committed records (JSON round
+// trips, as etcd stores them), numbers commits like etcd's revisions, refuses what the real
+// store refuses (an invalid node record, a subnet without CIDR, a record written twice in one
+// commit) and fails commits a test asks it to fail.
+type fakeStore struct {
+	mu       sync.Mutex
+	rev      int64
+	nodes    map[string]ledger.NodeRecord
+	subnets  map[string]ledger.SubnetRecord
+	policies map[string]policy.Policy
+	prewarms map[string]ledger.PrewarmRecord
+	done     chan struct{}
+	deposed  bool
+	commits  int
+
+	// fail, when set, decides the outcome of a commit: nil commits; an error that is
+	// errStoreLate commits and then reports the error (the answer was lost); any other error
+	// fails without writing.
+	fail func() error
+	// before runs first in every Commit (the lock checker hooks in here).
+	before func()
+}
+
+// errStoreLate makes fakeStore.fail's commit happen although the caller sees an error.
+var errStoreLate = errors.New("fake store: the commit happened but its answer was lost")
+
+func newFakeStore() *fakeStore {
+	return &fakeStore{rev: 1, nodes: map[string]ledger.NodeRecord{}, subnets: map[string]ledger.SubnetRecord{},
+		policies: map[string]policy.Policy{}, prewarms: map[string]ledger.PrewarmRecord{}, done: make(chan struct{})}
+}
+
+var _ Store = (*fakeStore)(nil)
+
+func (s *fakeStore) Done() <-chan struct{} { return s.done }
+
+// depose ends the leadership: Done closes and every later commit fails with ErrNotLeader.
+func (s *fakeStore) depose() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.deposed {
+		s.deposed = true
+		close(s.done)
+	}
+}
+
+func roundTrip[T any](v T) T {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	var out T
+	if err := json.Unmarshal(b, &out); err != nil {
+		panic(err)
+	}
+	return out
+}
+
+func (s *fakeStore) Commit(ctx context.Context, changes ...Change) (int64, error) {
+	if s.before != nil {
+		s.before()
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	var outcome error
+	if s.fail != nil {
+		outcome = s.fail()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.deposed {
+		return 0, fmt.Errorf("%w: fake store deposed", ErrNotLeader)
+	}
+	if outcome != nil && !errors.Is(outcome, errStoreLate) {
+		return 0, outcome
+	}
+	seen := map[string]bool{}
+	for _, c := range changes {
+		key := c.Kind.String() + "/" + c.Name
+		if seen[key] {
+			return 0, fmt.Errorf("fake store: %s written twice in one commit", key)
+		}
+		seen[key] = true
+		switch {
+		case c.Name == "":
+			return 0, fmt.Errorf("fake store: %s change without a name", c.Kind)
+		case c.Kind == ChangeNode && !c.Delete:
+			if err := c.Node.Validate(); err != nil {
+				return 0, fmt.Errorf("fake store: node %s: %w", c.Name, err)
+			}
+		case c.Kind == ChangeSubnet && !c.Delete:
+			if !c.Subnet.CIDR.IsValid() {
+				return 0, fmt.Errorf("fake store: subnet %s without CIDR", c.Name)
+			}
+		}
+	}
+	for _, c := range changes {
+		switch c.Kind {
+		case ChangeNode:
+			if c.Delete {
+				delete(s.nodes, c.Name)
+			} else {
+				s.nodes[c.Name] = roundTrip(*c.Node)
+			}
+		case ChangeSubnet:
+			if c.Delete {
+				delete(s.subnets, c.Name)
+			} else {
+				s.subnets[c.Name] = roundTrip(*c.Subnet)
+			}
+		case ChangePolicy:
+			if c.Delete {
+				delete(s.policies, c.Name)
+			} else {
+				s.policies[c.Name] = roundTrip(*c.Policy)
+			}
+		case ChangePrewarm:
+			if c.Delete {
+				delete(s.prewarms, c.Name)
+			} else {
+				s.prewarms[c.Name] = roundTrip(*c.Prewarm)
+			}
+		}
+	}
+	s.rev++
+	s.commits++
+	if outcome != nil {
+		return 0, outcome
+	}
+	return s.rev, nil
+}
+
+// state is what a new leader would load: a ledger built from the committed records (subnets,
+// then nodes, then reservations, as the server builds it), the revision and the policies.
+func (s *fakeStore) state() (*ledger.Ledger, int64, map[string]policy.Policy, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	led := ledger.New(ledger.Options{})
+	for _, id := range sortedKeys(s.subnets) {
+		if err := led.PutSubnet(s.subnets[id]); err != nil {
+			return nil, 0, nil, fmt.Errorf("subnet %s: %w", id, err)
+		}
+	}
+	for _, n := range sortedKeys(s.nodes) {
+		if err := led.PutNode(s.nodes[n]); err != nil {
+			return nil, 0, nil, fmt.Errorf("node %s: %w", n, err)
+		}
+	}
+	for _, id := range sortedKeys(s.prewarms) {
+		if err := led.PutPrewarm(s.prewarms[id]); err != nil {
+			return nil, 0, nil, fmt.Errorf("pre-warm %s: %w", id, err)
+		}
+	}
+	pol := map[string]policy.Policy{}
+	for k, v := range s.policies {
+		pol[k] = roundTrip(v)
+	}
+	return led, s.rev, pol, nil
+}
+
+// records returns copies of the committed node, subnet and reservation records.
+func (s *fakeStore) records() (map[string]ledger.NodeRecord, map[string]ledger.SubnetRecord, map[string]ledger.PrewarmRecord) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, sn, p := map[string]ledger.NodeRecord{}, map[string]ledger.SubnetRecord{}, map[string]ledger.PrewarmRecord{}
+	for k, v := range s.nodes {
+		n[k] = roundTrip(v)
+	}
+	for k, v := range s.subnets {
+		sn[k] = roundTrip(v)
+	}
+	for k, v := range s.prewarms {
+		p[k] = roundTrip(v)
+	}
+	return n, sn, p
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
