@@ -2,8 +2,10 @@ package allocator
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"sync"
@@ -54,7 +56,9 @@ type Config struct {
 
 	// Clock is the allocator's time: every interval, delay and time stamp above is read on it
 	// (default the real clock; a scaled clock for a simulator run faster than real time).
-	Clock      clock.Clock
+	Clock clock.Clock
+	// Rand is the source of ids and client tokens (default crypto/rand).
+	Rand       io.Reader
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 }
@@ -81,6 +85,9 @@ func (c *Config) setDefaults() error {
 	def(&c.Tick, time.Second)
 	if c.Clock == nil {
 		c.Clock = clock.Real()
+	}
+	if c.Rand == nil {
+		c.Rand = rand.Reader
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -118,7 +125,11 @@ type Allocator struct {
 
 	prewarmMu   sync.Mutex // serialises changes of pre-warm reservations
 	prewarmKick chan struct{}
+	// prewarmChosen holds, by ClientToken, addresses chosen for a pre-warm ENI whose commit had an
+	// unknown outcome: they stay reserved and are chosen again (guarded by prewarmMu).
+	prewarmChosen map[string][]netip.Addr
 
+	randMu   sync.Mutex   // guards reads of cfg.Rand
 	revision atomic.Int64 // etcd revision of the last commit (or of the state taken over)
 	startsMu sync.Mutex
 	starts   policy.StartPrior
@@ -192,7 +203,8 @@ func New(cfg Config) (*Allocator, error) {
 		fatal:    make(chan error, 1),
 		sweep:    make(chan struct{}, 1),
 
-		prewarmKick: make(chan struct{}, 1),
+		prewarmKick:   make(chan struct{}, 1),
+		prewarmChosen: map[string][]netip.Addr{},
 	}
 	a.met = newMetrics(cfg.Registerer)
 	a.describer = newInstanceBatcher(cfg.EC2)

@@ -46,7 +46,7 @@ func newEnv(t *testing.T, mod func(*Config)) *env {
 	e.ec2.addSubnet(subnetA, "10.0.0.0/24", testAZ)
 	e.ec2.addSubnet(subnetB, "10.0.1.0/26", testAZ)
 	e.cfg = Config{
-		ClusterName: testCluster, Ledger: ledger.New(ledger.Options{}), Store: e.st, EC2: e.ec2, Revision: 1,
+		ClusterName: testCluster, Ledger: ledger.New(ledger.Options{}), Store: e.st.lead(), EC2: e.ec2, Revision: 1,
 		Subnets: []string{subnetA}, ReleaseDelay: 0, ProposalTimeout: time.Minute, DriftGrace: time.Minute,
 		Clock: e.clk,
 	}

@@ -36,8 +36,12 @@ type fakeEC2 struct {
 	// onUnassign runs for every address or prefix EC2 takes off an ENI (unassign, or an ENI's
 	// delete), under the fake's lock.
 	onUnassign func(eni, node string, item string)
-	// lateQueue holds the effects of calls that answered "late": they land at settle.
-	late []func()
+	// late holds the effects of calls whose work lands later (faultDelayed), with when they were
+	// made (by now, when set).
+	late []lateWork
+	now  func() time.Time
+	// trace, when set, hears of every call and its outcome (under the fake's lock).
+	trace func(format string, args ...any)
 }
 
 // fakeFault is an outcome a test injects into one call.
@@ -195,15 +199,24 @@ func itemsOf(e ec2gw.ENI) []string {
 	return out
 }
 
-// settle lands the work of calls that answered "late".
-func (f *fakeEC2) settle() {
+type lateWork struct {
+	at time.Time
+	do func()
+}
+
+// settle lands the work of delayed calls made before cutoff (all of it for the zero time).
+func (f *fakeEC2) settle(cutoff time.Time) {
 	f.mu.Lock()
-	late := f.late
-	f.late = nil
-	for _, fn := range late {
-		fn()
+	defer f.mu.Unlock()
+	kept := f.late[:0]
+	for _, w := range f.late {
+		if cutoff.IsZero() || !w.at.After(cutoff) {
+			w.do()
+			continue
+		}
+		kept = append(kept, w)
 	}
-	f.mu.Unlock()
+	f.late = kept
 }
 
 // snapshot returns every ENI as DescribeNetworkInterfaces would.
@@ -259,6 +272,9 @@ func (f *fakeEC2) call(ctx context.Context, action string, op func() error) erro
 	defer f.mu.Unlock()
 	f.calls[action]++
 	unknown := &ec2gw.APIError{Action: action, Message: "no answer in time", Kind: ec2gw.ErrUnavailable, Err: context.DeadlineExceeded}
+	if f.trace != nil {
+		defer func(fault fakeFault) { f.trace("  ec2 %s fault %d", action, fault) }(fault)
+	}
 	switch fault {
 	case faultThrottle:
 		return apiErr(action, "RequestLimitExceeded", ec2gw.ErrThrottled)
@@ -268,7 +284,11 @@ func (f *fakeEC2) call(ctx context.Context, action string, op func() error) erro
 		_ = op()
 		return unknown
 	case faultDelayed:
-		f.late = append(f.late, func() { _ = op() })
+		w := lateWork{do: func() { _ = op() }}
+		if f.now != nil {
+			w.at = f.now()
+		}
+		f.late = append(f.late, w)
 		return unknown
 	}
 	return op()
@@ -534,7 +554,13 @@ func (f *fakeEC2) DeleteENI(ctx context.Context, _ ec2gw.Priority, eniID string)
 }
 
 func (f *fakeEC2) AssignAddresses(ctx context.Context, _ ec2gw.Priority, eniID string, ips []netip.Addr) error {
-	return f.call(ctx, "AssignPrivateIpAddresses", func() error { return f.assignLocked(eniID, ips, nil) })
+	return f.call(ctx, "AssignPrivateIpAddresses", func() error {
+		err := f.assignLocked(eniID, ips, nil)
+		if f.trace != nil {
+			f.trace("  ec2 assign %v to %s: %v", ips, eniID, err)
+		}
+		return err
+	})
 }
 
 func (f *fakeEC2) AssignPrefixes(ctx context.Context, _ ec2gw.Priority, eniID string, prefixes []netip.Prefix) error {
@@ -600,6 +626,9 @@ func (f *fakeEC2) UnassignAddresses(ctx context.Context, _ ec2gw.Priority, eniID
 			if in, ok := f.instances[e.Attachment.InstanceID]; ok {
 				node = in.dns
 			}
+		}
+		if f.trace != nil {
+			f.trace("  ec2 unassign %v %v from %s", ips, prefixes, eniID)
 		}
 		for _, ip := range ips {
 			e.SecondaryIPs = slices.DeleteFunc(e.SecondaryIPs, func(x netip.Addr) bool { return x == ip })

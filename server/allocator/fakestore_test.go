@@ -12,10 +12,11 @@ import (
 	"github.com/ipledger/ipledger/server/ledger"
 )
 
-// fakeStore is the allocator's Store in memory: it keeps the committed records (JSON round
-// trips, as etcd stores them), numbers commits like etcd's revisions, refuses what the real
-// store refuses (an invalid node record, a subnet without CIDR, a record written twice in one
-// commit) and fails commits a test asks it to fail.
+// fakeStore is the durable store in memory: it keeps the committed records (JSON round trips,
+// as etcd stores them), numbers commits like etcd's revisions, refuses what the real store
+// refuses (an invalid node record, a subnet without CIDR, a record written twice in one commit)
+// and fails commits a test asks it to fail. An allocator commits through a fakeLeader, the
+// Store of one leadership: after depose, that leader's commits fail with ErrNotLeader.
 type fakeStore struct {
 	mu       sync.Mutex
 	rev      int64
@@ -23,8 +24,8 @@ type fakeStore struct {
 	subnets  map[string]ledger.SubnetRecord
 	policies map[string]policy.Policy
 	prewarms map[string]ledger.PrewarmRecord
-	done     chan struct{}
-	deposed  bool
+	epoch    int
+	leader   *fakeLeader
 	commits  int
 
 	// fail, when set, decides the outcome of a commit: nil commits; an error that is
@@ -39,22 +40,43 @@ type fakeStore struct {
 var errStoreLate = errors.New("fake store: the commit happened but its answer was lost")
 
 func newFakeStore() *fakeStore {
-	return &fakeStore{rev: 1, nodes: map[string]ledger.NodeRecord{}, subnets: map[string]ledger.SubnetRecord{},
-		policies: map[string]policy.Policy{}, prewarms: map[string]ledger.PrewarmRecord{}, done: make(chan struct{})}
+	s := &fakeStore{rev: 1, nodes: map[string]ledger.NodeRecord{}, subnets: map[string]ledger.SubnetRecord{},
+		policies: map[string]policy.Policy{}, prewarms: map[string]ledger.PrewarmRecord{}}
+	s.leader = &fakeLeader{s: s, epoch: s.epoch, done: make(chan struct{})}
+	return s
 }
 
-var _ Store = (*fakeStore)(nil)
+// fakeLeader is one leadership's Store.
+type fakeLeader struct {
+	s     *fakeStore
+	epoch int
+	done  chan struct{}
+}
 
-func (s *fakeStore) Done() <-chan struct{} { return s.done }
+var _ Store = (*fakeLeader)(nil)
 
-// depose ends the leadership: Done closes and every later commit fails with ErrNotLeader.
-func (s *fakeStore) depose() {
+func (l *fakeLeader) Done() <-chan struct{} { return l.done }
+
+func (l *fakeLeader) Commit(ctx context.Context, changes ...Change) (int64, error) {
+	return l.s.commit(ctx, l.epoch, changes)
+}
+
+// lead returns the current leadership's Store.
+func (s *fakeStore) lead() *fakeLeader {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.deposed {
-		s.deposed = true
-		close(s.done)
-	}
+	return s.leader
+}
+
+// depose ends the current leadership (its Done closes, its commits fail with ErrNotLeader) and
+// starts the next one.
+func (s *fakeStore) depose() *fakeLeader {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	close(s.leader.done)
+	s.epoch++
+	s.leader = &fakeLeader{s: s, epoch: s.epoch, done: make(chan struct{})}
+	return s.leader
 }
 
 func roundTrip[T any](v T) T {
@@ -69,7 +91,7 @@ func roundTrip[T any](v T) T {
 	return out
 }
 
-func (s *fakeStore) Commit(ctx context.Context, changes ...Change) (int64, error) {
+func (s *fakeStore) commit(ctx context.Context, epoch int, changes []Change) (int64, error) {
 	if s.before != nil {
 		s.before()
 	}
@@ -82,8 +104,8 @@ func (s *fakeStore) Commit(ctx context.Context, changes ...Change) (int64, error
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.deposed {
-		return 0, fmt.Errorf("%w: fake store deposed", ErrNotLeader)
+	if epoch != s.epoch {
+		return 0, fmt.Errorf("%w: fake store: leadership %d ended", ErrNotLeader, epoch)
 	}
 	if outcome != nil && !errors.Is(outcome, errStoreLate) {
 		return 0, outcome

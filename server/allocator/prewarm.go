@@ -69,12 +69,12 @@ func (a *Allocator) Prewarm(ctx context.Context, req PrewarmRequest) (ledger.Pre
 		return ledger.PrewarmRecord{}, err
 	}
 	rec := ledger.PrewarmRecord{
-		ID: "pw-" + clientToken()[len("ipledger-"):][:16], SubnetID: subnet.ID, AvailabilityZone: subnet.AvailabilityZone,
+		ID: "pw-" + a.randomHex(8), SubnetID: subnet.ID, AvailabilityZone: subnet.AvailabilityZone,
 		InstanceType: typ.Name, NodeCount: req.NodeCount, AddressesPerNode: req.AddressesPerNode,
 		CreatedAt: now, ExpiresAt: now.Add(req.Expiry), State: ledger.PrewarmPending,
 	}
 	for i := 0; i < req.NodeCount; i++ {
-		rec.ENIs = append(rec.ENIs, ledger.PrewarmENI{State: ledger.PrewarmENICreating, ClientToken: clientToken()})
+		rec.ENIs = append(rec.ENIs, ledger.PrewarmENI{State: ledger.PrewarmENICreating, ClientToken: a.clientToken()})
 	}
 	if err := a.putPrewarm(ctx, rec); err != nil {
 		return ledger.PrewarmRecord{}, err
@@ -204,15 +204,26 @@ func (a *Allocator) prewarmStep(ctx context.Context, id string) error {
 			// Choose and record the addresses first, so a retry (or a new leader) repeats the
 			// same create and the ClientToken returns the same ENI.
 			owner := ledger.Owner{Prewarm: rec.ID}
-			addrs, err := a.led.ReserveAddresses(rec.SubnetID, 1+rec.AddressesPerNode, owner, now)
-			if err != nil {
-				return ledgerErr(err, rec.SubnetID)
+			addrs, chosen := a.prewarmChosen[e.ClientToken]
+			if !chosen {
+				var err error
+				if addrs, err = a.led.ReserveAddresses(rec.SubnetID, 1+rec.AddressesPerNode, owner, now); err != nil {
+					return ledgerErr(err, rec.SubnetID)
+				}
 			}
 			rec.ENIs[i].PrimaryIP, rec.ENIs[i].Addresses = addrs[0], addrs[1:]
 			if err := a.putPrewarm(ctx, rec); err != nil {
-				a.led.CancelReservation(rec.SubnetID, owner, addrs, nil)
+				if errors.Is(err, ErrStoreUnavailable) {
+					// The store may hold the choice although the commit looked failed: keep the
+					// addresses reserved and choose them again next time.
+					a.prewarmChosen[e.ClientToken] = addrs
+				} else {
+					delete(a.prewarmChosen, e.ClientToken)
+					a.led.CancelReservation(rec.SubnetID, owner, addrs, nil)
+				}
 				return err
 			}
+			delete(a.prewarmChosen, e.ClientToken)
 			e = rec.ENIs[i]
 		}
 		eni, err := a.gw.CreateENI(ctx, ec2gw.PriorityPrewarm, ec2gw.CreateENIInput{
@@ -229,7 +240,7 @@ func (a *Allocator) prewarmStep(ctx context.Context, id string) error {
 			if errors.Is(err, ec2gw.ErrAddressInUse) {
 				// Someone took an address: choose again.
 				rec.ENIs[i].PrimaryIP, rec.ENIs[i].Addresses = netip.Addr{}, nil
-				rec.ENIs[i].ClientToken = clientToken()
+				rec.ENIs[i].ClientToken = a.clientToken()
 				_ = a.putPrewarm(ctx, rec)
 				_ = a.rescanSubnet(ctx, ec2gw.PriorityPrewarm, rec.SubnetID)
 			}
@@ -251,6 +262,10 @@ func (a *Allocator) prewarmStep(ctx context.Context, id string) error {
 // prewarmCleanup deletes the unused ENIs of an ended reservation, then the reservation.
 func (a *Allocator) prewarmCleanup(ctx context.Context, rec ledger.PrewarmRecord) error {
 	for i, e := range rec.ENIs {
+		if addrs, ok := a.prewarmChosen[e.ClientToken]; ok && len(e.Addresses) == 0 {
+			a.led.CancelReservation(rec.SubnetID, ledger.Owner{Prewarm: rec.ID}, addrs, nil)
+			delete(a.prewarmChosen, e.ClientToken)
+		}
 		if e.State == ledger.PrewarmENIAttached {
 			continue
 		}

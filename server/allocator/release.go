@@ -66,7 +66,7 @@ func (a *Allocator) maybePropose(ctx context.Context, ns *nodeState) {
 	if len(items) == 0 {
 		return
 	}
-	p := &ledger.ReleaseProposal{ID: newProposalID(), ProposedAt: now, Items: items}
+	p := &ledger.ReleaseProposal{ID: a.newProposalID(), ProposedAt: now, Items: items}
 	chosen := map[string]bool{}
 	for _, it := range items {
 		chosen[it] = true
@@ -180,7 +180,7 @@ func setStates(r *ledger.NodeRecord, chosen map[string]bool, from, to ledger.Lea
 	}
 }
 
-func newProposalID() string { return "rp-" + clientToken()[len("ipledger-"):][:16] }
+func (a *Allocator) newProposalID() string { return "rp-" + a.randomHex(8) }
 
 // AckRelease applies an agent's answer to a release proposal: confirmed items become RELEASING
 // (then the release lane unassigns them), refused items become ACTIVE again.

@@ -2,10 +2,10 @@ package allocator
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"sort"
 	"time"
@@ -430,7 +430,7 @@ func (a *Allocator) addENI(ctx context.Context, ns *nodeState, rec ledger.NodeRe
 		SecondaryIPs:     addrs,
 		Prefixes:         prefixes,
 		Tags:             map[string]string{TagCluster: a.cfg.ClusterName, TagNode: ns.name},
-		ClientToken:      clientToken(),
+		ClientToken:      a.clientToken(),
 	})
 	a.met.leaseOp("create-eni", err)
 	if err != nil {
@@ -507,10 +507,16 @@ func (a *Allocator) securityGroups(ctx context.Context, rec ledger.NodeRecord, p
 	return enis[0].SecurityGroupIDs, nil
 }
 
-func clientToken() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return "ipledger-" + hex.EncodeToString(b[:])
+// clientToken is a new ClientToken for a create.
+func (a *Allocator) clientToken() string { return "ipledger-" + a.randomHex(16) }
+
+// randomHex is n random bytes in hex, from the configured source.
+func (a *Allocator) randomHex(n int) string {
+	b := make([]byte, n)
+	a.randMu.Lock()
+	_, _ = io.ReadFull(a.cfg.Rand, b)
+	a.randMu.Unlock()
+	return hex.EncodeToString(b)
 }
 
 // ledgerErr maps a placement failure to the allocator's errors.
