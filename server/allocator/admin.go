@@ -34,7 +34,7 @@ func (a *Allocator) RequestAddresses(ctx context.Context, node string, count int
 		ns.waiting -= count
 		a.mu.Unlock()
 	}()
-	ns.kickNow()
+	a.kick(ns.name)
 	for {
 		rec, ok := a.led.Node(node)
 		if !ok {
@@ -109,8 +109,11 @@ func (a *Allocator) SetSubnetBudget(ctx context.Context, subnet string, maxHeld,
 	if err := ValidateSubnetID("subnet_id", subnet); err != nil {
 		return ledger.SubnetRecord{}, err
 	}
-	a.budgetMu.Lock()
-	defer a.budgetMu.Unlock()
+	release, err := a.slots.acquire(ctx, subnetKey(subnet))
+	if err != nil {
+		return ledger.SubnetRecord{}, err
+	}
+	defer release()
 	rec, ok := a.led.Subnet(subnet)
 	if !ok {
 		return ledger.SubnetRecord{}, fmt.Errorf("%w: the cluster does not use subnet %s", ErrNotFound, subnet)
@@ -150,36 +153,50 @@ func (a *Allocator) SetPolicy(ctx context.Context, p policy.Policy) (policy.Poli
 		return policy.Policy{}, err
 	}
 	p = p.Normalized()
+	release, err := a.slots.acquire(ctx, policyKey(p.Name))
+	if err != nil {
+		return policy.Policy{}, err
+	}
 	a.mu.Lock()
 	old, had := a.policies[p.Name]
 	a.mu.Unlock()
 	if had && old.Equal(p) {
+		release()
 		return p, nil
 	}
 	if _, err := a.commit(ctx, PutPolicy(p)); err != nil {
+		release()
 		return policy.Policy{}, err
 	}
 	a.mu.Lock()
 	a.policies[p.Name] = p
 	a.mu.Unlock()
+	release()
 	a.rematchPolicies(ctx)
 	return p, nil
 }
 
 // DeletePolicy removes a policy; its nodes fall to the next matching one.
 func (a *Allocator) DeletePolicy(ctx context.Context, name string) error {
+	release, err := a.slots.acquire(ctx, policyKey(name))
+	if err != nil {
+		return err
+	}
 	a.mu.Lock()
 	_, had := a.policies[name]
 	a.mu.Unlock()
 	if !had {
+		release()
 		return fmt.Errorf("%w: policy %q", ErrNotFound, name)
 	}
 	if _, err := a.commit(ctx, DeletePolicy(name)); err != nil {
+		release()
 		return err
 	}
 	a.mu.Lock()
 	delete(a.policies, name)
 	a.mu.Unlock()
+	release()
 	a.rematchPolicies(ctx)
 	return nil
 }
@@ -211,7 +228,7 @@ func (a *Allocator) rematchPolicies(ctx context.Context) {
 				a.log.Warn("re-match policy", "node", ns.name, "err", err)
 			}
 		}
-		ns.kickNow()
+		a.kick(ns.name)
 	}
 }
 

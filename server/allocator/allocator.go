@@ -19,6 +19,7 @@ import (
 	"github.com/ipledger/ipledger/server/instancetypes"
 	"github.com/ipledger/ipledger/server/ledger"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
 )
 
 // Tags ipledger puts on every ENI it creates.
@@ -53,6 +54,9 @@ type Config struct {
 	DriftGrace            time.Duration // default 60 s
 	// Tick is how often every node is looked at without an event (default 1 s).
 	Tick time.Duration
+	// Workers run nodes' supply and proposals (default 64); ReleaseWorkers their releases
+	// (default 16). Nodes wait in a queue for them: no goroutine per node.
+	Workers, ReleaseWorkers int
 
 	// Clock is the allocator's time: every interval, delay and time stamp above is read on it
 	// (default the real clock; a scaled clock for a simulator run faster than real time).
@@ -61,6 +65,9 @@ type Config struct {
 	Rand       io.Reader
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
+
+	// observer, set by the package's tests, watches the allocator's locks.
+	observer lockObserver
 }
 
 func (c *Config) setDefaults() error {
@@ -83,6 +90,12 @@ func (c *Config) setDefaults() error {
 	def(&c.InstanceCheckInterval, time.Minute)
 	def(&c.DriftGrace, time.Minute)
 	def(&c.Tick, time.Second)
+	if c.Workers <= 0 {
+		c.Workers = 64
+	}
+	if c.ReleaseWorkers <= 0 {
+		c.ReleaseWorkers = 16
+	}
 	if c.Clock == nil {
 		c.Clock = clock.Real()
 	}
@@ -107,41 +120,34 @@ type Allocator struct {
 	now func() time.Time
 	met *metrics
 
-	mu        sync.Mutex
-	nodes     map[string]*nodeState
-	policies  map[string]policy.Policy
-	types     map[string]instancetypes.Type
-	drift     map[string]time.Time
-	eniSeen   map[string]time.Time
-	runCtx    context.Context
-	started   chan struct{}
-	fatal     chan error
-	wg        sync.WaitGroup
-	regMu     sync.Mutex // serialises registrations (instance and name uniqueness)
-	learnMu   sync.Mutex // serialises learning new subnets from EC2
-	describer *instanceBatcher
-	budgetMu  sync.Mutex // serialises subnet record changes
-	sweep     chan struct{}
+	slots    *slots     // commit slots of records (see doc.go for the lock order)
+	work     *workQueue // nodes whose worker should run: supply, proposals
+	releases *workQueue // nodes with release work: unassigns, ENI deletes
+	learn    singleflight.Group
 
-	prewarmMu   sync.Mutex // serialises changes of pre-warm reservations
-	prewarmKick chan struct{}
-	// prewarmChosen holds, by ClientToken, addresses chosen for a pre-warm ENI whose commit had an
-	// unknown outcome: they stay reserved and are chosen again (guarded by prewarmMu).
+	mu            mutex // guards the fields below and every nodeState's runtime fields
+	nodes         map[string]*nodeState
+	policies      map[string]policy.Policy
+	types         map[string]instancetypes.Type
+	drift         map[string]time.Time
+	attaching     map[string]bool // pre-warmed ENIs being attached to a node
 	prewarmChosen map[string][]netip.Addr
+	starts        policy.StartPrior
 
-	randMu   sync.Mutex   // guards reads of cfg.Rand
-	revision atomic.Int64 // etcd revision of the last commit (or of the state taken over)
-	startsMu sync.Mutex
-	starts   policy.StartPrior
+	started     chan struct{}
+	fatal       chan error
+	wg          sync.WaitGroup
+	describer   *instanceBatcher
+	sweep       chan struct{}
+	prewarmKick chan struct{}
+
+	randMu   mutex        // guards reads of cfg.Rand
+	revision atomic.Int64 // store revision of the last commit (or of the state taken over)
 }
 
-// nodeState is the leader's runtime view of one node. Fields below mu are guarded by
-// Allocator.mu; mu itself serialises read-modify-commit of the node's record.
+// nodeState is the leader's runtime view of one node; its fields are guarded by Allocator.mu.
 type nodeState struct {
 	name string
-	mu   sync.Mutex
-	kick chan struct{}
-	stop chan struct{}
 
 	generation   uint64
 	usage        *Usage
@@ -164,7 +170,6 @@ type nodeState struct {
 	// it, a surplus the agent keeps refusing (cooling addresses; a tight subnet, where the
 	// release delay is 0) would be proposed again at once, in a loop of etcd writes.
 	noProposalBefore time.Time
-	releasing        bool
 	typ              instancetypes.Type
 	policy           policy.Policy
 	modeMsg          string
@@ -174,7 +179,7 @@ type nodeState struct {
 	removed          bool
 }
 
-// uncommitted is EC2 work that succeeded but whose etcd commit failed; retried by the worker.
+// uncommitted is EC2 work that succeeded but whose store commit failed; retried by the worker.
 type uncommitted struct {
 	eni      string
 	addrs    []netip.Addr
@@ -186,6 +191,7 @@ func New(cfg Config) (*Allocator, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
+	obs := cfg.observer
 	a := &Allocator{
 		cfg:      cfg,
 		log:      cfg.Logger.With("component", "allocator"),
@@ -194,37 +200,41 @@ func New(cfg Config) (*Allocator, error) {
 		st:       cfg.Store,
 		clk:      cfg.Clock,
 		now:      cfg.Clock.Now,
-		nodes:    map[string]*nodeState{},
-		policies: map[string]policy.Policy{},
-		types:    map[string]instancetypes.Type{},
-		drift:    map[string]time.Time{},
-		eniSeen:  map[string]time.Time{},
-		started:  make(chan struct{}),
-		fatal:    make(chan error, 1),
-		sweep:    make(chan struct{}, 1),
+		slots:    newSlots(obs),
+		work:     newWorkQueue("work queue", obs),
+		releases: newWorkQueue("release queue", obs),
 
-		prewarmKick:   make(chan struct{}, 1),
+		mu:            mutex{name: "allocator", obs: obs},
+		nodes:         map[string]*nodeState{},
+		policies:      map[string]policy.Policy{},
+		types:         map[string]instancetypes.Type{},
+		drift:         map[string]time.Time{},
+		attaching:     map[string]bool{},
 		prewarmChosen: map[string][]netip.Addr{},
+
+		started:     make(chan struct{}),
+		fatal:       make(chan error, 1),
+		sweep:       make(chan struct{}, 1),
+		prewarmKick: make(chan struct{}, 1),
+		randMu:      mutex{name: "rand", obs: obs},
 	}
 	a.met = newMetrics(cfg.Registerer)
-	a.describer = newInstanceBatcher(cfg.EC2)
+	a.describer = newInstanceBatcher(cfg.EC2, obs)
 	a.revision.Store(cfg.Revision)
 	for name, p := range cfg.StoredPolicies {
 		a.policies[name] = p
 	}
 	for _, rec := range a.led.Nodes() {
-		ns := a.newNodeState(rec)
+		ns := a.newNodeStateLocked(rec)
 		ns.generation = uint64(cfg.Revision)
 		a.nodes[rec.Name] = ns
 	}
 	return a, nil
 }
 
-func (a *Allocator) newNodeState(rec ledger.NodeRecord) *nodeState {
+func (a *Allocator) newNodeStateLocked(rec ledger.NodeRecord) *nodeState {
 	ns := &nodeState{
 		name:    rec.Name,
-		kick:    make(chan struct{}, 1),
-		stop:    make(chan struct{}),
 		subs:    map[*Subscription]struct{}{},
 		changed: make(chan struct{}),
 	}
@@ -234,18 +244,15 @@ func (a *Allocator) newNodeState(rec ledger.NodeRecord) *nodeState {
 	return ns
 }
 
-// ErrLostLeadership is returned by Run when the etcd session behind the leadership ended.
+// ErrLostLeadership is returned by Run when the leadership behind the store ended.
 var ErrLostLeadership = errors.New("allocator: leadership lost")
 
 // Run drives the allocator until ctx ends or leadership is lost. It applies the policy file,
-// starts a worker per node, and the reconcile, instance-check and sweep loops.
+// learns the configured subnets, and runs the node workers, the release workers, the tick that
+// looks at every node, and the reconcile, instance-check, sweep and pre-warm loops.
 func (a *Allocator) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	a.mu.Lock()
-	a.runCtx = ctx
-	a.mu.Unlock()
-
 	for _, p := range a.cfg.Policies {
 		if _, err := a.SetPolicy(ctx, p); err != nil {
 			return fmt.Errorf("allocator: policy file: %w", err)
@@ -254,19 +261,17 @@ func (a *Allocator) Run(ctx context.Context) error {
 	if err := a.learnSubnets(ctx); err != nil {
 		return err
 	}
-	a.mu.Lock()
-	for _, ns := range a.nodes {
-		a.startNodeLocked(ctx, ns)
-	}
-	nodes := len(a.nodes)
-	a.mu.Unlock()
-	a.goLoop(ctx, "instances", a.cfg.InstanceCheckInterval, false, a.checkInstances)
-	a.wg.Add(3)
+	a.wg.Add(6)
+	go func() { defer a.wg.Done(); a.work.run(ctx, a.cfg.Workers, a.stepNode) }()
+	go func() { defer a.wg.Done(); a.releases.run(ctx, a.cfg.ReleaseWorkers, a.releaseNode) }()
+	go func() { defer a.wg.Done(); a.tickLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.reconcileLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.sweepLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.prewarmLoop(ctx) }()
+	a.goLoop(ctx, "instances", a.cfg.InstanceCheckInterval, a.checkInstances)
+	nodes := a.kickAll()
 	close(a.started)
-	a.log.Info("allocator running", "nodes", nodes, "revision", a.cfg.Revision)
+	a.log.Info("allocator running", "nodes", nodes, "revision", a.cfg.Revision, "workers", a.cfg.Workers)
 
 	var err error
 	select {
@@ -298,23 +303,18 @@ func (a *Allocator) learnSubnets(ctx context.Context) error {
 	return nil
 }
 
-// Revision is the etcd revision of the allocator's last commit.
+// Revision is the store revision of the allocator's last commit.
 func (a *Allocator) Revision() int64 { return a.revision.Load() }
 
 // Started is closed once Run has started serving.
 func (a *Allocator) Started() <-chan struct{} { return a.started }
 
-func (a *Allocator) goLoop(ctx context.Context, name string, every time.Duration, now bool, fn func(context.Context) error) {
+func (a *Allocator) goLoop(ctx context.Context, name string, every time.Duration, fn func(context.Context) error) {
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
 		t := a.clk.NewTicker(every)
 		defer t.Stop()
-		if now {
-			if err := fn(ctx); err != nil && ctx.Err() == nil {
-				a.log.Warn("loop failed", "loop", name, "err", err)
-			}
-		}
 		for {
 			select {
 			case <-ctx.Done():
@@ -328,52 +328,64 @@ func (a *Allocator) goLoop(ctx context.Context, name string, every time.Duration
 	}()
 }
 
-func (a *Allocator) startNodeLocked(ctx context.Context, ns *nodeState) {
-	a.wg.Add(1)
-	go func() {
-		defer a.wg.Done()
-		a.runNode(ctx, ns)
-	}()
-	ns.kickNow()
-}
-
-func (ns *nodeState) kickNow() {
-	select {
-	case ns.kick <- struct{}{}:
-	default:
-	}
-}
-
-func (a *Allocator) runNode(ctx context.Context, ns *nodeState) {
+// tickLoop queues every node for its worker once a Tick: each node is looked at without an
+// event, by the bounded workers, not by a goroutine of its own.
+func (a *Allocator) tickLoop(ctx context.Context) {
 	t := a.clk.NewTicker(a.cfg.Tick)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-ns.stop:
-			return
-		case <-ns.kick:
 		case <-t.Chan():
+			a.kickAll()
 		}
-		a.step(ctx, ns)
 	}
 }
 
-// step brings one node towards its target: commits left over from a failed commit, expired
-// proposals, supply, new release proposals, and the release lane.
-func (a *Allocator) step(ctx context.Context, ns *nodeState) {
-	if ctx.Err() != nil {
+// kickAll queues every node for its worker and returns how many there are.
+func (a *Allocator) kickAll() int {
+	a.mu.Lock()
+	names := make([]string, 0, len(a.nodes))
+	for name := range a.nodes {
+		names = append(names, name)
+	}
+	a.mu.Unlock()
+	for _, n := range names {
+		a.work.add(n)
+	}
+	return len(names)
+}
+
+// kick queues a node for its worker.
+func (a *Allocator) kick(node string) { a.work.add(node) }
+
+// stepNode is a node worker's pass: it brings the node towards its target (commits left over
+// from a failed commit, expired proposals, supply, new release proposals) and queues its
+// release work.
+func (a *Allocator) stepNode(ctx context.Context, node string) {
+	ns, ok := a.node(node)
+	if !ok || ctx.Err() != nil {
 		return
 	}
-	if _, ok := a.led.Node(ns.name); !ok {
+	if _, ok := a.led.Node(node); !ok {
 		return
 	}
 	a.retryUncommitted(ctx, ns)
 	a.expireProposal(ctx, ns)
 	a.supply(ctx, ns)
 	a.maybePropose(ctx, ns)
-	a.startReleaseLane(ctx, ns)
+	if rec, ok := a.led.Node(node); ok && releaseWork(rec, a.emptyENIs(ns, rec)) {
+		a.releases.add(node)
+	}
+}
+
+// releaseNode is a release worker's pass over one node: slow, low-priority EC2 calls on
+// workers of their own, so they never hold up supply.
+func (a *Allocator) releaseNode(ctx context.Context, node string) {
+	if ns, ok := a.node(node); ok && ctx.Err() == nil {
+		a.releaseLane(ctx, ns)
+	}
 }
 
 // fail ends Run with err (used when a commit says this replica is no longer the leader).
@@ -392,11 +404,12 @@ func (a *Allocator) node(name string) (*nodeState, bool) {
 	return ns, ok && !ns.removed
 }
 
-// commit writes ops in a fenced transaction and maps store errors.
-func (a *Allocator) commit(ctx context.Context, ops ...Change) (int64, error) {
+// commit writes changes in one transaction of the store (fenced by the leadership in
+// production) and maps its errors. The caller holds the commit slots of the records.
+func (a *Allocator) commit(ctx context.Context, changes ...Change) (int64, error) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	rev, err := a.st.Commit(cctx, ops...)
+	rev, err := a.st.Commit(cctx, changes...)
 	switch {
 	case err == nil:
 		for {
@@ -415,15 +428,30 @@ func (a *Allocator) commit(ctx context.Context, ops ...Change) (int64, error) {
 }
 
 // mutateNode applies fn to the node's current record, checks the result against the ledger,
-// commits it to etcd (fenced), applies it to the ledger, and only then tells the agent.
-func (a *Allocator) mutateNode(ctx context.Context, ns *nodeState, fn func(rec *ledger.NodeRecord) error, extra ...Change) (ledger.NodeRecord, error) {
-	ns.mu.Lock()
-	defer ns.mu.Unlock()
+// commits it, applies it to the ledger, and only then tells the agent.
+func (a *Allocator) mutateNode(ctx context.Context, ns *nodeState, fn func(rec *ledger.NodeRecord) error) (ledger.NodeRecord, error) {
+	return a.updateNode(ctx, ns, nil, func(rec *ledger.NodeRecord) ([]Change, func() error, error) {
+		return nil, nil, fn(rec)
+	})
+}
+
+// updateNode is mutateNode for a change that writes other records in the same transaction:
+// under the commit slots of the node and of also, fn changes the node's record and returns
+// the other records' changes and what applies them to the ledger once committed (after the
+// node's record).
+func (a *Allocator) updateNode(ctx context.Context, ns *nodeState, also []string,
+	fn func(rec *ledger.NodeRecord) (extra []Change, apply func() error, err error)) (ledger.NodeRecord, error) {
+	release, err := a.slots.acquire(ctx, append([]string{nodeKey(ns.name)}, also...)...)
+	if err != nil {
+		return ledger.NodeRecord{}, err
+	}
+	defer release()
 	rec, ok := a.led.Node(ns.name)
 	if !ok {
 		return ledger.NodeRecord{}, fmt.Errorf("%w: %s", ErrUnknownNode, ns.name)
 	}
-	if err := fn(&rec); err != nil {
+	extra, apply, err := fn(&rec)
+	if err != nil {
 		return ledger.NodeRecord{}, err
 	}
 	if err := rec.Validate(); err != nil {
@@ -437,11 +465,17 @@ func (a *Allocator) mutateNode(ctx context.Context, ns *nodeState, fn func(rec *
 		return ledger.NodeRecord{}, err
 	}
 	if err := a.led.PutNode(rec); err != nil {
-		// CheckNode passed under the node's lock, so this means the ledger and etcd diverged:
-		// end leadership and let a fresh leader rebuild from etcd.
+		// CheckNode passed under the node's commit slot, so this means the ledger and the
+		// store diverged: end leadership and let a fresh leader rebuild from the store.
 		a.log.Error("ledger refused a committed node record", "node", ns.name, "err", err)
-		a.fail(fmt.Errorf("allocator: ledger diverged from etcd: %w", err))
+		a.fail(fmt.Errorf("allocator: ledger diverged from the store: %w", err))
 		return ledger.NodeRecord{}, err
+	}
+	if apply != nil {
+		if err := apply(); err != nil {
+			a.fail(fmt.Errorf("allocator: ledger diverged from the store: %w", err))
+			return ledger.NodeRecord{}, err
+		}
 	}
 	a.mu.Lock()
 	ns.generation = uint64(rev)
@@ -534,9 +568,7 @@ func (a *Allocator) inputsLocked(ns *nodeState, rec ledger.NodeRecord) policy.In
 	}
 	in.PeakBurst = ns.rate.Peak(policy.BurstSpan+2*in.RefillLatency, since)
 	if ns.fresh && now.Sub(ns.registered) < policy.StartWindow {
-		a.startsMu.Lock()
 		in.StartPrior = a.starts.Prior()
-		a.startsMu.Unlock()
 	}
 	return in
 }
@@ -567,124 +599,6 @@ func (a *Allocator) policyByNameLocked(name string) policy.Policy {
 	return policy.Default()
 }
 
-// Subscription is one agent sync stream's view of its node: the latest pool (older ones are
-// superseded) and every release proposal, in order.
-type Subscription struct {
-	node      string
-	mu        sync.Mutex
-	pool      *Pool
-	proposals []ledger.ReleaseProposal
-	notify    chan struct{}
-	done      chan struct{}
-	err       error
-}
-
-func (s *Subscription) wake() {
-	select {
-	case s.notify <- struct{}{}:
-	default:
-	}
-}
-
-func (s *Subscription) sendPool(p *Pool) {
-	s.mu.Lock()
-	if s.pool == nil || p.Generation >= s.pool.Generation {
-		s.pool = p
-	}
-	s.mu.Unlock()
-	s.wake()
-}
-
-func (s *Subscription) sendProposal(p ledger.ReleaseProposal) {
-	s.mu.Lock()
-	s.proposals = append(s.proposals, p)
-	s.mu.Unlock()
-	s.wake()
-}
-
-func (s *Subscription) end(err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	select {
-	case <-s.done:
-	default:
-		s.err = err
-		close(s.done)
-	}
-}
-
-// Next blocks until there is something to send: the newest pool first, then proposals.
-func (s *Subscription) Next(ctx context.Context) (SyncMessage, error) {
-	for {
-		s.mu.Lock()
-		if s.pool != nil {
-			p := s.pool
-			s.pool = nil
-			s.mu.Unlock()
-			return SyncMessage{Pool: p}, nil
-		}
-		if len(s.proposals) > 0 {
-			p := s.proposals[0]
-			s.proposals = s.proposals[1:]
-			s.mu.Unlock()
-			return SyncMessage{Proposal: &p}, nil
-		}
-		s.mu.Unlock()
-		select {
-		case <-ctx.Done():
-			return SyncMessage{}, ctx.Err()
-		case <-s.done:
-			return SyncMessage{}, s.err
-		case <-s.notify:
-		}
-	}
-}
-
-// Subscribe opens a sync stream's view of a node: it starts with the current pool and any open
-// release proposal. Close it when the stream ends.
-func (a *Allocator) Subscribe(node string) (*Subscription, error) {
-	ns, ok := a.node(node)
-	if !ok {
-		return nil, fmt.Errorf("%w: %s", ErrUnknownNode, node)
-	}
-	rec, ok := a.led.Node(node)
-	if !ok {
-		return nil, fmt.Errorf("%w: %s", ErrUnknownNode, node)
-	}
-	s := &Subscription{node: node, notify: make(chan struct{}, 1), done: make(chan struct{})}
-	a.mu.Lock()
-	ns.subs[s] = struct{}{}
-	s.sendPool(a.poolLocked(ns, rec))
-	if p := rec.Proposal; p != nil {
-		s.sendProposal(*p)
-	}
-	a.met.connected.Set(float64(a.connectedLocked()))
-	a.mu.Unlock()
-	ns.kickNow()
-	return s, nil
-}
-
-// Unsubscribe ends a subscription.
-func (a *Allocator) Unsubscribe(s *Subscription) {
-	a.mu.Lock()
-	if ns, ok := a.nodes[s.node]; ok {
-		delete(ns.subs, s)
-	}
-	a.met.connected.Set(float64(a.connectedLocked()))
-	a.mu.Unlock()
-	s.end(nil)
-}
-
-func (a *Allocator) connectedLocked() int {
-	n := 0
-	for _, ns := range a.nodes {
-		if len(ns.subs) > 0 {
-			n++
-		}
-	}
-	return n
-}
-
 // ReportUsage records an agent's usage report.
 func (a *Allocator) ReportUsage(node string, u Usage) error {
 	ns, ok := a.node(node)
@@ -707,14 +621,12 @@ func (a *Allocator) ReportUsage(node string, u Usage) error {
 	if ns.fresh && !ns.priorDone && now.Sub(ns.registered) >= policy.StartWindow {
 		// The agent started with the node, so its adds counter is the node's pod starts.
 		ns.priorDone = true
-		a.startsMu.Lock()
 		a.starts.Add(int(u.AddsTotal))
-		a.startsMu.Unlock()
 	}
 	a.mu.Unlock()
 	a.led.SetUsage(node, ips)
 	if prev == nil || u.PodsWaiting > 0 || len(prev.InUse) != len(u.InUse) || prev.Cooling != u.Cooling {
-		ns.kickNow()
+		a.kick(ns.name)
 	}
 	return nil
 }

@@ -53,6 +53,7 @@ func newEnv(t *testing.T, mod func(*Config)) *env {
 	if mod != nil {
 		mod(&e.cfg)
 	}
+	watchLocks(t, &e.cfg, e.ec2, e.st)
 	a, err := New(e.cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -2,7 +2,6 @@ package allocator
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	"github.com/ipledger/ipledger/internal/clock"
@@ -18,7 +17,7 @@ type Forecaster struct {
 	window time.Duration
 	clk    clock.Clock
 
-	mu     sync.Mutex
+	mu     mutex
 	trends map[string]*policy.Trend
 }
 

@@ -90,6 +90,7 @@ type model struct {
 	st   *fakeStore
 	clk  *clockwork.FakeClock
 	ids  *rand.ChaCha8 // the allocators' ids and tokens, so a seed replays exactly
+	lw   *lockWatch
 	a    *Allocator
 
 	agents     map[string]*agentModel // by node name
@@ -135,6 +136,8 @@ func runModel(t *testing.T, seed uint64, steps int) {
 	m.ec2.trace = m.note
 	m.ec2.now = m.clk.Now
 	m.st.fail = m.storeFaults
+	m.lw = newLockWatch(t)
+	m.ec2.before, m.st.before = m.lw.ec2, m.lw.store
 	m.lead(true)
 	defer func() {
 		if m.violations != nil || t.Failed() {
@@ -173,7 +176,7 @@ func (m *model) lead(first bool) {
 	a, err := New(Config{
 		ClusterName: testCluster, Ledger: led, Store: m.st.lead(), EC2: m.ec2, Revision: rev, StoredPolicies: pols,
 		Subnets: []string{modelSubnetA, modelSubnetB}, ReleaseDelay: 5 * time.Second, ProposalTimeout: 30 * time.Second,
-		DriftGrace: 10 * time.Second, Clock: m.clk, Rand: m.ids,
+		DriftGrace: 10 * time.Second, Clock: m.clk, Rand: m.ids, observer: m.lw,
 	})
 	if err != nil {
 		m.t.Fatal(err)

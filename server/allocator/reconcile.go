@@ -164,11 +164,15 @@ func (a *Allocator) rescanSubnet(ctx context.Context, prio ec2gw.Priority, subne
 }
 
 // updateForeign records the foreign addresses of a subnet from a scan of its ENIs. The set is
-// worked out here, under the lock registration holds, from who owns what now: a node that
-// registered after the scan was taken must not have its addresses written back as foreign.
+// worked out here, under the subnet's commit slot (which registration holds too), from who owns
+// what now: a node that registered after the scan was taken must not have its addresses
+// written back as foreign.
 func (a *Allocator) updateForeign(ctx context.Context, subnet string, scanned []ec2gw.ENI) error {
-	a.budgetMu.Lock()
-	defer a.budgetMu.Unlock()
+	release, err := a.slots.acquire(ctx, subnetKey(subnet))
+	if err != nil {
+		return err
+	}
+	defer release()
 	rec, ok := a.led.Subnet(subnet)
 	if !ok {
 		return fmt.Errorf("%w: subnet %s", ErrNotFound, subnet)
@@ -188,32 +192,32 @@ func (a *Allocator) updateForeign(ctx context.Context, subnet string, scanned []
 // mutateNodeUnforeign is mutateNode for a change that gives the node addresses the ledger may
 // count as foreign: those leave the subnet's foreign set in the same transaction.
 func (a *Allocator) mutateNodeUnforeign(ctx context.Context, ns *nodeState, subnet string, addrs map[netip.Addr]bool, fn func(*ledger.NodeRecord) error) error {
-	foreign := map[netip.Addr]bool{}
-	for ip := range addrs {
-		if o, taken := a.led.OwnerOf(ip); taken && (o.Kind == ledger.OwnerForeign || o.Foreign) {
-			foreign[ip] = true
-		}
-	}
-	if len(foreign) == 0 || subnet == "" {
+	if subnet == "" {
 		_, err := a.mutateNode(ctx, ns, fn)
 		return err
 	}
-	a.budgetMu.Lock()
-	defer a.budgetMu.Unlock()
-	rec, ok := a.led.Subnet(subnet)
-	if !ok {
-		return fmt.Errorf("%w: subnet %s", ErrNotFound, subnet)
-	}
-	reduced := rec
-	reduced.Foreign = subtractRanges(rec.Foreign, foreign)
-	if _, err := a.mutateNode(ctx, ns, fn, PutSubnet(reduced)); err != nil {
-		return err
-	}
-	if err := a.led.PutSubnet(reduced); err != nil {
-		a.fail(fmt.Errorf("allocator: ledger diverged from etcd: %w", err))
-		return err
-	}
-	return nil
+	_, err := a.updateNode(ctx, ns, []string{subnetKey(subnet)}, func(r *ledger.NodeRecord) ([]Change, func() error, error) {
+		if err := fn(r); err != nil {
+			return nil, nil, err
+		}
+		foreign := map[netip.Addr]bool{}
+		for ip := range addrs {
+			if o, taken := a.led.OwnerOf(ip); taken && (o.Kind == ledger.OwnerForeign || o.Foreign) {
+				foreign[ip] = true
+			}
+		}
+		if len(foreign) == 0 {
+			return nil, nil, nil
+		}
+		rec, ok := a.led.Subnet(subnet)
+		if !ok {
+			return nil, nil, fmt.Errorf("%w: subnet %s", ErrNotFound, subnet)
+		}
+		reduced := rec
+		reduced.Foreign = subtractRanges(rec.Foreign, foreign)
+		return []Change{PutSubnet(reduced)}, func() error { return a.led.PutSubnet(reduced) }, nil
+	})
+	return err
 }
 
 func equalRanges(x, y []ledger.AddrRange) bool {
@@ -384,7 +388,7 @@ func (a *Allocator) collectDrift(ctx context.Context, prio ec2gw.Priority) ([]dr
 	for _, n := range a.led.Nodes() {
 		if hasReleasing(n) {
 			if ns, ok := a.node(n.Name); ok {
-				ns.kickNow()
+				a.kick(ns.name)
 			}
 		}
 	}

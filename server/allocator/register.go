@@ -78,10 +78,11 @@ func validateRegister(req Registration) error {
 // RegisterNode verifies a node against EC2, records it and returns its pool and policy.
 // Registering the same node and instance again is idempotent.
 //
-// The EC2 checks run outside the registration lock (concurrent registrations share batched
-// DescribeInstances calls); only the uniqueness checks and the commit are serialised. The
-// instance's own addresses are reserved for the node in the ledger before anything is committed,
-// so no other node's supply can place them in the meantime.
+// The EC2 checks run first, outside any lock or commit slot (concurrent registrations share
+// batched DescribeInstances calls); then, under the commit slots of the node's name, its
+// instance and its subnet, the uniqueness checks are made again on what the ledger holds then,
+// and the record is committed. The instance's own addresses are reserved for the node in the
+// ledger before anything is committed, so no other node's supply can place them in the meantime.
 func (a *Allocator) RegisterNode(ctx context.Context, req Registration) (*Pool, policy.Policy, error) {
 	if err := validateRegister(req); err != nil {
 		return nil, policy.Policy{}, err
@@ -104,27 +105,50 @@ func (a *Allocator) RegisterNode(ctx context.Context, req Registration) (*Pool, 
 	if err := a.learnSubnet(ctx, req.SubnetID, ec2gw.PriorityNodeStart); err != nil {
 		return nil, policy.Policy{}, err
 	}
+	for range 3 {
+		// The name may belong to another instance: if that instance is gone, the new one takes
+		// over. EC2 says so before the slots are taken; under them the record must be the same.
+		replaced := ""
+		if rec, ok := a.led.Node(name); ok && rec.InstanceID != req.InstanceID {
+			gone, err := a.instanceGone(ctx, rec.InstanceID, ec2gw.PriorityNodeStart)
+			if err != nil {
+				return nil, policy.Policy{}, err
+			}
+			if !gone {
+				return nil, policy.Policy{}, fmt.Errorf("%w: %s is registered for %s", ErrNodeNameTaken, name, rec.InstanceID)
+			}
+			replaced = rec.InstanceID
+		}
+		pool, pol, again, err := a.registerHeld(ctx, req, inst, typ, replaced)
+		if again {
+			continue
+		}
+		return pool, pol, err
+	}
+	return nil, policy.Policy{}, fmt.Errorf("%w: registrations of %s keep racing; retry", ErrStoreUnavailable, name)
+}
 
-	a.regMu.Lock()
-	defer a.regMu.Unlock()
+// registerHeld is RegisterNode under the commit slots. again says the ledger changed since the
+// checks outside the slots: they are made again.
+func (a *Allocator) registerHeld(ctx context.Context, req Registration, inst ec2gw.Instance, typ instancetypes.Type, replaced string) (*Pool, policy.Policy, bool, error) {
+	name := req.NodeName
+	release, err := a.slots.acquire(ctx, nodeKey(name), instanceKey(req.InstanceID), subnetKey(inst.SubnetID))
+	if err != nil {
+		return nil, policy.Policy{}, false, err
+	}
+	defer release()
 	if rec, ok := a.led.Node(name); ok {
-		if rec.InstanceID == req.InstanceID {
-			return a.reregister(ctx, rec, req)
+		if rec.InstanceID == req.InstanceID || rec.InstanceID != replaced {
+			return nil, policy.Policy{}, true, nil // registered meanwhile (or by another instance)
 		}
-		// The name belongs to another instance. If that instance is gone, the new one takes over.
-		gone, err := a.instanceGone(ctx, rec.InstanceID, ec2gw.PriorityNodeStart)
-		if err != nil {
-			return nil, policy.Policy{}, err
+		if err := a.removeNodeHeld(ctx, name, "instance replaced"); err != nil {
+			return nil, policy.Policy{}, false, err
 		}
-		if !gone {
-			return nil, policy.Policy{}, fmt.Errorf("%w: %s is registered for %s", ErrNodeNameTaken, name, rec.InstanceID)
-		}
-		if err := a.removeNode(ctx, name, "instance replaced"); err != nil {
-			return nil, policy.Policy{}, err
-		}
+	} else if replaced != "" {
+		return nil, policy.Policy{}, true, nil
 	}
 	if other, ok := a.led.NodeByInstance(req.InstanceID); ok {
-		return nil, policy.Policy{}, fmt.Errorf("%w: %s is registered as %s", ErrInstanceRegistered, req.InstanceID, other.Name)
+		return nil, policy.Policy{}, false, fmt.Errorf("%w: %s is registered as %s", ErrInstanceRegistered, req.InstanceID, other.Name)
 	}
 
 	a.mu.Lock()
@@ -148,7 +172,6 @@ func (a *Allocator) RegisterNode(ctx context.Context, req Registration) (*Pool, 
 			}
 		}
 	}
-	a.budgetMu.Lock()
 	// An address of the instance may already be reserved for another node or reservation: the
 	// last scan of the subnet predates the instance, so placement took it for free. EC2 has it on
 	// this instance, so the call behind that reservation will be refused; let it go now.
@@ -166,55 +189,43 @@ func (a *Allocator) RegisterNode(ctx context.Context, req Registration) (*Pool, 
 	occupied := before
 	occupied.Foreign = unionRanges(before.Foreign, mine)
 	if err := a.led.PutSubnet(occupied); err != nil {
-		a.budgetMu.Unlock()
-		return nil, policy.Policy{}, fmt.Errorf("allocator: subnet %s: %w", rec.SubnetID, err)
-	}
-	restore := func() {
-		_ = a.led.PutSubnet(before)
-		a.budgetMu.Unlock()
+		return nil, policy.Policy{}, false, fmt.Errorf("allocator: subnet %s: %w", rec.SubnetID, err)
 	}
 	if err := a.led.CheckNode(rec); err != nil {
-		restore()
-		return nil, policy.Policy{}, fmt.Errorf("%w: %s: %v; reconciliation will settle it, retry", ErrStoreUnavailable, name, err)
+		_ = a.led.PutSubnet(before)
+		return nil, policy.Policy{}, false, fmt.Errorf("%w: %s: %v; reconciliation will settle it, retry", ErrStoreUnavailable, name, err)
 	}
 	subnet := before
 	subnet.Foreign = subtractRanges(before.Foreign, mine)
-	ns := a.newNodeState(rec)
-	ns.typ = typ
-	ns.policy = pol
-	ns.modeMsg = modeMsg
-	ns.fresh, ns.registered = true, a.now()
 	rev, err := a.commit(ctx, PutSubnet(subnet), PutNode(rec))
 	if err != nil {
-		restore()
-		return nil, policy.Policy{}, err
+		_ = a.led.PutSubnet(before)
+		return nil, policy.Policy{}, false, err
 	}
 	// The node takes its addresses first, then the subnet stops counting them as foreign.
 	if err := a.led.PutNode(rec); err != nil {
-		a.budgetMu.Unlock()
-		a.fail(fmt.Errorf("allocator: ledger diverged from etcd: %w", err))
-		return nil, policy.Policy{}, err
+		a.fail(fmt.Errorf("allocator: ledger diverged from the store: %w", err))
+		return nil, policy.Policy{}, false, err
 	}
-	err = a.led.PutSubnet(subnet)
-	a.budgetMu.Unlock()
-	if err != nil {
-		a.fail(fmt.Errorf("allocator: ledger diverged from etcd: %w", err))
-		return nil, policy.Policy{}, err
+	if err := a.led.PutSubnet(subnet); err != nil {
+		a.fail(fmt.Errorf("allocator: ledger diverged from the store: %w", err))
+		return nil, policy.Policy{}, false, err
 	}
 	a.mu.Lock()
+	ns := a.newNodeStateLocked(rec)
+	ns.typ, ns.policy, ns.modeMsg = typ, pol, modeMsg
+	ns.fresh, ns.registered = true, a.now()
 	ns.generation = uint64(rev)
 	a.nodes[name] = ns
-	if a.runCtx != nil {
-		a.startNodeLocked(a.runCtx, ns)
-	}
 	pool := a.poolLocked(ns, rec)
 	a.mu.Unlock()
+	a.kick(name)
 	a.met.registrations.Inc()
 	a.log.Info("node registered", "node", name, "instance", inst.ID, "type", inst.Type, "subnet", inst.SubnetID, "policy", pol.Name, "mode", mode)
 	if modeMsg != "" {
 		a.log.Warn(modeMsg, "node", name)
 	}
-	return pool, pol, nil
+	return pool, pol, false, nil
 }
 
 // nodeRecordFrom builds a new node's record from EC2's view of its instance: the primary ENI
@@ -295,7 +306,7 @@ func (a *Allocator) reregister(ctx context.Context, rec ledger.NodeRecord, req R
 	a.mu.Lock()
 	pol := ns.policy
 	a.mu.Unlock()
-	ns.kickNow()
+	a.kick(ns.name)
 	return pool, pol, nil
 }
 
@@ -374,32 +385,39 @@ func (a *Allocator) instanceType(ctx context.Context, name string) (instancetype
 	return t, nil
 }
 
-// learnSubnet makes sure the ledger (and etcd) know a subnet, learning it from EC2 once even when
-// many nodes of a new subnet register together.
+// learnSubnet makes sure the ledger (and the store) know a subnet, learning it from EC2 once
+// even when many nodes of a new subnet register together (one flight per subnet).
 func (a *Allocator) learnSubnet(ctx context.Context, id string, prio ec2gw.Priority) error {
 	if _, ok := a.led.Subnet(id); ok {
 		return nil
 	}
-	a.learnMu.Lock()
-	defer a.learnMu.Unlock()
-	if _, ok := a.led.Subnet(id); ok {
-		return nil
-	}
-	rec, ops, err := a.ensureSubnet(ctx, id, prio)
-	if err != nil {
-		return err
-	}
-	a.budgetMu.Lock()
-	defer a.budgetMu.Unlock()
-	if _, err := a.commit(ctx, ops...); err != nil {
-		return err
-	}
-	if err := a.led.PutSubnet(rec); err != nil {
-		a.fail(fmt.Errorf("allocator: ledger diverged from etcd: %w", err))
-		return err
-	}
-	a.log.Info("subnet learned", "subnet", id, "cidr", rec.CIDR, "az", rec.AvailabilityZone)
-	return nil
+	_, err, _ := a.learn.Do(id, func() (any, error) {
+		if _, ok := a.led.Subnet(id); ok {
+			return nil, nil
+		}
+		rec, changes, err := a.ensureSubnet(ctx, id, prio)
+		if err != nil {
+			return nil, err
+		}
+		release, err := a.slots.acquire(ctx, subnetKey(id))
+		if err != nil {
+			return nil, err
+		}
+		defer release()
+		if _, ok := a.led.Subnet(id); ok {
+			return nil, nil
+		}
+		if _, err := a.commit(ctx, changes...); err != nil {
+			return nil, err
+		}
+		if err := a.led.PutSubnet(rec); err != nil {
+			a.fail(fmt.Errorf("allocator: ledger diverged from the store: %w", err))
+			return nil, err
+		}
+		a.log.Info("subnet learned", "subnet", id, "cidr", rec.CIDR, "az", rec.AvailabilityZone)
+		return nil, nil
+	})
+	return err
 }
 
 // ensureSubnet returns the subnet's record, learning it from EC2 (and scanning it for foreign
@@ -448,21 +466,26 @@ func (a *Allocator) instanceGone(ctx context.Context, id string, prio ec2gw.Prio
 // removeNode forgets a node whose instance is gone: its lease returns to the subnet and its
 // agent streams end. ENIs that outlive the instance are collected by reconciliation.
 func (a *Allocator) removeNode(ctx context.Context, name, why string) error {
-	a.mu.Lock()
-	ns, ok := a.nodes[name]
-	a.mu.Unlock()
-	if ok {
-		ns.mu.Lock()
-		defer ns.mu.Unlock()
+	release, err := a.slots.acquire(ctx, nodeKey(name))
+	if err != nil {
+		return err
 	}
+	defer release()
+	if _, ok := a.led.Node(name); !ok {
+		return nil
+	}
+	return a.removeNodeHeld(ctx, name, why)
+}
+
+// removeNodeHeld is removeNode for a caller that holds the node's commit slot.
+func (a *Allocator) removeNodeHeld(ctx context.Context, name, why string) error {
 	if _, err := a.commit(ctx, DeleteNode(name)); err != nil {
 		return err
 	}
 	a.led.DeleteNode(name)
 	a.mu.Lock()
-	if ok {
+	if ns, ok := a.nodes[name]; ok {
 		ns.removed = true
-		close(ns.stop)
 		for s := range ns.subs {
 			s.end(fmt.Errorf("%w: %s removed (%s)", ErrUnknownNode, name, why))
 		}

@@ -234,7 +234,7 @@ func (a *Allocator) AckRelease(ctx context.Context, node string, ack ReleaseAck)
 		ns.noProposalBefore = a.now().Add(refusalBackoff)
 		a.mu.Unlock()
 	}
-	ns.kickNow()
+	a.kick(ns.name)
 	return nil
 }
 
@@ -297,33 +297,9 @@ func (a *Allocator) expireProposal(ctx context.Context, ns *nodeState) {
 	}
 }
 
-// startReleaseLane runs the node's release work (unassign RELEASING items, set
-// DeleteOnTermination, delete empty ENIs) in its own goroutine so that slow, low-priority EC2
-// calls never hold up supply.
-func (a *Allocator) startReleaseLane(ctx context.Context, ns *nodeState) {
-	rec, ok := a.led.Node(ns.name)
-	if !ok || !releaseWork(rec, a.emptyENIs(ns, rec)) {
-		return
-	}
-	a.mu.Lock()
-	if ns.releasing {
-		a.mu.Unlock()
-		return
-	}
-	ns.releasing = true
-	a.wg.Add(1)
-	a.mu.Unlock()
-	go func() {
-		defer a.wg.Done()
-		defer func() {
-			a.mu.Lock()
-			ns.releasing = false
-			a.mu.Unlock()
-		}()
-		a.releaseLane(ctx, ns)
-	}()
-}
-
+// releaseWork reports whether a node has release work: RELEASING items to unassign, new ENIs
+// without DeleteOnTermination, or empty ENIs to delete. It runs on the release workers
+// (releaseNode) so that slow, low-priority EC2 calls never hold up supply.
 func releaseWork(rec ledger.NodeRecord, empty []ledger.ENIRecord) bool {
 	if len(empty) > 0 {
 		return true
@@ -572,7 +548,7 @@ func (a *Allocator) Drain(ctx context.Context, node string, undo bool) error {
 	a.mu.Lock()
 	ns.surplusSince = time.Time{}
 	a.mu.Unlock()
-	ns.kickNow()
+	a.kick(ns.name)
 	return nil
 }
 
@@ -598,7 +574,7 @@ func (a *Allocator) reclaimInSubnet(subnet, except string) {
 			if ns.surplusSince.IsZero() {
 				ns.surplusSince = a.now().Add(-24 * time.Hour)
 			}
-			ns.kickNow()
+			a.kick(ns.name)
 		}
 	}
 }
