@@ -701,7 +701,8 @@ func (a *Allocator) checkInstances(ctx context.Context) error {
 	return nil
 }
 
-// sweepLoop deletes ENIs left behind by removed nodes (those without DeleteOnTermination).
+// sweepLoop deletes ENIs left behind by removed nodes (those without DeleteOnTermination)
+// each time a node is removed.
 func (a *Allocator) sweepLoop(ctx context.Context) {
 	for {
 		select {
@@ -709,31 +710,36 @@ func (a *Allocator) sweepLoop(ctx context.Context) {
 			return
 		case <-a.sweep:
 		}
-		enis, err := a.gw.DescribeNetworkInterfaces(ctx, ec2gw.PriorityRelease, ec2gw.ENIFilter{
-			Tags: map[string]string{TagCluster: a.cfg.ClusterName}, Status: "available",
-		})
-		if err != nil {
-			if ctx.Err() == nil {
-				a.log.Warn("sweep for leftover ENIs failed", "err", err)
-			}
-			continue
-		}
-		owned := a.ownedENIs()
-		for _, e := range enis {
-			node := e.Tags[TagNode]
-			if _, ok := owned[e.ID]; ok || node == "" || e.Tags[TagPrewarm] != "" {
-				continue
-			}
-			if _, ok := a.led.Node(node); ok {
-				continue // a registered node's ENI that is merely detached: reconciliation decides
-			}
-			if err := a.deleteLeaked(ctx, e); err != nil {
-				a.log.Warn("delete leftover ENI", "eni", e.ID, "node", node, "err", err)
-			} else {
-				a.log.Info("deleted ENI left by a removed node", "eni", e.ID, "node", node)
-			}
+		if err := a.sweepOnce(ctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("sweep for leftover ENIs failed", "err", err)
 		}
 	}
+}
+
+// sweepOnce deletes the detached ENIs tagged for the cluster whose node is not registered.
+func (a *Allocator) sweepOnce(ctx context.Context) error {
+	enis, err := a.gw.DescribeNetworkInterfaces(ctx, ec2gw.PriorityRelease, ec2gw.ENIFilter{
+		Tags: map[string]string{TagCluster: a.cfg.ClusterName}, Status: "available",
+	})
+	if err != nil {
+		return ec2Err(err, "")
+	}
+	owned := a.ownedENIs()
+	for _, e := range enis {
+		node := e.Tags[TagNode]
+		if _, ok := owned[e.ID]; ok || node == "" || e.Tags[TagPrewarm] != "" {
+			continue
+		}
+		if _, ok := a.led.Node(node); ok {
+			continue // a registered node's ENI that is merely detached: reconciliation decides
+		}
+		if err := a.deleteLeaked(ctx, e); err != nil {
+			a.log.Warn("delete leftover ENI", "eni", e.ID, "node", node, "err", err)
+		} else {
+			a.log.Info("deleted ENI left by a removed node", "eni", e.ID, "node", node)
+		}
+	}
+	return nil
 }
 
 // Check compares the ledger, the agents' reports and, optionally, EC2 (diff.Diff), and lists
