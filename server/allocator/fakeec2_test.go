@@ -117,12 +117,16 @@ func (s *fakeSubnet) lowestFree() (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
-// runInstance starts an instance of typ in the subnet with its primary ENI; it returns its id.
+// runInstance starts an instance of typ in the subnet with its primary ENI; it returns its id
+// ("" when the subnet has no free address, as EC2 refuses the launch).
 func (f *fakeEC2) runInstance(typ, subnet string) string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s := f.subnets[subnet]
-	ip, _ := s.lowestFree()
+	ip, ok := s.lowestFree()
+	if !ok {
+		return ""
+	}
 	in := &fakeInstance{id: f.id("i"), typ: typ, az: s.az, subnet: subnet, state: "running", ip: ip}
 	in.dns = "ip-" + strings.ReplaceAll(ip.String(), ".", "-") + ".ec2.internal"
 	f.instances[in.id] = in

@@ -317,6 +317,10 @@ func (m *model) launch() {
 		subnet = modelSubnetB
 	}
 	id := m.ec2.runInstance(typ, subnet)
+	if id == "" {
+		m.note("launch in %s: the subnet is full", subnet)
+		return
+	}
 	m.ec2.mu.Lock()
 	in := m.ec2.instances[id]
 	req := Registration{NodeName: in.dns, InstanceID: in.id, InstanceType: in.typ, AvailabilityZone: in.az, SubnetID: in.subnet, PrimaryIP: in.ip}
