@@ -7,6 +7,7 @@ import (
 
 	"github.com/ipledger/ipledger/server"
 	"github.com/ipledger/ipledger/server/config"
+	"github.com/ipledger/ipledger/server/dev"
 	"github.com/ipledger/ipledger/server/servertest"
 	"github.com/ipledger/ipledger/server/store"
 )
@@ -20,7 +21,7 @@ func TestReplicaWaitsForEtcd(t *testing.T) {
 	cfg.EtcdEndpoints = []string{"http://" + addr}
 	cfg.SessionTTL = config.Duration(2 * time.Second)
 	cfg.SimThrottle = false
-	s, err := server.Start(t.Context(), cfg, server.Options{Logger: servertest.Logger(t)})
+	s, err := dev.Start(t.Context(), cfg, server.Options{Logger: servertest.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

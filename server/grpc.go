@@ -114,12 +114,8 @@ func (s *Server) transportCredentials() (credentials.TransportCredentials, error
 		files = mtls.Files{Cert: s.cfg.TLSCertFile, Key: s.cfg.TLSKeyFile, CA: s.cfg.TLSClientCAFile}
 	case config.TransportDevCerts:
 		var nodes []string
-		if s.sim != nil {
-			for _, in := range s.sim.Sim().Snapshot().Instances {
-				if in.PrivateDNSName != "" {
-					nodes = append(nodes, in.PrivateDNSName)
-				}
-			}
+		if s.backends != nil {
+			nodes = s.backends.Instances()
 		}
 		dev, err := mtls.EnsureDevCerts(s.cfg.DevCertsDir(), nodes, time.Now())
 		if err != nil {

@@ -29,6 +29,7 @@ import (
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server"
 	"github.com/ipledger/ipledger/server/config"
+	"github.com/ipledger/ipledger/server/dev"
 	"github.com/ipledger/ipledger/server/ec2sim"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -138,7 +139,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	scfg.GRPCListen = pickListen(cfg.GRPCListen, "127.0.0.1:7400")
 	scfg.HTTPListen = pickListen(cfg.HTTPListen, "127.0.0.1:7401")
 	fmt.Fprintf(out, "ipledger demo: starting ipledger-server --dev (embedded etcd in %s, simulated EC2: the seed's VPC 192.168.0.0/16, six /19 subnets, five m5.large nodes)\n", scfg.DataDir)
-	srv, err := server.Start(ctx, scfg, server.Options{Logger: cfg.Logger.With("component", "server")})
+	srv, err := dev.Start(ctx, scfg, server.Options{Logger: cfg.Logger.With("component", "server")})
 	if err != nil {
 		return fmt.Errorf("start server: %w", err)
 	}

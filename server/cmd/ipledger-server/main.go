@@ -15,6 +15,7 @@ import (
 
 	"github.com/ipledger/ipledger/server"
 	"github.com/ipledger/ipledger/server/config"
+	"github.com/ipledger/ipledger/server/dev"
 )
 
 func main() {
@@ -33,7 +34,7 @@ func run(args []string) int {
 	log := newLogger(cfg)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	srv, err := server.Start(ctx, cfg, server.Options{Logger: log})
+	srv, err := dev.Start(ctx, cfg, server.Options{Logger: log})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ipledger-server: %v\n", err)
 		return 1
