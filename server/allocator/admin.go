@@ -248,12 +248,8 @@ type NodeRuntime struct {
 
 // Runtime returns the leader's view of a node.
 func (a *Allocator) Runtime(node string) (NodeRuntime, bool) {
-	ns, ok := a.node(node)
-	if !ok {
-		return NodeRuntime{}, false
-	}
-	rec, ok := a.led.Node(node)
-	if !ok {
+	ns, rec, err := a.nodeAndRecord(node)
+	if err != nil {
 		return NodeRuntime{}, false
 	}
 	a.mu.Lock()

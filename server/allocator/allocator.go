@@ -57,6 +57,9 @@ type Config struct {
 	// Workers run nodes' supply and proposals (default 64); ReleaseWorkers their releases
 	// (default 16). Nodes wait in a queue for them: no goroutine per node.
 	Workers, ReleaseWorkers int
+	// PassTimeout bounds one pass of a worker or a loop (wall time; default 2 min): no EC2 call
+	// or commit of the allocator waits without a deadline.
+	PassTimeout time.Duration
 
 	// Clock is the allocator's time: every interval, delay and time stamp above is read on it
 	// (default the real clock; a scaled clock for a simulator run faster than real time).
@@ -90,6 +93,9 @@ func (c *Config) setDefaults() error {
 	def(&c.InstanceCheckInterval, time.Minute)
 	def(&c.DriftGrace, time.Minute)
 	def(&c.Tick, time.Second)
+	if c.PassTimeout <= 0 {
+		c.PassTimeout = 2 * time.Minute
+	}
 	if c.Workers <= 0 {
 		c.Workers = 64
 	}
@@ -320,7 +326,7 @@ func (a *Allocator) goLoop(ctx context.Context, name string, every time.Duration
 			case <-ctx.Done():
 				return
 			case <-t.Chan():
-				if err := fn(ctx); err != nil && ctx.Err() == nil {
+				if err := a.pass(ctx, fn); err != nil && ctx.Err() == nil {
 					a.log.Warn("loop failed", "loop", name, "err", err)
 				}
 			}
@@ -368,6 +374,8 @@ func (a *Allocator) stepNode(ctx context.Context, node string) {
 	if !ok || ctx.Err() != nil {
 		return
 	}
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.PassTimeout)
+	defer cancel()
 	if _, ok := a.led.Node(node); !ok {
 		return
 	}
@@ -384,8 +392,17 @@ func (a *Allocator) stepNode(ctx context.Context, node string) {
 // workers of their own, so they never hold up supply.
 func (a *Allocator) releaseNode(ctx context.Context, node string) {
 	if ns, ok := a.node(node); ok && ctx.Err() == nil {
+		ctx, cancel := context.WithTimeout(ctx, a.cfg.PassTimeout)
+		defer cancel()
 		a.releaseLane(ctx, ns)
 	}
+}
+
+// pass runs one pass of a loop within PassTimeout.
+func (a *Allocator) pass(ctx context.Context, fn func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.PassTimeout)
+	defer cancel()
+	return fn(ctx)
 }
 
 // fail ends Run with err (used when a commit says this replica is no longer the leader).
@@ -402,6 +419,42 @@ func (a *Allocator) node(name string) (*nodeState, bool) {
 	defer a.mu.Unlock()
 	ns, ok := a.nodes[name]
 	return ns, ok && !ns.removed
+}
+
+// BuildLedger builds a ledger from the store's records: subnets first, then nodes and
+// reservations (a node's record takes over addresses its subnet's last scan counted as foreign).
+// It fails on records that give an address two owners.
+func BuildLedger(r diff.Records, opts ledger.Options) (*ledger.Ledger, error) {
+	led := ledger.New(opts)
+	for _, s := range r.Subnets {
+		if err := led.PutSubnet(s); err != nil {
+			return nil, fmt.Errorf("subnet %s: %w", s.ID, err)
+		}
+	}
+	for _, n := range r.Nodes {
+		if err := led.PutNode(n); err != nil {
+			return nil, fmt.Errorf("node %s: %w", n.Name, err)
+		}
+	}
+	for _, p := range r.Prewarms {
+		if err := led.PutPrewarm(p); err != nil {
+			return nil, fmt.Errorf("pre-warm %s: %w", p.ID, err)
+		}
+	}
+	return led, nil
+}
+
+// nodeAndRecord returns a registered node's runtime state and record.
+func (a *Allocator) nodeAndRecord(node string) (*nodeState, ledger.NodeRecord, error) {
+	ns, ok := a.node(node)
+	if !ok {
+		return nil, ledger.NodeRecord{}, fmt.Errorf("%w: %s", ErrUnknownNode, node)
+	}
+	rec, ok := a.led.Node(node)
+	if !ok {
+		return nil, ledger.NodeRecord{}, fmt.Errorf("%w: %s", ErrUnknownNode, node)
+	}
+	return ns, rec, nil
 }
 
 // commit writes changes in one transaction of the store (fenced by the leadership in
@@ -509,13 +562,9 @@ func (a *Allocator) setProblem(ns *nodeState, err error) {
 
 // Pool returns the node's current pool as the agent sees it.
 func (a *Allocator) Pool(node string) (*Pool, error) {
-	ns, ok := a.node(node)
-	if !ok {
-		return nil, fmt.Errorf("%w: %s", ErrUnknownNode, node)
-	}
-	rec, ok := a.led.Node(node)
-	if !ok {
-		return nil, fmt.Errorf("%w: %s", ErrUnknownNode, node)
+	ns, rec, err := a.nodeAndRecord(node)
+	if err != nil {
+		return nil, err
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()

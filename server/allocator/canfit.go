@@ -10,15 +10,7 @@ import (
 )
 
 // CanFitRequest asks whether the budget holds more nodes.
-type CanFitRequest struct {
-	SubnetID         string
-	AvailabilityZone string
-	NodeCount        int
-	PodsPerNode      int
-	// InstanceType, when set, also checks the type's per-node limits and counts the extra ENI
-	// primaries the pods need.
-	InstanceType string
-}
+type CanFitRequest = policy.CanFitRequest
 
 // CanFitResult says whether the nodes fit and, if not, why.
 type CanFitResult = policy.CanFitResult
@@ -35,15 +27,10 @@ func CanFit(led *ledger.Ledger, req CanFitRequest, now time.Time) (CanFitResult,
 	if req.PodsPerNode < 0 || req.PodsPerNode > 1000 {
 		return CanFitResult{}, invalid("pods_per_node", "%d is outside 0..1000", req.PodsPerNode)
 	}
-	pr := policy.CanFitRequest{SubnetID: req.SubnetID, AvailabilityZone: req.AvailabilityZone, NodeCount: req.NodeCount, PodsPerNode: req.PodsPerNode}
-	if req.InstanceType != "" {
-		t, ok := instancetypes.Lookup(req.InstanceType)
-		if !ok {
-			return CanFitResult{}, invalid("instance_type", "unknown instance type %q", req.InstanceType)
-		}
-		pr.InstanceType = &t
+	if _, ok := instancetypes.Lookup(req.InstanceType); req.InstanceType != "" && !ok {
+		return CanFitResult{}, invalid("instance_type", "unknown instance type %q", req.InstanceType)
 	}
-	res := policy.CanFit(led.Budgets(now), pr)
+	res := policy.CanFit(led.Budgets(now), req)
 	if len(res.Budgets) == 0 {
 		where := req.SubnetID
 		if where == "" {

@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"sync"
 
+	"github.com/ipledger/ipledger/server/allocator/diff"
 	"github.com/ipledger/ipledger/server/allocator/policy"
 	"github.com/ipledger/ipledger/server/ledger"
 )
@@ -171,21 +173,9 @@ func (s *fakeStore) commit(ctx context.Context, epoch int, changes []Change) (in
 func (s *fakeStore) state() (*ledger.Ledger, int64, map[string]policy.Policy, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	led := ledger.New(ledger.Options{})
-	for _, id := range sortedKeys(s.subnets) {
-		if err := led.PutSubnet(s.subnets[id]); err != nil {
-			return nil, 0, nil, fmt.Errorf("subnet %s: %w", id, err)
-		}
-	}
-	for _, n := range sortedKeys(s.nodes) {
-		if err := led.PutNode(s.nodes[n]); err != nil {
-			return nil, 0, nil, fmt.Errorf("node %s: %w", n, err)
-		}
-	}
-	for _, id := range sortedKeys(s.prewarms) {
-		if err := led.PutPrewarm(s.prewarms[id]); err != nil {
-			return nil, 0, nil, fmt.Errorf("pre-warm %s: %w", id, err)
-		}
+	led, err := BuildLedger(diff.RecordsOf(s.nodes, s.subnets, s.prewarms), ledger.Options{})
+	if err != nil {
+		return nil, 0, nil, err
 	}
 	pol := map[string]policy.Policy{}
 	for k, v := range s.policies {
@@ -211,11 +201,4 @@ func (s *fakeStore) records() (map[string]ledger.NodeRecord, map[string]ledger.S
 	return n, sn, p
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
+func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }

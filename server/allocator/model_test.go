@@ -679,17 +679,7 @@ func (m *model) checkUnassign(eni, node, item string) {
 
 // check verifies the invariants after a step.
 func (m *model) check() {
-	nodes, subnets, prewarms := m.st.records()
-	rec := diff.Records{}
-	for _, k := range sortedKeys(nodes) {
-		rec.Nodes = append(rec.Nodes, nodes[k])
-	}
-	for _, k := range sortedKeys(subnets) {
-		rec.Subnets = append(rec.Subnets, subnets[k])
-	}
-	for _, k := range sortedKeys(prewarms) {
-		rec.Prewarms = append(rec.Prewarms, prewarms[k])
-	}
+	rec := diff.RecordsOf(m.st.records())
 	for _, f := range diff.Diff(testCluster, rec, diff.EC2{ENIs: m.ec2.snapshot()}) {
 		// A registration whose commit happened although the allocator saw it fail leaves the
 		// store counting the instance's addresses as foreign in its subnet's next write, until
@@ -757,17 +747,7 @@ func (m *model) converge() {
 	if len(m.violations) > 0 {
 		m.t.Fatalf("seed %d, converging: invariants violated:\n  %s", m.seed, strings.Join(m.violations, "\n  "))
 	}
-	nodes, subnets, prewarms := m.st.records()
-	rec := diff.Records{}
-	for _, k := range sortedKeys(nodes) {
-		rec.Nodes = append(rec.Nodes, nodes[k])
-	}
-	for _, k := range sortedKeys(subnets) {
-		rec.Subnets = append(rec.Subnets, subnets[k])
-	}
-	for _, k := range sortedKeys(prewarms) {
-		rec.Prewarms = append(rec.Prewarms, prewarms[k])
-	}
+	rec := diff.RecordsOf(m.st.records())
 	if fs := diff.Diff(testCluster, rec, diff.EC2{ENIs: m.ec2.snapshot()}); len(fs) > 0 {
 		var lines []string
 		for _, f := range fs {

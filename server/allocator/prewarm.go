@@ -204,7 +204,8 @@ func (a *Allocator) prewarmLoop(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			if err := a.prewarmStep(ctx, rec.ID); err != nil && ctx.Err() == nil {
+			id := rec.ID
+			if err := a.pass(ctx, func(ctx context.Context) error { return a.prewarmStep(ctx, id) }); err != nil && ctx.Err() == nil {
 				a.log.Warn("pre-warm step failed; will retry", "prewarm", rec.ID, "err", err)
 			}
 		}

@@ -257,7 +257,11 @@ func (d drift) logAttrs() []any {
 func (a *Allocator) reconcileLoop(ctx context.Context) {
 	for {
 		next := a.cfg.ReconcileInterval
-		pending, err := a.reconcileAll(ctx)
+		var pending bool
+		err := a.pass(ctx, func(ctx context.Context) (err error) {
+			pending, err = a.reconcileAll(ctx)
+			return err
+		})
 		if err != nil && ctx.Err() == nil {
 			a.log.Warn("loop failed", "loop", "reconcile", "err", err)
 		}
@@ -710,7 +714,7 @@ func (a *Allocator) sweepLoop(ctx context.Context) {
 			return
 		case <-a.sweep:
 		}
-		if err := a.sweepOnce(ctx); err != nil && ctx.Err() == nil {
+		if err := a.pass(ctx, a.sweepOnce); err != nil && ctx.Err() == nil {
 			a.log.Warn("sweep for leftover ENIs failed", "err", err)
 		}
 	}

@@ -301,22 +301,12 @@ func (a *Allocator) expireProposal(ctx context.Context, ns *nodeState) {
 // without DeleteOnTermination, or empty ENIs to delete. It runs on the release workers
 // (releaseNode) so that slow, low-priority EC2 calls never hold up supply.
 func releaseWork(rec ledger.NodeRecord, empty []ledger.ENIRecord) bool {
-	if len(empty) > 0 {
+	if len(empty) > 0 || hasReleasing(rec) {
 		return true
 	}
 	for _, e := range rec.ENIs {
 		if e.Managed && !e.DeleteOnTermination {
 			return true
-		}
-		for _, ad := range e.Addresses {
-			if ad.State == ledger.LeaseReleasing {
-				return true
-			}
-		}
-		for _, p := range e.Prefixes {
-			if p.State == ledger.LeaseReleasing {
-				return true
-			}
 		}
 	}
 	return false

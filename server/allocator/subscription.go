@@ -2,7 +2,6 @@ package allocator
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/ipledger/ipledger/server/ledger"
 )
@@ -83,13 +82,9 @@ func (s *Subscription) Next(ctx context.Context) (SyncMessage, error) {
 // Subscribe opens a sync stream's view of a node: it starts with the current pool and any open
 // release proposal. Close it when the stream ends.
 func (a *Allocator) Subscribe(node string) (*Subscription, error) {
-	ns, ok := a.node(node)
-	if !ok {
-		return nil, fmt.Errorf("%w: %s", ErrUnknownNode, node)
-	}
-	rec, ok := a.led.Node(node)
-	if !ok {
-		return nil, fmt.Errorf("%w: %s", ErrUnknownNode, node)
+	ns, rec, err := a.nodeAndRecord(node)
+	if err != nil {
+		return nil, err
 	}
 	s := &Subscription{node: node, mu: mutex{name: "subscription", obs: a.cfg.observer}, notify: make(chan struct{}, 1), done: make(chan struct{})}
 	a.mu.Lock()

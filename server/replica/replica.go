@@ -14,13 +14,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
 	"sync"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
 
 	"github.com/ipledger/ipledger/server/allocator"
+	"github.com/ipledger/ipledger/server/allocator/diff"
 	"github.com/ipledger/ipledger/server/allocator/policy"
 	"github.com/ipledger/ipledger/server/api"
 	"github.com/ipledger/ipledger/server/ledger"
@@ -178,39 +178,9 @@ func (r *Replica) setStatus(connected bool, msg string) {
 	r.connected, r.connectMsg = connected, msg
 }
 
-// BuildLedger builds a ledger from etcd's records: subnets first, then nodes and reservations.
-func BuildLedger(state *store.State, opts ledger.Options) (*ledger.Ledger, error) {
-	led := ledger.New(opts)
-	for _, id := range sortedKeys(state.Subnets) {
-		if err := led.PutSubnet(state.Subnets[id]); err != nil {
-			return nil, fmt.Errorf("subnet %s: %w", id, err)
-		}
-	}
-	for _, name := range sortedKeys(state.Nodes) {
-		if err := led.PutNode(state.Nodes[name]); err != nil {
-			return nil, fmt.Errorf("node %s: %w", name, err)
-		}
-	}
-	for _, id := range sortedKeys(state.Prewarms) {
-		if err := led.PutPrewarm(state.Prewarms[id]); err != nil {
-			return nil, fmt.Errorf("pre-warm %s: %w", id, err)
-		}
-	}
-	return led, nil
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
-
 // install replaces the in-memory state with what etcd holds.
 func (r *Replica) install(state *store.State) error {
-	led, err := BuildLedger(state, r.cfg.Ledger)
+	led, err := allocator.BuildLedger(diff.RecordsOf(state.Nodes, state.Subnets, state.Prewarms), r.cfg.Ledger)
 	if err != nil {
 		return fmt.Errorf("rebuild state from etcd: %w", err)
 	}

@@ -14,6 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/ipledger/ipledger/server/allocator"
+	"github.com/ipledger/ipledger/server/allocator/diff"
 	"github.com/ipledger/ipledger/server/allocator/policy"
 	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/ledger"
@@ -236,7 +237,7 @@ func TestWaitsForEtcd(t *testing.T) {
 	}
 }
 
-// BuildLedger builds subnets before nodes and refuses records that conflict.
+// The ledger built from the store's records refuses records that conflict.
 func TestBuildLedger(t *testing.T) {
 	subnet := ledger.SubnetRecord{ID: "subnet-0000000000000000a", CIDR: netip.MustParsePrefix("10.0.0.0/24"), AvailabilityZone: "us-east-1a"}
 	node := ledger.NodeRecord{Name: "n1", InstanceID: "i-0000000000000001", InstanceType: "m5.large", AvailabilityZone: "us-east-1a",
@@ -244,7 +245,10 @@ func TestBuildLedger(t *testing.T) {
 		ENIs: []ledger.ENIRecord{{ID: "eni-0000000000000001", SubnetID: subnet.ID, PrimaryIP: netip.MustParseAddr("10.0.0.10"),
 			Addresses: []ledger.LeasedAddress{{IP: netip.MustParseAddr("10.0.0.11"), State: ledger.LeaseActive}}}}}
 	state := &store.State{Subnets: map[string]ledger.SubnetRecord{subnet.ID: subnet}, Nodes: map[string]ledger.NodeRecord{"n1": node}}
-	led, err := BuildLedger(state, ledger.Options{})
+	build := func(state *store.State) (*ledger.Ledger, error) {
+		return allocator.BuildLedger(diff.RecordsOf(state.Nodes, state.Subnets, state.Prewarms), ledger.Options{})
+	}
+	led, err := build(state)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +261,7 @@ func TestBuildLedger(t *testing.T) {
 		PrimaryIP: netip.MustParseAddr("10.0.0.20"), Addresses: node.ENIs[0].Addresses}}
 	twin.PrimaryIP = netip.MustParseAddr("10.0.0.20")
 	state.Nodes["n2"] = twin
-	if _, err := BuildLedger(state, ledger.Options{}); err == nil {
+	if _, err := build(state); err == nil {
 		t.Fatal("two nodes leasing one address built a ledger")
 	}
 }

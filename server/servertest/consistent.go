@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"sort"
 
 	"github.com/ipledger/ipledger/server/allocator/diff"
 	"github.com/ipledger/ipledger/server/ec2gw"
@@ -58,17 +57,7 @@ func Diff(snap ec2sim.State, state *store.State, cluster string, withInstances b
 
 // Records are etcd's records in the form diff.Diff reads.
 func Records(state *store.State) diff.Records {
-	var r diff.Records
-	for _, k := range sortedKeys(state.Nodes) {
-		r.Nodes = append(r.Nodes, state.Nodes[k])
-	}
-	for _, k := range sortedKeys(state.Subnets) {
-		r.Subnets = append(r.Subnets, state.Subnets[k])
-	}
-	for _, k := range sortedKeys(state.Prewarms) {
-		r.Prewarms = append(r.Prewarms, state.Prewarms[k])
-	}
-	return r
+	return diff.RecordsOf(state.Nodes, state.Subnets, state.Prewarms)
 }
 
 // EC2View is the simulator's snapshot as the EC2 gateway would report it.
@@ -101,13 +90,4 @@ func EC2View(snap ec2sim.State) diff.EC2 {
 		view.Instances = append(view.Instances, g)
 	}
 	return view
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }

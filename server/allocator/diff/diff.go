@@ -8,6 +8,7 @@ package diff
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -120,6 +121,21 @@ type Records struct {
 	Prewarms []ledger.PrewarmRecord
 }
 
+// RecordsOf lists records kept by name (as the store keeps them), sorted by name.
+func RecordsOf(nodes map[string]ledger.NodeRecord, subnets map[string]ledger.SubnetRecord, prewarms map[string]ledger.PrewarmRecord) Records {
+	var r Records
+	for _, k := range slices.Sorted(maps.Keys(nodes)) {
+		r.Nodes = append(r.Nodes, nodes[k])
+	}
+	for _, k := range slices.Sorted(maps.Keys(subnets)) {
+		r.Subnets = append(r.Subnets, subnets[k])
+	}
+	for _, k := range slices.Sorted(maps.Keys(prewarms)) {
+		r.Prewarms = append(r.Prewarms, prewarms[k])
+	}
+	return r
+}
+
 // EC2 is what EC2 has: every ENI of the subnets the records name and every ENI tagged for the
 // cluster (an ENI of a recorded subnet that is absent is missing). Instances, when not nil, are
 // the nodes' instances as DescribeInstances reports them (absent: unknown to EC2).
@@ -215,6 +231,7 @@ func (d *differ) ec2Twice() {
 
 // nodes compares every node's ENIs and leases with EC2, and finds leases given twice.
 func (d *differ) nodes() {
+	leasedBy := map[string]string{} // an address or prefix -> the node leasing it
 	leasedAddr := map[netip.Addr]string{}
 	leasedPfx := map[netip.Prefix]string{}
 	for _, n := range d.rec.Nodes {
@@ -238,27 +255,22 @@ func (d *differ) nodes() {
 				onENI[p.String()] = true
 			}
 			leased := map[string]bool{}
-			for _, ad := range er.Addresses {
-				leased[ad.IP.String()] = true
-				if other, ok := leasedAddr[ad.IP]; ok {
-					d.add(Finding{Kind: DoubleLease, Subnet: er.SubnetID, Node: n.Name, ENI: er.ID, Address: ad.IP.String(), Other: other,
+			for _, it := range leaseItems(er) {
+				leased[it.item] = true
+				if other, ok := leasedBy[it.item]; ok {
+					d.add(Finding{Kind: DoubleLease, Subnet: er.SubnetID, Node: n.Name, ENI: er.ID, Address: it.item, Other: other,
 						Detail: fmt.Sprintf("leased to %s and %s", other, n.Name)})
 				}
-				leasedAddr[ad.IP] = n.Name
-				if onEC2 && !onENI[ad.IP.String()] {
-					d.add(leasedNotOnEC2(n.Name, er, ad.IP.String(), ad.State))
+				leasedBy[it.item] = n.Name
+				if onEC2 && !onENI[it.item] {
+					d.add(leasedNotOnEC2(n.Name, er, it.item, it.state))
 				}
 			}
+			for _, ad := range er.Addresses {
+				leasedAddr[ad.IP] = n.Name
+			}
 			for _, p := range er.Prefixes {
-				leased[p.Prefix.String()] = true
-				if other, ok := leasedPfx[p.Prefix]; ok {
-					d.add(Finding{Kind: DoubleLease, Subnet: er.SubnetID, Node: n.Name, ENI: er.ID, Address: p.Prefix.String(), Other: other,
-						Detail: fmt.Sprintf("leased to %s and %s", other, n.Name)})
-				}
 				leasedPfx[p.Prefix] = n.Name
-				if onEC2 && !onENI[p.Prefix.String()] {
-					d.add(leasedNotOnEC2(n.Name, er, p.Prefix.String(), p.State))
-				}
 			}
 			if !onEC2 {
 				continue
@@ -279,6 +291,23 @@ func (d *differ) nodes() {
 			}
 		}
 	}
+}
+
+// leaseItem is one leased address or prefix of an ENI record.
+type leaseItem struct {
+	item  string
+	state ledger.LeaseState
+}
+
+func leaseItems(er ledger.ENIRecord) []leaseItem {
+	out := make([]leaseItem, 0, len(er.Addresses)+len(er.Prefixes))
+	for _, ad := range er.Addresses {
+		out = append(out, leaseItem{ad.IP.String(), ad.State})
+	}
+	for _, p := range er.Prefixes {
+		out = append(out, leaseItem{p.Prefix.String(), p.State})
+	}
+	return out
 }
 
 func leasedNotOnEC2(node string, er ledger.ENIRecord, item string, state ledger.LeaseState) Finding {

@@ -7,15 +7,15 @@ import (
 	"github.com/ipledger/ipledger/server/ledger"
 )
 
-// CanFitRequest asks whether the budget holds more nodes (validated by the caller).
+// CanFitRequest asks whether the budget holds more nodes (the caller validates it).
 type CanFitRequest struct {
 	SubnetID         string
 	AvailabilityZone string
 	NodeCount        int
 	PodsPerNode      int
-	// InstanceType, when known, also checks the type's per-node limits and counts the extra ENI
-	// primaries the pods need.
-	InstanceType *instancetypes.Type
+	// InstanceType, when set (and known to the instance type table), also checks the type's
+	// per-node limits and counts the extra ENI primaries the pods need.
+	InstanceType string
 }
 
 // CanFitResult says whether the nodes fit and, if not, why.
@@ -38,7 +38,7 @@ func CanFit(budgets []ledger.Budget, req CanFitRequest) CanFitResult {
 	var res CanFitResult
 	var typeReasons, subnetReasons []string
 	extraENIs := 0
-	if t := req.InstanceType; t != nil {
+	if t, ok := instancetypes.Lookup(req.InstanceType); ok {
 		if max := t.MaxENIsPerCard() * t.SecondaryIPsPerENI(); req.PodsPerNode > max {
 			typeReasons = append(typeReasons, fmt.Sprintf("%s holds at most %d pod addresses in secondary-IP mode; %d pods per node do not fit on one node", t.Name, max, req.PodsPerNode))
 		}

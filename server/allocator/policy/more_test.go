@@ -102,15 +102,15 @@ func TestCanFit(t *testing.T) {
 		{SubnetID: "s3", AvailabilityZone: "z2", Headroom: 500, Free: 600, KeepFree: 100},
 	}
 	// 10 pods + 1 floor on an m5.large: 1 node address, 1 extra ENI primary, 10 pods, 1 floor = 13.
-	res := CanFit(budgets, CanFitRequest{AvailabilityZone: "z1", NodeCount: 2, PodsPerNode: 10, InstanceType: &typ})
+	res := CanFit(budgets, CanFitRequest{AvailabilityZone: "z1", NodeCount: 2, PodsPerNode: 10, InstanceType: typ.Name})
 	if !res.Fits || res.PerNode != 13 || res.Needed != 26 || res.Available != 42 || len(res.Budgets) != 2 {
 		t.Fatalf("two nodes in z1: %+v", res)
 	}
-	res = CanFit(budgets, CanFitRequest{AvailabilityZone: "z1", NodeCount: 4, PodsPerNode: 10, InstanceType: &typ})
+	res = CanFit(budgets, CanFitRequest{AvailabilityZone: "z1", NodeCount: 4, PodsPerNode: 10, InstanceType: typ.Name})
 	if res.Fits || len(res.Reasons) != 3 || !strings.Contains(res.Reasons[1], "budget cap of 20") || !strings.Contains(res.Reasons[2], "together") {
 		t.Fatalf("four nodes in z1: %+v", res)
 	}
-	res = CanFit(budgets, CanFitRequest{SubnetID: "s3", NodeCount: 1, PodsPerNode: 40, InstanceType: &typ})
+	res = CanFit(budgets, CanFitRequest{SubnetID: "s3", NodeCount: 1, PodsPerNode: 40, InstanceType: typ.Name})
 	if res.Fits || !strings.Contains(res.Reasons[0], "at most 27 pod addresses") {
 		t.Fatalf("40 pods on an m5.large: %+v", res)
 	}
