@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -437,11 +438,38 @@ func BuildLedger(r diff.Records, opts ledger.Options) (*ledger.Ledger, error) {
 		}
 	}
 	for _, p := range r.Prewarms {
-		if err := led.PutPrewarm(p); err != nil {
+		if err := led.PutPrewarm(settlePrewarm(led, p)); err != nil {
 			return nil, fmt.Errorf("pre-warm %s: %w", p.ID, err)
 		}
 	}
 	return led, nil
+}
+
+// settlePrewarm gives up the addresses a reservation chose for an ENI it has not created yet
+// when someone else holds them now (EC2 gave one to a node's instance meanwhile, so that create
+// cannot succeed): the ENI chooses again, under a new ClientToken.
+func settlePrewarm(led *ledger.Ledger, p ledger.PrewarmRecord) ledger.PrewarmRecord {
+	p.ENIs = slices.Clone(p.ENIs)
+	for i, e := range p.ENIs {
+		if e.ID == "" && e.State == ledger.PrewarmENICreating && len(e.Addresses) > 0 && heldByOthers(led, p.ID, e) {
+			p.ENIs[i].PrimaryIP, p.ENIs[i].Addresses = netip.Addr{}, nil
+			p.ENIs[i].ClientToken = e.ClientToken + "-again"
+		}
+	}
+	return p
+}
+
+// heldByOthers reports whether a node, another reservation or AWS holds an address the
+// reservation chose for the ENI.
+func heldByOthers(led *ledger.Ledger, id string, e ledger.PrewarmENI) bool {
+	for _, ip := range append([]netip.Addr{e.PrimaryIP}, e.Addresses...) {
+		switch o, _ := led.OwnerOf(ip); {
+		case o.Kind == ledger.OwnerENIPrimary, o.Kind == ledger.OwnerLeased, o.Kind == ledger.OwnerReserved,
+			o.Kind == ledger.OwnerPrewarm && o.Prewarm != id:
+			return true
+		}
+	}
+	return false
 }
 
 // nodeAndRecord returns a registered node's runtime state and record.

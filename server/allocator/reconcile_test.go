@@ -272,3 +272,33 @@ func TestPrewarmExpires(t *testing.T) {
 		}
 	}
 }
+
+// A reservation's record may list addresses for an ENI not created yet that a node's instance
+// holds now (the reservation's commit was taken although its answer was lost, and EC2 gave the
+// address to a new instance): a new leader's ledger still builds, the ENI choosing again.
+func TestBuildLedgerSettlesAReservationThatLostItsAddresses(t *testing.T) {
+	e := newEnv(t, nil)
+	node := e.register("m5.large", subnetA)
+	rec := e.record(node)
+	subnet, _ := e.a.led.Subnet(subnetA)
+	pw := ledger.PrewarmRecord{ID: "pw-0000000000000001", SubnetID: subnetA, AvailabilityZone: testAZ, InstanceType: "m5.large",
+		NodeCount: 1, AddressesPerNode: 1, CreatedAt: testEpoch, ExpiresAt: testEpoch.Add(time.Hour), State: ledger.PrewarmPending,
+		ENIs: []ledger.PrewarmENI{{State: ledger.PrewarmENICreating, ClientToken: "ipledger-t1", PrimaryIP: rec.PrimaryIP,
+			Addresses: []netip.Addr{netip.MustParseAddr("10.0.0.99")}}}}
+	records := diff.Records{Nodes: []ledger.NodeRecord{rec}, Subnets: []ledger.SubnetRecord{subnet}, Prewarms: []ledger.PrewarmRecord{pw}}
+	led, err := BuildLedger(records, ledger.Options{})
+	if err != nil {
+		t.Fatalf("the ledger does not build: %v", err)
+	}
+	got, _ := led.Prewarm(pw.ID)
+	if x := got.ENIs[0]; x.PrimaryIP.IsValid() || len(x.Addresses) != 0 || x.ClientToken == pw.ENIs[0].ClientToken {
+		t.Fatalf("the ENI kept its lost choice: %+v", x)
+	}
+	// Two nodes on one address still fail the build: that is corruption, not a race.
+	twin := rec
+	twin.Name, twin.InstanceID = "twin", "i-0000000000000fff1"
+	records.Nodes = append(records.Nodes, twin)
+	if _, err := BuildLedger(records, ledger.Options{}); err == nil {
+		t.Fatal("two nodes on one ENI built a ledger")
+	}
+}
