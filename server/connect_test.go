@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -47,5 +48,22 @@ func TestReplicaWaitsForEtcd(t *testing.T) {
 	servertest.WaitFor(t, 20*time.Second, "leadership once etcd is up", s.IsLeader)
 	if code, body := get(t, base+"/readyz"); code != 200 || !strings.Contains(body, "leader") {
 		t.Fatalf("/readyz after etcd came: %d %q", code, body)
+	}
+}
+
+// The production path constructs no simulator and no etcd: server.Start refuses a
+// configuration that needs them, and package dev starts them.
+func TestStartNeedsTheDevCompositionForItsBackends(t *testing.T) {
+	cfg := config.DevConfig(t.TempDir())
+	if _, err := server.Start(t.Context(), cfg, server.Options{}); !errors.Is(err, server.ErrNeedsBackends) {
+		t.Fatalf("server.Start with --dev and no endpoints: %v, want ErrNeedsBackends", err)
+	}
+	cfg.EC2Endpoint = "http://127.0.0.1:1"
+	if _, err := server.Start(t.Context(), cfg, server.Options{}); !errors.Is(err, server.ErrNeedsBackends) {
+		t.Fatalf("server.Start without etcd endpoints: %v, want ErrNeedsBackends", err)
+	}
+	s := servertest.StartDev(t, nil)
+	if s.Sim() == nil || s.Store() == nil {
+		t.Fatal("dev.Start did not give the replica its simulator and etcd")
 	}
 }
