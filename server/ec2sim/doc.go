@@ -22,10 +22,16 @@
 // with the request id in the x-amzn-RequestId header; errors are
 // <Response><Errors><Error><Code/><Message/></Error></Errors><RequestID/></Response>.
 //
-// Every request passes, in order: the deny list (UnauthorizedOperation, 403), the token bucket
-// (RequestLimitExceeded, 503, no effect), the injected fault of the action (latency, then a
-// failure with the configured probability and no effect), DryRun (DryRunOperation, 412), and
-// then the action. Choices the simulator makes where EC2's documentation is silent:
+// Every request passes, in order: the key check (a list index that is not a canonical decimal
+// from 1 — "X.0", "X.-1", "X.01", "X.abc" — or a list parameter without an index is
+// UnknownParameter, 400, no effect), the deny list (UnauthorizedOperation, 403), the token
+// bucket (RequestLimitExceeded, 503, no effect), the injected fault of the action (latency, then
+// with the configured probability a failure: by default before the action, with no effect; with
+// outcome "after", "reset" or "timeout" the action is carried out and then answered with the
+// error, the connection reset, or no answer until the client gives up), DryRun
+// (DryRunOperation, 412), and then the action. A mutating request is carried out even when its
+// client disconnects during the latency, as EC2 does; only Describe* requests end with their
+// client. Choices the simulator makes where EC2's documentation is silent:
 //
 //   - A count (SecondaryPrivateIpAddressCount, Ipv4PrefixCount, RunInstances) picks at random
 //     (seeded) among free addresses outside AWS-reserved addresses and CIDR reservations; prefix
@@ -96,7 +102,8 @@
 //	                                 "primary_ip","secondary_ips":[...],"prefixes":[...],"tags"}]}
 //	GET    /_sim/stats          -> {"calls":{"AssignPrivateIpAddresses":{"calls":150,"throttled":50,
 //	                                 "errors":{"RequestLimitExceeded":50}}, ...}}
-//	GET    /_sim/faults         -> {"Action":{"code","http_status","probability","latency":"250ms"}}
+//	GET    /_sim/faults         -> {"Action":{"code","http_status","probability","latency":"250ms",
+//	                                 "outcome":"before|after|reset|timeout"}}
 //	POST   /_sim/faults         <- {"AssignPrivateIpAddresses":{"code":"InternalError","probability":0.5,
 //	                                 "latency":"100ms"}, ...}  (sets or replaces per action) -> all faults
 //	DELETE /_sim/faults         clears every fault -> {}
