@@ -10,6 +10,9 @@ PROTO_FILES  := $(wildcard $(PROTO_DIR)/ipledger/v1/*.proto)
 TEST_TIMEOUT ?= 14m
 # fuzz-short runs each fuzz target this long beyond its committed corpus (testdata/fuzz/).
 FUZZTIME     ?= 10s
+# Each new interesting input is minimized for at most this many runs (Go's default, 60 s, let
+# the short runs spend most of their time minimizing instead of fuzzing).
+FUZZMINIMIZE ?= 100x
 FUZZ_TARGETS := ./cni:FuzzParseConfig ./cni:FuzzParseAttachment ./server/ec2sim:FuzzQuery \
                 ./server/ledger:FuzzLedger ./agent/pool:FuzzCheckpoint
 # Packages of the binaries; a binary is built once its package exists.
@@ -45,8 +48,8 @@ test: deps build ## Install what is needed, then go vet and go test -race over e
 fuzz-short: ## Fuzz each target for FUZZTIME (10s): CNI config and env, EC2 queries, ledger, checkpoint.
 	@for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; fn=$${t##*:}; \
-		echo "go test -run='^\$$' -fuzz='^$$fn\$$' -fuzztime=$(FUZZTIME) $$pkg"; \
-		$(GO) test -run='^$$' -fuzz="^$$fn\$$" -fuzztime=$(FUZZTIME) $$pkg || exit 1; \
+		echo "go test -run='^\$$' -fuzz='^$$fn\$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=$(FUZZMINIMIZE) $$pkg"; \
+		$(GO) test -run='^$$' -fuzz="^$$fn\$$" -fuzztime=$(FUZZTIME) -fuzzminimizetime=$(FUZZMINIMIZE) $$pkg || exit 1; \
 	done
 
 demo: build ## Run the demo: server (embedded etcd + simulated EC2), agents, pods; Ctrl-C stops it.
