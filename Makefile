@@ -22,7 +22,7 @@ CMDS := server/cmd/ipledger-server server/cmd/ipledgerctl server/cmd/ipledger-ec
 PRESENT_CMDS := $(foreach c,$(CMDS),$(if $(wildcard $(c)/*.go),$(c)))
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build test fuzz-short demo bench bench-quick lint proto verify clean
+.PHONY: help deps build test fuzz-short soak demo bench bench-quick lint proto verify clean
 
 help: ## Show this list.
 	@echo "ipledger make targets:"
@@ -51,6 +51,13 @@ fuzz-short: ## Fuzz each target for FUZZTIME (10s): CNI config and env, EC2 quer
 		echo "go test -run='^\$$' -fuzz='^$$fn\$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=$(FUZZMINIMIZE) $$pkg"; \
 		$(GO) test -run='^$$' -fuzz="^$$fn\$$" -fuzztime=$(FUZZTIME) -fuzzminimizetime=$(FUZZMINIMIZE) $$pkg || exit 1; \
 	done
+
+SOAK_DURATION ?= 1h
+SOAK_SEED     ?= 1
+soak: deps build ## Soak: churn and faults on 3 etcd members, 3 servers and agents (SOAK_DURATION=1h, SOAK_SEED=1).
+	@mkdir -p $(BIN)/artifacts
+	IPLEDGER_SOAK_DURATION=$(SOAK_DURATION) IPLEDGER_SOAK_SEED=$(SOAK_SEED) IPLEDGER_BIN_DIR=$(CURDIR)/$(BIN) \
+		IPLEDGER_ARTIFACTS_DIR=$(CURDIR)/$(BIN)/artifacts $(GO) test -race -count=1 -timeout 0 -run '^TestSoak$$' -v ./e2e/
 
 demo: build ## Run the demo: server (embedded etcd + simulated EC2), agents, pods; Ctrl-C stops it.
 	@if [ -x $(BIN)/ipledger-demo ]; then exec $(BIN)/ipledger-demo --bin-dir $(BIN); \
