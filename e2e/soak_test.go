@@ -14,8 +14,8 @@ import (
 	"github.com/ipledger/ipledger/agent/netconf/nstest"
 	"github.com/ipledger/ipledger/e2e/harness"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
-	"github.com/ipledger/ipledger/server/ec2sim"
 	"github.com/ipledger/ipledger/server/ec2gw"
+	"github.com/ipledger/ipledger/server/ec2sim"
 )
 
 // Soak settings, from the environment: IPLEDGER_SOAK_DURATION (how long the churn and the
