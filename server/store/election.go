@@ -303,25 +303,9 @@ func (l *Leadership) Commit(ctx context.Context, ops ...Op) (int64, error) {
 	if len(ops) > MaxOpsPerCommit {
 		return 0, fmt.Errorf("store: commit: %w: %d ops, etcd takes at most %d per transaction", ErrInvalid, len(ops), MaxOpsPerCommit)
 	}
-	txnOps := make([]clientv3.Op, 0, len(ops))
-	keys := make(map[string]bool, len(ops))
-	for i, op := range ops {
-		if op.err != nil {
-			return 0, fmt.Errorf("store: commit: op %d: %w", i, op.err)
-		}
-		if op.typ == "" {
-			return 0, fmt.Errorf("store: commit: op %d: %w: zero Op", i, ErrInvalid)
-		}
-		key := l.store.keys.record(op.typ, op.name)
-		if keys[key] {
-			return 0, fmt.Errorf("store: commit: op %d: %w: %s %q written twice in one commit", i, ErrInvalid, op.typ, op.name)
-		}
-		keys[key] = true
-		if op.IsDelete() {
-			txnOps = append(txnOps, clientv3.OpDelete(key))
-		} else {
-			txnOps = append(txnOps, clientv3.OpPut(key, string(op.value)))
-		}
+	txnOps, err := l.txnOps(ops)
+	if err != nil {
+		return 0, err
 	}
 	resp, err := l.store.client.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(l.key), "=", l.rev)).
@@ -334,6 +318,31 @@ func (l *Leadership) Commit(ctx context.Context, ops ...Op) (int64, error) {
 		return 0, fmt.Errorf("store: commit: %w: election key %s is not the one created at revision %d", ErrNotLeader, l.key, l.rev)
 	}
 	return resp.Header.Revision, nil
+}
+
+// txnOps turns ops into etcd operations, refusing invalid ones and two ops on one record.
+func (l *Leadership) txnOps(ops []Op) ([]clientv3.Op, error) {
+	txnOps := make([]clientv3.Op, 0, len(ops))
+	keys := make(map[string]bool, len(ops))
+	for i, op := range ops {
+		if op.err != nil {
+			return nil, fmt.Errorf("store: commit: op %d: %w", i, op.err)
+		}
+		if op.typ == "" {
+			return nil, fmt.Errorf("store: commit: op %d: %w: zero Op", i, ErrInvalid)
+		}
+		key := l.store.keys.record(op.typ, op.name)
+		if keys[key] {
+			return nil, fmt.Errorf("store: commit: op %d: %w: %s %q written twice in one commit", i, ErrInvalid, op.typ, op.name)
+		}
+		keys[key] = true
+		if op.IsDelete() {
+			txnOps = append(txnOps, clientv3.OpDelete(key))
+		} else {
+			txnOps = append(txnOps, clientv3.OpPut(key, string(op.value)))
+		}
+	}
+	return txnOps, nil
 }
 
 // Leader returns the current leader's advertised address; ErrNoLeader when nobody leads.
