@@ -3,8 +3,10 @@ package demo
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -80,6 +82,27 @@ func TestDemoStartsReportsAndStopsCleanly(t *testing.T) {
 		"--dev-certs " + rep.DevCerts} {
 		if !strings.Contains(text, want) {
 			t.Fatalf("report lacks %q:\n%s", want, text)
+		}
+	}
+	// The agents attested: no node certificate was made by hand, each agent's identity is
+	// aws-iid and its conflist-free pool view says so.
+	if crts, _ := filepath.Glob(filepath.Join(rep.DevCerts, "nodes", "*.crt")); len(crts) != 0 || !strings.Contains(text, "agents attested") {
+		t.Fatalf("hand-made node certificates %v, or no attestation reported:\n%s", crts, text)
+	}
+	for _, n := range rep.Nodes {
+		resp, err := http.Get("http://" + n.AgentHTTP + "/v1/pool")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v struct {
+			Identity struct {
+				Method string `json:"method"`
+			} `json:"identity"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&v)
+		resp.Body.Close()
+		if err != nil || v.Identity.Method != "aws-iid" {
+			t.Fatalf("agent of %s: identity %+v (%v)", n.Name, v.Identity, err)
 		}
 	}
 	// gRPC is mutual TLS: ipledgerctl works as printed, and not without the certificates.
