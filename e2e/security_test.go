@@ -151,8 +151,8 @@ func TestDevBinariesSpeakMutualTLS(t *testing.T) {
 		return r.Exit == 0 && strings.Contains(r.Stdout, in.PrivateDNSName) && strings.Contains(r.Stdout, `"connected": true`)
 	}
 	servertest.WaitFor(t, 30*time.Second, "the agent to attest, register and sync over mutual TLS", connected)
-	if _, err := os.Stat(filepath.Join(certs, "nodes", in.PrivateDNSName+".crt")); !os.IsNotExist(err) {
-		t.Fatalf("--dev made a node certificate by hand: %v", err)
+	if _, err := os.Stat(node + ".crt"); err != nil {
+		t.Fatalf("the attested certificate: %v", err)
 	}
 
 	// Without certificates ipledgerctl gets nothing, and says what to add.

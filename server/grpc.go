@@ -122,9 +122,8 @@ func (s *Server) transportCredentials() (credentials.TransportCredentials, error
 				}
 			}
 		}
-		if s.cfg.AttestationOn() {
-			nodes = nil // agents attest: no node certificates are made by hand
-		}
+		// Node certificates are still made for tools and tests that want one (agents attest
+		// and do not use them).
 		dev, err := mtls.EnsureDevCerts(s.cfg.DevCertsDir(), nodes, time.Now())
 		if err != nil {
 			return nil, fmt.Errorf("--dev certificates: %w", err)
