@@ -222,6 +222,18 @@ func TestAttestationIssuesNodeCertificatesAndRefusesBadOnes(t *testing.T) {
 	if _, err := attest(t, anon, imdsDoc(t, s, other[0].ID), csrX); err != nil {
 		t.Fatalf("the default tag check accepts any value of the key: %v", err)
 	}
+	// An attested instance that terminates loses its identity at the next sweep.
+	if err := s.Sim().Sim().TerminateInstances(t.Context(), other[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Identity().Sweep(t.Context()); err != nil || n != 1 {
+		t.Fatalf("sweep: %d %v", n, err)
+	}
+	for _, r := range identities() {
+		if r.GetInstanceId() == other[0].ID {
+			t.Fatal("the terminated instance's identity survived the sweep")
+		}
+	}
 	before = identities()
 	revBefore = s.Allocator().Revision()
 	if got := identities(); len(got) != len(before) || s.Allocator().Revision() != revBefore {
@@ -306,4 +318,27 @@ func TestAttestationTooLateAndDisabled(t *testing.T) {
 	plain := servertest.StartDev(t, nil)
 	_, err = ipledgerv1.NewIdentityServiceClient(servertest.Dial(t, plain.GRPCAddr())).Attest(context.Background(), &ipledgerv1.AttestRequest{})
 	wantRefused(t, "plaintext server", err, codes.FailedPrecondition, ipledgerv1.Reason_ATTESTATION_DISABLED)
+}
+
+// Nodes named by instance id where the cluster does so; instances of another VPC are foreign.
+func TestAttestationNodeNameAndVPC(t *testing.T) {
+	s := servertest.StartDev(t, func(c *config.Config) {
+		c.Insecure = false
+		c.AttestNodeName = "instance-id"
+	})
+	anon := ipledgerv1.NewIdentityServiceClient(dialTLS(t, s.GRPCAddr(), mtls.Files{CA: s.DevCerts().CA()}))
+	_, csr := newKey(t)
+	in := servertest.Instances(s)[0]
+	nc, err := attest(t, anon, imdsDoc(t, s, in.ID), csr)
+	if err != nil || nc.GetNodeName() != in.ID {
+		t.Fatalf("attest: %v %v, want node name %s", nc.GetNodeName(), err, in.ID)
+	}
+
+	s2 := servertest.StartDev(t, func(c *config.Config) {
+		c.Insecure = false
+		c.AttestVPCIDs = []string{"vpc-0123456789abcdef0"}
+	})
+	anon2 := ipledgerv1.NewIdentityServiceClient(dialTLS(t, s2.GRPCAddr(), mtls.Files{CA: s2.DevCerts().CA()}))
+	_, err = attest(t, anon2, imdsDoc(t, s2, servertest.Instances(s2)[0].ID), csr)
+	wantRefused(t, "another VPC", err, codes.PermissionDenied, ipledgerv1.Reason_ATTESTATION_FOREIGN)
 }
