@@ -100,6 +100,9 @@ type Config struct {
 	TLSKeyFile  string
 	TLSCAFile   string
 
+	// Attestation and the conflist (config_attest.go).
+	AttestConfig
+
 	// Credentials for the allocator connection (nil: mutual TLS from the TLS files, plaintext
 	// without them). Programs that embed agents may set them directly.
 	Credentials credentials.TransportCredentials
@@ -125,6 +128,7 @@ func DefaultConfig() Config {
 		LogLevel:         "info",
 		LogFormat:        "text",
 		AgentVersion:     "dev",
+		AttestConfig:     DefaultAttestConfig(),
 	}
 }
 
@@ -169,18 +173,18 @@ func (c Config) Validate() error {
 			bad("socket-group", "%v", err)
 		}
 	}
-	tlsGiven := 0
 	for _, f := range []string{c.TLSCertFile, c.TLSKeyFile, c.TLSCAFile} {
-		if f != "" {
-			tlsGiven++
-			if !filepath.IsAbs(f) {
-				bad("tls-cert-file", "%q: TLS files need absolute paths", f)
-			}
+		if f != "" && !filepath.IsAbs(f) {
+			bad("tls-cert-file", "%q: TLS files need absolute paths", f)
 		}
 	}
-	if tlsGiven != 0 && tlsGiven != 3 {
-		bad("tls-cert-file", "mutual TLS needs --tls-cert-file, --tls-key-file and --tls-ca-file together")
+	switch {
+	case (c.TLSCertFile == "") != (c.TLSKeyFile == ""):
+		bad("tls-cert-file", "--tls-cert-file and --tls-key-file go together (with --tls-ca-file); with --tls-ca-file alone the agent attests")
+	case c.TLSCertFile != "" && c.TLSCAFile == "":
+		bad("tls-ca-file", "mutual TLS needs --tls-ca-file to verify the server")
 	}
+	c.validateAttest(bad)
 	if c.CheckpointPath == "" || !filepath.IsAbs(c.CheckpointPath) || strings.HasSuffix(c.CheckpointPath, "/") {
 		bad("checkpoint", "%q is not an absolute file path", c.CheckpointPath)
 	}
@@ -341,6 +345,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Var(labelsValue{&c.Labels}, "node-labels", "node labels for the allocator's policy selection, k=v,k=v")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
+	c.registerAttestFlags(fs)
 }
 
 // EnvName is the environment variable of a flag.

@@ -95,7 +95,8 @@ func (s *Server) newGRPCServer(creds credentials.TransportCredentials) *grpc.Ser
 		opts = append(opts, grpc.Creds(creds))
 	}
 	srv := grpc.NewServer(opts...)
-	ipledgerv1.RegisterNodeServiceServer(srv, api.NewNodeServer(s, api.NodeOptions{Authorize: authz.AuthorizeNode, SyncLimiter: syncLimiter, Streams: streams}))
+	ipledgerv1.RegisterNodeServiceServer(srv, api.NewNodeServer(s, api.NodeOptions{Authorize: authz.AuthorizeNode, SyncLimiter: syncLimiter, Streams: streams, Identity: s.ident}))
+	ipledgerv1.RegisterIdentityServiceServer(srv, api.NewIdentityServer(s, s.ident))
 	ipledgerv1.RegisterAdminServiceServer(srv, api.NewAdminServer(s))
 	s.health = health.NewServer()
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
@@ -130,6 +131,8 @@ func (s *Server) transportCredentials() (credentials.TransportCredentials, error
 				}
 			}
 		}
+		// Node certificates are still made for tools and tests that want one (agents attest
+		// and do not use them).
 		dev, err := mtls.EnsureDevCerts(s.cfg.DevCertsDir(), nodes, time.Now())
 		if err != nil {
 			return nil, fmt.Errorf("--dev certificates: %w", err)
@@ -147,7 +150,8 @@ func (s *Server) transportCredentials() (credentials.TransportCredentials, error
 			"cert", files.Cert, "identity", id.String(), "err", err)
 	}
 	s.tls = src
-	return mtls.ServerCredentials(src, s.log.With("component", "tls"), func(error) { s.grpcMet.handshakes.Inc() })
+	return mtls.NewServerCredentials(src, mtls.ServerOptions{Logger: s.log.With("component", "tls"),
+		Observe: func(error) { s.grpcMet.handshakes.Inc() }, AllowAnonymous: s.cfg.AttestationOn()})
 }
 
 // slogAdapter logs finished calls at debug, failed ones at warn and above. Refusals over a

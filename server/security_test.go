@@ -78,8 +78,9 @@ func TestDevCertificatesConfineEachCallerToItsIdentity(t *testing.T) {
 	}
 	insts := servertest.Instances(s)
 	a, b := insts[0], insts[1]
-	asA := ipledgerv1.NewNodeServiceClient(dialTLS(t, s.GRPCAddr(), dev.Node(a.PrivateDNSName)))
-	asB := ipledgerv1.NewNodeServiceClient(dialTLS(t, s.GRPCAddr(), dev.Node(b.PrivateDNSName)))
+	nodeA, nodeB := servertest.NodeCertFiles(t, dev, a.PrivateDNSName), servertest.NodeCertFiles(t, dev, b.PrivateDNSName)
+	asA := ipledgerv1.NewNodeServiceClient(dialTLS(t, s.GRPCAddr(), nodeA))
+	asB := ipledgerv1.NewNodeServiceClient(dialTLS(t, s.GRPCAddr(), nodeB))
 	adminConn := dialTLS(t, s.GRPCAddr(), dev.Admin())
 
 	// B registers itself and gets its warm address.
@@ -110,9 +111,9 @@ func TestDevCertificatesConfineEachCallerToItsIdentity(t *testing.T) {
 	_, err = ipledgerv1.NewNodeServiceClient(adminConn).RegisterNode(t.Context(), regB)
 	wantDenied(t, "admin registers B", err, ipledgerv1.Reason_WRONG_NODE_IDENTITY)
 	// A node certificate is not an admin's: no listing, no draining.
-	_, err = ipledgerv1.NewAdminServiceClient(dialTLS(t, s.GRPCAddr(), dev.Node(a.PrivateDNSName))).ListNodes(t.Context(), &ipledgerv1.ListNodesRequest{})
+	_, err = ipledgerv1.NewAdminServiceClient(dialTLS(t, s.GRPCAddr(), nodeA)).ListNodes(t.Context(), &ipledgerv1.ListNodesRequest{})
 	wantDenied(t, "node lists nodes", err, ipledgerv1.Reason_ADMIN_REQUIRED)
-	_, err = ipledgerv1.NewAdminServiceClient(dialTLS(t, s.GRPCAddr(), dev.Node(a.PrivateDNSName))).DrainNode(t.Context(), &ipledgerv1.DrainNodeRequest{NodeName: b.PrivateDNSName})
+	_, err = ipledgerv1.NewAdminServiceClient(dialTLS(t, s.GRPCAddr(), nodeA)).DrainNode(t.Context(), &ipledgerv1.DrainNodeRequest{NodeName: b.PrivateDNSName})
 	wantDenied(t, "node drains B", err, ipledgerv1.Reason_ADMIN_REQUIRED)
 	// The server's own certificate is neither.
 	_, err = ipledgerv1.NewAdminServiceClient(dialTLS(t, s.GRPCAddr(), mtls.Files{Cert: dev.Server().Cert, Key: dev.Server().Key, CA: dev.CA()})).ListNodes(t.Context(), &ipledgerv1.ListNodesRequest{})
@@ -136,9 +137,18 @@ func TestDevCertificatesConfineEachCallerToItsIdentity(t *testing.T) {
 	if err != nil || len(nodes.GetNodes()) != 2 {
 		t.Fatalf("admin lists nodes: %v, %v", nodes, err)
 	}
-	if _, err := healthpb.NewHealthClient(dialTLS(t, s.GRPCAddr(), dev.Node(a.PrivateDNSName))).Check(t.Context(), &healthpb.HealthCheckRequest{}); err != nil {
+	if _, err := healthpb.NewHealthClient(dialTLS(t, s.GRPCAddr(), nodeA)).Check(t.Context(), &healthpb.HealthCheckRequest{}); err != nil {
 		t.Fatalf("health with a node certificate: %v", err)
 	}
+	// A client without a certificate completes the handshake (attestation needs it) but may
+	// call nothing but IdentityService.Attest.
+	anon := dialTLS(t, s.GRPCAddr(), mtls.Files{CA: dev.CA()})
+	_, err = ipledgerv1.NewNodeServiceClient(anon).RegisterNode(t.Context(), regB)
+	wantDenied(t, "anonymous registers B", err, ipledgerv1.Reason_WRONG_NODE_IDENTITY)
+	_, err = ipledgerv1.NewAdminServiceClient(anon).ListNodes(t.Context(), &ipledgerv1.ListNodesRequest{})
+	wantDenied(t, "anonymous lists nodes", err, ipledgerv1.Reason_ADMIN_REQUIRED)
+	_, err = ipledgerv1.NewIdentityServiceClient(anon).Renew(t.Context(), &ipledgerv1.RenewRequest{})
+	wantDenied(t, "anonymous renews", err, ipledgerv1.Reason_WRONG_NODE_IDENTITY)
 	// A plaintext client against the mTLS server gets nothing.
 	plain := servertest.Dial(t, s.GRPCAddr())
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)

@@ -23,6 +23,7 @@ import (
 	"github.com/ipledger/ipledger/server/dashboard"
 	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/ec2sim"
+	"github.com/ipledger/ipledger/server/identity"
 	"github.com/ipledger/ipledger/server/ledger"
 	"github.com/ipledger/ipledger/server/store"
 	"github.com/prometheus/client_golang/prometheus"
@@ -58,6 +59,7 @@ type Server struct {
 	grpcMet  *grpcMetrics
 	tls      *mtls.Source   // the server's certificate and client CA (nil: plaintext)
 	devCerts *mtls.DevCerts // --dev's certificates (nil without them)
+	ident    *identity.Service
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -118,7 +120,7 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err
 			}
 		}
 		s.sim, err = ec2sim.Start(ec2sim.Config{Scenario: scen, Seed: cfg.SimSeed, Throttle: cfg.SimThrottle, TimeScale: cfg.TimeScale,
-			Logger: s.log.With("component", "ec2sim")}, "127.0.0.1:0")
+			Logger: s.log.With("component", "ec2sim"), InstanceTags: simInstanceTags(cfg)}, "127.0.0.1:0")
 		if err != nil {
 			return nil, fmt.Errorf("start EC2 simulator: %w", err)
 		}
@@ -167,6 +169,9 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err
 	if err != nil {
 		return nil, err
 	}
+	if err := s.newIdentity(ctx); err != nil {
+		return nil, err
+	}
 
 	if s.grpcLis, err = net.Listen("tcp", cfg.GRPCListen); err != nil {
 		return nil, fmt.Errorf("grpc-listen %s: %w", cfg.GRPCListen, err)
@@ -194,6 +199,7 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err
 	}, "http")
 	s.goRun(func() error { return s.forecast.Run(runCtx, 30*time.Second) }, "forecast")
 	s.goRun(func() error { return s.dash.Run(runCtx) }, "dashboard")
+	s.goRun(func() error { return s.ident.Run(runCtx) }, "identity")
 	s.goRun(func() error { return s.connectAndLead(runCtx, storeCfg) }, "store")
 	s.log.Info("replica started", "grpc", s.GRPCAddr(), "http", s.HTTPAddr(), "advertise", s.advert, "cluster", cfg.ClusterName,
 		"transport", cfg.Transport().String())

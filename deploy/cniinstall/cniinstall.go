@@ -62,6 +62,10 @@ type Config struct {
 	// RequireChained refuses to install when a chained plugin of the conflist (portmap, ...) is
 	// not in BinDir; without it a missing plugin is only logged.
 	RequireChained bool
+	// BinaryOnly installs the plugin binary and not the conflist (--binary-only): the agent
+	// installs the conflist itself once it can serve pods (InstallConflist), so that the node
+	// is Ready only then.
+	BinaryOnly bool
 	// LogFormat of NewLogger: text or json.
 	LogFormat string
 	// Logger receives what was installed and the warnings (nil: discard).
@@ -99,6 +103,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.ConflistName, "conflist-name", c.ConflistName, "file name in --conf-dir (\"\" = the base name of --conflist-src)")
 	fs.StringVar(&c.CNIVersion, "cni-version", c.CNIVersion, "cniVersion to install the conflist with (\"\" = as shipped, 1.0.0; 1.1.0 only for runtimes that speak it, e.g. containerd 2.x)")
 	fs.BoolVar(&c.RequireChained, "require-chained", c.RequireChained, "refuse to install when a chained plugin is missing from --bin-dir")
+	fs.BoolVar(&c.BinaryOnly, "binary-only", c.BinaryOnly, "install the plugin binary only; the agent installs the conflist once it can serve pods")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
 }
 
@@ -216,6 +221,10 @@ func Install(cfg Config) (Result, error) {
 	res.PluginPath = filepath.Join(cfg.BinDir, cfg.PluginName)
 	if res.PluginChanged, err = writeAtomic(res.PluginPath, plugin, 0o755); err != nil {
 		return res, err
+	}
+	if cfg.BinaryOnly {
+		log.Info("CNI plugin binary installed; the agent installs the conflist when it can serve pods", "plugin", res.PluginPath, "plugin_changed", res.PluginChanged)
+		return res, nil
 	}
 	name := cfg.conflistName()
 	res.ConflistPath = filepath.Join(cfg.ConfDir, name)

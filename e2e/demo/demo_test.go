@@ -3,8 +3,10 @@ package demo
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -80,6 +82,27 @@ func TestDemoStartsReportsAndStopsCleanly(t *testing.T) {
 		"--dev-certs " + rep.DevCerts} {
 		if !strings.Contains(text, want) {
 			t.Fatalf("report lacks %q:\n%s", want, text)
+		}
+	}
+	// The agents attested (no node certificate was given to them): each agent's identity is
+	// aws-iid, from the certificate the server issued into its identity directory.
+	if !strings.Contains(text, "agents attested") {
+		t.Fatalf("no attestation reported:\n%s", text)
+	}
+	for _, n := range rep.Nodes {
+		resp, err := http.Get("http://" + n.AgentHTTP + "/v1/pool")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v struct {
+			Identity struct {
+				Method string `json:"method"`
+			} `json:"identity"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&v)
+		resp.Body.Close()
+		if err != nil || v.Identity.Method != "aws-iid" {
+			t.Fatalf("agent of %s: identity %+v (%v)", n.Name, v.Identity, err)
 		}
 	}
 	// gRPC is mutual TLS: ipledgerctl works as printed, and not without the certificates.

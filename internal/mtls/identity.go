@@ -139,6 +139,23 @@ func IdentityOf(cert *x509.Certificate) (Identity, error) {
 	return Identity{}, fmt.Errorf("%w: the certificate names %d ipledger identities; it must name one", ErrBadIdentity, len(found))
 }
 
+// PeerCertificate returns the verified leaf certificate of a gRPC call's peer.
+// ErrNoPeerCertificate when the connection is not TLS or carries no verified chain.
+func PeerCertificate(ctx context.Context) (*x509.Certificate, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok || p.AuthInfo == nil {
+		return nil, ErrNoPeerCertificate
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return nil, fmt.Errorf("%w: the connection uses %s, not TLS", ErrNoPeerCertificate, p.AuthInfo.AuthType())
+	}
+	if len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
+		return nil, ErrNoPeerCertificate
+	}
+	return info.State.VerifiedChains[0][0], nil
+}
+
 // PeerIdentity returns the identity of a gRPC call's peer from its verified TLS certificate.
 // ErrNoPeerCertificate when the connection is not TLS or carries no verified chain.
 func PeerIdentity(ctx context.Context) (Identity, error) {

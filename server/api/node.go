@@ -8,6 +8,7 @@ import (
 	"github.com/ipledger/ipledger/internal/validate"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/allocator"
+	"github.com/ipledger/ipledger/server/identity"
 	"github.com/ipledger/ipledger/server/ledger"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc/codes"
@@ -47,6 +48,9 @@ const (
 type NodeOptions struct {
 	// Authorize checks the caller may act for the node a request names (nil: anyone may).
 	Authorize NodeAuthorizer
+	// Identity, when set, holds nodes with attested certificates to their own instance and
+	// remembers the certificate each node presents (for node listings).
+	Identity *identity.Service
 	// SyncLimiter is the per-node rate limit of Sync streams and their messages (nil: none).
 	// Unary calls have their own buckets (a NodeLimiter's interceptor), so a node's usage
 	// reports never take the tokens of its urgent requests for addresses.
@@ -63,13 +67,14 @@ type NodeServer struct {
 	authorize NodeAuthorizer
 	limiter   *NodeLimiter
 	streams   *StreamGuard
+	identity  *identity.Service
 }
 
 var _ ipledgerv1.NodeServiceServer = (*NodeServer)(nil)
 
 // NewNodeServer serves NodeService for a replica.
 func NewNodeServer(r Replica, opts NodeOptions) *NodeServer {
-	return &NodeServer{replica: r, authorize: opts.Authorize, limiter: opts.SyncLimiter, streams: opts.Streams}
+	return &NodeServer{replica: r, authorize: opts.Authorize, limiter: opts.SyncLimiter, streams: opts.Streams, identity: opts.Identity}
 }
 
 // allow takes a token of node's Sync bucket.
@@ -99,6 +104,9 @@ func (s *NodeServer) check(ctx context.Context, node string) error {
 // RegisterNode implements NodeService.
 func (s *NodeServer) RegisterNode(ctx context.Context, req *ipledgerv1.RegisterNodeRequest) (*ipledgerv1.RegisterNodeResponse, error) {
 	if err := s.check(ctx, req.GetNodeName()); err != nil {
+		return nil, err
+	}
+	if err := bindInstance(ctx, s.identity, req.GetNodeName(), req.GetInstanceId()); err != nil {
 		return nil, err
 	}
 	a, err := s.leader()
@@ -154,6 +162,9 @@ func (s *NodeServer) Sync(stream ipledgerv1.NodeService_SyncServer) error {
 	}
 	node := hello.GetNodeName()
 	if err := s.check(ctx, node); err != nil {
+		return err
+	}
+	if err := bindInstance(ctx, s.identity, node, hello.GetInstanceId()); err != nil {
 		return err
 	}
 	if !s.allow(node) {

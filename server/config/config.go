@@ -100,6 +100,9 @@ type Config struct {
 
 	LogLevel  string `json:"log_level"`
 	LogFormat string `json:"log_format"`
+
+	// Attestation and the dashboard's listener (attest.go).
+	Attest
 }
 
 // BucketOverride replaces one of EC2's token buckets.
@@ -159,6 +162,7 @@ func Default() Config {
 		SimThrottle:           true,
 		LogLevel:              "info",
 		LogFormat:             "text",
+		Attest:                DefaultAttest(),
 	}
 }
 
@@ -237,6 +241,16 @@ func settings() []setting {
 		boolean("sim-throttle", "EC2 throttling in the in-process simulator (--dev)", func(c *Config) *bool { return &c.SimThrottle }),
 		str("log-level", "debug, info, warn or error", func(c *Config) *string { return &c.LogLevel }),
 		str("log-format", "text or json", func(c *Config) *string { return &c.LogFormat }),
+		list("attest-account-ids", "AWS accounts whose instances may attest (empty: any account EC2 describes with the server's credentials)", func(c *Config) *[]string { return &c.AttestAccountIDs }),
+		list("attest-vpc-ids", "VPCs whose instances may attest (empty: any)", func(c *Config) *[]string { return &c.AttestVPCIDs }),
+		str("attest-instance-tag", "tag an attesting instance must carry, key or key=value (default kubernetes.io/cluster/<cluster-name>; none: no check)", func(c *Config) *string { return &c.AttestInstanceTag }),
+		dur("attest-max-instance-age", "longest time from an instance's launch to its first attestation (0: no limit)", func(c *Config) *Duration { return &c.AttestMaxInstanceAge }),
+		str("attest-node-name", "node name of attested instances: private-dns or instance-id", func(c *Config) *string { return &c.AttestNodeName }),
+		str("attest-trust-file", "PEM file of further certificates that may sign instance identity documents, for any region", func(c *Config) *string { return &c.AttestTrustFile }),
+		str("issuer-cert-file", "issuing CA certificate for node certificates (turns attestation on)", func(c *Config) *string { return &c.IssuerCertFile }),
+		str("issuer-key-file", "private key of --issuer-cert-file", func(c *Config) *string { return &c.IssuerKeyFile }),
+		dur("node-cert-lifetime", "lifetime of the node certificates attestation issues", func(c *Config) *Duration { return &c.NodeCertLifetime }),
+		str("dashboard-token-file", "file holding a bearer token that opens the dashboard to clients not on loopback", func(c *Config) *string { return &c.DashboardTokenFile }),
 	}
 }
 
@@ -444,6 +458,7 @@ func (c Config) Validate() error {
 	default:
 		bad("log-format", "%q is not text or json", c.LogFormat)
 	}
+	c.validateAttest(bad)
 	return errors.Join(errs...)
 }
 

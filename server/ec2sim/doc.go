@@ -82,7 +82,14 @@
 // network/interfaces/macs/<mac>/{device-number, network-card, interface-id, subnet-id,
 // subnet-ipv4-cidr-block, vpc-id, vpc-ipv4-cidr-block(s), local-ipv4s, ipv4-prefix (404 when
 // none), local-hostname, mac, owner-id, security-group-ids}; directories list their entries one
-// a line. /latest/dynamic/instance-identity/document is the JSON identity document.
+// a line. /latest/dynamic/instance-identity/document is the JSON identity document (accountId,
+// architecture, availabilityZone, imageId, instanceId, instanceType, pendingTime, privateIp,
+// region, version and the null product codes), /latest/dynamic/instance-identity/rsa2048 its
+// base64 PKCS#7 SignedData (SHA-256, RSA-2048, the document inside, no certificate attached) and
+// /latest/dynamic/instance-identity/signature its base64 RSA PKCS#1 v1.5 SHA-256 signature, both
+// made with the simulator's own key (one per process, made at first use; the DSA pkcs7 form is
+// not served). Its certificate is GET /_sim/iid-certificate; ipledger-server --dev trusts it.
+// Config.InstanceTags go on every launched instance (--dev gives its cluster tag).
 //
 // # Control API (JSON, under /_sim/ on the EC2 listener)
 //
@@ -115,6 +122,7 @@
 //	                               untagged ENI of another user holding 1..64 addresses, primary included)
 //	POST   /_sim/fragment       <- {"subnet_id":"subnet-..."} -> {"occupied":510} (one foreign address
 //	                               in every free aligned /28, so InsufficientCidrBlocks follows)
+//	GET    /_sim/iid-certificate -> PEM: the certificate that verifies instance identity documents
 //
 // # Clients
 //

@@ -184,6 +184,12 @@ func (s *Sim) imdsFiles(id string) (map[string]string, bool) {
 		Region: s.region, Version: "2017-09-30",
 	}, "", "  ")
 	f["latest/dynamic/instance-identity/document"] = string(doc)
+	if g, err := s.signer(); err != nil {
+		s.log.Error("instance identity signatures unavailable", "err", err)
+	} else if p7, sig, err := g.signed(doc); err == nil {
+		f["latest/dynamic/instance-identity/rsa2048"] = p7
+		f["latest/dynamic/instance-identity/signature"] = sig
+	}
 	return f, true
 }
 

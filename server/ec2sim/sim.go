@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"sort"
@@ -30,6 +31,10 @@ type Config struct {
 	TimeScale float64
 	// Logger receives one debug line per request; nil discards.
 	Logger *slog.Logger
+	// InstanceTags are put on every instance the simulator launches (the scenario's and
+	// RunInstances'), under the launch's own tags: ipledger-server --dev gives the cluster tag
+	// its attestation checks.
+	InstanceTags map[string]string
 }
 
 // DefaultConfig is the default scenario, seed 1, throttling on, time scale 1.
@@ -196,7 +201,9 @@ type Sim struct {
 
 	throttle *throttle
 	faults   *faults
-	stats    *stats
+	// instanceTags go on every launched instance (Config.InstanceTags).
+	instanceTags map[string]string
+	stats        *stats
 
 	hooksMu sync.Mutex
 	hooks   instanceHooks
@@ -279,6 +286,7 @@ func New(cfg Config) (*Sim, error) {
 	}
 	now := time.Now
 	s.nowFn.Store(&now)
+	s.instanceTags = maps.Clone(cfg.InstanceTags)
 	s.ecDelay = s.scaled(time.Duration(sc.EventualConsistencyDelay))
 	for _, a := range sc.Deny {
 		s.deny[a] = true
@@ -746,6 +754,11 @@ func (s *Sim) runLocked(t instancetypes.Type, sn *subnet, minCount, maxCount int
 		in.privateIP = e.primary
 		s.instances[in.id] = in
 		s.instOrder = insertSorted(s.instOrder, in.id)
+		for k, v := range s.instanceTags {
+			if _, own := tags[k]; !own {
+				s.setInstanceTag(in, k, v)
+			}
+		}
 		for k, v := range tags {
 			s.setInstanceTag(in, k, v)
 		}

@@ -47,21 +47,9 @@ func (l *Leadership) Commit(ctx context.Context, ops ...Op) (int64, error) {
 	if len(ops) > MaxOpsPerCommit {
 		return 0, fmt.Errorf("store: commit: %w: %d ops, etcd takes at most %d per transaction", ErrInvalid, len(ops), MaxOpsPerCommit)
 	}
-	writes := make([]write, 0, len(ops))
-	seen := make(map[string]bool, len(ops))
-	for i, op := range ops {
-		if op.err != nil {
-			return 0, fmt.Errorf("store: commit: op %d: %w", i, op.err)
-		}
-		if op.typ == "" {
-			return 0, fmt.Errorf("store: commit: op %d: %w: zero Op", i, ErrInvalid)
-		}
-		key := l.store.keys.record(op.typ, op.name)
-		if seen[key] {
-			return 0, fmt.Errorf("store: commit: op %d: %w: %s %q written twice in one commit", i, ErrInvalid, op.typ, op.name)
-		}
-		seen[key] = true
-		writes = append(writes, write{key: key, value: op.value, del: op.IsDelete()})
+	writes, err := l.writesOf(ops)
+	if err != nil {
+		return 0, err
 	}
 	what := fmt.Sprintf("store: commit %d ops", len(ops))
 	pause := commitRetryFirst
@@ -120,6 +108,41 @@ func transient(err error) bool {
 	return false
 }
 
+// writesOf checks ops and turns them into the keys they write, refusing invalid ones and two
+// ops on one record.
+func (l *Leadership) writesOf(ops []Op) ([]write, error) {
+	writes := make([]write, 0, len(ops))
+	seen := make(map[string]bool, len(ops))
+	for i, op := range ops {
+		if op.err != nil {
+			return nil, fmt.Errorf("store: commit: op %d: %w", i, op.err)
+		}
+		if op.typ == "" {
+			return nil, fmt.Errorf("store: commit: op %d: %w: zero Op", i, ErrInvalid)
+		}
+		key := l.store.keys.record(op.typ, op.name)
+		if seen[key] {
+			return nil, fmt.Errorf("store: commit: op %d: %w: %s %q written twice in one commit", i, ErrInvalid, op.typ, op.name)
+		}
+		seen[key] = true
+		writes = append(writes, write{key: key, value: op.value, del: op.IsDelete()})
+	}
+	return writes, nil
+}
+
+// thenOps are the etcd operations of writes.
+func thenOps(writes []write) []clientv3.Op {
+	out := make([]clientv3.Op, 0, len(writes))
+	for _, w := range writes {
+		if w.del {
+			out = append(out, clientv3.OpDelete(w.key))
+		} else {
+			out = append(out, clientv3.OpPut(w.key, string(w.value)))
+		}
+	}
+	return out
+}
+
 // write is one key of a commit.
 type write struct {
 	key   string
@@ -133,17 +156,12 @@ type write struct {
 func (l *Leadership) attempt(ctx context.Context, writes []write) (rev int64, done bool, err error) {
 	cmps := make([]clientv3.Cmp, 0, len(writes)+1)
 	cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(l.key), "=", l.rev))
-	thens := make([]clientv3.Op, 0, len(writes))
 	l.knownMu.Lock()
 	for _, w := range writes {
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(w.key), "=", l.known[w.key]))
-		if w.del {
-			thens = append(thens, clientv3.OpDelete(w.key))
-		} else {
-			thens = append(thens, clientv3.OpPut(w.key, string(w.value)))
-		}
 	}
 	l.knownMu.Unlock()
+	thens := thenOps(writes)
 	actx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), l.store.cfg.CommitAttemptTimeout)
 	defer cancel()
 	resp, err := l.store.client.Txn(actx).If(cmps...).Then(thens...).Else(clientv3.OpGet(l.key, clientv3.WithKeysOnly())).Commit()
