@@ -236,6 +236,8 @@ type drift struct {
 	key     string
 	// immediate repairs need no grace period (e.g. finishing a release EC2 already did).
 	immediate bool
+	// recheck: no repair now, but the reconcile loop comes back one grace later to look again.
+	recheck bool
 	repair    func(ctx context.Context) error
 }
 
@@ -288,6 +290,9 @@ func (a *Allocator) reconcileAll(ctx context.Context) (pending bool, err error) 
 	}
 	a.mu.Unlock()
 	for _, d := range drifts {
+		if d.recheck {
+			pending = true
+		}
 		if d.repair == nil {
 			continue
 		}
@@ -481,7 +486,13 @@ func (a *Allocator) diffENI(node string, er ledger.ENIRecord, e ec2gw.ENI) []dri
 		}
 		addr := itemAddr(item)
 		if o, ok := a.led.OwnerOf(addr); ok && o.Kind == ledger.OwnerPending && o.Node == node {
-			continue // an assignment of this leader is in flight
+			// An assignment of this leader is in flight; look again one grace later, when it
+			// has landed or failed (an orphan of a dead leader it placed again).
+			out = append(out, drift{key: "ec2pending|" + er.ID + "|" + item, recheck: true,
+				// Not a finding of Check (no kind): an assignment in flight is no inconsistency.
+				finding: &ipledgerv1.Finding{SubnetId: er.SubnetID, NodeName: node, EniId: er.ID, Address: item,
+					Detail: "assigned on EC2 while an assignment of it is in flight"}})
+			continue
 		}
 		it := item
 		out = append(out, drift{
