@@ -238,7 +238,7 @@ type drift struct {
 	immediate bool
 	// recheck: no repair now, but the reconcile loop comes back one grace later to look again.
 	recheck bool
-	repair    func(ctx context.Context) error
+	repair  func(ctx context.Context) error
 }
 
 // reconcileLoop runs reconcileAll at once, then every ReconcileInterval, and sooner when a
