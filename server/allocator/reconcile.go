@@ -47,7 +47,17 @@ func (a *Allocator) foreignOf(enis []ec2gw.ENI) map[netip.Addr]bool {
 				continue
 			}
 		}
-		addENIAddrs(set, e)
+		// An ENI being adopted into a node's record has its addresses pending for that node
+		// until the adoption's commit: they are not foreign (counting them so would race the
+		// adoption and leave etcd holding them as both foreign and leased).
+		onENI := map[netip.Addr]bool{}
+		addENIAddrs(onENI, e)
+		for ip := range onENI {
+			if own, taken := a.led.OwnerOf(ip); taken && own.Kind == ledger.OwnerPending && own.Node != "" {
+				continue
+			}
+			set[ip] = true
+		}
 	}
 	return set
 }
