@@ -17,9 +17,18 @@ CMDS := server/cmd/ipledger-server server/cmd/ipledgerctl server/cmd/ipledger-ec
         agent/cmd/ipledger-agent cni/cmd/ipledger-cni deploy/cmd/ipledger-cni-install \
         e2e/cmd/ipledger-bench e2e/cmd/ipledger-demo
 PRESENT_CMDS := $(foreach c,$(CMDS),$(if $(wildcard $(c)/*.go),$(c)))
+# Version stamping (internal/version): the release is `git describe` (the short commit while
+# there is no tag, "-dirty" with uncommitted changes), the date is the commit's (reproducible:
+# the same tree links the same binary, so the Go build cache keeps working). Override on the
+# command line for release builds: make build VERSION=v0.2.0. Image tags use the same VERSION.
+VERSION      ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT       ?= $(shell git rev-parse HEAD 2>/dev/null)
+DATE         ?= $(shell TZ=UTC git log -1 --format=%cd --date=format-local:%Y-%m-%dT%H:%M:%SZ 2>/dev/null)
+VERSION_PKG  := github.com/ipledger/ipledger/internal/version
+LDFLAGS      := -X $(VERSION_PKG).Version=$(VERSION) -X $(VERSION_PKG).Commit=$(COMMIT) -X $(VERSION_PKG).Date=$(DATE)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build test fuzz-short demo bench bench-quick lint proto verify clean
+.PHONY: help deps build version test fuzz-short demo bench bench-quick lint proto verify clean
 
 help: ## Show this list.
 	@echo "ipledger make targets:"
@@ -28,11 +37,11 @@ help: ## Show this list.
 deps: ## Install what the tests need (Debian packages, Go tools); safe to re-run.
 	@.ci/install-deps
 
-build: ## Build every binary into bin/.
+build: ## Build every binary into bin/, stamped with VERSION (git describe), commit and date.
 	@mkdir -p $(BIN)
 	@for c in $(PRESENT_CMDS); do \
-		echo "go build -o $(BIN)/$$(basename $$c) ./$$c"; \
-		$(GO) build -o $(BIN)/$$(basename $$c) ./$$c || exit 1; \
+		echo "go build -ldflags '...' -o $(BIN)/$$(basename $$c) ./$$c"; \
+		$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/$$(basename $$c) ./$$c || exit 1; \
 	done
 	@if [ -x $(BIN)/ipledger-cni ]; then cp $(BIN)/ipledger-cni $(BIN)/ipledger; fi
 
@@ -78,3 +87,6 @@ lint: verify ## verify, plus staticcheck (pinned).
 
 clean: ## Remove build output.
 	rm -rf $(BIN)
+
+version: ## Print the version make build stamps (and images are tagged with).
+	@echo $(VERSION)
