@@ -23,7 +23,7 @@ func init() {
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	e := skel.PluginMainFuncsWithError(cni.Funcs(ctx), cni.SupportedVersions(), "CNI plugin " + version.String("ipledger"))
+	e := skel.PluginMainFuncsWithError(cni.Funcs(ctx), cni.SupportedVersions(), "CNI plugin "+version.String("ipledger"))
 	stop()
 	if e != nil {
 		if err := e.Print(); err != nil {
