@@ -26,9 +26,14 @@ COMMIT       ?= $(shell git rev-parse HEAD 2>/dev/null)
 DATE         ?= $(shell TZ=UTC git log -1 --format=%cd --date=format-local:%Y-%m-%dT%H:%M:%SZ 2>/dev/null)
 VERSION_PKG  := github.com/ipledger/ipledger/internal/version
 LDFLAGS      := -X $(VERSION_PKG).Version=$(VERSION) -X $(VERSION_PKG).Commit=$(COMMIT) -X $(VERSION_PKG).Date=$(DATE)
+# Test-only tools live in their own module (e2e/tools), so their dependencies stay out of the
+# main module's graph; helm is pinned there as a Go tool and built into bin/ (cached by the Go
+# build cache: seconds once built).
+TOOLS_MOD    := e2e/tools
+HELM_VERSION  = $(shell cd $(TOOLS_MOD) && $(GO) list -m -f '{{.Version}}' helm.sh/helm/v4)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build version test fuzz-short demo bench bench-quick lint proto verify clean
+.PHONY: help deps build version tools manifests test fuzz-short demo bench bench-quick lint proto verify clean
 
 help: ## Show this list.
 	@echo "ipledger make targets:"
@@ -45,7 +50,14 @@ build: ## Build every binary into bin/, stamped with VERSION (git describe), com
 	done
 	@if [ -x $(BIN)/ipledger-cni ]; then cp $(BIN)/ipledger-cni $(BIN)/ipledger; fi
 
-test: deps build ## Install what is needed, then go vet and go test -race over everything.
+tools: ## Build the pinned test tools into bin/ (helm, from e2e/tools).
+	@mkdir -p $(BIN)
+	$(GO) build -C $(TOOLS_MOD) -ldflags '-X helm.sh/helm/v4/internal/version.version=$(HELM_VERSION)' -o $(CURDIR)/$(BIN)/helm helm.sh/helm/v4/cmd/helm
+
+manifests: tools ## Render deploy/kustomize (base, cert-manager, monitoring) from the Helm chart.
+	IPLEDGER_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test ./deploy -run '^TestKustomizeIsRenderedFromTheChart$$' -count=1 -update
+
+test: deps build tools ## Install what is needed, then go vet and go test -race over everything.
 	$(GO) vet ./...
 	@mkdir -p $(BIN)/artifacts
 	IPLEDGER_BIN_DIR=$(CURDIR)/$(BIN) IPLEDGER_ARTIFACTS_DIR=$(CURDIR)/$(BIN)/artifacts $(GO) test -race -timeout $(TEST_TIMEOUT) ./...
