@@ -11,7 +11,7 @@
 // It is test support: only tests import it. Everything it starts is owned by the test that
 // asked for it and stopped in t.Cleanup, even when the test fails: processes (which also get
 // SIGKILL from the kernel if the test process dies, Pdeathsig), replicas, namespaces,
-// directories. It never listens on anything but loopback, never signals a process it did not
+// directories, containers (and containerd's shims and runc's cgroups). It never listens on anything but loopback, never signals a process it did not
 // start, and never changes the namespace the test runs in (tests use nstest.GuardRootNS to
 // prove it).
 package harness
