@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"sigs.k8s.io/yaml"
 )
 
 // This file renders the Helm chart (deploy/helm/ipledger) with the helm binary pinned in the
@@ -151,6 +153,10 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{"log level", append(slices.Clone(base), "log.level=trace"), "log.level is \"trace\""},
 		{"anti-affinity", append(slices.Clone(base), "server.affinity.podAntiAffinity.x=y"), "server.affinity.podAntiAffinity is the chart's"},
 		{"cni version", append(slices.Clone(base), "agent.cniVersion=0.4.0"), "agent.cniVersion is \"0.4.0\""},
+		// values.schema.json: misspelt keys and wrong types.
+		{"misspelt key", append(slices.Clone(base), "server.replica=3"), "additional properties 'replica' not allowed"},
+		{"wrong type", append(slices.Clone(base), "server.replicas=three"), "at '/server/replicas': got string, want integer"},
+		{"not a subnet id", append(slices.Clone(base), "server.subnets={sn-1}"), "/server/subnets/0"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -249,5 +255,55 @@ func TestKustomizeIsRenderedFromTheChart(t *testing.T) {
 	slices.Sort(drift)
 	if len(drift) > 0 {
 		t.Errorf("the kustomize manifests differ from the chart's rendering: %v; run make manifests", drift)
+	}
+}
+
+// Every value of the chart is in docs/deploy.md's values table (the groups' keys, and the
+// bundled etcd's in its own section).
+func TestChartValuesAreDocumented(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join(chartDir, "values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var values map[string]any
+	if err := yaml.Unmarshal(raw, &values); err != nil {
+		t.Fatal(err)
+	}
+	doc, err := os.ReadFile(filepath.Join(repoRoot, "docs/deploy.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	section := func(from, to string) string {
+		s := string(doc)
+		i, j := strings.Index(s, from), strings.Index(s, to)
+		if i < 0 || j < i {
+			t.Fatalf("docs/deploy.md has no section %q before %q", from, to)
+		}
+		return s[i:j]
+	}
+	table := section("### Values", "### The bundled etcd")
+	bundled := section("### The bundled etcd", "### Backup and restore")
+	for top, v := range values {
+		sub, ok := v.(map[string]any)
+		if !ok || top == "image" || top == "log" {
+			if !strings.Contains(table, "`"+top) {
+				t.Errorf("docs/deploy.md's values table does not name %s", top)
+			}
+			continue
+		}
+		for k := range sub {
+			path := top + "." + k
+			if top == "etcd" && k == "bundled" {
+				for bk := range sub[k].(map[string]any) {
+					if !strings.Contains(bundled, "etcd.bundled."+bk) && !strings.Contains(bundled, "`"+bk) {
+						t.Errorf("docs/deploy.md's bundled etcd section does not name etcd.bundled.%s", bk)
+					}
+				}
+				continue
+			}
+			if !strings.Contains(table, path) && !strings.Contains(table, "`."+k) && !strings.Contains(table, ", ."+k) {
+				t.Errorf("docs/deploy.md's values table does not name %s", path)
+			}
+		}
 	}
 }
