@@ -60,7 +60,8 @@ manifests: tools ## Render deploy/kustomize (base, cert-manager, monitoring) fro
 test: deps build tools ## Install what is needed, then go vet and go test -race over everything.
 	$(GO) vet ./...
 	@mkdir -p $(BIN)/artifacts
-	IPLEDGER_BIN_DIR=$(CURDIR)/$(BIN) IPLEDGER_ARTIFACTS_DIR=$(CURDIR)/$(BIN)/artifacts $(GO) test -race -timeout $(TEST_TIMEOUT) ./...
+	IPLEDGER_BIN_DIR=$(CURDIR)/$(BIN) IPLEDGER_ARTIFACTS_DIR=$(CURDIR)/$(BIN)/artifacts IPLEDGER_VERSION=$(VERSION) IPLEDGER_COMMIT=$(COMMIT) \
+		$(GO) test -race -timeout $(TEST_TIMEOUT) ./...
 	@$(MAKE) --no-print-directory fuzz-short
 
 fuzz-short: ## Fuzz each target for FUZZTIME (10s): CNI config and env, EC2 queries, ledger, checkpoint.
@@ -91,7 +92,7 @@ proto: ## Regenerate the Go code for proto/ipledger/v1 (protoc + pinned Go plugi
 		--go-grpc_out=. --go-grpc_opt=module=github.com/ipledger/ipledger \
 		$(PROTO_FILES)
 
-verify: ## Fail on generated-code drift, gofmt or go vet findings.
+verify: ## Fail on generated-code or manifest drift, gofmt or go vet findings.
 	@.ci/verify
 
 lint: verify ## verify, plus staticcheck (pinned).

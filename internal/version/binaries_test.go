@@ -39,8 +39,14 @@ func TestMakeBuildStampsEveryBinary(t *testing.T) {
 		}
 		return strings.TrimSpace(string(out))
 	}
-	commit := git("rev-parse", "HEAD")
-	describe := git("describe", "--tags", "--always")
+	// make test passes what make build stamped; the checkout may have moved on since.
+	commit, describe := os.Getenv("IPLEDGER_COMMIT"), strings.TrimSuffix(os.Getenv("IPLEDGER_VERSION"), "-dirty")
+	if commit == "" {
+		commit, describe = git("rev-parse", "HEAD"), git("describe", "--tags", "--always")
+	}
+	if got := git("describe", "--tags", "--always", commit); got != describe {
+		t.Errorf("make build stamps version %s for commit %s; git describe says %s", describe, commit, got)
+	}
 	for _, b := range stampedBinaries {
 		t.Run(b.name, func(t *testing.T) {
 			path := filepath.Join(dir, b.name)
