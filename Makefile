@@ -21,9 +21,16 @@ PRESENT_CMDS := $(foreach c,$(CMDS),$(if $(wildcard $(c)/*.go),$(c)))
 # there is no tag, "-dirty" with uncommitted changes), the date is the commit's (reproducible:
 # the same tree links the same binary, so the Go build cache keeps working). Override on the
 # command line for release builds: make build VERSION=v0.2.0. Image tags use the same VERSION.
-VERSION      ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-COMMIT       ?= $(shell git rev-parse HEAD 2>/dev/null)
-DATE         ?= $(shell TZ=UTC git log -1 --format=%cd --date=format-local:%Y-%m-%dT%H:%M:%SZ 2>/dev/null)
+# Evaluated once, when make starts: the tests compare the binaries with these values.
+ifeq ($(origin VERSION),undefined)
+VERSION      := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+endif
+ifeq ($(origin COMMIT),undefined)
+COMMIT       := $(shell git rev-parse HEAD 2>/dev/null)
+endif
+ifeq ($(origin DATE),undefined)
+DATE         := $(shell TZ=UTC git log -1 --format=%cd --date=format-local:%Y-%m-%dT%H:%M:%SZ 2>/dev/null)
+endif
 VERSION_PKG  := github.com/ipledger/ipledger/internal/version
 LDFLAGS      := -X $(VERSION_PKG).Version=$(VERSION) -X $(VERSION_PKG).Commit=$(COMMIT) -X $(VERSION_PKG).Date=$(DATE)
 # Test-only tools live in their own module (e2e/tools), so their dependencies stay out of the
