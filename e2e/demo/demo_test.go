@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -77,8 +78,19 @@ func TestDemoStartsReportsAndStopsCleanly(t *testing.T) {
 	if b.Nodes != 2 || b.Held < 2*2 || b.Held > 2+b.PodsInUse+2*2 || b.InUseOnEC2 != b.Held {
 		t.Fatalf("busiest subnet: %+v", b)
 	}
+	// The VPC CNI's side is computed: two m5.large nodes with a pod or none each keep their
+	// primary ENI and a whole warm one, 2 x 2 x 10 = 40 addresses (the seed's console showed
+	// 8147 left, as here).
+	v := rep.VPCCNI
+	if v.ENIsPerNode != 2 || v.AddressesPerENI != 10 || v.InUse != b.Nodes*v.ENIsPerNode*v.AddressesPerENI || v.Usable != 8187 || v.Available != v.Usable-v.InUse {
+		t.Fatalf("VPC CNI comparison: %+v", v)
+	}
+	if v.Available != 8147 {
+		t.Errorf("VPC CNI model leaves %d of 8187, the seed's console showed 8147", v.Available)
+	}
 	text := out.String()
-	for _, want := range []string{"Subnet budgets", "43 addresses", "dashboard      http://" + rep.HTTPAddr, "metrics", "Running until Ctrl-C",
+	for _, want := range []string{"Subnet budgets", fmt.Sprintf("%d addresses in use (%d of %d left)", v.InUse, v.Available, v.Usable),
+		fmt.Sprintf("ipledger: %d addresses in use (%d of %d left)", b.InUseOnEC2, b.Available, b.Usable), "dashboard      http://" + rep.HTTPAddr, "metrics", "Running until Ctrl-C",
 		"--dev-certs " + rep.DevCerts} {
 		if !strings.Contains(text, want) {
 			t.Fatalf("report lacks %q:\n%s", want, text)
