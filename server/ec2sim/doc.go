@@ -48,6 +48,14 @@
 //     IncorrectInstanceState; detaching device index 0 is OperationNotPermitted.
 //   - Unknown ids are always *.NotFound (never *.Malformed). Malformed NextToken values are
 //     InvalidParameterValue. Missing required parameters are MissingParameter.
+//   - RunInstances takes one NetworkInterface entry, device index 0 (the primary interface),
+//     with SubnetId (then no instance-level SubnetId: InvalidParameterCombination),
+//     SecondaryPrivateIpAddressCount or Ipv4PrefixCount (not both) and SecurityGroupId.N, as a
+//     launch template's NetworkInterfaces block gives it: EC2 places those addresses at launch,
+//     at random like any count; over the type's IPv4-per-ENI limit is
+//     PrivateIpAddressLimitExceeded, prefixes on a Xen type InvalidParameterValue, no free /28
+//     InsufficientCidrBlocks. Between MinCount and MaxCount it launches what the subnet holds;
+//     below MinCount nothing. Other device indexes are refused (attach those ENIs after launch).
 //   - Instances are `running` as soon as RunInstances returns and `terminated` as soon as
 //     TerminateInstances returns (terminated instances stay listed). CreateNetworkInterface and
 //     RunInstances honour ClientToken.
@@ -63,8 +71,9 @@
 // one token per request, shapes from EC2's defaults: each of CreateNetworkInterface,
 // DeleteNetworkInterface, AssignPrivateIpAddresses, UnassignPrivateIpAddresses and
 // ModifyNetworkInterfaceAttribute its own 100 / 5 per s; CreateTags and DeleteTags share
-// 100 / 10; AttachNetworkInterface, DetachNetworkInterface, RunInstances and TerminateInstances
-// share the mutating 50 / 5; DescribeSubnets, DescribeInstanceTypes and DescribeInstances /
+// 100 / 10; AttachNetworkInterface, DetachNetworkInterface and TerminateInstances share the
+// mutating 50 / 5; RunInstances has its own request bucket, 5 / 2, and each request also takes
+// MaxCount tokens of the instances-launched bucket, 1000 / 2; DescribeSubnets, DescribeInstanceTypes and DescribeInstances /
 // DescribeNetworkInterfaces with a filter, an id list, MaxResults or NextToken share the
 // non-mutating 100 / 20; DescribeInstances / DescribeNetworkInterfaces with none of these share
 // the unfiltered 50 / 10; subnet CIDR reservations 5 / 1. TimeScale multiplies the refill rates.

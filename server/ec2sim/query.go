@@ -69,7 +69,7 @@ var actions = map[string]actionDef{
 	"DeleteTags":                      {handle: (*Sim).actDeleteTags, lists: []string{"ResourceId", "Tag"}},
 	"CreateSubnetCidrReservation":     {handle: (*Sim).actCreateSubnetCidrReservation, lists: tagSpecLists},
 	"DeleteSubnetCidrReservation":     {handle: (*Sim).actDeleteSubnetCidrReservation},
-	"RunInstances":                    {handle: (*Sim).actRunInstances, lists: tagSpecLists},
+	"RunInstances":                    {handle: (*Sim).actRunInstances, lists: lists([]string{"NetworkInterface", "NetworkInterface.#.SecurityGroupId", "SecurityGroupId"}, tagSpecLists)},
 	"TerminateInstances":              {handle: (*Sim).actTerminateInstances, lists: []string{"InstanceId"}},
 }
 

@@ -72,19 +72,21 @@ type InstanceInfo struct {
 
 // ENIInfo is one network interface with every address it holds.
 type ENIInfo struct {
-	ID               string            `json:"id"`
-	SubnetID         string            `json:"subnet_id"`
-	VPCID            string            `json:"vpc_id"`
-	AvailabilityZone string            `json:"availability_zone"`
-	MAC              string            `json:"mac"`
-	Description      string            `json:"description,omitempty"`
-	Status           string            `json:"status"`
-	Foreign          bool              `json:"foreign,omitempty"`
-	Attachment       *AttachmentInfo   `json:"attachment,omitempty"`
-	PrimaryIP        string            `json:"primary_ip"`
-	SecondaryIPs     []string          `json:"secondary_ips,omitempty"`
-	Prefixes         []string          `json:"prefixes,omitempty"`
-	Tags             map[string]string `json:"tags,omitempty"`
+	ID               string          `json:"id"`
+	SubnetID         string          `json:"subnet_id"`
+	VPCID            string          `json:"vpc_id"`
+	AvailabilityZone string          `json:"availability_zone"`
+	MAC              string          `json:"mac"`
+	Description      string          `json:"description,omitempty"`
+	Status           string          `json:"status"`
+	Foreign          bool            `json:"foreign,omitempty"`
+	Attachment       *AttachmentInfo `json:"attachment,omitempty"`
+	PrimaryIP        string          `json:"primary_ip"`
+	SecondaryIPs     []string        `json:"secondary_ips,omitempty"`
+	Prefixes         []string        `json:"prefixes,omitempty"`
+	// Groups are the ENI's security groups.
+	Groups []string          `json:"groups,omitempty"`
+	Tags   map[string]string `json:"tags,omitempty"`
 }
 
 // AttachmentInfo is an ENI's attachment.
@@ -208,7 +210,7 @@ func (s *Sim) eniInfo(e *eni) ENIInfo {
 	ei := ENIInfo{
 		ID: e.id, SubnetID: e.sn.id, VPCID: e.sn.vpcID, AvailabilityZone: e.sn.az, MAC: e.mac,
 		Description: e.description, Status: e.status(), Foreign: e.foreign,
-		PrimaryIP: ipString(e.primary), Tags: cloneTags(e.tags),
+		PrimaryIP: ipString(e.primary), Tags: cloneTags(e.tags), Groups: append([]string(nil), e.groups...),
 	}
 	for _, a := range e.secondaries {
 		ei.SecondaryIPs = append(ei.SecondaryIPs, ipString(a))
@@ -268,6 +270,9 @@ type InstanceSpec struct {
 	InstanceType string            `json:"instance_type"`
 	SubnetID     string            `json:"subnet_id"`
 	Tags         map[string]string `json:"tags,omitempty"`
+	// Primary is what the primary interface carries at launch (a launch template's
+	// NetworkInterfaces entry for device index 0).
+	Primary LaunchInterface `json:"primary_interface,omitzero"`
 }
 
 // RunInstances launches count instances (all or none), each with a primary ENI at device
@@ -293,7 +298,7 @@ func (s *Sim) RunInstances(ctx context.Context, spec InstanceSpec, count int) ([
 		s.mu.Unlock()
 		return nil, fmt.Errorf("ec2sim: run instances: %w", aerr)
 	}
-	insts, aerr := s.runLocked(t, sn, count, count, spec.Tags)
+	insts, aerr := s.runLocked(t, sn, count, count, spec.Tags, spec.Primary)
 	if aerr != nil {
 		s.mu.Unlock()
 		return nil, fmt.Errorf("ec2sim: run %d x %s in %s: %w", count, spec.InstanceType, spec.SubnetID, aerr)
