@@ -3,7 +3,9 @@
 // against it works against EC2. The unmodified aws-sdk-go-v2 EC2 client talks to it through a
 // custom endpoint with any static credentials (signatures are accepted, not checked).
 //
-// It owns one simulated account and region: a VPC, its subnets with per-address ownership (the
+// It owns one simulated account and region: a VPC (one or more IPv4 CIDR blocks, primary first:
+// a secondary 100.64.0.0/16 for custom networking, more /16s for large clusters), its subnets
+// in any of them with per-address ownership (the
 // 5 AWS-reserved addresses, availableIpAddressCount, aligned /28 prefixes, CIDR reservations),
 // ENIs, instances with per-type ENI and IPv4-per-ENI limits, EC2's token buckets, injected
 // faults and latency, eventual consistency, an IMDSv2 listener per running instance, and a JSON

@@ -161,8 +161,8 @@ func (s *Sim) imdsFiles(id string) (map[string]string, bool) {
 		f[p+"subnet-id"] = e.sn.id
 		f[p+"subnet-ipv4-cidr-block"] = e.sn.cidr.String()
 		f[p+"vpc-id"] = e.sn.vpcID
-		f[p+"vpc-ipv4-cidr-block"] = s.vpcCIDR.String()
-		f[p+"vpc-ipv4-cidr-blocks"] = s.vpcCIDR.String()
+		f[p+"vpc-ipv4-cidr-block"] = s.vpcCIDRs[0].String()
+		f[p+"vpc-ipv4-cidr-blocks"] = strings.Join(prefixStrings(s.vpcCIDRs), "\n")
 		f[p+"security-group-ids"] = strings.Join(e.groups, "\n")
 		ips := []string{ipString(e.primary)}
 		for _, a := range e.secondaries {

@@ -190,7 +190,7 @@ type Sim struct {
 	accountID string
 	region    string
 	vpcID     string
-	vpcCIDR   netip.Prefix
+	vpcCIDRs  []netip.Prefix // primary first
 	defaultSG string
 	ecDelay   time.Duration // eventual-consistency delay, already scaled
 	deny      map[string]bool
@@ -294,7 +294,7 @@ func New(cfg Config) (*Sim, error) {
 	for a, f := range sc.Faults {
 		s.faults.m[a] = f
 	}
-	s.vpcCIDR, _ = parseCIDR(sc.VPC.CIDR)
+	s.vpcCIDRs, _ = sc.VPC.cidrs() // validated
 	s.vpcID = sc.VPC.ID
 	for _, sp := range sc.Subnets {
 		if sp.ID != "" {

@@ -22,8 +22,10 @@ type State struct {
 
 // VPCInfo is the simulated VPC.
 type VPCInfo struct {
-	ID   string `json:"id"`
-	CIDR string `json:"cidr"`
+	ID string `json:"id"`
+	// CIDR is the primary block; CIDRs every block, primary first.
+	CIDR  string   `json:"cidr"`
+	CIDRs []string `json:"cidrs"`
 }
 
 // SubnetInfo is one subnet with its address counts.
@@ -233,7 +235,7 @@ func (s *Sim) Snapshot() State {
 	defer s.mu.RUnlock()
 	st := State{
 		AccountID: s.accountID, Region: s.region,
-		VPC:       VPCInfo{ID: s.vpcID, CIDR: s.vpcCIDR.String()},
+		VPC:       VPCInfo{ID: s.vpcID, CIDR: s.vpcCIDRs[0].String(), CIDRs: prefixStrings(s.vpcCIDRs)},
 		Subnets:   make([]SubnetInfo, 0, len(s.subnets)),
 		Instances: make([]InstanceInfo, 0, len(s.instOrder)),
 		ENIs:      make([]ENIInfo, 0, len(s.eniOrder)),
@@ -404,4 +406,12 @@ func (s *Sim) Fragment(ctx context.Context, subnetID string) (int, error) {
 		picks = picks[n:]
 	}
 	return occupied, nil
+}
+
+func prefixStrings(ps []netip.Prefix) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.String()
+	}
+	return out
 }
