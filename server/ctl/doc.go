@@ -1,6 +1,8 @@
 // Package ctl is ipledgerctl, the admin CLI of ipledger: a thin client of AdminService.
 //
-// It owns the command line (commands, flags, help, shell completion), the translation of
+// It owns the command line (a cobra command tree: one file per command or group, each
+// registering its builder; help; cobra's generated bash/zsh/fish completion, which asks the
+// server for node, subnet, policy and reservation names), the translation of
 // AdminService answers into its own output documents (table, JSON and YAML with stable,
 // documented snake_case field names: see docs/ipledgerctl.md), the exit codes, and following a
 // NOT_LEADER answer once to the leader's address.
