@@ -7,6 +7,11 @@
 // documented snake_case field names: see docs/ipledgerctl.md), the exit codes, and following a
 // NOT_LEADER answer once to the leader's address.
 //
+// Adding a command is one file: a builder func(*cli) *cobra.Command (c.leaf gives it its
+// argument check and the --timeout deadline; call and emit do the asking and the printing) and
+// an init function that registers it under its parent, e.g. register("node", forgetCmd) for
+// "node forget-identity". Help, completion and the docs test pick it up from the tree.
+//
 // It must never keep state of its own, talk to etcd or EC2, or decide anything the server
 // decides (validation of policies and budgets is the server's; ctl only checks that a request
 // is well formed). Everything it prints comes from AdminService's answers.
