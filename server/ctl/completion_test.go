@@ -43,12 +43,19 @@ func TestMain(m *testing.M) {
 
 const asMainEnv = "IPLEDGERCTL_TEST_AS_MAIN"
 
-// ctlOnPath returns a directory whose ipledgerctl is this test binary running Main.
+// ctlOnPath returns a directory whose ipledgerctl is the one `make test` built into
+// $IPLEDGER_BIN_DIR (from this tree, just before the tests), else this test binary running Main
+// (as correct, but a race-instrumented test binary takes a second to start).
 func ctlOnPath(t *testing.T) string {
 	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
+	}
+	if bin := os.Getenv("IPLEDGER_BIN_DIR"); bin != "" {
+		if fi, err := os.Stat(filepath.Join(bin, "ipledgerctl")); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
+			self = filepath.Join(bin, "ipledgerctl")
+		}
 	}
 	dir := t.TempDir()
 	if err := os.Symlink(self, filepath.Join(dir, "ipledgerctl")); err != nil {
@@ -128,6 +135,7 @@ func shellWords(words []string) string {
 const bashCompletion = "/usr/share/bash-completion/bash_completion"
 
 func TestCompletionBash(t *testing.T) {
+	t.Parallel()
 	bash := needShell(t, "bash")
 	if _, err := os.Stat(bashCompletion); err != nil {
 		t.Skipf("the bash-completion package is not installed (%v); its completion is not checked", err)
@@ -153,6 +161,7 @@ func TestCompletionBash(t *testing.T) {
 }
 
 func TestCompletionZsh(t *testing.T) {
+	t.Parallel()
 	zsh := needShell(t, "zsh")
 	script := completionScript(t, "zsh")
 	env := shellEnv(t, closedAddr(t))
@@ -183,6 +192,7 @@ _ipledgerctl`
 }
 
 func TestCompletionFish(t *testing.T) {
+	t.Parallel()
 	fish := needShell(t, "fish")
 	script := completionScript(t, "fish")
 	env := shellEnv(t, closedAddr(t))
