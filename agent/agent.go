@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
@@ -306,25 +307,23 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) discover(ctx context.Context) (Instance, error) {
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.DiscoveryTimeout)
 	defer cancel()
-	wait := 200 * time.Millisecond
-	for {
+	// 200 ms doubling up to 5 s, without jitter (one agent asks its own IMDS); the deadline is
+	// ctx's.
+	bo := &backoff.ExponentialBackOff{InitialInterval: 200 * time.Millisecond, Multiplier: 2, MaxInterval: 5 * time.Second}
+	var last error
+	inst, err := backoff.Retry(ctx, func() (Instance, error) {
 		inst, err := Discover(ctx, a.cfg.IMDSEndpoint)
-		if err == nil {
-			return inst, nil
+		if err != nil {
+			last = err
 		}
-		if ctx.Err() != nil {
-			return Instance{}, fmt.Errorf("agent: gave up discovering the instance after %v: %w", a.cfg.DiscoveryTimeout, err)
-		}
+		return inst, err
+	}, backoff.WithBackOff(bo), backoff.WithMaxElapsedTime(0), backoff.WithNotify(func(err error, wait time.Duration) {
 		a.log.Warn("instance discovery failed; retrying", "err", err, "in", wait)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return Instance{}, fmt.Errorf("agent: gave up discovering the instance: %w", err)
-		case <-t.C:
-		}
-		wait = min(wait*2, 5*time.Second)
+	}))
+	if err != nil {
+		return Instance{}, fmt.Errorf("agent: gave up discovering the instance after %v: %w", a.cfg.DiscoveryTimeout, last)
 	}
+	return inst, nil
 }
 
 // ApplyPool applies a pool from the allocator (serverconn.Handler). The first one applied
