@@ -11,11 +11,14 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/ipledger/ipledger/agent/attest"
 	"github.com/ipledger/ipledger/agent/cniserver"
 	"github.com/ipledger/ipledger/agent/netconf"
 	"github.com/ipledger/ipledger/agent/pool"
@@ -40,7 +43,9 @@ type Agent struct {
 	ready   chan struct{}
 	netKick chan struct{}
 	acks    *prometheus.CounterVec
-	tls     *mtls.Source // the node's certificate and the server CA (nil: plaintext or Credentials given)
+	tls     *mtls.Source   // the node's certificate and the server CA (nil: plaintext or Credentials given)
+	attest  *attest.Client // attestation and renewal (nil: certificate files, plaintext or Credentials given)
+	cniDone atomic.Bool    // the conflist is installed
 
 	mu       sync.Mutex
 	started  bool
@@ -70,6 +75,17 @@ func New(cfg Config) (*Agent, error) {
 	cfg.Servers = append([]string(nil), cfg.Servers...)
 	cfg.Labels = maps.Clone(cfg.Labels)
 	var tlsSrc *mtls.Source
+	var att *attest.Client
+	if cfg.Attests() {
+		var err error
+		att, err = attest.New(attest.Config{Dir: cfg.IdentityDir, CAFile: cfg.TLSCAFile, Servers: cfg.Servers,
+			IMDSEndpoint: cfg.IMDSEndpoint, Format: cfg.AttestSignature, Logger: cfg.Logger.With("component", "attest")})
+		if err != nil {
+			return nil, fmt.Errorf("agent: --identity-dir %s: %w", cfg.IdentityDir, err)
+		}
+		tlsSrc = att.Source()
+		cfg.Credentials = mtls.ClientCredentials(tlsSrc)
+	}
 	if cfg.Credentials == nil && cfg.TLSCertFile != "" {
 		src, err := mtls.NewSource(mtls.Files{Cert: cfg.TLSCertFile, Key: cfg.TLSKeyFile, CA: cfg.TLSCAFile},
 			mtls.SourceOptions{Logger: cfg.Logger.With("component", "tls")})
@@ -81,6 +97,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	return &Agent{
 		tls:     tlsSrc,
+		attest:  att,
 		cfg:     cfg,
 		log:     cfg.Logger,
 		reg:     prometheus.NewRegistry(),
@@ -142,7 +159,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	log := a.log.With("node", nodeName)
 	a.log = log
-	if a.tls != nil {
+	if a.tls != nil && a.attest == nil {
 		// The server refuses every call of a certificate that names another node; say so now.
 		if id, err := mtls.IdentityOf(a.tls.Leaf()); err != nil || id != mtls.NodeIdentity(nodeName) {
 			return fmt.Errorf("agent: --tls-cert-file %s names %q, not this node %s (want the URI SAN %s): %v",
@@ -245,7 +262,17 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		return nil
 	})
-	g.Go(func() error { return conn.Run(gctx) })
+	g.Go(func() error {
+		if a.attest != nil {
+			// The CNI socket is served meanwhile (ADDs wait, then try again later); the node has
+			// no conflist, so it is not Ready, until the agent is attested and registered.
+			if err := a.ensureIdentity(gctx, nodeName); err != nil {
+				return err
+			}
+			g.Go(func() error { return a.attest.Run(gctx) })
+		}
+		return conn.Run(gctx)
+	})
 	if netm != nil {
 		g.Go(func() error { return a.netLoop(gctx, netm, p) })
 	}
@@ -280,33 +307,33 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) discover(ctx context.Context) (Instance, error) {
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.DiscoveryTimeout)
 	defer cancel()
-	wait := 200 * time.Millisecond
-	for {
+	// 200 ms doubling up to 5 s, without jitter (one agent asks its own IMDS); the deadline is
+	// ctx's.
+	bo := &backoff.ExponentialBackOff{InitialInterval: 200 * time.Millisecond, Multiplier: 2, MaxInterval: 5 * time.Second}
+	var last error
+	inst, err := backoff.Retry(ctx, func() (Instance, error) {
 		inst, err := Discover(ctx, a.cfg.IMDSEndpoint)
-		if err == nil {
-			return inst, nil
+		if err != nil {
+			last = err
 		}
-		if ctx.Err() != nil {
-			return Instance{}, fmt.Errorf("agent: gave up discovering the instance after %v: %w", a.cfg.DiscoveryTimeout, err)
-		}
+		return inst, err
+	}, backoff.WithBackOff(bo), backoff.WithMaxElapsedTime(0), backoff.WithNotify(func(err error, wait time.Duration) {
 		a.log.Warn("instance discovery failed; retrying", "err", err, "in", wait)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return Instance{}, fmt.Errorf("agent: gave up discovering the instance: %w", err)
-		case <-t.C:
-		}
-		wait = min(wait*2, 5*time.Second)
+	}))
+	if err != nil {
+		return Instance{}, fmt.Errorf("agent: gave up discovering the instance after %v: %w", a.cfg.DiscoveryTimeout, last)
 	}
+	return inst, nil
 }
 
-// ApplyPool applies a pool from the allocator (serverconn.Handler).
+// ApplyPool applies a pool from the allocator (serverconn.Handler). The first one applied
+// (the node is registered, so it has its identity) installs the conflist.
 func (a *Agent) ApplyPool(np *ipledgerv1.NodePool, force bool) error {
 	res, err := a.pool.Apply(np, force)
 	if err != nil {
 		return err
 	}
+	a.installConflist()
 	if res.Applied {
 		a.kickNet()
 		if len(res.Unlocked) > 0 {

@@ -17,6 +17,9 @@ type PoolView struct {
 	Waiting  int              `json:"waiting"`
 	Server   serverconn.State `json:"server"`
 	Instance Instance         `json:"instance_info"`
+	Identity IdentityView     `json:"identity"`
+	// Conflist says whether the agent installed the CNI network config (--cni-conf-dir).
+	Conflist bool `json:"conflist_installed"`
 }
 
 // View returns the agent's pool view (false before the agent has started its pool).
@@ -27,7 +30,8 @@ func (a *Agent) View() (PoolView, bool) {
 	if p == nil {
 		return PoolView{}, false
 	}
-	return PoolView{Snapshot: p.Snapshot(), Waiting: cni.Waiting(), Server: conn.State(), Instance: inst}, true
+	return PoolView{Snapshot: p.Snapshot(), Waiting: cni.Waiting(), Server: conn.State(), Instance: inst,
+		Identity: a.identityView(), Conflist: a.cniDone.Load()}, true
 }
 
 func (a *Agent) httpHandler() http.Handler {

@@ -79,8 +79,8 @@ func TestSampleConflist(t *testing.T) {
 	if err != nil {
 		t.Fatalf("libcni rejects the sample conflist: %v", err)
 	}
-	if list.CNIVersion != "1.1.0" || len(list.Plugins) == 0 || list.Plugins[0].Network.Type != "ipledger" {
-		t.Fatalf("sample conflist: version %s, plugins %d; want 1.1.0 with ipledger first", list.CNIVersion, len(list.Plugins))
+	if list.CNIVersion != "1.0.0" || len(list.Plugins) == 0 || list.Plugins[0].Network.Type != "ipledger" {
+		t.Fatalf("sample conflist: version %s, plugins %d; want 1.0.0 (what containerd 1.6 and 1.7 read) with ipledger first", list.CNIVersion, len(list.Plugins))
 	}
 	// The runtime injects the list's name and version into each plugin's config.
 	plugin, err := libcni.InjectConf(list.Plugins[0], map[string]any{"name": list.Name, "cniVersion": list.CNIVersion})

@@ -425,6 +425,26 @@ func TestDelIdempotent(t *testing.T) {
 		n.run(inv).mustSucceed(t, "DEL without CNI_NETNS")
 		n.assertClean()
 	})
+	t.Run("as ctr sends it", func(t *testing.T) {
+		// containerd's ctr (run --rm --cni): CNI_CONTAINERID "<namespace>-<id>", no CNI_ARGS at
+		// all, and the DEL after the task ended with CNI_NETNS set but empty.
+		p := n.newPod("default-ctr1")
+		add := p.inv("ADD", conf)
+		add.args = ""
+		out := n.run(add)
+		out.mustSucceed(t, "ADD without CNI_ARGS")
+		ip := resultIP(t, parseResult(t, out.stdout, "1.1.0", p))
+		if got := n.agent.Assigned()[attKey{p.containerID, "eth0"}]; got != ip.String() {
+			t.Fatalf("agent holds %q for the container, want %s", got, ip)
+		}
+		del := p.inv("DEL", conf)
+		del.args, del.netns = "", ""
+		n.run(del).mustSucceed(t, "DEL with an empty CNI_NETNS and no CNI_ARGS")
+		if _, ok := n.agent.Assigned()[attKey{p.containerID, "eth0"}]; ok {
+			t.Errorf("the agent still holds the container's address after DEL")
+		}
+		n.assertClean()
+	})
 	t.Run("pod namespace already gone", func(t *testing.T) {
 		p := n.newPod("ctr-gone")
 		out := n.run(p.inv("ADD", conf))

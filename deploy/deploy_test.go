@@ -17,6 +17,7 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -36,6 +37,7 @@ const (
 	policiesCM  = "ipledger-policies"
 	conflistSrc = "cni/10-ipledger.conflist"
 	irsaKey     = "eks.amazonaws.com/role-arn"
+	etcdName    = "ipledger-etcd"
 )
 
 // Ports other node daemons hold on every node; host-network pods must not take them. 61678 and
@@ -116,21 +118,24 @@ func TestEveryArgIsARealFlag(t *testing.T) {
 }
 
 func TestOverlayConfigurationLoads(t *testing.T) {
-	// In the overlay every value is known: run each binary's real loader and validation.
-	for _, r := range overlay(t).runs(t) {
-		if len(r.missing) > 0 {
-			t.Errorf("%s: unresolved %v", r, r.missing)
-			continue
+	// In the overlay and the chart's renderings every value is known: run each binary's real
+	// loader and validation.
+	forEachComplete(t, func(t *testing.T, b *bundle) {
+		for _, r := range b.runs(t) {
+			if len(r.missing) > 0 {
+				t.Errorf("%s: unresolved %v", r, r.missing)
+				continue
+			}
+			if err := binaries[r.binary].load(r.args, r.env); err != nil {
+				t.Errorf("%s: %s refuses its configuration: %v", r, r.binary, err)
+			}
 		}
-		if err := binaries[r.binary].load(r.args, r.env); err != nil {
-			t.Errorf("%s: %s refuses its configuration: %v", r, r.binary, err)
-		}
-	}
+	})
 }
 
 func TestBaseLeavesOnlyOverlayValuesOpen(t *testing.T) {
 	allowed := map[string]bool{"CLUSTER_NAME": true, "REGION": true, "ETCD_ENDPOINTS": true}
-	for _, r := range bundles(t)[0].runs(t) {
+	for _, r := range base(t).runs(t) {
 		for _, m := range r.missing {
 			if !allowed[m] {
 				t.Errorf("%s: $(%s) cannot be resolved and is not an overlay setting", r, m)
@@ -150,22 +155,27 @@ func TestListenPortsProbesAndServices(t *testing.T) {
 			spec := binaries[r.binary]
 			exposed := map[string]bool{}
 			for flagName, portName := range spec.listen {
-				host, port, err := net.SplitHostPort(vals[flagName])
+				addrs, err := listenAddrs(vals[flagName])
 				if err != nil {
 					t.Errorf("%s: --%s=%q: %v", r, flagName, vals[flagName], err)
 					continue
 				}
 				want, ok := containerPort(r.c, portName)
 				if !ok {
-					t.Errorf("%s: --%s listens on %s but no container port is named %q", r, flagName, port, portName)
+					t.Errorf("%s: --%s listens on %v but no container port is named %q", r, flagName, addrs, portName)
 					continue
 				}
-				if strconv.Itoa(int(want)) != port {
-					t.Errorf("%s: --%s port %s, container port %s is %d", r, flagName, port, portName, want)
+				reached := false
+				for _, a := range addrs {
+					host, port, _ := net.SplitHostPort(a)
+					if strconv.Itoa(int(want)) != port {
+						t.Errorf("%s: --%s port %s, container port %s is %d", r, flagName, port, portName, want)
+					}
+					reached = reached || slices.Contains([]string{"", "0.0.0.0", "::", podIP(r.wl.pod)}, host) || strings.Contains(host, "$(")
 				}
-				// The kubelet probes and Services reach the pod IP; the listener must be there.
-				if !slices.Contains([]string{"", "0.0.0.0", "::", podIP(r.wl.pod)}, host) && !strings.Contains(host, "$(") {
-					t.Errorf("%s: --%s binds %s, which the pod IP %s does not reach", r, flagName, host, podIP(r.wl.pod))
+				// The kubelet probes and Services reach the pod IP; a listener must be there.
+				if !reached {
+					t.Errorf("%s: --%s binds %v, none of which the pod IP %s reaches", r, flagName, addrs, podIP(r.wl.pod))
 				}
 				exposed[portName] = true
 			}
@@ -199,13 +209,14 @@ func TestListenPortsProbesAndServices(t *testing.T) {
 // HTTP port (never the gRPC one).
 func checkProbes(t *testing.T, r run) {
 	t.Helper()
-	readiness := map[string]string{"ipledger-server": "/readyz", "ipledger-agent": "/healthz"}[r.binary]
-	httpPort := map[string]string{"ipledger-server": "http", "ipledger-agent": "metrics"}[r.binary]
+	readiness := map[string]string{"ipledger-server": "/readyz", "ipledger-agent": "/healthz", "etcd": "/readyz"}[r.binary]
+	liveness := map[string]string{"ipledger-server": "/healthz", "ipledger-agent": "/healthz", "etcd": "/livez"}[r.binary]
+	httpPort := map[string]string{"ipledger-server": "http", "ipledger-agent": "metrics", "etcd": "metrics"}[r.binary]
 	for _, p := range []struct {
 		kind  string
 		probe *corev1.Probe
 		path  string
-	}{{"liveness", r.c.LivenessProbe, "/healthz"}, {"readiness", r.c.ReadinessProbe, readiness}, {"startup", r.c.StartupProbe, "/healthz"}} {
+	}{{"liveness", r.c.LivenessProbe, liveness}, {"readiness", r.c.ReadinessProbe, readiness}, {"startup", r.c.StartupProbe, liveness}} {
 		if p.probe == nil {
 			t.Errorf("%s: no %s probe", r, p.kind)
 			continue
@@ -248,7 +259,7 @@ func checkServices(t *testing.T, b *bundle) {
 		}
 		var matched []workload
 		for _, wl := range b.workloads() {
-			if labels.SelectorFromSet(s.Spec.Selector).Matches(labels.Set(wl.labels)) {
+			if wl.selects(labels.SelectorFromSet(s.Spec.Selector)) {
 				matched = append(matched, wl)
 			}
 		}
@@ -357,10 +368,16 @@ func TestServerDeployment(t *testing.T) {
 		mustSelect(t, "topology spread", ts.LabelSelector, podLabels)
 
 		// PDB: at most one replica down voluntarily, selecting exactly the server pods.
-		if len(b.pdbs) != 1 {
-			t.Fatalf("want 1 PodDisruptionBudget, got %d", len(b.pdbs))
+		var serverPDBs []*policyv1.PodDisruptionBudget
+		for _, p := range b.pdbs {
+			if sel, err := metav1.LabelSelectorAsSelector(p.Spec.Selector); err == nil && sel.Matches(podLabels) {
+				serverPDBs = append(serverPDBs, p)
+			}
 		}
-		pdb := b.pdbs[0]
+		if len(serverPDBs) != 1 {
+			t.Fatalf("want 1 PodDisruptionBudget of the server, got %d", len(serverPDBs))
+		}
+		pdb := serverPDBs[0]
 		mustSelect(t, "PodDisruptionBudget", pdb.Spec.Selector, podLabels)
 		agentLabels := labels.Set(b.daemonSet(t, agentName).Spec.Template.Labels)
 		if sel, _ := metav1.LabelSelectorAsSelector(pdb.Spec.Selector); sel.Matches(agentLabels) {
@@ -410,7 +427,14 @@ func TestServerDeployment(t *testing.T) {
 }
 
 func TestServerAdvertisesItsPodIP(t *testing.T) {
-	b := overlay(t)
+	forEachComplete(t, testServerAdvertisesItsPodIP)
+}
+
+func testServerAdvertisesItsPodIP(t *testing.T, b *bundle) {
+	settings := b.configMaps["ipledger-settings"]
+	if settings == nil {
+		t.Fatal("no ConfigMap ipledger-settings")
+	}
 	for _, r := range b.runs(t) {
 		if r.binary != "ipledger-server" {
 			continue
@@ -424,7 +448,7 @@ func TestServerAdvertisesItsPodIP(t *testing.T) {
 		if got, want := cfg.Advertise(bound, func(k string) string { return r.env[k] }), net.JoinHostPort(podIP(r.wl.pod), port); got != want {
 			t.Errorf("advertises %s, want the pod IP %s that agents can dial", got, want)
 		}
-		if cfg.ClusterName != "prod-euw1" || cfg.Region != "eu-west-1" || len(cfg.EtcdEndpoints) != 3 {
+		if cfg.ClusterName != settings.Data["cluster-name"] || cfg.Region != settings.Data["region"] || len(cfg.EtcdEndpoints) < 3 {
 			t.Errorf("overlay settings did not reach the server: cluster %q region %q etcd %v", cfg.ClusterName, cfg.Region, cfg.EtcdEndpoints)
 		}
 		for _, e := range cfg.EtcdEndpoints {
@@ -599,9 +623,12 @@ func sampleConflist(t *testing.T) conflistEntry {
 }
 
 func TestCNIInstallFromTheAgentImage(t *testing.T) {
+	forEachComplete(t, testCNIInstallFromTheAgentImage)
+}
+
+func testCNIInstallFromTheAgentImage(t *testing.T, b *bundle) {
 	// Lay out the agent image (from its Dockerfile) and the node (from the DaemonSet's hostPath
 	// volumes) under a temporary root, then run the installer with the manifest's arguments.
-	b := overlay(t)
 	ds := b.daemonSet(t, agentName)
 	pod := &ds.Spec.Template.Spec
 	var inst run
@@ -682,6 +709,10 @@ func TestVolumesAndReferences(t *testing.T) {
 			used := map[string]bool{}
 			for _, c := range slices.Concat(wl.pod.InitContainers, wl.pod.Containers) {
 				for _, m := range c.VolumeMounts {
+					if slices.Contains(wl.claims, m.Name) {
+						used[m.Name] = true
+						continue
+					}
 					if volumeNamed(wl.pod, m.Name) == nil {
 						t.Errorf("%s/%s: container %s mounts volume %s, which does not exist", wl.kind, wl.name, c.Name, m.Name)
 					}
@@ -727,6 +758,7 @@ func TestVolumesAndReferences(t *testing.T) {
 		fileFlags := map[string][]string{
 			"ipledger-server": {"policy-file", "etcd-ca-file", "etcd-cert-file", "etcd-key-file", "tls-cert-file", "tls-key-file", "tls-client-ca-file"},
 			"ipledger-agent":  {"socket", "checkpoint", "tls-cert-file", "tls-key-file", "tls-ca-file"},
+			"etcd":            {"data-dir", "cert-file", "key-file", "trusted-ca-file", "peer-cert-file", "peer-key-file", "peer-trusted-ca-file"},
 		}
 		for _, r := range b.runs(t) {
 			vals, err := flagValues(r.binary, r.args)
@@ -743,6 +775,9 @@ func TestVolumesAndReferences(t *testing.T) {
 				if m == nil {
 					t.Errorf("%s: --%s=%s is on no volume", r, f, p)
 					continue
+				}
+				if slices.Contains(r.wl.claims, m.Name) {
+					continue // a persistent volume of the StatefulSet
 				}
 				v := volumeNamed(r.wl.pod, m.Name)
 				if v == nil {
@@ -838,39 +873,57 @@ func TestServiceAccountsAndRBAC(t *testing.T) {
 			}
 		}
 		sa := b.serviceAccounts[b.deployment(t, serverName).Spec.Template.Spec.ServiceAccountName]
-		role := sa.Annotations[irsaKey]
-		if !arn.MatchString(role) {
+		role, irsa := sa.Annotations[irsaKey]
+		switch {
+		case b.podIdentity && irsa:
+			t.Errorf("with EKS Pod Identity the server's service account must not carry %s=%q", irsaKey, role)
+		case !b.podIdentity && !arn.MatchString(role):
 			t.Errorf("server service account %s annotation %s=%q is not an IAM role ARN", sa.Name, irsaKey, role)
 		}
 		if b.name == "overlay" && strings.Contains(role, "CHANGE-ME") {
 			t.Errorf("the overlay keeps the base's placeholder role %s", role)
 		}
-		agentSA := b.serviceAccounts[b.daemonSet(t, agentName).Spec.Template.Spec.ServiceAccountName]
-		if _, ok := agentSA.Annotations[irsaKey]; ok || agentSA.Name == sa.Name {
-			t.Error("the agent must not share the server's IAM role: it never calls EC2")
+		for _, wl := range b.workloads() {
+			if other := b.serviceAccounts[wl.pod.ServiceAccountName]; wl.name != serverName && (other.Name == sa.Name || other.Annotations[irsaKey] != "") {
+				t.Errorf("%s/%s must not share the server's IAM role or have one: only the server calls EC2", wl.kind, wl.name)
+			}
 		}
 	})
 }
 
 func TestOverlayImagesArePinned(t *testing.T) {
-	for _, r := range overlay(t).runs(t) {
-		name, suffix := splitImage(r.c.Image)
-		if !strings.Contains(name, "/") {
-			t.Errorf("%s: image %s has no registry", r, r.c.Image)
+	forEachComplete(t, func(t *testing.T, b *bundle) {
+		for _, r := range b.runs(t) {
+			name, suffix := splitImage(r.c.Image)
+			if !strings.Contains(name, "/") {
+				t.Errorf("%s: image %s has no registry", r, r.c.Image)
+			}
+			if suffix == "" || suffix == ":latest" {
+				t.Errorf("%s: image %s is not pinned to a tag or digest", r, r.c.Image)
+			}
+			if _, upstream := upstreamImages[r.image]; r.image != "ipledger-server" && r.image != "ipledger-agent" && !upstream {
+				t.Errorf("%s: image %s is not built by a Dockerfile in %s", r, r.c.Image, dockerDir)
+			}
 		}
-		if suffix == "" || suffix == ":latest" {
-			t.Errorf("%s: image %s is not pinned to a tag or digest", r, r.c.Image)
-		}
-		if r.image != "ipledger-server" && r.image != "ipledger-agent" {
-			t.Errorf("%s: image %s is not built by a Dockerfile in %s", r, r.c.Image, dockerDir)
-		}
-	}
+	})
 }
 
 func TestServiceMonitors(t *testing.T) {
-	b := overlay(t)
-	if len(b.serviceMonitors) != 2 {
-		t.Fatalf("want ServiceMonitors for server and agent, got %d", len(b.serviceMonitors))
+	forEachComplete(t, func(t *testing.T, b *bundle) {
+		if len(b.serviceMonitors) == 0 && b.name != "overlay" && b.name != "chart-production" {
+			return // metrics.serviceMonitor.enabled=false
+		}
+		testServiceMonitors(t, b)
+	})
+}
+
+func testServiceMonitors(t *testing.T, b *bundle) {
+	want := 2
+	if b.hasStatefulSet() {
+		want = 3 // and the bundled etcd
+	}
+	if len(b.serviceMonitors) != want {
+		t.Fatalf("want %d ServiceMonitors (server, agent, bundled etcd), got %d", want, len(b.serviceMonitors))
 	}
 	scraped := map[string]bool{}
 	for _, sm := range b.serviceMonitors {
@@ -912,7 +965,7 @@ func TestServiceMonitors(t *testing.T) {
 			}
 			// The port must be the one the binary serves /metrics on.
 			for _, wl := range b.workloads() {
-				if labels.SelectorFromSet(svc.Spec.Selector).Matches(labels.Set(wl.labels)) {
+				if wl.selects(labels.SelectorFromSet(svc.Spec.Selector)) {
 					scraped[wl.name] = true
 					if !slices.ContainsFunc(wl.pod.Containers, func(c corev1.Container) bool {
 						_, ok := containerPort(&c, sp.TargetPort.StrVal)
@@ -924,8 +977,8 @@ func TestServiceMonitors(t *testing.T) {
 			}
 		}
 	}
-	if !scraped[serverName] || !scraped[agentName] {
-		t.Errorf("scraped workloads %v, want server and agent", scraped)
+	if !scraped[serverName] || !scraped[agentName] || b.hasStatefulSet() != scraped[etcdName] {
+		t.Errorf("scraped workloads %v, want server, agent and the bundled etcd when there is one", scraped)
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 
@@ -91,6 +92,7 @@ type cmIssuer struct {
 		CA *struct {
 			SecretName string `json:"secretName"`
 		} `json:"ca"`
+		SelfSigned *struct{} `json:"selfSigned"`
 	} `json:"spec"`
 }
 
@@ -101,8 +103,10 @@ type cmCertificate struct {
 	metav1.ObjectMeta `json:"metadata"`
 	Spec              struct {
 		SecretName  string   `json:"secretName"`
+		IsCA        bool     `json:"isCA"`
 		CommonName  string   `json:"commonName"`
 		DNSNames    []string `json:"dnsNames"`
+		IPAddresses []string `json:"ipAddresses"`
 		URIs        []string `json:"uris"`
 		Usages      []string `json:"usages"`
 		Duration    string   `json:"duration"`
@@ -126,6 +130,7 @@ type bundle struct {
 	docs            []doc
 	deployments     []*appsv1.Deployment
 	daemonSets      []*appsv1.DaemonSet
+	statefulSets    []*appsv1.StatefulSet
 	services        []*corev1.Service
 	configMaps      map[string]*corev1.ConfigMap
 	secrets         map[string]*corev1.Secret
@@ -137,6 +142,13 @@ type bundle struct {
 	certificates    []*cmCertificate
 	// external are the objects this rendering may reference without containing them.
 	external map[string][]string
+	// complete: every value is known (an overlay or the chart with a values file), so the
+	// binaries' configuration loaders can run on it.
+	complete bool
+	// chart: rendered by helm from deploy/helm/ipledger.
+	chart bool
+	// podIdentity: the server's role comes from an EKS Pod Identity association, not IRSA.
+	podIdentity bool
 }
 
 var codecs = func() serializer.CodecFactory {
@@ -195,38 +207,87 @@ func (errCertManager) Error() string { return "cert-manager object" }
 
 var (
 	renderOnce sync.Once
-	rendered   map[string]*bundle
+	rendered   []*bundle
 	renderErr  error
 )
 
-// bundles renders and decodes the base and the example overlay once for all tests.
+// bundles renders and decodes, once for all tests: the kustomize base and example overlay, and
+// the Helm chart with each of chartRenderings' values files.
 func bundles(t *testing.T) []*bundle {
 	t.Helper()
 	renderOnce.Do(func() {
-		rendered = map[string]*bundle{}
+		rendered = nil
+		add := func(name string, docs []doc, complete, chart bool, external map[string][]string) *bundle {
+			bu, err := load(name, docs)
+			if err != nil {
+				renderErr = err
+				return nil
+			}
+			bu.complete, bu.chart = complete, chart
+			for k, v := range external {
+				bu.external[k] = v
+			}
+			rendered = append(rendered, bu)
+			return bu
+		}
 		for _, b := range []struct{ name, dir string }{{"base", baseDir}, {"overlay", overlayDir}} {
 			docs, err := renderKustomization(b.dir)
 			if err != nil {
 				renderErr = err
 				return
 			}
-			bu, err := load(b.name, docs)
+			if add(b.name, docs, b.name == "overlay", false, nil) == nil {
+				return
+			}
+		}
+		for _, r := range chartRenderings {
+			docs, err := renderChart(t, r.values)
 			if err != nil {
 				renderErr = err
 				return
 			}
-			rendered[b.name] = bu
+			bu := add(r.name, docs, true, true, r.external)
+			if bu == nil {
+				return
+			}
+			bu.podIdentity = r.podIdentity
 		}
 	})
 	if renderErr != nil {
 		t.Fatal(renderErr)
 	}
-	return []*bundle{rendered["base"], rendered["overlay"]}
+	return rendered
 }
 
+// base is the kustomize base.
+func base(t *testing.T) *bundle {
+	t.Helper()
+	return bundles(t)[0]
+}
+
+// overlay is the example overlay.
 func overlay(t *testing.T) *bundle {
 	t.Helper()
 	return bundles(t)[1]
+}
+
+// completeBundles are the renderings whose every value is known: the overlay and the chart's.
+func completeBundles(t *testing.T) []*bundle {
+	t.Helper()
+	var out []*bundle
+	for _, b := range bundles(t) {
+		if b.complete {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// forEachComplete runs f on every complete rendering as a subtest.
+func forEachComplete(t *testing.T, f func(t *testing.T, b *bundle)) {
+	for _, b := range completeBundles(t) {
+		t.Run(b.name, func(t *testing.T) { f(t, b) })
+	}
 }
 
 func load(name string, docs []doc) (*bundle, error) {
@@ -269,6 +330,8 @@ func load(name string, docs []doc) (*bundle, error) {
 			b.deployments = append(b.deployments, o)
 		case *appsv1.DaemonSet:
 			b.daemonSets = append(b.daemonSets, o)
+		case *appsv1.StatefulSet:
+			b.statefulSets = append(b.statefulSets, o)
 		case *corev1.Service:
 			b.services = append(b.services, o)
 		case *corev1.ConfigMap:
@@ -293,17 +356,44 @@ type workload struct {
 	kind, name string
 	labels     map[string]string
 	pod        *corev1.PodSpec
+	// podLabels are the labels of each pod the controller makes from the template (a
+	// StatefulSet adds statefulset.kubernetes.io/pod-name).
+	podLabels []labels.Set
+	// claims are the StatefulSet's volume claim templates, mountable by name.
+	claims []string
 }
 
 func (b *bundle) workloads() []workload {
 	var out []workload
 	for _, d := range b.deployments {
-		out = append(out, workload{"Deployment", d.Name, d.Spec.Template.Labels, &d.Spec.Template.Spec})
+		out = append(out, workload{kind: "Deployment", name: d.Name, labels: d.Spec.Template.Labels, pod: &d.Spec.Template.Spec,
+			podLabels: []labels.Set{d.Spec.Template.Labels}})
 	}
 	for _, d := range b.daemonSets {
-		out = append(out, workload{"DaemonSet", d.Name, d.Spec.Template.Labels, &d.Spec.Template.Spec})
+		out = append(out, workload{kind: "DaemonSet", name: d.Name, labels: d.Spec.Template.Labels, pod: &d.Spec.Template.Spec,
+			podLabels: []labels.Set{d.Spec.Template.Labels}})
+	}
+	for _, s := range b.statefulSets {
+		wl := workload{kind: "StatefulSet", name: s.Name, labels: s.Spec.Template.Labels, pod: &s.Spec.Template.Spec}
+		replicas := int32(1)
+		if s.Spec.Replicas != nil {
+			replicas = *s.Spec.Replicas
+		}
+		for i := range replicas {
+			l := labels.Merge(s.Spec.Template.Labels, labels.Set{"statefulset.kubernetes.io/pod-name": fmt.Sprintf("%s-%d", s.Name, i)})
+			wl.podLabels = append(wl.podLabels, l)
+		}
+		for _, c := range s.Spec.VolumeClaimTemplates {
+			wl.claims = append(wl.claims, c.Name)
+		}
+		out = append(out, wl)
 	}
 	return out
+}
+
+// selects reports whether sel selects any pod of the workload.
+func (wl workload) selects(sel labels.Selector) bool {
+	return slices.ContainsFunc(wl.podLabels, func(l labels.Set) bool { return sel.Matches(l) })
 }
 
 func (b *bundle) deployment(t *testing.T, name string) *appsv1.Deployment {
@@ -327,6 +417,8 @@ func (b *bundle) daemonSet(t *testing.T, name string) *appsv1.DaemonSet {
 	t.Fatalf("%s: no DaemonSet %s", b.name, name)
 	return nil
 }
+
+func (b *bundle) hasStatefulSet() bool { return len(b.statefulSets) > 0 }
 
 func (b *bundle) service(name string) *corev1.Service {
 	for _, s := range b.services {
@@ -507,9 +599,12 @@ func (b *bundle) resolve(t *testing.T, wl workload, c *corev1.Container, init bo
 	}
 	name, _ := splitImage(c.Image)
 	r.image = name[strings.LastIndex(name, "/")+1:]
-	img := dockerfileFor(t, r.image)
 	cmd := c.Command
-	if len(cmd) == 0 {
+	if _, upstream := upstreamImages[r.image]; upstream {
+		if len(cmd) == 0 || cmd[0] != upstreamImages[r.image] {
+			t.Fatalf("%s: image %s runs %q; the command must be %s", r, c.Image, cmd, upstreamImages[r.image])
+		}
+	} else if img := dockerfileFor(t, r.image); len(cmd) == 0 {
 		cmd = img.entrypoint
 	}
 	if len(cmd) == 0 {
@@ -523,6 +618,10 @@ func (b *bundle) resolve(t *testing.T, wl workload, c *corev1.Container, init bo
 	}
 	return r
 }
+
+// upstreamImages are the images the manifests run that no Dockerfile here builds, with the
+// binary they run.
+var upstreamImages = map[string]string{"etcd": "/usr/local/bin/etcd"}
 
 var errExternal = errors.New("value comes from an object outside this rendering")
 
@@ -545,6 +644,9 @@ func (b *bundle) envValue(wl workload, c *corev1.Container, e corev1.EnvVar, env
 		case "spec.nodeName":
 			return fakeNodeName, nil
 		case "metadata.name":
+			if wl.kind == "StatefulSet" {
+				return wl.name + "-0", nil
+			}
 			return wl.name + "-x1y2z", nil
 		case "metadata.namespace":
 			return namespace, nil

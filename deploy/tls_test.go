@@ -15,7 +15,10 @@ import (
 // which also issues the admin's certificate; the agent presents its node's certificate and
 // verifies the server with a CA file; every certificate is renewed before it expires.
 func TestMutualTLSWiring(t *testing.T) {
-	b := overlay(t)
+	forEachComplete(t, testMutualTLSWiring)
+}
+
+func testMutualTLSWiring(t *testing.T, b *bundle) {
 	certFor := func(secret string) *cmCertificate {
 		for _, c := range b.certificates {
 			if c.Spec.SecretName == secret {
@@ -83,7 +86,15 @@ func TestMutualTLSWiring(t *testing.T) {
 
 	server := certFor(serverSecret)
 	if server == nil {
-		t.Fatalf("no cert-manager Certificate issues Secret %s", serverSecret)
+		// certificates.source=secret: the user creates it, with cert-manager's keys.
+		if keys, ok := b.keys("Secret", serverSecret); !ok || !slices.Equal(keys, certificateSecretKeys) {
+			t.Fatalf("no cert-manager Certificate issues Secret %s, and it is not a documented user Secret (keys %v)", serverSecret, keys)
+		}
+		if certFor("ipledger-admin-tls") != nil {
+			t.Errorf("the server's certificate is the user's, but cert-manager issues the admin's")
+		}
+		checkCertificates(t, b)
+		return
 	}
 	if ids := identities(server); !slices.Equal(ids, []mtls.Identity{mtls.ServerIdentity}) {
 		t.Errorf("the server's Certificate names %v, want only %s", ids, mtls.ServerIdentity)
@@ -106,12 +117,26 @@ func TestMutualTLSWiring(t *testing.T) {
 	if admin.Spec.IssuerRef != server.Spec.IssuerRef {
 		t.Errorf("admin issuer %+v differs from the server's %+v, whose CA the server trusts for clients", admin.Spec.IssuerRef, server.Spec.IssuerRef)
 	}
+	checkCertificates(t, b)
+}
+
+// checkCertificates: every Certificate comes from an Issuer of the manifests (a CA Issuer whose
+// Secret exists, or a self-signed one for a CA certificate), is renewed before it expires and,
+// unless it is a CA, gets a new key each time.
+func checkCertificates(t *testing.T, b *bundle) {
+	t.Helper()
 	for _, c := range b.certificates {
 		var iss *cmIssuer
 		for _, i := range b.issuers {
 			if i.Name == c.Spec.IssuerRef.Name && c.Spec.IssuerRef.Kind == "Issuer" && i.Namespace == c.Namespace {
 				iss = i
 			}
+		}
+		if iss != nil && iss.Spec.SelfSigned != nil {
+			if !c.Spec.IsCA {
+				t.Errorf("Certificate %s is self-signed but not a CA", c.Name)
+			}
+			continue
 		}
 		if iss == nil || iss.Spec.CA == nil {
 			t.Errorf("Certificate %s: issuer %+v is not a CA Issuer of the manifests", c.Name, c.Spec.IssuerRef)
@@ -125,7 +150,7 @@ func TestMutualTLSWiring(t *testing.T) {
 		if err1 != nil || err2 != nil || rb <= 0 || rb >= d {
 			t.Errorf("Certificate %s: duration %q, renewBefore %q: want renewal before expiry", c.Name, c.Spec.Duration, c.Spec.RenewBefore)
 		}
-		if c.Spec.PrivateKey.RotationPolicy != "Always" {
+		if c.Spec.PrivateKey.RotationPolicy != "Always" && !c.Spec.IsCA {
 			t.Errorf("Certificate %s: the key is not rotated with the certificate", c.Name)
 		}
 	}

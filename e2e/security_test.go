@@ -121,8 +121,8 @@ func firstInstance(t *testing.T, sim string) simInstance {
 }
 
 // The binaries as shipped: ipledger-server --dev creates a CA and certificates in its data
-// directory and serves mutual TLS with them; ipledger-agent with its node's certificate
-// registers; ipledgerctl works with --dev-certs and not without; a restart reuses every
+// directory and serves mutual TLS with them; ipledger-agent with only the CA attests with its
+// instance identity document, gets its node certificate and registers; ipledgerctl works with --dev-certs and not without; a restart reuses every
 // certificate; a server asked for plaintext on a non-loopback address refuses to start.
 func TestDevBinariesSpeakMutualTLS(t *testing.T) {
 	serverBin := harness.Binary(t, "ipledger-server")
@@ -141,16 +141,19 @@ func TestDevBinariesSpeakMutualTLS(t *testing.T) {
 	})
 
 	agentDir := shortTempDir(t)
-	node := filepath.Join(certs, "nodes", in.PrivateDNSName)
+	node := filepath.Join(agentDir, "identity", "node")
 	startProc(t, agentBin, "--server", grpcAddr, "--imds-endpoint", in.IMDSEndpoint,
 		"--socket", filepath.Join(agentDir, "agent.sock"), "--checkpoint", filepath.Join(agentDir, "cp.json"),
 		"--metrics-listen", "", "--manage-networking=false",
-		"--tls-cert-file", node+".crt", "--tls-key-file", node+".key", "--tls-ca-file", filepath.Join(certs, "ca.crt"))
+		"--identity-dir", filepath.Join(agentDir, "identity"), "--tls-ca-file", filepath.Join(certs, "ca.crt"))
 	connected := func() bool {
 		r := ctl("--dev-certs", certs, "nodes")
 		return r.Exit == 0 && strings.Contains(r.Stdout, in.PrivateDNSName) && strings.Contains(r.Stdout, `"connected": true`)
 	}
-	servertest.WaitFor(t, 30*time.Second, "the agent to register and sync over mutual TLS", connected)
+	servertest.WaitFor(t, 30*time.Second, "the agent to attest, register and sync over mutual TLS", connected)
+	if _, err := os.Stat(node + ".crt"); err != nil {
+		t.Fatalf("the attested certificate: %v", err)
+	}
 
 	// Without certificates ipledgerctl gets nothing, and says what to add.
 	if r := ctl("nodes"); r.Exit != 1 || !strings.Contains(r.Stderr, "--dev-certs") {

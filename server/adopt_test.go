@@ -13,7 +13,10 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+	"github.com/ipledger/ipledger/server/allocator"
+	"github.com/ipledger/ipledger/server/allocator/diff"
 	"github.com/ipledger/ipledger/server/config"
+	"github.com/ipledger/ipledger/server/ledger"
 	"github.com/ipledger/ipledger/server/servertest"
 	"github.com/ipledger/ipledger/server/store"
 )
@@ -118,4 +121,61 @@ func TestTakeoverAdoptsAnAssignmentTheOldLeaderNeverCommitted(t *testing.T) {
 	if holders != 1 {
 		t.Fatalf("%s is on %d ENIs", orphan, holders)
 	}
+}
+
+// TestAnOrphanPlacedAgainIsAdopted: an address a dead leader assigned on EC2 but never
+// committed is free in the next leader's ledger, so supply may place it again; EC2 answers
+// InvalidIPAddress.InUse because the address is already on that very ENI. It must be adopted
+// into the node's lease at once, not be taken for someone else's (foreign) until the next
+// reconciliation (an hour here).
+func TestAnOrphanPlacedAgainIsAdopted(t *testing.T) {
+	var cluster string
+	s := servertest.StartDev(t, func(c *config.Config) { c.DriftGrace = config.Duration(time.Hour); cluster = c.ClusterName })
+	sim := s.Sim()
+	inst := servertest.Instances(s)[0]
+	ag := servertest.NewAgent(t, servertest.Dial(t, s.GRPCAddr()), inst)
+	ag.Register()
+	ag.Sync()
+	pool := ag.WaitPool(15*time.Second, "a warm address", func(p *ipledgerv1.NodePool) bool {
+		return len(servertest.Addresses(p, ipledgerv1.LeaseState_LEASE_STATE_ACTIVE)) > 0
+	})
+
+	// The address the leader places next (placement is deterministic: the same state gives
+	// the same addresses), computed on a copy of the ledger built from etcd.
+	state, err := s.Store().Load(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	led, err := allocator.BuildLedger(diff.RecordsOf(state.Nodes, state.Subnets, state.Prewarms), ledger.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := led.Node(ag.Name())
+	next, err := led.ReserveAddresses(rec.SubnetID, 1, ledger.Owner{Node: ag.Name(), ENI: inst.PrimaryENI}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	orphan := next[0].String()
+	// A dead leader's uncommitted assignment of exactly that address.
+	awsCfg, err := awsconfig.LoadDefaultConfig(t.Context(), awsconfig.WithRegion("eu-west-1"),
+		awsconfig.WithCredentialsProvider(credentials.NewStaticCredentialsProvider("test", "test", "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := ec2.NewFromConfig(awsCfg, func(o *ec2.Options) { o.BaseEndpoint = aws.String(sim.Endpoint()) })
+	if _, err := client.AssignPrivateIpAddresses(t.Context(), &ec2.AssignPrivateIpAddressesInput{
+		NetworkInterfaceId: aws.String(inst.PrimaryENI), PrivateIpAddresses: []string{orphan},
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	// The node's pods take its warm addresses: supply places the orphan.
+	ag.ReportIPs(servertest.Addresses(pool, ipledgerv1.LeaseState_LEASE_STATE_ACTIVE), 1)
+	servertest.WaitFor(t, 10*time.Second, "the orphan "+orphan+" in the node's lease", func() bool {
+		p := ag.Pool()
+		return p != nil && slices.Contains(servertest.Addresses(p, ipledgerv1.LeaseState_LEASE_STATE_ACTIVE), orphan)
+	})
+	servertest.WaitFor(t, 10*time.Second, "EC2 and etcd to agree", func() bool {
+		return servertest.Consistent(t.Context(), sim.Sim(), s.Store(), cluster) == nil
+	})
 }

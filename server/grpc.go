@@ -20,6 +20,7 @@ import (
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/api"
 	"github.com/ipledger/ipledger/server/config"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -33,6 +34,10 @@ type ec2Credentials = aws.CredentialsProvider
 
 // MaxMessageBytes bounds every gRPC message the server accepts.
 const MaxMessageBytes = 4 << 20
+
+// MaxStreamsPerConnection bounds the concurrent calls of one client connection (an agent has
+// one Sync stream and a few unary calls; ipledgerctl one call at a time).
+const MaxStreamsPerConnection = 128
 
 // newGRPCServer builds the gRPC server: transport credentials (mutual TLS, or none), then the
 // interceptors, outermost first: metrics (every call, refused ones included), recovery (a
@@ -63,9 +68,13 @@ func (s *Server) newGRPCServer(creds credentials.TransportCredentials) *grpc.Ser
 	limiter.OnLimited = func(method string) { s.grpcMet.limited.WithLabelValues(method).Inc() }
 	syncLimiter := api.NewNodeLimiter(s.cfg.NodeRateLimit, s.cfg.NodeRateBurst)
 	syncLimiter.OnLimited = limiter.OnLimited
+	streams := api.NewStreamGuard()
+	streams.OnRefused = func(why string) { s.grpcMet.streamsRefused.WithLabelValues(why).Inc() }
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(MaxMessageBytes),
 		grpc.MaxSendMsgSize(MaxMessageBytes),
+		// Per connection; the StreamGuard bounds Sync streams per caller across connections.
+		grpc.MaxConcurrentStreams(MaxStreamsPerConnection),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(
@@ -86,7 +95,8 @@ func (s *Server) newGRPCServer(creds credentials.TransportCredentials) *grpc.Ser
 		opts = append(opts, grpc.Creds(creds))
 	}
 	srv := grpc.NewServer(opts...)
-	ipledgerv1.RegisterNodeServiceServer(srv, api.NewNodeServer(s, api.NodeOptions{Authorize: authz.AuthorizeNode, SyncLimiter: syncLimiter}))
+	ipledgerv1.RegisterNodeServiceServer(srv, api.NewNodeServer(s, api.NodeOptions{Authorize: authz.AuthorizeNode, SyncLimiter: syncLimiter, Streams: streams, Identity: s.ident}))
+	ipledgerv1.RegisterIdentityServiceServer(srv, api.NewIdentityServer(s, s.ident))
 	ipledgerv1.RegisterAdminServiceServer(srv, api.NewAdminServer(s))
 	s.health = health.NewServer()
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
@@ -117,6 +127,8 @@ func (s *Server) transportCredentials() (credentials.TransportCredentials, error
 		if s.backends != nil {
 			nodes = s.backends.Instances()
 		}
+		// Node certificates are still made for tools and tests that want one (agents attest
+		// and do not use them).
 		dev, err := mtls.EnsureDevCerts(s.cfg.DevCertsDir(), nodes, time.Now())
 		if err != nil {
 			return nil, fmt.Errorf("--dev certificates: %w", err)
@@ -134,18 +146,40 @@ func (s *Server) transportCredentials() (credentials.TransportCredentials, error
 			"cert", files.Cert, "identity", id.String(), "err", err)
 	}
 	s.tls = src
-	return mtls.ServerCredentials(src, s.log.With("component", "tls"), func(error) { s.grpcMet.handshakes.Inc() })
+	return mtls.NewServerCredentials(src, mtls.ServerOptions{Logger: s.log.With("component", "tls"),
+		Observe: func(error) { s.grpcMet.handshakes.Inc() }, AllowAnonymous: s.cfg.AttestationOn()})
 }
 
-// slogAdapter logs finished calls at debug, failed ones at info.
+// slogAdapter logs finished calls at debug, failed ones at warn and above. Refusals over a
+// rate limit (RESOURCE_EXHAUSTED) are logged at most once a second, as refused TLS handshakes
+// are: a flooding client must not flood the log too (ipledger_grpc_rate_limited_total and
+// ipledger_grpc_streams_refused_total count every one).
 func slogAdapter(l *slog.Logger) logging.Logger {
+	limited := &rate.Sometimes{Interval: time.Second}
 	return logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
 		level := slog.Level(lvl)
 		if level < slog.LevelWarn {
 			level = slog.LevelDebug
 		}
+		if level >= slog.LevelWarn && hasField(fields, "grpc.code", codes.ResourceExhausted.String()) {
+			limited.Do(func() {
+				l.Log(ctx, level, msg+" (further refusals within a second are not logged)", fields...)
+			})
+			return
+		}
 		l.Log(ctx, level, msg, fields...)
 	})
+}
+
+// hasField reports whether the key/value list holds key with the value.
+func hasField(fields []any, key, value string) bool {
+	for i := 0; i+1 < len(fields); i += 2 {
+		if k, ok := fields[i].(string); ok && k == key {
+			v, _ := fields[i+1].(string)
+			return v == value
+		}
+	}
+	return false
 }
 
 // etcdTLS builds the client TLS config for an external etcd.

@@ -19,6 +19,8 @@ type grpcMetrics struct {
 	duration   *prometheus.HistogramVec
 	limited    *prometheus.CounterVec
 	handshakes prometheus.Counter
+	// streamsRefused counts Sync streams the stream guard refused or ended, by why.
+	streamsRefused *prometheus.CounterVec
 }
 
 func newGRPCMetrics(reg prometheus.Registerer) *grpcMetrics {
@@ -36,12 +38,16 @@ func newGRPCMetrics(reg prometheus.Registerer) *grpcMetrics {
 			Name: "ipledger_grpc_rate_limited_total",
 			Help: "NodeService calls and Sync messages refused by the per-node rate limit, by method.",
 		}, []string{"method"}),
+		streamsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ipledger_grpc_streams_refused_total",
+			Help: "Sync streams refused or ended before their hello: too_many_streams (a caller over its open-stream limit), no_hello (no SyncHello in time).",
+		}, []string{"why"}),
 		handshakes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ipledger_grpc_tls_handshake_failures_total",
 			Help: "TLS handshakes the gRPC server refused (unknown CA, expired or missing client certificate, plaintext).",
 		}),
 	}
-	reg.MustRegister(m.requests, m.duration, m.limited, m.handshakes)
+	reg.MustRegister(m.requests, m.duration, m.limited, m.handshakes, m.streamsRefused)
 	return m
 }
 

@@ -9,7 +9,8 @@ import (
 )
 
 // httpHandler serves /metrics, /healthz (the process answers), /readyz (etcd has quorum and
-// a leader is known, or this replica leads) and the dashboard (everything else).
+// a leader is known, or this replica leads), open to anyone (Prometheus, probes), and the
+// dashboard and its JSON (everything else), for loopback clients or a bearer token only.
 func (s *Server) httpHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
@@ -33,6 +34,6 @@ func (s *Server) httpHandler() http.Handler {
 		}
 		w.Write([]byte("ready (" + role + ")\n"))
 	})
-	mux.Handle("/", s.dash.Handler())
+	mux.Handle("/", s.dashboardGuard(s.dash.Handler()))
 	return mux
 }

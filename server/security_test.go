@@ -78,8 +78,9 @@ func TestDevCertificatesConfineEachCallerToItsIdentity(t *testing.T) {
 	}
 	insts := servertest.Instances(s)
 	a, b := insts[0], insts[1]
-	asA := ipledgerv1.NewNodeServiceClient(dialTLS(t, s.GRPCAddr(), dev.Node(a.PrivateDNSName)))
-	asB := ipledgerv1.NewNodeServiceClient(dialTLS(t, s.GRPCAddr(), dev.Node(b.PrivateDNSName)))
+	nodeA, nodeB := servertest.NodeCertFiles(t, dev, a.PrivateDNSName), servertest.NodeCertFiles(t, dev, b.PrivateDNSName)
+	asA := ipledgerv1.NewNodeServiceClient(dialTLS(t, s.GRPCAddr(), nodeA))
+	asB := ipledgerv1.NewNodeServiceClient(dialTLS(t, s.GRPCAddr(), nodeB))
 	adminConn := dialTLS(t, s.GRPCAddr(), dev.Admin())
 
 	// B registers itself and gets its warm address.
@@ -110,9 +111,9 @@ func TestDevCertificatesConfineEachCallerToItsIdentity(t *testing.T) {
 	_, err = ipledgerv1.NewNodeServiceClient(adminConn).RegisterNode(t.Context(), regB)
 	wantDenied(t, "admin registers B", err, ipledgerv1.Reason_WRONG_NODE_IDENTITY)
 	// A node certificate is not an admin's: no listing, no draining.
-	_, err = ipledgerv1.NewAdminServiceClient(dialTLS(t, s.GRPCAddr(), dev.Node(a.PrivateDNSName))).ListNodes(t.Context(), &ipledgerv1.ListNodesRequest{})
+	_, err = ipledgerv1.NewAdminServiceClient(dialTLS(t, s.GRPCAddr(), nodeA)).ListNodes(t.Context(), &ipledgerv1.ListNodesRequest{})
 	wantDenied(t, "node lists nodes", err, ipledgerv1.Reason_ADMIN_REQUIRED)
-	_, err = ipledgerv1.NewAdminServiceClient(dialTLS(t, s.GRPCAddr(), dev.Node(a.PrivateDNSName))).DrainNode(t.Context(), &ipledgerv1.DrainNodeRequest{NodeName: b.PrivateDNSName})
+	_, err = ipledgerv1.NewAdminServiceClient(dialTLS(t, s.GRPCAddr(), nodeA)).DrainNode(t.Context(), &ipledgerv1.DrainNodeRequest{NodeName: b.PrivateDNSName})
 	wantDenied(t, "node drains B", err, ipledgerv1.Reason_ADMIN_REQUIRED)
 	// The server's own certificate is neither.
 	_, err = ipledgerv1.NewAdminServiceClient(dialTLS(t, s.GRPCAddr(), mtls.Files{Cert: dev.Server().Cert, Key: dev.Server().Key, CA: dev.CA()})).ListNodes(t.Context(), &ipledgerv1.ListNodesRequest{})
@@ -136,9 +137,18 @@ func TestDevCertificatesConfineEachCallerToItsIdentity(t *testing.T) {
 	if err != nil || len(nodes.GetNodes()) != 2 {
 		t.Fatalf("admin lists nodes: %v, %v", nodes, err)
 	}
-	if _, err := healthpb.NewHealthClient(dialTLS(t, s.GRPCAddr(), dev.Node(a.PrivateDNSName))).Check(t.Context(), &healthpb.HealthCheckRequest{}); err != nil {
+	if _, err := healthpb.NewHealthClient(dialTLS(t, s.GRPCAddr(), nodeA)).Check(t.Context(), &healthpb.HealthCheckRequest{}); err != nil {
 		t.Fatalf("health with a node certificate: %v", err)
 	}
+	// A client without a certificate completes the handshake (attestation needs it) but may
+	// call nothing but IdentityService.Attest.
+	anon := dialTLS(t, s.GRPCAddr(), mtls.Files{CA: dev.CA()})
+	_, err = ipledgerv1.NewNodeServiceClient(anon).RegisterNode(t.Context(), regB)
+	wantDenied(t, "anonymous registers B", err, ipledgerv1.Reason_WRONG_NODE_IDENTITY)
+	_, err = ipledgerv1.NewAdminServiceClient(anon).ListNodes(t.Context(), &ipledgerv1.ListNodesRequest{})
+	wantDenied(t, "anonymous lists nodes", err, ipledgerv1.Reason_ADMIN_REQUIRED)
+	_, err = ipledgerv1.NewIdentityServiceClient(anon).Renew(t.Context(), &ipledgerv1.RenewRequest{})
+	wantDenied(t, "anonymous renews", err, ipledgerv1.Reason_WRONG_NODE_IDENTITY)
 	// A plaintext client against the mTLS server gets nothing.
 	plain := servertest.Dial(t, s.GRPCAddr())
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
@@ -272,8 +282,9 @@ func TestTLSFilesRefuseBadCertificatesAndRotateWithoutRestart(t *testing.T) {
 }
 
 // One node flooding the server gets RESOURCE_EXHAUSTED / RATE_LIMITED on its unary calls; on
-// its Sync stream, messages over the limit are dropped and a flood ends the stream; meanwhile
-// another node's calls are served promptly.
+// its Sync stream, messages over the limit are dropped, a steady excess keeps the stream and
+// only a flood of over ~1,000 messages a second ends it; meanwhile another node's calls are
+// served promptly.
 func TestPerNodeRateLimitKeepsAFloodingAgentFromStarvingOthers(t *testing.T) {
 	const perSecond, burst = 10, 5
 	s := servertest.StartDev(t, func(c *config.Config) { c.NodeRateLimit, c.NodeRateBurst = perSecond, burst })
@@ -361,9 +372,27 @@ func TestPerNodeRateLimitKeepsAFloodingAgentFromStarvingOthers(t *testing.T) {
 		t.Fatal("no Sync message was dropped over the limit")
 	}
 
-	// A flood ends the stream with RATE_LIMITED.
+	// A steady excess below the flood rate (about 150 messages a second against a limit of
+	// 10) is dropped, never ended.
+	tick := time.NewTicker(20 * time.Millisecond)
+	for i := range 100 {
+		<-tick.C // pacing the sender, not synchronisation
+		for j := range 3 {
+			if err := report(500 + 3*i + j); err != nil {
+				t.Fatalf("steady excess, report %d: %v", 3*i+j, err)
+			}
+		}
+	}
+	tick.Stop()
+	select {
+	case err := <-streamErr:
+		t.Fatalf("a stream with a steady excess below the flood rate was ended: %v", err)
+	default:
+	}
+
+	// A flood (drops faster than ~1,000 a second) ends the stream with RATE_LIMITED.
 	go func() {
-		for i := 0; i < 100*burst; i++ {
+		for i := 0; i < 50000; i++ {
 			if report(1000+i) != nil {
 				return
 			}
@@ -389,6 +418,85 @@ func TestPerNodeRateLimitKeepsAFloodingAgentFromStarvingOthers(t *testing.T) {
 	})
 	if d := time.Since(t0); d > 3*time.Second {
 		t.Fatalf("the calm node waited %s", d)
+	}
+}
+
+// Sync streams are bounded per caller, counted from the moment they open (before any hello):
+// one node certificate may hold a few, on any number of connections; the next is refused at
+// once with RATE_LIMITED, another node is not affected, and closing one makes room.
+func TestSyncStreamsAreBoundedPerIdentity(t *testing.T) {
+	s := servertest.StartDev(t, func(c *config.Config) { c.Insecure = false })
+	dev := s.DevCerts()
+	insts := servertest.Instances(s)
+	asA := ipledgerv1.NewNodeServiceClient(dialTLS(t, s.GRPCAddr(), dev.Node(insts[0].PrivateDNSName)))
+	// A second connection with the same certificate counts against the same identity.
+	asAToo := ipledgerv1.NewNodeServiceClient(dialTLS(t, s.GRPCAddr(), dev.Node(insts[0].PrivateDNSName)))
+	asB := ipledgerv1.NewNodeServiceClient(dialTLS(t, s.GRPCAddr(), dev.Node(insts[1].PrivateDNSName)))
+	a := &servertest.Agent{T: t, Inst: insts[0], Client: asA}
+	a.Register()
+
+	// open starts a stream and, with hello, waits for its first pool: the server counts it.
+	open := func(c ipledgerv1.NodeServiceClient, hello bool) (ipledgerv1.NodeService_SyncClient, context.CancelFunc, error) {
+		ctx, cancel := context.WithCancel(t.Context())
+		st, err := c.Sync(ctx)
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		if hello {
+			if err := st.Send(&ipledgerv1.SyncRequest{Msg: &ipledgerv1.SyncRequest_Hello{Hello: &ipledgerv1.SyncHello{NodeName: a.Name(), InstanceId: a.Inst.ID}}}); err != nil {
+				cancel()
+				return nil, nil, err
+			}
+		}
+		if _, err := st.Recv(); err != nil {
+			cancel()
+			return nil, nil, err
+		}
+		return st, cancel, nil
+	}
+	var cancels []context.CancelFunc
+	for i := range api.DefaultMaxStreamsPerCaller {
+		c := asA
+		if i%2 == 1 {
+			c = asAToo
+		}
+		_, cancel, err := open(c, true)
+		if err != nil {
+			t.Fatalf("stream %d of the allowed %d: %v", i+1, api.DefaultMaxStreamsPerCaller, err)
+		}
+		cancels = append(cancels, cancel)
+	}
+	// One more, without a hello, is refused at once (it never gets to wait for one).
+	_, _, err := open(asA, false)
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("stream over the per-identity limit: %v, want RESOURCE_EXHAUSTED", err)
+	}
+	if r, md := api.ReasonOf(err); r != ipledgerv1.Reason_RATE_LIMITED.String() || md["caller"] != "ipledger://node/"+a.Name() {
+		t.Fatalf("stream over the limit: reason %q metadata %v", r, md)
+	}
+	if got := counterValue(t, s, "ipledger_grpc_streams_refused_total", "why", "too_many_streams"); got != 1 {
+		t.Fatalf("ipledger_grpc_streams_refused_total{why=too_many_streams} = %v, want 1", got)
+	}
+	// Another node is not affected.
+	b := &servertest.Agent{T: t, Inst: insts[1], Client: asB}
+	b.Register()
+	b.Sync()
+	b.WaitPool(10*time.Second, "B's warm address", func(p *ipledgerv1.NodePool) bool {
+		return len(servertest.Addresses(p, ipledgerv1.LeaseState_LEASE_STATE_ACTIVE)) >= 1
+	})
+	// Closing one of A's streams makes room for another.
+	cancels[0]()
+	servertest.WaitFor(t, 5*time.Second, "room for another of A's streams", func() bool {
+		_, cancel, err := open(asA, true)
+		if err != nil {
+			return false
+		}
+		cancels = append(cancels, cancel)
+		return true
+	})
+	for _, c := range cancels {
+		c()
 	}
 }
 
@@ -421,5 +529,48 @@ func TestOversizedUsageReportIsRefused(t *testing.T) {
 	}
 	if rt, ok := s.Allocator().Runtime(a.Name()); ok && rt.Usage != nil {
 		t.Fatalf("the oversized report was applied: %d pods", len(rt.Usage.InUse))
+	}
+}
+
+// Pod names and namespaces with control characters (a forged table row, terminal escapes) are
+// refused in usage reports, as the agent refuses them at ADD: the stream ends with
+// INVALID_ARGUMENT naming the field and nothing is applied.
+func TestUsageReportWithControlCharactersIsRefused(t *testing.T) {
+	s := servertest.StartDev(t, nil)
+	conn := servertest.Dial(t, s.GRPCAddr())
+	for _, tc := range []struct {
+		field string
+		pod   *ipledgerv1.PodAddress
+	}{
+		{"pod_name", &ipledgerv1.PodAddress{Ip: "192.168.32.9", ContainerId: "c1", Ifname: "eth0", PodNamespace: "default", PodName: "web\x1b[2J"}},
+		{"pod_namespace", &ipledgerv1.PodAddress{Ip: "192.168.32.9", ContainerId: "c1", Ifname: "eth0", PodNamespace: "ns\r\nforged-row", PodName: "web"}},
+		{"pod_uid", &ipledgerv1.PodAddress{Ip: "192.168.32.9", ContainerId: "c1", Ifname: "eth0", PodUid: "u\a"}},
+		{"container_id", &ipledgerv1.PodAddress{Ip: "192.168.32.9", ContainerId: "c\x1b", Ifname: "eth0"}},
+	} {
+		t.Run(tc.field, func(t *testing.T) {
+			a := servertest.NewAgent(t, conn, servertest.Instances(s)[0])
+			a.Register()
+			st, err := a.Client.Sync(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := st.Send(&ipledgerv1.SyncRequest{Msg: &ipledgerv1.SyncRequest_Hello{Hello: &ipledgerv1.SyncHello{NodeName: a.Name(), InstanceId: a.Inst.ID}}}); err != nil {
+				t.Fatal(err)
+			}
+			before, _ := s.Allocator().Runtime(a.Name())
+			u := &ipledgerv1.UsageReport{InUse: []*ipledgerv1.PodAddress{tc.pod}}
+			if err := st.Send(&ipledgerv1.SyncRequest{Msg: &ipledgerv1.SyncRequest_Usage{Usage: u}}); err != nil && !errors.Is(err, io.EOF) {
+				t.Fatal(err)
+			}
+			for err == nil {
+				_, err = st.Recv()
+			}
+			if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "usage.in_use[0]."+tc.field) || !strings.Contains(err.Error(), "control characters") {
+				t.Fatalf("report with a control character in %s: %v", tc.field, err)
+			}
+			if after, _ := s.Allocator().Runtime(a.Name()); after.Usage != before.Usage {
+				t.Fatal("the refused report was applied")
+			}
+		})
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/ipledger/ipledger/server/dashboard"
 	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/ec2sim"
+	"github.com/ipledger/ipledger/server/identity"
 	"github.com/ipledger/ipledger/server/ledger"
 	"github.com/ipledger/ipledger/server/replica"
 	"github.com/ipledger/ipledger/server/store"
@@ -59,6 +60,7 @@ type Server struct {
 	grpcMet  *grpcMetrics
 	tls      *mtls.Source   // the server's certificate and client CA (nil: plaintext)
 	devCerts *mtls.DevCerts // --dev's certificates (nil without them)
+	ident    *identity.Service
 
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
@@ -150,6 +152,9 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err
 	if err != nil {
 		return nil, err
 	}
+	if err := s.newIdentity(ctx); err != nil {
+		return nil, err
+	}
 
 	if s.grpcLis, err = net.Listen("tcp", cfg.GRPCListen); err != nil {
 		return nil, fmt.Errorf("grpc-listen %s: %w", cfg.GRPCListen, err)
@@ -162,7 +167,7 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err
 		Store: storeCfg, Advertise: s.advert, Gateway: s.gw, Logger: s.log,
 		Ledger: ledger.Options{ReleaseCooldown: cfg.ReleaseCooldown.D()},
 		Allocator: allocator.Config{
-			ClusterName: cfg.ClusterName, EC2: s.gw, Policies: policies, SecurityGroups: cfg.SecurityGroups, Subnets: cfg.Subnets,
+			ClusterName: cfg.ClusterName, EC2: s.gw, Policies: policiesOf(policies), SecurityGroups: cfg.SecurityGroups, Subnets: cfg.Subnets,
 			ReleaseDelay: cfg.ReleaseDelay.D(), ProposalTimeout: cfg.ProposalTimeout.D(),
 			ReconcileInterval: cfg.ReconcileInterval.D(), InstanceCheckInterval: cfg.InstanceCheckInterval.D(),
 			DriftGrace: cfg.DriftGrace.D(), Clock: s.clk, Logger: s.log, Registerer: s.reg,
@@ -188,6 +193,7 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err
 	}, "http")
 	s.goRun(func() error { return s.forecast.Run(runCtx, 30*time.Second) }, "forecast")
 	s.goRun(func() error { return s.dash.Run(runCtx) }, "dashboard")
+	s.goRun(func() error { return s.ident.Run(runCtx) }, "identity")
 	s.goRun(func() error { return s.rep.Run(runCtx) }, "replica")
 	s.log.Info("replica started", "grpc", s.GRPCAddr(), "http", s.HTTPAddr(), "advertise", s.advert, "cluster", cfg.ClusterName,
 		"transport", cfg.Transport().String())
@@ -389,7 +395,7 @@ func (s *Server) ClusterStatus(ctx context.Context) *ipledgerv1.ClusterStatus {
 func (s *Server) storeHealth(ctx context.Context) error { return s.rep.Health(ctx) }
 
 // LoadPolicyFile reads a YAML or JSON list of NodePolicy objects and validates each.
-func LoadPolicyFile(path string) ([]policy.Policy, error) {
+func LoadPolicyFile(path string) ([]*ipledgerv1.NodePolicy, error) {
 	if path == "" {
 		return nil, nil
 	}
@@ -406,7 +412,7 @@ func LoadPolicyFile(path string) ([]policy.Policy, error) {
 		return nil, fmt.Errorf("policy-file %s: want a list of policies: %w", path, err)
 	}
 	seen := map[string]bool{}
-	var out []policy.Policy
+	var out []*ipledgerv1.NodePolicy
 	for i, r := range raw {
 		wire := &ipledgerv1.NodePolicy{}
 		if err := protojson.Unmarshal(r, wire); err != nil {
@@ -423,7 +429,17 @@ func LoadPolicyFile(path string) ([]policy.Policy, error) {
 			return nil, fmt.Errorf("policy-file %s: policy %q appears twice", path, p.Name)
 		}
 		seen[p.Name] = true
-		out = append(out, p)
+		out = append(out, wire)
 	}
 	return out, nil
+}
+
+// policiesOf converts the policy file's policies (LoadPolicyFile validated them).
+func policiesOf(wire []*ipledgerv1.NodePolicy) []policy.Policy {
+	out := make([]policy.Policy, 0, len(wire))
+	for _, w := range wire {
+		p, _ := api.PolicyFromProto(w)
+		out = append(out, p)
+	}
+	return out
 }

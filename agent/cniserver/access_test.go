@@ -103,26 +103,47 @@ func TestSocketReachableOnlyByRootAndItsGroup(t *testing.T) {
 	}
 }
 
-// A socket directory anyone may write to (without the sticky bit) is refused: another user
-// could put its own socket in the agent's place.
-func TestWorldWritableSocketDirIsRefused(t *testing.T) {
-	dir := filepath.Join(shortDir(t), "open")
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(dir, 0o777); err != nil {
-		t.Fatal(err)
-	}
+// A socket directory that anyone but the agent's user or root may write to is refused: its
+// owner, its group or anyone else could put their own socket in the agent's place.
+func TestUnsafeSocketDirIsRefused(t *testing.T) {
 	e := start(t, nil, nil) // for its pool
-	s, err := New(Config{SocketPath: filepath.Join(dir, "agent.sock"), Pool: e.pool})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Run(t.Context()); !errors.Is(err, ErrUnsafeDir) || !strings.Contains(err.Error(), dir) {
-		t.Fatalf("Run: %v, want ErrUnsafeDir naming %s", err, dir)
-	}
-	if _, err := os.Stat(filepath.Join(dir, "agent.sock")); !errors.Is(err, os.ErrNotExist) {
-		t.Fatal("a socket was created in the unsafe directory")
+	for _, tc := range []struct {
+		name  string
+		mode  os.FileMode
+		owner int // -1: as created
+	}{
+		{"world-writable", 0o777, -1},
+		{"world-writable and sticky", 0o777 | os.ModeSticky, -1},
+		{"group-writable", 0o775, -1},
+		{"owned by another user", 0o755, 65534},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := filepath.Join(shortDir(t), "open")
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(dir, tc.mode); err != nil {
+				t.Fatal(err)
+			}
+			if tc.owner >= 0 {
+				if os.Geteuid() != 0 {
+					t.Skip("needs root to give the directory to another user")
+				}
+				if err := os.Chown(dir, tc.owner, -1); err != nil {
+					t.Fatal(err)
+				}
+			}
+			s, err := New(Config{SocketPath: filepath.Join(dir, "agent.sock"), Pool: e.pool})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Run(t.Context()); !errors.Is(err, ErrUnsafeDir) || !strings.Contains(err.Error(), dir) {
+				t.Fatalf("Run: %v, want ErrUnsafeDir naming %s", err, dir)
+			}
+			if _, err := os.Stat(filepath.Join(dir, "agent.sock")); !errors.Is(err, os.ErrNotExist) {
+				t.Fatal("a socket was created in the unsafe directory")
+			}
+		})
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -212,6 +213,28 @@ func (s *Server) Run(ctx context.Context) error {
 	return err2
 }
 
+// checkSocketDir refuses a socket directory that anyone but the agent's user (or root) may
+// write to: its owner, or a member of a group or anyone else with write permission (sticky bit
+// or not: a sticky directory still lets them create a socket of their own at the path), could
+// put their own socket where the plugin dials the agent.
+func checkSocketDir(dir string) error {
+	di, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("cniserver: socket directory: %w", err)
+	}
+	if perm := di.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Errorf("%w: %s is %v: others could replace the socket; use a directory only its owner can write (0755)", ErrUnsafeDir, dir, perm)
+	}
+	st, ok := di.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("%w: %s: cannot read its owner", ErrUnsafeDir, dir)
+	}
+	if uid := uint32(os.Geteuid()); st.Uid != uid && st.Uid != 0 {
+		return fmt.Errorf("%w: %s is owned by uid %d, not by root or the agent (uid %d): its owner could replace the socket", ErrUnsafeDir, dir, st.Uid, uid)
+	}
+	return nil
+}
+
 // listen opens the unix socket: directory 0755 (created if missing; refused when anyone may
 // replace files in it), stale socket removed, socket 0660 with group. The socket is bound in a
 // private directory (0700) and renamed into place only once its mode and group are set, so no
@@ -221,10 +244,8 @@ func listen(path, group string) (net.Listener, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("cniserver: create socket directory: %w", err)
 	}
-	if di, err := os.Stat(dir); err != nil {
-		return nil, fmt.Errorf("cniserver: socket directory: %w", err)
-	} else if di.Mode().Perm()&0o002 != 0 && di.Mode()&os.ModeSticky == 0 {
-		return nil, fmt.Errorf("%w: %s is %v: anyone could replace the socket; use a directory only root can write", ErrUnsafeDir, dir, di.Mode().Perm())
+	if err := checkSocketDir(dir); err != nil {
+		return nil, err
 	}
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode()&os.ModeSocket == 0 {

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/ipledger/ipledger/agent/internal/rpcerr"
+	"github.com/ipledger/ipledger/internal/validate"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 )
 
@@ -16,7 +17,6 @@ import (
 const (
 	maxContainerID = 256
 	maxIfName      = 15 // IFNAMSIZ - 1
-	maxPodField    = 253
 	maxNetNS       = 4096
 	// MaxWait is the longest wait an Add may ask for.
 	MaxWait = 5 * time.Minute
@@ -56,7 +56,7 @@ func validIfName(field, name string) error {
 		return invalid(field, "%q is not an interface name", name)
 	}
 	for _, r := range name {
-		if r == '/' || r == ':' || r <= ' ' || r == 0x7f {
+		if r == '/' || r == ':' || r == ' ' || validate.IsControl(r) {
 			return invalid(field, "%q contains %q", name, r)
 		}
 	}
@@ -64,11 +64,8 @@ func validIfName(field, name string) error {
 }
 
 func validPodField(field, v string) error {
-	if len(v) > maxPodField {
-		return invalid(field, "is %d characters long, at most %d allowed", len(v), maxPodField)
-	}
-	if strings.ContainsFunc(v, func(r rune) bool { return r < ' ' || r == 0x7f }) {
-		return invalid(field, "contains control characters")
+	if err := validate.PodField(v); err != nil {
+		return invalid(field, "%v", err)
 	}
 	return nil
 }

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ipledger/ipledger/internal/atomicfile"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 )
 
@@ -95,7 +96,7 @@ func (p *Pool) persist(v uint64) error {
 	if err != nil {
 		return fmt.Errorf("pool: encode checkpoint: %w", err)
 	}
-	if err := writeFileAtomic(p.cfg.CheckpointPath, data); err != nil {
+	if err := atomicfile.Write(p.cfg.CheckpointPath, data, 0o600); err != nil {
 		return fmt.Errorf("pool: write checkpoint: %w", err)
 	}
 	p.durable = cur
@@ -356,44 +357,10 @@ func (p *Pool) decode(raw []byte) error {
 	return nil
 }
 
-// writeFileAtomic replaces path with data: a temp file in the same directory, fsync, rename
-// over path, fsync of the directory. A crash at any point leaves either the old or the new file.
-func writeFileAtomic(path string, data []byte) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			_ = os.Remove(tmp)
-		}
-	}()
-	if _, err = f.Write(data); err != nil {
-		_ = f.Close()
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		_ = f.Close()
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	if err = os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = d.Close() }()
-	return d.Sync()
-}
-
-// removeTemps deletes temp files left by writes that crashed before their rename.
+// removeTemps deletes temp files left by writes that crashed before their rename: atomicfile's,
+// and "<name>.tmp-*" of agents before it.
 func removeTemps(path string) {
+	atomicfile.RemoveTemps(path)
 	matches, _ := filepath.Glob(filepath.Join(filepath.Dir(path), filepath.Base(path)+".tmp-*"))
 	for _, m := range matches {
 		_ = os.Remove(m)

@@ -1,7 +1,6 @@
 package cniinstall
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -16,6 +15,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 
 	"github.com/ipledger/ipledger/cni"
+	"github.com/ipledger/ipledger/internal/atomicfile"
 )
 
 // Sentinel errors; Install wraps them with the detail.
@@ -62,6 +62,10 @@ type Config struct {
 	// RequireChained refuses to install when a chained plugin of the conflist (portmap, ...) is
 	// not in BinDir; without it a missing plugin is only logged.
 	RequireChained bool
+	// BinaryOnly installs the plugin binary and not the conflist (--binary-only): the agent
+	// installs the conflist itself once it can serve pods (InstallConflist), so that the node
+	// is Ready only then.
+	BinaryOnly bool
 	// LogFormat of NewLogger: text or json.
 	LogFormat string
 	// Logger receives what was installed and the warnings (nil: discard).
@@ -99,6 +103,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.ConflistName, "conflist-name", c.ConflistName, "file name in --conf-dir (\"\" = the base name of --conflist-src)")
 	fs.StringVar(&c.CNIVersion, "cni-version", c.CNIVersion, "cniVersion to install the conflist with (\"\" = as shipped, 1.0.0; 1.1.0 only for runtimes that speak it, e.g. containerd 2.x)")
 	fs.BoolVar(&c.RequireChained, "require-chained", c.RequireChained, "refuse to install when a chained plugin is missing from --bin-dir")
+	fs.BoolVar(&c.BinaryOnly, "binary-only", c.BinaryOnly, "install the plugin binary only; the agent installs the conflist once it can serve pods")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
 }
 
@@ -217,6 +222,10 @@ func Install(cfg Config) (Result, error) {
 	if res.PluginChanged, err = writeAtomic(res.PluginPath, plugin, 0o755); err != nil {
 		return res, err
 	}
+	if cfg.BinaryOnly {
+		log.Info("CNI plugin binary installed; the agent installs the conflist when it can serve pods", "plugin", res.PluginPath, "plugin_changed", res.PluginChanged)
+		return res, nil
+	}
 	name := cfg.conflistName()
 	res.ConflistPath = filepath.Join(cfg.ConfDir, name)
 	if res.ConflistChanged, err = writeAtomic(res.ConflistPath, conflist, 0o644); err != nil {
@@ -293,49 +302,11 @@ func checkConflist(b []byte, pluginName string) (socket string, chained []string
 // does, and otherwise replaces it by renaming a synced temporary file of the same directory over it
 // (a running binary keeps its old inode; readers see the old or the new file, never a mix).
 func writeAtomic(path string, data []byte, mode os.FileMode) (bool, error) {
-	if fi, err := os.Lstat(path); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm() == mode {
-		if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, data) {
-			return false, nil
-		}
-	}
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	wrote, err := atomicfile.WriteIfChanged(path, data, mode)
 	if err != nil {
-		return false, fmt.Errorf("cniinstall: %w", err)
-	}
-	tmp := f.Name()
-	done := false
-	defer func() {
-		if !done {
-			_ = f.Close()
-			_ = os.Remove(tmp)
-		}
-	}()
-	if _, err := io.Copy(f, bytes.NewReader(data)); err != nil {
-		return false, fmt.Errorf("cniinstall: write %s: %w", tmp, err)
-	}
-	if err := f.Chmod(mode); err != nil {
-		return false, fmt.Errorf("cniinstall: chmod %s: %w", tmp, err)
-	}
-	if err := f.Sync(); err != nil {
-		return false, fmt.Errorf("cniinstall: sync %s: %w", tmp, err)
-	}
-	if err := f.Close(); err != nil {
-		return false, fmt.Errorf("cniinstall: close %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
 		return false, fmt.Errorf("cniinstall: install %s: %w", path, err)
 	}
-	done = true
-	d, err := os.Open(dir)
-	if err != nil {
-		return true, fmt.Errorf("cniinstall: sync %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return true, fmt.Errorf("cniinstall: sync %s: %w", dir, err)
-	}
-	return true, nil
+	return wrote, nil
 }
 
 // shadowing lists the config files of dir that a runtime reads before name.

@@ -273,12 +273,12 @@ func TestFlagsSetEverySetting(t *testing.T) {
 	fs := flag.NewFlagSet("x", flag.ContinueOnError)
 	cfg.RegisterFlags(fs)
 	err := fs.Parse([]string{"--plugin-src=/a/p", "--plugin-name=q", "--bin-dir=/b", "--conflist-src=/c/x.conflist",
-		"--conf-dir=/d", "--conflist-name=20-q.conflist", "--require-chained=false", "--log-format=json"})
+		"--conf-dir=/d", "--conflist-name=20-q.conflist", "--require-chained=false", "--binary-only", "--log-format=json"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := Config{PluginSource: "/a/p", PluginName: "q", BinDir: "/b", ConflistSource: "/c/x.conflist", ConfDir: "/d",
-		ConflistName: "20-q.conflist", RequireChained: false, LogFormat: "json"}
+		ConflistName: "20-q.conflist", RequireChained: false, BinaryOnly: true, LogFormat: "json"}
 	if cfg != want {
 		t.Errorf("flags gave %+v, want %+v", cfg, want)
 	}

@@ -1,5 +1,8 @@
 // Package cniinstall installs ipledger's CNI plugin binary and network config list on a node; it
-// is the logic of ipledger-cni-install, the init container of the agent DaemonSet.
+// is the logic of ipledger-cni-install, the init container of the agent DaemonSet (which, with
+// --binary-only, installs the binary alone), and of the agent, which installs the conflist
+// (InstallConflist) once it holds an identity and a pool: the container runtime reports the
+// node's network ready, and the kubelet the node Ready, only when its agent can serve pods.
 //
 // It owns the copy: it validates the conflist with the plugin's own parser (package cni), refuses
 // a chain whose other plugins are missing from the CNI bin directory (every pod ADD would fail),

@@ -2,7 +2,8 @@
 # ipledger-agent, the node agent. The image also carries what the DaemonSet's init container
 # installs on the node: the CNI plugin (installed as /opt/cni/bin/ipledger), the conflist
 # (installed in /etc/cni/net.d) and the installer itself. Build from the repository root:
-#   docker build -f deploy/docker/ipledger-agent.Dockerfile --build-arg VERSION=v0.1.0 \
+#   docker build -f deploy/docker/ipledger-agent.Dockerfile --build-arg VERSION=$(make version) \
+#     --build-arg COMMIT=$(git rev-parse HEAD) --build-arg DATE=$(git log -1 --format=%cI) \
 #     -t <registry>/ipledger/ipledger-agent:v0.1.0 .
 #
 # Runs as root (USER 0) on distroless static: the agent manages links, routes and rules in the
@@ -17,6 +18,8 @@ FROM --platform=$BUILDPLATFORM golang:${GO_VERSION}-bookworm AS build
 ARG TARGETOS=linux
 ARG TARGETARCH=amd64
 ARG VERSION=dev
+ARG COMMIT=unknown
+ARG DATE=unknown
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN --mount=type=cache,target=/go/pkg/mod go mod download
@@ -25,7 +28,10 @@ COPY . .
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
     mkdir -p /out && \
     CGO_ENABLED=0 GOOS=${TARGETOS} GOARCH=${TARGETARCH} \
-    go build -trimpath -ldflags="-s -w -X main.version=${VERSION}" \
+    go build -trimpath -ldflags="-s -w -X main.version=${VERSION} \
+      -X github.com/ipledger/ipledger/internal/version.Version=${VERSION} \
+      -X github.com/ipledger/ipledger/internal/version.Commit=${COMMIT} \
+      -X github.com/ipledger/ipledger/internal/version.Date=${DATE}" \
       -o /out/ ./agent/cmd/ipledger-agent ./cni/cmd/ipledger-cni ./deploy/cmd/ipledger-cni-install
 
 FROM gcr.io/distroless/static-debian12

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
+
 	"github.com/ipledger/ipledger/server/ec2sim"
 )
 
@@ -279,7 +281,8 @@ func (r *runner) startPod(n *nodeRec, ph *phase, hostNet bool) *podRec {
 		defer r.podWG.Done()
 		defer cancel()
 		scheduled := r.clk.Now()
-		backoff := kubeletBackoffMin
+		// The kubelet retries a failed sandbox 1 s, 2 s, 4 s, ... up to 10 s apart.
+		bo := &backoff.ExponentialBackOff{InitialInterval: kubeletBackoffMin, Multiplier: 2, MaxInterval: kubeletBackoffMax}
 		for attempt := 1; ; attempt++ {
 			callStart := time.Now()
 			waited, err := n.h.Add(ctx, name)
@@ -315,10 +318,9 @@ func (r *runner) startPod(n *nodeRec, ph *phase, hostNet bool) *podRec {
 			r.mu.Lock()
 			r.failedAdds++
 			r.mu.Unlock()
-			if !r.clk.Sleep(ctx, backoff) {
+			if !r.clk.Sleep(ctx, bo.NextBackOff()) {
 				return
 			}
-			backoff = min(2*backoff, kubeletBackoffMax)
 		}
 	}()
 	return p

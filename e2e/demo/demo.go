@@ -1,8 +1,9 @@
 // Package demo runs ipledger's demo: one ipledger-server replica in --dev mode (embedded etcd and
 // the simulated EC2 account of the seed documents: six /19 subnets, five m5.large nodes), an
 // agent per node, and the seed's workload (15 pods, 10 of them host network). It prints what
-// ipledger holds where the seed saw 43 addresses taken by two idle nodes, and where to look, then
-// runs until its context ends. It talks only to loopback and needs no root: the agents do not
+// ipledger holds where the seed saw two idle nodes take a /19's addresses, against what a model
+// of the VPC CNI takes on a copy of the account, and where to look, then runs until its context
+// ends. It talks only to loopback and needs no root: the agents do not
 // touch node networking, and pods are CNI ADDs sent to the agents' sockets as the runtime's plugin
 // would send them.
 package demo
@@ -62,6 +63,8 @@ type Report struct {
 	Nodes    []NodeReport
 	// BusiestSubnet is the subnet with the most nodes (two in the seed's cluster).
 	BusiestSubnet SubnetReport
+	// VPCCNI is what the VPC CNI's default would hold there with the same nodes and pods.
+	VPCCNI VPCCNIComparison
 }
 
 // NodeReport is one node and its pods.
@@ -83,8 +86,9 @@ type Pod struct {
 type SubnetReport struct {
 	ID, CIDR string
 	Nodes    int
-	// InUseOnEC2 is EC2's count: size - 5 reserved - availableIpAddressCount.
-	InUseOnEC2 int
+	// InUseOnEC2 is EC2's count: size - 5 reserved - availableIpAddressCount; Available is
+	// that count of free addresses and Usable the size less the 5 reserved.
+	InUseOnEC2, Available, Usable int
 	// Held is what ipledger's nodes hold there (ENI primaries + leased).
 	Held, PodsInUse int
 }
@@ -177,8 +181,10 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		acfg.CheckpointPath = filepath.Join(dir, "agents", in.ID, "checkpoint.json")
 		acfg.MetricsListen = "127.0.0.1:0"
 		acfg.ManageNetworking = false
-		node := certs.Node(in.PrivateDNSName)
-		acfg.TLSCertFile, acfg.TLSKeyFile, acfg.TLSCAFile = node.Cert, node.Key, node.CA
+		// No node certificate: the agent attests with its instance identity document and gets
+		// one from the server (it keeps its key in its identity directory).
+		acfg.TLSCAFile = certs.CA()
+		acfg.IdentityDir = filepath.Join(dir, "agents", in.ID, "identity")
 		acfg.Logger = cfg.Logger.With("component", "agent", "instance", in.ID)
 		a, err := agent.New(acfg)
 		if err != nil {
@@ -202,7 +208,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			return fmt.Errorf("agent for %s not ready", insts[i].ID)
 		}
 	}
-	fmt.Fprintf(out, "ipledger demo: %d agents registered; warm pools filling\n", len(agents))
+	fmt.Fprintf(out, "ipledger demo: %d agents attested (no hand-made node certificates) and registered; warm pools filling\n", len(agents))
 	if err := waitUntil(ctx, 20*time.Second, func() bool { return allWarm(srv, insts) }); err != nil {
 		return fmt.Errorf("pools did not fill: %w", err)
 	}
@@ -217,6 +223,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	// Let usage reports reach the server and the pools settle at their targets.
 	time.Sleep(1500 * time.Millisecond)
 	rep.BusiestSubnet = busiest(srv, insts)
+	if rep.VPCCNI, err = compareWithVPCCNI(ctx, scfg, rep, cfg.Logger.With("component", "vpccni-model")); err != nil {
+		return fmt.Errorf("the VPC CNI comparison: %w", err)
+	}
 	rep.CtlFlags = []string{"--dev-certs", rep.DevCerts}
 	printReport(out, cfg, srv, rep)
 	if cfg.Ready != nil {
@@ -327,7 +336,7 @@ func busiest(srv *server.Server, insts []ec2sim.InstanceInfo) SubnetReport {
 	rep := SubnetReport{ID: best, Nodes: count[best]}
 	if s, ok := srv.Sim().Sim().Snapshot().Subnet(best); ok {
 		rep.CIDR = s.CIDR
-		rep.InUseOnEC2 = s.Size - 5 - s.Available
+		rep.InUseOnEC2, rep.Available, rep.Usable = s.Size-5-s.Available, s.Available, s.Size-5
 	}
 	if b, err := srv.Ledger().Budget(best, time.Now()); err == nil {
 		rep.Held, rep.PodsInUse = b.Held, b.InUse
@@ -362,10 +371,13 @@ func printReport(out io.Writer, cfg Config, srv *server.Server, rep Report) {
 	}
 
 	b := rep.BusiestSubnet
-	fmt.Fprintf(out, "\nThe seed's cluster: in one /19 with two nodes and almost no pods, the VPC CNI had taken 43 addresses\n")
-	fmt.Fprintf(out, "(8147 of 8190 left), because each m5.large keeps a whole spare ENI of 10 addresses warm.\n")
-	fmt.Fprintf(out, "Here, subnet %s (%s) with %d nodes: EC2 counts %d addresses in use; ipledger holds %d\n", b.ID, b.CIDR, b.Nodes, b.InUseOnEC2, b.Held)
-	fmt.Fprintf(out, "(each node's own address, its pods' %d addresses, and one warm address per node).\n", b.PodsInUse)
+	v := rep.VPCCNI
+	fmt.Fprintf(out, "\nSubnet %s (%s), %d nodes and %d pods with addresses, as in the seed's cluster:\n", b.ID, b.CIDR, b.Nodes, b.PodsInUse)
+	fmt.Fprintf(out, "  the VPC CNI's default (WARM_ENI_TARGET=1, modelled on a copy of this account): %d addresses in use (%d of %d left):\n",
+		v.InUse, v.Available, v.Usable)
+	fmt.Fprintf(out, "    each node keeps %d ENIs of %d addresses, one of them a whole spare ENI kept warm\n", v.ENIsPerNode, v.AddressesPerENI)
+	fmt.Fprintf(out, "  ipledger: %d addresses in use (%d of %d left): each node's own address, its pods' and one warm address per node\n",
+		b.InUseOnEC2, b.Available, b.Usable)
 
 	fmt.Fprintf(out, "\nWhere to look:\n")
 	fmt.Fprintf(out, "  dashboard      http://%s/\n", rep.HTTPAddr)

@@ -3,8 +3,11 @@ package demo
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -75,11 +78,43 @@ func TestDemoStartsReportsAndStopsCleanly(t *testing.T) {
 	if b.Nodes != 2 || b.Held < 2*2 || b.Held > 2+b.PodsInUse+2*2 || b.InUseOnEC2 != b.Held {
 		t.Fatalf("busiest subnet: %+v", b)
 	}
+	// The VPC CNI's side is computed: two m5.large nodes with a pod or none each keep their
+	// primary ENI and a whole warm one, 2 x 2 x 10 = 40 addresses (the seed's console showed
+	// 8147 left, as here).
+	v := rep.VPCCNI
+	if v.ENIsPerNode != 2 || v.AddressesPerENI != 10 || v.InUse != b.Nodes*v.ENIsPerNode*v.AddressesPerENI || v.Usable != 8187 || v.Available != v.Usable-v.InUse {
+		t.Fatalf("VPC CNI comparison: %+v", v)
+	}
+	if v.Available != 8147 {
+		t.Errorf("VPC CNI model leaves %d of 8187, the seed's console showed 8147", v.Available)
+	}
 	text := out.String()
-	for _, want := range []string{"Subnet budgets", "43 addresses", "dashboard      http://" + rep.HTTPAddr, "metrics", "Running until Ctrl-C",
+	for _, want := range []string{"Subnet budgets", fmt.Sprintf("%d addresses in use (%d of %d left)", v.InUse, v.Available, v.Usable),
+		fmt.Sprintf("ipledger: %d addresses in use (%d of %d left)", b.InUseOnEC2, b.Available, b.Usable), "dashboard      http://" + rep.HTTPAddr, "metrics", "Running until Ctrl-C",
 		"--dev-certs " + rep.DevCerts} {
 		if !strings.Contains(text, want) {
 			t.Fatalf("report lacks %q:\n%s", want, text)
+		}
+	}
+	// The agents attested (no node certificate was given to them): each agent's identity is
+	// aws-iid, from the certificate the server issued into its identity directory.
+	if !strings.Contains(text, "agents attested") {
+		t.Fatalf("no attestation reported:\n%s", text)
+	}
+	for _, n := range rep.Nodes {
+		resp, err := http.Get("http://" + n.AgentHTTP + "/v1/pool")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v struct {
+			Identity struct {
+				Method string `json:"method"`
+			} `json:"identity"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&v)
+		resp.Body.Close()
+		if err != nil || v.Identity.Method != "aws-iid" {
+			t.Fatalf("agent of %s: identity %+v (%v)", n.Name, v.Identity, err)
 		}
 	}
 	// gRPC is mutual TLS: ipledgerctl works as printed, and not without the certificates.

@@ -44,7 +44,14 @@ func FreePort(t testing.TB) string {
 // socket, checkpoint and HTTP address, node networking in the node namespace with simulated ENI
 // links, and short intervals for tests (1 s cooldown, 1 s usage interval, 50 ms debounce).
 func (n *Node) AgentArgs() []string {
-	return []string{
+	var extra []string
+	if n.ServerCA != "" {
+		extra = append(extra, "--tls-ca-file", n.ServerCA, "--identity-dir", n.IdentityDir, "--attest-retry", "1s")
+	}
+	if n.CNIConfDir != "" {
+		extra = append(extra, "--cni-conf-dir", n.CNIConfDir, "--cni-conflist-src", n.ConflistSrc, "--cni-bin-dir", PluginDir(n.T))
+	}
+	return append([]string{
 		"--server", strings.Join(n.Servers, ","),
 		"--imds-endpoint", n.IMDS,
 		"--discovery-timeout", "30s",
@@ -56,7 +63,7 @@ func (n *Node) AgentArgs() []string {
 		"--usage-interval", "1s",
 		"--usage-debounce", "50ms",
 		"--log-level", "debug",
-	}
+	}, extra...)
 }
 
 // AgentConfig is the in-process equivalent of AgentArgs.
@@ -73,6 +80,12 @@ func (n *Node) AgentConfig() agent.Config {
 	cfg.UsageInterval = time.Second
 	cfg.UsageDebounce = 50 * time.Millisecond
 	cfg.Logger = Logger("agent").With("node", n.Name())
+	if n.ServerCA != "" {
+		cfg.TLSCAFile, cfg.IdentityDir, cfg.AttestRetry = n.ServerCA, n.IdentityDir, time.Second
+	}
+	if n.CNIConfDir != "" {
+		cfg.CNIConfDir, cfg.CNIConflistSource, cfg.CNIBinDir = n.CNIConfDir, n.ConflistSrc, PluginDir(n.T)
+	}
 	return cfg
 }
 

@@ -49,6 +49,14 @@ type Node struct {
 	Checkpoint string
 	// MetricsAddr is the agent's HTTP address (metrics, /healthz, /v1/pool).
 	MetricsAddr string
+	// ServerCA, when set, is the CA of the server's certificate: the agent attests (no
+	// certificate files) and keeps its key and certificate in IdentityDir.
+	ServerCA    string
+	IdentityDir string
+	// CNIConfDir, when set, is where the agent installs ConflistSrc once it can serve
+	// (ManagedRuntime sets both).
+	CNIConfDir  string
+	ConflistSrc string
 }
 
 // NewNode creates the node namespace and directory for instance, whose metadata the simulator
@@ -100,6 +108,38 @@ type Pod struct {
 	NS          ns.NetNS
 	ContainerID string
 	IfName      string
+}
+
+// Attest makes the node's agent attest to a server whose certificate caFile verifies.
+func (n *Node) Attest(caFile string) {
+	n.ServerCA = caFile
+	n.IdentityDir = filepath.Join(n.Dir, "identity")
+}
+
+// ManagedRuntime is a cnitool runtime whose config directory the agent fills: the agent
+// installs the network config list there (from a source file in the node's directory) once it
+// has an identity and a pool, as it does in /etc/cni/net.d on a real node.
+func (n *Node) ManagedRuntime(version string) *Runtime {
+	n.T.Helper()
+	r := n.NewRuntime(version)
+	src := filepath.Join(n.Dir, "conflist-src")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		n.T.Fatal(err)
+	}
+	name := "10-" + r.Network + ".conflist"
+	if err := os.Rename(filepath.Join(r.ConfDir, name), filepath.Join(src, name)); err != nil {
+		n.T.Fatal(err)
+	}
+	n.CNIConfDir, n.ConflistSrc = r.ConfDir, filepath.Join(src, name)
+	return r
+}
+
+// Conflist is the path of the conflist the agent installs in a ManagedRuntime ("" without one).
+func (n *Node) Conflist() string {
+	if n.CNIConfDir == "" {
+		return ""
+	}
+	return filepath.Join(n.CNIConfDir, filepath.Base(n.ConflistSrc))
 }
 
 // NewPod creates a pod namespace (removed in t.Cleanup) with a fresh container id.

@@ -169,6 +169,7 @@ func StartProcCluster(t testing.TB, cfg ProcClusterConfig) *ProcCluster {
 		if t.Failed() {
 			for _, r := range c.Replicas {
 				t.Logf("replica %d (%s): runs %d, exits %v; log %s:\n%s", r.Index, r.GRPC, r.Runs(), r.Exits(), r.LogPath, tail(r.LogPath, 60))
+				keepArtifact(t, r.LogPath, fmt.Sprintf("%s-server-%d.log", cfg.Name, r.Index))
 			}
 		}
 	})
@@ -242,4 +243,24 @@ func (c *ProcCluster) Invariants(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	return Invariants(ctx, c.Sim.Sim(), c.Store, c.Name)
+}
+
+// keepArtifact copies a file into $IPLEDGER_ARTIFACTS_DIR (when set) under name, so a failed
+// run's whole logs outlive the test's temporary directory.
+func keepArtifact(t testing.TB, path, name string) {
+	dir := os.Getenv("IPLEDGER_ARTIFACTS_DIR")
+	if dir == "" {
+		return
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Logf("keep %s: %v", path, err)
+		return
+	}
+	dst := filepath.Join(dir, name)
+	if err := os.WriteFile(dst, b, 0o644); err != nil {
+		t.Logf("keep %s: %v", path, err)
+		return
+	}
+	t.Logf("kept %s as %s", path, dst)
 }

@@ -1,6 +1,7 @@
 // Package vpccni is the benchmark's model of today's Amazon VPC CNI: one ipamd per node, written
 // from the facts in ../shared/brief/PROBLEM.md, so that ipledger-bench can run it side by side
-// with ipledger against the same EC2 simulator.
+// with ipledger against the same EC2 simulator, and the demo can compute what the VPC CNI would
+// hold in its account.
 //
 // The model is a separate system, not a client of ipledger: it imports the aws-sdk-go-v2 EC2
 // client directly (one client per node, as every aws-node pod has its own) and talks to the

@@ -20,9 +20,18 @@ import (
 // present a certificate that chains to the client CA, is within its validity period and allows
 // client authentication. Who the client is, and what it may do, is decided after the handshake
 // (IdentityOf, server/api).
-func ServerConfig(src *Source) (*tls.Config, error) {
+func ServerConfig(src *Source) (*tls.Config, error) { return serverConfig(src, false) }
+
+// serverConfig is ServerConfig; with anonymous, a client may also connect without a
+// certificate (a certificate it presents must still verify): the authorization interceptor then
+// allows it only the calls that need no identity (IdentityService.Attest, health).
+func serverConfig(src *Source, anonymous bool) (*tls.Config, error) {
 	if src.Certificate() == nil {
 		return nil, errors.New("mtls: the server needs a certificate and key")
+	}
+	auth := tls.RequireAndVerifyClientCert
+	if anonymous {
+		auth = tls.VerifyClientCertIfGiven
 	}
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
@@ -30,7 +39,7 @@ func ServerConfig(src *Source) (*tls.Config, error) {
 			return &tls.Config{
 				MinVersion:   tls.VersionTLS12,
 				Certificates: []tls.Certificate{*src.Certificate()},
-				ClientAuth:   tls.RequireAndVerifyClientCert,
+				ClientAuth:   auth,
 				ClientCAs:    src.CAs(),
 			}, nil
 		},
@@ -113,7 +122,22 @@ type HandshakeObserver func(err error)
 // call for every handshake a client fails: an unknown CA, an expired certificate, no
 // certificate, plaintext.
 func ServerCredentials(src *Source, log *slog.Logger, observe HandshakeObserver) (credentials.TransportCredentials, error) {
-	cfg, err := ServerConfig(src)
+	return NewServerCredentials(src, ServerOptions{Logger: log, Observe: observe})
+}
+
+// ServerOptions tune NewServerCredentials.
+type ServerOptions struct {
+	Logger  *slog.Logger
+	Observe HandshakeObserver
+	// AllowAnonymous lets clients without a certificate complete the handshake (for node
+	// attestation); a certificate a client presents must still verify.
+	AllowAnonymous bool
+}
+
+// NewServerCredentials is ServerCredentials with options.
+func NewServerCredentials(src *Source, opts ServerOptions) (credentials.TransportCredentials, error) {
+	log, observe := opts.Logger, opts.Observe
+	cfg, err := serverConfig(src, opts.AllowAnonymous)
 	if err != nil {
 		return nil, err
 	}

@@ -44,6 +44,10 @@ type SourceOptions struct {
 	Logger *slog.Logger
 	// Now is the clock (nil: time.Now).
 	Now func() time.Time
+	// AllowMissingCert: while the certificate and key files do not exist yet, the source has
+	// the CA alone (a client presents no certificate); they are loaded once they appear (an
+	// attesting agent writes them).
+	AllowMissingCert bool
 }
 
 // Source holds a certificate, its key and a CA pool loaded from files, and loads them again when
@@ -88,7 +92,7 @@ func NewSource(files Files, opts SourceOptions) (*Source, error) {
 	}
 	s := &Source{files: files, opts: opts, log: opts.Logger}
 	stamps := s.stat()
-	cert, leaf, pool, err := load(files)
+	cert, leaf, pool, err := s.load()
 	if err != nil {
 		return nil, err
 	}
@@ -160,7 +164,7 @@ func (s *Source) refresh() {
 	if stamps == old {
 		return
 	}
-	cert, leaf, pool, err := load(s.files)
+	cert, leaf, pool, err := s.load()
 	s.mu.Lock()
 	if err != nil {
 		// Keep serving the previous material; look again after the interval.
@@ -184,6 +188,27 @@ func (s *Source) refresh() {
 	for _, f := range listeners {
 		f()
 	}
+}
+
+// ReloadNow makes the next use look at the files at once (after the caller replaced them).
+func (s *Source) ReloadNow() {
+	s.mu.Lock()
+	s.lastLook = time.Time{}
+	s.mu.Unlock()
+	s.refresh()
+}
+
+// load is load(files), without the certificate while AllowMissingCert and neither file exists.
+func (s *Source) load() (*tls.Certificate, *x509.Certificate, *x509.CertPool, error) {
+	f := s.files
+	if s.opts.AllowMissingCert && f.Cert != "" {
+		_, certErr := os.Stat(f.Cert)
+		_, keyErr := os.Stat(f.Key)
+		if os.IsNotExist(certErr) && (os.IsNotExist(keyErr) || keyErr == nil) {
+			f.Cert, f.Key = "", ""
+		}
+	}
+	return load(f)
 }
 
 // stat stamps the three files (a missing file stamps zero, so its return is a change).

@@ -88,12 +88,13 @@ func ParseIdentity(u *url.URL) (Identity, error) {
 	if u.User != nil || u.Port() != "" || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
 		return Identity{}, fmt.Errorf("%w: %s has parts an identity does not have", ErrBadIdentity, u)
 	}
+	var id Identity
 	switch Kind(u.Host) {
 	case KindServer:
 		if u.Path != "" && u.Path != "/" {
 			return Identity{}, fmt.Errorf("%w: %s: the server identity has no name", ErrBadIdentity, u)
 		}
-		return ServerIdentity, nil
+		id = ServerIdentity
 	case KindNode, KindAdmin:
 		if len(u.Path) < 2 || u.Path[0] != '/' {
 			return Identity{}, fmt.Errorf("%w: %s: no name", ErrBadIdentity, u)
@@ -102,9 +103,17 @@ func ParseIdentity(u *url.URL) (Identity, error) {
 		if err := ValidName(name); err != nil {
 			return Identity{}, fmt.Errorf("%w: %s: %v", ErrBadIdentity, u, err)
 		}
-		return Identity{Kind: Kind(u.Host), Name: name}, nil
+		id = Identity{Kind: Kind(u.Host), Name: name}
+	default:
+		return Identity{}, fmt.Errorf("%w: %s: unknown kind %q (want node, admin or server)", ErrBadIdentity, u, u.Host)
 	}
-	return Identity{}, fmt.Errorf("%w: %s: unknown kind %q (want node, admin or server)", ErrBadIdentity, u, u.Host)
+	// Only the one spelling URI writes: "ipledger://node/%69p-1" decodes to ip-1, but a name
+	// that reaches the same identity by two spellings would let a CA's name constraints or an
+	// auditor's grep see one name while ipledger acts on another.
+	if got, want := u.String(), id.String(); got != want {
+		return Identity{}, fmt.Errorf("%w: %s is not in canonical form (want %s)", ErrBadIdentity, got, want)
+	}
+	return id, nil
 }
 
 // IdentityOf returns the identity a certificate carries: exactly one ipledger:// URI SAN. Other
@@ -128,6 +137,23 @@ func IdentityOf(cert *x509.Certificate) (Identity, error) {
 		return found[0], nil
 	}
 	return Identity{}, fmt.Errorf("%w: the certificate names %d ipledger identities; it must name one", ErrBadIdentity, len(found))
+}
+
+// PeerCertificate returns the verified leaf certificate of a gRPC call's peer.
+// ErrNoPeerCertificate when the connection is not TLS or carries no verified chain.
+func PeerCertificate(ctx context.Context) (*x509.Certificate, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok || p.AuthInfo == nil {
+		return nil, ErrNoPeerCertificate
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return nil, fmt.Errorf("%w: the connection uses %s, not TLS", ErrNoPeerCertificate, p.AuthInfo.AuthType())
+	}
+	if len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
+		return nil, ErrNoPeerCertificate
+	}
+	return info.State.VerifiedChains[0][0], nil
 }
 
 // PeerIdentity returns the identity of a gRPC call's peer from its verified TLS certificate.

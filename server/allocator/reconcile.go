@@ -45,7 +45,17 @@ func (a *Allocator) foreignOf(enis []ec2gw.ENI) map[netip.Addr]bool {
 				continue
 			}
 		}
-		addENIAddrs(set, e)
+		// An ENI being adopted into a node's record has its addresses pending for that node
+		// until the adoption's commit: they are not foreign (counting them so would race the
+		// adoption and leave etcd holding them as both foreign and leased).
+		onENI := map[netip.Addr]bool{}
+		addENIAddrs(onENI, e)
+		for ip := range onENI {
+			if own, taken := a.led.OwnerOf(ip); taken && own.Kind == ledger.OwnerPending && own.Node != "" {
+				continue
+			}
+			set[ip] = true
+		}
 	}
 	return set
 }
@@ -239,7 +249,9 @@ type drift struct {
 	key     string
 	// immediate repairs need no grace period (e.g. finishing a release EC2 already did).
 	immediate bool
-	repair    func(ctx context.Context) error
+	// recheck: no repair now, but the reconcile loop comes back one grace later to look again.
+	recheck bool
+	repair  func(ctx context.Context) error
 }
 
 func (d drift) logAttrs() []any {
@@ -303,6 +315,9 @@ func (a *Allocator) reconcileAll(ctx context.Context) (pending bool, err error) 
 	}
 	a.mu.Unlock()
 	for _, d := range drifts {
+		if d.recheck {
+			pending = true
+		}
 		if d.repair == nil {
 			continue
 		}
@@ -419,7 +434,10 @@ func (a *Allocator) repairOf(f diff.Finding, enis map[string]ec2gw.ENI) (drift, 
 		}
 	case diff.OnEC2NotLeased:
 		if o, ok := a.led.OwnerOf(itemAddr(item)); ok && o.Kind == ledger.OwnerPending && o.Node == node {
-			return drift{}, false // an assignment of this leader is in flight
+			// An assignment of this leader is in flight; look again one grace later, when it
+			// has landed or failed (an orphan of a dead leader it placed again). Not a finding
+			// of Check: an assignment in flight is no inconsistency.
+			return drift{key: "ec2pending|" + eni + "|" + item, recheck: true}, true
 		}
 		f.Detail += "; adopted into the node's pool"
 		d.repair = func(ctx context.Context) error { return a.adopt(ctx, node, eni, item) }

@@ -215,8 +215,15 @@ func (a *Allocator) assignOnENI(ctx context.Context, ns *nodeState, e ledger.ENI
 			}
 			return len(addrs) + len(prefixes), nil
 		case errors.Is(err, ec2gw.ErrAddressInUse):
-			// Someone we do not manage took an address: learn the subnet again, place elsewhere.
+			// The address may be on this very ENI already: assigned by a leader that died before
+			// its commit, whose orphan this leader placed again because reconciliation skipped it
+			// while this assignment was pending. Adopt what the ENI holds; what someone we do
+			// not manage took elsewhere is learnt with the subnet, and placed around.
+			got := a.resyncENI(ctx, ns, e.ID, prio)
 			a.led.CancelReservation(e.SubnetID, owner, addrs, prefixes)
+			if got > 0 {
+				return got, nil
+			}
 			if rerr := a.rescanSubnet(ctx, prio, e.SubnetID); rerr != nil {
 				return 0, rerr
 			}

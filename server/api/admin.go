@@ -106,6 +106,7 @@ func (s *AdminServer) ListNodes(ctx context.Context, _ *ipledgerv1.ListNodesRequ
 	for _, rec := range led.Nodes() {
 		out.Nodes = append(out.Nodes, s.summary(led, rec))
 	}
+	s.identityColumns(ctx, out.Nodes)
 	return out, nil
 }
 
@@ -148,7 +149,11 @@ func (s *AdminServer) GetNode(ctx context.Context, req *ipledgerv1.GetNodeReques
 	if err := allocator.ValidateNodeName("node_name", req.GetNodeName()); err != nil {
 		return nil, Status(err)
 	}
-	return s.detail(req.GetNodeName())
+	d, err := s.detail(req.GetNodeName())
+	if err == nil {
+		s.identityColumns(ctx, []*ipledgerv1.NodeSummary{d.GetSummary()})
+	}
+	return d, err
 }
 
 func (s *AdminServer) detail(name string) (*ipledgerv1.NodeDetail, error) {
@@ -202,7 +207,11 @@ func (s *AdminServer) DrainNode(ctx context.Context, req *ipledgerv1.DrainNodeRe
 	if err := a.Drain(ctx, req.GetNodeName(), req.GetUndo()); err != nil {
 		return nil, Status(err)
 	}
-	return s.detail(req.GetNodeName())
+	d, err := s.detail(req.GetNodeName())
+	if err == nil {
+		s.identityColumns(ctx, []*ipledgerv1.NodeSummary{d.GetSummary()})
+	}
+	return d, err
 }
 
 // GetLimiter implements AdminService (leader only: only the leader calls EC2).

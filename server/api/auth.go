@@ -14,15 +14,19 @@ import (
 
 // Full service names the authorizer knows.
 var (
-	nodeService  = ipledgerv1.NodeService_ServiceDesc.ServiceName
-	adminService = ipledgerv1.AdminService_ServiceDesc.ServiceName
+	nodeService     = ipledgerv1.NodeService_ServiceDesc.ServiceName
+	adminService    = ipledgerv1.AdminService_ServiceDesc.ServiceName
+	identityService = ipledgerv1.IdentityService_ServiceDesc.ServiceName
 )
 
 // Authorizer decides who may call what. With mutual TLS (Required) every call but the health
 // service's needs a client certificate carrying an ipledger identity:
 //
-//	NodeService   a node identity, equal to the node the request names (AuthorizeNode)
-//	AdminService  an admin identity
+//	NodeService              a node identity, equal to the node the request names (AuthorizeNode)
+//	AdminService             an admin identity
+//	IdentityService.Attest   no identity at all (the attestation is the proof); a certificate
+//	                         the caller presents anyway is verified by the handshake
+//	IdentityService.Renew    a node identity
 //	anything else refused
 //
 // Without TLS (plaintext on loopback or with --insecure) there are no identities and no
@@ -40,17 +44,20 @@ func (a Authorizer) Authenticate(ctx context.Context) (context.Context, error) {
 		return ctx, nil
 	}
 	method, _ := grpc.Method(ctx)
-	service, _ := splitMethod(method)
+	service, name := splitMethod(method)
+	if service == identityService && name == "Attest" {
+		return ctx, nil
+	}
 	id, err := mtls.PeerIdentity(ctx)
 	if err != nil {
 		reason := ipledgerv1.Reason_ADMIN_REQUIRED
-		if service == nodeService {
+		if service == nodeService || service == identityService {
 			reason = ipledgerv1.Reason_WRONG_NODE_IDENTITY
 		}
 		return nil, withInfo(codes.PermissionDenied, fmt.Sprintf("%s: %v", method, err), reason, nil)
 	}
 	switch {
-	case service == nodeService && id.Kind != mtls.KindNode:
+	case (service == nodeService || service == identityService) && id.Kind != mtls.KindNode:
 		return nil, withInfo(codes.PermissionDenied,
 			fmt.Sprintf("%s needs a node's certificate (%s://node/<node-name>); the caller is %s", method, mtls.Scheme, id),
 			ipledgerv1.Reason_WRONG_NODE_IDENTITY, map[string]string{"identity": id.String()})
@@ -58,7 +65,7 @@ func (a Authorizer) Authenticate(ctx context.Context) (context.Context, error) {
 		return nil, withInfo(codes.PermissionDenied,
 			fmt.Sprintf("%s needs an admin certificate (%s://admin/<name>); the caller is %s", method, mtls.Scheme, id),
 			ipledgerv1.Reason_ADMIN_REQUIRED, map[string]string{"identity": id.String()})
-	case service != nodeService && service != adminService:
+	case service != nodeService && service != adminService && service != identityService:
 		return nil, withInfo(codes.PermissionDenied, fmt.Sprintf("%s: no identity may call this service", method),
 			ipledgerv1.Reason_REASON_UNSPECIFIED, nil)
 	}

@@ -6,10 +6,12 @@ import (
 	"io"
 
 	"github.com/ipledger/ipledger/internal/clock"
+	"github.com/ipledger/ipledger/internal/validate"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/allocator"
 	"github.com/ipledger/ipledger/server/allocator/policy"
 	"github.com/ipledger/ipledger/server/ec2gw"
+	"github.com/ipledger/ipledger/server/identity"
 	"github.com/ipledger/ipledger/server/ledger"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc/codes"
@@ -54,10 +56,16 @@ const (
 type NodeOptions struct {
 	// Authorize checks the caller may act for the node a request names (nil: anyone may).
 	Authorize NodeAuthorizer
+	// Identity, when set, holds nodes with attested certificates to their own instance and
+	// remembers the certificate each node presents (for node listings).
+	Identity *identity.Service
 	// SyncLimiter is the per-node rate limit of Sync streams and their messages (nil: none).
 	// Unary calls have their own buckets (a NodeLimiter's interceptor), so a node's usage
 	// reports never take the tokens of its urgent requests for addresses.
 	SyncLimiter *NodeLimiter
+	// Streams bounds Sync streams per caller, the wait for their hello and floods (nil: the
+	// hello still waits at most DefaultHelloTimeout; no stream count limit).
+	Streams *StreamGuard
 }
 
 // NodeServer implements NodeService.
@@ -66,13 +74,15 @@ type NodeServer struct {
 	replica   Replica
 	authorize NodeAuthorizer
 	limiter   *NodeLimiter
+	streams   *StreamGuard
+	identity  *identity.Service
 }
 
 var _ ipledgerv1.NodeServiceServer = (*NodeServer)(nil)
 
 // NewNodeServer serves NodeService for a replica.
 func NewNodeServer(r Replica, opts NodeOptions) *NodeServer {
-	return &NodeServer{replica: r, authorize: opts.Authorize, limiter: opts.SyncLimiter}
+	return &NodeServer{replica: r, authorize: opts.Authorize, limiter: opts.SyncLimiter, streams: opts.Streams, identity: opts.Identity}
 }
 
 // allow takes a token of node's Sync bucket.
@@ -102,6 +112,9 @@ func (s *NodeServer) check(ctx context.Context, node string) error {
 // RegisterNode implements NodeService.
 func (s *NodeServer) RegisterNode(ctx context.Context, req *ipledgerv1.RegisterNodeRequest) (*ipledgerv1.RegisterNodeResponse, error) {
 	if err := s.check(ctx, req.GetNodeName()); err != nil {
+		return nil, err
+	}
+	if err := bindInstance(ctx, s.identity, req.GetNodeName(), req.GetInstanceId()); err != nil {
 		return nil, err
 	}
 	a, err := s.leader()
@@ -146,7 +159,12 @@ func (s *NodeServer) RequestAddresses(ctx context.Context, req *ipledgerv1.Reque
 // acks flow in while pools and proposals flow out.
 func (s *NodeServer) Sync(stream ipledgerv1.NodeService_SyncServer) error {
 	ctx := stream.Context()
-	first, err := stream.Recv()
+	release, err := s.streams.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
+	first, err := s.streams.recvHello(stream)
 	if err != nil {
 		return err
 	}
@@ -156,6 +174,9 @@ func (s *NodeServer) Sync(stream ipledgerv1.NodeService_SyncServer) error {
 	}
 	node := hello.GetNodeName()
 	if err := s.check(ctx, node); err != nil {
+		return err
+	}
+	if err := bindInstance(ctx, s.identity, node, hello.GetInstanceId()); err != nil {
 		return err
 	}
 	if !s.allow(node) {
@@ -176,7 +197,7 @@ func (s *NodeServer) Sync(stream ipledgerv1.NodeService_SyncServer) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		dropped := 0 // messages over the limit since the last one accepted
+		flood := s.streams.floodLimiter()
 		for {
 			msg, err := stream.Recv()
 			if err == io.EOF {
@@ -187,18 +208,16 @@ func (s *NodeServer) Sync(stream ipledgerv1.NodeService_SyncServer) error {
 			}
 			// A message over the node's limit is dropped: a usage report is a full snapshot, so
 			// the next one carries everything; a dropped release ack leaves its proposal to time
-			// out, which releases nothing. A stream that keeps going over (a burst's worth of
-			// messages dropped in a row) is ended: the agent floods, and reconnects after its
-			// back-off, its new stream refused while its bucket is empty.
+			// out, which releases nothing. Only a flood (drops faster than the guard's flood
+			// rate, ~1,000 per second) ends the stream: dropping costs less than the agent's
+			// reconnect, and a steady excess below it is only dropped.
 			if !s.allow(node) {
-				dropped++
 				s.limiter.Dropped("Sync")
-				if dropped > s.limiter.Burst() {
+				if !flood.Allow() {
 					return s.limiter.Refuse(node, "Sync")
 				}
 				continue
 			}
-			dropped = 0
 			switch m := msg.GetMsg().(type) {
 			case *ipledgerv1.SyncRequest_Usage:
 				if err := validateUsage(m.Usage); err != nil {
@@ -259,11 +278,22 @@ func validateUsage(u *ipledgerv1.UsageReport) error {
 	}
 	for i, p := range u.GetInUse() {
 		for _, f := range [...]struct{ name, v string }{
-			{"container_id", p.GetContainerId()}, {"ifname", p.GetIfname()}, {"pod_namespace", p.GetPodNamespace()},
-			{"pod_name", p.GetPodName()}, {"pod_uid", p.GetPodUid()},
+			{"container_id", p.GetContainerId()}, {"ifname", p.GetIfname()},
 		} {
 			if len(f.v) > maxIDLength {
 				return invalidArg(fmt.Sprintf("usage.in_use[%d].%s", i, f.name), fmt.Sprintf("longer than %d characters", maxIDLength))
+			}
+			if err := validate.NoControl(f.v); err != nil {
+				return invalidArg(fmt.Sprintf("usage.in_use[%d].%s", i, f.name), err.Error())
+			}
+		}
+		// The agent refuses such pod fields at CNI ADD; a report carrying them is forged or
+		// broken, and would reach terminals through ipledgerctl.
+		for _, f := range [...]struct{ name, v string }{
+			{"pod_namespace", p.GetPodNamespace()}, {"pod_name", p.GetPodName()}, {"pod_uid", p.GetPodUid()},
+		} {
+			if err := validate.PodField(f.v); err != nil {
+				return invalidArg(fmt.Sprintf("usage.in_use[%d].%s", i, f.name), err.Error())
 			}
 		}
 	}

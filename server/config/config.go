@@ -1,7 +1,7 @@
 // Package config owns ipledger-server's configuration: the defaults, the flags, the matching
 // IPLEDGER_* environment variables, the optional YAML/JSON file, and validation that names the
-// bad setting. Precedence, lowest first: defaults, file, environment, flags. It never starts
-// anything.
+// bad setting. Precedence, lowest first: defaults, file, environment, flags; the loading itself
+// is internal/conf's, shared with the agent. It never starts anything.
 package config
 
 import (
@@ -17,7 +17,7 @@ import (
 	"strings"
 	"time"
 
-	"sigs.k8s.io/yaml"
+	"github.com/ipledger/ipledger/internal/conf"
 )
 
 // Config is everything ipledger-server can be told.
@@ -100,6 +100,9 @@ type Config struct {
 
 	LogLevel  string `json:"log_level"`
 	LogFormat string `json:"log_format"`
+
+	// Attestation and the dashboard's listener (attest.go).
+	Attest
 }
 
 // BucketOverride replaces one of EC2's token buckets.
@@ -159,6 +162,7 @@ func Default() Config {
 		SimThrottle:           true,
 		LogLevel:              "info",
 		LogFormat:             "text",
+		Attest:                DefaultAttest(),
 	}
 }
 
@@ -192,7 +196,7 @@ func settings() []setting {
 		}}
 	}
 	list := func(name, usage string, field func(*Config) *[]string) setting {
-		return setting{name, usage, func(fs *flag.FlagSet, c *Config) { fs.Var((*listValue)(field(c)), name, usage) }}
+		return setting{name, usage, func(fs *flag.FlagSet, c *Config) { fs.Var(conf.ListValue{P: field(c)}, name, usage) }}
 	}
 	return []setting{
 		boolean("dev", "run embedded etcd and the in-process EC2 simulator (no setup at all)", func(c *Config) *bool { return &c.Dev }),
@@ -237,56 +241,59 @@ func settings() []setting {
 		boolean("sim-throttle", "EC2 throttling in the in-process simulator (--dev)", func(c *Config) *bool { return &c.SimThrottle }),
 		str("log-level", "debug, info, warn or error", func(c *Config) *string { return &c.LogLevel }),
 		str("log-format", "text or json", func(c *Config) *string { return &c.LogFormat }),
+		list("attest-account-ids", "AWS accounts whose instances may attest (empty: any account EC2 describes with the server's credentials)", func(c *Config) *[]string { return &c.AttestAccountIDs }),
+		list("attest-vpc-ids", "VPCs whose instances may attest (empty: any)", func(c *Config) *[]string { return &c.AttestVPCIDs }),
+		str("attest-instance-tag", "tag an attesting instance must carry, key or key=value (default kubernetes.io/cluster/<cluster-name>; none: no check)", func(c *Config) *string { return &c.AttestInstanceTag }),
+		dur("attest-max-instance-age", "longest time from an instance's launch to its first attestation (0: no limit)", func(c *Config) *Duration { return &c.AttestMaxInstanceAge }),
+		str("attest-node-name", "node name of attested instances: private-dns or instance-id", func(c *Config) *string { return &c.AttestNodeName }),
+		str("attest-trust-file", "PEM file of further certificates that may sign instance identity documents, for any region", func(c *Config) *string { return &c.AttestTrustFile }),
+		str("issuer-cert-file", "issuing CA certificate for node certificates (turns attestation on)", func(c *Config) *string { return &c.IssuerCertFile }),
+		str("issuer-key-file", "private key of --issuer-cert-file", func(c *Config) *string { return &c.IssuerKeyFile }),
+		dur("node-cert-lifetime", "lifetime of the node certificates attestation issues", func(c *Config) *Duration { return &c.NodeCertLifetime }),
+		str("dashboard-token-file", "file holding a bearer token that opens the dashboard to clients not on loopback", func(c *Config) *string { return &c.DashboardTokenFile }),
 	}
 }
 
 // EnvName is the environment variable that sets a flag: IPLEDGER_ + upper-case name with
 // dashes as underscores ("etcd-endpoints" -> IPLEDGER_ETCD_ENDPOINTS).
-func EnvName(flagName string) string {
-	return "IPLEDGER_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+func EnvName(flagName string) string { return conf.EnvName("IPLEDGER_", flagName) }
+
+// configUsage is the help of --config.
+const configUsage = "YAML or JSON configuration file (env IPLEDGER_CONFIG)"
+
+// sources are where the server's settings come from (see package conf): the file's keys are
+// the flag names with underscores (ec2_buckets exists only there), and an empty variable counts
+// as unset.
+func sources(getenv func(string) string) conf.Options {
+	return conf.Options{
+		ConfigFlag:     "config",
+		ConfigUsage:    configUsage,
+		ConfigEnv:      "IPLEDGER_CONFIG",
+		EnvName:        EnvName,
+		IgnoreEmptyEnv: true,
+		Lookup:         func(k string) (string, bool) { v := getenv(k); return v, v != "" },
+		FileKey: func(key string) string {
+			if strings.Contains(key, "-") {
+				return "" // flag spelling: not a file key
+			}
+			return strings.ReplaceAll(key, "_", "-")
+		},
+		FileOnly: []string{"ec2_buckets"},
+	}
 }
 
 // Load builds the configuration from defaults, the file named by --config (or
-// IPLEDGER_CONFIG), the environment and the flags in args, then validates it. The returned
-// FlagSet is for --help output.
+// IPLEDGER_CONFIG), the environment and the flags in args, then validates it.
 func Load(name string, args []string, getenv func(string) string) (Config, error) {
-	// First pass: find --config and which flags were given, on a scratch Config.
-	scratch := Default()
-	fs1 := newFlagSet(name, &scratch)
-	var configPath string
-	fs1.StringVar(&configPath, "config", getenv("IPLEDGER_CONFIG"), "YAML or JSON configuration file (env IPLEDGER_CONFIG)")
-	if err := fs1.Parse(args); err != nil {
+	cfg := Default()
+	l, err := conf.Load(newFlagSet(name, &cfg), args, sources(getenv))
+	if err != nil {
 		return Config{}, err
 	}
-	if fs1.NArg() > 0 {
-		return Config{}, fmt.Errorf("unexpected argument %q", fs1.Arg(0))
+	if err := l.Decode("ec2_buckets", &cfg.EC2Buckets); err != nil {
+		return Config{}, err
 	}
-	given := map[string]string{}
-	fs1.Visit(func(f *flag.Flag) { given[f.Name] = f.Value.String() })
-
-	cfg := Default()
-	if configPath != "" {
-		if err := loadFile(configPath, &cfg); err != nil {
-			return Config{}, err
-		}
-	}
-	fs2 := newFlagSet(name, &cfg)
-	for _, s := range settings() {
-		if v := getenv(EnvName(s.name)); v != "" {
-			if err := fs2.Set(s.name, v); err != nil {
-				return Config{}, fmt.Errorf("%s: %w", EnvName(s.name), err)
-			}
-		}
-	}
-	for n, v := range given {
-		if n == "config" {
-			continue
-		}
-		if err := fs2.Set(n, v); err != nil {
-			return Config{}, fmt.Errorf("--%s: %w", n, err)
-		}
-	}
-	cfg.applyDevDefaults(given, getenv)
+	cfg.applyDevDefaults(l)
 	if err := cfg.Validate(); err != nil {
 		return Config{}, err
 	}
@@ -297,7 +304,7 @@ func Load(name string, args []string, getenv func(string) string) (Config, error
 func FlagSet(name string) *flag.FlagSet {
 	c := Default()
 	fs := newFlagSet(name, &c)
-	fs.String("config", "", "YAML or JSON configuration file (env IPLEDGER_CONFIG)")
+	fs.String("config", "", configUsage)
 	return fs
 }
 
@@ -309,27 +316,15 @@ func newFlagSet(name string, c *Config) *flag.FlagSet {
 	return fs
 }
 
-func loadFile(path string, cfg *Config) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("config file: %w", err)
-	}
-	if err := yaml.UnmarshalStrict(b, cfg); err != nil {
-		return fmt.Errorf("config file %s: %w", path, err)
-	}
-	return nil
-}
-
 // applyDevDefaults fills what --dev implies and the user did not set.
-func (c *Config) applyDevDefaults(given map[string]string, getenv func(string) string) {
+func (c *Config) applyDevDefaults(l *conf.Loaded) {
 	if !c.Dev {
 		return
 	}
-	set := func(name string) bool { _, ok := given[name]; return ok || getenv(EnvName(name)) != "" }
 	if c.ClusterName == "" {
 		c.ClusterName = "dev"
 	}
-	if c.Region == "" && !set("region") {
+	if c.Region == "" && l.Origin("region") < conf.FromEnv {
 		c.Region = "eu-west-1"
 	}
 }
@@ -434,16 +429,13 @@ func (c Config) Validate() error {
 	if c.TimeScale != 1 && !c.Dev && c.EC2Endpoint == "" {
 		bad("time-scale", "only makes sense against the EC2 simulator (--dev or --ec2-endpoint)")
 	}
-	switch c.LogLevel {
-	case "debug", "info", "warn", "error":
-	default:
-		bad("log-level", "%q is not one of debug, info, warn, error", c.LogLevel)
+	if _, err := conf.ParseLevel(c.LogLevel); err != nil {
+		bad("log-level", "%v", err)
 	}
-	switch c.LogFormat {
-	case "text", "json":
-	default:
-		bad("log-format", "%q is not text or json", c.LogFormat)
+	if err := conf.CheckFormat(c.LogFormat); err != nil {
+		bad("log-format", "%v", err)
 	}
+	c.validateAttest(bad)
 	return errors.Join(errs...)
 }
 
@@ -529,21 +521,6 @@ func (c Config) Advertise(boundGRPC string, getenv func(string) string) string {
 		}
 	}
 	return net.JoinHostPort(host, port)
-}
-
-// listValue is a comma-separated list flag.
-type listValue []string
-
-func (l *listValue) String() string { return strings.Join(*l, ",") }
-
-func (l *listValue) Set(s string) error {
-	*l = nil
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			*l = append(*l, p)
-		}
-	}
-	return nil
 }
 
 // DevConfig is a --dev configuration for tests and the demo: embedded etcd in dataDir, the

@@ -3,10 +3,12 @@ package ctl
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
@@ -36,6 +38,12 @@ func startDev(t *testing.T) *server.Server {
 
 func admin(t *testing.T, addr string) ipledgerv1.AdminServiceClient {
 	return ipledgerv1.NewAdminServiceClient(servertest.Dial(t, addr))
+}
+
+// testRoot is the command tree of an invocation that writes nowhere.
+func testRoot() *cobra.Command {
+	c := &cli{stdout: io.Discard, stderr: io.Discard}
+	return c.newRoot()
 }
 
 // result is one run of ipledgerctl.

@@ -3,12 +3,15 @@ package ctl
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // Version is ipledgerctl's version string (set at build time with -ldflags).
@@ -40,7 +43,8 @@ const (
 // Output formats of -o.
 var outputFormats = []string{"table", "json", "yaml"}
 
-// globals are the flags every command accepts, before or after the command name.
+// globals are the flags every command accepts, before or after the command name (persistent
+// flags of the root command).
 type globals struct {
 	server   string
 	output   string
@@ -51,14 +55,24 @@ type globals struct {
 	devCerts string
 }
 
-func (g *globals) register(fs *flag.FlagSet) {
-	fs.StringVar(&g.server, "server", g.server, "host:port of an ipledger-server replica (any replica; changes go to the leader)")
-	fs.StringVar(&g.output, "o", g.output, "output format: table, json or yaml")
-	fs.DurationVar(&g.timeout, "timeout", g.timeout, "deadline for the whole command")
-	fs.StringVar(&g.tlsCert, "tls-cert", g.tlsCert, "admin client certificate (URI SAN ipledger://admin/<name>) for mutual TLS")
-	fs.StringVar(&g.tlsKey, "tls-key", g.tlsKey, "private key of --tls-cert")
-	fs.StringVar(&g.tlsCA, "tls-ca", g.tlsCA, "CA bundle that verifies the server's certificate (URI SAN ipledger://server)")
-	fs.StringVar(&g.devCerts, "dev-certs", g.devCerts, "directory of ipledger-server --dev's certificates (<data-dir>/certs): use its admin.crt, admin.key and ca.crt")
+// register adds the global flags to fs with their defaults; the environment is applied by Main
+// after registration, so help shows the built-in defaults.
+func (g *globals) register(fs *pflag.FlagSet) {
+	fs.StringVar(&g.server, "server", DefaultServer, "host:port of an ipledger-server replica (any replica; changes go to the leader)")
+	fs.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
+	fs.DurationVar(&g.timeout, "timeout", DefaultTimeout, "deadline for the whole command")
+	fs.StringVar(&g.tlsCert, "tls-cert", "", "admin client certificate (URI SAN ipledger://admin/<name>) for mutual TLS")
+	fs.StringVar(&g.tlsKey, "tls-key", "", "private key of --tls-cert")
+	fs.StringVar(&g.tlsCA, "tls-ca", "", "CA bundle that verifies the server's certificate (URI SAN ipledger://server)")
+	fs.StringVar(&g.devCerts, "dev-certs", "", "directory of ipledger-server --dev's certificates (<data-dir>/certs): use its admin.crt, admin.key and ca.crt")
+}
+
+// fromEnv applies the environment variables of the global flags (flags parsed later win).
+func (g *globals) fromEnv(getenv func(string) string) {
+	if s := getenv(EnvServer); s != "" {
+		g.server = s
+	}
+	g.tlsCert, g.tlsKey, g.tlsCA, g.devCerts = getenv(EnvTLSCert), getenv(EnvTLSKey), getenv(EnvTLSCA), getenv(EnvDevCerts)
 }
 
 // tlsFiles are the certificate files the command uses: --tls-cert, --tls-key and --tls-ca,
@@ -79,18 +93,18 @@ func (g *globals) tlsFiles() (cert, key, ca string) {
 	return cert, key, ca
 }
 
-func (g *globals) validate() error {
-	if !contains(outputFormats, g.output) {
-		return usagef("", "invalid -o %q: want one of %s", g.output, strings.Join(outputFormats, ", "))
+func (g *globals) validate(cmd string) error {
+	if !slices.Contains(outputFormats, g.output) {
+		return usagef(cmd, "invalid -o %q: want one of %s", g.output, strings.Join(outputFormats, ", "))
 	}
 	if g.timeout <= 0 {
-		return usagef("", "invalid --timeout %s: must be positive", g.timeout)
+		return usagef(cmd, "invalid --timeout %s: must be positive", g.timeout)
 	}
 	if strings.TrimSpace(g.server) == "" {
-		return usagef("", "empty --server: want host:port of an ipledger-server replica")
+		return usagef(cmd, "empty --server: want host:port of an ipledger-server replica")
 	}
 	if cert, key, ca := g.tlsFiles(); (cert != "" || key != "" || ca != "") && (cert == "" || key == "" || ca == "") {
-		return usagef("", "mutual TLS needs --tls-cert, --tls-key and --tls-ca together (or --dev-certs DIR)")
+		return usagef(cmd, "mutual TLS needs --tls-cert, --tls-key and --tls-ca together (or --dev-certs DIR)")
 	}
 	return nil
 }
@@ -100,27 +114,23 @@ type cli struct {
 	g      globals
 	stdout io.Writer
 	stderr io.Writer
-	getenv func(string) string
 	conns  *connPool
 }
 
 // Main runs ipledgerctl with args (without the program name) and returns the exit code.
 // Results go to stdout, errors and notes to stderr.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
-	c := &cli{stdout: stdout, stderr: stderr, getenv: getenv}
-	c.g = globals{server: DefaultServer, output: "table", timeout: DefaultTimeout}
-	if s := getenv(EnvServer); s != "" {
-		c.g.server = s
-	}
-	c.g.tlsCert, c.g.tlsKey, c.g.tlsCA, c.g.devCerts = getenv(EnvTLSCert), getenv(EnvTLSKey), getenv(EnvTLSCA), getenv(EnvDevCerts)
+	c := &cli{stdout: stdout, stderr: stderr}
+	root := c.newRoot()
+	c.g.fromEnv(getenv)
 	c.conns = newConnPool(c.dialOptions)
 	defer c.conns.close()
-	err := c.run(ctx, args)
-	return c.report(err)
+	root.SetArgs(normalizeArgs(root, args))
+	return c.report(root, root.ExecuteContext(ctx))
 }
 
 // report prints err and returns its exit code.
-func (c *cli) report(err error) int {
+func (c *cli) report(root *cobra.Command, err error) int {
 	if err == nil {
 		return ExitOK
 	}
@@ -129,10 +139,12 @@ func (c *cli) report(err error) int {
 	case errors.As(err, &ue):
 		fmt.Fprintf(c.stderr, "ipledgerctl: %s\n", ue.msg)
 		if ue.cmd != "" {
-			if cmd := findCommand(ue.cmd); cmd != nil {
-				fmt.Fprintf(c.stderr, "Usage: %s\n", cmd.usageLine())
-			} else if subs, ok := groups()[ue.cmd]; ok {
-				fmt.Fprintf(c.stderr, "Usage: ipledgerctl %s %s ...\n", ue.cmd, strings.Join(subs, "|"))
+			if cmd := findPath(root, ue.cmd); cmd != nil {
+				if isGroup(cmd) {
+					fmt.Fprintf(c.stderr, "Usage: ipledgerctl %s %s ...\n", ue.cmd, strings.Join(subNames(cmd), "|"))
+				} else {
+					fmt.Fprintf(c.stderr, "Usage: %s\n", usageLine(cmd))
+				}
 			}
 			fmt.Fprintf(c.stderr, "Run 'ipledgerctl help %s' for usage.\n", ue.cmd)
 		} else {
@@ -167,87 +179,63 @@ func usagef(cmd, format string, args ...any) error {
 	return &usageError{cmd: cmd, msg: fmt.Sprintf(format, args...)}
 }
 
-func (c *cli) run(ctx context.Context, args []string) error {
-	top := flag.NewFlagSet("ipledgerctl", flag.ContinueOnError)
-	top.SetOutput(io.Discard)
-	c.g.register(top)
-	help := top.Bool("h", false, "show help")
-	top.BoolVar(help, "help", false, "show help")
-	if err := top.Parse(args); err != nil {
-		return usagef("", "%s", flagErr(err))
+// flagError turns pflag's parse errors into usage errors naming the flag, in the words of
+// ipledgerctl ("subnets: unknown flag --bogus", "invalid value "x" for --max-held: ...").
+func flagError(cmd *cobra.Command, err error) error {
+	path := cmdPath(cmd)
+	msg := err.Error()
+	var (
+		notExist *pflag.NotExistError
+		invalid  *pflag.InvalidValueError
+		required *pflag.ValueRequiredError
+	)
+	switch {
+	case errors.As(err, &notExist) && notExist.GetSpecifiedShortnames() != "":
+		msg = "unknown flag -" + notExist.GetSpecifiedShortnames()
+	case errors.As(err, &notExist):
+		msg = "unknown flag --" + notExist.GetSpecifiedName()
+	case errors.As(err, &invalid):
+		msg = fmt.Sprintf("invalid value %q for %s: %v", invalid.GetValue(), flagNames(invalid.GetFlag()), errors.Unwrap(invalid))
+	case errors.As(err, &required):
+		msg = fmt.Sprintf("%s needs a value", flagNames(required.GetFlag()))
 	}
-	rest := top.Args()
-	if *help {
-		writeUsage(c.stdout)
-		return nil
+	if path != "" {
+		msg = path + ": " + msg
 	}
-	if len(rest) == 0 {
-		writeUsage(c.stderr)
-		return usagef("", "no command given")
-	}
-	cmd, n, err := lookup(rest)
-	if err != nil {
-		return err
-	}
-	fs := flag.NewFlagSet("ipledgerctl "+cmd.path, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	runner := cmd.setup(fs)
-	c.g.register(fs)
-	pos, err := parseInterleaved(fs, rest[n:])
-	if errors.Is(err, flag.ErrHelp) {
-		writeCommandUsage(c.stdout, cmd)
-		return nil
-	}
-	if err != nil {
-		return usagef(cmd.path, "%s: %s", cmd.path, flagErr(err))
-	}
-	if err := c.g.validate(); err != nil {
-		err.(*usageError).cmd = cmd.path
-		return err
-	}
-	if err := cmd.checkArgs(pos); err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, c.g.timeout)
-	defer cancel()
-	return runner(ctx, c, pos)
+	return &usageError{cmd: path, msg: msg}
 }
 
-// flagErr turns the flag package's messages into ours.
-func flagErr(err error) string {
-	const undefined = "flag provided but not defined: "
-	if msg := err.Error(); strings.HasPrefix(msg, undefined) {
-		return "unknown flag " + strings.TrimPrefix(msg, undefined)
+// flagNames writes a flag as users type it: "--max-held", "-o/--output".
+func flagNames(f *pflag.Flag) string {
+	if f.Shorthand != "" {
+		return "-" + f.Shorthand + "/--" + f.Name
 	}
-	return err.Error()
+	return "--" + f.Name
 }
 
-// parseInterleaved parses flags anywhere among the positional arguments ("node NAME -o json");
-// everything after "--" is positional.
-func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		rest := fs.Args()
-		consumed := args[:len(args)-len(rest)]
-		if len(consumed) > 0 && consumed[len(consumed)-1] == "--" {
-			return append(pos, rest...), nil
-		}
-		if len(rest) == 0 {
-			return pos, nil
-		}
-		pos = append(pos, rest[0])
-		args = rest[1:]
+// normalizeArgs keeps the flag spellings of Go's flag package that ipledgerctl accepted before
+// it moved to cobra: a long flag with one dash ("-server X", "-timeout=5s", "-help") gets its
+// second dash. "--o" and "--f" are mapped by the flag sets' normalization (see newRoot).
+// Everything after "--" is left alone, and so are the arguments of cobra's completion request.
+func normalizeArgs(root *cobra.Command, args []string) []string {
+	if len(args) > 0 && strings.HasPrefix(args[0], "__complete") {
+		return args
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
+	long := map[string]bool{"help": true}
+	walk(root, func(cmd *cobra.Command) {
+		for _, fs := range []*pflag.FlagSet{cmd.LocalFlags(), cmd.PersistentFlags()} {
+			fs.VisitAll(func(f *pflag.Flag) { long[f.Name] = true })
 		}
+	})
+	out := make([]string, 0, len(args))
+	for i, a := range args {
+		if a == "--" {
+			return append(out, args[i:]...)
+		}
+		if name, _, _ := strings.Cut(strings.TrimPrefix(a, "-"), "="); len(a) > 2 && a[0] == '-' && a[1] != '-' && len(name) > 1 && long[name] {
+			a = "-" + a
+		}
+		out = append(out, a)
 	}
-	return false
+	return out
 }

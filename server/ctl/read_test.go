@@ -58,6 +58,66 @@ func TestReadCommands(t *testing.T) {
 	ac := admin(t, c.addr)
 	first := c.agents[0]
 
+	// Completion asks the server for the names it offers (cobra's __complete, which the shell
+	// scripts call).
+	t.Run("completion of names", func(t *testing.T) {
+		offered := func(args ...string) map[string]bool {
+			t.Helper()
+			r := mustCtl(t, 0, c.addr, append([]string{"__complete"}, args...)...)
+			lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+			if len(lines) == 0 || lines[len(lines)-1] != ":4" {
+				t.Fatalf("__complete %v: want the no-file directive :4 last:\n%s", args, r.stdout)
+			}
+			out := map[string]bool{}
+			for _, l := range lines[:len(lines)-1] {
+				w, _, _ := strings.Cut(l, "\t")
+				out[w] = true
+			}
+			return out
+		}
+		nodes, err := ac.ListNodes(t.Context(), &ipledgerv1.ListNodesRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		subnets, err := ac.ListSubnets(t.Context(), &ipledgerv1.ListSubnetsRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, args := range [][]string{{"node", ""}, {"drain", ""}, {"-o", "json", "node", ""}} {
+			got := offered(args...)
+			for _, n := range nodes.GetNodes() {
+				if !got[n.GetNodeName()] {
+					t.Errorf("%v does not offer node %s: %v", args, n.GetNodeName(), got)
+				}
+			}
+			if len(got) != len(nodes.GetNodes()) {
+				t.Errorf("%v offers %d names for %d nodes: %v", args, len(got), len(nodes.GetNodes()), got)
+			}
+		}
+		if got := offered("node", nodes.GetNodes()[0].GetNodeName(), ""); len(got) != 0 {
+			t.Errorf("node takes one name; offered more: %v", got)
+		}
+		for _, args := range [][]string{{"subnet", "budget", ""}, {"prewarm", "create", "--subnet", ""}, {"canfit", "--subnet="}} {
+			got := offered(args...)
+			for _, sn := range subnets.GetSubnets() {
+				if !got[sn.GetSubnetId()] && !got["--subnet="+sn.GetSubnetId()] {
+					t.Errorf("%v does not offer subnet %s: %v", args, sn.GetSubnetId(), got)
+				}
+			}
+		}
+		if got := offered("canfit", "--az", ""); !got[first.Inst.AvailabilityZone] {
+			t.Errorf("canfit --az does not offer %s: %v", first.Inst.AvailabilityZone, got)
+		}
+		if got := offered("policy", "delete", ""); !got["default"] {
+			t.Errorf("policy delete does not offer the default policy: %v", got)
+		}
+		// Nothing listening: nothing offered, quickly, and no error for the shell to show.
+		r := mustCtl(t, 0, closedAddr(t), "__complete", "node", "")
+		if strings.TrimSpace(r.stdout) != ":4" {
+			t.Errorf("against a closed port: %s", r)
+		}
+	})
+
 	t.Run("subnets", func(t *testing.T) {
 		truth, err := ac.ListSubnets(t.Context(), &ipledgerv1.ListSubnetsRequest{})
 		if err != nil {

@@ -41,7 +41,8 @@ func Start(ctx context.Context, cfg config.Config, opts server.Options) (_ *serv
 				return nil, fmt.Errorf("sim-scenario: %w", err)
 			}
 		}
-		simCfg := ec2sim.Config{Scenario: scen, Seed: cfg.SimSeed, Throttle: cfg.SimThrottle, TimeScale: cfg.TimeScale}
+		simCfg := ec2sim.Config{Scenario: scen, Seed: cfg.SimSeed, Throttle: cfg.SimThrottle, TimeScale: cfg.TimeScale,
+			InstanceTags: server.SimInstanceTags(cfg)}
 		if log != nil {
 			simCfg.Logger = log.With("component", "ec2sim")
 		}

@@ -53,6 +53,17 @@ type APIError struct {
 	HTTPStatus int // 0 when no response was received
 	Kind       error
 	Err        error
+	// Unknown: the call mutates and may have been carried out although it failed (a 5xx, a
+	// lost connection, no answer in time): EC2 does such work after answering badly. The
+	// caller must read the resource again before it concludes anything (OutcomeUnknown).
+	Unknown bool
+}
+
+// OutcomeUnknown reports whether err is a mutating call's failure after which EC2 may still
+// have done the work.
+func OutcomeUnknown(err error) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && ae.Unknown
 }
 
 func (e *APIError) Error() string {
@@ -75,6 +86,9 @@ func (e *APIError) Error() string {
 		b.WriteString(" [")
 		b.WriteString(e.Kind.Error())
 		b.WriteString("]")
+	}
+	if e.Unknown {
+		b.WriteString(" (outcome unknown: EC2 may have carried it out)")
 	}
 	return b.String()
 }

@@ -128,8 +128,11 @@ type callSpec struct {
 	subnet string   // for logs, when the call concerns one subnet
 }
 
-// call runs fn (one SDK call) through the limiter, retrying throttles and 5xx; every attempt
-// waits for a token. first, when not nil, is a token already granted for the first attempt.
+// call runs fn (one SDK call) through the limiter; every attempt waits for a token. first,
+// when not nil, is a token already granted for the first attempt. Throttled calls are retried
+// (EC2 did nothing). A 5xx or transport failure is retried only where a repeat cannot do the
+// work twice (retrySafe): describes, creates carrying a ClientToken, tags, attribute changes,
+// deletes; a mutation that is not retried, or whose retries ran out, returns Unknown.
 func (g *Gateway) call(ctx context.Context, s callSpec, first *waiter, fn func(context.Context) error) error {
 	if s.key == "" {
 		s.key = s.action
@@ -138,6 +141,8 @@ func (g *Gateway) call(ctx context.Context, s callSpec, first *waiter, fn func(c
 	var (
 		seq  uint64
 		last *APIError
+		// unknown: an earlier attempt of this mutation failed in a way that may have done it.
+		unknown bool
 	)
 	for attempt := 0; ; attempt++ {
 		w := first
@@ -174,6 +179,22 @@ func (g *Gateway) call(ctx context.Context, s callSpec, first *waiter, fn func(c
 			if attempt >= maxRetries || ctx.Err() != nil {
 				return ae
 			}
+		case ae.Kind == ErrNotFound && unknown && idempotentDelete(s.action):
+			// An earlier attempt's outcome was unknown: it deleted what this one cannot find.
+			g.logCall(slog.LevelDebug, s, outcome, d, attempt)
+			return nil
+		case ae.Kind == ErrUnavailable && mutating(s.action):
+			// EC2 may have done the work: a repeat is safe only for calls it cannot do twice.
+			unknown = true
+			ae.Unknown = true
+			g.logCall(slog.LevelInfo, s, outcome, d, attempt)
+			if !retrySafe(s.action) || outcome == "canceled" || attempt >= maxRetries || ctx.Err() != nil {
+				return ae
+			}
+			if err := g.sleep(ctx, g.backoff(attempt)); err != nil {
+				ae.Err = errors.Join(ae.Err, err)
+				return ae
+			}
 		case ae.Kind == ErrUnavailable && outcome != "canceled":
 			g.logCall(slog.LevelInfo, s, outcome, d, attempt)
 			if attempt >= maxRetries || ctx.Err() != nil {
@@ -185,10 +206,36 @@ func (g *Gateway) call(ctx context.Context, s callSpec, first *waiter, fn func(c
 			}
 		default:
 			g.logCall(slog.LevelDebug, s, outcome, d, attempt)
+			if unknown {
+				// An earlier attempt may have done the work this one was refused for.
+				ae.Unknown = true
+			}
 			return ae
 		}
 	}
 }
+
+// mutating reports whether an action changes EC2's state.
+func mutating(action string) bool { return !strings.HasPrefix(action, "Describe") }
+
+// retrySafe reports whether a mutation may be repeated after a failure that may have carried
+// it out: the repeat either does nothing new (tags, attributes, a create with the same
+// ClientToken) or fails in a way call understands (a delete finding nothing). Assign, Unassign,
+// Attach and Detach are not: a repeat of an explicit Assign that EC2 carried out would come back
+// as InvalidIPAddress.InUse, read as someone else holding the address; a repeat of an Attach as
+// a second attachment or a device index in use.
+func retrySafe(action string) bool {
+	switch action {
+	case ActionCreateNetworkInterface, ActionDeleteNetworkInterface, ActionModifyNetworkInterfaceAttribute,
+		ActionCreateTags:
+		return true
+	}
+	return false
+}
+
+// idempotentDelete reports actions whose NotFound after an attempt of unknown outcome means
+// that attempt did the work.
+func idempotentDelete(action string) bool { return action == ActionDeleteNetworkInterface }
 
 // waitFailed is the error of a call whose limiter wait ended without a token.
 func (g *Gateway) waitFailed(s callSpec, last *APIError, err error) error {

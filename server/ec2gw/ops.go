@@ -64,7 +64,9 @@ func (g *Gateway) DescribeInstances(ctx context.Context, p Priority, ids []strin
 		}
 		for _, r := range resp.Reservations {
 			for _, i := range r.Instances {
-				out = append(out, instanceFrom(i))
+				in := instanceFrom(i)
+				in.OwnerID = aws.ToString(r.OwnerId)
+				out = append(out, in)
 			}
 		}
 		if aws.ToString(resp.NextToken) == "" {
@@ -597,6 +599,7 @@ func instanceFrom(i types.Instance) Instance {
 		PrivateDNSName: aws.ToString(i.PrivateDnsName),
 		PrivateIP:      parseAddr(i.PrivateIpAddress),
 		Tags:           tagsFrom(i.Tags),
+		LaunchTime:     aws.ToTime(i.LaunchTime),
 	}
 	if i.Placement != nil {
 		out.AvailabilityZone = aws.ToString(i.Placement.AvailabilityZone)

@@ -11,6 +11,11 @@ type Instance struct {
 	PrivateIP                                                          netip.Addr
 	ENIs                                                               []ENI // ordered by network card, then device index
 	Tags                                                               map[string]string
+	// LaunchTime is when the instance was last launched (EC2's launchTime; the identity
+	// document's pendingTime of its current run).
+	LaunchTime time.Time
+	// OwnerID is the account of the instance's reservation.
+	OwnerID string
 }
 
 // Attachment is an ENI's attachment to an instance.

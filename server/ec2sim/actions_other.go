@@ -246,6 +246,43 @@ func (s *Sim) actDeleteSubnetCidrReservation(r *request) (response, *APIError) {
 	return nil, apiErr("InvalidSubnetCidrReservationID.NotFound", "The subnet CIDR reservation ID '%s' does not exist", id)
 }
 
+// launchInterface reads RunInstances' NetworkInterface.N: the simulator launches an instance
+// with its primary interface only, so the one entry must be device index 0. It returns what the
+// interface carries and its SubnetId ("" when the entry names none).
+func (p params) launchInterface() (LaunchInterface, string, *APIError) {
+	var li LaunchInterface
+	idx := p.indices("NetworkInterface")
+	switch {
+	case len(idx) == 0:
+		return li, "", nil
+	case len(idx) > 1 || idx[0] != 1:
+		return li, "", apiErr("InvalidParameterValue", "the simulator launches an instance with one network interface (NetworkInterface.1, device index 0); attach others after launch")
+	}
+	const pre = "NetworkInterface.1."
+	dev, set, aerr := p.intParam(pre + "DeviceIndex")
+	if aerr != nil {
+		return li, "", aerr
+	}
+	if !set || dev != 0 {
+		return li, "", apiErr("InvalidParameterValue", "NetworkInterface.1.DeviceIndex must be 0 (the primary network interface)")
+	}
+	if p.has(pre + "NetworkInterfaceId") {
+		return li, "", apiErr("InvalidParameterValue", "the simulator does not launch instances on existing network interfaces")
+	}
+	for _, f := range []struct {
+		key string
+		dst *int
+	}{{"SecondaryPrivateIpAddressCount", &li.SecondaryPrivateIPAddressCount}, {"Ipv4PrefixCount", &li.IPv4PrefixCount}} {
+		n, _, aerr := p.intParam(pre + f.key)
+		if aerr != nil {
+			return li, "", aerr
+		}
+		*f.dst = n
+	}
+	li.SecurityGroupIDs = p.list(pre + "SecurityGroupId")
+	return li, p.str(pre + "SubnetId"), nil
+}
+
 // maxRunCount bounds MaxCount of one RunInstances.
 const maxRunCount = 1000
 
@@ -259,9 +296,18 @@ func (s *Sim) actRunInstances(r *request) (response, *APIError) {
 	if !ok {
 		return nil, apiErr("InvalidParameterValue", "Invalid value '%s' for InstanceType.", typeName)
 	}
-	subnetID, aerr := p.require("SubnetId")
+	li, niSubnet, aerr := p.launchInterface()
 	if aerr != nil {
 		return nil, aerr
+	}
+	subnetID := p.str("SubnetId")
+	switch {
+	case niSubnet != "" && subnetID != "":
+		return nil, apiErr("InvalidParameterCombination", "Network interfaces and an instance-level subnet ID may not be specified on the same request")
+	case niSubnet != "":
+		subnetID = niSubnet
+	case subnetID == "":
+		return nil, apiErr("MissingParameter", "The request must contain the parameter SubnetId")
 	}
 	minC, minSet, aerr := p.intParam("MinCount")
 	if aerr != nil {
@@ -303,6 +349,10 @@ func (s *Sim) actRunInstances(r *request) (response, *APIError) {
 		}
 	}
 	token := p.str("ClientToken")
+	// The instances a request would launch take tokens of their own bucket.
+	if !s.throttle.takeN(BucketInstancesLaunched, maxC, s.now()) {
+		return nil, apiErr("RequestLimitExceeded", "Request limit exceeded.")
+	}
 
 	s.mu.Lock()
 	fp := p.fingerprint()
@@ -318,7 +368,7 @@ func (s *Sim) actRunInstances(r *request) (response, *APIError) {
 		s.mu.Unlock()
 		return nil, aerr
 	}
-	insts, aerr := s.runLocked(t, sn, minC, maxC, instTags)
+	insts, aerr := s.runLocked(t, sn, minC, maxC, instTags, li)
 	if aerr != nil {
 		s.mu.Unlock()
 		return nil, aerr

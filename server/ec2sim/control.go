@@ -36,6 +36,7 @@ func (s *Sim) Handler() http.Handler {
 	})
 	mux.HandleFunc("POST /_sim/foreign-enis", s.ctlForeignENI)
 	mux.HandleFunc("POST /_sim/fragment", s.ctlFragment)
+	mux.HandleFunc("GET /_sim/iid-certificate", s.ctlIIDCertificate)
 	mux.HandleFunc("/_sim/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSONError(w, apiErr("NotFound", "no control endpoint %s %s", r.Method, r.URL.Path))
 	})

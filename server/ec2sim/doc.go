@@ -3,7 +3,9 @@
 // against it works against EC2. The unmodified aws-sdk-go-v2 EC2 client talks to it through a
 // custom endpoint with any static credentials (signatures are accepted, not checked).
 //
-// It owns one simulated account and region: a VPC, its subnets with per-address ownership (the
+// It owns one simulated account and region: a VPC (one or more IPv4 CIDR blocks, primary first:
+// a secondary 100.64.0.0/16 for custom networking, more /16s for large clusters), its subnets
+// in any of them with per-address ownership (the
 // 5 AWS-reserved addresses, availableIpAddressCount, aligned /28 prefixes, CIDR reservations),
 // ENIs, instances with per-type ENI and IPv4-per-ENI limits, EC2's token buckets, injected
 // faults and latency, eventual consistency, an IMDSv2 listener per running instance, and a JSON
@@ -22,10 +24,16 @@
 // with the request id in the x-amzn-RequestId header; errors are
 // <Response><Errors><Error><Code/><Message/></Error></Errors><RequestID/></Response>.
 //
-// Every request passes, in order: the deny list (UnauthorizedOperation, 403), the token bucket
-// (RequestLimitExceeded, 503, no effect), the injected fault of the action (latency, then a
-// failure with the configured probability and no effect), DryRun (DryRunOperation, 412), and
-// then the action. Choices the simulator makes where EC2's documentation is silent:
+// Every request passes, in order: the key check (a list index that is not a canonical decimal
+// from 1 — "X.0", "X.-1", "X.01", "X.abc" — or a list parameter without an index is
+// UnknownParameter, 400, no effect), the deny list (UnauthorizedOperation, 403), the token
+// bucket (RequestLimitExceeded, 503, no effect), the injected fault of the action (latency, then
+// with the configured probability a failure: by default before the action, with no effect; with
+// outcome "after", "reset" or "timeout" the action is carried out and then answered with the
+// error, the connection reset, or no answer until the client gives up), DryRun
+// (DryRunOperation, 412), and then the action. A mutating request is carried out even when its
+// client disconnects during the latency, as EC2 does; only Describe* requests end with their
+// client. Choices the simulator makes where EC2's documentation is silent:
 //
 //   - A count (SecondaryPrivateIpAddressCount, Ipv4PrefixCount, RunInstances) picks at random
 //     (seeded) among free addresses outside AWS-reserved addresses and CIDR reservations; prefix
@@ -42,6 +50,14 @@
 //     IncorrectInstanceState; detaching device index 0 is OperationNotPermitted.
 //   - Unknown ids are always *.NotFound (never *.Malformed). Malformed NextToken values are
 //     InvalidParameterValue. Missing required parameters are MissingParameter.
+//   - RunInstances takes one NetworkInterface entry, device index 0 (the primary interface),
+//     with SubnetId (then no instance-level SubnetId: InvalidParameterCombination),
+//     SecondaryPrivateIpAddressCount or Ipv4PrefixCount (not both) and SecurityGroupId.N, as a
+//     launch template's NetworkInterfaces block gives it: EC2 places those addresses at launch,
+//     at random like any count; over the type's IPv4-per-ENI limit is
+//     PrivateIpAddressLimitExceeded, prefixes on a Xen type InvalidParameterValue, no free /28
+//     InsufficientCidrBlocks. Between MinCount and MaxCount it launches what the subnet holds;
+//     below MinCount nothing. Other device indexes are refused (attach those ENIs after launch).
 //   - Instances are `running` as soon as RunInstances returns and `terminated` as soon as
 //     TerminateInstances returns (terminated instances stay listed). CreateNetworkInterface and
 //     RunInstances honour ClientToken.
@@ -57,8 +73,9 @@
 // one token per request, shapes from EC2's defaults: each of CreateNetworkInterface,
 // DeleteNetworkInterface, AssignPrivateIpAddresses, UnassignPrivateIpAddresses and
 // ModifyNetworkInterfaceAttribute its own 100 / 5 per s; CreateTags and DeleteTags share
-// 100 / 10; AttachNetworkInterface, DetachNetworkInterface, RunInstances and TerminateInstances
-// share the mutating 50 / 5; DescribeSubnets, DescribeInstanceTypes and DescribeInstances /
+// 100 / 10; AttachNetworkInterface, DetachNetworkInterface and TerminateInstances share the
+// mutating 50 / 5; RunInstances has its own request bucket, 5 / 2, and each request also takes
+// MaxCount tokens of the instances-launched bucket, 1000 / 2; DescribeSubnets, DescribeInstanceTypes and DescribeInstances /
 // DescribeNetworkInterfaces with a filter, an id list, MaxResults or NextToken share the
 // non-mutating 100 / 20; DescribeInstances / DescribeNetworkInterfaces with none of these share
 // the unfiltered 50 / 10; subnet CIDR reservations 5 / 1. TimeScale multiplies the refill rates.
@@ -76,7 +93,14 @@
 // network/interfaces/macs/<mac>/{device-number, network-card, interface-id, subnet-id,
 // subnet-ipv4-cidr-block, vpc-id, vpc-ipv4-cidr-block(s), local-ipv4s, ipv4-prefix (404 when
 // none), local-hostname, mac, owner-id, security-group-ids}; directories list their entries one
-// a line. /latest/dynamic/instance-identity/document is the JSON identity document.
+// a line. /latest/dynamic/instance-identity/document is the JSON identity document (accountId,
+// architecture, availabilityZone, imageId, instanceId, instanceType, pendingTime, privateIp,
+// region, version and the null product codes), /latest/dynamic/instance-identity/rsa2048 its
+// base64 PKCS#7 SignedData (SHA-256, RSA-2048, the document inside, no certificate attached) and
+// /latest/dynamic/instance-identity/signature its base64 RSA PKCS#1 v1.5 SHA-256 signature, both
+// made with the simulator's own key (one per process, made at first use; the DSA pkcs7 form is
+// not served). Its certificate is GET /_sim/iid-certificate; ipledger-server --dev trusts it.
+// Config.InstanceTags go on every launched instance (--dev gives its cluster tag).
 //
 // # Control API (JSON, under /_sim/ on the EC2 listener)
 //
@@ -96,7 +120,8 @@
 //	                                 "primary_ip","secondary_ips":[...],"prefixes":[...],"tags"}]}
 //	GET    /_sim/stats          -> {"calls":{"AssignPrivateIpAddresses":{"calls":150,"throttled":50,
 //	                                 "errors":{"RequestLimitExceeded":50}}, ...}}
-//	GET    /_sim/faults         -> {"Action":{"code","http_status","probability","latency":"250ms"}}
+//	GET    /_sim/faults         -> {"Action":{"code","http_status","probability","latency":"250ms",
+//	                                 "outcome":"before|after|reset|timeout"}}
 //	POST   /_sim/faults         <- {"AssignPrivateIpAddresses":{"code":"InternalError","probability":0.5,
 //	                                 "latency":"100ms"}, ...}  (sets or replaces per action) -> all faults
 //	DELETE /_sim/faults         clears every fault -> {}
@@ -108,6 +133,7 @@
 //	                               untagged ENI of another user holding 1..64 addresses, primary included)
 //	POST   /_sim/fragment       <- {"subnet_id":"subnet-..."} -> {"occupied":510} (one foreign address
 //	                               in every free aligned /28, so InsufficientCidrBlocks follows)
+//	GET    /_sim/iid-certificate -> PEM: the certificate that verifies instance identity documents
 //
 // # Clients
 //

@@ -6,15 +6,37 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 )
 
+// Outcomes of an injected failure: when it happens, and what the client sees.
+const (
+	// OutcomeBefore (the default, also "") fails the call before it has any effect.
+	OutcomeBefore = "before"
+	// OutcomeAfter applies the call, then answers with the fault's error (EC2 did the work and
+	// said it failed: "500 after apply").
+	OutcomeAfter = "after"
+	// OutcomeReset applies the call, then closes the connection without an answer.
+	OutcomeReset = "reset"
+	// OutcomeTimeout applies the call, then never answers: the connection stays open until the
+	// client gives up (or the simulator closes), and is closed without an answer.
+	OutcomeTimeout = "timeout"
+)
+
+var outcomes = []string{"", OutcomeBefore, OutcomeAfter, OutcomeReset, OutcomeTimeout}
+
 // Fault injects latency and failures into one action. Every call of the action waits Latency
-// (divided by TimeScale) and then, with Probability, fails with Code and HTTPStatus without any
-// effect. For AttachNetworkInterface and DetachNetworkInterface the latency is the attaching /
-// detaching phase: the change is visible at once with attachment status attaching / detaching
-// and completes when the latency has passed, just before the response.
+// (divided by TimeScale) and then, with Probability, fails as Outcome says: with Code and
+// HTTPStatus and no effect (before, the default), or after the call took effect with Code and
+// HTTPStatus (after), a closed connection (reset) or no answer at all (timeout). For
+// AttachNetworkInterface and DetachNetworkInterface the latency is the attaching / detaching
+// phase: the change is visible at once with attachment status attaching / detaching and
+// completes when the latency has passed, just before the response.
+//
+// As EC2 does, a mutating call that has been received is carried out even when the client
+// disconnects during its latency; only Describe calls end with their client.
 type Fault struct {
 	// Code is the EC2 error code (default InternalError).
 	Code string
@@ -25,6 +47,8 @@ type Fault struct {
 	Probability float64
 	// Latency added to every call of the action.
 	Latency time.Duration
+	// Outcome of a failure: before (or ""), after, reset or timeout.
+	Outcome string
 }
 
 type faultJSON struct {
@@ -32,11 +56,12 @@ type faultJSON struct {
 	HTTPStatus  int      `json:"http_status,omitempty"`
 	Probability float64  `json:"probability,omitempty"`
 	Latency     Duration `json:"latency,omitempty"`
+	Outcome     string   `json:"outcome,omitempty"`
 }
 
-// MarshalJSON writes {"code","http_status","probability","latency":"250ms"}.
+// MarshalJSON writes {"code","http_status","probability","latency":"250ms","outcome"}.
 func (f Fault) MarshalJSON() ([]byte, error) {
-	return json.Marshal(faultJSON{f.Code, f.HTTPStatus, f.Probability, Duration(f.Latency)})
+	return json.Marshal(faultJSON{f.Code, f.HTTPStatus, f.Probability, Duration(f.Latency), f.Outcome})
 }
 
 // UnmarshalJSON reads the shape MarshalJSON writes.
@@ -47,7 +72,7 @@ func (f *Fault) UnmarshalJSON(b []byte) error {
 	if err := dec.Decode(&j); err != nil {
 		return fmt.Errorf("fault: %w", err)
 	}
-	*f = Fault{Code: j.Code, HTTPStatus: j.HTTPStatus, Probability: j.Probability, Latency: time.Duration(j.Latency)}
+	*f = Fault{Code: j.Code, HTTPStatus: j.HTTPStatus, Probability: j.Probability, Latency: time.Duration(j.Latency), Outcome: j.Outcome}
 	return nil
 }
 
@@ -61,6 +86,9 @@ func (f Fault) Validate() error {
 	}
 	if f.Latency < 0 || f.Latency > 10*time.Minute {
 		return fmt.Errorf("latency %v must be between 0 and 10m", f.Latency)
+	}
+	if !slices.Contains(outcomes, f.Outcome) {
+		return fmt.Errorf("outcome %q must be before, after, reset or timeout", f.Outcome)
 	}
 	if f.Probability > 0 && f.Code == "" && f.HTTPStatus != 0 && f.HTTPStatus < 500 {
 		return fmt.Errorf("a 4xx fault needs a code")
@@ -125,16 +153,29 @@ func (f *faults) all() map[string]Fault {
 	return out
 }
 
-// decide returns the latency to add and the error to fail with (nil: no failure).
-func (f *faults) decide(action string) (time.Duration, *APIError) {
+// decision is what an injected fault does to one call.
+type decision struct {
+	latency time.Duration
+	// err is the failure (nil: none); outcome says when it happens (OutcomeBefore for "").
+	err     *APIError
+	outcome string
+}
+
+// decide returns the latency to add and the failure, if any.
+func (f *faults) decide(action string) decision {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	fl, ok := f.m[action]
 	if !ok {
-		return 0, nil
+		return decision{}
 	}
+	d := decision{latency: fl.Latency}
 	if fl.Probability > 0 && f.rng.Float64() < fl.Probability {
-		return fl.Latency, &APIError{Code: fl.code(), Message: "Injected fault: " + fl.code(), HTTPStatus: fl.status()}
+		d.err = &APIError{Code: fl.code(), Message: "Injected fault: " + fl.code(), HTTPStatus: fl.status()}
+		d.outcome = fl.Outcome
+		if d.outcome == "" {
+			d.outcome = OutcomeBefore
+		}
 	}
-	return fl.Latency, nil
+	return d
 }

@@ -161,8 +161,8 @@ func (s *Sim) imdsFiles(id string) (map[string]string, bool) {
 		f[p+"subnet-id"] = e.sn.id
 		f[p+"subnet-ipv4-cidr-block"] = e.sn.cidr.String()
 		f[p+"vpc-id"] = e.sn.vpcID
-		f[p+"vpc-ipv4-cidr-block"] = s.vpcCIDR.String()
-		f[p+"vpc-ipv4-cidr-blocks"] = s.vpcCIDR.String()
+		f[p+"vpc-ipv4-cidr-block"] = s.vpcCIDRs[0].String()
+		f[p+"vpc-ipv4-cidr-blocks"] = strings.Join(prefixStrings(s.vpcCIDRs), "\n")
 		f[p+"security-group-ids"] = strings.Join(e.groups, "\n")
 		ips := []string{ipString(e.primary)}
 		for _, a := range e.secondaries {
@@ -184,6 +184,12 @@ func (s *Sim) imdsFiles(id string) (map[string]string, bool) {
 		Region: s.region, Version: "2017-09-30",
 	}, "", "  ")
 	f["latest/dynamic/instance-identity/document"] = string(doc)
+	if g, err := s.signer(); err != nil {
+		s.log.Error("instance identity signatures unavailable", "err", err)
+	} else if p7, sig, err := g.signed(doc); err == nil {
+		f["latest/dynamic/instance-identity/rsa2048"] = p7
+		f["latest/dynamic/instance-identity/signature"] = sig
+	}
 	return f, true
 }
 

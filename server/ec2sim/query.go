@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/xml"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -31,27 +33,44 @@ type actionDef struct {
 	handle func(s *Sim, r *request) (response, *APIError)
 	// phased actions apply injected latency themselves as an attaching/detaching phase.
 	phased bool
+	// lists are the action's list parameters, nested ones with # for the outer index
+	// ("Filter.#.Value"): given without an index they are refused (see checkKeys).
+	lists []string
+}
+
+// List parameters shared by several actions.
+var (
+	filterLists  = []string{"Filter", "Filter.#.Value"}
+	tagSpecLists = []string{"TagSpecification", "TagSpecification.#.Tag"}
+)
+
+func lists(groups ...[]string) []string {
+	var out []string
+	for _, g := range groups {
+		out = append(out, g...)
+	}
+	return out
 }
 
 // actions is every simulated action.
 var actions = map[string]actionDef{
-	"CreateNetworkInterface":          {handle: (*Sim).actCreateNetworkInterface},
+	"CreateNetworkInterface":          {handle: (*Sim).actCreateNetworkInterface, lists: lists([]string{"PrivateIpAddresses", "Ipv4Prefix", "SecurityGroupId"}, tagSpecLists)},
 	"AttachNetworkInterface":          {handle: (*Sim).actAttachNetworkInterface, phased: true},
 	"DetachNetworkInterface":          {handle: (*Sim).actDetachNetworkInterface, phased: true},
 	"DeleteNetworkInterface":          {handle: (*Sim).actDeleteNetworkInterface},
-	"AssignPrivateIpAddresses":        {handle: (*Sim).actAssignPrivateIpAddresses},
-	"UnassignPrivateIpAddresses":      {handle: (*Sim).actUnassignPrivateIpAddresses},
-	"DescribeNetworkInterfaces":       {handle: (*Sim).actDescribeNetworkInterfaces},
-	"DescribeSubnets":                 {handle: (*Sim).actDescribeSubnets},
-	"DescribeInstances":               {handle: (*Sim).actDescribeInstances},
-	"DescribeInstanceTypes":           {handle: (*Sim).actDescribeInstanceTypes},
-	"ModifyNetworkInterfaceAttribute": {handle: (*Sim).actModifyNetworkInterfaceAttribute},
-	"CreateTags":                      {handle: (*Sim).actCreateTags},
-	"DeleteTags":                      {handle: (*Sim).actDeleteTags},
-	"CreateSubnetCidrReservation":     {handle: (*Sim).actCreateSubnetCidrReservation},
+	"AssignPrivateIpAddresses":        {handle: (*Sim).actAssignPrivateIpAddresses, lists: []string{"PrivateIpAddress", "Ipv4Prefix"}},
+	"UnassignPrivateIpAddresses":      {handle: (*Sim).actUnassignPrivateIpAddresses, lists: []string{"PrivateIpAddress", "Ipv4Prefix"}},
+	"DescribeNetworkInterfaces":       {handle: (*Sim).actDescribeNetworkInterfaces, lists: lists([]string{"NetworkInterfaceId"}, filterLists)},
+	"DescribeSubnets":                 {handle: (*Sim).actDescribeSubnets, lists: lists([]string{"SubnetId"}, filterLists)},
+	"DescribeInstances":               {handle: (*Sim).actDescribeInstances, lists: lists([]string{"InstanceId"}, filterLists)},
+	"DescribeInstanceTypes":           {handle: (*Sim).actDescribeInstanceTypes, lists: lists([]string{"InstanceType"}, filterLists)},
+	"ModifyNetworkInterfaceAttribute": {handle: (*Sim).actModifyNetworkInterfaceAttribute, lists: []string{"SecurityGroupId"}},
+	"CreateTags":                      {handle: (*Sim).actCreateTags, lists: []string{"ResourceId", "Tag"}},
+	"DeleteTags":                      {handle: (*Sim).actDeleteTags, lists: []string{"ResourceId", "Tag"}},
+	"CreateSubnetCidrReservation":     {handle: (*Sim).actCreateSubnetCidrReservation, lists: tagSpecLists},
 	"DeleteSubnetCidrReservation":     {handle: (*Sim).actDeleteSubnetCidrReservation},
-	"RunInstances":                    {handle: (*Sim).actRunInstances},
-	"TerminateInstances":              {handle: (*Sim).actTerminateInstances},
+	"RunInstances":                    {handle: (*Sim).actRunInstances, lists: lists([]string{"NetworkInterface", "NetworkInterface.#.SecurityGroupId", "SecurityGroupId"}, tagSpecLists)},
+	"TerminateInstances":              {handle: (*Sim).actTerminateInstances, lists: []string{"InstanceId"}},
 }
 
 // Actions lists the simulated action names, sorted.
@@ -116,7 +135,24 @@ func (s *Sim) serveQuery(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.stats.call(action)
-	resp, aerr := s.dispatch(r.Context(), action, def, p)
+	if aerr := p.checkKeys(def); aerr != nil {
+		s.stats.fail(action, aerr.Code)
+		writeError(w, reqID, aerr)
+		return
+	}
+	resp, unanswered, aerr := s.dispatch(r.Context(), action, def, p)
+	if unanswered != nil {
+		// The action took effect; the client hears of it wrongly or not at all.
+		switch unanswered.outcome {
+		case OutcomeAfter:
+			aerr = unanswered.err
+		default:
+			s.stats.fail(action, unanswered.err.Code)
+			s.log.Debug("ec2 request applied, not answered", "action", action, "outcome", unanswered.outcome, "duration", time.Since(start))
+			s.noAnswer(w, r, unanswered.outcome)
+			return
+		}
+	}
 	if aerr != nil {
 		s.stats.fail(action, aerr.Code)
 		writeError(w, reqID, aerr)
@@ -155,33 +191,68 @@ func writeError(w http.ResponseWriter, reqID string, aerr *APIError) {
 }
 
 // dispatch applies the deny list, throttling, injected faults and DryRun, then runs the action.
-func (s *Sim) dispatch(ctx context.Context, action string, def actionDef, p params) (response, *APIError) {
+// unanswered is set when an injected fault takes effect after the action did (the response is
+// then replaced as the fault's outcome says).
+func (s *Sim) dispatch(ctx context.Context, action string, def actionDef, p params) (_ response, unanswered *decision, _ *APIError) {
 	if s.deny[action] {
-		return nil, apiErr("UnauthorizedOperation",
+		return nil, nil, apiErr("UnauthorizedOperation",
 			"You are not authorized to perform this operation. User: arn:aws:sts::%s:assumed-role/ipledger/ec2sim is not authorized to perform: ec2:%s", s.accountID, action)
 	}
 	if !s.throttle.take(bucketFor(action, p.filteredOrPaginated()), s.now()) {
-		return nil, apiErr("RequestLimitExceeded", "Request limit exceeded.")
+		return nil, nil, apiErr("RequestLimitExceeded", "Request limit exceeded.")
 	}
-	lat, ferr := s.faults.decide(action)
-	lat = s.scaled(lat)
-	if ferr != nil || !def.phased {
+	if !strings.HasPrefix(action, "Describe") {
+		// EC2 carries out a mutation it has received even when the client goes away meanwhile
+		// (a timeout, a crash): only the simulator's own end stops it.
+		ctx = context.WithoutCancel(ctx)
+	}
+	d := s.faults.decide(action)
+	lat := s.scaled(d.latency)
+	before := d.err != nil && d.outcome == OutcomeBefore
+	if before || !def.phased {
 		if err := s.sleep(ctx, lat); err != nil {
-			return nil, apiErr("InternalError", "request abandoned: %v", err)
+			return nil, nil, apiErr("InternalError", "request abandoned: %v", err)
 		}
 		lat = 0
 	}
-	if ferr != nil {
-		return nil, ferr
+	if before {
+		return nil, nil, d.err
 	}
 	dry, aerr := p.boolParam("DryRun")
 	if aerr != nil {
-		return nil, aerr
+		return nil, nil, aerr
 	}
 	if dry {
-		return nil, apiErr("DryRunOperation", "Request would have succeeded, but DryRun flag is set.")
+		return nil, nil, apiErr("DryRunOperation", "Request would have succeeded, but DryRun flag is set.")
 	}
-	return def.handle(s, &request{ctx: ctx, action: action, p: p, latency: lat})
+	resp, aerr := def.handle(s, &request{ctx: ctx, action: action, p: p, latency: lat})
+	if aerr != nil || d.err == nil {
+		return resp, nil, aerr
+	}
+	return resp, &d, nil
+}
+
+// noAnswer ends a request without an HTTP response: the connection is closed (with a reset,
+// as a crashed front end would), at once or, for OutcomeTimeout, once the client gave up.
+func (s *Sim) noAnswer(w http.ResponseWriter, r *http.Request, outcome string) {
+	if outcome == OutcomeTimeout {
+		select {
+		case <-r.Context().Done():
+		case <-s.done:
+		}
+	}
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		panic(http.ErrAbortHandler)
+	}
+	conn, _, err := hj.Hijack()
+	if err != nil {
+		panic(http.ErrAbortHandler)
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = conn.Close()
 }
 
 // sleep waits d unless the request or the simulator ends first.
@@ -233,6 +304,40 @@ func (p params) indices(prefix string) []int {
 	}
 	sort.Ints(out)
 	return out
+}
+
+// checkKeys refuses, as EC2 does (UnknownParameter), keys that name no parameter: a list index
+// that is not a canonical decimal from 1 ("X.0", "X.-1", "X.01", "X.abc"), a member name that
+// does not start with a capital letter, and a list parameter of the action given without an
+// index ("PrivateIpAddress=..." for AssignPrivateIpAddresses). Without it such a parameter would
+// be silently dropped and the request carried out without it.
+func (p params) checkKeys(def actionDef) *APIError {
+	unknown := func(k string) *APIError {
+		return apiErr("UnknownParameter", "The parameter %s is not recognized", k)
+	}
+	for k := range p {
+		segs := strings.Split(k, ".")
+		for i, seg := range segs {
+			if i == 0 {
+				continue
+			}
+			switch c := seg[0:min(1, len(seg))]; {
+			case c == "":
+				return unknown(k)
+			case c >= "0" && c <= "9" || c == "-" || c == "+":
+				if n, err := strconv.Atoi(seg); err != nil || n < 1 || seg != strconv.Itoa(n) {
+					return unknown(k)
+				}
+				segs[i] = "#"
+			case c < "A" || c > "Z":
+				return unknown(k)
+			}
+		}
+		if shape := strings.Join(segs, "."); slices.Contains(def.lists, shape) {
+			return unknown(k)
+		}
+	}
+	return nil
 }
 
 // list returns the values of prefix.1, prefix.2, ... in index order.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"sort"
@@ -30,6 +31,10 @@ type Config struct {
 	TimeScale float64
 	// Logger receives one debug line per request; nil discards.
 	Logger *slog.Logger
+	// InstanceTags are put on every instance the simulator launches (the scenario's and
+	// RunInstances'), under the launch's own tags: ipledger-server --dev gives the cluster tag
+	// its attestation checks.
+	InstanceTags map[string]string
 }
 
 // DefaultConfig is the default scenario, seed 1, throttling on, time scale 1.
@@ -185,7 +190,7 @@ type Sim struct {
 	accountID string
 	region    string
 	vpcID     string
-	vpcCIDR   netip.Prefix
+	vpcCIDRs  []netip.Prefix // primary first
 	defaultSG string
 	ecDelay   time.Duration // eventual-consistency delay, already scaled
 	deny      map[string]bool
@@ -196,7 +201,9 @@ type Sim struct {
 
 	throttle *throttle
 	faults   *faults
-	stats    *stats
+	// instanceTags go on every launched instance (Config.InstanceTags).
+	instanceTags map[string]string
+	stats        *stats
 
 	hooksMu sync.Mutex
 	hooks   instanceHooks
@@ -279,6 +286,7 @@ func New(cfg Config) (*Sim, error) {
 	}
 	now := time.Now
 	s.nowFn.Store(&now)
+	s.instanceTags = maps.Clone(cfg.InstanceTags)
 	s.ecDelay = s.scaled(time.Duration(sc.EventualConsistencyDelay))
 	for _, a := range sc.Deny {
 		s.deny[a] = true
@@ -286,7 +294,7 @@ func New(cfg Config) (*Sim, error) {
 	for a, f := range sc.Faults {
 		s.faults.m[a] = f
 	}
-	s.vpcCIDR, _ = parseCIDR(sc.VPC.CIDR)
+	s.vpcCIDRs, _ = sc.VPC.cidrs() // validated
 	s.vpcID = sc.VPC.ID
 	for _, sp := range sc.Subnets {
 		if sp.ID != "" {
@@ -327,7 +335,7 @@ func New(cfg Config) (*Sim, error) {
 					tags["Name"] = fmt.Sprintf("%s-%d", g.Name, j+1)
 				}
 			}
-			if _, aerr := s.runLocked(t, sn, 1, 1, tags); aerr != nil {
+			if _, aerr := s.runLocked(t, sn, 1, 1, tags, LaunchInterface{}); aerr != nil {
 				return nil, fmt.Errorf("ec2sim: scenario instances[%d]: %w", i, aerr)
 			}
 		}
@@ -721,13 +729,50 @@ func (s *Sim) detach(e *eni) {
 	e.att = nil
 }
 
+// LaunchInterface is what the primary network interface of an instance carries at launch, as
+// a launch template's NetworkInterfaces entry for device index 0 says: secondary addresses or
+// /28 prefixes placed by EC2 (counted, at random among free addresses, as for any count), and
+// security groups. The zero value is a plain primary ENI.
+type LaunchInterface struct {
+	SecondaryPrivateIPAddressCount int      `json:"secondary_private_ip_address_count,omitempty"`
+	IPv4PrefixCount                int      `json:"ipv4_prefix_count,omitempty"`
+	SecurityGroupIDs               []string `json:"security_group_ids,omitempty"`
+}
+
+// check refuses what no instance of type t can carry on one interface (EC2's errors).
+func (li LaunchInterface) check(t instancetypes.Type) *APIError {
+	switch {
+	case li.SecondaryPrivateIPAddressCount < 0 || li.IPv4PrefixCount < 0:
+		return apiErr("InvalidParameterValue", "address and prefix counts must not be negative")
+	case li.SecondaryPrivateIPAddressCount > 0 && li.IPv4PrefixCount > 0:
+		return apiErr("InvalidParameterCombination", "SecondaryPrivateIpAddressCount and Ipv4PrefixCount cannot be specified on the same network interface")
+	case li.IPv4PrefixCount > 0 && !t.PrefixDelegation():
+		return apiErr("InvalidParameterValue", "Instance type %s does not support IPv4 prefix delegation.", t.Name)
+	case 1+li.SecondaryPrivateIPAddressCount+li.IPv4PrefixCount > t.IPv4PerENI:
+		return apiErr("PrivateIpAddressLimitExceeded", "Number of private addresses and prefixes %d exceeds the limit of %d for an interface of %s.",
+			1+li.SecondaryPrivateIPAddressCount+li.IPv4PrefixCount, t.IPv4PerENI, t.Name)
+	}
+	return nil
+}
+
 // runLocked launches between min and max instances of type t in sn, each with a primary ENI at
-// device index 0. The caller holds s.mu and notifies hooks after unlocking.
-func (s *Sim) runLocked(t instancetypes.Type, sn *subnet, minCount, maxCount int, tags map[string]string) ([]*instance, *APIError) {
-	n := min(maxCount, sn.freeAuto)
+// device index 0 carrying what li asks for. Launching stops at the first instance whose
+// interface cannot be placed; fewer than minCount undo them all and fail with EC2's error for
+// the subnet (InsufficientFreeAddressesInSubnet, InsufficientCidrBlocks). The caller holds s.mu
+// and notifies hooks after unlocking.
+func (s *Sim) runLocked(t instancetypes.Type, sn *subnet, minCount, maxCount int, tags map[string]string, li LaunchInterface) ([]*instance, *APIError) {
+	if aerr := li.check(t); aerr != nil {
+		return nil, aerr
+	}
+	n := min(maxCount, sn.freeAuto/(1+li.SecondaryPrivateIPAddressCount))
 	if n < minCount {
 		return nil, apiErr("InsufficientFreeAddressesInSubnet",
 			"There are not enough free addresses in subnet '%s' to satisfy the requested number of instances.", sn.id)
+	}
+	for _, g := range li.SecurityGroupIDs {
+		if !strings.HasPrefix(g, "sg-") {
+			return nil, apiErr("InvalidGroupId.Malformed", "Invalid id: \"%s\" (expecting \"sg-...\")", g)
+		}
 	}
 	resID := s.newID("r-")
 	now := s.now()
@@ -737,21 +782,43 @@ func (s *Sim) runLocked(t instancetypes.Type, sn *subnet, minCount, maxCount int
 			id: s.newID("i-"), itype: t, sn: sn, reservationID: resID, launchIndex: i,
 			state: "running", launchTime: now, tags: map[string]string{},
 		}
-		e, aerr := s.newENI(sn, allocPlan{}, "", nil, nil, false)
+		e, aerr := s.newENI(sn, allocPlan{ipCount: li.SecondaryPrivateIPAddressCount, prefixCount: li.IPv4PrefixCount},
+			"", li.SecurityGroupIDs, nil, false)
 		if aerr != nil {
-			// Cannot happen: n addresses were free. Keep the launched ones.
-			return out, aerr
+			if len(out) >= minCount {
+				break // launch what fits, as EC2 does between MinCount and MaxCount
+			}
+			for _, o := range out {
+				s.unlaunchLocked(o)
+			}
+			return nil, aerr
 		}
 		s.attach(e, in, 0, 0, true, "attached")
 		in.privateIP = e.primary
 		s.instances[in.id] = in
 		s.instOrder = insertSorted(s.instOrder, in.id)
+		for k, v := range s.instanceTags {
+			if _, own := tags[k]; !own {
+				s.setInstanceTag(in, k, v)
+			}
+		}
 		for k, v := range tags {
 			s.setInstanceTag(in, k, v)
 		}
 		out = append(out, in)
 	}
 	return out, nil
+}
+
+// unlaunchLocked undoes a launch that has not been reported (a RunInstances that failed below
+// its MinCount): the instance and its primary ENI are gone as if never made.
+func (s *Sim) unlaunchLocked(in *instance) {
+	for _, e := range append([]*eni(nil), in.enis...) {
+		s.detach(e)
+		s.deleteENI(e)
+	}
+	delete(s.instances, in.id)
+	s.instOrder = removeSorted(s.instOrder, in.id)
 }
 
 // terminateLocked terminates an instance: ENIs with DeleteOnTermination go away with their

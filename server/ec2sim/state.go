@@ -22,8 +22,10 @@ type State struct {
 
 // VPCInfo is the simulated VPC.
 type VPCInfo struct {
-	ID   string `json:"id"`
-	CIDR string `json:"cidr"`
+	ID string `json:"id"`
+	// CIDR is the primary block; CIDRs every block, primary first.
+	CIDR  string   `json:"cidr"`
+	CIDRs []string `json:"cidrs"`
 }
 
 // SubnetInfo is one subnet with its address counts.
@@ -72,19 +74,21 @@ type InstanceInfo struct {
 
 // ENIInfo is one network interface with every address it holds.
 type ENIInfo struct {
-	ID               string            `json:"id"`
-	SubnetID         string            `json:"subnet_id"`
-	VPCID            string            `json:"vpc_id"`
-	AvailabilityZone string            `json:"availability_zone"`
-	MAC              string            `json:"mac"`
-	Description      string            `json:"description,omitempty"`
-	Status           string            `json:"status"`
-	Foreign          bool              `json:"foreign,omitempty"`
-	Attachment       *AttachmentInfo   `json:"attachment,omitempty"`
-	PrimaryIP        string            `json:"primary_ip"`
-	SecondaryIPs     []string          `json:"secondary_ips,omitempty"`
-	Prefixes         []string          `json:"prefixes,omitempty"`
-	Tags             map[string]string `json:"tags,omitempty"`
+	ID               string          `json:"id"`
+	SubnetID         string          `json:"subnet_id"`
+	VPCID            string          `json:"vpc_id"`
+	AvailabilityZone string          `json:"availability_zone"`
+	MAC              string          `json:"mac"`
+	Description      string          `json:"description,omitempty"`
+	Status           string          `json:"status"`
+	Foreign          bool            `json:"foreign,omitempty"`
+	Attachment       *AttachmentInfo `json:"attachment,omitempty"`
+	PrimaryIP        string          `json:"primary_ip"`
+	SecondaryIPs     []string        `json:"secondary_ips,omitempty"`
+	Prefixes         []string        `json:"prefixes,omitempty"`
+	// Groups are the ENI's security groups.
+	Groups []string          `json:"groups,omitempty"`
+	Tags   map[string]string `json:"tags,omitempty"`
 }
 
 // AttachmentInfo is an ENI's attachment.
@@ -208,7 +212,7 @@ func (s *Sim) eniInfo(e *eni) ENIInfo {
 	ei := ENIInfo{
 		ID: e.id, SubnetID: e.sn.id, VPCID: e.sn.vpcID, AvailabilityZone: e.sn.az, MAC: e.mac,
 		Description: e.description, Status: e.status(), Foreign: e.foreign,
-		PrimaryIP: ipString(e.primary), Tags: cloneTags(e.tags),
+		PrimaryIP: ipString(e.primary), Tags: cloneTags(e.tags), Groups: append([]string(nil), e.groups...),
 	}
 	for _, a := range e.secondaries {
 		ei.SecondaryIPs = append(ei.SecondaryIPs, ipString(a))
@@ -231,7 +235,7 @@ func (s *Sim) Snapshot() State {
 	defer s.mu.RUnlock()
 	st := State{
 		AccountID: s.accountID, Region: s.region,
-		VPC:       VPCInfo{ID: s.vpcID, CIDR: s.vpcCIDR.String()},
+		VPC:       VPCInfo{ID: s.vpcID, CIDR: s.vpcCIDRs[0].String(), CIDRs: prefixStrings(s.vpcCIDRs)},
 		Subnets:   make([]SubnetInfo, 0, len(s.subnets)),
 		Instances: make([]InstanceInfo, 0, len(s.instOrder)),
 		ENIs:      make([]ENIInfo, 0, len(s.eniOrder)),
@@ -268,6 +272,9 @@ type InstanceSpec struct {
 	InstanceType string            `json:"instance_type"`
 	SubnetID     string            `json:"subnet_id"`
 	Tags         map[string]string `json:"tags,omitempty"`
+	// Primary is what the primary interface carries at launch (a launch template's
+	// NetworkInterfaces entry for device index 0).
+	Primary LaunchInterface `json:"primary_interface,omitzero"`
 }
 
 // RunInstances launches count instances (all or none), each with a primary ENI at device
@@ -293,7 +300,7 @@ func (s *Sim) RunInstances(ctx context.Context, spec InstanceSpec, count int) ([
 		s.mu.Unlock()
 		return nil, fmt.Errorf("ec2sim: run instances: %w", aerr)
 	}
-	insts, aerr := s.runLocked(t, sn, count, count, spec.Tags)
+	insts, aerr := s.runLocked(t, sn, count, count, spec.Tags, spec.Primary)
 	if aerr != nil {
 		s.mu.Unlock()
 		return nil, fmt.Errorf("ec2sim: run %d x %s in %s: %w", count, spec.InstanceType, spec.SubnetID, aerr)
@@ -399,4 +406,12 @@ func (s *Sim) Fragment(ctx context.Context, subnetID string) (int, error) {
 		picks = picks[n:]
 	}
 	return occupied, nil
+}
+
+func prefixStrings(ps []netip.Prefix) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.String()
+	}
+	return out
 }

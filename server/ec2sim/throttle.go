@@ -18,6 +18,10 @@ const (
 	BucketUnfiltered       = "unfiltered-describe"      // 50 / 10: DescribeInstances / DescribeNetworkInterfaces with no filter, ID or pagination
 	BucketTags             = "tags"                     // 100 / 10: CreateTags, DeleteTags
 	BucketCIDRReservations = "subnet-cidr-reservations" // 5 / 1
+	// RunInstances is resource-intensive: its requests have their own bucket, and the instances
+	// they launch another, one token per instance (EC2.md).
+	BucketRunInstances      = "RunInstances"       // 5 / 2: requests
+	BucketInstancesLaunched = "instances-launched" // 1000 / 2: instances
 )
 
 // Shapes of EC2's buckets. The ENI and IP actions each have their own bucket named after the
@@ -28,6 +32,8 @@ var bucketShapes = map[string]BucketShape{
 	BucketUnfiltered:                  {50, 10},
 	BucketTags:                        {100, 10},
 	BucketCIDRReservations:            {5, 1},
+	BucketRunInstances:                {5, 2},
+	BucketInstancesLaunched:           {1000, 2},
 	"CreateNetworkInterface":          {100, 5},
 	"DeleteNetworkInterface":          {100, 5},
 	"AssignPrivateIpAddresses":        {100, 5},
@@ -46,6 +52,8 @@ func bucketFor(action string, paginatedOrFiltered bool) string {
 		return BucketTags
 	case "CreateSubnetCidrReservation", "DeleteSubnetCidrReservation":
 		return BucketCIDRReservations
+	case "RunInstances":
+		return BucketRunInstances
 	case "DescribeSubnets", "DescribeInstanceTypes":
 		return BucketNonMutating
 	case "DescribeInstances", "DescribeNetworkInterfaces":
@@ -77,7 +85,10 @@ func newThrottle(on bool, scale float64) *throttle {
 }
 
 // take removes one token from the named bucket; false means the request is throttled.
-func (t *throttle) take(name string, now time.Time) bool {
+func (t *throttle) take(name string, now time.Time) bool { return t.takeN(name, 1, now) }
+
+// takeN removes n tokens from the named bucket, all or none; false means throttled.
+func (t *throttle) takeN(name string, n int, now time.Time) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if !t.on {
@@ -96,10 +107,10 @@ func (t *throttle) take(name string, now time.Time) bool {
 		}
 		b.last = now
 	}
-	if b.tokens < 1 {
+	if b.tokens < float64(n) {
 		return false
 	}
-	b.tokens--
+	b.tokens -= float64(n)
 	return true
 }
 

@@ -164,7 +164,7 @@ func TestBucketFor(t *testing.T) {
 		{"DeleteTags", false, BucketTags},
 		{"AttachNetworkInterface", false, BucketMutating},
 		{"DetachNetworkInterface", false, BucketMutating},
-		{"RunInstances", false, BucketMutating},
+		{"RunInstances", false, BucketRunInstances},
 		{"TerminateInstances", false, BucketMutating},
 		{"DescribeSubnets", false, BucketNonMutating},
 		{"DescribeInstanceTypes", false, BucketNonMutating},
@@ -185,6 +185,7 @@ func TestBucketFor(t *testing.T) {
 	want := map[string]BucketShape{
 		"AssignPrivateIpAddresses": {100, 5}, BucketTags: {100, 10}, BucketMutating: {50, 5},
 		BucketNonMutating: {100, 20}, BucketUnfiltered: {50, 10}, BucketCIDRReservations: {5, 1},
+		BucketRunInstances: {5, 2}, BucketInstancesLaunched: {1000, 2},
 	}
 	for name, shape := range want {
 		if bucketShapes[name] != shape {

@@ -58,23 +58,6 @@ func (t Type) MaxPodAddresses(prefixMode bool) int {
 	return n
 }
 
-// MaxPods is the kubelet max-pods value the Amazon VPC CNI recommends for the type:
-// IP mode ENIs x (IPv4 per ENI - 1) + 2; prefix mode the same times 16 (+2), capped at 110 for
-// types with at most 30 vCPUs and 250 otherwise. vcpus <= 0 means unknown (cap 110).
-func (t Type) MaxPods(prefixMode bool, vcpus int) int {
-	n := t.MaxPodAddresses(prefixMode) + 2
-	if prefixMode {
-		limit := 110
-		if vcpus > 30 {
-			limit = 250
-		}
-		if n > limit {
-			n = limit
-		}
-	}
-	return n
-}
-
 var (
 	loadOnce sync.Once
 	byName   map[string]Type

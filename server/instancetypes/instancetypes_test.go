@@ -38,16 +38,12 @@ func TestLimitsOfKnownTypes(t *testing.T) {
 			if typ.PrefixDelegation() != tc.prefix {
 				t.Fatalf("%s: prefix delegation %v, want %v", tc.name, typ.PrefixDelegation(), tc.prefix)
 			}
-			vcpus := 2
-			if tc.name == "m5.24xlarge" {
-				vcpus = 96
-			}
-			if got := typ.MaxPods(false, vcpus); got != tc.maxPodsIP {
-				t.Errorf("max pods IP mode: got %d, want %d", got, tc.maxPodsIP)
+			if got, err := typ.MaxPods(MaxPodsOptions{}); err != nil || got.MaxAllowed != tc.maxPodsIP {
+				t.Errorf("max pods IP mode: got %+v, %v, want %d", got, err, tc.maxPodsIP)
 			}
 			if tc.prefix {
-				if got := typ.MaxPods(true, vcpus); got != tc.maxPodsPfx {
-					t.Errorf("max pods prefix mode: got %d, want %d", got, tc.maxPodsPfx)
+				if got, err := typ.MaxPods(MaxPodsOptions{Prefix: true}); err != nil || got.Recommended != tc.maxPodsPfx {
+					t.Errorf("max pods prefix mode: got %+v, %v, want %d", got, err, tc.maxPodsPfx)
 				}
 			}
 		})

@@ -81,6 +81,7 @@ type Replica struct {
 	st         *store.Store
 	led        *ledger.Ledger
 	alloc      *allocator.Allocator
+	leadership *store.Leadership // while alloc runs
 	leader     string
 	known      map[string]policy.Policy
 	revision   int64
@@ -330,7 +331,7 @@ func (r *Replica) lead(ctx context.Context, st *store.Store, from int64) error {
 		return fmt.Errorf("allocator: %w", err)
 	}
 	r.mu.Lock()
-	r.alloc, r.leader = alloc, r.cfg.Advertise
+	r.alloc, r.leadership, r.leader = alloc, lead, r.cfg.Advertise
 	r.mu.Unlock()
 	if r.cfg.OnLead != nil {
 		r.cfg.OnLead()
@@ -339,7 +340,7 @@ func (r *Replica) lead(ctx context.Context, st *store.Store, from int64) error {
 
 	err = <-runErr
 	r.mu.Lock()
-	r.alloc = nil
+	r.alloc, r.leadership = nil, nil
 	r.mu.Unlock()
 	r.resign(lead)
 	if ctx.Err() != nil {
@@ -371,6 +372,14 @@ func (r *Replica) Allocator() *allocator.Allocator {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	return r.alloc
+}
+
+// Leadership is the leadership the running allocator writes under (nil unless this replica
+// leads); other leader-only writers (the identity service) fence their records with it.
+func (r *Replica) Leadership() *store.Leadership {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.leadership
 }
 
 // Ledger is this replica's copy of the state.

@@ -7,14 +7,21 @@ package servertest
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sort"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/ipledger/ipledger/internal/mtls"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server"
 	"github.com/ipledger/ipledger/server/config"
@@ -372,4 +379,43 @@ func CheckBudgetsAddUp(t testing.TB, s *server.Server) {
 			t.Fatalf("budget of %s does not add up: %+v", b.SubnetId, b)
 		}
 	}
+}
+
+// NodeCertFiles issues, with the --dev CA, a node certificate for name (what attestation would
+// give the node's agent) into a temporary directory, as files a client loads.
+func NodeCertFiles(t testing.TB, dev *mtls.DevCerts, name string) mtls.Files {
+	t.Helper()
+	is, err := mtls.NewIssuer(dev.CA(), dev.CAKey(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csrPEM, err := mtls.NewCSR(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := mtls.ParseCSR(csrPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := is.IssueNode(csr, name, mtls.Instance{}, 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	f := mtls.Files{Cert: filepath.Join(dir, "node.crt"), Key: filepath.Join(dir, "node.key"), CA: dev.CA()}
+	if err := os.WriteFile(f.Key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(f.Cert, got.ChainPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f
 }

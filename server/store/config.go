@@ -15,6 +15,10 @@ import (
 const (
 	DefaultDialTimeout = 5 * time.Second
 	DefaultSessionTTL  = 5 * time.Second
+	// DefaultCommitAttemptTimeout bounds one attempt of a commit: etcd answers a write in
+	// milliseconds, but one sent while its raft leader dies waits for etcd's request timeout
+	// (7 s with its defaults). Commit re-reads and tries again instead.
+	DefaultCommitAttemptTimeout = time.Second
 )
 
 // Config configures a connection to an etcd cluster. Zero DialTimeout and SessionTTL take their
@@ -29,6 +33,9 @@ type Config struct {
 	// SessionTTL is the election session's lease TTL, whole seconds, at least 1 s (default 5 s).
 	// A leader that cannot reach etcd for this long loses leadership.
 	SessionTTL time.Duration
+	// CommitAttemptTimeout bounds each attempt of Leadership.Commit (default 1 s); an attempt
+	// that times out is checked by a read and retried until the caller's context ends.
+	CommitAttemptTimeout time.Duration
 	// TLS is used for https endpoints (optional).
 	TLS *tls.Config
 	// Username and Password for etcd authentication (optional).
@@ -106,6 +113,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.SessionTTL == 0 {
 		c.SessionTTL = DefaultSessionTTL
+	}
+	if c.CommitAttemptTimeout <= 0 {
+		c.CommitAttemptTimeout = DefaultCommitAttemptTimeout
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -130,6 +130,11 @@ func (s *Store) campaignOnce(ctx context.Context, advertise string) (*Leadership
 		advertise: advertise,
 		done:      make(chan struct{}),
 	}
+	if err := l.loadRevisions(ctx); err != nil {
+		_ = el.Resign(ctx)
+		_ = sess.Close()
+		return nil, err
+	}
 	mctx, stop := context.WithCancel(sess.Ctx())
 	l.stop = stop
 	l.monitorDone = make(chan struct{})
@@ -163,6 +168,11 @@ type Leadership struct {
 	rev       int64
 	wonRev    int64
 	advertise string
+
+	// known is the mod revision of every record key as of this leader's last commit or
+	// check (0: the key does not exist); each commit compares against it (commit.go).
+	knownMu sync.Mutex
+	known   map[string]int64
 
 	done        chan struct{}
 	doneOnce    sync.Once
@@ -278,63 +288,11 @@ func (l *Leadership) release() {
 	_ = l.Resign(ctx)
 }
 
-// MaxOpsPerCommit is etcd's default limit of operations in one transaction (--max-txn-ops);
-// the fence compare is not counted. A transaction is also limited to etcd's request size
-// (--max-request-bytes, default 1.5 MiB), which large node records can reach first.
-const MaxOpsPerCommit = 128
-
-// Commit writes ops in one etcd transaction fenced by the leadership:
-// If(CreateRevision(Key()) == Revision()).Then(ops...). It returns the revision of the write.
-// Errors: ErrInvalid when an Op is invalid or two Ops name the same record (nothing is sent);
-// ErrNotLeader when the fence fails (deposed: nothing was written); ErrUnavailable when etcd
-// cannot be reached or has no quorum before ctx ends, in which case the write may or may not
-// have happened. With no ops, Commit only checks the fence.
-func (l *Leadership) Commit(ctx context.Context, ops ...Op) (int64, error) {
-	if l.resigned.Load() {
-		return 0, fmt.Errorf("store: commit: %w: leadership resigned", ErrNotLeader)
-	}
-	select {
-	case <-l.done:
-		// Once Done has told the caller to stop leading, nothing more is written, even if the
-		// key might still exist (etcd renews leases when it restarts).
-		return 0, fmt.Errorf("store: commit: %w: leadership lost", ErrNotLeader)
-	default:
-	}
-	if len(ops) > MaxOpsPerCommit {
-		return 0, fmt.Errorf("store: commit: %w: %d ops, etcd takes at most %d per transaction", ErrInvalid, len(ops), MaxOpsPerCommit)
-	}
-	txnOps := make([]clientv3.Op, 0, len(ops))
-	keys := make(map[string]bool, len(ops))
-	for i, op := range ops {
-		if op.err != nil {
-			return 0, fmt.Errorf("store: commit: op %d: %w", i, op.err)
-		}
-		if op.typ == "" {
-			return 0, fmt.Errorf("store: commit: op %d: %w: zero Op", i, ErrInvalid)
-		}
-		key := l.store.keys.record(op.typ, op.name)
-		if keys[key] {
-			return 0, fmt.Errorf("store: commit: op %d: %w: %s %q written twice in one commit", i, ErrInvalid, op.typ, op.name)
-		}
-		keys[key] = true
-		if op.IsDelete() {
-			txnOps = append(txnOps, clientv3.OpDelete(key))
-		} else {
-			txnOps = append(txnOps, clientv3.OpPut(key, string(op.value)))
-		}
-	}
-	resp, err := l.store.client.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(l.key), "=", l.rev)).
-		Then(txnOps...).
-		Commit()
-	if err != nil {
-		return 0, classify(fmt.Sprintf("store: commit %d ops", len(ops)), err)
-	}
-	if !resp.Succeeded {
-		return 0, fmt.Errorf("store: commit: %w: election key %s is not the one created at revision %d", ErrNotLeader, l.key, l.rev)
-	}
-	return resp.Header.Revision, nil
-}
+// MaxOpsPerCommit is what fits etcd's default limit of 128 operations and 128 compares in one
+// transaction (--max-txn-ops): a commit compares the fence and each key's revision. A
+// transaction is also limited to etcd's request size (--max-request-bytes, default 1.5 MiB),
+// which large node records can reach first.
+const MaxOpsPerCommit = 127
 
 // Leader returns the current leader's advertised address; ErrNoLeader when nobody leads.
 func (s *Store) Leader(ctx context.Context) (string, error) {

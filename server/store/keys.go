@@ -16,6 +16,8 @@ const (
 	RecordSubnet  RecordType = "subnet"  // subnets/<subnet-id>
 	RecordPolicy  RecordType = "policy"  // policies/<policy-name>
 	RecordPrewarm RecordType = "prewarm" // prewarm/<reservation-id>
+	// RecordIdentity is a node's attestation (identities/<instance-id>).
+	RecordIdentity RecordType = "identity"
 )
 
 // Key folders below /ipledger/<cluster>/, as documented in ARCHITECTURE.md.
@@ -26,16 +28,18 @@ const (
 	subnetsFolder  = "subnets/"
 	policiesFolder = "policies/"
 	prewarmFolder  = "prewarm/"
+	identityFolder = "identities/"
 )
 
 // maxNameLen bounds record names (node names are DNS subdomains: 253 bytes).
 const maxNameLen = 253
 
 var folders = map[RecordType]string{
-	RecordNode:    nodesFolder,
-	RecordSubnet:  subnetsFolder,
-	RecordPolicy:  policiesFolder,
-	RecordPrewarm: prewarmFolder,
+	RecordNode:     nodesFolder,
+	RecordSubnet:   subnetsFolder,
+	RecordPolicy:   policiesFolder,
+	RecordPrewarm:  prewarmFolder,
+	RecordIdentity: identityFolder,
 }
 
 // keyspace builds and parses the keys of one cluster.

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -91,6 +92,21 @@ func (h countingHandler) WithGroup(name string) slog.Handler {
 	return h
 }
 
+// runClusters names each test run's clusters apart: the shared etcd outlives a run, so with
+// -count=2 a second run of a test would otherwise find the first run's records.
+var (
+	runClusters   sync.Map // "<*testing.T>/<name>" -> cluster name of that run
+	runClusterSeq atomic.Int64
+)
+
+// runCluster returns the cluster name this run of t uses for name (the same for every store
+// the run opens with it).
+func runCluster(t *testing.T, name string) string {
+	key := fmt.Sprintf("%p/%s", t, name)
+	v, _ := runClusters.LoadOrStore(key, fmt.Sprintf("%s-%d", name, runClusterSeq.Add(1)))
+	return v.(string)
+}
+
 // openStore opens a store on endpoints for cluster, closed when the test ends.
 func openStore(t *testing.T, endpoints []string, cluster string, ttl time.Duration) *store.Store {
 	t.Helper()
@@ -99,6 +115,7 @@ func openStore(t *testing.T, endpoints []string, cluster string, ttl time.Durati
 
 func openStoreLog(t *testing.T, endpoints []string, cluster string, ttl time.Duration, log *slog.Logger) *store.Store {
 	t.Helper()
+	cluster = runCluster(t, cluster)
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	s, err := store.Open(ctx, store.Config{

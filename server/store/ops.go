@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/ledger"
@@ -116,6 +117,32 @@ func PutPrewarm(rec ledger.PrewarmRecord) Op { return putRecord(RecordPrewarm, r
 // DeletePrewarm deletes prewarm/<id>.
 func DeletePrewarm(id string) Op { return deleteRecord(RecordPrewarm, id) }
 
+// PutIdentity writes a node's attestation (key identities/<id.InstanceId>) as protojson.
+func PutIdentity(id *ipledgerv1.NodeIdentity) Op {
+	if id == nil {
+		return Op{typ: RecordIdentity, err: fmt.Errorf("put identity: %w: nil identity", ErrInvalid)}
+	}
+	op := Op{typ: RecordIdentity, name: id.GetInstanceId()}
+	if err := validName(RecordIdentity, op.name); err != nil {
+		op.err = fmt.Errorf("put identity: %w", err)
+		return op
+	}
+	if id.GetNodeName() == "" {
+		op.err = fmt.Errorf("put identity %q: %w: no node name", op.name, ErrInvalid)
+		return op
+	}
+	b, err := encodeProto(id)
+	if err != nil {
+		op.err = fmt.Errorf("put identity %q: %w: encode: %w", op.name, ErrInvalid, err)
+		return op
+	}
+	op.value = b
+	return op
+}
+
+// DeleteIdentity deletes identities/<instanceID>.
+func DeleteIdentity(instanceID string) Op { return deleteRecord(RecordIdentity, instanceID) }
+
 var (
 	policyMarshal   = protojson.MarshalOptions{UseProtoNames: true}
 	policyUnmarshal = protojson.UnmarshalOptions{DiscardUnknown: true}
@@ -123,7 +150,9 @@ var (
 
 // encodePolicy writes protojson with snake_case names like the records, compacted: protojson
 // deliberately varies its whitespace, and stored values should be byte-stable.
-func encodePolicy(p *ipledgerv1.NodePolicy) ([]byte, error) {
+func encodePolicy(p *ipledgerv1.NodePolicy) ([]byte, error) { return encodeProto(p) }
+
+func encodeProto(p proto.Message) ([]byte, error) {
 	b, err := policyMarshal.Marshal(p)
 	if err != nil {
 		return nil, err
@@ -137,10 +166,11 @@ func encodePolicy(p *ipledgerv1.NodePolicy) ([]byte, error) {
 
 // decoded is one record read from etcd.
 type decoded struct {
-	node    *ledger.NodeRecord
-	subnet  *ledger.SubnetRecord
-	policy  *ipledgerv1.NodePolicy
-	prewarm *ledger.PrewarmRecord
+	node     *ledger.NodeRecord
+	subnet   *ledger.SubnetRecord
+	policy   *ipledgerv1.NodePolicy
+	prewarm  *ledger.PrewarmRecord
+	identity *ipledgerv1.NodeIdentity
 }
 
 // decode parses the value of a record key and checks that the record's own name matches the key.
@@ -165,6 +195,10 @@ func decode(t RecordType, name string, value []byte) (decoded, error) {
 		d.prewarm = new(ledger.PrewarmRecord)
 		err = json.Unmarshal(value, d.prewarm)
 		got = d.prewarm.ID
+	case RecordIdentity:
+		d.identity = new(ipledgerv1.NodeIdentity)
+		err = policyUnmarshal.Unmarshal(value, d.identity)
+		got = d.identity.GetInstanceId()
 	default:
 		return d, fmt.Errorf("%w: unknown record type %q", ErrInvalid, t)
 	}

@@ -112,6 +112,8 @@ type State struct {
 	Subnets  map[string]ledger.SubnetRecord
 	Policies map[string]*ipledgerv1.NodePolicy
 	Prewarms map[string]ledger.PrewarmRecord
+	// Identities are the nodes' attestations by instance id.
+	Identities map[string]*ipledgerv1.NodeIdentity
 }
 
 func (st *State) add(t RecordType, name string, d decoded) {
@@ -124,6 +126,8 @@ func (st *State) add(t RecordType, name string, d decoded) {
 		st.Policies[name] = d.policy
 	case RecordPrewarm:
 		st.Prewarms[name] = *d.prewarm
+	case RecordIdentity:
+		st.Identities[name] = d.identity
 	}
 }
 
@@ -150,6 +154,8 @@ func (s *Store) load(ctx context.Context) (*State, error) {
 		Subnets:  map[string]ledger.SubnetRecord{},
 		Policies: map[string]*ipledgerv1.NodePolicy{},
 		Prewarms: map[string]ledger.PrewarmRecord{},
+
+		Identities: map[string]*ipledgerv1.NodeIdentity{},
 	}
 	end := clientv3.GetPrefixRangeEnd(s.keys.prefix)
 	from := s.keys.prefix
@@ -193,10 +199,11 @@ type Event struct {
 	Name     string // node name, subnet id, policy name, pre-warm id
 	Deleted  bool
 	// The record matching Type, nil when Deleted.
-	Node    *ledger.NodeRecord
-	Subnet  *ledger.SubnetRecord
-	Policy  *ipledgerv1.NodePolicy
-	Prewarm *ledger.PrewarmRecord
+	Node     *ledger.NodeRecord
+	Subnet   *ledger.SubnetRecord
+	Policy   *ipledgerv1.NodePolicy
+	Prewarm  *ledger.PrewarmRecord
+	Identity *ipledgerv1.NodeIdentity
 }
 
 // Watch delivers every record change after afterRev, in revision order, calling apply for each
@@ -277,7 +284,7 @@ func (s *Store) watchOnce(ctx context.Context, next *int64, apply func(Event) er
 					if err != nil {
 						return fmt.Errorf("store: watch: revision %d: %w", rev, err)
 					}
-					e.Node, e.Subnet, e.Policy, e.Prewarm = d.node, d.subnet, d.policy, d.prewarm
+					e.Node, e.Subnet, e.Policy, e.Prewarm, e.Identity = d.node, d.subnet, d.policy, d.prewarm, d.identity
 				}
 				if err := apply(e); err != nil {
 					return fmt.Errorf("store: watch: apply %s %q at revision %d: %w", t, name, rev, err)

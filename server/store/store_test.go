@@ -137,18 +137,18 @@ func TestCommitLoadRoundTrip(t *testing.T) {
 		return resp.Kvs[0].Value
 	}
 	wantNode, _ := json.Marshal(node)
-	if got := get("/ipledger/roundtrip/nodes/ip-10-0-1-7.ec2.internal"); !bytes.Equal(got, wantNode) {
+	if got := get("/ipledger/" + runCluster(t, "roundtrip") + "/nodes/ip-10-0-1-7.ec2.internal"); !bytes.Equal(got, wantNode) {
 		t.Errorf("node value %s, want %s", got, wantNode)
 	}
 	wantSubnet, _ := json.Marshal(subnet)
-	if got := get("/ipledger/roundtrip/subnets/subnet-a"); !bytes.Equal(got, wantSubnet) {
+	if got := get("/ipledger/" + runCluster(t, "roundtrip") + "/subnets/subnet-a"); !bytes.Equal(got, wantSubnet) {
 		t.Errorf("subnet value %s, want %s", got, wantSubnet)
 	}
 	wantPrewarm, _ := json.Marshal(prewarm)
-	if got := get("/ipledger/roundtrip/prewarm/pw-1"); !bytes.Equal(got, wantPrewarm) {
+	if got := get("/ipledger/" + runCluster(t, "roundtrip") + "/prewarm/pw-1"); !bytes.Equal(got, wantPrewarm) {
 		t.Errorf("prewarm value %s, want %s", got, wantPrewarm)
 	}
-	policyJSON := get("/ipledger/roundtrip/policies/default")
+	policyJSON := get("/ipledger/" + runCluster(t, "roundtrip") + "/policies/default")
 	if !json.Valid(policyJSON) || !bytes.Contains(policyJSON, []byte(`"warm_ip_target":3`)) {
 		t.Errorf("policy value %s: want compact JSON with snake_case names", policyJSON)
 	}
@@ -156,7 +156,7 @@ func TestCommitLoadRoundTrip(t *testing.T) {
 		if _, err := l.Commit(ctxTimeout(t, 5*time.Second), store.PutPolicy(policy)); err != nil {
 			t.Fatalf("rewrite policy: %v", err)
 		}
-		if got := get("/ipledger/roundtrip/policies/default"); !bytes.Equal(got, policyJSON) {
+		if got := get("/ipledger/" + runCluster(t, "roundtrip") + "/policies/default"); !bytes.Equal(got, policyJSON) {
 			t.Fatalf("policy value changed on rewrite: %s, then %s", policyJSON, got)
 		}
 	}

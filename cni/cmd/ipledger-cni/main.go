@@ -11,9 +11,9 @@ import (
 	"syscall"
 
 	"github.com/containernetworking/cni/pkg/skel"
-	bv "github.com/containernetworking/plugins/pkg/utils/buildversion"
 
 	"github.com/ipledger/ipledger/cni"
+	"github.com/ipledger/ipledger/internal/version"
 )
 
 func init() {
@@ -23,7 +23,7 @@ func init() {
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	e := skel.PluginMainFuncsWithError(cni.Funcs(ctx), cni.SupportedVersions(), bv.BuildString("ipledger"))
+	e := skel.PluginMainFuncsWithError(cni.Funcs(ctx), cni.SupportedVersions(), "CNI plugin "+version.String("ipledger"))
 	stop()
 	if e != nil {
 		if err := e.Print(); err != nil {

@@ -7,24 +7,31 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/ipledger/ipledger/deploy/cniinstall"
+	"github.com/ipledger/ipledger/internal/version"
 )
 
 func main() {
-	os.Exit(run(os.Args[1:]))
+	os.Exit(run(os.Args[1:], os.Stdout))
 }
 
-func run(args []string) int {
+func run(args []string, stdout io.Writer) int {
 	cfg := cniinstall.DefaultConfig()
 	fs := flag.NewFlagSet("ipledger-cni-install", flag.ContinueOnError)
 	cfg.RegisterFlags(fs)
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, version.String("ipledger-cni-install"))
+		return 0
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "ipledger-cni-install: unexpected arguments %q\n", fs.Args())

@@ -1,9 +1,14 @@
 package main
 
 import (
+	"bytes"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"github.com/ipledger/ipledger/internal/version"
 )
 
 func TestRunExitCodes(t *testing.T) {
@@ -44,7 +49,7 @@ func TestRunExitCodes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := run(tt.args); got != tt.want {
+			if got := run(tt.args, io.Discard); got != tt.want {
 				t.Errorf("run(%q) = %d, want %d", tt.args, got, tt.want)
 			}
 		})
@@ -54,5 +59,15 @@ func TestRunExitCodes(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(conf, "10-ipledger.conflist")); err != nil {
 		t.Errorf("conflist not installed: %v", err)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	var out bytes.Buffer
+	if got := run([]string{"--version"}, &out); got != 0 {
+		t.Fatalf("--version exited %d", got)
+	}
+	if want := version.String("ipledger-cni-install"); strings.TrimSpace(out.String()) != want {
+		t.Errorf("--version printed %q, want %q", out.String(), want)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ipledger/ipledger/e2e/bench"
+	"github.com/ipledger/ipledger/internal/version"
 )
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
@@ -44,11 +45,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&p.InstanceType, "instance-type", "", "instance type of the nodes (default: the trace's)")
 	fs.IntVar(&p.IPLedgerFloor, "ipledger-adaptive-floor", 0, "adaptive floor of ipledger's default policy (0: the built-in 1)")
 	fs.DurationVar(&p.EC2Latency, "ec2-latency", 0, "latency added to every simulated EC2 call (simulated time)")
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, version.String("ipledger-bench"))
+		return 0
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "ipledger-bench: unexpected argument %q\n", fs.Arg(0))

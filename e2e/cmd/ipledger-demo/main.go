@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/ipledger/ipledger/e2e/demo"
+	"github.com/ipledger/ipledger/internal/version"
 )
 
 func main() {
@@ -22,8 +24,16 @@ func main() {
 	grpcListen := fs.String("grpc-listen", "127.0.0.1:7400", "server gRPC address (an ephemeral port when taken)")
 	httpListen := fs.String("http-listen", "127.0.0.1:7401", "server HTTP address: dashboard, metrics (an ephemeral port when taken)")
 	logLevel := fs.String("log-level", "warn", "log level of the components (logs go to stderr)")
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
 		os.Exit(2)
+	}
+	if *showVersion {
+		fmt.Println(version.String("ipledger-demo"))
+		return
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {

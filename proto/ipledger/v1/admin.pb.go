@@ -603,12 +603,18 @@ type NodeSummary struct {
 	// Addresses the node lacks to reach its target (0 when satisfied).
 	Deficit uint32 `protobuf:"varint,13,opt,name=deficit,proto3" json:"deficit,omitempty"`
 	// Whether the node's agent has a sync stream open to the leader.
-	Connected     bool                   `protobuf:"varint,14,opt,name=connected,proto3" json:"connected,omitempty"`
-	Draining      bool                   `protobuf:"varint,15,opt,name=draining,proto3" json:"draining,omitempty"`
-	LastReport    *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=last_report,json=lastReport,proto3" json:"last_report,omitempty"`
-	RegisteredAt  *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=registered_at,json=registeredAt,proto3" json:"registered_at,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Connected    bool                   `protobuf:"varint,14,opt,name=connected,proto3" json:"connected,omitempty"`
+	Draining     bool                   `protobuf:"varint,15,opt,name=draining,proto3" json:"draining,omitempty"`
+	LastReport   *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=last_report,json=lastReport,proto3" json:"last_report,omitempty"`
+	RegisteredAt *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=registered_at,json=registeredAt,proto3" json:"registered_at,omitempty"`
+	// How the node's agent proved its identity: "aws-iid" (attested), "certificate" (a certificate
+	// of the client CA, seen on its connection), "" when unknown (plaintext, or not seen yet).
+	IdentityMethod string `protobuf:"bytes,18,opt,name=identity_method,json=identityMethod,proto3" json:"identity_method,omitempty"`
+	// Expiry of the node's certificate: the last one issued to it (attested), or the one its agent
+	// presented (certificate).
+	CertificateNotAfter *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=certificate_not_after,json=certificateNotAfter,proto3" json:"certificate_not_after,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *NodeSummary) Reset() {
@@ -756,6 +762,20 @@ func (x *NodeSummary) GetLastReport() *timestamppb.Timestamp {
 func (x *NodeSummary) GetRegisteredAt() *timestamppb.Timestamp {
 	if x != nil {
 		return x.RegisteredAt
+	}
+	return nil
+}
+
+func (x *NodeSummary) GetIdentityMethod() string {
+	if x != nil {
+		return x.IdentityMethod
+	}
+	return ""
+}
+
+func (x *NodeSummary) GetCertificateNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CertificateNotAfter
 	}
 	return nil
 }
@@ -2456,11 +2476,144 @@ func (x *ClusterStatus) GetVersion() string {
 	return ""
 }
 
+type ListIdentitiesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListIdentitiesRequest) Reset() {
+	*x = ListIdentitiesRequest{}
+	mi := &file_ipledger_v1_admin_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListIdentitiesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListIdentitiesRequest) ProtoMessage() {}
+
+func (x *ListIdentitiesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ipledger_v1_admin_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListIdentitiesRequest.ProtoReflect.Descriptor instead.
+func (*ListIdentitiesRequest) Descriptor() ([]byte, []int) {
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{35}
+}
+
+type ListIdentitiesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Identities    []*NodeIdentity        `protobuf:"bytes,1,rep,name=identities,proto3" json:"identities,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListIdentitiesResponse) Reset() {
+	*x = ListIdentitiesResponse{}
+	mi := &file_ipledger_v1_admin_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListIdentitiesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListIdentitiesResponse) ProtoMessage() {}
+
+func (x *ListIdentitiesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ipledger_v1_admin_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListIdentitiesResponse.ProtoReflect.Descriptor instead.
+func (*ListIdentitiesResponse) Descriptor() ([]byte, []int) {
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ListIdentitiesResponse) GetIdentities() []*NodeIdentity {
+	if x != nil {
+		return x.Identities
+	}
+	return nil
+}
+
+type ForgetIdentityRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One of them.
+	NodeName      string `protobuf:"bytes,1,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
+	InstanceId    string `protobuf:"bytes,2,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForgetIdentityRequest) Reset() {
+	*x = ForgetIdentityRequest{}
+	mi := &file_ipledger_v1_admin_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForgetIdentityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForgetIdentityRequest) ProtoMessage() {}
+
+func (x *ForgetIdentityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ipledger_v1_admin_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForgetIdentityRequest.ProtoReflect.Descriptor instead.
+func (*ForgetIdentityRequest) Descriptor() ([]byte, []int) {
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *ForgetIdentityRequest) GetNodeName() string {
+	if x != nil {
+		return x.NodeName
+	}
+	return ""
+}
+
+func (x *ForgetIdentityRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
 var File_ipledger_v1_admin_proto protoreflect.FileDescriptor
 
 const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x17ipledger/v1/admin.proto\x12\vipledger.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18ipledger/v1/common.proto\"\x14\n" +
+	"\x17ipledger/v1/admin.proto\x12\vipledger.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18ipledger/v1/common.proto\x1a\x1aipledger/v1/identity.proto\"\x14\n" +
 	"\x12ListSubnetsRequest\"J\n" +
 	"\x13ListSubnetsResponse\x123\n" +
 	"\asubnets\x18\x01 \x03(\v2\x19.ipledger.v1.SubnetBudgetR\asubnets\"\xf3\x04\n" +
@@ -2498,7 +2651,7 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\tkeep_free\x18\x03 \x01(\rR\bkeepFree\"\x12\n" +
 	"\x10ListNodesRequest\"C\n" +
 	"\x11ListNodesResponse\x12.\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x18.ipledger.v1.NodeSummaryR\x05nodes\"\xc6\x04\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x18.ipledger.v1.NodeSummaryR\x05nodes\"\xbf\x05\n" +
 	"\vNodeSummary\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12\x1f\n" +
 	"\vinstance_id\x18\x02 \x01(\tR\n" +
@@ -2520,7 +2673,9 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\bdraining\x18\x0f \x01(\bR\bdraining\x12;\n" +
 	"\vlast_report\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"lastReport\x12?\n" +
-	"\rregistered_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\fregisteredAt\"-\n" +
+	"\rregistered_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\fregisteredAt\x12'\n" +
+	"\x0fidentity_method\x18\x12 \x01(\tR\x0eidentityMethod\x12N\n" +
+	"\x15certificate_not_after\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\x13certificateNotAfter\"-\n" +
 	"\x0eGetNodeRequest\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\"\xa4\x03\n" +
 	"\n" +
@@ -2648,7 +2803,16 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\x05nodes\x18\b \x01(\rR\x05nodes\x12\x18\n" +
 	"\asubnets\x18\t \x01(\rR\asubnets\x12\x18\n" +
 	"\aversion\x18\n" +
-	" \x01(\tR\aversion*\xb4\x01\n" +
+	" \x01(\tR\aversion\"\x17\n" +
+	"\x15ListIdentitiesRequest\"S\n" +
+	"\x16ListIdentitiesResponse\x129\n" +
+	"\n" +
+	"identities\x18\x01 \x03(\v2\x19.ipledger.v1.NodeIdentityR\n" +
+	"identities\"U\n" +
+	"\x15ForgetIdentityRequest\x12\x1b\n" +
+	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12\x1f\n" +
+	"\vinstance_id\x18\x02 \x01(\tR\n" +
+	"instanceId*\xb4\x01\n" +
 	"\vFindingKind\x12\x1c\n" +
 	"\x18FINDING_KIND_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fDOUBLE_OWNER\x10\x01\x12\x15\n" +
@@ -2659,7 +2823,8 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\x11IN_USE_NOT_LEASED\x10\x05\x12\x0e\n" +
 	"\n" +
 	"DOUBLE_USE\x10\x06\x12\x10\n" +
-	"\fENI_MISMATCH\x10\a2\x87\t\n" +
+	"\fENI_MISMATCH\x10\a2\xb3\n" +
+	"\n" +
 	"\fAdminService\x12P\n" +
 	"\vListSubnets\x12\x1f.ipledger.v1.ListSubnetsRequest\x1a .ipledger.v1.ListSubnetsResponse\x12Q\n" +
 	"\x0fSetSubnetBudget\x12#.ipledger.v1.SetSubnetBudgetRequest\x1a\x19.ipledger.v1.SubnetBudget\x12J\n" +
@@ -2676,7 +2841,9 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\tSetPolicy\x12\x1d.ipledger.v1.SetPolicyRequest\x1a\x17.ipledger.v1.NodePolicy\x12S\n" +
 	"\fDeletePolicy\x12 .ipledger.v1.DeletePolicyRequest\x1a!.ipledger.v1.DeletePolicyResponse\x12<\n" +
 	"\x05Check\x12\x19.ipledger.v1.CheckRequest\x1a\x18.ipledger.v1.CheckReport\x12T\n" +
-	"\x10GetClusterStatus\x12$.ipledger.v1.GetClusterStatusRequest\x1a\x1a.ipledger.v1.ClusterStatusB;Z9github.com/ipledger/ipledger/proto/ipledger/v1;ipledgerv1b\x06proto3"
+	"\x10GetClusterStatus\x12$.ipledger.v1.GetClusterStatusRequest\x1a\x1a.ipledger.v1.ClusterStatus\x12Y\n" +
+	"\x0eListIdentities\x12\".ipledger.v1.ListIdentitiesRequest\x1a#.ipledger.v1.ListIdentitiesResponse\x12O\n" +
+	"\x0eForgetIdentity\x12\".ipledger.v1.ForgetIdentityRequest\x1a\x19.ipledger.v1.NodeIdentityB;Z9github.com/ipledger/ipledger/proto/ipledger/v1;ipledgerv1b\x06proto3"
 
 var (
 	file_ipledger_v1_admin_proto_rawDescOnce sync.Once
@@ -2691,7 +2858,7 @@ func file_ipledger_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_ipledger_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ipledger_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_ipledger_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_ipledger_v1_admin_proto_goTypes = []any{
 	(FindingKind)(0),                // 0: ipledger.v1.FindingKind
 	(*ListSubnetsRequest)(nil),      // 1: ipledger.v1.ListSubnetsRequest
@@ -2729,85 +2896,95 @@ var file_ipledger_v1_admin_proto_goTypes = []any{
 	(*Finding)(nil),                 // 33: ipledger.v1.Finding
 	(*GetClusterStatusRequest)(nil), // 34: ipledger.v1.GetClusterStatusRequest
 	(*ClusterStatus)(nil),           // 35: ipledger.v1.ClusterStatus
-	nil,                             // 36: ipledger.v1.SubnetBudget.TagsEntry
-	nil,                             // 37: ipledger.v1.NodeDetail.LabelsEntry
-	(*durationpb.Duration)(nil),     // 38: google.protobuf.Duration
-	(AddressMode)(0),                // 39: ipledger.v1.AddressMode
-	(*timestamppb.Timestamp)(nil),   // 40: google.protobuf.Timestamp
-	(*NodePool)(nil),                // 41: ipledger.v1.NodePool
-	(*PodAddress)(nil),              // 42: ipledger.v1.PodAddress
-	(*NodePolicy)(nil),              // 43: ipledger.v1.NodePolicy
-	(Reason)(0),                     // 44: ipledger.v1.Reason
-	(Priority)(0),                   // 45: ipledger.v1.Priority
+	(*ListIdentitiesRequest)(nil),   // 36: ipledger.v1.ListIdentitiesRequest
+	(*ListIdentitiesResponse)(nil),  // 37: ipledger.v1.ListIdentitiesResponse
+	(*ForgetIdentityRequest)(nil),   // 38: ipledger.v1.ForgetIdentityRequest
+	nil,                             // 39: ipledger.v1.SubnetBudget.TagsEntry
+	nil,                             // 40: ipledger.v1.NodeDetail.LabelsEntry
+	(*durationpb.Duration)(nil),     // 41: google.protobuf.Duration
+	(AddressMode)(0),                // 42: ipledger.v1.AddressMode
+	(*timestamppb.Timestamp)(nil),   // 43: google.protobuf.Timestamp
+	(*NodePool)(nil),                // 44: ipledger.v1.NodePool
+	(*PodAddress)(nil),              // 45: ipledger.v1.PodAddress
+	(*NodePolicy)(nil),              // 46: ipledger.v1.NodePolicy
+	(Reason)(0),                     // 47: ipledger.v1.Reason
+	(Priority)(0),                   // 48: ipledger.v1.Priority
+	(*NodeIdentity)(nil),            // 49: ipledger.v1.NodeIdentity
 }
 var file_ipledger_v1_admin_proto_depIdxs = []int32{
 	3,  // 0: ipledger.v1.ListSubnetsResponse.subnets:type_name -> ipledger.v1.SubnetBudget
 	4,  // 1: ipledger.v1.SubnetBudget.forecast:type_name -> ipledger.v1.Forecast
-	36, // 2: ipledger.v1.SubnetBudget.tags:type_name -> ipledger.v1.SubnetBudget.TagsEntry
-	38, // 3: ipledger.v1.Forecast.time_to_exhaustion:type_name -> google.protobuf.Duration
-	38, // 4: ipledger.v1.Forecast.window:type_name -> google.protobuf.Duration
+	39, // 2: ipledger.v1.SubnetBudget.tags:type_name -> ipledger.v1.SubnetBudget.TagsEntry
+	41, // 3: ipledger.v1.Forecast.time_to_exhaustion:type_name -> google.protobuf.Duration
+	41, // 4: ipledger.v1.Forecast.window:type_name -> google.protobuf.Duration
 	8,  // 5: ipledger.v1.ListNodesResponse.nodes:type_name -> ipledger.v1.NodeSummary
-	39, // 6: ipledger.v1.NodeSummary.mode:type_name -> ipledger.v1.AddressMode
-	40, // 7: ipledger.v1.NodeSummary.last_report:type_name -> google.protobuf.Timestamp
-	40, // 8: ipledger.v1.NodeSummary.registered_at:type_name -> google.protobuf.Timestamp
-	8,  // 9: ipledger.v1.NodeDetail.summary:type_name -> ipledger.v1.NodeSummary
-	41, // 10: ipledger.v1.NodeDetail.pool:type_name -> ipledger.v1.NodePool
-	42, // 11: ipledger.v1.NodeDetail.pods:type_name -> ipledger.v1.PodAddress
-	43, // 12: ipledger.v1.NodeDetail.policy:type_name -> ipledger.v1.NodePolicy
-	44, // 13: ipledger.v1.NodeDetail.supply_problem:type_name -> ipledger.v1.Reason
-	37, // 14: ipledger.v1.NodeDetail.labels:type_name -> ipledger.v1.NodeDetail.LabelsEntry
-	14, // 15: ipledger.v1.LimiterState.buckets:type_name -> ipledger.v1.LimiterBucket
-	15, // 16: ipledger.v1.LimiterState.queue:type_name -> ipledger.v1.QueueLength
-	16, // 17: ipledger.v1.LimiterState.recent_throttles:type_name -> ipledger.v1.ThrottleEvent
-	17, // 18: ipledger.v1.LimiterState.calls:type_name -> ipledger.v1.CallCount
-	45, // 19: ipledger.v1.QueueLength.priority:type_name -> ipledger.v1.Priority
-	40, // 20: ipledger.v1.ThrottleEvent.time:type_name -> google.protobuf.Timestamp
-	38, // 21: ipledger.v1.PrewarmRequest.expiry:type_name -> google.protobuf.Duration
-	40, // 22: ipledger.v1.PrewarmReservation.created_at:type_name -> google.protobuf.Timestamp
-	40, // 23: ipledger.v1.PrewarmReservation.expires_at:type_name -> google.protobuf.Timestamp
-	20, // 24: ipledger.v1.PrewarmReservation.enis:type_name -> ipledger.v1.PrewarmEni
-	19, // 25: ipledger.v1.ListPrewarmsResponse.reservations:type_name -> ipledger.v1.PrewarmReservation
-	3,  // 26: ipledger.v1.CanFitResponse.subnets:type_name -> ipledger.v1.SubnetBudget
-	43, // 27: ipledger.v1.ListPoliciesResponse.policies:type_name -> ipledger.v1.NodePolicy
-	43, // 28: ipledger.v1.SetPolicyRequest.policy:type_name -> ipledger.v1.NodePolicy
-	33, // 29: ipledger.v1.CheckReport.findings:type_name -> ipledger.v1.Finding
-	40, // 30: ipledger.v1.CheckReport.checked_at:type_name -> google.protobuf.Timestamp
-	0,  // 31: ipledger.v1.Finding.kind:type_name -> ipledger.v1.FindingKind
-	1,  // 32: ipledger.v1.AdminService.ListSubnets:input_type -> ipledger.v1.ListSubnetsRequest
-	5,  // 33: ipledger.v1.AdminService.SetSubnetBudget:input_type -> ipledger.v1.SetSubnetBudgetRequest
-	6,  // 34: ipledger.v1.AdminService.ListNodes:input_type -> ipledger.v1.ListNodesRequest
-	9,  // 35: ipledger.v1.AdminService.GetNode:input_type -> ipledger.v1.GetNodeRequest
-	11, // 36: ipledger.v1.AdminService.DrainNode:input_type -> ipledger.v1.DrainNodeRequest
-	12, // 37: ipledger.v1.AdminService.GetLimiter:input_type -> ipledger.v1.GetLimiterRequest
-	18, // 38: ipledger.v1.AdminService.Prewarm:input_type -> ipledger.v1.PrewarmRequest
-	21, // 39: ipledger.v1.AdminService.ListPrewarms:input_type -> ipledger.v1.ListPrewarmsRequest
-	23, // 40: ipledger.v1.AdminService.CancelPrewarm:input_type -> ipledger.v1.CancelPrewarmRequest
-	24, // 41: ipledger.v1.AdminService.CanFit:input_type -> ipledger.v1.CanFitRequest
-	26, // 42: ipledger.v1.AdminService.ListPolicies:input_type -> ipledger.v1.ListPoliciesRequest
-	28, // 43: ipledger.v1.AdminService.SetPolicy:input_type -> ipledger.v1.SetPolicyRequest
-	29, // 44: ipledger.v1.AdminService.DeletePolicy:input_type -> ipledger.v1.DeletePolicyRequest
-	31, // 45: ipledger.v1.AdminService.Check:input_type -> ipledger.v1.CheckRequest
-	34, // 46: ipledger.v1.AdminService.GetClusterStatus:input_type -> ipledger.v1.GetClusterStatusRequest
-	2,  // 47: ipledger.v1.AdminService.ListSubnets:output_type -> ipledger.v1.ListSubnetsResponse
-	3,  // 48: ipledger.v1.AdminService.SetSubnetBudget:output_type -> ipledger.v1.SubnetBudget
-	7,  // 49: ipledger.v1.AdminService.ListNodes:output_type -> ipledger.v1.ListNodesResponse
-	10, // 50: ipledger.v1.AdminService.GetNode:output_type -> ipledger.v1.NodeDetail
-	10, // 51: ipledger.v1.AdminService.DrainNode:output_type -> ipledger.v1.NodeDetail
-	13, // 52: ipledger.v1.AdminService.GetLimiter:output_type -> ipledger.v1.LimiterState
-	19, // 53: ipledger.v1.AdminService.Prewarm:output_type -> ipledger.v1.PrewarmReservation
-	22, // 54: ipledger.v1.AdminService.ListPrewarms:output_type -> ipledger.v1.ListPrewarmsResponse
-	19, // 55: ipledger.v1.AdminService.CancelPrewarm:output_type -> ipledger.v1.PrewarmReservation
-	25, // 56: ipledger.v1.AdminService.CanFit:output_type -> ipledger.v1.CanFitResponse
-	27, // 57: ipledger.v1.AdminService.ListPolicies:output_type -> ipledger.v1.ListPoliciesResponse
-	43, // 58: ipledger.v1.AdminService.SetPolicy:output_type -> ipledger.v1.NodePolicy
-	30, // 59: ipledger.v1.AdminService.DeletePolicy:output_type -> ipledger.v1.DeletePolicyResponse
-	32, // 60: ipledger.v1.AdminService.Check:output_type -> ipledger.v1.CheckReport
-	35, // 61: ipledger.v1.AdminService.GetClusterStatus:output_type -> ipledger.v1.ClusterStatus
-	47, // [47:62] is the sub-list for method output_type
-	32, // [32:47] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	42, // 6: ipledger.v1.NodeSummary.mode:type_name -> ipledger.v1.AddressMode
+	43, // 7: ipledger.v1.NodeSummary.last_report:type_name -> google.protobuf.Timestamp
+	43, // 8: ipledger.v1.NodeSummary.registered_at:type_name -> google.protobuf.Timestamp
+	43, // 9: ipledger.v1.NodeSummary.certificate_not_after:type_name -> google.protobuf.Timestamp
+	8,  // 10: ipledger.v1.NodeDetail.summary:type_name -> ipledger.v1.NodeSummary
+	44, // 11: ipledger.v1.NodeDetail.pool:type_name -> ipledger.v1.NodePool
+	45, // 12: ipledger.v1.NodeDetail.pods:type_name -> ipledger.v1.PodAddress
+	46, // 13: ipledger.v1.NodeDetail.policy:type_name -> ipledger.v1.NodePolicy
+	47, // 14: ipledger.v1.NodeDetail.supply_problem:type_name -> ipledger.v1.Reason
+	40, // 15: ipledger.v1.NodeDetail.labels:type_name -> ipledger.v1.NodeDetail.LabelsEntry
+	14, // 16: ipledger.v1.LimiterState.buckets:type_name -> ipledger.v1.LimiterBucket
+	15, // 17: ipledger.v1.LimiterState.queue:type_name -> ipledger.v1.QueueLength
+	16, // 18: ipledger.v1.LimiterState.recent_throttles:type_name -> ipledger.v1.ThrottleEvent
+	17, // 19: ipledger.v1.LimiterState.calls:type_name -> ipledger.v1.CallCount
+	48, // 20: ipledger.v1.QueueLength.priority:type_name -> ipledger.v1.Priority
+	43, // 21: ipledger.v1.ThrottleEvent.time:type_name -> google.protobuf.Timestamp
+	41, // 22: ipledger.v1.PrewarmRequest.expiry:type_name -> google.protobuf.Duration
+	43, // 23: ipledger.v1.PrewarmReservation.created_at:type_name -> google.protobuf.Timestamp
+	43, // 24: ipledger.v1.PrewarmReservation.expires_at:type_name -> google.protobuf.Timestamp
+	20, // 25: ipledger.v1.PrewarmReservation.enis:type_name -> ipledger.v1.PrewarmEni
+	19, // 26: ipledger.v1.ListPrewarmsResponse.reservations:type_name -> ipledger.v1.PrewarmReservation
+	3,  // 27: ipledger.v1.CanFitResponse.subnets:type_name -> ipledger.v1.SubnetBudget
+	46, // 28: ipledger.v1.ListPoliciesResponse.policies:type_name -> ipledger.v1.NodePolicy
+	46, // 29: ipledger.v1.SetPolicyRequest.policy:type_name -> ipledger.v1.NodePolicy
+	33, // 30: ipledger.v1.CheckReport.findings:type_name -> ipledger.v1.Finding
+	43, // 31: ipledger.v1.CheckReport.checked_at:type_name -> google.protobuf.Timestamp
+	0,  // 32: ipledger.v1.Finding.kind:type_name -> ipledger.v1.FindingKind
+	49, // 33: ipledger.v1.ListIdentitiesResponse.identities:type_name -> ipledger.v1.NodeIdentity
+	1,  // 34: ipledger.v1.AdminService.ListSubnets:input_type -> ipledger.v1.ListSubnetsRequest
+	5,  // 35: ipledger.v1.AdminService.SetSubnetBudget:input_type -> ipledger.v1.SetSubnetBudgetRequest
+	6,  // 36: ipledger.v1.AdminService.ListNodes:input_type -> ipledger.v1.ListNodesRequest
+	9,  // 37: ipledger.v1.AdminService.GetNode:input_type -> ipledger.v1.GetNodeRequest
+	11, // 38: ipledger.v1.AdminService.DrainNode:input_type -> ipledger.v1.DrainNodeRequest
+	12, // 39: ipledger.v1.AdminService.GetLimiter:input_type -> ipledger.v1.GetLimiterRequest
+	18, // 40: ipledger.v1.AdminService.Prewarm:input_type -> ipledger.v1.PrewarmRequest
+	21, // 41: ipledger.v1.AdminService.ListPrewarms:input_type -> ipledger.v1.ListPrewarmsRequest
+	23, // 42: ipledger.v1.AdminService.CancelPrewarm:input_type -> ipledger.v1.CancelPrewarmRequest
+	24, // 43: ipledger.v1.AdminService.CanFit:input_type -> ipledger.v1.CanFitRequest
+	26, // 44: ipledger.v1.AdminService.ListPolicies:input_type -> ipledger.v1.ListPoliciesRequest
+	28, // 45: ipledger.v1.AdminService.SetPolicy:input_type -> ipledger.v1.SetPolicyRequest
+	29, // 46: ipledger.v1.AdminService.DeletePolicy:input_type -> ipledger.v1.DeletePolicyRequest
+	31, // 47: ipledger.v1.AdminService.Check:input_type -> ipledger.v1.CheckRequest
+	34, // 48: ipledger.v1.AdminService.GetClusterStatus:input_type -> ipledger.v1.GetClusterStatusRequest
+	36, // 49: ipledger.v1.AdminService.ListIdentities:input_type -> ipledger.v1.ListIdentitiesRequest
+	38, // 50: ipledger.v1.AdminService.ForgetIdentity:input_type -> ipledger.v1.ForgetIdentityRequest
+	2,  // 51: ipledger.v1.AdminService.ListSubnets:output_type -> ipledger.v1.ListSubnetsResponse
+	3,  // 52: ipledger.v1.AdminService.SetSubnetBudget:output_type -> ipledger.v1.SubnetBudget
+	7,  // 53: ipledger.v1.AdminService.ListNodes:output_type -> ipledger.v1.ListNodesResponse
+	10, // 54: ipledger.v1.AdminService.GetNode:output_type -> ipledger.v1.NodeDetail
+	10, // 55: ipledger.v1.AdminService.DrainNode:output_type -> ipledger.v1.NodeDetail
+	13, // 56: ipledger.v1.AdminService.GetLimiter:output_type -> ipledger.v1.LimiterState
+	19, // 57: ipledger.v1.AdminService.Prewarm:output_type -> ipledger.v1.PrewarmReservation
+	22, // 58: ipledger.v1.AdminService.ListPrewarms:output_type -> ipledger.v1.ListPrewarmsResponse
+	19, // 59: ipledger.v1.AdminService.CancelPrewarm:output_type -> ipledger.v1.PrewarmReservation
+	25, // 60: ipledger.v1.AdminService.CanFit:output_type -> ipledger.v1.CanFitResponse
+	27, // 61: ipledger.v1.AdminService.ListPolicies:output_type -> ipledger.v1.ListPoliciesResponse
+	46, // 62: ipledger.v1.AdminService.SetPolicy:output_type -> ipledger.v1.NodePolicy
+	30, // 63: ipledger.v1.AdminService.DeletePolicy:output_type -> ipledger.v1.DeletePolicyResponse
+	32, // 64: ipledger.v1.AdminService.Check:output_type -> ipledger.v1.CheckReport
+	35, // 65: ipledger.v1.AdminService.GetClusterStatus:output_type -> ipledger.v1.ClusterStatus
+	37, // 66: ipledger.v1.AdminService.ListIdentities:output_type -> ipledger.v1.ListIdentitiesResponse
+	49, // 67: ipledger.v1.AdminService.ForgetIdentity:output_type -> ipledger.v1.NodeIdentity
+	51, // [51:68] is the sub-list for method output_type
+	34, // [34:51] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_ipledger_v1_admin_proto_init() }
@@ -2816,13 +2993,14 @@ func file_ipledger_v1_admin_proto_init() {
 		return
 	}
 	file_ipledger_v1_common_proto_init()
+	file_ipledger_v1_identity_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ipledger_v1_admin_proto_rawDesc), len(file_ipledger_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   37,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

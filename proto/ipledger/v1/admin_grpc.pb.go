@@ -42,6 +42,8 @@ const (
 	AdminService_DeletePolicy_FullMethodName     = "/ipledger.v1.AdminService/DeletePolicy"
 	AdminService_Check_FullMethodName            = "/ipledger.v1.AdminService/Check"
 	AdminService_GetClusterStatus_FullMethodName = "/ipledger.v1.AdminService/GetClusterStatus"
+	AdminService_ListIdentities_FullMethodName   = "/ipledger.v1.AdminService/ListIdentities"
+	AdminService_ForgetIdentity_FullMethodName   = "/ipledger.v1.AdminService/ForgetIdentity"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -82,6 +84,12 @@ type AdminServiceClient interface {
 	// GetClusterStatus says which replica leads, whether the store has quorum, and which replica
 	// answered.
 	GetClusterStatus(ctx context.Context, in *GetClusterStatusRequest, opts ...grpc.CallOption) (*ClusterStatus, error)
+	// ListIdentities returns every recorded node attestation (etcd identities/).
+	ListIdentities(ctx context.Context, in *ListIdentitiesRequest, opts ...grpc.CallOption) (*ListIdentitiesResponse, error)
+	// ForgetIdentity deletes the attestation of a node (by node name or instance id) so that its
+	// instance may attest again with a new key (a node whose key was lost). Certificates already
+	// issued stay valid until they expire. NOT_FOUND when there is none.
+	ForgetIdentity(ctx context.Context, in *ForgetIdentityRequest, opts ...grpc.CallOption) (*NodeIdentity, error)
 }
 
 type adminServiceClient struct {
@@ -242,6 +250,26 @@ func (c *adminServiceClient) GetClusterStatus(ctx context.Context, in *GetCluste
 	return out, nil
 }
 
+func (c *adminServiceClient) ListIdentities(ctx context.Context, in *ListIdentitiesRequest, opts ...grpc.CallOption) (*ListIdentitiesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListIdentitiesResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListIdentities_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ForgetIdentity(ctx context.Context, in *ForgetIdentityRequest, opts ...grpc.CallOption) (*NodeIdentity, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(NodeIdentity)
+	err := c.cc.Invoke(ctx, AdminService_ForgetIdentity_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -280,6 +308,12 @@ type AdminServiceServer interface {
 	// GetClusterStatus says which replica leads, whether the store has quorum, and which replica
 	// answered.
 	GetClusterStatus(context.Context, *GetClusterStatusRequest) (*ClusterStatus, error)
+	// ListIdentities returns every recorded node attestation (etcd identities/).
+	ListIdentities(context.Context, *ListIdentitiesRequest) (*ListIdentitiesResponse, error)
+	// ForgetIdentity deletes the attestation of a node (by node name or instance id) so that its
+	// instance may attest again with a new key (a node whose key was lost). Certificates already
+	// issued stay valid until they expire. NOT_FOUND when there is none.
+	ForgetIdentity(context.Context, *ForgetIdentityRequest) (*NodeIdentity, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -334,6 +368,12 @@ func (UnimplementedAdminServiceServer) Check(context.Context, *CheckRequest) (*C
 }
 func (UnimplementedAdminServiceServer) GetClusterStatus(context.Context, *GetClusterStatusRequest) (*ClusterStatus, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetClusterStatus not implemented")
+}
+func (UnimplementedAdminServiceServer) ListIdentities(context.Context, *ListIdentitiesRequest) (*ListIdentitiesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListIdentities not implemented")
+}
+func (UnimplementedAdminServiceServer) ForgetIdentity(context.Context, *ForgetIdentityRequest) (*NodeIdentity, error) {
+	return nil, status.Error(codes.Unimplemented, "method ForgetIdentity not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -626,6 +666,42 @@ func _AdminService_GetClusterStatus_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ListIdentities_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListIdentitiesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListIdentities(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListIdentities_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListIdentities(ctx, req.(*ListIdentitiesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ForgetIdentity_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ForgetIdentityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ForgetIdentity(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ForgetIdentity_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ForgetIdentity(ctx, req.(*ForgetIdentityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -692,6 +768,14 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetClusterStatus",
 			Handler:    _AdminService_GetClusterStatus_Handler,
+		},
+		{
+			MethodName: "ListIdentities",
+			Handler:    _AdminService_ListIdentities_Handler,
+		},
+		{
+			MethodName: "ForgetIdentity",
+			Handler:    _AdminService_ForgetIdentity_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -189,6 +189,23 @@ const (
 	Reason_RATE_LIMITED Reason = 17
 	// The call needs an admin identity (a client certificate naming ipledger://admin/<name>).
 	Reason_ADMIN_REQUIRED Reason = 18
+	// An attestation's instance identity document or its signature does not verify (unknown
+	// region certificate, bad signature, malformed document), or its CSR is not acceptable.
+	Reason_ATTESTATION_INVALID Reason = 19
+	// The attested instance is not the cluster's: another account or region than the server
+	// accepts, another VPC, or without the cluster tag.
+	Reason_ATTESTATION_FOREIGN Reason = 20
+	// The attested instance is not running or pending (terminated, stopped, shutting down).
+	Reason_INSTANCE_NOT_RUNNING Reason = 21
+	// The instance was attested before with another key. ErrorInfo.metadata["node"] names its
+	// node; an admin may forget that identity (AdminService.ForgetIdentity) when the node's key was
+	// lost.
+	Reason_INSTANCE_ALREADY_ATTESTED Reason = 22
+	// The instance was launched longer ago than the server accepts for a first attestation
+	// (--attest-max-instance-age).
+	Reason_ATTESTATION_TOO_LATE Reason = 23
+	// The server does not attest nodes (no issuing CA configured).
+	Reason_ATTESTATION_DISABLED Reason = 24
 )
 
 // Enum value maps for Reason.
@@ -213,6 +230,12 @@ var (
 		16: "SUPPLY_TIMEOUT",
 		17: "RATE_LIMITED",
 		18: "ADMIN_REQUIRED",
+		19: "ATTESTATION_INVALID",
+		20: "ATTESTATION_FOREIGN",
+		21: "INSTANCE_NOT_RUNNING",
+		22: "INSTANCE_ALREADY_ATTESTED",
+		23: "ATTESTATION_TOO_LATE",
+		24: "ATTESTATION_DISABLED",
 	}
 	Reason_value = map[string]int32{
 		"REASON_UNSPECIFIED":          0,
@@ -234,6 +257,12 @@ var (
 		"SUPPLY_TIMEOUT":              16,
 		"RATE_LIMITED":                17,
 		"ADMIN_REQUIRED":              18,
+		"ATTESTATION_INVALID":         19,
+		"ATTESTATION_FOREIGN":         20,
+		"INSTANCE_NOT_RUNNING":        21,
+		"INSTANCE_ALREADY_ATTESTED":   22,
+		"ATTESTATION_TOO_LATE":        23,
+		"ATTESTATION_DISABLED":        24,
 	}
 )
 
@@ -1072,7 +1101,7 @@ const file_ipledger_v1_common_proto_rawDesc = "" +
 	"\x17LEASE_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12LEASE_STATE_ACTIVE\x10\x01\x12 \n" +
 	"\x1cLEASE_STATE_RELEASE_PROPOSED\x10\x02\x12\x19\n" +
-	"\x15LEASE_STATE_RELEASING\x10\x03*\xa0\x03\n" +
+	"\x15LEASE_STATE_RELEASING\x10\x03*\xbf\x04\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -1094,7 +1123,13 @@ const file_ipledger_v1_common_proto_rawDesc = "" +
 	"\x10INVALID_ARGUMENT\x10\x0f\x12\x12\n" +
 	"\x0eSUPPLY_TIMEOUT\x10\x10\x12\x10\n" +
 	"\fRATE_LIMITED\x10\x11\x12\x12\n" +
-	"\x0eADMIN_REQUIRED\x10\x12*\xb5\x01\n" +
+	"\x0eADMIN_REQUIRED\x10\x12\x12\x17\n" +
+	"\x13ATTESTATION_INVALID\x10\x13\x12\x17\n" +
+	"\x13ATTESTATION_FOREIGN\x10\x14\x12\x18\n" +
+	"\x14INSTANCE_NOT_RUNNING\x10\x15\x12\x1d\n" +
+	"\x19INSTANCE_ALREADY_ATTESTED\x10\x16\x12\x18\n" +
+	"\x14ATTESTATION_TOO_LATE\x10\x17\x12\x18\n" +
+	"\x14ATTESTATION_DISABLED\x10\x18*\xb5\x01\n" +
 	"\bPriority\x12\x18\n" +
 	"\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14PRIORITY_POD_WAITING\x10\x01\x12\x17\n" +

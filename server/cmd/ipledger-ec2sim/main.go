@@ -16,6 +16,7 @@ import (
 	"sort"
 	"syscall"
 
+	"github.com/ipledger/ipledger/internal/version"
 	"github.com/ipledger/ipledger/server/ec2sim"
 )
 
@@ -69,7 +70,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Float64Var(&cfg.TimeScale, "time-scale", cfg.TimeScale, "speed-up (>= 1) of bucket refills, injected latencies and the consistency delay")
 	allowNonLoopback := fs.Bool("allow-non-loopback", false, "allow a --listen address other machines can reach")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *showVersion {
+		_, err := fmt.Fprintln(stdout, version.String("ipledger-ec2sim"))
 		return err
 	}
 	if fs.NArg() > 0 {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ipledger/ipledger/internal/version"
 	"github.com/ipledger/ipledger/server/ec2sim"
 )
 
@@ -100,5 +101,15 @@ func TestRunRefusesBadInput(t *testing.T) {
 	err := run(t.Context(), []string{"--listen", ":4566"}, io.Discard, io.Discard)
 	if !errors.Is(err, ec2sim.ErrNotLoopback) {
 		t.Fatalf("not wrapping ErrNotLoopback: %v", err)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	var out strings.Builder
+	if err := run(t.Context(), []string{"--version"}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if want := version.String("ipledger-ec2sim"); strings.TrimSpace(out.String()) != want {
+		t.Errorf("--version printed %q, want %q", out.String(), want)
 	}
 }

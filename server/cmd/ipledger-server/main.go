@@ -8,11 +8,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
+	"github.com/ipledger/ipledger/internal/conf"
 	"github.com/ipledger/ipledger/server"
 	"github.com/ipledger/ipledger/server/config"
 	"github.com/ipledger/ipledger/server/dev"
@@ -31,7 +31,7 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "ipledger-server: %v\n", err)
 		return 2
 	}
-	log := newLogger(cfg)
+	log := conf.NewLogger(os.Stderr, cfg.LogLevel, cfg.LogFormat)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	srv, err := dev.Start(ctx, cfg, server.Options{Logger: log})
@@ -58,14 +58,4 @@ func run(args []string) int {
 		}
 		return 0
 	}
-}
-
-func newLogger(cfg config.Config) *slog.Logger {
-	var level slog.Level
-	_ = level.UnmarshalText([]byte(cfg.LogLevel))
-	opts := &slog.HandlerOptions{Level: level}
-	if cfg.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }
