@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ipledger/ipledger/server/allocator/diff"
 	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/instancetypes"
 )
@@ -179,7 +180,7 @@ func (f *fakeEC2) terminate(id string) {
 
 func (f *fakeEC2) deleteLocked(e *fakeENI, node string) {
 	s := f.subnets[e.SubnetID]
-	for _, it := range itemsOf(e.ENI) {
+	for _, it := range diff.Items(e.ENI) {
 		if f.onUnassign != nil {
 			f.onUnassign(e.ID, node, it)
 		}
@@ -190,17 +191,6 @@ func (f *fakeEC2) deleteLocked(e *fakeENI, node string) {
 		}
 	}
 	delete(f.enis, e.ID)
-}
-
-func itemsOf(e ec2gw.ENI) []string {
-	var out []string
-	for _, ip := range e.SecondaryIPs {
-		out = append(out, ip.String())
-	}
-	for _, p := range e.Prefixes {
-		out = append(out, p.String())
-	}
-	return out
 }
 
 type lateWork struct {

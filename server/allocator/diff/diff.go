@@ -275,7 +275,7 @@ func (d *differ) nodes() {
 			if !onEC2 {
 				continue
 			}
-			for _, item := range itemsOn(e) {
+			for _, item := range Items(e) {
 				if !leased[item] {
 					d.add(Finding{Kind: OnEC2NotLeased, Subnet: er.SubnetID, Node: n.Name, ENI: er.ID, Address: item,
 						Detail: "assigned on EC2 to the node's ENI but not leased"})
@@ -318,8 +318,8 @@ func leasedNotOnEC2(node string, er ledger.ENIRecord, item string, state ledger.
 	return Finding{Kind: LeasedNotOnEC2, Subnet: er.SubnetID, Node: node, ENI: er.ID, Address: item, State: state, Detail: detail}
 }
 
-// itemsOn lists an ENI's secondary addresses and prefixes as strings, sorted.
-func itemsOn(e ec2gw.ENI) []string {
+// Items lists an ENI's secondary addresses and prefixes as strings (a lease's items), sorted.
+func Items(e ec2gw.ENI) []string {
 	var out []string
 	for _, ip := range e.SecondaryIPs {
 		out = append(out, ip.String())
