@@ -184,3 +184,15 @@ func TestFromConflict(t *testing.T) {
 		t.Fatal("kind names")
 	}
 }
+
+func TestRecordsOfSortsByName(t *testing.T) {
+	r := RecordsOf(map[string]ledger.NodeRecord{"b": {Name: "b"}, "a": {Name: "a"}},
+		map[string]ledger.SubnetRecord{"s2": {ID: "s2"}, "s1": {ID: "s1"}},
+		map[string]ledger.PrewarmRecord{"p2": {ID: "p2"}, "p1": {ID: "p1"}})
+	if r.Nodes[0].Name != "a" || r.Subnets[0].ID != "s1" || r.Prewarms[0].ID != "p1" || len(r.Nodes)+len(r.Subnets)+len(r.Prewarms) != 6 {
+		t.Fatalf("RecordsOf: %+v", r)
+	}
+	if got := Items(ec2gw.ENI{SecondaryIPs: ips("10.0.0.2", "10.0.0.1"), Prefixes: []netip.Prefix{pfx("10.0.0.16/28")}}); strings.Join(got, ",") != "10.0.0.1,10.0.0.16/28,10.0.0.2" {
+		t.Fatalf("Items: %v", got)
+	}
+}
