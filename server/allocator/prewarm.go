@@ -363,6 +363,7 @@ func (a *Allocator) choosePrewarmAddresses(ctx context.Context, id, token string
 // prewarmCleanup deletes the unused ENIs of an ended reservation, then the reservation. An ENI
 // being attached to a node keeps the reservation for another round.
 func (a *Allocator) prewarmCleanup(ctx context.Context, rec ledger.PrewarmRecord) error {
+	var failed []error
 	for _, e := range rec.ENIs {
 		a.mu.Lock()
 		if addrs, ok := a.prewarmChosen[e.ClientToken]; ok && len(e.Addresses) == 0 {
@@ -379,23 +380,30 @@ func (a *Allocator) prewarmCleanup(ctx context.Context, rec ledger.PrewarmRecord
 		}
 		if e.ID != "" {
 			if err := a.gw.DeleteENI(ctx, ec2gw.PriorityRelease, e.ID); err != nil && !errors.Is(err, ec2gw.ErrNotFound) {
-				return ec2Err(err, rec.SubnetID)
+				// Keep going: one ENI that cannot go (attached to a node while the reservation
+				// does not know it, until reconciliation adopts it) does not keep the others.
+				failed = append(failed, ec2Err(err, rec.SubnetID))
+				continue
 			}
 			a.met.leaseOp("prewarm-delete-eni", nil)
 		} else if e.ClientToken != "" && len(e.Addresses) > 0 {
 			// A create may have happened without its commit: find it by tag before forgetting it.
 			enis, err := a.gw.DescribeNetworkInterfaces(ctx, ec2gw.PriorityRelease, ec2gw.ENIFilter{Tags: map[string]string{TagPrewarm: rec.ID}})
 			if err != nil {
-				return ec2Err(err, rec.SubnetID)
+				failed = append(failed, ec2Err(err, rec.SubnetID))
+				continue
 			}
 			for _, x := range enis {
 				if x.PrimaryIP == e.PrimaryIP {
 					if err := a.gw.DeleteENI(ctx, ec2gw.PriorityRelease, x.ID); err != nil && !errors.Is(err, ec2gw.ErrNotFound) {
-						return ec2Err(err, rec.SubnetID)
+						failed = append(failed, ec2Err(err, rec.SubnetID))
 					}
 				}
 			}
 		}
+	}
+	if len(failed) > 0 {
+		return errors.Join(failed...)
 	}
 	release, err := a.slots.acquire(ctx, prewarmKey(rec.ID))
 	if err != nil {
@@ -447,23 +455,34 @@ func (a *Allocator) attachPrewarmed(ctx context.Context, ns *nodeState, rec ledg
 	for _, ip := range eni.Addresses {
 		eniRec.Addresses = append(eniRec.Addresses, ledger.LeasedAddress{IP: ip, State: ledger.LeaseActive})
 	}
-	if _, err := a.updateNode(ctx, ns, []string{prewarmKey(pwID)}, func(r *ledger.NodeRecord) ([]Change, func() error, error) {
+	if err := a.commitPrewarmedAttach(ctx, ns, pwID, eniRec); err != nil {
+		// Attached but not committed: reconciliation adopts it (diff.ReservedENIAttached).
+		return true, err
+	}
+	a.log.Info("attached a pre-warmed ENI", "node", ns.name, "eni", eni.ID, "prewarm", pwID, "addresses", len(eni.Addresses))
+	return true, nil
+}
+
+// commitPrewarmedAttach gives a node a reservation's ENI attached to its instance: the node's
+// record gains the ENI and the reservation marks it attached, in one transaction.
+func (a *Allocator) commitPrewarmedAttach(ctx context.Context, ns *nodeState, pwID string, eniRec ledger.ENIRecord) error {
+	_, err := a.updateNode(ctx, ns, []string{prewarmKey(pwID)}, func(r *ledger.NodeRecord) ([]Change, func() error, error) {
 		pw, ok := a.led.Prewarm(pwID)
 		if !ok {
 			return nil, nil, fmt.Errorf("%w: pre-warm reservation %s", ErrNotFound, pwID)
 		}
 		k := -1
 		for i, e := range pw.ENIs {
-			if e.ID == eni.ID {
+			if e.ID == eniRec.ID && e.State != ledger.PrewarmENIAttached {
 				k = i
 			}
 		}
 		if k < 0 {
-			return nil, nil, fmt.Errorf("allocator: pre-warm reservation %s no longer lists ENI %s", pwID, eni.ID)
+			return nil, nil, fmt.Errorf("allocator: pre-warm reservation %s has no unattached ENI %s", pwID, eniRec.ID)
 		}
 		for _, x := range r.ENIs {
-			if x.DeviceIndex == device {
-				return nil, nil, fmt.Errorf("allocator: node %s already has an ENI at device index %d", r.Name, device)
+			if x.DeviceIndex == eniRec.DeviceIndex || x.ID == eniRec.ID {
+				return nil, nil, fmt.Errorf("allocator: node %s already has ENI %s or device index %d", r.Name, eniRec.ID, eniRec.DeviceIndex)
 			}
 		}
 		pw.ENIs[k].State, pw.ENIs[k].NodeName = ledger.PrewarmENIAttached, ns.name
@@ -472,13 +491,27 @@ func (a *Allocator) attachPrewarmed(ctx context.Context, ns *nodeState, rec ledg
 		}
 		r.ENIs = append(r.ENIs, eniRec)
 		return []Change{PutPrewarm(pw)}, func() error { return a.led.PutPrewarm(pw) }, nil
-	}); err != nil {
-		// Attached but not committed: reconciliation adopts it (it is attached to the node's
-		// instance and tagged for the cluster).
-		return true, err
+	})
+	return err
+}
+
+// adoptPrewarmed gives a node a reservation's ENI that EC2 has attached to the node's instance
+// although the records do not say so (the attach's commit was lost).
+func (a *Allocator) adoptPrewarmed(ctx context.Context, node, pwID string, e ec2gw.ENI) error {
+	ns, ok := a.node(node)
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrUnknownNode, node)
 	}
-	a.log.Info("attached a pre-warmed ENI", "node", ns.name, "eni", eni.ID, "prewarm", pwID, "addresses", len(eni.Addresses))
-	return true, nil
+	er := ledger.ENIRecord{ID: e.ID, MAC: e.MAC, SubnetID: e.SubnetID, PrimaryIP: e.PrimaryIP, DeviceIndex: e.Attachment.DeviceIndex,
+		NetworkCardIndex: e.Attachment.NetworkCardIndex, AttachmentID: e.Attachment.ID, Managed: true, DeleteOnTermination: e.Attachment.DeleteOnTermination}
+	for _, ip := range e.SecondaryIPs {
+		er.Addresses = append(er.Addresses, ledger.LeasedAddress{IP: ip, State: ledger.LeaseActive})
+	}
+	if err := a.commitPrewarmedAttach(ctx, ns, pwID, er); err != nil {
+		return err
+	}
+	a.met.leaseOp("adopt", nil)
+	return nil
 }
 
 // claimPrewarmed picks a ready pre-warmed ENI for a node (the reservation that expires first)

@@ -461,6 +461,16 @@ func (a *Allocator) repairOf(f diff.Finding, enis map[string]ec2gw.ENI) (drift, 
 			}
 		}
 		d.repair = func(ctx context.Context) error { return a.deleteLeaked(ctx, e) }
+	case diff.ReservedENIAttached:
+		// An attach of a pre-warmed ENI whose commit was lost (or a leader that died after the
+		// attach): the node it is attached to gets it, as attachPrewarmed would have done.
+		e := enis[eni]
+		if rec, ok := a.led.NodeByInstance(e.Attachment.InstanceID); ok {
+			f.Node = rec.Name
+			f.Detail += "; adopted into node " + rec.Name
+			name, pw := rec.Name, f.Other
+			d.repair = func(ctx context.Context) error { return a.adoptPrewarmed(ctx, name, pw, e) }
+		}
 	}
 	return d, true
 }

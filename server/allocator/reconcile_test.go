@@ -1,6 +1,7 @@
 package allocator
 
 import (
+	"errors"
 	"net/netip"
 	"testing"
 	"time"
@@ -300,5 +301,48 @@ func TestBuildLedgerSettlesAReservationThatLostItsAddresses(t *testing.T) {
 	records.Nodes = append(records.Nodes, twin)
 	if _, err := BuildLedger(records, ledger.Options{}); err == nil {
 		t.Fatal("two nodes on one ENI built a ledger")
+	}
+}
+
+// A pre-warmed ENI attached to a node whose commit was lost (or whose leader died after the
+// attach) is found attached on EC2 while the reservation still offers it: reconciliation gives
+// it to the node, and an ended reservation's other ENIs are deleted even while one cannot be.
+func TestReconcileAdoptsAPrewarmedENIWhoseAttachWasNotCommitted(t *testing.T) {
+	e := newEnv(t, nil)
+	pw, err := e.a.Prewarm(e.ctx, PrewarmRequest{SubnetID: subnetA, InstanceType: "m5.large", NodeCount: 1, AddressesPerNode: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.a.prewarmStep(e.ctx, pw.ID); err != nil {
+		t.Fatal(err)
+	}
+	node := e.register("m5.large", subnetA)
+	fails := 0
+	e.st.fail = func() error {
+		if e.ec2.callCount("AttachNetworkInterface") == 1 && fails == 0 {
+			fails++
+			return errors.New("etcd unavailable")
+		}
+		return nil
+	}
+	e.a.supply(e.ctx, e.ns(node))
+	if fails != 1 || len(e.record(node).ENIs) != 1 {
+		t.Fatalf("the attach's commit did not fail as the test wanted (fails %d, ENIs %+v)", fails, e.record(node).ENIs)
+	}
+	rep, err := e.a.Check(e.ctx, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if checkKinds(rep)[diff.ReservedENIAttached] != 1 {
+		t.Fatalf("check: %+v", rep.Findings)
+	}
+	e.reconcileAfterGrace()
+	rec := e.record(node)
+	cur, _ := e.a.led.Prewarm(pw.ID)
+	if len(rec.ENIs) != 2 || len(rec.ENIs[1].Addresses) != 2 || cur.ENIs[0].State != ledger.PrewarmENIAttached || cur.ENIs[0].NodeName != node {
+		t.Fatalf("after reconciliation: node ENIs %+v, reservation %+v", rec.ENIs, cur.ENIs)
+	}
+	if rep, _ := e.a.Check(e.ctx, true); !rep.OK {
+		t.Fatalf("check after the adoption: %+v", rep.Findings)
 	}
 }

@@ -200,7 +200,7 @@ func FindingKindToProto(k diff.Kind) ipledgerv1.FindingKind {
 		return ipledgerv1.FindingKind_LEASED_NOT_ON_EC2
 	case diff.OnEC2NotLeased:
 		return ipledgerv1.FindingKind_ON_EC2_NOT_LEASED
-	case diff.ENIMissing, diff.ENIAttachment:
+	case diff.ENIMissing, diff.ENIAttachment, diff.ReservedENIAttached:
 		return ipledgerv1.FindingKind_ENI_MISMATCH
 	case diff.LeakedENI:
 		return ipledgerv1.FindingKind_LEAKED_ENI

@@ -44,6 +44,10 @@ const (
 	ENIAttachment
 	// LeakedENI: an ENI tagged for the cluster that no node and no reservation owns.
 	LeakedENI
+	// ReservedENIAttached: a pre-warm reservation's ENI, not given to any node in the records,
+	// is attached to an instance on EC2 (Other is the reservation; an attach whose commit was
+	// lost).
+	ReservedENIAttached
 	// InstanceGone: a node whose instance EC2 says is terminated or does not know (only when
 	// the instances were given).
 	InstanceGone
@@ -62,7 +66,7 @@ const (
 
 var kindNames = map[Kind]string{
 	LeasedNotOnEC2: "leased-not-on-ec2", OnEC2NotLeased: "on-ec2-not-leased", ENIMissing: "eni-missing",
-	ENIAttachment: "eni-attachment", LeakedENI: "leaked-eni", InstanceGone: "instance-gone", DoubleOnEC2: "double-on-ec2",
+	ENIAttachment: "eni-attachment", LeakedENI: "leaked-eni", ReservedENIAttached: "reserved-eni-attached", InstanceGone: "instance-gone", DoubleOnEC2: "double-on-ec2",
 	DoubleLease: "double-lease", ForeignLeased: "foreign-leased", InUseNotLeased: "in-use-not-leased", DoubleUse: "double-use",
 }
 
@@ -152,6 +156,7 @@ func Diff(cluster string, rec Records, e EC2) []Finding {
 	d.ec2Twice()
 	d.nodes()
 	d.leakedENIs()
+	d.reservedAttached()
 	d.foreign()
 	d.instances()
 	sort.Slice(d.out, func(i, j int) bool {
@@ -349,6 +354,23 @@ func (d *differ) leakedENIs() {
 			f.Other = e.Attachment.InstanceID
 		}
 		d.add(f)
+	}
+}
+
+// reservedAttached finds reservations' ENIs that are attached on EC2 but given to no node.
+func (d *differ) reservedAttached() {
+	for _, p := range d.rec.Prewarms {
+		for _, pe := range p.ENIs {
+			e, ok := d.enis[pe.ID]
+			if pe.ID == "" || !ok || e.Attachment == nil || pe.State == ledger.PrewarmENIAttached {
+				continue
+			}
+			if _, owned := d.nodeENI[pe.ID]; owned {
+				continue
+			}
+			d.add(Finding{Kind: ReservedENIAttached, Subnet: e.SubnetID, ENI: e.ID, Other: p.ID,
+				Detail: fmt.Sprintf("reservation %s's ENI (%s) is attached to %s on EC2", p.ID, pe.State, e.Attachment.InstanceID)})
+		}
 	}
 }
 

@@ -89,6 +89,11 @@ func TestEveryKindOfDifferenceIsFound(t *testing.T) {
 		{"leaked ENI", func(r *Records, e *EC2) {
 			e.ENIs = append(e.ENIs, ec2gw.ENI{ID: "eni-9", SubnetID: "subnet-1", PrimaryIP: ip("10.0.0.90"), Tags: map[string]string{TagCluster: cluster}})
 		}, Finding{Kind: LeakedENI, ENI: "eni-9"}, false},
+		{"reservation's ENI attached", func(r *Records, e *EC2) {
+			r.Prewarms = []ledger.PrewarmRecord{{ID: "pw-1", ENIs: []ledger.PrewarmENI{{ID: "eni-pw", State: ledger.PrewarmENIReady}}}}
+			e.ENIs = append(e.ENIs, ec2gw.ENI{ID: "eni-pw", SubnetID: "subnet-1", PrimaryIP: ip("10.0.0.60"),
+				Tags: map[string]string{TagCluster: cluster, TagPrewarm: "pw-1"}, Attachment: &ec2gw.Attachment{InstanceID: "i-1", DeviceIndex: 2}})
+		}, Finding{Kind: ReservedENIAttached, ENI: "eni-pw", Other: "pw-1"}, false},
 		{"instance gone", func(r *Records, e *EC2) { e.Instances[0].State = "terminated" },
 			Finding{Kind: InstanceGone, Node: "n1", Other: "i-1"}, false},
 		{"instance unknown", func(r *Records, e *EC2) { e.Instances = []ec2gw.Instance{} },
