@@ -201,8 +201,15 @@ func waitBlocked(t *testing.T, fc *clockwork.FakeClock, n int) {
 	}
 }
 
-func notDone(t *testing.T, done <-chan error, what string) {
+// notDone asserts the call still waits on the fake clock (its timer has not fired: Advance
+// fires due timers before it returns) and has not returned.
+func notDone(t *testing.T, fc *clockwork.FakeClock, done <-chan error, what string) {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	if err := fc.BlockUntilContext(ctx, 1); err != nil {
+		t.Fatalf("%s no longer waits on the clock: its latency was shorter", what)
+	}
 	select {
 	case err := <-done:
 		t.Fatalf("%s returned early (%v)", what, err)
@@ -242,7 +249,7 @@ func TestCallTakesItsLatency(t *testing.T) {
 	})
 	waitBlocked(t, fc, 1)
 	fc.Advance(want - time.Nanosecond)
-	notDone(t, done, "Assign")
+	notDone(t, fc, done, "Assign")
 	if n := secondaries(t, srv, eni); n != 0 {
 		t.Fatalf("the assign took effect before its latency passed: %d addresses", n)
 	}
@@ -293,7 +300,7 @@ func TestFaultsOnTopOfProfile(t *testing.T) {
 	done := async(assign)
 	waitBlocked(t, fc, 1)
 	fc.Advance(499 * time.Millisecond)
-	notDone(t, done, "Assign with a fault's latency")
+	notDone(t, fc, done, "Assign with a fault's latency")
 	fc.Advance(time.Millisecond)
 	noErr(t, finished(t, done))
 
@@ -304,7 +311,7 @@ func TestFaultsOnTopOfProfile(t *testing.T) {
 	fc.Advance(100 * time.Millisecond)
 	waitBlocked(t, fc, 1)
 	fc.Advance(4 * time.Millisecond)
-	notDone(t, done, "the refused Assign")
+	notDone(t, fc, done, "the refused Assign")
 	fc.Advance(time.Millisecond)
 	wantCode(t, finished(t, done), "InternalError")
 	if n := secondaries(t, srv, eni); n != 1 {
@@ -370,7 +377,7 @@ func TestAttachVisibilityAndDetachDelete(t *testing.T) {
 		t.Fatalf("during the attach call: %s", s)
 	}
 	fc.Advance(700*ms - time.Nanosecond)
-	notDone(t, done, "Attach")
+	notDone(t, fc, done, "Attach")
 	fc.Advance(time.Nanosecond)
 	noErr(t, finished(t, done))
 	if s := attachStatus(t, srv, eni); s != "attaching" {
