@@ -30,7 +30,8 @@ type Config struct {
 	// Throttle turns EC2's token buckets on.
 	Throttle bool
 	// TimeScale (>= 1; 0 means 1) multiplies the buckets' refill rates and divides injected
-	// latencies and the eventual-consistency delay, for fast tests.
+	// latencies, the profile's latencies and describe lag, and the eventual-consistency delay,
+	// for fast tests.
 	TimeScale float64
 	// Logger receives one debug line per request; nil discards.
 	Logger *slog.Logger
