@@ -3,7 +3,6 @@ package ec2sim
 import (
 	"context"
 	"encoding/json"
-	"math/rand/v2"
 	"net/http"
 	"slices"
 	"strings"
@@ -722,5 +721,36 @@ func TestStreamSourceStable(t *testing.T) {
 	if streamSource(9, "x").Uint64() == streamSource(9, "y").Uint64() {
 		t.Fatal("two streams start alike")
 	}
-	var _ *rand.Rand = a
+}
+
+// A describe waits the profile's DescribePerItem for every item it returns.
+func TestDescribePerItem(t *testing.T) {
+	srv, fc := fakeSim(t, Profile{Name: "test", DescribePerItem: 10 * time.Millisecond})
+	c := client(srv)
+	n := len(srv.Sim().Snapshot().Instances) // 5 in the default scenario
+	done := async(func() error {
+		_, err := c.DescribeInstances(t.Context(), &ec2.DescribeInstancesInput{})
+		return err
+	})
+	waitBlocked(t, fc, 1)
+	fc.Advance(time.Duration(n)*10*time.Millisecond - time.Nanosecond)
+	notDone(t, fc, done, "an unfiltered DescribeInstances")
+	fc.Advance(time.Nanosecond)
+	noErr(t, finished(t, done))
+}
+
+// With the profile's latency, as with a fault's, a mutation outlives a client that gives up.
+func TestProfileMutationOutlivesItsClient(t *testing.T) {
+	p := Profile{Name: "test", Calls: map[string]Dist{"AssignPrivateIpAddresses": constant(400 * time.Millisecond)}}
+	srv := start(t, func(c *Config) { c.Profile = &p })
+	eni := newENI(t, srv)
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	_, err := client(srv).AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: aws.String(eni), SecondaryPrivateIpAddressCount: aws.Int32(2)})
+	cancel()
+	if err == nil {
+		t.Fatal("the client's deadline did not end the call")
+	}
+	eventually(t, 5*time.Second, "the abandoned assign to take effect", func() bool {
+		return secondaries(t, srv, eni) == 2
+	})
 }
