@@ -230,6 +230,17 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err := a.restoreNetworking(netm, p); err != nil {
 			return err
 		}
+		if err := a.applySNAT(netm, inst); err != nil {
+			return err
+		}
+		if !a.cfg.ExternalSNAT {
+			// What the agent programmed goes with it (a restart programs it again at once).
+			defer func() {
+				if err := netm.RemoveSNAT(); err != nil {
+					log.Warn("removing source NAT failed", "err", err)
+				}
+			}()
+		}
 	}
 	a.mu.Lock()
 	a.inst, a.nodeName, a.pool, a.conn, a.cni, a.netm = inst, nodeName, p, conn, cni, netm
@@ -468,6 +479,25 @@ func kernelPods(netm *netconf.Manager) (map[netip.Addr]netconf.PodRoute, []netco
 // checkpoint may be older than the pods, or lost — gives back recovered addresses whose pods
 // went while the agent was down, and, after a restart with a checkpoint, puts back the rules of
 // the checkpointed and recovered assignments and removes the pod rules of no one.
+// applySNAT programs the source NAT of pods' traffic leaving the VPC, or, with --external-snat,
+// removes what an earlier run programmed.
+func (a *Agent) applySNAT(netm *netconf.Manager, inst Instance) error {
+	if a.cfg.ExternalSNAT {
+		if err := netm.RemoveSNAT(); err != nil {
+			return fmt.Errorf("agent: --external-snat: %w", err)
+		}
+		return nil
+	}
+	s, err := a.cfg.SNATConfig.snat(inst)
+	if err != nil {
+		return err
+	}
+	if err := netm.EnsureSNAT(s); err != nil {
+		return fmt.Errorf("agent: source NAT: %w", err)
+	}
+	return nil
+}
+
 func (a *Agent) restoreNetworking(netm *netconf.Manager, p *pool.Pool) error {
 	if err := netm.EnableIPv4Forwarding(); err != nil {
 		return fmt.Errorf("agent: %w", err)

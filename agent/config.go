@@ -98,6 +98,8 @@ type Config struct {
 
 	// Attestation and the conflist (config_attest.go).
 	AttestConfig
+	// Source NAT of pods' traffic leaving the VPC (config_snat.go).
+	SNATConfig
 
 	// Credentials for the allocator connection (nil: mutual TLS from the TLS files, plaintext
 	// without them). Programs that embed agents may set them directly.
@@ -125,6 +127,7 @@ func DefaultConfig() Config {
 		LogFormat:        "text",
 		AgentVersion:     "dev",
 		AttestConfig:     DefaultAttestConfig(),
+		SNATConfig:       SNATConfig{VethPrefix: DefaultVethPrefix},
 	}
 }
 
@@ -153,6 +156,7 @@ func (c Config) Validate() error {
 	if len(c.Servers) == 0 {
 		bad("server", "at least one allocator address is needed")
 	}
+	c.SNATConfig.validate(bad)
 	for _, s := range c.Servers {
 		if err := validHostPort(s); err != nil {
 			bad("server", "%q: %v", s, err)
@@ -275,6 +279,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
 	c.registerAttestFlags(fs)
+	c.SNATConfig.registerFlags(fs)
 }
 
 // EnvName is the environment variable of a flag.

@@ -45,14 +45,18 @@ func bucketFloor(calls int, sh ec2sim.BucketShape) float64 {
 }
 
 // runGatewayBurst sends perAction requests of each ENI/IP action at once through a gateway.
-func runGatewayBurst(ctx context.Context, perAction int, timeScale float64) (GatewayBurst, error) {
+func runGatewayBurst(ctx context.Context, perAction int, timeScale float64, profile string) (GatewayBurst, error) {
 	out := GatewayBurst{TimeScale: timeScale, PerAction: map[string]int{}}
+	prof, err := ec2sim.ProfileByName(profile)
+	if err != nil {
+		return out, fmt.Errorf("bench: %w", err)
+	}
 	sc := &ec2sim.Scenario{
 		VPC:     ec2sim.VPCSpec{CIDR: vpcCIDR},
 		Subnets: []ec2sim.SubnetSpec{{CIDR: "192.168.0.0/19", AvailabilityZone: "eu-west-1a"}},
 	}
 	cfg := ec2sim.DefaultConfig()
-	cfg.Scenario, cfg.TimeScale = sc, timeScale
+	cfg.Scenario, cfg.TimeScale, cfg.Profile = sc, timeScale, &prof
 	sim, err := ec2sim.New(cfg)
 	if err != nil {
 		return out, err

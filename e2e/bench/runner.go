@@ -57,6 +57,7 @@ type runConfig struct {
 	timeScale float64
 	seed      int64
 	scenario  *ec2sim.Scenario
+	profile   string    // the simulator's clock of EC2 (ec2sim.ProfileByName)
 	env       systemEnv // sim filled in by the runner
 	progress  func(format string, args ...any)
 }
@@ -118,6 +119,11 @@ func (r *runner) start(ctx context.Context, setup func(ctx context.Context, sim 
 	simCfg.Scenario = r.cfg.scenario
 	simCfg.Seed = r.cfg.seed
 	simCfg.TimeScale = r.cfg.timeScale
+	prof, err := ec2sim.ProfileByName(r.cfg.profile)
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	simCfg.Profile = &prof
 	sim, err := ec2sim.Start(simCfg, "127.0.0.1:0")
 	if err != nil {
 		return fmt.Errorf("bench: simulator: %w", err)

@@ -41,6 +41,9 @@ type Scenario struct {
 	// actions naming it (InvalidNetworkInterfaceID.NotFound) for this long after its creation.
 	// Zero (the default) turns it off. TimeScale divides it.
 	EventualConsistencyDelay Duration `json:"eventual_consistency_delay,omitempty"`
+	// Profile names the clock of EC2 (instant, the default, or realistic; see Profile).
+	// Config.Profile, when set, takes precedence.
+	Profile string `json:"ec2_profile,omitempty"`
 }
 
 // VPCSpec is the simulated VPC. ID is generated from the seed when empty. CIDR is its primary
@@ -289,6 +292,9 @@ func (sc *Scenario) Validate() error {
 	}
 	if sc.EventualConsistencyDelay < 0 {
 		return bad("eventual_consistency_delay must not be negative")
+	}
+	if _, err := ProfileByName(sc.Profile); err != nil {
+		return bad("ec2_profile: %v", err)
 	}
 	return nil
 }

@@ -223,7 +223,7 @@ func (s *Sim) eniInfo(e *eni) ENIInfo {
 	if a := e.att; a != nil {
 		ei.Attachment = &AttachmentInfo{
 			ID: a.id, InstanceID: a.inst.id, DeviceIndex: a.deviceIndex, NetworkCardIndex: a.cardIndex,
-			DeleteOnTermination: a.deleteOnTermination, Status: a.status,
+			DeleteOnTermination: a.deleteOnTermination, Status: a.statusAt(s.now()),
 		}
 	}
 	return ei
@@ -231,7 +231,7 @@ func (s *Sim) eniInfo(e *eni) ENIInfo {
 
 // Snapshot returns the whole state: subnets in scenario order, instances and ENIs by id.
 func (s *Sim) Snapshot() State {
-	s.mu.RLock()
+	s.rlock()
 	defer s.mu.RUnlock()
 	st := State{
 		AccountID: s.accountID, Region: s.region,
@@ -264,6 +264,20 @@ func (s *Sim) ClearFaults() { s.faults.clear() }
 // Faults returns the injected faults by action.
 func (s *Sim) Faults() map[string]Fault { return s.faults.all() }
 
+// Profile returns the clock of EC2 in use.
+func (s *Sim) Profile() Profile { return s.profile.Load().clone() }
+
+// SetProfile replaces the clock of EC2 at run time: calls that arrive from now on take the new
+// latencies; attachments, detaches and describe lags already under way keep their deadlines.
+func (s *Sim) SetProfile(p Profile) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	p = p.clone()
+	s.profile.Store(&p)
+	return nil
+}
+
 // SetThrottle turns EC2's token buckets on or off at run time.
 func (s *Sim) SetThrottle(on bool) { s.throttle.setOn(on) }
 
@@ -294,7 +308,7 @@ func (s *Sim) RunInstances(ctx context.Context, spec InstanceSpec, count int) ([
 	if err := validateTags(spec.Tags); err != nil {
 		return nil, fmt.Errorf("ec2sim: run instances: %w", apiErr("InvalidParameterValue", "%v", err))
 	}
-	s.mu.Lock()
+	s.lock()
 	sn, aerr := s.lookupSubnet(spec.SubnetID)
 	if aerr != nil {
 		s.mu.Unlock()
@@ -311,7 +325,7 @@ func (s *Sim) RunInstances(ctx context.Context, spec InstanceSpec, count int) ([
 	}
 	s.mu.Unlock()
 	s.notify(ids, nil)
-	s.mu.RLock()
+	s.rlock()
 	defer s.mu.RUnlock()
 	out := make([]InstanceInfo, len(insts))
 	for i, in := range insts {
@@ -326,7 +340,7 @@ func (s *Sim) TerminateInstances(ctx context.Context, ids ...string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	s.mu.Lock()
+	s.lock()
 	var insts []*instance
 	for _, id := range ids {
 		in, aerr := s.lookupInstance(id)
@@ -361,7 +375,7 @@ func (s *Sim) CreateForeignENI(ctx context.Context, subnetID string, addresses i
 	if addresses < 1 || addresses > foreignPerENI {
 		return ENIInfo{}, fmt.Errorf("ec2sim: foreign eni: %w", apiErr("InvalidParameterValue", "addresses %d must be between 1 and %d", addresses, foreignPerENI))
 	}
-	s.mu.Lock()
+	s.lock()
 	defer s.mu.Unlock()
 	sn, aerr := s.lookupSubnet(subnetID)
 	if aerr != nil {
@@ -381,7 +395,7 @@ func (s *Sim) Fragment(ctx context.Context, subnetID string) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	s.mu.Lock()
+	s.lock()
 	defer s.mu.Unlock()
 	sn, aerr := s.lookupSubnet(subnetID)
 	if aerr != nil {
