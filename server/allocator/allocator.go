@@ -138,6 +138,7 @@ type Allocator struct {
 	types         map[string]instancetypes.Type
 	drift         map[string]time.Time
 	attaching     map[string]bool // pre-warmed ENIs being attached to a node
+	deleting      map[string]bool // empty ENIs being detached and deleted: supply leaves them
 	prewarmChosen map[string][]netip.Addr
 	starts        policy.StartPrior
 
@@ -217,6 +218,7 @@ func New(cfg Config) (*Allocator, error) {
 		types:         map[string]instancetypes.Type{},
 		drift:         map[string]time.Time{},
 		attaching:     map[string]bool{},
+		deleting:      map[string]bool{},
 		prewarmChosen: map[string][]netip.Addr{},
 
 		started:     make(chan struct{}),

@@ -441,6 +441,25 @@ func (a *Allocator) repairOf(f diff.Finding, enis map[string]ec2gw.ENI) (drift, 
 		}
 		f.Detail += "; adopted into the node's pool"
 		d.repair = func(ctx context.Context) error { return a.adopt(ctx, node, eni, item) }
+	case diff.ENIAttachment:
+		// A managed ENI EC2 has detached and nobody leases anything on (a delete that stopped
+		// half-way, or a leader that died during it): finish the delete.
+		if e := enis[eni]; e.Attachment == nil {
+			if rec, ok := a.led.Node(node); ok {
+				for _, er := range rec.ENIs {
+					if er.ID == eni && er.Managed && usedSlots(er) == 0 {
+						f.Detail += "; deleted"
+						d.repair = func(ctx context.Context) error {
+							ns, ok := a.node(node)
+							if !ok {
+								return fmt.Errorf("%w: %s", ErrUnknownNode, node)
+							}
+							return a.deleteENI(ctx, ns, er)
+						}
+					}
+				}
+			}
+		}
 	case diff.ENIMissing:
 		if rec, ok := a.led.Node(node); ok {
 			for _, er := range rec.ENIs {

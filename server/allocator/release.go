@@ -488,6 +488,12 @@ func (a *Allocator) emptyENIs(ns *nodeState, rec ledger.NodeRecord) []ledger.ENI
 
 // deleteENI detaches and deletes an empty managed ENI, then drops it from the node.
 func (a *Allocator) deleteENI(ctx context.Context, ns *nodeState, e ledger.ENIRecord) error {
+	// From the detach on, supply must not assign to the ENI (EC2 lets one assign to a detached
+	// ENI; its addresses would then be leased on an ENI no instance has). It stays marked until
+	// it is gone from the node's record.
+	a.mu.Lock()
+	a.deleting[e.ID] = true
+	a.mu.Unlock()
 	if e.AttachmentID != "" {
 		err := a.gw.DetachENI(ctx, ec2gw.PriorityRelease, e.AttachmentID, false)
 		if err != nil && !errors.Is(err, ec2gw.ErrNotFound) {
@@ -520,6 +526,11 @@ func (a *Allocator) deleteENI(ctx context.Context, ns *nodeState, e ledger.ENIRe
 		r.ENIs = kept
 		return nil
 	})
+	if err == nil {
+		a.mu.Lock()
+		delete(a.deleting, e.ID)
+		a.mu.Unlock()
+	}
 	return err
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
 	"sort"
 	"time"
@@ -138,10 +139,16 @@ func (a *Allocator) fill(ctx context.Context, ns *nodeState, rec ledger.NodeReco
 	}
 	enis := append([]ledger.ENIRecord(nil), rec.ENIs...)
 	sort.Slice(enis, func(i, j int) bool { return enis[i].DeviceIndex < enis[j].DeviceIndex })
+	a.mu.Lock()
+	deleting := maps.Clone(a.deleting)
+	a.mu.Unlock()
 	var lastErr error
 	for _, e := range enis {
 		if deficit <= 0 {
 			return nil
+		}
+		if deleting[e.ID] {
+			continue
 		}
 		free := slots - usedSlots(e)
 		if free <= 0 {

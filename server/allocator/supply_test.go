@@ -409,3 +409,59 @@ func TestRegistrationTakesOverANameFromAGoneInstance(t *testing.T) {
 		t.Fatal("an instance registered under two names")
 	}
 }
+
+// An empty ENI whose delete stopped after the detach (DeleteNetworkInterface failed) gets no
+// addresses from supply (EC2 would assign them to an ENI no instance has); the next release
+// pass, or reconciliation, finishes the delete.
+func TestSupplyLeavesAnENIBeingDeleted(t *testing.T) {
+	e := newEnv(t, nil)
+	e.setPolicy(policy.Policy{Name: "twelve", Order: 1, MinimumIPTarget: policy.U32(12)})
+	node := e.register("m5.large", subnetA)
+	e.step(node)
+	sub := e.subscribe(node)
+	e.usage(node)
+	if err := e.a.DeletePolicy(e.ctx, "twelve"); err != nil {
+		t.Fatal(err)
+	}
+	e.step(node)
+	p := lastProposal(messages(t, sub))
+	if p == nil {
+		t.Fatal("no proposal")
+	}
+	if err := e.a.AckRelease(e.ctx, node, ReleaseAck{ProposalID: p.ID, Confirmed: p.Items}); err != nil {
+		t.Fatal(err)
+	}
+	e.ec2.fault = func(action string) fakeFault {
+		if action == "DeleteNetworkInterface" {
+			return faultFail
+		}
+		return faultNone
+	}
+	e.a.releaseLane(e.ctx, e.ns(node)) // unassigns, detaches the emptied second ENI, fails its delete
+	rec := e.record(node)
+	if len(rec.ENIs) != 2 {
+		t.Fatalf("the ENI whose delete failed left the record: %+v", rec.ENIs)
+	}
+	second := rec.ENIs[1]
+	for _, x := range e.ec2.snapshot() {
+		if x.ID == second.ID && x.Attachment != nil {
+			t.Fatalf("the emptied ENI is still attached: %+v", x.Attachment)
+		}
+	}
+	// Demand comes back: supply uses the primary ENI or a new one, never the detached one.
+	e.setPolicy(policy.Policy{Name: "twelve", Order: 1, MinimumIPTarget: policy.U32(12)})
+	e.clk.Advance(time.Minute)
+	e.a.supply(e.ctx, e.ns(node))
+	for _, x := range e.record(node).ENIs {
+		if x.ID == second.ID && len(x.Addresses) > 0 {
+			t.Fatalf("supply assigned %v to the detached ENI %s", x.Addresses, x.ID)
+		}
+	}
+	e.ec2.fault = nil
+	e.a.releaseLane(e.ctx, e.ns(node))
+	for _, x := range e.record(node).ENIs {
+		if x.ID == second.ID {
+			t.Fatalf("the detached ENI is still in the record: %+v", e.record(node).ENIs)
+		}
+	}
+}
