@@ -94,7 +94,7 @@ func call[T any](ctx context.Context, c *cli, what string, f func(context.Contex
 	res, err := callAt(ctx, c, addr, f)
 	if err != nil {
 		if leader, ok := notLeader(err); ok && leader != "" && leader != addr {
-			fmt.Fprintf(c.stderr, "ipledgerctl: %s is not the leader; sending %s to the leader at %s\n", addr, what, leader)
+			fmt.Fprintf(c.stderr, "ipledgerctl: %s is not the leader; sending %s to the leader at %s\n", addr, escapeText(what), escapeText(leader))
 			addr = leader
 			res, err = callAt(ctx, c, addr, f)
 		}

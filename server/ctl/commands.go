@@ -92,7 +92,11 @@ func (c *cli) newRoot() *cobra.Command {
 		}
 		return pflag.NormalizedName(name)
 	})
-	for _, r := range registry {
+	// Parents before children, whatever the order of the files: "node" (a command of nodes.go)
+	// exists before "node forget-identity" (identities.go) is added under it.
+	regs := slices.Clone(registry)
+	slices.SortStableFunc(regs, func(a, b registration) int { return len(strings.Fields(a.parent)) - len(strings.Fields(b.parent)) })
+	for _, r := range regs {
 		parent := root
 		for _, word := range strings.Fields(r.parent) {
 			next := child(parent, word)
@@ -229,8 +233,8 @@ func subNames(cmd *cobra.Command) []string {
 // topOrder is the order of the top-level commands in help: reads first, then changes, then
 // the CLI's own. A command not listed comes after these, before help.
 var topOrder = []string{
-	"subnets", "subnet", "nodes", "node", "drain", "limiter", "prewarm", "canfit",
-	"policies", "policy", "check", "status", "completion", "version",
+	"subnets", "subnet", "nodes", "node", "identities", "drain", "limiter", "prewarm", "canfit",
+	"max-pods", "policies", "policy", "check", "status", "backup", "config", "completion", "version",
 }
 
 // visible lists a command's subcommands, without hidden ones (cobra's __complete): top-level
@@ -311,7 +315,7 @@ func dashed(f *pflag.Flag) string {
 var valueNames = map[string]string{
 	"server": "ADDR", "output": "FORMAT", "timeout": "DURATION", "tls-cert": "FILE", "tls-key": "FILE", "tls-ca": "FILE", "dev-certs": "DIR", "max-held": "N", "keep-free": "N",
 	"subnet": "SUBNET", "az": "AZ", "instance-type": "TYPE", "nodes": "N", "addresses-per-node": "N",
-	"pods-per-node": "N", "expiry": "DURATION", "filename": "FILE",
+	"pods-per-node": "N", "expiry": "DURATION", "filename": "FILE", "instance": "ID", "context": "NAME",
 }
 
 func writeFlags(w io.Writer, flags []*pflag.Flag) {

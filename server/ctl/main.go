@@ -137,7 +137,7 @@ func (c *cli) report(root *cobra.Command, err error) int {
 	var ue *usageError
 	switch {
 	case errors.As(err, &ue):
-		fmt.Fprintf(c.stderr, "ipledgerctl: %s\n", ue.msg)
+		fmt.Fprintf(c.stderr, "ipledgerctl: %s\n", escapeText(ue.msg))
 		if ue.cmd != "" {
 			if cmd := findPath(root, ue.cmd); cmd != nil {
 				if isGroup(cmd) {
@@ -156,7 +156,8 @@ func (c *cli) report(root *cobra.Command, err error) int {
 	case errors.Is(err, errProblems):
 		return ExitProblems
 	}
-	fmt.Fprintf(c.stderr, "ipledgerctl: %v\n", err)
+	// The message carries the server's words (and names from it): escaped, as table cells are.
+	fmt.Fprintf(c.stderr, "ipledgerctl: %s\n", escapeText(err.Error()))
 	return ExitError
 }
 

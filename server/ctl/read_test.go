@@ -3,6 +3,7 @@ package ctl
 import (
 	"encoding/json"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -83,14 +84,22 @@ func TestReadCommands(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, args := range [][]string{{"node", ""}, {"drain", ""}, {"-o", "json", "node", ""}} {
+		for _, args := range [][]string{{"node", ""}, {"drain", ""}, {"-o", "json", "node", ""}, {"node", "forget-identity", ""}} {
 			got := offered(args...)
 			for _, n := range nodes.GetNodes() {
 				if !got[n.GetNodeName()] {
 					t.Errorf("%v does not offer node %s: %v", args, n.GetNodeName(), got)
 				}
 			}
-			if len(got) != len(nodes.GetNodes()) {
+			want := len(nodes.GetNodes())
+			if slices.Contains(args, "node") && !slices.Contains(args, "forget-identity") {
+				// node NODE also has the subcommand forget-identity.
+				want++
+				if !got["forget-identity"] {
+					t.Errorf("%v does not offer the subcommand forget-identity: %v", args, got)
+				}
+			}
+			if len(got) != want {
 				t.Errorf("%v offers %d names for %d nodes: %v", args, len(got), len(nodes.GetNodes()), got)
 			}
 		}
@@ -112,7 +121,7 @@ func TestReadCommands(t *testing.T) {
 			t.Errorf("policy delete does not offer the default policy: %v", got)
 		}
 		// Nothing listening: nothing offered, quickly, and no error for the shell to show.
-		r := mustCtl(t, 0, closedAddr(t), "__complete", "node", "")
+		r := mustCtl(t, 0, closedAddr(t), "__complete", "drain", "")
 		if strings.TrimSpace(r.stdout) != ":4" {
 			t.Errorf("against a closed port: %s", r)
 		}
