@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/ipledger/ipledger/internal/version"
 	"github.com/spf13/pflag"
 )
 
@@ -73,6 +75,9 @@ func (c *cli) newRoot() *cobra.Command {
 			return c.g.validate(cmdPath(cmd))
 		},
 	}
+	// --version: the same line as every binary's (internal/version); 'version' adds the server's.
+	root.Version = version.String("ipledgerctl")
+	root.SetVersionTemplate("{{.Version}}\n")
 	root.SetOut(c.stdout)
 	root.SetErr(c.stderr)
 	root.SetFlagErrorFunc(flagError)

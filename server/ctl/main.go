@@ -14,9 +14,6 @@ import (
 	"github.com/spf13/pflag"
 )
 
-// Version is ipledgerctl's version string (set at build time with -ldflags).
-var Version = "dev"
-
 // Exit codes of Main.
 const (
 	ExitOK       = 0 // success

@@ -10,6 +10,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/ipledger/ipledger/internal/version"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 )
 
@@ -412,13 +413,41 @@ func TestReadCommands(t *testing.T) {
 	})
 
 	t.Run("version", func(t *testing.T) {
-		if r := mustCtl(t, 0, c.addr, "version"); r.stdout != "ipledgerctl "+Version+"\n" {
-			t.Fatalf("version: %q", r.stdout)
+		// The client's --version line, then the server's version and commit (both from
+		// internal/version: in a test binary, what the Go toolchain recorded from git).
+		want := version.Get()
+		r := mustCtl(t, 0, c.addr, "version")
+		lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+		if len(lines) != 2 || lines[0] != want.String("ipledgerctl") ||
+			lines[1] != "ipledger-server "+want.Version+" (commit "+shortCommit(want.Commit)+") at "+c.addr {
+			t.Fatalf("version:\n%s", r.stdout)
 		}
 		var v VersionInfo
 		decode(t, mustCtl(t, 0, c.addr, "version", "-o", "json"), &v)
-		if v.Version != Version {
+		if v.Version != want.Version || v.Client != buildInfo(want) || v.Server == nil ||
+			*v.Server != (ServerVersion{Address: c.addr, Replica: c.addr, Version: want.Version, Commit: want.Commit}) {
 			t.Fatalf("version %+v", v)
+		}
+		var st Status
+		decode(t, mustCtl(t, 0, c.addr, "status", "-o", "json"), &st)
+		if st.ServerVersion != want.Version || st.ServerCommit != want.Commit {
+			t.Fatalf("status says version %q commit %q, want %q %q", st.ServerVersion, st.ServerCommit, want.Version, want.Commit)
+		}
+		// --client asks nobody; without a server the client's line is printed and the exit is 1.
+		closed := closedAddr(t)
+		if r := mustCtl(t, 0, closed, "version", "--client"); r.stdout != want.String("ipledgerctl")+"\n" || r.stderr != "" {
+			t.Fatalf("version --client: %s", r)
+		}
+		if r := mustCtl(t, 0, closed, "--version"); r.stdout != want.String("ipledgerctl")+"\n" {
+			t.Fatalf("--version: %s", r)
+		}
+		r = mustCtl(t, ExitError, closed, "version")
+		if r.stdout != want.String("ipledgerctl")+"\n" || !strings.Contains(r.stderr, "cannot reach ipledger-server at "+closed) {
+			t.Fatalf("version without a server: %s", r)
+		}
+		decode(t, mustCtl(t, ExitError, closed, "version", "-o", "json"), &v)
+		if v.Server != nil || v.Client.Commit != want.Commit {
+			t.Fatalf("version -o json without a server: %+v", v)
 		}
 	})
 }

@@ -485,6 +485,9 @@ type Status struct {
 	Nodes         uint32 `json:"nodes"`
 	Subnets       uint32 `json:"subnets"`
 	ServerVersion string `json:"server_version"`
+	// ServerCommit is the commit the answering replica was built from ("" from servers that
+	// do not say).
+	ServerCommit string `json:"server_commit"`
 }
 
 func statusDoc(server string, s *ipledgerv1.ClusterStatus) Status {
@@ -492,5 +495,6 @@ func statusDoc(server string, s *ipledgerv1.ClusterStatus) Status {
 		Server: server, Replica: s.GetReplica(), IsLeader: s.GetIsLeader(), Leader: s.GetLeader(),
 		StoreHealthy: s.GetStoreHealthy(), StoreMessage: s.GetStoreMessage(), Revision: s.GetRevision(),
 		ClusterName: s.GetClusterName(), Nodes: s.GetNodes(), Subnets: s.GetSubnets(), ServerVersion: s.GetVersion(),
+		ServerCommit: s.GetCommit(),
 	}
 }
