@@ -49,6 +49,17 @@ func TestUsageErrorsExit2AndSendNothing(t *testing.T) {
 		{[]string{"status", "--timeout", "0s"}, "invalid --timeout"},
 		{[]string{"status", "--timeout", "soon"}, "invalid value"},
 		{[]string{"status", "--server", ""}, "empty --server"},
+		// A --server without a port, with a scheme, with a bad port or no host says so.
+		{[]string{"status", "--server", "ipledger-server.kube-system.svc"}, `--server "ipledger-server.kube-system.svc" has no port: want host:port, e.g. ipledger-server.kube-system.svc:7400`},
+		{[]string{"status", "--server", "10.0.1.7:"}, `--server "10.0.1.7:" has no port`},
+		{[]string{"status", "--server", "https://10.0.1.7:7400"}, `want host:port without a scheme (10.0.1.7:7400)`},
+		{[]string{"status", "--server", "10.0.1.7:http"}, `port "http" is not a number from 1 to 65535`},
+		{[]string{"status", "--server", "10.0.1.7:70000"}, `port "70000" is not a number from 1 to 65535`},
+		{[]string{"status", "--server", ":7400"}, `has no host`},
+		// Bad flag values say what is allowed.
+		{[]string{"status", "--timeout", "10"}, `invalid value "10" for --timeout: time: missing unit in duration "10" (want a duration with a unit: 500ms, 30s, 5m, 1h30m)`},
+		{[]string{"canfit", "--az", "a", "--nodes", "-3"}, `for --nodes: strconv.ParseUint: parsing "-3": invalid syntax (want a whole number, 0 or more)`},
+		{[]string{"drain", "n", "--undo=maybe"}, `(want true or false)`},
 		{[]string{"node"}, "node: missing NODE"},
 		{[]string{"node", "a", "b"}, `unexpected argument "b"`},
 		{[]string{"drain"}, "drain: missing NODE"},

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ipledger/ipledger/internal/version"
+	"github.com/ipledger/ipledger/server/ctl/ctlconfig"
 	"github.com/spf13/pflag"
 )
 
@@ -72,7 +73,11 @@ func (c *cli) newRoot() *cobra.Command {
 		ValidArgsFunction: cobra.NoFileCompletions,
 		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
-			return c.g.validate(cmdPath(cmd))
+			asks := asksServer(cmd)
+			if err := c.resolve(cmd); err != nil && asks {
+				return err
+			}
+			return c.g.validate(cmdPath(cmd), asks)
 		},
 	}
 	// --version: the same line as every binary's (internal/version); 'version' adds the server's.
@@ -107,6 +112,9 @@ func (c *cli) newRoot() *cobra.Command {
 			next := child(parent, word)
 			if next == nil {
 				next = groupCmd(word)
+				if localGroups[word] {
+					local(next)
+				}
 				parent.AddCommand(next)
 			}
 			parent = next
@@ -174,6 +182,41 @@ func (c *cli) leaf(cmd *cobra.Command, minArgs, maxArgs int, run runFunc) *cobra
 		return run(ctx, args)
 	}
 	return cmd
+}
+
+// localGroups are the groups whose commands ask no server.
+var localGroups = map[string]bool{"config": true}
+
+// localAnnotation marks commands that ask no server (help, completion, config, max-pods): the
+// server and certificate settings are not checked for them, and a broken context does not
+// stop them.
+const localAnnotation = "ipledgerctl/local"
+
+func local(cmd *cobra.Command) *cobra.Command {
+	if cmd.Annotations == nil {
+		cmd.Annotations = map[string]string{}
+	}
+	cmd.Annotations[localAnnotation] = "true"
+	return cmd
+}
+
+// localWithAnnotation names a boolean flag with which the command asks no server (version
+// --client).
+const localWithAnnotation = "ipledgerctl/local-with"
+
+// asksServer reports whether cmd (or the group it is in) talks to a server.
+func asksServer(cmd *cobra.Command) bool {
+	if name := cmd.Annotations[localWithAnnotation]; name != "" {
+		if f := cmd.Flags().Lookup(name); f != nil && f.Value.String() == "true" {
+			return false
+		}
+	}
+	for c := cmd; c != nil; c = c.Parent() {
+		if c.Annotations[localAnnotation] != "" {
+			return false
+		}
+	}
+	return cmd.HasParent()
 }
 
 // noOutput marks commands for which -o does not apply (their help leaves out the global flags).
@@ -387,8 +430,11 @@ func writeUsage(w io.Writer, root *cobra.Command) {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Global flags (before or after the command):")
 	writeFlags(w, globalFlags(root))
-	fmt.Fprintf(w, "  The server address defaults to $%s, then %s.\n", EnvServer, DefaultServer)
-	fmt.Fprintf(w, "  Mutual TLS: --tls-cert, --tls-key, --tls-ca default to $%s, $%s, $%s; --dev-certs to $%s.\n", EnvTLSCert, EnvTLSKey, EnvTLSCA, EnvDevCerts)
+	fmt.Fprintf(w, "  The server address defaults to $%s, then the context's server, then %s.\n", EnvServer, DefaultServer)
+	fmt.Fprintf(w, "  Mutual TLS: --tls-cert, --tls-key, --tls-ca default to $%s, $%s, $%s; --dev-certs to $%s;\n", EnvTLSCert, EnvTLSKey, EnvTLSCA, EnvDevCerts)
+	fmt.Fprintln(w, "  without any of them, to the context's certificates.")
+	fmt.Fprintf(w, "  The context is --context, else $%s, else the current-context of $%s or\n", EnvContext, ctlconfig.EnvFile)
+	fmt.Fprintln(w, "  ~/.config/ipledger/config.yaml ($XDG_CONFIG_HOME/ipledger): see 'ipledgerctl help config view'.")
 	fmt.Fprintln(w)
 	writeExitCodes(w)
 	fmt.Fprintln(w)
@@ -423,7 +469,7 @@ func writeCommandUsage(w io.Writer, cmd *cobra.Command) {
 	}
 	if cmd.Annotations[noOutputAnnotation] == "" {
 		fmt.Fprintln(w)
-		fmt.Fprintln(w, "Global flags: --server ADDR, -o table|json|yaml, --timeout DURATION, --tls-cert/--tls-key/--tls-ca FILE, --dev-certs DIR (see 'ipledgerctl help').")
+		fmt.Fprintln(w, "Global flags: --server ADDR, -o table|json|yaml, --timeout DURATION, --tls-cert/--tls-key/--tls-ca FILE, --dev-certs DIR, --context NAME (see 'ipledgerctl help').")
 	}
 }
 

@@ -22,6 +22,7 @@ The first line is ipledgerctl's build (version, commit, commit date, Go, platfor
 build or the image stamped); the second is the version and commit of the replica --server names,
 from GetClusterStatus. When no server answers, the client's line is printed, the reason goes to
 stderr and the exit code is 1 (as kubectl version does); --client asks no server.`,
+		Annotations: map[string]string{localWithAnnotation: "client"},
 	}
 	clientOnly := cmd.Flags().Bool("client", false, "print ipledgerctl's version only; ask no server")
 	return c.leaf(cmd, 0, 0, func(ctx context.Context, args []string) error {
