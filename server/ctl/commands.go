@@ -363,7 +363,7 @@ func dashed(f *pflag.Flag) string {
 var valueNames = map[string]string{
 	"server": "ADDR", "output": "FORMAT", "timeout": "DURATION", "tls-cert": "FILE", "tls-key": "FILE", "tls-ca": "FILE", "dev-certs": "DIR", "max-held": "N", "keep-free": "N",
 	"subnet": "SUBNET", "az": "AZ", "instance-type": "TYPE", "nodes": "N", "addresses-per-node": "N",
-	"pods-per-node": "N", "expiry": "DURATION", "filename": "FILE", "instance": "ID", "context": "NAME",
+	"pods-per-node": "N", "expiry": "DURATION", "filename": "FILE", "instance": "ID", "context": "NAME", "vcpus": "N",
 }
 
 func writeFlags(w io.Writer, flags []*pflag.Flag) {
