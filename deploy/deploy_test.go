@@ -3,10 +3,10 @@ package deploy
 import (
 	"encoding/json"
 	"flag"
-	"io"
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"io"
 	"net"
 	"os"
 	"os/exec"

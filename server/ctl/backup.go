@@ -24,9 +24,9 @@ type BackupDoc struct {
 	Bytes int64  `json:"bytes"`
 	// Revision is the highest etcd revision in the snapshot.
 	Revision int64 `json:"revision"`
-	// Keys counts the snapshot's live keys; IpledgerKeys those under /ipledger/<cluster_name>/.
+	// Keys counts the snapshot's live keys; ClusterKeys those of the cluster (/ipledger/<cluster_name>/).
 	Keys         int    `json:"keys"`
-	IpledgerKeys int    `json:"ipledger_keys"`
+	ClusterKeys int    `json:"cluster_keys"`
 	ClusterName  string `json:"cluster_name"`
 	// Replica is the replica that streamed it.
 	Replica string `json:"replica"`
@@ -128,11 +128,11 @@ check out (FILE is left as it was).`,
 			return err
 		}
 		pending = nil
-		doc := BackupDoc{File: path, Bytes: st.Bytes, Revision: st.Revision, Keys: st.Keys, IpledgerKeys: len(st.PrefixKeys),
+		doc := BackupDoc{File: path, Bytes: st.Bytes, Revision: st.Revision, Keys: st.Keys, ClusterKeys: len(st.PrefixKeys),
 			ClusterName: res.first.GetClusterName(), Replica: res.first.GetReplica()}
 		return c.emit(doc, func(w io.Writer) {
 			row(w, fmt.Sprintf("wrote %s: %s (%d bytes), etcd revision %d, %d keys, %d of them ipledger's (%s) of cluster %s, from %s",
-				doc.File, humanBytes(doc.Bytes), doc.Bytes, doc.Revision, doc.Keys, doc.IpledgerKeys, orDash(prefix), orDash(doc.ClusterName), doc.Replica))
+				doc.File, humanBytes(doc.Bytes), doc.Bytes, doc.Revision, doc.Keys, doc.ClusterKeys, orDash(prefix), orDash(doc.ClusterName), doc.Replica))
 		})
 	})
 }
