@@ -25,9 +25,9 @@ type BackupDoc struct {
 	// Revision is the highest etcd revision in the snapshot.
 	Revision int64 `json:"revision"`
 	// Keys counts the snapshot's live keys; ClusterKeys those of the cluster (/ipledger/<cluster_name>/).
-	Keys         int    `json:"keys"`
+	Keys        int    `json:"keys"`
 	ClusterKeys int    `json:"cluster_keys"`
-	ClusterName  string `json:"cluster_name"`
+	ClusterName string `json:"cluster_name"`
 	// Replica is the replica that streamed it.
 	Replica string `json:"replica"`
 }
