@@ -16,6 +16,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/ipledger/ipledger/internal/mtls"
+	"github.com/ipledger/ipledger/internal/version"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/allocator"
 	"github.com/ipledger/ipledger/server/api"
@@ -34,9 +35,6 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"sigs.k8s.io/yaml"
 )
-
-// Version is the server's version string (set at build time with -ldflags).
-var Version = "dev"
 
 // Server is one running ipledger-server replica.
 type Server struct {
@@ -418,7 +416,8 @@ func (s *Server) ClusterStatus(ctx context.Context) *ipledgerv1.ClusterStatus {
 		ClusterName:  s.cfg.ClusterName,
 		Nodes:        uint32(len(s.led.Nodes())),
 		Subnets:      uint32(len(s.led.Subnets())),
-		Version:      Version,
+		Version:      version.Get().Version,
+		Commit:       version.Get().Commit,
 	}
 	if s.alloc != nil {
 		st.Revision = s.alloc.Revision()
