@@ -20,6 +20,7 @@ import (
 	"github.com/ipledger/ipledger/agent/pool"
 	"github.com/ipledger/ipledger/agent/serverconn"
 	"github.com/ipledger/ipledger/internal/conf"
+	"github.com/ipledger/ipledger/internal/version"
 )
 
 // Defaults that are not another package's.
@@ -125,7 +126,7 @@ func DefaultConfig() Config {
 		ManageNetworking: true,
 		LogLevel:         "info",
 		LogFormat:        "text",
-		AgentVersion:     "dev",
+		AgentVersion:     version.Get().Version,
 		AttestConfig:     DefaultAttestConfig(),
 		SNATConfig:       SNATConfig{VethPrefix: DefaultVethPrefix},
 	}
@@ -298,9 +299,10 @@ func LoadConfig(args []string, lookupEnv func(string) (string, bool), usage io.W
 		ConfigFlag: "config",
 		ConfigUsage: "optional config file (YAML or JSON; keys are flag names). Every flag can also be\n" +
 			"set as IPLEDGER_AGENT_<FLAG> (e.g. IPLEDGER_AGENT_ADD_WAIT); flags override the environment, which overrides the file",
-		EnvName:    EnvName,
-		EnvAliases: map[string]string{NodeNameEnv: "node-name"},
-		Lookup:     lookupEnv,
+		EnvName:     EnvName,
+		EnvAliases:  map[string]string{NodeNameEnv: "node-name"},
+		Lookup:      lookupEnv,
+		VersionFlag: "version",
 	})
 	if err != nil {
 		return Config{}, err

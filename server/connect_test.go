@@ -9,6 +9,7 @@ import (
 	"github.com/ipledger/ipledger/server"
 	"github.com/ipledger/ipledger/server/config"
 	"github.com/ipledger/ipledger/server/dev"
+	"github.com/ipledger/ipledger/server/ec2sim"
 	"github.com/ipledger/ipledger/server/servertest"
 	"github.com/ipledger/ipledger/server/store"
 )
@@ -21,7 +22,15 @@ func TestReplicaWaitsForEtcd(t *testing.T) {
 	cfg := config.DevConfig(t.TempDir())
 	cfg.EtcdEndpoints = []string{"http://" + addr}
 	cfg.SessionTTL = config.Duration(2 * time.Second)
-	cfg.SimThrottle = false
+	// --dev with --etcd-endpoints needs a simulator that outlives the replica, as that etcd does.
+	simCfg := ec2sim.DefaultConfig()
+	simCfg.Throttle = false
+	sim, err := ec2sim.Start(simCfg, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	cfg.EC2Endpoint = sim.Endpoint()
 	s, err := dev.Start(t.Context(), cfg, server.Options{Logger: servertest.Logger(t)})
 	if err != nil {
 		t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/ipledger/ipledger/internal/clock"
 	"github.com/ipledger/ipledger/internal/mtls"
+	"github.com/ipledger/ipledger/internal/version"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/allocator"
 	"github.com/ipledger/ipledger/server/allocator/policy"
@@ -35,9 +36,6 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"sigs.k8s.io/yaml"
 )
-
-// Version is the server's version string (set at build time with -ldflags).
-var Version = "dev"
 
 // Server is one running ipledger-server replica: its listeners, services and metrics around a
 // replica (package replica), which follows the store and leads.
@@ -381,7 +379,8 @@ func (s *Server) ClusterStatus(ctx context.Context) *ipledgerv1.ClusterStatus {
 		ClusterName:  s.cfg.ClusterName,
 		Nodes:        uint32(len(led.Nodes())),
 		Subnets:      uint32(len(led.Subnets())),
-		Version:      Version,
+		Version:      version.Get().Version,
+		Commit:       version.Get().Commit,
 	}
 	if herr != nil {
 		st.StoreMessage = herr.Error()

@@ -35,6 +35,47 @@ func Write(path string, data []byte, mode os.FileMode) error {
 	return syncDir(dir)
 }
 
+// Pending is a file being written in pieces (a download, a snapshot): its content goes to a
+// temporary file beside path, and only Commit puts it under path. Until then path keeps its
+// old content (or stays absent), whatever happens to the process.
+type Pending struct {
+	f    *renameio.PendingFile
+	path string
+}
+
+// Create starts writing path with exactly mode. The caller must Commit or Abort it.
+func Create(path string, mode os.FileMode) (*Pending, error) {
+	f, err := renameio.NewPendingFile(path, renameio.WithTempDir(filepath.Dir(path)), renameio.WithStaticPermissions(mode))
+	if err != nil {
+		return nil, fmt.Errorf("atomicfile: create a temporary file for %s: %w", path, err)
+	}
+	return &Pending{f: f, path: path}, nil
+}
+
+// Write appends to the content.
+func (p *Pending) Write(b []byte) (int, error) {
+	n, err := p.f.Write(b)
+	if err != nil {
+		return n, fmt.Errorf("atomicfile: write %s: %w", p.f.Name(), err)
+	}
+	return n, nil
+}
+
+// TempName is the temporary file holding what was written so far (to check it before Commit).
+func (p *Pending) TempName() string { return p.f.Name() }
+
+// Commit syncs the content and replaces path with it, durably.
+func (p *Pending) Commit() error {
+	if err := p.f.CloseAtomicallyReplace(); err != nil {
+		_ = p.f.Cleanup()
+		return fmt.Errorf("atomicfile: replace %s: %w", p.path, err)
+	}
+	return syncDir(filepath.Dir(p.path))
+}
+
+// Abort removes the temporary file; path is untouched. Safe after Commit (it does nothing).
+func (p *Pending) Abort() { _ = p.f.Cleanup() }
+
 // WriteIfChanged is Write unless path already is a regular file holding data with mode; it
 // reports whether it wrote.
 func WriteIfChanged(path string, data []byte, mode os.FileMode) (bool, error) {

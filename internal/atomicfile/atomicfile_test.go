@@ -108,3 +108,50 @@ func TestTemps(t *testing.T) {
 		t.Fatalf("RemoveTemps removed more or less than the temps: %v", entries)
 	}
 }
+
+// A file written in pieces appears only at Commit, whole; Abort leaves the old content and no
+// temporary file.
+func TestPending(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "snap.db")
+	if err := os.WriteFile(path, []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Create(path, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, piece := range []string{"new ", "content"} {
+		if _, err := p.Write([]byte(piece)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b, _ := os.ReadFile(path); string(b) != "old" {
+		t.Fatalf("before Commit the file holds %q", b)
+	}
+	if b, _ := os.ReadFile(p.TempName()); string(b) != "new content" {
+		t.Fatalf("the temporary file holds %q", b)
+	}
+	if err := p.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	p.Abort() // after Commit: nothing
+	if b, _ := os.ReadFile(path); string(b) != "new content" {
+		t.Fatalf("after Commit the file holds %q", b)
+	}
+	if st, _ := os.Stat(path); st.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v", st.Mode())
+	}
+	q, err := Create(path, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = q.Write([]byte("half"))
+	q.Abort()
+	if b, _ := os.ReadFile(path); string(b) != "new content" {
+		t.Fatalf("after Abort the file holds %q", b)
+	}
+	if tmps := Temps(path); len(tmps) != 0 {
+		t.Fatalf("temporary files left: %v", tmps)
+	}
+}

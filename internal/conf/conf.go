@@ -52,7 +52,18 @@ type Options struct {
 	FileKey func(key string) string
 	// FileOnly are keys of the file that are no flag; Loaded.Decode reads them.
 	FileOnly []string
+	// VersionFlag is a boolean flag that Load registers ("version"; "" for none): given on the
+	// command line, Load returns ErrVersion before it reads the file or the environment, so
+	// that a binary answers --version whatever its configuration. It is a flag only, never a
+	// key of the file or a variable (IPLEDGER_VERSION is make test's, not a request).
+	VersionFlag string
 }
+
+// ErrVersion is Load's answer to the version flag: print the version and exit 0.
+var ErrVersion = errors.New("conf: version requested")
+
+// VersionUsage is the help of the version flag.
+const VersionUsage = "print the version, commit and build date, and exit"
 
 // Origin is where a setting's value came from.
 type Origin int
@@ -109,15 +120,22 @@ func Load(fs *flag.FlagSet, args []string, o Options) (*Loaded, error) {
 		}
 		path = fs.String(o.ConfigFlag, def, o.ConfigUsage)
 	}
+	var version *bool
+	if o.VersionFlag != "" {
+		version = fs.Bool(o.VersionFlag, false, VersionUsage)
+	}
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if version != nil && *version {
+		return nil, ErrVersion
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
 	explicit := map[string]string{}
 	fs.Visit(func(f *flag.Flag) {
-		if f.Name != o.ConfigFlag {
+		if f.Name != o.ConfigFlag && f.Name != o.VersionFlag {
 			explicit[f.Name] = f.Value.String()
 		}
 	})
@@ -158,7 +176,7 @@ func (l *Loaded) loadFile(fs *flag.FlagSet, path string, o Options) error {
 		if o.FileKey != nil {
 			name = o.FileKey(key)
 		}
-		if name == o.ConfigFlag || fs.Lookup(name) == nil {
+		if name == o.ConfigFlag || (o.VersionFlag != "" && name == o.VersionFlag) || fs.Lookup(name) == nil {
 			return fmt.Errorf("config file %s: unknown setting %q", path, key)
 		}
 		v, err := settingString(raw[key])
@@ -188,7 +206,7 @@ func (l *Loaded) loadEnv(fs *flag.FlagSet, o Options) error {
 	// The variables of the flags, as the environment koanf reads; each maps back to its flag.
 	flagOf := map[string]string{}
 	fs.VisitAll(func(f *flag.Flag) {
-		if f.Name != o.ConfigFlag {
+		if f.Name != o.ConfigFlag && f.Name != o.VersionFlag {
 			flagOf[o.EnvName(f.Name)] = f.Name
 		}
 	})

@@ -198,3 +198,24 @@ func TestLevelsAndFormats(t *testing.T) {
 		t.Fatalf("logger: %s", b.String())
 	}
 }
+
+// --version answers before the file and the environment are read (a broken file does not stop
+// it), and is neither a key of the file nor a variable.
+func TestVersionFlag(t *testing.T) {
+	o := opts(map[string]string{"T_VERSION": "v1.2.3", "T_CONFIG": "/nonexistent/config.yaml"})
+	o.VersionFlag = "version"
+	var s settings
+	if _, err := Load(flags(&s), []string{"--version"}, o); !errors.Is(err, ErrVersion) {
+		t.Fatalf("--version: %v, want ErrVersion", err)
+	}
+	// Without the flag, T_VERSION (make test exports IPLEDGER_VERSION) is no request and no
+	// setting, and a file key "version" is unknown.
+	o.Lookup = lookup(map[string]string{"T_VERSION": "v1.2.3"})
+	if _, err := Load(flags(&s), nil, o); err != nil {
+		t.Fatalf("a variable named like the version flag: %v", err)
+	}
+	f := write(t, "c.yaml", "version: true\n")
+	if _, err := Load(flags(&s), []string{"--config", f}, o); err == nil || !strings.Contains(err.Error(), `unknown setting "version"`) {
+		t.Fatalf("version in the file: %v", err)
+	}
+}

@@ -207,7 +207,7 @@ func settings() []setting {
 		str("etcd-cert-file", "client certificate for external etcd", func(c *Config) *string { return &c.EtcdCertFile }),
 		str("etcd-key-file", "client key for external etcd", func(c *Config) *string { return &c.EtcdKeyFile }),
 		dur("session-ttl", "leader session lease TTL (a dead leader is replaced after at most this)", func(c *Config) *Duration { return &c.SessionTTL }),
-		str("region", "AWS region (default: from the AWS configuration chain)", func(c *Config) *string { return &c.Region }),
+		str("region", "AWS region of EC2 and of the instances that attest: required (ipledger-server does not read AWS_REGION or ~/.aws/config for it); --dev defaults it to eu-west-1, the simulator's", func(c *Config) *string { return &c.Region }),
 		str("ec2-endpoint", "EC2 endpoint URL (empty: AWS's endpoint for the region)", func(c *Config) *string { return &c.EC2Endpoint }),
 		list("subnets", "comma-separated subnet ids the cluster uses before any node registers there", func(c *Config) *[]string { return &c.Subnets }),
 		list("security-groups", "comma-separated security groups for new ENIs (empty: copy the node's primary ENI)", func(c *Config) *[]string { return &c.SecurityGroups }),
@@ -278,7 +278,8 @@ func sources(getenv func(string) string) conf.Options {
 			}
 			return strings.ReplaceAll(key, "_", "-")
 		},
-		FileOnly: []string{"ec2_buckets"},
+		FileOnly:    []string{"ec2_buckets"},
+		VersionFlag: "version",
 	}
 }
 
@@ -305,6 +306,7 @@ func FlagSet(name string) *flag.FlagSet {
 	c := Default()
 	fs := newFlagSet(name, &c)
 	fs.String("config", "", configUsage)
+	fs.Bool("version", false, conf.VersionUsage)
 	return fs
 }
 
@@ -339,6 +341,11 @@ func (c Config) Validate() error {
 	}
 	if !clusterNameRE.MatchString(c.ClusterName) {
 		bad("cluster-name", "%q must be a DNS-1123 label (lower-case letters, digits, '-', at most 63)", c.ClusterName)
+	}
+	if c.Dev && len(c.EtcdEndpoints) > 0 && c.EC2Endpoint == "" {
+		bad("etcd-endpoints", "--dev runs embedded etcd (in --data-dir) with an in-process EC2 simulator whose account is new at every start; "+
+			"the state in the etcd of --etcd-endpoints would outlive the account it describes. Leave out --etcd-endpoints for --dev, "+
+			"or run without --dev (--region, and --ec2-endpoint for a simulator of your own)")
 	}
 	if len(c.EtcdEndpoints) == 0 && c.DataDir == "" {
 		bad("data-dir", "required for embedded etcd (no --etcd-endpoints given)")
@@ -377,6 +384,8 @@ func (c Config) Validate() error {
 	}
 	if err := checkListen(c.HTTPListen); err != nil {
 		bad("http-listen", "%v", err)
+	} else if samePort(c.GRPCListen, c.HTTPListen) {
+		bad("http-listen", "%q uses the port of --grpc-listen %q: gRPC and HTTP need a port each (defaults 7400 and 7401)", c.HTTPListen, c.GRPCListen)
 	}
 	if c.AdvertiseAddress != "" {
 		if _, _, err := net.SplitHostPort(c.AdvertiseAddress); err != nil {
@@ -504,6 +513,22 @@ func checkListen(addr string) error {
 		return fmt.Errorf("%q: port missing", addr)
 	}
 	return nil
+}
+
+// samePort reports whether two listen addresses would take the same port: the same port
+// number (not 0, which picks a free one) on the same host, or on hosts of which one is every
+// address ("", 0.0.0.0, ::).
+func samePort(a, b string) bool {
+	ha, pa, err1 := net.SplitHostPort(a)
+	hb, pb, err2 := net.SplitHostPort(b)
+	if err1 != nil || err2 != nil || pa != pb || pa == "0" {
+		return false
+	}
+	everyAddr := func(h string) bool {
+		ip, err := netip.ParseAddr(h)
+		return h == "" || err == nil && ip.IsUnspecified()
+	}
+	return ha == hb || everyAddr(ha) || everyAddr(hb) || (ha == "localhost") != (hb == "localhost") && isLoopback(a) && isLoopback(b)
 }
 
 // Advertise returns the address other replicas send agents to.

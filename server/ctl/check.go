@@ -90,7 +90,11 @@ func statusCmd(c *cli) *cobra.Command {
 			row(w, "Revision:", doc.Revision)
 			row(w, "Nodes:", doc.Nodes)
 			row(w, "Subnets:", doc.Subnets)
-			row(w, "Server version:", doc.ServerVersion)
+			sv := doc.ServerVersion
+			if doc.ServerCommit != "" {
+				sv += " (commit " + shortCommit(doc.ServerCommit) + ")"
+			}
+			row(w, "Server version:", sv)
 		})
 	})
 }

@@ -8,6 +8,9 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/ipledger/ipledger/internal/version"
+	"github.com/ipledger/ipledger/server/ctl/ctlconfig"
 	"github.com/spf13/pflag"
 )
 
@@ -70,9 +73,16 @@ func (c *cli) newRoot() *cobra.Command {
 		ValidArgsFunction: cobra.NoFileCompletions,
 		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
-			return c.g.validate(cmdPath(cmd))
+			asks := asksServer(cmd)
+			if err := c.resolve(cmd); err != nil && asks {
+				return err
+			}
+			return c.g.validate(cmdPath(cmd), asks)
 		},
 	}
+	// --version: the same line as every binary's (internal/version); 'version' adds the server's.
+	root.Version = version.String("ipledgerctl")
+	root.SetVersionTemplate("{{.Version}}\n")
 	root.SetOut(c.stdout)
 	root.SetErr(c.stderr)
 	root.SetFlagErrorFunc(flagError)
@@ -92,12 +102,19 @@ func (c *cli) newRoot() *cobra.Command {
 		}
 		return pflag.NormalizedName(name)
 	})
-	for _, r := range registry {
+	// Parents before children, whatever the order of the files: "node" (a command of nodes.go)
+	// exists before "node forget-identity" (identities.go) is added under it.
+	regs := slices.Clone(registry)
+	slices.SortStableFunc(regs, func(a, b registration) int { return len(strings.Fields(a.parent)) - len(strings.Fields(b.parent)) })
+	for _, r := range regs {
 		parent := root
 		for _, word := range strings.Fields(r.parent) {
 			next := child(parent, word)
 			if next == nil {
 				next = groupCmd(word)
+				if localGroups[word] {
+					local(next)
+				}
 				parent.AddCommand(next)
 			}
 			parent = next
@@ -167,6 +184,41 @@ func (c *cli) leaf(cmd *cobra.Command, minArgs, maxArgs int, run runFunc) *cobra
 	return cmd
 }
 
+// localGroups are the groups whose commands ask no server.
+var localGroups = map[string]bool{"config": true}
+
+// localAnnotation marks commands that ask no server (help, completion, config, max-pods): the
+// server and certificate settings are not checked for them, and a broken context does not
+// stop them.
+const localAnnotation = "ipledgerctl/local"
+
+func local(cmd *cobra.Command) *cobra.Command {
+	if cmd.Annotations == nil {
+		cmd.Annotations = map[string]string{}
+	}
+	cmd.Annotations[localAnnotation] = "true"
+	return cmd
+}
+
+// localWithAnnotation names a boolean flag with which the command asks no server (version
+// --client).
+const localWithAnnotation = "ipledgerctl/local-with"
+
+// asksServer reports whether cmd (or the group it is in) talks to a server.
+func asksServer(cmd *cobra.Command) bool {
+	if name := cmd.Annotations[localWithAnnotation]; name != "" {
+		if f := cmd.Flags().Lookup(name); f != nil && f.Value.String() == "true" {
+			return false
+		}
+	}
+	for c := cmd; c != nil; c = c.Parent() {
+		if c.Annotations[localAnnotation] != "" {
+			return false
+		}
+	}
+	return cmd.HasParent()
+}
+
 // noOutput marks commands for which -o does not apply (their help leaves out the global flags).
 const noOutputAnnotation = "ipledgerctl/no-output"
 
@@ -229,8 +281,8 @@ func subNames(cmd *cobra.Command) []string {
 // topOrder is the order of the top-level commands in help: reads first, then changes, then
 // the CLI's own. A command not listed comes after these, before help.
 var topOrder = []string{
-	"subnets", "subnet", "nodes", "node", "drain", "limiter", "prewarm", "canfit",
-	"policies", "policy", "check", "status", "completion", "version",
+	"subnets", "subnet", "nodes", "node", "identities", "drain", "limiter", "prewarm", "canfit",
+	"max-pods", "policies", "policy", "check", "status", "backup", "config", "completion", "version",
 }
 
 // visible lists a command's subcommands, without hidden ones (cobra's __complete): top-level
@@ -311,7 +363,7 @@ func dashed(f *pflag.Flag) string {
 var valueNames = map[string]string{
 	"server": "ADDR", "output": "FORMAT", "timeout": "DURATION", "tls-cert": "FILE", "tls-key": "FILE", "tls-ca": "FILE", "dev-certs": "DIR", "max-held": "N", "keep-free": "N",
 	"subnet": "SUBNET", "az": "AZ", "instance-type": "TYPE", "nodes": "N", "addresses-per-node": "N",
-	"pods-per-node": "N", "expiry": "DURATION", "filename": "FILE",
+	"pods-per-node": "N", "expiry": "DURATION", "filename": "FILE", "instance": "ID", "context": "NAME", "vcpus": "N",
 }
 
 func writeFlags(w io.Writer, flags []*pflag.Flag) {
@@ -378,8 +430,11 @@ func writeUsage(w io.Writer, root *cobra.Command) {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Global flags (before or after the command):")
 	writeFlags(w, globalFlags(root))
-	fmt.Fprintf(w, "  The server address defaults to $%s, then %s.\n", EnvServer, DefaultServer)
-	fmt.Fprintf(w, "  Mutual TLS: --tls-cert, --tls-key, --tls-ca default to $%s, $%s, $%s; --dev-certs to $%s.\n", EnvTLSCert, EnvTLSKey, EnvTLSCA, EnvDevCerts)
+	fmt.Fprintf(w, "  The server address defaults to $%s, then the context's server, then %s.\n", EnvServer, DefaultServer)
+	fmt.Fprintf(w, "  Mutual TLS: --tls-cert, --tls-key, --tls-ca default to $%s, $%s, $%s; --dev-certs to $%s;\n", EnvTLSCert, EnvTLSKey, EnvTLSCA, EnvDevCerts)
+	fmt.Fprintln(w, "  without any of them, to the context's certificates.")
+	fmt.Fprintf(w, "  The context is --context, else $%s, else the current-context of $%s or\n", EnvContext, ctlconfig.EnvFile)
+	fmt.Fprintln(w, "  ~/.config/ipledger/config.yaml ($XDG_CONFIG_HOME/ipledger): see 'ipledgerctl help config view'.")
 	fmt.Fprintln(w)
 	writeExitCodes(w)
 	fmt.Fprintln(w)
@@ -414,7 +469,7 @@ func writeCommandUsage(w io.Writer, cmd *cobra.Command) {
 	}
 	if cmd.Annotations[noOutputAnnotation] == "" {
 		fmt.Fprintln(w)
-		fmt.Fprintln(w, "Global flags: --server ADDR, -o table|json|yaml, --timeout DURATION, --tls-cert/--tls-key/--tls-ca FILE, --dev-certs DIR (see 'ipledgerctl help').")
+		fmt.Fprintln(w, "Global flags: --server ADDR, -o table|json|yaml, --timeout DURATION, --tls-cert/--tls-key/--tls-ca FILE, --dev-certs DIR, --context NAME (see 'ipledgerctl help').")
 	}
 }
 

@@ -20,7 +20,7 @@ func init() { register("", completionCmd) }
 // itself (its hidden __complete command) what to offer, so they know every command and flag,
 // the values of -o, and the names the server knows (nodes, subnets, policies, reservations).
 func completionCmd(c *cli) *cobra.Command {
-	cmd := noOutput(&cobra.Command{
+	cmd := local(noOutput(&cobra.Command{
 		Use:       "completion bash|zsh|fish",
 		Short:     "Print a shell completion script (commands, flags, -o values, names the server knows)",
 		ValidArgs: shells,
@@ -30,8 +30,9 @@ zsh:   source <(ipledgerctl completion zsh)       (after compinit; or save it as
 fish:  ipledgerctl completion fish | source       (or save it in ~/.config/fish/completions/)
 
 Node names, subnet ids, policy names and reservation ids are asked from the server named by
---server (or $IPLEDGER_SERVER) as you type, within 2 s; without an answer nothing is offered.`,
-	})
+--server (or $IPLEDGER_SERVER, or the context) as you type, within 2 s; without an answer nothing
+is offered.`,
+	}))
 	return c.leaf(cmd, 1, 1, func(ctx context.Context, args []string) error {
 		root := cmd.Root()
 		switch args[0] {
@@ -57,6 +58,7 @@ func (c *cli) registerFlagCompletions(root *cobra.Command) {
 		_ = root.RegisterFlagCompletionFunc(name, cobra.NoFileCompletions)
 	}
 	_ = root.MarkPersistentFlagDirname("dev-certs")
+	_ = root.RegisterFlagCompletionFunc("context", c.completeContexts)
 	// --tls-cert, --tls-key and --tls-ca complete file names (cobra's default).
 }
 
@@ -82,6 +84,11 @@ func (c *cli) completeFlag(f completer) cobra.CompletionFunc {
 }
 
 func (c *cli) askServer(cmd *cobra.Command, f completer) ([]cobra.Completion, cobra.ShellCompDirective) {
+	// Completion runs without the commands' pre-run: settle the server and certificates here.
+	if err := c.resolve(cmd); err != nil || c.g.validate(cmdPath(cmd), true) != nil {
+		cobra.CompDebugln(fmt.Sprintf("settings: %v", err), true)
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), min(completionTimeout, c.g.timeout))
 	defer cancel()
 	out, err := callAt(ctx, c, c.g.server, f)

@@ -4,7 +4,10 @@
 // registering its builder; help; cobra's generated bash/zsh/fish completion, which asks the
 // server for node, subnet, policy and reservation names), the translation of
 // AdminService answers into its own output documents (table, JSON and YAML with stable,
-// documented snake_case field names: see docs/ipledgerctl.md), the exit codes, and following a
+// documented snake_case field names: see docs/ipledgerctl.md; table cells and messages escaped
+// so that no server string reaches a terminal raw), the exit codes, the precedence of flags,
+// IPLEDGER_* variables and the context of ctlconfig's file, telling the user what a failed
+// first contact means (no port, mutual TLS wanted, plaintext server), and following a
 // NOT_LEADER answer once to the leader's address.
 //
 // Adding a command is one file: a builder func(*cli) *cobra.Command (c.leaf gives it its

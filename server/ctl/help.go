@@ -10,7 +10,7 @@ import (
 // helpCmd replaces cobra's help command: an unknown command is a usage error (exit 2), not a
 // note.
 func helpCmd(c *cli) *cobra.Command {
-	cmd := noOutput(&cobra.Command{
+	cmd := local(noOutput(&cobra.Command{
 		Use:   "help [COMMAND]",
 		Short: "Show help for ipledgerctl or one command",
 		ValidArgsFunction: func(cmd *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
@@ -26,7 +26,7 @@ func helpCmd(c *cli) *cobra.Command {
 			}
 			return out, cobra.ShellCompDirectiveNoFileComp
 		},
-	})
+	}))
 	return c.leaf(cmd, 0, 2, func(ctx context.Context, args []string) error {
 		root := cmd.Root()
 		target := findPath(root, strings.Join(args, " "))

@@ -5,17 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-)
 
-// Version is ipledgerctl's version string (set at build time with -ldflags).
-var Version = "dev"
+	"github.com/ipledger/ipledger/server/ctl/ctlconfig"
+)
 
 // Exit codes of Main.
 const (
@@ -38,6 +39,8 @@ const (
 	EnvTLSKey   = "IPLEDGER_TLS_KEY"
 	EnvTLSCA    = "IPLEDGER_TLS_CA"
 	EnvDevCerts = "IPLEDGER_DEV_CERTS"
+	// EnvContext picks a context of the configuration file (--context overrides it).
+	EnvContext = ctlconfig.EnvContext
 )
 
 // Output formats of -o.
@@ -53,11 +56,19 @@ type globals struct {
 	tlsKey   string
 	tlsCA    string
 	devCerts string
+	context  string
+
+	// Set by resolve: the context in use ("" for none), the configuration file, and whether
+	// the certificates came from the context.
+	ctxName     string
+	ctxFile     string
+	certsFromCx bool
 }
 
-// register adds the global flags to fs with their defaults; the environment is applied by Main
-// after registration, so help shows the built-in defaults.
+// register adds the global flags to fs with their defaults; the environment and the context
+// are applied once the command line is parsed (resolve), so help shows the built-in defaults.
 func (g *globals) register(fs *pflag.FlagSet) {
+	fs.StringVar(&g.context, "context", "", "context of ipledgerctl's configuration file to use (default: $"+EnvContext+", then the file's current-context)")
 	fs.StringVar(&g.server, "server", DefaultServer, "host:port of an ipledger-server replica (any replica; changes go to the leader)")
 	fs.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	fs.DurationVar(&g.timeout, "timeout", DefaultTimeout, "deadline for the whole command")
@@ -65,14 +76,6 @@ func (g *globals) register(fs *pflag.FlagSet) {
 	fs.StringVar(&g.tlsKey, "tls-key", "", "private key of --tls-cert")
 	fs.StringVar(&g.tlsCA, "tls-ca", "", "CA bundle that verifies the server's certificate (URI SAN ipledger://server)")
 	fs.StringVar(&g.devCerts, "dev-certs", "", "directory of ipledger-server --dev's certificates (<data-dir>/certs): use its admin.crt, admin.key and ca.crt")
-}
-
-// fromEnv applies the environment variables of the global flags (flags parsed later win).
-func (g *globals) fromEnv(getenv func(string) string) {
-	if s := getenv(EnvServer); s != "" {
-		g.server = s
-	}
-	g.tlsCert, g.tlsKey, g.tlsCA, g.devCerts = getenv(EnvTLSCert), getenv(EnvTLSKey), getenv(EnvTLSCA), getenv(EnvDevCerts)
 }
 
 // tlsFiles are the certificate files the command uses: --tls-cert, --tls-key and --tls-ca,
@@ -93,18 +96,55 @@ func (g *globals) tlsFiles() (cert, key, ca string) {
 	return cert, key, ca
 }
 
-func (g *globals) validate(cmd string) error {
+// validate checks the global settings a command uses: -o and --timeout always, the server and
+// its certificates for commands that ask one (server).
+func (g *globals) validate(cmd string, server bool) error {
 	if !slices.Contains(outputFormats, g.output) {
 		return usagef(cmd, "invalid -o %q: want one of %s", g.output, strings.Join(outputFormats, ", "))
 	}
 	if g.timeout <= 0 {
 		return usagef(cmd, "invalid --timeout %s: must be positive", g.timeout)
 	}
+	if !server {
+		return nil
+	}
 	if strings.TrimSpace(g.server) == "" {
 		return usagef(cmd, "empty --server: want host:port of an ipledger-server replica")
 	}
+	if err := checkServer(g.server); err != nil {
+		return usagef(cmd, "%v", err)
+	}
 	if cert, key, ca := g.tlsFiles(); (cert != "" || key != "" || ca != "") && (cert == "" || key == "" || ca == "") {
+		if g.certsFromCx {
+			return usagef(cmd, "context %s of %s names only some of tls-cert, tls-key and tls-ca: mutual TLS needs the three (or dev-certs DIR); fix it with ipledgerctl config set-context %s", g.ctxName, g.ctxFile, g.ctxName)
+		}
 		return usagef(cmd, "mutual TLS needs --tls-cert, --tls-key and --tls-ca together (or --dev-certs DIR)")
+	}
+	return nil
+}
+
+// checkServer says what is wrong with a --server value: it must be host:port, a port from 1
+// to 65535 (ipledger-server's gRPC listens on 7400 by default), without a URL scheme.
+func checkServer(s string) error {
+	if i := strings.Index(s, "://"); i >= 0 {
+		return fmt.Errorf("--server %q: want host:port without a scheme (%s)", s, s[i+3:])
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		var ae *net.AddrError
+		if errors.As(err, &ae) && ae.Err == "missing port in address" {
+			return fmt.Errorf("--server %q has no port: want host:port, e.g. %s:7400 (ipledger-server's gRPC port, --grpc-listen, is 7400 by default)", s, s)
+		}
+		return fmt.Errorf("--server %q is not host:port (e.g. 10.0.1.7:7400, [fd00::1]:7400): %v", s, err)
+	}
+	if port == "" {
+		return fmt.Errorf("--server %q has no port: want host:port, e.g. %s7400", s, s)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("--server %q: port %q is not a number from 1 to 65535", s, port)
+	}
+	if host == "" {
+		return fmt.Errorf("--server %q has no host: want host:port, e.g. 127.0.0.1%s", s, s)
 	}
 	return nil
 }
@@ -114,15 +154,15 @@ type cli struct {
 	g      globals
 	stdout io.Writer
 	stderr io.Writer
+	getenv func(string) string
 	conns  *connPool
 }
 
 // Main runs ipledgerctl with args (without the program name) and returns the exit code.
 // Results go to stdout, errors and notes to stderr.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
-	c := &cli{stdout: stdout, stderr: stderr}
+	c := &cli{stdout: stdout, stderr: stderr, getenv: getenv}
 	root := c.newRoot()
-	c.g.fromEnv(getenv)
 	c.conns = newConnPool(c.dialOptions)
 	defer c.conns.close()
 	root.SetArgs(normalizeArgs(root, args))
@@ -137,7 +177,7 @@ func (c *cli) report(root *cobra.Command, err error) int {
 	var ue *usageError
 	switch {
 	case errors.As(err, &ue):
-		fmt.Fprintf(c.stderr, "ipledgerctl: %s\n", ue.msg)
+		fmt.Fprintf(c.stderr, "ipledgerctl: %s\n", escapeText(ue.msg))
 		if ue.cmd != "" {
 			if cmd := findPath(root, ue.cmd); cmd != nil {
 				if isGroup(cmd) {
@@ -156,7 +196,8 @@ func (c *cli) report(root *cobra.Command, err error) int {
 	case errors.Is(err, errProblems):
 		return ExitProblems
 	}
-	fmt.Fprintf(c.stderr, "ipledgerctl: %v\n", err)
+	// The message carries the server's words (and names from it): escaped, as table cells are.
+	fmt.Fprintf(c.stderr, "ipledgerctl: %s\n", escapeText(err.Error()))
 	return ExitError
 }
 
@@ -196,6 +237,9 @@ func flagError(cmd *cobra.Command, err error) error {
 		msg = "unknown flag --" + notExist.GetSpecifiedName()
 	case errors.As(err, &invalid):
 		msg = fmt.Sprintf("invalid value %q for %s: %v", invalid.GetValue(), flagNames(invalid.GetFlag()), errors.Unwrap(invalid))
+		if want := allowedValues(invalid.GetFlag()); want != "" {
+			msg += " (want " + want + ")"
+		}
 	case errors.As(err, &required):
 		msg = fmt.Sprintf("%s needs a value", flagNames(required.GetFlag()))
 	}
@@ -203,6 +247,23 @@ func flagError(cmd *cobra.Command, err error) error {
 		msg = path + ": " + msg
 	}
 	return &usageError{cmd: path, msg: msg}
+}
+
+// allowedValues says in words what a flag of its type takes ("" when the parse error says it).
+func allowedValues(f *pflag.Flag) string {
+	switch f.Value.Type() {
+	case "duration":
+		return "a duration with a unit: 500ms, 30s, 5m, 1h30m"
+	case "uint", "uint32", "uint64":
+		return "a whole number, 0 or more"
+	case "int", "int32", "int64":
+		return "a whole number"
+	case "bool":
+		return "true or false"
+	case "float64", "float32":
+		return "a number"
+	}
+	return ""
 }
 
 // flagNames writes a flag as users type it: "--max-held", "-o/--output".

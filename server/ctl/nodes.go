@@ -20,7 +20,9 @@ func nodesCmd(c *cli) *cobra.Command {
 HELD, IN-USE and FREE count pod addresses (ENI primaries excluded); TARGET is the number of free
 addresses the server aims to keep on the node and DEFICIT what it lacks to reach its target.
 CONNECTED says whether the node's agent has its sync stream open to the leader (a standby
-cannot know and says no).`,
+cannot know and says no). IDENTITY is how the agent proved its node: aws-iid (attested with the
+instance identity document), certificate (a certificate of the client CA), "-" when unknown
+(plaintext, or not seen yet); CERT-EXPIRES is when its certificate expires.`,
 	}
 	return c.leaf(cmd, 0, 0, func(ctx context.Context, args []string) error {
 		resp, err := call(ctx, c, "list nodes", func(ctx context.Context, a ipledgerv1.AdminServiceClient) (*ipledgerv1.ListNodesResponse, error) {
@@ -36,10 +38,10 @@ cannot know and says no).`,
 		sort.Slice(docs, func(i, j int) bool { return docs[i].NodeName < docs[j].NodeName })
 		now := time.Now()
 		return c.emit(docs, func(w io.Writer) {
-			row(w, "NODE", "INSTANCE", "TYPE", "AZ", "SUBNET", "MODE", "POLICY", "ENIS", "HELD", "IN-USE", "FREE", "TARGET", "DEFICIT", "CONNECTED", "DRAINING", "LAST-REPORT")
+			row(w, "NODE", "INSTANCE", "TYPE", "AZ", "SUBNET", "MODE", "POLICY", "ENIS", "HELD", "IN-USE", "FREE", "TARGET", "DEFICIT", "CONNECTED", "DRAINING", "LAST-REPORT", "IDENTITY", "CERT-EXPIRES")
 			for _, n := range docs {
 				row(w, n.NodeName, n.InstanceID, n.InstanceType, n.AZ, n.SubnetID, n.Mode, n.Policy, n.ENIs, n.Held, n.InUse, n.Idle,
-					n.TargetFree, n.Deficit, yesNo(n.Connected), yesNo(n.Draining), ago(n.LastReport, now))
+					n.TargetFree, n.Deficit, yesNo(n.Connected), yesNo(n.Draining), ago(n.LastReport, now), orDash(n.IdentityMethod), until(n.CertificateNotAfter, now))
 			}
 		})
 	})
@@ -85,6 +87,14 @@ func nodeTable(w io.Writer, d NodeDetail, now time.Time) {
 	row(w, "Supply:", supply)
 	row(w, "Connected:", fmt.Sprintf("%s (last report %s)", yesNo(d.Connected), ago(d.LastReport, now)))
 	row(w, "Draining:", yesNo(d.Draining))
+	identity := "unknown (plaintext, or the agent has not connected to this replica)"
+	if d.IdentityMethod != "" {
+		identity = d.IdentityMethod
+		if d.CertificateNotAfter != nil {
+			identity += fmt.Sprintf(", certificate expires %s (%s)", d.CertificateNotAfter.Format(time.RFC3339), until(d.CertificateNotAfter, now))
+		}
+	}
+	row(w, "Identity:", identity)
 	registered := "-"
 	if d.Registered != nil {
 		registered = fmt.Sprintf("%s (%s)", d.Registered.Format(time.RFC3339), ago(d.Registered, now))
@@ -158,7 +168,7 @@ the release handshake. --undo ends the drain. Prints the node afterwards (see 'h
 			if !doc.Draining {
 				state = "no longer draining"
 			}
-			fmt.Fprintf(w, "node %s is %s\n", doc.NodeName, strings.TrimSpace(state))
+			fmt.Fprintf(w, "node %s is %s\n", cell(doc.NodeName), strings.TrimSpace(state))
 		})
 	})
 }

@@ -72,7 +72,7 @@ refused with its INVALID_ARGUMENT message (exit 1). Prints the stored policy.`,
 		}
 		doc := policyDoc(stored)
 		return c.emit(doc, func(w io.Writer) {
-			fmt.Fprintf(w, "policy %s set (order %d, %s): %s\n", doc.Name, doc.Order, doc.Selector.text(), doc.targets())
+			fmt.Fprintf(w, "policy %s set (order %d, %s): %s\n", cell(doc.Name), doc.Order, escapeText(doc.Selector.text()), escapeText(doc.targets()))
 		})
 	})
 }
@@ -95,7 +95,7 @@ func policyDeleteCmd(c *cli) *cobra.Command {
 		if err != nil {
 			return err
 		}
-		return c.emit(Deleted{Deleted: args[0]}, func(w io.Writer) { fmt.Fprintf(w, "policy %s deleted\n", args[0]) })
+		return c.emit(Deleted{Deleted: args[0]}, func(w io.Writer) { fmt.Fprintf(w, "policy %s deleted\n", cell(args[0])) })
 	})
 }
 

@@ -212,7 +212,7 @@ Exits 0 when they fit and 3 when they do not, printing the reasons.`,
 			}
 			fmt.Fprintf(w, "%d nodes x %d pods %s: needs %d addresses, the budget allows %d\n", n, *pods, verdict, doc.Needed, doc.Available)
 			for _, r := range doc.Reasons {
-				fmt.Fprintf(w, "  - %s\n", r)
+				fmt.Fprintf(w, "  - %s\n", escapeText(r))
 			}
 			if len(doc.Subnets) > 0 {
 				fmt.Fprintln(w)

@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/ipledger/ipledger/internal/conf"
+	"github.com/ipledger/ipledger/internal/version"
 	"github.com/ipledger/ipledger/server"
 	"github.com/ipledger/ipledger/server/config"
 	"github.com/ipledger/ipledger/server/dev"
@@ -25,6 +26,10 @@ func main() {
 func run(args []string) int {
 	cfg, err := config.Load("ipledger-server", args, os.Getenv)
 	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if errors.Is(err, conf.ErrVersion) {
+		fmt.Println(version.String("ipledger-server"))
 		return 0
 	}
 	if err != nil {
