@@ -54,6 +54,10 @@ type Config struct {
 	// RetryMin and RetryMax bound the back-off between attempts to reach etcd, load the state
 	// and campaign (defaults 200 ms and 5 s).
 	RetryMin, RetryMax time.Duration
+	// LeaderProbe is how often a standby checks that the leader's process is alive, to depose
+	// a dead one before its session expires (watchdog.go; default DefaultLeaderProbe,
+	// negative: off, the session TTL alone decides).
+	LeaderProbe time.Duration
 }
 
 func (c *Config) defaults() {
@@ -67,6 +71,9 @@ func (c *Config) defaults() {
 	def(&c.ResignTimeout, 2*time.Second)
 	def(&c.RetryMin, 200*time.Millisecond)
 	def(&c.RetryMax, 5*time.Second)
+	if c.LeaderProbe == 0 {
+		c.LeaderProbe = DefaultLeaderProbe
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -279,11 +286,22 @@ func (r *Replica) lead(ctx context.Context, st *store.Store, from int64) error {
 	defer func() { stopFollow(); <-followed }()
 
 	var lead *store.Leadership
-	if !r.retry(ctx, "campaign", func(ctx context.Context) error {
+	wctx, stopWatching := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		if r.cfg.LeaderProbe > 0 {
+			r.watchLeader(wctx, st, r.cfg.LeaderProbe)
+		}
+	}()
+	campaigned := r.retry(ctx, "campaign", func(ctx context.Context) error {
 		var err error
 		lead, err = st.Campaign(ctx, r.cfg.Advertise)
 		return err
-	}) {
+	})
+	stopWatching()
+	<-watched
+	if !campaigned {
 		return nil
 	}
 	wonAt := time.Now()
