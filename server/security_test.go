@@ -574,3 +574,53 @@ func TestUsageReportWithControlCharactersIsRefused(t *testing.T) {
 		})
 	}
 }
+
+// A usage report that claims another node's addresses: those are left out of the node's usage,
+// counted per node, and the agent is told which and why; ipledgerctl check stays clean.
+func TestUsageReportClaimingAnotherNodesAddressIsRefused(t *testing.T) {
+	s := servertest.StartDev(t, nil)
+	conn := servertest.Dial(t, s.GRPCAddr())
+	insts := servertest.Instances(s)
+	owner := servertest.NewAgent(t, conn, insts[0])
+	owner.Register()
+	owner.Sync()
+	pool := owner.WaitPool(10*time.Second, "the owner's warm address", func(p *ipledgerv1.NodePool) bool {
+		return len(servertest.Addresses(p, ipledgerv1.LeaseState_LEASE_STATE_ACTIVE)) >= 1
+	})
+	stolen := servertest.Addresses(pool, ipledgerv1.LeaseState_LEASE_STATE_ACTIVE)[0]
+
+	thief := servertest.NewAgent(t, conn, insts[1])
+	thief.Register()
+	st, err := thief.Client.Sync(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&ipledgerv1.SyncRequest{Msg: &ipledgerv1.SyncRequest_Hello{Hello: &ipledgerv1.SyncHello{NodeName: thief.Name(), InstanceId: thief.Inst.ID}}}); err != nil {
+		t.Fatal(err)
+	}
+	u := &ipledgerv1.UsageReport{InUse: []*ipledgerv1.PodAddress{{Ip: stolen, ContainerId: "c1", Ifname: "eth0"}}}
+	if err := st.Send(&ipledgerv1.SyncRequest{Msg: &ipledgerv1.SyncRequest_Usage{Usage: u}}); err != nil {
+		t.Fatal(err)
+	}
+	var refused *ipledgerv1.UsageRefused
+	for refused == nil {
+		resp, err := st.Recv()
+		if err != nil {
+			t.Fatalf("the stream ended before a refusal: %v", err)
+		}
+		refused = resp.GetUsageRefused()
+	}
+	if len(refused.GetAddresses()) != 1 || refused.GetAddresses()[0] != stolen || !strings.Contains(refused.GetReason(), "other nodes") {
+		t.Fatalf("refusal %v, want %s named as another node's", refused, stolen)
+	}
+	if got := counterValue(t, s, "ipledger_usage_items_refused_total", "node", thief.Name()); got != 1 {
+		t.Fatalf("ipledger_usage_items_refused_total{node=%s} = %v, want 1", thief.Name(), got)
+	}
+	if rt, ok := s.Allocator().Runtime(thief.Name()); ok && rt.Usage != nil && len(rt.Usage.InUse) != 0 {
+		t.Fatalf("the refused address was taken as the thief's usage: %+v", rt.Usage.InUse)
+	}
+	rep, err := ipledgerv1.NewAdminServiceClient(conn).Check(t.Context(), &ipledgerv1.CheckRequest{})
+	if err != nil || !rep.GetOk() {
+		t.Fatalf("check after the refused report: %v, %v", rep.GetFindings(), err)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"golang.org/x/time/rate"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -127,6 +128,9 @@ type Allocator struct {
 	now func() time.Time
 	met *metrics
 
+	// refusalLog paces the warning about usage reports naming other nodes' addresses.
+	refusalLog rate.Sometimes
+
 	slots    *slots     // commit slots of records (see doc.go for the lock order)
 	work     *workQueue // nodes whose worker should run: supply, proposals
 	releases *workQueue // nodes with release work: unassigns, ENI deletes
@@ -201,16 +205,17 @@ func New(cfg Config) (*Allocator, error) {
 	}
 	obs := cfg.observer
 	a := &Allocator{
-		cfg:      cfg,
-		log:      cfg.Logger.With("component", "allocator"),
-		led:      cfg.Ledger,
-		gw:       cfg.EC2,
-		st:       cfg.Store,
-		clk:      cfg.Clock,
-		now:      cfg.Clock.Now,
-		slots:    newSlots(obs),
-		work:     newWorkQueue("work queue", obs),
-		releases: newWorkQueue("release queue", obs),
+		refusalLog: rate.Sometimes{Interval: time.Minute},
+		cfg:        cfg,
+		log:        cfg.Logger.With("component", "allocator"),
+		led:        cfg.Ledger,
+		gw:         cfg.EC2,
+		st:         cfg.Store,
+		clk:        cfg.Clock,
+		now:        cfg.Clock.Now,
+		slots:      newSlots(obs),
+		work:       newWorkQueue("work queue", obs),
+		releases:   newWorkQueue("release queue", obs),
 
 		mu:            mutex{name: "allocator", obs: obs},
 		nodes:         map[string]*nodeState{},
@@ -689,7 +694,33 @@ func (a *Allocator) ReportUsage(node string, u Usage) error {
 		if !p.IP.Is4() {
 			return invalid(fmt.Sprintf("usage.in_use[%d].ip", i), "%q is not an IPv4 address", p.IP)
 		}
+	}
+	// Addresses another node holds are not this node's usage, whatever its agent says: taking
+	// them would make this node's pods look like they use the other node's addresses (and keep
+	// ipledgerctl check failing). They are left out, counted, and the agent is told.
+	var refused []netip.Addr
+	kept := u.InUse[:0:0]
+	for _, p := range u.InUse {
+		if o, taken := a.led.OwnerOf(p.IP); taken && o.Node != "" && o.Node != node &&
+			(o.Kind == ledger.OwnerLeased || o.Kind == ledger.OwnerPending || o.Kind == ledger.OwnerENIPrimary) {
+			refused = append(refused, p.IP)
+			continue
+		}
+		kept = append(kept, p)
 		ips = append(ips, p.IP)
+	}
+	if len(refused) > 0 {
+		u.InUse = kept
+		a.met.usageRefused.WithLabelValues(node).Add(float64(len(refused)))
+		r := UsageRefusal{Addresses: refused, Reason: "these addresses are leased to other nodes; pods cannot use them here"}
+		a.mu.Lock()
+		for s := range ns.subs {
+			s.sendRefusal(r)
+		}
+		a.mu.Unlock()
+		a.refusalLog.Do(func() {
+			a.log.Warn("usage report names other nodes' addresses; left out (further ones within a minute are not logged)", "node", node, "addresses", refused)
+		})
 	}
 	now := a.now()
 	a.mu.Lock()
