@@ -19,6 +19,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ipledger/ipledger/internal/mtls"
 	"github.com/ipledger/ipledger/internal/mtls/mtlstest"
@@ -622,5 +623,36 @@ func TestUsageReportClaimingAnotherNodesAddressIsRefused(t *testing.T) {
 	rep, err := ipledgerv1.NewAdminServiceClient(conn).Check(t.Context(), &ipledgerv1.CheckRequest{})
 	if err != nil || !rep.GetOk() {
 		t.Fatalf("check after the refused report: %v, %v", rep.GetFindings(), err)
+	}
+}
+
+// A node cannot choose its own policy: selectors match the instance's EC2 tags, which the
+// server reads itself, not the labels the agent reports.
+func TestPolicyMatchesVerifiedTagsNotReportedLabels(t *testing.T) {
+	s := servertest.StartDev(t, nil)
+	conn := servertest.Dial(t, s.GRPCAddr())
+	admin := ipledgerv1.NewAdminServiceClient(conn)
+	gold := &ipledgerv1.NodePolicy{Name: "gold", Order: 1, Selector: &ipledgerv1.NodeSelector{Labels: map[string]string{"tier": "gold"}},
+		WarmIpTarget: proto.Uint32(8)}
+	if _, err := admin.SetPolicy(t.Context(), &ipledgerv1.SetPolicyRequest{Policy: gold}); err != nil {
+		t.Fatal(err)
+	}
+	insts := servertest.Instances(s)
+	liar := servertest.NewAgent(t, conn, insts[0])
+	req := liar.RegisterRequest()
+	req.Labels = map[string]string{"tier": "gold"}
+	resp, err := liar.Client.RegisterNode(t.Context(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := resp.GetPolicy().GetName(); got == "gold" {
+		t.Fatalf("a node that only says tier=gold got the gold policy")
+	}
+	if err := s.Sim().Sim().TagInstance(t.Context(), insts[1].ID, map[string]string{"tier": "gold"}); err != nil {
+		t.Fatal(err)
+	}
+	tagged := servertest.NewAgent(t, conn, insts[1])
+	if got := tagged.Register().GetPolicy().GetName(); got != "gold" {
+		t.Fatalf("an instance tagged tier=gold got policy %q, want gold", got)
 	}
 }

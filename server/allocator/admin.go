@@ -216,7 +216,7 @@ func (a *Allocator) rematchPolicies(ctx context.Context) {
 		if !ok {
 			continue
 		}
-		p := policy.Match(policies, rec.Labels, rec.InstanceType)
+		p := policy.Match(policies, rec.MatchLabels(), rec.InstanceType)
 		a.mu.Lock()
 		ns.policy = p
 		a.mu.Unlock()
