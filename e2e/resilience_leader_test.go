@@ -110,6 +110,13 @@ func (rs *resilience) testLeaderKills(t *testing.T) {
 		rs.figs.add("%s: replica %d (pid %d) killed; replica %d led after %s; first allocation served (probe ADD) after %s (%d attempt(s)); %d pods of the burst done after %s (%d retried); the joining node served after %s",
 			what, leader.Index, pid, next.Index, ms(tookOver), ms(served), pr.attempts, len(runs), ms(last.Sub(killedAt)), retried, ms(joinedAt.Sub(killedAt)))
 		rs.settle(t, what)
+		// The burst's pods end (an m5.large holds 27 pod addresses: twenty kills' pods would
+		// fill the workers). Their addresses cool down and serve the next burst.
+		for _, r := range runs {
+			if rr := r.node.RT.Run("del", r.pod); rr.Err != nil {
+				t.Fatalf("%s: DEL %s: %v: %s", what, r.pod.Name, rr.Err, rr.Stderr)
+			}
+		}
 	}
 	// The supervisor brought every victim back, as a standby.
 	for _, v := range victims {
