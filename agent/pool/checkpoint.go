@@ -95,7 +95,7 @@ func (p *Pool) persist(v uint64) error {
 	if err != nil {
 		return fmt.Errorf("pool: encode checkpoint: %w", err)
 	}
-	if err := writeFileAtomic(p.cfg.CheckpointPath, data); err != nil {
+	if err := writeFileAtomic(p.cfg.CheckpointPath, data, !p.cfg.NoFsync); err != nil {
 		return fmt.Errorf("pool: write checkpoint: %w", err)
 	}
 	p.durable = cur
@@ -358,7 +358,7 @@ func (p *Pool) decode(raw []byte) error {
 
 // writeFileAtomic replaces path with data: a temp file in the same directory, fsync, rename
 // over path, fsync of the directory. A crash at any point leaves either the old or the new file.
-func writeFileAtomic(path string, data []byte) (err error) {
+func writeFileAtomic(path string, data []byte, sync bool) (err error) {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -374,15 +374,20 @@ func writeFileAtomic(path string, data []byte) (err error) {
 		_ = f.Close()
 		return err
 	}
-	if err = f.Sync(); err != nil {
-		_ = f.Close()
-		return err
+	if sync {
+		if err = f.Sync(); err != nil {
+			_ = f.Close()
+			return err
+		}
 	}
 	if err = f.Close(); err != nil {
 		return err
 	}
 	if err = os.Rename(tmp, path); err != nil {
 		return err
+	}
+	if !sync {
+		return nil
 	}
 	d, err := os.Open(dir)
 	if err != nil {

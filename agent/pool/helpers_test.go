@@ -145,3 +145,11 @@ func wantNoFree(t *testing.T, err error) {
 }
 
 func ip(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// closePool ends a pool a test or benchmark opened.
+func closePool(tb testing.TB, p *Pool) {
+	tb.Helper()
+	if err := p.Flush(); err != nil {
+		tb.Errorf("flush: %v", err)
+	}
+}

@@ -38,6 +38,9 @@ const maxForgotten = 4096
 type Config struct {
 	// CheckpointPath is the checkpoint file. Its directory is created (0700) when missing.
 	CheckpointPath string
+	// NoFsync skips every fsync of the checkpoint. For benchmarks only: a crash of the machine
+	// (not of the agent) may then lose assignments that ADD reported as done.
+	NoFsync bool
 	// NodeName and InstanceID identify the node; a checkpoint or a pool that names another
 	// node or instance is refused. Empty fields are not checked.
 	NodeName   string
