@@ -54,6 +54,9 @@ func FuzzCheckpoint(f *testing.F) {
 	if _, err := p.Answer(&ipledgerv1.ReleaseProposal{ProposalId: "rp-1", Addresses: []string{"10.0.0.13"}}); err != nil {
 		f.Fatal(err)
 	}
+	if err := p.Close(); err != nil { // the snapshot holds it all
+		f.Fatal(err)
+	}
 	raw, err := os.ReadFile(p.Path())
 	if err != nil {
 		f.Fatal(err)
@@ -87,7 +90,7 @@ func FuzzCheckpoint(f *testing.F) {
 		}
 		// Write back what was loaded, load it again: the same pool and pods.
 		p.mu.Lock()
-		out, err := p.encodeLocked()
+		out, err := p.encodeLocked(0)
 		p.mu.Unlock()
 		if err != nil {
 			t.Fatalf("encode what was loaded: %v", err)
