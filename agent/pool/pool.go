@@ -522,10 +522,15 @@ func (p *Pool) usableLocked(s *slot, now time.Time) bool {
 		s.state == ipledgerv1.LeaseState_LEASE_STATE_ACTIVE && !now.Before(s.coolUntil)
 }
 
-// better says whether candidate a is preferred over b: in prefix mode the prefix with more pods
-// (packing, so whole prefixes can be given back), then the address given back longest ago
-// (never used counts as longest), then the lower address.
+// better says whether candidate a is preferred over b: the ENI with the lowest device index
+// (pods pack onto the first ENIs, so that surplus ENIs drain and the server can release their
+// addresses and then the ENIs), then in prefix mode the prefix with more pods (packing, so whole
+// prefixes can be given back), then the address given back longest ago (never used counts as
+// longest), then the lower address.
 func (p *Pool) better(a, b *slot) bool {
+	if a.eni.DeviceIndex != b.eni.DeviceIndex {
+		return a.eni.DeviceIndex < b.eni.DeviceIndex
+	}
 	if a.prefix.IsValid() || b.prefix.IsValid() {
 		ua, ub := p.prefixUse[a.prefix], p.prefixUse[b.prefix]
 		if ua != ub {
