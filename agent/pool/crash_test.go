@@ -900,3 +900,84 @@ func TestJournalWriteErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestGroupCommitWriterFails: the record of the caller that writes fails while others wait for
+// it: that caller's ADD fails and is undone, the waiting ones write the next record themselves
+// (the whole state, in a new file) and succeed, and the checkpoint loads to the pool in memory.
+func TestGroupCommitWriterFails(t *testing.T) {
+	var as []*ipledgerv1.PoolAddress
+	for i := range 20 {
+		as = append(as, &ipledgerv1.PoolAddress{Ip: fmt.Sprintf("10.0.1.%d", 1+i), State: active})
+	}
+	dir := t.TempDir()
+	clock := newClock()
+	held := make(chan struct{})
+	release := make(chan struct{})
+	var mu sync.Mutex
+	syncs := 0
+	cfg := crashConfig(dir, clock, nil)
+	cfg.faults = func(step, path string) error {
+		if step != stepJournalSync {
+			return nil
+		}
+		mu.Lock()
+		syncs++
+		n := syncs
+		mu.Unlock()
+		if n == 2 { // c0's record: the others queue, then its fsync fails
+			close(held)
+			<-release
+			return errors.New("injected: input/output error")
+		}
+		return nil
+	}
+	p, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Apply(nodePool(1, eni("eni-0", 0, "10.0.0.10", as)), false); err != nil {
+		t.Fatal(err)
+	}
+	const n = 10
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	wg.Go(func() { _, _, errs[0] = p.Assign(Key{ContainerID: "c0", IfName: "eth0"}, PodInfo{}) })
+	<-held
+	for i := 1; i < n; i++ {
+		wg.Go(func() { _, _, errs[i] = p.Assign(Key{ContainerID: fmt.Sprint("c", i), IfName: "eth0"}, PodInfo{}) })
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		p.commitMu.Lock()
+		queued := len(p.waiters)
+		p.commitMu.Unlock()
+		if queued == n-1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d callers queued", queued)
+		}
+		time.Sleep(time.Millisecond) // polling with a deadline
+	}
+	close(release)
+	wg.Wait()
+	if errs[0] == nil {
+		t.Fatal("c0's Assign succeeded though its record failed")
+	}
+	for i := 1; i < n; i++ {
+		if errs[i] != nil {
+			t.Fatalf("assign c%d: %v", i, errs[i])
+		}
+	}
+	if _, ok := p.Lookup(Key{ContainerID: "c0", IfName: "eth0"}); ok {
+		t.Fatal("c0's failed Assign left its assignment")
+	}
+	want := poolState(t, p)
+	q, err := Open(crashConfig(dir, clock, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := poolState(t, q); got != want || len(q.Assignments()) != n-1 {
+		t.Fatalf("reopened:\n%s\nwant\n%s", got, want)
+	}
+}

@@ -540,16 +540,67 @@ func putFrame(rec []byte) {
 	binary.LittleEndian.PutUint32(rec[4:], crc32.Checksum(payload, crcTable))
 }
 
-// persist makes sure the journal on disk holds at least version v. Callers that arrive while
-// another writes wait and usually find their change written by it (group commit).
+// persist makes sure the journal on disk holds at least version v (group commit). One caller
+// at a time writes a record of every change so far; callers that arrive meanwhile queue, and
+// when the record is on disk those it holds return at once (each on its own channel: no lock to
+// take in turn), and the first of the others writes the next record, for all of them.
 func (p *Pool) persist(v uint64) error {
-	p.persistMu.Lock()
-	defer p.persistMu.Unlock()
+	p.commitMu.Lock()
 	if p.durable >= v {
+		p.commitMu.Unlock()
 		return nil
 	}
+	if p.writing {
+		ch := make(chan bool, 1)
+		p.waiters = append(p.waiters, commitWaiter{v: v, done: ch})
+		p.commitMu.Unlock()
+		if <-ch {
+			return nil
+		}
+		// Handed over: this caller writes the next record.
+	} else {
+		p.writing = true
+		p.commitMu.Unlock()
+	}
+	cur, err := p.writeRecord()
+	p.commitMu.Lock()
+	defer p.commitMu.Unlock()
+	if err == nil && cur > p.durable {
+		p.durable = cur
+	}
+	rest := p.waiters[:0]
+	for _, w := range p.waiters {
+		if w.v <= p.durable {
+			w.done <- true
+		} else {
+			rest = append(rest, w)
+		}
+	}
+	clear(p.waiters[len(rest):])
+	p.waiters = rest
+	if len(p.waiters) == 0 {
+		p.writing = false
+	} else {
+		next := p.waiters[0]
+		p.waiters = slices.Delete(p.waiters, 0, 1)
+		next.done <- false
+	}
+	return err
+}
+
+// commitWaiter is a caller of persist waiting for the record being written: told true when
+// its version is on disk, false when it is to write the next record itself.
+type commitWaiter struct {
+	v    uint64
+	done chan bool
+}
+
+// writeRecord appends a record of every change so far and returns the version it holds.
+func (p *Pool) writeRecord() (uint64, error) {
+	p.persistMu.Lock()
+	defer p.persistMu.Unlock()
 	if p.closed {
-		return ErrClosed
+		return 0, ErrClosed
 	}
 	p.mu.Lock()
 	seq := p.lastSeq + 1
@@ -557,7 +608,7 @@ func (p *Pool) persist(v uint64) error {
 	cur := p.version
 	p.mu.Unlock()
 	if err != nil {
-		return fmt.Errorf("pool: encode checkpoint journal record: %w", err)
+		return 0, fmt.Errorf("pool: encode checkpoint journal record: %w", err)
 	}
 	p.lastSeq = seq
 	if err := p.appendLocked(seq, rec); err != nil {
@@ -567,12 +618,11 @@ func (p *Pool) persist(v uint64) error {
 		p.mu.Lock()
 		p.dirtyFull = true
 		p.mu.Unlock()
-		return fmt.Errorf("pool: write checkpoint journal: %w", err)
+		return 0, fmt.Errorf("pool: write checkpoint journal: %w", err)
 	}
-	p.durable = cur
 	p.journalBytes += int64(len(rec))
 	p.maybeCompactLocked()
-	return nil
+	return cur, nil
 }
 
 // appendLocked writes and fsyncs one framed record, in a new journal file when none is open.

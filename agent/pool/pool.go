@@ -183,9 +183,16 @@ type Pool struct {
 	disk disk
 	bg   sync.WaitGroup // the background compaction
 
-	// The checkpoint on disk (guarded by persistMu; see journal.go).
+	// Group commit (guarded by commitMu): the version the checkpoint on disk holds, whether a
+	// caller is writing a record, and the callers waiting for it.
+	commitMu sync.Mutex
+	durable  uint64
+	writing  bool
+	waiters  []commitWaiter
+
+	// The checkpoint's files (guarded by persistMu, held while a record is written; see
+	// journal.go).
 	persistMu     sync.Mutex
-	durable       uint64   // version held by the checkpoint on disk
 	lastSeq       uint64   // the last journal record written (or whose write failed)
 	files         []string // journal files not yet removed by a compaction, oldest first
 	journal       *os.File // the file records are appended to (nil: the next record starts one)
