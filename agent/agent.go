@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
@@ -229,6 +230,17 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err := a.restoreNetworking(netm, p); err != nil {
 			return err
 		}
+		if err := a.applySNAT(netm, inst); err != nil {
+			return err
+		}
+		if !a.cfg.ExternalSNAT {
+			// What the agent programmed goes with it (a restart programs it again at once).
+			defer func() {
+				if err := netm.RemoveSNAT(); err != nil {
+					log.Warn("removing source NAT failed", "err", err)
+				}
+			}()
+		}
 	}
 	a.mu.Lock()
 	a.inst, a.nodeName, a.pool, a.conn, a.cni, a.netm = inst, nodeName, p, conn, cni, netm
@@ -306,25 +318,23 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) discover(ctx context.Context) (Instance, error) {
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.DiscoveryTimeout)
 	defer cancel()
-	wait := 200 * time.Millisecond
-	for {
+	// 200 ms doubling up to 5 s, without jitter (one agent asks its own IMDS); the deadline is
+	// ctx's.
+	bo := &backoff.ExponentialBackOff{InitialInterval: 200 * time.Millisecond, Multiplier: 2, MaxInterval: 5 * time.Second}
+	var last error
+	inst, err := backoff.Retry(ctx, func() (Instance, error) {
 		inst, err := Discover(ctx, a.cfg.IMDSEndpoint)
-		if err == nil {
-			return inst, nil
+		if err != nil {
+			last = err
 		}
-		if ctx.Err() != nil {
-			return Instance{}, fmt.Errorf("agent: gave up discovering the instance after %v: %w", a.cfg.DiscoveryTimeout, err)
-		}
+		return inst, err
+	}, backoff.WithBackOff(bo), backoff.WithMaxElapsedTime(0), backoff.WithNotify(func(err error, wait time.Duration) {
 		a.log.Warn("instance discovery failed; retrying", "err", err, "in", wait)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return Instance{}, fmt.Errorf("agent: gave up discovering the instance: %w", err)
-		case <-t.C:
-		}
-		wait = min(wait*2, 5*time.Second)
+	}))
+	if err != nil {
+		return Instance{}, fmt.Errorf("agent: gave up discovering the instance after %v: %w", a.cfg.DiscoveryTimeout, last)
 	}
+	return inst, nil
 }
 
 // ApplyPool applies a pool from the allocator (serverconn.Handler). The first one applied
@@ -469,6 +479,25 @@ func kernelPods(netm *netconf.Manager) (map[netip.Addr]netconf.PodRoute, []netco
 // checkpoint may be older than the pods, or lost — gives back recovered addresses whose pods
 // went while the agent was down, and, after a restart with a checkpoint, puts back the rules of
 // the checkpointed and recovered assignments and removes the pod rules of no one.
+// applySNAT programs the source NAT of pods' traffic leaving the VPC, or, with --external-snat,
+// removes what an earlier run programmed.
+func (a *Agent) applySNAT(netm *netconf.Manager, inst Instance) error {
+	if a.cfg.ExternalSNAT {
+		if err := netm.RemoveSNAT(); err != nil {
+			return fmt.Errorf("agent: --external-snat: %w", err)
+		}
+		return nil
+	}
+	s, err := a.cfg.SNATConfig.snat(inst)
+	if err != nil {
+		return err
+	}
+	if err := netm.EnsureSNAT(s); err != nil {
+		return fmt.Errorf("agent: source NAT: %w", err)
+	}
+	return nil
+}
+
 func (a *Agent) restoreNetworking(netm *netconf.Manager, p *pool.Pool) error {
 	if err := netm.EnableIPv4Forwarding(); err != nil {
 		return fmt.Errorf("agent: %w", err)

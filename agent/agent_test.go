@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -66,8 +67,9 @@ func TestDiscoverFromSimulator(t *testing.T) {
 			InstanceID: in.ID, InstanceType: in.InstanceType, AvailabilityZone: in.AvailabilityZone,
 			LocalIPv4: in.PrivateIP, LocalHostname: in.PrivateDNSName, MAC: in.MAC, ENIID: in.PrimaryENI,
 			SubnetID: in.SubnetID, SubnetCIDR: subnets[in.SubnetID].CIDR,
+			VPCCIDRs: srv.Sim().Snapshot().VPC.CIDRs,
 		}
-		if got != want {
+		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("Discover(%s):\n got %+v\nwant %+v", in.ID, got, want)
 		}
 	}

@@ -1,29 +1,26 @@
 package agent
 
 import (
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"net"
-	"os"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"google.golang.org/grpc/credentials"
-	"sigs.k8s.io/yaml"
 
 	"github.com/ipledger/ipledger/agent/cniserver"
 	"github.com/ipledger/ipledger/agent/netconf"
 	"github.com/ipledger/ipledger/agent/pool"
 	"github.com/ipledger/ipledger/agent/serverconn"
+	"github.com/ipledger/ipledger/internal/conf"
+	"github.com/ipledger/ipledger/internal/version"
 )
 
 // Defaults that are not another package's.
@@ -102,6 +99,8 @@ type Config struct {
 
 	// Attestation and the conflist (config_attest.go).
 	AttestConfig
+	// Source NAT of pods' traffic leaving the VPC (config_snat.go).
+	SNATConfig
 
 	// Credentials for the allocator connection (nil: mutual TLS from the TLS files, plaintext
 	// without them). Programs that embed agents may set them directly.
@@ -127,8 +126,9 @@ func DefaultConfig() Config {
 		ManageNetworking: true,
 		LogLevel:         "info",
 		LogFormat:        "text",
-		AgentVersion:     "dev",
+		AgentVersion:     version.Get().Version,
 		AttestConfig:     DefaultAttestConfig(),
+		SNATConfig:       SNATConfig{VethPrefix: DefaultVethPrefix},
 	}
 }
 
@@ -157,6 +157,7 @@ func (c Config) Validate() error {
 	if len(c.Servers) == 0 {
 		bad("server", "at least one allocator address is needed")
 	}
+	c.SNATConfig.validate(bad)
 	for _, s := range c.Servers {
 		if err := validHostPort(s); err != nil {
 			bad("server", "%q: %v", s, err)
@@ -225,11 +226,11 @@ func (c Config) Validate() error {
 			bad("node-labels", "bad label key %q", k)
 		}
 	}
-	if _, err := parseLevel(c.LogLevel); err != nil {
+	if _, err := conf.ParseLevel(c.LogLevel); err != nil {
 		bad("log-level", "%v", err)
 	}
-	if c.LogFormat != "text" && c.LogFormat != "json" {
-		bad("log-format", "%q is neither text nor json", c.LogFormat)
+	if err := conf.CheckFormat(c.LogFormat); err != nil {
+		bad("log-format", "%v", err)
 	}
 	return errors.Join(errs...)
 }
@@ -248,82 +249,15 @@ func validHostPort(s string) error {
 	return nil
 }
 
-func parseLevel(s string) (slog.Level, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(s)); err != nil {
-		return 0, fmt.Errorf("%q is not one of debug, info, warn, error", s)
-	}
-	return l, nil
-}
-
 // NewLogger returns the logger LogLevel and LogFormat describe, writing to w.
 func (c Config) NewLogger(w io.Writer) *slog.Logger {
-	level, err := parseLevel(c.LogLevel)
-	if err != nil {
-		level = slog.LevelInfo
-	}
-	opts := &slog.HandlerOptions{Level: level}
-	if c.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
-	}
-	return slog.New(slog.NewTextHandler(w, opts))
-}
-
-// listValue is a comma-separated list flag; Set replaces the list.
-type listValue struct{ p *[]string }
-
-func (v listValue) String() string {
-	if v.p == nil {
-		return ""
-	}
-	return strings.Join(*v.p, ",")
-}
-
-func (v listValue) Set(s string) error {
-	var out []string
-	for part := range strings.SplitSeq(s, ",") {
-		if part = strings.TrimSpace(part); part != "" {
-			out = append(out, part)
-		}
-	}
-	*v.p = out
-	return nil
-}
-
-// labelsValue is a k=v,k=v flag; Set replaces the map.
-type labelsValue struct{ p *map[string]string }
-
-func (v labelsValue) String() string {
-	if v.p == nil || len(*v.p) == 0 {
-		return ""
-	}
-	var parts []string
-	for _, k := range slices.Sorted(maps.Keys(*v.p)) {
-		parts = append(parts, k+"="+(*v.p)[k])
-	}
-	return strings.Join(parts, ",")
-}
-
-func (v labelsValue) Set(s string) error {
-	out := map[string]string{}
-	for part := range strings.SplitSeq(s, ",") {
-		if part = strings.TrimSpace(part); part == "" {
-			continue
-		}
-		k, val, ok := strings.Cut(part, "=")
-		if !ok || strings.TrimSpace(k) == "" {
-			return fmt.Errorf("%q is not key=value", part)
-		}
-		out[strings.TrimSpace(k)] = strings.TrimSpace(val)
-	}
-	*v.p = out
-	return nil
+	return conf.NewLogger(w, c.LogLevel, c.LogFormat)
 }
 
 // RegisterFlags binds the flags to c's fields.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.NodeName, "node-name", c.NodeName, "Kubernetes node name (env NODE_NAME; default: the instance's local hostname from IMDS)")
-	fs.Var(listValue{&c.Servers}, "server", "allocator gRPC addresses, comma-separated (host:port,...)")
+	fs.Var(conf.ListValue{P: &c.Servers}, "server", "allocator gRPC addresses, comma-separated (host:port,...)")
 	fs.StringVar(&c.IMDSEndpoint, "imds-endpoint", c.IMDSEndpoint, "instance metadata endpoint (\"\" = the instance's IMDS)")
 	fs.DurationVar(&c.DiscoveryTimeout, "discovery-timeout", c.DiscoveryTimeout, "how long to retry IMDS at start")
 	fs.StringVar(&c.SocketPath, "socket", c.SocketPath, "unix socket of the CNI service")
@@ -342,143 +276,39 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.NetNS, "netns", c.NetNS, "network namespace to configure (\"\" = the agent's own)")
 	fs.BoolVar(&c.SimulateENILinks, "simulate-eni-links", c.SimulateENILinks, "create stand-in links for simulated ENIs (needs --netns)")
 	fs.IntVar(&c.ENIMTU, "eni-mtu", c.ENIMTU, "MTU of secondary ENIs (0 = 9001)")
-	fs.Var(labelsValue{&c.Labels}, "node-labels", "node labels for the allocator's policy selection, k=v,k=v")
+	fs.Var(conf.LabelsValue{P: &c.Labels}, "node-labels", "node labels for the allocator's policy selection, k=v,k=v")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
 	c.registerAttestFlags(fs)
+	c.SNATConfig.registerFlags(fs)
 }
 
 // EnvName is the environment variable of a flag.
-func EnvName(flagName string) string {
-	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
-}
+func EnvName(flagName string) string { return conf.EnvName(EnvPrefix, flagName) }
 
 // LoadConfig builds the configuration from the defaults, then the file named by --config (YAML
 // or JSON, keys are flag names), then IPLEDGER_AGENT_<FLAG> environment variables (and
-// NODE_NAME), then the command-line flags, and validates it. flag.ErrHelp when -h was asked.
+// NODE_NAME), then the command-line flags, and validates it (see package conf). flag.ErrHelp
+// when -h was asked.
 func LoadConfig(args []string, lookupEnv func(string) (string, bool), usage io.Writer) (Config, error) {
-	// First pass: which flags the command line sets, and the config file.
-	scratch := DefaultConfig()
+	cfg := DefaultConfig()
 	fs := flag.NewFlagSet("ipledger-agent", flag.ContinueOnError)
 	fs.SetOutput(usage)
-	scratch.RegisterFlags(fs)
-	var file string
-	fs.StringVar(&file, "config", "", "optional config file (YAML or JSON; keys are flag names). Every flag can also be\n"+
-		"set as IPLEDGER_AGENT_<FLAG> (e.g. IPLEDGER_AGENT_ADD_WAIT); flags override the environment, which overrides the file")
-	if err := fs.Parse(args); err != nil {
+	cfg.RegisterFlags(fs)
+	_, err := conf.Load(fs, args, conf.Options{
+		ConfigFlag: "config",
+		ConfigUsage: "optional config file (YAML or JSON; keys are flag names). Every flag can also be\n" +
+			"set as IPLEDGER_AGENT_<FLAG> (e.g. IPLEDGER_AGENT_ADD_WAIT); flags override the environment, which overrides the file",
+		EnvName:     EnvName,
+		EnvAliases:  map[string]string{NodeNameEnv: "node-name"},
+		Lookup:      lookupEnv,
+		VersionFlag: "version",
+	})
+	if err != nil {
 		return Config{}, err
-	}
-	if fs.NArg() > 0 {
-		return Config{}, fmt.Errorf("unexpected arguments: %q", fs.Args())
-	}
-	explicit := map[string]string{}
-	fs.Visit(func(f *flag.Flag) { explicit[f.Name] = f.Value.String() })
-
-	// Second pass: layer the sources onto the defaults.
-	cfg := DefaultConfig()
-	layer := flag.NewFlagSet("ipledger-agent", flag.ContinueOnError)
-	layer.SetOutput(io.Discard)
-	cfg.RegisterFlags(layer)
-	if file != "" {
-		settings, err := readConfigFile(file)
-		if err != nil {
-			return Config{}, err
-		}
-		for _, k := range slices.Sorted(maps.Keys(settings)) {
-			if layer.Lookup(k) == nil {
-				return Config{}, fmt.Errorf("config file %s: unknown setting %q", file, k)
-			}
-			if err := layer.Set(k, settings[k]); err != nil {
-				return Config{}, fmt.Errorf("config file %s: %s: %q: %w", file, k, settings[k], err)
-			}
-		}
-	}
-	if lookupEnv != nil {
-		if v, ok := lookupEnv(NodeNameEnv); ok && v != "" {
-			cfg.NodeName = v
-		}
-		var envErr error
-		layer.VisitAll(func(f *flag.Flag) {
-			if v, ok := lookupEnv(EnvName(f.Name)); ok && envErr == nil {
-				if err := layer.Set(f.Name, v); err != nil {
-					envErr = fmt.Errorf("%s=%q: %w", EnvName(f.Name), v, err)
-				}
-			}
-		})
-		if envErr != nil {
-			return Config{}, envErr
-		}
-	}
-	for _, k := range slices.Sorted(maps.Keys(explicit)) {
-		if k == "config" {
-			continue
-		}
-		if err := layer.Set(k, explicit[k]); err != nil {
-			return Config{}, fmt.Errorf("--%s: %w", k, err)
-		}
 	}
 	if err := cfg.Validate(); err != nil {
 		return Config{}, err
 	}
 	return cfg, nil
-}
-
-// readConfigFile reads a YAML or JSON object of flag names to values.
-func readConfigFile(path string) (map[string]string, error) {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("config file: %w", err)
-	}
-	js, err := yaml.YAMLToJSON(raw)
-	if err != nil {
-		return nil, fmt.Errorf("config file %s: %w", path, err)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(js, &m); err != nil {
-		return nil, fmt.Errorf("config file %s: want an object of settings: %w", path, err)
-	}
-	out := make(map[string]string, len(m))
-	for k, v := range m {
-		s, err := settingString(v)
-		if err != nil {
-			return nil, fmt.Errorf("config file %s: %s: %w", path, k, err)
-		}
-		out[k] = s
-	}
-	return out, nil
-}
-
-func settingString(v any) (string, error) {
-	switch x := v.(type) {
-	case nil:
-		return "", nil
-	case string:
-		return x, nil
-	case bool:
-		return strconv.FormatBool(x), nil
-	case float64:
-		return strconv.FormatFloat(x, 'f', -1, 64), nil
-	case []any:
-		parts := make([]string, 0, len(x))
-		for _, e := range x {
-			s, err := settingString(e)
-			if err != nil {
-				return "", err
-			}
-			parts = append(parts, s)
-		}
-		return strings.Join(parts, ","), nil
-	case map[string]any:
-		var parts []string
-		for _, k := range slices.Sorted(maps.Keys(x)) {
-			s, err := settingString(x[k])
-			if err != nil {
-				return "", err
-			}
-			parts = append(parts, k+"="+s)
-		}
-		return strings.Join(parts, ","), nil
-	default:
-		return "", fmt.Errorf("unsupported value %v", v)
-	}
 }

@@ -24,6 +24,8 @@ type Instance struct {
 	ENIID      string `json:"eni_id"`
 	SubnetID   string `json:"subnet_id"`
 	SubnetCIDR string `json:"subnet_cidr"`
+	// VPCCIDRs are the VPC's IPv4 CIDR blocks, primary first (vpc-ipv4-cidr-blocks).
+	VPCCIDRs []string `json:"vpc_cidrs,omitempty"`
 }
 
 // ErrDiscovery: IMDS did not answer, or answered something unusable.
@@ -87,6 +89,11 @@ func Discover(ctx context.Context, endpoint string) (Instance, error) {
 		}
 		*f.dst = v
 	}
+	blocks, err := get(macDir + "vpc-ipv4-cidr-blocks")
+	if err != nil {
+		return Instance{}, err
+	}
+	in.VPCCIDRs = strings.Fields(blocks)
 	if err := in.validate(); err != nil {
 		return Instance{}, fmt.Errorf("%w: IMDS %s: %w", ErrDiscovery, endpointName(endpoint), err)
 	}
@@ -115,6 +122,20 @@ func (in Instance) validate() error {
 	}
 	if !cidr.Contains(ip) {
 		return fmt.Errorf("local-ipv4 %s is not in the primary ENI's subnet %s", ip, cidr)
+	}
+	if len(in.VPCCIDRs) == 0 || len(in.VPCCIDRs) > 50 {
+		return fmt.Errorf("vpc-ipv4-cidr-blocks lists %d blocks, want 1 to 50", len(in.VPCCIDRs))
+	}
+	inVPC := false
+	for _, b := range in.VPCCIDRs {
+		p, err := netip.ParsePrefix(b)
+		if err != nil || !p.Addr().Is4() {
+			return fmt.Errorf("vpc-ipv4-cidr-blocks entry %q is not an IPv4 CIDR", b)
+		}
+		inVPC = inVPC || p.Contains(cidr.Addr())
+	}
+	if !inVPC {
+		return fmt.Errorf("the primary ENI's subnet %s is in none of the VPC's blocks %v", cidr, in.VPCCIDRs)
 	}
 	if !instanceIDRE.MatchString(in.InstanceID) {
 		return fmt.Errorf("instance-id %q does not look like an EC2 instance id", in.InstanceID)

@@ -39,8 +39,9 @@ func TestDiscoverRefusesMalformedIMDSAnswers(t *testing.T) {
 		"network/interfaces/macs/" + mac + "/interface-id":           "eni-0123456789abcdef0",
 		"network/interfaces/macs/" + mac + "/subnet-id":              "subnet-0123456789abcdef0",
 		"network/interfaces/macs/" + mac + "/subnet-ipv4-cidr-block": "192.168.0.0/19",
+		"network/interfaces/macs/" + mac + "/vpc-ipv4-cidr-blocks":   "192.168.0.0/16\n100.64.0.0/16",
 	}
-	if in, err := Discover(t.Context(), fakeIMDS(t, good)); err != nil || in.MAC != mac {
+	if in, err := Discover(t.Context(), fakeIMDS(t, good)); err != nil || in.MAC != mac || len(in.VPCCIDRs) != 2 || in.VPCCIDRs[1] != "100.64.0.0/16" {
 		t.Fatalf("good answers: %+v, %v", in, err)
 	}
 	for _, tc := range []struct {
@@ -56,6 +57,8 @@ func TestDiscoverRefusesMalformedIMDSAnswers(t *testing.T) {
 		{"eni id", "network/interfaces/macs/" + mac + "/interface-id", "eni-XYZ", "interface-id"},
 		{"subnet id", "network/interfaces/macs/" + mac + "/subnet-id", "subnet", "subnet-id"},
 		{"cidr", "network/interfaces/macs/" + mac + "/subnet-ipv4-cidr-block", "192.168.0.0/40", "subnet-ipv4-cidr-block"},
+		{"vpc block", "network/interfaces/macs/" + mac + "/vpc-ipv4-cidr-blocks", "192.168.0.0/16\nnonsense", "vpc-ipv4-cidr-blocks"},
+		{"subnet outside the vpc", "network/interfaces/macs/" + mac + "/vpc-ipv4-cidr-blocks", "10.0.0.0/16", "none of the VPC's blocks"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			md := maps.Clone(good)

@@ -112,3 +112,49 @@ func poll(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// The agent programs source NAT for pods' traffic leaving the VPC when it starts and removes
+// it when it stops; with --external-snat it programs none and removes an earlier run's.
+func TestAgentSourceNAT(t *testing.T) {
+	nstest.GuardRootNS(t, "sim-")
+	node := nstest.New(t)
+	srv, running, _ := simulator(t)
+	in := running[0]
+	m, err := netconf.New(netconf.Config{NetNS: node.Path()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Close() })
+	programmed := func() bool {
+		ok, err := m.SNATProgrammed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+
+	c := agentConfig(t, srv, in, shortDir(t))
+	c.ManageNetworking, c.SimulateENILinks, c.NetNS = true, true, node.Path()
+	c.SNATExcludeCIDRs = []string{"10.99.0.0/16"}
+	_, stop := runAgent(t, c)
+	if !programmed() {
+		t.Fatal("no source NAT while the agent runs")
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if programmed() {
+		t.Fatal("source NAT left behind by a stopped agent")
+	}
+
+	// An earlier run's source NAT, then an agent told --external-snat.
+	if err := m.EnsureSNAT(netconf.SNAT{NodeIP: netip.MustParseAddr(in.PrivateIP), Exclude: []netip.Prefix{netip.MustParsePrefix("192.168.0.0/16")}, PodLinkPrefix: "eni"}); err != nil {
+		t.Fatal(err)
+	}
+	c2 := agentConfig(t, srv, in, shortDir(t))
+	c2.ManageNetworking, c2.SimulateENILinks, c2.NetNS, c2.ExternalSNAT = true, true, node.Path(), true
+	runAgent(t, c2)
+	if programmed() {
+		t.Fatal("--external-snat left source NAT in place")
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"github.com/ipledger/ipledger/internal/mtls/mtlstest"
 	"github.com/ipledger/ipledger/server"
 	"github.com/ipledger/ipledger/server/config"
+	"github.com/ipledger/ipledger/server/dev"
 )
 
 // An agent with its node's certificate registers with a mutual-TLS server; an agent whose
@@ -20,7 +21,7 @@ func TestAgentMutualTLS(t *testing.T) {
 	cfg.Insecure = false
 	cfg.SimThrottle = false
 	cfg.TLSCertFile, cfg.TLSKeyFile, cfg.TLSClientCAFile = srvFiles.Cert, srvFiles.Key, ca.CAFile
-	s, err := server.Start(t.Context(), cfg, server.Options{})
+	s, err := dev.Start(t.Context(), cfg, server.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

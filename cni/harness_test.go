@@ -186,7 +186,10 @@ func (a *fakeAgent) Add(ctx context.Context, req *ipledgerv1.CNIAddRequest) (*ip
 	block, addErr := a.addBlock, a.addErr
 	a.mu.Unlock()
 	if block {
+		// A slow agent answers only once the plugin gave up: its answer must never arrive as
+		// a success (under load it could, before the plugin's own deadline fired).
 		<-ctx.Done()
+		return nil, status.FromContextError(ctx.Err()).Err()
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()

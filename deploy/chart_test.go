@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -46,6 +47,8 @@ var chartRenderings = []struct {
 	{name: "chart-secrets", values: "ci/existing-secrets-values.yaml", external: map[string][]string{
 		"Secret/ipledger-server-tls":      certificateSecretKeys,
 		"Secret/ipledger-etcd-member-tls": certificateSecretKeys,
+		// The CA that signs attested nodes' certificates (attestation.issuerSecretName).
+		"Secret/ipledger-node-ca": {"tls.crt", "tls.key"},
 	}, podIdentity: true},
 }
 
@@ -132,19 +135,36 @@ func TestChartLints(t *testing.T) {
 
 // Values that cannot work are refused at render time with what to do instead.
 func TestChartRefusesBadValues(t *testing.T) {
-	base := []string{"clusterName=prod", "region=eu-west-1", "etcd.endpoints={https://10.0.0.1:2379}"}
-	bundled := []string{"clusterName=prod", "region=eu-west-1", "etcd.bundled.enabled=true"}
+	ca := "agent.serverCA.configMapName=ipledger-server-ca"
+	base := []string{"clusterName=prod", "region=eu-west-1", "etcd.endpoints={https://10.0.0.1:2379}", ca}
+	bundled := []string{"clusterName=prod", "region=eu-west-1", "etcd.bundled.enabled=true", ca}
+	noCA := base[:3]
 	tests := []struct {
 		name string
 		set  []string
 		want string
 	}{
-		{"no cluster name", []string{"region=eu-west-1", "etcd.endpoints={https://10.0.0.1:2379}"}, "clusterName \"\" must be set to a DNS label"},
+		{"no cluster name", []string{"region=eu-west-1", "etcd.endpoints={https://10.0.0.1:2379}", ca}, "clusterName \"\" must be set to a DNS label"},
 		{"cluster name not a DNS label", append(slices.Clone(base), "clusterName=Prod_1"), "clusterName \"Prod_1\" must be set to a DNS label"},
-		{"no region", []string{"clusterName=prod", "etcd.endpoints={https://10.0.0.1:2379}"}, "region must be set"},
-		{"no etcd", []string{"clusterName=prod", "region=eu-west-1"}, "ipledger needs etcd"},
+		{"no region", []string{"clusterName=prod", "etcd.endpoints={https://10.0.0.1:2379}", ca}, "region must be set"},
+		{"no etcd", []string{"clusterName=prod", "region=eu-west-1", ca}, "ipledger needs etcd"},
 		{"external and bundled etcd", append(slices.Clone(base), "etcd.bundled.enabled=true"), "etcd.endpoints and etcd.bundled.enabled=true exclude each other"},
-		{"plaintext etcd", []string{"clusterName=prod", "region=eu-west-1", "etcd.endpoints={http://10.0.0.1:2379}"}, "must be an https:// URL"},
+		{"plaintext etcd", []string{"clusterName=prod", "region=eu-west-1", "etcd.endpoints={http://10.0.0.1:2379}", ca}, "must be an https:// URL"},
+		// Attestation: the agents need the server's CA certificate, and no private key may reach
+		// the nodes; the server needs the issuing CA.
+		{"attest without the server's CA", noCA, "agent.identity=attest: the agents verify the server with a CA bundle; give exactly one of agent.serverCA.pem"},
+		{"two server CAs", append(slices.Clone(base), "agent.serverCA.secretName=ca-only"), "give exactly one of agent.serverCA.pem"},
+		{"the server's TLS Secret on the nodes", append(slices.Clone(noCA), "agent.serverCA.secretName=ipledger-server-tls"), `agent.serverCA.secretName "ipledger-server-tls" holds a private key`},
+		{"the CA's Secret on the nodes", append(slices.Clone(noCA), "agent.serverCA.secretName=ipledger-ca"), `agent.serverCA.secretName "ipledger-ca" holds a private key`},
+		{"a key in the CA bundle", append(slices.Clone(noCA), "agent.serverCA.pem=-----BEGIN CERTIFICATE-----x-----BEGIN EC PRIVATE KEY-----"), "agent.serverCA.pem holds a private key"},
+		{"not a certificate", append(slices.Clone(noCA), "agent.serverCA.pem=hello"), "agent.serverCA.pem holds no PEM certificate"},
+		{"attest without attestation", append(slices.Clone(base), "attestation.enabled=false"), "agent.identity=attest needs attestation.enabled=true"},
+		{"unknown identity", append(slices.Clone(base), "agent.identity=spiffe"), "at '/agent/identity': value must be one of 'attest', 'files'"},
+		{"no issuing CA", append(slices.Clone(base), "certificates.certManager.issuer.create=false", "certificates.certManager.issuer.kind=ClusterIssuer"), "set attestation.issuerSecretName to the Secret"},
+		{"account id", append(slices.Clone(base), "attestation.accountIDs={1234}"), "/attestation/accountIDs/0"},
+		{"vpc id", append(slices.Clone(base), "attestation.vpcIDs={vpc1}"), "/attestation/vpcIDs/0"},
+		{"node name", append(slices.Clone(base), "attestation.nodeName=hostname"), "/attestation/nodeName"},
+		{"lifetime", append(slices.Clone(base), "attestation.nodeCertLifetime=1day"), "/attestation/nodeCertLifetime"},
 		{"bundled without service IPs", bundled, "etcd.bundled.serviceIPs has 0 addresses for 3 members"},
 		{"bundled with 4 members", append(slices.Clone(bundled), "etcd.bundled.replicas=4"), "3 or 5 members"},
 		{"service IP twice", append(slices.Clone(bundled), "etcd.bundled.serviceIPs={10.100.0.5,10.100.0.5,10.100.0.6}"), "every member needs its own address"},
@@ -168,6 +188,18 @@ func TestChartRefusesBadValues(t *testing.T) {
 	}
 	if _, err := renderChart(t, "", base...); err != nil {
 		t.Fatalf("the minimal values render: %v", err)
+	}
+	// Files from the node's PKI need no server CA value; a Secret holding the CA certificate
+	// alone may carry it to the agents.
+	for _, set := range [][]string{append(slices.Clone(noCA), "agent.identity=files"), append(slices.Clone(noCA), "agent.serverCA.secretName=ipledger-ca-bundle")} {
+		docs, err := renderChart(t, "", set...)
+		if err != nil {
+			t.Fatalf("%v: %v", set, err)
+		}
+		text, _ := json.Marshal(docs)
+		if slices.Contains(set, "agent.identity=files") != strings.Contains(string(text), "/etc/ipledger/pki/node.crt") {
+			t.Errorf("%v: the node's certificate files %s", set, map[bool]string{true: "missing", false: "used"}[slices.Contains(set, "agent.identity=files")])
+		}
 	}
 }
 

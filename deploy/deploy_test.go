@@ -6,6 +6,7 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -23,6 +24,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/ipledger/ipledger/agent"
 	"github.com/ipledger/ipledger/deploy/cniinstall"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server"
@@ -89,6 +91,9 @@ func TestRenderedObjects(t *testing.T) {
 			}
 		}
 		for name, keys := range overlayProvided {
+			if name == "ConfigMap/ipledger-server-ca" && b.values("agent", "identity") == "files" {
+				continue // agents with certificate files from the node's PKI need no server CA value
+			}
 			kind, n, _ := strings.Cut(name, "/")
 			got, ok := b.keys(kind, n)
 			if !ok {
@@ -580,7 +585,9 @@ func TestAgentDaemonSet(t *testing.T) {
 			t.Errorf("agent serves %s on the node, the conflist's agentSocket is %s", hp, conf.AgentSocket)
 		}
 
-		// The installer writes into the node's CNI directories; the agent does not see them.
+		// The installer puts only the plugin binary into the node's CNI bin directory; the agent
+		// writes the conflist into the node's CNI config directory once it can serve (so the node
+		// is Ready only then), and checks the plugins in the bin directory first.
 		iv, err := flagValues("ipledger-cni-install", installRun.args)
 		if err != nil {
 			t.Fatal(err)
@@ -590,12 +597,46 @@ func TestAgentDaemonSet(t *testing.T) {
 				t.Errorf("installer --%s=%s is %q on the node, want %s", flagName, iv[flagName], hp, want)
 			}
 		}
+		if iv["binary-only"] != "true" {
+			t.Error("the installer writes the conflist (no --binary-only): the node turns Ready before its agent can serve")
+		}
 		if iv["plugin-name"] != "ipledger" || iv["plugin-name"] != conf.Type {
 			t.Errorf("installer --plugin-name=%s; the conflist's plugin type is %s and must be ipledger", iv["plugin-name"], conf.Type)
 		}
-		for _, m := range agentRun.c.VolumeMounts {
-			if v := volumeNamed(pod, m.Name); v != nil && v.HostPath != nil && (strings.HasPrefix(v.HostPath.Path, "/opt/cni") || strings.HasPrefix(v.HostPath.Path, "/etc/cni")) {
-				t.Errorf("agent container mounts %s; only the installer needs the CNI directories", m.MountPath)
+		for flagName, want := range map[string]string{"cni-conf-dir": "/etc/cni/net.d", "cni-bin-dir": "/opt/cni/bin"} {
+			if hp := hostPathOf(pod, agentRun.c, vals[flagName]); hp != want {
+				t.Errorf("agent --%s=%s is %q on the node, want %s", flagName, vals[flagName], hp, want)
+			}
+		}
+		if m, _ := mountFor(agentRun.c, vals["cni-conf-dir"]); m == nil || m.ReadOnly {
+			t.Errorf("agent --cni-conf-dir=%s is not on a writable mount: it cannot install the conflist", vals["cni-conf-dir"])
+		}
+		if src := dockerfileFor(t, agentRun.image).files[vals["cni-conflist-src"]]; src != "context:deploy/"+conflistSrc {
+			t.Errorf("agent --cni-conflist-src=%s is %q in the image, want deploy/%s", vals["cni-conflist-src"], src, conflistSrc)
+		}
+		if iv["cni-version"] != "" {
+			t.Errorf("installer --cni-version=%s: it installs no conflist; the agent's --cni-version applies", iv["cni-version"])
+		}
+
+		// Identity: attest keeps the node's key in --identity-dir on the node (it survives
+		// restarts) and mounts no certificate files; files reads them from the node's PKI.
+		cfg, err := agent.LoadConfig(agentRun.args, func(k string) (string, bool) { v, ok := agentRun.env[k]; return v, ok }, io.Discard)
+		if err != nil {
+			t.Fatalf("agent configuration: %v", err)
+		}
+		if cfg.Attests() {
+			if hp := hostPathOf(pod, agentRun.c, vals["identity-dir"]); !strings.HasPrefix(hp, "/var/lib/ipledger/") {
+				t.Errorf("--identity-dir=%s is %q on the node: the node's key must survive restarts in /var/lib/ipledger", vals["identity-dir"], hp)
+			}
+			if m, _ := mountFor(agentRun.c, vals["identity-dir"]); m == nil || m.ReadOnly {
+				t.Errorf("--identity-dir=%s is not writable", vals["identity-dir"])
+			}
+			if b.chart && b.values("agent", "identity") != "attest" {
+				t.Errorf("the agent attests, agent.identity is %q", b.values("agent", "identity"))
+			}
+		} else {
+			if hp := hostPathOf(pod, agentRun.c, vals["tls-cert-file"]); !strings.HasPrefix(hp, "/etc/ipledger/pki/") {
+				t.Errorf("--tls-cert-file=%s is %q on the node, want the node's PKI directory", vals["tls-cert-file"], hp)
 			}
 		}
 	})
@@ -695,11 +736,57 @@ func testCNIInstallFromTheAgentImage(t *testing.T, b *bundle) {
 	if hp := hostPathOf(pod, inst.c, strings.TrimPrefix(res.PluginPath, root)); hp != "/opt/cni/bin/ipledger" {
 		t.Errorf("plugin lands at %s on the node, want /opt/cni/bin/ipledger", hp)
 	}
-	if hp := hostPathOf(pod, inst.c, strings.TrimPrefix(res.ConflistPath, root)); hp != "/etc/cni/net.d/10-ipledger.conflist" {
+	if res.ConflistPath != "" {
+		t.Errorf("the init container installed the conflist %s: the node would be Ready before its agent serves", res.ConflistPath)
+	}
+
+	// Then the agent, with the DaemonSet's arguments and mounts, installs the conflist in the
+	// same node directory once it can serve (as it does after its first pool).
+	var ag run
+	for _, r := range b.runs(t) {
+		if r.binary == "ipledger-agent" {
+			ag = r
+		}
+	}
+	vals, err := flagValues("ipledger-agent", ag.args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ag.c.VolumeMounts {
+		if err := os.MkdirAll(rooted(m.MountPath), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The agent's mounts of the node's directories are the installer's (one tree under root).
+	for flagName, instDir := range map[string]string{"cni-bin-dir": cfg.BinDir, "cni-conf-dir": cfg.ConfDir} {
+		if rooted(vals[flagName]) != instDir || hostPathOf(pod, ag.c, vals[flagName]) != hostPathOf(pod, inst.c, strings.TrimPrefix(instDir, root)) {
+			t.Fatalf("agent --%s=%s is not the directory the installer wrote (%s)", flagName, vals[flagName], instDir)
+		}
+	}
+	ic := cniinstall.DefaultConfig()
+	ic.ConfDir, ic.BinDir, ic.ConflistSource, ic.CNIVersion = rooted(vals["cni-conf-dir"]), rooted(vals["cni-bin-dir"]), rooted(vals["cni-conflist-src"]), vals["cni-version"]
+	res, err = cniinstall.InstallConflist(ic)
+	if err != nil {
+		t.Fatalf("the agent's conflist installation: %v", err)
+	}
+	if hp := hostPathOf(pod, ag.c, strings.TrimPrefix(res.ConflistPath, root)); hp != "/etc/cni/net.d/10-ipledger.conflist" {
 		t.Errorf("conflist lands at %s on the node, want /etc/cni/net.d/10-ipledger.conflist", hp)
 	}
-	if res.AgentSocket != sampleConflist(t).AgentSocket {
-		t.Errorf("installed config sends the plugin to %s", res.AgentSocket)
+	if res.AgentSocket != sampleConflist(t).AgentSocket || res.AgentSocket != hostPathOf(pod, ag.c, vals["socket"]) {
+		t.Errorf("installed config sends the plugin to %s; the agent serves %s", res.AgentSocket, hostPathOf(pod, ag.c, vals["socket"]))
+	}
+	b2, err := os.ReadFile(res.ConflistPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list struct {
+		CNIVersion string `json:"cniVersion"`
+	}
+	if err := json.Unmarshal(b2, &list); err != nil {
+		t.Fatal(err)
+	}
+	if want := b.values("agent", "cniVersion"); b.chart && want != "" && list.CNIVersion != want {
+		t.Errorf("the conflist's cniVersion is %s; agent.cniVersion is %s", list.CNIVersion, want)
 	}
 }
 
@@ -757,18 +844,26 @@ func TestVolumesAndReferences(t *testing.T) {
 		// and the images carry no such files), and files from ConfigMaps/Secrets are real keys.
 		fileFlags := map[string][]string{
 			"ipledger-server": {"policy-file", "etcd-ca-file", "etcd-cert-file", "etcd-key-file", "tls-cert-file", "tls-key-file", "tls-client-ca-file"},
-			"ipledger-agent":  {"socket", "checkpoint", "tls-cert-file", "tls-key-file", "tls-ca-file"},
+			"ipledger-agent":  {"socket", "checkpoint", "tls-ca-file", "identity-dir", "cni-conf-dir", "cni-bin-dir"},
 			"etcd":            {"data-dir", "cert-file", "key-file", "trusted-ca-file", "peer-cert-file", "peer-key-file", "peer-trusted-ca-file"},
+		}
+		// Files some configurations have: attestation's issuing CA on the server, certificate
+		// files from the node's PKI on the agent.
+		optionalFileFlags := map[string][]string{
+			"ipledger-server": {"issuer-cert-file", "issuer-key-file"},
+			"ipledger-agent":  {"tls-cert-file", "tls-key-file"},
 		}
 		for _, r := range b.runs(t) {
 			vals, err := flagValues(r.binary, r.args)
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, f := range fileFlags[r.binary] {
+			for _, f := range append(slices.Clone(fileFlags[r.binary]), optionalFileFlags[r.binary]...) {
 				p := vals[f]
 				if p == "" {
-					t.Errorf("%s: --%s is not set", r, f)
+					if !slices.Contains(optionalFileFlags[r.binary], f) {
+						t.Errorf("%s: --%s is not set", r, f)
+					}
 					continue
 				}
 				m, rel := mountFor(r.c, p)

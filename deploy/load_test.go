@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -21,6 +22,8 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
+
+	"sigs.k8s.io/yaml"
 
 	"github.com/ipledger/ipledger/agent"
 	"github.com/ipledger/ipledger/deploy/cniinstall"
@@ -52,6 +55,8 @@ var (
 		"Secret/ipledger-etcd":        {"endpoints"},
 		// The server's gRPC certificate: a cert-manager Certificate's Secret.
 		"Secret/ipledger-server-tls": {"ca.crt", "tls.crt", "tls.key"},
+		// The CA certificate attesting agents verify the server with (the overlay's ca.crt).
+		"ConfigMap/ipledger-server-ca": {"ca.crt"},
 	}
 	// certificateSecretKeys are the keys cert-manager writes into a Certificate's Secret.
 	certificateSecretKeys = []string{"ca.crt", "tls.crt", "tls.key"}
@@ -149,6 +154,60 @@ type bundle struct {
 	chart bool
 	// podIdentity: the server's role comes from an EKS Pod Identity association, not IRSA.
 	podIdentity bool
+	// chartValues are the chart's values of this rendering: values.yaml with the rendering's
+	// file over it (nil for kustomizations).
+	chartValues map[string]any
+}
+
+// values is the chart value at path as text ("" when unset or not a chart rendering).
+func (b *bundle) values(path ...string) string {
+	var v any = b.chartValues
+	for _, k := range path {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return ""
+		}
+		v = m[k]
+	}
+	if v == nil {
+		return ""
+	}
+	return fmt.Sprint(v)
+}
+
+// chartValuesOf reads the chart's values.yaml and merges the values file over it, as helm does
+// (maps merged, everything else replaced).
+func chartValuesOf(file string) (map[string]any, error) {
+	read := func(p string) (map[string]any, error) {
+		raw, err := os.ReadFile(filepath.Join(chartDir, p))
+		if err != nil {
+			return nil, err
+		}
+		out := map[string]any{}
+		return out, yaml.Unmarshal(raw, &out)
+	}
+	base, err := read("values.yaml")
+	if err != nil {
+		return nil, err
+	}
+	over, err := read(file)
+	if err != nil {
+		return nil, err
+	}
+	var merge func(dst, src map[string]any)
+	merge = func(dst, src map[string]any) {
+		for k, v := range src {
+			if sm, ok := v.(map[string]any); ok {
+				if dm, ok := dst[k].(map[string]any); ok {
+					merge(dm, sm)
+					continue
+				}
+			}
+			dst[k] = v
+		}
+	}
+	merge(base, over)
+	return base, nil
 }
 
 var codecs = func() serializer.CodecFactory {
@@ -251,6 +310,9 @@ func bundles(t *testing.T) []*bundle {
 				return
 			}
 			bu.podIdentity = r.podIdentity
+			if bu.chartValues, renderErr = chartValuesOf(r.values); renderErr != nil {
+				return
+			}
 		}
 	})
 	if renderErr != nil {

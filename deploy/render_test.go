@@ -42,7 +42,10 @@ type generator struct {
 	Namespace string   `json:"namespace"`
 	Type      string   `json:"type"`
 	Literals  []string `json:"literals"`
-	Options   struct {
+	// Files are [key=]path, relative to the kustomization's directory (the key is the file's
+	// base name unless given).
+	Files   []string `json:"files"`
+	Options struct {
 		// Required: this renderer does not rewrite references to hashed names.
 		DisableNameSuffixHash bool `json:"disableNameSuffixHash"`
 	} `json:"options"`
@@ -88,14 +91,14 @@ func renderKustomization(dir string) ([]doc, error) {
 		out = append(out, docs...)
 	}
 	for _, g := range k.ConfigMapGenerator {
-		d, err := generate("ConfigMap", g)
+		d, err := generate("ConfigMap", g, dir)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", dir, err)
 		}
 		out = append(out, d)
 	}
 	for _, g := range k.SecretGenerator {
-		d, err := generate("Secret", g)
+		d, err := generate("Secret", g, dir)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", dir, err)
 		}
@@ -160,7 +163,7 @@ func splitDocuments(b []byte) [][]byte {
 	return append(out, cur)
 }
 
-func generate(kind string, g generator) (doc, error) {
+func generate(kind string, g generator, dir string) (doc, error) {
 	if !g.Options.DisableNameSuffixHash {
 		return nil, fmt.Errorf("%s generator %s: set options.disableNameSuffixHash (hashed names are not supported here)", kind, g.Name)
 	}
@@ -175,6 +178,24 @@ func generate(kind string, g generator) (doc, error) {
 		}
 		if kind == "Secret" {
 			v = base64.StdEncoding.EncodeToString([]byte(v))
+		}
+		data[k] = v
+	}
+	for _, f := range g.Files {
+		k, path, ok := strings.Cut(f, "=")
+		if !ok {
+			k, path = filepath.Base(f), f
+		}
+		b, err := os.ReadFile(filepath.Join(dir, path))
+		if err != nil {
+			return nil, fmt.Errorf("%s generator %s: file %s: %w", kind, g.Name, f, err)
+		}
+		if _, dup := data[k]; dup {
+			return nil, fmt.Errorf("%s generator %s: key %s twice", kind, g.Name, k)
+		}
+		v := string(b)
+		if kind == "Secret" {
+			v = base64.StdEncoding.EncodeToString(b)
 		}
 		data[k] = v
 	}

@@ -1,11 +1,14 @@
 package deploy
 
 import (
+	"io"
 	"net/url"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/ipledger/ipledger/agent"
 	"github.com/ipledger/ipledger/internal/mtls"
 	"github.com/ipledger/ipledger/server/config"
 )
@@ -45,7 +48,7 @@ func testMutualTLSWiring(t *testing.T, b *bundle) {
 		return out
 	}
 
-	var serverSecret string
+	var serverSecret, issuerSecret string
 	for _, r := range b.runs(t) {
 		vals, err := flagValues(r.binary, r.args)
 		if err != nil {
@@ -75,16 +78,84 @@ func testMutualTLSWiring(t *testing.T, b *bundle) {
 					t.Errorf("--%s=%s: want key %s of the same Secret as --tls-cert-file", flag, vals[flag], key)
 				}
 			}
+			// Attestation: the issuing CA's certificate and key, from one Secret.
+			if b.chart && cfg.AttestationOn() != (b.values("attestation", "enabled") != "false") {
+				t.Errorf("the server attests: %v; attestation.enabled is %q", cfg.AttestationOn(), b.values("attestation", "enabled"))
+			}
+			if cfg.IssuerCertFile != "" {
+				m, rel := mountFor(r.c, cfg.IssuerCertFile)
+				m2, rel2 := mountFor(r.c, cfg.IssuerKeyFile)
+				v := volumeNamed(r.wl.pod, m.Name)
+				if v == nil || v.Secret == nil || m2 == nil || m2.Name != m.Name || rel != "tls.crt" || rel2 != "tls.key" {
+					t.Fatalf("--issuer-cert-file/--issuer-key-file are not tls.crt and tls.key of one Secret")
+				}
+				issuerSecret = v.Secret.SecretName
+				for flag, want := range map[string]string{"attest-account-ids": "accountIDs", "attest-vpc-ids": "vpcIDs"} {
+					if got := b.values("attestation", want); b.chart && strings.Trim(got, "[]") != strings.ReplaceAll(vals[flag], ",", " ") {
+						t.Errorf("--%s=%s, attestation.%s is %s", flag, vals[flag], want, got)
+					}
+				}
+			}
 		case "ipledger-agent":
-			for _, f := range []string{"tls-cert-file", "tls-key-file", "tls-ca-file"} {
-				if vals[f] == "" {
-					t.Errorf("the agent runs without --%s: plaintext to the server", f)
+			cfg, err := agent.LoadConfig(r.args, func(k string) (string, bool) { v, ok := r.env[k]; return v, ok }, io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if vals["tls-ca-file"] == "" {
+				t.Error("the agent runs without --tls-ca-file: plaintext to the server")
+			}
+			if !cfg.Attests() && (vals["tls-cert-file"] == "" || vals["tls-key-file"] == "") {
+				t.Error("the agent neither attests nor has certificate files")
+			}
+			// The server's CA certificate comes from a ConfigMap or a Secret holding no
+			// private key: nothing on the nodes can sign or impersonate the server.
+			if cfg.Attests() {
+				m, rel := mountFor(r.c, vals["tls-ca-file"])
+				v := volumeNamed(r.wl.pod, m.Name)
+				switch {
+				case v == nil || rel != "ca.crt" || (v.ConfigMap == nil && v.Secret == nil):
+					t.Errorf("--tls-ca-file=%s is not ca.crt of a ConfigMap or Secret", vals["tls-ca-file"])
+				case v.ConfigMap != nil:
+					if cm := b.configMaps[v.ConfigMap.Name]; cm != nil && !strings.Contains(cm.Data["ca.crt"], "-----BEGIN CERTIFICATE-----") {
+						t.Errorf("ConfigMap %s's ca.crt holds no certificate", cm.Name)
+					}
+				}
+			}
+			for _, v := range r.wl.pod.Volumes {
+				if v.Secret == nil {
+					continue
+				}
+				keys, _ := b.keys("Secret", v.Secret.SecretName)
+				for _, it := range v.Secret.Items {
+					keys = append(keys, it.Key)
+				}
+				if slices.Contains(keys, "tls.key") || slices.Contains(keys, "ca.key") {
+					t.Errorf("the agent's pod mounts Secret %s, which holds a private key: every node's kubelet would fetch it", v.Secret.SecretName)
 				}
 			}
 		}
 	}
 
 	server := certFor(serverSecret)
+	// The issuing CA is the CA of the server's client CA bundle, so the server accepts the node
+	// certificates it issues: with cert-manager, the CA Secret of the Issuer that signs the
+	// server's certificate.
+	if issuerSecret != "" && server != nil {
+		var iss *cmIssuer
+		for _, i := range b.issuers {
+			if i.Name == server.Spec.IssuerRef.Name && server.Spec.IssuerRef.Kind == "Issuer" {
+				iss = i
+			}
+		}
+		if iss == nil || iss.Spec.CA == nil || iss.Spec.CA.SecretName != issuerSecret {
+			t.Errorf("the server issues node certificates with Secret %s, but its own certificate's issuer is %+v: the node certificates would not chain to its client CA", issuerSecret, server.Spec.IssuerRef)
+		}
+	}
+	if issuerSecret != "" {
+		if keys, ok := b.keys("Secret", issuerSecret); !ok || !slices.Contains(keys, "tls.crt") || !slices.Contains(keys, "tls.key") {
+			t.Errorf("the issuing CA's Secret %s is neither rendered nor documented as user-provided with tls.crt and tls.key (%v)", issuerSecret, keys)
+		}
+	}
 	if server == nil {
 		// certificates.source=secret: the user creates it, with cert-manager's keys.
 		if keys, ok := b.keys("Secret", serverSecret); !ok || !slices.Equal(keys, certificateSecretKeys) {

@@ -163,6 +163,9 @@ func testSecondaryENI(t *testing.T, s *server.Server, inst ec2simInstance) {
 	}}); err != nil {
 		t.Fatal(err)
 	}
+	if err := s.Sim().Sim().TagInstance(t.Context(), inst.ID, map[string]string{label: "min12"}); err != nil {
+		t.Fatal(err)
+	}
 	n := harness.NewNode(t, s.Sim(), inst, s.GRPCAddr())
 	ag := n.StartAgentInProcess(func(c *agent.Config) { c.Labels = map[string]string{label: "min12"} })
 	v := ag.WaitView(20*time.Second, "12 free addresses on two ENIs", func(v agent.PoolView) bool {

@@ -13,7 +13,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
-	"github.com/ipledger/ipledger/server"
+	"github.com/ipledger/ipledger/server/allocator"
+	"github.com/ipledger/ipledger/server/allocator/diff"
 	"github.com/ipledger/ipledger/server/config"
 	"github.com/ipledger/ipledger/server/ledger"
 	"github.com/ipledger/ipledger/server/servertest"
@@ -145,7 +146,7 @@ func TestAnOrphanPlacedAgainIsAdopted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	led, err := server.BuildLedger(state)
+	led, err := allocator.BuildLedger(diff.RecordsOf(state.Nodes, state.Subnets, state.Prewarms), ledger.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

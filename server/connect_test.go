@@ -1,12 +1,15 @@
 package server_test
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/ipledger/ipledger/server"
 	"github.com/ipledger/ipledger/server/config"
+	"github.com/ipledger/ipledger/server/dev"
+	"github.com/ipledger/ipledger/server/ec2sim"
 	"github.com/ipledger/ipledger/server/servertest"
 	"github.com/ipledger/ipledger/server/store"
 )
@@ -19,8 +22,16 @@ func TestReplicaWaitsForEtcd(t *testing.T) {
 	cfg := config.DevConfig(t.TempDir())
 	cfg.EtcdEndpoints = []string{"http://" + addr}
 	cfg.SessionTTL = config.Duration(2 * time.Second)
-	cfg.SimThrottle = false
-	s, err := server.Start(t.Context(), cfg, server.Options{Logger: servertest.Logger(t)})
+	// --dev with --etcd-endpoints needs a simulator that outlives the replica, as that etcd does.
+	simCfg := ec2sim.DefaultConfig()
+	simCfg.Throttle = false
+	sim, err := ec2sim.Start(simCfg, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	cfg.EC2Endpoint = sim.Endpoint()
+	s, err := dev.Start(t.Context(), cfg, server.Options{Logger: servertest.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,5 +57,22 @@ func TestReplicaWaitsForEtcd(t *testing.T) {
 	servertest.WaitFor(t, 20*time.Second, "leadership once etcd is up", s.IsLeader)
 	if code, body := get(t, base+"/readyz"); code != 200 || !strings.Contains(body, "leader") {
 		t.Fatalf("/readyz after etcd came: %d %q", code, body)
+	}
+}
+
+// The production path constructs no simulator and no etcd: server.Start refuses a
+// configuration that needs them, and package dev starts them.
+func TestStartNeedsTheDevCompositionForItsBackends(t *testing.T) {
+	cfg := config.DevConfig(t.TempDir())
+	if _, err := server.Start(t.Context(), cfg, server.Options{}); !errors.Is(err, server.ErrNeedsBackends) {
+		t.Fatalf("server.Start with --dev and no endpoints: %v, want ErrNeedsBackends", err)
+	}
+	cfg.EC2Endpoint = "http://127.0.0.1:1"
+	if _, err := server.Start(t.Context(), cfg, server.Options{}); !errors.Is(err, server.ErrNeedsBackends) {
+		t.Fatalf("server.Start without etcd endpoints: %v, want ErrNeedsBackends", err)
+	}
+	s := servertest.StartDev(t, nil)
+	if s.Sim() == nil || s.Store() == nil {
+		t.Fatal("dev.Start did not give the replica its simulator and etcd")
 	}
 }

@@ -124,12 +124,8 @@ func (s *Server) transportCredentials() (credentials.TransportCredentials, error
 		files = mtls.Files{Cert: s.cfg.TLSCertFile, Key: s.cfg.TLSKeyFile, CA: s.cfg.TLSClientCAFile}
 	case config.TransportDevCerts:
 		var nodes []string
-		if s.sim != nil {
-			for _, in := range s.sim.Sim().Snapshot().Instances {
-				if in.PrivateDNSName != "" {
-					nodes = append(nodes, in.PrivateDNSName)
-				}
-			}
+		if s.backends != nil {
+			nodes = s.backends.Instances()
 		}
 		// Node certificates are still made for tools and tests that want one (agents attest
 		// and do not use them).

@@ -29,16 +29,11 @@ var (
 func (s *Server) Identity() *identity.Service { return s.ident }
 
 // Leadership is the leadership of this replica's allocator (nil unless it leads).
-func (s *Server) Leadership() *store.Leadership {
-	if a := s.Allocator(); a != nil {
-		return a.Leadership()
-	}
-	return nil
-}
+func (s *Server) Leadership() *store.Leadership { return s.rep.Leadership() }
 
-// simInstanceTags are the tags --dev's simulator puts on every instance: the cluster tag the
+// SimInstanceTags are the tags --dev's simulator puts on every instance: the cluster tag the
 // attestation checks, so that its instances are the cluster's.
-func simInstanceTags(cfg config.Config) map[string]string {
+func SimInstanceTags(cfg config.Config) map[string]string {
 	key, val, hasVal := strings.Cut(cfg.AttestTag(), "=")
 	if key == "" {
 		return nil
@@ -66,8 +61,8 @@ func (s *Server) newIdentity(ctx context.Context) error {
 		} else {
 			trust.AddAnyRegion(c)
 		}
-		if s.sim != nil {
-			snap := s.sim.Sim().Snapshot()
+		if s.Sim() != nil {
+			snap := s.Sim().Sim().Snapshot()
 			if len(accounts) == 0 {
 				accounts = []string{snap.AccountID}
 			}
@@ -124,8 +119,8 @@ func (s *Server) simIIDCertificate(ctx context.Context) (*x509.Certificate, erro
 }
 
 func (s *Server) simIIDCertificatePEM(ctx context.Context) ([]byte, error) {
-	if s.sim != nil {
-		return s.sim.Sim().IIDCertificatePEM()
+	if s.Sim() != nil {
+		return s.Sim().Sim().IIDCertificatePEM()
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()

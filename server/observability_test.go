@@ -63,6 +63,10 @@ func TestHealthReadinessAndMetrics(t *testing.T) {
 	if value(`ipledger_leader`) != 1 || value(`ipledger_nodes_registered`) != 2 {
 		t.Fatal("leader or node count wrong")
 	}
+	// Pools are a distribution over the nodes, not a series per node.
+	if value(`ipledger_node_pool_addresses_count\{state="held"\}`) != 2 || strings.Contains(metrics, `ipledger_node_pool_addresses{node=`) {
+		t.Fatal("ipledger_node_pool_addresses is not a histogram over the 2 nodes")
+	}
 	if value(`ipledger_ec2_calls_total\{action="AssignPrivateIpAddresses",outcome="ok"\}`) < 2 {
 		t.Fatal("EC2 calls not counted")
 	}

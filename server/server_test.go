@@ -14,6 +14,7 @@ import (
 
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/allocator"
+	"github.com/ipledger/ipledger/server/allocator/policy"
 	"github.com/ipledger/ipledger/server/api"
 	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/servertest"
@@ -31,7 +32,7 @@ func TestNodesRegisterAndPoolsFillToTheFloor(t *testing.T) {
 				t.Fatalf("the first registration's pool lacks the subnet CIDR of %s", ni.GetEniId())
 			}
 		}
-		if resp.GetPolicy().GetName() != allocator.DefaultPolicyName || resp.GetPool().GetMode() != ipledgerv1.AddressMode_ADDRESS_MODE_SECONDARY_IP {
+		if resp.GetPolicy().GetName() != policy.DefaultName || resp.GetPool().GetMode() != ipledgerv1.AddressMode_ADDRESS_MODE_SECONDARY_IP {
 			t.Fatalf("register: %v", resp)
 		}
 		a.Sync()

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ipledger/ipledger/internal/atomicfile"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 )
 
@@ -348,7 +349,8 @@ func (p *Pool) install(d cpData) error {
 	return nil
 }
 
-// writeFileAtomic replaces path with data: a temp file in the same directory, fsync, rename
+// writeFileAtomic replaces path with data (written here rather than with internal/atomicfile
+// because every step is a crash point the crash tests inject, through disk.step): a temp file in the same directory, fsync, rename
 // over path, fsync of the directory. A crash at any point leaves either the old or the new file.
 func (d disk) writeFileAtomic(path string, data []byte) (err error) {
 	dir := filepath.Dir(path)
@@ -389,8 +391,10 @@ func (d disk) writeFileAtomic(path string, data []byte) (err error) {
 	return d.syncDir(dir)
 }
 
-// removeTemps deletes temp files left by writes that crashed before their rename.
+// removeTemps deletes temp files left by writes that crashed before their rename: atomicfile's,
+// and "<name>.tmp-*" of agents before it.
 func removeTemps(path string) {
+	atomicfile.RemoveTemps(path)
 	matches, _ := filepath.Glob(filepath.Join(filepath.Dir(path), filepath.Base(path)+".tmp-*"))
 	for _, m := range matches {
 		_ = os.Remove(m)

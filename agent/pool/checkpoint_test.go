@@ -90,9 +90,14 @@ func TestCheckpointColdStartAndTempLeftovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A crash between writing the temp file and the rename: the temp file holds a newer (here:
-	// torn) state, the checkpoint the old one.
+	// torn) state, the checkpoint the old one. Temp files are named as atomicfile names them,
+	// or as agents before it did.
 	tmp := p.path + ".tmp-123456"
 	if err := os.WriteFile(tmp, good[:len(good)/2], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tmp2 := filepath.Join(filepath.Dir(p.path), "."+filepath.Base(p.path)+"654321")
+	if err := os.WriteFile(tmp2, good[:len(good)/2], 0o600); err != nil {
 		t.Fatal(err)
 	}
 	q := openPool(t, dir, nil)
@@ -102,8 +107,10 @@ func TestCheckpointColdStartAndTempLeftovers(t *testing.T) {
 	if as := q.Assignments(); len(as) != 1 || as[0].ContainerID != "a" {
 		t.Fatalf("assignments after crash %+v", as)
 	}
-	if _, err := os.Stat(tmp); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("temp leftover not removed: %v", err)
+	for _, tmp := range []string{tmp, tmp2} {
+		if _, err := os.Stat(tmp); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("temp leftover %s not removed: %v", tmp, err)
+		}
 	}
 	if fi, err := os.Stat(q.path); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("checkpoint mode: %v %v", fi, err)

@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"slices"
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -227,7 +227,7 @@ func (c *Conn) Run(ctx context.Context) error {
 			break
 		}
 		redirected := c.noteError("sync", err)
-		wait := bo.Next()
+		wait := bo.NextBackOff()
 		if redirected {
 			wait = c.cfg.BackoffMin
 		}
@@ -239,7 +239,7 @@ func (c *Conn) Run(ctx context.Context) error {
 }
 
 // register calls RegisterNode until it succeeds or ctx ends (the only error).
-func (c *Conn) register(ctx context.Context, bo *backoff) error {
+func (c *Conn) register(ctx context.Context, bo *backoff.ExponentialBackOff) error {
 	id := c.cfg.Identity
 	for {
 		target, cl, err := c.client()
@@ -272,7 +272,7 @@ func (c *Conn) register(ctx context.Context, bo *backoff) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		wait := bo.Next()
+		wait := bo.NextBackOff()
 		if c.noteError("register", err) {
 			wait = c.cfg.BackoffMin
 		}
@@ -283,7 +283,7 @@ func (c *Conn) register(ctx context.Context, bo *backoff) error {
 }
 
 // syncOnce runs one Sync stream until it fails or ctx ends.
-func (c *Conn) syncOnce(ctx context.Context, bo *backoff) error {
+func (c *Conn) syncOnce(ctx context.Context, bo *backoff.ExponentialBackOff) error {
 	target, cl, err := c.client()
 	if err != nil {
 		return err
@@ -382,6 +382,10 @@ func (c *Conn) recvLoop(ctx context.Context, stream syncStream, acks chan<- *ipl
 			case <-ctx.Done():
 				return ctx.Err()
 			}
+		case *ipledgerv1.SyncResponse_UsageRefused:
+			// The server left these out of the node's usage: another node leases them. Pods
+			// on them are a bug (or an attack) worth a person's look.
+			c.log.Error("the server refused addresses of the usage report", "addresses", m.UsageRefused.GetAddresses(), "reason", m.UsageRefused.GetReason())
 		default:
 			c.log.Warn("ignoring an unknown sync message", "type", fmt.Sprintf("%T", m))
 		}
@@ -565,26 +569,17 @@ func (c *Conn) RequestAddresses(ctx context.Context, count uint32) error {
 		fmt.Sprintf("cannot reach the allocator: %v", err), map[string]string{"server": c.State().Target})
 }
 
-// backoff is a jittered exponential backoff ("equal jitter": half fixed, half random).
-type backoff struct {
-	min, max, cur time.Duration
-}
-
-func newBackoff(lo, hi time.Duration) *backoff { return &backoff{min: lo, max: hi} }
-
-// Next returns the next wait, in [cur/2, cur], cur doubling from min up to max.
-func (b *backoff) Next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.min
-	} else {
-		b.cur = min(b.cur*2, b.max)
+// newBackoff is a jittered exponential backoff ("equal jitter": half fixed, half random): the
+// n-th wait lies in [cur/2, cur], cur doubling from lo up to hi. In cenkalti/backoff's terms
+// the interval is 3/4 cur with a randomization factor of 1/3.
+func newBackoff(lo, hi time.Duration) *backoff.ExponentialBackOff {
+	return &backoff.ExponentialBackOff{
+		InitialInterval:     lo * 3 / 4,
+		RandomizationFactor: 1.0 / 3,
+		Multiplier:          2,
+		MaxInterval:         hi * 3 / 4,
 	}
-	half := b.cur / 2
-	return half + rand.N(b.cur-half+1)
 }
-
-// Reset starts again from min.
-func (b *backoff) Reset() { b.cur = 0 }
 
 // sleep waits d or until ctx ends (false).
 func sleep(ctx context.Context, d time.Duration) bool {

@@ -99,15 +99,15 @@ func TestBackoff(t *testing.T) {
 		c *= time.Millisecond
 		for range 50 {
 			b2 := *b
-			d := b2.Next()
+			d := b2.NextBackOff()
 			if d < c/2 || d > c {
 				t.Fatalf("attempt %d: wait %v outside [%v, %v]", i, d, c/2, c)
 			}
 		}
-		b.Next()
+		b.NextBackOff()
 	}
 	b.Reset()
-	if d := b.Next(); d > 100*time.Millisecond {
+	if d := b.NextBackOff(); d < 50*time.Millisecond || d > 100*time.Millisecond {
 		t.Fatalf("after Reset: %v", d)
 	}
 }

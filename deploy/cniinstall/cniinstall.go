@@ -1,7 +1,6 @@
 package cniinstall
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -16,6 +15,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 
 	"github.com/ipledger/ipledger/cni"
+	"github.com/ipledger/ipledger/internal/atomicfile"
 )
 
 // Sentinel errors; Install wraps them with the detail.
@@ -302,49 +302,11 @@ func checkConflist(b []byte, pluginName string) (socket string, chained []string
 // does, and otherwise replaces it by renaming a synced temporary file of the same directory over it
 // (a running binary keeps its old inode; readers see the old or the new file, never a mix).
 func writeAtomic(path string, data []byte, mode os.FileMode) (bool, error) {
-	if fi, err := os.Lstat(path); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm() == mode {
-		if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, data) {
-			return false, nil
-		}
-	}
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	wrote, err := atomicfile.WriteIfChanged(path, data, mode)
 	if err != nil {
-		return false, fmt.Errorf("cniinstall: %w", err)
-	}
-	tmp := f.Name()
-	done := false
-	defer func() {
-		if !done {
-			_ = f.Close()
-			_ = os.Remove(tmp)
-		}
-	}()
-	if _, err := io.Copy(f, bytes.NewReader(data)); err != nil {
-		return false, fmt.Errorf("cniinstall: write %s: %w", tmp, err)
-	}
-	if err := f.Chmod(mode); err != nil {
-		return false, fmt.Errorf("cniinstall: chmod %s: %w", tmp, err)
-	}
-	if err := f.Sync(); err != nil {
-		return false, fmt.Errorf("cniinstall: sync %s: %w", tmp, err)
-	}
-	if err := f.Close(); err != nil {
-		return false, fmt.Errorf("cniinstall: close %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
 		return false, fmt.Errorf("cniinstall: install %s: %w", path, err)
 	}
-	done = true
-	d, err := os.Open(dir)
-	if err != nil {
-		return true, fmt.Errorf("cniinstall: sync %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return true, fmt.Errorf("cniinstall: sync %s: %w", dir, err)
-	}
-	return true, nil
+	return wrote, nil
 }
 
 // shadowing lists the config files of dir that a runtime reads before name.

@@ -28,8 +28,7 @@ COPY . .
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
     mkdir -p /out && \
     CGO_ENABLED=0 GOOS=${TARGETOS} GOARCH=${TARGETARCH} \
-    go build -trimpath -ldflags="-s -w -X main.version=${VERSION} \
-      -X github.com/ipledger/ipledger/internal/version.Version=${VERSION} \
+    go build -trimpath -ldflags="-s -w -X github.com/ipledger/ipledger/internal/version.Version=${VERSION} \
       -X github.com/ipledger/ipledger/internal/version.Commit=${COMMIT} \
       -X github.com/ipledger/ipledger/internal/version.Date=${DATE}" \
       -o /out/ ./agent/cmd/ipledger-agent ./cni/cmd/ipledger-cni ./deploy/cmd/ipledger-cni-install

@@ -21,8 +21,7 @@ RUN --mount=type=cache,target=/go/pkg/mod go mod download
 COPY . .
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
     CGO_ENABLED=0 GOOS=${TARGETOS} GOARCH=${TARGETARCH} \
-    go build -trimpath -ldflags="-s -w -X github.com/ipledger/ipledger/server/ctl.Version=${VERSION} \
-      -X github.com/ipledger/ipledger/internal/version.Version=${VERSION} \
+    go build -trimpath -ldflags="-s -w -X github.com/ipledger/ipledger/internal/version.Version=${VERSION} \
       -X github.com/ipledger/ipledger/internal/version.Commit=${COMMIT} \
       -X github.com/ipledger/ipledger/internal/version.Date=${DATE}" \
       -o /out/ipledgerctl ./server/cmd/ipledgerctl

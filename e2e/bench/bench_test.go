@@ -178,6 +178,7 @@ func TestDefaultsAndValidation(t *testing.T) {
 		{Trace: TraceSteady, Nodes: 5000},
 		{Trace: TracePrefix, Systems: []string{vpccni.NameDefault}},
 		{Trace: TraceGatewayBurst, GatewayPerAction: 5000},
+		{Trace: TraceSteady, EC2Profile: "sluggish"},
 	}
 	for _, p := range bad {
 		if _, err := Defaults(p); err == nil {
@@ -266,19 +267,44 @@ func TestProcParsing(t *testing.T) {
 }
 
 func TestGatewayBurstSmall(t *testing.T) {
-	g, err := runGatewayBurst(t.Context(), 110, 20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if g.Failed != 0 || g.Requests-g.Throttled != 550 {
-		t.Fatalf("%+v: want 550 successful requests", g)
-	}
-	for _, a := range gatewayActions {
-		if g.PerAction[a] != 110 {
-			t.Errorf("%s: %d calls, want 110", a, g.PerAction[a])
+	for _, profile := range ec2sim.ProfileNames() {
+		g, err := runGatewayBurst(t.Context(), 110, 20, profile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g.Failed != 0 || g.Requests-g.Throttled != 550 {
+			t.Fatalf("%s: %+v: want 550 successful requests", profile, g)
+		}
+		for _, a := range gatewayActions {
+			if g.PerAction[a] != 110 {
+				t.Errorf("%s: %s: %d calls, want 110", profile, a, g.PerAction[a])
+			}
+		}
+		if g.FloorS != 2 || g.ElapsedS <= 0 || g.ElapsedPerFloor <= 0 {
+			t.Errorf("%s: floor %v elapsed %v ratio %v", profile, g.FloorS, g.ElapsedS, g.ElapsedPerFloor)
 		}
 	}
-	if g.FloorS != 2 || g.ElapsedS <= 0 || g.ElapsedPerFloor <= 0 {
-		t.Errorf("floor %v elapsed %v ratio %v", g.FloorS, g.ElapsedS, g.ElapsedPerFloor)
+	if _, err := runGatewayBurst(t.Context(), 10, 20, "sluggish"); !errors.Is(err, ec2sim.ErrUnknownProfile) {
+		t.Errorf("unknown profile: %v", err)
+	}
+}
+
+// The trace's EC2 profile reaches the simulator both systems talk to; realistic is the default.
+func TestProfileReachesSimulator(t *testing.T) {
+	p, err := Defaults(TraceParams{Trace: TraceSteady})
+	if err != nil || p.EC2Profile != ec2sim.ProfileRealistic {
+		t.Fatalf("default profile %q (%v), want realistic", p.EC2Profile, err)
+	}
+	for _, profile := range ec2sim.ProfileNames() {
+		r := newRunner(runConfig{trace: TraceSeed, system: vpccni.NameDefault, timeScale: 20, seed: 1,
+			scenario: ec2sim.DefaultScenario(), profile: profile, progress: func(string, ...any) {}})
+		if err := r.start(t.Context(), nil); err != nil {
+			t.Fatal(err)
+		}
+		got := r.sim.Sim().Profile().Name
+		r.stop(t.Context())
+		if got != profile {
+			t.Errorf("runner with profile %s: the simulator runs %s", profile, got)
+		}
 	}
 }

@@ -13,9 +13,14 @@
 // networking off). Pods are CNI Add/Del calls on the agents' sockets, one gRPC connection per
 // agent, as a runtime's plugin would make them. The VPC CNI system is one vpccni.Node per node.
 //
-// Everything is time-scaled by a factor F: the simulator's token buckets refill F times faster,
-// ipledger's timers (server flags, agent settings) and the model's timers are divided by F, and
-// every duration the package reports is in simulated seconds (wall time x F).
+// Both systems' simulators run the same clock of EC2 (TraceParams.EC2Profile, --ec2-profile):
+// realistic by default (ec2sim.RealisticProfile: published per-action latencies, attach and
+// detach phases, describe lag), or instant.
+//
+// Everything is time-scaled by a factor F: the simulator's token buckets refill F times faster
+// and its latencies are F times shorter, ipledger's timers (server flags, agent settings) and the
+// model's timers are divided by F, and every duration the package reports is in simulated
+// seconds (wall time x F).
 //
 // The package talks only to loopback and to processes it started; it never touches networking
 // and never asserts timings: the goals are measured and reported, not tested.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/ipledger/ipledger/internal/clock"
 	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/ec2sim"
 	"golang.org/x/sync/errgroup"
@@ -44,14 +45,18 @@ func bucketFloor(calls int, sh ec2sim.BucketShape) float64 {
 }
 
 // runGatewayBurst sends perAction requests of each ENI/IP action at once through a gateway.
-func runGatewayBurst(ctx context.Context, perAction int, timeScale float64) (GatewayBurst, error) {
+func runGatewayBurst(ctx context.Context, perAction int, timeScale float64, profile string) (GatewayBurst, error) {
 	out := GatewayBurst{TimeScale: timeScale, PerAction: map[string]int{}}
+	prof, err := ec2sim.ProfileByName(profile)
+	if err != nil {
+		return out, fmt.Errorf("bench: %w", err)
+	}
 	sc := &ec2sim.Scenario{
 		VPC:     ec2sim.VPCSpec{CIDR: vpcCIDR},
 		Subnets: []ec2sim.SubnetSpec{{CIDR: "192.168.0.0/19", AvailabilityZone: "eu-west-1a"}},
 	}
 	cfg := ec2sim.DefaultConfig()
-	cfg.Scenario, cfg.TimeScale = sc, timeScale
+	cfg.Scenario, cfg.TimeScale, cfg.Profile = sc, timeScale, &prof
 	sim, err := ec2sim.New(cfg)
 	if err != nil {
 		return out, err
@@ -112,7 +117,7 @@ func runGatewayBurst(ctx context.Context, perAction int, timeScale float64) (Gat
 	}
 
 	gw, err := ec2gw.New(ctx, ec2gw.Config{
-		Region: "eu-west-1", Endpoint: "http://" + lis.Addr().String(), TimeScale: timeScale,
+		Region: "eu-west-1", Endpoint: "http://" + lis.Addr().String(), Clock: clock.Scaled(clock.Real(), timeScale),
 		Credentials: credentials.NewStaticCredentialsProvider("ipledger-bench", "ipledger-bench", ""),
 	})
 	if err != nil {

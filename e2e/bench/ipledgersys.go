@@ -77,9 +77,10 @@ type serverProc struct {
 
 var _ system = (*ipledgerSystem)(nil)
 
-// serverFlags are the server's flags for a time-scaled run: every timer divided by F.
+// serverFlags are the server's flags for a time-scaled run: --time-scale F makes the server's
+// clock run F times faster, so its timers are given in simulated time (the defaults, spelled out).
 func serverFlags(f float64) []string {
-	d := func(x time.Duration) string { return time.Duration(float64(x) / f).String() }
+	d := func(x time.Duration) string { return x.String() }
 	return []string{
 		"--time-scale", strconv.FormatFloat(f, 'f', -1, 64),
 		"--release-delay", d(60 * time.Second),
@@ -368,6 +369,11 @@ func (s *ipledgerSystem) StartNode(ctx context.Context, inst ec2sim.InstanceInfo
 	cfg.UsageDebounce = scale(cfg.UsageDebounce)
 	cfg.Logger = s.agentLog.With("instance", inst.ID)
 	if r == rolePrefix {
+		// The policy matches the instance's EC2 tag (as a node group's launch template sets
+		// it); the agent's label says the same and is only shown.
+		if err := s.env.sim.Sim().TagInstance(ctx, inst.ID, map[string]string{labelMode: "prefix"}); err != nil {
+			return nil, fmt.Errorf("bench: tag %s: %w", inst.ID, err)
+		}
 		cfg.Labels = map[string]string{labelMode: "prefix"}
 	}
 	a, err := agent.New(cfg)

@@ -6,6 +6,8 @@ import (
 	"io"
 	"sort"
 	"strings"
+
+	"github.com/ipledger/ipledger/server/ec2sim"
 )
 
 // WriteJSON writes reports as JSON: one object for one report, a list for several.
@@ -52,8 +54,8 @@ func WriteMarkdown(w io.Writer, reps []Report) error {
 func writeReportMarkdown(b *strings.Builder, rep Report) {
 	fmt.Fprintf(b, "### %s\n\n", rep.Trace)
 	if g := rep.Gateway; g != nil {
-		fmt.Fprintf(b, "%d concurrent requests through one ec2gw.Gateway (%s), EC2's bucket shapes at time scale %g.\n\n",
-			g.Requests-g.Throttled, actionsList(g.PerAction), g.TimeScale)
+		fmt.Fprintf(b, "%d concurrent requests through one ec2gw.Gateway (%s), EC2's bucket shapes at time scale %g, %s.\n\n",
+			g.Requests-g.Throttled, actionsList(g.PerAction), g.TimeScale, profileText(rep.Params.EC2Profile))
 		b.WriteString("| requests | elapsed s | floor s | elapsed / floor | throttled | failed |\n|---:|---:|---:|---:|---:|---:|\n")
 		fmt.Fprintf(b, "| %d | %s | %s | %s | %d | %d |\n", g.Requests, fnum(g.ElapsedS, 1), fnum(g.FloorS, 1), fnum(g.ElapsedPerFloor, 3), g.Throttled, g.Failed)
 		return
@@ -66,7 +68,7 @@ func writeReportMarkdown(b *strings.Builder, rep Report) {
 	if p.EC2LatencyMs > 0 {
 		tuning += fmt.Sprintf(" Every EC2 call takes %.0f ms more.", p.EC2LatencyMs)
 	}
-	fmt.Fprintf(b, "%s.%s Time scale %g; %s. Wall time %.0f s.\n\n", describeParams(rep.Trace, p), tuning, rep.TimeScale, Units, rep.WallSeconds)
+	fmt.Fprintf(b, "%s; %s.%s Time scale %g; %s. Wall time %.0f s.\n\n", describeParams(rep.Trace, p), profileText(p.EC2Profile), tuning, rep.TimeScale, Units, rep.WallSeconds)
 	if f := rep.BurstFloor; f != nil {
 		fmt.Fprintf(b, "Burst floor: %d node starts x (%s) through EC2's buckets = **%.0f s** until every node can hold an address.\n\n",
 			f.Nodes, actionsList(f.CallsPerNodeStart), f.FloorS)
@@ -120,6 +122,17 @@ func writeReportMarkdown(b *strings.Builder, rep Report) {
 	for _, s := range rep.Systems {
 		fmt.Fprintf(b, "- %s: %s\n", s.Name, actionsList(s.EC2Calls))
 	}
+}
+
+// profileText names the simulator's clock of EC2 in a report.
+func profileText(name string) string {
+	switch name {
+	case ec2sim.ProfileRealistic:
+		return "realistic EC2 (published latencies, attach and detach phases, describe lag)"
+	case ec2sim.ProfileInstant, "":
+		return "instant EC2 (every call answered at once)"
+	}
+	return name + " EC2"
 }
 
 func describeParams(trace string, p Params) string {

@@ -45,6 +45,8 @@ type Params struct {
 	Waves        int     `json:"waves,omitempty"`
 	WholeBlocks  int     `json:"whole_blocks,omitempty"`
 	EC2LatencyMs float64 `json:"ec2_latency_ms,omitempty"`
+	// EC2Profile is the simulator's clock of EC2 (realistic or instant).
+	EC2Profile string `json:"ec2_profile"`
 	// IPLedgerFloor is the adaptive floor given to ipledger's default policy (0: built-in, 1).
 	IPLedgerFloor int   `json:"ipledger_adaptive_floor,omitempty"`
 	Seed          int64 `json:"seed"`
@@ -137,13 +139,14 @@ func Run(ctx context.Context, p TraceParams, env Env) (Report, error) {
 	rep := Report{Trace: p.Trace, TimeScale: p.TimeScale, Units: Units, Params: Params{
 		Nodes: p.Nodes, PodsPerNode: p.Pods, InstanceType: p.InstanceType, Seed: p.Seed,
 		EC2LatencyMs: float64(p.EC2Latency) / float64(time.Millisecond), IPLedgerFloor: p.IPLedgerFloor,
+		EC2Profile: p.EC2Profile,
 	}}
 	wall := time.Now()
 	defer func() { rep.WallSeconds = time.Since(wall).Seconds() }()
 	if p.Trace == TraceGatewayBurst {
-		env.progress("gateway-burst: %d requests of each of %d ENI/IP actions at time scale %g", p.GatewayPerAction, len(gatewayActions), p.TimeScale)
-		rep.Params = Params{Nodes: 0, Seed: p.Seed}
-		g, err := runGatewayBurst(ctx, p.GatewayPerAction, p.TimeScale)
+		env.progress("gateway-burst: %d requests of each of %d ENI/IP actions at time scale %g, %s EC2", p.GatewayPerAction, len(gatewayActions), p.TimeScale, p.EC2Profile)
+		rep.Params = Params{Nodes: 0, Seed: p.Seed, EC2Profile: p.EC2Profile}
+		g, err := runGatewayBurst(ctx, p.GatewayPerAction, p.TimeScale, p.EC2Profile)
 		if err != nil {
 			return rep, err
 		}
@@ -195,10 +198,10 @@ func runSystem(ctx context.Context, p TraceParams, def traceDef, sys string, env
 			}
 		}
 	}
-	env.progress("%s: %s (time scale %g)", p.Trace, sys, p.TimeScale)
+	env.progress("%s: %s (time scale %g, %s EC2)", p.Trace, sys, p.TimeScale, p.EC2Profile)
 	wall := time.Now()
 	r := newRunner(runConfig{
-		trace: p.Trace, system: sys, timeScale: p.TimeScale, seed: p.Seed, scenario: sc,
+		trace: p.Trace, system: sys, timeScale: p.TimeScale, seed: p.Seed, scenario: sc, profile: p.EC2Profile,
 		env:      systemEnv{workDir: env.WorkDir, serverBin: env.ServerBin, logDir: env.LogDir, ipledgerFloor: p.IPLedgerFloor},
 		progress: env.progress,
 	})

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
+
 	"github.com/ipledger/ipledger/server/ec2sim"
 )
 
@@ -55,6 +57,7 @@ type runConfig struct {
 	timeScale float64
 	seed      int64
 	scenario  *ec2sim.Scenario
+	profile   string    // the simulator's clock of EC2 (ec2sim.ProfileByName)
 	env       systemEnv // sim filled in by the runner
 	progress  func(format string, args ...any)
 }
@@ -116,6 +119,11 @@ func (r *runner) start(ctx context.Context, setup func(ctx context.Context, sim 
 	simCfg.Scenario = r.cfg.scenario
 	simCfg.Seed = r.cfg.seed
 	simCfg.TimeScale = r.cfg.timeScale
+	prof, err := ec2sim.ProfileByName(r.cfg.profile)
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	simCfg.Profile = &prof
 	sim, err := ec2sim.Start(simCfg, "127.0.0.1:0")
 	if err != nil {
 		return fmt.Errorf("bench: simulator: %w", err)
@@ -279,7 +287,8 @@ func (r *runner) startPod(n *nodeRec, ph *phase, hostNet bool) *podRec {
 		defer r.podWG.Done()
 		defer cancel()
 		scheduled := r.clk.Now()
-		backoff := kubeletBackoffMin
+		// The kubelet retries a failed sandbox 1 s, 2 s, 4 s, ... up to 10 s apart.
+		bo := &backoff.ExponentialBackOff{InitialInterval: kubeletBackoffMin, Multiplier: 2, MaxInterval: kubeletBackoffMax}
 		for attempt := 1; ; attempt++ {
 			callStart := time.Now()
 			waited, err := n.h.Add(ctx, name)
@@ -315,10 +324,9 @@ func (r *runner) startPod(n *nodeRec, ph *phase, hostNet bool) *podRec {
 			r.mu.Lock()
 			r.failedAdds++
 			r.mu.Unlock()
-			if !r.clk.Sleep(ctx, backoff) {
+			if !r.clk.Sleep(ctx, bo.NextBackOff()) {
 				return
 			}
-			backoff = min(2*backoff, kubeletBackoffMax)
 		}
 	}()
 	return p

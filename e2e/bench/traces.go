@@ -59,6 +59,10 @@ type TraceParams struct {
 	// time scale). EC2 answers in tens to hundreds of milliseconds; the simulator alone in
 	// about one.
 	EC2Latency time.Duration
+	// EC2Profile is the simulator's clock of EC2 (ec2sim.ProfileRealistic, the default, or
+	// ec2sim.ProfileInstant): per-action latencies, attach and detach phases, describe lag.
+	// Both systems feel it; EC2Latency adds to it.
+	EC2Profile string
 	// IPLedgerFloor, when > 0, sets the adaptive floor of ipledger's default policy (free
 	// addresses every node keeps at least; the built-in default is 1).
 	IPLedgerFloor int
@@ -70,7 +74,7 @@ type TraceParams struct {
 
 // Defaults fills the trace's defaults into zero fields.
 func Defaults(p TraceParams) (TraceParams, error) {
-	d := TraceParams{Seed: 1, Churn: 0.10}
+	d := TraceParams{Seed: 1, Churn: 0.10, EC2Profile: ec2sim.ProfileRealistic}
 	switch p.Trace {
 	case TraceSeed:
 		d.Nodes, d.InstanceType, d.TimeScale, d.Duration = 5, "m5.large", 20, 120*time.Second
@@ -136,6 +140,9 @@ func Defaults(p TraceParams) (TraceParams, error) {
 	if p.Seed == 0 {
 		p.Seed = d.Seed
 	}
+	if p.EC2Profile == "" {
+		p.EC2Profile = d.EC2Profile
+	}
 	return p, p.validate()
 }
 
@@ -155,6 +162,9 @@ func (p TraceParams) validate() error {
 	}
 	if p.Duration < 0 || p.Duration > 4*time.Hour {
 		errs = append(errs, fmt.Errorf("duration %v is outside 0..4h", p.Duration))
+	}
+	if _, err := ec2sim.ProfileByName(p.EC2Profile); err != nil {
+		errs = append(errs, err)
 	}
 	if p.IPLedgerFloor < 0 || p.IPLedgerFloor > 64 {
 		errs = append(errs, fmt.Errorf("ipledger adaptive floor %d is outside 0..64", p.IPLedgerFloor))

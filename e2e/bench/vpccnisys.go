@@ -49,7 +49,7 @@ func (s *vpccniSystem) StartNode(ctx context.Context, inst ec2sim.InstanceInfo, 
 	if err != nil {
 		return nil, err
 	}
-	n, err := vpccni.New(vpccni.Config{Settings: settings, Timers: vpccni.DefaultTimers().Scaled(s.env.timeScale), EC2: client, InstanceID: inst.ID})
+	n, err := vpccni.New(vpccni.Config{Settings: settings, Timers: vpccni.DefaultTimers().Scaled(s.env.timeScale), EC2: client, InstanceID: inst.ID, IMDSEndpoint: inst.IMDSEndpoint})
 	if err != nil {
 		return nil, err
 	}

@@ -30,6 +30,8 @@ import (
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server"
 	"github.com/ipledger/ipledger/server/config"
+	"github.com/ipledger/ipledger/server/ctl/ctlconfig"
+	"github.com/ipledger/ipledger/server/dev"
 	"github.com/ipledger/ipledger/server/ec2sim"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -45,6 +47,11 @@ type Config struct {
 	GRPCListen, HTTPListen string
 	// BinDir holds ipledgerctl, used to print the subnet table (optional).
 	BinDir string
+	// ContextFile is ipledgerctl's configuration file (ctlconfig.Path): while the demo runs it
+	// holds the context ContextName (the demo's server and --dev certificates), made current,
+	// so that ipledgerctl needs no flags; when the demo stops the context is removed and the
+	// current-context it replaced is current again. "" leaves ipledgerctl's configuration alone.
+	ContextFile string
 	// Out receives the demo's report; Logger the components' logs.
 	Out    io.Writer
 	Logger *slog.Logger
@@ -57,9 +64,12 @@ type Report struct {
 	GRPCAddr, HTTPAddr string
 	// DevCerts is the server's --dev certificate directory (ipledgerctl --dev-certs).
 	DevCerts string
-	// CtlFlags are the global flags the printed ipledgerctl commands carry.
+	// CtlFlags are the global flags that give ipledgerctl the demo's certificates without its
+	// context.
 	CtlFlags []string
-	Nodes    []NodeReport
+	// ContextFile is where the demo's ipledgerctl context is ("" for none).
+	ContextFile string
+	Nodes       []NodeReport
 	// BusiestSubnet is the subnet with the most nodes (two in the seed's cluster).
 	BusiestSubnet SubnetReport
 	// VPCCNI is what the VPC CNI's default would hold there with the same nodes and pods.
@@ -142,7 +152,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	scfg.GRPCListen = pickListen(cfg.GRPCListen, "127.0.0.1:7400")
 	scfg.HTTPListen = pickListen(cfg.HTTPListen, "127.0.0.1:7401")
 	fmt.Fprintf(out, "ipledger demo: starting ipledger-server --dev (embedded etcd in %s, simulated EC2: the seed's VPC 192.168.0.0/16, six /19 subnets, five m5.large nodes)\n", scfg.DataDir)
-	srv, err := server.Start(ctx, scfg, server.Options{Logger: cfg.Logger.With("component", "server")})
+	srv, err := dev.Start(ctx, scfg, server.Options{Logger: cfg.Logger.With("component", "server")})
 	if err != nil {
 		return fmt.Errorf("start server: %w", err)
 	}
@@ -226,6 +236,21 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return fmt.Errorf("the VPC CNI comparison: %w", err)
 	}
 	rep.CtlFlags = []string{"--dev-certs", rep.DevCerts}
+	if cfg.ContextFile != "" {
+		if err := writeContext(cfg.ContextFile, rep); err != nil {
+			fmt.Fprintf(out, "ipledger demo: could not write ipledgerctl's context (%v); use the flags below\n", err)
+		} else {
+			rep.ContextFile = cfg.ContextFile
+			defer func() {
+				if err := removeContext(cfg.ContextFile, rep.DevCerts); err != nil {
+					fmt.Fprintf(out, "ipledger demo: could not remove ipledgerctl's context %s from %s: %v (ipledgerctl config delete-context %s)\n",
+						ContextName, cfg.ContextFile, err, ContextName)
+				} else {
+					fmt.Fprintf(out, "ipledger demo: ipledgerctl context %s removed from %s\n", ContextName, cfg.ContextFile)
+				}
+			}()
+		}
+	}
 	printReport(out, cfg, srv, rep)
 	if cfg.Ready != nil {
 		cfg.Ready(rep)
@@ -233,6 +258,34 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	<-ctx.Done()
 	fmt.Fprintln(out, "\nipledger demo: stopping")
 	return nil
+}
+
+// ContextName is the ipledgerctl context the demo writes, and its owner.
+const ContextName = "ipledger-demo"
+
+// writeContext adds (or replaces, after a demo that did not stop cleanly) the demo's context
+// and makes it current, remembering the current-context it replaces.
+func writeContext(path string, rep Report) error {
+	return ctlconfig.Update(path, func(f *ctlconfig.File) error {
+		prev := f.CurrentContext
+		if old, ok := f.Get(ContextName); ok && prev == ContextName {
+			prev = old.PreviousContext
+		}
+		f.Set(ctlconfig.Context{Name: ContextName, Server: rep.GRPCAddr, DevCerts: rep.DevCerts, Owner: ContextName, PreviousContext: prev})
+		f.CurrentContext = ContextName
+		return nil
+	})
+}
+
+// removeContext removes the demo's context if it is still this run's (another demo may have
+// replaced it since); the current-context it replaced is current again.
+func removeContext(path, devCerts string) error {
+	return ctlconfig.Update(path, func(f *ctlconfig.File) error {
+		if c, ok := f.Get(ContextName); ok && c.Owner == ContextName && c.DevCerts == devCerts {
+			f.Delete(ContextName)
+		}
+		return nil
+	})
 }
 
 // pickListen uses want (or def) when it can be bound, else an ephemeral loopback port.
@@ -389,12 +442,18 @@ func printReport(out io.Writer, cfg Config, srv *server.Server, rep Report) {
 	if cfg.BinDir != "" {
 		ctl = filepath.Join(cfg.BinDir, "ipledgerctl")
 	}
-	flags := strings.Join(rep.CtlFlags, " ")
-	if rep.GRPCAddr != "127.0.0.1:7400" {
-		flags += " --server " + rep.GRPCAddr
+	if rep.ContextFile != "" {
+		fmt.Fprintf(out, "  try            %s subnets | nodes | node %s | identities | limiter | check | status\n", ctl, firstName(rep))
+		fmt.Fprintf(out, "                 (gRPC is mutual TLS; ipledgerctl's current context %s, in %s, names the server and the\n", ContextName, rep.ContextFile)
+		fmt.Fprintf(out, "                 admin certificate of %s until the demo stops; without it: --dev-certs %s --server %s)\n", rep.DevCerts, rep.DevCerts, rep.GRPCAddr)
+	} else {
+		flags := strings.Join(rep.CtlFlags, " ")
+		if rep.GRPCAddr != "127.0.0.1:7400" {
+			flags += " --server " + rep.GRPCAddr
+		}
+		fmt.Fprintf(out, "  try            %s %s subnets | nodes | node %s | identities | limiter | check | status\n", ctl, flags, firstName(rep))
+		fmt.Fprintf(out, "                 (gRPC is mutual TLS; --dev-certs gives ipledgerctl the admin certificate of %s)\n", rep.DevCerts)
 	}
-	fmt.Fprintf(out, "  try            %s %s subnets | nodes | node %s | limiter | check | status\n", ctl, flags, firstName(rep))
-	fmt.Fprintf(out, "                 (gRPC is mutual TLS; --dev-certs gives ipledgerctl the admin certificate of %s)\n", rep.DevCerts)
 	fmt.Fprintf(out, "\nRunning until Ctrl-C.\n")
 }
 

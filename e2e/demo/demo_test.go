@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ipledger/ipledger/server/ctl"
+	"github.com/ipledger/ipledger/server/ctl/ctlconfig"
 )
 
 type syncBuffer struct {
@@ -40,9 +41,18 @@ func TestDemoStartsReportsAndStopsCleanly(t *testing.T) {
 	var rep Report
 	ready := make(chan struct{})
 	dir := t.TempDir()
+	// The user's ipledgerctl configuration has a context of their own, current.
+	ctxFile := filepath.Join(t.TempDir(), "ipledger", "config.yaml")
+	if err := ctlconfig.Update(ctxFile, func(f *ctlconfig.File) error {
+		f.Set(ctlconfig.Context{Name: "prod", Server: "10.0.1.7:7400"})
+		f.CurrentContext = "prod"
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan error, 1)
 	go func() {
-		done <- Run(ctx, Config{DataDir: dir, GRPCListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", Out: &out,
+		done <- Run(ctx, Config{DataDir: dir, GRPCListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", Out: &out, ContextFile: ctxFile,
 			Ready: func(r Report) { rep = r; close(ready) }})
 	}()
 	select {
@@ -126,6 +136,20 @@ func TestDemoStartsReportsAndStopsCleanly(t *testing.T) {
 	if code := ctl.Main(t.Context(), []string{"--server", rep.GRPCAddr, "status"}, io.Discard, io.Discard, func(string) string { return "" }); code != ctl.ExitError {
 		t.Fatalf("plaintext ipledgerctl against the demo: exit %d", code)
 	}
+	// After the demo started, ipledgerctl finds its server and certificates without flags:
+	// its context is current, and the report says so.
+	ctlEnv := func(k string) string { return map[string]string{ctlconfig.EnvFile: ctxFile}[k] }
+	ctlOut.Reset()
+	ctlErr.Reset()
+	if code := ctl.Main(t.Context(), []string{"nodes", "-o", "json"}, &ctlOut, &ctlErr, ctlEnv); code != 0 || strings.Count(ctlOut.String(), `"node_name"`) != 5 {
+		t.Fatalf("ipledgerctl nodes with the demo's context: exit %d\n%s%s", code, ctlOut.String(), ctlErr.String())
+	}
+	if !strings.Contains(text, "ipledgerctl's current context "+ContextName+", in "+ctxFile) || !strings.Contains(text, "ipledgerctl subnets | nodes") {
+		t.Fatalf("the report does not say ipledgerctl needs no flags:\n%s", text)
+	}
+	if f, err := ctlconfig.Load(ctxFile); err != nil || f.CurrentContext != ContextName || len(f.Contexts) != 2 {
+		t.Fatalf("the demo's context: %+v %v", f, err)
+	}
 	cancel()
 	select {
 	case err := <-done:
@@ -134,6 +158,10 @@ func TestDemoStartsReportsAndStopsCleanly(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("demo did not stop")
+	}
+	// The demo's context is gone and the user's is current again.
+	if f, err := ctlconfig.Load(ctxFile); err != nil || f.CurrentContext != "prod" || len(f.Contexts) != 1 || f.Contexts[0].Name != "prod" {
+		t.Fatalf("ipledgerctl's configuration after the demo: %+v %v", f, err)
 	}
 	// Stopped means stopped: the server's port is free and the agents' sockets are gone.
 	if l, err := net.Listen("tcp", rep.GRPCAddr); err != nil {
@@ -158,7 +186,10 @@ func TestDemoBinaryStopsOnInterrupt(t *testing.T) {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
 	var out syncBuffer
+	ctxFile := filepath.Join(t.TempDir(), "config.yaml")
 	cmd := exec.Command(bin, "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--bin-dir", "")
+	// ipledgerctl's configuration goes where the environment says (never the user's here).
+	cmd.Env = append(os.Environ(), ctlconfig.EnvFile+"="+ctxFile)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -171,6 +202,9 @@ func TestDemoBinaryStopsOnInterrupt(t *testing.T) {
 			t.Fatalf("demo not ready:\n%s", out.String())
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+	if f, err := ctlconfig.Load(ctxFile); err != nil || f.CurrentContext != ContextName {
+		t.Fatalf("the running demo's context in $%s: %+v %v", ctlconfig.EnvFile, f, err)
 	}
 	cmd.Process.Signal(os.Interrupt)
 	waited := make(chan error, 1)
@@ -185,5 +219,8 @@ func TestDemoBinaryStopsOnInterrupt(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "stopped cleanly") {
 		t.Fatalf("no clean stop:\n%s", out.String())
+	}
+	if f, err := ctlconfig.Load(ctxFile); err != nil || f.CurrentContext != "" || len(f.Contexts) != 0 {
+		t.Fatalf("the demo left its context: %+v %v", f, err)
 	}
 }

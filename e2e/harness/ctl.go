@@ -35,7 +35,9 @@ func Ctl(t testing.TB, server string, args ...string) CtlResult {
 	t.Helper()
 	all := append([]string{"--server", server, "--timeout", "10s"}, args...)
 	cmd := exec.Command(Binary(t, "ipledgerctl"), all...)
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.TempDir()}
+	// No ipledgerctl context: only the flags given here count (a context file left in the
+	// temporary HOME would otherwise add certificates).
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.TempDir(), "IPLEDGERCTL_CONFIG=/dev/null"}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

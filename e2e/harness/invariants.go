@@ -8,9 +8,10 @@ import (
 	"sort"
 
 	"github.com/ipledger/ipledger/agent"
-	"github.com/ipledger/ipledger/server/allocator"
+	"github.com/ipledger/ipledger/server/allocator/diff"
 	"github.com/ipledger/ipledger/server/ec2sim"
 	"github.com/ipledger/ipledger/server/ledger"
+	"github.com/ipledger/ipledger/server/servertest"
 	"github.com/ipledger/ipledger/server/store"
 )
 
@@ -20,8 +21,9 @@ import (
 // leader works or reconciles; these may not.
 var ErrTwice = errors.New("harness: an address has two owners")
 
-// Invariants compares EC2 (the simulator) with etcd for cluster and returns every violation of
-// ipledger's invariants it finds (joined), or nil:
+// Invariants compares EC2 (the simulator) with etcd for cluster with the allocator's own
+// comparison (diff.Diff, through servertest.Diff) and returns every difference it finds
+// (joined), or nil:
 //
 //   - EC2 has no address on two ENIs (addresses inside assigned prefixes included);
 //   - etcd leases no address or prefix twice, no leased address lies in a leased prefix, and no
@@ -35,8 +37,8 @@ var ErrTwice = errors.New("harness: an address has two owners")
 //     ENI);
 //   - no node is registered whose instance is terminated or unknown to EC2.
 //
-// It is stricter than servertest.ConsistentMidRelease (prefixes, attachments, terminated instances) and reports all
-// problems at once.
+// A difference that gives an address two owners wraps ErrTwice; the others may be transient
+// while the leader works or reconciles.
 func Invariants(ctx context.Context, sim *ec2sim.Sim, st *store.Store, cluster string) error {
 	snap := sim.Snapshot()
 	state, err := st.Load(ctx)
@@ -48,146 +50,14 @@ func Invariants(ctx context.Context, sim *ec2sim.Sim, st *store.Store, cluster s
 
 func invariants(snap ec2sim.State, state *store.State, cluster string) error {
 	var errs []error
-	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-
-	enis := map[string]ec2sim.ENIInfo{}
-	onENI := map[netip.Addr]string{}
-	claim := func(a netip.Addr, eni string) {
-		if other, ok := onENI[a]; ok && other != eni {
-			bad("%w: EC2 has %s on %s and %s", ErrTwice, a, other, eni)
-		}
-		onENI[a] = eni
-	}
-	for _, e := range snap.ENIs {
-		enis[e.ID] = e
-		for _, s := range append([]string{e.PrimaryIP}, e.SecondaryIPs...) {
-			if a, err := netip.ParseAddr(s); err == nil {
-				claim(a, e.ID)
-			}
-		}
-		for _, s := range e.Prefixes {
-			p, err := netip.ParsePrefix(s)
-			if err != nil {
-				bad("EC2 ENI %s has a bad prefix %q", e.ID, s)
-				continue
-			}
-			for a := p.Addr(); p.Contains(a); a = a.Next() {
-				claim(a, e.ID)
-			}
-		}
-	}
-	instances := map[string]ec2sim.InstanceInfo{}
-	for _, in := range snap.Instances {
-		instances[in.ID] = in
-	}
-
-	owned := map[string]string{}    // ENI -> node
-	reserved := map[string]string{} // ENI -> pre-warm reservation
-	leasedAddr := map[netip.Addr]string{}
-	leasedPfx := map[netip.Prefix]string{}
-	for _, name := range sortedNames(state.Nodes) {
-		n := state.Nodes[name]
-		switch in, ok := instances[n.InstanceID]; {
-		case !ok:
-			bad("node %s: instance %s is unknown to EC2", name, n.InstanceID)
-		case in.State != "running":
-			bad("node %s: instance %s is %s", name, n.InstanceID, in.State)
-		}
-		for _, e := range n.ENIs {
-			owned[e.ID] = name
-			ec2e, onEC2 := enis[e.ID]
-			switch {
-			case !onEC2:
-				bad("node %s: ENI %s is not on EC2", name, e.ID)
-			case ec2e.Attachment == nil || ec2e.Attachment.InstanceID != n.InstanceID:
-				bad("node %s: ENI %s is not attached to %s on EC2 (%+v)", name, e.ID, n.InstanceID, ec2e.Attachment)
-			}
-			for _, ad := range e.Addresses {
-				if other, ok := leasedAddr[ad.IP]; ok {
-					bad("%w: etcd leases %s to %s and %s", ErrTwice, ad.IP, other, name)
-				}
-				leasedAddr[ad.IP] = name
-				if ad.State != ledger.LeaseReleasing && onENI[ad.IP] != e.ID {
-					bad("etcd leases %s (%s) on %s to %s, EC2 has it on %q", ad.IP, ad.State, e.ID, name, onENI[ad.IP])
-				}
-			}
-			for _, p := range e.Prefixes {
-				if other, ok := leasedPfx[p.Prefix]; ok {
-					bad("%w: etcd leases %s to %s and %s", ErrTwice, p.Prefix, other, name)
-				}
-				leasedPfx[p.Prefix] = name
-				if p.State != ledger.LeaseReleasing && (!onEC2 || !containsString(ec2e.Prefixes, p.Prefix.String())) {
-					bad("etcd leases %s (%s) on %s to %s, EC2 does not have it there", p.Prefix, p.State, e.ID, name)
-				}
-			}
-		}
-	}
-	// A subnet's foreign addresses (from the last EC2 scan) belong to nobody in the cluster.
-	for _, name := range sortedNames(state.Nodes) {
-		for _, e := range state.Nodes[name].ENIs {
-			sn, ok := state.Subnets[e.SubnetID]
-			if !ok {
-				bad("node %s: ENI %s is in subnet %s, which etcd does not know", name, e.ID, e.SubnetID)
-				continue
-			}
-			mine := []netip.Addr{e.PrimaryIP}
-			for _, ad := range e.Addresses {
-				mine = append(mine, ad.IP)
-			}
-			for _, p := range e.Prefixes {
-				for a := p.Prefix.Masked().Addr(); p.Prefix.Contains(a); a = a.Next() {
-					mine = append(mine, a)
-				}
-			}
-			for _, a := range mine {
-				for _, r := range sn.Foreign {
-					if r.First.Compare(a) <= 0 && a.Compare(r.Last) <= 0 {
-						bad("%w: etcd counts %s as foreign in %s (range %s-%s) and gives it to node %s on %s", ErrTwice, a, e.SubnetID, r.First, r.Last, name, e.ID)
-					}
-				}
-			}
-		}
-	}
-	for a, node := range leasedAddr {
-		for p, pnode := range leasedPfx {
-			if p.Contains(a) {
-				bad("%w: etcd leases %s to %s and the prefix %s holding it to %s", ErrTwice, a, node, p, pnode)
-			}
-		}
-	}
-	for _, id := range sortedNames(state.Prewarms) {
-		for _, e := range state.Prewarms[id].ENIs {
-			if e.ID != "" {
-				reserved[e.ID] = id
-			}
-		}
-	}
-	for _, e := range snap.ENIs {
-		owner, ok := owned[e.ID]
-		_, isReserved := reserved[e.ID]
-		if e.Tags[allocator.TagCluster] == cluster && !ok && !isReserved {
-			bad("ENI %s (%s, node tag %q) is tagged for cluster %s but nobody owns it", e.ID, e.Status, e.Tags[allocator.TagNode], cluster)
-		}
-		if !ok {
-			continue // not a node's (a reservation's ENI holds what its record lists)
-		}
-		for _, s := range e.SecondaryIPs {
-			a, err := netip.ParseAddr(s)
-			if err != nil {
-				continue
-			}
-			if _, ok := leasedAddr[a]; !ok {
-				bad("EC2 has %s on %s (node %s), etcd leases it to nobody", a, e.ID, owner)
-			}
-		}
-		for _, s := range e.Prefixes {
-			p, err := netip.ParsePrefix(s)
-			if err != nil {
-				continue
-			}
-			if _, ok := leasedPfx[p]; !ok {
-				bad("EC2 has prefix %s on %s (node %s), etcd leases it to nobody", p, e.ID, owner)
-			}
+	for _, f := range servertest.Diff(snap, state, cluster, true) {
+		switch {
+		case f.Kind == diff.LeasedNotOnEC2 && f.State == ledger.LeaseReleasing:
+			// on its way out
+		case f.Twice():
+			errs = append(errs, fmt.Errorf("%w: %s", ErrTwice, f))
+		default:
+			errs = append(errs, errors.New(f.String()))
 		}
 	}
 	return errors.Join(errs...)

@@ -14,6 +14,7 @@ import (
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server"
 	"github.com/ipledger/ipledger/server/config"
+	"github.com/ipledger/ipledger/server/dev"
 	"github.com/ipledger/ipledger/server/ec2sim"
 	"github.com/ipledger/ipledger/server/servertest"
 	"github.com/ipledger/ipledger/server/store"
@@ -74,7 +75,7 @@ func StartDev(t testing.TB, mod func(*config.Config)) *server.Server {
 // replica with its own etcd, and closes it in t.Cleanup.
 func StartReplica(t testing.TB, cfg config.Config) *server.Server {
 	t.Helper()
-	s, err := server.Start(t.Context(), cfg, server.Options{Logger: Logger("server")})
+	s, err := dev.Start(t.Context(), cfg, server.Options{Logger: Logger("server")})
 	if err != nil {
 		t.Fatalf("start server: %v", err)
 	}

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/cenkalti/backoff/v5"
 )
 
 // Restart delays of the supervisor: the first restart of a replica comes after minRestartDelay,
@@ -57,7 +59,7 @@ func (r *ServerProc) Args() []string { return append([]string(nil), r.args...) }
 // supervise runs the process until stop is closed, restarting it with back-off whenever it
 // exits; it kills the current run when stop closes.
 func (r *ServerProc) supervise(stop <-chan struct{}) {
-	delay := minRestartDelay
+	bo := &backoff.ExponentialBackOff{InitialInterval: minRestartDelay, Multiplier: 2, MaxInterval: maxRestartDelay}
 	for {
 		began := time.Now()
 		exited, err := r.start()
@@ -72,14 +74,13 @@ func (r *ServerProc) supervise(stop <-chan struct{}) {
 			}
 		}
 		if time.Since(began) > stableRun {
-			delay = minRestartDelay
+			bo.Reset()
 		}
 		select {
 		case <-stop:
 			return
-		case <-time.After(delay):
+		case <-time.After(bo.NextBackOff()):
 		}
-		delay = min(2*delay, maxRestartDelay)
 	}
 }
 

@@ -22,9 +22,13 @@
 //     primary ENI counts as filled) and fills every ENI it uses; WARM_IP_TARGET / MINIMUM_IP_TARGET
 //     keep short = max(WARM_IP_TARGET - available, MINIMUM_IP_TARGET - total) and release the
 //     surplus above both; WARM_PREFIX_TARGET keeps that many whole free /28 prefixes;
-//   - release: in the default mode only whole ENIs with no pods (DetachNetworkInterface +
-//     DeleteNetworkInterface); in warm-IP mode free addresses (UnassignPrivateIpAddresses); in
-//     prefix mode free prefixes;
+//   - a new ENI's addresses go to the datastore only once the instance's IMDS lists the ENI
+//     (ipamd's waitENIAttached: polls from 100 ms doubling, at most 1 min, 12 tries; with the
+//     simulator's realistic profile an attached ENI takes 0.3 s / 3 s to show there);
+//   - release: in the default mode only whole ENIs with no pods (DetachNetworkInterface, 2 s
+//     later DeleteNetworkInterface, retried from 500 ms doubling, 12 tries, while EC2 still
+//     detaches it); in warm-IP mode free addresses (UnassignPrivateIpAddresses); in prefix mode
+//     free prefixes;
 //   - a 30 s cooldown before an address a pod gave back is handed out again;
 //   - a 120 s pause of growth after InsufficientCidrBlocks or InsufficientFreeAddressesInSubnet;
 //   - Add fails at once when no address is free (ErrNoAvailableIP): the caller (the kubelet in

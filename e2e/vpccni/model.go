@@ -4,13 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/ipledger/ipledger/server/instancetypes"
@@ -41,6 +45,10 @@ type Config struct {
 	EC2 *ec2.Client
 	// InstanceID of the node's instance.
 	InstanceID string
+	// IMDSEndpoint is the instance's metadata service ("http://127.0.0.1:PORT"): after attaching
+	// an ENI, the node waits until IMDS lists it before using its addresses, as ipamd does. Empty:
+	// no wait.
+	IMDSEndpoint string
 	// Logger (nil: discard).
 	Logger *slog.Logger
 	// Now is the model's clock (nil: time.Now); tests inject one and call Reconcile themselves.
@@ -88,6 +96,7 @@ func (e *eniState) slotsUsed() int {
 // Node is one modelled ipamd.
 type Node struct {
 	cfg    Config
+	imds   *imds.Client // nil: no IMDS wait
 	log    *slog.Logger
 	now    func() time.Time
 	ready  chan struct{}
@@ -117,6 +126,7 @@ func New(cfg Config) (*Node, error) {
 	if cfg.Timers == (Timers{}) {
 		cfg.Timers = DefaultTimers()
 	}
+	cfg.Timers = cfg.Timers.withDefaults()
 	if cfg.Timers.PoolLoop <= 0 || cfg.Timers.ReleaseInterval < 0 || cfg.Timers.Cooldown < 0 || cfg.Timers.SubnetErrorPause < 0 {
 		return nil, errors.New("vpccni: timers must not be negative and the pool loop must be positive")
 	}
@@ -126,7 +136,11 @@ func New(cfg Config) (*Node, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Node{cfg: cfg, log: cfg.Logger, now: cfg.Now, ready: make(chan struct{}), pods: map[string]netip.Addr{}}, nil
+	n := &Node{cfg: cfg, log: cfg.Logger, now: cfg.Now, ready: make(chan struct{}), pods: map[string]netip.Addr{}}
+	if cfg.IMDSEndpoint != "" {
+		n.imds = imds.New(imds.Options{Endpoint: cfg.IMDSEndpoint})
+	}
+	return n, nil
 }
 
 // Ready is closed once the node knows its instance (its first DescribeInstances succeeded).
@@ -500,6 +514,7 @@ func (n *Node) createENI(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("vpccni: CreateNetworkInterface: %w", err)
 	}
 	eniID := aws.ToString(created.NetworkInterface.NetworkInterfaceId)
+	mac := aws.ToString(created.NetworkInterface.MacAddress)
 	primary, _ := netip.ParseAddr(aws.ToString(created.NetworkInterface.PrivateIpAddress))
 	cleanup := func(cause error) error {
 		if _, derr := n.cfg.EC2.DeleteNetworkInterface(ctx, &ec2.DeleteNetworkInterfaceInput{NetworkInterfaceId: aws.String(eniID)}); derr != nil {
@@ -528,18 +543,50 @@ func (n *Node) createENI(ctx context.Context) (string, error) {
 		return "", cleanup(fmt.Errorf("vpccni: AttachNetworkInterface: %w", err))
 	}
 	attID := aws.ToString(att.AttachmentId)
-	n.mu.Lock()
-	n.enis = append(n.enis, &eniState{id: eniID, device: device, attachmentID: attID, primaryIP: primary, addrs: map[netip.Addr]*address{}})
-	sort.Slice(n.enis, func(i, j int) bool { return n.enis[i].device < n.enis[j].device })
-	n.lastAction = n.now()
-	n.mu.Unlock()
 	if _, err := n.cfg.EC2.ModifyNetworkInterfaceAttribute(ctx, &ec2.ModifyNetworkInterfaceAttributeInput{
 		NetworkInterfaceId: aws.String(eniID),
 		Attachment:         &types.NetworkInterfaceAttachmentChanges{AttachmentId: aws.String(attID), DeleteOnTermination: aws.Bool(true)},
 	}); err != nil {
 		n.log.Debug("ModifyNetworkInterfaceAttribute failed", "eni", eniID, "err", err)
 	}
+	if err := n.waitAttached(ctx, mac); err != nil {
+		// ipamd gives up on this ENI for now; its reconciliation finds it in IMDS later.
+		n.log.Debug("attached ENI not in IMDS", "eni", eniID, "err", err)
+	}
+	n.mu.Lock()
+	n.enis = append(n.enis, &eniState{id: eniID, device: device, attachmentID: attID, primaryIP: primary, addrs: map[netip.Addr]*address{}})
+	sort.Slice(n.enis, func(i, j int) bool { return n.enis[i].device < n.enis[j].device })
+	n.lastAction = n.now()
+	n.mu.Unlock()
 	return eniID, nil
+}
+
+// waitAttached waits until the instance's IMDS lists the MAC under network/interfaces/macs/, as
+// ipamd's waitENIAttached does: polls from IMDSWaitMin doubling (at most RetryMax), 12 tries.
+func (n *Node) waitAttached(ctx context.Context, mac string) error {
+	if n.imds == nil || mac == "" {
+		return nil
+	}
+	pause := n.cfg.Timers.IMDSWaitMin
+	for try := 1; ; try++ {
+		out, err := n.imds.GetMetadata(ctx, &imds.GetMetadataInput{Path: "network/interfaces/macs/"})
+		if err == nil {
+			b, rerr := io.ReadAll(out.Content)
+			out.Content.Close()
+			if rerr == nil && slices.Contains(strings.Fields(strings.ReplaceAll(string(b), "/", " ")), mac) {
+				return nil
+			}
+		}
+		if try == retries {
+			return fmt.Errorf("vpccni: ENI %s not in IMDS after %d tries", mac, retries)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, n.cfg.Timers.RetryMax)
+	}
 }
 
 func (n *Node) decrease(ctx context.Context, p plan) error {
@@ -596,11 +643,26 @@ func (n *Node) freeENI(ctx context.Context, e *eniState) error {
 		n.restoreENI(e)
 		return fmt.Errorf("vpccni: DetachNetworkInterface %s: %w", e.id, err)
 	}
-	if _, err := n.cfg.EC2.DeleteNetworkInterface(ctx, &ec2.DeleteNetworkInterfaceInput{NetworkInterfaceId: aws.String(e.id)}); err != nil {
-		// ipamd leaves it for its leaked-ENI cleanup; the addresses stay taken on EC2.
-		return fmt.Errorf("vpccni: DeleteNetworkInterface %s: %w", e.id, err)
+	// ipamd waits 2 s for EC2 to detach the ENI, then retries the delete (500 ms doubling, at
+	// most 1 min, 12 tries); an ENI already gone counts as deleted.
+	pause := n.cfg.Timers.RetryMin
+	wait := n.cfg.Timers.DetachWait
+	for try := 1; ; try++ {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		_, err := n.cfg.EC2.DeleteNetworkInterface(ctx, &ec2.DeleteNetworkInterfaceInput{NetworkInterfaceId: aws.String(e.id)})
+		if err == nil || errCode(err) == "InvalidNetworkInterfaceID.NotFound" {
+			return nil
+		}
+		if try == retries {
+			// ipamd leaves it for its leaked-ENI cleanup; the addresses stay taken on EC2.
+			return fmt.Errorf("vpccni: DeleteNetworkInterface %s: %w", e.id, err)
+		}
+		wait, pause = pause, min(2*pause, n.cfg.Timers.RetryMax)
 	}
-	return nil
 }
 
 func (n *Node) restoreENI(e *eniState) {

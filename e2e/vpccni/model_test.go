@@ -61,7 +61,13 @@ func startSim(t *testing.T, sc *ec2sim.Scenario) *ec2sim.Server {
 
 func newFixture(t *testing.T, sc *ec2sim.Scenario, s Settings) *fixture {
 	t.Helper()
-	srv := startSim(t, sc)
+	return newFixtureOn(t, startSim(t, sc), s)
+}
+
+// newFixtureOn runs a node on the simulator's first running instance, with ipamd's timers
+// except short detach, retry and IMDS waits (they pass in wall time).
+func newFixtureOn(t *testing.T, srv *ec2sim.Server, s Settings) *fixture {
+	t.Helper()
 	var inst ec2sim.InstanceInfo
 	for _, in := range srv.Sim().Snapshot().Instances {
 		if in.State == "running" && (inst.ID == "" || in.ID < inst.ID) {
@@ -73,7 +79,9 @@ func newFixture(t *testing.T, sc *ec2sim.Scenario, s Settings) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.node, err = New(Config{Settings: s, EC2: client, InstanceID: inst.ID, Now: f.clk.Now})
+	tm := DefaultTimers()
+	tm.DetachWait, tm.RetryMin, tm.IMDSWaitMin = 20*time.Millisecond, 20*time.Millisecond, 10*time.Millisecond
+	f.node, err = New(Config{Settings: s, Timers: tm, EC2: client, InstanceID: inst.ID, IMDSEndpoint: inst.IMDSEndpoint, Now: f.clk.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -377,5 +385,84 @@ func TestSettings(t *testing.T) {
 	}
 	if _, err := NewEC2Client(ClientConfig{Endpoint: "http://192.0.2.1:80"}); err == nil {
 		t.Error("a non-loopback endpoint was accepted")
+	}
+}
+
+// realisticSim is a simulator whose attached ENIs take a while to show in IMDS and whose
+// detaches take a while to complete (constant delays, divided by the time scale 10).
+func realisticSim(t *testing.T, attachUsable, detachComplete time.Duration) *ec2sim.Server {
+	t.Helper()
+	p := ec2sim.Profile{Name: "test",
+		AttachUsable:   ec2sim.Dist{P50: attachUsable, P99: attachUsable},
+		DetachComplete: ec2sim.Dist{P50: detachComplete, P99: detachComplete},
+	}
+	cfg := ec2sim.DefaultConfig()
+	cfg.TimeScale, cfg.Profile = 10, &p
+	srv, err := ec2sim.Start(cfg, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return srv
+}
+
+// Like ipamd, the model uses a new ENI's addresses only once IMDS lists the ENI: when its pool
+// loop is done the ENI is attached, not attaching.
+func TestWaitsForIMDSAfterAttach(t *testing.T) {
+	f := newFixtureOn(t, realisticSim(t, 3*time.Second, 0), Default())
+	for range 2 { // the primary ENI fills first, then an ENI is created
+		if err := f.node.Reconcile(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := f.node.Counts().ENIs; got != 2 {
+		t.Fatalf("%d ENIs after two pool loops, want 2", got)
+	}
+	st := f.sim.Sim().Snapshot()
+	attached := 0
+	for _, e := range st.ENIs {
+		if e.Attachment != nil && e.Attachment.InstanceID == f.inst.ID && e.Attachment.DeviceIndex == 1 {
+			if e.Attachment.Status != "attached" {
+				t.Fatalf("the model took the ENI into its datastore while %s", e.Attachment.Status)
+			}
+			attached++
+		}
+	}
+	if attached != 1 {
+		t.Fatalf("%d secondary ENIs attached, want 1", attached)
+	}
+}
+
+// Like ipamd, the model waits after a detach and retries the delete until EC2 has finished
+// detaching (InvalidParameterValue meanwhile): no ENI is leaked.
+func TestDeleteRetriesWhileDetaching(t *testing.T) {
+	f := newFixtureOn(t, realisticSim(t, 0, 3*time.Second), Default())
+	f.settle(t)
+	f.addPods(t, 0, 10)
+	f.settle(t)
+	for i := 0; i < 10; i++ {
+		if _, err := f.node.Del(fmt.Sprintf("pod-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.clk.Advance(31 * time.Second)
+	f.calls.take()
+	if err := f.node.Reconcile(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	got := f.calls.take()
+	if len(got) < 2 || got[0] != "DetachNetworkInterface" || got[len(got)-1] != "DeleteNetworkInterface" {
+		t.Fatalf("release calls %v, want a detach then deletes", got)
+	}
+	if n := f.sim.Sim().Stats().Calls["DeleteNetworkInterface"]; len(n.Errors) > 1 || n.Calls != n.Errors["InvalidParameterValue"]+1 {
+		t.Fatalf("deletes %+v: want failures only while detaching, then one success", n)
+	}
+	if got := f.held(); got != 20 {
+		t.Fatalf("held after release = %d, want 20", got)
+	}
+	for _, e := range f.sim.Sim().Snapshot().ENIs {
+		if e.Attachment == nil && !e.Foreign {
+			t.Fatalf("ENI %s left detached: leaked", e.ID)
+		}
 	}
 }

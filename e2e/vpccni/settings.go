@@ -100,11 +100,35 @@ type Timers struct {
 	// SubnetErrorPause stops growth after InsufficientCidrBlocks or
 	// InsufficientFreeAddressesInSubnet (120 s).
 	SubnetErrorPause time.Duration
+	// DetachWait is how long ipamd waits between DetachNetworkInterface and the first
+	// DeleteNetworkInterface (2 s: "it does take awhile for EC2 to detach ENI from instance").
+	DetachWait time.Duration
+	// RetryMin and RetryMax bound the backoff of ipamd's DeleteNetworkInterface retries (500 ms
+	// doubling, at most 1 min, 12 tries).
+	RetryMin, RetryMax time.Duration
+	// IMDSWaitMin is the first pause while ipamd waits for an attached ENI to appear in IMDS
+	// before its addresses go to the datastore (100 ms doubling, at most RetryMax, 12 tries).
+	IMDSWaitMin time.Duration
 }
+
+// retries is ipamd's maxENIEC2APIRetries (and its tries of the IMDS wait).
+const retries = 12
 
 // DefaultTimers are ipamd's values.
 func DefaultTimers() Timers {
-	return Timers{PoolLoop: 5 * time.Second, ReleaseInterval: 30 * time.Second, Cooldown: 30 * time.Second, SubnetErrorPause: 120 * time.Second}
+	return Timers{PoolLoop: 5 * time.Second, ReleaseInterval: 30 * time.Second, Cooldown: 30 * time.Second, SubnetErrorPause: 120 * time.Second,
+		DetachWait: 2 * time.Second, RetryMin: 500 * time.Millisecond, RetryMax: time.Minute, IMDSWaitMin: 100 * time.Millisecond}
+}
+
+// withDefaults fills the detach and IMDS timers left zero with ipamd's values.
+func (t Timers) withDefaults() Timers {
+	d := DefaultTimers()
+	for _, f := range []struct{ v, def *time.Duration }{{&t.DetachWait, &d.DetachWait}, {&t.RetryMin, &d.RetryMin}, {&t.RetryMax, &d.RetryMax}, {&t.IMDSWaitMin, &d.IMDSWaitMin}} {
+		if *f.v == 0 {
+			*f.v = *f.def
+		}
+	}
+	return t
 }
 
 // Scaled divides every timer by f (f <= 1 leaves them).
@@ -113,5 +137,6 @@ func (t Timers) Scaled(f float64) Timers {
 		return t
 	}
 	d := func(x time.Duration) time.Duration { return time.Duration(float64(x) / f) }
-	return Timers{PoolLoop: d(t.PoolLoop), ReleaseInterval: d(t.ReleaseInterval), Cooldown: d(t.Cooldown), SubnetErrorPause: d(t.SubnetErrorPause)}
+	return Timers{PoolLoop: d(t.PoolLoop), ReleaseInterval: d(t.ReleaseInterval), Cooldown: d(t.Cooldown), SubnetErrorPause: d(t.SubnetErrorPause),
+		DetachWait: d(t.DetachWait), RetryMin: d(t.RetryMin), RetryMax: d(t.RetryMax), IMDSWaitMin: d(t.IMDSWaitMin)}
 }

@@ -4,21 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"time"
 
-	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
-	"github.com/ipledger/ipledger/server/ec2gw"
+	"github.com/ipledger/ipledger/server/allocator/policy"
 	"github.com/ipledger/ipledger/server/ledger"
-	"github.com/ipledger/ipledger/server/store"
-	"google.golang.org/protobuf/proto"
 )
 
 // RequestAddresses is the urgent path: pods are waiting on the node. It returns once the node's
 // pool holds a free address in a generation newer than knownGen, or fails with the reason
 // supply is short. Only problems that waiting cannot fix (exhausted subnet or budget, no /28,
 // node at its limit, draining) end the wait early; throttling keeps waiting until the deadline.
-func (a *Allocator) RequestAddresses(ctx context.Context, node string, count int, knownGen uint64) (*ipledgerv1.NodePool, error) {
+func (a *Allocator) RequestAddresses(ctx context.Context, node string, count int, knownGen uint64) (*Pool, error) {
 	if count < 1 || count > 256 {
 		return nil, invalid("count", "%d is outside 1..256", count)
 	}
@@ -38,7 +34,7 @@ func (a *Allocator) RequestAddresses(ctx context.Context, node string, count int
 		ns.waiting -= count
 		a.mu.Unlock()
 	}()
-	ns.kickNow()
+	a.kick(ns.name)
 	for {
 		rec, ok := a.led.Node(node)
 		if !ok {
@@ -64,7 +60,7 @@ func (a *Allocator) RequestAddresses(ctx context.Context, node string, count int
 		if rec.Draining {
 			return nil, fmt.Errorf("%w: %s is drained and gets no new addresses", ErrDraining, node)
 		}
-		if problem != nil && !problemAt.Before(start) && definitive(reasonOf(problem)) {
+		if problem != nil && !problemAt.Before(start) && definitive(problem) {
 			return nil, problem
 		}
 		select {
@@ -113,8 +109,11 @@ func (a *Allocator) SetSubnetBudget(ctx context.Context, subnet string, maxHeld,
 	if err := ValidateSubnetID("subnet_id", subnet); err != nil {
 		return ledger.SubnetRecord{}, err
 	}
-	a.budgetMu.Lock()
-	defer a.budgetMu.Unlock()
+	release, err := a.slots.acquire(ctx, subnetKey(subnet))
+	if err != nil {
+		return ledger.SubnetRecord{}, err
+	}
+	defer release()
 	rec, ok := a.led.Subnet(subnet)
 	if !ok {
 		return ledger.SubnetRecord{}, fmt.Errorf("%w: the cluster does not use subnet %s", ErrNotFound, subnet)
@@ -127,7 +126,7 @@ func (a *Allocator) SetSubnetBudget(ctx context.Context, subnet string, maxHeld,
 		return ledger.SubnetRecord{}, invalid("keep_free", "%d is outside 0..%d (the subnet's size)", keepFree, size)
 	}
 	rec.MaxHeld, rec.KeepFree = maxHeld, keepFree
-	if _, err := a.commit(ctx, store.PutSubnet(rec)); err != nil {
+	if _, err := a.commit(ctx, PutSubnet(rec)); err != nil {
 		return ledger.SubnetRecord{}, err
 	}
 	if err := a.led.PutSubnet(rec); err != nil {
@@ -142,73 +141,62 @@ func (a *Allocator) SetSubnetBudget(ctx context.Context, subnet string, maxHeld,
 }
 
 // Policies returns every policy, the default included, by order then name.
-func (a *Allocator) Policies() []*ipledgerv1.NodePolicy {
+func (a *Allocator) Policies() []policy.Policy {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.policyListLocked()
-}
-
-func (a *Allocator) policyListLocked() []*ipledgerv1.NodePolicy {
-	out := make([]*ipledgerv1.NodePolicy, 0, len(a.policies)+1)
-	hasDefault := false
-	for _, p := range a.policies {
-		out = append(out, p)
-		hasDefault = hasDefault || p.GetName() == DefaultPolicyName
-	}
-	if !hasDefault {
-		out = append(out, DefaultPolicy())
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].GetOrder() != out[j].GetOrder() {
-			return out[i].GetOrder() < out[j].GetOrder()
-		}
-		return out[i].GetName() < out[j].GetName()
-	})
-	return out
+	return policy.List(a.policies)
 }
 
 // SetPolicy creates or replaces a policy and re-evaluates which policy every node gets.
-func (a *Allocator) SetPolicy(ctx context.Context, p *ipledgerv1.NodePolicy) (*ipledgerv1.NodePolicy, error) {
-	if err := ValidatePolicy(p); err != nil {
-		return nil, err
+func (a *Allocator) SetPolicy(ctx context.Context, p policy.Policy) (policy.Policy, error) {
+	if err := p.Validate(); err != nil {
+		return policy.Policy{}, err
 	}
-	p = proto.Clone(p).(*ipledgerv1.NodePolicy)
-	if p.Mode == ipledgerv1.AddressMode_ADDRESS_MODE_UNSPECIFIED {
-		p.Mode = ipledgerv1.AddressMode_ADDRESS_MODE_SECONDARY_IP
-	}
-	if p.Selector == nil {
-		p.Selector = &ipledgerv1.NodeSelector{}
+	p = p.Normalized()
+	release, err := a.slots.acquire(ctx, policyKey(p.Name))
+	if err != nil {
+		return policy.Policy{}, err
 	}
 	a.mu.Lock()
-	old, had := a.policies[p.GetName()]
+	old, had := a.policies[p.Name]
 	a.mu.Unlock()
-	if had && proto.Equal(old, p) {
+	if had && old.Equal(p) {
+		release()
 		return p, nil
 	}
-	if _, err := a.commit(ctx, store.PutPolicy(p)); err != nil {
-		return nil, err
+	if _, err := a.commit(ctx, PutPolicy(p)); err != nil {
+		release()
+		return policy.Policy{}, err
 	}
 	a.mu.Lock()
-	a.policies[p.GetName()] = p
+	a.policies[p.Name] = p
 	a.mu.Unlock()
+	release()
 	a.rematchPolicies(ctx)
 	return p, nil
 }
 
 // DeletePolicy removes a policy; its nodes fall to the next matching one.
 func (a *Allocator) DeletePolicy(ctx context.Context, name string) error {
+	release, err := a.slots.acquire(ctx, policyKey(name))
+	if err != nil {
+		return err
+	}
 	a.mu.Lock()
 	_, had := a.policies[name]
 	a.mu.Unlock()
 	if !had {
+		release()
 		return fmt.Errorf("%w: policy %q", ErrNotFound, name)
 	}
-	if _, err := a.commit(ctx, store.DeletePolicy(name)); err != nil {
+	if _, err := a.commit(ctx, DeletePolicy(name)); err != nil {
+		release()
 		return err
 	}
 	a.mu.Lock()
 	delete(a.policies, name)
 	a.mu.Unlock()
+	release()
 	a.rematchPolicies(ctx)
 	return nil
 }
@@ -217,7 +205,7 @@ func (a *Allocator) DeletePolicy(ctx context.Context, name string) error {
 // not change after registration (its ENIs already carry addresses or prefixes).
 func (a *Allocator) rematchPolicies(ctx context.Context) {
 	a.mu.Lock()
-	policies := a.policyListLocked()
+	policies := policy.List(a.policies)
 	nodes := make([]*nodeState, 0, len(a.nodes))
 	for _, ns := range a.nodes {
 		nodes = append(nodes, ns)
@@ -228,19 +216,19 @@ func (a *Allocator) rematchPolicies(ctx context.Context) {
 		if !ok {
 			continue
 		}
-		p := MatchPolicy(policies, rec.Labels, rec.InstanceType)
+		p := policy.Match(policies, rec.MatchLabels(), rec.InstanceType)
 		a.mu.Lock()
 		ns.policy = p
 		a.mu.Unlock()
-		if rec.Policy != p.GetName() {
+		if rec.Policy != p.Name {
 			if _, err := a.mutateNode(ctx, ns, func(r *ledger.NodeRecord) error {
-				r.Policy = p.GetName()
+				r.Policy = p.Name
 				return nil
 			}); err != nil && !errors.Is(err, ErrUnknownNode) {
 				a.log.Warn("re-match policy", "node", ns.name, "err", err)
 			}
 		}
-		ns.kickNow()
+		a.kick(ns.name)
 	}
 }
 
@@ -248,10 +236,10 @@ func (a *Allocator) rematchPolicies(ctx context.Context) {
 type NodeRuntime struct {
 	Connected    bool
 	LastReport   time.Time
-	Usage        *ipledgerv1.UsageReport
-	Targets      Targets
+	Usage        *Usage
+	Targets      policy.Targets
 	Problem      error
-	Policy       *ipledgerv1.NodePolicy
+	Policy       policy.Policy
 	ModeMessage  string
 	Generation   uint64
 	PodsInUse    int
@@ -260,12 +248,8 @@ type NodeRuntime struct {
 
 // Runtime returns the leader's view of a node.
 func (a *Allocator) Runtime(node string) (NodeRuntime, bool) {
-	ns, ok := a.node(node)
-	if !ok {
-		return NodeRuntime{}, false
-	}
-	rec, ok := a.led.Node(node)
-	if !ok {
+	ns, rec, err := a.nodeAndRecord(node)
+	if err != nil {
 		return NodeRuntime{}, false
 	}
 	a.mu.Lock()
@@ -273,19 +257,17 @@ func (a *Allocator) Runtime(node string) (NodeRuntime, bool) {
 	rt := NodeRuntime{
 		Connected:    len(ns.subs) > 0,
 		LastReport:   ns.lastReport,
-		Usage:        ns.usage,
 		Targets:      a.targetsLocked(ns, rec),
 		Problem:      ns.problem,
 		Policy:       ns.policy,
 		ModeMessage:  ns.modeMsg,
 		Generation:   ns.generation,
-		StartRatePPS: ns.rate.rate(a.now(), a.cfg.scaled(rateMinSpan)),
+		StartRatePPS: ns.rate.Rate(a.now(), policy.RateMinSpan),
 	}
 	if ns.usage != nil {
-		rt.PodsInUse = len(ns.usage.GetInUse())
+		u := *ns.usage
+		rt.Usage = &u
+		rt.PodsInUse = len(u.InUse)
 	}
 	return rt, true
 }
-
-// LimiterState is the EC2 limiter's state (only the leader's is meaningful).
-func (a *Allocator) LimiterState() ec2gw.LimiterState { return a.gw.LimiterState() }

@@ -2,41 +2,48 @@ package allocator
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"golang.org/x/time/rate"
+	"io"
 	"log/slog"
 	"net/netip"
-	"sort"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+	"github.com/ipledger/ipledger/internal/clock"
+	"github.com/ipledger/ipledger/server/allocator/diff"
+	"github.com/ipledger/ipledger/server/allocator/policy"
 	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/instancetypes"
 	"github.com/ipledger/ipledger/server/ledger"
-	"github.com/ipledger/ipledger/server/store"
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/protobuf/types/known/timestamppb"
+	"golang.org/x/sync/singleflight"
 )
 
 // Tags ipledger puts on every ENI it creates.
 const (
-	TagCluster = "ipledger.io/cluster"
-	TagNode    = "ipledger.io/node"
-	TagPrewarm = "ipledger.io/prewarm"
+	TagCluster = diff.TagCluster
+	TagNode    = diff.TagNode
+	TagPrewarm = diff.TagPrewarm
 )
 
-// Config wires an Allocator. Ledger, Leadership, Gateway and State are required.
+// Config wires an Allocator. Ledger, Store and EC2 are required.
 type Config struct {
 	ClusterName string
-	Ledger      *ledger.Ledger
-	Leadership  *store.Leadership
-	Gateway     *ec2gw.Gateway
-	// State is what etcd held when this replica took over; the ledger already reflects it.
-	State *store.State
+	// Ledger holds what the store held when this replica took over.
+	Ledger *ledger.Ledger
+	// Store commits the leader's changes; EC2 is the way to EC2.
+	Store Store
+	EC2   EC2
+	// Revision is the store's revision the ledger reflects; StoredPolicies the policies stored.
+	Revision       int64
+	StoredPolicies map[string]policy.Policy
 	// Policies from the policy file, upserted when the allocator starts.
-	Policies []*ipledgerv1.NodePolicy
+	Policies []policy.Policy
 	// SecurityGroups for new ENIs; empty copies the node's primary ENI's groups.
 	SecurityGroups []string
 	// Subnets the cluster uses before nodes register there; learned from EC2 at start.
@@ -47,28 +54,30 @@ type Config struct {
 	ReconcileInterval     time.Duration // default 5 min
 	InstanceCheckInterval time.Duration // default 60 s
 	DriftGrace            time.Duration // default 60 s
-	// Tick is how often every node is looked at without an event (default 1 s / TimeScale).
+	// Tick is how often every node is looked at without an event (default 1 s).
 	Tick time.Duration
-	// TimeScale divides the allocator's own time constants (tick, rate span, refill window,
-	// a new node's first minute, back-off) when EC2 is a simulator running faster (default 1).
-	TimeScale float64
+	// Workers run nodes' supply and proposals (default 64); ReleaseWorkers their releases
+	// (default 16). Nodes wait in a queue for them: no goroutine per node.
+	Workers, ReleaseWorkers int
+	// PassTimeout bounds one pass of a worker or a loop (wall time; default 2 min): no EC2 call
+	// or commit of the allocator waits without a deadline.
+	PassTimeout time.Duration
 
-	Now        func() time.Time
+	// Clock is the allocator's time: every interval, delay and time stamp above is read on it
+	// (default the real clock; a scaled clock for a simulator run faster than real time).
+	Clock clock.Clock
+	// Rand is the source of ids and client tokens (default crypto/rand).
+	Rand       io.Reader
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
-}
 
-// scaled divides one of the allocator's time constants by the time scale.
-func (c *Config) scaled(d time.Duration) time.Duration {
-	if c.TimeScale <= 1 {
-		return d
-	}
-	return time.Duration(float64(d) / c.TimeScale)
+	// observer, set by the package's tests, watches the allocator's locks.
+	observer lockObserver
 }
 
 func (c *Config) setDefaults() error {
-	if c.Ledger == nil || c.Leadership == nil || c.Gateway == nil || c.State == nil {
-		return errors.New("allocator: Ledger, Leadership, Gateway and State are required")
+	if c.Ledger == nil || c.Store == nil || c.EC2 == nil {
+		return errors.New("allocator: Ledger, Store and EC2 are required")
 	}
 	if c.ClusterName == "" {
 		return errors.New("allocator: ClusterName is required")
@@ -85,12 +94,21 @@ func (c *Config) setDefaults() error {
 	def(&c.ReconcileInterval, 5*time.Minute)
 	def(&c.InstanceCheckInterval, time.Minute)
 	def(&c.DriftGrace, time.Minute)
-	if c.TimeScale < 1 {
-		c.TimeScale = 1
+	def(&c.Tick, time.Second)
+	if c.PassTimeout <= 0 {
+		c.PassTimeout = 2 * time.Minute
 	}
-	def(&c.Tick, c.scaled(time.Second))
-	if c.Now == nil {
-		c.Now = time.Now
+	if c.Workers <= 0 {
+		c.Workers = 64
+	}
+	if c.ReleaseWorkers <= 0 {
+		c.ReleaseWorkers = 16
+	}
+	if c.Clock == nil {
+		c.Clock = clock.Real()
+	}
+	if c.Rand == nil {
+		c.Rand = rand.Reader
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -101,49 +119,52 @@ func (c *Config) setDefaults() error {
 // Allocator is the leader's control loop. Create it with New once this replica leads, and Run
 // it until leadership ends.
 type Allocator struct {
-	cfg  Config
-	log  *slog.Logger
-	led  *ledger.Ledger
-	gw   *ec2gw.Gateway
-	lead *store.Leadership
-	now  func() time.Time
-	met  *metrics
+	cfg Config
+	log *slog.Logger
+	led *ledger.Ledger
+	gw  EC2
+	st  Store
+	clk clock.Clock
+	now func() time.Time
+	met *metrics
 
-	mu        sync.Mutex
-	nodes     map[string]*nodeState
-	policies  map[string]*ipledgerv1.NodePolicy
-	types     map[string]instancetypes.Type
-	drift     map[string]time.Time
-	eniSeen   map[string]time.Time
-	runCtx    context.Context
-	started   chan struct{}
-	fatal     chan error
-	wg        sync.WaitGroup
-	regMu     sync.Mutex // serialises registrations (instance and name uniqueness)
-	learnMu   sync.Mutex // serialises learning new subnets from EC2
-	describer *instanceBatcher
-	budgetMu  sync.Mutex // serialises subnet record changes
-	sweep     chan struct{}
+	// refusalLog paces the warning about usage reports naming other nodes' addresses.
+	refusalLog rate.Sometimes
 
-	prewarmMu   sync.Mutex // serialises changes of pre-warm reservations
+	slots    *slots     // commit slots of records (see doc.go for the lock order)
+	work     *workQueue // nodes whose worker should run: supply, proposals
+	releases *workQueue // nodes with release work: unassigns, ENI deletes
+	learn    singleflight.Group
+
+	mu            mutex // guards the fields below and every nodeState's runtime fields
+	nodes         map[string]*nodeState
+	policies      map[string]policy.Policy
+	types         map[string]instancetypes.Type
+	drift         map[string]time.Time
+	attaching     map[string]bool // pre-warmed ENIs being attached to a node
+	deleting      map[string]bool // empty ENIs being detached and deleted: supply leaves them
+	prewarmChosen map[string][]netip.Addr
+	starts        policy.StartPrior
+
+	started     chan struct{}
+	fatal       chan error
+	wg          sync.WaitGroup
+	describer   *instanceBatcher
+	sweep       chan struct{}
 	prewarmKick chan struct{}
 
-	revision atomic.Int64 // etcd revision of the last commit (or of the state taken over)
-	starts   startPrior
+	randMu   mutex        // guards reads of cfg.Rand
+	revision atomic.Int64 // store revision of the last commit (or of the state taken over)
 }
 
-// nodeState is the leader's runtime view of one node. Fields below mu are guarded by
-// Allocator.mu; mu itself serialises read-modify-commit of the node's record.
+// nodeState is the leader's runtime view of one node; its fields are guarded by Allocator.mu.
 type nodeState struct {
 	name string
-	mu   sync.Mutex
-	kick chan struct{}
-	stop chan struct{}
 
 	generation   uint64
-	usage        *ipledgerv1.UsageReport
+	usage        *Usage
 	lastReport   time.Time
-	rate         rateTracker
+	rate         policy.RateTracker
 	waiting      int
 	subs         map[*Subscription]struct{}
 	changed      chan struct{}
@@ -161,9 +182,8 @@ type nodeState struct {
 	// it, a surplus the agent keeps refusing (cooling addresses; a tight subnet, where the
 	// release delay is 0) would be proposed again at once, in a loop of etcd writes.
 	noProposalBefore time.Time
-	releasing        bool
 	typ              instancetypes.Type
-	policy           *ipledgerv1.NodePolicy
+	policy           policy.Policy
 	modeMsg          string
 	nextSupply       time.Time
 	backoff          time.Duration
@@ -171,7 +191,7 @@ type nodeState struct {
 	removed          bool
 }
 
-// uncommitted is EC2 work that succeeded but whose etcd commit failed; retried by the worker.
+// uncommitted is EC2 work that succeeded but whose store commit failed; retried by the worker.
 type uncommitted struct {
 	eni      string
 	addrs    []netip.Addr
@@ -183,43 +203,52 @@ func New(cfg Config) (*Allocator, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
+	obs := cfg.observer
 	a := &Allocator{
-		cfg:      cfg,
-		log:      cfg.Logger.With("component", "allocator"),
-		led:      cfg.Ledger,
-		gw:       cfg.Gateway,
-		lead:     cfg.Leadership,
-		now:      cfg.Now,
-		nodes:    map[string]*nodeState{},
-		policies: map[string]*ipledgerv1.NodePolicy{},
-		types:    map[string]instancetypes.Type{},
-		drift:    map[string]time.Time{},
-		eniSeen:  map[string]time.Time{},
-		started:  make(chan struct{}),
-		fatal:    make(chan error, 1),
-		sweep:    make(chan struct{}, 1),
+		refusalLog: rate.Sometimes{Interval: time.Minute},
+		cfg:        cfg,
+		log:        cfg.Logger.With("component", "allocator"),
+		led:        cfg.Ledger,
+		gw:         cfg.EC2,
+		st:         cfg.Store,
+		clk:        cfg.Clock,
+		now:        cfg.Clock.Now,
+		slots:      newSlots(obs),
+		work:       newWorkQueue("work queue", obs),
+		releases:   newWorkQueue("release queue", obs),
 
+		mu:            mutex{name: "allocator", obs: obs},
+		nodes:         map[string]*nodeState{},
+		policies:      map[string]policy.Policy{},
+		types:         map[string]instancetypes.Type{},
+		drift:         map[string]time.Time{},
+		attaching:     map[string]bool{},
+		deleting:      map[string]bool{},
+		prewarmChosen: map[string][]netip.Addr{},
+
+		started:     make(chan struct{}),
+		fatal:       make(chan error, 1),
+		sweep:       make(chan struct{}, 1),
 		prewarmKick: make(chan struct{}, 1),
+		randMu:      mutex{name: "rand", obs: obs},
 	}
 	a.met = newMetrics(cfg.Registerer)
-	a.describer = newInstanceBatcher(cfg.Gateway)
-	a.revision.Store(cfg.State.Revision)
-	for name, p := range cfg.State.Policies {
+	a.describer = newInstanceBatcher(cfg.EC2, obs)
+	a.revision.Store(cfg.Revision)
+	for name, p := range cfg.StoredPolicies {
 		a.policies[name] = p
 	}
 	for _, rec := range a.led.Nodes() {
-		ns := a.newNodeState(rec)
-		ns.generation = uint64(cfg.State.Revision)
+		ns := a.newNodeStateLocked(rec)
+		ns.generation = uint64(cfg.Revision)
 		a.nodes[rec.Name] = ns
 	}
 	return a, nil
 }
 
-func (a *Allocator) newNodeState(rec ledger.NodeRecord) *nodeState {
+func (a *Allocator) newNodeStateLocked(rec ledger.NodeRecord) *nodeState {
 	ns := &nodeState{
 		name:    rec.Name,
-		kick:    make(chan struct{}, 1),
-		stop:    make(chan struct{}),
 		subs:    map[*Subscription]struct{}{},
 		changed: make(chan struct{}),
 	}
@@ -229,18 +258,15 @@ func (a *Allocator) newNodeState(rec ledger.NodeRecord) *nodeState {
 	return ns
 }
 
-// ErrLostLeadership is returned by Run when the etcd session behind the leadership ended.
+// ErrLostLeadership is returned by Run when the leadership behind the store ended.
 var ErrLostLeadership = errors.New("allocator: leadership lost")
 
 // Run drives the allocator until ctx ends or leadership is lost. It applies the policy file,
-// starts a worker per node, and the reconcile, instance-check and sweep loops.
+// learns the configured subnets, and runs the node workers, the release workers, the tick that
+// looks at every node, and the reconcile, instance-check, sweep and pre-warm loops.
 func (a *Allocator) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	a.mu.Lock()
-	a.runCtx = ctx
-	a.mu.Unlock()
-
 	for _, p := range a.cfg.Policies {
 		if _, err := a.SetPolicy(ctx, p); err != nil {
 			return fmt.Errorf("allocator: policy file: %w", err)
@@ -249,25 +275,23 @@ func (a *Allocator) Run(ctx context.Context) error {
 	if err := a.learnSubnets(ctx); err != nil {
 		return err
 	}
-	a.mu.Lock()
-	for _, ns := range a.nodes {
-		a.startNodeLocked(ctx, ns)
-	}
-	nodes := len(a.nodes)
-	a.mu.Unlock()
-	a.goLoop(ctx, "instances", a.cfg.InstanceCheckInterval, false, a.checkInstances)
-	a.wg.Add(3)
+	a.wg.Add(6)
+	go func() { defer a.wg.Done(); a.work.run(ctx, a.cfg.Workers, a.stepNode) }()
+	go func() { defer a.wg.Done(); a.releases.run(ctx, a.cfg.ReleaseWorkers, a.releaseNode) }()
+	go func() { defer a.wg.Done(); a.tickLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.reconcileLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.sweepLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.prewarmLoop(ctx) }()
+	a.goLoop(ctx, "instances", a.cfg.InstanceCheckInterval, a.checkInstances)
+	nodes := a.kickAll()
 	close(a.started)
-	a.log.Info("allocator running", "nodes", nodes, "revision", a.cfg.State.Revision)
+	a.log.Info("allocator running", "nodes", nodes, "revision", a.cfg.Revision, "workers", a.cfg.Workers)
 
 	var err error
 	select {
 	case <-ctx.Done():
 		err = ctx.Err()
-	case <-a.lead.Done():
+	case <-a.st.Done():
 		err = ErrLostLeadership
 	case err = <-a.fatal:
 	}
@@ -293,29 +317,24 @@ func (a *Allocator) learnSubnets(ctx context.Context) error {
 	return nil
 }
 
-// Revision is the etcd revision of the allocator's last commit.
+// Revision is the store revision of the allocator's last commit.
 func (a *Allocator) Revision() int64 { return a.revision.Load() }
 
 // Started is closed once Run has started serving.
 func (a *Allocator) Started() <-chan struct{} { return a.started }
 
-func (a *Allocator) goLoop(ctx context.Context, name string, every time.Duration, now bool, fn func(context.Context) error) {
+func (a *Allocator) goLoop(ctx context.Context, name string, every time.Duration, fn func(context.Context) error) {
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
-		t := time.NewTicker(every)
+		t := a.clk.NewTicker(every)
 		defer t.Stop()
-		if now {
-			if err := fn(ctx); err != nil && ctx.Err() == nil {
-				a.log.Warn("loop failed", "loop", name, "err", err)
-			}
-		}
 		for {
 			select {
 			case <-ctx.Done():
 				return
-			case <-t.C:
-				if err := fn(ctx); err != nil && ctx.Err() == nil {
+			case <-t.Chan():
+				if err := a.pass(ctx, fn); err != nil && ctx.Err() == nil {
 					a.log.Warn("loop failed", "loop", name, "err", err)
 				}
 			}
@@ -323,52 +342,75 @@ func (a *Allocator) goLoop(ctx context.Context, name string, every time.Duration
 	}()
 }
 
-func (a *Allocator) startNodeLocked(ctx context.Context, ns *nodeState) {
-	a.wg.Add(1)
-	go func() {
-		defer a.wg.Done()
-		a.runNode(ctx, ns)
-	}()
-	ns.kickNow()
-}
-
-func (ns *nodeState) kickNow() {
-	select {
-	case ns.kick <- struct{}{}:
-	default:
-	}
-}
-
-func (a *Allocator) runNode(ctx context.Context, ns *nodeState) {
-	t := time.NewTicker(a.cfg.Tick)
+// tickLoop queues every node for its worker once a Tick: each node is looked at without an
+// event, by the bounded workers, not by a goroutine of its own.
+func (a *Allocator) tickLoop(ctx context.Context) {
+	t := a.clk.NewTicker(a.cfg.Tick)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-ns.stop:
-			return
-		case <-ns.kick:
-		case <-t.C:
+		case <-t.Chan():
+			a.kickAll()
 		}
-		a.step(ctx, ns)
 	}
 }
 
-// step brings one node towards its target: commits left over from a failed commit, expired
-// proposals, supply, new release proposals, and the release lane.
-func (a *Allocator) step(ctx context.Context, ns *nodeState) {
-	if ctx.Err() != nil {
+// kickAll queues every node for its worker and returns how many there are.
+func (a *Allocator) kickAll() int {
+	a.mu.Lock()
+	names := make([]string, 0, len(a.nodes))
+	for name := range a.nodes {
+		names = append(names, name)
+	}
+	a.mu.Unlock()
+	for _, n := range names {
+		a.work.add(n)
+	}
+	return len(names)
+}
+
+// kick queues a node for its worker.
+func (a *Allocator) kick(node string) { a.work.add(node) }
+
+// stepNode is a node worker's pass: it brings the node towards its target (commits left over
+// from a failed commit, expired proposals, supply, new release proposals) and queues its
+// release work.
+func (a *Allocator) stepNode(ctx context.Context, node string) {
+	ns, ok := a.node(node)
+	if !ok || ctx.Err() != nil {
 		return
 	}
-	if _, ok := a.led.Node(ns.name); !ok {
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.PassTimeout)
+	defer cancel()
+	if _, ok := a.led.Node(node); !ok {
 		return
 	}
 	a.retryUncommitted(ctx, ns)
 	a.expireProposal(ctx, ns)
 	a.supply(ctx, ns)
 	a.maybePropose(ctx, ns)
-	a.startReleaseLane(ctx, ns)
+	if rec, ok := a.led.Node(node); ok && releaseWork(rec, a.emptyENIs(ns, rec)) {
+		a.releases.add(node)
+	}
+}
+
+// releaseNode is a release worker's pass over one node: slow, low-priority EC2 calls on
+// workers of their own, so they never hold up supply.
+func (a *Allocator) releaseNode(ctx context.Context, node string) {
+	if ns, ok := a.node(node); ok && ctx.Err() == nil {
+		ctx, cancel := context.WithTimeout(ctx, a.cfg.PassTimeout)
+		defer cancel()
+		a.releaseLane(ctx, ns)
+	}
+}
+
+// pass runs one pass of a loop within PassTimeout.
+func (a *Allocator) pass(ctx context.Context, fn func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.PassTimeout)
+	defer cancel()
+	return fn(ctx)
 }
 
 // fail ends Run with err (used when a commit says this replica is no longer the leader).
@@ -387,11 +429,75 @@ func (a *Allocator) node(name string) (*nodeState, bool) {
 	return ns, ok && !ns.removed
 }
 
-// commit writes ops in a fenced transaction and maps store errors.
-func (a *Allocator) commit(ctx context.Context, ops ...store.Op) (int64, error) {
+// BuildLedger builds a ledger from the store's records: subnets first, then nodes and
+// reservations (a node's record takes over addresses its subnet's last scan counted as foreign).
+// It fails on records that give an address two owners.
+func BuildLedger(r diff.Records, opts ledger.Options) (*ledger.Ledger, error) {
+	led := ledger.New(opts)
+	for _, s := range r.Subnets {
+		if err := led.PutSubnet(s); err != nil {
+			return nil, fmt.Errorf("subnet %s: %w", s.ID, err)
+		}
+	}
+	for _, n := range r.Nodes {
+		if err := led.PutNode(n); err != nil {
+			return nil, fmt.Errorf("node %s: %w", n.Name, err)
+		}
+	}
+	for _, p := range r.Prewarms {
+		if err := led.PutPrewarm(settlePrewarm(led, p)); err != nil {
+			return nil, fmt.Errorf("pre-warm %s: %w", p.ID, err)
+		}
+	}
+	return led, nil
+}
+
+// settlePrewarm gives up the addresses a reservation chose for an ENI it has not created yet
+// when someone else holds them now (EC2 gave one to a node's instance meanwhile, so that create
+// cannot succeed): the ENI chooses again, under a new ClientToken.
+func settlePrewarm(led *ledger.Ledger, p ledger.PrewarmRecord) ledger.PrewarmRecord {
+	p.ENIs = slices.Clone(p.ENIs)
+	for i, e := range p.ENIs {
+		if e.ID == "" && e.State == ledger.PrewarmENICreating && len(e.Addresses) > 0 && heldByOthers(led, p.ID, e) {
+			p.ENIs[i].PrimaryIP, p.ENIs[i].Addresses = netip.Addr{}, nil
+			p.ENIs[i].ClientToken = e.ClientToken + "-again"
+		}
+	}
+	return p
+}
+
+// heldByOthers reports whether a node, another reservation or AWS holds an address the
+// reservation chose for the ENI.
+func heldByOthers(led *ledger.Ledger, id string, e ledger.PrewarmENI) bool {
+	for _, ip := range append([]netip.Addr{e.PrimaryIP}, e.Addresses...) {
+		switch o, _ := led.OwnerOf(ip); {
+		case o.Kind == ledger.OwnerENIPrimary, o.Kind == ledger.OwnerLeased, o.Kind == ledger.OwnerReserved,
+			o.Kind == ledger.OwnerPrewarm && o.Prewarm != id:
+			return true
+		}
+	}
+	return false
+}
+
+// nodeAndRecord returns a registered node's runtime state and record.
+func (a *Allocator) nodeAndRecord(node string) (*nodeState, ledger.NodeRecord, error) {
+	ns, ok := a.node(node)
+	if !ok {
+		return nil, ledger.NodeRecord{}, fmt.Errorf("%w: %s", ErrUnknownNode, node)
+	}
+	rec, ok := a.led.Node(node)
+	if !ok {
+		return nil, ledger.NodeRecord{}, fmt.Errorf("%w: %s", ErrUnknownNode, node)
+	}
+	return ns, rec, nil
+}
+
+// commit writes changes in one transaction of the store (fenced by the leadership in
+// production) and maps its errors. The caller holds the commit slots of the records.
+func (a *Allocator) commit(ctx context.Context, changes ...Change) (int64, error) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	rev, err := a.lead.Commit(cctx, ops...)
+	rev, err := a.st.Commit(cctx, changes...)
 	switch {
 	case err == nil:
 		for {
@@ -401,24 +507,39 @@ func (a *Allocator) commit(ctx context.Context, ops ...store.Op) (int64, error) 
 			}
 		}
 		return rev, nil
-	case errors.Is(err, store.ErrNotLeader):
+	case errors.Is(err, ErrNotLeader):
 		a.fail(ErrLostLeadership)
-		return 0, fmt.Errorf("%w: %v", ErrNotLeader, err)
+		return 0, err
 	default:
 		return 0, fmt.Errorf("%w: %v", ErrStoreUnavailable, err)
 	}
 }
 
 // mutateNode applies fn to the node's current record, checks the result against the ledger,
-// commits it to etcd (fenced), applies it to the ledger, and only then tells the agent.
-func (a *Allocator) mutateNode(ctx context.Context, ns *nodeState, fn func(rec *ledger.NodeRecord) error, extra ...store.Op) (ledger.NodeRecord, error) {
-	ns.mu.Lock()
-	defer ns.mu.Unlock()
+// commits it, applies it to the ledger, and only then tells the agent.
+func (a *Allocator) mutateNode(ctx context.Context, ns *nodeState, fn func(rec *ledger.NodeRecord) error) (ledger.NodeRecord, error) {
+	return a.updateNode(ctx, ns, nil, func(rec *ledger.NodeRecord) ([]Change, func() error, error) {
+		return nil, nil, fn(rec)
+	})
+}
+
+// updateNode is mutateNode for a change that writes other records in the same transaction:
+// under the commit slots of the node and of also, fn changes the node's record and returns
+// the other records' changes and what applies them to the ledger once committed (after the
+// node's record).
+func (a *Allocator) updateNode(ctx context.Context, ns *nodeState, also []string,
+	fn func(rec *ledger.NodeRecord) (extra []Change, apply func() error, err error)) (ledger.NodeRecord, error) {
+	release, err := a.slots.acquire(ctx, append([]string{nodeKey(ns.name)}, also...)...)
+	if err != nil {
+		return ledger.NodeRecord{}, err
+	}
+	defer release()
 	rec, ok := a.led.Node(ns.name)
 	if !ok {
 		return ledger.NodeRecord{}, fmt.Errorf("%w: %s", ErrUnknownNode, ns.name)
 	}
-	if err := fn(&rec); err != nil {
+	extra, apply, err := fn(&rec)
+	if err != nil {
 		return ledger.NodeRecord{}, err
 	}
 	if err := rec.Validate(); err != nil {
@@ -427,16 +548,22 @@ func (a *Allocator) mutateNode(ctx context.Context, ns *nodeState, fn func(rec *
 	if err := a.led.CheckNode(rec); err != nil {
 		return ledger.NodeRecord{}, fmt.Errorf("allocator: refusing to commit node %s: %w", ns.name, err)
 	}
-	rev, err := a.commit(ctx, append([]store.Op{store.PutNode(rec)}, extra...)...)
+	rev, err := a.commit(ctx, append([]Change{PutNode(rec)}, extra...)...)
 	if err != nil {
 		return ledger.NodeRecord{}, err
 	}
 	if err := a.led.PutNode(rec); err != nil {
-		// CheckNode passed under the node's lock, so this means the ledger and etcd diverged:
-		// end leadership and let a fresh leader rebuild from etcd.
+		// CheckNode passed under the node's commit slot, so this means the ledger and the
+		// store diverged: end leadership and let a fresh leader rebuild from the store.
 		a.log.Error("ledger refused a committed node record", "node", ns.name, "err", err)
-		a.fail(fmt.Errorf("allocator: ledger diverged from etcd: %w", err))
+		a.fail(fmt.Errorf("allocator: ledger diverged from the store: %w", err))
 		return ledger.NodeRecord{}, err
+	}
+	if apply != nil {
+		if err := apply(); err != nil {
+			a.fail(fmt.Errorf("allocator: ledger diverged from the store: %w", err))
+			return ledger.NodeRecord{}, err
+		}
 	}
 	a.mu.Lock()
 	ns.generation = uint64(rev)
@@ -468,16 +595,11 @@ func (a *Allocator) setProblem(ns *nodeState, err error) {
 	ns.changed = make(chan struct{})
 }
 
-// Pool returns the node's current pool as the agent sees it, subnet CIDRs included (the agent
-// needs them to configure the ENIs' route tables).
-func (a *Allocator) Pool(node string) (*ipledgerv1.NodePool, error) {
-	ns, ok := a.node(node)
-	if !ok {
-		return nil, fmt.Errorf("%w: %s", ErrUnknownNode, node)
-	}
-	rec, ok := a.led.Node(node)
-	if !ok {
-		return nil, fmt.Errorf("%w: %s", ErrUnknownNode, node)
+// Pool returns the node's current pool as the agent sees it.
+func (a *Allocator) Pool(node string) (*Pool, error) {
+	ns, rec, err := a.nodeAndRecord(node)
+	if err != nil {
+		return nil, err
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -486,95 +608,26 @@ func (a *Allocator) Pool(node string) (*ipledgerv1.NodePool, error) {
 
 // poolLocked is the node's pool as agents receive it, subnet CIDRs included (every pool the
 // allocator hands out is built here).
-func (a *Allocator) poolLocked(ns *nodeState, rec ledger.NodeRecord) *ipledgerv1.NodePool {
-	t := a.targetsLocked(ns, rec)
-	p := PoolFromRecord(rec, ns.generation, t)
-	a.fillCIDRs(p)
-	return p
+func (a *Allocator) poolLocked(ns *nodeState, rec ledger.NodeRecord) *Pool {
+	return &Pool{Node: rec, Generation: ns.generation, Targets: a.targetsLocked(ns, rec), SubnetCIDRs: a.subnetCIDRs(rec)}
 }
 
-// PoolFromRecord converts a node record into the NodePool agents receive.
-func PoolFromRecord(rec ledger.NodeRecord, generation uint64, t Targets) *ipledgerv1.NodePool {
-	p := &ipledgerv1.NodePool{
-		NodeName:     rec.Name,
-		InstanceId:   rec.InstanceID,
-		Generation:   generation,
-		Mode:         ModeToProto(rec.Mode),
-		TargetFree:   uint32(t.TargetFree),
-		MaxAddresses: uint32(t.Max),
-		Draining:     rec.Draining,
-	}
-	enis := append([]ledger.ENIRecord(nil), rec.ENIs...)
-	sort.Slice(enis, func(i, j int) bool { return enis[i].DeviceIndex < enis[j].DeviceIndex })
-	for _, e := range enis {
-		ni := &ipledgerv1.NetworkInterface{
-			EniId:            e.ID,
-			MacAddress:       e.MAC,
-			DeviceIndex:      uint32(e.DeviceIndex),
-			NetworkCardIndex: uint32(e.NetworkCardIndex),
-			SubnetId:         e.SubnetID,
-			PrimaryIp:        e.PrimaryIP.String(),
-		}
-		for _, ad := range e.Addresses {
-			ni.Addresses = append(ni.Addresses, &ipledgerv1.PoolAddress{Ip: ad.IP.String(), State: StateToProto(ad.State)})
-		}
-		for _, pf := range e.Prefixes {
-			ni.Prefixes = append(ni.Prefixes, &ipledgerv1.PoolPrefix{Cidr: pf.Prefix.String(), State: StateToProto(pf.State)})
-		}
-		p.Interfaces = append(p.Interfaces, ni)
-	}
-	return p
-}
-
-// fillCIDRs fills the subnet CIDR of every interface of a pool from the ledger.
-func (a *Allocator) fillCIDRs(p *ipledgerv1.NodePool) {
-	for _, ni := range p.Interfaces {
-		if s, ok := a.led.Subnet(ni.SubnetId); ok {
-			ni.SubnetCidr = s.CIDR.String()
+// subnetCIDRs are the CIDRs of the subnets of a node's ENIs.
+func (a *Allocator) subnetCIDRs(rec ledger.NodeRecord) map[string]netip.Prefix {
+	out := map[string]netip.Prefix{}
+	for _, e := range rec.ENIs {
+		if s, ok := a.led.Subnet(e.SubnetID); ok {
+			out[e.SubnetID] = s.CIDR
 		}
 	}
-}
-
-// ModeToProto converts an address mode.
-func ModeToProto(m ledger.AddressMode) ipledgerv1.AddressMode {
-	if m == ledger.ModePrefix {
-		return ipledgerv1.AddressMode_ADDRESS_MODE_PREFIX
-	}
-	return ipledgerv1.AddressMode_ADDRESS_MODE_SECONDARY_IP
-}
-
-// StateToProto converts a lease state.
-func StateToProto(s ledger.LeaseState) ipledgerv1.LeaseState {
-	switch s {
-	case ledger.LeaseActive:
-		return ipledgerv1.LeaseState_LEASE_STATE_ACTIVE
-	case ledger.LeaseReleaseProposed:
-		return ipledgerv1.LeaseState_LEASE_STATE_RELEASE_PROPOSED
-	case ledger.LeaseReleasing:
-		return ipledgerv1.LeaseState_LEASE_STATE_RELEASING
-	}
-	return ipledgerv1.LeaseState_LEASE_STATE_UNSPECIFIED
+	return out
 }
 
 // targetsLocked computes the node's targets from its policy and what the agent reported.
-func (a *Allocator) targetsLocked(ns *nodeState, rec ledger.NodeRecord) Targets {
+func (a *Allocator) targetsLocked(ns *nodeState, rec ledger.NodeRecord) policy.Targets {
 	in := a.inputsLocked(ns, rec)
-	shape := ShapeOf(ns.typ, rec.Mode)
-	if ns.typ.Name == "" {
-		shape = Shape{SlotsPerENI: 1, MaxENIs: 1, Prefix: rec.Mode == ledger.ModePrefix}
-	}
-	t := ComputeTargets(ns.policy, shape, in, a.cfg.ReleaseDelay)
-	if rec.Draining {
-		used := in.InUse
-		t.TargetFree = 0
-		t.WantAddresses = used
-		if shape.Prefix {
-			t.WantPrefixes = ceilDiv(used, 16)
-			t.WantAddresses = t.WantPrefixes * 16
-		}
-		t.ReleaseDelay = 0
-	}
-	return t
+	in.Draining = rec.Draining
+	return policy.Compute(ns.policy, policy.ShapeOf(ns.typ, rec.Mode), in, a.cfg.ReleaseDelay)
 }
 
 // inputsLocked is what the policy sees of a node. Until the node's agent has reported to this
@@ -582,67 +635,26 @@ func (a *Allocator) targetsLocked(ns *nodeState, rec ledger.NodeRecord) Targets 
 // took over (or when it registered) count as in use: guessing "free" would leave waiting pods
 // unserved, guessing "used" costs a warm address or two that the release handshake returns once
 // the report arrives.
-func (a *Allocator) inputsLocked(ns *nodeState, rec ledger.NodeRecord) Inputs {
-	in := Inputs{Waiting: ns.waiting}
+func (a *Allocator) inputsLocked(ns *nodeState, rec ledger.NodeRecord) policy.Inputs {
+	in := policy.Inputs{Waiting: ns.waiting}
 	if u := ns.usage; u != nil {
-		in.InUse = len(u.GetInUse()) + int(u.GetCooling())
-		in.Waiting = max(in.Waiting, int(u.GetPodsWaiting()))
+		in.InUse = len(u.InUse) + u.Cooling
+		in.Waiting = max(in.Waiting, u.PodsWaiting)
 	} else {
 		in.InUse = ns.assumedInUse
 	}
 	now := a.now()
-	in.StartRate = ns.rate.rate(now, a.cfg.scaled(rateMinSpan))
+	in.StartRate = ns.rate.Rate(now, policy.RateMinSpan)
 	in.RefillLatency = a.gw.EstimateWait("AssignPrivateIpAddresses", ec2gw.PriorityWarmRefill)
 	var since time.Time
 	if ns.fresh {
-		since = ns.registered.Add(a.cfg.scaled(startWindow))
+		since = ns.registered.Add(policy.StartWindow)
 	}
-	in.PeakBurst = ns.rate.peak(a.cfg.scaled(2*time.Second)+2*in.RefillLatency, since)
-	if ns.fresh && now.Sub(ns.registered) < a.cfg.scaled(startWindow) {
-		in.StartPrior = a.starts.prior()
+	in.PeakBurst = ns.rate.Peak(policy.BurstSpan+2*in.RefillLatency, since)
+	if ns.fresh && now.Sub(ns.registered) < policy.StartWindow {
+		in.StartPrior = a.starts.Prior()
 	}
 	return in
-}
-
-// Time constants of the adaptive policy (divided by the time scale):
-//   - startWindow: a new node's first minute, whose pod starts teach the cluster's start prior;
-//   - rateMinSpan: a start rate is measured over at least this long, so one report of a burst
-//     does not read as an endless rate.
-//
-// A node's warm pool covers the burst seen within 2 s plus twice the refill latency: from a pod
-// taking the last free address until the refill lands (the report, the EC2 call, the commit,
-// the push), with margin.
-const (
-	startWindow = time.Minute
-	rateMinSpan = 10 * time.Second
-)
-
-// startPrior learns how many pods new nodes start in their first minute: the median of the
-// last few nodes, so a cluster whose new nodes each get twelve pods gives the next new node
-// twelve addresses at once (one EC2 call) instead of one and a refill.
-type startPrior struct {
-	mu      sync.Mutex
-	samples []int
-}
-
-func (p *startPrior) add(n int) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.samples = append(p.samples, n)
-	if len(p.samples) > 31 {
-		p.samples = p.samples[len(p.samples)-31:]
-	}
-}
-
-func (p *startPrior) prior() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if len(p.samples) == 0 {
-		return 0
-	}
-	s := append([]int(nil), p.samples...)
-	sort.Ints(s)
-	return s[len(s)/2]
 }
 
 // activeAddresses counts a node's active leased addresses (a prefix counts 16).
@@ -663,184 +675,68 @@ func activeAddresses(rec ledger.NodeRecord) int {
 	return n
 }
 
-func (a *Allocator) policyByNameLocked(name string) *ipledgerv1.NodePolicy {
+func (a *Allocator) policyByNameLocked(name string) policy.Policy {
 	if p, ok := a.policies[name]; ok {
 		return p
 	}
-	if name == DefaultPolicyName || name == "" {
-		return DefaultPolicy()
-	}
-	// The node's policy was deleted: fall back to the default until it is re-matched.
-	return DefaultPolicy()
-}
-
-// Subscription is one agent sync stream's view of its node: the latest pool (older ones are
-// superseded) and every release proposal, in order.
-type Subscription struct {
-	node      string
-	mu        sync.Mutex
-	pool      *ipledgerv1.NodePool
-	proposals []*ipledgerv1.ReleaseProposal
-	notify    chan struct{}
-	done      chan struct{}
-	err       error
-}
-
-func (s *Subscription) wake() {
-	select {
-	case s.notify <- struct{}{}:
-	default:
-	}
-}
-
-func (s *Subscription) sendPool(p *ipledgerv1.NodePool) {
-	s.mu.Lock()
-	if s.pool == nil || p.GetGeneration() >= s.pool.GetGeneration() {
-		s.pool = p
-	}
-	s.mu.Unlock()
-	s.wake()
-}
-
-func (s *Subscription) sendProposal(p *ipledgerv1.ReleaseProposal) {
-	s.mu.Lock()
-	s.proposals = append(s.proposals, p)
-	s.mu.Unlock()
-	s.wake()
-}
-
-func (s *Subscription) end(err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	select {
-	case <-s.done:
-	default:
-		s.err = err
-		close(s.done)
-	}
-}
-
-// Next blocks until there is something to send: the newest pool first, then proposals.
-func (s *Subscription) Next(ctx context.Context) (*ipledgerv1.SyncResponse, error) {
-	for {
-		s.mu.Lock()
-		if s.pool != nil {
-			p := s.pool
-			s.pool = nil
-			s.mu.Unlock()
-			return &ipledgerv1.SyncResponse{Msg: &ipledgerv1.SyncResponse_Pool{Pool: p}}, nil
-		}
-		if len(s.proposals) > 0 {
-			p := s.proposals[0]
-			s.proposals = s.proposals[1:]
-			s.mu.Unlock()
-			return &ipledgerv1.SyncResponse{Msg: &ipledgerv1.SyncResponse_Release{Release: p}}, nil
-		}
-		s.mu.Unlock()
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-s.done:
-			return nil, s.err
-		case <-s.notify:
-		}
-	}
-}
-
-// Subscribe opens a sync stream's view of a node: it starts with the current pool and any open
-// release proposal. Close it when the stream ends.
-func (a *Allocator) Subscribe(node string) (*Subscription, error) {
-	ns, ok := a.node(node)
-	if !ok {
-		return nil, fmt.Errorf("%w: %s", ErrUnknownNode, node)
-	}
-	rec, ok := a.led.Node(node)
-	if !ok {
-		return nil, fmt.Errorf("%w: %s", ErrUnknownNode, node)
-	}
-	s := &Subscription{node: node, notify: make(chan struct{}, 1), done: make(chan struct{})}
-	a.mu.Lock()
-	ns.subs[s] = struct{}{}
-	s.sendPool(a.poolLocked(ns, rec))
-	if p := rec.Proposal; p != nil {
-		s.sendProposal(proposalToProto(p))
-	}
-	a.met.connected.Set(float64(a.connectedLocked()))
-	a.mu.Unlock()
-	ns.kickNow()
-	return s, nil
-}
-
-// Unsubscribe ends a subscription.
-func (a *Allocator) Unsubscribe(s *Subscription) {
-	a.mu.Lock()
-	if ns, ok := a.nodes[s.node]; ok {
-		delete(ns.subs, s)
-	}
-	a.met.connected.Set(float64(a.connectedLocked()))
-	a.mu.Unlock()
-	s.end(nil)
-}
-
-func (a *Allocator) connectedLocked() int {
-	n := 0
-	for _, ns := range a.nodes {
-		if len(ns.subs) > 0 {
-			n++
-		}
-	}
-	return n
-}
-
-func proposalToProto(p *ledger.ReleaseProposal) *ipledgerv1.ReleaseProposal {
-	out := &ipledgerv1.ReleaseProposal{ProposalId: p.ID}
-	for _, it := range p.Items {
-		if _, err := netip.ParsePrefix(it); err == nil {
-			out.Prefixes = append(out.Prefixes, it)
-		} else {
-			out.Addresses = append(out.Addresses, it)
-		}
-	}
-	return out
+	// The built-in default, or a deleted policy: the default until the node is re-matched.
+	return policy.Default()
 }
 
 // ReportUsage records an agent's usage report.
-func (a *Allocator) ReportUsage(node string, u *ipledgerv1.UsageReport) error {
+func (a *Allocator) ReportUsage(node string, u Usage) error {
 	ns, ok := a.node(node)
 	if !ok {
 		return fmt.Errorf("%w: %s", ErrUnknownNode, node)
 	}
-	ips := make([]netip.Addr, 0, len(u.GetInUse()))
-	for i, p := range u.GetInUse() {
-		ip, err := netip.ParseAddr(p.GetIp())
-		if err != nil || !ip.Is4() {
-			return invalid(fmt.Sprintf("usage.in_use[%d].ip", i), "%q is not an IPv4 address", p.GetIp())
+	ips := make([]netip.Addr, 0, len(u.InUse))
+	for i, p := range u.InUse {
+		if !p.IP.Is4() {
+			return invalid(fmt.Sprintf("usage.in_use[%d].ip", i), "%q is not an IPv4 address", p.IP)
 		}
-		ips = append(ips, ip)
+	}
+	// Addresses another node holds are not this node's usage, whatever its agent says: taking
+	// them would make this node's pods look like they use the other node's addresses (and keep
+	// ipledgerctl check failing). They are left out, counted, and the agent is told.
+	var refused []netip.Addr
+	kept := u.InUse[:0:0]
+	for _, p := range u.InUse {
+		if o, taken := a.led.OwnerOf(p.IP); taken && o.Node != "" && o.Node != node &&
+			(o.Kind == ledger.OwnerLeased || o.Kind == ledger.OwnerPending || o.Kind == ledger.OwnerENIPrimary) {
+			refused = append(refused, p.IP)
+			continue
+		}
+		kept = append(kept, p)
+		ips = append(ips, p.IP)
+	}
+	if len(refused) > 0 {
+		u.InUse = kept
+		a.met.usageRefused.WithLabelValues(node).Add(float64(len(refused)))
+		r := UsageRefusal{Addresses: refused, Reason: "these addresses are leased to other nodes; pods cannot use them here"}
+		a.mu.Lock()
+		for s := range ns.subs {
+			s.sendRefusal(r)
+		}
+		a.mu.Unlock()
+		a.refusalLog.Do(func() {
+			a.log.Warn("usage report names other nodes' addresses; left out (further ones within a minute are not logged)", "node", node, "addresses", refused)
+		})
 	}
 	now := a.now()
 	a.mu.Lock()
 	prev := ns.usage
-	ns.usage = u
+	ns.usage = &u
 	ns.lastReport = now
-	ns.rate.observe(now, u.GetAddsTotal(), AdaptiveWindow(ns.policy))
-	if ns.fresh && !ns.priorDone && now.Sub(ns.registered) >= a.cfg.scaled(startWindow) {
+	ns.rate.Observe(now, u.AddsTotal, policy.AdaptiveWindow(ns.policy))
+	if ns.fresh && !ns.priorDone && now.Sub(ns.registered) >= policy.StartWindow {
 		// The agent started with the node, so its adds counter is the node's pod starts.
 		ns.priorDone = true
-		a.starts.add(int(u.GetAddsTotal()))
+		a.starts.Add(int(u.AddsTotal))
 	}
 	a.mu.Unlock()
 	a.led.SetUsage(node, ips)
-	if prev == nil || u.GetPodsWaiting() > 0 || len(prev.GetInUse()) != len(u.GetInUse()) || prev.GetCooling() != u.GetCooling() {
-		ns.kickNow()
+	if prev == nil || u.PodsWaiting > 0 || len(prev.InUse) != len(u.InUse) || prev.Cooling != u.Cooling {
+		a.kick(ns.name)
 	}
 	return nil
-}
-
-// timestamp converts a time (zero -> nil).
-func timestamp(t time.Time) *timestamppb.Timestamp {
-	if t.IsZero() {
-		return nil
-	}
-	return timestamppb.New(t)
 }

@@ -3,7 +3,7 @@ package allocator
 import (
 	"context"
 	"errors"
-	"sync"
+
 	"time"
 
 	"github.com/ipledger/ipledger/server/ec2gw"
@@ -13,10 +13,10 @@ import (
 // one call of up to maxBatch ids: when a thousand nodes start at once, verifying them costs ten
 // calls of the describe bucket instead of a thousand.
 type instanceBatcher struct {
-	gw     *ec2gw.Gateway
+	gw     EC2
 	linger time.Duration
 
-	mu      sync.Mutex
+	mu      mutex
 	waiting map[string][]chan instanceResult
 	open    bool
 }
@@ -28,8 +28,8 @@ type instanceResult struct {
 
 const maxDescribeBatch = 100
 
-func newInstanceBatcher(gw *ec2gw.Gateway) *instanceBatcher {
-	return &instanceBatcher{gw: gw, linger: 20 * time.Millisecond, waiting: map[string][]chan instanceResult{}}
+func newInstanceBatcher(gw EC2, obs lockObserver) *instanceBatcher {
+	return &instanceBatcher{gw: gw, linger: 20 * time.Millisecond, mu: mutex{name: "instance batcher", obs: obs}, waiting: map[string][]chan instanceResult{}}
 }
 
 // describe returns EC2's view of one instance; ec2gw.ErrNotFound when EC2 does not know it.
@@ -50,7 +50,8 @@ func (b *instanceBatcher) describe(ctx context.Context, id string, prio ec2gw.Pr
 	}
 }
 
-// flush waits a moment for more ids, then describes everything waiting, in batches.
+// flush waits a moment (of wall time: it gathers registrations that arrive together) for more
+// ids, then describes everything waiting, in batches.
 func (b *instanceBatcher) flush(ctx context.Context, prio ec2gw.Priority) {
 	time.Sleep(b.linger)
 	b.mu.Lock()

@@ -4,11 +4,14 @@ import (
 	"errors"
 	"fmt"
 
-	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+	"github.com/ipledger/ipledger/server/allocator/policy"
 )
 
-// Errors the allocator returns. Package api maps each to a gRPC status and a Reason in one table.
+// Errors the allocator returns. Package api maps each to a gRPC status and a Reason in one table
+// (the allocator itself maps none).
 var (
+	// ErrInvalidPolicy wraps every policy validation error.
+	ErrInvalidPolicy = policy.ErrInvalid
 	// ErrUnknownNode: the node is not registered.
 	ErrUnknownNode = errors.New("allocator: unknown node")
 	// ErrInstanceMismatch: EC2 does not know the instance or its facts differ from the request.
@@ -58,39 +61,13 @@ func invalid(field, format string, args ...any) error {
 	return &InvalidArgumentError{Field: field, Msg: fmt.Sprintf(format, args...)}
 }
 
-// reasonOf is the Reason an error reports to agents (for supply problems).
-func reasonOf(err error) ipledgerv1.Reason {
-	switch {
-	case err == nil:
-		return ipledgerv1.Reason_REASON_UNSPECIFIED
-	case errors.Is(err, ErrSubnetExhausted):
-		return ipledgerv1.Reason_SUBNET_EXHAUSTED
-	case errors.Is(err, ErrBudgetExhausted):
-		return ipledgerv1.Reason_BUDGET_EXHAUSTED
-	case errors.Is(err, ErrNoFreePrefixBlock):
-		return ipledgerv1.Reason_NO_FREE_PREFIX_BLOCK
-	case errors.Is(err, ErrNodeAtLimit):
-		return ipledgerv1.Reason_NODE_AT_LIMIT
-	case errors.Is(err, ErrThrottled):
-		return ipledgerv1.Reason_EC2_THROTTLED
-	case errors.Is(err, ErrDraining):
-		return ipledgerv1.Reason_NODE_DRAINING
-	case errors.Is(err, ErrStoreUnavailable):
-		return ipledgerv1.Reason_STORE_UNAVAILABLE
-	case errors.Is(err, ErrUnknownNode):
-		return ipledgerv1.Reason_UNKNOWN_NODE
-	default:
-		return ipledgerv1.Reason_EC2_ERROR
-	}
-}
-
 // definitive reports whether a supply problem will not go away by waiting a few seconds, so a
 // pod waiting for an address should be told at once.
-func definitive(r ipledgerv1.Reason) bool {
-	switch r {
-	case ipledgerv1.Reason_SUBNET_EXHAUSTED, ipledgerv1.Reason_BUDGET_EXHAUSTED, ipledgerv1.Reason_NO_FREE_PREFIX_BLOCK,
-		ipledgerv1.Reason_NODE_AT_LIMIT, ipledgerv1.Reason_NODE_DRAINING:
-		return true
+func definitive(err error) bool {
+	for _, e := range []error{ErrSubnetExhausted, ErrBudgetExhausted, ErrNoFreePrefixBlock, ErrNodeAtLimit, ErrDraining} {
+		if errors.Is(err, e) {
+			return true
+		}
 	}
 	return false
 }

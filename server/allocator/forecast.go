@@ -2,9 +2,10 @@ package allocator
 
 import (
 	"context"
-	"sync"
 	"time"
 
+	"github.com/ipledger/ipledger/internal/clock"
+	"github.com/ipledger/ipledger/server/allocator/policy"
 	"github.com/ipledger/ipledger/server/ledger"
 )
 
@@ -14,46 +15,40 @@ import (
 type Forecaster struct {
 	led    func() *ledger.Ledger
 	window time.Duration
-	now    func() time.Time
+	clk    clock.Clock
 
-	mu     sync.Mutex
-	trends map[string]*trend
+	mu     mutex
+	trends map[string]*policy.Trend
 }
 
 // Forecast is one subnet's exhaustion forecast.
-type Forecast struct {
-	HeldPerHour float64
-	// TimeToExhaustion is set (OK true) when the headroom runs out at the trend.
-	TimeToExhaustion time.Duration
-	OK               bool
-	Window           time.Duration
-}
+type Forecast = policy.Forecast
 
 // NewForecaster samples the ledger led returns (a replica replaces its ledger when it reloads
-// from etcd) and keeps window of history (default 1 h).
-func NewForecaster(led func() *ledger.Ledger, window time.Duration, now func() time.Time) *Forecaster {
+// from etcd) and keeps window of history (default 1 h) on clk (nil: the real clock).
+func NewForecaster(led func() *ledger.Ledger, window time.Duration, clk clock.Clock) *Forecaster {
 	if window <= 0 {
 		window = time.Hour
 	}
-	if now == nil {
-		now = time.Now
+	if clk == nil {
+		clk = clock.Real()
 	}
-	return &Forecaster{led: led, window: window, now: now, trends: map[string]*trend{}}
+	return &Forecaster{led: led, window: window, clk: clk, trends: map[string]*policy.Trend{}}
 }
 
 // Sample records every subnet's held addresses now.
 func (f *Forecaster) Sample() {
-	now := f.now()
+	now := f.clk.Now()
 	budgets := f.led().Budgets(now)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, b := range budgets {
 		t, ok := f.trends[b.SubnetID]
 		if !ok {
-			t = newTrend(f.window)
+			t = policy.NewTrend(f.window)
 			f.trends[b.SubnetID] = t
 		}
-		t.add(now, b.Held+b.PrewarmReserved)
+		t.Add(now, b.Held+b.PrewarmReserved)
 	}
 }
 
@@ -65,25 +60,19 @@ func (f *Forecaster) Forecast(subnet string, headroom int) Forecast {
 	if !ok {
 		return Forecast{}
 	}
-	slope, span, ok := t.perHour()
-	if !ok {
-		return Forecast{Window: span}
-	}
-	out := Forecast{HeldPerHour: slope, Window: span}
-	out.TimeToExhaustion, out.OK = timeToExhaustion(headroom, slope)
-	return out
+	return t.Forecast(headroom)
 }
 
 // Run samples every interval until ctx ends.
 func (f *Forecaster) Run(ctx context.Context, every time.Duration) error {
-	t := time.NewTicker(every)
+	t := f.clk.NewTicker(every)
 	defer t.Stop()
 	f.Sample()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-t.C:
+		case <-t.Chan():
 			f.Sample()
 		}
 	}

@@ -11,7 +11,6 @@ import (
 
 	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/ledger"
-	"github.com/ipledger/ipledger/server/store"
 )
 
 // Pre-warm limits.
@@ -70,12 +69,12 @@ func (a *Allocator) Prewarm(ctx context.Context, req PrewarmRequest) (ledger.Pre
 		return ledger.PrewarmRecord{}, err
 	}
 	rec := ledger.PrewarmRecord{
-		ID: "pw-" + clientToken()[len("ipledger-"):][:16], SubnetID: subnet.ID, AvailabilityZone: subnet.AvailabilityZone,
+		ID: "pw-" + a.randomHex(8), SubnetID: subnet.ID, AvailabilityZone: subnet.AvailabilityZone,
 		InstanceType: typ.Name, NodeCount: req.NodeCount, AddressesPerNode: req.AddressesPerNode,
 		CreatedAt: now, ExpiresAt: now.Add(req.Expiry), State: ledger.PrewarmPending,
 	}
 	for i := 0; i < req.NodeCount; i++ {
-		rec.ENIs = append(rec.ENIs, ledger.PrewarmENI{State: ledger.PrewarmENICreating, ClientToken: clientToken()})
+		rec.ENIs = append(rec.ENIs, ledger.PrewarmENI{State: ledger.PrewarmENICreating, ClientToken: a.clientToken()})
 	}
 	if err := a.putPrewarm(ctx, rec); err != nil {
 		return ledger.PrewarmRecord{}, err
@@ -113,19 +112,54 @@ func (a *Allocator) pickSubnet(subnetID, az string, need int, now time.Time) (le
 	return s, nil
 }
 
-// putPrewarm checks, commits and applies a reservation record.
-func (a *Allocator) putPrewarm(ctx context.Context, rec ledger.PrewarmRecord, extra ...store.Op) error {
+// putPrewarm checks, commits and applies a new reservation record.
+func (a *Allocator) putPrewarm(ctx context.Context, rec ledger.PrewarmRecord) error {
+	release, err := a.slots.acquire(ctx, prewarmKey(rec.ID))
+	if err != nil {
+		return err
+	}
+	defer release()
+	return a.putPrewarmHeld(ctx, rec)
+}
+
+// putPrewarmHeld is putPrewarm for a caller that holds the reservation's commit slot.
+func (a *Allocator) putPrewarmHeld(ctx context.Context, rec ledger.PrewarmRecord) error {
 	if err := a.led.CheckPrewarm(rec); err != nil {
 		return fmt.Errorf("allocator: refusing to commit pre-warm %s: %w", rec.ID, err)
 	}
-	if _, err := a.commit(ctx, append([]store.Op{store.PutPrewarm(rec)}, extra...)...); err != nil {
+	if _, err := a.commit(ctx, PutPrewarm(rec)); err != nil {
 		return err
 	}
 	if err := a.led.PutPrewarm(rec); err != nil {
-		a.fail(fmt.Errorf("allocator: ledger diverged from etcd: %w", err))
+		a.fail(fmt.Errorf("allocator: ledger diverged from the store: %w", err))
 		return err
 	}
 	return nil
+}
+
+// errPrewarmUnchanged tells mutatePrewarm that fn changed nothing: nothing is committed.
+var errPrewarmUnchanged = errors.New("allocator: pre-warm reservation unchanged")
+
+// mutatePrewarm applies fn to the reservation's current record under its commit slot, then
+// commits and applies it. It returns the record as it is now (fn returning
+// errPrewarmUnchanged commits nothing and is no error).
+func (a *Allocator) mutatePrewarm(ctx context.Context, id string, fn func(rec *ledger.PrewarmRecord) error) (ledger.PrewarmRecord, error) {
+	release, err := a.slots.acquire(ctx, prewarmKey(id))
+	if err != nil {
+		return ledger.PrewarmRecord{}, err
+	}
+	defer release()
+	rec, ok := a.led.Prewarm(id)
+	if !ok {
+		return ledger.PrewarmRecord{}, fmt.Errorf("%w: pre-warm reservation %s", ErrNotFound, id)
+	}
+	if err := fn(&rec); errors.Is(err, errPrewarmUnchanged) {
+		cur, _ := a.led.Prewarm(id)
+		return cur, nil
+	} else if err != nil {
+		return ledger.PrewarmRecord{}, err
+	}
+	return rec, a.putPrewarmHeld(ctx, rec)
 }
 
 // CancelPrewarm ends a reservation now; its unused ENIs are deleted.
@@ -133,17 +167,15 @@ func (a *Allocator) CancelPrewarm(ctx context.Context, id string) (ledger.Prewar
 	if !prewarmIDRE.MatchString(id) {
 		return ledger.PrewarmRecord{}, invalid("id", "%q is not a pre-warm reservation id (pw-...)", id)
 	}
-	a.prewarmMu.Lock()
-	defer a.prewarmMu.Unlock()
-	rec, ok := a.led.Prewarm(id)
-	if !ok {
-		return ledger.PrewarmRecord{}, fmt.Errorf("%w: pre-warm reservation %s", ErrNotFound, id)
-	}
-	if rec.State == ledger.PrewarmPending || rec.State == ledger.PrewarmReady {
-		rec.State = ledger.PrewarmCancelled
-		if err := a.putPrewarm(ctx, rec); err != nil {
-			return ledger.PrewarmRecord{}, err
+	rec, err := a.mutatePrewarm(ctx, id, func(r *ledger.PrewarmRecord) error {
+		if r.State != ledger.PrewarmPending && r.State != ledger.PrewarmReady {
+			return errPrewarmUnchanged
 		}
+		r.State = ledger.PrewarmCancelled
+		return nil
+	})
+	if err != nil {
+		return ledger.PrewarmRecord{}, err
 	}
 	a.kickPrewarm()
 	return rec, nil
@@ -159,30 +191,30 @@ func (a *Allocator) kickPrewarm() {
 // prewarmLoop creates the ENIs of pending reservations, expires old ones and deletes the ENIs of
 // ended ones.
 func (a *Allocator) prewarmLoop(ctx context.Context) {
-	t := time.NewTicker(a.cfg.Tick)
+	t := a.clk.NewTicker(a.cfg.Tick)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-a.prewarmKick:
-		case <-t.C:
+		case <-t.Chan():
 		}
 		for _, rec := range a.led.Prewarms() {
 			if ctx.Err() != nil {
 				return
 			}
-			if err := a.prewarmStep(ctx, rec.ID); err != nil && ctx.Err() == nil {
+			id := rec.ID
+			if err := a.pass(ctx, func(ctx context.Context) error { return a.prewarmStep(ctx, id) }); err != nil && ctx.Err() == nil {
 				a.log.Warn("pre-warm step failed; will retry", "prewarm", rec.ID, "err", err)
 			}
 		}
 	}
 }
 
-// prewarmStep moves one reservation one step forward.
+// prewarmStep moves one reservation one step forward. Its EC2 calls are made outside any
+// lock or commit slot; each record change is planned again from the record as it is then.
 func (a *Allocator) prewarmStep(ctx context.Context, id string) error {
-	a.prewarmMu.Lock()
-	defer a.prewarmMu.Unlock()
 	rec, ok := a.led.Prewarm(id)
 	if !ok {
 		return nil
@@ -190,31 +222,32 @@ func (a *Allocator) prewarmStep(ctx context.Context, id string) error {
 	now := a.now()
 	active := rec.State == ledger.PrewarmPending || rec.State == ledger.PrewarmReady
 	if active && !now.Before(rec.ExpiresAt) {
-		rec.State = ledger.PrewarmExpired
+		_, err := a.mutatePrewarm(ctx, id, func(r *ledger.PrewarmRecord) error {
+			if r.State != ledger.PrewarmPending && r.State != ledger.PrewarmReady {
+				return errPrewarmUnchanged
+			}
+			r.State = ledger.PrewarmExpired
+			return nil
+		})
 		a.log.Info("pre-warm expired", "prewarm", id)
-		return a.putPrewarm(ctx, rec)
+		return err
 	}
 	if !active {
 		return a.prewarmCleanup(ctx, rec)
 	}
-	for i, e := range rec.ENIs {
+	for _, e := range rec.ENIs {
 		if e.State != ledger.PrewarmENICreating {
 			continue
 		}
+		token := e.ClientToken
 		if len(e.Addresses) == 0 {
-			// Choose and record the addresses first, so a retry (or a new leader) repeats the
-			// same create and the ClientToken returns the same ENI.
-			owner := ledger.Owner{Prewarm: rec.ID}
-			addrs, err := a.led.ReserveAddresses(rec.SubnetID, 1+rec.AddressesPerNode, owner, now)
-			if err != nil {
-				return ledgerErr(err, rec.SubnetID)
-			}
-			rec.ENIs[i].PrimaryIP, rec.ENIs[i].Addresses = addrs[0], addrs[1:]
-			if err := a.putPrewarm(ctx, rec); err != nil {
-				a.led.CancelReservation(rec.SubnetID, owner, addrs, nil)
+			var err error
+			if e, err = a.choosePrewarmAddresses(ctx, id, token); err != nil {
 				return err
 			}
-			e = rec.ENIs[i]
+			if e.ClientToken == "" {
+				continue // the ENI is not creating any more
+			}
 		}
 		eni, err := a.gw.CreateENI(ctx, ec2gw.PriorityPrewarm, ec2gw.CreateENIInput{
 			SubnetID:         rec.SubnetID,
@@ -223,60 +256,170 @@ func (a *Allocator) prewarmStep(ctx context.Context, id string) error {
 			PrimaryIP:        e.PrimaryIP,
 			SecondaryIPs:     e.Addresses,
 			Tags:             map[string]string{TagCluster: a.cfg.ClusterName, TagPrewarm: rec.ID},
-			ClientToken:      e.ClientToken,
+			ClientToken:      token,
 		})
 		a.met.leaseOp("prewarm-create-eni", err)
 		if err != nil {
 			if errors.Is(err, ec2gw.ErrAddressInUse) {
-				// Someone took an address: choose again.
-				rec.ENIs[i].PrimaryIP, rec.ENIs[i].Addresses = netip.Addr{}, nil
-				rec.ENIs[i].ClientToken = clientToken()
-				_ = a.putPrewarm(ctx, rec)
+				// Someone took an address: choose again, under a new token.
+				_, _ = a.mutatePrewarm(ctx, id, func(r *ledger.PrewarmRecord) error {
+					i := prewarmENIByToken(*r, token)
+					if i < 0 || r.ENIs[i].State != ledger.PrewarmENICreating {
+						return errPrewarmUnchanged
+					}
+					r.ENIs[i].PrimaryIP, r.ENIs[i].Addresses = netip.Addr{}, nil
+					r.ENIs[i].ClientToken = a.clientToken()
+					return nil
+				})
 				_ = a.rescanSubnet(ctx, ec2gw.PriorityPrewarm, rec.SubnetID)
 			}
 			return ec2Err(err, rec.SubnetID)
 		}
-		rec.ENIs[i].ID, rec.ENIs[i].MAC, rec.ENIs[i].State = eni.ID, eni.MAC, ledger.PrewarmENIReady
-		if err := a.putPrewarm(ctx, rec); err != nil {
+		// Recorded even if the reservation ended meanwhile: its cleanup deletes the ENI.
+		if _, err := a.mutatePrewarm(ctx, id, func(r *ledger.PrewarmRecord) error {
+			i := prewarmENIByToken(*r, token)
+			if i < 0 || r.ENIs[i].State != ledger.PrewarmENICreating {
+				return errPrewarmUnchanged
+			}
+			r.ENIs[i].ID, r.ENIs[i].MAC, r.ENIs[i].State = eni.ID, eni.MAC, ledger.PrewarmENIReady
+			return nil
+		}); err != nil {
 			return err
 		}
 	}
-	if rec.State == ledger.PrewarmPending {
-		rec.State = ledger.PrewarmReady
-		a.log.Info("pre-warm ready", "prewarm", id, "enis", len(rec.ENIs))
-		return a.putPrewarm(ctx, rec)
-	}
-	return nil
+	_, err := a.mutatePrewarm(ctx, id, func(r *ledger.PrewarmRecord) error {
+		if r.State != ledger.PrewarmPending {
+			return errPrewarmUnchanged
+		}
+		for _, e := range r.ENIs {
+			if e.State == ledger.PrewarmENICreating {
+				return errPrewarmUnchanged
+			}
+		}
+		r.State = ledger.PrewarmReady
+		a.log.Info("pre-warm ready", "prewarm", id, "enis", len(r.ENIs))
+		return nil
+	})
+	return err
 }
 
-// prewarmCleanup deletes the unused ENIs of an ended reservation, then the reservation.
-func (a *Allocator) prewarmCleanup(ctx context.Context, rec ledger.PrewarmRecord) error {
+func prewarmENIByToken(rec ledger.PrewarmRecord, token string) int {
 	for i, e := range rec.ENIs {
+		if e.ClientToken == token {
+			return i
+		}
+	}
+	return -1
+}
+
+// choosePrewarmAddresses chooses and records the addresses of a pre-warm ENI before it is
+// created, so a retry (or a new leader) repeats the same create and the ClientToken returns the
+// same ENI. It returns the ENI as recorded (zero when it is not creating any more).
+func (a *Allocator) choosePrewarmAddresses(ctx context.Context, id, token string) (ledger.PrewarmENI, error) {
+	var chosen []netip.Addr
+	var reserved bool
+	rec, err := a.mutatePrewarm(ctx, id, func(r *ledger.PrewarmRecord) error {
+		i := prewarmENIByToken(*r, token)
+		if i < 0 || r.ENIs[i].State != ledger.PrewarmENICreating || len(r.ENIs[i].Addresses) > 0 {
+			return errPrewarmUnchanged
+		}
+		a.mu.Lock()
+		addrs, ok := a.prewarmChosen[token]
+		a.mu.Unlock()
+		if !ok {
+			var err error
+			if addrs, err = a.led.ReserveAddresses(r.SubnetID, 1+r.AddressesPerNode, ledger.Owner{Prewarm: r.ID}, a.now()); err != nil {
+				return ledgerErr(err, r.SubnetID)
+			}
+		}
+		chosen, reserved = addrs, true
+		r.ENIs[i].PrimaryIP, r.ENIs[i].Addresses = addrs[0], addrs[1:]
+		return nil
+	})
+	if reserved {
+		a.mu.Lock()
+		switch {
+		case err == nil:
+			delete(a.prewarmChosen, token)
+		case errors.Is(err, ErrStoreUnavailable):
+			// The store may hold the choice although the commit looked failed: keep the
+			// addresses reserved and choose them again next time.
+			a.prewarmChosen[token] = chosen
+		default:
+			delete(a.prewarmChosen, token)
+			a.led.CancelReservation(rec.SubnetID, ledger.Owner{Prewarm: id}, chosen, nil)
+		}
+		a.mu.Unlock()
+	}
+	if err != nil {
+		return ledger.PrewarmENI{}, err
+	}
+	if i := prewarmENIByToken(rec, token); i >= 0 && rec.ENIs[i].State == ledger.PrewarmENICreating {
+		return rec.ENIs[i], nil
+	}
+	return ledger.PrewarmENI{}, nil
+}
+
+// prewarmCleanup deletes the unused ENIs of an ended reservation, then the reservation. An ENI
+// being attached to a node keeps the reservation for another round.
+func (a *Allocator) prewarmCleanup(ctx context.Context, rec ledger.PrewarmRecord) error {
+	var failed []error
+	for _, e := range rec.ENIs {
+		a.mu.Lock()
+		if addrs, ok := a.prewarmChosen[e.ClientToken]; ok && len(e.Addresses) == 0 {
+			a.led.CancelReservation(rec.SubnetID, ledger.Owner{Prewarm: rec.ID}, addrs, nil)
+			delete(a.prewarmChosen, e.ClientToken)
+		}
+		attaching := e.ID != "" && a.attaching[e.ID]
+		a.mu.Unlock()
+		if attaching {
+			return nil
+		}
 		if e.State == ledger.PrewarmENIAttached {
 			continue
 		}
 		if e.ID != "" {
 			if err := a.gw.DeleteENI(ctx, ec2gw.PriorityRelease, e.ID); err != nil && !errors.Is(err, ec2gw.ErrNotFound) {
-				return ec2Err(err, rec.SubnetID)
+				// Keep going: one ENI that cannot go (attached to a node while the reservation
+				// does not know it, until reconciliation adopts it) does not keep the others.
+				failed = append(failed, ec2Err(err, rec.SubnetID))
+				continue
 			}
 			a.met.leaseOp("prewarm-delete-eni", nil)
 		} else if e.ClientToken != "" && len(e.Addresses) > 0 {
 			// A create may have happened without its commit: find it by tag before forgetting it.
 			enis, err := a.gw.DescribeNetworkInterfaces(ctx, ec2gw.PriorityRelease, ec2gw.ENIFilter{Tags: map[string]string{TagPrewarm: rec.ID}})
 			if err != nil {
-				return ec2Err(err, rec.SubnetID)
+				failed = append(failed, ec2Err(err, rec.SubnetID))
+				continue
 			}
 			for _, x := range enis {
 				if x.PrimaryIP == e.PrimaryIP {
 					if err := a.gw.DeleteENI(ctx, ec2gw.PriorityRelease, x.ID); err != nil && !errors.Is(err, ec2gw.ErrNotFound) {
-						return ec2Err(err, rec.SubnetID)
+						failed = append(failed, ec2Err(err, rec.SubnetID))
 					}
 				}
 			}
 		}
-		rec.ENIs[i].State = ledger.PrewarmENIDeleting
 	}
-	if _, err := a.commit(ctx, store.DeletePrewarm(rec.ID)); err != nil {
+	if len(failed) > 0 {
+		return errors.Join(failed...)
+	}
+	release, err := a.slots.acquire(ctx, prewarmKey(rec.ID))
+	if err != nil {
+		return err
+	}
+	defer release()
+	cur, ok := a.led.Prewarm(rec.ID)
+	if !ok {
+		return nil
+	}
+	for i, e := range cur.ENIs {
+		if e.State != rec.ENIs[i].State || e.ID != rec.ENIs[i].ID {
+			return nil // changed while its ENIs were deleted: look again next round
+		}
+	}
+	if _, err := a.commit(ctx, DeletePrewarm(rec.ID)); err != nil {
 		return err
 	}
 	a.led.DeletePrewarm(rec.ID)
@@ -285,57 +428,113 @@ func (a *Allocator) prewarmCleanup(ctx context.Context, rec ledger.PrewarmRecord
 }
 
 // attachPrewarmed attaches a ready pre-warmed ENI of the node's subnet and type, if any: one
-// EC2 call gives the node an ENI full of addresses.
+// EC2 call gives the node an ENI full of addresses. The ENI is claimed in memory before the
+// attach (no other node takes it, the reservation's cleanup leaves it), and the attach is
+// committed with the reservation's record, planned again from the record as it is then.
 func (a *Allocator) attachPrewarmed(ctx context.Context, ns *nodeState, rec ledger.NodeRecord, device int, prio ec2gw.Priority) (bool, error) {
 	if rec.Mode != ledger.ModeSecondaryIP {
 		return false, nil
 	}
-	a.prewarmMu.Lock()
-	defer a.prewarmMu.Unlock()
+	pwID, eni, ok := a.claimPrewarmed(rec)
+	if !ok {
+		return false, nil
+	}
+	defer func() {
+		a.mu.Lock()
+		delete(a.attaching, eni.ID)
+		a.mu.Unlock()
+	}()
+	attID, err := a.gw.AttachENI(ctx, prio, eni.ID, rec.InstanceID, device, 0)
+	a.met.leaseOp("prewarm-attach", err)
+	if err != nil {
+		a.log.Warn("attach of a pre-warmed ENI failed; creating one instead", "node", ns.name, "eni", eni.ID, "err", err)
+		return false, nil
+	}
+	eniRec := ledger.ENIRecord{ID: eni.ID, MAC: eni.MAC, SubnetID: rec.SubnetID, PrimaryIP: eni.PrimaryIP, DeviceIndex: device,
+		AttachmentID: attID, Managed: true}
+	for _, ip := range eni.Addresses {
+		eniRec.Addresses = append(eniRec.Addresses, ledger.LeasedAddress{IP: ip, State: ledger.LeaseActive})
+	}
+	if err := a.commitPrewarmedAttach(ctx, ns, pwID, eniRec); err != nil {
+		// Attached but not committed: reconciliation adopts it (diff.ReservedENIAttached).
+		return true, err
+	}
+	a.log.Info("attached a pre-warmed ENI", "node", ns.name, "eni", eni.ID, "prewarm", pwID, "addresses", len(eni.Addresses))
+	return true, nil
+}
+
+// commitPrewarmedAttach gives a node a reservation's ENI attached to its instance: the node's
+// record gains the ENI and the reservation marks it attached, in one transaction.
+func (a *Allocator) commitPrewarmedAttach(ctx context.Context, ns *nodeState, pwID string, eniRec ledger.ENIRecord) error {
+	_, err := a.updateNode(ctx, ns, []string{prewarmKey(pwID)}, func(r *ledger.NodeRecord) ([]Change, func() error, error) {
+		pw, ok := a.led.Prewarm(pwID)
+		if !ok {
+			return nil, nil, fmt.Errorf("%w: pre-warm reservation %s", ErrNotFound, pwID)
+		}
+		k := -1
+		for i, e := range pw.ENIs {
+			if e.ID == eniRec.ID && e.State != ledger.PrewarmENIAttached {
+				k = i
+			}
+		}
+		if k < 0 {
+			return nil, nil, fmt.Errorf("allocator: pre-warm reservation %s has no unattached ENI %s", pwID, eniRec.ID)
+		}
+		for _, x := range r.ENIs {
+			if x.DeviceIndex == eniRec.DeviceIndex || x.ID == eniRec.ID {
+				return nil, nil, fmt.Errorf("allocator: node %s already has ENI %s or device index %d", r.Name, eniRec.ID, eniRec.DeviceIndex)
+			}
+		}
+		pw.ENIs[k].State, pw.ENIs[k].NodeName = ledger.PrewarmENIAttached, ns.name
+		if allAttached(pw) {
+			pw.State = ledger.PrewarmConsumed
+		}
+		r.ENIs = append(r.ENIs, eniRec)
+		return []Change{PutPrewarm(pw)}, func() error { return a.led.PutPrewarm(pw) }, nil
+	})
+	return err
+}
+
+// adoptPrewarmed gives a node a reservation's ENI that EC2 has attached to the node's instance
+// although the records do not say so (the attach's commit was lost).
+func (a *Allocator) adoptPrewarmed(ctx context.Context, node, pwID string, e ec2gw.ENI) error {
+	ns, ok := a.node(node)
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrUnknownNode, node)
+	}
+	er := ledger.ENIRecord{ID: e.ID, MAC: e.MAC, SubnetID: e.SubnetID, PrimaryIP: e.PrimaryIP, DeviceIndex: e.Attachment.DeviceIndex,
+		NetworkCardIndex: e.Attachment.NetworkCardIndex, AttachmentID: e.Attachment.ID, Managed: true, DeleteOnTermination: e.Attachment.DeleteOnTermination}
+	for _, ip := range e.SecondaryIPs {
+		er.Addresses = append(er.Addresses, ledger.LeasedAddress{IP: ip, State: ledger.LeaseActive})
+	}
+	if err := a.commitPrewarmedAttach(ctx, ns, pwID, er); err != nil {
+		return err
+	}
+	a.met.leaseOp("adopt", nil)
+	return nil
+}
+
+// claimPrewarmed picks a ready pre-warmed ENI for a node (the reservation that expires first)
+// and marks it as being attached.
+func (a *Allocator) claimPrewarmed(rec ledger.NodeRecord) (string, ledger.PrewarmENI, bool) {
 	pws := a.led.Prewarms()
 	sort.Slice(pws, func(i, j int) bool { return pws[i].ExpiresAt.Before(pws[j].ExpiresAt) })
 	now := a.now()
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	for _, pw := range pws {
 		if pw.SubnetID != rec.SubnetID || pw.InstanceType != rec.InstanceType ||
 			(pw.State != ledger.PrewarmPending && pw.State != ledger.PrewarmReady) || !now.Before(pw.ExpiresAt) {
 			continue
 		}
-		for i, e := range pw.ENIs {
-			if e.State != ledger.PrewarmENIReady || e.ID == "" {
-				continue
+		for _, e := range pw.ENIs {
+			if e.State == ledger.PrewarmENIReady && e.ID != "" && !a.attaching[e.ID] {
+				a.attaching[e.ID] = true
+				return pw.ID, e, true
 			}
-			attID, err := a.gw.AttachENI(ctx, prio, e.ID, rec.InstanceID, device, 0)
-			a.met.leaseOp("prewarm-attach", err)
-			if err != nil {
-				a.log.Warn("attach of a pre-warmed ENI failed; creating one instead", "node", ns.name, "eni", e.ID, "err", err)
-				return false, nil
-			}
-			eniRec := ledger.ENIRecord{ID: e.ID, MAC: e.MAC, SubnetID: pw.SubnetID, PrimaryIP: e.PrimaryIP, DeviceIndex: device,
-				AttachmentID: attID, Managed: true}
-			for _, ip := range e.Addresses {
-				eniRec.Addresses = append(eniRec.Addresses, ledger.LeasedAddress{IP: ip, State: ledger.LeaseActive})
-			}
-			pw.ENIs[i].State, pw.ENIs[i].NodeName = ledger.PrewarmENIAttached, ns.name
-			if allAttached(pw) {
-				pw.State = ledger.PrewarmConsumed
-			}
-			if _, err := a.mutateNode(ctx, ns, func(r *ledger.NodeRecord) error {
-				r.ENIs = append(r.ENIs, eniRec)
-				return nil
-			}, store.PutPrewarm(pw)); err != nil {
-				// Attached but not committed: reconciliation adopts it (it is attached to the
-				// node's instance and tagged for the cluster).
-				return true, err
-			}
-			if err := a.led.PutPrewarm(pw); err != nil {
-				a.fail(fmt.Errorf("allocator: ledger diverged from etcd: %w", err))
-				return true, err
-			}
-			a.log.Info("attached a pre-warmed ENI", "node", ns.name, "eni", e.ID, "prewarm", pw.ID, "addresses", len(e.Addresses))
-			return true, nil
 		}
 	}
-	return false, nil
+	return "", ledger.PrewarmENI{}, false
 }
 
 // prewarmReady reports whether a ready pre-warmed ENI waits for nodes like this one.

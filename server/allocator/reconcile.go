@@ -8,11 +8,9 @@ import (
 	"sort"
 	"time"
 
-	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+	"github.com/ipledger/ipledger/server/allocator/diff"
 	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/ledger"
-	"github.com/ipledger/ipledger/server/store"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // scanForeign lists a subnet's ENIs and returns the addresses used by ENIs that no registered
@@ -176,11 +174,15 @@ func (a *Allocator) rescanSubnet(ctx context.Context, prio ec2gw.Priority, subne
 }
 
 // updateForeign records the foreign addresses of a subnet from a scan of its ENIs. The set is
-// worked out here, under the lock registration holds, from who owns what now: a node that
-// registered after the scan was taken must not have its addresses written back as foreign.
+// worked out here, under the subnet's commit slot (which registration holds too), from who owns
+// what now: a node that registered after the scan was taken must not have its addresses
+// written back as foreign.
 func (a *Allocator) updateForeign(ctx context.Context, subnet string, scanned []ec2gw.ENI) error {
-	a.budgetMu.Lock()
-	defer a.budgetMu.Unlock()
+	release, err := a.slots.acquire(ctx, subnetKey(subnet))
+	if err != nil {
+		return err
+	}
+	defer release()
 	rec, ok := a.led.Subnet(subnet)
 	if !ok {
 		return fmt.Errorf("%w: subnet %s", ErrNotFound, subnet)
@@ -191,7 +193,7 @@ func (a *Allocator) updateForeign(ctx context.Context, subnet string, scanned []
 	}
 	rec.Foreign = ranges
 	rec.ForeignScannedAt = a.now()
-	if _, err := a.commit(ctx, store.PutSubnet(rec)); err != nil {
+	if _, err := a.commit(ctx, PutSubnet(rec)); err != nil {
 		return err
 	}
 	return a.led.PutSubnet(rec)
@@ -200,32 +202,32 @@ func (a *Allocator) updateForeign(ctx context.Context, subnet string, scanned []
 // mutateNodeUnforeign is mutateNode for a change that gives the node addresses the ledger may
 // count as foreign: those leave the subnet's foreign set in the same transaction.
 func (a *Allocator) mutateNodeUnforeign(ctx context.Context, ns *nodeState, subnet string, addrs map[netip.Addr]bool, fn func(*ledger.NodeRecord) error) error {
-	foreign := map[netip.Addr]bool{}
-	for ip := range addrs {
-		if o, taken := a.led.OwnerOf(ip); taken && (o.Kind == ledger.OwnerForeign || o.Foreign) {
-			foreign[ip] = true
-		}
-	}
-	if len(foreign) == 0 || subnet == "" {
+	if subnet == "" {
 		_, err := a.mutateNode(ctx, ns, fn)
 		return err
 	}
-	a.budgetMu.Lock()
-	defer a.budgetMu.Unlock()
-	rec, ok := a.led.Subnet(subnet)
-	if !ok {
-		return fmt.Errorf("%w: subnet %s", ErrNotFound, subnet)
-	}
-	reduced := rec
-	reduced.Foreign = subtractRanges(rec.Foreign, foreign)
-	if _, err := a.mutateNode(ctx, ns, fn, store.PutSubnet(reduced)); err != nil {
-		return err
-	}
-	if err := a.led.PutSubnet(reduced); err != nil {
-		a.fail(fmt.Errorf("allocator: ledger diverged from etcd: %w", err))
-		return err
-	}
-	return nil
+	_, err := a.updateNode(ctx, ns, []string{subnetKey(subnet)}, func(r *ledger.NodeRecord) ([]Change, func() error, error) {
+		if err := fn(r); err != nil {
+			return nil, nil, err
+		}
+		foreign := map[netip.Addr]bool{}
+		for ip := range addrs {
+			if o, taken := a.led.OwnerOf(ip); taken && (o.Kind == ledger.OwnerForeign || o.Foreign) {
+				foreign[ip] = true
+			}
+		}
+		if len(foreign) == 0 {
+			return nil, nil, nil
+		}
+		rec, ok := a.led.Subnet(subnet)
+		if !ok {
+			return nil, nil, fmt.Errorf("%w: subnet %s", ErrNotFound, subnet)
+		}
+		reduced := rec
+		reduced.Foreign = subtractRanges(rec.Foreign, foreign)
+		return []Change{PutSubnet(reduced)}, func() error { return a.led.PutSubnet(reduced) }, nil
+	})
+	return err
 }
 
 func equalRanges(x, y []ledger.AddrRange) bool {
@@ -240,15 +242,24 @@ func equalRanges(x, y []ledger.AddrRange) bool {
 	return true
 }
 
-// drift is one difference between etcd and EC2, with what repairs it.
+// drift is one difference between the ledger and EC2, with what repairs it (none: it is only
+// reported).
 type drift struct {
-	finding *ipledgerv1.Finding
+	finding *diff.Finding // nil for a subnet's foreign addresses that changed (not reported)
 	key     string
 	// immediate repairs need no grace period (e.g. finishing a release EC2 already did).
 	immediate bool
 	// recheck: no repair now, but the reconcile loop comes back one grace later to look again.
 	recheck bool
 	repair  func(ctx context.Context) error
+}
+
+func (d drift) logAttrs() []any {
+	if d.finding == nil {
+		return []any{"kind", "foreign", "key", d.key}
+	}
+	f := d.finding
+	return []any{"kind", f.Kind.String(), "node", f.Node, "eni", f.ENI, "address", f.Address, "detail", f.Detail}
 }
 
 // reconcileLoop runs reconcileAll at once, then every ReconcileInterval, and sooner when a
@@ -258,7 +269,11 @@ type drift struct {
 func (a *Allocator) reconcileLoop(ctx context.Context) {
 	for {
 		next := a.cfg.ReconcileInterval
-		pending, err := a.reconcileAll(ctx)
+		var pending bool
+		err := a.pass(ctx, func(ctx context.Context) (err error) {
+			pending, err = a.reconcileAll(ctx)
+			return err
+		})
 		if err != nil && ctx.Err() == nil {
 			a.log.Warn("loop failed", "loop", "reconcile", "err", err)
 		}
@@ -266,12 +281,12 @@ func (a *Allocator) reconcileLoop(ctx context.Context) {
 			// A little over the grace, so the difference has surely persisted for it.
 			next = a.cfg.DriftGrace + a.cfg.DriftGrace/10 + 10*time.Millisecond
 		}
-		t := time.NewTimer(next)
+		t := a.clk.NewTimer(next)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
-		case <-t.C:
+		case <-t.Chan():
 		}
 	}
 }
@@ -314,12 +329,16 @@ func (a *Allocator) reconcileAll(ctx context.Context) (pending bool, err error) 
 			continue
 		}
 		if err := d.repair(ctx); err != nil {
-			a.log.Warn("repair failed", "kind", d.finding.GetKind().String(), "node", d.finding.GetNodeName(), "eni", d.finding.GetEniId(), "address", d.finding.GetAddress(), "err", err)
+			a.log.Warn("repair failed", append(d.logAttrs(), "err", err)...)
 			pending = true // tried again one grace later
 			continue
 		}
-		a.log.Info("repaired drift", "kind", d.finding.GetKind().String(), "node", d.finding.GetNodeName(), "eni", d.finding.GetEniId(), "address", d.finding.GetAddress(), "detail", d.finding.GetDetail())
-		a.met.repairs.WithLabelValues(d.finding.GetKind().String()).Inc()
+		a.log.Info("repaired drift", d.logAttrs()...)
+		kind := "foreign"
+		if d.finding != nil {
+			kind = d.finding.Kind.String()
+		}
+		a.met.repairs.WithLabelValues(kind).Inc()
 		a.mu.Lock()
 		delete(a.drift, d.key)
 		a.mu.Unlock()
@@ -327,103 +346,163 @@ func (a *Allocator) reconcileAll(ctx context.Context) (pending bool, err error) 
 	return pending, nil
 }
 
-// collectDrift reads EC2 and lists every difference with its repair.
-func (a *Allocator) collectDrift(ctx context.Context, prio ec2gw.Priority) ([]drift, error) {
-	var out []drift
-	seenENI := map[string]bool{}
+// scanEC2 reads what EC2 has for the cluster: every ENI of every subnet the ledger knows and
+// every ENI tagged for the cluster elsewhere, and the subnets' scans (for their foreign sets).
+func (a *Allocator) scanEC2(ctx context.Context, prio ec2gw.Priority) (all []ec2gw.ENI, bySubnet map[string][]ec2gw.ENI, err error) {
+	seen := map[string]bool{}
+	bySubnet = map[string][]ec2gw.ENI{}
 	for _, s := range a.led.Subnets() {
 		enis, err := a.gw.DescribeNetworkInterfaces(ctx, prio, ec2gw.ENIFilter{SubnetID: s.ID})
 		if err != nil {
-			return nil, ec2Err(err, s.ID)
+			return nil, nil, ec2Err(err, s.ID)
 		}
+		bySubnet[s.ID] = enis
 		for _, e := range enis {
-			seenENI[e.ID] = true
-		}
-		out = append(out, a.diffSubnet(s.ID, enis)...)
-		sid, scanned := s.ID, enis
-		if !equalRanges(s.Foreign, toRanges(a.foreignOf(enis))) {
-			out = append(out, drift{
-				finding:   &ipledgerv1.Finding{SubnetId: sid, Detail: "foreign addresses changed since the last scan"},
-				key:       "foreign|" + sid,
-				immediate: true,
-				repair:    func(ctx context.Context) error { return a.updateForeign(ctx, sid, scanned) },
-			})
+			seen[e.ID] = true
+			all = append(all, e)
 		}
 	}
-	// ENIs tagged for the cluster outside the subnets scanned above.
 	tagged, err := a.gw.DescribeNetworkInterfaces(ctx, prio, ec2gw.ENIFilter{Tags: map[string]string{TagCluster: a.cfg.ClusterName}})
 	if err != nil {
-		return nil, ec2Err(err, "")
+		return nil, nil, ec2Err(err, "")
 	}
-	owned := a.ownedENIs()
 	for _, e := range tagged {
-		if seenENI[e.ID] {
-			continue
+		if !seen[e.ID] {
+			all = append(all, e)
 		}
-		if _, ok := owned[e.ID]; ok {
-			continue
+	}
+	return all, bySubnet, nil
+}
+
+// records is the ledger's view for diff.Diff.
+func (a *Allocator) records() diff.Records {
+	return diff.Records{Nodes: a.led.Nodes(), Subnets: a.led.Subnets(), Prewarms: a.led.Prewarms()}
+}
+
+// collectDrift reads EC2, compares it with the ledger (diff.Diff) and gives every difference its
+// repair.
+func (a *Allocator) collectDrift(ctx context.Context, prio ec2gw.Priority) ([]drift, error) {
+	all, bySubnet, err := a.scanEC2(ctx, prio)
+	if err != nil {
+		return nil, err
+	}
+	var out []drift
+	for _, s := range a.led.Subnets() {
+		sid, scanned := s.ID, bySubnet[s.ID]
+		if !equalRanges(s.Foreign, toRanges(a.foreignOf(scanned))) {
+			out = append(out, drift{key: "foreign|" + sid, immediate: true,
+				repair: func(ctx context.Context) error { return a.updateForeign(ctx, sid, scanned) }})
 		}
-		out = append(out, a.leakedENI(e))
+	}
+	byID := make(map[string]ec2gw.ENI, len(all))
+	for _, e := range all {
+		byID[e.ID] = e
+	}
+	for _, f := range diff.Diff(a.cfg.ClusterName, a.records(), diff.EC2{ENIs: all}) {
+		if d, ok := a.repairOf(f, byID); ok {
+			out = append(out, d)
+		}
+	}
+	// A release EC2 has not done yet is the release lane's: wake it.
+	for _, n := range a.led.Nodes() {
+		if hasReleasing(n) {
+			if ns, ok := a.node(n.Name); ok {
+				a.kick(ns.name)
+			}
+		}
 	}
 	return out, nil
 }
 
-// diffSubnet compares one subnet's ENIs on EC2 with the ledger.
-func (a *Allocator) diffSubnet(subnet string, enis []ec2gw.ENI) []drift {
-	var out []drift
-	owned := a.ownedENIs()
-	byID := map[string]ec2gw.ENI{}
-	for _, e := range enis {
-		byID[e.ID] = e
-	}
-	for _, e := range enis {
-		o, ok := owned[e.ID]
-		switch {
-		case ok && o.node != "":
-			out = append(out, a.diffENI(o.node, o.rec, e)...)
-		case ok:
-			// Pre-warm ENIs are checked by the pre-warm loop.
-		case e.Tags[TagCluster] == a.cfg.ClusterName:
-			out = append(out, a.leakedENI(e))
+// repairOf is the drift of one finding: what repairs it, if anything does (false: the
+// finding is not a difference, such as an assignment of this leader in flight).
+func (a *Allocator) repairOf(f diff.Finding, enis map[string]ec2gw.ENI) (drift, bool) {
+	d := drift{finding: &f, key: f.Key()}
+	node, eni, item := f.Node, f.ENI, f.Address
+	switch f.Kind {
+	case diff.LeasedNotOnEC2:
+		if f.State == ledger.LeaseReleasing {
+			d.immediate = true
+			d.repair = func(ctx context.Context) error { return a.dropItems(ctx, node, eni, f.Subnet, []string{item}, true) }
+			break
+		}
+		if a.itemInUse(node, item) {
+			f.Detail += "; a pod uses it, so it is assigned again"
+			d.repair = func(ctx context.Context) error { return a.reassign(ctx, eni, item) }
+		} else {
+			d.repair = func(ctx context.Context) error { return a.dropItems(ctx, node, eni, f.Subnet, []string{item}, false) }
+		}
+	case diff.OnEC2NotLeased:
+		if o, ok := a.led.OwnerOf(itemAddr(item)); ok && o.Kind == ledger.OwnerPending && o.Node == node {
+			// An assignment of this leader is in flight; look again one grace later, when it
+			// has landed or failed (an orphan of a dead leader it placed again). Not a finding
+			// of Check: an assignment in flight is no inconsistency.
+			return drift{key: "ec2pending|" + eni + "|" + item, recheck: true}, true
+		}
+		f.Detail += "; adopted into the node's pool"
+		d.repair = func(ctx context.Context) error { return a.adopt(ctx, node, eni, item) }
+	case diff.ENIAttachment:
+		// A managed ENI EC2 has detached and nobody leases anything on (a delete that stopped
+		// half-way, or a leader that died during it): finish the delete.
+		if e := enis[eni]; e.Attachment == nil {
+			if rec, ok := a.led.Node(node); ok {
+				for _, er := range rec.ENIs {
+					if er.ID == eni && er.Managed && usedSlots(er) == 0 {
+						f.Detail += "; deleted"
+						d.repair = func(ctx context.Context) error {
+							ns, ok := a.node(node)
+							if !ok {
+								return fmt.Errorf("%w: %s", ErrUnknownNode, node)
+							}
+							return a.deleteENI(ctx, ns, er)
+						}
+					}
+				}
+			}
+		}
+	case diff.ENIMissing:
+		if rec, ok := a.led.Node(node); ok {
+			for _, er := range rec.ENIs {
+				if er.ID == eni && er.Managed && !a.eniInUse(node, er) {
+					d.repair = func(ctx context.Context) error { return a.dropENI(ctx, node, eni) }
+				}
+			}
+		}
+	case diff.LeakedENI:
+		e := enis[eni]
+		if e.Attachment != nil {
+			if rec, ok := a.led.NodeByInstance(e.Attachment.InstanceID); ok {
+				f.Detail = "attached to node " + rec.Name + " but not leased; adopted"
+				f.Node = rec.Name
+				name := rec.Name
+				d.repair = func(ctx context.Context) error { return a.adoptENI(ctx, name, e) }
+				break
+			}
+		}
+		d.repair = func(ctx context.Context) error { return a.deleteLeaked(ctx, e) }
+	case diff.ReservedENIAttached:
+		// An attach of a pre-warmed ENI whose commit was lost (or a leader that died after the
+		// attach): the node it is attached to gets it, as attachPrewarmed would have done.
+		e := enis[eni]
+		if rec, ok := a.led.NodeByInstance(e.Attachment.InstanceID); ok {
+			f.Node = rec.Name
+			f.Detail += "; adopted into node " + rec.Name
+			name, pw := rec.Name, f.Other
+			d.repair = func(ctx context.Context) error { return a.adoptPrewarmed(ctx, name, pw, e) }
 		}
 	}
-	for _, n := range a.led.Nodes() {
-		for _, er := range n.ENIs {
-			if er.SubnetID != subnet {
-				continue
-			}
-			if _, ok := byID[er.ID]; ok {
-				continue
-			}
-			node, eni := n.Name, er
-			d := drift{
-				finding: &ipledgerv1.Finding{Kind: ipledgerv1.FindingKind_ENI_MISMATCH, SubnetId: subnet, NodeName: node, EniId: eni.ID,
-					Detail: "leased ENI not found on EC2"},
-				key: "enimissing|" + eni.ID,
-			}
-			if eni.Managed && !a.eniInUse(node, eni) {
-				d.repair = func(ctx context.Context) error { return a.dropENI(ctx, node, eni.ID) }
-			}
-			out = append(out, d)
-		}
-	}
-	return out
+	return d, true
 }
 
-// eniInUse reports whether pods of the node use addresses of the ENI.
-func (a *Allocator) eniInUse(node string, e ledger.ENIRecord) bool {
-	used := map[netip.Addr]bool{}
-	for _, ip := range a.led.Usage(node) {
-		used[ip] = true
-	}
-	for _, ad := range e.Addresses {
-		if used[ad.IP] {
-			return true
+func hasReleasing(rec ledger.NodeRecord) bool {
+	for _, e := range rec.ENIs {
+		for _, ad := range e.Addresses {
+			if ad.State == ledger.LeaseReleasing {
+				return true
+			}
 		}
-	}
-	for _, p := range e.Prefixes {
-		for ip := range used {
-			if p.Prefix.Contains(ip) {
+		for _, p := range e.Prefixes {
+			if p.State == ledger.LeaseReleasing {
 				return true
 			}
 		}
@@ -431,103 +510,35 @@ func (a *Allocator) eniInUse(node string, e ledger.ENIRecord) bool {
 	return false
 }
 
-// diffENI compares a node's ENI record with EC2's view of it.
-func (a *Allocator) diffENI(node string, er ledger.ENIRecord, e ec2gw.ENI) []drift {
-	var out []drift
-	onEC2 := map[string]bool{}
-	for _, ip := range e.SecondaryIPs {
-		onEC2[ip.String()] = true
+// eniInUse reports whether pods of the node use addresses of the ENI.
+func (a *Allocator) eniInUse(node string, e ledger.ENIRecord) bool {
+	for _, ad := range e.Addresses {
+		if a.itemInUse(node, ad.IP.String()) {
+			return true
+		}
 	}
 	for _, p := range e.Prefixes {
-		onEC2[p.String()] = true
-	}
-	leased := map[string]ledger.LeaseState{}
-	for _, ad := range er.Addresses {
-		leased[ad.IP.String()] = ad.State
-	}
-	for _, p := range er.Prefixes {
-		leased[p.Prefix.String()] = p.State
-	}
-	inUse := map[string]bool{}
-	for _, ip := range a.led.Usage(node) {
-		inUse[ip.String()] = true
-	}
-	if e.Attachment != nil {
-		if rec, ok := a.led.Node(node); ok && e.Attachment.InstanceID != rec.InstanceID {
-			out = append(out, drift{
-				finding: &ipledgerv1.Finding{Kind: ipledgerv1.FindingKind_ENI_MISMATCH, SubnetId: er.SubnetID, NodeName: node, EniId: er.ID,
-					Detail: fmt.Sprintf("attached to %s, not to the node's instance %s", e.Attachment.InstanceID, rec.InstanceID)},
-				key: "eniattach|" + er.ID,
-			})
+		if a.itemInUse(node, p.Prefix.String()) {
+			return true
 		}
 	}
-	for item, state := range leased {
-		if onEC2[item] {
-			continue
-		}
-		it := item
-		if state == ledger.LeaseReleasing {
-			out = append(out, drift{
-				finding:   &ipledgerv1.Finding{Kind: ipledgerv1.FindingKind_LEASED_NOT_ON_EC2, SubnetId: er.SubnetID, NodeName: node, EniId: er.ID, Address: it, Detail: "release already done on EC2"},
-				key:       "released|" + er.ID + "|" + it,
-				immediate: true,
-				repair:    func(ctx context.Context) error { return a.dropItems(ctx, node, er.ID, er.SubnetID, []string{it}, true) },
-			})
-			continue
-		}
-		d := drift{
-			finding: &ipledgerv1.Finding{Kind: ipledgerv1.FindingKind_LEASED_NOT_ON_EC2, SubnetId: er.SubnetID, NodeName: node, EniId: er.ID, Address: it,
-				Detail: "leased but not assigned to the ENI on EC2"},
-			key: "leasednotec2|" + er.ID + "|" + it,
-		}
-		if inUseItem(it, inUse) {
-			d.finding.Detail += "; a pod uses it, so it is assigned again"
-			d.repair = func(ctx context.Context) error { return a.reassign(ctx, er.ID, it) }
-		} else {
-			d.repair = func(ctx context.Context) error {
-				return a.dropItems(ctx, node, er.ID, er.SubnetID, []string{it}, false)
-			}
-		}
-		out = append(out, d)
-	}
-	for item := range onEC2 {
-		if _, ok := leased[item]; ok {
-			continue
-		}
-		addr := itemAddr(item)
-		if o, ok := a.led.OwnerOf(addr); ok && o.Kind == ledger.OwnerPending && o.Node == node {
-			// An assignment of this leader is in flight; look again one grace later, when it
-			// has landed or failed (an orphan of a dead leader it placed again).
-			out = append(out, drift{key: "ec2pending|" + er.ID + "|" + item, recheck: true,
-				// Not a finding of Check (no kind): an assignment in flight is no inconsistency.
-				finding: &ipledgerv1.Finding{SubnetId: er.SubnetID, NodeName: node, EniId: er.ID, Address: item,
-					Detail: "assigned on EC2 while an assignment of it is in flight"}})
-			continue
-		}
-		it := item
-		out = append(out, drift{
-			finding: &ipledgerv1.Finding{Kind: ipledgerv1.FindingKind_ON_EC2_NOT_LEASED, SubnetId: er.SubnetID, NodeName: node, EniId: er.ID, Address: it,
-				Detail: "assigned on EC2 to a managed ENI but not leased; adopted into the node's pool"},
-			key:    "ec2notleased|" + er.ID + "|" + it,
-			repair: func(ctx context.Context) error { return a.adopt(ctx, node, er.ID, it) },
-		})
-	}
-	for item, state := range leased {
-		if state == ledger.LeaseReleasing && onEC2[item] {
-			if ns, ok := a.node(node); ok {
-				ns.kickNow()
-			}
-		}
-	}
-	return out
+	return false
 }
 
-func inUseItem(item string, inUse map[string]bool) bool {
-	if inUse[item] {
-		return true
+// itemInUse reports whether a pod of the node uses the address, or an address of the prefix.
+func (a *Allocator) itemInUse(node, item string) bool {
+	p, err := netip.ParsePrefix(item)
+	if err != nil {
+		ip, err := netip.ParseAddr(item)
+		if err != nil {
+			return false
+		}
+		p = netip.PrefixFrom(ip, 32)
 	}
-	if p, err := netip.ParsePrefix(item); err == nil {
-		return prefixInUse(p, inUse)
+	for _, ip := range a.led.Usage(node) {
+		if p.Contains(ip) {
+			return true
+		}
 	}
 	return false
 }
@@ -538,27 +549,6 @@ func itemAddr(item string) netip.Addr {
 	}
 	ip, _ := netip.ParseAddr(item)
 	return ip
-}
-
-// leakedENI is an ENI tagged for the cluster that nobody owns: adopted if it is attached to a
-// registered node's instance, else deleted (detached first) after the grace period.
-func (a *Allocator) leakedENI(e ec2gw.ENI) drift {
-	d := drift{
-		finding: &ipledgerv1.Finding{Kind: ipledgerv1.FindingKind_LEAKED_ENI, SubnetId: e.SubnetID, EniId: e.ID, NodeName: e.Tags[TagNode],
-			Detail: fmt.Sprintf("tagged for cluster %s, owned by no node or reservation (status %s)", a.cfg.ClusterName, e.Status)},
-		key: "leaked|" + e.ID,
-	}
-	if e.Attachment != nil {
-		if rec, ok := a.led.NodeByInstance(e.Attachment.InstanceID); ok {
-			d.finding.Detail = "attached to node " + rec.Name + " but not leased; adopted"
-			d.finding.NodeName = rec.Name
-			name := rec.Name
-			d.repair = func(ctx context.Context) error { return a.adoptENI(ctx, name, e) }
-			return d
-		}
-	}
-	d.repair = func(ctx context.Context) error { return a.deleteLeaked(ctx, e) }
-	return d
 }
 
 func (a *Allocator) deleteLeaked(ctx context.Context, e ec2gw.ENI) error {
@@ -762,7 +752,8 @@ func (a *Allocator) checkInstances(ctx context.Context) error {
 	return nil
 }
 
-// sweepLoop deletes ENIs left behind by removed nodes (those without DeleteOnTermination).
+// sweepLoop deletes ENIs left behind by removed nodes (those without DeleteOnTermination)
+// each time a node is removed.
 func (a *Allocator) sweepLoop(ctx context.Context) {
 	for {
 		select {
@@ -770,46 +761,51 @@ func (a *Allocator) sweepLoop(ctx context.Context) {
 			return
 		case <-a.sweep:
 		}
-		enis, err := a.gw.DescribeNetworkInterfaces(ctx, ec2gw.PriorityRelease, ec2gw.ENIFilter{
-			Tags: map[string]string{TagCluster: a.cfg.ClusterName}, Status: "available",
-		})
-		if err != nil {
-			if ctx.Err() == nil {
-				a.log.Warn("sweep for leftover ENIs failed", "err", err)
-			}
-			continue
-		}
-		owned := a.ownedENIs()
-		for _, e := range enis {
-			node := e.Tags[TagNode]
-			if _, ok := owned[e.ID]; ok || node == "" || e.Tags[TagPrewarm] != "" {
-				continue
-			}
-			if _, ok := a.led.Node(node); ok {
-				continue // a registered node's ENI that is merely detached: reconciliation decides
-			}
-			if err := a.deleteLeaked(ctx, e); err != nil {
-				a.log.Warn("delete leftover ENI", "eni", e.ID, "node", node, "err", err)
-			} else {
-				a.log.Info("deleted ENI left by a removed node", "eni", e.ID, "node", node)
-			}
+		if err := a.pass(ctx, a.sweepOnce); err != nil && ctx.Err() == nil {
+			a.log.Warn("sweep for leftover ENIs failed", "err", err)
 		}
 	}
 }
 
-// Check compares etcd (the ledger), the agents' reports and, optionally, EC2, and lists every
-// inconsistency without repairing anything.
-func (a *Allocator) Check(ctx context.Context, includeEC2 bool) (*ipledgerv1.CheckReport, error) {
-	rep := &ipledgerv1.CheckReport{CheckedAt: timestamppb.New(a.now())}
+// sweepOnce deletes the detached ENIs tagged for the cluster whose node is not registered.
+func (a *Allocator) sweepOnce(ctx context.Context) error {
+	enis, err := a.gw.DescribeNetworkInterfaces(ctx, ec2gw.PriorityRelease, ec2gw.ENIFilter{
+		Tags: map[string]string{TagCluster: a.cfg.ClusterName}, Status: "available",
+	})
+	if err != nil {
+		return ec2Err(err, "")
+	}
+	owned := a.ownedENIs()
+	for _, e := range enis {
+		node := e.Tags[TagNode]
+		if _, ok := owned[e.ID]; ok || node == "" || e.Tags[TagPrewarm] != "" {
+			continue
+		}
+		if _, ok := a.led.Node(node); ok {
+			continue // a registered node's ENI that is merely detached: reconciliation decides
+		}
+		if err := a.deleteLeaked(ctx, e); err != nil {
+			a.log.Warn("delete leftover ENI", "eni", e.ID, "node", node, "err", err)
+		} else {
+			a.log.Info("deleted ENI left by a removed node", "eni", e.ID, "node", node)
+		}
+	}
+	return nil
+}
+
+// Check compares the ledger, the agents' reports and, optionally, EC2 (diff.Diff), and lists
+// every inconsistency without repairing anything.
+func (a *Allocator) Check(ctx context.Context, includeEC2 bool) (CheckReport, error) {
+	rep := CheckReport{CheckedAt: a.now()}
 	for _, c := range a.led.Conflicts() {
-		rep.Findings = append(rep.Findings, conflictFinding(c))
+		rep.Findings = append(rep.Findings, diff.FromConflict(c))
 	}
 	nodes := a.led.Nodes()
-	rep.NodesChecked = uint32(len(nodes))
+	rep.NodesChecked = len(nodes)
 	for _, n := range nodes {
-		rep.EnisChecked += uint32(len(n.ENIs))
+		rep.ENIsChecked += len(n.ENIs)
 		for _, e := range n.ENIs {
-			rep.AddressesChecked += uint32(len(e.Addresses) + 16*len(e.Prefixes) + 1)
+			rep.AddressesChecked += len(e.Addresses) + 16*len(e.Prefixes) + 1
 		}
 	}
 	if includeEC2 {
@@ -817,7 +813,7 @@ func (a *Allocator) Check(ctx context.Context, includeEC2 bool) (*ipledgerv1.Che
 		// moment; a second scan confirms what is real: only findings seen twice are reported.
 		first, err := a.collectDrift(ctx, ec2gw.PriorityReconcile)
 		if err != nil {
-			return nil, err
+			return CheckReport{}, err
 		}
 		seen := map[string]bool{}
 		for _, d := range first {
@@ -826,40 +822,25 @@ func (a *Allocator) Check(ctx context.Context, includeEC2 bool) (*ipledgerv1.Che
 		if len(seen) > 0 {
 			second, err := a.collectDrift(ctx, ec2gw.PriorityReconcile)
 			if err != nil {
-				return nil, err
+				return CheckReport{}, err
 			}
 			for _, d := range second {
-				if seen[d.key] && d.finding.GetKind() != ipledgerv1.FindingKind_FINDING_KIND_UNSPECIFIED {
-					rep.Findings = append(rep.Findings, d.finding)
+				if seen[d.key] && d.finding != nil {
+					rep.Findings = append(rep.Findings, *d.finding)
 				}
 			}
 		}
 	}
-	sort.Slice(rep.Findings, func(i, j int) bool {
+	sort.SliceStable(rep.Findings, func(i, j int) bool {
 		fi, fj := rep.Findings[i], rep.Findings[j]
 		if fi.Kind != fj.Kind {
 			return fi.Kind < fj.Kind
 		}
-		if fi.NodeName != fj.NodeName {
-			return fi.NodeName < fj.NodeName
+		if fi.Node != fj.Node {
+			return fi.Node < fj.Node
 		}
 		return fi.Address < fj.Address
 	})
-	rep.Ok = len(rep.Findings) == 0
+	rep.OK = len(rep.Findings) == 0
 	return rep, nil
-}
-
-func conflictFinding(c ledger.Conflict) *ipledgerv1.Finding {
-	kind := ipledgerv1.FindingKind_DOUBLE_OWNER
-	switch c.Kind {
-	case "in-use-not-leased":
-		kind = ipledgerv1.FindingKind_IN_USE_NOT_LEASED
-	case "double-use":
-		kind = ipledgerv1.FindingKind_DOUBLE_USE
-	}
-	detail := c.Detail
-	if c.OtherOwner != "" {
-		detail = fmt.Sprintf("%s (other owner: %s)", detail, c.OtherOwner)
-	}
-	return &ipledgerv1.Finding{Kind: kind, SubnetId: c.SubnetID, NodeName: c.Node, EniId: c.ENI, Address: c.Address, Detail: detail}
 }

@@ -9,11 +9,10 @@ import (
 	"sort"
 	"time"
 
-	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
+	"github.com/ipledger/ipledger/server/allocator/policy"
 	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/instancetypes"
 	"github.com/ipledger/ipledger/server/ledger"
-	"github.com/ipledger/ipledger/server/store"
 )
 
 var (
@@ -40,37 +39,37 @@ func ValidateSubnetID(field, id string) error {
 	return nil
 }
 
-func validateRegister(req *ipledgerv1.RegisterNodeRequest) error {
-	if err := ValidateNodeName("node_name", req.GetNodeName()); err != nil {
+func validateRegister(req Registration) error {
+	if err := ValidateNodeName("node_name", req.NodeName); err != nil {
 		return err
 	}
-	if !instanceIDRE.MatchString(req.GetInstanceId()) {
-		return invalid("instance_id", "%q is not an instance id (i-...)", req.GetInstanceId())
+	if !instanceIDRE.MatchString(req.InstanceID) {
+		return invalid("instance_id", "%q is not an instance id (i-...)", req.InstanceID)
 	}
-	if _, ok := instancetypes.Lookup(req.GetInstanceType()); !ok {
-		return invalid("instance_type", "unknown instance type %q", req.GetInstanceType())
+	if _, ok := instancetypes.Lookup(req.InstanceType); !ok {
+		return invalid("instance_type", "unknown instance type %q", req.InstanceType)
 	}
-	if !azRE.MatchString(req.GetAvailabilityZone()) {
-		return invalid("availability_zone", "%q is not an availability zone", req.GetAvailabilityZone())
+	if !azRE.MatchString(req.AvailabilityZone) {
+		return invalid("availability_zone", "%q is not an availability zone", req.AvailabilityZone)
 	}
-	if err := ValidateSubnetID("subnet_id", req.GetSubnetId()); err != nil {
+	if err := ValidateSubnetID("subnet_id", req.SubnetID); err != nil {
 		return err
 	}
-	if !eniIDRE.MatchString(req.GetPrimaryEniId()) {
-		return invalid("primary_eni_id", "%q is not an ENI id (eni-...)", req.GetPrimaryEniId())
+	if !eniIDRE.MatchString(req.PrimaryENI) {
+		return invalid("primary_eni_id", "%q is not an ENI id (eni-...)", req.PrimaryENI)
 	}
-	if ip, err := netip.ParseAddr(req.GetPrimaryIp()); err != nil || !ip.Is4() {
-		return invalid("primary_ip", "%q is not an IPv4 address", req.GetPrimaryIp())
+	if !req.PrimaryIP.Is4() {
+		return invalid("primary_ip", "%q is not an IPv4 address", req.PrimaryIP)
 	}
-	if len(req.GetLabels()) > 64 {
-		return invalid("labels", "%d labels; at most 64", len(req.GetLabels()))
+	if len(req.Labels) > 64 {
+		return invalid("labels", "%d labels; at most 64", len(req.Labels))
 	}
-	for k, v := range req.GetLabels() {
-		if !labelKeyRE.MatchString(k) || !labelValueRE.MatchString(v) {
+	for k, v := range req.Labels {
+		if !policy.LabelKeyRE.MatchString(k) || !policy.LabelValueRE.MatchString(v) {
 			return invalid("labels", "%q=%q is not a valid label", k, v)
 		}
 	}
-	if len(req.GetAgentVersion()) > 128 {
+	if len(req.AgentVersion) > 128 {
 		return invalid("agent_version", "longer than 128 characters")
 	}
 	return nil
@@ -79,61 +78,86 @@ func validateRegister(req *ipledgerv1.RegisterNodeRequest) error {
 // RegisterNode verifies a node against EC2, records it and returns its pool and policy.
 // Registering the same node and instance again is idempotent.
 //
-// The EC2 checks run outside the registration lock (concurrent registrations share batched
-// DescribeInstances calls); only the uniqueness checks and the commit are serialised. The
-// instance's own addresses are reserved for the node in the ledger before anything is committed,
-// so no other node's supply can place them in the meantime.
-func (a *Allocator) RegisterNode(ctx context.Context, req *ipledgerv1.RegisterNodeRequest) (*ipledgerv1.NodePool, *ipledgerv1.NodePolicy, error) {
+// The EC2 checks run first, outside any lock or commit slot (concurrent registrations share
+// batched DescribeInstances calls); then, under the commit slots of the node's name, its
+// instance and its subnet, the uniqueness checks are made again on what the ledger holds then,
+// and the record is committed. The instance's own addresses are reserved for the node in the
+// ledger before anything is committed, so no other node's supply can place them in the meantime.
+func (a *Allocator) RegisterNode(ctx context.Context, req Registration) (*Pool, policy.Policy, error) {
 	if err := validateRegister(req); err != nil {
-		return nil, nil, err
+		return nil, policy.Policy{}, err
 	}
-	name := req.GetNodeName()
-	if rec, ok := a.led.Node(name); ok && rec.InstanceID == req.GetInstanceId() {
+	name := req.NodeName
+	if rec, ok := a.led.Node(name); ok && rec.InstanceID == req.InstanceID {
 		return a.reregister(ctx, rec, req)
 	}
-	if other, ok := a.led.NodeByInstance(req.GetInstanceId()); ok && other.Name != name {
-		return nil, nil, fmt.Errorf("%w: %s is registered as %s", ErrInstanceRegistered, req.GetInstanceId(), other.Name)
+	if other, ok := a.led.NodeByInstance(req.InstanceID); ok && other.Name != name {
+		return nil, policy.Policy{}, fmt.Errorf("%w: %s is registered as %s", ErrInstanceRegistered, req.InstanceID, other.Name)
 	}
 	inst, err := a.verifyInstance(ctx, req)
 	if err != nil {
-		return nil, nil, err
+		return nil, policy.Policy{}, err
 	}
-	typ, err := a.instanceType(ctx, req.GetInstanceType())
+	typ, err := a.instanceType(ctx, req.InstanceType)
 	if err != nil {
-		return nil, nil, err
+		return nil, policy.Policy{}, err
 	}
-	if err := a.learnSubnet(ctx, req.GetSubnetId(), ec2gw.PriorityNodeStart); err != nil {
-		return nil, nil, err
+	if err := a.learnSubnet(ctx, req.SubnetID, ec2gw.PriorityNodeStart); err != nil {
+		return nil, policy.Policy{}, err
 	}
+	for range 3 {
+		// The name may belong to another instance: if that instance is gone, the new one takes
+		// over. EC2 says so before the slots are taken; under them the record must be the same.
+		replaced := ""
+		if rec, ok := a.led.Node(name); ok && rec.InstanceID != req.InstanceID {
+			gone, err := a.instanceGone(ctx, rec.InstanceID, ec2gw.PriorityNodeStart)
+			if err != nil {
+				return nil, policy.Policy{}, err
+			}
+			if !gone {
+				return nil, policy.Policy{}, fmt.Errorf("%w: %s is registered for %s", ErrNodeNameTaken, name, rec.InstanceID)
+			}
+			replaced = rec.InstanceID
+		}
+		pool, pol, again, err := a.registerHeld(ctx, req, inst, typ, replaced)
+		if again {
+			continue
+		}
+		return pool, pol, err
+	}
+	return nil, policy.Policy{}, fmt.Errorf("%w: registrations of %s keep racing; retry", ErrStoreUnavailable, name)
+}
 
-	a.regMu.Lock()
-	defer a.regMu.Unlock()
-	if rec, ok := a.led.Node(name); ok {
-		if rec.InstanceID == req.GetInstanceId() {
-			return a.reregister(ctx, rec, req)
-		}
-		// The name belongs to another instance. If that instance is gone, the new one takes over.
-		gone, err := a.instanceGone(ctx, rec.InstanceID, ec2gw.PriorityNodeStart)
-		if err != nil {
-			return nil, nil, err
-		}
-		if !gone {
-			return nil, nil, fmt.Errorf("%w: %s is registered for %s", ErrNodeNameTaken, name, rec.InstanceID)
-		}
-		if err := a.removeNode(ctx, name, "instance replaced"); err != nil {
-			return nil, nil, err
-		}
+// registerHeld is RegisterNode under the commit slots. again says the ledger changed since the
+// checks outside the slots: they are made again.
+func (a *Allocator) registerHeld(ctx context.Context, req Registration, inst ec2gw.Instance, typ instancetypes.Type, replaced string) (*Pool, policy.Policy, bool, error) {
+	name := req.NodeName
+	release, err := a.slots.acquire(ctx, nodeKey(name), instanceKey(req.InstanceID), subnetKey(inst.SubnetID))
+	if err != nil {
+		return nil, policy.Policy{}, false, err
 	}
-	if other, ok := a.led.NodeByInstance(req.GetInstanceId()); ok {
-		return nil, nil, fmt.Errorf("%w: %s is registered as %s", ErrInstanceRegistered, req.GetInstanceId(), other.Name)
+	defer release()
+	if rec, ok := a.led.Node(name); ok {
+		if rec.InstanceID == req.InstanceID || rec.InstanceID != replaced {
+			return nil, policy.Policy{}, true, nil // registered meanwhile (or by another instance)
+		}
+		if err := a.removeNodeHeld(ctx, name, "instance replaced"); err != nil {
+			return nil, policy.Policy{}, false, err
+		}
+	} else if replaced != "" {
+		return nil, policy.Policy{}, true, nil
+	}
+	if other, ok := a.led.NodeByInstance(req.InstanceID); ok {
+		return nil, policy.Policy{}, false, fmt.Errorf("%w: %s is registered as %s", ErrInstanceRegistered, req.InstanceID, other.Name)
 	}
 
 	a.mu.Lock()
-	policies := a.policyListLocked()
+	// Policies match facts the server verified (the instance's EC2 tags and type), never the
+	// labels the agent reports: a node must not choose its own policy.
+	pol := policy.Match(policy.List(a.policies), inst.Tags, inst.Type)
 	a.mu.Unlock()
-	policy := MatchPolicy(policies, req.GetLabels(), req.GetInstanceType())
-	mode, modeMsg := PolicyMode(policy, typ)
-	rec := nodeRecordFrom(inst, req, policy.GetName(), mode, a.cfg.ClusterName, a.now())
+	mode, modeMsg := policy.ModeFor(pol, typ)
+	rec := nodeRecordFrom(inst, req, pol.Name, mode, a.cfg.ClusterName, a.now())
 
 	// The instance's own addresses become unplaceable at once: they join the subnet's foreign set
 	// in memory (a node's record takes foreign addresses over when it is applied), so no other
@@ -150,7 +174,6 @@ func (a *Allocator) RegisterNode(ctx context.Context, req *ipledgerv1.RegisterNo
 			}
 		}
 	}
-	a.budgetMu.Lock()
 	// An address of the instance may already be reserved for another node or reservation: the
 	// last scan of the subnet predates the instance, so placement took it for free. EC2 has it on
 	// this instance, so the call behind that reservation will be refused; let it go now.
@@ -168,69 +191,58 @@ func (a *Allocator) RegisterNode(ctx context.Context, req *ipledgerv1.RegisterNo
 	occupied := before
 	occupied.Foreign = unionRanges(before.Foreign, mine)
 	if err := a.led.PutSubnet(occupied); err != nil {
-		a.budgetMu.Unlock()
-		return nil, nil, fmt.Errorf("allocator: subnet %s: %w", rec.SubnetID, err)
-	}
-	restore := func() {
-		_ = a.led.PutSubnet(before)
-		a.budgetMu.Unlock()
+		return nil, policy.Policy{}, false, fmt.Errorf("allocator: subnet %s: %w", rec.SubnetID, err)
 	}
 	if err := a.led.CheckNode(rec); err != nil {
-		restore()
-		return nil, nil, fmt.Errorf("%w: %s: %v; reconciliation will settle it, retry", ErrStoreUnavailable, name, err)
+		_ = a.led.PutSubnet(before)
+		return nil, policy.Policy{}, false, fmt.Errorf("%w: %s: %v; reconciliation will settle it, retry", ErrStoreUnavailable, name, err)
 	}
 	subnet := before
 	subnet.Foreign = subtractRanges(before.Foreign, mine)
-	ns := a.newNodeState(rec)
-	ns.typ = typ
-	ns.policy = policy
-	ns.modeMsg = modeMsg
-	ns.fresh, ns.registered = true, a.now()
-	rev, err := a.commit(ctx, store.PutSubnet(subnet), store.PutNode(rec))
+	rev, err := a.commit(ctx, PutSubnet(subnet), PutNode(rec))
 	if err != nil {
-		restore()
-		return nil, nil, err
+		_ = a.led.PutSubnet(before)
+		return nil, policy.Policy{}, false, err
 	}
 	// The node takes its addresses first, then the subnet stops counting them as foreign.
 	if err := a.led.PutNode(rec); err != nil {
-		a.budgetMu.Unlock()
-		a.fail(fmt.Errorf("allocator: ledger diverged from etcd: %w", err))
-		return nil, nil, err
+		a.fail(fmt.Errorf("allocator: ledger diverged from the store: %w", err))
+		return nil, policy.Policy{}, false, err
 	}
-	err = a.led.PutSubnet(subnet)
-	a.budgetMu.Unlock()
-	if err != nil {
-		a.fail(fmt.Errorf("allocator: ledger diverged from etcd: %w", err))
-		return nil, nil, err
+	if err := a.led.PutSubnet(subnet); err != nil {
+		a.fail(fmt.Errorf("allocator: ledger diverged from the store: %w", err))
+		return nil, policy.Policy{}, false, err
 	}
 	a.mu.Lock()
+	ns := a.newNodeStateLocked(rec)
+	ns.typ, ns.policy, ns.modeMsg = typ, pol, modeMsg
+	ns.fresh, ns.registered = true, a.now()
 	ns.generation = uint64(rev)
 	a.nodes[name] = ns
-	if a.runCtx != nil {
-		a.startNodeLocked(a.runCtx, ns)
-	}
 	pool := a.poolLocked(ns, rec)
 	a.mu.Unlock()
+	a.kick(name)
 	a.met.registrations.Inc()
-	a.log.Info("node registered", "node", name, "instance", inst.ID, "type", inst.Type, "subnet", inst.SubnetID, "policy", policy.GetName(), "mode", mode)
+	a.log.Info("node registered", "node", name, "instance", inst.ID, "type", inst.Type, "subnet", inst.SubnetID, "policy", pol.Name, "mode", mode)
 	if modeMsg != "" {
 		a.log.Warn(modeMsg, "node", name)
 	}
-	return pool, policy, nil
+	return pool, pol, false, nil
 }
 
 // nodeRecordFrom builds a new node's record from EC2's view of its instance: the primary ENI
 // always, other ENIs when they carry this cluster's tag (a previous leader created them), with
 // what EC2 already has on them.
-func nodeRecordFrom(inst ec2gw.Instance, req *ipledgerv1.RegisterNodeRequest, policy string, mode ledger.AddressMode, cluster string, now time.Time) ledger.NodeRecord {
+func nodeRecordFrom(inst ec2gw.Instance, req Registration, policy string, mode ledger.AddressMode, cluster string, now time.Time) ledger.NodeRecord {
 	rec := ledger.NodeRecord{
-		Name:             req.GetNodeName(),
+		Name:             req.NodeName,
 		InstanceID:       inst.ID,
 		InstanceType:     inst.Type,
 		AvailabilityZone: inst.AvailabilityZone,
 		SubnetID:         inst.SubnetID,
 		PrimaryIP:        inst.PrivateIP,
-		Labels:           req.GetLabels(),
+		Labels:           req.Labels,
+		Tags:             cloneTags(inst.Tags),
 		Policy:           policy,
 		Mode:             mode,
 		RegisteredAt:     now,
@@ -272,33 +284,44 @@ func leasedIPs(e ledger.ENIRecord) []netip.Addr {
 }
 
 // reregister answers a repeated registration of the same node and instance.
-func (a *Allocator) reregister(ctx context.Context, rec ledger.NodeRecord, req *ipledgerv1.RegisterNodeRequest) (*ipledgerv1.NodePool, *ipledgerv1.NodePolicy, error) {
-	if rec.InstanceType != req.GetInstanceType() || rec.AvailabilityZone != req.GetAvailabilityZone() ||
-		rec.SubnetID != req.GetSubnetId() || rec.PrimaryENI != req.GetPrimaryEniId() || rec.PrimaryIP.String() != req.GetPrimaryIp() {
-		return nil, nil, fmt.Errorf("%w: %s is registered with different facts (type %s, AZ %s, subnet %s, ENI %s, IP %s)",
+func (a *Allocator) reregister(ctx context.Context, rec ledger.NodeRecord, req Registration) (*Pool, policy.Policy, error) {
+	if rec.InstanceType != req.InstanceType || rec.AvailabilityZone != req.AvailabilityZone ||
+		rec.SubnetID != req.SubnetID || rec.PrimaryENI != req.PrimaryENI || rec.PrimaryIP.String() != req.PrimaryIP.String() {
+		return nil, policy.Policy{}, fmt.Errorf("%w: %s is registered with different facts (type %s, AZ %s, subnet %s, ENI %s, IP %s)",
 			ErrInstanceMismatch, rec.Name, rec.InstanceType, rec.AvailabilityZone, rec.SubnetID, rec.PrimaryENI, rec.PrimaryIP)
 	}
 	ns, ok := a.node(rec.Name)
 	if !ok {
-		return nil, nil, fmt.Errorf("%w: %s", ErrUnknownNode, rec.Name)
+		return nil, policy.Policy{}, fmt.Errorf("%w: %s", ErrUnknownNode, rec.Name)
 	}
-	if !equalLabels(rec.Labels, req.GetLabels()) {
+	if !equalLabels(rec.Labels, req.Labels) {
 		if _, err := a.mutateNode(ctx, ns, func(r *ledger.NodeRecord) error {
-			r.Labels = req.GetLabels()
+			r.Labels = req.Labels
 			return nil
 		}); err != nil {
-			return nil, nil, err
+			return nil, policy.Policy{}, err
 		}
 	}
 	pool, err := a.Pool(rec.Name)
 	if err != nil {
-		return nil, nil, err
+		return nil, policy.Policy{}, err
 	}
 	a.mu.Lock()
-	policy := ns.policy
+	pol := ns.policy
 	a.mu.Unlock()
-	ns.kickNow()
-	return pool, policy, nil
+	a.kick(ns.name)
+	return pool, pol, nil
+}
+
+func cloneTags(m map[string]string) map[string]string {
+	if len(m) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
 }
 
 func equalLabels(a, b map[string]string) bool {
@@ -314,13 +337,13 @@ func equalLabels(a, b map[string]string) bool {
 }
 
 // verifyInstance checks the request against what EC2 says about the instance.
-func (a *Allocator) verifyInstance(ctx context.Context, req *ipledgerv1.RegisterNodeRequest) (ec2gw.Instance, error) {
-	inst, err := a.describer.describe(ctx, req.GetInstanceId(), ec2gw.PriorityNodeStart)
+func (a *Allocator) verifyInstance(ctx context.Context, req Registration) (ec2gw.Instance, error) {
+	inst, err := a.describer.describe(ctx, req.InstanceID, ec2gw.PriorityNodeStart)
 	if errors.Is(err, ec2gw.ErrNotFound) {
-		return ec2gw.Instance{}, fmt.Errorf("%w: EC2 does not know instance %s", ErrInstanceMismatch, req.GetInstanceId())
+		return ec2gw.Instance{}, fmt.Errorf("%w: EC2 does not know instance %s", ErrInstanceMismatch, req.InstanceID)
 	}
 	if err != nil {
-		return ec2gw.Instance{}, ec2Err(err, req.GetSubnetId())
+		return ec2gw.Instance{}, ec2Err(err, req.SubnetID)
 	}
 	mismatch := func(field, got, want string) error {
 		return fmt.Errorf("%w: %s: request says %q, EC2 says %q", ErrInstanceMismatch, field, want, got)
@@ -328,19 +351,19 @@ func (a *Allocator) verifyInstance(ctx context.Context, req *ipledgerv1.Register
 	switch {
 	case inst.State != "running" && inst.State != "pending":
 		return ec2gw.Instance{}, fmt.Errorf("%w: instance %s is %s", ErrInstanceMismatch, inst.ID, inst.State)
-	case inst.Type != req.GetInstanceType():
-		return ec2gw.Instance{}, mismatch("instance_type", inst.Type, req.GetInstanceType())
-	case inst.AvailabilityZone != req.GetAvailabilityZone():
-		return ec2gw.Instance{}, mismatch("availability_zone", inst.AvailabilityZone, req.GetAvailabilityZone())
-	case inst.SubnetID != req.GetSubnetId():
-		return ec2gw.Instance{}, mismatch("subnet_id", inst.SubnetID, req.GetSubnetId())
-	case inst.PrivateIP.String() != req.GetPrimaryIp():
-		return ec2gw.Instance{}, mismatch("primary_ip", inst.PrivateIP.String(), req.GetPrimaryIp())
+	case inst.Type != req.InstanceType:
+		return ec2gw.Instance{}, mismatch("instance_type", inst.Type, req.InstanceType)
+	case inst.AvailabilityZone != req.AvailabilityZone:
+		return ec2gw.Instance{}, mismatch("availability_zone", inst.AvailabilityZone, req.AvailabilityZone)
+	case inst.SubnetID != req.SubnetID:
+		return ec2gw.Instance{}, mismatch("subnet_id", inst.SubnetID, req.SubnetID)
+	case inst.PrivateIP.String() != req.PrimaryIP.String():
+		return ec2gw.Instance{}, mismatch("primary_ip", inst.PrivateIP.String(), req.PrimaryIP.String())
 	}
 	for _, e := range inst.ENIs {
 		if e.Attachment != nil && e.Attachment.DeviceIndex == 0 {
-			if e.ID != req.GetPrimaryEniId() {
-				return ec2gw.Instance{}, mismatch("primary_eni_id", e.ID, req.GetPrimaryEniId())
+			if e.ID != req.PrimaryENI {
+				return ec2gw.Instance{}, mismatch("primary_eni_id", e.ID, req.PrimaryENI)
 			}
 			return inst, nil
 		}
@@ -376,37 +399,44 @@ func (a *Allocator) instanceType(ctx context.Context, name string) (instancetype
 	return t, nil
 }
 
-// learnSubnet makes sure the ledger (and etcd) know a subnet, learning it from EC2 once even when
-// many nodes of a new subnet register together.
+// learnSubnet makes sure the ledger (and the store) know a subnet, learning it from EC2 once
+// even when many nodes of a new subnet register together (one flight per subnet).
 func (a *Allocator) learnSubnet(ctx context.Context, id string, prio ec2gw.Priority) error {
 	if _, ok := a.led.Subnet(id); ok {
 		return nil
 	}
-	a.learnMu.Lock()
-	defer a.learnMu.Unlock()
-	if _, ok := a.led.Subnet(id); ok {
-		return nil
-	}
-	rec, ops, err := a.ensureSubnet(ctx, id, prio)
-	if err != nil {
-		return err
-	}
-	a.budgetMu.Lock()
-	defer a.budgetMu.Unlock()
-	if _, err := a.commit(ctx, ops...); err != nil {
-		return err
-	}
-	if err := a.led.PutSubnet(rec); err != nil {
-		a.fail(fmt.Errorf("allocator: ledger diverged from etcd: %w", err))
-		return err
-	}
-	a.log.Info("subnet learned", "subnet", id, "cidr", rec.CIDR, "az", rec.AvailabilityZone)
-	return nil
+	_, err, _ := a.learn.Do(id, func() (any, error) {
+		if _, ok := a.led.Subnet(id); ok {
+			return nil, nil
+		}
+		rec, changes, err := a.ensureSubnet(ctx, id, prio)
+		if err != nil {
+			return nil, err
+		}
+		release, err := a.slots.acquire(ctx, subnetKey(id))
+		if err != nil {
+			return nil, err
+		}
+		defer release()
+		if _, ok := a.led.Subnet(id); ok {
+			return nil, nil
+		}
+		if _, err := a.commit(ctx, changes...); err != nil {
+			return nil, err
+		}
+		if err := a.led.PutSubnet(rec); err != nil {
+			a.fail(fmt.Errorf("allocator: ledger diverged from the store: %w", err))
+			return nil, err
+		}
+		a.log.Info("subnet learned", "subnet", id, "cidr", rec.CIDR, "az", rec.AvailabilityZone)
+		return nil, nil
+	})
+	return err
 }
 
 // ensureSubnet returns the subnet's record, learning it from EC2 (and scanning it for foreign
 // addresses) when the cluster has not used it before.
-func (a *Allocator) ensureSubnet(ctx context.Context, id string, prio ec2gw.Priority) (ledger.SubnetRecord, []store.Op, error) {
+func (a *Allocator) ensureSubnet(ctx context.Context, id string, prio ec2gw.Priority) (ledger.SubnetRecord, []Change, error) {
 	if s, ok := a.led.Subnet(id); ok {
 		return s, nil, nil
 	}
@@ -428,7 +458,7 @@ func (a *Allocator) ensureSubnet(ctx context.Context, id string, prio ec2gw.Prio
 	}
 	rec.Foreign = foreign
 	rec.ForeignScannedAt = a.now()
-	return rec, []store.Op{store.PutSubnet(rec)}, nil
+	return rec, []Change{PutSubnet(rec)}, nil
 }
 
 // instanceGone reports whether EC2 says the instance is terminated or unknown.
@@ -450,21 +480,26 @@ func (a *Allocator) instanceGone(ctx context.Context, id string, prio ec2gw.Prio
 // removeNode forgets a node whose instance is gone: its lease returns to the subnet and its
 // agent streams end. ENIs that outlive the instance are collected by reconciliation.
 func (a *Allocator) removeNode(ctx context.Context, name, why string) error {
-	a.mu.Lock()
-	ns, ok := a.nodes[name]
-	a.mu.Unlock()
-	if ok {
-		ns.mu.Lock()
-		defer ns.mu.Unlock()
+	release, err := a.slots.acquire(ctx, nodeKey(name))
+	if err != nil {
+		return err
 	}
-	if _, err := a.commit(ctx, store.DeleteNode(name)); err != nil {
+	defer release()
+	if _, ok := a.led.Node(name); !ok {
+		return nil
+	}
+	return a.removeNodeHeld(ctx, name, why)
+}
+
+// removeNodeHeld is removeNode for a caller that holds the node's commit slot.
+func (a *Allocator) removeNodeHeld(ctx context.Context, name, why string) error {
+	if _, err := a.commit(ctx, DeleteNode(name)); err != nil {
 		return err
 	}
 	a.led.DeleteNode(name)
 	a.mu.Lock()
-	if ok {
+	if ns, ok := a.nodes[name]; ok {
 		ns.removed = true
-		close(ns.stop)
 		for s := range ns.subs {
 			s.end(fmt.Errorf("%w: %s removed (%s)", ErrUnknownNode, name, why))
 		}

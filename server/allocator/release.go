@@ -8,7 +8,6 @@ import (
 	"sort"
 	"time"
 
-	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/ledger"
 )
@@ -37,8 +36,8 @@ func (a *Allocator) maybePropose(ctx context.Context, ns *nodeState) {
 	}
 	t := a.targetsLocked(ns, rec)
 	inUse := map[string]bool{}
-	for _, p := range ns.usage.GetInUse() {
-		inUse[p.GetIp()] = true
+	for _, p := range ns.usage.InUse {
+		inUse[p.IP.String()] = true
 	}
 	want := t.WantAddresses
 	if prefix {
@@ -67,7 +66,7 @@ func (a *Allocator) maybePropose(ctx context.Context, ns *nodeState) {
 	if len(items) == 0 {
 		return
 	}
-	p := &ledger.ReleaseProposal{ID: newProposalID(), ProposedAt: now, Items: items}
+	p := &ledger.ReleaseProposal{ID: a.newProposalID(), ProposedAt: now, Items: items}
 	chosen := map[string]bool{}
 	for _, it := range items {
 		chosen[it] = true
@@ -86,7 +85,7 @@ func (a *Allocator) maybePropose(ctx context.Context, ns *nodeState) {
 	}
 	a.mu.Lock()
 	for s := range ns.subs {
-		s.sendProposal(proposalToProto(p))
+		s.sendProposal(*p)
 	}
 	ns.surplusSince = time.Time{}
 	a.mu.Unlock()
@@ -181,25 +180,25 @@ func setStates(r *ledger.NodeRecord, chosen map[string]bool, from, to ledger.Lea
 	}
 }
 
-func newProposalID() string { return "rp-" + clientToken()[len("ipledger-"):][:16] }
+func (a *Allocator) newProposalID() string { return "rp-" + a.randomHex(8) }
 
 // AckRelease applies an agent's answer to a release proposal: confirmed items become RELEASING
 // (then the release lane unassigns them), refused items become ACTIVE again.
-func (a *Allocator) AckRelease(ctx context.Context, node string, ack *ipledgerv1.ReleaseAck) error {
+func (a *Allocator) AckRelease(ctx context.Context, node string, ack ReleaseAck) error {
 	ns, ok := a.node(node)
 	if !ok {
 		return fmt.Errorf("%w: %s", ErrUnknownNode, node)
 	}
-	if ack.GetProposalId() == "" {
+	if ack.ProposalID == "" {
 		return invalid("release_ack.proposal_id", "empty")
 	}
 	confirmed := map[string]bool{}
-	for _, it := range ack.GetConfirmed() {
+	for _, it := range ack.Confirmed {
 		confirmed[it] = true
 	}
 	stale := false
 	_, err := a.mutateNode(ctx, ns, func(r *ledger.NodeRecord) error {
-		if r.Proposal == nil || r.Proposal.ID != ack.GetProposalId() {
+		if r.Proposal == nil || r.Proposal.ID != ack.ProposalID {
 			stale = true
 			return errStale
 		}
@@ -222,20 +221,20 @@ func (a *Allocator) AckRelease(ctx context.Context, node string, ack *ipledgerv1
 	})
 	if stale {
 		// An answer to a proposal that was cancelled or already answered changes nothing.
-		a.log.Debug("stale release ack", "node", node, "proposal", ack.GetProposalId())
+		a.log.Debug("stale release ack", "node", node, "proposal", ack.ProposalID)
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	a.met.acks.WithLabelValues("confirmed").Add(float64(len(ack.GetConfirmed())))
-	a.met.acks.WithLabelValues("refused").Add(float64(len(ack.GetRefused())))
-	if len(ack.GetRefused()) > 0 {
+	a.met.acks.WithLabelValues("confirmed").Add(float64(len(ack.Confirmed)))
+	a.met.acks.WithLabelValues("refused").Add(float64(len(ack.Refused)))
+	if len(ack.Refused) > 0 {
 		a.mu.Lock()
 		ns.noProposalBefore = a.now().Add(refusalBackoff)
 		a.mu.Unlock()
 	}
-	ns.kickNow()
+	a.kick(ns.name)
 	return nil
 }
 
@@ -243,8 +242,8 @@ var errStale = errors.New("allocator: stale proposal")
 
 // checkAckItems refuses an ack that names items the proposal does not hold, names one twice,
 // or names more items than the proposal has: an agent answers exactly what it was asked.
-func checkAckItems(proposed []string, ack *ipledgerv1.ReleaseAck) error {
-	if n := len(ack.GetConfirmed()) + len(ack.GetRefused()); n > len(proposed) {
+func checkAckItems(proposed []string, ack ReleaseAck) error {
+	if n := len(ack.Confirmed) + len(ack.Refused); n > len(proposed) {
 		return invalid("release_ack", "%d items answer a proposal of %d", n, len(proposed))
 	}
 	inProposal := make(map[string]bool, len(proposed))
@@ -255,10 +254,10 @@ func checkAckItems(proposed []string, ack *ipledgerv1.ReleaseAck) error {
 	for _, list := range []struct {
 		field string
 		items []string
-	}{{"release_ack.confirmed", ack.GetConfirmed()}, {"release_ack.refused", ack.GetRefused()}} {
+	}{{"release_ack.confirmed", ack.Confirmed}, {"release_ack.refused", ack.Refused}} {
 		for i, it := range list.items {
 			if !inProposal[it] {
-				return invalid(fmt.Sprintf("%s[%d]", list.field, i), "%q is not in proposal %s", it, ack.GetProposalId())
+				return invalid(fmt.Sprintf("%s[%d]", list.field, i), "%q is not in proposal %s", it, ack.ProposalID)
 			}
 			if seen[it] {
 				return invalid(fmt.Sprintf("%s[%d]", list.field, i), "%q is answered twice", it)
@@ -298,50 +297,16 @@ func (a *Allocator) expireProposal(ctx context.Context, ns *nodeState) {
 	}
 }
 
-// startReleaseLane runs the node's release work (unassign RELEASING items, set
-// DeleteOnTermination, delete empty ENIs) in its own goroutine so that slow, low-priority EC2
-// calls never hold up supply.
-func (a *Allocator) startReleaseLane(ctx context.Context, ns *nodeState) {
-	rec, ok := a.led.Node(ns.name)
-	if !ok || !releaseWork(rec, a.emptyENIs(ns, rec)) {
-		return
-	}
-	a.mu.Lock()
-	if ns.releasing {
-		a.mu.Unlock()
-		return
-	}
-	ns.releasing = true
-	a.wg.Add(1)
-	a.mu.Unlock()
-	go func() {
-		defer a.wg.Done()
-		defer func() {
-			a.mu.Lock()
-			ns.releasing = false
-			a.mu.Unlock()
-		}()
-		a.releaseLane(ctx, ns)
-	}()
-}
-
+// releaseWork reports whether a node has release work: RELEASING items to unassign, new ENIs
+// without DeleteOnTermination, or empty ENIs to delete. It runs on the release workers
+// (releaseNode) so that slow, low-priority EC2 calls never hold up supply.
 func releaseWork(rec ledger.NodeRecord, empty []ledger.ENIRecord) bool {
-	if len(empty) > 0 {
+	if len(empty) > 0 || hasReleasing(rec) {
 		return true
 	}
 	for _, e := range rec.ENIs {
 		if e.Managed && !e.DeleteOnTermination {
 			return true
-		}
-		for _, ad := range e.Addresses {
-			if ad.State == ledger.LeaseReleasing {
-				return true
-			}
-		}
-		for _, p := range e.Prefixes {
-			if p.State == ledger.LeaseReleasing {
-				return true
-			}
 		}
 	}
 	return false
@@ -523,25 +488,31 @@ func (a *Allocator) emptyENIs(ns *nodeState, rec ledger.NodeRecord) []ledger.ENI
 
 // deleteENI detaches and deletes an empty managed ENI, then drops it from the node.
 func (a *Allocator) deleteENI(ctx context.Context, ns *nodeState, e ledger.ENIRecord) error {
+	// From the detach on, supply must not assign to the ENI (EC2 lets one assign to a detached
+	// ENI; its addresses would then be leased on an ENI no instance has). It stays marked until
+	// it is gone from the node's record.
+	a.mu.Lock()
+	a.deleting[e.ID] = true
+	a.mu.Unlock()
 	if e.AttachmentID != "" {
 		err := a.gw.DetachENI(ctx, ec2gw.PriorityRelease, e.AttachmentID, false)
 		if err != nil && !errors.Is(err, ec2gw.ErrNotFound) {
 			return err
 		}
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := a.clk.Now().Add(30 * time.Second)
 	for {
 		err := a.gw.DeleteENI(ctx, ec2gw.PriorityRelease, e.ID)
 		if err == nil || errors.Is(err, ec2gw.ErrNotFound) {
 			break
 		}
-		if !errors.Is(err, ec2gw.ErrENIInUse) || time.Now().After(deadline) {
+		if !errors.Is(err, ec2gw.ErrENIInUse) || a.clk.Now().After(deadline) {
 			return err
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(500 * time.Millisecond):
+		case <-a.clk.After(500 * time.Millisecond):
 		}
 	}
 	a.met.leaseOp("delete-eni", nil)
@@ -555,6 +526,11 @@ func (a *Allocator) deleteENI(ctx context.Context, ns *nodeState, e ledger.ENIRe
 		r.ENIs = kept
 		return nil
 	})
+	if err == nil {
+		a.mu.Lock()
+		delete(a.deleting, e.ID)
+		a.mu.Unlock()
+	}
 	return err
 }
 
@@ -573,7 +549,7 @@ func (a *Allocator) Drain(ctx context.Context, node string, undo bool) error {
 	a.mu.Lock()
 	ns.surplusSince = time.Time{}
 	a.mu.Unlock()
-	ns.kickNow()
+	a.kick(ns.name)
 	return nil
 }
 
@@ -599,7 +575,7 @@ func (a *Allocator) reclaimInSubnet(subnet, except string) {
 			if ns.surplusSince.IsZero() {
 				ns.surplusSince = a.now().Add(-24 * time.Hour)
 			}
-			ns.kickNow()
+			a.kick(ns.name)
 		}
 	}
 }

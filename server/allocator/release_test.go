@@ -4,8 +4,6 @@ import (
 	"errors"
 	"strings"
 	"testing"
-
-	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 )
 
 // An agent answers exactly what it was asked: every item it names is in the proposal, once.
@@ -25,7 +23,7 @@ func TestCheckAckItems(t *testing.T) {
 		{"more items than proposed", proposed, []string{"10.0.0.5"}, "release_ack", "answer a proposal of 3"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := checkAckItems(proposed, &ipledgerv1.ReleaseAck{ProposalId: "rp-1", Confirmed: tc.confirmed, Refused: tc.refused})
+			err := checkAckItems(proposed, ReleaseAck{ProposalID: "rp-1", Confirmed: tc.confirmed, Refused: tc.refused})
 			if tc.wantField == "" {
 				if err != nil {
 					t.Fatal(err)

@@ -2,10 +2,11 @@ package allocator
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"net/netip"
 	"sort"
 	"time"
@@ -28,7 +29,7 @@ func (a *Allocator) supply(ctx context.Context, ns *nodeState) {
 	t := a.targetsLocked(ns, rec)
 	waiting := ns.waiting
 	if ns.usage != nil {
-		waiting = max(waiting, int(ns.usage.GetPodsWaiting()))
+		waiting = max(waiting, ns.usage.PodsWaiting)
 	}
 	a.mu.Unlock()
 
@@ -70,7 +71,7 @@ func (a *Allocator) supply(ctx context.Context, ns *nodeState) {
 	a.setProblem(ns, err)
 	a.mu.Lock()
 	if err != nil {
-		ns.backoff = min(max(2*ns.backoff, a.cfg.scaled(200*time.Millisecond)), a.cfg.scaled(10*time.Second))
+		ns.backoff = min(max(2*ns.backoff, 200*time.Millisecond), 10*time.Second)
 		if errors.Is(err, ErrThrottled) || errors.Is(err, ErrEC2) || errors.Is(err, ErrStoreUnavailable) {
 			ns.nextSupply = a.now().Add(ns.backoff)
 		} else {
@@ -138,10 +139,16 @@ func (a *Allocator) fill(ctx context.Context, ns *nodeState, rec ledger.NodeReco
 	}
 	enis := append([]ledger.ENIRecord(nil), rec.ENIs...)
 	sort.Slice(enis, func(i, j int) bool { return enis[i].DeviceIndex < enis[j].DeviceIndex })
+	a.mu.Lock()
+	deleting := maps.Clone(a.deleting)
+	a.mu.Unlock()
 	var lastErr error
 	for _, e := range enis {
 		if deficit <= 0 {
 			return nil
+		}
+		if deleting[e.ID] {
+			continue
 		}
 		free := slots - usedSlots(e)
 		if free <= 0 {
@@ -437,7 +444,7 @@ func (a *Allocator) addENI(ctx context.Context, ns *nodeState, rec ledger.NodeRe
 		SecondaryIPs:     addrs,
 		Prefixes:         prefixes,
 		Tags:             map[string]string{TagCluster: a.cfg.ClusterName, TagNode: ns.name},
-		ClientToken:      clientToken(),
+		ClientToken:      a.clientToken(),
 	})
 	a.met.leaseOp("create-eni", err)
 	if err != nil {
@@ -514,10 +521,16 @@ func (a *Allocator) securityGroups(ctx context.Context, rec ledger.NodeRecord, p
 	return enis[0].SecurityGroupIDs, nil
 }
 
-func clientToken() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return "ipledger-" + hex.EncodeToString(b[:])
+// clientToken is a new ClientToken for a create.
+func (a *Allocator) clientToken() string { return "ipledger-" + a.randomHex(16) }
+
+// randomHex is n random bytes in hex, from the configured source.
+func (a *Allocator) randomHex(n int) string {
+	b := make([]byte, n)
+	a.randMu.Lock()
+	_, _ = io.ReadFull(a.cfg.Rand, b)
+	a.randMu.Unlock()
+	return hex.EncodeToString(b)
 }
 
 // ledgerErr maps a placement failure to the allocator's errors.

@@ -2,11 +2,13 @@ package api
 
 import (
 	"context"
+	"net/netip"
 	"sort"
 	"time"
 
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/allocator"
+	"github.com/ipledger/ipledger/server/allocator/policy"
 	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/ledger"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -25,7 +27,7 @@ var _ ipledgerv1.AdminServiceServer = (*AdminServer)(nil)
 
 // NewAdminServer serves AdminService for a replica.
 func NewAdminServer(r Replica) *AdminServer {
-	return &AdminServer{replica: r, now: time.Now}
+	return &AdminServer{replica: r, now: r.Clock().Now}
 }
 
 func (s *AdminServer) leader() (*allocator.Allocator, error) {
@@ -115,7 +117,7 @@ func (s *AdminServer) summary(led *ledger.Ledger, rec ledger.NodeRecord) *ipledg
 		InstanceType:     rec.InstanceType,
 		AvailabilityZone: rec.AvailabilityZone,
 		SubnetId:         rec.SubnetID,
-		Mode:             allocator.ModeToProto(rec.Mode),
+		Mode:             ModeToProto(rec.Mode),
 		Policy:           rec.Policy,
 		Enis:             uint32(len(rec.ENIs)),
 		Draining:         rec.Draining,
@@ -161,15 +163,12 @@ func (s *AdminServer) detail(name string) (*ipledgerv1.NodeDetail, error) {
 		return nil, Status(allocatorUnknown(name))
 	}
 	d := &ipledgerv1.NodeDetail{Summary: s.summary(led, rec), Labels: rec.Labels}
-	var gen uint64
-	var t allocator.Targets
+	pool := &allocator.Pool{Node: rec, SubnetCIDRs: map[string]netip.Prefix{}}
 	if a := s.replica.Allocator(); a != nil {
 		if rt, ok := a.Runtime(name); ok {
-			gen, t = rt.Generation, rt.Targets
-			d.Policy = rt.Policy
-			if rt.Usage != nil {
-				d.Pods = rt.Usage.GetInUse()
-			}
+			pool.Generation, pool.Targets = rt.Generation, rt.Targets
+			d.Policy = PolicyToProto(rt.Policy)
+			d.Pods = podsToProto(rt.Usage)
 			if rt.Problem != nil {
 				d.SupplyProblem = Reason(rt.Problem)
 				d.SupplyMessage = rt.Problem.Error()
@@ -179,14 +178,14 @@ func (s *AdminServer) detail(name string) (*ipledgerv1.NodeDetail, error) {
 		}
 	}
 	if d.Policy == nil {
-		d.Policy = allocator.MatchPolicy(s.replica.Policies(), rec.Labels, rec.InstanceType)
+		d.Policy = PolicyToProto(policy.Match(s.replica.Policies(), rec.MatchLabels(), rec.InstanceType))
 	}
-	d.Pool = allocator.PoolFromRecord(rec, gen, t)
-	for _, ni := range d.Pool.Interfaces {
-		if sub, ok := led.Subnet(ni.SubnetId); ok {
-			ni.SubnetCidr = sub.CIDR.String()
+	for _, e := range rec.ENIs {
+		if sub, ok := led.Subnet(e.SubnetID); ok {
+			pool.SubnetCIDRs[e.SubnetID] = sub.CIDR
 		}
 	}
+	d.Pool = PoolToProto(pool)
 	return d, nil
 }
 
@@ -217,11 +216,10 @@ func (s *AdminServer) DrainNode(ctx context.Context, req *ipledgerv1.DrainNodeRe
 
 // GetLimiter implements AdminService (leader only: only the leader calls EC2).
 func (s *AdminServer) GetLimiter(ctx context.Context, _ *ipledgerv1.GetLimiterRequest) (*ipledgerv1.LimiterState, error) {
-	a, err := s.leader()
-	if err != nil {
+	if _, err := s.leader(); err != nil {
 		return nil, err
 	}
-	st := a.LimiterState()
+	st := s.replica.LimiterState()
 	out := &ipledgerv1.LimiterState{ThrottledTotal: st.ThrottledTotal}
 	for _, b := range st.Buckets {
 		out.Buckets = append(out.Buckets, &ipledgerv1.LimiterBucket{
@@ -250,25 +248,28 @@ func (s *AdminServer) GetLimiter(ctx context.Context, _ *ipledgerv1.GetLimiterRe
 // ListPolicies implements AdminService.
 func (s *AdminServer) ListPolicies(ctx context.Context, _ *ipledgerv1.ListPoliciesRequest) (*ipledgerv1.ListPoliciesResponse, error) {
 	if a := s.replica.Allocator(); a != nil {
-		return &ipledgerv1.ListPoliciesResponse{Policies: a.Policies()}, nil
+		return &ipledgerv1.ListPoliciesResponse{Policies: PoliciesToProto(a.Policies())}, nil
 	}
-	return &ipledgerv1.ListPoliciesResponse{Policies: s.replica.Policies()}, nil
+	return &ipledgerv1.ListPoliciesResponse{Policies: PoliciesToProto(s.replica.Policies())}, nil
 }
 
 // SetPolicy implements AdminService.
 func (s *AdminServer) SetPolicy(ctx context.Context, req *ipledgerv1.SetPolicyRequest) (*ipledgerv1.NodePolicy, error) {
-	if err := allocator.ValidatePolicy(req.GetPolicy()); err != nil {
+	p, err := PolicyFromProto(req.GetPolicy())
+	if err == nil {
+		err = p.Validate()
+	}
+	if err != nil {
 		return nil, Status(err)
 	}
 	a, err := s.leader()
 	if err != nil {
 		return nil, err
 	}
-	p, err := a.SetPolicy(ctx, req.GetPolicy())
-	if err != nil {
+	if p, err = a.SetPolicy(ctx, p); err != nil {
 		return nil, Status(err)
 	}
-	return p, nil
+	return PolicyToProto(p), nil
 }
 
 // DeletePolicy implements AdminService.
@@ -296,7 +297,7 @@ func (s *AdminServer) Check(ctx context.Context, req *ipledgerv1.CheckRequest) (
 	if err != nil {
 		return nil, Status(err)
 	}
-	return rep, nil
+	return checkToProto(rep), nil
 }
 
 // GetClusterStatus implements AdminService.

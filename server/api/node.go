@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/ipledger/ipledger/internal/clock"
 	"github.com/ipledger/ipledger/internal/validate"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/allocator"
+	"github.com/ipledger/ipledger/server/allocator/policy"
+	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/identity"
 	"github.com/ipledger/ipledger/server/ledger"
 	"golang.org/x/sync/errgroup"
@@ -23,10 +26,15 @@ type Replica interface {
 	Ledger() *ledger.Ledger
 	// LeaderAddress is the advertised gRPC address of the leader ("" when unknown).
 	LeaderAddress() string
-	// Policies are the node group policies as this replica knows them.
-	Policies() []*ipledgerv1.NodePolicy
+	// Policies are the node group policies as this replica knows them, the default included.
+	Policies() []policy.Policy
 	Forecaster() *allocator.Forecaster
 	ClusterStatus(ctx context.Context) *ipledgerv1.ClusterStatus
+	// LimiterState is the EC2 limiter's state (meaningful on the leader only: only it calls EC2).
+	LimiterState() ec2gw.LimiterState
+	// Clock is the replica's one clock (reads that depend on time, such as cooling addresses,
+	// use it as the allocator does).
+	Clock() clock.Clock
 }
 
 // NodeAuthorizer decides whether the caller may act for a node (mTLS identity). nil allows all.
@@ -113,13 +121,17 @@ func (s *NodeServer) RegisterNode(ctx context.Context, req *ipledgerv1.RegisterN
 	if err != nil {
 		return nil, err
 	}
-	pool, policy, err := a.RegisterNode(ctx, req)
+	reg, err := registrationFromProto(req)
+	if err != nil {
+		return nil, err
+	}
+	pool, pol, err := a.RegisterNode(ctx, reg)
 	if err != nil {
 		return nil, Status(err)
 	}
-	resp := &ipledgerv1.RegisterNodeResponse{Pool: pool, Policy: policy}
+	resp := &ipledgerv1.RegisterNodeResponse{Pool: PoolToProto(pool), Policy: PolicyToProto(pol)}
 	if rt, ok := a.Runtime(req.GetNodeName()); ok && rt.Usage != nil {
-		resp.LastReportedInUse = rt.Usage.GetInUse()
+		resp.LastReportedInUse = podsToProto(rt.Usage)
 	}
 	return resp, nil
 }
@@ -140,7 +152,7 @@ func (s *NodeServer) RequestAddresses(ctx context.Context, req *ipledgerv1.Reque
 	if err != nil {
 		return nil, Status(err)
 	}
-	return &ipledgerv1.RequestAddressesResponse{Pool: pool}, nil
+	return &ipledgerv1.RequestAddressesResponse{Pool: PoolToProto(pool)}, nil
 }
 
 // Sync implements NodeService: the first request is a SyncHello, then usage reports and release
@@ -174,8 +186,8 @@ func (s *NodeServer) Sync(stream ipledgerv1.NodeService_SyncServer) error {
 	if err != nil {
 		return err
 	}
-	if rec, ok := a.Pool(node); ok == nil && hello.GetInstanceId() != "" && rec.GetInstanceId() != hello.GetInstanceId() {
-		return Status(fmt.Errorf("%w: node %s is registered for instance %s, not %s", allocator.ErrInstanceMismatch, node, rec.GetInstanceId(), hello.GetInstanceId()))
+	if p, err := a.Pool(node); err == nil && hello.GetInstanceId() != "" && p.Node.InstanceID != hello.GetInstanceId() {
+		return Status(fmt.Errorf("%w: node %s is registered for instance %s, not %s", allocator.ErrInstanceMismatch, node, p.Node.InstanceID, hello.GetInstanceId()))
 	}
 	sub, err := a.Subscribe(node)
 	if err != nil {
@@ -211,14 +223,18 @@ func (s *NodeServer) Sync(stream ipledgerv1.NodeService_SyncServer) error {
 				if err := validateUsage(m.Usage); err != nil {
 					return err
 				}
-				if err := a.ReportUsage(node, m.Usage); err != nil {
+				u, err := usageFromProto(m.Usage)
+				if err != nil {
+					return err
+				}
+				if err := a.ReportUsage(node, u); err != nil {
 					return Status(err)
 				}
 			case *ipledgerv1.SyncRequest_ReleaseAck:
 				if err := validateAck(m.ReleaseAck); err != nil {
 					return err
 				}
-				if err := a.AckRelease(gctx, node, m.ReleaseAck); err != nil {
+				if err := a.AckRelease(gctx, node, ackFromProto(m.ReleaseAck)); err != nil {
 					return Status(err)
 				}
 			case *ipledgerv1.SyncRequest_Hello:
@@ -230,17 +246,17 @@ func (s *NodeServer) Sync(stream ipledgerv1.NodeService_SyncServer) error {
 	})
 	g.Go(func() error {
 		for {
-			resp, err := sub.Next(gctx)
+			msg, err := sub.Next(gctx)
 			if err != nil {
 				if gctx.Err() != nil {
 					return nil
 				}
 				return Status(err)
 			}
-			if resp == nil {
+			if msg.Empty() {
 				return nil // the subscription was closed
 			}
-			if err := stream.Send(resp); err != nil {
+			if err := stream.Send(syncToProto(msg)); err != nil {
 				return err
 			}
 		}

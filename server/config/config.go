@@ -1,7 +1,7 @@
 // Package config owns ipledger-server's configuration: the defaults, the flags, the matching
 // IPLEDGER_* environment variables, the optional YAML/JSON file, and validation that names the
-// bad setting. Precedence, lowest first: defaults, file, environment, flags. It never starts
-// anything.
+// bad setting. Precedence, lowest first: defaults, file, environment, flags; the loading itself
+// is internal/conf's, shared with the agent. It never starts anything.
 package config
 
 import (
@@ -17,7 +17,7 @@ import (
 	"strings"
 	"time"
 
-	"sigs.k8s.io/yaml"
+	"github.com/ipledger/ipledger/internal/conf"
 )
 
 // Config is everything ipledger-server can be told.
@@ -196,7 +196,7 @@ func settings() []setting {
 		}}
 	}
 	list := func(name, usage string, field func(*Config) *[]string) setting {
-		return setting{name, usage, func(fs *flag.FlagSet, c *Config) { fs.Var((*listValue)(field(c)), name, usage) }}
+		return setting{name, usage, func(fs *flag.FlagSet, c *Config) { fs.Var(conf.ListValue{P: field(c)}, name, usage) }}
 	}
 	return []setting{
 		boolean("dev", "run embedded etcd and the in-process EC2 simulator (no setup at all)", func(c *Config) *bool { return &c.Dev }),
@@ -207,7 +207,7 @@ func settings() []setting {
 		str("etcd-cert-file", "client certificate for external etcd", func(c *Config) *string { return &c.EtcdCertFile }),
 		str("etcd-key-file", "client key for external etcd", func(c *Config) *string { return &c.EtcdKeyFile }),
 		dur("session-ttl", "leader session lease TTL (a dead leader is replaced after at most this)", func(c *Config) *Duration { return &c.SessionTTL }),
-		str("region", "AWS region (default: from the AWS configuration chain)", func(c *Config) *string { return &c.Region }),
+		str("region", "AWS region of EC2 and of the instances that attest: required (ipledger-server does not read AWS_REGION or ~/.aws/config for it); --dev defaults it to eu-west-1, the simulator's", func(c *Config) *string { return &c.Region }),
 		str("ec2-endpoint", "EC2 endpoint URL (empty: AWS's endpoint for the region)", func(c *Config) *string { return &c.EC2Endpoint }),
 		list("subnets", "comma-separated subnet ids the cluster uses before any node registers there", func(c *Config) *[]string { return &c.Subnets }),
 		list("security-groups", "comma-separated security groups for new ENIs (empty: copy the node's primary ENI)", func(c *Config) *[]string { return &c.SecurityGroups }),
@@ -256,51 +256,45 @@ func settings() []setting {
 
 // EnvName is the environment variable that sets a flag: IPLEDGER_ + upper-case name with
 // dashes as underscores ("etcd-endpoints" -> IPLEDGER_ETCD_ENDPOINTS).
-func EnvName(flagName string) string {
-	return "IPLEDGER_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+func EnvName(flagName string) string { return conf.EnvName("IPLEDGER_", flagName) }
+
+// configUsage is the help of --config.
+const configUsage = "YAML or JSON configuration file (env IPLEDGER_CONFIG)"
+
+// sources are where the server's settings come from (see package conf): the file's keys are
+// the flag names with underscores (ec2_buckets exists only there), and an empty variable counts
+// as unset.
+func sources(getenv func(string) string) conf.Options {
+	return conf.Options{
+		ConfigFlag:     "config",
+		ConfigUsage:    configUsage,
+		ConfigEnv:      "IPLEDGER_CONFIG",
+		EnvName:        EnvName,
+		IgnoreEmptyEnv: true,
+		Lookup:         func(k string) (string, bool) { v := getenv(k); return v, v != "" },
+		FileKey: func(key string) string {
+			if strings.Contains(key, "-") {
+				return "" // flag spelling: not a file key
+			}
+			return strings.ReplaceAll(key, "_", "-")
+		},
+		FileOnly:    []string{"ec2_buckets"},
+		VersionFlag: "version",
+	}
 }
 
 // Load builds the configuration from defaults, the file named by --config (or
-// IPLEDGER_CONFIG), the environment and the flags in args, then validates it. The returned
-// FlagSet is for --help output.
+// IPLEDGER_CONFIG), the environment and the flags in args, then validates it.
 func Load(name string, args []string, getenv func(string) string) (Config, error) {
-	// First pass: find --config and which flags were given, on a scratch Config.
-	scratch := Default()
-	fs1 := newFlagSet(name, &scratch)
-	var configPath string
-	fs1.StringVar(&configPath, "config", getenv("IPLEDGER_CONFIG"), "YAML or JSON configuration file (env IPLEDGER_CONFIG)")
-	if err := fs1.Parse(args); err != nil {
+	cfg := Default()
+	l, err := conf.Load(newFlagSet(name, &cfg), args, sources(getenv))
+	if err != nil {
 		return Config{}, err
 	}
-	if fs1.NArg() > 0 {
-		return Config{}, fmt.Errorf("unexpected argument %q", fs1.Arg(0))
+	if err := l.Decode("ec2_buckets", &cfg.EC2Buckets); err != nil {
+		return Config{}, err
 	}
-	given := map[string]string{}
-	fs1.Visit(func(f *flag.Flag) { given[f.Name] = f.Value.String() })
-
-	cfg := Default()
-	if configPath != "" {
-		if err := loadFile(configPath, &cfg); err != nil {
-			return Config{}, err
-		}
-	}
-	fs2 := newFlagSet(name, &cfg)
-	for _, s := range settings() {
-		if v := getenv(EnvName(s.name)); v != "" {
-			if err := fs2.Set(s.name, v); err != nil {
-				return Config{}, fmt.Errorf("%s: %w", EnvName(s.name), err)
-			}
-		}
-	}
-	for n, v := range given {
-		if n == "config" {
-			continue
-		}
-		if err := fs2.Set(n, v); err != nil {
-			return Config{}, fmt.Errorf("--%s: %w", n, err)
-		}
-	}
-	cfg.applyDevDefaults(given, getenv)
+	cfg.applyDevDefaults(l)
 	if err := cfg.Validate(); err != nil {
 		return Config{}, err
 	}
@@ -311,7 +305,8 @@ func Load(name string, args []string, getenv func(string) string) (Config, error
 func FlagSet(name string) *flag.FlagSet {
 	c := Default()
 	fs := newFlagSet(name, &c)
-	fs.String("config", "", "YAML or JSON configuration file (env IPLEDGER_CONFIG)")
+	fs.String("config", "", configUsage)
+	fs.Bool("version", false, conf.VersionUsage)
 	return fs
 }
 
@@ -323,27 +318,15 @@ func newFlagSet(name string, c *Config) *flag.FlagSet {
 	return fs
 }
 
-func loadFile(path string, cfg *Config) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("config file: %w", err)
-	}
-	if err := yaml.UnmarshalStrict(b, cfg); err != nil {
-		return fmt.Errorf("config file %s: %w", path, err)
-	}
-	return nil
-}
-
 // applyDevDefaults fills what --dev implies and the user did not set.
-func (c *Config) applyDevDefaults(given map[string]string, getenv func(string) string) {
+func (c *Config) applyDevDefaults(l *conf.Loaded) {
 	if !c.Dev {
 		return
 	}
-	set := func(name string) bool { _, ok := given[name]; return ok || getenv(EnvName(name)) != "" }
 	if c.ClusterName == "" {
 		c.ClusterName = "dev"
 	}
-	if c.Region == "" && !set("region") {
+	if c.Region == "" && l.Origin("region") < conf.FromEnv {
 		c.Region = "eu-west-1"
 	}
 }
@@ -358,6 +341,11 @@ func (c Config) Validate() error {
 	}
 	if !clusterNameRE.MatchString(c.ClusterName) {
 		bad("cluster-name", "%q must be a DNS-1123 label (lower-case letters, digits, '-', at most 63)", c.ClusterName)
+	}
+	if c.Dev && len(c.EtcdEndpoints) > 0 && c.EC2Endpoint == "" {
+		bad("etcd-endpoints", "--dev runs embedded etcd (in --data-dir) with an in-process EC2 simulator whose account is new at every start; "+
+			"the state in the etcd of --etcd-endpoints would outlive the account it describes. Leave out --etcd-endpoints for --dev, "+
+			"or run without --dev (--region, and --ec2-endpoint for a simulator of your own)")
 	}
 	if len(c.EtcdEndpoints) == 0 && c.DataDir == "" {
 		bad("data-dir", "required for embedded etcd (no --etcd-endpoints given)")
@@ -396,6 +384,8 @@ func (c Config) Validate() error {
 	}
 	if err := checkListen(c.HTTPListen); err != nil {
 		bad("http-listen", "%v", err)
+	} else if samePort(c.GRPCListen, c.HTTPListen) {
+		bad("http-listen", "%q uses the port of --grpc-listen %q: gRPC and HTTP need a port each (defaults 7400 and 7401)", c.HTTPListen, c.GRPCListen)
 	}
 	if c.AdvertiseAddress != "" {
 		if _, _, err := net.SplitHostPort(c.AdvertiseAddress); err != nil {
@@ -448,15 +438,11 @@ func (c Config) Validate() error {
 	if c.TimeScale != 1 && !c.Dev && c.EC2Endpoint == "" {
 		bad("time-scale", "only makes sense against the EC2 simulator (--dev or --ec2-endpoint)")
 	}
-	switch c.LogLevel {
-	case "debug", "info", "warn", "error":
-	default:
-		bad("log-level", "%q is not one of debug, info, warn, error", c.LogLevel)
+	if _, err := conf.ParseLevel(c.LogLevel); err != nil {
+		bad("log-level", "%v", err)
 	}
-	switch c.LogFormat {
-	case "text", "json":
-	default:
-		bad("log-format", "%q is not text or json", c.LogFormat)
+	if err := conf.CheckFormat(c.LogFormat); err != nil {
+		bad("log-format", "%v", err)
 	}
 	c.validateAttest(bad)
 	return errors.Join(errs...)
@@ -529,6 +515,22 @@ func checkListen(addr string) error {
 	return nil
 }
 
+// samePort reports whether two listen addresses would take the same port: the same port
+// number (not 0, which picks a free one) on the same host, or on hosts of which one is every
+// address ("", 0.0.0.0, ::).
+func samePort(a, b string) bool {
+	ha, pa, err1 := net.SplitHostPort(a)
+	hb, pb, err2 := net.SplitHostPort(b)
+	if err1 != nil || err2 != nil || pa != pb || pa == "0" {
+		return false
+	}
+	everyAddr := func(h string) bool {
+		ip, err := netip.ParseAddr(h)
+		return h == "" || err == nil && ip.IsUnspecified()
+	}
+	return ha == hb || everyAddr(ha) || everyAddr(hb) || (ha == "localhost") != (hb == "localhost") && isLoopback(a) && isLoopback(b)
+}
+
 // Advertise returns the address other replicas send agents to.
 func (c Config) Advertise(boundGRPC string, getenv func(string) string) string {
 	if c.AdvertiseAddress != "" {
@@ -544,21 +546,6 @@ func (c Config) Advertise(boundGRPC string, getenv func(string) string) string {
 		}
 	}
 	return net.JoinHostPort(host, port)
-}
-
-// listValue is a comma-separated list flag.
-type listValue []string
-
-func (l *listValue) String() string { return strings.Join(*l, ",") }
-
-func (l *listValue) Set(s string) error {
-	*l = nil
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			*l = append(*l, p)
-		}
-	}
-	return nil
 }
 
 // DevConfig is a --dev configuration for tests and the demo: embedded etcd in dataDir, the

@@ -78,6 +78,20 @@ func TestInvalidConfigNamesTheSetting(t *testing.T) {
 		{"dev insecure on all interfaces", []string{"--dev", "--insecure", "--grpc-listen", ":7400"}, nil, ""},
 		{"zero rate", []string{"--dev", "--node-rate-limit", "0"}, nil, "node-rate-limit"},
 		{"zero burst", []string{"--dev", "--node-rate-burst", "0"}, nil, "node-rate-burst"},
+		// --dev's simulated account is new at every start; an external etcd would keep state
+		// about it. With a simulator of one's own (tests' shared replicas) both outlive a start.
+		{"dev with external etcd", []string{"--dev", "--etcd-endpoints", "http://127.0.0.1:2379"}, nil,
+			"invalid setting etcd-endpoints: --dev runs embedded etcd (in --data-dir) with an in-process EC2 simulator"},
+		{"dev with external etcd from the environment", []string{"--dev"}, map[string]string{"IPLEDGER_ETCD_ENDPOINTS": "http://127.0.0.1:2379"},
+			"Leave out --etcd-endpoints for --dev"},
+		{"dev with external etcd and simulator", []string{"--dev", "--etcd-endpoints", "http://127.0.0.1:2379", "--ec2-endpoint", "http://127.0.0.1:9"}, nil, ""},
+		// One port for both listeners fails in validation, before etcd starts.
+		{"same port", []string{"--dev", "--grpc-listen", "127.0.0.1:7400", "--http-listen", "127.0.0.1:7400"}, nil,
+			`invalid setting http-listen: "127.0.0.1:7400" uses the port of --grpc-listen "127.0.0.1:7400": gRPC and HTTP need a port each`},
+		{"same port, all addresses", []string{"--dev", "--grpc-listen", "0.0.0.0:7400", "--http-listen", "127.0.0.1:7400"}, nil, "uses the port of --grpc-listen"},
+		{"same port, localhost", []string{"--dev", "--grpc-listen", "localhost:7401", "--http-listen", "127.0.0.1:7401"}, nil, "uses the port of --grpc-listen"},
+		{"same port, other hosts", []string{"--dev", "--grpc-listen", "127.0.0.1:7400", "--http-listen", "127.0.0.2:7400"}, nil, ""},
+		{"both ephemeral", []string{"--dev", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"}, nil, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -141,5 +155,21 @@ func TestTransport(t *testing.T) {
 	// The Go helper for in-process tests keeps plain loopback gRPC.
 	if c := DevConfig(t.TempDir()); c.Transport() != TransportPlaintext || c.Validate() != nil {
 		t.Fatalf("DevConfig: %v, %v", c.Transport(), c.Validate())
+	}
+}
+
+// --help says what the code does with the region: required outside --dev, eu-west-1 with it,
+// and AWS's own configuration is not read for it.
+func TestRegionHelpTellsTheTruth(t *testing.T) {
+	f := FlagSet("ipledger-server").Lookup("region")
+	if f == nil || !strings.Contains(f.Usage, "required") || !strings.Contains(f.Usage, "does not read AWS_REGION") || !strings.Contains(f.Usage, "eu-west-1") {
+		t.Fatalf("--region's help: %q", f.Usage)
+	}
+	if _, err := Load("s", []string{"--cluster-name", "c", "--data-dir", t.TempDir()}, env(map[string]string{"AWS_REGION": "us-east-1"})); err == nil || !strings.Contains(err.Error(), "invalid setting region: required") {
+		t.Fatalf("without --region, with AWS_REGION: %v", err)
+	}
+	cfg, err := Load("s", []string{"--dev", "--data-dir", t.TempDir()}, env(nil))
+	if err != nil || cfg.Region != "eu-west-1" {
+		t.Fatalf("--dev's region %q %v", cfg.Region, err)
 	}
 }

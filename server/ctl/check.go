@@ -2,18 +2,18 @@ package ctl
 
 import (
 	"context"
-	"flag"
 	"fmt"
+	"github.com/spf13/cobra"
 	"io"
 
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 )
 
-func checkCmd() *command {
-	return &command{
-		path: "check", maxArgs: 0,
-		summary: "Compare etcd, the agents' reports and EC2; exit 4 when anything is wrong",
-		long: `
+func checkCmd(c *cli) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "check",
+		Short: "Compare etcd, the agents' reports and EC2; exit 4 when anything is wrong",
+		Long: `
 Lists every inconsistency: addresses with two owners (double_owner), leased but not on EC2
 (leased_not_on_ec2), on a managed ENI but not leased (on_ec2_not_leased), ENIs tagged for the
 cluster that nobody owns (leaked_eni), pods using addresses their node does not lease
@@ -21,27 +21,26 @@ cluster that nobody owns (leaked_eni), pods using addresses their node does not 
 elsewhere (eni_mismatch). Asking EC2 runs paginated describes at the lowest priority;
 --no-ec2 compares only etcd and the agents' reports. Runs on the leader (a standby sends it
 there). Exits 0 when clean and 4 when anything is wrong.`,
-		setup: func(fs *flag.FlagSet) runFunc {
-			noEC2 := fs.Bool("no-ec2", false, "do not ask EC2; compare only etcd and the agents' reports")
-			return func(ctx context.Context, c *cli, args []string) error {
-				rep, err := call(ctx, c, "check", func(ctx context.Context, a ipledgerv1.AdminServiceClient) (*ipledgerv1.CheckReport, error) {
-					return a.Check(ctx, &ipledgerv1.CheckRequest{IncludeEc2: !*noEC2})
-				})
-				if err != nil {
-					return err
-				}
-				doc := reportDoc(rep, !*noEC2)
-				if err := c.emit(doc, func(w io.Writer) { checkTable(w, doc) }); err != nil {
-					return err
-				}
-				if !doc.OK {
-					fmt.Fprintf(c.stderr, "ipledgerctl: check found %d problem(s)\n", len(doc.Findings))
-					return errProblems
-				}
-				return nil
-			}
-		},
 	}
+	fs := cmd.Flags()
+	noEC2 := fs.Bool("no-ec2", false, "do not ask EC2; compare only etcd and the agents' reports")
+	return c.leaf(cmd, 0, 0, func(ctx context.Context, args []string) error {
+		rep, err := call(ctx, c, "check", func(ctx context.Context, a ipledgerv1.AdminServiceClient) (*ipledgerv1.CheckReport, error) {
+			return a.Check(ctx, &ipledgerv1.CheckRequest{IncludeEc2: !*noEC2})
+		})
+		if err != nil {
+			return err
+		}
+		doc := reportDoc(rep, !*noEC2)
+		if err := c.emit(doc, func(w io.Writer) { checkTable(w, doc) }); err != nil {
+			return err
+		}
+		if !doc.OK {
+			fmt.Fprintf(c.stderr, "ipledgerctl: check found %d problem(s)\n", len(doc.Findings))
+			return errProblems
+		}
+		return nil
+	})
 }
 
 func checkTable(w io.Writer, r Report) {
@@ -61,39 +60,43 @@ func checkTable(w io.Writer, r Report) {
 	}
 }
 
-func statusCmd() *command {
-	return &command{
-		path: "status", maxArgs: 0,
-		summary: "Show which replica answered, the leader, store health and revision",
-		setup: func(fs *flag.FlagSet) runFunc {
-			return func(ctx context.Context, c *cli, args []string) error {
-				st, err := call(ctx, c, "get cluster status", func(ctx context.Context, a ipledgerv1.AdminServiceClient) (*ipledgerv1.ClusterStatus, error) {
-					return a.GetClusterStatus(ctx, &ipledgerv1.GetClusterStatusRequest{})
-				})
-				if err != nil {
-					return err
-				}
-				doc := statusDoc(c.g.server, st)
-				return c.emit(doc, func(w io.Writer) {
-					role := "standby"
-					if doc.IsLeader {
-						role = "leader"
-					}
-					store := "healthy"
-					if !doc.StoreHealthy {
-						store = "UNHEALTHY"
-					}
-					row(w, "Asked:", doc.Server)
-					row(w, "Answered by:", fmt.Sprintf("%s (%s)", doc.Replica, role))
-					row(w, "Leader:", orDash(doc.Leader))
-					row(w, "Cluster:", doc.ClusterName)
-					row(w, "Store:", fmt.Sprintf("%s (%s)", store, doc.StoreMessage))
-					row(w, "Revision:", doc.Revision)
-					row(w, "Nodes:", doc.Nodes)
-					row(w, "Subnets:", doc.Subnets)
-					row(w, "Server version:", doc.ServerVersion)
-				})
-			}
-		},
+func statusCmd(c *cli) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show which replica answered, the leader, store health and revision",
 	}
+	return c.leaf(cmd, 0, 0, func(ctx context.Context, args []string) error {
+		st, err := call(ctx, c, "get cluster status", func(ctx context.Context, a ipledgerv1.AdminServiceClient) (*ipledgerv1.ClusterStatus, error) {
+			return a.GetClusterStatus(ctx, &ipledgerv1.GetClusterStatusRequest{})
+		})
+		if err != nil {
+			return err
+		}
+		doc := statusDoc(c.g.server, st)
+		return c.emit(doc, func(w io.Writer) {
+			role := "standby"
+			if doc.IsLeader {
+				role = "leader"
+			}
+			store := "healthy"
+			if !doc.StoreHealthy {
+				store = "UNHEALTHY"
+			}
+			row(w, "Asked:", doc.Server)
+			row(w, "Answered by:", fmt.Sprintf("%s (%s)", doc.Replica, role))
+			row(w, "Leader:", orDash(doc.Leader))
+			row(w, "Cluster:", doc.ClusterName)
+			row(w, "Store:", fmt.Sprintf("%s (%s)", store, doc.StoreMessage))
+			row(w, "Revision:", doc.Revision)
+			row(w, "Nodes:", doc.Nodes)
+			row(w, "Subnets:", doc.Subnets)
+			sv := doc.ServerVersion
+			if doc.ServerCommit != "" {
+				sv += " (commit " + shortCommit(doc.ServerCommit) + ")"
+			}
+			row(w, "Server version:", sv)
+		})
+	})
 }
+
+func init() { register("", checkCmd, statusCmd) }

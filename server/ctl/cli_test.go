@@ -2,13 +2,15 @@ package ctl
 
 import (
 	"bytes"
-	"flag"
+	"context"
+	"io"
 	"net"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
@@ -36,17 +38,35 @@ func TestUsageErrorsExit2AndSendNothing(t *testing.T) {
 	}{
 		{nil, "no command given"},
 		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
-		{[]string{"--bogus", "subnets"}, "unknown flag -bogus"},
-		{[]string{"subnets", "--bogus"}, "subnets: unknown flag -bogus"},
+		{[]string{"subnte"}, `unknown command "subnte" (did you mean "subnets"?)`},
+		{[]string{"prewarm", "craete"}, `(did you mean "create"?)`},
+		{[]string{"--bogus", "subnets"}, "unknown flag --bogus"},
+		{[]string{"subnets", "--bogus"}, "subnets: unknown flag --bogus"},
+		{[]string{"subnets", "-x"}, "subnets: unknown flag -x"},
 		{[]string{"subnets", "extra"}, `unexpected argument "extra"`},
 		{[]string{"subnets", "-o", "xml"}, `invalid -o "xml"`},
 		{[]string{"-o", "xml", "nodes"}, `invalid -o "xml"`},
 		{[]string{"status", "--timeout", "0s"}, "invalid --timeout"},
 		{[]string{"status", "--timeout", "soon"}, "invalid value"},
 		{[]string{"status", "--server", ""}, "empty --server"},
+		// A --server without a port, with a scheme, with a bad port or no host says so.
+		{[]string{"status", "--server", "ipledger-server.kube-system.svc"}, `--server "ipledger-server.kube-system.svc" has no port: want host:port, e.g. ipledger-server.kube-system.svc:7400`},
+		{[]string{"status", "--server", "10.0.1.7:"}, `--server "10.0.1.7:" has no port`},
+		{[]string{"status", "--server", "https://10.0.1.7:7400"}, `want host:port without a scheme (10.0.1.7:7400)`},
+		{[]string{"status", "--server", "10.0.1.7:http"}, `port "http" is not a number from 1 to 65535`},
+		{[]string{"status", "--server", "10.0.1.7:70000"}, `port "70000" is not a number from 1 to 65535`},
+		{[]string{"status", "--server", ":7400"}, `has no host`},
+		// Bad flag values say what is allowed.
+		{[]string{"status", "--timeout", "10"}, `invalid value "10" for --timeout: time: missing unit in duration "10" (want a duration with a unit: 500ms, 30s, 5m, 1h30m)`},
+		{[]string{"canfit", "--az", "a", "--nodes", "-3"}, `for --nodes: strconv.ParseUint: parsing "-3": invalid syntax (want a whole number, 0 or more)`},
+		{[]string{"drain", "n", "--undo=maybe"}, `(want true or false)`},
 		{[]string{"node"}, "node: missing NODE"},
 		{[]string{"node", "a", "b"}, `unexpected argument "b"`},
 		{[]string{"drain"}, "drain: missing NODE"},
+		{[]string{"node", "forget-identity"}, "node forget-identity: give NODE or --instance i-..."},
+		{[]string{"node", "forget-identity", "n", "--instance", "i-0123456789abcdef0"}, "give NODE or --instance, not both"},
+		{[]string{"node", "forget-identity", "--instance", "n1"}, `--instance "n1" is not an instance id`},
+		{[]string{"node", "forget-identity", "a", "b"}, `unexpected argument "b"`},
 		{[]string{"subnet"}, "subnet needs a subcommand: budget"},
 		{[]string{"subnet", "grow"}, `unknown subnet subcommand "grow"`},
 		{[]string{"subnet", "budget"}, "missing SUBNET"},
@@ -67,7 +87,8 @@ func TestUsageErrorsExit2AndSendNothing(t *testing.T) {
 		{[]string{"policy", "set"}, "-f FILE is required"},
 		{[]string{"policy", "set", "-f", policyDir + "/missing.yaml"}, "missing.yaml"},
 		{[]string{"policy", "delete"}, "missing NAME"},
-		{[]string{"check", "--ec2"}, "unknown flag -ec2"},
+		{[]string{"check", "--ec2"}, "unknown flag --ec2"},
+		{[]string{"check", "-ec2"}, "unknown flag -ec2"},
 		{[]string{"completion"}, "missing bash|zsh|fish"},
 		{[]string{"completion", "tcsh"}, `unknown shell "tcsh"`},
 		{[]string{"help", "frobnicate"}, `unknown command "frobnicate"`},
@@ -124,11 +145,15 @@ func TestConnectionRefusedSaysWhere(t *testing.T) {
 
 func TestHelp(t *testing.T) {
 	addr := closedAddr(t)
-	for _, args := range [][]string{{"help"}, {"--help"}, {"-h"}} {
+	commands := leaves(testRoot())
+	if len(commands) < 18 {
+		t.Fatalf("only %d commands in the tree", len(commands))
+	}
+	for _, args := range [][]string{{"help"}, {"--help"}, {"-h"}, {"-help"}} {
 		r := mustCtl(t, 0, addr, args...)
 		for _, c := range commands {
-			if !strings.Contains(r.stdout, "  "+c.path) {
-				t.Fatalf("%v does not list %q:\n%s", args, c.path, r.stdout)
+			if !strings.Contains(r.stdout, "  "+cmdPath(c)) {
+				t.Fatalf("%v does not list %q:\n%s", args, cmdPath(c), r.stdout)
 			}
 		}
 		if !strings.Contains(r.stdout, "Exit codes:") || !strings.Contains(r.stdout, "--server ADDR") {
@@ -136,19 +161,20 @@ func TestHelp(t *testing.T) {
 		}
 	}
 	for _, c := range commands {
-		words := strings.Fields(c.path)
+		path := cmdPath(c)
+		words := strings.Fields(path)
 		r := mustCtl(t, 0, addr, append([]string{"help"}, words...)...)
-		if !strings.HasPrefix(r.stdout, "Usage: ipledgerctl "+c.path) {
-			t.Fatalf("help %s:\n%s", c.path, r.stdout)
+		if !strings.HasPrefix(r.stdout, "Usage: ipledgerctl "+path) {
+			t.Fatalf("help %s:\n%s", path, r.stdout)
 		}
-		for _, f := range c.flagList() {
-			if !strings.Contains(r.stdout, dashed(f.Name)) {
-				t.Fatalf("help %s does not show %s", c.path, dashed(f.Name))
+		for _, f := range ownFlags(c) {
+			if !strings.Contains(r.stdout, dashed(f)) {
+				t.Fatalf("help %s does not show %s", path, dashed(f))
 			}
 		}
 		// COMMAND -h is the same help.
 		if h := mustCtl(t, 0, addr, append(words, "-h")...); h.stdout != r.stdout {
-			t.Fatalf("%s -h differs from help %s", c.path, c.path)
+			t.Fatalf("%s -h differs from help %s", path, path)
 		}
 	}
 	if r := mustCtl(t, 0, addr, "help", "prewarm"); !strings.Contains(r.stdout, "prewarm create") || !strings.Contains(r.stdout, "prewarm cancel ID") {
@@ -156,6 +182,7 @@ func TestHelp(t *testing.T) {
 	}
 }
 
+// Flags may come anywhere among the positional arguments; everything after "--" is positional.
 func TestParseInterleaved(t *testing.T) {
 	tests := []struct {
 		args []string
@@ -168,14 +195,21 @@ func TestParseInterleaved(t *testing.T) {
 		{[]string{"-o", "yaml", "node-a", "--undo"}, []string{"node-a"}, "yaml", true},
 		{[]string{"--undo", "--", "-o"}, []string{"-o"}, "table", true},
 		{[]string{"a", "b", "--undo", "c"}, []string{"a", "b", "c"}, "table", true},
+		// The spellings of Go's flag package keep working.
+		{[]string{"-undo", "node-a", "--o=json"}, []string{"node-a"}, "json", true},
+		{[]string{"node-a", "--o", "yaml", "-undo=false"}, []string{"node-a"}, "yaml", false},
 	}
 	for _, tc := range tests {
-		fs := flag.NewFlagSet("t", flag.ContinueOnError)
-		o := fs.String("o", "table", "")
-		undo := fs.Bool("undo", false, "")
-		pos, err := parseInterleaved(fs, tc.args)
-		if err != nil || !reflect.DeepEqual(pos, tc.pos) || *o != tc.o || *undo != tc.undo {
-			t.Fatalf("%v: pos %v o %s undo %v err %v", tc.args, pos, *o, *undo, err)
+		c := &cli{stdout: io.Discard, stderr: io.Discard}
+		root := c.newRoot()
+		var pos []string
+		var undo bool
+		cmd := c.leaf(&cobra.Command{Use: "t ARGS"}, 0, -1, func(_ context.Context, args []string) error { pos = args; return nil })
+		cmd.Flags().BoolVar(&undo, "undo", false, "")
+		root.AddCommand(cmd)
+		root.SetArgs(normalizeArgs(root, append([]string{"t"}, tc.args...)))
+		if err := root.Execute(); err != nil || !reflect.DeepEqual(pos, tc.pos) || c.g.output != tc.o || undo != tc.undo {
+			t.Fatalf("%v: pos %v o %s undo %v err %v", tc.args, pos, c.g.output, undo, err)
 		}
 	}
 }

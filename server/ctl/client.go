@@ -2,6 +2,7 @@ package ctl
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"strings"
@@ -30,6 +31,10 @@ func (c *cli) dialOptions() ([]grpc.DialOption, error) {
 	}
 	src, err := mtls.NewSource(mtls.Files{Cert: cert, Key: key, CA: ca}, mtls.SourceOptions{})
 	if err != nil {
+		if c.g.certsFromCx {
+			return nil, &usageError{msg: fmt.Sprintf("the certificates of context %s (%s): %v; a context the demo wrote goes away when the demo stops "+
+				"(ipledgerctl config delete-context %s, or --context another one)", c.g.ctxName, c.g.ctxFile, err, c.g.ctxName)}
+		}
 		return nil, &usageError{msg: fmt.Sprintf("--tls-cert, --tls-key, --tls-ca: %v", err)}
 	}
 	if id, err := mtls.IdentityOf(src.Leaf()); err != nil {
@@ -94,7 +99,7 @@ func call[T any](ctx context.Context, c *cli, what string, f func(context.Contex
 	res, err := callAt(ctx, c, addr, f)
 	if err != nil {
 		if leader, ok := notLeader(err); ok && leader != "" && leader != addr {
-			fmt.Fprintf(c.stderr, "ipledgerctl: %s is not the leader; sending %s to the leader at %s\n", addr, what, leader)
+			fmt.Fprintf(c.stderr, "ipledgerctl: %s is not the leader; sending %s to the leader at %s\n", addr, escapeText(what), escapeText(leader))
 			addr = leader
 			res, err = callAt(ctx, c, addr, f)
 		}
@@ -105,7 +110,7 @@ func call[T any](ctx context.Context, c *cli, what string, f func(context.Contex
 		if errors.As(err, &ue) {
 			return zero, err
 		}
-		return zero, rpcError(ctx, what, addr, c.g.timeout, c.tlsHint(), err)
+		return zero, c.explain(ctx, what, addr, err)
 	}
 	return res, nil
 }
@@ -143,6 +148,47 @@ func notLeader(err error) (leader string, ok bool) {
 		return "", false
 	}
 	return info.GetMetadata()["leader"], true
+}
+
+// explain turns a failed call into what the user should do. A connection that failed before
+// any answer (UNAVAILABLE without an ipledger reason) is looked at first: without a certificate
+// against a server that speaks TLS, the answer is "this server requires mutual TLS" and what to
+// pass, not "is it running?"; with certificates against a plaintext server, to leave them out.
+func (c *cli) explain(ctx context.Context, what, addr string, err error) error {
+	st, ok := status.FromError(err)
+	if _, hasInfo := errorInfo(err); ok && st.Code() == codes.Unavailable && !hasInfo {
+		cert, _, _ := c.g.tlsFiles()
+		switch {
+		case cert != "" && strings.Contains(st.Message(), "first record does not look like a TLS handshake"):
+			return fmt.Errorf("%s: ipledger-server at %s speaks plaintext, not TLS (a server on loopback without certificates, or with --insecure): "+
+				"leave out the certificates (%s)", what, addr, c.certSource())
+		case cert == "" && !strings.Contains(st.Message(), "connection refused") && speaksTLS(ctx, addr):
+			return fmt.Errorf("%s: this server requires mutual TLS: ipledger-server at %s speaks TLS and ipledgerctl has no certificate. "+
+				"Give an admin certificate (URI SAN ipledger://admin/<name>) with --tls-cert, --tls-key and --tls-ca (or $%s, $%s, $%s), "+
+				"or --dev-certs DIR for ipledger-server --dev (its <data-dir>/certs, $%s), or --context NAME of a context that names them (ipledgerctl config view)",
+				what, addr, EnvTLSCert, EnvTLSKey, EnvTLSCA, EnvDevCerts)
+		}
+	}
+	return rpcError(ctx, what, addr, c.g.timeout, c.tlsHint(), err)
+}
+
+// probeTimeout bounds the TLS probe of explain.
+const probeTimeout = 2 * time.Second
+
+// speaksTLS reports whether addr completes a TLS handshake, or refuses one with a TLS alert (a
+// mutual-TLS server that wants a certificate does either). It only looks: nothing is sent over
+// the connection, so the server's certificate is not verified here.
+func speaksTLS(ctx context.Context, addr string) bool {
+	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	d := tls.Dialer{Config: &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2"}}} //nolint:gosec // a probe: it sends nothing
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err == nil {
+		_ = conn.Close()
+		return true
+	}
+	var alert tls.AlertError
+	return errors.As(err, &alert)
 }
 
 // rpcError says what failed, where, with the gRPC code and the server's reason.

@@ -2,381 +2,147 @@ package ctl
 
 import (
 	"context"
-	"flag"
 	"fmt"
-	"io"
-	"sort"
+	"slices"
 	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 )
 
 var shells = []string{"bash", "zsh", "fish"}
 
-func completionCmd() *command {
-	return &command{
-		path: "completion", args: "bash|zsh|fish", minArgs: 1, maxArgs: 1, noOutput: true,
-		summary:   "Print a shell completion script (commands, flags, -o values)",
-		argValues: func() []string { return shells },
-		long: `
-bash:  source <(ipledgerctl completion bash)      (or save it in /etc/bash_completion.d/)
+func init() { register("", completionCmd) }
+
+// completionCmd prints cobra's completion script for a shell. The scripts ask ipledgerctl
+// itself (its hidden __complete command) what to offer, so they know every command and flag,
+// the values of -o, and the names the server knows (nodes, subnets, policies, reservations).
+func completionCmd(c *cli) *cobra.Command {
+	cmd := local(noOutput(&cobra.Command{
+		Use:       "completion bash|zsh|fish",
+		Short:     "Print a shell completion script (commands, flags, -o values, names the server knows)",
+		ValidArgs: shells,
+		Long: `
+bash:  source <(ipledgerctl completion bash)      (or save it in /etc/bash_completion.d/; needs the bash-completion package)
 zsh:   source <(ipledgerctl completion zsh)       (after compinit; or save it as _ipledgerctl in $fpath)
-fish:  ipledgerctl completion fish | source       (or save it in ~/.config/fish/completions/)`,
-		setup: func(fs *flag.FlagSet) runFunc {
-			return func(ctx context.Context, c *cli, args []string) error {
-				spec := completionSpec()
-				switch args[0] {
-				case "bash":
-					writeBash(c.stdout, spec)
-				case "zsh":
-					writeZsh(c.stdout, spec)
-				case "fish":
-					writeFish(c.stdout, spec)
-				default:
-					return usagef("completion", "completion: unknown shell %q: want one of %s", args[0], strings.Join(shells, ", "))
-				}
-				return nil
-			}
-		},
+fish:  ipledgerctl completion fish | source       (or save it in ~/.config/fish/completions/)
+
+Node names, subnet ids, policy names and reservation ids are asked from the server named by
+--server (or $IPLEDGER_SERVER, or the context) as you type, within 2 s; without an answer nothing
+is offered.`,
+	}))
+	return c.leaf(cmd, 1, 1, func(ctx context.Context, args []string) error {
+		root := cmd.Root()
+		switch args[0] {
+		case "bash":
+			return root.GenBashCompletionV2(c.stdout, true)
+		case "zsh":
+			return root.GenZshCompletion(c.stdout)
+		case "fish":
+			return root.GenFishCompletion(c.stdout, true)
+		}
+		return usagef("completion", "completion: unknown shell %q: want one of %s", args[0], strings.Join(shells, ", "))
+	})
+}
+
+// completionTimeout bounds what completion asks the server: a shell waits for the answer.
+const completionTimeout = 2 * time.Second
+
+// registerFlagCompletions completes the global flags' values: -o's formats, file names for the
+// certificate flags, nothing for the others.
+func (c *cli) registerFlagCompletions(root *cobra.Command) {
+	_ = root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions(outputFormats, cobra.ShellCompDirectiveNoFileComp))
+	for _, name := range []string{"server", "timeout"} {
+		_ = root.RegisterFlagCompletionFunc(name, cobra.NoFileCompletions)
+	}
+	_ = root.MarkPersistentFlagDirname("dev-certs")
+	_ = root.RegisterFlagCompletionFunc("context", c.completeContexts)
+	// --tls-cert, --tls-key and --tls-ca complete file names (cobra's default).
+}
+
+// completer completes one kind of name from the server's answers.
+type completer func(ctx context.Context, a ipledgerv1.AdminServiceClient) ([]cobra.Completion, error)
+
+// completeArgs completes the first positional argument with names from the server (nothing
+// once it is given).
+func (c *cli) completeArgs(f completer) cobra.CompletionFunc {
+	return func(cmd *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		if len(args) > 0 {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		return c.askServer(cmd, f)
 	}
 }
 
-// compFlag is a flag as completion sees it.
-type compFlag struct {
-	name   string // without dashes
-	usage  string
-	value  bool     // takes a value
-	values []string // known values
-	file   bool     // the value is a file name
+// completeFlag completes a flag's value with names from the server.
+func (c *cli) completeFlag(f completer) cobra.CompletionFunc {
+	return func(cmd *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		return c.askServer(cmd, f)
+	}
 }
 
-// compCmd is a command path (or a group) and what may follow it.
-type compCmd struct {
-	path    string
-	summary string
-	flags   []compFlag
-	args    []string          // completions for positional arguments
-	subs    []string          // subcommands of a group
-	subDesc map[string]string // their summaries
+func (c *cli) askServer(cmd *cobra.Command, f completer) ([]cobra.Completion, cobra.ShellCompDirective) {
+	// Completion runs without the commands' pre-run: settle the server and certificates here.
+	if err := c.resolve(cmd); err != nil || c.g.validate(cmdPath(cmd), true) != nil {
+		cobra.CompDebugln(fmt.Sprintf("settings: %v", err), true)
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), min(completionTimeout, c.g.timeout))
+	defer cancel()
+	out, err := callAt(ctx, c, c.g.server, f)
+	if err != nil {
+		cobra.CompDebugln(fmt.Sprintf("ask %s: %v", c.g.server, err), true)
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	slices.Sort(out)
+	return slices.Compact(out), cobra.ShellCompDirectiveNoFileComp
 }
 
-type compSpec struct {
-	top        []string          // what may follow ipledgerctl
-	topDesc    map[string]string // summaries of top-level words
-	globals    []compFlag
-	cmds       []compCmd // every command and group
-	groups     []string
-	valueFlags []string // every flag that takes a value, dashed both ways
+// The names completion asks the server for.
+
+func completeNodes(ctx context.Context, a ipledgerv1.AdminServiceClient) ([]cobra.Completion, error) {
+	resp, err := a.ListNodes(ctx, &ipledgerv1.ListNodesRequest{})
+	var out []cobra.Completion
+	for _, n := range resp.GetNodes() {
+		out = append(out, cobra.CompletionWithDesc(n.GetNodeName(), n.GetInstanceId()+" "+n.GetSubnetId()))
+	}
+	return out, err
 }
 
-func completionSpec() compSpec {
-	s := compSpec{top: topLevel(), topDesc: map[string]string{}}
-	for _, f := range globalFlags() {
-		_, usage := flag.UnquoteUsage(f)
-		cf := compFlag{name: f.Name, usage: usage, value: !isBoolFlag(f)}
-		if f.Name == "o" {
-			cf.values = outputFormats
-		}
-		cf.file = f.Name == "tls-cert" || f.Name == "tls-key" || f.Name == "tls-ca" || f.Name == "dev-certs"
-		s.globals = append(s.globals, cf)
+func completeSubnets(ctx context.Context, a ipledgerv1.AdminServiceClient) ([]cobra.Completion, error) {
+	resp, err := a.ListSubnets(ctx, &ipledgerv1.ListSubnetsRequest{})
+	var out []cobra.Completion
+	for _, s := range resp.GetSubnets() {
+		out = append(out, cobra.CompletionWithDesc(s.GetSubnetId(), s.GetAvailabilityZone()+" "+s.GetCidr()))
 	}
-	s.globals = append(s.globals, compFlag{name: "help", usage: "show help"})
-	valueFlags := map[string]bool{}
-	for _, f := range s.globals {
-		if f.value {
-			valueFlags[f.name] = true
-		}
-	}
-	grp := groups()
-	for _, g := range sortedKeys(grp) {
-		s.groups = append(s.groups, g)
-		cc := compCmd{path: g, summary: g + " commands", subs: grp[g], subDesc: map[string]string{}}
-		for _, sub := range grp[g] {
-			cc.subDesc[sub] = findCommand(g + " " + sub).summary
-		}
-		s.cmds = append(s.cmds, cc)
-		s.topDesc[g] = strings.Join(grp[g], ", ") + " (" + g + " commands)"
-	}
-	for _, c := range commands {
-		cc := compCmd{path: c.path, summary: c.summary}
-		if !strings.Contains(c.path, " ") {
-			s.topDesc[c.path] = c.summary
-		}
-		for _, f := range c.flagList() {
-			_, usage := flag.UnquoteUsage(f)
-			cf := compFlag{name: f.Name, usage: usage, value: !isBoolFlag(f), file: f.Name == "f"}
-			cc.flags = append(cc.flags, cf)
-			if cf.value {
-				valueFlags[f.Name] = true
-			}
-		}
-		if c.argValues != nil {
-			cc.args = c.argValues()
-		}
-		s.cmds = append(s.cmds, cc)
-	}
-	for _, n := range sortedKeys(valueFlags) {
-		s.valueFlags = append(s.valueFlags, "-"+n, "--"+n)
-	}
-	return s
+	return out, err
 }
 
-// words lists what to offer after a command path: subcommands or arguments, then flags.
-func (s compSpec) words(cc compCmd) []string {
-	var out []string
-	out = append(out, cc.subs...)
-	out = append(out, cc.args...)
-	if cc.subs == nil {
-		for _, f := range cc.flags {
-			out = append(out, dashed(f.name))
-		}
-		for _, f := range s.globals {
-			out = append(out, dashed(f.name))
-		}
+func completeZones(ctx context.Context, a ipledgerv1.AdminServiceClient) ([]cobra.Completion, error) {
+	resp, err := a.ListSubnets(ctx, &ipledgerv1.ListSubnetsRequest{})
+	var out []cobra.Completion
+	for _, s := range resp.GetSubnets() {
+		out = append(out, s.GetAvailabilityZone())
 	}
-	return out
+	return out, err
 }
 
-func (s compSpec) topWords() []string {
-	out := append([]string{}, s.top...)
-	for _, f := range s.globals {
-		out = append(out, dashed(f.name))
+func completePolicies(ctx context.Context, a ipledgerv1.AdminServiceClient) ([]cobra.Completion, error) {
+	resp, err := a.ListPolicies(ctx, &ipledgerv1.ListPoliciesRequest{})
+	var out []cobra.Completion
+	for _, p := range resp.GetPolicies() {
+		out = append(out, p.GetName())
 	}
-	return out
+	return out, err
 }
 
-// flagsWithValues returns the flags (of any command) with fixed values or file values.
-func (s compSpec) flagsWithValues() (values map[string][]string, files []string) {
-	values = map[string][]string{}
-	seenFile := map[string]bool{}
-	all := append([]compFlag{}, s.globals...)
-	for _, cc := range s.cmds {
-		all = append(all, cc.flags...)
+func completeReservations(ctx context.Context, a ipledgerv1.AdminServiceClient) ([]cobra.Completion, error) {
+	resp, err := a.ListPrewarms(ctx, &ipledgerv1.ListPrewarmsRequest{})
+	var out []cobra.Completion
+	for _, r := range resp.GetReservations() {
+		out = append(out, cobra.CompletionWithDesc(r.GetId(), r.GetSubnetId()+" "+r.GetInstanceType()))
 	}
-	for _, f := range all {
-		if len(f.values) > 0 {
-			values[f.name] = f.values
-		}
-		if f.file && !seenFile[f.name] {
-			seenFile[f.name] = true
-			files = append(files, f.name)
-		}
-	}
-	return values, files
-}
-
-func bothDashes(name string) string { return "-" + name + "|--" + name }
-
-func writeBash(w io.Writer, s compSpec) {
-	values, files := s.flagsWithValues()
-	fmt.Fprint(w, `# bash completion for ipledgerctl (generated by 'ipledgerctl completion bash').
-# Load it with: source <(ipledgerctl completion bash)
-_ipledgerctl() {
-    local cur prev cmd="" w i skip=0 words=""
-    cur="${COMP_WORDS[COMP_CWORD]}"
-    prev=""
-    if ((COMP_CWORD > 0)); then prev="${COMP_WORDS[COMP_CWORD-1]}"; fi
-    for ((i = 1; i < COMP_CWORD; i++)); do
-        w="${COMP_WORDS[i]}"
-        if ((skip)); then skip=0; continue; fi
-        case "$w" in
-            -*=*) ;;
-`)
-	fmt.Fprintf(w, "            %s) skip=1 ;;\n", strings.Join(s.valueFlags, "|"))
-	fmt.Fprintf(w, `            -*) ;;
-            *)
-                if [[ -z "$cmd" ]]; then
-                    cmd="$w"
-                else
-                    case "$cmd" in
-                        %s) cmd="$cmd $w" ;;
-                    esac
-                fi
-                ;;
-        esac
-    done
-    case "$prev" in
-`, strings.Join(s.groups, "|"))
-	for _, name := range sortedKeys(values) {
-		fmt.Fprintf(w, "        %s) COMPREPLY=($(compgen -W %q -- \"$cur\")); return 0 ;;\n", bothDashes(name), strings.Join(values[name], " "))
-	}
-	for _, name := range files {
-		fmt.Fprintf(w, "        %s) COMPREPLY=($(compgen -f -- \"$cur\")); return 0 ;;\n", bothDashes(name))
-	}
-	fmt.Fprintf(w, "        %s) COMPREPLY=(); return 0 ;;\n", strings.Join(s.valueFlags, "|"))
-	fmt.Fprint(w, "    esac\n    case \"$cmd\" in\n")
-	fmt.Fprintf(w, "        \"\") words=%q ;;\n", strings.Join(s.topWords(), " "))
-	for _, cc := range s.cmds {
-		fmt.Fprintf(w, "        %q) words=%q ;;\n", cc.path, strings.Join(s.words(cc), " "))
-	}
-	fmt.Fprint(w, `    esac
-    COMPREPLY=($(compgen -W "$words" -- "$cur"))
-    return 0
-}
-complete -F _ipledgerctl ipledgerctl
-`)
-}
-
-// zshQuote single-quotes s for zsh.
-func zshQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
-
-func writeZsh(w io.Writer, s compSpec) {
-	values, files := s.flagsWithValues()
-	fmt.Fprint(w, `#compdef ipledgerctl
-# zsh completion for ipledgerctl (generated by 'ipledgerctl completion zsh').
-# Load it with: source <(ipledgerctl completion zsh) after compinit, or save it as _ipledgerctl
-# in a directory of $fpath.
-_ipledgerctl() {
-    local cmd="" w i skip=0
-    local -a cands descs
-    for ((i = 2; i < CURRENT; i++)); do
-        w="${words[i]}"
-        if ((skip)); then skip=0; continue; fi
-        case "$w" in
-            (-*=*) ;;
-`)
-	fmt.Fprintf(w, "            (%s) skip=1 ;;\n", strings.Join(s.valueFlags, "|"))
-	fmt.Fprintf(w, `            (-*) ;;
-            (*)
-                if [[ -z "$cmd" ]]; then
-                    cmd="$w"
-                else
-                    case "$cmd" in
-                        (%s) cmd="$cmd $w" ;;
-                    esac
-                fi
-                ;;
-        esac
-    done
-    case "${words[CURRENT-1]}" in
-`, strings.Join(s.groups, "|"))
-	for _, name := range sortedKeys(values) {
-		fmt.Fprintf(w, "        (%s) compadd -- %s; return ;;\n", bothDashes(name), strings.Join(values[name], " "))
-	}
-	for _, name := range files {
-		fmt.Fprintf(w, "        (%s) _files; return ;;\n", bothDashes(name))
-	}
-	fmt.Fprintf(w, "        (%s) return ;;\n", strings.Join(s.valueFlags, "|"))
-	fmt.Fprint(w, "    esac\n    case \"$cmd\" in\n")
-	writeZshDescribe(w, `""`, "command", s.top, s.topDesc, s.topWords()[len(s.top):])
-	for _, cc := range s.cmds {
-		if cc.subs != nil {
-			writeZshDescribe(w, zshQuote(cc.path), cc.path+" subcommand", cc.subs, cc.subDesc, nil)
-			continue
-		}
-		fmt.Fprintf(w, "        (%s)\n            cands=(", zshQuote(cc.path))
-		for i, word := range s.words(cc) {
-			if i > 0 {
-				fmt.Fprint(w, " ")
-			}
-			fmt.Fprint(w, zshQuote(word))
-		}
-		fmt.Fprint(w, ")\n            compadd -- \"${cands[@]}\" ;;\n")
-	}
-	fmt.Fprint(w, `    esac
-}
-if [[ "${funcstack[1]}" == "_ipledgerctl" ]]; then
-    _ipledgerctl "$@"
-else
-    compdef _ipledgerctl ipledgerctl
-fi
-`)
-}
-
-func writeZshDescribe(w io.Writer, pattern, what string, names []string, desc map[string]string, extra []string) {
-	fmt.Fprintf(w, "        (%s)\n            descs=(", pattern)
-	for i, n := range names {
-		if i > 0 {
-			fmt.Fprint(w, " ")
-		}
-		fmt.Fprint(w, zshQuote(n+":"+desc[n]))
-	}
-	fmt.Fprintf(w, ")\n            _describe %s descs", zshQuote(what))
-	if len(extra) > 0 {
-		fmt.Fprint(w, "\n            compadd --")
-		for _, e := range extra {
-			fmt.Fprint(w, " ", zshQuote(e))
-		}
-	}
-	fmt.Fprint(w, " ;;\n")
-}
-
-// fishQuote single-quotes s for fish.
-func fishQuote(s string) string {
-	return "'" + strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), "'", `\'`) + "'"
-}
-
-func writeFishFlag(w io.Writer, cond string, f compFlag) {
-	fmt.Fprint(w, "complete -c ipledgerctl")
-	if cond != "" {
-		fmt.Fprintf(w, " -n %s", fishQuote(cond))
-	}
-	if len(f.name) == 1 {
-		fmt.Fprintf(w, " -s %s", f.name)
-	} else {
-		fmt.Fprintf(w, " -l %s", f.name)
-	}
-	switch {
-	case len(f.values) > 0:
-		fmt.Fprintf(w, " -x -a %s", fishQuote(strings.Join(f.values, " ")))
-	case f.file:
-		fmt.Fprint(w, " -r -F")
-	case f.value:
-		fmt.Fprint(w, " -x")
-	}
-	fmt.Fprintf(w, " -d %s\n", fishQuote(f.usage))
-}
-
-func writeFish(w io.Writer, s compSpec) {
-	fmt.Fprint(w, `# fish completion for ipledgerctl (generated by 'ipledgerctl completion fish').
-# Load it with: ipledgerctl completion fish | source
-function __ipledgerctl_cmd
-    set -l tokens (commandline -opc)
-    set -e tokens[1]
-    set -l cmd ""
-    set -l skip 0
-    for w in $tokens
-        if test $skip -eq 1
-            set skip 0
-            continue
-        end
-        switch $w
-            case '-*=*'
-`)
-	fmt.Fprintf(w, "            case %s\n                set skip 1\n", strings.Join(s.valueFlags, " "))
-	fmt.Fprintf(w, `            case '-*'
-            case '*'
-                if test -z "$cmd"
-                    set cmd $w
-                else if contains -- $cmd %s
-                    set cmd "$cmd $w"
-                end
-        end
-    end
-    echo $cmd
-end
-function __ipledgerctl_is
-    set -l c (__ipledgerctl_cmd)
-    test "$c" = "$argv"
-end
-complete -c ipledgerctl -f
-`, strings.Join(s.groups, " "))
-	for _, f := range s.globals {
-		writeFishFlag(w, "", f)
-	}
-	for _, t := range s.top {
-		fmt.Fprintf(w, "complete -c ipledgerctl -n %s -a %s -d %s\n", fishQuote(`__ipledgerctl_is ""`), t, fishQuote(s.topDesc[t]))
-	}
-	for _, cc := range s.cmds {
-		cond := fmt.Sprintf("__ipledgerctl_is %q", cc.path)
-		for _, sub := range cc.subs {
-			fmt.Fprintf(w, "complete -c ipledgerctl -n %s -a %s -d %s\n", fishQuote(cond), sub, fishQuote(cc.subDesc[sub]))
-		}
-		if len(cc.args) > 0 {
-			args := append([]string{}, cc.args...)
-			sort.Strings(args)
-			fmt.Fprintf(w, "complete -c ipledgerctl -n %s -a %s\n", fishQuote(cond), fishQuote(strings.Join(args, " ")))
-		}
-		for _, f := range cc.flags {
-			writeFishFlag(w, cond, f)
-		}
-	}
+	return out, err
 }

@@ -3,10 +3,12 @@ package ctl
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
@@ -38,6 +40,12 @@ func admin(t *testing.T, addr string) ipledgerv1.AdminServiceClient {
 	return ipledgerv1.NewAdminServiceClient(servertest.Dial(t, addr))
 }
 
+// testRoot is the command tree of an invocation that writes nowhere.
+func testRoot() *cobra.Command {
+	c := &cli{stdout: io.Discard, stderr: io.Discard}
+	return c.newRoot()
+}
+
 // result is one run of ipledgerctl.
 type result struct {
 	code           int
@@ -67,7 +75,8 @@ func mustCtl(t *testing.T, want int, addr string, args ...string) result {
 	return r
 }
 
-// testAgent is servertest's agent, reporting pods by name and labelled as ctl's.
+// testAgent is servertest's agent, reporting pods by name and labelled as ctl's (startCluster
+// tags the instances the same, which is what policies match).
 type testAgent struct{ *servertest.Agent }
 
 func newTestAgent(t *testing.T, conn *grpc.ClientConn, inst ec2sim.InstanceInfo) *testAgent {
@@ -117,6 +126,10 @@ func startCluster(t *testing.T) *cluster {
 	c := &cluster{s: s, addr: s.GRPCAddr()}
 	conn := servertest.Dial(t, c.addr)
 	for _, in := range servertest.Running(s.Sim()) {
+		// Policies match the instance's EC2 tags (what the server verifies), as the labels say.
+		if err := s.Sim().Sim().TagInstance(t.Context(), in.ID, map[string]string{"ipledger.io/test": "ctl"}); err != nil {
+			t.Fatal(err)
+		}
 		a := newTestAgent(t, conn, in)
 		a.Register()
 		a.Sync()

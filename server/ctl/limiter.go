@@ -2,8 +2,8 @@ package ctl
 
 import (
 	"context"
-	"flag"
 	"fmt"
+	"github.com/spf13/cobra"
 	"io"
 	"strings"
 	"time"
@@ -11,28 +11,26 @@ import (
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 )
 
-func limiterCmd() *command {
-	return &command{
-		path: "limiter", maxArgs: 0,
-		summary: "Show the one EC2 limiter: buckets, queue by priority, throttles, calls",
-		long: `
+func limiterCmd(c *cli) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "limiter",
+		Short: "Show the one EC2 limiter: buckets, queue by priority, throttles, calls",
+		Long: `
 Only the leader calls EC2, so a standby sends this to the leader. Buckets mirror EC2's token
 buckets: REFILL/S is EC2's rate, EFFECTIVE/S the rate the server paces itself at (lower after
 RequestLimitExceeded, recovering gradually). The queue lists calls waiting per priority, highest
 first. Calls are counted by action and outcome ("ok", "throttled" or the EC2 error code).`,
-		setup: func(fs *flag.FlagSet) runFunc {
-			return func(ctx context.Context, c *cli, args []string) error {
-				st, err := call(ctx, c, "get limiter", func(ctx context.Context, a ipledgerv1.AdminServiceClient) (*ipledgerv1.LimiterState, error) {
-					return a.GetLimiter(ctx, &ipledgerv1.GetLimiterRequest{})
-				})
-				if err != nil {
-					return err
-				}
-				doc := limiterDoc(st)
-				return c.emit(doc, func(w io.Writer) { limiterTable(w, doc, time.Now()) })
-			}
-		},
 	}
+	return c.leaf(cmd, 0, 0, func(ctx context.Context, args []string) error {
+		st, err := call(ctx, c, "get limiter", func(ctx context.Context, a ipledgerv1.AdminServiceClient) (*ipledgerv1.LimiterState, error) {
+			return a.GetLimiter(ctx, &ipledgerv1.GetLimiterRequest{})
+		})
+		if err != nil {
+			return err
+		}
+		doc := limiterDoc(st)
+		return c.emit(doc, func(w io.Writer) { limiterTable(w, doc, time.Now()) })
+	})
 }
 
 func limiterTable(w io.Writer, l Limiter, now time.Time) {
@@ -75,3 +73,4 @@ func actionsText(actions []string) string {
 	}
 	return fmt.Sprintf("%s,... (%d)", strings.Join(actions[:show], ","), len(actions))
 }
+func init() { register("", limiterCmd) }

@@ -3,16 +3,20 @@ package ctl
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
+	"net"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
-)
 
-// Version is ipledgerctl's version string (set at build time with -ldflags).
-var Version = "dev"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/ipledger/ipledger/server/ctl/ctlconfig"
+)
 
 // Exit codes of Main.
 const (
@@ -35,12 +39,15 @@ const (
 	EnvTLSKey   = "IPLEDGER_TLS_KEY"
 	EnvTLSCA    = "IPLEDGER_TLS_CA"
 	EnvDevCerts = "IPLEDGER_DEV_CERTS"
+	// EnvContext picks a context of the configuration file (--context overrides it).
+	EnvContext = ctlconfig.EnvContext
 )
 
 // Output formats of -o.
 var outputFormats = []string{"table", "json", "yaml"}
 
-// globals are the flags every command accepts, before or after the command name.
+// globals are the flags every command accepts, before or after the command name (persistent
+// flags of the root command).
 type globals struct {
 	server   string
 	output   string
@@ -49,16 +56,26 @@ type globals struct {
 	tlsKey   string
 	tlsCA    string
 	devCerts string
+	context  string
+
+	// Set by resolve: the context in use ("" for none), the configuration file, and whether
+	// the certificates came from the context.
+	ctxName     string
+	ctxFile     string
+	certsFromCx bool
 }
 
-func (g *globals) register(fs *flag.FlagSet) {
-	fs.StringVar(&g.server, "server", g.server, "host:port of an ipledger-server replica (any replica; changes go to the leader)")
-	fs.StringVar(&g.output, "o", g.output, "output format: table, json or yaml")
-	fs.DurationVar(&g.timeout, "timeout", g.timeout, "deadline for the whole command")
-	fs.StringVar(&g.tlsCert, "tls-cert", g.tlsCert, "admin client certificate (URI SAN ipledger://admin/<name>) for mutual TLS")
-	fs.StringVar(&g.tlsKey, "tls-key", g.tlsKey, "private key of --tls-cert")
-	fs.StringVar(&g.tlsCA, "tls-ca", g.tlsCA, "CA bundle that verifies the server's certificate (URI SAN ipledger://server)")
-	fs.StringVar(&g.devCerts, "dev-certs", g.devCerts, "directory of ipledger-server --dev's certificates (<data-dir>/certs): use its admin.crt, admin.key and ca.crt")
+// register adds the global flags to fs with their defaults; the environment and the context
+// are applied once the command line is parsed (resolve), so help shows the built-in defaults.
+func (g *globals) register(fs *pflag.FlagSet) {
+	fs.StringVar(&g.context, "context", "", "context of ipledgerctl's configuration file to use (default: $"+EnvContext+", then the file's current-context)")
+	fs.StringVar(&g.server, "server", DefaultServer, "host:port of an ipledger-server replica (any replica; changes go to the leader)")
+	fs.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
+	fs.DurationVar(&g.timeout, "timeout", DefaultTimeout, "deadline for the whole command")
+	fs.StringVar(&g.tlsCert, "tls-cert", "", "admin client certificate (URI SAN ipledger://admin/<name>) for mutual TLS")
+	fs.StringVar(&g.tlsKey, "tls-key", "", "private key of --tls-cert")
+	fs.StringVar(&g.tlsCA, "tls-ca", "", "CA bundle that verifies the server's certificate (URI SAN ipledger://server)")
+	fs.StringVar(&g.devCerts, "dev-certs", "", "directory of ipledger-server --dev's certificates (<data-dir>/certs): use its admin.crt, admin.key and ca.crt")
 }
 
 // tlsFiles are the certificate files the command uses: --tls-cert, --tls-key and --tls-ca,
@@ -79,18 +96,55 @@ func (g *globals) tlsFiles() (cert, key, ca string) {
 	return cert, key, ca
 }
 
-func (g *globals) validate() error {
-	if !contains(outputFormats, g.output) {
-		return usagef("", "invalid -o %q: want one of %s", g.output, strings.Join(outputFormats, ", "))
+// validate checks the global settings a command uses: -o and --timeout always, the server and
+// its certificates for commands that ask one (server).
+func (g *globals) validate(cmd string, server bool) error {
+	if !slices.Contains(outputFormats, g.output) {
+		return usagef(cmd, "invalid -o %q: want one of %s", g.output, strings.Join(outputFormats, ", "))
 	}
 	if g.timeout <= 0 {
-		return usagef("", "invalid --timeout %s: must be positive", g.timeout)
+		return usagef(cmd, "invalid --timeout %s: must be positive", g.timeout)
+	}
+	if !server {
+		return nil
 	}
 	if strings.TrimSpace(g.server) == "" {
-		return usagef("", "empty --server: want host:port of an ipledger-server replica")
+		return usagef(cmd, "empty --server: want host:port of an ipledger-server replica")
+	}
+	if err := checkServer(g.server); err != nil {
+		return usagef(cmd, "%v", err)
 	}
 	if cert, key, ca := g.tlsFiles(); (cert != "" || key != "" || ca != "") && (cert == "" || key == "" || ca == "") {
-		return usagef("", "mutual TLS needs --tls-cert, --tls-key and --tls-ca together (or --dev-certs DIR)")
+		if g.certsFromCx {
+			return usagef(cmd, "context %s of %s names only some of tls-cert, tls-key and tls-ca: mutual TLS needs the three (or dev-certs DIR); fix it with ipledgerctl config set-context %s", g.ctxName, g.ctxFile, g.ctxName)
+		}
+		return usagef(cmd, "mutual TLS needs --tls-cert, --tls-key and --tls-ca together (or --dev-certs DIR)")
+	}
+	return nil
+}
+
+// checkServer says what is wrong with a --server value: it must be host:port, a port from 1
+// to 65535 (ipledger-server's gRPC listens on 7400 by default), without a URL scheme.
+func checkServer(s string) error {
+	if i := strings.Index(s, "://"); i >= 0 {
+		return fmt.Errorf("--server %q: want host:port without a scheme (%s)", s, s[i+3:])
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		var ae *net.AddrError
+		if errors.As(err, &ae) && ae.Err == "missing port in address" {
+			return fmt.Errorf("--server %q has no port: want host:port, e.g. %s:7400 (ipledger-server's gRPC port, --grpc-listen, is 7400 by default)", s, s)
+		}
+		return fmt.Errorf("--server %q is not host:port (e.g. 10.0.1.7:7400, [fd00::1]:7400): %v", s, err)
+	}
+	if port == "" {
+		return fmt.Errorf("--server %q has no port: want host:port, e.g. %s7400", s, s)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("--server %q: port %q is not a number from 1 to 65535", s, port)
+	}
+	if host == "" {
+		return fmt.Errorf("--server %q has no host: want host:port, e.g. 127.0.0.1%s", s, s)
 	}
 	return nil
 }
@@ -108,31 +162,29 @@ type cli struct {
 // Results go to stdout, errors and notes to stderr.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
 	c := &cli{stdout: stdout, stderr: stderr, getenv: getenv}
-	c.g = globals{server: DefaultServer, output: "table", timeout: DefaultTimeout}
-	if s := getenv(EnvServer); s != "" {
-		c.g.server = s
-	}
-	c.g.tlsCert, c.g.tlsKey, c.g.tlsCA, c.g.devCerts = getenv(EnvTLSCert), getenv(EnvTLSKey), getenv(EnvTLSCA), getenv(EnvDevCerts)
+	root := c.newRoot()
 	c.conns = newConnPool(c.dialOptions)
 	defer c.conns.close()
-	err := c.run(ctx, args)
-	return c.report(err)
+	root.SetArgs(normalizeArgs(root, args))
+	return c.report(root, root.ExecuteContext(ctx))
 }
 
 // report prints err and returns its exit code.
-func (c *cli) report(err error) int {
+func (c *cli) report(root *cobra.Command, err error) int {
 	if err == nil {
 		return ExitOK
 	}
 	var ue *usageError
 	switch {
 	case errors.As(err, &ue):
-		fmt.Fprintf(c.stderr, "ipledgerctl: %s\n", ue.msg)
+		fmt.Fprintf(c.stderr, "ipledgerctl: %s\n", escapeText(ue.msg))
 		if ue.cmd != "" {
-			if cmd := findCommand(ue.cmd); cmd != nil {
-				fmt.Fprintf(c.stderr, "Usage: %s\n", cmd.usageLine())
-			} else if subs, ok := groups()[ue.cmd]; ok {
-				fmt.Fprintf(c.stderr, "Usage: ipledgerctl %s %s ...\n", ue.cmd, strings.Join(subs, "|"))
+			if cmd := findPath(root, ue.cmd); cmd != nil {
+				if isGroup(cmd) {
+					fmt.Fprintf(c.stderr, "Usage: ipledgerctl %s %s ...\n", ue.cmd, strings.Join(subNames(cmd), "|"))
+				} else {
+					fmt.Fprintf(c.stderr, "Usage: %s\n", usageLine(cmd))
+				}
 			}
 			fmt.Fprintf(c.stderr, "Run 'ipledgerctl help %s' for usage.\n", ue.cmd)
 		} else {
@@ -144,7 +196,8 @@ func (c *cli) report(err error) int {
 	case errors.Is(err, errProblems):
 		return ExitProblems
 	}
-	fmt.Fprintf(c.stderr, "ipledgerctl: %v\n", err)
+	// The message carries the server's words (and names from it): escaped, as table cells are.
+	fmt.Fprintf(c.stderr, "ipledgerctl: %s\n", escapeText(err.Error()))
 	return ExitError
 }
 
@@ -167,87 +220,83 @@ func usagef(cmd, format string, args ...any) error {
 	return &usageError{cmd: cmd, msg: fmt.Sprintf(format, args...)}
 }
 
-func (c *cli) run(ctx context.Context, args []string) error {
-	top := flag.NewFlagSet("ipledgerctl", flag.ContinueOnError)
-	top.SetOutput(io.Discard)
-	c.g.register(top)
-	help := top.Bool("h", false, "show help")
-	top.BoolVar(help, "help", false, "show help")
-	if err := top.Parse(args); err != nil {
-		return usagef("", "%s", flagErr(err))
+// flagError turns pflag's parse errors into usage errors naming the flag, in the words of
+// ipledgerctl ("subnets: unknown flag --bogus", "invalid value "x" for --max-held: ...").
+func flagError(cmd *cobra.Command, err error) error {
+	path := cmdPath(cmd)
+	msg := err.Error()
+	var (
+		notExist *pflag.NotExistError
+		invalid  *pflag.InvalidValueError
+		required *pflag.ValueRequiredError
+	)
+	switch {
+	case errors.As(err, &notExist) && notExist.GetSpecifiedShortnames() != "":
+		msg = "unknown flag -" + notExist.GetSpecifiedShortnames()
+	case errors.As(err, &notExist):
+		msg = "unknown flag --" + notExist.GetSpecifiedName()
+	case errors.As(err, &invalid):
+		msg = fmt.Sprintf("invalid value %q for %s: %v", invalid.GetValue(), flagNames(invalid.GetFlag()), errors.Unwrap(invalid))
+		if want := allowedValues(invalid.GetFlag()); want != "" {
+			msg += " (want " + want + ")"
+		}
+	case errors.As(err, &required):
+		msg = fmt.Sprintf("%s needs a value", flagNames(required.GetFlag()))
 	}
-	rest := top.Args()
-	if *help {
-		writeUsage(c.stdout)
-		return nil
+	if path != "" {
+		msg = path + ": " + msg
 	}
-	if len(rest) == 0 {
-		writeUsage(c.stderr)
-		return usagef("", "no command given")
-	}
-	cmd, n, err := lookup(rest)
-	if err != nil {
-		return err
-	}
-	fs := flag.NewFlagSet("ipledgerctl "+cmd.path, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	runner := cmd.setup(fs)
-	c.g.register(fs)
-	pos, err := parseInterleaved(fs, rest[n:])
-	if errors.Is(err, flag.ErrHelp) {
-		writeCommandUsage(c.stdout, cmd)
-		return nil
-	}
-	if err != nil {
-		return usagef(cmd.path, "%s: %s", cmd.path, flagErr(err))
-	}
-	if err := c.g.validate(); err != nil {
-		err.(*usageError).cmd = cmd.path
-		return err
-	}
-	if err := cmd.checkArgs(pos); err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, c.g.timeout)
-	defer cancel()
-	return runner(ctx, c, pos)
+	return &usageError{cmd: path, msg: msg}
 }
 
-// flagErr turns the flag package's messages into ours.
-func flagErr(err error) string {
-	const undefined = "flag provided but not defined: "
-	if msg := err.Error(); strings.HasPrefix(msg, undefined) {
-		return "unknown flag " + strings.TrimPrefix(msg, undefined)
+// allowedValues says in words what a flag of its type takes ("" when the parse error says it).
+func allowedValues(f *pflag.Flag) string {
+	switch f.Value.Type() {
+	case "duration":
+		return "a duration with a unit: 500ms, 30s, 5m, 1h30m"
+	case "uint", "uint32", "uint64":
+		return "a whole number, 0 or more"
+	case "int", "int32", "int64":
+		return "a whole number"
+	case "bool":
+		return "true or false"
+	case "float64", "float32":
+		return "a number"
 	}
-	return err.Error()
+	return ""
 }
 
-// parseInterleaved parses flags anywhere among the positional arguments ("node NAME -o json");
-// everything after "--" is positional.
-func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		rest := fs.Args()
-		consumed := args[:len(args)-len(rest)]
-		if len(consumed) > 0 && consumed[len(consumed)-1] == "--" {
-			return append(pos, rest...), nil
-		}
-		if len(rest) == 0 {
-			return pos, nil
-		}
-		pos = append(pos, rest[0])
-		args = rest[1:]
+// flagNames writes a flag as users type it: "--max-held", "-o/--output".
+func flagNames(f *pflag.Flag) string {
+	if f.Shorthand != "" {
+		return "-" + f.Shorthand + "/--" + f.Name
 	}
+	return "--" + f.Name
 }
 
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
+// normalizeArgs keeps the flag spellings of Go's flag package that ipledgerctl accepted before
+// it moved to cobra: a long flag with one dash ("-server X", "-timeout=5s", "-help") gets its
+// second dash. "--o" and "--f" are mapped by the flag sets' normalization (see newRoot).
+// Everything after "--" is left alone, and so are the arguments of cobra's completion request.
+func normalizeArgs(root *cobra.Command, args []string) []string {
+	if len(args) > 0 && strings.HasPrefix(args[0], "__complete") {
+		return args
 	}
-	return false
+	long := map[string]bool{"help": true}
+	walk(root, func(cmd *cobra.Command) {
+		for _, fs := range []*pflag.FlagSet{cmd.LocalFlags(), cmd.PersistentFlags()} {
+			fs.VisitAll(func(f *pflag.Flag) { long[f.Name] = true })
+		}
+	})
+	out := make([]string, 0, len(args))
+	for i, a := range args {
+		if a == "--" {
+			return append(out, args[i:]...)
+		}
+		if name, _, _ := strings.Cut(strings.TrimPrefix(a, "-"), "="); len(a) > 2 && a[0] == '-' && a[1] != '-' && len(name) > 1 && long[name] {
+			a = "-" + a
+		}
+		out = append(out, a)
+	}
+	return out
 }

@@ -2,8 +2,8 @@ package ctl
 
 import (
 	"context"
-	"flag"
 	"fmt"
+	"github.com/spf13/cobra"
 	"io"
 	"sort"
 	"strings"
@@ -12,58 +12,57 @@ import (
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 )
 
-func nodesCmd() *command {
-	return &command{
-		path: "nodes", maxArgs: 0,
-		summary: "List registered nodes with their pod addresses and targets",
-		long: `
+func nodesCmd(c *cli) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "nodes",
+		Short: "List registered nodes with their pod addresses and targets",
+		Long: `
 HELD, IN-USE and FREE count pod addresses (ENI primaries excluded); TARGET is the number of free
 addresses the server aims to keep on the node and DEFICIT what it lacks to reach its target.
 CONNECTED says whether the node's agent has its sync stream open to the leader (a standby
-cannot know and says no).`,
-		setup: func(fs *flag.FlagSet) runFunc {
-			return func(ctx context.Context, c *cli, args []string) error {
-				resp, err := call(ctx, c, "list nodes", func(ctx context.Context, a ipledgerv1.AdminServiceClient) (*ipledgerv1.ListNodesResponse, error) {
-					return a.ListNodes(ctx, &ipledgerv1.ListNodesRequest{})
-				})
-				if err != nil {
-					return err
-				}
-				docs := make([]NodeSummary, 0, len(resp.GetNodes()))
-				for _, n := range resp.GetNodes() {
-					docs = append(docs, nodeSummaryDoc(n))
-				}
-				sort.Slice(docs, func(i, j int) bool { return docs[i].NodeName < docs[j].NodeName })
-				now := time.Now()
-				return c.emit(docs, func(w io.Writer) {
-					row(w, "NODE", "INSTANCE", "TYPE", "AZ", "SUBNET", "MODE", "POLICY", "ENIS", "HELD", "IN-USE", "FREE", "TARGET", "DEFICIT", "CONNECTED", "DRAINING", "LAST-REPORT")
-					for _, n := range docs {
-						row(w, n.NodeName, n.InstanceID, n.InstanceType, n.AZ, n.SubnetID, n.Mode, n.Policy, n.ENIs, n.Held, n.InUse, n.Idle,
-							n.TargetFree, n.Deficit, yesNo(n.Connected), yesNo(n.Draining), ago(n.LastReport, now))
-					}
-				})
-			}
-		},
+cannot know and says no). IDENTITY is how the agent proved its node: aws-iid (attested with the
+instance identity document), certificate (a certificate of the client CA), "-" when unknown
+(plaintext, or not seen yet); CERT-EXPIRES is when its certificate expires.`,
 	}
+	return c.leaf(cmd, 0, 0, func(ctx context.Context, args []string) error {
+		resp, err := call(ctx, c, "list nodes", func(ctx context.Context, a ipledgerv1.AdminServiceClient) (*ipledgerv1.ListNodesResponse, error) {
+			return a.ListNodes(ctx, &ipledgerv1.ListNodesRequest{})
+		})
+		if err != nil {
+			return err
+		}
+		docs := make([]NodeSummary, 0, len(resp.GetNodes()))
+		for _, n := range resp.GetNodes() {
+			docs = append(docs, nodeSummaryDoc(n))
+		}
+		sort.Slice(docs, func(i, j int) bool { return docs[i].NodeName < docs[j].NodeName })
+		now := time.Now()
+		return c.emit(docs, func(w io.Writer) {
+			row(w, "NODE", "INSTANCE", "TYPE", "AZ", "SUBNET", "MODE", "POLICY", "ENIS", "HELD", "IN-USE", "FREE", "TARGET", "DEFICIT", "CONNECTED", "DRAINING", "LAST-REPORT", "IDENTITY", "CERT-EXPIRES")
+			for _, n := range docs {
+				row(w, n.NodeName, n.InstanceID, n.InstanceType, n.AZ, n.SubnetID, n.Mode, n.Policy, n.ENIs, n.Held, n.InUse, n.Idle,
+					n.TargetFree, n.Deficit, yesNo(n.Connected), yesNo(n.Draining), ago(n.LastReport, now), orDash(n.IdentityMethod), until(n.CertificateNotAfter, now))
+			}
+		})
+	})
 }
 
-func nodeCmd() *command {
-	return &command{
-		path: "node", args: "NODE", minArgs: 1, maxArgs: 1,
-		summary: "Show one node: ENIs, leased addresses and prefixes, pods, policy, supply problem",
-		setup: func(fs *flag.FlagSet) runFunc {
-			return func(ctx context.Context, c *cli, args []string) error {
-				d, err := call(ctx, c, "get node "+args[0], func(ctx context.Context, a ipledgerv1.AdminServiceClient) (*ipledgerv1.NodeDetail, error) {
-					return a.GetNode(ctx, &ipledgerv1.GetNodeRequest{NodeName: args[0]})
-				})
-				if err != nil {
-					return err
-				}
-				doc := nodeDetailDoc(d)
-				return c.emit(doc, func(w io.Writer) { nodeTable(w, doc, time.Now()) })
-			}
-		},
+func nodeCmd(c *cli) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:               "node NODE",
+		ValidArgsFunction: c.completeArgs(completeNodes),
+		Short:             "Show one node: ENIs, leased addresses and prefixes, pods, policy, supply problem",
 	}
+	return c.leaf(cmd, 1, 1, func(ctx context.Context, args []string) error {
+		d, err := call(ctx, c, "get node "+args[0], func(ctx context.Context, a ipledgerv1.AdminServiceClient) (*ipledgerv1.NodeDetail, error) {
+			return a.GetNode(ctx, &ipledgerv1.GetNodeRequest{NodeName: args[0]})
+		})
+		if err != nil {
+			return err
+		}
+		doc := nodeDetailDoc(d)
+		return c.emit(doc, func(w io.Writer) { nodeTable(w, doc, time.Now()) })
+	})
 }
 
 func nodeTable(w io.Writer, d NodeDetail, now time.Time) {
@@ -88,6 +87,14 @@ func nodeTable(w io.Writer, d NodeDetail, now time.Time) {
 	row(w, "Supply:", supply)
 	row(w, "Connected:", fmt.Sprintf("%s (last report %s)", yesNo(d.Connected), ago(d.LastReport, now)))
 	row(w, "Draining:", yesNo(d.Draining))
+	identity := "unknown (plaintext, or the agent has not connected to this replica)"
+	if d.IdentityMethod != "" {
+		identity = d.IdentityMethod
+		if d.CertificateNotAfter != nil {
+			identity += fmt.Sprintf(", certificate expires %s (%s)", d.CertificateNotAfter.Format(time.RFC3339), until(d.CertificateNotAfter, now))
+		}
+	}
+	row(w, "Identity:", identity)
 	registered := "-"
 	if d.Registered != nil {
 		registered = fmt.Sprintf("%s (%s)", d.Registered.Format(time.RFC3339), ago(d.Registered, now))
@@ -133,35 +140,37 @@ func nodeTable(w io.Writer, d NodeDetail, now time.Time) {
 	}
 }
 
-func drainCmd() *command {
-	return &command{
-		path: "drain", args: "NODE", minArgs: 1, maxArgs: 1,
-		summary: "Stop giving a node addresses and release what no pod uses (--undo ends it)",
-		long: `
+func drainCmd(c *cli) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:               "drain NODE",
+		ValidArgsFunction: c.completeArgs(completeNodes),
+		Short:             "Stop giving a node addresses and release what no pod uses (--undo ends it)",
+		Long: `
 A drained node gets no new addresses; everything it holds that no pod uses is released through
 the release handshake. --undo ends the drain. Prints the node afterwards (see 'help node').`,
-		setup: func(fs *flag.FlagSet) runFunc {
-			undo := fs.Bool("undo", false, "end the drain")
-			return func(ctx context.Context, c *cli, args []string) error {
-				what := "drain node " + args[0]
-				if *undo {
-					what = "undrain node " + args[0]
-				}
-				d, err := call(ctx, c, what, func(ctx context.Context, a ipledgerv1.AdminServiceClient) (*ipledgerv1.NodeDetail, error) {
-					return a.DrainNode(ctx, &ipledgerv1.DrainNodeRequest{NodeName: args[0], Undo: *undo})
-				})
-				if err != nil {
-					return err
-				}
-				doc := nodeDetailDoc(d)
-				return c.emit(doc, func(w io.Writer) {
-					state := "draining: it gets no new addresses; unused ones are being released"
-					if !doc.Draining {
-						state = "no longer draining"
-					}
-					fmt.Fprintf(w, "node %s is %s\n", doc.NodeName, strings.TrimSpace(state))
-				})
-			}
-		},
 	}
+	fs := cmd.Flags()
+	undo := fs.Bool("undo", false, "end the drain")
+	return c.leaf(cmd, 1, 1, func(ctx context.Context, args []string) error {
+		what := "drain node " + args[0]
+		if *undo {
+			what = "undrain node " + args[0]
+		}
+		d, err := call(ctx, c, what, func(ctx context.Context, a ipledgerv1.AdminServiceClient) (*ipledgerv1.NodeDetail, error) {
+			return a.DrainNode(ctx, &ipledgerv1.DrainNodeRequest{NodeName: args[0], Undo: *undo})
+		})
+		if err != nil {
+			return err
+		}
+		doc := nodeDetailDoc(d)
+		return c.emit(doc, func(w io.Writer) {
+			state := "draining: it gets no new addresses; unused ones are being released"
+			if !doc.Draining {
+				state = "no longer draining"
+			}
+			fmt.Fprintf(w, "node %s is %s\n", cell(doc.NodeName), strings.TrimSpace(state))
+		})
+	})
 }
+
+func init() { register("", nodesCmd, nodeCmd, drainCmd) }

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf16"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -24,11 +26,17 @@ func (c *cli) emit(doc any, table func(w io.Writer)) error {
 		if err != nil {
 			return fmt.Errorf("encode JSON: %w", err)
 		}
-		_, err = fmt.Fprintf(c.stdout, "%s\n", b)
+		_, err = fmt.Fprintf(c.stdout, "%s\n", escapeJSON(b))
 		return err
 	case "yaml":
-		b, err := yaml.Marshal(doc)
+		// From the JSON document, as sigs.k8s.io/yaml.Marshal does, but with the characters the
+		// YAML reader refuses or changes (C1 controls such as U+009B; NEL, which it reads as a
+		// line break) escaped first, so that every value is kept exactly.
+		b, err := json.Marshal(doc)
 		if err != nil {
+			return fmt.Errorf("encode YAML: %w", err)
+		}
+		if b, err = yaml.JSONToYAML(escapeJSON(b)); err != nil {
 			return fmt.Errorf("encode YAML: %w", err)
 		}
 		_, err = c.stdout.Write(b)
@@ -40,17 +48,94 @@ func (c *cli) emit(doc any, table func(w io.Writer)) error {
 	}
 }
 
+// escapeJSON writes each rune of a JSON document that is not printable as its \u escape.
+// encoding/json already escapes C0 controls and U+2028/U+2029; this adds the C1 controls, DEL,
+// the bidirectional and other format characters. Outside strings a JSON document is ASCII, so
+// only string contents change, and their values stay the same.
+func escapeJSON(b []byte) []byte {
+	if printable(string(b)) {
+		return b
+	}
+	out := make([]byte, 0, len(b)+16)
+	for i := 0; i < len(b); {
+		r, size := utf8.DecodeRune(b[i:])
+		switch {
+		case r < 0x7f && r >= ' ' || r == '\n' || r == '\t' || r == '\r' || (r >= utf8.RuneSelf && strconv.IsPrint(r)):
+			out = append(out, b[i:i+size]...)
+		case r > 0xffff:
+			r1, r2 := utf16.EncodeRune(r)
+			out = fmt.Appendf(out, `\u%04x\u%04x`, r1, r2)
+		default:
+			out = fmt.Appendf(out, `\u%04x`, r)
+		}
+		i += size
+	}
+	return out
+}
+
 func newTable(w io.Writer) *tabwriter.Writer {
 	return tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 }
 
-// row writes one tab-separated table row.
+// row writes one tab-separated table row. Every cell is made safe for a terminal (cell): a
+// pod name or any other string from the server cannot end the row, add a column or send the
+// terminal an escape sequence.
 func row(w io.Writer, cells ...any) {
 	parts := make([]string, len(cells))
 	for i, c := range cells {
-		parts[i] = fmt.Sprint(c)
+		parts[i] = cell(fmt.Sprint(c))
 	}
 	fmt.Fprintln(w, strings.Join(parts, "\t"))
+}
+
+// printable reports whether s can go to a terminal as it is: valid UTF-8 of printable runes
+// only (strconv.IsPrint: no C0 or C1 controls, DEL, tab, line or paragraph separators, nor
+// format characters such as the bidirectional overrides U+202A..U+202E or zero-width spaces).
+func printable(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if !strconv.IsPrint(r) {
+			return false
+		}
+	}
+	return true
+}
+
+// cell is a table cell as it is printed: s itself when it is printable, else s in Go's quoted
+// form ("web-0\x1b[2J", "a\nb", "\u202eevil"), so the escape shows instead of acting and the
+// quotes tell it from a name that really contains a backslash. JSON and YAML output is never
+// changed: their encoders escape control characters and keep the value exact.
+func cell(s string) string {
+	if printable(s) {
+		return s
+	}
+	return strconv.Quote(s)
+}
+
+// escapeText makes free text (a message, an error from the server) safe for a terminal: each
+// rune that is not printable, and each byte that is not UTF-8, is written as its escape
+// (\x1b, \n, \u202e, \xff); the rest is unchanged.
+func escapeText(s string) string {
+	if printable(s) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case !strconv.IsPrint(r):
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		default:
+			b.WriteString(s[i : i+size])
+		}
+		i += size
+	}
+	return b.String()
 }
 
 // enumName turns a proto enum name into the lower snake case ctl prints ("ADDRESS_MODE_PREFIX"

@@ -3,12 +3,14 @@ package ctl
 import (
 	"encoding/json"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/ipledger/ipledger/internal/version"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 )
 
@@ -57,6 +59,74 @@ func TestReadCommands(t *testing.T) {
 	c := startCluster(t)
 	ac := admin(t, c.addr)
 	first := c.agents[0]
+
+	// Completion asks the server for the names it offers (cobra's __complete, which the shell
+	// scripts call).
+	t.Run("completion of names", func(t *testing.T) {
+		offered := func(args ...string) map[string]bool {
+			t.Helper()
+			r := mustCtl(t, 0, c.addr, append([]string{"__complete"}, args...)...)
+			lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+			if len(lines) == 0 || lines[len(lines)-1] != ":4" {
+				t.Fatalf("__complete %v: want the no-file directive :4 last:\n%s", args, r.stdout)
+			}
+			out := map[string]bool{}
+			for _, l := range lines[:len(lines)-1] {
+				w, _, _ := strings.Cut(l, "\t")
+				out[w] = true
+			}
+			return out
+		}
+		nodes, err := ac.ListNodes(t.Context(), &ipledgerv1.ListNodesRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		subnets, err := ac.ListSubnets(t.Context(), &ipledgerv1.ListSubnetsRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, args := range [][]string{{"node", ""}, {"drain", ""}, {"-o", "json", "node", ""}, {"node", "forget-identity", ""}} {
+			got := offered(args...)
+			for _, n := range nodes.GetNodes() {
+				if !got[n.GetNodeName()] {
+					t.Errorf("%v does not offer node %s: %v", args, n.GetNodeName(), got)
+				}
+			}
+			want := len(nodes.GetNodes())
+			if slices.Contains(args, "node") && !slices.Contains(args, "forget-identity") {
+				// node NODE also has the subcommand forget-identity.
+				want++
+				if !got["forget-identity"] {
+					t.Errorf("%v does not offer the subcommand forget-identity: %v", args, got)
+				}
+			}
+			if len(got) != want {
+				t.Errorf("%v offers %d names for %d nodes: %v", args, len(got), len(nodes.GetNodes()), got)
+			}
+		}
+		if got := offered("node", nodes.GetNodes()[0].GetNodeName(), ""); len(got) != 0 {
+			t.Errorf("node takes one name; offered more: %v", got)
+		}
+		for _, args := range [][]string{{"subnet", "budget", ""}, {"prewarm", "create", "--subnet", ""}, {"canfit", "--subnet="}} {
+			got := offered(args...)
+			for _, sn := range subnets.GetSubnets() {
+				if !got[sn.GetSubnetId()] && !got["--subnet="+sn.GetSubnetId()] {
+					t.Errorf("%v does not offer subnet %s: %v", args, sn.GetSubnetId(), got)
+				}
+			}
+		}
+		if got := offered("canfit", "--az", ""); !got[first.Inst.AvailabilityZone] {
+			t.Errorf("canfit --az does not offer %s: %v", first.Inst.AvailabilityZone, got)
+		}
+		if got := offered("policy", "delete", ""); !got["default"] {
+			t.Errorf("policy delete does not offer the default policy: %v", got)
+		}
+		// Nothing listening: nothing offered, quickly, and no error for the shell to show.
+		r := mustCtl(t, 0, closedAddr(t), "__complete", "drain", "")
+		if strings.TrimSpace(r.stdout) != ":4" {
+			t.Errorf("against a closed port: %s", r)
+		}
+	})
 
 	t.Run("subnets", func(t *testing.T) {
 		truth, err := ac.ListSubnets(t.Context(), &ipledgerv1.ListSubnetsRequest{})
@@ -343,13 +413,41 @@ func TestReadCommands(t *testing.T) {
 	})
 
 	t.Run("version", func(t *testing.T) {
-		if r := mustCtl(t, 0, c.addr, "version"); r.stdout != "ipledgerctl "+Version+"\n" {
-			t.Fatalf("version: %q", r.stdout)
+		// The client's --version line, then the server's version and commit (both from
+		// internal/version: in a test binary, what the Go toolchain recorded from git).
+		want := version.Get()
+		r := mustCtl(t, 0, c.addr, "version")
+		lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+		if len(lines) != 2 || lines[0] != want.String("ipledgerctl") ||
+			lines[1] != "ipledger-server "+want.Version+" (commit "+shortCommit(want.Commit)+") at "+c.addr {
+			t.Fatalf("version:\n%s", r.stdout)
 		}
 		var v VersionInfo
 		decode(t, mustCtl(t, 0, c.addr, "version", "-o", "json"), &v)
-		if v.Version != Version {
+		if v.Version != want.Version || v.Client != buildInfo(want) || v.Server == nil ||
+			*v.Server != (ServerVersion{Address: c.addr, Replica: c.addr, Version: want.Version, Commit: want.Commit}) {
 			t.Fatalf("version %+v", v)
+		}
+		var st Status
+		decode(t, mustCtl(t, 0, c.addr, "status", "-o", "json"), &st)
+		if st.ServerVersion != want.Version || st.ServerCommit != want.Commit {
+			t.Fatalf("status says version %q commit %q, want %q %q", st.ServerVersion, st.ServerCommit, want.Version, want.Commit)
+		}
+		// --client asks nobody; without a server the client's line is printed and the exit is 1.
+		closed := closedAddr(t)
+		if r := mustCtl(t, 0, closed, "version", "--client"); r.stdout != want.String("ipledgerctl")+"\n" || r.stderr != "" {
+			t.Fatalf("version --client: %s", r)
+		}
+		if r := mustCtl(t, 0, closed, "--version"); r.stdout != want.String("ipledgerctl")+"\n" {
+			t.Fatalf("--version: %s", r)
+		}
+		r = mustCtl(t, ExitError, closed, "version")
+		if r.stdout != want.String("ipledgerctl")+"\n" || !strings.Contains(r.stderr, "cannot reach ipledger-server at "+closed) {
+			t.Fatalf("version without a server: %s", r)
+		}
+		decode(t, mustCtl(t, ExitError, closed, "version", "-o", "json"), &v)
+		if v.Server != nil || v.Client.Commit != want.Commit {
+			t.Fatalf("version -o json without a server: %+v", v)
 		}
 	})
 }

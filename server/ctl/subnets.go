@@ -2,38 +2,37 @@ package ctl
 
 import (
 	"context"
-	"flag"
 	"fmt"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"io"
 	"math"
 
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 )
 
-func subnetsCmd() *command {
-	return &command{
-		path: "subnets", maxArgs: 0,
-		summary: "List every subnet's address budget with its exhaustion forecast",
-		long: `
+func subnetsCmd(c *cli) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "subnets",
+		Short: "List every subnet's address budget with its exhaustion forecast",
+		Long: `
 Columns: SIZE addresses in the CIDR; RESERVED by AWS (5 per subnet); FOREIGN used by ENIs
 ipledger does not manage; HELD on the cluster's nodes (ENI primaries + leased); IN-USE by pods;
 FREE for anyone; FREE-/28 aligned blocks with every address free; PREWARM reserved for pre-warm
 reservations; BUDGET the admin cap (max_held / keep_free, "-" when none); HEADROOM what the
 cluster may still take; FORECAST when headroom runs out at the trend of the last hour ("never"
 when flat or shrinking, "n/a" with less than a minute of history). A TOTAL line ends the table.`,
-		setup: func(fs *flag.FlagSet) runFunc {
-			return func(ctx context.Context, c *cli, args []string) error {
-				resp, err := call(ctx, c, "list subnets", func(ctx context.Context, a ipledgerv1.AdminServiceClient) (*ipledgerv1.ListSubnetsResponse, error) {
-					return a.ListSubnets(ctx, &ipledgerv1.ListSubnetsRequest{})
-				})
-				if err != nil {
-					return err
-				}
-				docs := subnetDocs(resp.GetSubnets())
-				return c.emit(docs, func(w io.Writer) { subnetTable(w, docs, true) })
-			}
-		},
 	}
+	return c.leaf(cmd, 0, 0, func(ctx context.Context, args []string) error {
+		resp, err := call(ctx, c, "list subnets", func(ctx context.Context, a ipledgerv1.AdminServiceClient) (*ipledgerv1.ListSubnetsResponse, error) {
+			return a.ListSubnets(ctx, &ipledgerv1.ListSubnetsRequest{})
+		})
+		if err != nil {
+			return err
+		}
+		docs := subnetDocs(resp.GetSubnets())
+		return c.emit(docs, func(w io.Writer) { subnetTable(w, docs, true) })
+	})
 }
 
 func budgetText(s Subnet) string {
@@ -70,54 +69,54 @@ func subnetTable(w io.Writer, docs []Subnet, totals bool) {
 	}
 }
 
-func subnetBudgetCmd() *command {
-	return &command{
-		path: "subnet budget", args: "SUBNET", minArgs: 1, maxArgs: 1,
-		summary: "Cap what the cluster may hold in a subnet (SetSubnetBudget)",
-		long: `
+func subnetBudgetCmd(c *cli) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:               "budget SUBNET",
+		ValidArgsFunction: c.completeArgs(completeSubnets),
+		Short:             "Cap what the cluster may hold in a subnet (SetSubnetBudget)",
+		Long: `
 --max-held caps the addresses the cluster holds in the subnet (ENI primaries, leases and
 pre-warm); 0 removes the cap. --keep-free keeps that many addresses free for others; 0 keeps
 nothing back. A flag left out keeps its current value. The change takes effect at once: nodes get
 nothing above the cap and surplus is reclaimed through the release handshake. Prints the
 subnet's new budget.`,
-		setup: func(fs *flag.FlagSet) runFunc {
-			maxHeld := fs.Uint("max-held", 0, "most addresses the cluster may hold in the subnet (0: no cap)")
-			keepFree := fs.Uint("keep-free", 0, "addresses to leave free for others (0: none)")
-			return func(ctx context.Context, c *cli, args []string) error {
-				set := map[string]bool{}
-				fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-				if !set["max-held"] && !set["keep-free"] {
-					return usagef("subnet budget", "subnet budget: give --max-held, --keep-free or both")
-				}
-				for name, v := range map[string]uint{"max-held": *maxHeld, "keep-free": *keepFree} {
-					if v > math.MaxUint32 {
-						return usagef("subnet budget", "subnet budget: --%s %d is too large", name, v)
-					}
-				}
-				req := &ipledgerv1.SetSubnetBudgetRequest{SubnetId: args[0], MaxHeld: uint32(*maxHeld), KeepFree: uint32(*keepFree)}
-				if !set["max-held"] || !set["keep-free"] {
-					cur, err := currentBudget(ctx, c, args[0])
-					if err != nil {
-						return err
-					}
-					if !set["max-held"] {
-						req.MaxHeld = cur.GetMaxHeld()
-					}
-					if !set["keep-free"] {
-						req.KeepFree = cur.GetKeepFree()
-					}
-				}
-				b, err := call(ctx, c, "set subnet budget", func(ctx context.Context, a ipledgerv1.AdminServiceClient) (*ipledgerv1.SubnetBudget, error) {
-					return a.SetSubnetBudget(ctx, req)
-				})
-				if err != nil {
-					return err
-				}
-				doc := subnetDoc(b)
-				return c.emit(doc, func(w io.Writer) { subnetTable(w, []Subnet{doc}, false) })
-			}
-		},
 	}
+	fs := cmd.Flags()
+	maxHeld := fs.Uint("max-held", 0, "most addresses the cluster may hold in the subnet (0: no cap)")
+	keepFree := fs.Uint("keep-free", 0, "addresses to leave free for others (0: none)")
+	return c.leaf(cmd, 1, 1, func(ctx context.Context, args []string) error {
+		set := map[string]bool{}
+		fs.Visit(func(f *pflag.Flag) { set[f.Name] = true })
+		if !set["max-held"] && !set["keep-free"] {
+			return usagef("subnet budget", "subnet budget: give --max-held, --keep-free or both")
+		}
+		for name, v := range map[string]uint{"max-held": *maxHeld, "keep-free": *keepFree} {
+			if v > math.MaxUint32 {
+				return usagef("subnet budget", "subnet budget: --%s %d is too large", name, v)
+			}
+		}
+		req := &ipledgerv1.SetSubnetBudgetRequest{SubnetId: args[0], MaxHeld: uint32(*maxHeld), KeepFree: uint32(*keepFree)}
+		if !set["max-held"] || !set["keep-free"] {
+			cur, err := currentBudget(ctx, c, args[0])
+			if err != nil {
+				return err
+			}
+			if !set["max-held"] {
+				req.MaxHeld = cur.GetMaxHeld()
+			}
+			if !set["keep-free"] {
+				req.KeepFree = cur.GetKeepFree()
+			}
+		}
+		b, err := call(ctx, c, "set subnet budget", func(ctx context.Context, a ipledgerv1.AdminServiceClient) (*ipledgerv1.SubnetBudget, error) {
+			return a.SetSubnetBudget(ctx, req)
+		})
+		if err != nil {
+			return err
+		}
+		doc := subnetDoc(b)
+		return c.emit(doc, func(w io.Writer) { subnetTable(w, []Subnet{doc}, false) })
+	})
 }
 
 // currentBudget reads one subnet's budget (for the flags a budget change leaves out).
@@ -134,4 +133,9 @@ func currentBudget(ctx context.Context, c *cli, subnet string) (*ipledgerv1.Subn
 		}
 	}
 	return nil, fmt.Errorf("subnet budget: the cluster does not use subnet %s (see 'ipledgerctl subnets')", subnet)
+}
+
+func init() {
+	register("", subnetsCmd)
+	register("subnet", subnetBudgetCmd)
 }

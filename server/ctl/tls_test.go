@@ -46,7 +46,10 @@ func TestMutualTLSWithDevCertificates(t *testing.T) {
 		{"--dev-certs", nil, []string{"--dev-certs", dev.Dir, "status"}, 0, addr + " (leader)", nil},
 		{"environment", map[string]string{EnvDevCerts: dev.Dir}, []string{"status"}, 0, addr + " (leader)", nil},
 		{"three files", map[string]string{EnvTLSCA: dev.CA()}, []string{"--tls-cert", dev.Admin().Cert, "--tls-key", dev.Admin().Key, "status"}, 0, addr, nil},
-		{"plaintext", nil, []string{"status"}, ExitError, "", []string{"cannot reach ipledger-server at " + addr, "give --tls-cert, --tls-key and --tls-ca (or --dev-certs DIR)"}},
+		// First contact without certificates: the server is there and wants mutual TLS; say so
+		// and what to pass, not "cannot reach ... is it running?".
+		{"plaintext", nil, []string{"status"}, ExitError, "", []string{"get cluster status: this server requires mutual TLS: ipledger-server at " + addr + " speaks TLS and ipledgerctl has no certificate",
+			"--tls-cert, --tls-key and --tls-ca", "--dev-certs DIR for ipledger-server --dev", "--context NAME"}},
 		{"a node's certificate", nil, []string{"--dev-certs", dev.Dir, "--tls-cert", dev.Node(node).Cert, "--tls-key", dev.Node(node).Key, "nodes"}, ExitError, "",
 			[]string{"names ipledger://node/" + node + ", not an admin", "answered PermissionDenied (ADMIN_REQUIRED"}},
 		{"certificate without key", nil, []string{"--tls-cert", dev.Admin().Cert, "--tls-ca", dev.CA(), "status"}, ExitUsage, "", []string{"--tls-cert, --tls-key and --tls-ca together"}},
@@ -66,7 +69,31 @@ func TestMutualTLSWithDevCertificates(t *testing.T) {
 					t.Fatalf("stderr lacks %q: %s", want, r)
 				}
 			}
+			if strings.Contains(r.stderr, "is it running") || strings.Contains(r.stderr, "cannot reach") {
+				t.Fatalf("the server answered; ipledgerctl says it cannot reach it: %s", r)
+			}
 		})
+	}
+}
+
+// Certificates against a plaintext server: say it speaks plaintext and to leave them out;
+// nothing listening stays "cannot reach ... is it running?".
+func TestFirstContactWithThePlaintextOrAbsentServer(t *testing.T) {
+	cfg := devConfig(t)
+	cfg.Insecure = false
+	tlsServer := startServer(t, cfg)
+	dev := tlsServer.DevCerts()
+	plain := startDev(t)
+	r := ctlEnv(t, map[string]string{EnvServer: plain.GRPCAddr(), EnvDevCerts: dev.Dir}, "status")
+	if r.code != ExitError || !strings.Contains(r.stderr, "ipledger-server at "+plain.GRPCAddr()+" speaks plaintext, not TLS") ||
+		!strings.Contains(r.stderr, "leave out the certificates") || strings.Contains(r.stderr, "is it running") {
+		t.Fatalf("certificates against a plaintext server: %s", r)
+	}
+	closed := closedAddr(t)
+	r = ctlEnv(t, map[string]string{EnvServer: closed}, "status")
+	if r.code != ExitError || !strings.Contains(r.stderr, "cannot reach ipledger-server at "+closed+": connection refused (is it running?") ||
+		strings.Contains(r.stderr, "requires mutual TLS") {
+		t.Fatalf("nothing listening: %s", r)
 	}
 }
 
@@ -101,7 +128,7 @@ func TestRedirectKeepsTheCredentials(t *testing.T) {
 	}
 	found := false
 	for _, p := range a.Allocator().Policies() {
-		found = found || p.GetName() == "tls-redirect"
+		found = found || p.Name == "tls-redirect"
 	}
 	if !found {
 		t.Fatal("the leader does not have the policy")

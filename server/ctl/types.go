@@ -122,6 +122,13 @@ type NodeSummary struct {
 	Draining   bool       `json:"draining"`
 	LastReport *time.Time `json:"last_report"`
 	Registered *time.Time `json:"registered_at"`
+	// IdentityMethod is how the node's agent proved its identity: "aws-iid" (attested with its
+	// instance identity document), "certificate" (a certificate of the client CA) or "" when
+	// unknown (plaintext, or not seen yet).
+	IdentityMethod string `json:"identity_method"`
+	// CertificateNotAfter is the expiry of the node's certificate (the last one issued to it,
+	// or the one its agent presented); null when unknown.
+	CertificateNotAfter *time.Time `json:"certificate_not_after"`
 }
 
 func modeName(m ipledgerv1.AddressMode) string { return enumName(m.String(), "ADDRESS_MODE_") }
@@ -133,7 +140,45 @@ func nodeSummaryDoc(n *ipledgerv1.NodeSummary) NodeSummary {
 		ENIs: n.GetEnis(), Held: n.GetHeld(), InUse: n.GetInUse(), Idle: n.GetIdle(), TargetFree: n.GetTargetFree(),
 		Deficit: n.GetDeficit(), Connected: n.GetConnected(), Draining: n.GetDraining(),
 		LastReport: timePtr(n.GetLastReport()), Registered: timePtr(n.GetRegisteredAt()),
+		IdentityMethod: n.GetIdentityMethod(), CertificateNotAfter: timePtr(n.GetCertificateNotAfter()),
 	}
+}
+
+// Identity is one node attestation the server recorded (one per instance).
+type Identity struct {
+	InstanceID string `json:"instance_id"`
+	NodeName   string `json:"node_name"`
+	// Method is "aws-iid" (the EC2 instance identity document).
+	Method    string `json:"method"`
+	AccountID string `json:"account_id"`
+	Region    string `json:"region"`
+	// KeySHA256 is the SHA-256 of the node key's SubjectPublicKeyInfo, in hex.
+	KeySHA256   string     `json:"key_sha256"`
+	AttestedAt  *time.Time `json:"attested_at"`
+	PendingTime *time.Time `json:"pending_time"`
+	// CertificateSerial and CertificateNotAfter are the last certificate issued (at
+	// attestation or renewal).
+	CertificateSerial   string     `json:"certificate_serial"`
+	CertificateNotAfter *time.Time `json:"certificate_not_after"`
+	RenewedAt           *time.Time `json:"renewed_at"`
+	Renewals            uint32     `json:"renewals"`
+}
+
+func identityDoc(r *ipledgerv1.NodeIdentity) Identity {
+	return Identity{
+		InstanceID: r.GetInstanceId(), NodeName: r.GetNodeName(), Method: r.GetMethod(), AccountID: r.GetAccountId(),
+		Region: r.GetRegion(), KeySHA256: r.GetKeySha256(), AttestedAt: timePtr(r.GetAttestedAt()), PendingTime: timePtr(r.GetPendingTime()),
+		CertificateSerial: r.GetCertificateSerial(), CertificateNotAfter: timePtr(r.GetCertificateNotAfter()),
+		RenewedAt: timePtr(r.GetRenewedAt()), Renewals: r.GetRenewals(),
+	}
+}
+
+// keyShort is the first 12 hex digits of a key hash (as git shortens commits).
+func keyShort(h string) string {
+	if len(h) > 12 {
+		return h[:12]
+	}
+	return orDash(h)
 }
 
 // NodeDetail is one node with its ENIs, pods and policy. It has every NodeSummary field.
@@ -440,6 +485,9 @@ type Status struct {
 	Nodes         uint32 `json:"nodes"`
 	Subnets       uint32 `json:"subnets"`
 	ServerVersion string `json:"server_version"`
+	// ServerCommit is the commit the answering replica was built from ("" from servers that
+	// do not say).
+	ServerCommit string `json:"server_commit"`
 }
 
 func statusDoc(server string, s *ipledgerv1.ClusterStatus) Status {
@@ -447,5 +495,6 @@ func statusDoc(server string, s *ipledgerv1.ClusterStatus) Status {
 		Server: server, Replica: s.GetReplica(), IsLeader: s.GetIsLeader(), Leader: s.GetLeader(),
 		StoreHealthy: s.GetStoreHealthy(), StoreMessage: s.GetStoreMessage(), Revision: s.GetRevision(),
 		ClusterName: s.GetClusterName(), Nodes: s.GetNodes(), Subnets: s.GetSubnets(), ServerVersion: s.GetVersion(),
+		ServerCommit: s.GetCommit(),
 	}
 }

@@ -152,7 +152,7 @@ func runBurst(t *testing.T, burstTimeScale float64, mutate func(*Config)) {
 
 	// The floor: every bucket serves its capacity at once, then its refill rate.
 	perBucket := map[string]int{}
-	lim := newLimiter(realClock{}, DefaultBuckets(), 1)
+	lim := newLimiter(realClock(), DefaultBuckets())
 	for action, s := range stats.Calls {
 		perBucket[lim.bucketFor(action).name] += s.Calls
 	}

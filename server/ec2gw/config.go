@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/ipledger/ipledger/internal/clock"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -135,9 +136,9 @@ type Config struct {
 	Endpoint    string                  // "" = AWS's own endpoint resolution; the simulator's URL locally
 	Credentials aws.CredentialsProvider // nil = the default credential chain (config.LoadDefaultConfig)
 	Buckets     []BucketConfig          // nil = DefaultBuckets(); overridable for raised account limits
-	// TimeScale multiplies refill rates (for a simulator run with --time-scale) and divides the
-	// gateway's other time constants (rate recovery, retry backoff); 0 = 1.
-	TimeScale float64
+	// Clock paces the limiter and times calls and retries (nil = the real clock). A run against
+	// a simulator sped up by --time-scale passes a scaled clock (package internal/clock).
+	Clock clock.Clock
 	// MaxRetries is how often a throttled or 5xx call is retried (0 = 5, negative = never); each
 	// retry passes the limiter again.
 	MaxRetries int
@@ -164,9 +165,6 @@ func (c Config) Validate() error {
 		case u.Host == "":
 			errs = append(errs, fmt.Errorf("endpoint %q: no host", c.Endpoint))
 		}
-	}
-	if math.IsNaN(c.TimeScale) || math.IsInf(c.TimeScale, 0) || c.TimeScale < 0 {
-		errs = append(errs, fmt.Errorf("time scale %v: must be a finite number >= 0", c.TimeScale))
 	}
 	if c.Buckets != nil {
 		if err := validateBuckets(c.Buckets); err != nil {
@@ -223,14 +221,6 @@ func validateBuckets(buckets []BucketConfig) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// timeScale returns the effective time scale (0 means 1).
-func (c Config) timeScale() float64 {
-	if c.TimeScale == 0 {
-		return 1
-	}
-	return c.TimeScale
 }
 
 func (c Config) maxRetries() int {

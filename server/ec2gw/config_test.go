@@ -15,13 +15,11 @@ func TestConfigValidate(t *testing.T) {
 	}{
 		{"valid", func(*Config) {}, nil},
 		{"valid without endpoint", func(c *Config) { c.Endpoint = "" }, nil},
-		{"valid defaults explicit", func(c *Config) { c.Buckets = DefaultBuckets(); c.TimeScale = 50; c.MaxRetries = -1 }, nil},
+		{"valid defaults explicit", func(c *Config) { c.Buckets = DefaultBuckets(); c.MaxRetries = -1 }, nil},
 		{"no region", func(c *Config) { c.Region = " " }, []string{"region is required"}},
 		{"endpoint scheme", func(c *Config) { c.Endpoint = "ftp://x" }, []string{"scheme must be http or https"}},
 		{"endpoint host", func(c *Config) { c.Endpoint = "http://" }, []string{"no host"}},
 		{"endpoint parse", func(c *Config) { c.Endpoint = "http://[::1" }, []string{"endpoint"}},
-		{"negative time scale", func(c *Config) { c.TimeScale = -1 }, []string{"time scale"}},
-		{"nan time scale", func(c *Config) { c.TimeScale = math.NaN() }, []string{"time scale"}},
 		{"empty buckets", func(c *Config) { c.Buckets = []BucketConfig{} }, []string{"at least one bucket"}},
 		{"bad bucket", func(c *Config) {
 			c.Buckets = []BucketConfig{
@@ -34,7 +32,7 @@ func TestConfigValidate(t *testing.T) {
 		{"action not covered", func(c *Config) {
 			c.Buckets = []BucketConfig{{Name: "only", Capacity: 1, RefillPerSecond: 1, Actions: []string{ActionCreateTags}}}
 		}, []string{`no bucket for action "AssignPrivateIpAddresses"`, `no bucket for action "DescribeNetworkInterfaces"`}},
-		{"several problems at once", func(c *Config) { c.Region = ""; c.TimeScale = -2 }, []string{"region", "time scale"}},
+		{"several problems at once", func(c *Config) { c.Region = ""; c.Endpoint = "ftp://x" }, []string{"region", "scheme"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -63,7 +61,7 @@ func TestDefaultBuckets(t *testing.T) {
 	if err := validateBuckets(DefaultBuckets()); err != nil {
 		t.Fatalf("DefaultBuckets invalid: %v", err)
 	}
-	l := newLimiter(realClock{}, DefaultBuckets(), 1)
+	l := newLimiter(realClock(), DefaultBuckets())
 	tests := []struct {
 		key      string
 		bucket   string

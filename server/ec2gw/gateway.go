@@ -16,10 +16,11 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/ipledger/ipledger/internal/clock"
 )
 
 const (
-	// retryBase and retryMax bound the backoff between retries of 5xx answers (time-scaled).
+	// retryBase and retryMax bound the backoff between retries of 5xx answers (clock time).
 	// Throttled calls need none: the limiter paces them after cutting the bucket's rate.
 	retryBase = 100 * time.Millisecond
 	retryMax  = 5 * time.Second
@@ -34,6 +35,7 @@ const (
 // Gateway is the allocator's one way to EC2. It is safe for concurrent use.
 type Gateway struct {
 	cfg     Config
+	clk     clock.Clock
 	log     *slog.Logger
 	client  *ec2.Client
 	lim     *limiter
@@ -85,11 +87,16 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 			o.BaseEndpoint = aws.String(cfg.Endpoint)
 		}
 	})
+	clk := cfg.Clock
+	if clk == nil {
+		clk = realClock()
+	}
 	g := &Gateway{
 		cfg:     cfg,
+		clk:     clk,
 		log:     log,
 		client:  client,
-		lim:     newLimiter(realClock{}, cfg.Buckets, cfg.timeScale()),
+		lim:     newLimiter(clk, cfg.Buckets),
 		calls:   map[[2]string]uint64{},
 		latency: map[string]time.Duration{},
 	}
@@ -149,9 +156,9 @@ func (g *Gateway) call(ctx context.Context, s callSpec, first *waiter, fn func(c
 		if w.b != nil {
 			g.metrics.observeWait(w.b.name, s.prio, w.waited)
 		}
-		start := time.Now()
+		start := g.clk.Now()
 		err := fn(ctx)
-		d := time.Since(start)
+		d := g.clk.Since(start)
 		g.lim.done(w)
 		ae := classify(s.action, err)
 		outcome := outcomeOK
@@ -258,19 +265,18 @@ func (g *Gateway) logCall(level slog.Level, s callSpec, outcome string, d time.D
 	g.log.Log(g.ctx, level, "ec2 call", attrs...)
 }
 
-// backoff is the pause before retry attempt+1 of a 5xx: exponential with jitter, time-scaled.
+// backoff is the pause before retry attempt+1 of a 5xx: exponential with jitter, clock time.
 func (g *Gateway) backoff(attempt int) time.Duration {
 	d := retryBase << min(attempt, 10)
 	d = min(d, retryMax)
-	d = time.Duration(float64(d) * (0.5 + rand.Float64()/2) / g.cfg.timeScale())
-	return d
+	return time.Duration(float64(d) * (0.5 + rand.Float64()/2))
 }
 
 func (g *Gateway) sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
+	t := g.clk.NewTimer(d)
 	defer t.Stop()
 	select {
-	case <-t.C:
+	case <-t.Chan():
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()

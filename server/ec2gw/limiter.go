@@ -7,6 +7,9 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/ipledger/ipledger/internal/clock"
+	"github.com/jonboulle/clockwork"
 )
 
 // Limiter tuning. The pace, the reserve and the in-flight accounting keep a client that is alone
@@ -30,11 +33,11 @@ const (
 	// minRateFraction: backoff never lowers a bucket's rate below this fraction of its
 	// configured rate.
 	minRateFraction = 0.1
-	// decreaseInterval: at most one halving per bucket per interval (time-scaled), so that a
+	// decreaseInterval: at most one halving per bucket per interval (of the clock), so that a
 	// batch of in-flight calls throttled together counts as one signal.
 	decreaseInterval = time.Second
 	// recoveryTime: after backoff the rate grows linearly, from zero to the configured rate in
-	// this time (time-scaled): from the 10% floor back to full in 27 s.
+	// this time (of the clock): from the 10% floor back to full in 27 s.
 	recoveryTime = 30 * time.Second
 	// recentThrottles: how many throttle events LimiterState keeps.
 	recentThrottles = 32
@@ -47,15 +50,14 @@ const (
 // for the next token): the highest-priority, earliest waiter of a bucket gets the next token,
 // and no waiter is granted while a better one of the same bucket waits.
 type limiter struct {
-	clk       clock
-	timeScale float64
+	clk clock.Clock
 
 	mu        sync.Mutex
 	buckets   []*bucket
 	byKey     map[string]*bucket
 	fallback  *bucket
 	seq       uint64
-	timer     stopper
+	timer     clockwork.Timer
 	closed    bool
 	throttles []ThrottleEvent // ring, newest last
 	throttled uint64
@@ -66,7 +68,7 @@ type bucket struct {
 	actions  []string
 	capacity float64 // configured
 	usable   float64 // capacity minus the reserve: the most tokens + in-flight calls
-	rate     float64 // configured refill x time scale, tokens per second
+	rate     float64 // configured refill, tokens per second of the clock
 	eff      float64 // current refill after backoff, <= rate
 	tokens   float64
 	last     time.Time // tokens and eff are as of last
@@ -89,14 +91,11 @@ type waiter struct {
 	waited   time.Duration
 }
 
-func newLimiter(clk clock, cfgs []BucketConfig, timeScale float64) *limiter {
-	if timeScale <= 0 {
-		timeScale = 1
-	}
-	l := &limiter{clk: clk, timeScale: timeScale, byKey: map[string]*bucket{}}
+func newLimiter(clk clock.Clock, cfgs []BucketConfig) *limiter {
+	l := &limiter{clk: clk, byKey: map[string]*bucket{}}
 	now := clk.Now()
 	for _, c := range cfgs {
-		rate := c.RefillPerSecond * timeScale
+		rate := c.RefillPerSecond
 		reserve := math.Max(1, math.Ceil(c.RefillPerSecond*reserveTime.Seconds()))
 		reserve = math.Min(reserve, math.Floor(float64(c.Capacity)/4))
 		b := &bucket{
@@ -192,7 +191,7 @@ func (b *bucket) timeFor(n float64) time.Duration {
 
 // recoverySlope is how fast a backed-off rate grows, in tokens per second per second.
 func (l *limiter) recoverySlope(b *bucket) float64 {
-	return b.rate * l.timeScale / recoveryTime.Seconds()
+	return b.rate / recoveryTime.Seconds()
 }
 
 // enqueue asks for a token of key's bucket at priority p. seq orders waiters of one priority
@@ -347,8 +346,7 @@ func (l *limiter) throttledKey(key, action string) (cut bool, rate float64, name
 		return false, 0, ""
 	}
 	b.refill(now, l.recoverySlope(b))
-	interval := time.Duration(float64(decreaseInterval) / l.timeScale)
-	if b.lastCut.IsZero() || now.Sub(b.lastCut) >= interval {
+	if b.lastCut.IsZero() || now.Sub(b.lastCut) >= decreaseInterval {
 		b.eff = math.Max(b.eff/2, b.rate*minRateFraction)
 		b.lastCut = now
 		cut = true

@@ -8,10 +8,14 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ipledger/ipledger/internal/clock"
+	"github.com/jonboulle/clockwork"
 )
 
 // manualClock is a clock that moves only when the test advances it; timers due by then run
-// synchronously inside Advance.
+// synchronously inside Advance (clockwork's fake clock runs them in goroutines, which these
+// tests would have to poll for).
 type manualClock struct {
 	mu     sync.Mutex
 	now    time.Time
@@ -22,6 +26,7 @@ type manualTimer struct {
 	c       *manualClock
 	at      time.Time
 	f       func()
+	ch      chan time.Time // NewTimer's
 	stopped bool
 }
 
@@ -35,7 +40,9 @@ func (c *manualClock) Now() time.Time {
 	return c.now
 }
 
-func (c *manualClock) AfterFunc(d time.Duration, f func()) stopper {
+var _ clockwork.Clock = (*manualClock)(nil)
+
+func (c *manualClock) AfterFunc(d time.Duration, f func()) clockwork.Timer {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	t := &manualTimer{c: c, at: c.now.Add(d), f: f}
@@ -43,11 +50,44 @@ func (c *manualClock) AfterFunc(d time.Duration, f func()) stopper {
 	return t
 }
 
+func (c *manualClock) NewTimer(d time.Duration) clockwork.Timer {
+	ch := make(chan time.Time, 1)
+	t := c.AfterFunc(d, func() {
+		select {
+		case ch <- c.Now():
+		default:
+		}
+	}).(*manualTimer)
+	t.ch = ch
+	return t
+}
+
+func (c *manualClock) After(d time.Duration) <-chan time.Time { return c.NewTimer(d).Chan() }
+func (c *manualClock) Sleep(d time.Duration)                  { <-c.After(d) }
+func (c *manualClock) Since(t time.Time) time.Duration        { return c.Now().Sub(t) }
+func (c *manualClock) Until(t time.Time) time.Duration        { return t.Sub(c.Now()) }
+func (c *manualClock) NewTicker(time.Duration) clockwork.Ticker {
+	panic("manualClock: the limiter uses no tickers")
+}
+
+func (t *manualTimer) Chan() <-chan time.Time { return t.ch }
+
 func (t *manualTimer) Stop() bool {
 	t.c.mu.Lock()
 	defer t.c.mu.Unlock()
 	was := !t.stopped
 	t.stopped = true
+	return was
+}
+
+func (t *manualTimer) Reset(d time.Duration) bool {
+	t.c.mu.Lock()
+	defer t.c.mu.Unlock()
+	was := !t.stopped
+	t.at, t.stopped = t.c.now.Add(d), false
+	if !was {
+		t.c.timers = append(t.c.timers, t)
+	}
 	return was
 }
 
@@ -140,7 +180,7 @@ func TestLimiterStartsFullThenPaces(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			clk := newManualClock()
-			l := newLimiter(clk, oneBucket(tc.capacity, tc.refill), tc.timeScale)
+			l := newLimiter(clock.Scaled(clk, tc.timeScale), oneBucket(tc.capacity, tc.refill))
 			var ws []*waiter
 			for range tc.wantFirst + 20 {
 				ws = append(ws, l.enqueue("A", PriorityWarmRefill, 0))
@@ -172,7 +212,7 @@ func TestLimiterStartsFullThenPaces(t *testing.T) {
 
 func TestLimiterServesHigherPriorityFirst(t *testing.T) {
 	clk := newManualClock()
-	l := newLimiter(clk, oneBucket(1, 10), 1) // one token, then one per ~103 ms
+	l := newLimiter(clk, oneBucket(1, 10)) // one token, then one per ~103 ms
 	first := l.enqueue("A", PriorityReconcile, 0)
 	if !isGranted(first) {
 		t.Fatal("first waiter not granted from a full bucket")
@@ -218,7 +258,7 @@ func TestLimiterServesHigherPriorityFirst(t *testing.T) {
 
 func TestLimiterLowerPriorityNeverTakesAWaitedToken(t *testing.T) {
 	clk := newManualClock()
-	l := newLimiter(clk, oneBucket(1, 1), 1)
+	l := newLimiter(clk, oneBucket(1, 1))
 	l.done(l.enqueue("A", PriorityPodWaiting, 0)) // takes the only token
 	pod := l.enqueue("A", PriorityPodWaiting, 0)
 	clk.Advance(500*time.Millisecond, 100*time.Millisecond) // half a token
@@ -234,7 +274,7 @@ func TestLimiterLowerPriorityNeverTakesAWaitedToken(t *testing.T) {
 
 func TestLimiterCancelRemovesWaiter(t *testing.T) {
 	clk := newManualClock()
-	l := newLimiter(clk, oneBucket(1, 1), 1)
+	l := newLimiter(clk, oneBucket(1, 1))
 	l.done(l.enqueue("A", PriorityPodWaiting, 0))
 	a := l.enqueue("A", PriorityPodWaiting, 0)
 	b := l.enqueue("A", PriorityRelease, 0)
@@ -273,7 +313,7 @@ func TestLimiterCancelRemovesWaiter(t *testing.T) {
 
 func TestLimiterCountsCallsInFlight(t *testing.T) {
 	clk := newManualClock()
-	l := newLimiter(clk, oneBucket(8, 1), 1) // reserve 1: 7 usable, then ~1 per second
+	l := newLimiter(clk, oneBucket(8, 1)) // reserve 1: 7 usable, then ~1 per second
 	var ws []*waiter
 	for range 9 {
 		ws = append(ws, l.enqueue("A", PriorityPodWaiting, 0))
@@ -313,7 +353,7 @@ func TestLimiterCountsCallsInFlight(t *testing.T) {
 
 func TestLimiterSetPriority(t *testing.T) {
 	clk := newManualClock()
-	l := newLimiter(clk, oneBucket(1, 1), 1)
+	l := newLimiter(clk, oneBucket(1, 1))
 	l.done(l.enqueue("A", PriorityPodWaiting, 0))
 	a := l.enqueue("A", PriorityWarmRefill, 0)
 	b := l.enqueue("A", PriorityReconcile, 0)
@@ -327,8 +367,8 @@ func TestLimiterSetPriority(t *testing.T) {
 func TestLimiterBackoffAIMD(t *testing.T) {
 	clk := newManualClock()
 	const rate, ts = 20.0, 2.0
-	l := newLimiter(clk, oneBucket(100, rate), ts)
-	full := rate * ts
+	l := newLimiter(clock.Scaled(clk, ts), oneBucket(100, rate))
+	full := rate // per second of the scaled clock
 	bs := func() BucketState { return l.state().Buckets[0] }
 	near := func(got, want float64) bool { return math.Abs(got-want) < want*1e-6+1e-9 }
 
@@ -376,7 +416,7 @@ func TestLimiterBackoffAIMD(t *testing.T) {
 
 func TestLimiterBackoffSlowsGrants(t *testing.T) {
 	clk := newManualClock()
-	l := newLimiter(clk, oneBucket(10, 10), 1)
+	l := newLimiter(clk, oneBucket(10, 10))
 	var ws []*waiter
 	for range 40 {
 		ws = append(ws, l.enqueue("A", PriorityWarmRefill, 0))
@@ -394,7 +434,7 @@ func TestLimiterBackoffSlowsGrants(t *testing.T) {
 
 func TestLimiterEstimate(t *testing.T) {
 	clk := newManualClock()
-	l := newLimiter(clk, oneBucket(1, 10), 1)
+	l := newLimiter(clk, oneBucket(1, 10))
 	if got := l.estimate("A", PriorityReconcile); got != 0 {
 		t.Fatalf("estimate with a token available = %v, want 0", got)
 	}
@@ -421,7 +461,7 @@ func TestLimiterEstimate(t *testing.T) {
 
 func TestLimiterCloseFailsWaiters(t *testing.T) {
 	clk := newManualClock()
-	l := newLimiter(clk, oneBucket(1, 1), 1)
+	l := newLimiter(clk, oneBucket(1, 1))
 	_ = l.enqueue("A", PriorityPodWaiting, 0)
 	w := l.enqueue("A", PriorityPodWaiting, 0)
 	l.close()
@@ -438,7 +478,7 @@ func TestLimiterFallbackBucket(t *testing.T) {
 	l := newLimiter(clk, []BucketConfig{
 		{Name: "own", Capacity: 10, RefillPerSecond: 1, Actions: []string{"A"}},
 		{Name: "rest", Capacity: 5, RefillPerSecond: 1, Actions: []string{FallbackAction}},
-	}, 1)
+	})
 	if b := l.bucketFor("A"); b == nil || b.name != "own" {
 		t.Fatalf("bucket of A = %v, want own", b)
 	}
@@ -450,7 +490,7 @@ func TestLimiterFallbackBucket(t *testing.T) {
 // TestLimiterRealClockConcurrent exercises the real timer path with many goroutines: every waiter
 // is served exactly once and the pace holds.
 func TestLimiterRealClockConcurrent(t *testing.T) {
-	l := newLimiter(realClock{}, oneBucket(10, 200), 1) // reserve 10, capped at 2: 8 at once, then ~194/s
+	l := newLimiter(realClock(), oneBucket(10, 200)) // reserve 10, capped at 2: 8 at once, then ~194/s
 	t.Cleanup(l.close)
 	const n = 60
 	start := time.Now()
@@ -503,7 +543,7 @@ func equal(a, b []string) bool {
 // limiter grants nothing at once and then paces from empty.
 func TestLimiterDrainStartsFromEmpty(t *testing.T) {
 	clk := newManualClock()
-	l := newLimiter(clk, oneBucket(100, 5), 1)
+	l := newLimiter(clk, oneBucket(100, 5))
 	l.drain()
 	var ws []*waiter
 	for range 10 {

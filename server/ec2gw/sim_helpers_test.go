@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/ipledger/ipledger/internal/clock"
 	"github.com/ipledger/ipledger/server/ec2sim"
 )
 
@@ -41,7 +42,7 @@ func newSimGateway(t *testing.T, srv *ec2sim.Server, timeScale float64, mutate f
 		Region:      "eu-west-1",
 		Endpoint:    srv.Endpoint(),
 		Credentials: credentials.NewStaticCredentialsProvider("AKIDEC2GWTEST", "not-a-secret", ""),
-		TimeScale:   timeScale,
+		Clock:       clock.Scaled(clock.Real(), timeScale),
 		Registerer:  reg,
 	}
 	if mutate != nil {

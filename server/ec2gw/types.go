@@ -84,9 +84,9 @@ type LimiterState struct {
 	ThrottledTotal  uint64
 }
 
-// BucketState is one bucket of the limiter. Rates are in tokens per real second (time scale
-// applied); EffectiveRefillPerSecond is the pace the limiter refills at now, after backoff and
-// its safety margin.
+// BucketState is one bucket of the limiter. Rates are in tokens per second of the gateway's clock
+// (a simulated second under a scaled clock); EffectiveRefillPerSecond is the pace the limiter
+// refills at now, after backoff and its safety margin.
 type BucketState struct {
 	Name                                              string
 	Capacity                                          int

@@ -4,6 +4,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/ipledger/ipledger/server/instancetypes"
 )
@@ -88,7 +89,7 @@ var eniFilterNames = map[string]bool{
 	"interface-type": true, "group-id": true, "tag-key": true,
 }
 
-func (s *Sim) eniValues(e *eni, name string) []string {
+func (s *Sim) eniValues(e *eni, name string, now time.Time) []string {
 	att := e.att
 	switch name {
 	case "attachment.instance-id":
@@ -109,7 +110,7 @@ func (s *Sim) eniValues(e *eni, name string) []string {
 		}
 	case "attachment.status":
 		if att != nil {
-			return []string{att.status}
+			return []string{att.statusAt(now)}
 		}
 	case "attachment.delete-on-termination":
 		if att != nil {
@@ -291,27 +292,31 @@ func (s *Sim) actDescribeNetworkInterfaces(r *request) (response, *APIError) {
 	if aerr != nil {
 		return nil, aerr
 	}
-	s.mu.RLock()
+	s.rlock()
 	defer s.mu.RUnlock()
 	now := s.now()
 	var cands []string
 	if len(ids) > 0 {
 		for _, id := range ids {
-			if e, ok := s.enis[id]; !ok || !s.visible(e, now) {
+			if s.describedENI(id, now) == nil {
 				return nil, eniNotFound(id)
 			}
 		}
 		cands = uniqueSorted(ids)
 	} else {
+		// The indexes know the live ENIs; ENIs whose describe lags may look otherwise.
 		cands = s.eniCandidates(fs)
+		if len(s.lags) > 0 {
+			cands = uniqueSorted(append(append([]string(nil), cands...), s.laggingIDs()...))
+		}
 	}
 	page, next := pageOf(cands, after, size, func(id string) bool {
-		e := s.enis[id]
-		if e == nil || !s.visible(e, now) {
+		e := s.describedENI(id, now)
+		if e == nil {
 			return false
 		}
 		for _, f := range fs {
-			if !matchAny(f.values, s.eniValues(e, f.name)) {
+			if !matchAny(f.values, s.eniValues(e, f.name, now)) {
 				return false
 			}
 		}
@@ -320,7 +325,7 @@ func (s *Sim) actDescribeNetworkInterfaces(r *request) (response, *APIError) {
 	resp := &describeENIsResponse{NextToken: next}
 	resp.Set.Items = make([]xmlENI, 0, len(page))
 	for _, id := range page {
-		resp.Set.Items = append(resp.Set.Items, s.xmlENIOf(s.enis[id], false))
+		resp.Set.Items = append(resp.Set.Items, s.xmlENIOf(s.describedENI(id, now), false))
 	}
 	return resp, nil
 }
@@ -369,7 +374,7 @@ func (s *Sim) actDescribeSubnets(r *request) (response, *APIError) {
 	if aerr != nil {
 		return nil, aerr
 	}
-	s.mu.RLock()
+	s.rlock()
 	defer s.mu.RUnlock()
 	var cands []string
 	if len(ids) > 0 {
@@ -409,7 +414,7 @@ var instanceFilterNames = map[string]bool{
 	"network-interface.addresses.private-ip-address": true, "tag-key": true,
 }
 
-func (s *Sim) instanceValues(in *instance, name string) []string {
+func (s *Sim) instanceValues(in *instance, name string, now time.Time) []string {
 	running := in.state != "terminated"
 	switch name {
 	case "instance-id":
@@ -442,14 +447,14 @@ func (s *Sim) instanceValues(in *instance, name string) []string {
 		return []string{in.reservationID}
 	case "network-interface.network-interface-id":
 		var out []string
-		for _, e := range in.enis {
+		for _, e := range s.describedInstanceENIs(in, now) {
 			out = append(out, e.id)
 		}
 		return out
 	case "network-interface.addresses.private-ip-address":
 		var out []string
-		for _, e := range in.enis {
-			out = append(out, s.eniValues(e, "addresses.private-ip-address")...)
+		for _, e := range s.describedInstanceENIs(in, now) {
+			out = append(out, s.eniValues(e, "addresses.private-ip-address", now)...)
 		}
 		return out
 	default:
@@ -515,8 +520,9 @@ func (s *Sim) actDescribeInstances(r *request) (response, *APIError) {
 	if aerr != nil {
 		return nil, aerr
 	}
-	s.mu.RLock()
+	s.rlock()
 	defer s.mu.RUnlock()
+	now := s.now()
 	var cands []string
 	if len(ids) > 0 {
 		for _, id := range ids {
@@ -531,19 +537,19 @@ func (s *Sim) actDescribeInstances(r *request) (response, *APIError) {
 	page, next := pageOf(cands, after, size, func(id string) bool {
 		in := s.instances[id]
 		for _, f := range fs {
-			if !matchAny(f.values, s.instanceValues(in, f.name)) {
+			if !matchAny(f.values, s.instanceValues(in, f.name, now)) {
 				return false
 			}
 		}
 		return true
 	})
 	resp := &describeInstancesResponse{NextToken: next}
-	resp.Set.Items = s.xmlReservations(page)
+	resp.Set.Items = s.xmlReservations(page, now)
 	return resp, nil
 }
 
 // xmlReservations groups instances by reservation in the order they appear.
-func (s *Sim) xmlReservations(ids []string) []xmlReservation {
+func (s *Sim) xmlReservations(ids []string, now time.Time) []xmlReservation {
 	out := []xmlReservation{}
 	index := map[string]int{}
 	for _, id := range ids {
@@ -554,7 +560,7 @@ func (s *Sim) xmlReservations(ids []string) []xmlReservation {
 			index[in.reservationID] = i
 			out = append(out, xmlReservation{ReservationID: in.reservationID, OwnerID: s.accountID})
 		}
-		out[i].Instances = append(out[i].Instances, s.xmlInstanceOf(in))
+		out[i].Instances = append(out[i].Instances, s.xmlInstanceOf(in, s.describedInstanceENIs(in, now)))
 	}
 	return out
 }

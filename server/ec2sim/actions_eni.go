@@ -1,6 +1,8 @@
 package ec2sim
 
 import (
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -124,7 +126,7 @@ func (s *Sim) actCreateNetworkInterface(r *request) (response, *APIError) {
 	slots := 1 + len(plan.ips) + plan.ipCount + len(plan.prefixes) + plan.prefixCount
 	token := p.str("ClientToken")
 
-	s.mu.Lock()
+	s.lock()
 	defer s.mu.Unlock()
 	fp := p.fingerprint()
 	if token != "" {
@@ -149,6 +151,7 @@ func (s *Sim) actCreateNetworkInterface(r *request) (response, *APIError) {
 	if aerr != nil {
 		return nil, aerr
 	}
+	s.laggedCreate(e)
 	if token != "" {
 		s.clientTokens[token] = tokenRecord{params: fp, eniID: e.id}
 	}
@@ -183,7 +186,7 @@ func (s *Sim) actAttachNetworkInterface(r *request) (response, *APIError) {
 		return nil, apiErr("InvalidParameterValue", "Invalid value '%d' for deviceIndex: must be between 0 and %d", device, maxDeviceIndex)
 	}
 
-	s.mu.Lock()
+	s.lock()
 	e, aerr := s.lookupENI(eniID)
 	if aerr != nil {
 		s.mu.Unlock()
@@ -198,22 +201,14 @@ func (s *Sim) actAttachNetworkInterface(r *request) (response, *APIError) {
 		s.mu.Unlock()
 		return nil, aerr
 	}
-	status := "attached"
-	if r.latency > 0 {
-		status = "attaching"
-	}
-	att := s.attach(e, in, device, card, false, status)
+	// The attaching phase: the call answers after its latency, and the device becomes usable
+	// (attached, listed in IMDS) the profile's AttachUsable later.
+	before := s.lagBefore(e)
+	usable := s.now().Add(r.latency + s.scaled(s.delays.dist(streamAttachUsable, s.profile.Load().AttachUsable)))
+	att := s.attach(e, in, device, card, false, usable)
+	s.lagged(e.id, before)
 	s.mu.Unlock()
-
-	if r.latency > 0 {
-		// The attaching phase: visible to Describe until the latency has passed.
-		_ = s.sleep(r.ctx, r.latency)
-		s.mu.Lock()
-		if e.att == att && att.status == "attaching" {
-			att.status = "attached"
-		}
-		s.mu.Unlock()
-	}
+	_ = s.sleep(r.ctx, r.latency)
 	return &attachResponse{AttachmentID: att.id, NetworkCardIndex: card}, nil
 }
 
@@ -255,7 +250,7 @@ func (s *Sim) actDetachNetworkInterface(r *request) (response, *APIError) {
 	if _, aerr := r.p.boolParam("Force"); aerr != nil {
 		return nil, aerr
 	}
-	s.mu.Lock()
+	s.lock()
 	e, ok := s.eniByAttachment[attID]
 	if !ok {
 		s.mu.Unlock()
@@ -266,18 +261,30 @@ func (s *Sim) actDetachNetworkInterface(r *request) (response, *APIError) {
 		s.mu.Unlock()
 		return nil, apiErr("OperationNotPermitted", "The network interface at device index 0 and networkCard index 0 cannot be detached.")
 	}
-	if r.latency <= 0 {
+	if att.detaching {
+		// Already on its way: EC2 accepts the repeat and the first detach completes as planned.
+		s.mu.Unlock()
+		_ = s.sleep(r.ctx, r.latency)
+		return &returnResponse{Return: true}, nil
+	}
+	before := s.lagBefore(e)
+	// The detaching phase lasts the profile's DetachComplete from now, and at least until the
+	// call answers.
+	complete := max(r.latency, s.scaled(s.delays.dist(streamDetachComplete, s.profile.Load().DetachComplete)))
+	if complete <= 0 {
 		s.detach(e)
+		s.lagged(e.id, before)
 		s.mu.Unlock()
 		return &returnResponse{Return: true}, nil
 	}
-	att.status = "detaching"
+	att.detaching = true
+	att.detachAt = s.now().Add(complete)
+	s.pushDue(dueItem{at: att.detachAt, kind: dueDetach, e: e, att: att})
+	s.lagged(e.id, before)
 	s.mu.Unlock()
 	_ = s.sleep(r.ctx, r.latency)
-	s.mu.Lock()
-	if e.att == att {
-		s.detach(e)
-	}
+	// A detach due by now completes before the answer.
+	s.lock()
 	s.mu.Unlock()
 	return &returnResponse{Return: true}, nil
 }
@@ -287,16 +294,22 @@ func (s *Sim) actDeleteNetworkInterface(r *request) (response, *APIError) {
 	if aerr != nil {
 		return nil, aerr
 	}
-	s.mu.Lock()
+	s.lock()
 	defer s.mu.Unlock()
 	e, aerr := s.lookupENI(id)
 	if aerr != nil {
 		return nil, aerr
 	}
 	if e.att != nil {
+		if e.att.detaching {
+			// EC2's answer while a detach has not completed (vpc-cni #1399).
+			return nil, apiErr("InvalidParameterValue", "Network interface '%s' is currently in use.", id)
+		}
 		return nil, apiErr("InvalidNetworkInterface.InUse", "The network interface '%s' is currently in use.", id)
 	}
+	before := s.lagBefore(e)
 	s.deleteENI(e)
+	s.lagged(id, before)
 	return &returnResponse{Return: true}, nil
 }
 
@@ -331,7 +344,7 @@ func (s *Sim) actAssignPrivateIpAddresses(r *request) (response, *APIError) {
 	if !ipsWanted && !prefixesWanted {
 		return nil, apiErr("MissingParameter", "Either secondaryPrivateIpAddressCount, privateIpAddress, ipv4PrefixCount or ipv4Prefix must be given.")
 	}
-	s.mu.Lock()
+	s.lock()
 	defer s.mu.Unlock()
 	e, aerr := s.lookupENI(id)
 	if aerr != nil {
@@ -344,9 +357,25 @@ func (s *Sim) actAssignPrivateIpAddresses(r *request) (response, *APIError) {
 	if prefixesWanted && e.att != nil && !e.att.inst.itype.PrefixDelegation() {
 		return nil, apiErr("InvalidParameterValue", "Instance type %s does not support IPv4 prefix delegation.", e.att.inst.itype.Name)
 	}
+	befores := map[string]*eni{e.id: s.lagBefore(e)}
+	if plan.allowReassign {
+		// AllowReassignment may move addresses from other ENIs: those change too.
+		for _, as := range plan.ips {
+			if a, err := parseIPv4(as); err == nil {
+				if off, ok := e.sn.offset(a); ok {
+					if old := e.sn.owner[off]; old != nil && befores[old.id] == nil {
+						befores[old.id] = s.lagBefore(old)
+					}
+				}
+			}
+		}
+	}
 	ips, prefixes, aerr := s.allocate(e, plan)
 	if aerr != nil {
 		return nil, aerr
+	}
+	for _, eid := range slices.Sorted(maps.Keys(befores)) {
+		s.lagged(eid, befores[eid])
 	}
 	resp := &assignResponse{NetworkInterfaceID: e.id}
 	for _, a := range ips {
@@ -368,7 +397,7 @@ func (s *Sim) actUnassignPrivateIpAddresses(r *request) (response, *APIError) {
 	if len(ips) == 0 && len(prefixes) == 0 {
 		return nil, apiErr("MissingParameter", "Either privateIpAddress or ipv4Prefix must be given.")
 	}
-	s.mu.Lock()
+	s.lock()
 	defer s.mu.Unlock()
 	e, aerr := s.lookupENI(id)
 	if aerr != nil {
@@ -405,6 +434,7 @@ func (s *Sim) actUnassignPrivateIpAddresses(r *request) (response, *APIError) {
 		}
 		blocks = append(blocks, base)
 	}
+	s.lagged(e.id, s.lagBefore(e))
 	for _, off := range offs {
 		if sn.owner[off] == e { // a duplicate in the request was already released
 			sn.release(off)
@@ -462,7 +492,7 @@ func (s *Sim) actModifyNetworkInterfaceAttribute(r *request) (response, *APIErro
 	if len(changes) == 0 {
 		return nil, apiErr("MissingParameter", "No attribute to modify was given.")
 	}
-	s.mu.Lock()
+	s.lock()
 	defer s.mu.Unlock()
 	e, aerr := s.lookupENI(id)
 	if aerr != nil {
@@ -471,6 +501,7 @@ func (s *Sim) actModifyNetworkInterfaceAttribute(r *request) (response, *APIErro
 	if attID != "" && (e.att == nil || e.att.id != attID) {
 		return nil, apiErr("InvalidAttachmentID.NotFound", "The attachment ID '%s' does not exist", attID)
 	}
+	s.lagged(e.id, s.lagBefore(e))
 	for _, c := range changes {
 		c(e)
 	}

@@ -40,6 +40,7 @@ type terminateResponse struct {
 
 // taggable is a resource CreateTags and DeleteTags can change.
 type taggable struct {
+	eni    *eni // the ENI, when the resource is one (its tags lag in Describe)
 	tags   func() map[string]string
 	set    func(k, v string)
 	delete func(k string)
@@ -54,6 +55,7 @@ func (s *Sim) resolveTaggable(id string) (taggable, *APIError) {
 			return taggable{}, aerr
 		}
 		return taggable{
+			eni:    e,
 			tags:   func() map[string]string { return e.tags },
 			set:    func(k, v string) { s.setENITag(e, k, v) },
 			delete: func(k string) { s.deleteENITag(e, k) },
@@ -101,7 +103,7 @@ func (s *Sim) actCreateTags(r *request) (response, *APIError) {
 	if err := validateTags(m); err != nil {
 		return nil, apiErr("InvalidParameterValue", "%v", err)
 	}
-	s.mu.Lock()
+	s.lock()
 	defer s.mu.Unlock()
 	var targets []taggable
 	for _, id := range ids {
@@ -121,6 +123,9 @@ func (s *Sim) actCreateTags(r *request) (response, *APIError) {
 		targets = append(targets, t)
 	}
 	for _, t := range targets {
+		if t.eni != nil {
+			s.lagged(t.eni.id, s.lagBefore(t.eni))
+		}
 		for k, v := range m {
 			t.set(k, v)
 		}
@@ -137,7 +142,7 @@ func (s *Sim) actDeleteTags(r *request) (response, *APIError) {
 	if aerr != nil {
 		return nil, aerr
 	}
-	s.mu.Lock()
+	s.lock()
 	defer s.mu.Unlock()
 	var targets []taggable
 	for _, id := range ids {
@@ -148,6 +153,9 @@ func (s *Sim) actDeleteTags(r *request) (response, *APIError) {
 		targets = append(targets, t)
 	}
 	for _, t := range targets {
+		if t.eni != nil {
+			s.lagged(t.eni.id, s.lagBefore(t.eni))
+		}
 		if len(tags) == 0 {
 			for k := range t.tags() {
 				t.delete(k)
@@ -203,7 +211,7 @@ func (s *Sim) actCreateSubnetCidrReservation(r *request) (response, *APIError) {
 	if _, aerr := p.tagSpecs("subnet-cidr-reservation"); aerr != nil {
 		return nil, aerr
 	}
-	s.mu.Lock()
+	s.lock()
 	defer s.mu.Unlock()
 	sn, aerr := s.lookupSubnet(subnetID)
 	if aerr != nil {
@@ -229,7 +237,7 @@ func (s *Sim) actDeleteSubnetCidrReservation(r *request) (response, *APIError) {
 	if aerr != nil {
 		return nil, aerr
 	}
-	s.mu.Lock()
+	s.lock()
 	defer s.mu.Unlock()
 	sn, ok := s.reservations[id]
 	if !ok {
@@ -354,7 +362,7 @@ func (s *Sim) actRunInstances(r *request) (response, *APIError) {
 		return nil, apiErr("RequestLimitExceeded", "Request limit exceeded.")
 	}
 
-	s.mu.Lock()
+	s.lock()
 	fp := p.fingerprint()
 	if rec, ok := s.runTokens[token]; ok && token != "" {
 		defer s.mu.Unlock()
@@ -394,7 +402,8 @@ func (s *Sim) actRunInstances(r *request) (response, *APIError) {
 func (s *Sim) runResponse(resID string, ids []string) *runInstancesResponse {
 	resp := &runInstancesResponse{ReservationID: resID, OwnerID: s.accountID, Groups: s.xmlGroups([]string{s.defaultSG})}
 	for _, id := range ids {
-		resp.Instances.Items = append(resp.Instances.Items, s.xmlInstanceOf(s.instances[id]))
+		in := s.instances[id]
+		resp.Instances.Items = append(resp.Instances.Items, s.xmlInstanceOf(in, in.enis))
 	}
 	return resp
 }
@@ -404,7 +413,7 @@ func (s *Sim) actTerminateInstances(r *request) (response, *APIError) {
 	if len(ids) == 0 {
 		return nil, apiErr("MissingParameter", "The request must contain the parameter InstanceId")
 	}
-	s.mu.Lock()
+	s.lock()
 	var insts []*instance
 	for _, id := range ids {
 		in, aerr := s.lookupInstance(id)

@@ -26,6 +26,10 @@ func (s *Sim) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, s.Faults())
 	})
 	mux.HandleFunc("POST /_sim/throttle", s.ctlThrottle)
+	mux.HandleFunc("GET /_sim/profile", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, s.Profile())
+	})
+	mux.HandleFunc("POST /_sim/profile", s.ctlSetProfile)
 	mux.HandleFunc("POST /_sim/instances", s.ctlRunInstances)
 	mux.HandleFunc("DELETE /_sim/instances/{id}", func(w http.ResponseWriter, r *http.Request) {
 		if err := s.TerminateInstances(r.Context(), r.PathValue("id")); err != nil {
@@ -112,6 +116,45 @@ func (s *Sim) ctlSetFaults(w http.ResponseWriter, r *http.Request) {
 		s.SetFault(a, f)
 	}
 	writeJSON(w, http.StatusOK, s.Faults())
+}
+
+// ctlSetProfile takes {"name": "realistic"} (a preset) or a whole profile (see Profile's JSON
+// shape; "name" then names it).
+func (s *Sim) ctlSetProfile(w http.ResponseWriter, r *http.Request) {
+	var raw json.RawMessage
+	if err := decodeJSON(r, &raw); err != nil {
+		writeJSONError(w, err)
+		return
+	}
+	var p Profile
+	var err error
+	if name, ok := onlyName(raw); ok {
+		p, err = ProfileByName(name)
+	} else {
+		err = json.Unmarshal(raw, &p)
+	}
+	if err != nil {
+		writeJSONError(w, err)
+		return
+	}
+	if err := s.SetProfile(p); err != nil {
+		writeJSONError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.Profile())
+}
+
+// onlyName returns the name of a JSON object whose only key is "name".
+func onlyName(raw json.RawMessage) (string, bool) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &m); err != nil || len(m) != 1 {
+		return "", false
+	}
+	var name string
+	if err := json.Unmarshal(m["name"], &name); err != nil {
+		return "", false
+	}
+	return name, true
 }
 
 func (s *Sim) ctlThrottle(w http.ResponseWriter, r *http.Request) {

@@ -3,11 +3,14 @@
 // against it works against EC2. The unmodified aws-sdk-go-v2 EC2 client talks to it through a
 // custom endpoint with any static credentials (signatures are accepted, not checked).
 //
-// It owns one simulated account and region: a VPC, its subnets with per-address ownership (the
+// It owns one simulated account and region: a VPC (one or more IPv4 CIDR blocks, primary first:
+// a secondary 100.64.0.0/16 for custom networking, more /16s for large clusters), its subnets
+// in any of them with per-address ownership (the
 // 5 AWS-reserved addresses, availableIpAddressCount, aligned /28 prefixes, CIDR reservations),
-// ENIs, instances with per-type ENI and IPv4-per-ENI limits, EC2's token buckets, injected
-// faults and latency, eventual consistency, an IMDSv2 listener per running instance, and a JSON
-// control API. It must never be used outside development, tests, the demo and the benchmark,
+// ENIs, instances with per-type ENI and IPv4-per-ENI limits, EC2's token buckets, a clock of
+// EC2 (per-action latencies, attach and detach phases, describe lag), injected faults and
+// latency, eventual consistency, an IMDSv2 listener per running instance, and a JSON control
+// API. It must never be used outside development, tests, the demo and the benchmark,
 // never talk to real AWS, and never route or configure any of the addresses it hands out: they
 // are data.
 //
@@ -29,7 +32,9 @@
 // with the configured probability a failure: by default before the action, with no effect; with
 // outcome "after", "reset" or "timeout" the action is carried out and then answered with the
 // error, the connection reset, or no answer until the client gives up), DryRun
-// (DryRunOperation, 412), and then the action. A mutating request is carried out even when its
+// (DryRunOperation, 412), the profile's latency of the action (see "The clock of EC2"), and
+// then the action; a request refused before the action answers after the profile's Refused
+// latency. A mutating request is carried out even when its
 // client disconnects during the latency, as EC2 does; only Describe* requests end with their
 // client. Choices the simulator makes where EC2's documentation is silent:
 //
@@ -59,11 +64,63 @@
 //   - Instances are `running` as soon as RunInstances returns and `terminated` as soon as
 //     TerminateInstances returns (terminated instances stay listed). CreateNetworkInterface and
 //     RunInstances honour ClientToken.
-//   - Attach and detach take effect at once; with an injected latency the attachment shows
-//     `attaching` / `detaching` for that long and completes before the response.
+//   - Attach and detach take effect when they arrive: the attachment shows `attaching` until
+//     the call's latency (profile and injected fault) plus the profile's AttachUsable have
+//     passed, and `detaching` until the later of the call's latency and the profile's
+//     DetachComplete. An attaching ENI is not listed in its instance's IMDS; a detaching one
+//     keeps its device index, counts against the instance's ENI limit, and
+//     DeleteNetworkInterface refuses it with InvalidParameterValue ("... is currently in use.",
+//     as EC2 answers while a detach has not completed); a second DetachNetworkInterface of a
+//     detaching attachment succeeds and changes nothing. The ENI's own status stays in-use until
+//     the detach completes.
 //   - The eventual-consistency delay hides a new ENI from every action naming it
 //     (InvalidNetworkInterfaceID.NotFound) and from describes, for the configured time divided by
 //     TimeScale. Foreign ENIs made through the control API are visible at once.
+//
+// # The clock of EC2 (Config.Profile, --ec2-profile, scenario ec2_profile, /_sim/profile)
+//
+// ProfileInstant (the default) answers every call at once: only injected faults add latency.
+// ProfileRealistic follows the published figures of EC2.md ("Latency and consistency"; medians
+// from samples in vpc-cni, cilium and DataDog issues, tails estimated), each a lognormal with the
+// given median and 99th percentile:
+//
+//	AssignPrivateIpAddresses, UnassignPrivateIpAddresses  350 ms / 1.5 s
+//	ModifyNetworkInterfaceAttribute                       300 ms / 1 s
+//	CreateNetworkInterface                                500 ms / 2 s
+//	AttachNetworkInterface (call)                         700 ms / 2 s
+//	  then usable (attached, in IMDS)                     300 ms / 3 s; 1% of attaches 10-150 s
+//	DetachNetworkInterface (call)                         400 ms / 1.5 s
+//	  detach complete (from the call)                     2 s / 30 s
+//	DeleteNetworkInterface                                300 ms / 1.5 s
+//	Describe* (by id or filtered, and unfiltered)         150 ms / 400 ms, plus 1 ms per item returned
+//	refused (throttled, denied, malformed, DryRun)        5 ms / 50 ms
+//	describe lag after a mutation of an ENI               90% none; else exponential, mean 1 s, cap 60 s
+//
+// and, as the simulator's choice where the table is silent, CreateTags, DeleteTags and the CIDR
+// reservation actions 300 ms / 1 s, DescribeInstanceTypes like the describes, RunInstances
+// 1 s / 3 s and TerminateInstances 500 ms / 2 s (the call only: instances are running as soon as
+// RunInstances answers and gone when TerminateInstances does; boot time is not modelled). A
+// mutation takes effect when its latency has passed, just before the answer, so an error the
+// action itself finds (InvalidIPAddress.InUse, InsufficientFreeAddressesInSubnet, ...) also
+// comes after the action's latency; a client that disconnects meanwhile does not stop it.
+//
+// Describe lag: each mutation of an ENI (create, attach, detach, delete, assign, unassign,
+// modify, tags, the termination of its instance) makes a version of it that
+// DescribeNetworkInterfaces and DescribeInstances show only once its own lag has passed; until
+// then they show the version before (a new ENI is not found, a deleted one is still listed, by
+// id and by every filter). Describe shows the newest version whose lag has passed, so it never
+// goes back in time. Every other action, IMDS and the control API see the live state. The lag
+// is per ENI; subnet counts (availableIpAddressCount) and instances do not lag. It is
+// independent of the scenario's eventual_consistency_delay, which hides a new ENI from every
+// action for a fixed time.
+//
+// Every draw comes from a seeded source of its own per action and per kind of delay (--seed),
+// so the n-th call of an action gets the same latency whatever else runs; every duration is
+// divided by TimeScale. Config.Clock (clockwork) drives the waits, the phases and the lag, so
+// tests inject a fake clock; nothing depends on a timer firing on time: every reader settles
+// the completions that are due before it looks. Not modelled: IMDS lagging behind assigned
+// addresses, instance boot and pending state, per-request variance by load or region, latency
+// of the IMDS and control endpoints.
 //
 // # Throttling
 //
@@ -124,6 +181,12 @@
 //	                                 "latency":"100ms"}, ...}  (sets or replaces per action) -> all faults
 //	DELETE /_sim/faults         clears every fault -> {}
 //	POST   /_sim/throttle       <- {"on": false} -> {"on": false}
+//	GET    /_sim/profile        -> {"name":"realistic","calls":{"AssignPrivateIpAddresses":{"p50":"350ms",
+//	                                 "p99":"1.5s"}, ...},"refused":{...},"describe_per_item":"1ms",
+//	                                 "attach_usable":{"p50","p99","tail_share","tail_min","tail_max"},
+//	                                 "detach_complete":{...},"describe_lag":{"share","mean","cap"}}
+//	POST   /_sim/profile        <- {"name":"realistic"} (a preset) or a whole profile as GET shows it
+//	                               -> the profile now in use (calls already under way keep theirs)
 //	POST   /_sim/instances      <- {"instance_type":"m5.large","subnet_id":"subnet-...","count":2,
 //	                                 "tags":{"k":"v"}} -> {"instances":[InstanceInfo...]}
 //	DELETE /_sim/instances/{id} terminate -> {"terminated":"i-..."}
@@ -144,6 +207,6 @@
 // # Scenarios
 //
 // A scenario (YAML or JSON, see Scenario and testdata/scenario.yaml) gives the account, region,
-// VPC, subnets, instances, deny list, faults and eventual-consistency delay. IDs not given are
+// VPC, subnets, instances, deny list, faults, eventual-consistency delay and EC2 profile. IDs not given are
 // generated from the seed (subnet- and eni- + 17 hex digits), so a seed reproduces them.
 package ec2sim

@@ -33,7 +33,9 @@ var outcomes = []string{"", OutcomeBefore, OutcomeAfter, OutcomeReset, OutcomeTi
 // HTTPStatus (after), a closed connection (reset) or no answer at all (timeout). For
 // AttachNetworkInterface and DetachNetworkInterface the latency is the attaching / detaching
 // phase: the change is visible at once with attachment status attaching / detaching and
-// completes when the latency has passed, just before the response.
+// completes when the latency has passed, just before the response (later when the profile adds
+// an AttachUsable or DetachComplete delay). The latency adds to the profile's latency of the
+// action.
 //
 // As EC2 does, a mutating call that has been received is carried out even when the client
 // disconnects during its latency; only Describe calls end with their client.

@@ -124,8 +124,9 @@ type identityDocument struct {
 // imdsFiles renders every metadata leaf of a running instance, keyed by path without the
 // leading slash ("latest/meta-data/instance-id").
 func (s *Sim) imdsFiles(id string) (map[string]string, bool) {
-	s.mu.RLock()
+	s.rlock()
 	defer s.mu.RUnlock()
+	now := s.now()
 	in, ok := s.instances[id]
 	if !ok || in.state != "running" {
 		return nil, false
@@ -151,6 +152,9 @@ func (s *Sim) imdsFiles(id string) (map[string]string, bool) {
 		f[md+"mac"] = primary.mac
 	}
 	for _, e := range in.enis {
+		if e.att.statusAt(now) == "attaching" {
+			continue // the device is not visible to the instance yet
+		}
 		p := md + "network/interfaces/macs/" + e.mac + "/"
 		f[p+"device-number"] = strconv.Itoa(e.att.deviceIndex)
 		f[p+"network-card"] = strconv.Itoa(e.att.cardIndex)
@@ -161,8 +165,8 @@ func (s *Sim) imdsFiles(id string) (map[string]string, bool) {
 		f[p+"subnet-id"] = e.sn.id
 		f[p+"subnet-ipv4-cidr-block"] = e.sn.cidr.String()
 		f[p+"vpc-id"] = e.sn.vpcID
-		f[p+"vpc-ipv4-cidr-block"] = s.vpcCIDR.String()
-		f[p+"vpc-ipv4-cidr-blocks"] = s.vpcCIDR.String()
+		f[p+"vpc-ipv4-cidr-block"] = s.vpcCIDRs[0].String()
+		f[p+"vpc-ipv4-cidr-blocks"] = strings.Join(prefixStrings(s.vpcCIDRs), "\n")
 		f[p+"security-group-ids"] = strings.Join(e.groups, "\n")
 		ips := []string{ipString(e.primary)}
 		for _, a := range e.secondaries {

@@ -136,6 +136,7 @@ func (s *Sim) serveQuery(w http.ResponseWriter, r *http.Request) {
 	}
 	s.stats.call(action)
 	if aerr := p.checkKeys(def); aerr != nil {
+		s.refusalWait(r.Context())
 		s.stats.fail(action, aerr.Code)
 		writeError(w, reqID, aerr)
 		return
@@ -190,16 +191,23 @@ func writeError(w http.ResponseWriter, reqID string, aerr *APIError) {
 	_, _ = w.Write(append([]byte(xml.Header), body...))
 }
 
-// dispatch applies the deny list, throttling, injected faults and DryRun, then runs the action.
-// unanswered is set when an injected fault takes effect after the action did (the response is
-// then replaced as the fault's outcome says).
+// dispatch applies the deny list, throttling, injected faults and DryRun, then runs the action
+// with its latency: the profile's for the action plus the injected fault's. A request refused
+// before the action runs answers after the profile's Refused latency. unanswered is set when an
+// injected fault takes effect after the action did (the response is then replaced as the
+// fault's outcome says).
 func (s *Sim) dispatch(ctx context.Context, action string, def actionDef, p params) (_ response, unanswered *decision, _ *APIError) {
+	reqCtx := ctx
+	refuse := func(aerr *APIError) (response, *decision, *APIError) {
+		s.refusalWait(reqCtx)
+		return nil, nil, aerr
+	}
 	if s.deny[action] {
-		return nil, nil, apiErr("UnauthorizedOperation",
-			"You are not authorized to perform this operation. User: arn:aws:sts::%s:assumed-role/ipledger/ec2sim is not authorized to perform: ec2:%s", s.accountID, action)
+		return refuse(apiErr("UnauthorizedOperation",
+			"You are not authorized to perform this operation. User: arn:aws:sts::%s:assumed-role/ipledger/ec2sim is not authorized to perform: ec2:%s", s.accountID, action))
 	}
 	if !s.throttle.take(bucketFor(action, p.filteredOrPaginated()), s.now()) {
-		return nil, nil, apiErr("RequestLimitExceeded", "Request limit exceeded.")
+		return refuse(apiErr("RequestLimitExceeded", "Request limit exceeded."))
 	}
 	if !strings.HasPrefix(action, "Describe") {
 		// EC2 carries out a mutation it has received even when the client goes away meanwhile
@@ -208,28 +216,58 @@ func (s *Sim) dispatch(ctx context.Context, action string, def actionDef, p para
 	}
 	d := s.faults.decide(action)
 	lat := s.scaled(d.latency)
-	before := d.err != nil && d.outcome == OutcomeBefore
-	if before || !def.phased {
+	if d.err != nil && d.outcome == OutcomeBefore {
+		_ = s.sleep(reqCtx, lat)
+		return refuse(d.err)
+	}
+	dry, aerr := p.boolParam("DryRun")
+	if aerr != nil {
+		return refuse(aerr)
+	}
+	if dry {
+		return refuse(apiErr("DryRunOperation", "Request would have succeeded, but DryRun flag is set."))
+	}
+	prof := s.profile.Load()
+	lat += s.scaled(s.delays.dist(streamCallPrefix+action, prof.Calls[action]))
+	if !def.phased {
 		if err := s.sleep(ctx, lat); err != nil {
 			return nil, nil, apiErr("InternalError", "request abandoned: %v", err)
 		}
 		lat = 0
 	}
-	if before {
-		return nil, nil, d.err
-	}
-	dry, aerr := p.boolParam("DryRun")
-	if aerr != nil {
-		return nil, nil, aerr
-	}
-	if dry {
-		return nil, nil, apiErr("DryRunOperation", "Request would have succeeded, but DryRun flag is set.")
-	}
 	resp, aerr := def.handle(s, &request{ctx: ctx, action: action, p: p, latency: lat})
+	if aerr != nil && def.phased {
+		// Attach and detach check before their phase begins: a refusal.
+		return refuse(aerr)
+	}
+	if n, ok := resp.(itemCounter); ok && aerr == nil && prof.DescribePerItem > 0 {
+		if err := s.sleep(ctx, s.scaled(time.Duration(n.items())*prof.DescribePerItem)); err != nil {
+			return nil, nil, apiErr("InternalError", "request abandoned: %v", err)
+		}
+	}
 	if aerr != nil || d.err == nil {
 		return resp, nil, aerr
 	}
 	return resp, &d, nil
+}
+
+// refusalWait is the latency of an answer refused before the action ran (Profile.Refused).
+func (s *Sim) refusalWait(ctx context.Context) {
+	_ = s.sleep(ctx, s.scaled(s.delays.dist(streamRefused, s.profile.Load().Refused)))
+}
+
+// itemCounter is a Describe response: the number of items it returns (Profile.DescribePerItem).
+type itemCounter interface{ items() int }
+
+func (r *describeENIsResponse) items() int          { return len(r.Set.Items) }
+func (r *describeSubnetsResponse) items() int       { return len(r.Set.Items) }
+func (r *describeInstanceTypesResponse) items() int { return len(r.Set.Items) }
+func (r *describeInstancesResponse) items() int {
+	n := 0
+	for _, res := range r.Set.Items {
+		n += len(res.Instances)
+	}
+	return n
 }
 
 // noAnswer ends a request without an HTTP response: the connection is closed (with a reset,
@@ -260,10 +298,10 @@ func (s *Sim) sleep(ctx context.Context, d time.Duration) error {
 	if d <= 0 {
 		return nil
 	}
-	t := time.NewTimer(d)
+	t := s.clock().NewTimer(d)
 	defer t.Stop()
 	select {
-	case <-t.C:
+	case <-t.Chan():
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()

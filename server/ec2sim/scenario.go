@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -40,12 +41,50 @@ type Scenario struct {
 	// actions naming it (InvalidNetworkInterfaceID.NotFound) for this long after its creation.
 	// Zero (the default) turns it off. TimeScale divides it.
 	EventualConsistencyDelay Duration `json:"eventual_consistency_delay,omitempty"`
+	// Profile names the clock of EC2 (instant, the default, or realistic; see Profile).
+	// Config.Profile, when set, takes precedence.
+	Profile string `json:"ec2_profile,omitempty"`
 }
 
-// VPCSpec is the simulated VPC. ID is generated from the seed when empty.
+// VPCSpec is the simulated VPC. ID is generated from the seed when empty. CIDR is its primary
+// IPv4 block; SecondaryCIDRs are further blocks associated with it (100.64.0.0/16 for custom
+// networking, more /16s for a large cluster), at most MaxVPCCIDRs blocks in all.
 type VPCSpec struct {
-	ID   string `json:"id,omitempty"`
-	CIDR string `json:"cidr"`
+	ID             string   `json:"id,omitempty"`
+	CIDR           string   `json:"cidr"`
+	SecondaryCIDRs []string `json:"secondary_cidrs,omitempty"`
+}
+
+// MaxVPCCIDRs is how many IPv4 CIDR blocks a VPC may have (EC2's adjustable quota, raised as
+// far as it goes).
+const MaxVPCCIDRs = 50
+
+// cidrs parses the VPC's blocks, primary first.
+func (v VPCSpec) cidrs() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for i, c := range append([]string{v.CIDR}, v.SecondaryCIDRs...) {
+		p, err := parseCIDR(c)
+		name := "vpc.cidr"
+		if i > 0 {
+			name = fmt.Sprintf("vpc.secondary_cidrs[%d]", i-1)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", name, err)
+		}
+		if p.Bits() < 16 || p.Bits() > 28 {
+			return nil, fmt.Errorf("%s %s: a VPC CIDR block is between /16 and /28", name, p)
+		}
+		for j, q := range out {
+			if q.Overlaps(p) {
+				return nil, fmt.Errorf("%s %s overlaps the VPC's block %d, %s", name, p, j, q)
+			}
+		}
+		out = append(out, p)
+	}
+	if len(out) > MaxVPCCIDRs {
+		return nil, fmt.Errorf("vpc: %d CIDR blocks, at most %d", len(out), MaxVPCCIDRs)
+	}
+	return out, nil
 }
 
 // SubnetSpec is one subnet. ID is generated from the seed when empty.
@@ -175,12 +214,9 @@ func (sc *Scenario) Validate() error {
 	if sc.VPC.ID != "" && !vpcIDRe.MatchString(sc.VPC.ID) {
 		return bad("vpc.id %q must look like vpc-0123456789abcdef0", sc.VPC.ID)
 	}
-	vpc, err := parseCIDR(sc.VPC.CIDR)
+	vpcBlocks, err := sc.VPC.cidrs()
 	if err != nil {
-		return bad("vpc.cidr: %v", err)
-	}
-	if vpc.Bits() < 16 || vpc.Bits() > 28 {
-		return bad("vpc.cidr %s: a VPC is between /16 and /28", vpc)
+		return bad("%v", err)
 	}
 	if len(sc.Subnets) == 0 {
 		return bad("no subnets")
@@ -196,8 +232,8 @@ func (sc *Scenario) Validate() error {
 		if p.Bits() < 16 || p.Bits() > 28 {
 			return bad("%s.cidr %s: a subnet is between /16 and /28", where, p)
 		}
-		if !vpc.Contains(p.Addr()) || p.Bits() < vpc.Bits() {
-			return bad("%s.cidr %s is outside the VPC %s", where, p, vpc)
+		if !slices.ContainsFunc(vpcBlocks, func(b netip.Prefix) bool { return b.Contains(p.Addr()) && p.Bits() >= b.Bits() }) {
+			return bad("%s.cidr %s is outside the VPC's CIDR blocks %v", where, p, vpcBlocks)
 		}
 		for j, q := range cidrs {
 			if q.Overlaps(p) {
@@ -256,6 +292,9 @@ func (sc *Scenario) Validate() error {
 	}
 	if sc.EventualConsistencyDelay < 0 {
 		return bad("eventual_consistency_delay must not be negative")
+	}
+	if _, err := ProfileByName(sc.Profile); err != nil {
+		return bad("ec2_profile: %v", err)
 	}
 	return nil
 }

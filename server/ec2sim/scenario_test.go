@@ -2,6 +2,7 @@ package ec2sim
 
 import (
 	"errors"
+	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -79,7 +80,16 @@ vpc: {cidr: 10.0.0.0/16}
 subnets: [{cidr: 10.0.0.5/24, availability_zone: eu-west-1a}]`, "has host bits set (did you mean 10.0.0.0/24?)"},
 		{"subnet outside vpc", `
 vpc: {cidr: 10.0.0.0/16}
-subnets: [{cidr: 10.1.0.0/24, availability_zone: eu-west-1a}]`, "subnets[0].cidr 10.1.0.0/24 is outside the VPC 10.0.0.0/16"},
+subnets: [{cidr: 10.1.0.0/24, availability_zone: eu-west-1a}]`, "subnets[0].cidr 10.1.0.0/24 is outside the VPC's CIDR blocks [10.0.0.0/16]"},
+		{"subnet outside every block", `
+vpc: {cidr: 10.0.0.0/16, secondary_cidrs: [100.64.0.0/16]}
+subnets: [{cidr: 100.65.0.0/24, availability_zone: eu-west-1a}]`, "subnets[0].cidr 100.65.0.0/24 is outside the VPC's CIDR blocks [10.0.0.0/16 100.64.0.0/16]"},
+		{"overlapping vpc blocks", `
+vpc: {cidr: 10.0.0.0/16, secondary_cidrs: [10.0.128.0/17]}
+subnets: [{cidr: 10.0.0.0/24, availability_zone: eu-west-1a}]`, "vpc.secondary_cidrs[0] 10.0.128.0/17 overlaps the VPC's block 0, 10.0.0.0/16"},
+		{"vpc block too big", `
+vpc: {cidr: 10.0.0.0/16, secondary_cidrs: [100.64.0.0/10]}
+subnets: [{cidr: 10.0.0.0/24, availability_zone: eu-west-1a}]`, "vpc.secondary_cidrs[0] 100.64.0.0/10: a VPC CIDR block is between /16 and /28"},
 		{"overlapping subnets", `
 vpc: {cidr: 10.0.0.0/16}
 subnets:
@@ -200,5 +210,39 @@ func TestDefaultScenarioAndSeed(t *testing.T) {
 	}
 	if perSubnet["192.168.0.0/19"] != 1 || perSubnet["192.168.32.0/19"] != 2 || perSubnet["192.168.64.0/19"] != 2 {
 		t.Fatalf("nodes per subnet %v", perSubnet)
+	}
+}
+
+// A VPC may have several CIDR blocks (a secondary 100.64.0.0/16 for custom networking, more
+// /16s for a large cluster): subnets may lie in any, and IMDS lists them all.
+func TestVPCWithSecondaryCIDRs(t *testing.T) {
+	sc := Scenario{
+		VPC: VPCSpec{CIDR: "10.0.0.0/16", SecondaryCIDRs: []string{"100.64.0.0/16", "10.1.0.0/16"}},
+		Subnets: []SubnetSpec{
+			{CIDR: "10.0.0.0/24", AvailabilityZone: "eu-west-1a"},
+			{CIDR: "100.64.0.0/18", AvailabilityZone: "eu-west-1a"},
+			{CIDR: "10.1.0.0/16", AvailabilityZone: "eu-west-1b"},
+		},
+		Instances: []InstanceGroup{{Type: "m5.large", Subnet: "10.0.0.0/24", Count: 1}},
+	}
+	srv := start(t, func(c *Config) { c.Scenario = &sc })
+	st := srv.Sim().Snapshot()
+	if st.VPC.CIDR != "10.0.0.0/16" || strings.Join(st.VPC.CIDRs, ",") != "10.0.0.0/16,100.64.0.0/16,10.1.0.0/16" {
+		t.Fatalf("VPC %+v, want its three blocks, primary first", st.VPC)
+	}
+	if len(st.Subnets) != 3 || st.Subnets[1].Available != 16384-5 {
+		t.Fatalf("subnets %+v", st.Subnets)
+	}
+	in := st.Instances[0]
+	c := imds.New(imds.Options{Endpoint: in.IMDSEndpoint})
+	base := "network/interfaces/macs/" + in.MAC + "/"
+	for path, want := range map[string]string{
+		base + "vpc-ipv4-cidr-blocks": "10.0.0.0/16\n100.64.0.0/16\n10.1.0.0/16",
+		base + "vpc-ipv4-cidr-block":  "10.0.0.0/16",
+	} {
+		got, err := metadata(t.Context(), t, c, path)
+		if err != nil || got != want {
+			t.Fatalf("%s = %q, %v; want %q", path, got, err, want)
+		}
 	}
 }

@@ -64,7 +64,7 @@ func Start(cfg Config, listen string) (*Server, error) {
 	for _, id := range sim.runningInstanceIDs() {
 		s.instanceStarted(id)
 	}
-	sim.log.Info("ec2 simulator listening", "endpoint", s.endpoint)
+	sim.log.Info("ec2 simulator listening", "endpoint", s.endpoint, "profile", sim.Profile().Name, "time_scale", sim.scale)
 	return s, nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"math"
 	"math/rand/v2"
 	"net/netip"
 	"sort"
@@ -13,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/jonboulle/clockwork"
 
 	"github.com/ipledger/ipledger/server/instancetypes"
 )
@@ -27,7 +30,8 @@ type Config struct {
 	// Throttle turns EC2's token buckets on.
 	Throttle bool
 	// TimeScale (>= 1; 0 means 1) multiplies the buckets' refill rates and divides injected
-	// latencies and the eventual-consistency delay, for fast tests.
+	// latencies, the profile's latencies and describe lag, and the eventual-consistency delay,
+	// for fast tests.
 	TimeScale float64
 	// Logger receives one debug line per request; nil discards.
 	Logger *slog.Logger
@@ -35,9 +39,16 @@ type Config struct {
 	// RunInstances'), under the launch's own tags: ipledger-server --dev gives the cluster tag
 	// its attestation checks.
 	InstanceTags map[string]string
+	// Profile is the clock of EC2 (ProfileInstant, ProfileRealistic, or one of the caller's);
+	// nil means the scenario's ec2_profile, and without one ProfileInstant.
+	Profile *Profile
+	// Clock drives latencies, token refills, attach and detach phases and the describe lag;
+	// nil is the real clock. Tests inject a fake one.
+	Clock clockwork.Clock
 }
 
-// DefaultConfig is the default scenario, seed 1, throttling on, time scale 1.
+// DefaultConfig is the default scenario, seed 1, throttling on, time scale 1, the instant
+// profile.
 func DefaultConfig() Config {
 	return Config{Scenario: DefaultScenario(), Seed: 1, Throttle: true, TimeScale: 1}
 }
@@ -49,6 +60,11 @@ func (c Config) Validate() error {
 	}
 	if c.Scenario != nil {
 		if err := c.Scenario.Validate(); err != nil {
+			return err
+		}
+	}
+	if c.Profile != nil {
+		if err := c.Profile.Validate(); err != nil {
 			return err
 		}
 	}
@@ -113,8 +129,23 @@ type attachment struct {
 	deviceIndex         int
 	cardIndex           int
 	deleteOnTermination bool
-	status              string // attaching, attached, detaching
 	attachTime          time.Time
+	// usableAt: until then the attachment is `attaching` (and absent from IMDS).
+	usableAt time.Time
+	// detaching is set by DetachNetworkInterface; the detach completes at detachAt.
+	detaching bool
+	detachAt  time.Time
+}
+
+// statusAt is the attachment's status at now: attaching, attached or detaching.
+func (a *attachment) statusAt(now time.Time) string {
+	switch {
+	case a.detaching:
+		return "detaching"
+	case now.Before(a.usableAt):
+		return "attaching"
+	}
+	return "attached"
 }
 
 type instance struct {
@@ -190,11 +221,13 @@ type Sim struct {
 	accountID string
 	region    string
 	vpcID     string
-	vpcCIDR   netip.Prefix
+	vpcCIDRs  []netip.Prefix // primary first
 	defaultSG string
 	ecDelay   time.Duration // eventual-consistency delay, already scaled
 	deny      map[string]bool
-	nowFn     atomic.Pointer[func() time.Time]
+	clk       atomic.Pointer[simClock]
+	profile   atomic.Pointer[Profile]
+	delays    *sampler
 	done      chan struct{}
 	closeOnce sync.Once
 	reqSeq    atomic.Uint64
@@ -224,6 +257,13 @@ type Sim struct {
 	clientTokens    map[string]tokenRecord
 	runTokens       map[string]runRecord
 	reservations    map[string]*subnet // CIDR reservation id -> its subnet
+	// lags holds the views Describe still shows of ENIs mutated recently (describe lag), by ENI
+	// id; a deleted ENI stays here until its deletion is visible.
+	lags map[string]*eniLag
+	// due holds the pending detach completions and lag expiries, soonest first; nextDue is the
+	// soonest (UnixNano, or math.MaxInt64) so readers can tell without the lock.
+	due     dueHeap
+	nextDue atomic.Int64
 }
 
 // maxIPv4PerENI is the largest IPv4-per-ENI limit of any type: the limit of an ENI that is
@@ -283,9 +323,27 @@ func New(cfg Config) (*Sim, error) {
 		clientTokens:    map[string]tokenRecord{},
 		runTokens:       map[string]runRecord{},
 		reservations:    map[string]*subnet{},
+		lags:            map[string]*eniLag{},
+		delays:          newSampler(seed),
 	}
-	now := time.Now
-	s.nowFn.Store(&now)
+	s.nextDue.Store(math.MaxInt64)
+	clk := cfg.Clock
+	if clk == nil {
+		clk = clockwork.NewRealClock()
+	}
+	s.clk.Store(&simClock{clk})
+	prof := InstantProfile()
+	switch {
+	case cfg.Profile != nil:
+		prof = cfg.Profile.clone()
+	case sc.Profile != "":
+		p, err := ProfileByName(sc.Profile)
+		if err != nil {
+			return nil, err
+		}
+		prof = p
+	}
+	s.profile.Store(&prof)
 	s.instanceTags = maps.Clone(cfg.InstanceTags)
 	s.ecDelay = s.scaled(time.Duration(sc.EventualConsistencyDelay))
 	for _, a := range sc.Deny {
@@ -294,7 +352,7 @@ func New(cfg Config) (*Sim, error) {
 	for a, f := range sc.Faults {
 		s.faults.m[a] = f
 	}
-	s.vpcCIDR, _ = parseCIDR(sc.VPC.CIDR)
+	s.vpcCIDRs, _ = sc.VPC.cidrs() // validated
 	s.vpcID = sc.VPC.ID
 	for _, sp := range sc.Subnets {
 		if sp.ID != "" {
@@ -343,10 +401,26 @@ func New(cfg Config) (*Sim, error) {
 	return s, nil
 }
 
-func (s *Sim) now() time.Time { return (*s.nowFn.Load())() }
+// simClock holds the simulator's clock (atomic.Pointer needs a concrete type).
+type simClock struct{ clockwork.Clock }
 
-// setClock replaces the clock (tests).
-func (s *Sim) setClock(f func() time.Time) { s.nowFn.Store(&f) }
+// nowOnly is a clock whose Now is f and whose timers are the real clock's (setClock).
+type nowOnly struct {
+	clockwork.Clock
+	f func() time.Time
+}
+
+func (n nowOnly) Now() time.Time { return n.f() }
+
+func (s *Sim) clock() clockwork.Clock { return s.clk.Load().Clock }
+
+func (s *Sim) now() time.Time { return s.clock().Now() }
+
+// setClock replaces what the simulator takes for now; timers stay on the real clock (tests
+// that freeze the buckets).
+func (s *Sim) setClock(f func() time.Time) {
+	s.clk.Store(&simClock{nowOnly{clockwork.NewRealClock(), f}})
+}
 
 func (s *Sim) scaled(d time.Duration) time.Duration {
 	return time.Duration(float64(d) / s.scale)
@@ -702,11 +776,11 @@ func (s *Sim) deleteENI(e *eni) {
 	s.eniOrder = removeSorted(s.eniOrder, e.id)
 }
 
-// attach attaches e to in; the caller has checked the limits.
-func (s *Sim) attach(e *eni, in *instance, device, card int, dot bool, status string) *attachment {
+// attach attaches e to in, `attaching` until usableAt; the caller has checked the limits.
+func (s *Sim) attach(e *eni, in *instance, device, card int, dot bool, usableAt time.Time) *attachment {
 	att := &attachment{
 		id: s.newID("eni-attach-"), inst: in, deviceIndex: device, cardIndex: card,
-		deleteOnTermination: dot, status: status, attachTime: s.now(),
+		deleteOnTermination: dot, attachTime: s.now(), usableAt: usableAt,
 	}
 	e.att = att
 	in.enis = append(in.enis, e)
@@ -793,7 +867,7 @@ func (s *Sim) runLocked(t instancetypes.Type, sn *subnet, minCount, maxCount int
 			}
 			return nil, aerr
 		}
-		s.attach(e, in, 0, 0, true, "attached")
+		s.attach(e, in, 0, 0, true, time.Time{})
 		in.privateIP = e.primary
 		s.instances[in.id] = in
 		s.instOrder = insertSorted(s.instOrder, in.id)
@@ -830,10 +904,12 @@ func (s *Sim) terminateLocked(in *instance) (previous string) {
 	}
 	for _, e := range append([]*eni(nil), in.enis...) {
 		dot := e.att.deleteOnTermination
+		before := s.lagBefore(e)
 		s.detach(e)
 		if dot {
 			s.deleteENI(e)
 		}
+		s.lagged(e.id, before)
 	}
 	in.state = "terminated"
 	in.imdsEndpoint = ""

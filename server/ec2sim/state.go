@@ -22,8 +22,10 @@ type State struct {
 
 // VPCInfo is the simulated VPC.
 type VPCInfo struct {
-	ID   string `json:"id"`
-	CIDR string `json:"cidr"`
+	ID string `json:"id"`
+	// CIDR is the primary block; CIDRs every block, primary first.
+	CIDR  string   `json:"cidr"`
+	CIDRs []string `json:"cidrs"`
 }
 
 // SubnetInfo is one subnet with its address counts.
@@ -221,7 +223,7 @@ func (s *Sim) eniInfo(e *eni) ENIInfo {
 	if a := e.att; a != nil {
 		ei.Attachment = &AttachmentInfo{
 			ID: a.id, InstanceID: a.inst.id, DeviceIndex: a.deviceIndex, NetworkCardIndex: a.cardIndex,
-			DeleteOnTermination: a.deleteOnTermination, Status: a.status,
+			DeleteOnTermination: a.deleteOnTermination, Status: a.statusAt(s.now()),
 		}
 	}
 	return ei
@@ -229,11 +231,11 @@ func (s *Sim) eniInfo(e *eni) ENIInfo {
 
 // Snapshot returns the whole state: subnets in scenario order, instances and ENIs by id.
 func (s *Sim) Snapshot() State {
-	s.mu.RLock()
+	s.rlock()
 	defer s.mu.RUnlock()
 	st := State{
 		AccountID: s.accountID, Region: s.region,
-		VPC:       VPCInfo{ID: s.vpcID, CIDR: s.vpcCIDR.String()},
+		VPC:       VPCInfo{ID: s.vpcID, CIDR: s.vpcCIDRs[0].String(), CIDRs: prefixStrings(s.vpcCIDRs)},
 		Subnets:   make([]SubnetInfo, 0, len(s.subnets)),
 		Instances: make([]InstanceInfo, 0, len(s.instOrder)),
 		ENIs:      make([]ENIInfo, 0, len(s.eniOrder)),
@@ -261,6 +263,20 @@ func (s *Sim) ClearFaults() { s.faults.clear() }
 
 // Faults returns the injected faults by action.
 func (s *Sim) Faults() map[string]Fault { return s.faults.all() }
+
+// Profile returns the clock of EC2 in use.
+func (s *Sim) Profile() Profile { return s.profile.Load().clone() }
+
+// SetProfile replaces the clock of EC2 at run time: calls that arrive from now on take the new
+// latencies; attachments, detaches and describe lags already under way keep their deadlines.
+func (s *Sim) SetProfile(p Profile) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	p = p.clone()
+	s.profile.Store(&p)
+	return nil
+}
 
 // SetThrottle turns EC2's token buckets on or off at run time.
 func (s *Sim) SetThrottle(on bool) { s.throttle.setOn(on) }
@@ -292,7 +308,7 @@ func (s *Sim) RunInstances(ctx context.Context, spec InstanceSpec, count int) ([
 	if err := validateTags(spec.Tags); err != nil {
 		return nil, fmt.Errorf("ec2sim: run instances: %w", apiErr("InvalidParameterValue", "%v", err))
 	}
-	s.mu.Lock()
+	s.lock()
 	sn, aerr := s.lookupSubnet(spec.SubnetID)
 	if aerr != nil {
 		s.mu.Unlock()
@@ -309,7 +325,7 @@ func (s *Sim) RunInstances(ctx context.Context, spec InstanceSpec, count int) ([
 	}
 	s.mu.Unlock()
 	s.notify(ids, nil)
-	s.mu.RLock()
+	s.rlock()
 	defer s.mu.RUnlock()
 	out := make([]InstanceInfo, len(insts))
 	for i, in := range insts {
@@ -318,13 +334,33 @@ func (s *Sim) RunInstances(ctx context.Context, spec InstanceSpec, count int) ([
 	return out, nil
 }
 
+// TagInstance adds or replaces tags of an instance, as CreateTags does (EC2's tag rules apply).
+func (s *Sim) TagInstance(ctx context.Context, id string, tags map[string]string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := validateTags(tags); err != nil {
+		return fmt.Errorf("ec2sim: tag %s: %w", id, apiErr("InvalidParameterValue", "%v", err))
+	}
+	s.lock()
+	defer s.mu.Unlock()
+	in, aerr := s.lookupInstance(id)
+	if aerr != nil {
+		return fmt.Errorf("ec2sim: tag: %w", aerr)
+	}
+	for k, v := range tags {
+		s.setInstanceTag(in, k, v)
+	}
+	return nil
+}
+
 // TerminateInstances terminates the instances (all must exist): ENIs with DeleteOnTermination
 // are deleted, the others detached; the IMDS listeners close.
 func (s *Sim) TerminateInstances(ctx context.Context, ids ...string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	s.mu.Lock()
+	s.lock()
 	var insts []*instance
 	for _, id := range ids {
 		in, aerr := s.lookupInstance(id)
@@ -359,7 +395,7 @@ func (s *Sim) CreateForeignENI(ctx context.Context, subnetID string, addresses i
 	if addresses < 1 || addresses > foreignPerENI {
 		return ENIInfo{}, fmt.Errorf("ec2sim: foreign eni: %w", apiErr("InvalidParameterValue", "addresses %d must be between 1 and %d", addresses, foreignPerENI))
 	}
-	s.mu.Lock()
+	s.lock()
 	defer s.mu.Unlock()
 	sn, aerr := s.lookupSubnet(subnetID)
 	if aerr != nil {
@@ -379,7 +415,7 @@ func (s *Sim) Fragment(ctx context.Context, subnetID string) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	s.mu.Lock()
+	s.lock()
 	defer s.mu.Unlock()
 	sn, aerr := s.lookupSubnet(subnetID)
 	if aerr != nil {
@@ -404,4 +440,12 @@ func (s *Sim) Fragment(ctx context.Context, subnetID string) (int, error) {
 		picks = picks[n:]
 	}
 	return occupied, nil
+}
+
+func prefixStrings(ps []netip.Prefix) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.String()
+	}
+	return out
 }

@@ -228,7 +228,7 @@ func (s *Sim) xmlENIOf(e *eni, forInstance bool) xmlENI {
 			AttachmentID:        a.id,
 			DeviceIndex:         a.deviceIndex,
 			NetworkCardIndex:    a.cardIndex,
-			Status:              a.status,
+			Status:              a.statusAt(s.now()),
 			AttachTime:          ec2Time(a.attachTime),
 			DeleteOnTermination: a.deleteOnTermination,
 		}
@@ -247,7 +247,8 @@ func xmlState(name string) xmlInstanceState {
 	return xmlInstanceState{Code: stateCodes[name], Name: name}
 }
 
-func (s *Sim) xmlInstanceOf(in *instance) xmlInstance {
+// xmlInstanceOf renders an instance with the given ENIs (its own, or as Describe sees them).
+func (s *Sim) xmlInstanceOf(in *instance, enis []*eni) xmlInstance {
 	x := xmlInstance{
 		InstanceID:         in.id,
 		ImageID:            "ami-0ec2s1m0000000000",
@@ -270,7 +271,7 @@ func (s *Sim) xmlInstanceOf(in *instance) xmlInstance {
 		x.VpcID = in.sn.vpcID
 		x.Groups = s.xmlGroups([]string{s.defaultSG})
 	}
-	enis := append([]*eni(nil), in.enis...)
+	enis = append([]*eni(nil), enis...)
 	sort.Slice(enis, func(i, j int) bool {
 		a, b := enis[i].att, enis[j].att
 		if a.cardIndex != b.cardIndex {

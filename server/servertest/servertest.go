@@ -25,6 +25,7 @@ import (
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server"
 	"github.com/ipledger/ipledger/server/config"
+	"github.com/ipledger/ipledger/server/dev"
 	"github.com/ipledger/ipledger/server/ec2sim"
 	"github.com/ipledger/ipledger/server/ledger"
 	"github.com/ipledger/ipledger/server/store"
@@ -71,7 +72,7 @@ func DevConfig(t testing.TB) config.Config {
 // Start starts a replica with cfg and closes it when the test ends.
 func Start(t testing.TB, cfg config.Config) *server.Server {
 	t.Helper()
-	s, err := server.Start(t.Context(), cfg, server.Options{Logger: Logger(t)})
+	s, err := dev.Start(t.Context(), cfg, server.Options{Logger: Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -48,14 +48,14 @@ func (s *Store) campaignAsync(ctx context.Context, advertise string) (*Leadershi
 	started := s.goroutine(func() {
 		l, err := s.campaignOnce(ctx, advertise)
 		mu.Lock()
-		defer mu.Unlock()
-		if abandoned {
-			if l != nil {
-				l.release()
-			}
-			return
+		gaveUp := abandoned
+		if !gaveUp {
+			resc <- campaignResult{l, err}
 		}
-		resc <- campaignResult{l, err}
+		mu.Unlock()
+		if gaveUp && l != nil {
+			l.release() // resigning talks to etcd: not under mu
+		}
 	})
 	if !started {
 		return nil, fmt.Errorf("store: campaign: %w: store closed", ErrUnavailable)

@@ -12,21 +12,23 @@ import (
 	"syscall"
 
 	"github.com/ipledger/ipledger/agent"
+	"github.com/ipledger/ipledger/internal/conf"
+	"github.com/ipledger/ipledger/internal/version"
 )
-
-// version is set at build time (-ldflags "-X main.version=...").
-var version = "dev"
 
 func main() {
 	cfg, err := agent.LoadConfig(os.Args[1:], os.LookupEnv, os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return
 	}
+	if errors.Is(err, conf.ErrVersion) {
+		fmt.Println(version.String("ipledger-agent"))
+		return
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "ipledger-agent:", err)
 		os.Exit(2)
 	}
-	cfg.AgentVersion = version
 	cfg.Logger = cfg.NewLogger(os.Stderr)
 	a, err := agent.New(cfg)
 	if err != nil {

@@ -17,9 +17,18 @@ import (
 
 	"github.com/ipledger/ipledger/e2e/bench"
 	"github.com/ipledger/ipledger/internal/version"
+	"github.com/ipledger/ipledger/server/ec2sim"
 )
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+// withProfile runs a set of traces on the given clock of EC2.
+func withProfile(sets []bench.TraceParams, profile string) []bench.TraceParams {
+	for i := range sets {
+		sets[i].EC2Profile = profile
+	}
+	return sets
+}
 
 func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("ipledger-bench", flag.ContinueOnError)
@@ -44,7 +53,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&p.Duration, "duration", 0, "simulated duration of the measured part (default: the trace's)")
 	fs.StringVar(&p.InstanceType, "instance-type", "", "instance type of the nodes (default: the trace's)")
 	fs.IntVar(&p.IPLedgerFloor, "ipledger-adaptive-floor", 0, "adaptive floor of ipledger's default policy (0: the built-in 1)")
-	fs.DurationVar(&p.EC2Latency, "ec2-latency", 0, "latency added to every simulated EC2 call (simulated time)")
+	fs.DurationVar(&p.EC2Latency, "ec2-latency", 0, "latency added to every simulated EC2 call (simulated time), on top of the profile's")
+	fs.StringVar(&p.EC2Profile, "ec2-profile", ec2sim.ProfileRealistic, "clock of the simulated EC2: realistic (published latencies, attach and detach phases, describe lag) or instant (every call answered at once)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -64,15 +74,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "ipledger-bench: -o %q: want json or markdown\n", *format)
 		return 2
 	}
+	if _, err := ec2sim.ProfileByName(p.EC2Profile); err != nil {
+		fmt.Fprintf(stderr, "ipledger-bench: --ec2-profile: %v\n", err)
+		return 2
+	}
 	var sets []bench.TraceParams
 	switch {
 	case *standard && *quick:
 		fmt.Fprintln(stderr, "ipledger-bench: --standard and --quick exclude each other")
 		return 2
 	case *standard:
-		sets = bench.Standard()
+		sets = withProfile(bench.Standard(), p.EC2Profile)
 	case *quick:
-		sets = bench.Quick()
+		sets = withProfile(bench.Quick(), p.EC2Profile)
 	case p.Trace == "":
 		fmt.Fprintln(stderr, "ipledger-bench: --trace, --standard or --quick is required")
 		return 2

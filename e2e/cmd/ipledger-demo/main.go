@@ -15,6 +15,7 @@ import (
 
 	"github.com/ipledger/ipledger/e2e/demo"
 	"github.com/ipledger/ipledger/internal/version"
+	"github.com/ipledger/ipledger/server/ctl/ctlconfig"
 )
 
 func main() {
@@ -24,6 +25,8 @@ func main() {
 	grpcListen := fs.String("grpc-listen", "127.0.0.1:7400", "server gRPC address (an ephemeral port when taken)")
 	httpListen := fs.String("http-listen", "127.0.0.1:7401", "server HTTP address: dashboard, metrics (an ephemeral port when taken)")
 	logLevel := fs.String("log-level", "warn", "log level of the components (logs go to stderr)")
+	contextFile := fs.String("context-file", ctlconfig.Path(os.Getenv), "ipledgerctl's configuration file: the demo's context "+demo.ContextName+
+		" is added there and made current while it runs, then removed (\"\": leave it alone)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -43,7 +46,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	err := demo.Run(ctx, demo.Config{
-		DataDir: *dataDir, GRPCListen: *grpcListen, HTTPListen: *httpListen, BinDir: *binDir,
+		DataDir: *dataDir, GRPCListen: *grpcListen, HTTPListen: *httpListen, BinDir: *binDir, ContextFile: *contextFile,
 		Out:    os.Stdout,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 	})

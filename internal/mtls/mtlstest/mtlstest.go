@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ipledger/ipledger/internal/atomicfile"
 	"github.com/ipledger/ipledger/internal/mtls"
 )
 
@@ -135,11 +136,7 @@ func (ca *CA) Issue(t testing.TB, name string, l Leaf) mtls.Files {
 // volume updates do, so a reader never sees half a file.
 func WriteFile(t testing.TB, path string, data []byte) {
 	t.Helper()
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := atomicfile.Write(path, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
 }

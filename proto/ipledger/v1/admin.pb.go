@@ -2367,11 +2367,13 @@ type ClusterStatus struct {
 	StoreHealthy bool   `protobuf:"varint,4,opt,name=store_healthy,json=storeHealthy,proto3" json:"store_healthy,omitempty"`
 	StoreMessage string `protobuf:"bytes,5,opt,name=store_message,json=storeMessage,proto3" json:"store_message,omitempty"`
 	// etcd revision the replica's in-memory state reflects.
-	Revision      int64  `protobuf:"varint,6,opt,name=revision,proto3" json:"revision,omitempty"`
-	ClusterName   string `protobuf:"bytes,7,opt,name=cluster_name,json=clusterName,proto3" json:"cluster_name,omitempty"`
-	Nodes         uint32 `protobuf:"varint,8,opt,name=nodes,proto3" json:"nodes,omitempty"`
-	Subnets       uint32 `protobuf:"varint,9,opt,name=subnets,proto3" json:"subnets,omitempty"`
+	Revision    int64  `protobuf:"varint,6,opt,name=revision,proto3" json:"revision,omitempty"`
+	ClusterName string `protobuf:"bytes,7,opt,name=cluster_name,json=clusterName,proto3" json:"cluster_name,omitempty"`
+	Nodes       uint32 `protobuf:"varint,8,opt,name=nodes,proto3" json:"nodes,omitempty"`
+	Subnets     uint32 `protobuf:"varint,9,opt,name=subnets,proto3" json:"subnets,omitempty"`
+	// The server's build (internal/version): release version, full commit hash.
 	Version       string `protobuf:"bytes,10,opt,name=version,proto3" json:"version,omitempty"`
+	Commit        string `protobuf:"bytes,11,opt,name=commit,proto3" json:"commit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2476,6 +2478,121 @@ func (x *ClusterStatus) GetVersion() string {
 	return ""
 }
 
+func (x *ClusterStatus) GetCommit() string {
+	if x != nil {
+		return x.Commit
+	}
+	return ""
+}
+
+type BackupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupRequest) Reset() {
+	*x = BackupRequest{}
+	mi := &file_ipledger_v1_admin_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupRequest) ProtoMessage() {}
+
+func (x *BackupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ipledger_v1_admin_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
+func (*BackupRequest) Descriptor() ([]byte, []int) {
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{35}
+}
+
+type BackupChunk struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The next bytes of the snapshot.
+	Data []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	// Set in the first chunk: the replica that answered (advertised address), the cluster name
+	// (the snapshot holds /ipledger/<cluster_name>/), and the etcd revision of the store's
+	// state when the snapshot began (the snapshot holds at least that revision).
+	Replica       string `protobuf:"bytes,2,opt,name=replica,proto3" json:"replica,omitempty"`
+	ClusterName   string `protobuf:"bytes,3,opt,name=cluster_name,json=clusterName,proto3" json:"cluster_name,omitempty"`
+	Revision      int64  `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupChunk) Reset() {
+	*x = BackupChunk{}
+	mi := &file_ipledger_v1_admin_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupChunk) ProtoMessage() {}
+
+func (x *BackupChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_ipledger_v1_admin_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
+func (*BackupChunk) Descriptor() ([]byte, []int) {
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *BackupChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *BackupChunk) GetReplica() string {
+	if x != nil {
+		return x.Replica
+	}
+	return ""
+}
+
+func (x *BackupChunk) GetClusterName() string {
+	if x != nil {
+		return x.ClusterName
+	}
+	return ""
+}
+
+func (x *BackupChunk) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 type ListIdentitiesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -2484,7 +2601,7 @@ type ListIdentitiesRequest struct {
 
 func (x *ListIdentitiesRequest) Reset() {
 	*x = ListIdentitiesRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[35]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2496,7 +2613,7 @@ func (x *ListIdentitiesRequest) String() string {
 func (*ListIdentitiesRequest) ProtoMessage() {}
 
 func (x *ListIdentitiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[35]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2509,7 +2626,7 @@ func (x *ListIdentitiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIdentitiesRequest.ProtoReflect.Descriptor instead.
 func (*ListIdentitiesRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 type ListIdentitiesResponse struct {
@@ -2521,7 +2638,7 @@ type ListIdentitiesResponse struct {
 
 func (x *ListIdentitiesResponse) Reset() {
 	*x = ListIdentitiesResponse{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[36]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2533,7 +2650,7 @@ func (x *ListIdentitiesResponse) String() string {
 func (*ListIdentitiesResponse) ProtoMessage() {}
 
 func (x *ListIdentitiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[36]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2546,7 +2663,7 @@ func (x *ListIdentitiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIdentitiesResponse.ProtoReflect.Descriptor instead.
 func (*ListIdentitiesResponse) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListIdentitiesResponse) GetIdentities() []*NodeIdentity {
@@ -2567,7 +2684,7 @@ type ForgetIdentityRequest struct {
 
 func (x *ForgetIdentityRequest) Reset() {
 	*x = ForgetIdentityRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[37]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2579,7 +2696,7 @@ func (x *ForgetIdentityRequest) String() string {
 func (*ForgetIdentityRequest) ProtoMessage() {}
 
 func (x *ForgetIdentityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[37]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2592,7 +2709,7 @@ func (x *ForgetIdentityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetIdentityRequest.ProtoReflect.Descriptor instead.
 func (*ForgetIdentityRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ForgetIdentityRequest) GetNodeName() string {
@@ -2791,7 +2908,7 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\x06eni_id\x18\x04 \x01(\tR\x05eniId\x12\x18\n" +
 	"\aaddress\x18\x05 \x01(\tR\aaddress\x12\x16\n" +
 	"\x06detail\x18\x06 \x01(\tR\x06detail\"\x19\n" +
-	"\x17GetClusterStatusRequest\"\xb1\x02\n" +
+	"\x17GetClusterStatusRequest\"\xc9\x02\n" +
 	"\rClusterStatus\x12\x18\n" +
 	"\areplica\x18\x01 \x01(\tR\areplica\x12\x1b\n" +
 	"\tis_leader\x18\x02 \x01(\bR\bisLeader\x12\x16\n" +
@@ -2803,7 +2920,14 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\x05nodes\x18\b \x01(\rR\x05nodes\x12\x18\n" +
 	"\asubnets\x18\t \x01(\rR\asubnets\x12\x18\n" +
 	"\aversion\x18\n" +
-	" \x01(\tR\aversion\"\x17\n" +
+	" \x01(\tR\aversion\x12\x16\n" +
+	"\x06commit\x18\v \x01(\tR\x06commit\"\x0f\n" +
+	"\rBackupRequest\"z\n" +
+	"\vBackupChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12\x18\n" +
+	"\areplica\x18\x02 \x01(\tR\areplica\x12!\n" +
+	"\fcluster_name\x18\x03 \x01(\tR\vclusterName\x12\x1a\n" +
+	"\brevision\x18\x04 \x01(\x03R\brevision\"\x17\n" +
 	"\x15ListIdentitiesRequest\"S\n" +
 	"\x16ListIdentitiesResponse\x129\n" +
 	"\n" +
@@ -2823,7 +2947,7 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\x11IN_USE_NOT_LEASED\x10\x05\x12\x0e\n" +
 	"\n" +
 	"DOUBLE_USE\x10\x06\x12\x10\n" +
-	"\fENI_MISMATCH\x10\a2\xb3\n" +
+	"\fENI_MISMATCH\x10\a2\xf5\n" +
 	"\n" +
 	"\fAdminService\x12P\n" +
 	"\vListSubnets\x12\x1f.ipledger.v1.ListSubnetsRequest\x1a .ipledger.v1.ListSubnetsResponse\x12Q\n" +
@@ -2843,7 +2967,8 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\x05Check\x12\x19.ipledger.v1.CheckRequest\x1a\x18.ipledger.v1.CheckReport\x12T\n" +
 	"\x10GetClusterStatus\x12$.ipledger.v1.GetClusterStatusRequest\x1a\x1a.ipledger.v1.ClusterStatus\x12Y\n" +
 	"\x0eListIdentities\x12\".ipledger.v1.ListIdentitiesRequest\x1a#.ipledger.v1.ListIdentitiesResponse\x12O\n" +
-	"\x0eForgetIdentity\x12\".ipledger.v1.ForgetIdentityRequest\x1a\x19.ipledger.v1.NodeIdentityB;Z9github.com/ipledger/ipledger/proto/ipledger/v1;ipledgerv1b\x06proto3"
+	"\x0eForgetIdentity\x12\".ipledger.v1.ForgetIdentityRequest\x1a\x19.ipledger.v1.NodeIdentity\x12@\n" +
+	"\x06Backup\x12\x1a.ipledger.v1.BackupRequest\x1a\x18.ipledger.v1.BackupChunk0\x01B;Z9github.com/ipledger/ipledger/proto/ipledger/v1;ipledgerv1b\x06proto3"
 
 var (
 	file_ipledger_v1_admin_proto_rawDescOnce sync.Once
@@ -2858,7 +2983,7 @@ func file_ipledger_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_ipledger_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ipledger_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_ipledger_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_ipledger_v1_admin_proto_goTypes = []any{
 	(FindingKind)(0),                // 0: ipledger.v1.FindingKind
 	(*ListSubnetsRequest)(nil),      // 1: ipledger.v1.ListSubnetsRequest
@@ -2896,56 +3021,58 @@ var file_ipledger_v1_admin_proto_goTypes = []any{
 	(*Finding)(nil),                 // 33: ipledger.v1.Finding
 	(*GetClusterStatusRequest)(nil), // 34: ipledger.v1.GetClusterStatusRequest
 	(*ClusterStatus)(nil),           // 35: ipledger.v1.ClusterStatus
-	(*ListIdentitiesRequest)(nil),   // 36: ipledger.v1.ListIdentitiesRequest
-	(*ListIdentitiesResponse)(nil),  // 37: ipledger.v1.ListIdentitiesResponse
-	(*ForgetIdentityRequest)(nil),   // 38: ipledger.v1.ForgetIdentityRequest
-	nil,                             // 39: ipledger.v1.SubnetBudget.TagsEntry
-	nil,                             // 40: ipledger.v1.NodeDetail.LabelsEntry
-	(*durationpb.Duration)(nil),     // 41: google.protobuf.Duration
-	(AddressMode)(0),                // 42: ipledger.v1.AddressMode
-	(*timestamppb.Timestamp)(nil),   // 43: google.protobuf.Timestamp
-	(*NodePool)(nil),                // 44: ipledger.v1.NodePool
-	(*PodAddress)(nil),              // 45: ipledger.v1.PodAddress
-	(*NodePolicy)(nil),              // 46: ipledger.v1.NodePolicy
-	(Reason)(0),                     // 47: ipledger.v1.Reason
-	(Priority)(0),                   // 48: ipledger.v1.Priority
-	(*NodeIdentity)(nil),            // 49: ipledger.v1.NodeIdentity
+	(*BackupRequest)(nil),           // 36: ipledger.v1.BackupRequest
+	(*BackupChunk)(nil),             // 37: ipledger.v1.BackupChunk
+	(*ListIdentitiesRequest)(nil),   // 38: ipledger.v1.ListIdentitiesRequest
+	(*ListIdentitiesResponse)(nil),  // 39: ipledger.v1.ListIdentitiesResponse
+	(*ForgetIdentityRequest)(nil),   // 40: ipledger.v1.ForgetIdentityRequest
+	nil,                             // 41: ipledger.v1.SubnetBudget.TagsEntry
+	nil,                             // 42: ipledger.v1.NodeDetail.LabelsEntry
+	(*durationpb.Duration)(nil),     // 43: google.protobuf.Duration
+	(AddressMode)(0),                // 44: ipledger.v1.AddressMode
+	(*timestamppb.Timestamp)(nil),   // 45: google.protobuf.Timestamp
+	(*NodePool)(nil),                // 46: ipledger.v1.NodePool
+	(*PodAddress)(nil),              // 47: ipledger.v1.PodAddress
+	(*NodePolicy)(nil),              // 48: ipledger.v1.NodePolicy
+	(Reason)(0),                     // 49: ipledger.v1.Reason
+	(Priority)(0),                   // 50: ipledger.v1.Priority
+	(*NodeIdentity)(nil),            // 51: ipledger.v1.NodeIdentity
 }
 var file_ipledger_v1_admin_proto_depIdxs = []int32{
 	3,  // 0: ipledger.v1.ListSubnetsResponse.subnets:type_name -> ipledger.v1.SubnetBudget
 	4,  // 1: ipledger.v1.SubnetBudget.forecast:type_name -> ipledger.v1.Forecast
-	39, // 2: ipledger.v1.SubnetBudget.tags:type_name -> ipledger.v1.SubnetBudget.TagsEntry
-	41, // 3: ipledger.v1.Forecast.time_to_exhaustion:type_name -> google.protobuf.Duration
-	41, // 4: ipledger.v1.Forecast.window:type_name -> google.protobuf.Duration
+	41, // 2: ipledger.v1.SubnetBudget.tags:type_name -> ipledger.v1.SubnetBudget.TagsEntry
+	43, // 3: ipledger.v1.Forecast.time_to_exhaustion:type_name -> google.protobuf.Duration
+	43, // 4: ipledger.v1.Forecast.window:type_name -> google.protobuf.Duration
 	8,  // 5: ipledger.v1.ListNodesResponse.nodes:type_name -> ipledger.v1.NodeSummary
-	42, // 6: ipledger.v1.NodeSummary.mode:type_name -> ipledger.v1.AddressMode
-	43, // 7: ipledger.v1.NodeSummary.last_report:type_name -> google.protobuf.Timestamp
-	43, // 8: ipledger.v1.NodeSummary.registered_at:type_name -> google.protobuf.Timestamp
-	43, // 9: ipledger.v1.NodeSummary.certificate_not_after:type_name -> google.protobuf.Timestamp
+	44, // 6: ipledger.v1.NodeSummary.mode:type_name -> ipledger.v1.AddressMode
+	45, // 7: ipledger.v1.NodeSummary.last_report:type_name -> google.protobuf.Timestamp
+	45, // 8: ipledger.v1.NodeSummary.registered_at:type_name -> google.protobuf.Timestamp
+	45, // 9: ipledger.v1.NodeSummary.certificate_not_after:type_name -> google.protobuf.Timestamp
 	8,  // 10: ipledger.v1.NodeDetail.summary:type_name -> ipledger.v1.NodeSummary
-	44, // 11: ipledger.v1.NodeDetail.pool:type_name -> ipledger.v1.NodePool
-	45, // 12: ipledger.v1.NodeDetail.pods:type_name -> ipledger.v1.PodAddress
-	46, // 13: ipledger.v1.NodeDetail.policy:type_name -> ipledger.v1.NodePolicy
-	47, // 14: ipledger.v1.NodeDetail.supply_problem:type_name -> ipledger.v1.Reason
-	40, // 15: ipledger.v1.NodeDetail.labels:type_name -> ipledger.v1.NodeDetail.LabelsEntry
+	46, // 11: ipledger.v1.NodeDetail.pool:type_name -> ipledger.v1.NodePool
+	47, // 12: ipledger.v1.NodeDetail.pods:type_name -> ipledger.v1.PodAddress
+	48, // 13: ipledger.v1.NodeDetail.policy:type_name -> ipledger.v1.NodePolicy
+	49, // 14: ipledger.v1.NodeDetail.supply_problem:type_name -> ipledger.v1.Reason
+	42, // 15: ipledger.v1.NodeDetail.labels:type_name -> ipledger.v1.NodeDetail.LabelsEntry
 	14, // 16: ipledger.v1.LimiterState.buckets:type_name -> ipledger.v1.LimiterBucket
 	15, // 17: ipledger.v1.LimiterState.queue:type_name -> ipledger.v1.QueueLength
 	16, // 18: ipledger.v1.LimiterState.recent_throttles:type_name -> ipledger.v1.ThrottleEvent
 	17, // 19: ipledger.v1.LimiterState.calls:type_name -> ipledger.v1.CallCount
-	48, // 20: ipledger.v1.QueueLength.priority:type_name -> ipledger.v1.Priority
-	43, // 21: ipledger.v1.ThrottleEvent.time:type_name -> google.protobuf.Timestamp
-	41, // 22: ipledger.v1.PrewarmRequest.expiry:type_name -> google.protobuf.Duration
-	43, // 23: ipledger.v1.PrewarmReservation.created_at:type_name -> google.protobuf.Timestamp
-	43, // 24: ipledger.v1.PrewarmReservation.expires_at:type_name -> google.protobuf.Timestamp
+	50, // 20: ipledger.v1.QueueLength.priority:type_name -> ipledger.v1.Priority
+	45, // 21: ipledger.v1.ThrottleEvent.time:type_name -> google.protobuf.Timestamp
+	43, // 22: ipledger.v1.PrewarmRequest.expiry:type_name -> google.protobuf.Duration
+	45, // 23: ipledger.v1.PrewarmReservation.created_at:type_name -> google.protobuf.Timestamp
+	45, // 24: ipledger.v1.PrewarmReservation.expires_at:type_name -> google.protobuf.Timestamp
 	20, // 25: ipledger.v1.PrewarmReservation.enis:type_name -> ipledger.v1.PrewarmEni
 	19, // 26: ipledger.v1.ListPrewarmsResponse.reservations:type_name -> ipledger.v1.PrewarmReservation
 	3,  // 27: ipledger.v1.CanFitResponse.subnets:type_name -> ipledger.v1.SubnetBudget
-	46, // 28: ipledger.v1.ListPoliciesResponse.policies:type_name -> ipledger.v1.NodePolicy
-	46, // 29: ipledger.v1.SetPolicyRequest.policy:type_name -> ipledger.v1.NodePolicy
+	48, // 28: ipledger.v1.ListPoliciesResponse.policies:type_name -> ipledger.v1.NodePolicy
+	48, // 29: ipledger.v1.SetPolicyRequest.policy:type_name -> ipledger.v1.NodePolicy
 	33, // 30: ipledger.v1.CheckReport.findings:type_name -> ipledger.v1.Finding
-	43, // 31: ipledger.v1.CheckReport.checked_at:type_name -> google.protobuf.Timestamp
+	45, // 31: ipledger.v1.CheckReport.checked_at:type_name -> google.protobuf.Timestamp
 	0,  // 32: ipledger.v1.Finding.kind:type_name -> ipledger.v1.FindingKind
-	49, // 33: ipledger.v1.ListIdentitiesResponse.identities:type_name -> ipledger.v1.NodeIdentity
+	51, // 33: ipledger.v1.ListIdentitiesResponse.identities:type_name -> ipledger.v1.NodeIdentity
 	1,  // 34: ipledger.v1.AdminService.ListSubnets:input_type -> ipledger.v1.ListSubnetsRequest
 	5,  // 35: ipledger.v1.AdminService.SetSubnetBudget:input_type -> ipledger.v1.SetSubnetBudgetRequest
 	6,  // 36: ipledger.v1.AdminService.ListNodes:input_type -> ipledger.v1.ListNodesRequest
@@ -2961,27 +3088,29 @@ var file_ipledger_v1_admin_proto_depIdxs = []int32{
 	29, // 46: ipledger.v1.AdminService.DeletePolicy:input_type -> ipledger.v1.DeletePolicyRequest
 	31, // 47: ipledger.v1.AdminService.Check:input_type -> ipledger.v1.CheckRequest
 	34, // 48: ipledger.v1.AdminService.GetClusterStatus:input_type -> ipledger.v1.GetClusterStatusRequest
-	36, // 49: ipledger.v1.AdminService.ListIdentities:input_type -> ipledger.v1.ListIdentitiesRequest
-	38, // 50: ipledger.v1.AdminService.ForgetIdentity:input_type -> ipledger.v1.ForgetIdentityRequest
-	2,  // 51: ipledger.v1.AdminService.ListSubnets:output_type -> ipledger.v1.ListSubnetsResponse
-	3,  // 52: ipledger.v1.AdminService.SetSubnetBudget:output_type -> ipledger.v1.SubnetBudget
-	7,  // 53: ipledger.v1.AdminService.ListNodes:output_type -> ipledger.v1.ListNodesResponse
-	10, // 54: ipledger.v1.AdminService.GetNode:output_type -> ipledger.v1.NodeDetail
-	10, // 55: ipledger.v1.AdminService.DrainNode:output_type -> ipledger.v1.NodeDetail
-	13, // 56: ipledger.v1.AdminService.GetLimiter:output_type -> ipledger.v1.LimiterState
-	19, // 57: ipledger.v1.AdminService.Prewarm:output_type -> ipledger.v1.PrewarmReservation
-	22, // 58: ipledger.v1.AdminService.ListPrewarms:output_type -> ipledger.v1.ListPrewarmsResponse
-	19, // 59: ipledger.v1.AdminService.CancelPrewarm:output_type -> ipledger.v1.PrewarmReservation
-	25, // 60: ipledger.v1.AdminService.CanFit:output_type -> ipledger.v1.CanFitResponse
-	27, // 61: ipledger.v1.AdminService.ListPolicies:output_type -> ipledger.v1.ListPoliciesResponse
-	46, // 62: ipledger.v1.AdminService.SetPolicy:output_type -> ipledger.v1.NodePolicy
-	30, // 63: ipledger.v1.AdminService.DeletePolicy:output_type -> ipledger.v1.DeletePolicyResponse
-	32, // 64: ipledger.v1.AdminService.Check:output_type -> ipledger.v1.CheckReport
-	35, // 65: ipledger.v1.AdminService.GetClusterStatus:output_type -> ipledger.v1.ClusterStatus
-	37, // 66: ipledger.v1.AdminService.ListIdentities:output_type -> ipledger.v1.ListIdentitiesResponse
-	49, // 67: ipledger.v1.AdminService.ForgetIdentity:output_type -> ipledger.v1.NodeIdentity
-	51, // [51:68] is the sub-list for method output_type
-	34, // [34:51] is the sub-list for method input_type
+	38, // 49: ipledger.v1.AdminService.ListIdentities:input_type -> ipledger.v1.ListIdentitiesRequest
+	40, // 50: ipledger.v1.AdminService.ForgetIdentity:input_type -> ipledger.v1.ForgetIdentityRequest
+	36, // 51: ipledger.v1.AdminService.Backup:input_type -> ipledger.v1.BackupRequest
+	2,  // 52: ipledger.v1.AdminService.ListSubnets:output_type -> ipledger.v1.ListSubnetsResponse
+	3,  // 53: ipledger.v1.AdminService.SetSubnetBudget:output_type -> ipledger.v1.SubnetBudget
+	7,  // 54: ipledger.v1.AdminService.ListNodes:output_type -> ipledger.v1.ListNodesResponse
+	10, // 55: ipledger.v1.AdminService.GetNode:output_type -> ipledger.v1.NodeDetail
+	10, // 56: ipledger.v1.AdminService.DrainNode:output_type -> ipledger.v1.NodeDetail
+	13, // 57: ipledger.v1.AdminService.GetLimiter:output_type -> ipledger.v1.LimiterState
+	19, // 58: ipledger.v1.AdminService.Prewarm:output_type -> ipledger.v1.PrewarmReservation
+	22, // 59: ipledger.v1.AdminService.ListPrewarms:output_type -> ipledger.v1.ListPrewarmsResponse
+	19, // 60: ipledger.v1.AdminService.CancelPrewarm:output_type -> ipledger.v1.PrewarmReservation
+	25, // 61: ipledger.v1.AdminService.CanFit:output_type -> ipledger.v1.CanFitResponse
+	27, // 62: ipledger.v1.AdminService.ListPolicies:output_type -> ipledger.v1.ListPoliciesResponse
+	48, // 63: ipledger.v1.AdminService.SetPolicy:output_type -> ipledger.v1.NodePolicy
+	30, // 64: ipledger.v1.AdminService.DeletePolicy:output_type -> ipledger.v1.DeletePolicyResponse
+	32, // 65: ipledger.v1.AdminService.Check:output_type -> ipledger.v1.CheckReport
+	35, // 66: ipledger.v1.AdminService.GetClusterStatus:output_type -> ipledger.v1.ClusterStatus
+	39, // 67: ipledger.v1.AdminService.ListIdentities:output_type -> ipledger.v1.ListIdentitiesResponse
+	51, // 68: ipledger.v1.AdminService.ForgetIdentity:output_type -> ipledger.v1.NodeIdentity
+	37, // 69: ipledger.v1.AdminService.Backup:output_type -> ipledger.v1.BackupChunk
+	52, // [52:70] is the sub-list for method output_type
+	34, // [34:52] is the sub-list for method input_type
 	34, // [34:34] is the sub-list for extension type_name
 	34, // [34:34] is the sub-list for extension extendee
 	0,  // [0:34] is the sub-list for field type_name
@@ -3000,7 +3129,7 @@ func file_ipledger_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ipledger_v1_admin_proto_rawDesc), len(file_ipledger_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   40,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

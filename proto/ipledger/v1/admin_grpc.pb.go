@@ -44,6 +44,7 @@ const (
 	AdminService_GetClusterStatus_FullMethodName = "/ipledger.v1.AdminService/GetClusterStatus"
 	AdminService_ListIdentities_FullMethodName   = "/ipledger.v1.AdminService/ListIdentities"
 	AdminService_ForgetIdentity_FullMethodName   = "/ipledger.v1.AdminService/ForgetIdentity"
+	AdminService_Backup_FullMethodName           = "/ipledger.v1.AdminService/Backup"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -90,6 +91,12 @@ type AdminServiceClient interface {
 	// instance may attest again with a new key (a node whose key was lost). Certificates already
 	// issued stay valid until they expire. NOT_FOUND when there is none.
 	ForgetIdentity(ctx context.Context, in *ForgetIdentityRequest, opts ...grpc.CallOption) (*NodeIdentity, error)
+	// Backup streams a snapshot of the etcd the replica keeps its state in, as etcd's
+	// Maintenance.Snapshot gives it (what `etcdctl snapshot save` writes: a bbolt file with its
+	// SHA-256 appended): the whole keyspace of that etcd, ipledger's prefix included. Any replica
+	// with a healthy store answers (UNAVAILABLE, STORE_UNAVAILABLE otherwise). The first chunk
+	// carries the metadata; every chunk carries data until the snapshot ends.
+	Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupChunk], error)
 }
 
 type adminServiceClient struct {
@@ -270,6 +277,25 @@ func (c *adminServiceClient) ForgetIdentity(ctx context.Context, in *ForgetIdent
 	return out, nil
 }
 
+func (c *adminServiceClient) Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[0], AdminService_Backup_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[BackupRequest, BackupChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_BackupClient = grpc.ServerStreamingClient[BackupChunk]
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -314,6 +340,12 @@ type AdminServiceServer interface {
 	// instance may attest again with a new key (a node whose key was lost). Certificates already
 	// issued stay valid until they expire. NOT_FOUND when there is none.
 	ForgetIdentity(context.Context, *ForgetIdentityRequest) (*NodeIdentity, error)
+	// Backup streams a snapshot of the etcd the replica keeps its state in, as etcd's
+	// Maintenance.Snapshot gives it (what `etcdctl snapshot save` writes: a bbolt file with its
+	// SHA-256 appended): the whole keyspace of that etcd, ipledger's prefix included. Any replica
+	// with a healthy store answers (UNAVAILABLE, STORE_UNAVAILABLE otherwise). The first chunk
+	// carries the metadata; every chunk carries data until the snapshot ends.
+	Backup(*BackupRequest, grpc.ServerStreamingServer[BackupChunk]) error
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -374,6 +406,9 @@ func (UnimplementedAdminServiceServer) ListIdentities(context.Context, *ListIden
 }
 func (UnimplementedAdminServiceServer) ForgetIdentity(context.Context, *ForgetIdentityRequest) (*NodeIdentity, error) {
 	return nil, status.Error(codes.Unimplemented, "method ForgetIdentity not implemented")
+}
+func (UnimplementedAdminServiceServer) Backup(*BackupRequest, grpc.ServerStreamingServer[BackupChunk]) error {
+	return status.Error(codes.Unimplemented, "method Backup not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -702,6 +737,17 @@ func _AdminService_ForgetIdentity_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_Backup_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(BackupRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AdminServiceServer).Backup(m, &grpc.GenericServerStream[BackupRequest, BackupChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_BackupServer = grpc.ServerStreamingServer[BackupChunk]
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -778,6 +824,12 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _AdminService_ForgetIdentity_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Backup",
+			Handler:       _AdminService_Backup_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "ipledger/v1/admin.proto",
 }

@@ -67,7 +67,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Int64Var(&cfg.Seed, "seed", cfg.Seed, "seed of ids, MACs, addresses and fault decisions")
 	throttle := onOff(cfg.Throttle)
 	fs.Var(&throttle, "throttle", "EC2's token buckets: on or off")
-	fs.Float64Var(&cfg.TimeScale, "time-scale", cfg.TimeScale, "speed-up (>= 1) of bucket refills, injected latencies and the consistency delay")
+	fs.Float64Var(&cfg.TimeScale, "time-scale", cfg.TimeScale, "speed-up (>= 1) of bucket refills, latencies, the consistency delay and the describe lag")
+	profile := fs.String("ec2-profile", "", "clock of EC2: instant (answers at once) or realistic (EC2's published latencies and describe lag); default: the scenario's, else instant")
+	lagShare := fs.Float64("describe-lag-share", 0, "share (0..1) of ENI mutations Describe lags behind (default: the profile's; realistic 0.1)")
+	lagMean := fs.Duration("describe-lag-mean", 0, "mean of the exponential describe lag (default: the profile's; realistic 1s)")
+	lagCap := fs.Duration("describe-lag-cap", 0, "cap of the describe lag (default: the profile's; realistic 60s)")
 	allowNonLoopback := fs.Bool("allow-non-loopback", false, "allow a --listen address other machines can reach")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	showVersion := fs.Bool("version", false, "print the version and exit")
@@ -98,6 +102,31 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		cfg.Scenario = sc
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if set["ec2-profile"] || set["describe-lag-share"] || set["describe-lag-mean"] || set["describe-lag-cap"] {
+		name := *profile
+		if !set["ec2-profile"] && cfg.Scenario != nil {
+			name = cfg.Scenario.Profile
+		}
+		p, err := ec2sim.ProfileByName(name)
+		if err != nil {
+			return fmt.Errorf("--ec2-profile: %w", err)
+		}
+		if set["describe-lag-share"] {
+			p.DescribeLag.Share = *lagShare
+		}
+		if set["describe-lag-mean"] {
+			p.DescribeLag.Mean = *lagMean
+		}
+		if set["describe-lag-cap"] {
+			p.DescribeLag.Cap = *lagCap
+		}
+		if p.DescribeLag.Share > 0 && p.DescribeLag.Mean == 0 {
+			p.DescribeLag.Mean = ec2sim.RealisticProfile().DescribeLag.Mean
+		}
+		cfg.Profile = &p
 	}
 	if err := cfg.Validate(); err != nil {
 		return err

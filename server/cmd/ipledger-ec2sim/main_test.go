@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -89,6 +90,8 @@ func TestRunRefusesBadInput(t *testing.T) {
 		{"bad time scale", []string{"--listen", "127.0.0.1:0", "--time-scale", "0.5"}, "time scale"},
 		{"missing scenario", []string{"--listen", "127.0.0.1:0", "--scenario", "/nonexistent.yaml"}, "load scenario"},
 		{"stray argument", []string{"extra"}, "unexpected arguments"},
+		{"unknown profile", []string{"--listen", "127.0.0.1:0", "--ec2-profile", "sluggish"}, "unknown ec2 profile"},
+		{"bad lag share", []string{"--listen", "127.0.0.1:0", "--ec2-profile", "realistic", "--describe-lag-share", "2"}, "share 2 must be between 0 and 1"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -101,6 +104,55 @@ func TestRunRefusesBadInput(t *testing.T) {
 	err := run(t.Context(), []string{"--listen", ":4566"}, io.Discard, io.Discard)
 	if !errors.Is(err, ec2sim.ErrNotLoopback) {
 		t.Fatalf("not wrapping ErrNotLoopback: %v", err)
+	}
+}
+
+// TestRunProfile: --ec2-profile and the describe-lag flags choose the simulator's clock, which
+// the control API reports.
+func TestRunProfile(t *testing.T) {
+	for _, tc := range []struct {
+		args      []string
+		name      string
+		lagShare  float64
+		assignP50 time.Duration
+	}{
+		{nil, ec2sim.ProfileInstant, 0, 0},
+		{[]string{"--ec2-profile", "realistic"}, ec2sim.ProfileRealistic, 0.1, 350 * time.Millisecond},
+		{[]string{"--ec2-profile", "realistic", "--describe-lag-share", "0.5", "--describe-lag-mean", "2s"}, ec2sim.ProfileRealistic, 0.5, 350 * time.Millisecond},
+		{[]string{"--describe-lag-share", "0.3"}, ec2sim.ProfileInstant, 0.3, 0},
+	} {
+		ctx, cancel := context.WithCancel(t.Context())
+		pr, pw := io.Pipe()
+		done := make(chan error, 1)
+		go func() {
+			err := run(ctx, append([]string{"--listen", "127.0.0.1:0", "--time-scale", "100"}, tc.args...), pw, io.Discard)
+			pw.Close()
+			done <- err
+		}()
+		sc := bufio.NewScanner(pr)
+		if !sc.Scan() || !strings.HasPrefix(sc.Text(), "ec2 ") {
+			cancel()
+			t.Fatalf("%v: first line %q (%v)", tc.args, sc.Text(), <-done)
+		}
+		ep := strings.TrimPrefix(sc.Text(), "ec2 ")
+		go func() { _, _ = io.Copy(io.Discard, pr) }()
+		resp, err := http.Get(ep + "/_sim/profile")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var p ec2sim.Profile
+		err = json.NewDecoder(resp.Body).Decode(&p)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Name != tc.name || p.DescribeLag.Share != tc.lagShare || p.Calls["AssignPrivateIpAddresses"].P50 != tc.assignP50 {
+			t.Errorf("%v: profile %+v", tc.args, p)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("%v: run: %v", tc.args, err)
+		}
 	}
 }
 

@@ -8,13 +8,15 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
+	"github.com/ipledger/ipledger/internal/conf"
+	"github.com/ipledger/ipledger/internal/version"
 	"github.com/ipledger/ipledger/server"
 	"github.com/ipledger/ipledger/server/config"
+	"github.com/ipledger/ipledger/server/dev"
 )
 
 func main() {
@@ -26,14 +28,18 @@ func run(args []string) int {
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
+	if errors.Is(err, conf.ErrVersion) {
+		fmt.Println(version.String("ipledger-server"))
+		return 0
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ipledger-server: %v\n", err)
 		return 2
 	}
-	log := newLogger(cfg)
+	log := conf.NewLogger(os.Stderr, cfg.LogLevel, cfg.LogFormat)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	srv, err := server.Start(ctx, cfg, server.Options{Logger: log})
+	srv, err := dev.Start(ctx, cfg, server.Options{Logger: log})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ipledger-server: %v\n", err)
 		return 1
@@ -57,14 +63,4 @@ func run(args []string) int {
 		}
 		return 0
 	}
-}
-
-func newLogger(cfg config.Config) *slog.Logger {
-	var level slog.Level
-	_ = level.UnmarshalText([]byte(cfg.LogLevel))
-	opts := &slog.HandlerOptions{Level: level}
-	if cfg.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }

@@ -27,6 +27,29 @@ ipledger-server, and the pods use host ports.
 {{- end -}}
 {{- end }}
 
+{{/* ipledger.issuerSecret: the Secret of the CA that signs node certificates. */}}
+{{- define "ipledger.issuerSecret" -}}
+{{- .Values.attestation.issuerSecretName | default .Values.certificates.certManager.issuer.caSecretName -}}
+{{- end }}
+
+{{/* ipledger.serverCAVolume: the volume source of the CA bundle agents verify the server with. */}}
+{{- define "ipledger.serverCAVolume" -}}
+{{- $ca := .Values.agent.serverCA -}}
+{{- if $ca.secretName -}}
+secret:
+  secretName: {{ $ca.secretName }}
+  items:
+    - key: ca.crt
+      path: ca.crt
+{{- else -}}
+configMap:
+  name: {{ $ca.configMapName | default "ipledger-server-ca" }}
+  items:
+    - key: ca.crt
+      path: ca.crt
+{{- end -}}
+{{- end }}
+
 {{/* ipledger.validate: refuse values that cannot work, with what to do instead. */}}
 {{- define "ipledger.validate" -}}
 {{- $v := .Values -}}
@@ -78,6 +101,32 @@ ipledger-server, and the pods use host ports.
 {{- end -}}
 {{- if $v.server.affinity.podAntiAffinity -}}
 {{- fail "server.affinity.podAntiAffinity is the chart's (replicas never share a node); set nodeAffinity or podAffinity only" -}}
+{{- end -}}
+{{- if not (has $v.agent.identity (list "attest" "files")) -}}
+{{- fail (printf "agent.identity is %q: attest (agents prove their EC2 instance and get certificates from the server) or files (certificates in agent.pkiHostPath from your own PKI)" ($v.agent.identity | toString)) -}}
+{{- end -}}
+{{- if eq $v.agent.identity "attest" -}}
+{{- if not $v.attestation.enabled -}}
+{{- fail "agent.identity=attest needs attestation.enabled=true: the server issues the agents' certificates (or set agent.identity=files for certificates from your own PKI)" -}}
+{{- end -}}
+{{- $ca := $v.agent.serverCA -}}
+{{- $given := 0 -}}
+{{- range (list $ca.pem $ca.configMapName $ca.secretName) }}{{ if . }}{{ $given = add1 $given }}{{ end }}{{ end -}}
+{{- if ne (int $given) 1 -}}
+{{- fail (printf "agent.identity=attest: the agents verify the server with a CA bundle; give exactly one of agent.serverCA.pem (the CA certificate, e.g. kubectl -n %s get secret %s -o jsonpath='{.data.tls\\.crt}' | base64 -d), agent.serverCA.configMapName or agent.serverCA.secretName (key ca.crt)" .Release.Namespace (include "ipledger.issuerSecret" .)) -}}
+{{- end -}}
+{{- if and $ca.pem (not (contains "-----BEGIN CERTIFICATE-----" $ca.pem)) -}}
+{{- fail "agent.serverCA.pem holds no PEM certificate (-----BEGIN CERTIFICATE-----)" -}}
+{{- end -}}
+{{- if and $ca.pem (contains "PRIVATE KEY" $ca.pem) -}}
+{{- fail "agent.serverCA.pem holds a private key: give the CA certificate only (it is mounted on every node)" -}}
+{{- end -}}
+{{- if has $ca.secretName (list $v.certificates.server.secretName (include "ipledger.issuerSecret" .) $v.certificates.certManager.issuer.caSecretName $v.certificates.certManager.admin.secretName) -}}
+{{- fail (printf "agent.serverCA.secretName %q holds a private key (it is the server's, the admin's or the CA's Secret): every node's kubelet would fetch it; give a Secret or ConfigMap with the CA certificate alone, or agent.serverCA.pem" $ca.secretName) -}}
+{{- end -}}
+{{- end -}}
+{{- if and $v.attestation.enabled (not $v.attestation.issuerSecretName) (not (and (eq $v.certificates.source "cert-manager") $v.certificates.certManager.issuer.create)) -}}
+{{- fail "attestation.enabled: set attestation.issuerSecretName to the Secret (tls.crt, tls.key) of the CA that signs node certificates, the CA of the server's client CA bundle (certificates.server.secretName's ca.crt); or attestation.enabled=false with agent.identity=files" -}}
 {{- end -}}
 {{- if not (has $v.agent.cniVersion (list "" "1.0.0" "1.1.0")) -}}
 {{- fail (printf "agent.cniVersion is %q: \"\" (the shipped 1.0.0), 1.0.0 or 1.1.0" $v.agent.cniVersion) -}}
