@@ -199,7 +199,8 @@ func testSecondaryENI(t *testing.T, s *server.Server, inst ec2simInstance) {
 		onSecond[ad.IP] = true
 	}
 
-	// Pods take the lowest free address first: add pods until there is one on each ENI.
+	// Pods fill the lowest device index first (the primary ENI): add pods until there is one on
+	// each ENI.
 	var first, other *harness.Pod
 	var ipFirst, ipOther netip.Addr
 	for i := 0; i < 12 && (first == nil || other == nil); i++ {
