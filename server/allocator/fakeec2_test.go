@@ -266,7 +266,7 @@ func (f *fakeEC2) call(ctx context.Context, action string, op func() error) erro
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls[action]++
-	unknown := &ec2gw.APIError{Action: action, Message: "no answer in time", Kind: ec2gw.ErrUnavailable, Err: context.DeadlineExceeded}
+	unknown := &ec2gw.APIError{Action: action, Message: "no answer in time", Kind: ec2gw.ErrUnavailable, Err: context.DeadlineExceeded, Unknown: true}
 	if f.trace != nil {
 		defer func(fault fakeFault) { f.trace("  ec2 %s fault %d", action, fault) }(fault)
 	}
