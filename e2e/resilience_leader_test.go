@@ -107,8 +107,14 @@ func (rs *resilience) testLeaderKills(t *testing.T) {
 		if !ok {
 			t.Fatalf("%s: the node that joined during the kill (%s) has no address after 60 s: %+v", what, newNode.Name(), newNode.Agent().MustView().Server)
 		}
-		rs.figs.add("%s: replica %d (pid %d) killed; replica %d led after %s; first allocation served (probe ADD) after %s (%d attempt(s)); %d pods of the burst done after %s (%d retried); the joining node served after %s",
-			what, leader.Index, pid, next.Index, ms(tookOver), ms(served), pr.attempts, len(runs), ms(last.Sub(killedAt)), retried, ms(joinedAt.Sub(killedAt)))
+		since := func(at time.Time) string {
+			if at.Before(killedAt) {
+				return "before the kill"
+			}
+			return "after " + ms(at.Sub(killedAt))
+		}
+		rs.figs.add("%s: replica %d (pid %d) killed; replica %d led after %s; first allocation served (probe ADD) after %s (%d attempt(s)); %d pods of the burst done %s (%d retried); the joining node served %s",
+			what, leader.Index, pid, next.Index, ms(tookOver), ms(served), pr.attempts, len(runs), since(last), retried, since(joinedAt))
 		rs.settle(t, what)
 		// The burst's pods end (an m5.large holds 27 pod addresses: twenty kills' pods would
 		// fill the workers). Their addresses cool down and serve the next burst.
