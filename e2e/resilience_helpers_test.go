@@ -352,6 +352,8 @@ func poll(d time.Duration, cond func() bool) bool {
 
 // figures are the measured recovery times, printed at the end and kept as an artifact.
 type figures struct {
+	// name is the artifact's file name (default resilience.txt): each test keeps its own.
+	name  string
 	mu    sync.Mutex
 	lines []string
 }
@@ -371,7 +373,11 @@ func (f *figures) report(t *testing.T) {
 	text := "resilience figures:\n  " + strings.Join(f.lines, "\n  ") + "\n"
 	t.Log(text)
 	if dir := os.Getenv("IPLEDGER_ARTIFACTS_DIR"); dir != "" {
-		if err := os.WriteFile(filepath.Join(dir, "resilience.txt"), []byte(text), 0o644); err != nil {
+		name := f.name
+		if name == "" {
+			name = "resilience.txt"
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
 			t.Errorf("keep figures: %v", err)
 		}
 	}

@@ -54,6 +54,13 @@ type Config struct {
 	ReconcileInterval     time.Duration // default 5 min
 	InstanceCheckInterval time.Duration // default 60 s
 	DriftGrace            time.Duration // default 60 s
+	// ReconcileBeforeServing: the records may be older than EC2 (etcd restored from a snapshot)
+	// or empty (etcd lost, --rebuild-from-ec2). Run compares them with EC2 and repairs every
+	// difference at once, without the drift grace, before it serves: addresses EC2 has on a
+	// node's ENIs are leased to it again, leases EC2 no longer has are dropped, nodes whose
+	// instances are gone are removed. Nodes missing from the records register again (their
+	// agents are told UNKNOWN_NODE), and registration adopts what EC2 has on their instances.
+	ReconcileBeforeServing bool
 	// Tick is how often every node is looked at without an event (default 1 s).
 	Tick time.Duration
 	// Workers run nodes' supply and proposals (default 64); ReleaseWorkers their releases
@@ -275,6 +282,11 @@ func (a *Allocator) Run(ctx context.Context) error {
 	if err := a.learnSubnets(ctx); err != nil {
 		return err
 	}
+	if a.cfg.ReconcileBeforeServing {
+		if err := a.reconcileFirst(ctx); err != nil {
+			return err
+		}
+	}
 	a.wg.Add(6)
 	go func() { defer a.wg.Done(); a.work.run(ctx, a.cfg.Workers, a.stepNode) }()
 	go func() { defer a.wg.Done(); a.releases.run(ctx, a.cfg.ReleaseWorkers, a.releaseNode) }()
@@ -305,6 +317,28 @@ func (a *Allocator) Run(ctx context.Context) error {
 	}
 	a.mu.Unlock()
 	return err
+}
+
+// reconcileFirst is the reconciliation a leader runs before it serves records that may be
+// behind EC2 (ReconcileBeforeServing). It tries until one pass reads EC2 whole.
+func (a *Allocator) reconcileFirst(ctx context.Context) error {
+	start := a.clk.Now()
+	for attempt := 1; ; attempt++ {
+		err := a.checkInstances(ctx)
+		if err == nil {
+			_, err = a.reconcileWithin(ctx, 0)
+		}
+		if err == nil {
+			a.log.Warn("records reconciled against EC2 before serving", "nodes", len(a.led.Nodes()), "took", a.clk.Since(start).Round(time.Millisecond))
+			return nil
+		}
+		a.log.Warn("reconciling against EC2 before serving failed; retrying", "attempt", attempt, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-a.clk.After(2 * time.Second):
+		}
+	}
 }
 
 // learnSubnets records the configured subnets the cluster does not know yet.

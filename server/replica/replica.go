@@ -58,6 +58,13 @@ type Config struct {
 	// a dead one before its session expires (watchdog.go; default DefaultLeaderProbe,
 	// negative: off, the session TTL alone decides).
 	LeaderProbe time.Duration
+	// RebuildFromEC2 lets a leader that finds etcd empty while EC2 holds ENIs tagged for the
+	// cluster rebuild the records from EC2 and the agents (the server's --rebuild-from-ec2).
+	// Without it such a leader refuses to lead: etcd was lost or wiped, or the server points at
+	// the wrong etcd or cluster name, and an operator should say which.
+	RebuildFromEC2 bool
+	// Version is this binary's version, written into the store's meta record.
+	Version string
 }
 
 func (c *Config) defaults() {
@@ -318,9 +325,19 @@ func (r *Replica) lead(ctx context.Context, st *store.Store, from int64) error {
 	stopFollow()
 	<-followed
 
+	recoverFirst, err := r.checkMeta(ctx, st, lead)
+	if err != nil {
+		r.resign(lead)
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+
 	r.mu.RLock()
 	acfg := r.cfg.Allocator
 	acfg.Ledger, acfg.Revision = r.led, r.revision
+	acfg.ReconcileBeforeServing = recoverFirst
 	acfg.StoredPolicies = make(map[string]policy.Policy, len(r.known))
 	for k, v := range r.known {
 		acfg.StoredPolicies[k] = v
