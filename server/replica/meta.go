@@ -23,64 +23,88 @@ var ErrEtcdLost = errors.New("replica: etcd holds no state for a cluster EC2 kno
 //   - no meta, no records, no ENI tagged for the cluster on EC2: a new cluster; write it;
 //   - no meta, no records, tagged ENIs on EC2: etcd was lost or wiped. Refuse (ErrEtcdLost)
 //     unless RebuildFromEC2; then rebuild: reconcile against EC2 before serving;
-//   - meta written in another etcd cluster (a restored snapshot): reconcile before serving.
+//   - meta written in another etcd cluster (a restored snapshot), or marked Recovering by a
+//     leader that did not finish: reconcile before serving.
 //
-// recoverFirst says the allocator must reconcile against EC2 before it serves.
-func (r *Replica) checkMeta(ctx context.Context, st *store.Store, lead *store.Leadership) (recoverFirst bool, err error) {
+// When the allocator must reconcile first, the meta is written marked Recovering (so a leader
+// that dies half way leaves the work to the next) and recovered is what to write once the
+// allocator has reconciled and serves (finishRecovery).
+func (r *Replica) checkMeta(ctx context.Context, st *store.Store, lead *store.Leadership) (recovered *store.Meta, err error) {
 	m, found, clusterID, err := st.Meta(ctx)
 	if err != nil {
-		return false, fmt.Errorf("read the store's meta record: %w", err)
+		return nil, fmt.Errorf("read the store's meta record: %w", err)
 	}
 	if found {
 		if err := store.CheckSchema(m); err != nil {
-			return false, err
+			return nil, err
 		}
 	}
-	stamp := func(rebuilt bool) store.Meta {
+	stamp := func() store.Meta {
 		out := m
-		out.Schema, out.EtcdClusterID, out.WrittenBy = store.SchemaVersion, clusterID, r.cfg.Version
+		out.Schema, out.EtcdClusterID, out.WrittenBy, out.Recovering = store.SchemaVersion, clusterID, r.cfg.Version, false
 		if out.Created.IsZero() {
 			out.Created = time.Now().UTC()
 		}
-		if rebuilt {
-			out.Rebuilt = time.Now().UTC()
-		}
 		return out
 	}
-	switch {
-	case found && m.EtcdClusterID == clusterID:
-		if m.Schema < store.SchemaVersion || m.WrittenBy != r.cfg.Version {
-			return false, lead.PutMeta(ctx, stamp(false))
+	recoverFirst := func() (*store.Meta, error) {
+		marked := stamp()
+		marked.Recovering = true
+		if err := lead.PutMeta(ctx, marked); err != nil {
+			return nil, err
 		}
-		return false, nil
-	case found:
+		done := stamp()
+		return &done, nil
+	}
+	switch {
+	case found && m.EtcdClusterID == clusterID && !m.Recovering:
+		if m.Schema < store.SchemaVersion || m.WrittenBy != r.cfg.Version {
+			return nil, lead.PutMeta(ctx, stamp())
+		}
+		return nil, nil
+	case found && m.EtcdClusterID != clusterID:
 		// Written in another etcd cluster: this is a restored snapshot (or a copy). EC2 and
-		// the agents may be ahead of it; the allocator reconciles before it serves, and the
-		// meta is rewritten once it does.
+		// the agents may be ahead of it; the allocator reconciles before it serves.
 		r.log.Warn("etcd was restored from a snapshot (its cluster id changed): reconciling the records against EC2 before serving",
 			"meta_etcd_cluster", fmt.Sprintf("%x", m.EtcdClusterID), "etcd_cluster", fmt.Sprintf("%x", clusterID))
-		return true, lead.PutMeta(ctx, stamp(true))
+		return recoverFirst()
+	case found:
+		r.log.Warn("a previous leader did not finish reconciling restored or rebuilt records against EC2: reconciling before serving",
+			"written_by", m.WrittenBy)
+		return recoverFirst()
 	}
 	r.mu.RLock()
 	empty := len(r.led.Nodes()) == 0 && len(r.led.Subnets()) == 0 && len(r.led.Prewarms()) == 0 && len(r.known) == 0
 	r.mu.RUnlock()
 	if !empty {
-		return false, lead.PutMeta(ctx, stamp(false))
+		return nil, lead.PutMeta(ctx, stamp())
 	}
 	tagged, err := r.taggedENIs(ctx)
 	if err != nil {
-		return false, fmt.Errorf("etcd holds no state for cluster %s; checking EC2 for its ENIs: %w", r.cfg.Allocator.ClusterName, err)
+		return nil, fmt.Errorf("etcd holds no state for cluster %s; checking EC2 for its ENIs: %w", r.cfg.Allocator.ClusterName, err)
 	}
 	if tagged == 0 {
-		return false, lead.PutMeta(ctx, stamp(false))
+		return nil, lead.PutMeta(ctx, stamp())
 	}
 	if !r.cfg.RebuildFromEC2 {
-		return false, fmt.Errorf("%w: etcd holds no state for cluster %q, but EC2 holds %d ENIs tagged %s=%s: etcd was lost or wiped, or --etcd-endpoints or --cluster-name point elsewhere. If etcd was lost, start the server with --rebuild-from-ec2 to rebuild the ledger from EC2 and the agents' reports (docs/resilience.md, \"Total etcd loss\")",
+		return nil, fmt.Errorf("%w: etcd holds no state for cluster %q, but EC2 holds %d ENIs tagged %s=%s: etcd was lost or wiped, or --etcd-endpoints or --cluster-name point elsewhere. If etcd was lost, start the server with --rebuild-from-ec2 to rebuild the ledger from EC2 and the agents' reports (docs/resilience.md, \"Total etcd loss\")",
 			ErrEtcdLost, r.cfg.Allocator.ClusterName, tagged, allocator.TagCluster, r.cfg.Allocator.ClusterName)
 	}
 	r.log.Warn("etcd holds no state but EC2 holds ENIs of this cluster: rebuilding the ledger from EC2 and the agents (--rebuild-from-ec2)",
 		"cluster", r.cfg.Allocator.ClusterName, "tagged_enis", tagged)
-	return true, lead.PutMeta(ctx, stamp(true))
+	return recoverFirst()
+}
+
+// finishRecovery writes the meta once the allocator has reconciled the records against EC2
+// and serves: Recovering cleared, Rebuilt stamped. When it fails the next leader reconciles
+// again, which is safe.
+func (r *Replica) finishRecovery(ctx context.Context, lead *store.Leadership, m store.Meta) {
+	m.Rebuilt = time.Now().UTC()
+	if err := lead.PutMeta(ctx, m); err != nil {
+		r.log.Warn("the records are reconciled but the meta record could not say so; the next leader reconciles again", "err", err)
+		return
+	}
+	r.log.Info("records reconciled against EC2 after a restore or rebuild; serving")
 }
 
 // taggedENIs counts the ENIs EC2 holds with the cluster's tag.

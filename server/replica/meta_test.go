@@ -93,3 +93,24 @@ func TestRestoredSnapshotIsReconciledFirst(t *testing.T) {
 		t.Fatalf("meta after leading a restored store: %+v", m)
 	}
 }
+
+// A meta marked Recovering (a leader died while reconciling a restored or rebuilt store) makes
+// the next leader reconcile first too, even in the same etcd; once it serves, the mark is gone.
+func TestUnfinishedRecoveryIsDoneAgain(t *testing.T) {
+	eps := startEtcd(t)
+	cli := etcdClient(t, eps)
+	resp, err := cli.Get(t.Context(), "/ipledger/replica-test/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	marked, _ := json.Marshal(store.Meta{Schema: store.SchemaVersion, EtcdClusterID: resp.Header.ClusterId, Created: time.Now().Add(-time.Hour), Recovering: true})
+	if _, err := cli.Put(t.Context(), "/ipledger/replica-test/meta", string(marked)); err != nil {
+		t.Fatal(err)
+	}
+	a := start(t, eps, "10.0.0.1:7400", nil)
+	waitFor(t, 15*time.Second, "a to lead", func() bool { return a.r.Allocator() != nil })
+	m, _ := metaOf(t, cli)
+	if m.Recovering || m.Rebuilt.IsZero() || m.EtcdClusterID != resp.Header.ClusterId {
+		t.Fatalf("meta after leading an unfinished recovery: %+v, want Recovering cleared and Rebuilt stamped", m)
+	}
+}

@@ -325,7 +325,7 @@ func (r *Replica) lead(ctx context.Context, st *store.Store, from int64) error {
 	stopFollow()
 	<-followed
 
-	recoverFirst, err := r.checkMeta(ctx, st, lead)
+	recovered, err := r.checkMeta(ctx, st, lead)
 	if err != nil {
 		r.resign(lead)
 		if ctx.Err() != nil {
@@ -337,7 +337,7 @@ func (r *Replica) lead(ctx context.Context, st *store.Store, from int64) error {
 	r.mu.RLock()
 	acfg := r.cfg.Allocator
 	acfg.Ledger, acfg.Revision = r.led, r.revision
-	acfg.ReconcileBeforeServing = recoverFirst
+	acfg.ReconcileBeforeServing = recovered != nil
 	acfg.StoredPolicies = make(map[string]policy.Policy, len(r.known))
 	for k, v := range r.known {
 		acfg.StoredPolicies[k] = v
@@ -364,6 +364,9 @@ func (r *Replica) lead(ctx context.Context, st *store.Store, from int64) error {
 			return nil
 		}
 		return fmt.Errorf("allocator: %w", err)
+	}
+	if recovered != nil {
+		r.finishRecovery(ctx, lead, *recovered)
 	}
 	r.mu.Lock()
 	r.alloc, r.leadership, r.leader = alloc, lead, r.cfg.Advertise

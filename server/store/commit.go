@@ -42,6 +42,10 @@ func (l *Leadership) Commit(ctx context.Context, ops ...Op) (int64, error) {
 		// Once Done has told the caller to stop leading, nothing more is written, even if the
 		// key might still exist (etcd renews leases when it restarts).
 		return 0, fmt.Errorf("store: commit: %w: leadership lost", ErrNotLeader)
+	case <-l.replaced:
+		// The records in this etcd may be older than the leader's state: a new leader must
+		// load them and reconcile first.
+		return 0, fmt.Errorf("store: commit: %w: etcd was restored or replaced since this leadership was won", ErrNotLeader)
 	default:
 	}
 	if len(ops) > MaxOpsPerCommit {

@@ -78,6 +78,8 @@ func (s *Store) campaignAsync(ctx context.Context, advertise string) (*Leadershi
 
 func (s *Store) campaignOnce(ctx context.Context, advertise string) (*Leadership, error) {
 	ttl := int(s.cfg.SessionTTL / time.Second)
+	// A leadership is won in one incarnation of etcd and ends with it (incarnation.go).
+	replaced := s.Replaced()
 	// Grant with the caller's ctx: NewSession would grant with the client's context and block
 	// while etcd is unreachable.
 	grant, err := s.client.Grant(ctx, int64(ttl))
@@ -128,6 +130,7 @@ func (s *Store) campaignOnce(ctx context.Context, advertise string) (*Leadership
 		rev:       el.Rev(),
 		wonRev:    el.Header().Revision,
 		advertise: advertise,
+		replaced:  replaced,
 		done:      make(chan struct{}),
 	}
 	if err := l.loadRevisions(ctx); err != nil {
@@ -168,6 +171,7 @@ type Leadership struct {
 	rev       int64
 	wonRev    int64
 	advertise string
+	replaced  <-chan struct{} // closed when the etcd it was won in is restored or replaced
 
 	// known is the mod revision of every record key as of this leader's last commit or
 	// check (0: the key does not exist); each commit compares against it (commit.go).
@@ -205,6 +209,17 @@ func (l *Leadership) markDone() { l.doneOnce.Do(func() { close(l.done) }) }
 // monitor closes Done when the session ends or the election key is deleted or replaced.
 func (l *Leadership) monitor(ctx context.Context) {
 	defer l.markDone()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var replaced atomic.Bool
+	go func() {
+		select {
+		case <-l.replaced:
+			replaced.Store(true)
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	cli := l.store.client
 	from := l.rev + 1
 	backoff := newBackoff()
@@ -213,7 +228,10 @@ func (l *Leadership) monitor(ctx context.Context) {
 			return
 		}
 		if ctx.Err() != nil {
-			if !l.resigned.Load() {
+			switch {
+			case replaced.Load():
+				l.store.log.Warn("etcd was restored or replaced; leadership lost", "key", l.key)
+			case !l.resigned.Load():
 				l.store.log.Warn("election session ended; leadership lost", "key", l.key)
 			}
 			return

@@ -20,6 +20,10 @@ var (
 	ErrUnavailable = errors.New("store: etcd unavailable")
 	// ErrCompacted: the history a Watch needs has been compacted away; reload with Load.
 	ErrCompacted = errors.New("store: revision compacted")
+	// ErrReplaced: etcd is another incarnation than the one the store saw before (restored from
+	// a snapshot, or replaced): its records may be older than what the caller holds. Reload
+	// with Load; a leadership won before has ended.
+	ErrReplaced = errors.New("store: etcd restored or replaced")
 	// ErrInvalid: bad input (a name, a record, a configuration) or a value in etcd that cannot
 	// be parsed. Nothing was written.
 	ErrInvalid = errors.New("store: invalid")

@@ -37,6 +37,9 @@ type Meta struct {
 	// records from EC2 and the agents (etcd lost, or restored).
 	Created time.Time `json:"created"`
 	Rebuilt time.Time `json:"rebuilt,omitzero"`
+	// Recovering: a leader found the records possibly behind EC2 (etcd restored or rebuilt)
+	// and has not yet finished reconciling them before serving; the next leader does it again.
+	Recovering bool `json:"recovering,omitempty"`
 	// WrittenBy is the version of the binary that last wrote the meta.
 	WrittenBy string `json:"written_by,omitempty"`
 }
@@ -77,6 +80,13 @@ func (l *Leadership) PutMeta(ctx context.Context, m Meta) error {
 	b, err := json.Marshal(m)
 	if err != nil {
 		return fmt.Errorf("store: put meta: %w: %w", ErrInvalid, err)
+	}
+	select {
+	case <-l.done:
+		return fmt.Errorf("store: put meta: %w: leadership lost", ErrNotLeader)
+	case <-l.replaced:
+		return fmt.Errorf("store: put meta: %w: etcd was restored or replaced since this leadership was won", ErrNotLeader)
+	default:
 	}
 	resp, err := l.store.client.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(l.key), "=", l.rev)).

@@ -11,6 +11,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap/zapcore"
+	"google.golang.org/grpc"
 
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/ledger"
@@ -26,6 +27,7 @@ type Store struct {
 	client *clientv3.Client
 	log    *slog.Logger
 	seen   revTracker
+	inc    *incarnation
 
 	mu     sync.Mutex
 	closed bool
@@ -38,7 +40,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
+	inc := newIncarnation(cfg.Logger.With("component", "store"))
 	cli, err := clientv3.New(clientv3.Config{
+		DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(inc.interceptor())},
 		Endpoints:   cfg.Endpoints,
 		DialTimeout: cfg.DialTimeout,
 		TLS:         cfg.TLS,
@@ -50,13 +54,14 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: connect to etcd %v: %w: %w", cfg.Endpoints, ErrUnavailable, err)
 	}
-	s := &Store{cfg: cfg, keys: newKeyspace(cfg.ClusterName), client: cli, log: cfg.Logger}
+	s := &Store{cfg: cfg, keys: newKeyspace(cfg.ClusterName), client: cli, log: cfg.Logger, inc: inc}
 	hctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
 	if err := s.Health(hctx); err != nil {
 		_ = cli.Close()
 		return nil, fmt.Errorf("store: connect to etcd %v: %w", cfg.Endpoints, err)
 	}
+	s.goroutine(func() { s.probe(cli.Ctx(), cfg.SessionTTL) })
 	return s, nil
 }
 
@@ -219,9 +224,10 @@ func (s *Store) Watch(ctx context.Context, afterRev int64, apply func(Event) err
 	}
 	next := afterRev + 1
 	backoff := newBackoff()
+	replaced := s.Replaced()
 	for {
 		before := next
-		err := s.watchOnce(ctx, &next, apply)
+		err := s.watchOnce(ctx, replaced, &next, apply)
 		if next > before {
 			backoff.reset()
 		}
@@ -238,7 +244,7 @@ func (s *Store) Watch(ctx context.Context, afterRev int64, apply func(Event) err
 // errResume marks a watch interruption after which Watch resumes.
 var errResume = errors.New("store: watch interrupted")
 
-func (s *Store) watchOnce(ctx context.Context, next *int64, apply func(Event) error) error {
+func (s *Store) watchOnce(ctx context.Context, replaced <-chan struct{}, next *int64, apply func(Event) error) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	wch := s.client.Watch(wctx, s.keys.prefix, clientv3.WithPrefix(), clientv3.WithRev(*next))
@@ -248,6 +254,8 @@ func (s *Store) watchOnce(ctx context.Context, next *int64, apply func(Event) er
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-replaced:
+			return fmt.Errorf("store: watch from revision %d: %w", *next, ErrReplaced)
 		case resp, ok = <-wch:
 		}
 		if !ok {
@@ -258,6 +266,12 @@ func (s *Store) watchOnce(ctx context.Context, next *int64, apply func(Event) er
 				return fmt.Errorf("store: watch: %w: client closed", ErrUnavailable)
 			}
 			return errResume
+		}
+		s.inc.observe(resp.Header, -1)
+		select {
+		case <-replaced:
+			return fmt.Errorf("store: watch from revision %d: %w", *next, ErrReplaced)
+		default:
 		}
 		if resp.CompactRevision != 0 {
 			return fmt.Errorf("store: watch from revision %d: %w (compacted up to %d)", *next, ErrCompacted, resp.CompactRevision)
