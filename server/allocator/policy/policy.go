@@ -249,6 +249,28 @@ func ModeFor(p Policy, t instancetypes.Type) (ledger.AddressMode, string) {
 	return ledger.ModeSecondaryIP, ""
 }
 
+// ModeForLaunch is the address mode of a new node whose instance EC2 launched with addresses or
+// prefixes already on it (a launch template's SecondaryPrivateIpAddressCount or
+// Ipv4PrefixCount; EC2 allows one or the other on an interface): the node keeps what it
+// arrived with, so nothing it carries is released to be replaced by the other kind. With
+// neither (or both, left by an earlier leader) the policy decides (ModeFor). The message says
+// when the launch and the policy disagree.
+func ModeForLaunch(p Policy, t instancetypes.Type, addresses, prefixes int) (ledger.AddressMode, string) {
+	switch {
+	case prefixes > 0 && addresses == 0 && t.PrefixDelegation():
+		if p.Mode != ledger.ModePrefix {
+			return ledger.ModePrefix, fmt.Sprintf("node launched with %d /28 prefix(es); prefix mode, although policy %s says secondary IPs (fix the launch template or the policy)", prefixes, p.Name)
+		}
+		return ledger.ModePrefix, ""
+	case addresses > 0 && prefixes == 0:
+		if p.Mode == ledger.ModePrefix {
+			return ledger.ModeSecondaryIP, fmt.Sprintf("node launched with %d secondary address(es); secondary-IP mode, although policy %s says prefixes (fix the launch template or the policy)", addresses, p.Name)
+		}
+		return ledger.ModeSecondaryIP, ""
+	}
+	return ModeFor(p, t)
+}
+
 // Shape is what a node's instance type allows.
 type Shape struct {
 	// SlotsPerENI is IPv4 per ENI minus the ENI's primary: secondary addresses, or prefixes.
