@@ -85,7 +85,7 @@ func (c *cli) completeFlag(f completer) cobra.CompletionFunc {
 
 func (c *cli) askServer(cmd *cobra.Command, f completer) ([]cobra.Completion, cobra.ShellCompDirective) {
 	// Completion runs without the commands' pre-run: settle the server and certificates here.
-	if err := c.resolve(cmd); err != nil || c.g.validate(cmdPath(cmd), true) != nil {
+	if err := c.resolve(cmd); err != nil || c.g.validate(cmdPath(cmd), true, extraOutputs(cmd)...) != nil {
 		cobra.CompDebugln(fmt.Sprintf("settings: %v", err), true)
 		return nil, cobra.ShellCompDirectiveNoFileComp
 	}
