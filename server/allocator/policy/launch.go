@@ -179,4 +179,3 @@ func ComputeLaunchHint(in LaunchInputs) LaunchHint {
 	}
 	return h
 }
-
