@@ -17,6 +17,7 @@ func Standard() []TraceParams {
 		{Trace: TraceSeed},
 		{Trace: TraceSteady},
 		{Trace: TraceBurst},
+		{Trace: TraceBurstLaunch},
 		{Trace: TraceBatch},
 		{Trace: TracePrefix},
 		{Trace: TraceGatewayBurst},
