@@ -69,6 +69,21 @@ func TestLaunchHintLearnsEachPolicysFirstMinute(t *testing.T) {
 		t.Fatalf("a new web node expects %d starts, want web's 6", in.StartPrior)
 	}
 
+	// A prefix-mode node joins web's subnet: its whole /28 blocks now matter, and web's hint
+	// (m5.xlarge is Nitro) turns to prefixes, saying why.
+	pfx := policy.Policy{Name: "pfx", Order: 2, Mode: ledger.ModePrefix, Selector: policy.Selector{Labels: map[string]string{"pool": "pfx"}}}
+	if _, err := e.a.SetPolicy(e.ctx, pfx); err != nil {
+		t.Fatal(err)
+	}
+	req = e.instance("m5.xlarge", subnetA)
+	req.Labels = map[string]string{"pool": "pfx"}
+	if _, _, err := e.a.RegisterNode(e.ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if h := hint("web"); !h.PreferPrefixes || h.Prefixes != 1 || h.SecondaryAddresses != 0 || !strings.Contains(strings.Join(h.Warnings, " "), "1 prefix-mode node(s)") {
+		t.Fatalf("web beside a prefix-mode node: %+v", h)
+	}
+
 	for _, bad := range []LaunchHintRequest{{Policy: "", InstanceType: "m5.large"}, {Policy: "web", InstanceType: "m5.huge"}} {
 		if _, err := e.a.LaunchHint(e.ctx, bad); !errors.Is(err, ErrInvalidArgument) {
 			t.Errorf("%+v: %v, want invalid argument", bad, err)
