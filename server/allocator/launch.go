@@ -25,6 +25,9 @@ func (a *Allocator) LaunchHint(ctx context.Context, req LaunchHintRequest) (poli
 	if req.Policy == "" {
 		return policy.LaunchHint{}, invalid("policy", "a node group policy name is required")
 	}
+	if len(req.Policy) > 63 || policy.ValidateName("policy", req.Policy) != nil {
+		return policy.LaunchHint{}, invalid("policy", "%q is not a policy name (a DNS-1123 label)", req.Policy)
+	}
 	if _, ok := instancetypes.Lookup(req.InstanceType); !ok {
 		return policy.LaunchHint{}, invalid("instance_type", "unknown instance type %q", req.InstanceType)
 	}

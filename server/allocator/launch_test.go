@@ -84,7 +84,7 @@ func TestLaunchHintLearnsEachPolicysFirstMinute(t *testing.T) {
 		t.Fatalf("web beside a prefix-mode node: %+v", h)
 	}
 
-	for _, bad := range []LaunchHintRequest{{Policy: "", InstanceType: "m5.large"}, {Policy: "web", InstanceType: "m5.huge"}} {
+	for _, bad := range []LaunchHintRequest{{Policy: "", InstanceType: "m5.large"}, {Policy: "Web_1", InstanceType: "m5.large"}, {Policy: "web", InstanceType: "m5.huge"}} {
 		if _, err := e.a.LaunchHint(e.ctx, bad); !errors.Is(err, ErrInvalidArgument) {
 			t.Errorf("%+v: %v, want invalid argument", bad, err)
 		}

@@ -98,6 +98,14 @@ func Invalid(field, format string, args ...any) error {
 	return fmt.Errorf("%w: %s: %s", ErrInvalid, field, fmt.Sprintf(format, args...))
 }
 
+// ValidateName checks a policy name (a DNS-1123 label).
+func ValidateName(field, name string) error {
+	if !nameRE.MatchString(name) {
+		return Invalid(field, "%q must be a DNS-1123 label", name)
+	}
+	return nil
+}
+
 // Validate checks a policy and returns an error naming the bad field.
 func (p Policy) Validate() error {
 	bad := Invalid
