@@ -96,6 +96,36 @@ type launchInterface struct {
 	DeleteOnTermination            bool     `json:"DeleteOnTermination"`
 }
 
+// launchTemplateData is the part of a launch template's data a hint fills in: the primary
+// interface and, when the policy selects by tags, the instances' tags (policies match the
+// instance's EC2 tags, so a node launched without them gets another policy).
+type launchTemplateData struct {
+	NetworkInterfaces []launchInterface `json:"NetworkInterfaces"`
+	TagSpecifications []tagSpec         `json:"TagSpecifications,omitempty"`
+}
+
+type tagSpec struct {
+	ResourceType string   `json:"ResourceType"`
+	Tags         []ec2Tag `json:"Tags"`
+}
+
+type ec2Tag struct {
+	Key   string `json:"Key"`
+	Value string `json:"Value"`
+}
+
+// instanceTags are the policy's selector labels as the tags of a launch's instances.
+func instanceTags(d LaunchHintDoc) []tagSpec {
+	if len(d.NodeLabels) == 0 {
+		return nil
+	}
+	var tags []ec2Tag
+	for _, k := range sortedKeys(d.NodeLabels) {
+		tags = append(tags, ec2Tag{Key: k, Value: d.NodeLabels[k]})
+	}
+	return []tagSpec{{ResourceType: "instance", Tags: tags}}
+}
+
 func (o SnippetOptions) groups() []string {
 	if len(o.SecurityGroups) == 0 {
 		return []string{placeholderSG}
@@ -118,7 +148,7 @@ func RenderSnippet(d LaunchHintDoc, format string, o SnippetOptions) (string, er
 	var b strings.Builder
 	switch format {
 	case FormatLaunchTemplate:
-		out, err := json.MarshalIndent(map[string][]launchInterface{"NetworkInterfaces": {ni}}, "", "  ")
+		out, err := json.MarshalIndent(launchTemplateData{NetworkInterfaces: []launchInterface{ni}, TagSpecifications: instanceTags(d)}, "", "  ")
 		if err != nil {
 			return "", fmt.Errorf("encode launch template: %w", err)
 		}
@@ -127,9 +157,19 @@ func RenderSnippet(d LaunchHintDoc, format string, o SnippetOptions) (string, er
 	case FormatCLI:
 		fmt.Fprintf(&b, "# A new version of the node group's launch template; with NetworkInterfaces the security\n")
 		fmt.Fprintf(&b, "# groups go in Groups, not SecurityGroupIds.\n")
+		tags := ""
+		if ts := instanceTags(d); len(ts) > 0 {
+			fmt.Fprintf(&b, "# Policy %s selects nodes by these instance tags; TagSpecifications replaces the source\n", d.Policy)
+			fmt.Fprintf(&b, "# version's, so list its other tags there too.\n")
+			var kv []string
+			for _, t := range ts[0].Tags {
+				kv = append(kv, fmt.Sprintf("{Key=%s,Value=%s}", t.Key, t.Value))
+			}
+			tags = fmt.Sprintf(",TagSpecifications=[{ResourceType=instance,Tags=[%s]}]", strings.Join(kv, ","))
+		}
 		fmt.Fprintf(&b, "aws ec2 create-launch-template-version --launch-template-id %s --source-version '$Latest' \\\n", placeholderTemplate)
-		fmt.Fprintf(&b, "  --launch-template-data 'NetworkInterfaces=[{DeviceIndex=0,%s=%d,Groups=[%s],DeleteOnTermination=true}]'\n",
-			field, count, strings.Join(ni.Groups, ","))
+		fmt.Fprintf(&b, "  --launch-template-data 'NetworkInterfaces=[{DeviceIndex=0,%s=%d,Groups=[%s],DeleteOnTermination=true}]%s'\n",
+			field, count, strings.Join(ni.Groups, ","), tags)
 	case FormatEksctl:
 		fmt.Fprintf(&b, "# eksctl has no field for an interface's address count: the managed node group takes it from\n")
 		fmt.Fprintf(&b, "# a launch template carrying the NetworkInterfaces block (launch-hint -o %s).\n", FormatLaunchTemplate)
@@ -139,10 +179,10 @@ func RenderSnippet(d LaunchHintDoc, format string, o SnippetOptions) (string, er
 		fmt.Fprintf(&b, "    launchTemplate:\n")
 		fmt.Fprintf(&b, "      id: %s\n", placeholderTemplate)
 		if len(d.NodeLabels) > 0 {
-			fmt.Fprintf(&b, "    labels: # policy %s selects nodes by these\n", d.Policy)
-			for _, k := range sortedKeys(d.NodeLabels) {
-				fmt.Fprintf(&b, "      %s: %s\n", yamlScalar(k), yamlScalar(d.NodeLabels[k]))
-			}
+			// Policies match the instance's EC2 tags, which a managed node group's instances
+			// get from its launch template (eksctl's own tags and labels do not reach them).
+			fmt.Fprintf(&b, "    # policy %s selects nodes by their EC2 tags %s: the launch template's\n", d.Policy, tagList(d.NodeLabels))
+			fmt.Fprintf(&b, "    # TagSpecifications (ResourceType instance) must carry them (launch-hint -o %s).\n", FormatLaunchTemplate)
 		}
 	case FormatTerraform:
 		name := "ipledger_" + strings.ReplaceAll(d.Policy, "-", "_")
@@ -162,29 +202,31 @@ func RenderSnippet(d LaunchHintDoc, format string, o SnippetOptions) (string, er
 		fmt.Fprintf(&b, "    %-21s = %d\n", tfField, count)
 		fmt.Fprintf(&b, "    security_groups       = %s\n", sgs)
 		fmt.Fprintf(&b, "    delete_on_termination = true\n")
-		fmt.Fprintf(&b, "  }\n}\n")
+		fmt.Fprintf(&b, "  }\n")
+		if len(d.NodeLabels) > 0 {
+			fmt.Fprintf(&b, "\n  # policy %s selects nodes by these instance tags\n", d.Policy)
+			fmt.Fprintf(&b, "  tag_specifications {\n")
+			fmt.Fprintf(&b, "    resource_type = \"instance\"\n")
+			fmt.Fprintf(&b, "    tags = {\n")
+			for _, k := range sortedKeys(d.NodeLabels) {
+				fmt.Fprintf(&b, "      %q = %q\n", k, d.NodeLabels[k])
+			}
+			fmt.Fprintf(&b, "    }\n  }\n")
+		}
+		fmt.Fprintf(&b, "}\n")
 	default:
 		return "", fmt.Errorf("unknown snippet format %q (want one of %s)", format, strings.Join(SnippetFormats, ", "))
 	}
 	return b.String(), nil
 }
 
-var (
-	plainYAML  = regexp.MustCompile(`^[A-Za-z0-9][-A-Za-z0-9_./]*$`)
-	numberYAML = regexp.MustCompile(`^[0-9.eE+-]+$`)
-)
-
-// yamlScalar quotes a label key or value unless it is plain (labels are validated; values such
-// as "true" or "1" would change type unquoted).
-func yamlScalar(s string) string {
-	switch strings.ToLower(s) {
-	case "true", "false", "yes", "no", "on", "off", "null", "y", "n", "~":
-		return fmt.Sprintf("%q", s)
+// tagList is "k=v, k=v" in key order.
+func tagList(m map[string]string) string {
+	var kv []string
+	for _, k := range sortedKeys(m) {
+		kv = append(kv, k+"="+m[k])
 	}
-	if plainYAML.MatchString(s) && !numberYAML.MatchString(s) {
-		return s
-	}
-	return fmt.Sprintf("%q", s)
+	return strings.Join(kv, ", ")
 }
 
 func launchHintTable(w io.Writer, d LaunchHintDoc) {
@@ -198,6 +240,9 @@ func launchHintTable(w io.Writer, d LaunchHintDoc) {
 	row(w, "Instance type:", d.InstanceType)
 	row(w, "Launch with:", launch)
 	row(w, "Mode:", mode)
+	if len(d.NodeLabels) > 0 {
+		row(w, "Instance tags:", tagList(d.NodeLabels)+" (policy "+d.Policy+" selects nodes by these EC2 tags: launch them with these)")
+	}
 	row(w, "Pod addresses:", fmt.Sprintf("%d at launch; the policy wants %d after the first minute; the interface takes %d", d.PodAddresses, d.Want, d.InterfaceLimit))
 	for _, r := range d.Reasons {
 		row(w, "Why:", r)

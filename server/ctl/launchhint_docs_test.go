@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"regexp"
@@ -95,5 +96,54 @@ func TestDocsLaunchHintSnippets(t *testing.T) {
 	// The Karpenter note is in the docs as launch-hint prints it.
 	if !strings.Contains(strings.Join(strings.Fields(strings.ReplaceAll(string(b), "\n> ", "\n")), " "), KarpenterNote) {
 		t.Errorf("docs/operations.md does not quote the Karpenter note as launch-hint prints it:\n%s", KarpenterNote)
+	}
+}
+
+// TestLaunchHintSnippetsCarryTheSelectorTags: policies match the instance's EC2 tags, so every
+// snippet for a policy that selects by tags launches its instances with them, and one for a
+// policy without a selector adds no tags.
+func TestLaunchHintSnippetsCarryTheSelectorTags(t *testing.T) {
+	web := launchHintExamples(t)["web"]
+	lt, err := RenderSnippet(web, FormatLaunchTemplate, SnippetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var data struct {
+		NetworkInterfaces []map[string]any
+		TagSpecifications []struct {
+			ResourceType string
+			Tags         []struct{ Key, Value string }
+		}
+	}
+	if err := json.Unmarshal([]byte(lt), &data); err != nil {
+		t.Fatalf("%v\n%s", err, lt)
+	}
+	if len(data.TagSpecifications) != 1 || data.TagSpecifications[0].ResourceType != "instance" ||
+		len(data.TagSpecifications[0].Tags) != 1 || data.TagSpecifications[0].Tags[0].Key != "node.kubernetes.io/pool" || data.TagSpecifications[0].Tags[0].Value != "web" {
+		t.Fatalf("launch template without the policy's instance tags:\n%s", lt)
+	}
+	for format, want := range map[string]string{
+		FormatCLI:       "TagSpecifications=[{ResourceType=instance,Tags=[{Key=node.kubernetes.io/pool,Value=web}]}]'",
+		FormatEksctl:    "EC2 tags node.kubernetes.io/pool=web",
+		FormatTerraform: "\"node.kubernetes.io/pool\" = \"web\"",
+	} {
+		s, err := RenderSnippet(web, format, SnippetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(s, want) {
+			t.Errorf("-o %s lacks %q:\n%s", format, want, s)
+		}
+	}
+	bare := web
+	bare.NodeLabels = nil
+	for _, f := range SnippetFormats {
+		s, err := RenderSnippet(bare, f, SnippetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(strings.ToLower(s), "tag") {
+			t.Errorf("-o %s for a policy without a selector mentions tags:\n%s", f, s)
+		}
 	}
 }

@@ -1987,7 +1987,8 @@ type LaunchHintResponse struct {
 	ObservedNodes     uint32   `protobuf:"varint,12,opt,name=observed_nodes,json=observedNodes,proto3" json:"observed_nodes,omitempty"`
 	Reasons           []string `protobuf:"bytes,13,rep,name=reasons,proto3" json:"reasons,omitempty"`
 	Warnings          []string `protobuf:"bytes,14,rep,name=warnings,proto3" json:"warnings,omitempty"`
-	// The labels the policy selects nodes by: the node group must give its nodes these.
+	// The labels the policy selects nodes by: the EC2 tags a node group must launch its
+	// instances with (policies match the instance's tags).
 	NodeLabels    map[string]string `protobuf:"bytes,15,rep,name=node_labels,json=nodeLabels,proto3" json:"node_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

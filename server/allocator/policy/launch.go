@@ -62,7 +62,8 @@ type LaunchHint struct {
 	Observed       int
 	Reasons        []string
 	Warnings       []string
-	// Labels are the policy's selector labels: the node group must give its nodes these.
+	// Labels are the policy's selector labels: the EC2 tags the node group must launch its
+	// instances with (policies match the instance's tags).
 	Labels map[string]string
 }
 
