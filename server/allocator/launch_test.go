@@ -2,6 +2,7 @@ package allocator
 
 import (
 	"errors"
+	"maps"
 	"strings"
 	"testing"
 
@@ -18,8 +19,7 @@ func TestLaunchHintLearnsEachPolicysFirstMinute(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := func(labels map[string]string, pods uint64) {
-		req := e.instance("m5.xlarge", subnetA)
-		req.Labels = labels
+		req := e.taggedInstance("m5.xlarge", subnetA, labels)
 		if _, _, err := e.a.RegisterNode(e.ctx, req); err != nil {
 			t.Fatal(err)
 		}
@@ -57,8 +57,7 @@ func TestLaunchHintLearnsEachPolicysFirstMinute(t *testing.T) {
 		t.Fatalf("expected 4: %+v %v", h, err)
 	}
 	// A new web node's start prior is web's, not the cluster's median.
-	req := e.instance("m5.xlarge", subnetA)
-	req.Labels = map[string]string{"pool": "web"}
+	req := e.taggedInstance("m5.xlarge", subnetA, map[string]string{"pool": "web"})
 	if _, _, err := e.a.RegisterNode(e.ctx, req); err != nil {
 		t.Fatal(err)
 	}
@@ -75,8 +74,7 @@ func TestLaunchHintLearnsEachPolicysFirstMinute(t *testing.T) {
 	if _, err := e.a.SetPolicy(e.ctx, pfx); err != nil {
 		t.Fatal(err)
 	}
-	req = e.instance("m5.xlarge", subnetA)
-	req.Labels = map[string]string{"pool": "pfx"}
+	req = e.taggedInstance("m5.xlarge", subnetA, map[string]string{"pool": "pfx"})
 	if _, _, err := e.a.RegisterNode(e.ctx, req); err != nil {
 		t.Fatal(err)
 	}
@@ -92,4 +90,15 @@ func TestLaunchHintLearnsEachPolicysFirstMinute(t *testing.T) {
 	if _, err := e.a.LaunchHint(e.ctx, LaunchHintRequest{Policy: "nope", InstanceType: "m5.large"}); !errors.Is(err, ErrNotFound) {
 		t.Errorf("unknown policy: %v", err)
 	}
+}
+
+// taggedInstance launches an instance whose EC2 tags (what policies match) are tags, and says
+// the same in the agent's labels (shown only).
+func (e *env) taggedInstance(typ, subnet string, tags map[string]string) Registration {
+	req := e.instance(typ, subnet)
+	e.ec2.mu.Lock()
+	e.ec2.instances[req.InstanceID].tags = maps.Clone(tags)
+	e.ec2.mu.Unlock()
+	req.Labels = maps.Clone(tags)
+	return req
 }
