@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -570,4 +571,94 @@ func etcdDBSize(ctx context.Context, endpoints []string) (int64, error) {
 		return 0, err
 	}
 	return st.DbSize, nil
+}
+
+// admin dials the server's AdminService for one call.
+func (s *ipledgerSystem) admin() (ipledgerv1.AdminServiceClient, func(), error) {
+	conn, err := grpc.NewClient(s.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, nil, err
+	}
+	return ipledgerv1.NewAdminServiceClient(conn), func() { conn.Close() }, nil
+}
+
+// LaunchTemplate asks the server for the policy's launch hint (AdminService.LaunchHint), for
+// new nodes that start expectedPods pods in their first minute.
+func (s *ipledgerSystem) LaunchTemplate(ctx context.Context, policyName, instanceType string, expectedPods int) (LaunchTemplate, error) {
+	admin, done, err := s.admin()
+	if err != nil {
+		return LaunchTemplate{}, err
+	}
+	defer done()
+	n := uint32(expectedPods)
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	h, err := admin.LaunchHint(cctx, &ipledgerv1.LaunchHintRequest{Policy: policyName, InstanceType: instanceType, ExpectedPods: &n})
+	if err != nil {
+		return LaunchTemplate{}, err
+	}
+	return LaunchTemplate{Policy: h.GetPolicy(), SecondaryPrivateIPAddressCount: int(h.GetSecondaryPrivateIpAddressCount()),
+		IPv4PrefixCount: int(h.GetIpv4PrefixCount()), Source: "server"}, nil
+}
+
+// Check runs AdminService.Check with EC2 (what `ipledgerctl check` prints), counts the
+// subnets' foreign addresses, and counts addresses two nodes' leases hold (from every node's
+// detail).
+func (s *ipledgerSystem) Check(ctx context.Context) (CheckResult, error) {
+	admin, done, err := s.admin()
+	if err != nil {
+		return CheckResult{}, err
+	}
+	defer done()
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	rep, err := admin.Check(cctx, &ipledgerv1.CheckRequest{IncludeEc2: true})
+	if err != nil {
+		return CheckResult{}, err
+	}
+	out := CheckResult{OK: rep.GetOk(), Findings: []string{}}
+	for _, f := range rep.GetFindings() {
+		out.Findings = append(out.Findings, f.String())
+	}
+	subs, err := admin.ListSubnets(cctx, &ipledgerv1.ListSubnetsRequest{})
+	if err != nil {
+		return out, err
+	}
+	for _, b := range subs.GetSubnets() {
+		out.Foreign += int(b.GetForeign())
+	}
+	nodes, err := admin.ListNodes(cctx, &ipledgerv1.ListNodesRequest{})
+	if err != nil {
+		return out, err
+	}
+	owner := map[string]string{}
+	claim := func(node, ip string) {
+		out.Leased++
+		if o, ok := owner[ip]; ok && o != node {
+			out.LeasedTwice++
+			return
+		}
+		owner[ip] = node
+	}
+	for _, n := range nodes.GetNodes() {
+		d, err := admin.GetNode(cctx, &ipledgerv1.GetNodeRequest{NodeName: n.GetNodeName()})
+		if err != nil {
+			return out, err
+		}
+		for _, ni := range d.GetPool().GetInterfaces() {
+			for _, a := range ni.GetAddresses() {
+				claim(n.GetNodeName(), a.GetIp())
+			}
+			for _, p := range ni.GetPrefixes() {
+				pfx, err := netip.ParsePrefix(p.GetCidr())
+				if err != nil {
+					return out, fmt.Errorf("bench: node %s: prefix %q: %w", n.GetNodeName(), p.GetCidr(), err)
+				}
+				for ip := pfx.Masked().Addr(); pfx.Contains(ip); ip = ip.Next() {
+					claim(n.GetNodeName(), ip.String())
+				}
+			}
+		}
+	}
+	return out, nil
 }

@@ -71,8 +71,20 @@ type SystemResult struct {
 	NodesReadyS *float64 `json:"nodes_ready_s"`
 	// NodesNeverReady counts nodes that never held a free address.
 	NodesNeverReady int `json:"nodes_never_ready"`
-	// NodesReadyPerFloor (burst): NodesReadyS over the burst floor.
+	// NodesReadyPerFloor (burst, burst-launch): NodesReadyS over the burst floor.
 	NodesReadyPerFloor *float64 `json:"nodes_ready_per_floor,omitempty"`
+	// NodeReadyAfterLaunchP50S and MaxS (burst-launch): each node's time from its instance's
+	// launch (RunInstances returned; its software started) until it could start a pod.
+	NodeReadyAfterLaunchP50S *float64 `json:"node_ready_after_launch_p50_s,omitempty"`
+	NodeReadyAfterLaunchMaxS *float64 `json:"node_ready_after_launch_max_s,omitempty"`
+	// LaunchCalls and LaunchThrottled: the trace's own RunInstances (the autoscaler's, not the
+	// system's: neither counts in MutatingCalls or Throttled).
+	LaunchCalls     int `json:"launch_calls,omitempty"`
+	LaunchThrottled int `json:"launch_throttled,omitempty"`
+	// LaunchTemplate (burst-launch): what the nodes launched with.
+	LaunchTemplate *LaunchTemplate `json:"launch_template,omitempty"`
+	// Check (burst-launch, ipledger): AdminService.Check with EC2 after the burst.
+	Check *CheckResult `json:"check,omitempty"`
 
 	ServerCPUSeconds *float64 `json:"server_cpu_s"`
 	ServerPeakRSSMB  *float64 `json:"server_peak_rss_mb"`
@@ -184,6 +196,12 @@ func (r *runner) result(res Resources, stats ec2sim.Stats, duration time.Duratio
 	bucketCalls := map[string]int{}
 	for a, s := range delta {
 		out.EC2Calls[a] = s.Calls
+		if a == "RunInstances" || a == "TerminateInstances" {
+			// The trace's own launches (the autoscaler's), not the system's calls.
+			out.LaunchCalls += s.Calls - s.Throttled
+			out.LaunchThrottled += s.Throttled
+			continue
+		}
 		out.Throttled += s.Throttled
 		for code, k := range s.Errors {
 			out.EC2Errors[code] += k
@@ -267,6 +285,10 @@ func (r *runner) result(res Resources, stats ec2sim.Stats, duration time.Duratio
 	}
 	if allReady {
 		out.NodesReadyS = &ready
+	}
+	if r.cfg.trace == TraceBurstLaunch {
+		out.NodeReadyAfterLaunchP50S, out.NodeReadyAfterLaunchMaxS = readyAfterLaunch(r.nodes)
+		out.LaunchTemplate, out.Check = r.template, r.check
 	}
 	if len(r.phases) > 1 {
 		for _, ph := range r.phases {

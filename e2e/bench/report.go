@@ -112,6 +112,30 @@ func writeReportMarkdown(b *strings.Builder, rep Report) {
 			fmt.Fprintf(b, "- %s: %s\n", s.Name, strings.Join(parts, ", "))
 		}
 	}
+	if rep.Trace == TraceBurstLaunch {
+		b.WriteString("\n| system | launch template | node ready after launch p50 / max s | mutating calls by the system | throttled (system) | RunInstances calls / throttled | check | foreign | leased / leased twice |\n|---|---|---:|---:|---:|---:|---|---:|---:|\n")
+		for _, s := range rep.Systems {
+			tmpl := "n/a"
+			if t := s.LaunchTemplate; t != nil {
+				tmpl = fmt.Sprintf("%d addresses", t.SecondaryPrivateIPAddressCount)
+				if t.IPv4PrefixCount > 0 {
+					tmpl = fmt.Sprintf("%d prefixes", t.IPv4PrefixCount)
+				}
+				tmpl += " (" + t.Source + ")"
+			}
+			check, foreign, leased := "n/a", "n/a", "n/a"
+			if c := s.Check; c != nil {
+				check = "clean"
+				if !c.OK || len(c.Findings) > 0 {
+					check = fmt.Sprintf("%d finding(s)", len(c.Findings))
+				}
+				foreign, leased = fmt.Sprint(c.Foreign), fmt.Sprintf("%d / %d", c.Leased, c.LeasedTwice)
+			}
+			fmt.Fprintf(b, "| %s | %s | %s / %s | %d | %d | %d / %d | %s | %s | %s |\n", s.Name, tmpl,
+				fptr(s.NodeReadyAfterLaunchP50S, 1), fptr(s.NodeReadyAfterLaunchMaxS, 1), s.MutatingCalls, s.Throttled,
+				s.LaunchCalls, s.LaunchThrottled, check, foreign, leased)
+		}
+	}
 	if rep.Trace == TracePrefix {
 		b.WriteString("\n| system | InsufficientCidrBlocks | whole /28 blocks left at the end | pods not running |\n|---|---:|---:|---:|\n")
 		for _, s := range rep.Systems {
@@ -144,6 +168,9 @@ func describeParams(trace string, p Params) string {
 			p.Nodes, p.InstanceType, 100*p.IdleNodes, p.PodsPerNode, 100*p.Churn, p.DurationS)
 	case TraceBurst:
 		return fmt.Sprintf("%d %s nodes launched at once, %d pod(s) on each as soon as it is ready", p.Nodes, p.InstanceType, p.PodsPerNode)
+	case TraceBurstLaunch:
+		return fmt.Sprintf("%d %s nodes launched through RunInstances in batches of %d (paced under its buckets, as an Auto Scaling group launches) from a launch template carrying the node group's launch hint, %d pod(s) on each as soon as it is ready; the clock starts as the first RunInstances is sent, a node's own clock as its RunInstances returns (its software starts then: the ~30 s from launch to a running kubelet is not modelled, for either system)",
+			p.Nodes, p.InstanceType, LaunchBatch, p.PodsPerNode)
 	case TraceBatch:
 		return fmt.Sprintf("%d %s nodes; %d waves, every 120 s, of %d job pods per node that run 60 s", p.Nodes, p.InstanceType, p.Waves, p.PodsPerNode)
 	case TracePrefix:

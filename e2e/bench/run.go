@@ -163,7 +163,7 @@ func Run(ctx context.Context, p TraceParams, env Env) (Report, error) {
 		rep.Params.PrefixNodes, rep.Params.PrefixPods, rep.Params.WholeBlocks, rep.Params.DurationS = p.PrefixNodes, p.PrefixPods, p.WholeBlocks, p.Duration.Seconds()
 	case TraceSeed:
 		rep.Params.PodsPerNode, rep.Params.DurationS = 0, p.Duration.Seconds()
-	case TraceBurst:
+	case TraceBurst, TraceBurstLaunch:
 		rep.BurstFloor = burstFloor(p.Nodes)
 	}
 	def := traceDefs[p.Trace]

@@ -48,6 +48,9 @@ type runner struct {
 	running     atomic.Int64
 	podStarts   atomic.Int64
 	startErrors []error
+	// burst-launch: the template the nodes launched from, and the system's check after it.
+	template *LaunchTemplate
+	check    *CheckResult
 }
 
 // runConfig is everything one system's run of a trace needs.

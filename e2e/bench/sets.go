@@ -17,6 +17,7 @@ func Standard() []TraceParams {
 		{Trace: TraceSeed},
 		{Trace: TraceSteady},
 		{Trace: TraceBurst},
+		{Trace: TraceBurstLaunch},
 		{Trace: TraceBatch},
 		{Trace: TracePrefix},
 		{Trace: TraceGatewayBurst},
@@ -30,6 +31,7 @@ func Quick() []TraceParams {
 		{Trace: TraceSeed, Systems: []string{SystemIPLedger, vpccni.NameDefault, vpccni.NameMin5}, Duration: 120 * time.Second, TimeScale: 30},
 		{Trace: TraceSteady, Nodes: 20, Duration: 180 * time.Second, Systems: two},
 		{Trace: TraceBurst, Nodes: 100, Systems: two, TimeScale: 20, Duration: 600 * time.Second},
+		{Trace: TraceBurstLaunch, Nodes: 100, Systems: two, TimeScale: 20, Duration: 600 * time.Second},
 		{Trace: TraceGatewayBurst, GatewayPerAction: 120},
 	}
 }

@@ -20,6 +20,7 @@ const (
 	TraceSeed         = "seed"
 	TraceSteady       = "steady"
 	TraceBurst        = "burst"
+	TraceBurstLaunch  = "burst-launch"
 	TraceBatch        = "batch"
 	TracePrefix       = "prefix"
 	TraceGatewayBurst = "gateway-burst"
@@ -30,7 +31,7 @@ var ErrUnknownTrace = errors.New("bench: unknown trace")
 
 // Traces lists the trace names.
 func Traces() []string {
-	return []string{TraceSeed, TraceSteady, TraceBurst, TraceBatch, TracePrefix, TraceGatewayBurst}
+	return []string{TraceSeed, TraceSteady, TraceBurst, TraceBurstLaunch, TraceBatch, TracePrefix, TraceGatewayBurst}
 }
 
 // TraceParams are one trace's parameters. Zero values take the trace's defaults (Defaults).
@@ -82,7 +83,7 @@ func Defaults(p TraceParams) (TraceParams, error) {
 	case TraceSteady:
 		d.Nodes, d.Pods, d.InstanceType, d.TimeScale, d.Duration, d.IdleNodes = 50, 24, "m5.4xlarge", 30, 600*time.Second, 0.1
 		d.Systems = AllSystems()
-	case TraceBurst:
+	case TraceBurst, TraceBurstLaunch:
 		// A low time scale: at F the server's and agents' own (unscaled) latencies count F
 		// times in simulated time, which at 10 already adds a third to the burst.
 		d.Nodes, d.Pods, d.InstanceType, d.TimeScale, d.Duration = 1000, 1, "m5.large", 4, 1200*time.Second
@@ -198,6 +199,9 @@ var traceDefs = map[string]traceDef{
 	TraceBurst: {scenario: func(p TraceParams) (*ec2sim.Scenario, error) {
 		return generateScenario(clusterShape{Nodes: p.Nodes, InstanceType: p.InstanceType})
 	}, drive: driveBurst},
+	TraceBurstLaunch: {scenario: func(p TraceParams) (*ec2sim.Scenario, error) {
+		return generateScenario(clusterShape{Nodes: p.Nodes, InstanceType: p.InstanceType})
+	}, drive: driveBurstLaunch},
 	TraceBatch:  {scenario: runningScenario, drive: driveBatch},
 	TracePrefix: {scenario: prefixScenario, setup: fragmentPartly, drive: drivePrefix},
 }

@@ -151,7 +151,8 @@ type Allocator struct {
 	attaching     map[string]bool // pre-warmed ENIs being attached to a node
 	deleting      map[string]bool // empty ENIs being detached and deleted: supply leaves them
 	prewarmChosen map[string][]netip.Addr
-	starts        policy.StartPrior
+	starts        policy.StartPrior             // new nodes' first-minute pod starts, cluster-wide
+	policyStarts  map[string]*policy.StartPrior // the same, per node group policy (launch hints)
 
 	started     chan struct{}
 	fatal       chan error
@@ -227,6 +228,7 @@ func New(cfg Config) (*Allocator, error) {
 		mu:            mutex{name: "allocator", obs: obs},
 		nodes:         map[string]*nodeState{},
 		policies:      map[string]policy.Policy{},
+		policyStarts:  map[string]*policy.StartPrior{},
 		types:         map[string]instancetypes.Type{},
 		drift:         map[string]time.Time{},
 		attaching:     map[string]bool{},
@@ -686,9 +688,18 @@ func (a *Allocator) inputsLocked(ns *nodeState, rec ledger.NodeRecord) policy.In
 	}
 	in.PeakBurst = ns.rate.Peak(policy.BurstSpan+2*in.RefillLatency, since)
 	if ns.fresh && now.Sub(ns.registered) < policy.StartWindow {
-		in.StartPrior = a.starts.Prior()
+		in.StartPrior = a.startPriorLocked(ns.policy.Name)
 	}
 	return in
+}
+
+// startPriorLocked is what a new node of the policy is expected to start in its first minute:
+// what the policy's new nodes started, else (before its first) what the cluster's did.
+func (a *Allocator) startPriorLocked(policyName string) int {
+	if sp := a.policyStarts[policyName]; sp != nil && sp.Len() > 0 {
+		return sp.Prior()
+	}
+	return a.starts.Prior()
 }
 
 // activeAddresses counts a node's active leased addresses (a prefix counts 16).
@@ -766,6 +777,12 @@ func (a *Allocator) ReportUsage(node string, u Usage) error {
 		// The agent started with the node, so its adds counter is the node's pod starts.
 		ns.priorDone = true
 		a.starts.Add(int(u.AddsTotal))
+		sp := a.policyStarts[ns.policy.Name]
+		if sp == nil {
+			sp = &policy.StartPrior{}
+			a.policyStarts[ns.policy.Name] = sp
+		}
+		sp.Add(int(u.AddsTotal))
 	}
 	a.mu.Unlock()
 	a.led.SetUsage(node, ips)

@@ -141,6 +141,62 @@ func (f *fakeEC2) runInstance(typ, subnet string) string {
 	return in.id
 }
 
+// launchOnPrimary puts what a launch template's primary interface asks for on an instance's
+// primary ENI, as RunInstances does: ips secondary addresses or prefixes /28 blocks, each picked
+// at random (pick(n) returns 0..n-1) among the free ones. It returns false, changing nothing,
+// when the subnet cannot give them (EC2 refuses the launch).
+func (f *fakeEC2) launchOnPrimary(instanceID string, ips, prefixes int, pick func(int) int) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var e *fakeENI
+	for _, x := range f.enis {
+		if x.Attachment != nil && x.Attachment.InstanceID == instanceID && x.Attachment.DeviceIndex == 0 {
+			e = x
+		}
+	}
+	if e == nil {
+		return false
+	}
+	s := f.subnets[e.SubnetID]
+	var free []netip.Addr
+	var blocks []netip.Prefix
+	for a := s.cidr.Masked().Addr(); s.cidr.Contains(a); a = a.Next() {
+		if !s.reserved(a) && s.owner[a] == "" {
+			free = append(free, a)
+		}
+		if p := netip.PrefixFrom(a, 28); p.Masked().Addr() == a {
+			whole := true
+			for _, b := range prefixAddrs(p) {
+				if s.reserved(b) || s.owner[b] != "" {
+					whole = false
+					break
+				}
+			}
+			if whole {
+				blocks = append(blocks, p)
+			}
+		}
+	}
+	if len(free) < ips || len(blocks) < prefixes {
+		return false
+	}
+	for range ips {
+		i := pick(len(free))
+		s.owner[free[i]] = e.ID
+		e.SecondaryIPs = append(e.SecondaryIPs, free[i])
+		free = slices.Delete(free, i, i+1)
+	}
+	for range prefixes {
+		i := pick(len(blocks))
+		for _, b := range prefixAddrs(blocks[i]) {
+			s.owner[b] = e.ID
+		}
+		e.Prefixes = append(e.Prefixes, blocks[i])
+		blocks = slices.Delete(blocks, i, i+1)
+	}
+	return true
+}
+
 // addForeign creates an ENI nobody in the cluster owns, holding n secondary addresses.
 func (f *fakeEC2) addForeign(subnet string, n int) string {
 	f.mu.Lock()

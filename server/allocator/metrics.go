@@ -11,6 +11,7 @@ type metrics struct {
 	connected     prometheus.Gauge
 	acks          *prometheus.CounterVec
 	registrations prometheus.Counter
+	launchAdopted *prometheus.CounterVec
 	removals      prometheus.Counter
 	repairs       *prometheus.CounterVec
 	leaseOps      *prometheus.CounterVec
@@ -29,6 +30,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		registrations: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ipledger_node_registrations_total", Help: "Nodes registered.",
 		}),
+		launchAdopted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ipledger_launch_adopted_total", Help: "Addresses and prefixes new nodes arrived with (EC2 put them there at launch), adopted at registration, by kind.",
+		}, []string{"kind"}),
 		removals: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ipledger_node_removals_total", Help: "Nodes removed because their instance is gone.",
 		}),
@@ -43,7 +47,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"node"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.acks, m.registrations, m.removals, m.repairs, m.leaseOps, m.usageRefused)
+		reg.MustRegister(m.connected, m.acks, m.registrations, m.launchAdopted, m.removals, m.repairs, m.leaseOps, m.usageRefused)
 	}
 	return m
 }

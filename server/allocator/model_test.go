@@ -321,6 +321,19 @@ func (m *model) launch() {
 		m.note("launch in %s: the subnet is full", subnet)
 		return
 	}
+	// A third of the instances launch from a template that puts addresses (or, for a Nitro
+	// type, a /28 prefix) on the primary interface: EC2 picks them at random among the free
+	// ones, and the ledger only hears of them at registration.
+	launched := ""
+	if m.rng.IntN(3) == 0 {
+		ips, pfx := 1+m.rng.IntN(4), 0
+		if typ != "t3.medium" && m.rng.IntN(2) == 0 {
+			ips, pfx = 0, 1
+		}
+		if m.ec2.launchOnPrimary(id, ips, pfx, m.rng.IntN) {
+			launched = fmt.Sprintf(" with %d address(es), %d prefix(es) on its primary interface", ips, pfx)
+		}
+	}
 	m.ec2.mu.Lock()
 	in := m.ec2.instances[id]
 	req := Registration{NodeName: in.dns, InstanceID: in.id, InstanceType: in.typ, AvailabilityZone: in.az, SubnetID: in.subnet, PrimaryIP: in.ip}
@@ -336,7 +349,7 @@ func (m *model) launch() {
 	}
 	m.ec2.mu.Unlock()
 	m.pending = append(m.pending, req)
-	m.note("launch %s (%s in %s, labels %v)", req.NodeName, typ, subnet, req.Labels)
+	m.note("launch %s (%s in %s, labels %v)%s", req.NodeName, typ, subnet, req.Labels, launched)
 }
 
 func (m *model) register() {

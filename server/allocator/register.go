@@ -156,8 +156,16 @@ func (a *Allocator) registerHeld(ctx context.Context, req Registration, inst ec2
 	// labels the agent reports: a node must not choose its own policy.
 	pol := policy.Match(policy.List(a.policies), inst.Tags, inst.Type)
 	a.mu.Unlock()
-	mode, modeMsg := policy.ModeFor(pol, typ)
-	rec := nodeRecordFrom(inst, req, pol.Name, mode, a.cfg.ClusterName, a.now())
+	// What EC2 put on the instance at launch (or an earlier leader assigned) is the node's
+	// lease from this commit on; its kind decides the mode.
+	rec := nodeRecordFrom(inst, req, pol.Name, "", a.cfg.ClusterName, a.now())
+	launchedIPs, launchedPrefixes := 0, 0
+	for _, e := range rec.ENIs {
+		launchedIPs += len(e.Addresses)
+		launchedPrefixes += len(e.Prefixes)
+	}
+	mode, modeMsg := policy.ModeForLaunch(pol, typ, launchedIPs, launchedPrefixes)
+	rec.Mode = mode
 
 	// The instance's own addresses become unplaceable at once: they join the subnet's foreign set
 	// in memory (a node's record takes foreign addresses over when it is applied), so no other
@@ -217,13 +225,22 @@ func (a *Allocator) registerHeld(ctx context.Context, req Registration, inst ec2
 	ns := a.newNodeStateLocked(rec)
 	ns.typ, ns.policy, ns.modeMsg = typ, pol, modeMsg
 	ns.fresh, ns.registered = true, a.now()
+	// A new node's agent has handed out nothing yet: what the instance arrived with (EC2 put
+	// it there at launch) is free, not assumed in use until the first report, or a launched
+	// node would get an EC2 call for one more address it does not need.
+	ns.assumedInUse = 0
 	ns.generation = uint64(rev)
 	a.nodes[name] = ns
 	pool := a.poolLocked(ns, rec)
 	a.mu.Unlock()
 	a.kick(name)
 	a.met.registrations.Inc()
-	a.log.Info("node registered", "node", name, "instance", inst.ID, "type", inst.Type, "subnet", inst.SubnetID, "policy", pol.Name, "mode", mode)
+	a.log.Info("node registered", "node", name, "instance", inst.ID, "type", inst.Type, "subnet", inst.SubnetID, "policy", pol.Name, "mode", mode,
+		"adopted_addresses", launchedIPs, "adopted_prefixes", launchedPrefixes)
+	if launchedIPs+launchedPrefixes > 0 {
+		a.met.launchAdopted.WithLabelValues("address").Add(float64(launchedIPs))
+		a.met.launchAdopted.WithLabelValues("prefix").Add(float64(launchedPrefixes))
+	}
 	if modeMsg != "" {
 		a.log.Warn(modeMsg, "node", name)
 	}

@@ -77,7 +77,7 @@ func (c *cli) newRoot() *cobra.Command {
 			if err := c.resolve(cmd); err != nil && asks {
 				return err
 			}
-			return c.g.validate(cmdPath(cmd), asks)
+			return c.g.validate(cmdPath(cmd), asks, extraOutputs(cmd)...)
 		},
 	}
 	// --version: the same line as every binary's (internal/version); 'version' adds the server's.
@@ -198,6 +198,17 @@ func local(cmd *cobra.Command) *cobra.Command {
 	}
 	cmd.Annotations[localAnnotation] = "true"
 	return cmd
+}
+
+// outputsAnnotation lists, comma-separated, the -o formats a command prints besides table,
+// json and yaml (launch-hint's snippets).
+const outputsAnnotation = "ipledgerctl/outputs"
+
+func extraOutputs(cmd *cobra.Command) []string {
+	if v := cmd.Annotations[outputsAnnotation]; v != "" {
+		return strings.Split(v, ",")
+	}
+	return nil
 }
 
 // localWithAnnotation names a boolean flag with which the command asks no server (version

@@ -53,7 +53,10 @@ const completionTimeout = 2 * time.Second
 // registerFlagCompletions completes the global flags' values: -o's formats, file names for the
 // certificate flags, nothing for the others.
 func (c *cli) registerFlagCompletions(root *cobra.Command) {
-	_ = root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions(outputFormats, cobra.ShellCompDirectiveNoFileComp))
+	_ = root.RegisterFlagCompletionFunc("output", func(cmd *cobra.Command, _ []string, _ string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		// A command's own formats too (launch-hint's snippets).
+		return append(slices.Clone(outputFormats), extraOutputs(cmd)...), cobra.ShellCompDirectiveNoFileComp
+	})
 	for _, name := range []string{"server", "timeout"} {
 		_ = root.RegisterFlagCompletionFunc(name, cobra.NoFileCompletions)
 	}
@@ -85,7 +88,7 @@ func (c *cli) completeFlag(f completer) cobra.CompletionFunc {
 
 func (c *cli) askServer(cmd *cobra.Command, f completer) ([]cobra.Completion, cobra.ShellCompDirective) {
 	// Completion runs without the commands' pre-run: settle the server and certificates here.
-	if err := c.resolve(cmd); err != nil || c.g.validate(cmdPath(cmd), true) != nil {
+	if err := c.resolve(cmd); err != nil || c.g.validate(cmdPath(cmd), true, extraOutputs(cmd)...) != nil {
 		cobra.CompDebugln(fmt.Sprintf("settings: %v", err), true)
 		return nil, cobra.ShellCompDirectiveNoFileComp
 	}

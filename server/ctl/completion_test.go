@@ -19,7 +19,9 @@ var completionCases = []struct {
 	{[]string{""}, []string{"subnets", "subnet", "nodes", "node", "prewarm", "policy", "policies", "check", "completion"}, []string{"create"}},
 	{[]string{"pre"}, []string{"prewarm"}, []string{"subnets"}},
 	{[]string{"prewarm", ""}, []string{"create", "list", "cancel"}, []string{"subnets"}},
-	{[]string{"subnets", "-o", ""}, []string{"table", "json", "yaml"}, []string{"subnets"}},
+	{[]string{"subnets", "-o", ""}, []string{"table", "json", "yaml"}, []string{"subnets", "terraform"}},
+	{[]string{"launch-hint", "-o", ""}, []string{"table", "json", "launch-template", "cli", "eksctl", "terraform"}, nil},
+	{[]string{"launch-hint", "--"}, []string{"--policy", "--instance-type", "--expected-pods", "--security-group"}, nil},
 	// A global flag with its value before the command is skipped (cobra does not offer a flag
 	// again once it is given, so the one given here is --dev-certs).
 	{[]string{"--dev-certs", "/nonexistent", "subnet", "budget", "subnet-1", "--"}, []string{"--max-held", "--keep-free", "--server", "--timeout"}, []string{"--undo", "--dev-certs"}},

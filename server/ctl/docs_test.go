@@ -50,7 +50,7 @@ func TestDocsCoverEveryCommandAndField(t *testing.T) {
 			walk(f.Type)
 		}
 	}
-	for _, v := range []any{Subnet{}, NodeSummary{}, NodeDetail{}, Limiter{}, Reservation{}, Fit{}, Policy{}, Report{}, Status{}, Deleted{}, VersionInfo{}, Identity{}, ContextsDoc{}, CurrentContextDoc{}, MaxPodsDoc{}, BackupDoc{}} {
+	for _, v := range []any{Subnet{}, NodeSummary{}, NodeDetail{}, Limiter{}, Reservation{}, Fit{}, Policy{}, Report{}, Status{}, Deleted{}, VersionInfo{}, Identity{}, ContextsDoc{}, CurrentContextDoc{}, MaxPodsDoc{}, BackupDoc{}, LaunchHintDoc{}} {
 		walk(reflect.TypeOf(v))
 	}
 }

@@ -98,9 +98,9 @@ func (g *globals) tlsFiles() (cert, key, ca string) {
 
 // validate checks the global settings a command uses: -o and --timeout always, the server and
 // its certificates for commands that ask one (server).
-func (g *globals) validate(cmd string, server bool) error {
-	if !slices.Contains(outputFormats, g.output) {
-		return usagef(cmd, "invalid -o %q: want one of %s", g.output, strings.Join(outputFormats, ", "))
+func (g *globals) validate(cmd string, server bool, extraOutputs ...string) error {
+	if formats := append(slices.Clone(outputFormats), extraOutputs...); !slices.Contains(formats, g.output) {
+		return usagef(cmd, "invalid -o %q: want one of %s", g.output, strings.Join(formats, ", "))
 	}
 	if g.timeout <= 0 {
 		return usagef(cmd, "invalid --timeout %s: must be positive", g.timeout)

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -45,7 +46,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		logDir    = fs.String("log-dir", "", "keep the server's and agents' logs here")
 		quiet     = fs.Bool("q", false, "no progress lines on stderr")
 	)
-	fs.StringVar(&p.Trace, "trace", "", "trace: seed, steady, burst, batch, prefix, gateway-burst")
+	fs.StringVar(&p.Trace, "trace", "", "trace: "+strings.Join(bench.Traces(), ", "))
 	fs.IntVar(&p.Nodes, "nodes", 0, "nodes (default: the trace's)")
 	fs.IntVar(&p.Pods, "pods", 0, "pods per node (default: the trace's)")
 	fs.Float64Var(&p.TimeScale, "time-scale", 0, "time scale F (default: the trace's)")

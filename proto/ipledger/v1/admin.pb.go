@@ -1900,6 +1900,235 @@ func (x *CanFitResponse) GetSubnets() []*SubnetBudget {
 	return nil
 }
 
+type LaunchHintRequest struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Policy       string                 `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	InstanceType string                 `protobuf:"bytes,2,opt,name=instance_type,json=instanceType,proto3" json:"instance_type,omitempty"`
+	// When set, the pods a new node is expected to start in its first minute, instead of what the
+	// policy's new nodes were seen to start.
+	ExpectedPods  *uint32 `protobuf:"varint,3,opt,name=expected_pods,json=expectedPods,proto3,oneof" json:"expected_pods,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LaunchHintRequest) Reset() {
+	*x = LaunchHintRequest{}
+	mi := &file_ipledger_v1_admin_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LaunchHintRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LaunchHintRequest) ProtoMessage() {}
+
+func (x *LaunchHintRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ipledger_v1_admin_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LaunchHintRequest.ProtoReflect.Descriptor instead.
+func (*LaunchHintRequest) Descriptor() ([]byte, []int) {
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *LaunchHintRequest) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *LaunchHintRequest) GetInstanceType() string {
+	if x != nil {
+		return x.InstanceType
+	}
+	return ""
+}
+
+func (x *LaunchHintRequest) GetExpectedPods() uint32 {
+	if x != nil && x.ExpectedPods != nil {
+		return *x.ExpectedPods
+	}
+	return 0
+}
+
+type LaunchHintResponse struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Policy       string                 `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	InstanceType string                 `protobuf:"bytes,2,opt,name=instance_type,json=instanceType,proto3" json:"instance_type,omitempty"`
+	// The mode the node will run in (what it launches with decides it).
+	Mode AddressMode `protobuf:"varint,3,opt,name=mode,proto3,enum=ipledger.v1.AddressMode" json:"mode,omitempty"`
+	// One of the two is set (EC2 takes one or the other on an interface).
+	SecondaryPrivateIpAddressCount uint32 `protobuf:"varint,4,opt,name=secondary_private_ip_address_count,json=secondaryPrivateIpAddressCount,proto3" json:"secondary_private_ip_address_count,omitempty"`
+	Ipv4PrefixCount                uint32 `protobuf:"varint,5,opt,name=ipv4_prefix_count,json=ipv4PrefixCount,proto3" json:"ipv4_prefix_count,omitempty"`
+	// Pod addresses the launch gives (a prefix counts 16).
+	PodAddresses uint32 `protobuf:"varint,6,opt,name=pod_addresses,json=podAddresses,proto3" json:"pod_addresses,omitempty"`
+	// Pod addresses the policy wants a node to hold after its first minute.
+	Want uint32 `protobuf:"varint,7,opt,name=want,proto3" json:"want,omitempty"`
+	// Secondary addresses or prefixes the type's primary interface takes; capped: the hint was
+	// cut to it.
+	InterfaceLimit uint32 `protobuf:"varint,8,opt,name=interface_limit,json=interfaceLimit,proto3" json:"interface_limit,omitempty"`
+	Capped         bool   `protobuf:"varint,9,opt,name=capped,proto3" json:"capped,omitempty"`
+	// The policy says secondary IPs, but the subnets need whole /28 blocks: prefixes instead.
+	PreferPrefixes bool `protobuf:"varint,10,opt,name=prefer_prefixes,json=preferPrefixes,proto3" json:"prefer_prefixes,omitempty"`
+	// First-minute pod starts the hint is for, and how many new nodes they were observed on (0
+	// when given in the request or not known yet).
+	FirstMinuteStarts uint32   `protobuf:"varint,11,opt,name=first_minute_starts,json=firstMinuteStarts,proto3" json:"first_minute_starts,omitempty"`
+	ObservedNodes     uint32   `protobuf:"varint,12,opt,name=observed_nodes,json=observedNodes,proto3" json:"observed_nodes,omitempty"`
+	Reasons           []string `protobuf:"bytes,13,rep,name=reasons,proto3" json:"reasons,omitempty"`
+	Warnings          []string `protobuf:"bytes,14,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	// The labels the policy selects nodes by: the EC2 tags a node group must launch its
+	// instances with (policies match the instance's tags).
+	NodeLabels    map[string]string `protobuf:"bytes,15,rep,name=node_labels,json=nodeLabels,proto3" json:"node_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LaunchHintResponse) Reset() {
+	*x = LaunchHintResponse{}
+	mi := &file_ipledger_v1_admin_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LaunchHintResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LaunchHintResponse) ProtoMessage() {}
+
+func (x *LaunchHintResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ipledger_v1_admin_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LaunchHintResponse.ProtoReflect.Descriptor instead.
+func (*LaunchHintResponse) Descriptor() ([]byte, []int) {
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *LaunchHintResponse) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *LaunchHintResponse) GetInstanceType() string {
+	if x != nil {
+		return x.InstanceType
+	}
+	return ""
+}
+
+func (x *LaunchHintResponse) GetMode() AddressMode {
+	if x != nil {
+		return x.Mode
+	}
+	return AddressMode_ADDRESS_MODE_UNSPECIFIED
+}
+
+func (x *LaunchHintResponse) GetSecondaryPrivateIpAddressCount() uint32 {
+	if x != nil {
+		return x.SecondaryPrivateIpAddressCount
+	}
+	return 0
+}
+
+func (x *LaunchHintResponse) GetIpv4PrefixCount() uint32 {
+	if x != nil {
+		return x.Ipv4PrefixCount
+	}
+	return 0
+}
+
+func (x *LaunchHintResponse) GetPodAddresses() uint32 {
+	if x != nil {
+		return x.PodAddresses
+	}
+	return 0
+}
+
+func (x *LaunchHintResponse) GetWant() uint32 {
+	if x != nil {
+		return x.Want
+	}
+	return 0
+}
+
+func (x *LaunchHintResponse) GetInterfaceLimit() uint32 {
+	if x != nil {
+		return x.InterfaceLimit
+	}
+	return 0
+}
+
+func (x *LaunchHintResponse) GetCapped() bool {
+	if x != nil {
+		return x.Capped
+	}
+	return false
+}
+
+func (x *LaunchHintResponse) GetPreferPrefixes() bool {
+	if x != nil {
+		return x.PreferPrefixes
+	}
+	return false
+}
+
+func (x *LaunchHintResponse) GetFirstMinuteStarts() uint32 {
+	if x != nil {
+		return x.FirstMinuteStarts
+	}
+	return 0
+}
+
+func (x *LaunchHintResponse) GetObservedNodes() uint32 {
+	if x != nil {
+		return x.ObservedNodes
+	}
+	return 0
+}
+
+func (x *LaunchHintResponse) GetReasons() []string {
+	if x != nil {
+		return x.Reasons
+	}
+	return nil
+}
+
+func (x *LaunchHintResponse) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
+}
+
+func (x *LaunchHintResponse) GetNodeLabels() map[string]string {
+	if x != nil {
+		return x.NodeLabels
+	}
+	return nil
+}
+
 type ListPoliciesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1908,7 +2137,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[25]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1920,7 +2149,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[25]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1933,7 +2162,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 type ListPoliciesResponse struct {
@@ -1945,7 +2174,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[26]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1957,7 +2186,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[26]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1970,7 +2199,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*NodePolicy {
@@ -1989,7 +2218,7 @@ type SetPolicyRequest struct {
 
 func (x *SetPolicyRequest) Reset() {
 	*x = SetPolicyRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[27]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2001,7 +2230,7 @@ func (x *SetPolicyRequest) String() string {
 func (*SetPolicyRequest) ProtoMessage() {}
 
 func (x *SetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[27]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2014,7 +2243,7 @@ func (x *SetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*SetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SetPolicyRequest) GetPolicy() *NodePolicy {
@@ -2033,7 +2262,7 @@ type DeletePolicyRequest struct {
 
 func (x *DeletePolicyRequest) Reset() {
 	*x = DeletePolicyRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[28]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2045,7 +2274,7 @@ func (x *DeletePolicyRequest) String() string {
 func (*DeletePolicyRequest) ProtoMessage() {}
 
 func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[28]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2058,7 +2287,7 @@ func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyRequest.ProtoReflect.Descriptor instead.
 func (*DeletePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DeletePolicyRequest) GetName() string {
@@ -2076,7 +2305,7 @@ type DeletePolicyResponse struct {
 
 func (x *DeletePolicyResponse) Reset() {
 	*x = DeletePolicyResponse{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[29]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2088,7 +2317,7 @@ func (x *DeletePolicyResponse) String() string {
 func (*DeletePolicyResponse) ProtoMessage() {}
 
 func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[29]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2101,7 +2330,7 @@ func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyResponse.ProtoReflect.Descriptor instead.
 func (*DeletePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 type CheckRequest struct {
@@ -2115,7 +2344,7 @@ type CheckRequest struct {
 
 func (x *CheckRequest) Reset() {
 	*x = CheckRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[30]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2127,7 +2356,7 @@ func (x *CheckRequest) String() string {
 func (*CheckRequest) ProtoMessage() {}
 
 func (x *CheckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[30]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2140,7 +2369,7 @@ func (x *CheckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRequest.ProtoReflect.Descriptor instead.
 func (*CheckRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CheckRequest) GetIncludeEc2() bool {
@@ -2165,7 +2394,7 @@ type CheckReport struct {
 
 func (x *CheckReport) Reset() {
 	*x = CheckReport{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[31]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2177,7 +2406,7 @@ func (x *CheckReport) String() string {
 func (*CheckReport) ProtoMessage() {}
 
 func (x *CheckReport) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[31]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2190,7 +2419,7 @@ func (x *CheckReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckReport.ProtoReflect.Descriptor instead.
 func (*CheckReport) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CheckReport) GetOk() bool {
@@ -2250,7 +2479,7 @@ type Finding struct {
 
 func (x *Finding) Reset() {
 	*x = Finding{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[32]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2262,7 +2491,7 @@ func (x *Finding) String() string {
 func (*Finding) ProtoMessage() {}
 
 func (x *Finding) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[32]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2275,7 +2504,7 @@ func (x *Finding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Finding.ProtoReflect.Descriptor instead.
 func (*Finding) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Finding) GetKind() FindingKind {
@@ -2328,7 +2557,7 @@ type GetClusterStatusRequest struct {
 
 func (x *GetClusterStatusRequest) Reset() {
 	*x = GetClusterStatusRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[33]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2340,7 +2569,7 @@ func (x *GetClusterStatusRequest) String() string {
 func (*GetClusterStatusRequest) ProtoMessage() {}
 
 func (x *GetClusterStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[33]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2353,7 +2582,7 @@ func (x *GetClusterStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterStatusRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 type ClusterStatus struct {
@@ -2380,7 +2609,7 @@ type ClusterStatus struct {
 
 func (x *ClusterStatus) Reset() {
 	*x = ClusterStatus{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[34]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2392,7 +2621,7 @@ func (x *ClusterStatus) String() string {
 func (*ClusterStatus) ProtoMessage() {}
 
 func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[34]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2405,7 +2634,7 @@ func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatus.ProtoReflect.Descriptor instead.
 func (*ClusterStatus) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ClusterStatus) GetReplica() string {
@@ -2493,7 +2722,7 @@ type BackupRequest struct {
 
 func (x *BackupRequest) Reset() {
 	*x = BackupRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[35]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2505,7 +2734,7 @@ func (x *BackupRequest) String() string {
 func (*BackupRequest) ProtoMessage() {}
 
 func (x *BackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[35]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2518,7 +2747,7 @@ func (x *BackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
 func (*BackupRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 type BackupChunk struct {
@@ -2537,7 +2766,7 @@ type BackupChunk struct {
 
 func (x *BackupChunk) Reset() {
 	*x = BackupChunk{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[36]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2549,7 +2778,7 @@ func (x *BackupChunk) String() string {
 func (*BackupChunk) ProtoMessage() {}
 
 func (x *BackupChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[36]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2562,7 +2791,7 @@ func (x *BackupChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
 func (*BackupChunk) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *BackupChunk) GetData() []byte {
@@ -2601,7 +2830,7 @@ type ListIdentitiesRequest struct {
 
 func (x *ListIdentitiesRequest) Reset() {
 	*x = ListIdentitiesRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[37]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2613,7 +2842,7 @@ func (x *ListIdentitiesRequest) String() string {
 func (*ListIdentitiesRequest) ProtoMessage() {}
 
 func (x *ListIdentitiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[37]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2626,7 +2855,7 @@ func (x *ListIdentitiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIdentitiesRequest.ProtoReflect.Descriptor instead.
 func (*ListIdentitiesRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 type ListIdentitiesResponse struct {
@@ -2638,7 +2867,7 @@ type ListIdentitiesResponse struct {
 
 func (x *ListIdentitiesResponse) Reset() {
 	*x = ListIdentitiesResponse{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[38]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2650,7 +2879,7 @@ func (x *ListIdentitiesResponse) String() string {
 func (*ListIdentitiesResponse) ProtoMessage() {}
 
 func (x *ListIdentitiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[38]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2663,7 +2892,7 @@ func (x *ListIdentitiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIdentitiesResponse.ProtoReflect.Descriptor instead.
 func (*ListIdentitiesResponse) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListIdentitiesResponse) GetIdentities() []*NodeIdentity {
@@ -2684,7 +2913,7 @@ type ForgetIdentityRequest struct {
 
 func (x *ForgetIdentityRequest) Reset() {
 	*x = ForgetIdentityRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[39]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2696,7 +2925,7 @@ func (x *ForgetIdentityRequest) String() string {
 func (*ForgetIdentityRequest) ProtoMessage() {}
 
 func (x *ForgetIdentityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[39]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2709,7 +2938,7 @@ func (x *ForgetIdentityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetIdentityRequest.ProtoReflect.Descriptor instead.
 func (*ForgetIdentityRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{39}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ForgetIdentityRequest) GetNodeName() string {
@@ -2881,7 +3110,33 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\x06needed\x18\x02 \x01(\rR\x06needed\x12\x1c\n" +
 	"\tavailable\x18\x03 \x01(\rR\tavailable\x12\x18\n" +
 	"\areasons\x18\x04 \x03(\tR\areasons\x123\n" +
-	"\asubnets\x18\x05 \x03(\v2\x19.ipledger.v1.SubnetBudgetR\asubnets\"\x15\n" +
+	"\asubnets\x18\x05 \x03(\v2\x19.ipledger.v1.SubnetBudgetR\asubnets\"\x8c\x01\n" +
+	"\x11LaunchHintRequest\x12\x16\n" +
+	"\x06policy\x18\x01 \x01(\tR\x06policy\x12#\n" +
+	"\rinstance_type\x18\x02 \x01(\tR\finstanceType\x12(\n" +
+	"\rexpected_pods\x18\x03 \x01(\rH\x00R\fexpectedPods\x88\x01\x01B\x10\n" +
+	"\x0e_expected_pods\"\xb8\x05\n" +
+	"\x12LaunchHintResponse\x12\x16\n" +
+	"\x06policy\x18\x01 \x01(\tR\x06policy\x12#\n" +
+	"\rinstance_type\x18\x02 \x01(\tR\finstanceType\x12,\n" +
+	"\x04mode\x18\x03 \x01(\x0e2\x18.ipledger.v1.AddressModeR\x04mode\x12J\n" +
+	"\"secondary_private_ip_address_count\x18\x04 \x01(\rR\x1esecondaryPrivateIpAddressCount\x12*\n" +
+	"\x11ipv4_prefix_count\x18\x05 \x01(\rR\x0fipv4PrefixCount\x12#\n" +
+	"\rpod_addresses\x18\x06 \x01(\rR\fpodAddresses\x12\x12\n" +
+	"\x04want\x18\a \x01(\rR\x04want\x12'\n" +
+	"\x0finterface_limit\x18\b \x01(\rR\x0einterfaceLimit\x12\x16\n" +
+	"\x06capped\x18\t \x01(\bR\x06capped\x12'\n" +
+	"\x0fprefer_prefixes\x18\n" +
+	" \x01(\bR\x0epreferPrefixes\x12.\n" +
+	"\x13first_minute_starts\x18\v \x01(\rR\x11firstMinuteStarts\x12%\n" +
+	"\x0eobserved_nodes\x18\f \x01(\rR\robservedNodes\x12\x18\n" +
+	"\areasons\x18\r \x03(\tR\areasons\x12\x1a\n" +
+	"\bwarnings\x18\x0e \x03(\tR\bwarnings\x12P\n" +
+	"\vnode_labels\x18\x0f \x03(\v2/.ipledger.v1.LaunchHintResponse.NodeLabelsEntryR\n" +
+	"nodeLabels\x1a=\n" +
+	"\x0fNodeLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x15\n" +
 	"\x13ListPoliciesRequest\"K\n" +
 	"\x14ListPoliciesResponse\x123\n" +
 	"\bpolicies\x18\x01 \x03(\v2\x17.ipledger.v1.NodePolicyR\bpolicies\"C\n" +
@@ -2947,8 +3202,7 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\x11IN_USE_NOT_LEASED\x10\x05\x12\x0e\n" +
 	"\n" +
 	"DOUBLE_USE\x10\x06\x12\x10\n" +
-	"\fENI_MISMATCH\x10\a2\xf5\n" +
-	"\n" +
+	"\fENI_MISMATCH\x10\a2\xc4\v\n" +
 	"\fAdminService\x12P\n" +
 	"\vListSubnets\x12\x1f.ipledger.v1.ListSubnetsRequest\x1a .ipledger.v1.ListSubnetsResponse\x12Q\n" +
 	"\x0fSetSubnetBudget\x12#.ipledger.v1.SetSubnetBudgetRequest\x1a\x19.ipledger.v1.SubnetBudget\x12J\n" +
@@ -2960,7 +3214,9 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\aPrewarm\x12\x1b.ipledger.v1.PrewarmRequest\x1a\x1f.ipledger.v1.PrewarmReservation\x12S\n" +
 	"\fListPrewarms\x12 .ipledger.v1.ListPrewarmsRequest\x1a!.ipledger.v1.ListPrewarmsResponse\x12S\n" +
 	"\rCancelPrewarm\x12!.ipledger.v1.CancelPrewarmRequest\x1a\x1f.ipledger.v1.PrewarmReservation\x12A\n" +
-	"\x06CanFit\x12\x1a.ipledger.v1.CanFitRequest\x1a\x1b.ipledger.v1.CanFitResponse\x12S\n" +
+	"\x06CanFit\x12\x1a.ipledger.v1.CanFitRequest\x1a\x1b.ipledger.v1.CanFitResponse\x12M\n" +
+	"\n" +
+	"LaunchHint\x12\x1e.ipledger.v1.LaunchHintRequest\x1a\x1f.ipledger.v1.LaunchHintResponse\x12S\n" +
 	"\fListPolicies\x12 .ipledger.v1.ListPoliciesRequest\x1a!.ipledger.v1.ListPoliciesResponse\x12C\n" +
 	"\tSetPolicy\x12\x1d.ipledger.v1.SetPolicyRequest\x1a\x17.ipledger.v1.NodePolicy\x12S\n" +
 	"\fDeletePolicy\x12 .ipledger.v1.DeletePolicyRequest\x1a!.ipledger.v1.DeletePolicyResponse\x12<\n" +
@@ -2983,7 +3239,7 @@ func file_ipledger_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_ipledger_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ipledger_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_ipledger_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_ipledger_v1_admin_proto_goTypes = []any{
 	(FindingKind)(0),                // 0: ipledger.v1.FindingKind
 	(*ListSubnetsRequest)(nil),      // 1: ipledger.v1.ListSubnetsRequest
@@ -3011,109 +3267,116 @@ var file_ipledger_v1_admin_proto_goTypes = []any{
 	(*CancelPrewarmRequest)(nil),    // 23: ipledger.v1.CancelPrewarmRequest
 	(*CanFitRequest)(nil),           // 24: ipledger.v1.CanFitRequest
 	(*CanFitResponse)(nil),          // 25: ipledger.v1.CanFitResponse
-	(*ListPoliciesRequest)(nil),     // 26: ipledger.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),    // 27: ipledger.v1.ListPoliciesResponse
-	(*SetPolicyRequest)(nil),        // 28: ipledger.v1.SetPolicyRequest
-	(*DeletePolicyRequest)(nil),     // 29: ipledger.v1.DeletePolicyRequest
-	(*DeletePolicyResponse)(nil),    // 30: ipledger.v1.DeletePolicyResponse
-	(*CheckRequest)(nil),            // 31: ipledger.v1.CheckRequest
-	(*CheckReport)(nil),             // 32: ipledger.v1.CheckReport
-	(*Finding)(nil),                 // 33: ipledger.v1.Finding
-	(*GetClusterStatusRequest)(nil), // 34: ipledger.v1.GetClusterStatusRequest
-	(*ClusterStatus)(nil),           // 35: ipledger.v1.ClusterStatus
-	(*BackupRequest)(nil),           // 36: ipledger.v1.BackupRequest
-	(*BackupChunk)(nil),             // 37: ipledger.v1.BackupChunk
-	(*ListIdentitiesRequest)(nil),   // 38: ipledger.v1.ListIdentitiesRequest
-	(*ListIdentitiesResponse)(nil),  // 39: ipledger.v1.ListIdentitiesResponse
-	(*ForgetIdentityRequest)(nil),   // 40: ipledger.v1.ForgetIdentityRequest
-	nil,                             // 41: ipledger.v1.SubnetBudget.TagsEntry
-	nil,                             // 42: ipledger.v1.NodeDetail.LabelsEntry
-	(*durationpb.Duration)(nil),     // 43: google.protobuf.Duration
-	(AddressMode)(0),                // 44: ipledger.v1.AddressMode
-	(*timestamppb.Timestamp)(nil),   // 45: google.protobuf.Timestamp
-	(*NodePool)(nil),                // 46: ipledger.v1.NodePool
-	(*PodAddress)(nil),              // 47: ipledger.v1.PodAddress
-	(*NodePolicy)(nil),              // 48: ipledger.v1.NodePolicy
-	(Reason)(0),                     // 49: ipledger.v1.Reason
-	(Priority)(0),                   // 50: ipledger.v1.Priority
-	(*NodeIdentity)(nil),            // 51: ipledger.v1.NodeIdentity
+	(*LaunchHintRequest)(nil),       // 26: ipledger.v1.LaunchHintRequest
+	(*LaunchHintResponse)(nil),      // 27: ipledger.v1.LaunchHintResponse
+	(*ListPoliciesRequest)(nil),     // 28: ipledger.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),    // 29: ipledger.v1.ListPoliciesResponse
+	(*SetPolicyRequest)(nil),        // 30: ipledger.v1.SetPolicyRequest
+	(*DeletePolicyRequest)(nil),     // 31: ipledger.v1.DeletePolicyRequest
+	(*DeletePolicyResponse)(nil),    // 32: ipledger.v1.DeletePolicyResponse
+	(*CheckRequest)(nil),            // 33: ipledger.v1.CheckRequest
+	(*CheckReport)(nil),             // 34: ipledger.v1.CheckReport
+	(*Finding)(nil),                 // 35: ipledger.v1.Finding
+	(*GetClusterStatusRequest)(nil), // 36: ipledger.v1.GetClusterStatusRequest
+	(*ClusterStatus)(nil),           // 37: ipledger.v1.ClusterStatus
+	(*BackupRequest)(nil),           // 38: ipledger.v1.BackupRequest
+	(*BackupChunk)(nil),             // 39: ipledger.v1.BackupChunk
+	(*ListIdentitiesRequest)(nil),   // 40: ipledger.v1.ListIdentitiesRequest
+	(*ListIdentitiesResponse)(nil),  // 41: ipledger.v1.ListIdentitiesResponse
+	(*ForgetIdentityRequest)(nil),   // 42: ipledger.v1.ForgetIdentityRequest
+	nil,                             // 43: ipledger.v1.SubnetBudget.TagsEntry
+	nil,                             // 44: ipledger.v1.NodeDetail.LabelsEntry
+	nil,                             // 45: ipledger.v1.LaunchHintResponse.NodeLabelsEntry
+	(*durationpb.Duration)(nil),     // 46: google.protobuf.Duration
+	(AddressMode)(0),                // 47: ipledger.v1.AddressMode
+	(*timestamppb.Timestamp)(nil),   // 48: google.protobuf.Timestamp
+	(*NodePool)(nil),                // 49: ipledger.v1.NodePool
+	(*PodAddress)(nil),              // 50: ipledger.v1.PodAddress
+	(*NodePolicy)(nil),              // 51: ipledger.v1.NodePolicy
+	(Reason)(0),                     // 52: ipledger.v1.Reason
+	(Priority)(0),                   // 53: ipledger.v1.Priority
+	(*NodeIdentity)(nil),            // 54: ipledger.v1.NodeIdentity
 }
 var file_ipledger_v1_admin_proto_depIdxs = []int32{
 	3,  // 0: ipledger.v1.ListSubnetsResponse.subnets:type_name -> ipledger.v1.SubnetBudget
 	4,  // 1: ipledger.v1.SubnetBudget.forecast:type_name -> ipledger.v1.Forecast
-	41, // 2: ipledger.v1.SubnetBudget.tags:type_name -> ipledger.v1.SubnetBudget.TagsEntry
-	43, // 3: ipledger.v1.Forecast.time_to_exhaustion:type_name -> google.protobuf.Duration
-	43, // 4: ipledger.v1.Forecast.window:type_name -> google.protobuf.Duration
+	43, // 2: ipledger.v1.SubnetBudget.tags:type_name -> ipledger.v1.SubnetBudget.TagsEntry
+	46, // 3: ipledger.v1.Forecast.time_to_exhaustion:type_name -> google.protobuf.Duration
+	46, // 4: ipledger.v1.Forecast.window:type_name -> google.protobuf.Duration
 	8,  // 5: ipledger.v1.ListNodesResponse.nodes:type_name -> ipledger.v1.NodeSummary
-	44, // 6: ipledger.v1.NodeSummary.mode:type_name -> ipledger.v1.AddressMode
-	45, // 7: ipledger.v1.NodeSummary.last_report:type_name -> google.protobuf.Timestamp
-	45, // 8: ipledger.v1.NodeSummary.registered_at:type_name -> google.protobuf.Timestamp
-	45, // 9: ipledger.v1.NodeSummary.certificate_not_after:type_name -> google.protobuf.Timestamp
+	47, // 6: ipledger.v1.NodeSummary.mode:type_name -> ipledger.v1.AddressMode
+	48, // 7: ipledger.v1.NodeSummary.last_report:type_name -> google.protobuf.Timestamp
+	48, // 8: ipledger.v1.NodeSummary.registered_at:type_name -> google.protobuf.Timestamp
+	48, // 9: ipledger.v1.NodeSummary.certificate_not_after:type_name -> google.protobuf.Timestamp
 	8,  // 10: ipledger.v1.NodeDetail.summary:type_name -> ipledger.v1.NodeSummary
-	46, // 11: ipledger.v1.NodeDetail.pool:type_name -> ipledger.v1.NodePool
-	47, // 12: ipledger.v1.NodeDetail.pods:type_name -> ipledger.v1.PodAddress
-	48, // 13: ipledger.v1.NodeDetail.policy:type_name -> ipledger.v1.NodePolicy
-	49, // 14: ipledger.v1.NodeDetail.supply_problem:type_name -> ipledger.v1.Reason
-	42, // 15: ipledger.v1.NodeDetail.labels:type_name -> ipledger.v1.NodeDetail.LabelsEntry
+	49, // 11: ipledger.v1.NodeDetail.pool:type_name -> ipledger.v1.NodePool
+	50, // 12: ipledger.v1.NodeDetail.pods:type_name -> ipledger.v1.PodAddress
+	51, // 13: ipledger.v1.NodeDetail.policy:type_name -> ipledger.v1.NodePolicy
+	52, // 14: ipledger.v1.NodeDetail.supply_problem:type_name -> ipledger.v1.Reason
+	44, // 15: ipledger.v1.NodeDetail.labels:type_name -> ipledger.v1.NodeDetail.LabelsEntry
 	14, // 16: ipledger.v1.LimiterState.buckets:type_name -> ipledger.v1.LimiterBucket
 	15, // 17: ipledger.v1.LimiterState.queue:type_name -> ipledger.v1.QueueLength
 	16, // 18: ipledger.v1.LimiterState.recent_throttles:type_name -> ipledger.v1.ThrottleEvent
 	17, // 19: ipledger.v1.LimiterState.calls:type_name -> ipledger.v1.CallCount
-	50, // 20: ipledger.v1.QueueLength.priority:type_name -> ipledger.v1.Priority
-	45, // 21: ipledger.v1.ThrottleEvent.time:type_name -> google.protobuf.Timestamp
-	43, // 22: ipledger.v1.PrewarmRequest.expiry:type_name -> google.protobuf.Duration
-	45, // 23: ipledger.v1.PrewarmReservation.created_at:type_name -> google.protobuf.Timestamp
-	45, // 24: ipledger.v1.PrewarmReservation.expires_at:type_name -> google.protobuf.Timestamp
+	53, // 20: ipledger.v1.QueueLength.priority:type_name -> ipledger.v1.Priority
+	48, // 21: ipledger.v1.ThrottleEvent.time:type_name -> google.protobuf.Timestamp
+	46, // 22: ipledger.v1.PrewarmRequest.expiry:type_name -> google.protobuf.Duration
+	48, // 23: ipledger.v1.PrewarmReservation.created_at:type_name -> google.protobuf.Timestamp
+	48, // 24: ipledger.v1.PrewarmReservation.expires_at:type_name -> google.protobuf.Timestamp
 	20, // 25: ipledger.v1.PrewarmReservation.enis:type_name -> ipledger.v1.PrewarmEni
 	19, // 26: ipledger.v1.ListPrewarmsResponse.reservations:type_name -> ipledger.v1.PrewarmReservation
 	3,  // 27: ipledger.v1.CanFitResponse.subnets:type_name -> ipledger.v1.SubnetBudget
-	48, // 28: ipledger.v1.ListPoliciesResponse.policies:type_name -> ipledger.v1.NodePolicy
-	48, // 29: ipledger.v1.SetPolicyRequest.policy:type_name -> ipledger.v1.NodePolicy
-	33, // 30: ipledger.v1.CheckReport.findings:type_name -> ipledger.v1.Finding
-	45, // 31: ipledger.v1.CheckReport.checked_at:type_name -> google.protobuf.Timestamp
-	0,  // 32: ipledger.v1.Finding.kind:type_name -> ipledger.v1.FindingKind
-	51, // 33: ipledger.v1.ListIdentitiesResponse.identities:type_name -> ipledger.v1.NodeIdentity
-	1,  // 34: ipledger.v1.AdminService.ListSubnets:input_type -> ipledger.v1.ListSubnetsRequest
-	5,  // 35: ipledger.v1.AdminService.SetSubnetBudget:input_type -> ipledger.v1.SetSubnetBudgetRequest
-	6,  // 36: ipledger.v1.AdminService.ListNodes:input_type -> ipledger.v1.ListNodesRequest
-	9,  // 37: ipledger.v1.AdminService.GetNode:input_type -> ipledger.v1.GetNodeRequest
-	11, // 38: ipledger.v1.AdminService.DrainNode:input_type -> ipledger.v1.DrainNodeRequest
-	12, // 39: ipledger.v1.AdminService.GetLimiter:input_type -> ipledger.v1.GetLimiterRequest
-	18, // 40: ipledger.v1.AdminService.Prewarm:input_type -> ipledger.v1.PrewarmRequest
-	21, // 41: ipledger.v1.AdminService.ListPrewarms:input_type -> ipledger.v1.ListPrewarmsRequest
-	23, // 42: ipledger.v1.AdminService.CancelPrewarm:input_type -> ipledger.v1.CancelPrewarmRequest
-	24, // 43: ipledger.v1.AdminService.CanFit:input_type -> ipledger.v1.CanFitRequest
-	26, // 44: ipledger.v1.AdminService.ListPolicies:input_type -> ipledger.v1.ListPoliciesRequest
-	28, // 45: ipledger.v1.AdminService.SetPolicy:input_type -> ipledger.v1.SetPolicyRequest
-	29, // 46: ipledger.v1.AdminService.DeletePolicy:input_type -> ipledger.v1.DeletePolicyRequest
-	31, // 47: ipledger.v1.AdminService.Check:input_type -> ipledger.v1.CheckRequest
-	34, // 48: ipledger.v1.AdminService.GetClusterStatus:input_type -> ipledger.v1.GetClusterStatusRequest
-	38, // 49: ipledger.v1.AdminService.ListIdentities:input_type -> ipledger.v1.ListIdentitiesRequest
-	40, // 50: ipledger.v1.AdminService.ForgetIdentity:input_type -> ipledger.v1.ForgetIdentityRequest
-	36, // 51: ipledger.v1.AdminService.Backup:input_type -> ipledger.v1.BackupRequest
-	2,  // 52: ipledger.v1.AdminService.ListSubnets:output_type -> ipledger.v1.ListSubnetsResponse
-	3,  // 53: ipledger.v1.AdminService.SetSubnetBudget:output_type -> ipledger.v1.SubnetBudget
-	7,  // 54: ipledger.v1.AdminService.ListNodes:output_type -> ipledger.v1.ListNodesResponse
-	10, // 55: ipledger.v1.AdminService.GetNode:output_type -> ipledger.v1.NodeDetail
-	10, // 56: ipledger.v1.AdminService.DrainNode:output_type -> ipledger.v1.NodeDetail
-	13, // 57: ipledger.v1.AdminService.GetLimiter:output_type -> ipledger.v1.LimiterState
-	19, // 58: ipledger.v1.AdminService.Prewarm:output_type -> ipledger.v1.PrewarmReservation
-	22, // 59: ipledger.v1.AdminService.ListPrewarms:output_type -> ipledger.v1.ListPrewarmsResponse
-	19, // 60: ipledger.v1.AdminService.CancelPrewarm:output_type -> ipledger.v1.PrewarmReservation
-	25, // 61: ipledger.v1.AdminService.CanFit:output_type -> ipledger.v1.CanFitResponse
-	27, // 62: ipledger.v1.AdminService.ListPolicies:output_type -> ipledger.v1.ListPoliciesResponse
-	48, // 63: ipledger.v1.AdminService.SetPolicy:output_type -> ipledger.v1.NodePolicy
-	30, // 64: ipledger.v1.AdminService.DeletePolicy:output_type -> ipledger.v1.DeletePolicyResponse
-	32, // 65: ipledger.v1.AdminService.Check:output_type -> ipledger.v1.CheckReport
-	35, // 66: ipledger.v1.AdminService.GetClusterStatus:output_type -> ipledger.v1.ClusterStatus
-	39, // 67: ipledger.v1.AdminService.ListIdentities:output_type -> ipledger.v1.ListIdentitiesResponse
-	51, // 68: ipledger.v1.AdminService.ForgetIdentity:output_type -> ipledger.v1.NodeIdentity
-	37, // 69: ipledger.v1.AdminService.Backup:output_type -> ipledger.v1.BackupChunk
-	52, // [52:70] is the sub-list for method output_type
-	34, // [34:52] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	47, // 28: ipledger.v1.LaunchHintResponse.mode:type_name -> ipledger.v1.AddressMode
+	45, // 29: ipledger.v1.LaunchHintResponse.node_labels:type_name -> ipledger.v1.LaunchHintResponse.NodeLabelsEntry
+	51, // 30: ipledger.v1.ListPoliciesResponse.policies:type_name -> ipledger.v1.NodePolicy
+	51, // 31: ipledger.v1.SetPolicyRequest.policy:type_name -> ipledger.v1.NodePolicy
+	35, // 32: ipledger.v1.CheckReport.findings:type_name -> ipledger.v1.Finding
+	48, // 33: ipledger.v1.CheckReport.checked_at:type_name -> google.protobuf.Timestamp
+	0,  // 34: ipledger.v1.Finding.kind:type_name -> ipledger.v1.FindingKind
+	54, // 35: ipledger.v1.ListIdentitiesResponse.identities:type_name -> ipledger.v1.NodeIdentity
+	1,  // 36: ipledger.v1.AdminService.ListSubnets:input_type -> ipledger.v1.ListSubnetsRequest
+	5,  // 37: ipledger.v1.AdminService.SetSubnetBudget:input_type -> ipledger.v1.SetSubnetBudgetRequest
+	6,  // 38: ipledger.v1.AdminService.ListNodes:input_type -> ipledger.v1.ListNodesRequest
+	9,  // 39: ipledger.v1.AdminService.GetNode:input_type -> ipledger.v1.GetNodeRequest
+	11, // 40: ipledger.v1.AdminService.DrainNode:input_type -> ipledger.v1.DrainNodeRequest
+	12, // 41: ipledger.v1.AdminService.GetLimiter:input_type -> ipledger.v1.GetLimiterRequest
+	18, // 42: ipledger.v1.AdminService.Prewarm:input_type -> ipledger.v1.PrewarmRequest
+	21, // 43: ipledger.v1.AdminService.ListPrewarms:input_type -> ipledger.v1.ListPrewarmsRequest
+	23, // 44: ipledger.v1.AdminService.CancelPrewarm:input_type -> ipledger.v1.CancelPrewarmRequest
+	24, // 45: ipledger.v1.AdminService.CanFit:input_type -> ipledger.v1.CanFitRequest
+	26, // 46: ipledger.v1.AdminService.LaunchHint:input_type -> ipledger.v1.LaunchHintRequest
+	28, // 47: ipledger.v1.AdminService.ListPolicies:input_type -> ipledger.v1.ListPoliciesRequest
+	30, // 48: ipledger.v1.AdminService.SetPolicy:input_type -> ipledger.v1.SetPolicyRequest
+	31, // 49: ipledger.v1.AdminService.DeletePolicy:input_type -> ipledger.v1.DeletePolicyRequest
+	33, // 50: ipledger.v1.AdminService.Check:input_type -> ipledger.v1.CheckRequest
+	36, // 51: ipledger.v1.AdminService.GetClusterStatus:input_type -> ipledger.v1.GetClusterStatusRequest
+	40, // 52: ipledger.v1.AdminService.ListIdentities:input_type -> ipledger.v1.ListIdentitiesRequest
+	42, // 53: ipledger.v1.AdminService.ForgetIdentity:input_type -> ipledger.v1.ForgetIdentityRequest
+	38, // 54: ipledger.v1.AdminService.Backup:input_type -> ipledger.v1.BackupRequest
+	2,  // 55: ipledger.v1.AdminService.ListSubnets:output_type -> ipledger.v1.ListSubnetsResponse
+	3,  // 56: ipledger.v1.AdminService.SetSubnetBudget:output_type -> ipledger.v1.SubnetBudget
+	7,  // 57: ipledger.v1.AdminService.ListNodes:output_type -> ipledger.v1.ListNodesResponse
+	10, // 58: ipledger.v1.AdminService.GetNode:output_type -> ipledger.v1.NodeDetail
+	10, // 59: ipledger.v1.AdminService.DrainNode:output_type -> ipledger.v1.NodeDetail
+	13, // 60: ipledger.v1.AdminService.GetLimiter:output_type -> ipledger.v1.LimiterState
+	19, // 61: ipledger.v1.AdminService.Prewarm:output_type -> ipledger.v1.PrewarmReservation
+	22, // 62: ipledger.v1.AdminService.ListPrewarms:output_type -> ipledger.v1.ListPrewarmsResponse
+	19, // 63: ipledger.v1.AdminService.CancelPrewarm:output_type -> ipledger.v1.PrewarmReservation
+	25, // 64: ipledger.v1.AdminService.CanFit:output_type -> ipledger.v1.CanFitResponse
+	27, // 65: ipledger.v1.AdminService.LaunchHint:output_type -> ipledger.v1.LaunchHintResponse
+	29, // 66: ipledger.v1.AdminService.ListPolicies:output_type -> ipledger.v1.ListPoliciesResponse
+	51, // 67: ipledger.v1.AdminService.SetPolicy:output_type -> ipledger.v1.NodePolicy
+	32, // 68: ipledger.v1.AdminService.DeletePolicy:output_type -> ipledger.v1.DeletePolicyResponse
+	34, // 69: ipledger.v1.AdminService.Check:output_type -> ipledger.v1.CheckReport
+	37, // 70: ipledger.v1.AdminService.GetClusterStatus:output_type -> ipledger.v1.ClusterStatus
+	41, // 71: ipledger.v1.AdminService.ListIdentities:output_type -> ipledger.v1.ListIdentitiesResponse
+	54, // 72: ipledger.v1.AdminService.ForgetIdentity:output_type -> ipledger.v1.NodeIdentity
+	39, // 73: ipledger.v1.AdminService.Backup:output_type -> ipledger.v1.BackupChunk
+	55, // [55:74] is the sub-list for method output_type
+	36, // [36:55] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_ipledger_v1_admin_proto_init() }
@@ -3123,13 +3386,14 @@ func file_ipledger_v1_admin_proto_init() {
 	}
 	file_ipledger_v1_common_proto_init()
 	file_ipledger_v1_identity_proto_init()
+	file_ipledger_v1_admin_proto_msgTypes[25].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ipledger_v1_admin_proto_rawDesc), len(file_ipledger_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   42,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -37,6 +37,7 @@ const (
 	AdminService_ListPrewarms_FullMethodName     = "/ipledger.v1.AdminService/ListPrewarms"
 	AdminService_CancelPrewarm_FullMethodName    = "/ipledger.v1.AdminService/CancelPrewarm"
 	AdminService_CanFit_FullMethodName           = "/ipledger.v1.AdminService/CanFit"
+	AdminService_LaunchHint_FullMethodName       = "/ipledger.v1.AdminService/LaunchHint"
 	AdminService_ListPolicies_FullMethodName     = "/ipledger.v1.AdminService/ListPolicies"
 	AdminService_SetPolicy_FullMethodName        = "/ipledger.v1.AdminService/SetPolicy"
 	AdminService_DeletePolicy_FullMethodName     = "/ipledger.v1.AdminService/DeletePolicy"
@@ -75,6 +76,14 @@ type AdminServiceClient interface {
 	CancelPrewarm(ctx context.Context, in *CancelPrewarmRequest, opts ...grpc.CallOption) (*PrewarmReservation, error)
 	// CanFit tells an autoscaler whether the budget holds more nodes, and why not.
 	CanFit(ctx context.Context, in *CanFitRequest, opts ...grpc.CallOption) (*CanFitResponse, error)
+	// LaunchHint says what a new node of a node group policy and instance type should carry on
+	// its primary interface at launch (a launch template's SecondaryPrivateIpAddressCount or
+	// Ipv4PrefixCount) so that it is ready when its agent registers, with no EC2 call: the
+	// policy's target for a node running what the policy's new nodes start in their first minute
+	// (learned by the leader), capped by the interface, in prefixes where the subnets need whole
+	// /28 blocks kept whole. Leader only (the first-minute starts are the leader's); NOT_FOUND for
+	// an unknown policy.
+	LaunchHint(ctx context.Context, in *LaunchHintRequest, opts ...grpc.CallOption) (*LaunchHintResponse, error)
 	// ListPolicies returns every node group policy, the built-in default included.
 	ListPolicies(ctx context.Context, in *ListPoliciesRequest, opts ...grpc.CallOption) (*ListPoliciesResponse, error)
 	// SetPolicy creates or replaces a node group policy (INVALID_ARGUMENT when it is not valid).
@@ -207,6 +216,16 @@ func (c *adminServiceClient) CanFit(ctx context.Context, in *CanFitRequest, opts
 	return out, nil
 }
 
+func (c *adminServiceClient) LaunchHint(ctx context.Context, in *LaunchHintRequest, opts ...grpc.CallOption) (*LaunchHintResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LaunchHintResponse)
+	err := c.cc.Invoke(ctx, AdminService_LaunchHint_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminServiceClient) ListPolicies(ctx context.Context, in *ListPoliciesRequest, opts ...grpc.CallOption) (*ListPoliciesResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListPoliciesResponse)
@@ -324,6 +343,14 @@ type AdminServiceServer interface {
 	CancelPrewarm(context.Context, *CancelPrewarmRequest) (*PrewarmReservation, error)
 	// CanFit tells an autoscaler whether the budget holds more nodes, and why not.
 	CanFit(context.Context, *CanFitRequest) (*CanFitResponse, error)
+	// LaunchHint says what a new node of a node group policy and instance type should carry on
+	// its primary interface at launch (a launch template's SecondaryPrivateIpAddressCount or
+	// Ipv4PrefixCount) so that it is ready when its agent registers, with no EC2 call: the
+	// policy's target for a node running what the policy's new nodes start in their first minute
+	// (learned by the leader), capped by the interface, in prefixes where the subnets need whole
+	// /28 blocks kept whole. Leader only (the first-minute starts are the leader's); NOT_FOUND for
+	// an unknown policy.
+	LaunchHint(context.Context, *LaunchHintRequest) (*LaunchHintResponse, error)
 	// ListPolicies returns every node group policy, the built-in default included.
 	ListPolicies(context.Context, *ListPoliciesRequest) (*ListPoliciesResponse, error)
 	// SetPolicy creates or replaces a node group policy (INVALID_ARGUMENT when it is not valid).
@@ -385,6 +412,9 @@ func (UnimplementedAdminServiceServer) CancelPrewarm(context.Context, *CancelPre
 }
 func (UnimplementedAdminServiceServer) CanFit(context.Context, *CanFitRequest) (*CanFitResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CanFit not implemented")
+}
+func (UnimplementedAdminServiceServer) LaunchHint(context.Context, *LaunchHintRequest) (*LaunchHintResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method LaunchHint not implemented")
 }
 func (UnimplementedAdminServiceServer) ListPolicies(context.Context, *ListPoliciesRequest) (*ListPoliciesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListPolicies not implemented")
@@ -611,6 +641,24 @@ func _AdminService_CanFit_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_LaunchHint_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LaunchHintRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).LaunchHint(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_LaunchHint_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).LaunchHint(ctx, req.(*LaunchHintRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AdminService_ListPolicies_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListPoliciesRequest)
 	if err := dec(in); err != nil {
@@ -794,6 +842,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CanFit",
 			Handler:    _AdminService_CanFit_Handler,
+		},
+		{
+			MethodName: "LaunchHint",
+			Handler:    _AdminService_LaunchHint_Handler,
 		},
 		{
 			MethodName: "ListPolicies",

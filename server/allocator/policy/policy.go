@@ -98,6 +98,14 @@ func Invalid(field, format string, args ...any) error {
 	return fmt.Errorf("%w: %s: %s", ErrInvalid, field, fmt.Sprintf(format, args...))
 }
 
+// ValidateName checks a policy name (a DNS-1123 label).
+func ValidateName(field, name string) error {
+	if !nameRE.MatchString(name) {
+		return Invalid(field, "%q must be a DNS-1123 label", name)
+	}
+	return nil
+}
+
 // Validate checks a policy and returns an error naming the bad field.
 func (p Policy) Validate() error {
 	bad := Invalid
@@ -247,6 +255,28 @@ func ModeFor(p Policy, t instancetypes.Type) (ledger.AddressMode, string) {
 		return ledger.ModeSecondaryIP, fmt.Sprintf("policy %s asks for prefix mode but %s is not Nitro-based; using secondary IPs", p.Name, t.Name)
 	}
 	return ledger.ModeSecondaryIP, ""
+}
+
+// ModeForLaunch is the address mode of a new node whose instance EC2 launched with addresses or
+// prefixes already on it (a launch template's SecondaryPrivateIpAddressCount or
+// Ipv4PrefixCount; EC2 allows one or the other on an interface): the node keeps what it
+// arrived with, so nothing it carries is released to be replaced by the other kind. With
+// neither (or both, left by an earlier leader) the policy decides (ModeFor). The message says
+// when the launch and the policy disagree.
+func ModeForLaunch(p Policy, t instancetypes.Type, addresses, prefixes int) (ledger.AddressMode, string) {
+	switch {
+	case prefixes > 0 && addresses == 0 && t.PrefixDelegation():
+		if p.Mode != ledger.ModePrefix {
+			return ledger.ModePrefix, fmt.Sprintf("node launched with %d /28 prefix(es); prefix mode, although policy %s says secondary IPs (fix the launch template or the policy)", prefixes, p.Name)
+		}
+		return ledger.ModePrefix, ""
+	case addresses > 0 && prefixes == 0:
+		if p.Mode == ledger.ModePrefix {
+			return ledger.ModeSecondaryIP, fmt.Sprintf("node launched with %d secondary address(es); secondary-IP mode, although policy %s says prefixes (fix the launch template or the policy)", addresses, p.Name)
+		}
+		return ledger.ModeSecondaryIP, ""
+	}
+	return ModeFor(p, t)
 }
 
 // Shape is what a node's instance type allows.

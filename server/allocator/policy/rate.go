@@ -98,6 +98,9 @@ func (p *StartPrior) Add(n int) {
 	}
 }
 
+// Len is how many nodes are recorded.
+func (p *StartPrior) Len() int { return len(p.samples) }
+
 // Prior is the median of the recorded nodes (0 before the first).
 func (p *StartPrior) Prior() int {
 	if len(p.samples) == 0 {
