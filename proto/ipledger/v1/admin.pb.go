@@ -139,10 +139,13 @@ func (*ListSubnetsRequest) Descriptor() ([]byte, []int) {
 }
 
 type ListSubnetsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Subnets       []*SubnetBudget        `protobuf:"bytes,1,rep,name=subnets,proto3" json:"subnets,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Subnets []*SubnetBudget        `protobuf:"bytes,1,rep,name=subnets,proto3" json:"subnets,omitempty"`
+	// The pod subnets of every policy that names some, per availability zone: where supply
+	// spills over to, and when all of them together run out.
+	PodSubnetGroups []*PodSubnetGroup `protobuf:"bytes,2,rep,name=pod_subnet_groups,json=podSubnetGroups,proto3" json:"pod_subnet_groups,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ListSubnetsResponse) Reset() {
@@ -182,6 +185,181 @@ func (x *ListSubnetsResponse) GetSubnets() []*SubnetBudget {
 	return nil
 }
 
+func (x *ListSubnetsResponse) GetPodSubnetGroups() []*PodSubnetGroup {
+	if x != nil {
+		return x.PodSubnetGroups
+	}
+	return nil
+}
+
+// PodSubnetGroup is the pod subnets one policy gives the nodes of one zone. Supply moves from
+// one to the next as they run out, so the group is exhausted only when all are.
+type PodSubnetGroup struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Policy           string                 `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	AvailabilityZone string                 `protobuf:"bytes,2,opt,name=availability_zone,json=availabilityZone,proto3" json:"availability_zone,omitempty"`
+	// The group's subnets, best first (the order a new ENI would try them in now).
+	SubnetIds []string `protobuf:"bytes,3,rep,name=subnet_ids,json=subnetIds,proto3" json:"subnet_ids,omitempty"`
+	// Sum of the subnets' headroom (addresses), and of their free /28 blocks.
+	Headroom     uint32 `protobuf:"varint,4,opt,name=headroom,proto3" json:"headroom,omitempty"`
+	FreePrefixes uint32 `protobuf:"varint,5,opt,name=free_prefixes,json=freePrefixes,proto3" json:"free_prefixes,omitempty"`
+	// The group's forecast: the sum of the subnets' trends against the sum of their headroom.
+	Forecast *Forecast `protobuf:"bytes,6,opt,name=forecast,proto3" json:"forecast,omitempty"`
+	// Nodes of the policy in the zone, and the custom-networking setting of the policy.
+	Nodes             uint32 `protobuf:"varint,7,opt,name=nodes,proto3" json:"nodes,omitempty"`
+	ExcludePrimaryEni bool   `protobuf:"varint,8,opt,name=exclude_primary_eni,json=excludePrimaryEni,proto3" json:"exclude_primary_eni,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *PodSubnetGroup) Reset() {
+	*x = PodSubnetGroup{}
+	mi := &file_ipledger_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PodSubnetGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PodSubnetGroup) ProtoMessage() {}
+
+func (x *PodSubnetGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_ipledger_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PodSubnetGroup.ProtoReflect.Descriptor instead.
+func (*PodSubnetGroup) Descriptor() ([]byte, []int) {
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PodSubnetGroup) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *PodSubnetGroup) GetAvailabilityZone() string {
+	if x != nil {
+		return x.AvailabilityZone
+	}
+	return ""
+}
+
+func (x *PodSubnetGroup) GetSubnetIds() []string {
+	if x != nil {
+		return x.SubnetIds
+	}
+	return nil
+}
+
+func (x *PodSubnetGroup) GetHeadroom() uint32 {
+	if x != nil {
+		return x.Headroom
+	}
+	return 0
+}
+
+func (x *PodSubnetGroup) GetFreePrefixes() uint32 {
+	if x != nil {
+		return x.FreePrefixes
+	}
+	return 0
+}
+
+func (x *PodSubnetGroup) GetForecast() *Forecast {
+	if x != nil {
+		return x.Forecast
+	}
+	return nil
+}
+
+func (x *PodSubnetGroup) GetNodes() uint32 {
+	if x != nil {
+		return x.Nodes
+	}
+	return 0
+}
+
+func (x *PodSubnetGroup) GetExcludePrimaryEni() bool {
+	if x != nil {
+		return x.ExcludePrimaryEni
+	}
+	return false
+}
+
+// PodSubnetRole says that a subnet is a pod subnet of a policy in a zone.
+type PodSubnetRole struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Policy           string                 `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	AvailabilityZone string                 `protobuf:"bytes,2,opt,name=availability_zone,json=availabilityZone,proto3" json:"availability_zone,omitempty"`
+	// Security groups of ENIs there (empty: the node's primary ENI's).
+	SecurityGroupIds []string `protobuf:"bytes,3,rep,name=security_group_ids,json=securityGroupIds,proto3" json:"security_group_ids,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *PodSubnetRole) Reset() {
+	*x = PodSubnetRole{}
+	mi := &file_ipledger_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PodSubnetRole) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PodSubnetRole) ProtoMessage() {}
+
+func (x *PodSubnetRole) ProtoReflect() protoreflect.Message {
+	mi := &file_ipledger_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PodSubnetRole.ProtoReflect.Descriptor instead.
+func (*PodSubnetRole) Descriptor() ([]byte, []int) {
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PodSubnetRole) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *PodSubnetRole) GetAvailabilityZone() string {
+	if x != nil {
+		return x.AvailabilityZone
+	}
+	return ""
+}
+
+func (x *PodSubnetRole) GetSecurityGroupIds() []string {
+	if x != nil {
+		return x.SecurityGroupIds
+	}
+	return nil
+}
+
 // SubnetBudget accounts for every address of a subnet. Always:
 //
 //	size = reserved + foreign + held + prewarm_reserved + free
@@ -216,16 +394,21 @@ type SubnetBudget struct {
 	// Addresses kept free for others; the cluster does not take the last keep_free addresses.
 	KeepFree uint32 `protobuf:"varint,15,opt,name=keep_free,json=keepFree,proto3" json:"keep_free,omitempty"`
 	// What the cluster may still take under its budget.
-	Headroom      uint32            `protobuf:"varint,16,opt,name=headroom,proto3" json:"headroom,omitempty"`
-	Forecast      *Forecast         `protobuf:"bytes,17,opt,name=forecast,proto3" json:"forecast,omitempty"`
-	Tags          map[string]string `protobuf:"bytes,18,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Headroom uint32            `protobuf:"varint,16,opt,name=headroom,proto3" json:"headroom,omitempty"`
+	Forecast *Forecast         `protobuf:"bytes,17,opt,name=forecast,proto3" json:"forecast,omitempty"`
+	Tags     map[string]string `protobuf:"bytes,18,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The policies (and zones) this subnet is a pod subnet of; empty when it is none's.
+	PodSubnetOf []*PodSubnetRole `protobuf:"bytes,19,rep,name=pod_subnet_of,json=podSubnetOf,proto3" json:"pod_subnet_of,omitempty"`
+	// Registered nodes whose own (primary ENI's) subnet this is.
+	Nodes         uint32 `protobuf:"varint,20,opt,name=nodes,proto3" json:"nodes,omitempty"`
+	VpcId         string `protobuf:"bytes,21,opt,name=vpc_id,json=vpcId,proto3" json:"vpc_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SubnetBudget) Reset() {
 	*x = SubnetBudget{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[2]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -237,7 +420,7 @@ func (x *SubnetBudget) String() string {
 func (*SubnetBudget) ProtoMessage() {}
 
 func (x *SubnetBudget) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[2]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -250,7 +433,7 @@ func (x *SubnetBudget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubnetBudget.ProtoReflect.Descriptor instead.
 func (*SubnetBudget) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SubnetBudget) GetSubnetId() string {
@@ -379,6 +562,27 @@ func (x *SubnetBudget) GetTags() map[string]string {
 	return nil
 }
 
+func (x *SubnetBudget) GetPodSubnetOf() []*PodSubnetRole {
+	if x != nil {
+		return x.PodSubnetOf
+	}
+	return nil
+}
+
+func (x *SubnetBudget) GetNodes() uint32 {
+	if x != nil {
+		return x.Nodes
+	}
+	return 0
+}
+
+func (x *SubnetBudget) GetVpcId() string {
+	if x != nil {
+		return x.VpcId
+	}
+	return ""
+}
+
 // Forecast of a subnet's exhaustion from the trend of held addresses.
 type Forecast struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -394,7 +598,7 @@ type Forecast struct {
 
 func (x *Forecast) Reset() {
 	*x = Forecast{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[3]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -406,7 +610,7 @@ func (x *Forecast) String() string {
 func (*Forecast) ProtoMessage() {}
 
 func (x *Forecast) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[3]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -419,7 +623,7 @@ func (x *Forecast) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Forecast.ProtoReflect.Descriptor instead.
 func (*Forecast) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Forecast) GetHeldPerHour() float64 {
@@ -456,7 +660,7 @@ type SetSubnetBudgetRequest struct {
 
 func (x *SetSubnetBudgetRequest) Reset() {
 	*x = SetSubnetBudgetRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[4]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -468,7 +672,7 @@ func (x *SetSubnetBudgetRequest) String() string {
 func (*SetSubnetBudgetRequest) ProtoMessage() {}
 
 func (x *SetSubnetBudgetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[4]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -481,7 +685,7 @@ func (x *SetSubnetBudgetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSubnetBudgetRequest.ProtoReflect.Descriptor instead.
 func (*SetSubnetBudgetRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SetSubnetBudgetRequest) GetSubnetId() string {
@@ -513,7 +717,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[5]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -525,7 +729,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[5]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -538,7 +742,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 type ListNodesResponse struct {
@@ -550,7 +754,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[6]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -562,7 +766,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[6]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -575,7 +779,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeSummary {
@@ -613,13 +817,23 @@ type NodeSummary struct {
 	// Expiry of the node's certificate: the last one issued to it (attested), or the one its agent
 	// presented (certificate).
 	CertificateNotAfter *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=certificate_not_after,json=certificateNotAfter,proto3" json:"certificate_not_after,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// The pod addresses the node can hold: its instance type's ENIs (less the primary ENI with
+	// custom networking) times their slots, capped by its policy.
+	PodCapacity uint32 `protobuf:"varint,20,opt,name=pod_capacity,json=podCapacity,proto3" json:"pod_capacity,omitempty"`
+	// The kubelet's --max-pods for the node as ipledger serves it (pod capacity + 2, capped at
+	// 110 or 250), as `ipledgerctl max-pods` computes it.
+	MaxPods uint32 `protobuf:"varint,21,opt,name=max_pods,json=maxPods,proto3" json:"max_pods,omitempty"`
+	// The node's policy keeps pods off its primary ENI (custom networking).
+	ExcludePrimaryEni bool `protobuf:"varint,22,opt,name=exclude_primary_eni,json=excludePrimaryEni,proto3" json:"exclude_primary_eni,omitempty"`
+	// The subnets of the node's secondary ENIs.
+	PodSubnetIds  []string `protobuf:"bytes,23,rep,name=pod_subnet_ids,json=podSubnetIds,proto3" json:"pod_subnet_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeSummary) Reset() {
 	*x = NodeSummary{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[7]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -631,7 +845,7 @@ func (x *NodeSummary) String() string {
 func (*NodeSummary) ProtoMessage() {}
 
 func (x *NodeSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[7]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -644,7 +858,7 @@ func (x *NodeSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeSummary.ProtoReflect.Descriptor instead.
 func (*NodeSummary) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *NodeSummary) GetNodeName() string {
@@ -780,6 +994,34 @@ func (x *NodeSummary) GetCertificateNotAfter() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *NodeSummary) GetPodCapacity() uint32 {
+	if x != nil {
+		return x.PodCapacity
+	}
+	return 0
+}
+
+func (x *NodeSummary) GetMaxPods() uint32 {
+	if x != nil {
+		return x.MaxPods
+	}
+	return 0
+}
+
+func (x *NodeSummary) GetExcludePrimaryEni() bool {
+	if x != nil {
+		return x.ExcludePrimaryEni
+	}
+	return false
+}
+
+func (x *NodeSummary) GetPodSubnetIds() []string {
+	if x != nil {
+		return x.PodSubnetIds
+	}
+	return nil
+}
+
 type GetNodeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	NodeName      string                 `protobuf:"bytes,1,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
@@ -789,7 +1031,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[8]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -801,7 +1043,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[8]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -814,7 +1056,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetNodeRequest) GetNodeName() string {
@@ -840,7 +1082,7 @@ type NodeDetail struct {
 
 func (x *NodeDetail) Reset() {
 	*x = NodeDetail{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[9]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -852,7 +1094,7 @@ func (x *NodeDetail) String() string {
 func (*NodeDetail) ProtoMessage() {}
 
 func (x *NodeDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[9]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -865,7 +1107,7 @@ func (x *NodeDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeDetail.ProtoReflect.Descriptor instead.
 func (*NodeDetail) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *NodeDetail) GetSummary() *NodeSummary {
@@ -927,7 +1169,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[10]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -939,7 +1181,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[10]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -952,7 +1194,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DrainNodeRequest) GetNodeName() string {
@@ -977,7 +1219,7 @@ type GetLimiterRequest struct {
 
 func (x *GetLimiterRequest) Reset() {
 	*x = GetLimiterRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[11]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -989,7 +1231,7 @@ func (x *GetLimiterRequest) String() string {
 func (*GetLimiterRequest) ProtoMessage() {}
 
 func (x *GetLimiterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[11]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1002,7 +1244,7 @@ func (x *GetLimiterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLimiterRequest.ProtoReflect.Descriptor instead.
 func (*GetLimiterRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 type LimiterState struct {
@@ -1018,7 +1260,7 @@ type LimiterState struct {
 
 func (x *LimiterState) Reset() {
 	*x = LimiterState{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[12]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1030,7 +1272,7 @@ func (x *LimiterState) String() string {
 func (*LimiterState) ProtoMessage() {}
 
 func (x *LimiterState) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[12]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1043,7 +1285,7 @@ func (x *LimiterState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LimiterState.ProtoReflect.Descriptor instead.
 func (*LimiterState) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *LimiterState) GetBuckets() []*LimiterBucket {
@@ -1098,7 +1340,7 @@ type LimiterBucket struct {
 
 func (x *LimiterBucket) Reset() {
 	*x = LimiterBucket{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[13]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1110,7 +1352,7 @@ func (x *LimiterBucket) String() string {
 func (*LimiterBucket) ProtoMessage() {}
 
 func (x *LimiterBucket) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[13]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1123,7 +1365,7 @@ func (x *LimiterBucket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LimiterBucket.ProtoReflect.Descriptor instead.
 func (*LimiterBucket) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *LimiterBucket) GetName() string {
@@ -1178,7 +1420,7 @@ type QueueLength struct {
 
 func (x *QueueLength) Reset() {
 	*x = QueueLength{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[14]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1190,7 +1432,7 @@ func (x *QueueLength) String() string {
 func (*QueueLength) ProtoMessage() {}
 
 func (x *QueueLength) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[14]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1203,7 +1445,7 @@ func (x *QueueLength) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueLength.ProtoReflect.Descriptor instead.
 func (*QueueLength) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *QueueLength) GetPriority() Priority {
@@ -1230,7 +1472,7 @@ type ThrottleEvent struct {
 
 func (x *ThrottleEvent) Reset() {
 	*x = ThrottleEvent{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[15]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1242,7 +1484,7 @@ func (x *ThrottleEvent) String() string {
 func (*ThrottleEvent) ProtoMessage() {}
 
 func (x *ThrottleEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[15]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1255,7 +1497,7 @@ func (x *ThrottleEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ThrottleEvent.ProtoReflect.Descriptor instead.
 func (*ThrottleEvent) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ThrottleEvent) GetTime() *timestamppb.Timestamp {
@@ -1284,7 +1526,7 @@ type CallCount struct {
 
 func (x *CallCount) Reset() {
 	*x = CallCount{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[16]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1296,7 +1538,7 @@ func (x *CallCount) String() string {
 func (*CallCount) ProtoMessage() {}
 
 func (x *CallCount) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[16]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1309,7 +1551,7 @@ func (x *CallCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallCount.ProtoReflect.Descriptor instead.
 func (*CallCount) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CallCount) GetAction() string {
@@ -1352,7 +1594,7 @@ type PrewarmRequest struct {
 
 func (x *PrewarmRequest) Reset() {
 	*x = PrewarmRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[17]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1364,7 +1606,7 @@ func (x *PrewarmRequest) String() string {
 func (*PrewarmRequest) ProtoMessage() {}
 
 func (x *PrewarmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[17]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1377,7 +1619,7 @@ func (x *PrewarmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrewarmRequest.ProtoReflect.Descriptor instead.
 func (*PrewarmRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PrewarmRequest) GetSubnetId() string {
@@ -1444,7 +1686,7 @@ type PrewarmReservation struct {
 
 func (x *PrewarmReservation) Reset() {
 	*x = PrewarmReservation{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[18]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1456,7 +1698,7 @@ func (x *PrewarmReservation) String() string {
 func (*PrewarmReservation) ProtoMessage() {}
 
 func (x *PrewarmReservation) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[18]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1469,7 +1711,7 @@ func (x *PrewarmReservation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrewarmReservation.ProtoReflect.Descriptor instead.
 func (*PrewarmReservation) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PrewarmReservation) GetId() string {
@@ -1563,7 +1805,7 @@ type PrewarmEni struct {
 
 func (x *PrewarmEni) Reset() {
 	*x = PrewarmEni{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[19]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1575,7 +1817,7 @@ func (x *PrewarmEni) String() string {
 func (*PrewarmEni) ProtoMessage() {}
 
 func (x *PrewarmEni) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[19]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1588,7 +1830,7 @@ func (x *PrewarmEni) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrewarmEni.ProtoReflect.Descriptor instead.
 func (*PrewarmEni) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PrewarmEni) GetEniId() string {
@@ -1627,7 +1869,7 @@ type ListPrewarmsRequest struct {
 
 func (x *ListPrewarmsRequest) Reset() {
 	*x = ListPrewarmsRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[20]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1639,7 +1881,7 @@ func (x *ListPrewarmsRequest) String() string {
 func (*ListPrewarmsRequest) ProtoMessage() {}
 
 func (x *ListPrewarmsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[20]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1652,7 +1894,7 @@ func (x *ListPrewarmsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPrewarmsRequest.ProtoReflect.Descriptor instead.
 func (*ListPrewarmsRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 type ListPrewarmsResponse struct {
@@ -1664,7 +1906,7 @@ type ListPrewarmsResponse struct {
 
 func (x *ListPrewarmsResponse) Reset() {
 	*x = ListPrewarmsResponse{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[21]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1676,7 +1918,7 @@ func (x *ListPrewarmsResponse) String() string {
 func (*ListPrewarmsResponse) ProtoMessage() {}
 
 func (x *ListPrewarmsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[21]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1689,7 +1931,7 @@ func (x *ListPrewarmsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPrewarmsResponse.ProtoReflect.Descriptor instead.
 func (*ListPrewarmsResponse) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListPrewarmsResponse) GetReservations() []*PrewarmReservation {
@@ -1708,7 +1950,7 @@ type CancelPrewarmRequest struct {
 
 func (x *CancelPrewarmRequest) Reset() {
 	*x = CancelPrewarmRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[22]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1720,7 +1962,7 @@ func (x *CancelPrewarmRequest) String() string {
 func (*CancelPrewarmRequest) ProtoMessage() {}
 
 func (x *CancelPrewarmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[22]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1733,7 +1975,7 @@ func (x *CancelPrewarmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelPrewarmRequest.ProtoReflect.Descriptor instead.
 func (*CancelPrewarmRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CancelPrewarmRequest) GetId() string {
@@ -1751,14 +1993,18 @@ type CanFitRequest struct {
 	NodeCount        uint32 `protobuf:"varint,3,opt,name=node_count,json=nodeCount,proto3" json:"node_count,omitempty"`
 	PodsPerNode      uint32 `protobuf:"varint,4,opt,name=pods_per_node,json=podsPerNode,proto3" json:"pods_per_node,omitempty"`
 	// Optional: when set, per-node limits of the type are checked too.
-	InstanceType  string `protobuf:"bytes,5,opt,name=instance_type,json=instanceType,proto3" json:"instance_type,omitempty"`
+	InstanceType string `protobuf:"bytes,5,opt,name=instance_type,json=instanceType,proto3" json:"instance_type,omitempty"`
+	// Optional: the nodes' policy. When it names pod subnets, the nodes' own addresses are counted
+	// in subnet_id (or the zone's subnets that are not pod subnets) and their pods' addresses,
+	// ENI by ENI, in the policy's pod subnets of the zone, spilling over from one to the next.
+	Policy        string `protobuf:"bytes,6,opt,name=policy,proto3" json:"policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CanFitRequest) Reset() {
 	*x = CanFitRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[23]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1770,7 +2016,7 @@ func (x *CanFitRequest) String() string {
 func (*CanFitRequest) ProtoMessage() {}
 
 func (x *CanFitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[23]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1783,7 +2029,7 @@ func (x *CanFitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CanFitRequest.ProtoReflect.Descriptor instead.
 func (*CanFitRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CanFitRequest) GetSubnetId() string {
@@ -1821,6 +2067,13 @@ func (x *CanFitRequest) GetInstanceType() string {
 	return ""
 }
 
+func (x *CanFitRequest) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
 type CanFitResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Fits  bool                   `protobuf:"varint,1,opt,name=fits,proto3" json:"fits,omitempty"`
@@ -1829,15 +2082,19 @@ type CanFitResponse struct {
 	// Addresses the budget still allows in the subnets considered.
 	Available uint32 `protobuf:"varint,3,opt,name=available,proto3" json:"available,omitempty"`
 	// Why it does not fit (empty when it does).
-	Reasons       []string        `protobuf:"bytes,4,rep,name=reasons,proto3" json:"reasons,omitempty"`
-	Subnets       []*SubnetBudget `protobuf:"bytes,5,rep,name=subnets,proto3" json:"subnets,omitempty"`
+	Reasons []string        `protobuf:"bytes,4,rep,name=reasons,proto3" json:"reasons,omitempty"`
+	Subnets []*SubnetBudget `protobuf:"bytes,5,rep,name=subnets,proto3" json:"subnets,omitempty"`
+	// With a policy that names pod subnets: the pod subnets considered, and how many of the
+	// nodes' ENIs each would take (same order).
+	PodSubnetIds  []string `protobuf:"bytes,6,rep,name=pod_subnet_ids,json=podSubnetIds,proto3" json:"pod_subnet_ids,omitempty"`
+	PodSubnetEnis []uint32 `protobuf:"varint,7,rep,packed,name=pod_subnet_enis,json=podSubnetEnis,proto3" json:"pod_subnet_enis,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CanFitResponse) Reset() {
 	*x = CanFitResponse{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[24]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1849,7 +2106,7 @@ func (x *CanFitResponse) String() string {
 func (*CanFitResponse) ProtoMessage() {}
 
 func (x *CanFitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[24]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1862,7 +2119,7 @@ func (x *CanFitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CanFitResponse.ProtoReflect.Descriptor instead.
 func (*CanFitResponse) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CanFitResponse) GetFits() bool {
@@ -1900,6 +2157,20 @@ func (x *CanFitResponse) GetSubnets() []*SubnetBudget {
 	return nil
 }
 
+func (x *CanFitResponse) GetPodSubnetIds() []string {
+	if x != nil {
+		return x.PodSubnetIds
+	}
+	return nil
+}
+
+func (x *CanFitResponse) GetPodSubnetEnis() []uint32 {
+	if x != nil {
+		return x.PodSubnetEnis
+	}
+	return nil
+}
+
 type ListPoliciesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1908,7 +2179,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[25]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1920,7 +2191,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[25]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1933,7 +2204,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 type ListPoliciesResponse struct {
@@ -1945,7 +2216,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[26]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1957,7 +2228,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[26]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1970,7 +2241,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*NodePolicy {
@@ -1989,7 +2260,7 @@ type SetPolicyRequest struct {
 
 func (x *SetPolicyRequest) Reset() {
 	*x = SetPolicyRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[27]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2001,7 +2272,7 @@ func (x *SetPolicyRequest) String() string {
 func (*SetPolicyRequest) ProtoMessage() {}
 
 func (x *SetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[27]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2014,7 +2285,7 @@ func (x *SetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*SetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SetPolicyRequest) GetPolicy() *NodePolicy {
@@ -2033,7 +2304,7 @@ type DeletePolicyRequest struct {
 
 func (x *DeletePolicyRequest) Reset() {
 	*x = DeletePolicyRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[28]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2045,7 +2316,7 @@ func (x *DeletePolicyRequest) String() string {
 func (*DeletePolicyRequest) ProtoMessage() {}
 
 func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[28]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2058,7 +2329,7 @@ func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyRequest.ProtoReflect.Descriptor instead.
 func (*DeletePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DeletePolicyRequest) GetName() string {
@@ -2076,7 +2347,7 @@ type DeletePolicyResponse struct {
 
 func (x *DeletePolicyResponse) Reset() {
 	*x = DeletePolicyResponse{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[29]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2088,7 +2359,7 @@ func (x *DeletePolicyResponse) String() string {
 func (*DeletePolicyResponse) ProtoMessage() {}
 
 func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[29]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2101,7 +2372,7 @@ func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyResponse.ProtoReflect.Descriptor instead.
 func (*DeletePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 type CheckRequest struct {
@@ -2115,7 +2386,7 @@ type CheckRequest struct {
 
 func (x *CheckRequest) Reset() {
 	*x = CheckRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[30]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2127,7 +2398,7 @@ func (x *CheckRequest) String() string {
 func (*CheckRequest) ProtoMessage() {}
 
 func (x *CheckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[30]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2140,7 +2411,7 @@ func (x *CheckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRequest.ProtoReflect.Descriptor instead.
 func (*CheckRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CheckRequest) GetIncludeEc2() bool {
@@ -2165,7 +2436,7 @@ type CheckReport struct {
 
 func (x *CheckReport) Reset() {
 	*x = CheckReport{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[31]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2177,7 +2448,7 @@ func (x *CheckReport) String() string {
 func (*CheckReport) ProtoMessage() {}
 
 func (x *CheckReport) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[31]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2190,7 +2461,7 @@ func (x *CheckReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckReport.ProtoReflect.Descriptor instead.
 func (*CheckReport) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CheckReport) GetOk() bool {
@@ -2250,7 +2521,7 @@ type Finding struct {
 
 func (x *Finding) Reset() {
 	*x = Finding{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[32]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2262,7 +2533,7 @@ func (x *Finding) String() string {
 func (*Finding) ProtoMessage() {}
 
 func (x *Finding) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[32]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2275,7 +2546,7 @@ func (x *Finding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Finding.ProtoReflect.Descriptor instead.
 func (*Finding) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Finding) GetKind() FindingKind {
@@ -2328,7 +2599,7 @@ type GetClusterStatusRequest struct {
 
 func (x *GetClusterStatusRequest) Reset() {
 	*x = GetClusterStatusRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[33]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2340,7 +2611,7 @@ func (x *GetClusterStatusRequest) String() string {
 func (*GetClusterStatusRequest) ProtoMessage() {}
 
 func (x *GetClusterStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[33]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2353,7 +2624,7 @@ func (x *GetClusterStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterStatusRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 type ClusterStatus struct {
@@ -2380,7 +2651,7 @@ type ClusterStatus struct {
 
 func (x *ClusterStatus) Reset() {
 	*x = ClusterStatus{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[34]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2392,7 +2663,7 @@ func (x *ClusterStatus) String() string {
 func (*ClusterStatus) ProtoMessage() {}
 
 func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[34]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2405,7 +2676,7 @@ func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatus.ProtoReflect.Descriptor instead.
 func (*ClusterStatus) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ClusterStatus) GetReplica() string {
@@ -2493,7 +2764,7 @@ type BackupRequest struct {
 
 func (x *BackupRequest) Reset() {
 	*x = BackupRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[35]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2505,7 +2776,7 @@ func (x *BackupRequest) String() string {
 func (*BackupRequest) ProtoMessage() {}
 
 func (x *BackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[35]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2518,7 +2789,7 @@ func (x *BackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
 func (*BackupRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 type BackupChunk struct {
@@ -2537,7 +2808,7 @@ type BackupChunk struct {
 
 func (x *BackupChunk) Reset() {
 	*x = BackupChunk{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[36]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2549,7 +2820,7 @@ func (x *BackupChunk) String() string {
 func (*BackupChunk) ProtoMessage() {}
 
 func (x *BackupChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[36]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2562,7 +2833,7 @@ func (x *BackupChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
 func (*BackupChunk) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *BackupChunk) GetData() []byte {
@@ -2601,7 +2872,7 @@ type ListIdentitiesRequest struct {
 
 func (x *ListIdentitiesRequest) Reset() {
 	*x = ListIdentitiesRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[37]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2613,7 +2884,7 @@ func (x *ListIdentitiesRequest) String() string {
 func (*ListIdentitiesRequest) ProtoMessage() {}
 
 func (x *ListIdentitiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[37]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2626,7 +2897,7 @@ func (x *ListIdentitiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIdentitiesRequest.ProtoReflect.Descriptor instead.
 func (*ListIdentitiesRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 type ListIdentitiesResponse struct {
@@ -2638,7 +2909,7 @@ type ListIdentitiesResponse struct {
 
 func (x *ListIdentitiesResponse) Reset() {
 	*x = ListIdentitiesResponse{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[38]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2650,7 +2921,7 @@ func (x *ListIdentitiesResponse) String() string {
 func (*ListIdentitiesResponse) ProtoMessage() {}
 
 func (x *ListIdentitiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[38]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2663,7 +2934,7 @@ func (x *ListIdentitiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIdentitiesResponse.ProtoReflect.Descriptor instead.
 func (*ListIdentitiesResponse) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListIdentitiesResponse) GetIdentities() []*NodeIdentity {
@@ -2684,7 +2955,7 @@ type ForgetIdentityRequest struct {
 
 func (x *ForgetIdentityRequest) Reset() {
 	*x = ForgetIdentityRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[39]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2696,7 +2967,7 @@ func (x *ForgetIdentityRequest) String() string {
 func (*ForgetIdentityRequest) ProtoMessage() {}
 
 func (x *ForgetIdentityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[39]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2709,7 +2980,7 @@ func (x *ForgetIdentityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetIdentityRequest.ProtoReflect.Descriptor instead.
 func (*ForgetIdentityRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{39}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ForgetIdentityRequest) GetNodeName() string {
@@ -2726,14 +2997,230 @@ func (x *ForgetIdentityRequest) GetInstanceId() string {
 	return ""
 }
 
+type ListEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only events about this node or subnet ("" for all).
+	NodeName      string `protobuf:"bytes,1,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
+	SubnetId      string `protobuf:"bytes,2,opt,name=subnet_id,json=subnetId,proto3" json:"subnet_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEventsRequest) Reset() {
+	*x = ListEventsRequest{}
+	mi := &file_ipledger_v1_admin_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEventsRequest) ProtoMessage() {}
+
+func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ipledger_v1_admin_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
+func (*ListEventsRequest) Descriptor() ([]byte, []int) {
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *ListEventsRequest) GetNodeName() string {
+	if x != nil {
+		return x.NodeName
+	}
+	return ""
+}
+
+func (x *ListEventsRequest) GetSubnetId() string {
+	if x != nil {
+		return x.SubnetId
+	}
+	return ""
+}
+
+type ListEventsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Events        []*Event               `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEventsResponse) Reset() {
+	*x = ListEventsResponse{}
+	mi := &file_ipledger_v1_admin_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEventsResponse) ProtoMessage() {}
+
+func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ipledger_v1_admin_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
+func (*ListEventsResponse) Descriptor() ([]byte, []int) {
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *ListEventsResponse) GetEvents() []*Event {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+// Event is something the leader did or refused that an admin should see. Repeats of one event
+// (same type, reason, node and subnet) within five minutes are folded into it (count, last_time).
+type Event struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	FirstTime *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=first_time,json=firstTime,proto3" json:"first_time,omitempty"`
+	LastTime  *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=last_time,json=lastTime,proto3" json:"last_time,omitempty"`
+	Count     uint32                 `protobuf:"varint,3,opt,name=count,proto3" json:"count,omitempty"`
+	// "Normal" or "Warning", as Kubernetes Events.
+	Type string `protobuf:"bytes,4,opt,name=type,proto3" json:"type,omitempty"`
+	// CamelCase, e.g. "PodSubnetSpillover", "NoPodSubnet".
+	Reason        string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	NodeName      string `protobuf:"bytes,6,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
+	SubnetId      string `protobuf:"bytes,7,opt,name=subnet_id,json=subnetId,proto3" json:"subnet_id,omitempty"`
+	Message       string `protobuf:"bytes,8,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Event) Reset() {
+	*x = Event{}
+	mi := &file_ipledger_v1_admin_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Event) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Event) ProtoMessage() {}
+
+func (x *Event) ProtoReflect() protoreflect.Message {
+	mi := &file_ipledger_v1_admin_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Event.ProtoReflect.Descriptor instead.
+func (*Event) Descriptor() ([]byte, []int) {
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *Event) GetFirstTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FirstTime
+	}
+	return nil
+}
+
+func (x *Event) GetLastTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastTime
+	}
+	return nil
+}
+
+func (x *Event) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *Event) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *Event) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Event) GetNodeName() string {
+	if x != nil {
+		return x.NodeName
+	}
+	return ""
+}
+
+func (x *Event) GetSubnetId() string {
+	if x != nil {
+		return x.SubnetId
+	}
+	return ""
+}
+
+func (x *Event) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 var File_ipledger_v1_admin_proto protoreflect.FileDescriptor
 
 const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"\x17ipledger/v1/admin.proto\x12\vipledger.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18ipledger/v1/common.proto\x1a\x1aipledger/v1/identity.proto\"\x14\n" +
-	"\x12ListSubnetsRequest\"J\n" +
+	"\x12ListSubnetsRequest\"\x93\x01\n" +
 	"\x13ListSubnetsResponse\x123\n" +
-	"\asubnets\x18\x01 \x03(\v2\x19.ipledger.v1.SubnetBudgetR\asubnets\"\xf3\x04\n" +
+	"\asubnets\x18\x01 \x03(\v2\x19.ipledger.v1.SubnetBudgetR\asubnets\x12G\n" +
+	"\x11pod_subnet_groups\x18\x02 \x03(\v2\x1b.ipledger.v1.PodSubnetGroupR\x0fpodSubnetGroups\"\xae\x02\n" +
+	"\x0ePodSubnetGroup\x12\x16\n" +
+	"\x06policy\x18\x01 \x01(\tR\x06policy\x12+\n" +
+	"\x11availability_zone\x18\x02 \x01(\tR\x10availabilityZone\x12\x1d\n" +
+	"\n" +
+	"subnet_ids\x18\x03 \x03(\tR\tsubnetIds\x12\x1a\n" +
+	"\bheadroom\x18\x04 \x01(\rR\bheadroom\x12#\n" +
+	"\rfree_prefixes\x18\x05 \x01(\rR\ffreePrefixes\x121\n" +
+	"\bforecast\x18\x06 \x01(\v2\x15.ipledger.v1.ForecastR\bforecast\x12\x14\n" +
+	"\x05nodes\x18\a \x01(\rR\x05nodes\x12.\n" +
+	"\x13exclude_primary_eni\x18\b \x01(\bR\x11excludePrimaryEni\"\x82\x01\n" +
+	"\rPodSubnetRole\x12\x16\n" +
+	"\x06policy\x18\x01 \x01(\tR\x06policy\x12+\n" +
+	"\x11availability_zone\x18\x02 \x01(\tR\x10availabilityZone\x12,\n" +
+	"\x12security_group_ids\x18\x03 \x03(\tR\x10securityGroupIds\"\xe0\x05\n" +
 	"\fSubnetBudget\x12\x1b\n" +
 	"\tsubnet_id\x18\x01 \x01(\tR\bsubnetId\x12+\n" +
 	"\x11availability_zone\x18\x02 \x01(\tR\x10availabilityZone\x12\x12\n" +
@@ -2754,7 +3241,10 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\tkeep_free\x18\x0f \x01(\rR\bkeepFree\x12\x1a\n" +
 	"\bheadroom\x18\x10 \x01(\rR\bheadroom\x121\n" +
 	"\bforecast\x18\x11 \x01(\v2\x15.ipledger.v1.ForecastR\bforecast\x127\n" +
-	"\x04tags\x18\x12 \x03(\v2#.ipledger.v1.SubnetBudget.TagsEntryR\x04tags\x1a7\n" +
+	"\x04tags\x18\x12 \x03(\v2#.ipledger.v1.SubnetBudget.TagsEntryR\x04tags\x12>\n" +
+	"\rpod_subnet_of\x18\x13 \x03(\v2\x1a.ipledger.v1.PodSubnetRoleR\vpodSubnetOf\x12\x14\n" +
+	"\x05nodes\x18\x14 \x01(\rR\x05nodes\x12\x15\n" +
+	"\x06vpc_id\x18\x15 \x01(\tR\x05vpcId\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xaa\x01\n" +
@@ -2768,7 +3258,7 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\tkeep_free\x18\x03 \x01(\rR\bkeepFree\"\x12\n" +
 	"\x10ListNodesRequest\"C\n" +
 	"\x11ListNodesResponse\x12.\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x18.ipledger.v1.NodeSummaryR\x05nodes\"\xbf\x05\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x18.ipledger.v1.NodeSummaryR\x05nodes\"\xd3\x06\n" +
 	"\vNodeSummary\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12\x1f\n" +
 	"\vinstance_id\x18\x02 \x01(\tR\n" +
@@ -2792,7 +3282,11 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"lastReport\x12?\n" +
 	"\rregistered_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\fregisteredAt\x12'\n" +
 	"\x0fidentity_method\x18\x12 \x01(\tR\x0eidentityMethod\x12N\n" +
-	"\x15certificate_not_after\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\x13certificateNotAfter\"-\n" +
+	"\x15certificate_not_after\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\x13certificateNotAfter\x12!\n" +
+	"\fpod_capacity\x18\x14 \x01(\rR\vpodCapacity\x12\x19\n" +
+	"\bmax_pods\x18\x15 \x01(\rR\amaxPods\x12.\n" +
+	"\x13exclude_primary_eni\x18\x16 \x01(\bR\x11excludePrimaryEni\x12$\n" +
+	"\x0epod_subnet_ids\x18\x17 \x03(\tR\fpodSubnetIds\"-\n" +
 	"\x0eGetNodeRequest\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\"\xa4\x03\n" +
 	"\n" +
@@ -2868,20 +3362,23 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\x14ListPrewarmsResponse\x12C\n" +
 	"\freservations\x18\x01 \x03(\v2\x1f.ipledger.v1.PrewarmReservationR\freservations\"&\n" +
 	"\x14CancelPrewarmRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\xc1\x01\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xd9\x01\n" +
 	"\rCanFitRequest\x12\x1b\n" +
 	"\tsubnet_id\x18\x01 \x01(\tR\bsubnetId\x12+\n" +
 	"\x11availability_zone\x18\x02 \x01(\tR\x10availabilityZone\x12\x1d\n" +
 	"\n" +
 	"node_count\x18\x03 \x01(\rR\tnodeCount\x12\"\n" +
 	"\rpods_per_node\x18\x04 \x01(\rR\vpodsPerNode\x12#\n" +
-	"\rinstance_type\x18\x05 \x01(\tR\finstanceType\"\xa9\x01\n" +
+	"\rinstance_type\x18\x05 \x01(\tR\finstanceType\x12\x16\n" +
+	"\x06policy\x18\x06 \x01(\tR\x06policy\"\xf7\x01\n" +
 	"\x0eCanFitResponse\x12\x12\n" +
 	"\x04fits\x18\x01 \x01(\bR\x04fits\x12\x16\n" +
 	"\x06needed\x18\x02 \x01(\rR\x06needed\x12\x1c\n" +
 	"\tavailable\x18\x03 \x01(\rR\tavailable\x12\x18\n" +
 	"\areasons\x18\x04 \x03(\tR\areasons\x123\n" +
-	"\asubnets\x18\x05 \x03(\v2\x19.ipledger.v1.SubnetBudgetR\asubnets\"\x15\n" +
+	"\asubnets\x18\x05 \x03(\v2\x19.ipledger.v1.SubnetBudgetR\asubnets\x12$\n" +
+	"\x0epod_subnet_ids\x18\x06 \x03(\tR\fpodSubnetIds\x12&\n" +
+	"\x0fpod_subnet_enis\x18\a \x03(\rR\rpodSubnetEnis\"\x15\n" +
 	"\x13ListPoliciesRequest\"K\n" +
 	"\x14ListPoliciesResponse\x123\n" +
 	"\bpolicies\x18\x01 \x03(\v2\x17.ipledger.v1.NodePolicyR\bpolicies\"C\n" +
@@ -2936,7 +3433,22 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\x15ForgetIdentityRequest\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12\x1f\n" +
 	"\vinstance_id\x18\x02 \x01(\tR\n" +
-	"instanceId*\xb4\x01\n" +
+	"instanceId\"M\n" +
+	"\x11ListEventsRequest\x12\x1b\n" +
+	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12\x1b\n" +
+	"\tsubnet_id\x18\x02 \x01(\tR\bsubnetId\"@\n" +
+	"\x12ListEventsResponse\x12*\n" +
+	"\x06events\x18\x01 \x03(\v2\x12.ipledger.v1.EventR\x06events\"\x91\x02\n" +
+	"\x05Event\x129\n" +
+	"\n" +
+	"first_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tfirstTime\x127\n" +
+	"\tlast_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\blastTime\x12\x14\n" +
+	"\x05count\x18\x03 \x01(\rR\x05count\x12\x12\n" +
+	"\x04type\x18\x04 \x01(\tR\x04type\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x1b\n" +
+	"\tnode_name\x18\x06 \x01(\tR\bnodeName\x12\x1b\n" +
+	"\tsubnet_id\x18\a \x01(\tR\bsubnetId\x12\x18\n" +
+	"\amessage\x18\b \x01(\tR\amessage*\xb4\x01\n" +
 	"\vFindingKind\x12\x1c\n" +
 	"\x18FINDING_KIND_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fDOUBLE_OWNER\x10\x01\x12\x15\n" +
@@ -2947,8 +3459,7 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\x11IN_USE_NOT_LEASED\x10\x05\x12\x0e\n" +
 	"\n" +
 	"DOUBLE_USE\x10\x06\x12\x10\n" +
-	"\fENI_MISMATCH\x10\a2\xf5\n" +
-	"\n" +
+	"\fENI_MISMATCH\x10\a2\xc4\v\n" +
 	"\fAdminService\x12P\n" +
 	"\vListSubnets\x12\x1f.ipledger.v1.ListSubnetsRequest\x1a .ipledger.v1.ListSubnetsResponse\x12Q\n" +
 	"\x0fSetSubnetBudget\x12#.ipledger.v1.SetSubnetBudgetRequest\x1a\x19.ipledger.v1.SubnetBudget\x12J\n" +
@@ -2968,7 +3479,9 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\x10GetClusterStatus\x12$.ipledger.v1.GetClusterStatusRequest\x1a\x1a.ipledger.v1.ClusterStatus\x12Y\n" +
 	"\x0eListIdentities\x12\".ipledger.v1.ListIdentitiesRequest\x1a#.ipledger.v1.ListIdentitiesResponse\x12O\n" +
 	"\x0eForgetIdentity\x12\".ipledger.v1.ForgetIdentityRequest\x1a\x19.ipledger.v1.NodeIdentity\x12@\n" +
-	"\x06Backup\x12\x1a.ipledger.v1.BackupRequest\x1a\x18.ipledger.v1.BackupChunk0\x01B;Z9github.com/ipledger/ipledger/proto/ipledger/v1;ipledgerv1b\x06proto3"
+	"\x06Backup\x12\x1a.ipledger.v1.BackupRequest\x1a\x18.ipledger.v1.BackupChunk0\x01\x12M\n" +
+	"\n" +
+	"ListEvents\x12\x1e.ipledger.v1.ListEventsRequest\x1a\x1f.ipledger.v1.ListEventsResponseB;Z9github.com/ipledger/ipledger/proto/ipledger/v1;ipledgerv1b\x06proto3"
 
 var (
 	file_ipledger_v1_admin_proto_rawDescOnce sync.Once
@@ -2983,137 +3496,150 @@ func file_ipledger_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_ipledger_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ipledger_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_ipledger_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_ipledger_v1_admin_proto_goTypes = []any{
 	(FindingKind)(0),                // 0: ipledger.v1.FindingKind
 	(*ListSubnetsRequest)(nil),      // 1: ipledger.v1.ListSubnetsRequest
 	(*ListSubnetsResponse)(nil),     // 2: ipledger.v1.ListSubnetsResponse
-	(*SubnetBudget)(nil),            // 3: ipledger.v1.SubnetBudget
-	(*Forecast)(nil),                // 4: ipledger.v1.Forecast
-	(*SetSubnetBudgetRequest)(nil),  // 5: ipledger.v1.SetSubnetBudgetRequest
-	(*ListNodesRequest)(nil),        // 6: ipledger.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),       // 7: ipledger.v1.ListNodesResponse
-	(*NodeSummary)(nil),             // 8: ipledger.v1.NodeSummary
-	(*GetNodeRequest)(nil),          // 9: ipledger.v1.GetNodeRequest
-	(*NodeDetail)(nil),              // 10: ipledger.v1.NodeDetail
-	(*DrainNodeRequest)(nil),        // 11: ipledger.v1.DrainNodeRequest
-	(*GetLimiterRequest)(nil),       // 12: ipledger.v1.GetLimiterRequest
-	(*LimiterState)(nil),            // 13: ipledger.v1.LimiterState
-	(*LimiterBucket)(nil),           // 14: ipledger.v1.LimiterBucket
-	(*QueueLength)(nil),             // 15: ipledger.v1.QueueLength
-	(*ThrottleEvent)(nil),           // 16: ipledger.v1.ThrottleEvent
-	(*CallCount)(nil),               // 17: ipledger.v1.CallCount
-	(*PrewarmRequest)(nil),          // 18: ipledger.v1.PrewarmRequest
-	(*PrewarmReservation)(nil),      // 19: ipledger.v1.PrewarmReservation
-	(*PrewarmEni)(nil),              // 20: ipledger.v1.PrewarmEni
-	(*ListPrewarmsRequest)(nil),     // 21: ipledger.v1.ListPrewarmsRequest
-	(*ListPrewarmsResponse)(nil),    // 22: ipledger.v1.ListPrewarmsResponse
-	(*CancelPrewarmRequest)(nil),    // 23: ipledger.v1.CancelPrewarmRequest
-	(*CanFitRequest)(nil),           // 24: ipledger.v1.CanFitRequest
-	(*CanFitResponse)(nil),          // 25: ipledger.v1.CanFitResponse
-	(*ListPoliciesRequest)(nil),     // 26: ipledger.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),    // 27: ipledger.v1.ListPoliciesResponse
-	(*SetPolicyRequest)(nil),        // 28: ipledger.v1.SetPolicyRequest
-	(*DeletePolicyRequest)(nil),     // 29: ipledger.v1.DeletePolicyRequest
-	(*DeletePolicyResponse)(nil),    // 30: ipledger.v1.DeletePolicyResponse
-	(*CheckRequest)(nil),            // 31: ipledger.v1.CheckRequest
-	(*CheckReport)(nil),             // 32: ipledger.v1.CheckReport
-	(*Finding)(nil),                 // 33: ipledger.v1.Finding
-	(*GetClusterStatusRequest)(nil), // 34: ipledger.v1.GetClusterStatusRequest
-	(*ClusterStatus)(nil),           // 35: ipledger.v1.ClusterStatus
-	(*BackupRequest)(nil),           // 36: ipledger.v1.BackupRequest
-	(*BackupChunk)(nil),             // 37: ipledger.v1.BackupChunk
-	(*ListIdentitiesRequest)(nil),   // 38: ipledger.v1.ListIdentitiesRequest
-	(*ListIdentitiesResponse)(nil),  // 39: ipledger.v1.ListIdentitiesResponse
-	(*ForgetIdentityRequest)(nil),   // 40: ipledger.v1.ForgetIdentityRequest
-	nil,                             // 41: ipledger.v1.SubnetBudget.TagsEntry
-	nil,                             // 42: ipledger.v1.NodeDetail.LabelsEntry
-	(*durationpb.Duration)(nil),     // 43: google.protobuf.Duration
-	(AddressMode)(0),                // 44: ipledger.v1.AddressMode
-	(*timestamppb.Timestamp)(nil),   // 45: google.protobuf.Timestamp
-	(*NodePool)(nil),                // 46: ipledger.v1.NodePool
-	(*PodAddress)(nil),              // 47: ipledger.v1.PodAddress
-	(*NodePolicy)(nil),              // 48: ipledger.v1.NodePolicy
-	(Reason)(0),                     // 49: ipledger.v1.Reason
-	(Priority)(0),                   // 50: ipledger.v1.Priority
-	(*NodeIdentity)(nil),            // 51: ipledger.v1.NodeIdentity
+	(*PodSubnetGroup)(nil),          // 3: ipledger.v1.PodSubnetGroup
+	(*PodSubnetRole)(nil),           // 4: ipledger.v1.PodSubnetRole
+	(*SubnetBudget)(nil),            // 5: ipledger.v1.SubnetBudget
+	(*Forecast)(nil),                // 6: ipledger.v1.Forecast
+	(*SetSubnetBudgetRequest)(nil),  // 7: ipledger.v1.SetSubnetBudgetRequest
+	(*ListNodesRequest)(nil),        // 8: ipledger.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),       // 9: ipledger.v1.ListNodesResponse
+	(*NodeSummary)(nil),             // 10: ipledger.v1.NodeSummary
+	(*GetNodeRequest)(nil),          // 11: ipledger.v1.GetNodeRequest
+	(*NodeDetail)(nil),              // 12: ipledger.v1.NodeDetail
+	(*DrainNodeRequest)(nil),        // 13: ipledger.v1.DrainNodeRequest
+	(*GetLimiterRequest)(nil),       // 14: ipledger.v1.GetLimiterRequest
+	(*LimiterState)(nil),            // 15: ipledger.v1.LimiterState
+	(*LimiterBucket)(nil),           // 16: ipledger.v1.LimiterBucket
+	(*QueueLength)(nil),             // 17: ipledger.v1.QueueLength
+	(*ThrottleEvent)(nil),           // 18: ipledger.v1.ThrottleEvent
+	(*CallCount)(nil),               // 19: ipledger.v1.CallCount
+	(*PrewarmRequest)(nil),          // 20: ipledger.v1.PrewarmRequest
+	(*PrewarmReservation)(nil),      // 21: ipledger.v1.PrewarmReservation
+	(*PrewarmEni)(nil),              // 22: ipledger.v1.PrewarmEni
+	(*ListPrewarmsRequest)(nil),     // 23: ipledger.v1.ListPrewarmsRequest
+	(*ListPrewarmsResponse)(nil),    // 24: ipledger.v1.ListPrewarmsResponse
+	(*CancelPrewarmRequest)(nil),    // 25: ipledger.v1.CancelPrewarmRequest
+	(*CanFitRequest)(nil),           // 26: ipledger.v1.CanFitRequest
+	(*CanFitResponse)(nil),          // 27: ipledger.v1.CanFitResponse
+	(*ListPoliciesRequest)(nil),     // 28: ipledger.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),    // 29: ipledger.v1.ListPoliciesResponse
+	(*SetPolicyRequest)(nil),        // 30: ipledger.v1.SetPolicyRequest
+	(*DeletePolicyRequest)(nil),     // 31: ipledger.v1.DeletePolicyRequest
+	(*DeletePolicyResponse)(nil),    // 32: ipledger.v1.DeletePolicyResponse
+	(*CheckRequest)(nil),            // 33: ipledger.v1.CheckRequest
+	(*CheckReport)(nil),             // 34: ipledger.v1.CheckReport
+	(*Finding)(nil),                 // 35: ipledger.v1.Finding
+	(*GetClusterStatusRequest)(nil), // 36: ipledger.v1.GetClusterStatusRequest
+	(*ClusterStatus)(nil),           // 37: ipledger.v1.ClusterStatus
+	(*BackupRequest)(nil),           // 38: ipledger.v1.BackupRequest
+	(*BackupChunk)(nil),             // 39: ipledger.v1.BackupChunk
+	(*ListIdentitiesRequest)(nil),   // 40: ipledger.v1.ListIdentitiesRequest
+	(*ListIdentitiesResponse)(nil),  // 41: ipledger.v1.ListIdentitiesResponse
+	(*ForgetIdentityRequest)(nil),   // 42: ipledger.v1.ForgetIdentityRequest
+	(*ListEventsRequest)(nil),       // 43: ipledger.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),      // 44: ipledger.v1.ListEventsResponse
+	(*Event)(nil),                   // 45: ipledger.v1.Event
+	nil,                             // 46: ipledger.v1.SubnetBudget.TagsEntry
+	nil,                             // 47: ipledger.v1.NodeDetail.LabelsEntry
+	(*durationpb.Duration)(nil),     // 48: google.protobuf.Duration
+	(AddressMode)(0),                // 49: ipledger.v1.AddressMode
+	(*timestamppb.Timestamp)(nil),   // 50: google.protobuf.Timestamp
+	(*NodePool)(nil),                // 51: ipledger.v1.NodePool
+	(*PodAddress)(nil),              // 52: ipledger.v1.PodAddress
+	(*NodePolicy)(nil),              // 53: ipledger.v1.NodePolicy
+	(Reason)(0),                     // 54: ipledger.v1.Reason
+	(Priority)(0),                   // 55: ipledger.v1.Priority
+	(*NodeIdentity)(nil),            // 56: ipledger.v1.NodeIdentity
 }
 var file_ipledger_v1_admin_proto_depIdxs = []int32{
-	3,  // 0: ipledger.v1.ListSubnetsResponse.subnets:type_name -> ipledger.v1.SubnetBudget
-	4,  // 1: ipledger.v1.SubnetBudget.forecast:type_name -> ipledger.v1.Forecast
-	41, // 2: ipledger.v1.SubnetBudget.tags:type_name -> ipledger.v1.SubnetBudget.TagsEntry
-	43, // 3: ipledger.v1.Forecast.time_to_exhaustion:type_name -> google.protobuf.Duration
-	43, // 4: ipledger.v1.Forecast.window:type_name -> google.protobuf.Duration
-	8,  // 5: ipledger.v1.ListNodesResponse.nodes:type_name -> ipledger.v1.NodeSummary
-	44, // 6: ipledger.v1.NodeSummary.mode:type_name -> ipledger.v1.AddressMode
-	45, // 7: ipledger.v1.NodeSummary.last_report:type_name -> google.protobuf.Timestamp
-	45, // 8: ipledger.v1.NodeSummary.registered_at:type_name -> google.protobuf.Timestamp
-	45, // 9: ipledger.v1.NodeSummary.certificate_not_after:type_name -> google.protobuf.Timestamp
-	8,  // 10: ipledger.v1.NodeDetail.summary:type_name -> ipledger.v1.NodeSummary
-	46, // 11: ipledger.v1.NodeDetail.pool:type_name -> ipledger.v1.NodePool
-	47, // 12: ipledger.v1.NodeDetail.pods:type_name -> ipledger.v1.PodAddress
-	48, // 13: ipledger.v1.NodeDetail.policy:type_name -> ipledger.v1.NodePolicy
-	49, // 14: ipledger.v1.NodeDetail.supply_problem:type_name -> ipledger.v1.Reason
-	42, // 15: ipledger.v1.NodeDetail.labels:type_name -> ipledger.v1.NodeDetail.LabelsEntry
-	14, // 16: ipledger.v1.LimiterState.buckets:type_name -> ipledger.v1.LimiterBucket
-	15, // 17: ipledger.v1.LimiterState.queue:type_name -> ipledger.v1.QueueLength
-	16, // 18: ipledger.v1.LimiterState.recent_throttles:type_name -> ipledger.v1.ThrottleEvent
-	17, // 19: ipledger.v1.LimiterState.calls:type_name -> ipledger.v1.CallCount
-	50, // 20: ipledger.v1.QueueLength.priority:type_name -> ipledger.v1.Priority
-	45, // 21: ipledger.v1.ThrottleEvent.time:type_name -> google.protobuf.Timestamp
-	43, // 22: ipledger.v1.PrewarmRequest.expiry:type_name -> google.protobuf.Duration
-	45, // 23: ipledger.v1.PrewarmReservation.created_at:type_name -> google.protobuf.Timestamp
-	45, // 24: ipledger.v1.PrewarmReservation.expires_at:type_name -> google.protobuf.Timestamp
-	20, // 25: ipledger.v1.PrewarmReservation.enis:type_name -> ipledger.v1.PrewarmEni
-	19, // 26: ipledger.v1.ListPrewarmsResponse.reservations:type_name -> ipledger.v1.PrewarmReservation
-	3,  // 27: ipledger.v1.CanFitResponse.subnets:type_name -> ipledger.v1.SubnetBudget
-	48, // 28: ipledger.v1.ListPoliciesResponse.policies:type_name -> ipledger.v1.NodePolicy
-	48, // 29: ipledger.v1.SetPolicyRequest.policy:type_name -> ipledger.v1.NodePolicy
-	33, // 30: ipledger.v1.CheckReport.findings:type_name -> ipledger.v1.Finding
-	45, // 31: ipledger.v1.CheckReport.checked_at:type_name -> google.protobuf.Timestamp
-	0,  // 32: ipledger.v1.Finding.kind:type_name -> ipledger.v1.FindingKind
-	51, // 33: ipledger.v1.ListIdentitiesResponse.identities:type_name -> ipledger.v1.NodeIdentity
-	1,  // 34: ipledger.v1.AdminService.ListSubnets:input_type -> ipledger.v1.ListSubnetsRequest
-	5,  // 35: ipledger.v1.AdminService.SetSubnetBudget:input_type -> ipledger.v1.SetSubnetBudgetRequest
-	6,  // 36: ipledger.v1.AdminService.ListNodes:input_type -> ipledger.v1.ListNodesRequest
-	9,  // 37: ipledger.v1.AdminService.GetNode:input_type -> ipledger.v1.GetNodeRequest
-	11, // 38: ipledger.v1.AdminService.DrainNode:input_type -> ipledger.v1.DrainNodeRequest
-	12, // 39: ipledger.v1.AdminService.GetLimiter:input_type -> ipledger.v1.GetLimiterRequest
-	18, // 40: ipledger.v1.AdminService.Prewarm:input_type -> ipledger.v1.PrewarmRequest
-	21, // 41: ipledger.v1.AdminService.ListPrewarms:input_type -> ipledger.v1.ListPrewarmsRequest
-	23, // 42: ipledger.v1.AdminService.CancelPrewarm:input_type -> ipledger.v1.CancelPrewarmRequest
-	24, // 43: ipledger.v1.AdminService.CanFit:input_type -> ipledger.v1.CanFitRequest
-	26, // 44: ipledger.v1.AdminService.ListPolicies:input_type -> ipledger.v1.ListPoliciesRequest
-	28, // 45: ipledger.v1.AdminService.SetPolicy:input_type -> ipledger.v1.SetPolicyRequest
-	29, // 46: ipledger.v1.AdminService.DeletePolicy:input_type -> ipledger.v1.DeletePolicyRequest
-	31, // 47: ipledger.v1.AdminService.Check:input_type -> ipledger.v1.CheckRequest
-	34, // 48: ipledger.v1.AdminService.GetClusterStatus:input_type -> ipledger.v1.GetClusterStatusRequest
-	38, // 49: ipledger.v1.AdminService.ListIdentities:input_type -> ipledger.v1.ListIdentitiesRequest
-	40, // 50: ipledger.v1.AdminService.ForgetIdentity:input_type -> ipledger.v1.ForgetIdentityRequest
-	36, // 51: ipledger.v1.AdminService.Backup:input_type -> ipledger.v1.BackupRequest
-	2,  // 52: ipledger.v1.AdminService.ListSubnets:output_type -> ipledger.v1.ListSubnetsResponse
-	3,  // 53: ipledger.v1.AdminService.SetSubnetBudget:output_type -> ipledger.v1.SubnetBudget
-	7,  // 54: ipledger.v1.AdminService.ListNodes:output_type -> ipledger.v1.ListNodesResponse
-	10, // 55: ipledger.v1.AdminService.GetNode:output_type -> ipledger.v1.NodeDetail
-	10, // 56: ipledger.v1.AdminService.DrainNode:output_type -> ipledger.v1.NodeDetail
-	13, // 57: ipledger.v1.AdminService.GetLimiter:output_type -> ipledger.v1.LimiterState
-	19, // 58: ipledger.v1.AdminService.Prewarm:output_type -> ipledger.v1.PrewarmReservation
-	22, // 59: ipledger.v1.AdminService.ListPrewarms:output_type -> ipledger.v1.ListPrewarmsResponse
-	19, // 60: ipledger.v1.AdminService.CancelPrewarm:output_type -> ipledger.v1.PrewarmReservation
-	25, // 61: ipledger.v1.AdminService.CanFit:output_type -> ipledger.v1.CanFitResponse
-	27, // 62: ipledger.v1.AdminService.ListPolicies:output_type -> ipledger.v1.ListPoliciesResponse
-	48, // 63: ipledger.v1.AdminService.SetPolicy:output_type -> ipledger.v1.NodePolicy
-	30, // 64: ipledger.v1.AdminService.DeletePolicy:output_type -> ipledger.v1.DeletePolicyResponse
-	32, // 65: ipledger.v1.AdminService.Check:output_type -> ipledger.v1.CheckReport
-	35, // 66: ipledger.v1.AdminService.GetClusterStatus:output_type -> ipledger.v1.ClusterStatus
-	39, // 67: ipledger.v1.AdminService.ListIdentities:output_type -> ipledger.v1.ListIdentitiesResponse
-	51, // 68: ipledger.v1.AdminService.ForgetIdentity:output_type -> ipledger.v1.NodeIdentity
-	37, // 69: ipledger.v1.AdminService.Backup:output_type -> ipledger.v1.BackupChunk
-	52, // [52:70] is the sub-list for method output_type
-	34, // [34:52] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	5,  // 0: ipledger.v1.ListSubnetsResponse.subnets:type_name -> ipledger.v1.SubnetBudget
+	3,  // 1: ipledger.v1.ListSubnetsResponse.pod_subnet_groups:type_name -> ipledger.v1.PodSubnetGroup
+	6,  // 2: ipledger.v1.PodSubnetGroup.forecast:type_name -> ipledger.v1.Forecast
+	6,  // 3: ipledger.v1.SubnetBudget.forecast:type_name -> ipledger.v1.Forecast
+	46, // 4: ipledger.v1.SubnetBudget.tags:type_name -> ipledger.v1.SubnetBudget.TagsEntry
+	4,  // 5: ipledger.v1.SubnetBudget.pod_subnet_of:type_name -> ipledger.v1.PodSubnetRole
+	48, // 6: ipledger.v1.Forecast.time_to_exhaustion:type_name -> google.protobuf.Duration
+	48, // 7: ipledger.v1.Forecast.window:type_name -> google.protobuf.Duration
+	10, // 8: ipledger.v1.ListNodesResponse.nodes:type_name -> ipledger.v1.NodeSummary
+	49, // 9: ipledger.v1.NodeSummary.mode:type_name -> ipledger.v1.AddressMode
+	50, // 10: ipledger.v1.NodeSummary.last_report:type_name -> google.protobuf.Timestamp
+	50, // 11: ipledger.v1.NodeSummary.registered_at:type_name -> google.protobuf.Timestamp
+	50, // 12: ipledger.v1.NodeSummary.certificate_not_after:type_name -> google.protobuf.Timestamp
+	10, // 13: ipledger.v1.NodeDetail.summary:type_name -> ipledger.v1.NodeSummary
+	51, // 14: ipledger.v1.NodeDetail.pool:type_name -> ipledger.v1.NodePool
+	52, // 15: ipledger.v1.NodeDetail.pods:type_name -> ipledger.v1.PodAddress
+	53, // 16: ipledger.v1.NodeDetail.policy:type_name -> ipledger.v1.NodePolicy
+	54, // 17: ipledger.v1.NodeDetail.supply_problem:type_name -> ipledger.v1.Reason
+	47, // 18: ipledger.v1.NodeDetail.labels:type_name -> ipledger.v1.NodeDetail.LabelsEntry
+	16, // 19: ipledger.v1.LimiterState.buckets:type_name -> ipledger.v1.LimiterBucket
+	17, // 20: ipledger.v1.LimiterState.queue:type_name -> ipledger.v1.QueueLength
+	18, // 21: ipledger.v1.LimiterState.recent_throttles:type_name -> ipledger.v1.ThrottleEvent
+	19, // 22: ipledger.v1.LimiterState.calls:type_name -> ipledger.v1.CallCount
+	55, // 23: ipledger.v1.QueueLength.priority:type_name -> ipledger.v1.Priority
+	50, // 24: ipledger.v1.ThrottleEvent.time:type_name -> google.protobuf.Timestamp
+	48, // 25: ipledger.v1.PrewarmRequest.expiry:type_name -> google.protobuf.Duration
+	50, // 26: ipledger.v1.PrewarmReservation.created_at:type_name -> google.protobuf.Timestamp
+	50, // 27: ipledger.v1.PrewarmReservation.expires_at:type_name -> google.protobuf.Timestamp
+	22, // 28: ipledger.v1.PrewarmReservation.enis:type_name -> ipledger.v1.PrewarmEni
+	21, // 29: ipledger.v1.ListPrewarmsResponse.reservations:type_name -> ipledger.v1.PrewarmReservation
+	5,  // 30: ipledger.v1.CanFitResponse.subnets:type_name -> ipledger.v1.SubnetBudget
+	53, // 31: ipledger.v1.ListPoliciesResponse.policies:type_name -> ipledger.v1.NodePolicy
+	53, // 32: ipledger.v1.SetPolicyRequest.policy:type_name -> ipledger.v1.NodePolicy
+	35, // 33: ipledger.v1.CheckReport.findings:type_name -> ipledger.v1.Finding
+	50, // 34: ipledger.v1.CheckReport.checked_at:type_name -> google.protobuf.Timestamp
+	0,  // 35: ipledger.v1.Finding.kind:type_name -> ipledger.v1.FindingKind
+	56, // 36: ipledger.v1.ListIdentitiesResponse.identities:type_name -> ipledger.v1.NodeIdentity
+	45, // 37: ipledger.v1.ListEventsResponse.events:type_name -> ipledger.v1.Event
+	50, // 38: ipledger.v1.Event.first_time:type_name -> google.protobuf.Timestamp
+	50, // 39: ipledger.v1.Event.last_time:type_name -> google.protobuf.Timestamp
+	1,  // 40: ipledger.v1.AdminService.ListSubnets:input_type -> ipledger.v1.ListSubnetsRequest
+	7,  // 41: ipledger.v1.AdminService.SetSubnetBudget:input_type -> ipledger.v1.SetSubnetBudgetRequest
+	8,  // 42: ipledger.v1.AdminService.ListNodes:input_type -> ipledger.v1.ListNodesRequest
+	11, // 43: ipledger.v1.AdminService.GetNode:input_type -> ipledger.v1.GetNodeRequest
+	13, // 44: ipledger.v1.AdminService.DrainNode:input_type -> ipledger.v1.DrainNodeRequest
+	14, // 45: ipledger.v1.AdminService.GetLimiter:input_type -> ipledger.v1.GetLimiterRequest
+	20, // 46: ipledger.v1.AdminService.Prewarm:input_type -> ipledger.v1.PrewarmRequest
+	23, // 47: ipledger.v1.AdminService.ListPrewarms:input_type -> ipledger.v1.ListPrewarmsRequest
+	25, // 48: ipledger.v1.AdminService.CancelPrewarm:input_type -> ipledger.v1.CancelPrewarmRequest
+	26, // 49: ipledger.v1.AdminService.CanFit:input_type -> ipledger.v1.CanFitRequest
+	28, // 50: ipledger.v1.AdminService.ListPolicies:input_type -> ipledger.v1.ListPoliciesRequest
+	30, // 51: ipledger.v1.AdminService.SetPolicy:input_type -> ipledger.v1.SetPolicyRequest
+	31, // 52: ipledger.v1.AdminService.DeletePolicy:input_type -> ipledger.v1.DeletePolicyRequest
+	33, // 53: ipledger.v1.AdminService.Check:input_type -> ipledger.v1.CheckRequest
+	36, // 54: ipledger.v1.AdminService.GetClusterStatus:input_type -> ipledger.v1.GetClusterStatusRequest
+	40, // 55: ipledger.v1.AdminService.ListIdentities:input_type -> ipledger.v1.ListIdentitiesRequest
+	42, // 56: ipledger.v1.AdminService.ForgetIdentity:input_type -> ipledger.v1.ForgetIdentityRequest
+	38, // 57: ipledger.v1.AdminService.Backup:input_type -> ipledger.v1.BackupRequest
+	43, // 58: ipledger.v1.AdminService.ListEvents:input_type -> ipledger.v1.ListEventsRequest
+	2,  // 59: ipledger.v1.AdminService.ListSubnets:output_type -> ipledger.v1.ListSubnetsResponse
+	5,  // 60: ipledger.v1.AdminService.SetSubnetBudget:output_type -> ipledger.v1.SubnetBudget
+	9,  // 61: ipledger.v1.AdminService.ListNodes:output_type -> ipledger.v1.ListNodesResponse
+	12, // 62: ipledger.v1.AdminService.GetNode:output_type -> ipledger.v1.NodeDetail
+	12, // 63: ipledger.v1.AdminService.DrainNode:output_type -> ipledger.v1.NodeDetail
+	15, // 64: ipledger.v1.AdminService.GetLimiter:output_type -> ipledger.v1.LimiterState
+	21, // 65: ipledger.v1.AdminService.Prewarm:output_type -> ipledger.v1.PrewarmReservation
+	24, // 66: ipledger.v1.AdminService.ListPrewarms:output_type -> ipledger.v1.ListPrewarmsResponse
+	21, // 67: ipledger.v1.AdminService.CancelPrewarm:output_type -> ipledger.v1.PrewarmReservation
+	27, // 68: ipledger.v1.AdminService.CanFit:output_type -> ipledger.v1.CanFitResponse
+	29, // 69: ipledger.v1.AdminService.ListPolicies:output_type -> ipledger.v1.ListPoliciesResponse
+	53, // 70: ipledger.v1.AdminService.SetPolicy:output_type -> ipledger.v1.NodePolicy
+	32, // 71: ipledger.v1.AdminService.DeletePolicy:output_type -> ipledger.v1.DeletePolicyResponse
+	34, // 72: ipledger.v1.AdminService.Check:output_type -> ipledger.v1.CheckReport
+	37, // 73: ipledger.v1.AdminService.GetClusterStatus:output_type -> ipledger.v1.ClusterStatus
+	41, // 74: ipledger.v1.AdminService.ListIdentities:output_type -> ipledger.v1.ListIdentitiesResponse
+	56, // 75: ipledger.v1.AdminService.ForgetIdentity:output_type -> ipledger.v1.NodeIdentity
+	39, // 76: ipledger.v1.AdminService.Backup:output_type -> ipledger.v1.BackupChunk
+	44, // 77: ipledger.v1.AdminService.ListEvents:output_type -> ipledger.v1.ListEventsResponse
+	59, // [59:78] is the sub-list for method output_type
+	40, // [40:59] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_ipledger_v1_admin_proto_init() }
@@ -3129,7 +3655,7 @@ func file_ipledger_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ipledger_v1_admin_proto_rawDesc), len(file_ipledger_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   42,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
