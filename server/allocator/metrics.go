@@ -14,6 +14,7 @@ type metrics struct {
 	removals      prometheus.Counter
 	repairs       *prometheus.CounterVec
 	leaseOps      *prometheus.CounterVec
+	spillovers    *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -36,9 +37,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		leaseOps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ipledger_lease_operations_total", Help: "Lease operations by kind (assign, release, adopt, drop, create-eni, delete-eni, ...) and outcome.",
 		}, []string{"op", "outcome"}),
+		spillovers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ipledger_pod_subnet_spillovers_total",
+			Help: "New ENIs placed in another pod subnet because the preferred one had no room or EC2 said it was full, by policy and subnets.",
+		}, []string{"policy", "from", "to"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.acks, m.registrations, m.removals, m.repairs, m.leaseOps)
+		reg.MustRegister(m.connected, m.acks, m.registrations, m.removals, m.repairs, m.leaseOps, m.spillovers)
 	}
 	return m
 }
