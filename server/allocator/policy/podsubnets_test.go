@@ -209,3 +209,30 @@ func TestCustomNetworkingShape(t *testing.T) {
 		}
 	}
 }
+
+// CanFitPods places each node's pod ENIs whole, spilling over between pod subnets, and the
+// nodes' own addresses in their subnets.
+func TestCanFitPodsSpillsOver(t *testing.T) {
+	req := PodFitRequest{NodeCount: 4, PodsPerNode: 17, SlotsPerENI: 9, PodENIs: 3, PrimaryUnused: true,
+		NodeBudgets: []ledger.Budget{{SubnetID: "n", Headroom: 4}},
+		PodBudgets:  []ledger.Budget{{SubnetID: "a", Headroom: 40}, {SubnetID: "b", Headroom: 30}}}
+	// 17 pods + 1 floor = 18: two ENIs of 1 + 9 each per node, 80 addresses in all for 4 nodes:
+	// a and b hold 7 ENIs (4 + 3), not 8.
+	res := CanFitPods(req)
+	if res.Fits || res.PerNode != 21 || !slices.Equal(res.PodSubnetENIs, []int{4, 3}) {
+		t.Fatalf("4 nodes: %+v", res)
+	}
+	req.NodeCount = 3
+	if res := CanFitPods(req); !res.Fits || !slices.Equal(res.PodSubnetENIs, []int{4, 2}) {
+		t.Fatalf("3 nodes: %+v", res)
+	}
+	req.NodeBudgets[0].Headroom = 2
+	if res := CanFitPods(req); res.Fits || !strings.Contains(strings.Join(res.Reasons, ";"), "own subnets hold 2 of 3") {
+		t.Fatalf("node subnet short: %+v", res)
+	}
+	req.PodsPerNode = 30
+	req.NodeBudgets[0].Headroom = 10
+	if res := CanFitPods(req); res.Fits || !strings.Contains(strings.Join(res.Reasons, ";"), "need 4 pod ENIs") {
+		t.Fatalf("type limit: %+v", res)
+	}
+}
