@@ -468,6 +468,16 @@ func (a *Allocator) addENI(ctx context.Context, ns *nodeState, rec ledger.NodeRe
 	return err
 }
 
+// hasRoom reports whether a subnet can still give a new ENI its primary and one item.
+func (a *Allocator) hasRoom(subnet string, prefix bool) bool {
+	b, err := a.led.Budget(subnet, a.now())
+	if err != nil {
+		return false
+	}
+	room := policy.SubnetState{Budget: b}.Room(prefix)
+	return room >= 2 || (prefix && room >= 1)
+}
+
 // createENIIn creates, attaches and commits a new ENI of the node in candidate subnet c.
 func (a *Allocator) createENIIn(ctx context.Context, ns *nodeState, rec ledger.NodeRecord, c policy.Candidate, device, n int, prio ec2gw.Priority) error {
 	prefix := rec.Mode == ledger.ModePrefix
@@ -513,6 +523,10 @@ func (a *Allocator) createENIIn(ctx context.Context, ns *nodeState, rec ledger.N
 		cancelAll()
 		if errors.Is(err, ec2gw.ErrAddressInUse) || errors.Is(err, ec2gw.ErrSubnetFull) || errors.Is(err, ec2gw.ErrNoCidrBlock) {
 			_ = a.rescanSubnet(ctx, prio, subnet)
+		}
+		if errors.Is(err, ec2gw.ErrAddressInUse) && !a.hasRoom(subnet, prefix) {
+			// Someone else took what was left of the subnet: it is exhausted, not broken.
+			return fmt.Errorf("%w: %s: its free addresses were taken by ENIs ipledger does not manage: %v", ErrSubnetExhausted, subnet, err)
 		}
 		return ec2Err(err, subnet)
 	}

@@ -56,7 +56,7 @@ func (s *AdminServer) ListSubnets(ctx context.Context, _ *ipledgerv1.ListSubnets
 			sb.Nodes++
 		}
 	}
-	for _, g := range policy.Groups(s.replica.Policies(), led.Subnets()) {
+	for _, g := range policy.Groups(s.policies(), led.Subnets()) {
 		pg := &ipledgerv1.PodSubnetGroup{Policy: g.Policy, AvailabilityZone: g.Zone, ExcludePrimaryEni: g.ExcludePrimaryENI}
 		state := map[string]policy.SubnetState{}
 		var forecasts []policy.Forecast
@@ -183,9 +183,9 @@ func (s *AdminServer) summary(led *ledger.Ledger, rec ledger.NodeRecord) *ipledg
 		sum.InUse = uint32(c.InUse)
 		sum.Idle = uint32(c.Idle)
 	}
-	pol := policy.Match(s.replica.Policies(), rec.Labels, rec.InstanceType)
+	pol := policy.Match(s.policies(), rec.Labels, rec.InstanceType)
 	if rec.Policy != "" {
-		for _, p := range s.replica.Policies() {
+		for _, p := range s.policies() {
 			if p.Name == rec.Policy {
 				pol = p
 			}
@@ -297,7 +297,7 @@ func (s *AdminServer) detail(name string) (*ipledgerv1.NodeDetail, error) {
 		}
 	}
 	if d.Policy == nil {
-		d.Policy = PolicyToProto(policy.Match(s.replica.Policies(), rec.Labels, rec.InstanceType))
+		d.Policy = PolicyToProto(policy.Match(s.policies(), rec.Labels, rec.InstanceType))
 	}
 	for _, e := range rec.ENIs {
 		if sub, ok := led.Subnet(e.SubnetID); ok {
@@ -370,6 +370,14 @@ func (s *AdminServer) ListPolicies(ctx context.Context, _ *ipledgerv1.ListPolici
 		return &ipledgerv1.ListPoliciesResponse{Policies: PoliciesToProto(a.Policies())}, nil
 	}
 	return &ipledgerv1.ListPoliciesResponse{Policies: PoliciesToProto(s.replica.Policies())}, nil
+}
+
+// policies are the policies as the leader's allocator has them, or this standby's copy.
+func (s *AdminServer) policies() []policy.Policy {
+	if a := s.replica.Allocator(); a != nil {
+		return a.Policies()
+	}
+	return s.replica.Policies()
 }
 
 // SetPolicy implements AdminService.

@@ -63,7 +63,7 @@ func (s *AdminServer) CanFit(ctx context.Context, req *ipledgerv1.CanFitRequest)
 	var pol policy.Policy
 	if name := req.GetPolicy(); name != "" {
 		found := false
-		for _, p := range s.replica.Policies() {
+		for _, p := range s.policies() {
 			if p.Name == name {
 				pol, found = p, true
 			}
