@@ -20,6 +20,7 @@ func Standard() []TraceParams {
 		{Trace: TraceBatch},
 		{Trace: TracePrefix},
 		{Trace: TraceGatewayBurst},
+		{Trace: TraceCustom},
 	}
 }
 

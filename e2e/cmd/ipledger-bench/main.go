@@ -35,7 +35,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	var (
 		p         bench.TraceParams
-		systems   = fs.String("systems", "", "comma-separated systems (default: the trace's); known: ipledger, vpc-cni-default, vpc-cni-warm-ip, vpc-cni-min5, vpc-cni-prefix")
+		systems   = fs.String("systems", "", "comma-separated systems (default: the trace's); known: ipledger, vpc-cni-default, vpc-cni-warm-ip, vpc-cni-min5, vpc-cni-prefix, vpc-cni-custom (custom-networking only)")
 		format    = fs.String("o", "markdown", "output format: json or markdown")
 		chart     = fs.String("chart", "", "write a PNG chart of held vs in use to this file (one trace)")
 		standard  = fs.Bool("standard", false, "run the standard set (make bench) and write the report and charts")
@@ -45,7 +45,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		logDir    = fs.String("log-dir", "", "keep the server's and agents' logs here")
 		quiet     = fs.Bool("q", false, "no progress lines on stderr")
 	)
-	fs.StringVar(&p.Trace, "trace", "", "trace: seed, steady, burst, batch, prefix, gateway-burst")
+	fs.StringVar(&p.Trace, "trace", "", "trace: seed, steady, burst, batch, prefix, gateway-burst, custom-networking")
 	fs.IntVar(&p.Nodes, "nodes", 0, "nodes (default: the trace's)")
 	fs.IntVar(&p.Pods, "pods", 0, "pods per node (default: the trace's)")
 	fs.Float64Var(&p.TimeScale, "time-scale", 0, "time scale F (default: the trace's)")
