@@ -2,8 +2,8 @@
 // model of today's VPC CNI (package vpccni), each against its own fresh EC2 simulator built from
 // the same scenario and seed, and reports both side by side.
 //
-// It owns the traces (seed, steady, burst, batch, prefix, and the gateway-burst measurement of
-// issue #3), the drivers of the two systems, the "kubelet" that starts and stops pods through
+// It owns the traces (seed, steady, burst, batch, prefix, custom-networking, and the
+// gateway-burst measurement of issue #3), the drivers of the two systems, the "kubelet" that starts and stops pods through
 // them, the sampler of addresses held versus in use, the metrics, the reports (JSON, Markdown)
 // and the PNG chart.
 //
