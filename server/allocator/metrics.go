@@ -15,6 +15,8 @@ type metrics struct {
 	repairs       *prometheus.CounterVec
 	leaseOps      *prometheus.CounterVec
 	spillovers    *prometheus.CounterVec
+	// usageRefused is by node: only nodes that report other nodes' addresses get a series.
+	usageRefused *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -41,9 +43,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "ipledger_pod_subnet_spillovers_total",
 			Help: "New ENIs placed in another pod subnet because the preferred one had no room or EC2 said it was full, by policy and subnets.",
 		}, []string{"policy", "from", "to"}),
+		usageRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ipledger_usage_items_refused_total", Help: "Addresses in nodes' usage reports that are other nodes' (left out of the report), by reporting node.",
+		}, []string{"node"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.acks, m.registrations, m.removals, m.repairs, m.leaseOps, m.spillovers)
+		reg.MustRegister(m.connected, m.acks, m.registrations, m.removals, m.repairs, m.leaseOps, m.usageRefused, m.spillovers)
 	}
 	return m
 }

@@ -183,7 +183,7 @@ func (s *AdminServer) summary(led *ledger.Ledger, rec ledger.NodeRecord) *ipledg
 		sum.InUse = uint32(c.InUse)
 		sum.Idle = uint32(c.Idle)
 	}
-	pol := policy.Match(s.policies(), rec.Labels, rec.InstanceType)
+	pol := policy.Match(s.policies(), rec.MatchLabels(), rec.InstanceType)
 	if rec.Policy != "" {
 		for _, p := range s.policies() {
 			if p.Name == rec.Policy {
@@ -297,7 +297,7 @@ func (s *AdminServer) detail(name string) (*ipledgerv1.NodeDetail, error) {
 		}
 	}
 	if d.Policy == nil {
-		d.Policy = PolicyToProto(policy.Match(s.policies(), rec.Labels, rec.InstanceType))
+		d.Policy = PolicyToProto(policy.Match(s.policies(), rec.MatchLabels(), rec.InstanceType))
 	}
 	for _, e := range rec.ENIs {
 		if sub, ok := led.Subnet(e.SubnetID); ok {
