@@ -170,6 +170,7 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err
 			ReleaseDelay: cfg.ReleaseDelay.D(), ProposalTimeout: cfg.ProposalTimeout.D(),
 			ReconcileInterval: cfg.ReconcileInterval.D(), InstanceCheckInterval: cfg.InstanceCheckInterval.D(),
 			DriftGrace: cfg.DriftGrace.D(), Clock: s.clk, Logger: s.log, Registerer: s.reg,
+			Trend: func(subnet string) float64 { return s.forecast.Forecast(subnet, 0).HeldPerHour },
 		},
 		OnLead: func() {
 			s.health.SetServingStatus(ipledgerv1.NodeService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)

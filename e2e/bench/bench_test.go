@@ -179,6 +179,8 @@ func TestDefaultsAndValidation(t *testing.T) {
 		{Trace: TracePrefix, Systems: []string{vpccni.NameDefault}},
 		{Trace: TraceGatewayBurst, GatewayPerAction: 5000},
 		{Trace: TraceSteady, EC2Profile: "sluggish"},
+		{Trace: TraceCustom, Systems: []string{vpccni.NameDefault}},
+		{Trace: TraceSteady, Systems: []string{vpccni.NameCustom}},
 	}
 	for _, p := range bad {
 		if _, err := Defaults(p); err == nil {
@@ -306,5 +308,48 @@ func TestProfileReachesSimulator(t *testing.T) {
 		if got != profile {
 			t.Errorf("runner with profile %s: the simulator runs %s", profile, got)
 		}
+	}
+}
+
+// The custom-networking trace, small: the node subnets are full, so every running pod lives in
+// a pod subnet of the secondary CIDR. ipledger runs every pod from both pod subnets of a zone
+// and holds fewer addresses than the VPC CNI model with one ENIConfig per zone, which fills its
+// ENIs (20 addresses per node in the zone's one pod subnet).
+func TestCustomNetworkingTrace(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a server and agents")
+	}
+	env := Env{ServerBin: serverBin(t), WorkDir: t.TempDir()}
+	rep, err := Run(t.Context(), TraceParams{Trace: TraceCustom, TimeScale: 30, Duration: 120 * time.Second}, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]SystemResult{}
+	for _, s := range rep.Systems {
+		byName[s.Name] = s
+	}
+	ip, vc := byName[SystemIPLedger], byName[vpccni.NameCustom]
+	if ip.Nodes != 9 || vc.Nodes != 9 {
+		t.Fatalf("nodes: ipledger %d, %s %d; want 9", ip.Nodes, vpccni.NameCustom, vc.Nodes)
+	}
+	if ip.InUseEnd != 108 || ip.PodsNotRunning != 0 {
+		t.Errorf("ipledger: %d pods running at the end, %d never ran; want 108 and 0", ip.InUseEnd, ip.PodsNotRunning)
+	}
+	// The node subnets are full: every pod address and every secondary ENI is in a pod subnet.
+	// Each of the 9 nodes holds only its own address outside them.
+	for _, s := range []SystemResult{ip, vc} {
+		if s.HeldEnd-s.PodSubnetHeldEnd != 9 || s.PodSubnetHeldEnd < s.InUseEnd {
+			t.Errorf("%s: held %d, %d of them in pod subnets, %d pods running", s.Name, s.HeldEnd, s.PodSubnetHeldEnd, s.InUseEnd)
+		}
+	}
+	if vc.PodSubnetsUsedEnd != 3 {
+		t.Errorf("%s uses %d pod subnets, want 3 (its ENIConfigs')", vpccni.NameCustom, vc.PodSubnetsUsedEnd)
+	}
+	if ip.HeldEnd >= vc.HeldEnd {
+		t.Errorf("held at the end: ipledger %d, %s %d", ip.HeldEnd, vpccni.NameCustom, vc.HeldEnd)
+	}
+	var md bytes.Buffer
+	if err := WriteMarkdown(&md, []Report{rep}); err != nil || !strings.Contains(md.String(), "| held in pod subnets at the end |") {
+		t.Errorf("markdown: %v\n%s", err, md.String())
 	}
 }

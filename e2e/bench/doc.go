@@ -3,8 +3,8 @@
 // the same scenario and seed, and reports both side by side.
 //
 // It owns the traces (seed, steady, burst, burst-launch: the burst launched over the SDK from a
-// template carrying the launch hint, batch, prefix, and the gateway-burst measurement of
-// issue #3), the drivers of the two systems, the "kubelet" that starts and stops pods through
+// template carrying the launch hint, batch, prefix, custom-networking, and the gateway-burst
+// measurement of issue #3), the drivers of the two systems, the "kubelet" that starts and stops pods through
 // them, the sampler of addresses held versus in use, the metrics, the reports (JSON, Markdown)
 // and the PNG chart.
 //

@@ -96,7 +96,10 @@ func serverFlags(f float64) []string {
 // policies are the bench's node group policies: nodes labelled for prefix mode get it (with the
 // adaptive target); every other node keeps the built-in default policy, or, when floor > 0, a
 // default policy with that adaptive floor (the one tuning the bench allows itself).
-func policies(floor int) []*ipledgerv1.NodePolicy {
+//
+// With pod subnets (the custom-networking trace), every node's policy names them all, per zone,
+// with custom networking (no pods on the primary ENI), as the VPC CNI's ENIConfig does with one.
+func policies(floor int, podSubnets map[string][]string) []*ipledgerv1.NodePolicy {
 	out := []*ipledgerv1.NodePolicy{{
 		Name:     prefixPolicy,
 		Order:    10,
@@ -110,12 +113,19 @@ func policies(floor int) []*ipledgerv1.NodePolicy {
 			AdaptiveFloor: proto.Uint32(uint32(floor)), AdaptiveCap: proto.Uint32(uint32(max(16, floor))),
 		})
 	}
+	if len(podSubnets) > 0 {
+		ps := &ipledgerv1.PodSubnets{Zones: map[string]*ipledgerv1.ZonePodSubnets{}, ExcludePrimaryEni: true}
+		for z, ids := range podSubnets {
+			ps.Zones[z] = &ipledgerv1.ZonePodSubnets{SubnetIds: ids}
+		}
+		out = append(out, &ipledgerv1.NodePolicy{Name: "bench-custom", Order: 20, Selector: &ipledgerv1.NodeSelector{}, PodSubnets: ps})
+	}
 	return out
 }
 
-func writePolicyFile(path string, floor int) error {
+func writePolicyFile(path string, floor int, podSubnets map[string][]string) error {
 	var parts []string
-	for _, p := range policies(floor) {
+	for _, p := range policies(floor, podSubnets) {
 		b, err := protojson.Marshal(p)
 		if err != nil {
 			return err
@@ -166,7 +176,7 @@ func startIPLedger(ctx context.Context, env systemEnv) (_ *ipledgerSystem, err e
 		return nil, fmt.Errorf("bench: embedded etcd: %w", err)
 	}
 	policyPath := filepath.Join(s.dir, "policies.json")
-	if err := writePolicyFile(policyPath, env.ipledgerFloor); err != nil {
+	if err := writePolicyFile(policyPath, env.ipledgerFloor, env.podSubnets); err != nil {
 		return nil, err
 	}
 	if s.grpcAddr, err = freeLoopbackPort(); err != nil {

@@ -96,6 +96,11 @@ type SystemResult struct {
 
 	// FreeBlocksEnd counts whole free /28 blocks left in the subnets at the end.
 	FreeBlocksEnd int `json:"free_blocks_end"`
+	// PodSubnetHeldEnd is what the system holds in the pod subnets at the end (custom-networking),
+	// PodSubnetsUsedEnd in how many of them, SubnetFull its InsufficientFreeAddressesInSubnet answers.
+	PodSubnetHeldEnd  int `json:"pod_subnet_held_end,omitempty"`
+	PodSubnetsUsedEnd int `json:"pod_subnets_used_end,omitempty"`
+	SubnetFull        int `json:"insufficient_free_addresses_in_subnet"`
 	// ClockLagP99S and ClockLagMaxS: how late the sampler woke (simulated seconds); large
 	// values mean the machine did not keep up with the time scale.
 	ClockLagP99S float64 `json:"clock_lag_p99_s"`
@@ -213,6 +218,7 @@ func (r *runner) result(res Resources, stats ec2sim.Stats, duration time.Duratio
 		bucketCalls[ec2sim.BucketFor(a, true)] += s.Calls - s.Throttled
 	}
 	out.InsufficientCidrBlocks = out.EC2Errors["InsufficientCidrBlocks"]
+	out.SubnetFull = out.EC2Errors["InsufficientFreeAddressesInSubnet"]
 	if out.Nodes > 0 {
 		out.MutatingCallsPerNodeStart = float64(out.MutatingCalls) / float64(out.Nodes)
 	}

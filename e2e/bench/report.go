@@ -142,6 +142,12 @@ func writeReportMarkdown(b *strings.Builder, rep Report) {
 			fmt.Fprintf(b, "| %s | %d | %d | %d |\n", s.Name, s.InsufficientCidrBlocks, s.FreeBlocksEnd, s.PodsNotRunning)
 		}
 	}
+	if rep.Trace == TraceCustom {
+		b.WriteString("\n| system | held in pod subnets at the end | pod subnets used | InsufficientFreeAddressesInSubnet | pods not running |\n|---|---:|---:|---:|---:|\n")
+		for _, s := range rep.Systems {
+			fmt.Fprintf(b, "| %s | %d | %d | %d | %d |\n", s.Name, s.PodSubnetHeldEnd, s.PodSubnetsUsedEnd, s.SubnetFull, s.PodsNotRunning)
+		}
+	}
 	b.WriteString("\nEC2 calls by action (successful + throttled answers):\n\n")
 	for _, s := range rep.Systems {
 		fmt.Fprintf(b, "- %s: %s\n", s.Name, actionsList(s.EC2Calls))
@@ -173,6 +179,9 @@ func describeParams(trace string, p Params) string {
 			p.Nodes, p.InstanceType, LaunchBatch, p.PodsPerNode)
 	case TraceBatch:
 		return fmt.Sprintf("%d %s nodes; %d waves, every 120 s, of %d job pods per node that run 60 s", p.Nodes, p.InstanceType, p.Waves, p.PodsPerNode)
+	case TraceCustom:
+		return fmt.Sprintf("Custom networking: per zone a full /27 node subnet and two /26 pod subnets of 100.64.0.0/16 (the VPC CNI's ENIConfig names the first, ipledger's policy both); %d %s nodes with %d pods each, no pods on primary ENIs, %.0f s",
+			p.Nodes, p.InstanceType, p.PodsPerNode, p.DurationS)
 	case TracePrefix:
 		return fmt.Sprintf("One /22 with %d free /28 blocks and one foreign address in every other block; %d %s nodes in secondary-IP mode with %d pods each, then %d prefix-mode nodes with %d pods each, %.0f s",
 			p.WholeBlocks, p.Nodes, p.InstanceType, p.PodsPerNode, p.PrefixNodes, p.PrefixPods, p.DurationS)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -161,6 +162,8 @@ func Run(ctx context.Context, p TraceParams, env Env) (Report, error) {
 		rep.Params.Waves = p.Waves
 	case TracePrefix:
 		rep.Params.PrefixNodes, rep.Params.PrefixPods, rep.Params.WholeBlocks, rep.Params.DurationS = p.PrefixNodes, p.PrefixPods, p.WholeBlocks, p.Duration.Seconds()
+	case TraceCustom:
+		rep.Params.DurationS = p.Duration.Seconds()
 	case TraceSeed:
 		rep.Params.PodsPerNode, rep.Params.DurationS = 0, p.Duration.Seconds()
 	case TraceBurst, TraceBurstLaunch:
@@ -218,9 +221,16 @@ func runSystem(ctx context.Context, p TraceParams, def traceDef, sys string, env
 	derr := def.drive(r.ctx, r, p)
 	r.sample()
 	duration := r.clk.Now()
-	freeBlocks := 0
+	freeBlocks, podHeld, podUsed := 0, 0, 0
 	for _, s := range r.sim.Sim().Snapshot().Subnets {
 		freeBlocks += s.FreeBlocks
+		if s.Tags[tagRole] == rolePods {
+			// Nobody else uses the pod subnets: what is not available is the system's.
+			if used := usableAddresses(s.CIDR) - s.Available; used > 0 {
+				podHeld += used
+				podUsed++
+			}
+		}
 	}
 	r.reportStuck()
 	res, stats := r.stop(context.WithoutCancel(ctx))
@@ -229,6 +239,16 @@ func runSystem(ctx context.Context, p TraceParams, def traceDef, sys string, env
 	}
 	out := r.result(res, stats, duration)
 	out.FreeBlocksEnd = freeBlocks
+	out.PodSubnetHeldEnd, out.PodSubnetsUsedEnd = podHeld, podUsed
 	env.progress("  done in %.1fs wall: held mean %.0f, in use mean %.0f, throttled %d", time.Since(wall).Seconds(), out.HeldMean, out.InUseMean, out.Throttled)
 	return out, nil
+}
+
+// usableAddresses is a subnet's size less the five addresses EC2 reserves.
+func usableAddresses(cidr string) int {
+	pf, err := netip.ParsePrefix(cidr)
+	if err != nil {
+		return 0
+	}
+	return 1<<(32-pf.Bits()) - 5
 }

@@ -143,6 +143,7 @@ func (r *runner) start(ctx context.Context, setup func(ctx context.Context, sim 
 	for _, s := range sim.Sim().Snapshot().Subnets {
 		env.subnets = append(env.subnets, s.ID)
 	}
+	env.podSubnets = podSubnetsByZone(sim)
 	if r.cfg.system == SystemIPLedger {
 		r.sys, err = startIPLedger(ctx, env)
 	} else {

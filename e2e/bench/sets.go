@@ -21,6 +21,7 @@ func Standard() []TraceParams {
 		{Trace: TraceBatch},
 		{Trace: TracePrefix},
 		{Trace: TraceGatewayBurst},
+		{Trace: TraceCustom},
 	}
 }
 

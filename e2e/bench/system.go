@@ -95,4 +95,7 @@ type systemEnv struct {
 	logDir    string
 	// ipledgerFloor, when > 0, is the adaptive floor of ipledger's default policy.
 	ipledgerFloor int
+	// podSubnets are the trace's pod subnets per zone (custom-networking): ipledger's policy
+	// names them all, the VPC CNI's ENIConfig of a zone the first.
+	podSubnets map[string][]string
 }

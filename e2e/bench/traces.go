@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/netip"
 	"sort"
 	"strings"
 	"time"
@@ -24,6 +25,7 @@ const (
 	TraceBatch        = "batch"
 	TracePrefix       = "prefix"
 	TraceGatewayBurst = "gateway-burst"
+	TraceCustom       = "custom-networking"
 )
 
 // ErrUnknownTrace is returned for a trace name the bench does not know.
@@ -31,7 +33,7 @@ var ErrUnknownTrace = errors.New("bench: unknown trace")
 
 // Traces lists the trace names.
 func Traces() []string {
-	return []string{TraceSeed, TraceSteady, TraceBurst, TraceBurstLaunch, TraceBatch, TracePrefix, TraceGatewayBurst}
+	return []string{TraceSeed, TraceSteady, TraceBurst, TraceBurstLaunch, TraceBatch, TracePrefix, TraceGatewayBurst, TraceCustom}
 }
 
 // TraceParams are one trace's parameters. Zero values take the trace's defaults (Defaults).
@@ -99,6 +101,9 @@ func Defaults(p TraceParams) (TraceParams, error) {
 	case TraceGatewayBurst:
 		d.GatewayPerAction, d.TimeScale = 200, 1
 		d.Systems = []string{SystemIPLedger}
+	case TraceCustom:
+		d.Nodes, d.Pods, d.InstanceType, d.TimeScale, d.Duration = 9, 12, "m5.large", 20, 300*time.Second
+		d.Systems = []string{SystemIPLedger, vpccni.NameCustom}
 	default:
 		return p, fmt.Errorf("%w %q (known: %s)", ErrUnknownTrace, p.Trace, strings.Join(Traces(), ", "))
 	}
@@ -173,6 +178,19 @@ func (p TraceParams) validate() error {
 	if p.Trace == TraceGatewayBurst && (p.GatewayPerAction < 1 || p.GatewayPerAction > 1000) {
 		errs = append(errs, fmt.Errorf("gateway requests per action %d is outside 1..1000", p.GatewayPerAction))
 	}
+	if p.Trace == TraceCustom {
+		for _, s := range p.Systems {
+			if s != SystemIPLedger && s != vpccni.NameCustom {
+				errs = append(errs, fmt.Errorf("the custom-networking trace compares ipledger with %s, not %s", vpccni.NameCustom, s))
+			}
+		}
+	} else {
+		for _, s := range p.Systems {
+			if s == vpccni.NameCustom {
+				errs = append(errs, fmt.Errorf("%s runs only in the %s trace (it needs its pod subnets)", s, TraceCustom))
+			}
+		}
+	}
 	if p.Trace == TracePrefix {
 		for _, s := range p.Systems {
 			if s != SystemIPLedger && s != vpccni.NamePrefix {
@@ -204,6 +222,92 @@ var traceDefs = map[string]traceDef{
 	}, drive: driveBurstLaunch},
 	TraceBatch:  {scenario: runningScenario, drive: driveBatch},
 	TracePrefix: {scenario: prefixScenario, setup: fragmentPartly, drive: drivePrefix},
+	TraceCustom: {scenario: customScenario, setup: fillNodeSubnets, drive: driveCustom},
+}
+
+// Tags of the custom-networking trace's subnets.
+const (
+	tagRole      = "ipledger-bench/role"
+	rolePods     = "pods"
+	roleNodes    = "nodes"
+	podSubnetLen = 26
+)
+
+// customScenario: custom networking, as clusters that ran out of addresses have it. Per zone a
+// small node subnet (a /27, filled up by others in setup: the nodes' own addresses and nothing
+// more) and two pod subnets of the secondary CIDR 100.64.0.0/16 (/26s, 59 addresses each).
+// The VPC CNI's ENIConfig names one subnet per zone (the first); ipledger's policy names both.
+// Nodes of the type, spread over the zones.
+func customScenario(p TraceParams) (*ec2sim.Scenario, error) {
+	sc := &ec2sim.Scenario{VPC: ec2sim.VPCSpec{CIDR: vpcCIDR, SecondaryCIDRs: []string{"100.64.0.0/16"}}}
+	per := (p.Nodes + len(azs) - 1) / len(azs)
+	left := p.Nodes
+	for i, az := range azs {
+		node := fmt.Sprintf("192.168.%d.0/27", i)
+		sc.Subnets = append(sc.Subnets, ec2sim.SubnetSpec{CIDR: node, AvailabilityZone: az, Tags: map[string]string{"Name": "bench-nodes-" + az, tagRole: roleNodes}})
+		for k := 0; k < 2; k++ {
+			sc.Subnets = append(sc.Subnets, ec2sim.SubnetSpec{CIDR: fmt.Sprintf("100.64.%d.0/%d", 2*i+k, podSubnetLen), AvailabilityZone: az,
+				Tags: map[string]string{"Name": fmt.Sprintf("bench-pods-%s-%d", az, k+1), tagRole: rolePods}})
+		}
+		if n := min(per, left); n > 0 {
+			sc.Instances = append(sc.Instances, ec2sim.InstanceGroup{Type: p.InstanceType, Subnet: node, Count: n, Name: "node-" + az})
+			left -= n
+		}
+	}
+	if per+5 > 32 {
+		return nil, fmt.Errorf("bench: %s: %d nodes per zone do not fit a /27 node subnet", TraceCustom, per)
+	}
+	return sc, sc.Validate()
+}
+
+// fillNodeSubnets gives what is left of every node subnet to another user (foreign ENIs): the
+// node subnets are full, so pods can only live in the pod subnets.
+func fillNodeSubnets(ctx context.Context, _ TraceParams, sim *ec2sim.Server) error {
+	for _, sn := range sim.Sim().Snapshot().Subnets {
+		if sn.Tags[tagRole] != roleNodes || sn.Available == 0 {
+			continue
+		}
+		if _, err := sim.Sim().CreateForeignENI(ctx, sn.ID, sn.Available); err != nil {
+			return fmt.Errorf("bench: fill node subnet %s: %w", sn.ID, err)
+		}
+	}
+	return nil
+}
+
+// podSubnetsByZone are the scenario's pod subnets per zone, by CIDR (nil when it has none).
+func podSubnetsByZone(sim *ec2sim.Server) map[string][]string {
+	var out map[string][]string
+	subs := sim.Sim().Snapshot().Subnets
+	sort.Slice(subs, func(i, j int) bool {
+		return netip.MustParsePrefix(subs[i].CIDR).Addr().Less(netip.MustParsePrefix(subs[j].CIDR).Addr())
+	})
+	for _, sn := range subs {
+		if sn.Tags[tagRole] == rolePods {
+			if out == nil {
+				out = map[string][]string{}
+			}
+			out[sn.AvailabilityZone] = append(out[sn.AvailabilityZone], sn.ID)
+		}
+	}
+	return out
+}
+
+// driveCustom: every node starts with its pods at once (the kubelet retries an ADD until the
+// node gives an address, so a node that never gets one shows its pods as not running); the
+// measures cover the whole trace, as in the prefix trace.
+func driveCustom(ctx context.Context, r *runner, p TraceParams) error {
+	insts := runningInstances(r.sim)
+	ph := r.newPhase()
+	r.expect(ph, len(insts)*p.Pods)
+	if _, err := r.startNodes(ctx, insts, roleDefault, func(n *nodeRec) {
+		for k := 0; k < p.Pods; k++ {
+			r.startPod(n, ph, false)
+		}
+	}); err != nil {
+		return err
+	}
+	r.clk.SleepUntil(r.ctx, p.Duration)
+	return nil
 }
 
 func runningScenario(p TraceParams) (*ec2sim.Scenario, error) {

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"sync"
 
@@ -49,7 +50,17 @@ func (s *vpccniSystem) StartNode(ctx context.Context, inst ec2sim.InstanceInfo, 
 	if err != nil {
 		return nil, err
 	}
-	n, err := vpccni.New(vpccni.Config{Settings: settings, Timers: vpccni.DefaultTimers().Scaled(s.env.timeScale), EC2: client, InstanceID: inst.ID, IMDSEndpoint: inst.IMDSEndpoint})
+	var eniConfig *vpccni.ENIConfig
+	if settings.CustomNetworking {
+		// One ENIConfig per zone, naming one subnet (the zone's first pod subnet); its
+		// security groups left out: the primary ENI's.
+		ids := s.env.podSubnets[inst.AvailabilityZone]
+		if len(ids) == 0 {
+			return nil, fmt.Errorf("bench: %s: no pod subnet in %s for the ENIConfig", s.name, inst.AvailabilityZone)
+		}
+		eniConfig = &vpccni.ENIConfig{Subnet: ids[0]}
+	}
+	n, err := vpccni.New(vpccni.Config{Settings: settings, Timers: vpccni.DefaultTimers().Scaled(s.env.timeScale), EC2: client, InstanceID: inst.ID, IMDSEndpoint: inst.IMDSEndpoint, ENIConfig: eniConfig})
 	if err != nil {
 		return nil, err
 	}

@@ -30,7 +30,13 @@
 //     detaches it); in warm-IP mode free addresses (UnassignPrivateIpAddresses); in prefix mode
 //     free prefixes;
 //   - a 30 s cooldown before an address a pod gave back is handed out again;
-//   - a 120 s pause of growth after InsufficientCidrBlocks or InsufficientFreeAddressesInSubnet;
+//   - when an ENI's fill gets InsufficientFreeAddressesInSubnet, one more Assign of a single
+//     address (ipamd's "try to just get one more IP");
+//   - a 120 s pause of growth after InsufficientCidrBlocks or InsufficientFreeAddressesInSubnet
+//     (after the single address is refused too);
+//   - custom networking (Settings.CustomNetworking, Config.ENIConfig): secondary ENIs in the
+//     zone's ENIConfig subnet with its security groups (none: the primary ENI's), no pods on the
+//     primary ENI, WARM_ENI_TARGET counted over pod ENIs;
 //   - Add fails at once when no address is free (ErrNoAvailableIP): the caller (the kubelet in
 //     the benchmark) retries later.
 //

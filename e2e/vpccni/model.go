@@ -45,6 +45,8 @@ type Config struct {
 	EC2 *ec2.Client
 	// InstanceID of the node's instance.
 	InstanceID string
+	// ENIConfig is the node's zone's ENIConfig (custom networking only; required there).
+	ENIConfig *ENIConfig
 	// IMDSEndpoint is the instance's metadata service ("http://127.0.0.1:PORT"): after attaching
 	// an ENI, the node waits until IMDS lists it before using its addresses, as ipamd does. Empty:
 	// no wait.
@@ -122,6 +124,9 @@ func New(cfg Config) (*Node, error) {
 	}
 	if cfg.EC2 == nil || cfg.InstanceID == "" {
 		return nil, errors.New("vpccni: EC2 client and InstanceID are required")
+	}
+	if cfg.Settings.CustomNetworking && (cfg.ENIConfig == nil || cfg.ENIConfig.Subnet == "") {
+		return nil, errors.New("vpccni: custom networking needs the zone's ENIConfig")
 	}
 	if cfg.Timers == (Timers{}) {
 		cfg.Timers = DefaultTimers()
@@ -359,6 +364,15 @@ func (n *Node) planLocked(now time.Time) plan {
 	case s.PrefixMode:
 		want := ceilDiv(used, 16) + s.WarmPrefixTarget
 		return plan{short: max(want-c.Prefixes, 0), over: max(c.Prefixes-want, 0)}
+	case s.CustomNetworking:
+		// The primary ENI holds no pods: WARM_ENI_TARGET counts the pod ENIs only.
+		want := min(ceilDiv(used, slots)+s.WarmENITarget, n.typ.MaxENIs-1)
+		podENIs := len(n.enis) - 1
+		short := max(want*slots-c.Total, 0)
+		if short > 0 && !n.hasRoomLocked() && podENIs >= want {
+			short = 0
+		}
+		return plan{short: short, fill: true, wantENIs: want + 1, over: max(podENIs-want, 0)}
 	default:
 		want := min(max(1, ceilDiv(used, slots))+s.WarmENITarget, n.typ.MaxENIs)
 		short := max(want*slots-c.Total, 0)
@@ -377,6 +391,9 @@ func (n *Node) hasRoomLocked() bool {
 func (n *Node) eniWithRoomLocked() *eniState {
 	slots := n.typ.IPv4PerENI - 1
 	for _, e := range n.enis {
+		if e.device == 0 && n.cfg.Settings.CustomNetworking {
+			continue // custom networking: no pods on the primary ENI
+		}
 		if e.slotsUsed() < slots {
 			return e
 		}
@@ -445,7 +462,16 @@ func (n *Node) increase(ctx context.Context, p plan) error {
 	if count <= 0 {
 		return nil
 	}
-	return n.assign(ctx, eniID, count)
+	err := n.assign(ctx, eniID, count)
+	if count > 1 && !n.cfg.Settings.PrefixMode && errCode(err) == CodeSubnetFull {
+		// ipamd's tryAssignIPs: when the ENI's fill fails, "try to just get one more IP" (it
+		// does so after any error but a limit; the model only after the subnet's).
+		err = n.assign(ctx, eniID, 1)
+	}
+	if err != nil {
+		n.subnetError(err)
+	}
+	return err
 }
 
 // assign adds count addresses (or prefixes) to an ENI, EC2 choosing which.
@@ -458,7 +484,6 @@ func (n *Node) assign(ctx context.Context, eniID string, count int) error {
 	}
 	out, err := n.cfg.EC2.AssignPrivateIpAddresses(ctx, in)
 	if err != nil {
-		n.subnetError(err)
 		return fmt.Errorf("vpccni: AssignPrivateIpAddresses %s (%d): %w", eniID, count, err)
 	}
 	n.mu.Lock()
@@ -498,6 +523,12 @@ func (n *Node) createENI(ctx context.Context) (string, error) {
 	n.mu.Lock()
 	subnet, groups := n.subnetID, append([]string(nil), n.groups...)
 	n.mu.Unlock()
+	if c := n.cfg.ENIConfig; n.cfg.Settings.CustomNetworking {
+		subnet = c.Subnet
+		if len(c.SecurityGroups) > 0 {
+			groups = append([]string(nil), c.SecurityGroups...)
+		}
+	}
 	if _, err := n.cfg.EC2.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{SubnetIds: []string{subnet}}); err != nil {
 		return "", fmt.Errorf("vpccni: DescribeSubnets: %w", err)
 	}

@@ -262,8 +262,8 @@ func TestPauseAfterSubnetErrors(t *testing.T) {
 	}
 	f.clk.Advance(time.Second) // 120 s after the error
 	_ = f.node.Reconcile(t.Context())
-	if got := f.calls.take(); !slices.Equal(got, []string{"AssignPrivateIpAddresses"}) {
-		t.Fatalf("calls after the pause: %v, want one Assign", got)
+	if got := f.calls.take(); !slices.Equal(got, []string{"AssignPrivateIpAddresses", "AssignPrivateIpAddresses"}) {
+		t.Fatalf("calls after the pause: %v, want the fill's Assign and one more IP's", got)
 	}
 	if c := f.node.Counts(); c.SubnetErrors != 2 {
 		t.Fatalf("subnet errors = %d, want 2 (the subnet is still full)", c.SubnetErrors)
@@ -464,5 +464,102 @@ func TestDeleteRetriesWhileDetaching(t *testing.T) {
 		if e.Attachment == nil && !e.Foreign {
 			t.Fatalf("ENI %s left detached: leaked", e.ID)
 		}
+	}
+}
+
+// Custom networking: secondary ENIs in the ENIConfig's subnet with its security groups, no pod
+// on the primary ENI, WARM_ENI_TARGET counting pod ENIs: an m5.large holds its primary plus 10
+// with 0 to 9 pods, plus 20 once 9 pods use the first.
+func TestCustomNetworking(t *testing.T) {
+	sc := &ec2sim.Scenario{
+		VPC: ec2sim.VPCSpec{CIDR: "192.168.0.0/16", SecondaryCIDRs: []string{"100.64.0.0/16"}},
+		Subnets: []ec2sim.SubnetSpec{
+			{ID: "subnet-00000000000000001", CIDR: "192.168.0.0/28", AvailabilityZone: "eu-west-1a"},
+			{ID: "subnet-000000000000000a1", CIDR: "100.64.0.0/24", AvailabilityZone: "eu-west-1a"},
+		},
+		Instances: []ec2sim.InstanceGroup{{Type: "m5.large", Subnet: "subnet-00000000000000001", Count: 1}},
+	}
+	srv := startSim(t, sc)
+	f := newFixtureOn(t, srv, Default()) // for its clock and instance
+	client, err := NewEC2Client(ClientConfig{Endpoint: srv.Endpoint()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(Config{Settings: Custom(), EC2: client, InstanceID: f.inst.ID}); err == nil {
+		t.Fatal("custom networking without an ENIConfig accepted")
+	}
+	eniConfig := &ENIConfig{Subnet: "subnet-000000000000000a1", SecurityGroups: []string{"sg-0000000000000000c"}}
+	tm := DefaultTimers()
+	tm.DetachWait, tm.RetryMin, tm.IMDSWaitMin = 20*time.Millisecond, 20*time.Millisecond, 10*time.Millisecond
+	f.node, err = New(Config{Settings: Custom(), Timers: tm, EC2: client, InstanceID: f.inst.ID, IMDSEndpoint: f.inst.IMDSEndpoint, Now: f.clk.Now, ENIConfig: eniConfig})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.settle(t)
+	if c := f.node.Counts(); c.ENIs != 2 || c.Total != 9 || f.held() != 11 {
+		t.Fatalf("no pods: %+v, held %d; want 2 ENIs, 9 pod addresses, 11 held", c, f.held())
+	}
+	f.addPods(t, 0, 9)
+	f.settle(t)
+	if c := f.node.Counts(); c.ENIs != 3 || c.Total != 18 || f.held() != 21 {
+		t.Fatalf("9 pods: %+v, held %d; want 3 ENIs, 18 pod addresses, 21 held", c, f.held())
+	}
+	f.addPods(t, 9, 18)
+	for _, e := range srv.Sim().Snapshot().ENIs {
+		if e.Attachment == nil || e.Attachment.InstanceID != f.inst.ID {
+			continue
+		}
+		if e.Attachment.DeviceIndex == 0 {
+			if len(e.SecondaryIPs) != 0 {
+				t.Errorf("primary ENI holds %v", e.SecondaryIPs)
+			}
+			continue
+		}
+		if e.SubnetID != eniConfig.Subnet || !slices.Equal(e.Groups, eniConfig.SecurityGroups) {
+			t.Errorf("ENI %s in %s with %v, want the ENIConfig's", e.ID, e.SubnetID, e.Groups)
+		}
+	}
+	// 18 pod addresses on the 2 pod ENIs: the 19th pod has none (a fourth ENI is beyond the type).
+	f.settle(t)
+	if _, err := f.node.Add("pod-18"); !errors.Is(err, ErrNoAvailableIP) {
+		t.Errorf("pod 19 on 2 pod ENIs: %v", err)
+	}
+}
+
+// ipamd's "try to just get one more IP": when filling an ENI fails because the subnet has fewer
+// free addresses than asked, the node takes them one per pool loop until the subnet is empty,
+// then pauses. A /27 (27 usable) with the node's primary and 11 foreign addresses leaves 15:
+// the primary ENI's 9, the second ENI's primary and its 5, one at a time.
+func TestOneMoreIPWhenTheSubnetIsShort(t *testing.T) {
+	sc := &ec2sim.Scenario{
+		VPC:       ec2sim.VPCSpec{CIDR: "192.168.0.0/16"},
+		Subnets:   []ec2sim.SubnetSpec{{ID: "subnet-00000000000000001", CIDR: "192.168.0.0/27", AvailabilityZone: "eu-west-1a"}},
+		Instances: []ec2sim.InstanceGroup{{Type: "m5.large", Subnet: "subnet-00000000000000001", Count: 1}},
+	}
+	srv := startSim(t, sc)
+	if _, err := srv.Sim().CreateForeignENI(t.Context(), "subnet-00000000000000001", 11); err != nil {
+		t.Fatal(err)
+	}
+	f := newFixtureOn(t, srv, Default())
+	var errs, assigns int
+	for i := 0; i < 12; i++ {
+		if err := f.node.Reconcile(t.Context()); err != nil {
+			errs++
+		}
+		for _, a := range f.calls.take() {
+			if a == "AssignPrivateIpAddresses" {
+				assigns++
+			}
+		}
+		f.clk.Advance(5 * time.Second)
+	}
+	if c := f.node.Counts(); c.ENIs != 2 || c.Total != 14 || f.held() != 16 {
+		t.Errorf("%+v, held %d; want 2 ENIs, 14 pod addresses, 16 held", c, f.held())
+	}
+	if assigns < 1+2*5 {
+		t.Errorf("%d AssignPrivateIpAddresses; want the fill, then per loop a failed fill and one more IP", assigns)
+	}
+	if c := f.node.Counts(); errs == 0 || c.SubnetErrors == 0 {
+		t.Errorf("%d loop errors, %d subnet errors once the subnet was empty", errs, c.SubnetErrors)
 	}
 }

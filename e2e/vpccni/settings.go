@@ -14,6 +14,7 @@ const (
 	NameWarmIP  = "vpc-cni-warm-ip"
 	NameMin5    = "vpc-cni-min5"
 	NamePrefix  = "vpc-cni-prefix"
+	NameCustom  = "vpc-cni-custom"
 )
 
 // ErrUnknownSettings is returned by SettingsByName for a name it does not know.
@@ -33,6 +34,17 @@ type Settings struct {
 	// PrefixMode (ENABLE_PREFIX_DELEGATION) with WarmPrefixTarget (WARM_PREFIX_TARGET).
 	PrefixMode       bool
 	WarmPrefixTarget int
+	// CustomNetworking (AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=true): secondary ENIs go to the
+	// subnet and security groups of the node's zone's ENIConfig (Config.ENIConfig), and the
+	// primary ENI holds no pod addresses.
+	CustomNetworking bool
+}
+
+// ENIConfig is the VPC CNI's ENIConfig resource of a zone: one subnet and its security groups
+// (none: the primary ENI's).
+type ENIConfig struct {
+	Subnet         string
+	SecurityGroups []string
 }
 
 // Default is the VPC CNI's default: WARM_ENI_TARGET=1.
@@ -47,7 +59,10 @@ func Min5() Settings { return Settings{Name: NameMin5, MinimumIPTarget: 5} }
 // Prefix is prefix delegation with WARM_PREFIX_TARGET=1.
 func Prefix() Settings { return Settings{Name: NamePrefix, PrefixMode: true, WarmPrefixTarget: 1} }
 
-var presets = map[string]func() Settings{NameDefault: Default, NameWarmIP: WarmIP, NameMin5: Min5, NamePrefix: Prefix}
+// Custom is the default (WARM_ENI_TARGET=1) with custom networking: one ENIConfig per zone.
+func Custom() Settings { return Settings{Name: NameCustom, WarmENITarget: 1, CustomNetworking: true} }
+
+var presets = map[string]func() Settings{NameDefault: Default, NameWarmIP: WarmIP, NameMin5: Min5, NamePrefix: Prefix, NameCustom: Custom}
 
 // Names lists the preset names, sorted.
 func Names() []string {

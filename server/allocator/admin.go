@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ipledger/ipledger/server/allocator/policy"
+	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/ledger"
 )
 
@@ -164,6 +165,11 @@ func (a *Allocator) SetPolicy(ctx context.Context, p policy.Policy) (policy.Poli
 		return policy.Policy{}, err
 	}
 	p = p.Normalized()
+	// EC2 is asked before the slot is taken (no slot across an EC2 call).
+	learn, err := a.checkPodSubnets(ctx, p)
+	if err != nil {
+		return policy.Policy{}, err
+	}
 	release, err := a.slots.acquire(ctx, policyKey(p.Name))
 	if err != nil {
 		return policy.Policy{}, err
@@ -183,6 +189,7 @@ func (a *Allocator) SetPolicy(ctx context.Context, p policy.Policy) (policy.Poli
 	a.policies[p.Name] = p
 	a.mu.Unlock()
 	release()
+	a.learnPodSubnets(ctx, learn, ec2gw.PriorityReconcile)
 	a.rematchPolicies(ctx)
 	return p, nil
 }

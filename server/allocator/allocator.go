@@ -48,6 +48,9 @@ type Config struct {
 	SecurityGroups []string
 	// Subnets the cluster uses before nodes register there; learned from EC2 at start.
 	Subnets []string
+	// Trend is the held-address trend of a subnet (addresses per hour; the Forecaster's),
+	// which placement across pod subnets weighs. Nil: no trend.
+	Trend func(subnet string) float64
 
 	ReleaseDelay          time.Duration // default 60 s
 	ProposalTimeout       time.Duration // default 60 s
@@ -161,6 +164,7 @@ type Allocator struct {
 	sweep       chan struct{}
 	prewarmKick chan struct{}
 
+	events   events       // recent events for admins (a leaf lock)
 	randMu   mutex        // guards reads of cfg.Rand
 	revision atomic.Int64 // store revision of the last commit (or of the state taken over)
 }
@@ -240,6 +244,7 @@ func New(cfg Config) (*Allocator, error) {
 		sweep:       make(chan struct{}, 1),
 		prewarmKick: make(chan struct{}, 1),
 		randMu:      mutex{name: "rand", obs: obs},
+		events:      events{mu: mutex{name: "events", obs: obs}},
 	}
 	a.met = newMetrics(cfg.Registerer)
 	a.describer = newInstanceBatcher(cfg.EC2, obs)
@@ -663,7 +668,9 @@ func (a *Allocator) subnetCIDRs(rec ledger.NodeRecord) map[string]netip.Prefix {
 func (a *Allocator) targetsLocked(ns *nodeState, rec ledger.NodeRecord) policy.Targets {
 	in := a.inputsLocked(ns, rec)
 	in.Draining = rec.Draining
-	return policy.Compute(ns.policy, policy.ShapeOf(ns.typ, rec.Mode), in, a.cfg.ReleaseDelay)
+	shape := policy.ShapeOf(ns.typ, rec.Mode)
+	shape.PrimaryUnused = ns.policy.ExcludesPrimaryENI()
+	return policy.Compute(ns.policy, shape, in, a.cfg.ReleaseDelay)
 }
 
 // inputsLocked is what the policy sees of a node. Until the node's agent has reported to this

@@ -42,6 +42,9 @@ var (
 	ErrSupplyTimeout = errors.New("allocator: timed out waiting for addresses")
 	// ErrNotFound: a named object (subnet, policy, reservation) does not exist.
 	ErrNotFound = errors.New("allocator: not found")
+	// ErrNoPodSubnet is wrapped by *PodSubnetError: a policy's pod subnets are unusable (unknown
+	// to EC2, of another VPC) or a node's policy gives its zone none.
+	ErrNoPodSubnet = errors.New("allocator: no pod subnet")
 	// ErrInvalidArgument is wrapped by *InvalidArgumentError.
 	ErrInvalidArgument = errors.New("allocator: invalid argument")
 )
@@ -56,6 +59,25 @@ func (e *InvalidArgumentError) Error() string { return fmt.Sprintf("invalid %s: 
 
 // Unwrap makes errors.Is(err, ErrInvalidArgument) true.
 func (e *InvalidArgumentError) Unwrap() error { return ErrInvalidArgument }
+
+// PodSubnetError says why a policy's pod subnets cannot be used, naming the policy field
+// ("pod_subnets.subnet_ids[1]") when a policy is refused, or the node when a node is.
+type PodSubnetError struct {
+	Policy, Field, Node, Msg string
+}
+
+func (e *PodSubnetError) Error() string {
+	switch {
+	case e.Node != "":
+		return fmt.Sprintf("%v: node %s, policy %q: %s", ErrNoPodSubnet, e.Node, e.Policy, e.Msg)
+	case e.Field != "":
+		return fmt.Sprintf("%v: policy %q: %s: %s", ErrNoPodSubnet, e.Policy, e.Field, e.Msg)
+	}
+	return fmt.Sprintf("%v: policy %q: %s", ErrNoPodSubnet, e.Policy, e.Msg)
+}
+
+// Unwrap makes errors.Is(err, ErrNoPodSubnet) true.
+func (e *PodSubnetError) Unwrap() error { return ErrNoPodSubnet }
 
 func invalid(field, format string, args ...any) error {
 	return &InvalidArgumentError{Field: field, Msg: fmt.Sprintf(format, args...)}

@@ -59,10 +59,13 @@ const (
 	faultLate
 	// faultDelayed: the caller sees an unknown outcome and the work lands later (at settle).
 	faultDelayed
+	// faultSubnetFull: InsufficientFreeAddressesInSubnet; nothing happens.
+	faultSubnetFull
 )
 
 type fakeSubnet struct {
 	id, az, vpc string
+	tags        map[string]string
 	cidr        netip.Prefix
 	owner       map[netip.Addr]string // address -> ENI id
 }
@@ -98,6 +101,14 @@ func (f *fakeEC2) addSubnet(id, cidr, az string) {
 	defer f.mu.Unlock()
 	p := netip.MustParsePrefix(cidr)
 	f.subnets[id] = &fakeSubnet{id: id, az: az, vpc: "vpc-00000000000000001", cidr: p, owner: map[netip.Addr]string{}}
+}
+
+// addSubnetIn adds a subnet of a VPC, with tags.
+func (f *fakeEC2) addSubnetIn(id, cidr, az, vpc string, tags map[string]string) {
+	f.addSubnet(id, cidr, az)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.subnets[id].vpc, f.subnets[id].tags = vpc, tags
 }
 
 // reserved reports EC2's five reserved addresses of a subnet.
@@ -331,6 +342,8 @@ func (f *fakeEC2) call(ctx context.Context, action string, op func() error) erro
 		return apiErr(action, "RequestLimitExceeded", ec2gw.ErrThrottled)
 	case faultFail:
 		return apiErr(action, "InternalError", ec2gw.ErrUnavailable)
+	case faultSubnetFull:
+		return apiErr(action, "InsufficientFreeAddressesInSubnet", ec2gw.ErrSubnetFull)
 	case faultLate:
 		_ = op()
 		return unknown
@@ -388,16 +401,23 @@ func (f *fakeEC2) DescribeInstanceTypes(ctx context.Context, _ ec2gw.Priority, n
 	return out, err
 }
 
-func (f *fakeEC2) DescribeSubnets(ctx context.Context, _ ec2gw.Priority, ids []string, _ string) ([]ec2gw.Subnet, error) {
+func (f *fakeEC2) DescribeSubnets(ctx context.Context, _ ec2gw.Priority, ids []string, vpc string) ([]ec2gw.Subnet, error) {
 	var out []ec2gw.Subnet
 	err := f.call(ctx, "DescribeSubnets", func() error {
 		out = nil
+		if len(ids) == 0 {
+			for _, id := range slices.Sorted(maps.Keys(f.subnets)) {
+				if vpc == "" || f.subnets[id].vpc == vpc {
+					ids = append(ids, id)
+				}
+			}
+		}
 		for _, id := range ids {
 			s, ok := f.subnets[id]
 			if !ok {
 				return apiErr("DescribeSubnets", "InvalidSubnetID.NotFound", ec2gw.ErrNotFound)
 			}
-			out = append(out, ec2gw.Subnet{ID: s.id, VPCID: s.vpc, AvailabilityZone: s.az, AvailabilityZoneID: "use1-az1", CIDR: s.cidr,
+			out = append(out, ec2gw.Subnet{ID: s.id, VPCID: s.vpc, AvailabilityZone: s.az, AvailabilityZoneID: "use1-az1", CIDR: s.cidr, Tags: maps.Clone(s.tags),
 				AvailableIPs: 1<<(32-s.cidr.Bits()) - 5 - len(s.owner)})
 		}
 		return nil

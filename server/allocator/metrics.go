@@ -15,6 +15,7 @@ type metrics struct {
 	removals      prometheus.Counter
 	repairs       *prometheus.CounterVec
 	leaseOps      *prometheus.CounterVec
+	spillovers    *prometheus.CounterVec
 	// usageRefused is by node: only nodes that report other nodes' addresses get a series.
 	usageRefused *prometheus.CounterVec
 }
@@ -42,12 +43,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		leaseOps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ipledger_lease_operations_total", Help: "Lease operations by kind (assign, release, adopt, drop, create-eni, delete-eni, ...) and outcome.",
 		}, []string{"op", "outcome"}),
+		spillovers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ipledger_pod_subnet_spillovers_total",
+			Help: "New ENIs placed in another pod subnet because the preferred one had no room or EC2 said it was full, by policy and subnets.",
+		}, []string{"policy", "from", "to"}),
 		usageRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ipledger_usage_items_refused_total", Help: "Addresses in nodes' usage reports that are other nodes' (left out of the report), by reporting node.",
 		}, []string{"node"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.acks, m.registrations, m.launchAdopted, m.removals, m.repairs, m.leaseOps, m.usageRefused)
+		reg.MustRegister(m.connected, m.acks, m.registrations, m.launchAdopted, m.removals, m.repairs, m.leaseOps, m.usageRefused, m.spillovers)
 	}
 	return m
 }

@@ -271,6 +271,7 @@ func (a *Allocator) reconcileLoop(ctx context.Context) {
 		next := a.cfg.ReconcileInterval
 		var pending bool
 		err := a.pass(ctx, func(ctx context.Context) (err error) {
+			a.discoverPodSubnets(ctx)
 			pending, err = a.reconcileAll(ctx)
 			return err
 		})

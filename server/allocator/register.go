@@ -105,6 +105,19 @@ func (a *Allocator) RegisterNode(ctx context.Context, req Registration) (*Pool, 
 	if err := a.learnSubnet(ctx, req.SubnetID, ec2gw.PriorityNodeStart); err != nil {
 		return nil, policy.Policy{}, err
 	}
+	// ENIs of this cluster already on the instance (a previous leader's) may lie in pod
+	// subnets; and the node's policy may name pod subnets the cluster has not used yet.
+	for _, e := range inst.ENIs {
+		if e.Attachment != nil && e.Attachment.DeviceIndex != 0 && e.Tags[TagCluster] == a.cfg.ClusterName && e.SubnetID != inst.SubnetID {
+			if err := a.learnSubnet(ctx, e.SubnetID, ec2gw.PriorityNodeStart); err != nil {
+				return nil, policy.Policy{}, err
+			}
+		}
+	}
+	a.mu.Lock()
+	pol := policy.Match(policy.List(a.policies), inst.Tags, inst.Type)
+	a.mu.Unlock()
+	a.preparePodSubnets(ctx, pol, a.placeOf(ledger.NodeRecord{AvailabilityZone: inst.AvailabilityZone, SubnetID: inst.SubnetID}))
 	for range 3 {
 		// The name may belong to another instance: if that instance is gone, the new one takes
 		// over. EC2 says so before the slots are taken; under them the record must be the same.
@@ -166,6 +179,13 @@ func (a *Allocator) registerHeld(ctx context.Context, req Registration, inst ec2
 	}
 	mode, modeMsg := policy.ModeForLaunch(pol, typ, launchedIPs, launchedPrefixes)
 	rec.Mode = mode
+	if at := a.placeOf(rec); pol.HasPodSubnets() && len(pol.Candidates(at, a.led.Subnets())) == 0 {
+		return nil, policy.Policy{}, false, a.noPodSubnet(pol, name, at)
+	}
+	if pol.ExcludesPrimaryENI() && typ.MaxENIsPerCard() < 2 {
+		return nil, policy.Policy{}, false, &PodSubnetError{Policy: pol.Name, Node: name,
+			Msg: fmt.Sprintf("%s attaches %d ENI and the policy keeps pods off the primary ENI (custom networking)", typ.Name, typ.MaxENIsPerCard())}
+	}
 
 	// The instance's own addresses become unplaceable at once: they join the subnet's foreign set
 	// in memory (a node's record takes foreign addresses over when it is applied), so no other
@@ -265,11 +285,12 @@ func nodeRecordFrom(inst ec2gw.Instance, req Registration, policy string, mode l
 		RegisteredAt:     now,
 	}
 	for _, e := range inst.ENIs {
-		if e.Attachment == nil || e.SubnetID != inst.SubnetID {
+		if e.Attachment == nil {
 			continue
 		}
+		// The primary ENI is in the node's subnet; the cluster's own ENIs may be in pod subnets.
 		primary := e.Attachment.DeviceIndex == 0
-		if !primary && e.Tags[TagCluster] != cluster {
+		if (primary && e.SubnetID != inst.SubnetID) || (!primary && e.Tags[TagCluster] != cluster) {
 			continue
 		}
 		er := ledger.ENIRecord{

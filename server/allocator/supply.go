@@ -9,8 +9,10 @@ import (
 	"maps"
 	"net/netip"
 	"sort"
+	"strings"
 	"time"
 
+	"github.com/ipledger/ipledger/server/allocator/policy"
 	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/ledger"
 )
@@ -123,7 +125,10 @@ func (a *Allocator) fill(ctx context.Context, ns *nodeState, rec ledger.NodeReco
 	}
 	prefix := rec.Mode == ledger.ModePrefix
 	slots := ns.typ.SecondaryIPsPerENI()
-	if heldItems(rec, prefix, false) == 0 && len(rec.ENIs) < ns.typ.MaxENIsPerCard() && a.prewarmReady(rec) {
+	a.mu.Lock()
+	pol := ns.policy
+	a.mu.Unlock()
+	if !pol.HasPodSubnets() && heldItems(rec, prefix, false) == 0 && len(rec.ENIs) < ns.typ.MaxENIsPerCard() && a.prewarmReady(rec) {
 		// A starting node takes a pre-warmed ENI: one attach instead of an assign or a create.
 		ok, err := a.attachPrewarmed(ctx, ns, rec, nextDeviceIndex(rec), prio)
 		if err != nil {
@@ -150,6 +155,9 @@ func (a *Allocator) fill(ctx context.Context, ns *nodeState, rec ledger.NodeReco
 		if deleting[e.ID] {
 			continue
 		}
+		if pol.ExcludesPrimaryENI() && (e.ID == rec.PrimaryENI || e.DeviceIndex == 0) {
+			continue // custom networking: no pods on the primary ENI
+		}
 		free := slots - usedSlots(e)
 		if free <= 0 {
 			continue
@@ -159,7 +167,9 @@ func (a *Allocator) fill(ctx context.Context, ns *nodeState, rec ledger.NodeReco
 		deficit -= got
 		if err != nil {
 			lastErr = err
-			if !errors.Is(err, errENIFull) {
+			// With pod subnets an ENI whose subnet is out of room leaves the rest to a new
+			// ENI in the next pod subnet.
+			if !errors.Is(err, errENIFull) && !(pol.HasPodSubnets() && exhaustion(err)) {
 				return err
 			}
 		}
@@ -403,41 +413,103 @@ func (a *Allocator) resyncENI(ctx context.Context, ns *nodeState, eniID string, 
 }
 
 // addENI creates, attaches and commits a new ENI carrying up to deficit items. A pre-warmed ENI
-// of the right subnet and type is attached instead when one is ready.
+// of the right subnet and type is attached instead when one is ready. The ENI goes to the
+// node's own subnet, or, when its policy names pod subnets, to the candidate of the node's zone
+// with the most room at its trend; a candidate that turns out to be out of room (in the ledger
+// or on EC2) passes the ENI on to the next at once.
 func (a *Allocator) addENI(ctx context.Context, ns *nodeState, rec ledger.NodeRecord, deficit int, prio ec2gw.Priority) error {
 	device := nextDeviceIndex(rec)
-	if ok, err := a.attachPrewarmed(ctx, ns, rec, device, prio); ok || err != nil {
-		return err
+	a.mu.Lock()
+	pol := ns.policy
+	a.mu.Unlock()
+	if !pol.HasPodSubnets() {
+		if ok, err := a.attachPrewarmed(ctx, ns, rec, device, prio); ok || err != nil {
+			return err
+		}
 	}
 	prefix := rec.Mode == ledger.ModePrefix
-	slots := ns.typ.SecondaryIPsPerENI()
-	n := min(deficit, slots)
-	owner := ledger.Owner{Node: ns.name}
-	primary, err := a.led.ReserveAddresses(rec.SubnetID, 1, owner, a.now())
+	n := min(deficit, ns.typ.SecondaryIPsPerENI())
+	plan := a.planSubnets(pol, rec, prefix, n)
+	if len(plan.order) == 0 {
+		return a.noPodSubnet(pol, ns.name, a.placeOf(rec))
+	}
+	why := map[string]string{}
+	for _, id := range plan.noRoom {
+		why[id] = "no headroom left in its budget"
+	}
+	var failed []string
+	var err error
+	for i, c := range plan.order {
+		if i > 0 && !exhaustion(err) {
+			break
+		}
+		err = a.createENIIn(ctx, ns, rec, c, device, n, prio)
+		if err == nil {
+			if pol.HasPodSubnets() {
+				var from []string
+				for _, id := range plan.noRoom {
+					if id != c.SubnetID {
+						from = append(from, id)
+					}
+				}
+				a.spilled(pol, ns.name, append(from, failed...), c.SubnetID, why)
+			}
+			return nil
+		}
+		if exhaustion(err) {
+			failed = append(failed, c.SubnetID)
+			why[c.SubnetID] = err.Error()
+		}
+	}
+	if pol.HasPodSubnets() && exhaustion(err) && len(plan.order) > 1 {
+		a.record(EventWarning, ReasonPodSubnetsExhausted, ns.name, "",
+			fmt.Sprintf("every pod subnet of node %s's zone %s is out of room: %s", ns.name, rec.AvailabilityZone, strings.Join(failed, ", ")))
+	}
+	return err
+}
+
+// hasRoom reports whether a subnet can still give a new ENI its primary and one item.
+func (a *Allocator) hasRoom(subnet string, prefix bool) bool {
+	b, err := a.led.Budget(subnet, a.now())
 	if err != nil {
-		return ledgerErr(err, rec.SubnetID)
+		return false
+	}
+	room := policy.SubnetState{Budget: b}.Room(prefix)
+	return room >= 2 || (prefix && room >= 1)
+}
+
+// createENIIn creates, attaches and commits a new ENI of the node in candidate subnet c.
+func (a *Allocator) createENIIn(ctx context.Context, ns *nodeState, rec ledger.NodeRecord, c policy.Candidate, device, n int, prio ec2gw.Priority) error {
+	prefix := rec.Mode == ledger.ModePrefix
+	subnet := c.SubnetID
+	owner := ledger.Owner{Node: ns.name}
+	primary, err := a.led.ReserveAddresses(subnet, 1, owner, a.now())
+	if err != nil {
+		return ledgerErr(err, subnet)
 	}
 	var addrs []netip.Addr
 	var prefixes []netip.Prefix
 	if prefix {
-		prefixes, err = a.led.ReservePrefixes(rec.SubnetID, n, owner, a.now())
+		prefixes, err = a.led.ReservePrefixes(subnet, n, owner, a.now())
 	} else {
-		addrs, err = a.led.ReserveAddresses(rec.SubnetID, a.placeableAddresses(rec.SubnetID, n, a.now()), owner, a.now())
+		addrs, err = a.led.ReserveAddresses(subnet, a.placeableAddresses(subnet, n, a.now()), owner, a.now())
 	}
 	if err != nil {
-		a.led.CancelReservation(rec.SubnetID, owner, primary, nil)
-		return ledgerErr(err, rec.SubnetID)
+		a.led.CancelReservation(subnet, owner, primary, nil)
+		return ledgerErr(err, subnet)
 	}
 	cancelAll := func() {
-		a.led.CancelReservation(rec.SubnetID, owner, append(primary, addrs...), prefixes)
+		a.led.CancelReservation(subnet, owner, append(primary, addrs...), prefixes)
 	}
-	sgs, err := a.securityGroups(ctx, rec, prio)
-	if err != nil {
-		cancelAll()
-		return err
+	sgs := c.SecurityGroups
+	if len(sgs) == 0 {
+		if sgs, err = a.securityGroups(ctx, rec, prio); err != nil {
+			cancelAll()
+			return err
+		}
 	}
 	eni, err := a.gw.CreateENI(ctx, prio, ec2gw.CreateENIInput{
-		SubnetID:         rec.SubnetID,
+		SubnetID:         subnet,
 		SecurityGroupIDs: sgs,
 		Description:      fmt.Sprintf("ipledger %s node %s", a.cfg.ClusterName, ns.name),
 		PrimaryIP:        primary[0],
@@ -449,10 +521,14 @@ func (a *Allocator) addENI(ctx context.Context, ns *nodeState, rec ledger.NodeRe
 	a.met.leaseOp("create-eni", err)
 	if err != nil {
 		cancelAll()
-		if errors.Is(err, ec2gw.ErrAddressInUse) {
-			_ = a.rescanSubnet(ctx, prio, rec.SubnetID)
+		if errors.Is(err, ec2gw.ErrAddressInUse) || errors.Is(err, ec2gw.ErrSubnetFull) || errors.Is(err, ec2gw.ErrNoCidrBlock) {
+			_ = a.rescanSubnet(ctx, prio, subnet)
 		}
-		return ec2Err(err, rec.SubnetID)
+		if errors.Is(err, ec2gw.ErrAddressInUse) && !a.hasRoom(subnet, prefix) {
+			// Someone else took what was left of the subnet: it is exhausted, not broken.
+			return fmt.Errorf("%w: %s: its free addresses were taken by ENIs ipledger does not manage: %v", ErrSubnetExhausted, subnet, err)
+		}
+		return ec2Err(err, subnet)
 	}
 	attID, err := a.gw.AttachENI(ctx, prio, eni.ID, rec.InstanceID, device, 0)
 	if err != nil && ec2gw.OutcomeUnknown(err) {
@@ -472,10 +548,10 @@ func (a *Allocator) addENI(ctx context.Context, ns *nodeState, rec ledger.NodeRe
 		if errors.Is(err, ec2gw.ErrAttachmentLimit) {
 			return fmt.Errorf("%w: %v", ErrNodeAtLimit, err)
 		}
-		return ec2Err(err, rec.SubnetID)
+		return ec2Err(err, subnet)
 	}
 	newENI := ledger.ENIRecord{
-		ID: eni.ID, MAC: eni.MAC, SubnetID: rec.SubnetID, PrimaryIP: eni.PrimaryIP,
+		ID: eni.ID, MAC: eni.MAC, SubnetID: subnet, PrimaryIP: eni.PrimaryIP,
 		DeviceIndex: device, AttachmentID: attID, Managed: true,
 	}
 	for _, ip := range eni.SecondaryIPs {

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"sort"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	"github.com/ipledger/ipledger/server/allocator"
 	"github.com/ipledger/ipledger/server/allocator/policy"
 	"github.com/ipledger/ipledger/server/ec2gw"
+	"github.com/ipledger/ipledger/server/instancetypes"
 	"github.com/ipledger/ipledger/server/ledger"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -41,8 +43,61 @@ func (s *AdminServer) leader() (*allocator.Allocator, error) {
 func (s *AdminServer) ListSubnets(ctx context.Context, _ *ipledgerv1.ListSubnetsRequest) (*ipledgerv1.ListSubnetsResponse, error) {
 	led := s.replica.Ledger()
 	out := &ipledgerv1.ListSubnetsResponse{}
-	for _, b := range led.Budgets(s.now()) {
-		out.Subnets = append(out.Subnets, s.subnetBudget(led, b))
+	budgets := led.Budgets(s.now())
+	byID := map[string]*ipledgerv1.SubnetBudget{}
+	for _, b := range budgets {
+		sb := s.subnetBudget(led, b)
+		byID[b.SubnetID] = sb
+		out.Subnets = append(out.Subnets, sb)
+	}
+	nodes := led.Nodes()
+	for _, rec := range nodes {
+		if sb := byID[rec.SubnetID]; sb != nil {
+			sb.Nodes++
+		}
+	}
+	for _, g := range policy.Groups(s.policies(), led.Subnets()) {
+		pg := &ipledgerv1.PodSubnetGroup{Policy: g.Policy, AvailabilityZone: g.Zone, ExcludePrimaryEni: g.ExcludePrimaryENI}
+		state := map[string]policy.SubnetState{}
+		var forecasts []policy.Forecast
+		headroom := 0
+		for _, c := range g.Subnets {
+			sb := byID[c.SubnetID]
+			if sb == nil {
+				continue
+			}
+			sb.PodSubnetOf = append(sb.PodSubnetOf, &ipledgerv1.PodSubnetRole{Policy: g.Policy, AvailabilityZone: g.Zone, SecurityGroupIds: c.SecurityGroups})
+			b, _ := led.Budget(c.SubnetID, s.now())
+			st := policy.SubnetState{Budget: b}
+			if f := sb.GetForecast(); f != nil {
+				st.HeldPerHour = f.GetHeldPerHour()
+				fc := policy.Forecast{HeldPerHour: f.GetHeldPerHour(), Window: f.GetWindow().AsDuration(), OK: f.GetTimeToExhaustion() != nil}
+				forecasts = append(forecasts, fc)
+			}
+			state[c.SubnetID] = st
+			headroom += b.Headroom
+			pg.FreePrefixes += uint32(b.FreePrefixes)
+		}
+		pg.Headroom = uint32(headroom)
+		for _, c := range policy.Rank(g.Subnets, state, false, 1) {
+			pg.SubnetIds = append(pg.SubnetIds, c.SubnetID)
+		}
+		for _, c := range g.Subnets { // those without room, last
+			if !slices.Contains(pg.SubnetIds, c.SubnetID) {
+				pg.SubnetIds = append(pg.SubnetIds, c.SubnetID)
+			}
+		}
+		fc := policy.GroupForecast(forecasts, headroom)
+		pg.Forecast = &ipledgerv1.Forecast{HeldPerHour: fc.HeldPerHour, Window: durationpb.New(fc.Window)}
+		if fc.OK {
+			pg.Forecast.TimeToExhaustion = durationpb.New(fc.TimeToExhaustion)
+		}
+		for _, rec := range nodes {
+			if rec.Policy == g.Policy && rec.AvailabilityZone == g.Zone {
+				pg.Nodes++
+			}
+		}
+		out.PodSubnetGroups = append(out.PodSubnetGroups, pg)
 	}
 	return out, nil
 }
@@ -67,7 +122,7 @@ func (s *AdminServer) subnetBudget(led *ledger.Ledger, b ledger.Budget) *ipledge
 		Headroom:         uint32(b.Headroom),
 	}
 	if rec, ok := led.Subnet(b.SubnetID); ok {
-		sb.Tags = rec.Tags
+		sb.Tags, sb.VpcId = rec.Tags, rec.VPCID
 	}
 	if f := s.replica.Forecaster(); f != nil {
 		fc := f.Forecast(b.SubnetID, b.Headroom)
@@ -128,6 +183,22 @@ func (s *AdminServer) summary(led *ledger.Ledger, rec ledger.NodeRecord) *ipledg
 		sum.InUse = uint32(c.InUse)
 		sum.Idle = uint32(c.Idle)
 	}
+	pol := policy.Match(s.policies(), rec.MatchLabels(), rec.InstanceType)
+	if rec.Policy != "" {
+		for _, p := range s.policies() {
+			if p.Name == rec.Policy {
+				pol = p
+			}
+		}
+	}
+	sum.ExcludePrimaryEni = pol.ExcludesPrimaryENI()
+	sum.PodCapacity, sum.MaxPods = podCapacity(pol, rec)
+	for _, e := range rec.ENIs {
+		if e.ID != rec.PrimaryENI && !slices.Contains(sum.PodSubnetIds, e.SubnetID) {
+			sum.PodSubnetIds = append(sum.PodSubnetIds, e.SubnetID)
+		}
+	}
+	slices.Sort(sum.PodSubnetIds)
 	if a := s.replica.Allocator(); a != nil {
 		if rt, ok := a.Runtime(rec.Name); ok {
 			sum.Connected = rt.Connected
@@ -142,6 +213,54 @@ func (s *AdminServer) summary(led *ledger.Ledger, rec ledger.NodeRecord) *ipledg
 		}
 	}
 	return sum
+}
+
+// podCapacity is the pod addresses a node can hold (its type's ENIs, less the primary with
+// custom networking, times their slots, capped by its policy) and the kubelet's max-pods for
+// it (capacity + 2 within the max-pods ceiling); 0, 0 for a type the table does not know.
+func podCapacity(p policy.Policy, rec ledger.NodeRecord) (capacity, maxPods uint32) {
+	t, ok := instancetypes.Lookup(rec.InstanceType)
+	if !ok {
+		return 0, 0
+	}
+	shape := policy.ShapeOf(t, rec.Mode)
+	shape.MaxENIs = t.MaxENIsPerCard()
+	shape.PrimaryUnused = p.ExcludesPrimaryENI()
+	n := shape.MaxAddresses()
+	if p.MaxAddresses != nil {
+		n = min(n, int(*p.MaxAddresses))
+	}
+	m, err := t.MaxPods(instancetypes.MaxPodsOptions{Prefix: rec.Mode == ledger.ModePrefix, CustomNetworking: p.ExcludesPrimaryENI()})
+	if err != nil {
+		return uint32(n), 0
+	}
+	return uint32(n), uint32(min(m.Recommended, n+instancetypes.HostNetworkPods))
+}
+
+// ListEvents implements AdminService (the leader's events; a standby answers NOT_LEADER).
+func (s *AdminServer) ListEvents(ctx context.Context, req *ipledgerv1.ListEventsRequest) (*ipledgerv1.ListEventsResponse, error) {
+	if n := req.GetNodeName(); n != "" {
+		if err := allocator.ValidateNodeName("node_name", n); err != nil {
+			return nil, Status(err)
+		}
+	}
+	if id := req.GetSubnetId(); id != "" {
+		if err := allocator.ValidateSubnetID("subnet_id", id); err != nil {
+			return nil, Status(err)
+		}
+	}
+	a, err := s.leader()
+	if err != nil {
+		return nil, err
+	}
+	out := &ipledgerv1.ListEventsResponse{}
+	for _, e := range a.Events(req.GetNodeName(), req.GetSubnetId()) {
+		out.Events = append(out.Events, &ipledgerv1.Event{
+			FirstTime: timestamppb.New(e.FirstTime), LastTime: timestamppb.New(e.LastTime), Count: uint32(e.Count),
+			Type: e.Type, Reason: e.Reason, NodeName: e.Node, SubnetId: e.Subnet, Message: e.Message,
+		})
+	}
+	return out, nil
 }
 
 // GetNode implements AdminService.
@@ -178,7 +297,7 @@ func (s *AdminServer) detail(name string) (*ipledgerv1.NodeDetail, error) {
 		}
 	}
 	if d.Policy == nil {
-		d.Policy = PolicyToProto(policy.Match(s.replica.Policies(), rec.MatchLabels(), rec.InstanceType))
+		d.Policy = PolicyToProto(policy.Match(s.policies(), rec.MatchLabels(), rec.InstanceType))
 	}
 	for _, e := range rec.ENIs {
 		if sub, ok := led.Subnet(e.SubnetID); ok {
@@ -251,6 +370,14 @@ func (s *AdminServer) ListPolicies(ctx context.Context, _ *ipledgerv1.ListPolici
 		return &ipledgerv1.ListPoliciesResponse{Policies: PoliciesToProto(a.Policies())}, nil
 	}
 	return &ipledgerv1.ListPoliciesResponse{Policies: PoliciesToProto(s.replica.Policies())}, nil
+}
+
+// policies are the policies as the leader's allocator has them, or this standby's copy.
+func (s *AdminServer) policies() []policy.Policy {
+	if a := s.replica.Allocator(); a != nil {
+		return a.Policies()
+	}
+	return s.replica.Policies()
 }
 
 // SetPolicy implements AdminService.

@@ -49,6 +49,7 @@ func PolicyFromProto(p *ipledgerv1.NodePolicy) (policy.Policy, error) {
 		WarmPrefixTarget: p.WarmPrefixTarget, MaxAddresses: p.MaxAddresses,
 		AdaptiveFloor: p.AdaptiveFloor, AdaptiveCap: p.AdaptiveCap, AdaptiveWindowSeconds: p.AdaptiveWindowSeconds,
 		AdaptiveHeadroomPercent: p.AdaptiveHeadroomPercent, ReleaseDelaySeconds: p.ReleaseDelaySeconds,
+		PodSubnets: podSubnetsFromProto(p.GetPodSubnets()),
 	}
 	switch p.GetMode() {
 	case ipledgerv1.AddressMode_ADDRESS_MODE_UNSPECIFIED:
@@ -71,9 +72,44 @@ func PolicyToProto(p policy.Policy) *ipledgerv1.NodePolicy {
 		WarmPrefixTarget: p.WarmPrefixTarget, MaxAddresses: p.MaxAddresses,
 		AdaptiveFloor: p.AdaptiveFloor, AdaptiveCap: p.AdaptiveCap, AdaptiveWindowSeconds: p.AdaptiveWindowSeconds,
 		AdaptiveHeadroomPercent: p.AdaptiveHeadroomPercent, ReleaseDelaySeconds: p.ReleaseDelaySeconds,
+		PodSubnets: podSubnetsToProto(p.PodSubnets),
 	}
 	if p.Mode == "" {
 		out.Mode = ipledgerv1.AddressMode_ADDRESS_MODE_UNSPECIFIED
+	}
+	return out
+}
+
+func podSubnetsFromProto(s *ipledgerv1.PodSubnets) *policy.PodSubnets {
+	if s == nil {
+		return nil
+	}
+	out := &policy.PodSubnets{
+		SubnetIDs: s.GetSubnetIds(), Tags: s.GetTags(), SecurityGroups: s.GetSecurityGroupIds(),
+		IncludeNodeSubnet: s.GetIncludeNodeSubnet(), ExcludePrimaryENI: s.GetExcludePrimaryEni(),
+	}
+	if len(s.GetZones()) > 0 {
+		out.Zones = make(map[string]policy.ZoneSubnets, len(s.GetZones()))
+		for z, zs := range s.GetZones() {
+			out.Zones[z] = policy.ZoneSubnets{SubnetIDs: zs.GetSubnetIds(), SecurityGroups: zs.GetSecurityGroupIds()}
+		}
+	}
+	return out
+}
+
+func podSubnetsToProto(s *policy.PodSubnets) *ipledgerv1.PodSubnets {
+	if s == nil {
+		return nil
+	}
+	out := &ipledgerv1.PodSubnets{
+		SubnetIds: s.SubnetIDs, Tags: s.Tags, SecurityGroupIds: s.SecurityGroups,
+		IncludeNodeSubnet: s.IncludeNodeSubnet, ExcludePrimaryEni: s.ExcludePrimaryENI,
+	}
+	if len(s.Zones) > 0 {
+		out.Zones = make(map[string]*ipledgerv1.ZonePodSubnets, len(s.Zones))
+		for z, zs := range s.Zones {
+			out.Zones[z] = &ipledgerv1.ZonePodSubnets{SubnetIds: zs.SubnetIDs, SecurityGroupIds: zs.SecurityGroups}
+		}
 	}
 	return out
 }

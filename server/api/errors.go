@@ -10,6 +10,7 @@ import (
 
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/allocator"
+	"github.com/ipledger/ipledger/server/allocator/policy"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -26,6 +27,7 @@ var errorTable = []struct {
 }{
 	{allocator.ErrInvalidArgument, codes.InvalidArgument, ipledgerv1.Reason_INVALID_ARGUMENT},
 	{allocator.ErrInvalidPolicy, codes.InvalidArgument, ipledgerv1.Reason_INVALID_ARGUMENT},
+	{allocator.ErrNoPodSubnet, codes.FailedPrecondition, ipledgerv1.Reason_NO_POD_SUBNET},
 	{allocator.ErrNotLeader, codes.Unavailable, ipledgerv1.Reason_NOT_LEADER},
 	{allocator.ErrUnknownNode, codes.NotFound, ipledgerv1.Reason_UNKNOWN_NODE},
 	{allocator.ErrInstanceMismatch, codes.FailedPrecondition, ipledgerv1.Reason_INSTANCE_MISMATCH},
@@ -79,6 +81,14 @@ func Status(err error) error {
 		}
 		if errors.Is(err, allocator.ErrInvalidPolicy) {
 			md["field"] = "policy"
+			var fe *policy.FieldError
+			if errors.As(err, &fe) {
+				md["field"] = "policy." + fe.Field
+			}
+		}
+		var ps *allocator.PodSubnetError
+		if errors.As(err, &ps) && ps.Field != "" {
+			md["field"] = "policy." + ps.Field
 		}
 		return withInfo(row.code, err.Error(), reason, md)
 	}

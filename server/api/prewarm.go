@@ -2,10 +2,12 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server/allocator"
+	"github.com/ipledger/ipledger/server/allocator/policy"
 	"github.com/ipledger/ipledger/server/ledger"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -58,16 +60,35 @@ func (s *AdminServer) CancelPrewarm(ctx context.Context, req *ipledgerv1.CancelP
 // CanFit implements AdminService (any replica answers from its copy of the ledger).
 func (s *AdminServer) CanFit(ctx context.Context, req *ipledgerv1.CanFitRequest) (*ipledgerv1.CanFitResponse, error) {
 	led := s.replica.Ledger()
-	res, err := allocator.CanFit(led, allocator.CanFitRequest{
+	var pol policy.Policy
+	if name := req.GetPolicy(); name != "" {
+		found := false
+		for _, p := range s.policies() {
+			if p.Name == name {
+				pol, found = p, true
+			}
+		}
+		if !found {
+			return nil, Status(fmt.Errorf("%w: policy %q", allocator.ErrNotFound, name))
+		}
+	}
+	res, err := allocator.CanFitPolicy(led, allocator.CanFitRequest{
 		SubnetID: req.GetSubnetId(), AvailabilityZone: req.GetAvailabilityZone(), NodeCount: int(req.GetNodeCount()),
 		PodsPerNode: int(req.GetPodsPerNode()), InstanceType: req.GetInstanceType(),
-	}, s.now())
+	}, pol, s.now())
 	if err != nil {
 		return nil, Status(err)
 	}
 	out := &ipledgerv1.CanFitResponse{Fits: res.Fits, Needed: uint32(res.Needed), Available: uint32(res.Available), Reasons: res.Reasons}
 	for _, b := range res.Budgets {
 		out.Subnets = append(out.Subnets, s.subnetBudget(led, b))
+	}
+	if pol.HasPodSubnets() {
+		nodeSubnets := len(res.Budgets) - len(res.PodSubnetENIs)
+		for i, n := range res.PodSubnetENIs {
+			out.PodSubnetIds = append(out.PodSubnetIds, res.Budgets[nodeSubnets+i].SubnetID)
+			out.PodSubnetEnis = append(out.PodSubnetEnis, uint32(n))
+		}
 	}
 	return out, nil
 }

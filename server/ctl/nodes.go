@@ -38,10 +38,15 @@ instance identity document), certificate (a certificate of the client CA), "-" w
 		sort.Slice(docs, func(i, j int) bool { return docs[i].NodeName < docs[j].NodeName })
 		now := time.Now()
 		return c.emit(docs, func(w io.Writer) {
-			row(w, "NODE", "INSTANCE", "TYPE", "AZ", "SUBNET", "MODE", "POLICY", "ENIS", "HELD", "IN-USE", "FREE", "TARGET", "DEFICIT", "CONNECTED", "DRAINING", "LAST-REPORT", "IDENTITY", "CERT-EXPIRES")
+			row(w, "NODE", "INSTANCE", "TYPE", "AZ", "SUBNET", "MODE", "POLICY", "ENIS", "HELD", "IN-USE", "FREE", "TARGET", "DEFICIT", "CONNECTED", "DRAINING", "LAST-REPORT", "CAPACITY", "POD-SUBNETS", "IDENTITY", "CERT-EXPIRES")
 			for _, n := range docs {
+				podSubnets := "-"
+				if len(n.PodSubnetIDs) > 0 {
+					podSubnets = strings.Join(n.PodSubnetIDs, ",")
+				}
 				row(w, n.NodeName, n.InstanceID, n.InstanceType, n.AZ, n.SubnetID, n.Mode, n.Policy, n.ENIs, n.Held, n.InUse, n.Idle,
-					n.TargetFree, n.Deficit, yesNo(n.Connected), yesNo(n.Draining), ago(n.LastReport, now), orDash(n.IdentityMethod), until(n.CertificateNotAfter, now))
+					n.TargetFree, n.Deficit, yesNo(n.Connected), yesNo(n.Draining), ago(n.LastReport, now),
+					n.PodCapacity, podSubnets, orDash(n.IdentityMethod), until(n.CertificateNotAfter, now))
 			}
 		})
 	})

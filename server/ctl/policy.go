@@ -33,6 +33,25 @@ type Policy struct {
 	AdaptiveWindowSeconds   *uint32 `json:"adaptive_window_seconds,omitempty"`
 	AdaptiveHeadroomPercent *uint32 `json:"adaptive_headroom_percent,omitempty"`
 	ReleaseDelaySeconds     *uint32 `json:"release_delay_seconds,omitempty"`
+	// PodSubnets puts the nodes' secondary ENIs (their pods' addresses) in other subnets.
+	PodSubnets *PodSubnets `json:"pod_subnets,omitempty"`
+}
+
+// PodSubnets names a policy's pod subnets: by subnet_ids, by tags, or per zone (zones, the
+// ENIConfig shape). Field names are the API's.
+type PodSubnets struct {
+	SubnetIDs         []string                  `json:"subnet_ids,omitempty"`
+	Tags              map[string]string         `json:"tags,omitempty"`
+	Zones             map[string]ZonePodSubnets `json:"zones,omitempty"`
+	SecurityGroupIDs  []string                  `json:"security_group_ids,omitempty"`
+	IncludeNodeSubnet bool                      `json:"include_node_subnet,omitempty"`
+	ExcludePrimaryENI bool                      `json:"exclude_primary_eni,omitempty"`
+}
+
+// ZonePodSubnets is one zone's pod subnets and the security groups of ENIs there.
+type ZonePodSubnets struct {
+	SubnetIDs        []string `json:"subnet_ids"`
+	SecurityGroupIDs []string `json:"security_group_ids,omitempty"`
 }
 
 // Selector matches nodes by labels (all must match) and instance types (any may match).
@@ -58,6 +77,16 @@ func policyDoc(p *ipledgerv1.NodePolicy) Policy {
 	}
 	if p.GetMode() != ipledgerv1.AddressMode_ADDRESS_MODE_UNSPECIFIED {
 		out.Mode = modeName(p.GetMode())
+	}
+	if ps := p.GetPodSubnets(); ps != nil {
+		out.PodSubnets = &PodSubnets{SubnetIDs: ps.GetSubnetIds(), Tags: ps.GetTags(), SecurityGroupIDs: ps.GetSecurityGroupIds(),
+			IncludeNodeSubnet: ps.GetIncludeNodeSubnet(), ExcludePrimaryENI: ps.GetExcludePrimaryEni()}
+		if len(ps.GetZones()) > 0 {
+			out.PodSubnets.Zones = map[string]ZonePodSubnets{}
+			for z, zs := range ps.GetZones() {
+				out.PodSubnets.Zones[z] = ZonePodSubnets{SubnetIDs: nonNil(zs.GetSubnetIds()), SecurityGroupIDs: zs.GetSecurityGroupIds()}
+			}
+		}
 	}
 	return out
 }

@@ -178,13 +178,17 @@ func canfitCmd(c *cli) *cobra.Command {
 Asks the server whether --nodes nodes with --pods-per-node pods each fit in a subnet (--subnet)
 or in the cluster's subnets of an availability zone (--az), counting pod addresses, ENI
 primaries and the warm floor; with --instance-type, per-node limits of the type are checked too.
-Exits 0 when they fit and 3 when they do not, printing the reasons.`,
+With --policy naming a policy with pod subnets (needs --instance-type), the nodes' own addresses
+count in their subnet(s) and their pods' ENIs, each whole, in the policy's pod subnets of the
+zone, spilling over from one to the next as supply does; the ENIs each pod subnet would take
+are printed. Exits 0 when they fit and 3 when they do not, printing the reasons.`,
 	}
 	fs := cmd.Flags()
 	place := c.addPlaceFlags(cmd, "subnet of the nodes", "availability zone of the nodes: all the cluster's subnets in it count")
 	nodes := fs.Uint("nodes", 0, "nodes (required)")
 	pods := fs.Uint("pods-per-node", 0, "pods per node")
 	itype := fs.String("instance-type", "", "instance type (optional: also checks per-node limits)")
+	pol := fs.String("policy", "", "the nodes' policy (optional: its pod subnets take the pods' ENIs)")
 	return c.leaf(cmd, 0, 0, func(ctx context.Context, args []string) error {
 		const cmd = "canfit"
 		if err := place.check(cmd); err != nil {
@@ -197,7 +201,7 @@ Exits 0 when they fit and 3 when they do not, printing the reasons.`,
 		if *pods > math.MaxUint32 {
 			return usagef(cmd, "%s: --pods-per-node %d is too large", cmd, *pods)
 		}
-		req := &ipledgerv1.CanFitRequest{SubnetId: *place.subnet, AvailabilityZone: *place.az, NodeCount: n, PodsPerNode: uint32(*pods), InstanceType: *itype}
+		req := &ipledgerv1.CanFitRequest{SubnetId: *place.subnet, AvailabilityZone: *place.az, NodeCount: n, PodsPerNode: uint32(*pods), InstanceType: *itype, Policy: *pol}
 		resp, err := call(ctx, c, "canfit", func(ctx context.Context, a ipledgerv1.AdminServiceClient) (*ipledgerv1.CanFitResponse, error) {
 			return a.CanFit(ctx, req)
 		})
@@ -213,6 +217,9 @@ Exits 0 when they fit and 3 when they do not, printing the reasons.`,
 			fmt.Fprintf(w, "%d nodes x %d pods %s: needs %d addresses, the budget allows %d\n", n, *pods, verdict, doc.Needed, doc.Available)
 			for _, r := range doc.Reasons {
 				fmt.Fprintf(w, "  - %s\n", escapeText(r))
+			}
+			for i, id := range doc.PodSubnetIDs {
+				fmt.Fprintf(w, "  pod subnet %s takes %d ENIs\n", escapeText(id), doc.PodSubnetENIs[i])
 			}
 			if len(doc.Subnets) > 0 {
 				fmt.Fprintln(w)

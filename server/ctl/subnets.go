@@ -3,10 +3,12 @@ package ctl
 import (
 	"context"
 	"fmt"
-	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 	"io"
 	"math"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 )
@@ -21,8 +23,17 @@ ipledger does not manage; HELD on the cluster's nodes (ENI primaries + leased); 
 FREE for anyone; FREE-/28 aligned blocks with every address free; PREWARM reserved for pre-warm
 reservations; BUDGET the admin cap (max_held / keep_free, "-" when none); HEADROOM what the
 cluster may still take; FORECAST when headroom runs out at the trend of the last hour ("never"
-when flat or shrinking, "n/a" with less than a minute of history). A TOTAL line ends the table.`,
+when flat or shrinking, "n/a" with less than a minute of history); POD-SUBNET-OF the policies
+(policy@zone) whose nodes put their pods' ENIs there ("-": none). A TOTAL line ends the table.
+
+When policies name pod subnets, a second table lists each policy's pod subnets per zone, best
+first (the order a new ENI tries them in now: supply spills over from one to the next), with
+their summed HEADROOM and FREE-/28 and the FORECAST of the group (the sum of the subnets'
+trends against the sum of their headroom), the policy's NODES there and CUSTOM-NET (the
+primary ENI holds no pods). -o json and yaml print the list of subnets as before (each with its
+pod_subnet_of); --pod-subnet-groups prints the groups instead.`,
 	}
+	groupsOnly := cmd.Flags().Bool("pod-subnet-groups", false, "print only the pod subnet groups (policy, zone)")
 	return c.leaf(cmd, 0, 0, func(ctx context.Context, args []string) error {
 		resp, err := call(ctx, c, "list subnets", func(ctx context.Context, a ipledgerv1.AdminServiceClient) (*ipledgerv1.ListSubnetsResponse, error) {
 			return a.ListSubnets(ctx, &ipledgerv1.ListSubnetsRequest{})
@@ -31,7 +42,23 @@ when flat or shrinking, "n/a" with less than a minute of history). A TOTAL line 
 			return err
 		}
 		docs := subnetDocs(resp.GetSubnets())
-		return c.emit(docs, func(w io.Writer) { subnetTable(w, docs, true) })
+		groups := podSubnetGroupDocs(resp.GetPodSubnetGroups())
+		groupTable := func(w io.Writer) {
+			row(w, "POLICY", "AZ", "POD-SUBNETS", "HEADROOM", "FREE-/28", "FORECAST", "NODES", "CUSTOM-NET")
+			for _, g := range groups {
+				row(w, g.Policy, g.AZ, strings.Join(g.SubnetIDs, ","), g.Headroom, g.FreePrefixes, g.Forecast.text(), g.Nodes, g.ExcludePrimaryENI)
+			}
+		}
+		if *groupsOnly {
+			return c.emit(groups, groupTable)
+		}
+		return c.emit(docs, func(w io.Writer) {
+			subnetTable(w, docs, true)
+			if len(groups) > 0 {
+				fmt.Fprintln(w)
+				groupTable(w)
+			}
+		})
 	})
 }
 
@@ -48,11 +75,19 @@ func budgetText(s Subnet) string {
 }
 
 func subnetTable(w io.Writer, docs []Subnet, totals bool) {
-	row(w, "SUBNET", "AZ", "CIDR", "SIZE", "RESERVED", "FOREIGN", "HELD", "IN-USE", "FREE", "FREE-/28", "PREWARM", "BUDGET", "HEADROOM", "FORECAST")
+	row(w, "SUBNET", "AZ", "CIDR", "SIZE", "RESERVED", "FOREIGN", "HELD", "IN-USE", "FREE", "FREE-/28", "PREWARM", "BUDGET", "HEADROOM", "FORECAST", "POD-SUBNET-OF")
 	var t Subnet
 	for _, s := range docs {
+		roles := "-"
+		if len(s.PodSubnetOf) > 0 {
+			var rs []string
+			for _, r := range s.PodSubnetOf {
+				rs = append(rs, r.Policy+"@"+r.AZ)
+			}
+			roles = strings.Join(rs, ",")
+		}
 		row(w, s.SubnetID, s.AZ, s.CIDR, s.Size, s.Reserved, s.Foreign, s.Held, s.InUse, s.Free, s.FreePrefixes,
-			s.PrewarmReserved, budgetText(s), s.Headroom, s.Forecast.text())
+			s.PrewarmReserved, budgetText(s), s.Headroom, s.Forecast.text(), roles)
 		t.Size += s.Size
 		t.Reserved += s.Reserved
 		t.Foreign += s.Foreign
@@ -65,7 +100,7 @@ func subnetTable(w io.Writer, docs []Subnet, totals bool) {
 	}
 	if totals {
 		row(w, fmt.Sprintf("TOTAL (%d)", len(docs)), "", "", t.Size, t.Reserved, t.Foreign, t.Held, t.InUse, t.Free, t.FreePrefixes,
-			t.PrewarmReserved, "", t.Headroom, "")
+			t.PrewarmReserved, "", t.Headroom, "", "")
 	}
 }
 

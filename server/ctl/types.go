@@ -33,6 +33,42 @@ type Subnet struct {
 	Headroom        uint32            `json:"headroom"`
 	Forecast        Forecast          `json:"forecast"`
 	Tags            map[string]string `json:"tags"`
+	VPCID           string            `json:"vpc_id"`
+	// Nodes registered in the subnet (their primary ENI's).
+	Nodes uint32 `json:"nodes"`
+	// PodSubnetOf are the policies (and zones) the subnet is a pod subnet of; empty when none.
+	PodSubnetOf []PodSubnetRole `json:"pod_subnet_of"`
+}
+
+// PodSubnetRole says that a subnet is a pod subnet of a policy in a zone.
+type PodSubnetRole struct {
+	Policy string `json:"policy"`
+	AZ     string `json:"az"`
+	// SecurityGroups of the ENIs there (empty: the node's primary ENI's).
+	SecurityGroups []string `json:"security_groups"`
+}
+
+// PodSubnetGroup is the pod subnets one policy gives the nodes of one zone, best first; supply
+// spills over from one to the next, so the group's headroom and forecast are their sums'.
+type PodSubnetGroup struct {
+	Policy            string   `json:"policy"`
+	AZ                string   `json:"az"`
+	SubnetIDs         []string `json:"subnet_ids"`
+	Headroom          uint32   `json:"headroom"`
+	FreePrefixes      uint32   `json:"free_prefixes"`
+	Forecast          Forecast `json:"forecast"`
+	Nodes             uint32   `json:"nodes"`
+	ExcludePrimaryENI bool     `json:"exclude_primary_eni"`
+}
+
+func podSubnetGroupDocs(in []*ipledgerv1.PodSubnetGroup) []PodSubnetGroup {
+	out := make([]PodSubnetGroup, 0, len(in))
+	for _, g := range in {
+		out = append(out, PodSubnetGroup{Policy: g.GetPolicy(), AZ: g.GetAvailabilityZone(), SubnetIDs: nonNil(g.GetSubnetIds()),
+			Headroom: g.GetHeadroom(), FreePrefixes: g.GetFreePrefixes(), Forecast: forecastDoc(g.GetForecast()),
+			Nodes: g.GetNodes(), ExcludePrimaryENI: g.GetExcludePrimaryEni()})
+	}
+	return out
 }
 
 // Forecast is a subnet's exhaustion forecast from the trend of held addresses.
@@ -58,19 +94,27 @@ func subnetDoc(b *ipledgerv1.SubnetBudget) Subnet {
 		Reserved: b.GetReserved(), Foreign: b.GetForeign(), Held: b.GetHeld(), ENIPrimary: b.GetEniPrimary(),
 		InUse: b.GetInUse(), Idle: b.GetIdle(), PrewarmReserved: b.GetPrewarmReserved(), Free: b.GetFree(),
 		FreePrefixes: b.GetFreePrefixes(), MaxHeld: b.GetMaxHeld(), KeepFree: b.GetKeepFree(),
-		Headroom: b.GetHeadroom(), Tags: nonNilMap(b.GetTags()),
+		Headroom: b.GetHeadroom(), Tags: nonNilMap(b.GetTags()), VPCID: b.GetVpcId(), Nodes: b.GetNodes(),
+		PodSubnetOf: []PodSubnetRole{},
 	}
-	f := b.GetForecast()
-	s.Forecast = Forecast{HeldPerHour: f.GetHeldPerHour(), WindowSeconds: seconds(f.GetWindow()), Status: "unknown"}
+	for _, r := range b.GetPodSubnetOf() {
+		s.PodSubnetOf = append(s.PodSubnetOf, PodSubnetRole{Policy: r.GetPolicy(), AZ: r.GetAvailabilityZone(), SecurityGroups: nonNil(r.GetSecurityGroupIds())})
+	}
+	s.Forecast = forecastDoc(b.GetForecast())
+	return s
+}
+
+func forecastDoc(f *ipledgerv1.Forecast) Forecast {
+	out := Forecast{HeldPerHour: f.GetHeldPerHour(), WindowSeconds: seconds(f.GetWindow()), Status: "unknown"}
 	switch {
 	case f.GetTimeToExhaustion() != nil:
 		v := seconds(f.GetTimeToExhaustion())
-		s.Forecast.ExhaustionInSeconds = &v
-		s.Forecast.Status = "exhausts"
+		out.ExhaustionInSeconds = &v
+		out.Status = "exhausts"
 	case f != nil && f.GetWindow().AsDuration() >= minForecastWindow:
-		s.Forecast.Status = "never"
+		out.Status = "never"
 	}
-	return s
+	return out
 }
 
 func subnetDocs(in []*ipledgerv1.SubnetBudget) []Subnet {
@@ -129,6 +173,13 @@ type NodeSummary struct {
 	// CertificateNotAfter is the expiry of the node's certificate (the last one issued to it,
 	// or the one its agent presented); null when unknown.
 	CertificateNotAfter *time.Time `json:"certificate_not_after"`
+	// PodCapacity is the pod addresses the node can hold (its ENIs, less the primary with
+	// custom networking, times their slots, capped by its policy); MaxPods the kubelet's
+	// --max-pods for it.
+	PodCapacity       uint32   `json:"pod_capacity"`
+	MaxPods           uint32   `json:"max_pods"`
+	ExcludePrimaryENI bool     `json:"exclude_primary_eni"`
+	PodSubnetIDs      []string `json:"pod_subnet_ids"`
 }
 
 func modeName(m ipledgerv1.AddressMode) string { return enumName(m.String(), "ADDRESS_MODE_") }
@@ -141,6 +192,8 @@ func nodeSummaryDoc(n *ipledgerv1.NodeSummary) NodeSummary {
 		Deficit: n.GetDeficit(), Connected: n.GetConnected(), Draining: n.GetDraining(),
 		LastReport: timePtr(n.GetLastReport()), Registered: timePtr(n.GetRegisteredAt()),
 		IdentityMethod: n.GetIdentityMethod(), CertificateNotAfter: timePtr(n.GetCertificateNotAfter()),
+		PodCapacity: n.GetPodCapacity(), MaxPods: n.GetMaxPods(), ExcludePrimaryENI: n.GetExcludePrimaryEni(),
+		PodSubnetIDs: nonNil(n.GetPodSubnetIds()),
 	}
 }
 
@@ -413,10 +466,14 @@ type Fit struct {
 	Available uint32   `json:"available"`
 	Reasons   []string `json:"reasons"`
 	Subnets   []Subnet `json:"subnets"`
+	// With --policy: the pod subnets considered and the ENIs of the nodes each takes.
+	PodSubnetIDs  []string `json:"pod_subnet_ids"`
+	PodSubnetENIs []uint32 `json:"pod_subnet_enis"`
 }
 
 func fitDoc(r *ipledgerv1.CanFitResponse) Fit {
-	return Fit{Fits: r.GetFits(), Needed: r.GetNeeded(), Available: r.GetAvailable(), Reasons: nonNil(r.GetReasons()), Subnets: subnetDocs(r.GetSubnets())}
+	return Fit{Fits: r.GetFits(), Needed: r.GetNeeded(), Available: r.GetAvailable(), Reasons: nonNil(r.GetReasons()), Subnets: subnetDocs(r.GetSubnets()),
+		PodSubnetIDs: nonNil(r.GetPodSubnetIds()), PodSubnetENIs: nonNil(r.GetPodSubnetEnis())}
 }
 
 // Report is the result of check.

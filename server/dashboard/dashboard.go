@@ -241,6 +241,14 @@ type Subnet struct {
 	KeepFree         uint32   `json:"keep_free"`
 	Headroom         uint32   `json:"headroom"`
 	Forecast         Forecast `json:"forecast"`
+	// PodSubnetOf are the policies (and zones) whose nodes put their pods' ENIs here.
+	PodSubnetOf []PodSubnetRole `json:"pod_subnet_of"`
+}
+
+// PodSubnetRole says that a subnet is a pod subnet of a policy in a zone.
+type PodSubnetRole struct {
+	Policy           string `json:"policy"`
+	AvailabilityZone string `json:"availability_zone"`
 }
 
 // Forecast is the trend of a subnet's held addresses.
@@ -447,6 +455,10 @@ func subnet(b *ipledgerv1.SubnetBudget) Subnet {
 	}
 	if s.BudgetCap == 0 {
 		s.BudgetCap = s.Size
+	}
+	s.PodSubnetOf = []PodSubnetRole{}
+	for _, r := range b.GetPodSubnetOf() {
+		s.PodSubnetOf = append(s.PodSubnetOf, PodSubnetRole{Policy: r.GetPolicy(), AvailabilityZone: r.GetAvailabilityZone()})
 	}
 	if f := b.GetForecast(); f != nil {
 		s.Forecast.HeldPerHour = f.GetHeldPerHour()

@@ -36,7 +36,9 @@
 //	    max_held (0: no cap), budget_cap (max_held, or size when there is no cap), keep_free,
 //	    headroom (what the cluster may still take),
 //	    forecast {held_per_hour, time_to_exhaustion_seconds (null when the trend is flat or
-//	        shrinking), window_seconds}
+//	        shrinking), window_seconds},
+//	    pod_subnet_of[] {policy, availability_zone}: the policies whose nodes put their pods'
+//	        ENIs in this subnet ([] when none)
 //	nodes[]            one per registered node (sorted by node_name):
 //	    node_name, instance_id, instance_type, availability_zone, subnet_id, mode
 //	    ("secondary_ip", "prefix"...), policy, enis, held, in_use, idle, target_free, deficit,

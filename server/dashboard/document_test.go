@@ -173,7 +173,7 @@ func TestDocumentOfADevServer(t *testing.T) {
 	}
 	keys(raw["cluster"], "name", "replica", "is_leader", "leader", "store_healthy", "store_message", "revision", "version", "nodes", "subnets")
 	keys(raw["subnets"].([]any)[0], "subnet_id", "name", "availability_zone", "cidr", "size", "reserved", "foreign", "held", "eni_primary",
-		"in_use", "idle", "prewarm_reserved", "free", "free_prefixes", "total_prefixes", "max_held", "budget_cap", "keep_free", "headroom", "forecast")
+		"in_use", "idle", "prewarm_reserved", "free", "free_prefixes", "total_prefixes", "max_held", "budget_cap", "keep_free", "headroom", "forecast", "pod_subnet_of")
 	keys(raw["subnets"].([]any)[0].(map[string]any)["forecast"], "held_per_hour", "time_to_exhaustion_seconds", "window_seconds")
 	keys(raw["nodes"].([]any)[0], "node_name", "instance_id", "instance_type", "availability_zone", "subnet_id", "mode", "policy", "enis",
 		"held", "in_use", "idle", "target_free", "deficit", "connected", "draining", "last_report", "registered_at")

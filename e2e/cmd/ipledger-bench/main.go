@@ -36,7 +36,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	var (
 		p         bench.TraceParams
-		systems   = fs.String("systems", "", "comma-separated systems (default: the trace's); known: ipledger, vpc-cni-default, vpc-cni-warm-ip, vpc-cni-min5, vpc-cni-prefix")
+		systems   = fs.String("systems", "", "comma-separated systems (default: the trace's); known: ipledger, vpc-cni-default, vpc-cni-warm-ip, vpc-cni-min5, vpc-cni-prefix, vpc-cni-custom (custom-networking only)")
 		format    = fs.String("o", "markdown", "output format: json or markdown")
 		chart     = fs.String("chart", "", "write a PNG chart of held vs in use to this file (one trace)")
 		standard  = fs.Bool("standard", false, "run the standard set (make bench) and write the report and charts")

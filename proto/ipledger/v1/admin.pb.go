@@ -139,10 +139,13 @@ func (*ListSubnetsRequest) Descriptor() ([]byte, []int) {
 }
 
 type ListSubnetsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Subnets       []*SubnetBudget        `protobuf:"bytes,1,rep,name=subnets,proto3" json:"subnets,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Subnets []*SubnetBudget        `protobuf:"bytes,1,rep,name=subnets,proto3" json:"subnets,omitempty"`
+	// The pod subnets of every policy that names some, per availability zone: where supply
+	// spills over to, and when all of them together run out.
+	PodSubnetGroups []*PodSubnetGroup `protobuf:"bytes,2,rep,name=pod_subnet_groups,json=podSubnetGroups,proto3" json:"pod_subnet_groups,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ListSubnetsResponse) Reset() {
@@ -182,6 +185,181 @@ func (x *ListSubnetsResponse) GetSubnets() []*SubnetBudget {
 	return nil
 }
 
+func (x *ListSubnetsResponse) GetPodSubnetGroups() []*PodSubnetGroup {
+	if x != nil {
+		return x.PodSubnetGroups
+	}
+	return nil
+}
+
+// PodSubnetGroup is the pod subnets one policy gives the nodes of one zone. Supply moves from
+// one to the next as they run out, so the group is exhausted only when all are.
+type PodSubnetGroup struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Policy           string                 `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	AvailabilityZone string                 `protobuf:"bytes,2,opt,name=availability_zone,json=availabilityZone,proto3" json:"availability_zone,omitempty"`
+	// The group's subnets, best first (the order a new ENI would try them in now).
+	SubnetIds []string `protobuf:"bytes,3,rep,name=subnet_ids,json=subnetIds,proto3" json:"subnet_ids,omitempty"`
+	// Sum of the subnets' headroom (addresses), and of their free /28 blocks.
+	Headroom     uint32 `protobuf:"varint,4,opt,name=headroom,proto3" json:"headroom,omitempty"`
+	FreePrefixes uint32 `protobuf:"varint,5,opt,name=free_prefixes,json=freePrefixes,proto3" json:"free_prefixes,omitempty"`
+	// The group's forecast: the sum of the subnets' trends against the sum of their headroom.
+	Forecast *Forecast `protobuf:"bytes,6,opt,name=forecast,proto3" json:"forecast,omitempty"`
+	// Nodes of the policy in the zone, and the custom-networking setting of the policy.
+	Nodes             uint32 `protobuf:"varint,7,opt,name=nodes,proto3" json:"nodes,omitempty"`
+	ExcludePrimaryEni bool   `protobuf:"varint,8,opt,name=exclude_primary_eni,json=excludePrimaryEni,proto3" json:"exclude_primary_eni,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *PodSubnetGroup) Reset() {
+	*x = PodSubnetGroup{}
+	mi := &file_ipledger_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PodSubnetGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PodSubnetGroup) ProtoMessage() {}
+
+func (x *PodSubnetGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_ipledger_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PodSubnetGroup.ProtoReflect.Descriptor instead.
+func (*PodSubnetGroup) Descriptor() ([]byte, []int) {
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PodSubnetGroup) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *PodSubnetGroup) GetAvailabilityZone() string {
+	if x != nil {
+		return x.AvailabilityZone
+	}
+	return ""
+}
+
+func (x *PodSubnetGroup) GetSubnetIds() []string {
+	if x != nil {
+		return x.SubnetIds
+	}
+	return nil
+}
+
+func (x *PodSubnetGroup) GetHeadroom() uint32 {
+	if x != nil {
+		return x.Headroom
+	}
+	return 0
+}
+
+func (x *PodSubnetGroup) GetFreePrefixes() uint32 {
+	if x != nil {
+		return x.FreePrefixes
+	}
+	return 0
+}
+
+func (x *PodSubnetGroup) GetForecast() *Forecast {
+	if x != nil {
+		return x.Forecast
+	}
+	return nil
+}
+
+func (x *PodSubnetGroup) GetNodes() uint32 {
+	if x != nil {
+		return x.Nodes
+	}
+	return 0
+}
+
+func (x *PodSubnetGroup) GetExcludePrimaryEni() bool {
+	if x != nil {
+		return x.ExcludePrimaryEni
+	}
+	return false
+}
+
+// PodSubnetRole says that a subnet is a pod subnet of a policy in a zone.
+type PodSubnetRole struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Policy           string                 `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	AvailabilityZone string                 `protobuf:"bytes,2,opt,name=availability_zone,json=availabilityZone,proto3" json:"availability_zone,omitempty"`
+	// Security groups of ENIs there (empty: the node's primary ENI's).
+	SecurityGroupIds []string `protobuf:"bytes,3,rep,name=security_group_ids,json=securityGroupIds,proto3" json:"security_group_ids,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *PodSubnetRole) Reset() {
+	*x = PodSubnetRole{}
+	mi := &file_ipledger_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PodSubnetRole) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PodSubnetRole) ProtoMessage() {}
+
+func (x *PodSubnetRole) ProtoReflect() protoreflect.Message {
+	mi := &file_ipledger_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PodSubnetRole.ProtoReflect.Descriptor instead.
+func (*PodSubnetRole) Descriptor() ([]byte, []int) {
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PodSubnetRole) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *PodSubnetRole) GetAvailabilityZone() string {
+	if x != nil {
+		return x.AvailabilityZone
+	}
+	return ""
+}
+
+func (x *PodSubnetRole) GetSecurityGroupIds() []string {
+	if x != nil {
+		return x.SecurityGroupIds
+	}
+	return nil
+}
+
 // SubnetBudget accounts for every address of a subnet. Always:
 //
 //	size = reserved + foreign + held + prewarm_reserved + free
@@ -216,16 +394,21 @@ type SubnetBudget struct {
 	// Addresses kept free for others; the cluster does not take the last keep_free addresses.
 	KeepFree uint32 `protobuf:"varint,15,opt,name=keep_free,json=keepFree,proto3" json:"keep_free,omitempty"`
 	// What the cluster may still take under its budget.
-	Headroom      uint32            `protobuf:"varint,16,opt,name=headroom,proto3" json:"headroom,omitempty"`
-	Forecast      *Forecast         `protobuf:"bytes,17,opt,name=forecast,proto3" json:"forecast,omitempty"`
-	Tags          map[string]string `protobuf:"bytes,18,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Headroom uint32            `protobuf:"varint,16,opt,name=headroom,proto3" json:"headroom,omitempty"`
+	Forecast *Forecast         `protobuf:"bytes,17,opt,name=forecast,proto3" json:"forecast,omitempty"`
+	Tags     map[string]string `protobuf:"bytes,18,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The policies (and zones) this subnet is a pod subnet of; empty when it is none's.
+	PodSubnetOf []*PodSubnetRole `protobuf:"bytes,19,rep,name=pod_subnet_of,json=podSubnetOf,proto3" json:"pod_subnet_of,omitempty"`
+	// Registered nodes whose own (primary ENI's) subnet this is.
+	Nodes         uint32 `protobuf:"varint,20,opt,name=nodes,proto3" json:"nodes,omitempty"`
+	VpcId         string `protobuf:"bytes,21,opt,name=vpc_id,json=vpcId,proto3" json:"vpc_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SubnetBudget) Reset() {
 	*x = SubnetBudget{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[2]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -237,7 +420,7 @@ func (x *SubnetBudget) String() string {
 func (*SubnetBudget) ProtoMessage() {}
 
 func (x *SubnetBudget) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[2]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -250,7 +433,7 @@ func (x *SubnetBudget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubnetBudget.ProtoReflect.Descriptor instead.
 func (*SubnetBudget) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SubnetBudget) GetSubnetId() string {
@@ -379,6 +562,27 @@ func (x *SubnetBudget) GetTags() map[string]string {
 	return nil
 }
 
+func (x *SubnetBudget) GetPodSubnetOf() []*PodSubnetRole {
+	if x != nil {
+		return x.PodSubnetOf
+	}
+	return nil
+}
+
+func (x *SubnetBudget) GetNodes() uint32 {
+	if x != nil {
+		return x.Nodes
+	}
+	return 0
+}
+
+func (x *SubnetBudget) GetVpcId() string {
+	if x != nil {
+		return x.VpcId
+	}
+	return ""
+}
+
 // Forecast of a subnet's exhaustion from the trend of held addresses.
 type Forecast struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -394,7 +598,7 @@ type Forecast struct {
 
 func (x *Forecast) Reset() {
 	*x = Forecast{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[3]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -406,7 +610,7 @@ func (x *Forecast) String() string {
 func (*Forecast) ProtoMessage() {}
 
 func (x *Forecast) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[3]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -419,7 +623,7 @@ func (x *Forecast) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Forecast.ProtoReflect.Descriptor instead.
 func (*Forecast) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Forecast) GetHeldPerHour() float64 {
@@ -456,7 +660,7 @@ type SetSubnetBudgetRequest struct {
 
 func (x *SetSubnetBudgetRequest) Reset() {
 	*x = SetSubnetBudgetRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[4]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -468,7 +672,7 @@ func (x *SetSubnetBudgetRequest) String() string {
 func (*SetSubnetBudgetRequest) ProtoMessage() {}
 
 func (x *SetSubnetBudgetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[4]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -481,7 +685,7 @@ func (x *SetSubnetBudgetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSubnetBudgetRequest.ProtoReflect.Descriptor instead.
 func (*SetSubnetBudgetRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SetSubnetBudgetRequest) GetSubnetId() string {
@@ -513,7 +717,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[5]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -525,7 +729,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[5]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -538,7 +742,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 type ListNodesResponse struct {
@@ -550,7 +754,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[6]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -562,7 +766,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[6]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -575,7 +779,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeSummary {
@@ -613,13 +817,23 @@ type NodeSummary struct {
 	// Expiry of the node's certificate: the last one issued to it (attested), or the one its agent
 	// presented (certificate).
 	CertificateNotAfter *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=certificate_not_after,json=certificateNotAfter,proto3" json:"certificate_not_after,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// The pod addresses the node can hold: its instance type's ENIs (less the primary ENI with
+	// custom networking) times their slots, capped by its policy.
+	PodCapacity uint32 `protobuf:"varint,20,opt,name=pod_capacity,json=podCapacity,proto3" json:"pod_capacity,omitempty"`
+	// The kubelet's --max-pods for the node as ipledger serves it (pod capacity + 2, capped at
+	// 110 or 250), as `ipledgerctl max-pods` computes it.
+	MaxPods uint32 `protobuf:"varint,21,opt,name=max_pods,json=maxPods,proto3" json:"max_pods,omitempty"`
+	// The node's policy keeps pods off its primary ENI (custom networking).
+	ExcludePrimaryEni bool `protobuf:"varint,22,opt,name=exclude_primary_eni,json=excludePrimaryEni,proto3" json:"exclude_primary_eni,omitempty"`
+	// The subnets of the node's secondary ENIs.
+	PodSubnetIds  []string `protobuf:"bytes,23,rep,name=pod_subnet_ids,json=podSubnetIds,proto3" json:"pod_subnet_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeSummary) Reset() {
 	*x = NodeSummary{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[7]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -631,7 +845,7 @@ func (x *NodeSummary) String() string {
 func (*NodeSummary) ProtoMessage() {}
 
 func (x *NodeSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[7]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -644,7 +858,7 @@ func (x *NodeSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeSummary.ProtoReflect.Descriptor instead.
 func (*NodeSummary) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *NodeSummary) GetNodeName() string {
@@ -780,6 +994,34 @@ func (x *NodeSummary) GetCertificateNotAfter() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *NodeSummary) GetPodCapacity() uint32 {
+	if x != nil {
+		return x.PodCapacity
+	}
+	return 0
+}
+
+func (x *NodeSummary) GetMaxPods() uint32 {
+	if x != nil {
+		return x.MaxPods
+	}
+	return 0
+}
+
+func (x *NodeSummary) GetExcludePrimaryEni() bool {
+	if x != nil {
+		return x.ExcludePrimaryEni
+	}
+	return false
+}
+
+func (x *NodeSummary) GetPodSubnetIds() []string {
+	if x != nil {
+		return x.PodSubnetIds
+	}
+	return nil
+}
+
 type GetNodeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	NodeName      string                 `protobuf:"bytes,1,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
@@ -789,7 +1031,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[8]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -801,7 +1043,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[8]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -814,7 +1056,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetNodeRequest) GetNodeName() string {
@@ -840,7 +1082,7 @@ type NodeDetail struct {
 
 func (x *NodeDetail) Reset() {
 	*x = NodeDetail{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[9]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -852,7 +1094,7 @@ func (x *NodeDetail) String() string {
 func (*NodeDetail) ProtoMessage() {}
 
 func (x *NodeDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[9]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -865,7 +1107,7 @@ func (x *NodeDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeDetail.ProtoReflect.Descriptor instead.
 func (*NodeDetail) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *NodeDetail) GetSummary() *NodeSummary {
@@ -927,7 +1169,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[10]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -939,7 +1181,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[10]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -952,7 +1194,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DrainNodeRequest) GetNodeName() string {
@@ -977,7 +1219,7 @@ type GetLimiterRequest struct {
 
 func (x *GetLimiterRequest) Reset() {
 	*x = GetLimiterRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[11]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -989,7 +1231,7 @@ func (x *GetLimiterRequest) String() string {
 func (*GetLimiterRequest) ProtoMessage() {}
 
 func (x *GetLimiterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[11]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1002,7 +1244,7 @@ func (x *GetLimiterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLimiterRequest.ProtoReflect.Descriptor instead.
 func (*GetLimiterRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 type LimiterState struct {
@@ -1018,7 +1260,7 @@ type LimiterState struct {
 
 func (x *LimiterState) Reset() {
 	*x = LimiterState{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[12]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1030,7 +1272,7 @@ func (x *LimiterState) String() string {
 func (*LimiterState) ProtoMessage() {}
 
 func (x *LimiterState) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[12]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1043,7 +1285,7 @@ func (x *LimiterState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LimiterState.ProtoReflect.Descriptor instead.
 func (*LimiterState) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *LimiterState) GetBuckets() []*LimiterBucket {
@@ -1098,7 +1340,7 @@ type LimiterBucket struct {
 
 func (x *LimiterBucket) Reset() {
 	*x = LimiterBucket{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[13]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1110,7 +1352,7 @@ func (x *LimiterBucket) String() string {
 func (*LimiterBucket) ProtoMessage() {}
 
 func (x *LimiterBucket) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[13]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1123,7 +1365,7 @@ func (x *LimiterBucket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LimiterBucket.ProtoReflect.Descriptor instead.
 func (*LimiterBucket) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *LimiterBucket) GetName() string {
@@ -1178,7 +1420,7 @@ type QueueLength struct {
 
 func (x *QueueLength) Reset() {
 	*x = QueueLength{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[14]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1190,7 +1432,7 @@ func (x *QueueLength) String() string {
 func (*QueueLength) ProtoMessage() {}
 
 func (x *QueueLength) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[14]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1203,7 +1445,7 @@ func (x *QueueLength) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueLength.ProtoReflect.Descriptor instead.
 func (*QueueLength) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *QueueLength) GetPriority() Priority {
@@ -1230,7 +1472,7 @@ type ThrottleEvent struct {
 
 func (x *ThrottleEvent) Reset() {
 	*x = ThrottleEvent{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[15]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1242,7 +1484,7 @@ func (x *ThrottleEvent) String() string {
 func (*ThrottleEvent) ProtoMessage() {}
 
 func (x *ThrottleEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[15]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1255,7 +1497,7 @@ func (x *ThrottleEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ThrottleEvent.ProtoReflect.Descriptor instead.
 func (*ThrottleEvent) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ThrottleEvent) GetTime() *timestamppb.Timestamp {
@@ -1284,7 +1526,7 @@ type CallCount struct {
 
 func (x *CallCount) Reset() {
 	*x = CallCount{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[16]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1296,7 +1538,7 @@ func (x *CallCount) String() string {
 func (*CallCount) ProtoMessage() {}
 
 func (x *CallCount) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[16]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1309,7 +1551,7 @@ func (x *CallCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallCount.ProtoReflect.Descriptor instead.
 func (*CallCount) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CallCount) GetAction() string {
@@ -1352,7 +1594,7 @@ type PrewarmRequest struct {
 
 func (x *PrewarmRequest) Reset() {
 	*x = PrewarmRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[17]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1364,7 +1606,7 @@ func (x *PrewarmRequest) String() string {
 func (*PrewarmRequest) ProtoMessage() {}
 
 func (x *PrewarmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[17]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1377,7 +1619,7 @@ func (x *PrewarmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrewarmRequest.ProtoReflect.Descriptor instead.
 func (*PrewarmRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PrewarmRequest) GetSubnetId() string {
@@ -1444,7 +1686,7 @@ type PrewarmReservation struct {
 
 func (x *PrewarmReservation) Reset() {
 	*x = PrewarmReservation{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[18]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1456,7 +1698,7 @@ func (x *PrewarmReservation) String() string {
 func (*PrewarmReservation) ProtoMessage() {}
 
 func (x *PrewarmReservation) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[18]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1469,7 +1711,7 @@ func (x *PrewarmReservation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrewarmReservation.ProtoReflect.Descriptor instead.
 func (*PrewarmReservation) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PrewarmReservation) GetId() string {
@@ -1563,7 +1805,7 @@ type PrewarmEni struct {
 
 func (x *PrewarmEni) Reset() {
 	*x = PrewarmEni{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[19]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1575,7 +1817,7 @@ func (x *PrewarmEni) String() string {
 func (*PrewarmEni) ProtoMessage() {}
 
 func (x *PrewarmEni) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[19]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1588,7 +1830,7 @@ func (x *PrewarmEni) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrewarmEni.ProtoReflect.Descriptor instead.
 func (*PrewarmEni) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PrewarmEni) GetEniId() string {
@@ -1627,7 +1869,7 @@ type ListPrewarmsRequest struct {
 
 func (x *ListPrewarmsRequest) Reset() {
 	*x = ListPrewarmsRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[20]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1639,7 +1881,7 @@ func (x *ListPrewarmsRequest) String() string {
 func (*ListPrewarmsRequest) ProtoMessage() {}
 
 func (x *ListPrewarmsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[20]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1652,7 +1894,7 @@ func (x *ListPrewarmsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPrewarmsRequest.ProtoReflect.Descriptor instead.
 func (*ListPrewarmsRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 type ListPrewarmsResponse struct {
@@ -1664,7 +1906,7 @@ type ListPrewarmsResponse struct {
 
 func (x *ListPrewarmsResponse) Reset() {
 	*x = ListPrewarmsResponse{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[21]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1676,7 +1918,7 @@ func (x *ListPrewarmsResponse) String() string {
 func (*ListPrewarmsResponse) ProtoMessage() {}
 
 func (x *ListPrewarmsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[21]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1689,7 +1931,7 @@ func (x *ListPrewarmsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPrewarmsResponse.ProtoReflect.Descriptor instead.
 func (*ListPrewarmsResponse) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListPrewarmsResponse) GetReservations() []*PrewarmReservation {
@@ -1708,7 +1950,7 @@ type CancelPrewarmRequest struct {
 
 func (x *CancelPrewarmRequest) Reset() {
 	*x = CancelPrewarmRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[22]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1720,7 +1962,7 @@ func (x *CancelPrewarmRequest) String() string {
 func (*CancelPrewarmRequest) ProtoMessage() {}
 
 func (x *CancelPrewarmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[22]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1733,7 +1975,7 @@ func (x *CancelPrewarmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelPrewarmRequest.ProtoReflect.Descriptor instead.
 func (*CancelPrewarmRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CancelPrewarmRequest) GetId() string {
@@ -1751,14 +1993,18 @@ type CanFitRequest struct {
 	NodeCount        uint32 `protobuf:"varint,3,opt,name=node_count,json=nodeCount,proto3" json:"node_count,omitempty"`
 	PodsPerNode      uint32 `protobuf:"varint,4,opt,name=pods_per_node,json=podsPerNode,proto3" json:"pods_per_node,omitempty"`
 	// Optional: when set, per-node limits of the type are checked too.
-	InstanceType  string `protobuf:"bytes,5,opt,name=instance_type,json=instanceType,proto3" json:"instance_type,omitempty"`
+	InstanceType string `protobuf:"bytes,5,opt,name=instance_type,json=instanceType,proto3" json:"instance_type,omitempty"`
+	// Optional: the nodes' policy. When it names pod subnets, the nodes' own addresses are counted
+	// in subnet_id (or the zone's subnets that are not pod subnets) and their pods' addresses,
+	// ENI by ENI, in the policy's pod subnets of the zone, spilling over from one to the next.
+	Policy        string `protobuf:"bytes,6,opt,name=policy,proto3" json:"policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CanFitRequest) Reset() {
 	*x = CanFitRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[23]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1770,7 +2016,7 @@ func (x *CanFitRequest) String() string {
 func (*CanFitRequest) ProtoMessage() {}
 
 func (x *CanFitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[23]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1783,7 +2029,7 @@ func (x *CanFitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CanFitRequest.ProtoReflect.Descriptor instead.
 func (*CanFitRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CanFitRequest) GetSubnetId() string {
@@ -1821,6 +2067,13 @@ func (x *CanFitRequest) GetInstanceType() string {
 	return ""
 }
 
+func (x *CanFitRequest) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
 type CanFitResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Fits  bool                   `protobuf:"varint,1,opt,name=fits,proto3" json:"fits,omitempty"`
@@ -1829,15 +2082,19 @@ type CanFitResponse struct {
 	// Addresses the budget still allows in the subnets considered.
 	Available uint32 `protobuf:"varint,3,opt,name=available,proto3" json:"available,omitempty"`
 	// Why it does not fit (empty when it does).
-	Reasons       []string        `protobuf:"bytes,4,rep,name=reasons,proto3" json:"reasons,omitempty"`
-	Subnets       []*SubnetBudget `protobuf:"bytes,5,rep,name=subnets,proto3" json:"subnets,omitempty"`
+	Reasons []string        `protobuf:"bytes,4,rep,name=reasons,proto3" json:"reasons,omitempty"`
+	Subnets []*SubnetBudget `protobuf:"bytes,5,rep,name=subnets,proto3" json:"subnets,omitempty"`
+	// With a policy that names pod subnets: the pod subnets considered, and how many of the
+	// nodes' ENIs each would take (same order).
+	PodSubnetIds  []string `protobuf:"bytes,6,rep,name=pod_subnet_ids,json=podSubnetIds,proto3" json:"pod_subnet_ids,omitempty"`
+	PodSubnetEnis []uint32 `protobuf:"varint,7,rep,packed,name=pod_subnet_enis,json=podSubnetEnis,proto3" json:"pod_subnet_enis,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CanFitResponse) Reset() {
 	*x = CanFitResponse{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[24]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1849,7 +2106,7 @@ func (x *CanFitResponse) String() string {
 func (*CanFitResponse) ProtoMessage() {}
 
 func (x *CanFitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[24]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1862,7 +2119,7 @@ func (x *CanFitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CanFitResponse.ProtoReflect.Descriptor instead.
 func (*CanFitResponse) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CanFitResponse) GetFits() bool {
@@ -1900,6 +2157,20 @@ func (x *CanFitResponse) GetSubnets() []*SubnetBudget {
 	return nil
 }
 
+func (x *CanFitResponse) GetPodSubnetIds() []string {
+	if x != nil {
+		return x.PodSubnetIds
+	}
+	return nil
+}
+
+func (x *CanFitResponse) GetPodSubnetEnis() []uint32 {
+	if x != nil {
+		return x.PodSubnetEnis
+	}
+	return nil
+}
+
 type LaunchHintRequest struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
 	Policy       string                 `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
@@ -1913,7 +2184,7 @@ type LaunchHintRequest struct {
 
 func (x *LaunchHintRequest) Reset() {
 	*x = LaunchHintRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[25]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1925,7 +2196,7 @@ func (x *LaunchHintRequest) String() string {
 func (*LaunchHintRequest) ProtoMessage() {}
 
 func (x *LaunchHintRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[25]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1938,7 +2209,7 @@ func (x *LaunchHintRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LaunchHintRequest.ProtoReflect.Descriptor instead.
 func (*LaunchHintRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *LaunchHintRequest) GetPolicy() string {
@@ -1996,7 +2267,7 @@ type LaunchHintResponse struct {
 
 func (x *LaunchHintResponse) Reset() {
 	*x = LaunchHintResponse{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[26]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2008,7 +2279,7 @@ func (x *LaunchHintResponse) String() string {
 func (*LaunchHintResponse) ProtoMessage() {}
 
 func (x *LaunchHintResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[26]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2021,7 +2292,7 @@ func (x *LaunchHintResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LaunchHintResponse.ProtoReflect.Descriptor instead.
 func (*LaunchHintResponse) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *LaunchHintResponse) GetPolicy() string {
@@ -2137,7 +2408,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[27]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2149,7 +2420,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[27]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2162,7 +2433,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 type ListPoliciesResponse struct {
@@ -2174,7 +2445,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[28]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2186,7 +2457,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[28]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2199,7 +2470,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*NodePolicy {
@@ -2218,7 +2489,7 @@ type SetPolicyRequest struct {
 
 func (x *SetPolicyRequest) Reset() {
 	*x = SetPolicyRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[29]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2230,7 +2501,7 @@ func (x *SetPolicyRequest) String() string {
 func (*SetPolicyRequest) ProtoMessage() {}
 
 func (x *SetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[29]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2243,7 +2514,7 @@ func (x *SetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*SetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SetPolicyRequest) GetPolicy() *NodePolicy {
@@ -2262,7 +2533,7 @@ type DeletePolicyRequest struct {
 
 func (x *DeletePolicyRequest) Reset() {
 	*x = DeletePolicyRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[30]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2274,7 +2545,7 @@ func (x *DeletePolicyRequest) String() string {
 func (*DeletePolicyRequest) ProtoMessage() {}
 
 func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[30]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2287,7 +2558,7 @@ func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyRequest.ProtoReflect.Descriptor instead.
 func (*DeletePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DeletePolicyRequest) GetName() string {
@@ -2305,7 +2576,7 @@ type DeletePolicyResponse struct {
 
 func (x *DeletePolicyResponse) Reset() {
 	*x = DeletePolicyResponse{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[31]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2317,7 +2588,7 @@ func (x *DeletePolicyResponse) String() string {
 func (*DeletePolicyResponse) ProtoMessage() {}
 
 func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[31]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2330,7 +2601,7 @@ func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyResponse.ProtoReflect.Descriptor instead.
 func (*DeletePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 type CheckRequest struct {
@@ -2344,7 +2615,7 @@ type CheckRequest struct {
 
 func (x *CheckRequest) Reset() {
 	*x = CheckRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[32]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2356,7 +2627,7 @@ func (x *CheckRequest) String() string {
 func (*CheckRequest) ProtoMessage() {}
 
 func (x *CheckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[32]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2369,7 +2640,7 @@ func (x *CheckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRequest.ProtoReflect.Descriptor instead.
 func (*CheckRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CheckRequest) GetIncludeEc2() bool {
@@ -2394,7 +2665,7 @@ type CheckReport struct {
 
 func (x *CheckReport) Reset() {
 	*x = CheckReport{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[33]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2406,7 +2677,7 @@ func (x *CheckReport) String() string {
 func (*CheckReport) ProtoMessage() {}
 
 func (x *CheckReport) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[33]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2419,7 +2690,7 @@ func (x *CheckReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckReport.ProtoReflect.Descriptor instead.
 func (*CheckReport) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CheckReport) GetOk() bool {
@@ -2479,7 +2750,7 @@ type Finding struct {
 
 func (x *Finding) Reset() {
 	*x = Finding{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[34]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2491,7 +2762,7 @@ func (x *Finding) String() string {
 func (*Finding) ProtoMessage() {}
 
 func (x *Finding) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[34]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2504,7 +2775,7 @@ func (x *Finding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Finding.ProtoReflect.Descriptor instead.
 func (*Finding) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Finding) GetKind() FindingKind {
@@ -2557,7 +2828,7 @@ type GetClusterStatusRequest struct {
 
 func (x *GetClusterStatusRequest) Reset() {
 	*x = GetClusterStatusRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[35]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2569,7 +2840,7 @@ func (x *GetClusterStatusRequest) String() string {
 func (*GetClusterStatusRequest) ProtoMessage() {}
 
 func (x *GetClusterStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[35]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2582,7 +2853,7 @@ func (x *GetClusterStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterStatusRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 type ClusterStatus struct {
@@ -2609,7 +2880,7 @@ type ClusterStatus struct {
 
 func (x *ClusterStatus) Reset() {
 	*x = ClusterStatus{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[36]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2621,7 +2892,7 @@ func (x *ClusterStatus) String() string {
 func (*ClusterStatus) ProtoMessage() {}
 
 func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[36]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2634,7 +2905,7 @@ func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatus.ProtoReflect.Descriptor instead.
 func (*ClusterStatus) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ClusterStatus) GetReplica() string {
@@ -2722,7 +2993,7 @@ type BackupRequest struct {
 
 func (x *BackupRequest) Reset() {
 	*x = BackupRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[37]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2734,7 +3005,7 @@ func (x *BackupRequest) String() string {
 func (*BackupRequest) ProtoMessage() {}
 
 func (x *BackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[37]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2747,7 +3018,7 @@ func (x *BackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
 func (*BackupRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 type BackupChunk struct {
@@ -2766,7 +3037,7 @@ type BackupChunk struct {
 
 func (x *BackupChunk) Reset() {
 	*x = BackupChunk{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[38]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2778,7 +3049,7 @@ func (x *BackupChunk) String() string {
 func (*BackupChunk) ProtoMessage() {}
 
 func (x *BackupChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[38]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2791,7 +3062,7 @@ func (x *BackupChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
 func (*BackupChunk) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *BackupChunk) GetData() []byte {
@@ -2830,7 +3101,7 @@ type ListIdentitiesRequest struct {
 
 func (x *ListIdentitiesRequest) Reset() {
 	*x = ListIdentitiesRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[39]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2842,7 +3113,7 @@ func (x *ListIdentitiesRequest) String() string {
 func (*ListIdentitiesRequest) ProtoMessage() {}
 
 func (x *ListIdentitiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[39]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2855,7 +3126,7 @@ func (x *ListIdentitiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIdentitiesRequest.ProtoReflect.Descriptor instead.
 func (*ListIdentitiesRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{39}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 type ListIdentitiesResponse struct {
@@ -2867,7 +3138,7 @@ type ListIdentitiesResponse struct {
 
 func (x *ListIdentitiesResponse) Reset() {
 	*x = ListIdentitiesResponse{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[40]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2879,7 +3150,7 @@ func (x *ListIdentitiesResponse) String() string {
 func (*ListIdentitiesResponse) ProtoMessage() {}
 
 func (x *ListIdentitiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[40]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2892,7 +3163,7 @@ func (x *ListIdentitiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIdentitiesResponse.ProtoReflect.Descriptor instead.
 func (*ListIdentitiesResponse) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{40}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListIdentitiesResponse) GetIdentities() []*NodeIdentity {
@@ -2913,7 +3184,7 @@ type ForgetIdentityRequest struct {
 
 func (x *ForgetIdentityRequest) Reset() {
 	*x = ForgetIdentityRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[41]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2925,7 +3196,7 @@ func (x *ForgetIdentityRequest) String() string {
 func (*ForgetIdentityRequest) ProtoMessage() {}
 
 func (x *ForgetIdentityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[41]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2938,7 +3209,7 @@ func (x *ForgetIdentityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetIdentityRequest.ProtoReflect.Descriptor instead.
 func (*ForgetIdentityRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{41}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ForgetIdentityRequest) GetNodeName() string {
@@ -2955,14 +3226,230 @@ func (x *ForgetIdentityRequest) GetInstanceId() string {
 	return ""
 }
 
+type ListEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only events about this node or subnet ("" for all).
+	NodeName      string `protobuf:"bytes,1,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
+	SubnetId      string `protobuf:"bytes,2,opt,name=subnet_id,json=subnetId,proto3" json:"subnet_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEventsRequest) Reset() {
+	*x = ListEventsRequest{}
+	mi := &file_ipledger_v1_admin_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEventsRequest) ProtoMessage() {}
+
+func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ipledger_v1_admin_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
+func (*ListEventsRequest) Descriptor() ([]byte, []int) {
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *ListEventsRequest) GetNodeName() string {
+	if x != nil {
+		return x.NodeName
+	}
+	return ""
+}
+
+func (x *ListEventsRequest) GetSubnetId() string {
+	if x != nil {
+		return x.SubnetId
+	}
+	return ""
+}
+
+type ListEventsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Events        []*Event               `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEventsResponse) Reset() {
+	*x = ListEventsResponse{}
+	mi := &file_ipledger_v1_admin_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEventsResponse) ProtoMessage() {}
+
+func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ipledger_v1_admin_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
+func (*ListEventsResponse) Descriptor() ([]byte, []int) {
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *ListEventsResponse) GetEvents() []*Event {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+// Event is something the leader did or refused that an admin should see. Repeats of one event
+// (same type, reason, node and subnet) within five minutes are folded into it (count, last_time).
+type Event struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	FirstTime *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=first_time,json=firstTime,proto3" json:"first_time,omitempty"`
+	LastTime  *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=last_time,json=lastTime,proto3" json:"last_time,omitempty"`
+	Count     uint32                 `protobuf:"varint,3,opt,name=count,proto3" json:"count,omitempty"`
+	// "Normal" or "Warning", as Kubernetes Events.
+	Type string `protobuf:"bytes,4,opt,name=type,proto3" json:"type,omitempty"`
+	// CamelCase, e.g. "PodSubnetSpillover", "NoPodSubnet".
+	Reason        string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	NodeName      string `protobuf:"bytes,6,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
+	SubnetId      string `protobuf:"bytes,7,opt,name=subnet_id,json=subnetId,proto3" json:"subnet_id,omitempty"`
+	Message       string `protobuf:"bytes,8,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Event) Reset() {
+	*x = Event{}
+	mi := &file_ipledger_v1_admin_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Event) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Event) ProtoMessage() {}
+
+func (x *Event) ProtoReflect() protoreflect.Message {
+	mi := &file_ipledger_v1_admin_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Event.ProtoReflect.Descriptor instead.
+func (*Event) Descriptor() ([]byte, []int) {
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *Event) GetFirstTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FirstTime
+	}
+	return nil
+}
+
+func (x *Event) GetLastTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastTime
+	}
+	return nil
+}
+
+func (x *Event) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *Event) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *Event) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Event) GetNodeName() string {
+	if x != nil {
+		return x.NodeName
+	}
+	return ""
+}
+
+func (x *Event) GetSubnetId() string {
+	if x != nil {
+		return x.SubnetId
+	}
+	return ""
+}
+
+func (x *Event) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 var File_ipledger_v1_admin_proto protoreflect.FileDescriptor
 
 const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"\x17ipledger/v1/admin.proto\x12\vipledger.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18ipledger/v1/common.proto\x1a\x1aipledger/v1/identity.proto\"\x14\n" +
-	"\x12ListSubnetsRequest\"J\n" +
+	"\x12ListSubnetsRequest\"\x93\x01\n" +
 	"\x13ListSubnetsResponse\x123\n" +
-	"\asubnets\x18\x01 \x03(\v2\x19.ipledger.v1.SubnetBudgetR\asubnets\"\xf3\x04\n" +
+	"\asubnets\x18\x01 \x03(\v2\x19.ipledger.v1.SubnetBudgetR\asubnets\x12G\n" +
+	"\x11pod_subnet_groups\x18\x02 \x03(\v2\x1b.ipledger.v1.PodSubnetGroupR\x0fpodSubnetGroups\"\xae\x02\n" +
+	"\x0ePodSubnetGroup\x12\x16\n" +
+	"\x06policy\x18\x01 \x01(\tR\x06policy\x12+\n" +
+	"\x11availability_zone\x18\x02 \x01(\tR\x10availabilityZone\x12\x1d\n" +
+	"\n" +
+	"subnet_ids\x18\x03 \x03(\tR\tsubnetIds\x12\x1a\n" +
+	"\bheadroom\x18\x04 \x01(\rR\bheadroom\x12#\n" +
+	"\rfree_prefixes\x18\x05 \x01(\rR\ffreePrefixes\x121\n" +
+	"\bforecast\x18\x06 \x01(\v2\x15.ipledger.v1.ForecastR\bforecast\x12\x14\n" +
+	"\x05nodes\x18\a \x01(\rR\x05nodes\x12.\n" +
+	"\x13exclude_primary_eni\x18\b \x01(\bR\x11excludePrimaryEni\"\x82\x01\n" +
+	"\rPodSubnetRole\x12\x16\n" +
+	"\x06policy\x18\x01 \x01(\tR\x06policy\x12+\n" +
+	"\x11availability_zone\x18\x02 \x01(\tR\x10availabilityZone\x12,\n" +
+	"\x12security_group_ids\x18\x03 \x03(\tR\x10securityGroupIds\"\xe0\x05\n" +
 	"\fSubnetBudget\x12\x1b\n" +
 	"\tsubnet_id\x18\x01 \x01(\tR\bsubnetId\x12+\n" +
 	"\x11availability_zone\x18\x02 \x01(\tR\x10availabilityZone\x12\x12\n" +
@@ -2983,7 +3470,10 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\tkeep_free\x18\x0f \x01(\rR\bkeepFree\x12\x1a\n" +
 	"\bheadroom\x18\x10 \x01(\rR\bheadroom\x121\n" +
 	"\bforecast\x18\x11 \x01(\v2\x15.ipledger.v1.ForecastR\bforecast\x127\n" +
-	"\x04tags\x18\x12 \x03(\v2#.ipledger.v1.SubnetBudget.TagsEntryR\x04tags\x1a7\n" +
+	"\x04tags\x18\x12 \x03(\v2#.ipledger.v1.SubnetBudget.TagsEntryR\x04tags\x12>\n" +
+	"\rpod_subnet_of\x18\x13 \x03(\v2\x1a.ipledger.v1.PodSubnetRoleR\vpodSubnetOf\x12\x14\n" +
+	"\x05nodes\x18\x14 \x01(\rR\x05nodes\x12\x15\n" +
+	"\x06vpc_id\x18\x15 \x01(\tR\x05vpcId\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xaa\x01\n" +
@@ -2997,7 +3487,7 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\tkeep_free\x18\x03 \x01(\rR\bkeepFree\"\x12\n" +
 	"\x10ListNodesRequest\"C\n" +
 	"\x11ListNodesResponse\x12.\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x18.ipledger.v1.NodeSummaryR\x05nodes\"\xbf\x05\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x18.ipledger.v1.NodeSummaryR\x05nodes\"\xd3\x06\n" +
 	"\vNodeSummary\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12\x1f\n" +
 	"\vinstance_id\x18\x02 \x01(\tR\n" +
@@ -3021,7 +3511,11 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"lastReport\x12?\n" +
 	"\rregistered_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\fregisteredAt\x12'\n" +
 	"\x0fidentity_method\x18\x12 \x01(\tR\x0eidentityMethod\x12N\n" +
-	"\x15certificate_not_after\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\x13certificateNotAfter\"-\n" +
+	"\x15certificate_not_after\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\x13certificateNotAfter\x12!\n" +
+	"\fpod_capacity\x18\x14 \x01(\rR\vpodCapacity\x12\x19\n" +
+	"\bmax_pods\x18\x15 \x01(\rR\amaxPods\x12.\n" +
+	"\x13exclude_primary_eni\x18\x16 \x01(\bR\x11excludePrimaryEni\x12$\n" +
+	"\x0epod_subnet_ids\x18\x17 \x03(\tR\fpodSubnetIds\"-\n" +
 	"\x0eGetNodeRequest\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\"\xa4\x03\n" +
 	"\n" +
@@ -3097,20 +3591,23 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\x14ListPrewarmsResponse\x12C\n" +
 	"\freservations\x18\x01 \x03(\v2\x1f.ipledger.v1.PrewarmReservationR\freservations\"&\n" +
 	"\x14CancelPrewarmRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\xc1\x01\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xd9\x01\n" +
 	"\rCanFitRequest\x12\x1b\n" +
 	"\tsubnet_id\x18\x01 \x01(\tR\bsubnetId\x12+\n" +
 	"\x11availability_zone\x18\x02 \x01(\tR\x10availabilityZone\x12\x1d\n" +
 	"\n" +
 	"node_count\x18\x03 \x01(\rR\tnodeCount\x12\"\n" +
 	"\rpods_per_node\x18\x04 \x01(\rR\vpodsPerNode\x12#\n" +
-	"\rinstance_type\x18\x05 \x01(\tR\finstanceType\"\xa9\x01\n" +
+	"\rinstance_type\x18\x05 \x01(\tR\finstanceType\x12\x16\n" +
+	"\x06policy\x18\x06 \x01(\tR\x06policy\"\xf7\x01\n" +
 	"\x0eCanFitResponse\x12\x12\n" +
 	"\x04fits\x18\x01 \x01(\bR\x04fits\x12\x16\n" +
 	"\x06needed\x18\x02 \x01(\rR\x06needed\x12\x1c\n" +
 	"\tavailable\x18\x03 \x01(\rR\tavailable\x12\x18\n" +
 	"\areasons\x18\x04 \x03(\tR\areasons\x123\n" +
-	"\asubnets\x18\x05 \x03(\v2\x19.ipledger.v1.SubnetBudgetR\asubnets\"\x8c\x01\n" +
+	"\asubnets\x18\x05 \x03(\v2\x19.ipledger.v1.SubnetBudgetR\asubnets\x12$\n" +
+	"\x0epod_subnet_ids\x18\x06 \x03(\tR\fpodSubnetIds\x12&\n" +
+	"\x0fpod_subnet_enis\x18\a \x03(\rR\rpodSubnetEnis\"\x8c\x01\n" +
 	"\x11LaunchHintRequest\x12\x16\n" +
 	"\x06policy\x18\x01 \x01(\tR\x06policy\x12#\n" +
 	"\rinstance_type\x18\x02 \x01(\tR\finstanceType\x12(\n" +
@@ -3191,7 +3688,22 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\x15ForgetIdentityRequest\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12\x1f\n" +
 	"\vinstance_id\x18\x02 \x01(\tR\n" +
-	"instanceId*\xb4\x01\n" +
+	"instanceId\"M\n" +
+	"\x11ListEventsRequest\x12\x1b\n" +
+	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12\x1b\n" +
+	"\tsubnet_id\x18\x02 \x01(\tR\bsubnetId\"@\n" +
+	"\x12ListEventsResponse\x12*\n" +
+	"\x06events\x18\x01 \x03(\v2\x12.ipledger.v1.EventR\x06events\"\x91\x02\n" +
+	"\x05Event\x129\n" +
+	"\n" +
+	"first_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tfirstTime\x127\n" +
+	"\tlast_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\blastTime\x12\x14\n" +
+	"\x05count\x18\x03 \x01(\rR\x05count\x12\x12\n" +
+	"\x04type\x18\x04 \x01(\tR\x04type\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x1b\n" +
+	"\tnode_name\x18\x06 \x01(\tR\bnodeName\x12\x1b\n" +
+	"\tsubnet_id\x18\a \x01(\tR\bsubnetId\x12\x18\n" +
+	"\amessage\x18\b \x01(\tR\amessage*\xb4\x01\n" +
 	"\vFindingKind\x12\x1c\n" +
 	"\x18FINDING_KIND_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fDOUBLE_OWNER\x10\x01\x12\x15\n" +
@@ -3202,7 +3714,7 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\x11IN_USE_NOT_LEASED\x10\x05\x12\x0e\n" +
 	"\n" +
 	"DOUBLE_USE\x10\x06\x12\x10\n" +
-	"\fENI_MISMATCH\x10\a2\xc4\v\n" +
+	"\fENI_MISMATCH\x10\a2\x93\f\n" +
 	"\fAdminService\x12P\n" +
 	"\vListSubnets\x12\x1f.ipledger.v1.ListSubnetsRequest\x1a .ipledger.v1.ListSubnetsResponse\x12Q\n" +
 	"\x0fSetSubnetBudget\x12#.ipledger.v1.SetSubnetBudgetRequest\x1a\x19.ipledger.v1.SubnetBudget\x12J\n" +
@@ -3224,7 +3736,9 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\x10GetClusterStatus\x12$.ipledger.v1.GetClusterStatusRequest\x1a\x1a.ipledger.v1.ClusterStatus\x12Y\n" +
 	"\x0eListIdentities\x12\".ipledger.v1.ListIdentitiesRequest\x1a#.ipledger.v1.ListIdentitiesResponse\x12O\n" +
 	"\x0eForgetIdentity\x12\".ipledger.v1.ForgetIdentityRequest\x1a\x19.ipledger.v1.NodeIdentity\x12@\n" +
-	"\x06Backup\x12\x1a.ipledger.v1.BackupRequest\x1a\x18.ipledger.v1.BackupChunk0\x01B;Z9github.com/ipledger/ipledger/proto/ipledger/v1;ipledgerv1b\x06proto3"
+	"\x06Backup\x12\x1a.ipledger.v1.BackupRequest\x1a\x18.ipledger.v1.BackupChunk0\x01\x12M\n" +
+	"\n" +
+	"ListEvents\x12\x1e.ipledger.v1.ListEventsRequest\x1a\x1f.ipledger.v1.ListEventsResponseB;Z9github.com/ipledger/ipledger/proto/ipledger/v1;ipledgerv1b\x06proto3"
 
 var (
 	file_ipledger_v1_admin_proto_rawDescOnce sync.Once
@@ -3239,144 +3753,157 @@ func file_ipledger_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_ipledger_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ipledger_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_ipledger_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
 var file_ipledger_v1_admin_proto_goTypes = []any{
 	(FindingKind)(0),                // 0: ipledger.v1.FindingKind
 	(*ListSubnetsRequest)(nil),      // 1: ipledger.v1.ListSubnetsRequest
 	(*ListSubnetsResponse)(nil),     // 2: ipledger.v1.ListSubnetsResponse
-	(*SubnetBudget)(nil),            // 3: ipledger.v1.SubnetBudget
-	(*Forecast)(nil),                // 4: ipledger.v1.Forecast
-	(*SetSubnetBudgetRequest)(nil),  // 5: ipledger.v1.SetSubnetBudgetRequest
-	(*ListNodesRequest)(nil),        // 6: ipledger.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),       // 7: ipledger.v1.ListNodesResponse
-	(*NodeSummary)(nil),             // 8: ipledger.v1.NodeSummary
-	(*GetNodeRequest)(nil),          // 9: ipledger.v1.GetNodeRequest
-	(*NodeDetail)(nil),              // 10: ipledger.v1.NodeDetail
-	(*DrainNodeRequest)(nil),        // 11: ipledger.v1.DrainNodeRequest
-	(*GetLimiterRequest)(nil),       // 12: ipledger.v1.GetLimiterRequest
-	(*LimiterState)(nil),            // 13: ipledger.v1.LimiterState
-	(*LimiterBucket)(nil),           // 14: ipledger.v1.LimiterBucket
-	(*QueueLength)(nil),             // 15: ipledger.v1.QueueLength
-	(*ThrottleEvent)(nil),           // 16: ipledger.v1.ThrottleEvent
-	(*CallCount)(nil),               // 17: ipledger.v1.CallCount
-	(*PrewarmRequest)(nil),          // 18: ipledger.v1.PrewarmRequest
-	(*PrewarmReservation)(nil),      // 19: ipledger.v1.PrewarmReservation
-	(*PrewarmEni)(nil),              // 20: ipledger.v1.PrewarmEni
-	(*ListPrewarmsRequest)(nil),     // 21: ipledger.v1.ListPrewarmsRequest
-	(*ListPrewarmsResponse)(nil),    // 22: ipledger.v1.ListPrewarmsResponse
-	(*CancelPrewarmRequest)(nil),    // 23: ipledger.v1.CancelPrewarmRequest
-	(*CanFitRequest)(nil),           // 24: ipledger.v1.CanFitRequest
-	(*CanFitResponse)(nil),          // 25: ipledger.v1.CanFitResponse
-	(*LaunchHintRequest)(nil),       // 26: ipledger.v1.LaunchHintRequest
-	(*LaunchHintResponse)(nil),      // 27: ipledger.v1.LaunchHintResponse
-	(*ListPoliciesRequest)(nil),     // 28: ipledger.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),    // 29: ipledger.v1.ListPoliciesResponse
-	(*SetPolicyRequest)(nil),        // 30: ipledger.v1.SetPolicyRequest
-	(*DeletePolicyRequest)(nil),     // 31: ipledger.v1.DeletePolicyRequest
-	(*DeletePolicyResponse)(nil),    // 32: ipledger.v1.DeletePolicyResponse
-	(*CheckRequest)(nil),            // 33: ipledger.v1.CheckRequest
-	(*CheckReport)(nil),             // 34: ipledger.v1.CheckReport
-	(*Finding)(nil),                 // 35: ipledger.v1.Finding
-	(*GetClusterStatusRequest)(nil), // 36: ipledger.v1.GetClusterStatusRequest
-	(*ClusterStatus)(nil),           // 37: ipledger.v1.ClusterStatus
-	(*BackupRequest)(nil),           // 38: ipledger.v1.BackupRequest
-	(*BackupChunk)(nil),             // 39: ipledger.v1.BackupChunk
-	(*ListIdentitiesRequest)(nil),   // 40: ipledger.v1.ListIdentitiesRequest
-	(*ListIdentitiesResponse)(nil),  // 41: ipledger.v1.ListIdentitiesResponse
-	(*ForgetIdentityRequest)(nil),   // 42: ipledger.v1.ForgetIdentityRequest
-	nil,                             // 43: ipledger.v1.SubnetBudget.TagsEntry
-	nil,                             // 44: ipledger.v1.NodeDetail.LabelsEntry
-	nil,                             // 45: ipledger.v1.LaunchHintResponse.NodeLabelsEntry
-	(*durationpb.Duration)(nil),     // 46: google.protobuf.Duration
-	(AddressMode)(0),                // 47: ipledger.v1.AddressMode
-	(*timestamppb.Timestamp)(nil),   // 48: google.protobuf.Timestamp
-	(*NodePool)(nil),                // 49: ipledger.v1.NodePool
-	(*PodAddress)(nil),              // 50: ipledger.v1.PodAddress
-	(*NodePolicy)(nil),              // 51: ipledger.v1.NodePolicy
-	(Reason)(0),                     // 52: ipledger.v1.Reason
-	(Priority)(0),                   // 53: ipledger.v1.Priority
-	(*NodeIdentity)(nil),            // 54: ipledger.v1.NodeIdentity
+	(*PodSubnetGroup)(nil),          // 3: ipledger.v1.PodSubnetGroup
+	(*PodSubnetRole)(nil),           // 4: ipledger.v1.PodSubnetRole
+	(*SubnetBudget)(nil),            // 5: ipledger.v1.SubnetBudget
+	(*Forecast)(nil),                // 6: ipledger.v1.Forecast
+	(*SetSubnetBudgetRequest)(nil),  // 7: ipledger.v1.SetSubnetBudgetRequest
+	(*ListNodesRequest)(nil),        // 8: ipledger.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),       // 9: ipledger.v1.ListNodesResponse
+	(*NodeSummary)(nil),             // 10: ipledger.v1.NodeSummary
+	(*GetNodeRequest)(nil),          // 11: ipledger.v1.GetNodeRequest
+	(*NodeDetail)(nil),              // 12: ipledger.v1.NodeDetail
+	(*DrainNodeRequest)(nil),        // 13: ipledger.v1.DrainNodeRequest
+	(*GetLimiterRequest)(nil),       // 14: ipledger.v1.GetLimiterRequest
+	(*LimiterState)(nil),            // 15: ipledger.v1.LimiterState
+	(*LimiterBucket)(nil),           // 16: ipledger.v1.LimiterBucket
+	(*QueueLength)(nil),             // 17: ipledger.v1.QueueLength
+	(*ThrottleEvent)(nil),           // 18: ipledger.v1.ThrottleEvent
+	(*CallCount)(nil),               // 19: ipledger.v1.CallCount
+	(*PrewarmRequest)(nil),          // 20: ipledger.v1.PrewarmRequest
+	(*PrewarmReservation)(nil),      // 21: ipledger.v1.PrewarmReservation
+	(*PrewarmEni)(nil),              // 22: ipledger.v1.PrewarmEni
+	(*ListPrewarmsRequest)(nil),     // 23: ipledger.v1.ListPrewarmsRequest
+	(*ListPrewarmsResponse)(nil),    // 24: ipledger.v1.ListPrewarmsResponse
+	(*CancelPrewarmRequest)(nil),    // 25: ipledger.v1.CancelPrewarmRequest
+	(*CanFitRequest)(nil),           // 26: ipledger.v1.CanFitRequest
+	(*CanFitResponse)(nil),          // 27: ipledger.v1.CanFitResponse
+	(*LaunchHintRequest)(nil),       // 28: ipledger.v1.LaunchHintRequest
+	(*LaunchHintResponse)(nil),      // 29: ipledger.v1.LaunchHintResponse
+	(*ListPoliciesRequest)(nil),     // 30: ipledger.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),    // 31: ipledger.v1.ListPoliciesResponse
+	(*SetPolicyRequest)(nil),        // 32: ipledger.v1.SetPolicyRequest
+	(*DeletePolicyRequest)(nil),     // 33: ipledger.v1.DeletePolicyRequest
+	(*DeletePolicyResponse)(nil),    // 34: ipledger.v1.DeletePolicyResponse
+	(*CheckRequest)(nil),            // 35: ipledger.v1.CheckRequest
+	(*CheckReport)(nil),             // 36: ipledger.v1.CheckReport
+	(*Finding)(nil),                 // 37: ipledger.v1.Finding
+	(*GetClusterStatusRequest)(nil), // 38: ipledger.v1.GetClusterStatusRequest
+	(*ClusterStatus)(nil),           // 39: ipledger.v1.ClusterStatus
+	(*BackupRequest)(nil),           // 40: ipledger.v1.BackupRequest
+	(*BackupChunk)(nil),             // 41: ipledger.v1.BackupChunk
+	(*ListIdentitiesRequest)(nil),   // 42: ipledger.v1.ListIdentitiesRequest
+	(*ListIdentitiesResponse)(nil),  // 43: ipledger.v1.ListIdentitiesResponse
+	(*ForgetIdentityRequest)(nil),   // 44: ipledger.v1.ForgetIdentityRequest
+	(*ListEventsRequest)(nil),       // 45: ipledger.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),      // 46: ipledger.v1.ListEventsResponse
+	(*Event)(nil),                   // 47: ipledger.v1.Event
+	nil,                             // 48: ipledger.v1.SubnetBudget.TagsEntry
+	nil,                             // 49: ipledger.v1.NodeDetail.LabelsEntry
+	nil,                             // 50: ipledger.v1.LaunchHintResponse.NodeLabelsEntry
+	(*durationpb.Duration)(nil),     // 51: google.protobuf.Duration
+	(AddressMode)(0),                // 52: ipledger.v1.AddressMode
+	(*timestamppb.Timestamp)(nil),   // 53: google.protobuf.Timestamp
+	(*NodePool)(nil),                // 54: ipledger.v1.NodePool
+	(*PodAddress)(nil),              // 55: ipledger.v1.PodAddress
+	(*NodePolicy)(nil),              // 56: ipledger.v1.NodePolicy
+	(Reason)(0),                     // 57: ipledger.v1.Reason
+	(Priority)(0),                   // 58: ipledger.v1.Priority
+	(*NodeIdentity)(nil),            // 59: ipledger.v1.NodeIdentity
 }
 var file_ipledger_v1_admin_proto_depIdxs = []int32{
-	3,  // 0: ipledger.v1.ListSubnetsResponse.subnets:type_name -> ipledger.v1.SubnetBudget
-	4,  // 1: ipledger.v1.SubnetBudget.forecast:type_name -> ipledger.v1.Forecast
-	43, // 2: ipledger.v1.SubnetBudget.tags:type_name -> ipledger.v1.SubnetBudget.TagsEntry
-	46, // 3: ipledger.v1.Forecast.time_to_exhaustion:type_name -> google.protobuf.Duration
-	46, // 4: ipledger.v1.Forecast.window:type_name -> google.protobuf.Duration
-	8,  // 5: ipledger.v1.ListNodesResponse.nodes:type_name -> ipledger.v1.NodeSummary
-	47, // 6: ipledger.v1.NodeSummary.mode:type_name -> ipledger.v1.AddressMode
-	48, // 7: ipledger.v1.NodeSummary.last_report:type_name -> google.protobuf.Timestamp
-	48, // 8: ipledger.v1.NodeSummary.registered_at:type_name -> google.protobuf.Timestamp
-	48, // 9: ipledger.v1.NodeSummary.certificate_not_after:type_name -> google.protobuf.Timestamp
-	8,  // 10: ipledger.v1.NodeDetail.summary:type_name -> ipledger.v1.NodeSummary
-	49, // 11: ipledger.v1.NodeDetail.pool:type_name -> ipledger.v1.NodePool
-	50, // 12: ipledger.v1.NodeDetail.pods:type_name -> ipledger.v1.PodAddress
-	51, // 13: ipledger.v1.NodeDetail.policy:type_name -> ipledger.v1.NodePolicy
-	52, // 14: ipledger.v1.NodeDetail.supply_problem:type_name -> ipledger.v1.Reason
-	44, // 15: ipledger.v1.NodeDetail.labels:type_name -> ipledger.v1.NodeDetail.LabelsEntry
-	14, // 16: ipledger.v1.LimiterState.buckets:type_name -> ipledger.v1.LimiterBucket
-	15, // 17: ipledger.v1.LimiterState.queue:type_name -> ipledger.v1.QueueLength
-	16, // 18: ipledger.v1.LimiterState.recent_throttles:type_name -> ipledger.v1.ThrottleEvent
-	17, // 19: ipledger.v1.LimiterState.calls:type_name -> ipledger.v1.CallCount
-	53, // 20: ipledger.v1.QueueLength.priority:type_name -> ipledger.v1.Priority
-	48, // 21: ipledger.v1.ThrottleEvent.time:type_name -> google.protobuf.Timestamp
-	46, // 22: ipledger.v1.PrewarmRequest.expiry:type_name -> google.protobuf.Duration
-	48, // 23: ipledger.v1.PrewarmReservation.created_at:type_name -> google.protobuf.Timestamp
-	48, // 24: ipledger.v1.PrewarmReservation.expires_at:type_name -> google.protobuf.Timestamp
-	20, // 25: ipledger.v1.PrewarmReservation.enis:type_name -> ipledger.v1.PrewarmEni
-	19, // 26: ipledger.v1.ListPrewarmsResponse.reservations:type_name -> ipledger.v1.PrewarmReservation
-	3,  // 27: ipledger.v1.CanFitResponse.subnets:type_name -> ipledger.v1.SubnetBudget
-	47, // 28: ipledger.v1.LaunchHintResponse.mode:type_name -> ipledger.v1.AddressMode
-	45, // 29: ipledger.v1.LaunchHintResponse.node_labels:type_name -> ipledger.v1.LaunchHintResponse.NodeLabelsEntry
-	51, // 30: ipledger.v1.ListPoliciesResponse.policies:type_name -> ipledger.v1.NodePolicy
-	51, // 31: ipledger.v1.SetPolicyRequest.policy:type_name -> ipledger.v1.NodePolicy
-	35, // 32: ipledger.v1.CheckReport.findings:type_name -> ipledger.v1.Finding
-	48, // 33: ipledger.v1.CheckReport.checked_at:type_name -> google.protobuf.Timestamp
-	0,  // 34: ipledger.v1.Finding.kind:type_name -> ipledger.v1.FindingKind
-	54, // 35: ipledger.v1.ListIdentitiesResponse.identities:type_name -> ipledger.v1.NodeIdentity
-	1,  // 36: ipledger.v1.AdminService.ListSubnets:input_type -> ipledger.v1.ListSubnetsRequest
-	5,  // 37: ipledger.v1.AdminService.SetSubnetBudget:input_type -> ipledger.v1.SetSubnetBudgetRequest
-	6,  // 38: ipledger.v1.AdminService.ListNodes:input_type -> ipledger.v1.ListNodesRequest
-	9,  // 39: ipledger.v1.AdminService.GetNode:input_type -> ipledger.v1.GetNodeRequest
-	11, // 40: ipledger.v1.AdminService.DrainNode:input_type -> ipledger.v1.DrainNodeRequest
-	12, // 41: ipledger.v1.AdminService.GetLimiter:input_type -> ipledger.v1.GetLimiterRequest
-	18, // 42: ipledger.v1.AdminService.Prewarm:input_type -> ipledger.v1.PrewarmRequest
-	21, // 43: ipledger.v1.AdminService.ListPrewarms:input_type -> ipledger.v1.ListPrewarmsRequest
-	23, // 44: ipledger.v1.AdminService.CancelPrewarm:input_type -> ipledger.v1.CancelPrewarmRequest
-	24, // 45: ipledger.v1.AdminService.CanFit:input_type -> ipledger.v1.CanFitRequest
-	26, // 46: ipledger.v1.AdminService.LaunchHint:input_type -> ipledger.v1.LaunchHintRequest
-	28, // 47: ipledger.v1.AdminService.ListPolicies:input_type -> ipledger.v1.ListPoliciesRequest
-	30, // 48: ipledger.v1.AdminService.SetPolicy:input_type -> ipledger.v1.SetPolicyRequest
-	31, // 49: ipledger.v1.AdminService.DeletePolicy:input_type -> ipledger.v1.DeletePolicyRequest
-	33, // 50: ipledger.v1.AdminService.Check:input_type -> ipledger.v1.CheckRequest
-	36, // 51: ipledger.v1.AdminService.GetClusterStatus:input_type -> ipledger.v1.GetClusterStatusRequest
-	40, // 52: ipledger.v1.AdminService.ListIdentities:input_type -> ipledger.v1.ListIdentitiesRequest
-	42, // 53: ipledger.v1.AdminService.ForgetIdentity:input_type -> ipledger.v1.ForgetIdentityRequest
-	38, // 54: ipledger.v1.AdminService.Backup:input_type -> ipledger.v1.BackupRequest
-	2,  // 55: ipledger.v1.AdminService.ListSubnets:output_type -> ipledger.v1.ListSubnetsResponse
-	3,  // 56: ipledger.v1.AdminService.SetSubnetBudget:output_type -> ipledger.v1.SubnetBudget
-	7,  // 57: ipledger.v1.AdminService.ListNodes:output_type -> ipledger.v1.ListNodesResponse
-	10, // 58: ipledger.v1.AdminService.GetNode:output_type -> ipledger.v1.NodeDetail
-	10, // 59: ipledger.v1.AdminService.DrainNode:output_type -> ipledger.v1.NodeDetail
-	13, // 60: ipledger.v1.AdminService.GetLimiter:output_type -> ipledger.v1.LimiterState
-	19, // 61: ipledger.v1.AdminService.Prewarm:output_type -> ipledger.v1.PrewarmReservation
-	22, // 62: ipledger.v1.AdminService.ListPrewarms:output_type -> ipledger.v1.ListPrewarmsResponse
-	19, // 63: ipledger.v1.AdminService.CancelPrewarm:output_type -> ipledger.v1.PrewarmReservation
-	25, // 64: ipledger.v1.AdminService.CanFit:output_type -> ipledger.v1.CanFitResponse
-	27, // 65: ipledger.v1.AdminService.LaunchHint:output_type -> ipledger.v1.LaunchHintResponse
-	29, // 66: ipledger.v1.AdminService.ListPolicies:output_type -> ipledger.v1.ListPoliciesResponse
-	51, // 67: ipledger.v1.AdminService.SetPolicy:output_type -> ipledger.v1.NodePolicy
-	32, // 68: ipledger.v1.AdminService.DeletePolicy:output_type -> ipledger.v1.DeletePolicyResponse
-	34, // 69: ipledger.v1.AdminService.Check:output_type -> ipledger.v1.CheckReport
-	37, // 70: ipledger.v1.AdminService.GetClusterStatus:output_type -> ipledger.v1.ClusterStatus
-	41, // 71: ipledger.v1.AdminService.ListIdentities:output_type -> ipledger.v1.ListIdentitiesResponse
-	54, // 72: ipledger.v1.AdminService.ForgetIdentity:output_type -> ipledger.v1.NodeIdentity
-	39, // 73: ipledger.v1.AdminService.Backup:output_type -> ipledger.v1.BackupChunk
-	55, // [55:74] is the sub-list for method output_type
-	36, // [36:55] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	5,  // 0: ipledger.v1.ListSubnetsResponse.subnets:type_name -> ipledger.v1.SubnetBudget
+	3,  // 1: ipledger.v1.ListSubnetsResponse.pod_subnet_groups:type_name -> ipledger.v1.PodSubnetGroup
+	6,  // 2: ipledger.v1.PodSubnetGroup.forecast:type_name -> ipledger.v1.Forecast
+	6,  // 3: ipledger.v1.SubnetBudget.forecast:type_name -> ipledger.v1.Forecast
+	48, // 4: ipledger.v1.SubnetBudget.tags:type_name -> ipledger.v1.SubnetBudget.TagsEntry
+	4,  // 5: ipledger.v1.SubnetBudget.pod_subnet_of:type_name -> ipledger.v1.PodSubnetRole
+	51, // 6: ipledger.v1.Forecast.time_to_exhaustion:type_name -> google.protobuf.Duration
+	51, // 7: ipledger.v1.Forecast.window:type_name -> google.protobuf.Duration
+	10, // 8: ipledger.v1.ListNodesResponse.nodes:type_name -> ipledger.v1.NodeSummary
+	52, // 9: ipledger.v1.NodeSummary.mode:type_name -> ipledger.v1.AddressMode
+	53, // 10: ipledger.v1.NodeSummary.last_report:type_name -> google.protobuf.Timestamp
+	53, // 11: ipledger.v1.NodeSummary.registered_at:type_name -> google.protobuf.Timestamp
+	53, // 12: ipledger.v1.NodeSummary.certificate_not_after:type_name -> google.protobuf.Timestamp
+	10, // 13: ipledger.v1.NodeDetail.summary:type_name -> ipledger.v1.NodeSummary
+	54, // 14: ipledger.v1.NodeDetail.pool:type_name -> ipledger.v1.NodePool
+	55, // 15: ipledger.v1.NodeDetail.pods:type_name -> ipledger.v1.PodAddress
+	56, // 16: ipledger.v1.NodeDetail.policy:type_name -> ipledger.v1.NodePolicy
+	57, // 17: ipledger.v1.NodeDetail.supply_problem:type_name -> ipledger.v1.Reason
+	49, // 18: ipledger.v1.NodeDetail.labels:type_name -> ipledger.v1.NodeDetail.LabelsEntry
+	16, // 19: ipledger.v1.LimiterState.buckets:type_name -> ipledger.v1.LimiterBucket
+	17, // 20: ipledger.v1.LimiterState.queue:type_name -> ipledger.v1.QueueLength
+	18, // 21: ipledger.v1.LimiterState.recent_throttles:type_name -> ipledger.v1.ThrottleEvent
+	19, // 22: ipledger.v1.LimiterState.calls:type_name -> ipledger.v1.CallCount
+	58, // 23: ipledger.v1.QueueLength.priority:type_name -> ipledger.v1.Priority
+	53, // 24: ipledger.v1.ThrottleEvent.time:type_name -> google.protobuf.Timestamp
+	51, // 25: ipledger.v1.PrewarmRequest.expiry:type_name -> google.protobuf.Duration
+	53, // 26: ipledger.v1.PrewarmReservation.created_at:type_name -> google.protobuf.Timestamp
+	53, // 27: ipledger.v1.PrewarmReservation.expires_at:type_name -> google.protobuf.Timestamp
+	22, // 28: ipledger.v1.PrewarmReservation.enis:type_name -> ipledger.v1.PrewarmEni
+	21, // 29: ipledger.v1.ListPrewarmsResponse.reservations:type_name -> ipledger.v1.PrewarmReservation
+	5,  // 30: ipledger.v1.CanFitResponse.subnets:type_name -> ipledger.v1.SubnetBudget
+	52, // 31: ipledger.v1.LaunchHintResponse.mode:type_name -> ipledger.v1.AddressMode
+	50, // 32: ipledger.v1.LaunchHintResponse.node_labels:type_name -> ipledger.v1.LaunchHintResponse.NodeLabelsEntry
+	56, // 33: ipledger.v1.ListPoliciesResponse.policies:type_name -> ipledger.v1.NodePolicy
+	56, // 34: ipledger.v1.SetPolicyRequest.policy:type_name -> ipledger.v1.NodePolicy
+	37, // 35: ipledger.v1.CheckReport.findings:type_name -> ipledger.v1.Finding
+	53, // 36: ipledger.v1.CheckReport.checked_at:type_name -> google.protobuf.Timestamp
+	0,  // 37: ipledger.v1.Finding.kind:type_name -> ipledger.v1.FindingKind
+	59, // 38: ipledger.v1.ListIdentitiesResponse.identities:type_name -> ipledger.v1.NodeIdentity
+	47, // 39: ipledger.v1.ListEventsResponse.events:type_name -> ipledger.v1.Event
+	53, // 40: ipledger.v1.Event.first_time:type_name -> google.protobuf.Timestamp
+	53, // 41: ipledger.v1.Event.last_time:type_name -> google.protobuf.Timestamp
+	1,  // 42: ipledger.v1.AdminService.ListSubnets:input_type -> ipledger.v1.ListSubnetsRequest
+	7,  // 43: ipledger.v1.AdminService.SetSubnetBudget:input_type -> ipledger.v1.SetSubnetBudgetRequest
+	8,  // 44: ipledger.v1.AdminService.ListNodes:input_type -> ipledger.v1.ListNodesRequest
+	11, // 45: ipledger.v1.AdminService.GetNode:input_type -> ipledger.v1.GetNodeRequest
+	13, // 46: ipledger.v1.AdminService.DrainNode:input_type -> ipledger.v1.DrainNodeRequest
+	14, // 47: ipledger.v1.AdminService.GetLimiter:input_type -> ipledger.v1.GetLimiterRequest
+	20, // 48: ipledger.v1.AdminService.Prewarm:input_type -> ipledger.v1.PrewarmRequest
+	23, // 49: ipledger.v1.AdminService.ListPrewarms:input_type -> ipledger.v1.ListPrewarmsRequest
+	25, // 50: ipledger.v1.AdminService.CancelPrewarm:input_type -> ipledger.v1.CancelPrewarmRequest
+	26, // 51: ipledger.v1.AdminService.CanFit:input_type -> ipledger.v1.CanFitRequest
+	28, // 52: ipledger.v1.AdminService.LaunchHint:input_type -> ipledger.v1.LaunchHintRequest
+	30, // 53: ipledger.v1.AdminService.ListPolicies:input_type -> ipledger.v1.ListPoliciesRequest
+	32, // 54: ipledger.v1.AdminService.SetPolicy:input_type -> ipledger.v1.SetPolicyRequest
+	33, // 55: ipledger.v1.AdminService.DeletePolicy:input_type -> ipledger.v1.DeletePolicyRequest
+	35, // 56: ipledger.v1.AdminService.Check:input_type -> ipledger.v1.CheckRequest
+	38, // 57: ipledger.v1.AdminService.GetClusterStatus:input_type -> ipledger.v1.GetClusterStatusRequest
+	42, // 58: ipledger.v1.AdminService.ListIdentities:input_type -> ipledger.v1.ListIdentitiesRequest
+	44, // 59: ipledger.v1.AdminService.ForgetIdentity:input_type -> ipledger.v1.ForgetIdentityRequest
+	40, // 60: ipledger.v1.AdminService.Backup:input_type -> ipledger.v1.BackupRequest
+	45, // 61: ipledger.v1.AdminService.ListEvents:input_type -> ipledger.v1.ListEventsRequest
+	2,  // 62: ipledger.v1.AdminService.ListSubnets:output_type -> ipledger.v1.ListSubnetsResponse
+	5,  // 63: ipledger.v1.AdminService.SetSubnetBudget:output_type -> ipledger.v1.SubnetBudget
+	9,  // 64: ipledger.v1.AdminService.ListNodes:output_type -> ipledger.v1.ListNodesResponse
+	12, // 65: ipledger.v1.AdminService.GetNode:output_type -> ipledger.v1.NodeDetail
+	12, // 66: ipledger.v1.AdminService.DrainNode:output_type -> ipledger.v1.NodeDetail
+	15, // 67: ipledger.v1.AdminService.GetLimiter:output_type -> ipledger.v1.LimiterState
+	21, // 68: ipledger.v1.AdminService.Prewarm:output_type -> ipledger.v1.PrewarmReservation
+	24, // 69: ipledger.v1.AdminService.ListPrewarms:output_type -> ipledger.v1.ListPrewarmsResponse
+	21, // 70: ipledger.v1.AdminService.CancelPrewarm:output_type -> ipledger.v1.PrewarmReservation
+	27, // 71: ipledger.v1.AdminService.CanFit:output_type -> ipledger.v1.CanFitResponse
+	29, // 72: ipledger.v1.AdminService.LaunchHint:output_type -> ipledger.v1.LaunchHintResponse
+	31, // 73: ipledger.v1.AdminService.ListPolicies:output_type -> ipledger.v1.ListPoliciesResponse
+	56, // 74: ipledger.v1.AdminService.SetPolicy:output_type -> ipledger.v1.NodePolicy
+	34, // 75: ipledger.v1.AdminService.DeletePolicy:output_type -> ipledger.v1.DeletePolicyResponse
+	36, // 76: ipledger.v1.AdminService.Check:output_type -> ipledger.v1.CheckReport
+	39, // 77: ipledger.v1.AdminService.GetClusterStatus:output_type -> ipledger.v1.ClusterStatus
+	43, // 78: ipledger.v1.AdminService.ListIdentities:output_type -> ipledger.v1.ListIdentitiesResponse
+	59, // 79: ipledger.v1.AdminService.ForgetIdentity:output_type -> ipledger.v1.NodeIdentity
+	41, // 80: ipledger.v1.AdminService.Backup:output_type -> ipledger.v1.BackupChunk
+	46, // 81: ipledger.v1.AdminService.ListEvents:output_type -> ipledger.v1.ListEventsResponse
+	62, // [62:82] is the sub-list for method output_type
+	42, // [42:62] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_ipledger_v1_admin_proto_init() }
@@ -3386,14 +3913,14 @@ func file_ipledger_v1_admin_proto_init() {
 	}
 	file_ipledger_v1_common_proto_init()
 	file_ipledger_v1_identity_proto_init()
-	file_ipledger_v1_admin_proto_msgTypes[25].OneofWrappers = []any{}
+	file_ipledger_v1_admin_proto_msgTypes[27].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ipledger_v1_admin_proto_rawDesc), len(file_ipledger_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   45,
+			NumMessages:   50,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -46,6 +46,7 @@ const (
 	AdminService_ListIdentities_FullMethodName   = "/ipledger.v1.AdminService/ListIdentities"
 	AdminService_ForgetIdentity_FullMethodName   = "/ipledger.v1.AdminService/ForgetIdentity"
 	AdminService_Backup_FullMethodName           = "/ipledger.v1.AdminService/Backup"
+	AdminService_ListEvents_FullMethodName       = "/ipledger.v1.AdminService/ListEvents"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -106,6 +107,10 @@ type AdminServiceClient interface {
 	// with a healthy store answers (UNAVAILABLE, STORE_UNAVAILABLE otherwise). The first chunk
 	// carries the metadata; every chunk carries data until the snapshot ends.
 	Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupChunk], error)
+	// ListEvents returns what the leader recorded that an admin should see, newest last: supply
+	// moving from an exhausted pod subnet to the next, nodes refused for want of a pod subnet.
+	// Leader only (a standby answers NOT_LEADER): events live in the leader's memory.
+	ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error)
 }
 
 type adminServiceClient struct {
@@ -315,6 +320,16 @@ func (c *adminServiceClient) Backup(ctx context.Context, in *BackupRequest, opts
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdminService_BackupClient = grpc.ServerStreamingClient[BackupChunk]
 
+func (c *adminServiceClient) ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListEventsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListEvents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -373,6 +388,10 @@ type AdminServiceServer interface {
 	// with a healthy store answers (UNAVAILABLE, STORE_UNAVAILABLE otherwise). The first chunk
 	// carries the metadata; every chunk carries data until the snapshot ends.
 	Backup(*BackupRequest, grpc.ServerStreamingServer[BackupChunk]) error
+	// ListEvents returns what the leader recorded that an admin should see, newest last: supply
+	// moving from an exhausted pod subnet to the next, nodes refused for want of a pod subnet.
+	// Leader only (a standby answers NOT_LEADER): events live in the leader's memory.
+	ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -439,6 +458,9 @@ func (UnimplementedAdminServiceServer) ForgetIdentity(context.Context, *ForgetId
 }
 func (UnimplementedAdminServiceServer) Backup(*BackupRequest, grpc.ServerStreamingServer[BackupChunk]) error {
 	return status.Error(codes.Unimplemented, "method Backup not implemented")
+}
+func (UnimplementedAdminServiceServer) ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListEvents not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -796,6 +818,24 @@ func _AdminService_Backup_Handler(srv interface{}, stream grpc.ServerStream) err
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdminService_BackupServer = grpc.ServerStreamingServer[BackupChunk]
 
+func _AdminService_ListEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListEvents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListEvents(ctx, req.(*ListEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -874,6 +914,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ForgetIdentity",
 			Handler:    _AdminService_ForgetIdentity_Handler,
+		},
+		{
+			MethodName: "ListEvents",
+			Handler:    _AdminService_ListEvents_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

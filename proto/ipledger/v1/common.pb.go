@@ -206,6 +206,10 @@ const (
 	Reason_ATTESTATION_TOO_LATE Reason = 23
 	// The server does not attest nodes (no issuing CA configured).
 	Reason_ATTESTATION_DISABLED Reason = 24
+	// The node's policy names pod subnets, but none of them is in the node's availability zone
+	// and VPC (or a policy names a subnet EC2 does not know, or of another VPC or zone).
+	// ErrorInfo.metadata["field"] names the policy field when a policy is refused.
+	Reason_NO_POD_SUBNET Reason = 25
 )
 
 // Enum value maps for Reason.
@@ -236,6 +240,7 @@ var (
 		22: "INSTANCE_ALREADY_ATTESTED",
 		23: "ATTESTATION_TOO_LATE",
 		24: "ATTESTATION_DISABLED",
+		25: "NO_POD_SUBNET",
 	}
 	Reason_value = map[string]int32{
 		"REASON_UNSPECIFIED":          0,
@@ -263,6 +268,7 @@ var (
 		"INSTANCE_ALREADY_ATTESTED":   22,
 		"ATTESTATION_TOO_LATE":        23,
 		"ATTESTATION_DISABLED":        24,
+		"NO_POD_SUBNET":               25,
 	}
 )
 
@@ -823,8 +829,11 @@ type NodePolicy struct {
 	AdaptiveHeadroomPercent *uint32 `protobuf:"varint,13,opt,name=adaptive_headroom_percent,json=adaptiveHeadroomPercent,proto3,oneof" json:"adaptive_headroom_percent,omitempty"`
 	// Surplus above the target is proposed for release once it has lasted this long (default 60 s).
 	ReleaseDelaySeconds *uint32 `protobuf:"varint,14,opt,name=release_delay_seconds,json=releaseDelaySeconds,proto3,oneof" json:"release_delay_seconds,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Where the node's secondary ENIs (and so its pods' addresses) go. Unset: the node's own
+	// subnet, as the Amazon VPC CNI does by default. The node's primary ENI stays where EC2 put it.
+	PodSubnets    *PodSubnets `protobuf:"bytes,15,opt,name=pod_subnets,json=podSubnets,proto3" json:"pod_subnets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodePolicy) Reset() {
@@ -955,6 +964,167 @@ func (x *NodePolicy) GetReleaseDelaySeconds() uint32 {
 	return 0
 }
 
+func (x *NodePolicy) GetPodSubnets() *PodSubnets {
+	if x != nil {
+		return x.PodSubnets
+	}
+	return nil
+}
+
+// PodSubnets names the subnets a node group's pods live in: by id, by tags, or per zone (the
+// shape of the VPC CNI's ENIConfig). Exactly one of subnet_ids, tags and zones is set. A node
+// uses only the subnets of its own availability zone and VPC; a new ENI goes to the one whose
+// budget keeps the most headroom (whole /28 blocks for prefix nodes) at its exhaustion forecast,
+// and supply moves on to the next when one runs out.
+type PodSubnets struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Subnets by id (any zones; a node uses those of its own).
+	SubnetIds []string `protobuf:"bytes,1,rep,name=subnet_ids,json=subnetIds,proto3" json:"subnet_ids,omitempty"`
+	// Subnets of the cluster's VPC carrying every one of these tags; the value "*" matches any
+	// value. The VPC CNI's subnet discovery convention is {"kubernetes.io/role/cni": "1"} with
+	// include_node_subnet. New matching subnets are found when the server reconciles.
+	Tags map[string]string `protobuf:"bytes,2,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Per availability zone (by name, e.g. "eu-west-1a"): that zone's subnets and security
+	// groups, as one ENIConfig per zone. A node in a zone not listed gets no pod subnet and is
+	// refused at registration.
+	Zones map[string]*ZonePodSubnets `protobuf:"bytes,3,rep,name=zones,proto3" json:"zones,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Security groups of the secondary ENIs (at most 16). Empty: the node's primary ENI's groups,
+	// as the VPC CNI does. A zone's own security_group_ids win over these.
+	SecurityGroupIds []string `protobuf:"bytes,4,rep,name=security_group_ids,json=securityGroupIds,proto3" json:"security_group_ids,omitempty"`
+	// Also use the node's own subnet for secondary ENIs (the VPC CNI's subnet discovery does).
+	IncludeNodeSubnet bool `protobuf:"varint,5,opt,name=include_node_subnet,json=includeNodeSubnet,proto3" json:"include_node_subnet,omitempty"`
+	// Custom networking: the primary ENI holds no pod addresses (the VPC CNI with
+	// AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=true), which takes one ENI off the node's pod capacity.
+	ExcludePrimaryEni bool `protobuf:"varint,6,opt,name=exclude_primary_eni,json=excludePrimaryEni,proto3" json:"exclude_primary_eni,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *PodSubnets) Reset() {
+	*x = PodSubnets{}
+	mi := &file_ipledger_v1_common_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PodSubnets) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PodSubnets) ProtoMessage() {}
+
+func (x *PodSubnets) ProtoReflect() protoreflect.Message {
+	mi := &file_ipledger_v1_common_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PodSubnets.ProtoReflect.Descriptor instead.
+func (*PodSubnets) Descriptor() ([]byte, []int) {
+	return file_ipledger_v1_common_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *PodSubnets) GetSubnetIds() []string {
+	if x != nil {
+		return x.SubnetIds
+	}
+	return nil
+}
+
+func (x *PodSubnets) GetTags() map[string]string {
+	if x != nil {
+		return x.Tags
+	}
+	return nil
+}
+
+func (x *PodSubnets) GetZones() map[string]*ZonePodSubnets {
+	if x != nil {
+		return x.Zones
+	}
+	return nil
+}
+
+func (x *PodSubnets) GetSecurityGroupIds() []string {
+	if x != nil {
+		return x.SecurityGroupIds
+	}
+	return nil
+}
+
+func (x *PodSubnets) GetIncludeNodeSubnet() bool {
+	if x != nil {
+		return x.IncludeNodeSubnet
+	}
+	return false
+}
+
+func (x *PodSubnets) GetExcludePrimaryEni() bool {
+	if x != nil {
+		return x.ExcludePrimaryEni
+	}
+	return false
+}
+
+// ZonePodSubnets is one zone's pod subnets and the security groups of ENIs there.
+type ZonePodSubnets struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	SubnetIds        []string               `protobuf:"bytes,1,rep,name=subnet_ids,json=subnetIds,proto3" json:"subnet_ids,omitempty"`
+	SecurityGroupIds []string               `protobuf:"bytes,2,rep,name=security_group_ids,json=securityGroupIds,proto3" json:"security_group_ids,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *ZonePodSubnets) Reset() {
+	*x = ZonePodSubnets{}
+	mi := &file_ipledger_v1_common_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ZonePodSubnets) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ZonePodSubnets) ProtoMessage() {}
+
+func (x *ZonePodSubnets) ProtoReflect() protoreflect.Message {
+	mi := &file_ipledger_v1_common_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ZonePodSubnets.ProtoReflect.Descriptor instead.
+func (*ZonePodSubnets) Descriptor() ([]byte, []int) {
+	return file_ipledger_v1_common_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ZonePodSubnets) GetSubnetIds() []string {
+	if x != nil {
+		return x.SubnetIds
+	}
+	return nil
+}
+
+func (x *ZonePodSubnets) GetSecurityGroupIds() []string {
+	if x != nil {
+		return x.SecurityGroupIds
+	}
+	return nil
+}
+
 // NodeSelector matches nodes by labels (all must match) and/or instance type (any may match).
 // An empty selector matches every node.
 type NodeSelector struct {
@@ -967,7 +1137,7 @@ type NodeSelector struct {
 
 func (x *NodeSelector) Reset() {
 	*x = NodeSelector{}
-	mi := &file_ipledger_v1_common_proto_msgTypes[6]
+	mi := &file_ipledger_v1_common_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -979,7 +1149,7 @@ func (x *NodeSelector) String() string {
 func (*NodeSelector) ProtoMessage() {}
 
 func (x *NodeSelector) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_common_proto_msgTypes[6]
+	mi := &file_ipledger_v1_common_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -992,7 +1162,7 @@ func (x *NodeSelector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeSelector.ProtoReflect.Descriptor instead.
 func (*NodeSelector) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_common_proto_rawDescGZIP(), []int{6}
+	return file_ipledger_v1_common_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *NodeSelector) GetLabels() map[string]string {
@@ -1058,7 +1228,7 @@ const file_ipledger_v1_common_proto_rawDesc = "" +
 	"\bpod_name\x18\x05 \x01(\tR\apodName\x12\x17\n" +
 	"\apod_uid\x18\x06 \x01(\tR\x06podUid\x12;\n" +
 	"\vassigned_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"assignedAt\"\xea\x06\n" +
+	"assignedAt\"\xa4\a\n" +
 	"\n" +
 	"NodePolicy\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
@@ -1075,7 +1245,9 @@ const file_ipledger_v1_common_proto_rawDesc = "" +
 	"\fadaptive_cap\x18\v \x01(\rH\x06R\vadaptiveCap\x88\x01\x01\x12;\n" +
 	"\x17adaptive_window_seconds\x18\f \x01(\rH\aR\x15adaptiveWindowSeconds\x88\x01\x01\x12?\n" +
 	"\x19adaptive_headroom_percent\x18\r \x01(\rH\bR\x17adaptiveHeadroomPercent\x88\x01\x01\x127\n" +
-	"\x15release_delay_seconds\x18\x0e \x01(\rH\tR\x13releaseDelaySeconds\x88\x01\x01B\x11\n" +
+	"\x15release_delay_seconds\x18\x0e \x01(\rH\tR\x13releaseDelaySeconds\x88\x01\x01\x128\n" +
+	"\vpod_subnets\x18\x0f \x01(\v2\x17.ipledger.v1.PodSubnetsR\n" +
+	"podSubnetsB\x11\n" +
 	"\x0f_warm_ip_targetB\x14\n" +
 	"\x12_minimum_ip_targetB\x12\n" +
 	"\x10_warm_eni_targetB\x15\n" +
@@ -1085,7 +1257,27 @@ const file_ipledger_v1_common_proto_rawDesc = "" +
 	"\r_adaptive_capB\x1a\n" +
 	"\x18_adaptive_window_secondsB\x1c\n" +
 	"\x1a_adaptive_headroom_percentB\x18\n" +
-	"\x16_release_delay_seconds\"\xaf\x01\n" +
+	"\x16_release_delay_seconds\"\xba\x03\n" +
+	"\n" +
+	"PodSubnets\x12\x1d\n" +
+	"\n" +
+	"subnet_ids\x18\x01 \x03(\tR\tsubnetIds\x125\n" +
+	"\x04tags\x18\x02 \x03(\v2!.ipledger.v1.PodSubnets.TagsEntryR\x04tags\x128\n" +
+	"\x05zones\x18\x03 \x03(\v2\".ipledger.v1.PodSubnets.ZonesEntryR\x05zones\x12,\n" +
+	"\x12security_group_ids\x18\x04 \x03(\tR\x10securityGroupIds\x12.\n" +
+	"\x13include_node_subnet\x18\x05 \x01(\bR\x11includeNodeSubnet\x12.\n" +
+	"\x13exclude_primary_eni\x18\x06 \x01(\bR\x11excludePrimaryEni\x1a7\n" +
+	"\tTagsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aU\n" +
+	"\n" +
+	"ZonesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x121\n" +
+	"\x05value\x18\x02 \x01(\v2\x1b.ipledger.v1.ZonePodSubnetsR\x05value:\x028\x01\"]\n" +
+	"\x0eZonePodSubnets\x12\x1d\n" +
+	"\n" +
+	"subnet_ids\x18\x01 \x03(\tR\tsubnetIds\x12,\n" +
+	"\x12security_group_ids\x18\x02 \x03(\tR\x10securityGroupIds\"\xaf\x01\n" +
 	"\fNodeSelector\x12=\n" +
 	"\x06labels\x18\x01 \x03(\v2%.ipledger.v1.NodeSelector.LabelsEntryR\x06labels\x12%\n" +
 	"\x0einstance_types\x18\x02 \x03(\tR\rinstanceTypes\x1a9\n" +
@@ -1101,7 +1293,7 @@ const file_ipledger_v1_common_proto_rawDesc = "" +
 	"\x17LEASE_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12LEASE_STATE_ACTIVE\x10\x01\x12 \n" +
 	"\x1cLEASE_STATE_RELEASE_PROPOSED\x10\x02\x12\x19\n" +
-	"\x15LEASE_STATE_RELEASING\x10\x03*\xbf\x04\n" +
+	"\x15LEASE_STATE_RELEASING\x10\x03*\xd2\x04\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -1129,7 +1321,8 @@ const file_ipledger_v1_common_proto_rawDesc = "" +
 	"\x14INSTANCE_NOT_RUNNING\x10\x15\x12\x1d\n" +
 	"\x19INSTANCE_ALREADY_ATTESTED\x10\x16\x12\x18\n" +
 	"\x14ATTESTATION_TOO_LATE\x10\x17\x12\x18\n" +
-	"\x14ATTESTATION_DISABLED\x10\x18*\xb5\x01\n" +
+	"\x14ATTESTATION_DISABLED\x10\x18\x12\x11\n" +
+	"\rNO_POD_SUBNET\x10\x19*\xb5\x01\n" +
 	"\bPriority\x12\x18\n" +
 	"\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14PRIORITY_POD_WAITING\x10\x01\x12\x17\n" +
@@ -1152,7 +1345,7 @@ func file_ipledger_v1_common_proto_rawDescGZIP() []byte {
 }
 
 var file_ipledger_v1_common_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_ipledger_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_ipledger_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_ipledger_v1_common_proto_goTypes = []any{
 	(AddressMode)(0),              // 0: ipledger.v1.AddressMode
 	(LeaseState)(0),               // 1: ipledger.v1.LeaseState
@@ -1164,9 +1357,13 @@ var file_ipledger_v1_common_proto_goTypes = []any{
 	(*NodePool)(nil),              // 7: ipledger.v1.NodePool
 	(*PodAddress)(nil),            // 8: ipledger.v1.PodAddress
 	(*NodePolicy)(nil),            // 9: ipledger.v1.NodePolicy
-	(*NodeSelector)(nil),          // 10: ipledger.v1.NodeSelector
-	nil,                           // 11: ipledger.v1.NodeSelector.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
+	(*PodSubnets)(nil),            // 10: ipledger.v1.PodSubnets
+	(*ZonePodSubnets)(nil),        // 11: ipledger.v1.ZonePodSubnets
+	(*NodeSelector)(nil),          // 12: ipledger.v1.NodeSelector
+	nil,                           // 13: ipledger.v1.PodSubnets.TagsEntry
+	nil,                           // 14: ipledger.v1.PodSubnets.ZonesEntry
+	nil,                           // 15: ipledger.v1.NodeSelector.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
 }
 var file_ipledger_v1_common_proto_depIdxs = []int32{
 	1,  // 0: ipledger.v1.PoolAddress.state:type_name -> ipledger.v1.LeaseState
@@ -1175,15 +1372,19 @@ var file_ipledger_v1_common_proto_depIdxs = []int32{
 	5,  // 3: ipledger.v1.NetworkInterface.prefixes:type_name -> ipledger.v1.PoolPrefix
 	0,  // 4: ipledger.v1.NodePool.mode:type_name -> ipledger.v1.AddressMode
 	6,  // 5: ipledger.v1.NodePool.interfaces:type_name -> ipledger.v1.NetworkInterface
-	12, // 6: ipledger.v1.PodAddress.assigned_at:type_name -> google.protobuf.Timestamp
-	10, // 7: ipledger.v1.NodePolicy.selector:type_name -> ipledger.v1.NodeSelector
+	16, // 6: ipledger.v1.PodAddress.assigned_at:type_name -> google.protobuf.Timestamp
+	12, // 7: ipledger.v1.NodePolicy.selector:type_name -> ipledger.v1.NodeSelector
 	0,  // 8: ipledger.v1.NodePolicy.mode:type_name -> ipledger.v1.AddressMode
-	11, // 9: ipledger.v1.NodeSelector.labels:type_name -> ipledger.v1.NodeSelector.LabelsEntry
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	10, // 9: ipledger.v1.NodePolicy.pod_subnets:type_name -> ipledger.v1.PodSubnets
+	13, // 10: ipledger.v1.PodSubnets.tags:type_name -> ipledger.v1.PodSubnets.TagsEntry
+	14, // 11: ipledger.v1.PodSubnets.zones:type_name -> ipledger.v1.PodSubnets.ZonesEntry
+	15, // 12: ipledger.v1.NodeSelector.labels:type_name -> ipledger.v1.NodeSelector.LabelsEntry
+	11, // 13: ipledger.v1.PodSubnets.ZonesEntry.value:type_name -> ipledger.v1.ZonePodSubnets
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_ipledger_v1_common_proto_init() }
@@ -1198,7 +1399,7 @@ func file_ipledger_v1_common_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ipledger_v1_common_proto_rawDesc), len(file_ipledger_v1_common_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   8,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

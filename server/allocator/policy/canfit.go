@@ -80,3 +80,90 @@ func CanFit(budgets []ledger.Budget, req CanFitRequest) CanFitResult {
 	res.Fits = len(res.Reasons) == 0
 	return res
 }
+
+// PodFitRequest asks whether nodes of a policy with pod subnets fit: the nodes' own addresses
+// (and the pods on their primary ENI, without custom networking) in their own subnets, their
+// pods' ENIs in the pod subnets, each ENI whole in one subnet, spilling over from one pod
+// subnet to the next as placement does.
+type PodFitRequest struct {
+	NodeCount, PodsPerNode int
+	// SlotsPerENI, PodENIs (ENIs for pods, the primary included unless PrimaryUnused).
+	SlotsPerENI, PodENIs int
+	PrimaryUnused        bool
+	// NodeBudgets are the subnets the nodes start in; PodBudgets their zone's pod subnets.
+	NodeBudgets, PodBudgets []ledger.Budget
+}
+
+// PodFitResult is CanFitResult with how many ENIs each pod subnet takes (PodBudgets' order).
+type PodFitResult struct {
+	CanFitResult
+	PodSubnetENIs []int
+}
+
+// CanFitPods answers a PodFitRequest from the budgets alone.
+func CanFitPods(req PodFitRequest) PodFitResult {
+	var res PodFitResult
+	slots := max(req.SlotsPerENI, 1)
+	pods := req.PodsPerNode + DefaultAdaptiveFloor
+	onPrimary := 0
+	if !req.PrimaryUnused {
+		onPrimary = min(pods, slots)
+	}
+	rest := pods - onPrimary
+	enis := CeilDiv(rest, slots)
+	secondaryENIs := req.PodENIs
+	if !req.PrimaryUnused {
+		secondaryENIs--
+	}
+	if enis > secondaryENIs {
+		res.Reasons = append(res.Reasons, fmt.Sprintf("%d pods per node need %d pod ENIs of %d addresses; the type has %d", req.PodsPerNode, enis, slots, max(secondaryENIs, 0)))
+	}
+	nodeNeed := 1 + onPrimary
+	res.PerNode = nodeNeed + enis + rest
+	res.Needed = res.PerNode * req.NodeCount
+	nodeRoom := 0
+	for _, b := range req.NodeBudgets {
+		res.Budgets = append(res.Budgets, b)
+		res.Available += b.Headroom
+		nodeRoom += b.Headroom / nodeNeed
+	}
+	if nodeRoom < req.NodeCount {
+		res.Reasons = append(res.Reasons, fmt.Sprintf("the nodes' own subnets hold %d of %d nodes needing %d addresses each there", nodeRoom, req.NodeCount, nodeNeed))
+	}
+	room := make([]int, len(req.PodBudgets))
+	for i, b := range req.PodBudgets {
+		res.Budgets = append(res.Budgets, b)
+		res.Available += b.Headroom
+		room[i] = b.Headroom
+	}
+	res.PodSubnetENIs = make([]int, len(req.PodBudgets))
+	placed := 0
+	if len(req.PodBudgets) == 0 && enis > 0 {
+		res.Reasons = append(res.Reasons, "no pod subnet in the zone")
+	} else {
+	nodes:
+		for ; placed < req.NodeCount; placed++ {
+			left := rest
+			for range enis {
+				size := 1 + min(left, slots)
+				best := -1
+				for i := range room {
+					if room[i] >= size && (best < 0 || room[i] > room[best]) {
+						best = i
+					}
+				}
+				if best < 0 {
+					break nodes
+				}
+				room[best] -= size
+				res.PodSubnetENIs[best]++
+				left -= size - 1
+			}
+		}
+		if placed < req.NodeCount {
+			res.Reasons = append(res.Reasons, fmt.Sprintf("the %d pod subnets hold the pod ENIs of %d of %d nodes, spilling over from one to the next", len(req.PodBudgets), placed, req.NodeCount))
+		}
+	}
+	res.Fits = len(res.Reasons) == 0
+	return res
+}

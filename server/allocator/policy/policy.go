@@ -44,6 +44,9 @@ type Policy struct {
 	AdaptiveFloor, AdaptiveCap, AdaptiveWindowSeconds, AdaptiveHeadroomPercent *uint32
 
 	ReleaseDelaySeconds *uint32
+
+	// PodSubnets, when set, puts the nodes' secondary ENIs in subnets of the policy's choice.
+	PodSubnets *PodSubnets
 }
 
 // Selector picks nodes by labels (all must match) and instance types (any, when given).
@@ -71,6 +74,7 @@ func (p Policy) Normalized() Policy {
 	}
 	p.Selector.Labels = maps.Clone(p.Selector.Labels)
 	p.Selector.InstanceTypes = slices.Clone(p.Selector.InstanceTypes)
+	p.PodSubnets = p.PodSubnets.clone()
 	return p
 }
 
@@ -83,7 +87,7 @@ func (p Policy) Equal(q Policy) bool {
 		eq(p.WarmPrefixTarget, q.WarmPrefixTarget) && eq(p.MaxAddresses, q.MaxAddresses) &&
 		eq(p.AdaptiveFloor, q.AdaptiveFloor) && eq(p.AdaptiveCap, q.AdaptiveCap) &&
 		eq(p.AdaptiveWindowSeconds, q.AdaptiveWindowSeconds) && eq(p.AdaptiveHeadroomPercent, q.AdaptiveHeadroomPercent) &&
-		eq(p.ReleaseDelaySeconds, q.ReleaseDelaySeconds)
+		eq(p.ReleaseDelaySeconds, q.ReleaseDelaySeconds) && p.PodSubnets.equal(q.PodSubnets)
 }
 
 var (
@@ -93,9 +97,9 @@ var (
 	LabelValueRE = regexp.MustCompile(`^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$`)
 )
 
-// Invalid is a validation error of a policy field (it wraps ErrInvalid).
+// Invalid is a validation error of a policy field (a *FieldError, which wraps ErrInvalid).
 func Invalid(field, format string, args ...any) error {
-	return fmt.Errorf("%w: %s: %s", ErrInvalid, field, fmt.Sprintf(format, args...))
+	return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
 }
 
 // ValidateName checks a policy name (a DNS-1123 label).
@@ -105,6 +109,16 @@ func ValidateName(field, name string) error {
 	}
 	return nil
 }
+
+// FieldError is a policy validation error naming the field (e.g. "pod_subnets.subnet_ids[1]").
+type FieldError struct {
+	Field, Msg string
+}
+
+func (e *FieldError) Error() string { return fmt.Sprintf("%v: %s: %s", ErrInvalid, e.Field, e.Msg) }
+
+// Unwrap makes errors.Is(err, ErrInvalid) true.
+func (e *FieldError) Unwrap() error { return ErrInvalid }
 
 // Validate checks a policy and returns an error naming the bad field.
 func (p Policy) Validate() error {
@@ -173,7 +187,7 @@ func (p Policy) Validate() error {
 	if d := p.ReleaseDelaySeconds; d != nil && *d > 86400 {
 		return bad("release_delay_seconds", "%d is more than a day", *d)
 	}
-	return nil
+	return p.PodSubnets.validate()
 }
 
 func (p Policy) static() bool {
@@ -285,6 +299,16 @@ type Shape struct {
 	SlotsPerENI int
 	MaxENIs     int
 	Prefix      bool
+	// PrimaryUnused: the primary ENI holds no pod addresses (custom networking).
+	PrimaryUnused bool
+}
+
+// PodENIs is how many of the shape's ENIs carry pod addresses.
+func (s Shape) PodENIs() int {
+	if s.PrimaryUnused {
+		return max(s.MaxENIs-1, 0)
+	}
+	return s.MaxENIs
 }
 
 // ShapeOf returns the shape of an instance type in a mode (a type unknown to the table, the
@@ -298,7 +322,7 @@ func ShapeOf(t instancetypes.Type, mode ledger.AddressMode) Shape {
 
 // MaxAddresses is the most pod addresses the shape holds.
 func (s Shape) MaxAddresses() int {
-	n := s.SlotsPerENI * s.MaxENIs
+	n := s.SlotsPerENI * s.PodENIs()
 	if s.Prefix {
 		n *= 16
 	}
@@ -380,9 +404,13 @@ func Compute(p Policy, shape Shape, in Inputs, defaultReleaseDelay time.Duration
 	case !shape.Prefix && p.WarmENITarget != nil:
 		// WARM_ENI_TARGET keeps that many whole ENIs with no pods beyond the ENIs pods fill
 		// (the primary ENI counts as filled), allocating whole ENIs: an m5.large holds 2 x 9
-		// secondary addresses with 0 to 9 pods, 3 x 9 with 10 to 18.
+		// secondary addresses with 0 to 9 pods, 3 x 9 with 10 to 18. With custom networking
+		// the primary ENI holds no pods: 1 x 9 with no pods, 2 x 9 with 1 to 9.
 		enis := max(1, CeilDiv(used, shape.SlotsPerENI)) + int(*p.WarmENITarget)
-		enis = min(enis, shape.MaxENIs)
+		if shape.PrimaryUnused {
+			enis = CeilDiv(used, shape.SlotsPerENI) + int(*p.WarmENITarget)
+		}
+		enis = min(enis, shape.PodENIs())
 		want = enis * shape.SlotsPerENI
 	default:
 		want = used + AdaptiveFree(p, in)

@@ -180,7 +180,10 @@
       fact('budget cap', s.max_held ? n(s.budget_cap) : n(s.budget_cap) + ' (no cap)', { key: 'budget_cap' }),
       fact('keep free', n(s.keep_free), { key: 'keep_free' }),
       fact('free /28 blocks', [el('span', { class: 'num', text: n(s.free_prefixes) + ' / ' + n(s.total_prefixes) + ' (' + fmtPct(freePct) + ')' }), strip], { key: 'free_prefixes', wide: true }),
-      fact('forecast of exhaustion', fc.text, { key: 'forecast', wide: true, bad: fc.bad })
+      fact('forecast of exhaustion', fc.text, { key: 'forecast', wide: true, bad: fc.bad }),
+      fact('pod subnet of', (s.pod_subnet_of || []).length ? s.pod_subnet_of.map(function (r) {
+        return r.policy + ' (' + r.availability_zone + ')';
+      }).join(', ') : 'no policy (nodes\u2019 own subnet)', { key: 'pod_subnet_of', wide: true })
     );
     return el('article', { class: 'subnet', 'data-subnet': s.subnet_id, 'aria-labelledby': headId },
       el('div', { class: 'subnet-head' },
