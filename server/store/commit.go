@@ -37,16 +37,8 @@ func (l *Leadership) Commit(ctx context.Context, ops ...Op) (int64, error) {
 	if l.resigned.Load() {
 		return 0, fmt.Errorf("store: commit: %w: leadership resigned", ErrNotLeader)
 	}
-	select {
-	case <-l.done:
-		// Once Done has told the caller to stop leading, nothing more is written, even if the
-		// key might still exist (etcd renews leases when it restarts).
-		return 0, fmt.Errorf("store: commit: %w: leadership lost", ErrNotLeader)
-	case <-l.replaced:
-		// The records in this etcd may be older than the leader's state: a new leader must
-		// load them and reconcile first.
-		return 0, fmt.Errorf("store: commit: %w: etcd was restored or replaced since this leadership was won", ErrNotLeader)
-	default:
+	if err := l.writable("store: commit"); err != nil {
+		return 0, err
 	}
 	if len(ops) > MaxOpsPerCommit {
 		return 0, fmt.Errorf("store: commit: %w: %d ops, etcd takes at most %d per transaction", ErrInvalid, len(ops), MaxOpsPerCommit)

@@ -206,16 +206,42 @@ func (l *Leadership) Done() <-chan struct{} { return l.done }
 
 func (l *Leadership) markDone() { l.doneOnce.Do(func() { close(l.done) }) }
 
+// etcdReplaced reports whether the etcd this leadership was won in has been restored or
+// replaced since (incarnation.go).
+func (l *Leadership) etcdReplaced() bool {
+	select {
+	case <-l.replaced:
+		return true
+	default:
+		return false
+	}
+}
+
+// writable refuses a write once Done is closed, or once the etcd the leadership was won in
+// was restored or replaced (its records may be older than the leader's state: a new leader
+// must load them and reconcile first). Commit and PutMeta call it before they send anything.
+func (l *Leadership) writable(what string) error {
+	select {
+	case <-l.done:
+		// Once Done has told the caller to stop leading, nothing more is written, even if the
+		// key might still exist (etcd renews leases when it restarts).
+		return fmt.Errorf("%s: %w: leadership lost", what, ErrNotLeader)
+	default:
+	}
+	if l.etcdReplaced() {
+		return fmt.Errorf("%s: %w: etcd was restored or replaced since this leadership was won", what, ErrNotLeader)
+	}
+	return nil
+}
+
 // monitor closes Done when the session ends or the election key is deleted or replaced.
 func (l *Leadership) monitor(ctx context.Context) {
 	defer l.markDone()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var replaced atomic.Bool
 	go func() {
 		select {
 		case <-l.replaced:
-			replaced.Store(true)
 			cancel()
 		case <-ctx.Done():
 		}
@@ -229,7 +255,7 @@ func (l *Leadership) monitor(ctx context.Context) {
 		}
 		if ctx.Err() != nil {
 			switch {
-			case replaced.Load():
+			case l.etcdReplaced():
 				l.store.log.Warn("etcd was restored or replaced; leadership lost", "key", l.key)
 			case !l.resigned.Load():
 				l.store.log.Warn("election session ended; leadership lost", "key", l.key)

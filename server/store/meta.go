@@ -81,12 +81,8 @@ func (l *Leadership) PutMeta(ctx context.Context, m Meta) error {
 	if err != nil {
 		return fmt.Errorf("store: put meta: %w: %w", ErrInvalid, err)
 	}
-	select {
-	case <-l.done:
-		return fmt.Errorf("store: put meta: %w: leadership lost", ErrNotLeader)
-	case <-l.replaced:
-		return fmt.Errorf("store: put meta: %w: etcd was restored or replaced since this leadership was won", ErrNotLeader)
-	default:
+	if err := l.writable("store: put meta"); err != nil {
+		return err
 	}
 	resp, err := l.store.client.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(l.key), "=", l.rev)).
