@@ -195,19 +195,22 @@ func (a *Allocator) registerHeld(ctx context.Context, req Registration, inst ec2
 		_ = a.led.PutSubnet(before)
 		return nil, policy.Policy{}, false, fmt.Errorf("%w: %s: %v; reconciliation will settle it, retry", ErrStoreUnavailable, name, err)
 	}
-	subnet := before
-	subnet.Foreign = subtractRanges(before.Foreign, mine)
-	rev, err := a.commit(ctx, PutSubnet(subnet), PutNode(rec))
+	// Only the node's record is written: the subnet's foreign set stays what its last scan
+	// found (which may list this instance's addresses, as it predates the instance); the node's
+	// record wins over a scan older than the node (ledger.Conflicts, diff.Diff), and the next
+	// scan leaves them out. Rewriting the subnet record here made every registration write the
+	// whole foreign set (169 MiB of etcd after 5,000 registrations, issue #14).
+	rev, err := a.commit(ctx, PutNode(rec))
 	if err != nil {
 		_ = a.led.PutSubnet(before)
 		return nil, policy.Policy{}, false, err
 	}
-	// The node takes its addresses first, then the subnet stops counting them as foreign.
+	// The node takes its addresses first, then the subnet's foreign set is the stored one again.
 	if err := a.led.PutNode(rec); err != nil {
 		a.fail(fmt.Errorf("allocator: ledger diverged from the store: %w", err))
 		return nil, policy.Policy{}, false, err
 	}
-	if err := a.led.PutSubnet(subnet); err != nil {
+	if err := a.led.PutSubnet(before); err != nil {
 		a.fail(fmt.Errorf("allocator: ledger diverged from the store: %w", err))
 		return nil, policy.Policy{}, false, err
 	}

@@ -134,6 +134,9 @@ func (l *Ledger) Conflicts() []Conflict {
 				continue
 			}
 			info := l.ownerInfo(s, o)
+			if l.scanPredatesNode(s, o, f) {
+				continue
+			}
 			detail := "the subnet's foreign scan lists an address the ledger gives to " + l.describe(s, o)
 			if info.Marked {
 				detail = "EC2 refused the address as in use by someone else, but the ledger gives it to " + l.describe(s, o)
@@ -216,4 +219,21 @@ func compareAddrStrings(a, b string) int {
 		return pa.Compare(pb)
 	}
 	return cmp.Compare(a, b)
+}
+
+// scanPredatesNode reports whether an address is foreign only by a scan older than the node
+// that holds it: a node's own addresses (its primary, what EC2 had on its instance) were on an
+// ENI nobody managed when the subnet was last scanned, and a registration does not rewrite the
+// subnet's foreign set (it writes only the node's record), so the node's record wins until the
+// next scan (see NodeRecord.RegisteredAt and SubnetRecord.ForeignScannedAt).
+func (l *Ledger) scanPredatesNode(s *subnet, off uint32, f uint8) bool {
+	if f&flagMarked != 0 {
+		return false
+	}
+	sl := s.slots[off]
+	if sl.kind != kPrimary && sl.kind != kLease {
+		return false
+	}
+	n := l.ents[sl.ent].node
+	return n != nil && !s.rec.ForeignScannedAt.IsZero() && !n.rec.RegisteredAt.Before(s.rec.ForeignScannedAt)
 }
