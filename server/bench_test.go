@@ -18,18 +18,27 @@ import (
 	"github.com/ipledger/ipledger/server"
 	"github.com/ipledger/ipledger/server/allocator"
 	"github.com/ipledger/ipledger/server/config"
+	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/ec2sim"
 	"github.com/ipledger/ipledger/server/servertest"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // benchServer is a --dev server for a benchmark: no reconciliation or instance checks during
-// the measurement, quiet logs.
-func benchServer(b *testing.B) *server.Server {
+// the measurement, quiet logs. With raised, every EC2 bucket of the gateway holds and refills
+// 1,000 times EC2's default (an account with raised limits): the supply benchmark measures the
+// server, not EC2's 5 AssignPrivateIpAddresses per second.
+func benchServer(b *testing.B, raised bool) *server.Server {
 	b.Helper()
 	return servertest.StartDev(b, func(c *config.Config) {
 		c.InstanceCheckInterval = config.Duration(time.Hour)
 		c.LogLevel = "error"
+		if raised {
+			for _, bk := range ec2gw.DefaultBuckets() {
+				c.EC2Buckets = append(c.EC2Buckets, config.BucketOverride{Name: bk.Name, Capacity: 1000 * bk.Capacity,
+					RefillPerSecond: 1000 * bk.RefillPerSecond, Actions: bk.Actions})
+			}
+		}
 	})
 }
 
@@ -150,7 +159,7 @@ func registerAll(b *testing.B, conn ipledgerv1.NodeServiceClient, insts []ec2sim
 // BenchmarkRegister registers b.N new nodes (64 at a time, over gRPC, spread over six
 // subnets). Reported: registrations per second and the etcd bytes written per registration.
 func BenchmarkRegister(b *testing.B) {
-	s := benchServer(b)
+	s := benchServer(b, false)
 	conn := ipledgerv1.NewNodeServiceClient(servertest.Dial(b, s.GRPCAddr()))
 	insts := launch(b, s, b.N)
 	m := meterWrites(b, s)
@@ -174,7 +183,7 @@ const supplyNodes = 300
 // first warm address, so that what follows is measured against a settled cluster.
 func registered(b *testing.B) (*server.Server, []ec2sim.InstanceInfo) {
 	b.Helper()
-	s := benchServer(b)
+	s := benchServer(b, true)
 	conn := ipledgerv1.NewNodeServiceClient(servertest.Dial(b, s.GRPCAddr()))
 	insts := launch(b, s, supplyNodes)
 	registerAll(b, conn, insts)
@@ -190,8 +199,9 @@ func registered(b *testing.B) (*server.Server, []ec2sim.InstanceInfo) {
 }
 
 // BenchmarkSupply: b.N urgent requests (RequestAddresses, 4 addresses for pods waiting), spread
-// round-robin over 300 nodes, 64 at a time, each returning once the address is committed to
-// etcd and in the node's pool. Reported: addresses leased per second.
+// round-robin over 300 nodes, 64 at a time, each returning once the addresses are assigned on
+// EC2 (the simulator), committed to etcd and in the node's pool. The gateway's buckets are
+// raised (benchServer). Reported: addresses leased per second.
 func BenchmarkSupply(b *testing.B) {
 	s, insts := registered(b)
 	al := s.Allocator()
