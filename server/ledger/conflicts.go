@@ -40,6 +40,9 @@ type OwnerInfo struct {
 	// and for an overlap with a ledger owner). Marked: MarkForeign did.
 	Foreign bool
 	Marked  bool
+	// Held: a registration holds the address for its instance (Ledger.Hold). A free held
+	// address is of Kind foreign: nobody may place it.
+	Held bool
 	// CoolingUntil: for Kind cooling, the end of the address's cooldown. OwnerOf takes no
 	// time, so it may lie in the past (compare with your now).
 	CoolingUntil time.Time
@@ -62,14 +65,15 @@ func (l *Ledger) OwnerOf(addr netip.Addr) (OwnerInfo, bool) {
 func (l *Ledger) ownerInfo(s *subnet, off uint32) OwnerInfo {
 	info := OwnerInfo{
 		SubnetID: s.rec.ID,
-		Foreign:  s.flags[off] != 0,
+		Foreign:  s.flags[off]&flagsForeign != 0,
 		Marked:   s.flags[off]&flagMarked != 0,
+		Held:     s.flags[off]&flagHeld != 0,
 	}
 	sl := s.slots[off]
 	switch sl.kind {
 	case kFree:
 		info.Kind = OwnerFree
-		if info.Foreign {
+		if info.Foreign || info.Held {
 			info.Kind = OwnerForeign
 		} else if until, ok := s.cooling[off]; ok {
 			info.Kind, info.CoolingUntil = OwnerCooling, until
@@ -130,7 +134,7 @@ func (l *Ledger) Conflicts() []Conflict {
 	for _, s := range l.subnets {
 		for off, f := range s.flags {
 			o := uint32(off)
-			if f == 0 || s.slots[o].kind == kFree || s.slots[o].kind == kReserved {
+			if f&flagsForeign == 0 || s.slots[o].kind == kFree || s.slots[o].kind == kReserved {
 				continue
 			}
 			info := l.ownerInfo(s, o)
