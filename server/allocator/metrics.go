@@ -14,6 +14,9 @@ type metrics struct {
 	removals      prometheus.Counter
 	repairs       *prometheus.CounterVec
 	leaseOps      *prometheus.CounterVec
+	// reclaimsLimited counts reclaim requests of waiting nodes skipped because their subnet
+	// was reclaimed less than a tick ago.
+	reclaimsLimited prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -36,9 +39,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		leaseOps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ipledger_lease_operations_total", Help: "Lease operations by kind (assign, release, adopt, drop, create-eni, delete-eni, ...) and outcome.",
 		}, []string{"op", "outcome"}),
+		reclaimsLimited: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ipledger_reclaims_limited_total", Help: "Reclaims of a dry subnet asked for by waiting nodes and skipped: the subnet was reclaimed less than a tick ago.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.acks, m.registrations, m.removals, m.repairs, m.leaseOps)
+		reg.MustRegister(m.connected, m.acks, m.registrations, m.removals, m.repairs, m.leaseOps, m.reclaimsLimited)
 	}
 	return m
 }

@@ -217,7 +217,7 @@ func (a *Allocator) registerHeld(ctx context.Context, req Registration, inst ec2
 	ns.typ, ns.policy, ns.modeMsg = typ, pol, modeMsg
 	ns.fresh, ns.registered = true, a.now()
 	ns.generation = uint64(rev)
-	a.nodes[name] = ns
+	a.addNodeLocked(ns)
 	pool := a.poolLocked(ns, rec)
 	a.mu.Unlock()
 	a.kick(name)
@@ -492,7 +492,7 @@ func (a *Allocator) removeNodeHeld(ctx context.Context, name, why string) error 
 		}
 		close(ns.changed)
 		ns.changed = make(chan struct{})
-		delete(a.nodes, name)
+		a.dropNodeLocked(name)
 	}
 	a.mu.Unlock()
 	a.log.Info("node removed", "node", name, "why", why)
