@@ -17,6 +17,8 @@ type metrics struct {
 	// reclaimsLimited counts reclaim requests of waiting nodes skipped because their subnet
 	// was reclaimed less than a tick ago.
 	reclaimsLimited prometheus.Counter
+	// usageRefused is by node: only nodes that report other nodes' addresses get a series.
+	usageRefused *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -42,9 +44,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		reclaimsLimited: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ipledger_reclaims_limited_total", Help: "Reclaims of a dry subnet asked for by waiting nodes and skipped: the subnet was reclaimed less than a tick ago.",
 		}),
+		usageRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ipledger_usage_items_refused_total", Help: "Addresses in nodes' usage reports that are other nodes' (left out of the report), by reporting node.",
+		}, []string{"node"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.acks, m.registrations, m.removals, m.repairs, m.leaseOps, m.reclaimsLimited)
+		reg.MustRegister(m.connected, m.acks, m.registrations, m.removals, m.repairs, m.leaseOps, m.reclaimsLimited, m.usageRefused)
 	}
 	return m
 }

@@ -13,6 +13,7 @@ type Subscription struct {
 	mu        mutex
 	pool      *Pool
 	proposals []ledger.ReleaseProposal
+	refusals  []UsageRefusal
 	notify    chan struct{}
 	done      chan struct{}
 	err       error
@@ -41,6 +42,13 @@ func (s *Subscription) sendProposal(p ledger.ReleaseProposal) {
 	s.wake()
 }
 
+func (s *Subscription) sendRefusal(r UsageRefusal) {
+	s.mu.Lock()
+	s.refusals = append(s.refusals, r)
+	s.mu.Unlock()
+	s.wake()
+}
+
 func (s *Subscription) end(err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -52,7 +60,8 @@ func (s *Subscription) end(err error) {
 	}
 }
 
-// Next blocks until there is something to send: the newest pool first, then proposals.
+// Next blocks until there is something to send: the newest pool first, then proposals, then
+// refusals of usage reports.
 func (s *Subscription) Next(ctx context.Context) (SyncMessage, error) {
 	for {
 		s.mu.Lock()
@@ -67,6 +76,12 @@ func (s *Subscription) Next(ctx context.Context) (SyncMessage, error) {
 			s.proposals = s.proposals[1:]
 			s.mu.Unlock()
 			return SyncMessage{Proposal: &p}, nil
+		}
+		if len(s.refusals) > 0 {
+			r := s.refusals[0]
+			s.refusals = s.refusals[1:]
+			s.mu.Unlock()
+			return SyncMessage{Refusal: &r}, nil
 		}
 		s.mu.Unlock()
 		select {

@@ -64,10 +64,21 @@ type ReleaseAck struct {
 	Refused    []string
 }
 
-// SyncMessage is one message for a node's agent: its newest pool or a release proposal.
+// SyncMessage is one message for a node's agent: its newest pool, a release proposal, or the
+// addresses of a usage report the allocator refused.
 type SyncMessage struct {
 	Pool     *Pool
 	Proposal *ledger.ReleaseProposal
+	Refusal  *UsageRefusal
+}
+
+// Empty says the message carries nothing (the subscription was closed).
+func (m SyncMessage) Empty() bool { return m.Pool == nil && m.Proposal == nil && m.Refusal == nil }
+
+// UsageRefusal names the addresses of a usage report that are another node's, and why.
+type UsageRefusal struct {
+	Addresses []netip.Addr
+	Reason    string
 }
 
 // CheckReport lists every inconsistency Check found.

@@ -190,6 +190,13 @@ func syncToProto(m allocator.SyncMessage) *ipledgerv1.SyncResponse {
 	if m.Pool != nil {
 		return &ipledgerv1.SyncResponse{Msg: &ipledgerv1.SyncResponse_Pool{Pool: PoolToProto(m.Pool)}}
 	}
+	if m.Refusal != nil {
+		r := &ipledgerv1.UsageRefused{Reason: m.Refusal.Reason}
+		for _, ip := range m.Refusal.Addresses {
+			r.Addresses = append(r.Addresses, ip.String())
+		}
+		return &ipledgerv1.SyncResponse{Msg: &ipledgerv1.SyncResponse_UsageRefused{UsageRefused: r}}
+	}
 	return &ipledgerv1.SyncResponse{Msg: &ipledgerv1.SyncResponse_Release{Release: proposalToProto(m.Proposal)}}
 }
 
