@@ -48,7 +48,7 @@ TOOLS_MOD    := e2e/tools
 HELM_VERSION  = $(shell cd $(TOOLS_MOD) && $(GO) list -m -f '{{.Version}}' helm.sh/helm/v4)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build version tools manifests test fuzz-short soak demo bench bench-quick lint proto verify clean
+.PHONY: help deps build version tools manifests test fuzz-short soak demo bench bench-quick bench-go bench-large lint proto verify clean
 
 help: ## Show this list.
 	@echo "ipledger make targets:"
@@ -109,9 +109,20 @@ demo: build ## Run the demo: server (embedded etcd + simulated EC2), agents, pod
 	else echo "make demo: the demo driver (e2e/cmd/ipledger-demo) has not landed yet; nothing runs."; \
 	     echo "Built so far: $$(ls $(BIN) 2>/dev/null | tr '\n' ' ')"; exit 1; fi
 
-bench: build ## Run the standard benchmark set (under 10 minutes on 2 cores).
-	@if [ -x $(BIN)/ipledger-bench ]; then $(BIN)/ipledger-bench --standard -o markdown; \
+bench: build ## Run the standard benchmark set (under 10 minutes on 2 cores), then bench-go.
+	@if [ -x $(BIN)/ipledger-bench ]; then $(BIN)/ipledger-bench --standard -o markdown && $(MAKE) --no-print-directory bench-go; \
 	else echo "make bench: ipledger-bench has not landed yet."; exit 1; fi
+
+# Go benchmarks of the server's hot paths (server/bench_test.go: registration, supply, usage
+# reports, reclaim) against embedded etcd on disk and the simulator; BENCH_COUNT runs of each,
+# summarised by benchstat (pinned in e2e/tools). BENCH_OLD=file compares with an earlier output.
+BENCH_COUNT ?= 5
+BENCH_GO    ?= .
+bench-go: ## Go benchmarks of the server's hot paths with embedded etcd, summarised by benchstat (about 3 minutes).
+	@mkdir -p $(BIN)
+	$(GO) build -C $(TOOLS_MOD) -o $(CURDIR)/$(BIN)/benchstat golang.org/x/perf/cmd/benchstat
+	set -o pipefail; $(GO) test -run '^$$' -bench '$(BENCH_GO)' -benchtime 1000x -count $(BENCH_COUNT) -timeout 30m ./server/ | tee $(BIN)/bench-go.txt
+	$(BIN)/benchstat $(BENCH_OLD) $(BIN)/bench-go.txt
 
 bench-quick: build ## Run a small benchmark set (under 2 minutes).
 	@if [ -x $(BIN)/ipledger-bench ]; then $(BIN)/ipledger-bench --quick -o markdown; \

@@ -148,6 +148,8 @@ type Allocator struct {
 
 	mu            mutex // guards the fields below and every nodeState's runtime fields
 	nodes         map[string]*nodeState
+	bySubnet      map[string]map[string]*nodeState // subnet -> its nodes (addNodeLocked, dropNodeLocked)
+	reclaimed     map[string]time.Time             // subnet -> its last reclaim (reclaimInSubnet)
 	policies      map[string]policy.Policy
 	types         map[string]instancetypes.Type
 	drift         map[string]time.Time
@@ -171,7 +173,8 @@ type Allocator struct {
 
 // nodeState is the leader's runtime view of one node; its fields are guarded by Allocator.mu.
 type nodeState struct {
-	name string
+	name   string
+	subnet string // the node's subnet (it never changes)
 
 	generation   uint64
 	usage        *Usage
@@ -231,6 +234,8 @@ func New(cfg Config) (*Allocator, error) {
 
 		mu:            mutex{name: "allocator", obs: obs},
 		nodes:         map[string]*nodeState{},
+		bySubnet:      map[string]map[string]*nodeState{},
+		reclaimed:     map[string]time.Time{},
 		policies:      map[string]policy.Policy{},
 		policyStarts:  map[string]*policy.StartPrior{},
 		types:         map[string]instancetypes.Type{},
@@ -255,7 +260,7 @@ func New(cfg Config) (*Allocator, error) {
 	for _, rec := range a.led.Nodes() {
 		ns := a.newNodeStateLocked(rec)
 		ns.generation = uint64(cfg.Revision)
-		a.nodes[rec.Name] = ns
+		a.addNodeLocked(ns)
 	}
 	return a, nil
 }
@@ -263,6 +268,7 @@ func New(cfg Config) (*Allocator, error) {
 func (a *Allocator) newNodeStateLocked(rec ledger.NodeRecord) *nodeState {
 	ns := &nodeState{
 		name:    rec.Name,
+		subnet:  rec.SubnetID,
 		subs:    map[*Subscription]struct{}{},
 		changed: make(chan struct{}),
 	}
@@ -270,6 +276,35 @@ func (a *Allocator) newNodeStateLocked(rec ledger.NodeRecord) *nodeState {
 	ns.policy = a.policyByNameLocked(rec.Policy)
 	ns.assumedInUse = activeAddresses(rec)
 	return ns
+}
+
+// addNodeLocked makes ns the node of its name, in the indices.
+func (a *Allocator) addNodeLocked(ns *nodeState) {
+	if old, ok := a.nodes[ns.name]; ok {
+		a.dropNodeLocked(old.name)
+	}
+	a.nodes[ns.name] = ns
+	m := a.bySubnet[ns.subnet]
+	if m == nil {
+		m = map[string]*nodeState{}
+		a.bySubnet[ns.subnet] = m
+	}
+	m[ns.name] = ns
+}
+
+// dropNodeLocked forgets the node of a name, in the indices.
+func (a *Allocator) dropNodeLocked(name string) {
+	ns, ok := a.nodes[name]
+	if !ok {
+		return
+	}
+	delete(a.nodes, name)
+	if m := a.bySubnet[ns.subnet]; m != nil {
+		delete(m, name)
+		if len(m) == 0 {
+			delete(a.bySubnet, ns.subnet)
+		}
+	}
 }
 
 // ErrLostLeadership is returned by Run when the leadership behind the store ended.

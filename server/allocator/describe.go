@@ -3,7 +3,7 @@ package allocator
 import (
 	"context"
 	"errors"
-
+	"sync"
 	"time"
 
 	"github.com/ipledger/ipledger/server/ec2gw"
@@ -51,26 +51,41 @@ func (b *instanceBatcher) describe(ctx context.Context, id string, prio ec2gw.Pr
 }
 
 // flush waits a moment (of wall time: it gathers registrations that arrive together) for more
-// ids, then describes everything waiting, in batches.
+// ids, then describes everything waiting, in batches. One flush runs at a time: ids that arrive
+// while its calls wait for the describe bucket or for EC2 join the next round of the same
+// flush, so under load the batches grow towards maxDescribeBatch instead of many small calls
+// queueing in the limiter one behind the other (each costing a token of the describe bucket).
 func (b *instanceBatcher) flush(ctx context.Context, prio ec2gw.Priority) {
 	time.Sleep(b.linger)
-	b.mu.Lock()
-	waiting := b.waiting
-	b.waiting = map[string][]chan instanceResult{}
-	b.open = false
-	b.mu.Unlock()
-	ids := make([]string, 0, len(waiting))
-	for id := range waiting {
-		ids = append(ids, id)
-	}
-	for start := 0; start < len(ids); start += maxDescribeBatch {
-		batch := ids[start:min(start+maxDescribeBatch, len(ids))]
-		results := b.call(ctx, batch, prio)
-		for _, id := range batch {
-			for _, ch := range waiting[id] {
-				ch <- results[id]
-			}
+	for {
+		b.mu.Lock()
+		waiting := b.waiting
+		if len(waiting) == 0 {
+			b.open = false
+			b.mu.Unlock()
+			return
 		}
+		b.waiting = map[string][]chan instanceResult{}
+		b.mu.Unlock()
+		ids := make([]string, 0, len(waiting))
+		for id := range waiting {
+			ids = append(ids, id)
+		}
+		var wg sync.WaitGroup
+		for start := 0; start < len(ids); start += maxDescribeBatch {
+			batch := ids[start:min(start+maxDescribeBatch, len(ids))]
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				results := b.call(ctx, batch, prio)
+				for _, id := range batch {
+					for _, ch := range waiting[id] {
+						ch <- results[id]
+					}
+				}
+			}()
+		}
+		wg.Wait()
 	}
 }
 

@@ -16,6 +16,9 @@ type metrics struct {
 	repairs       *prometheus.CounterVec
 	leaseOps      *prometheus.CounterVec
 	spillovers    *prometheus.CounterVec
+	// reclaimsLimited counts reclaim requests of waiting nodes skipped because their subnet
+	// was reclaimed less than a tick ago.
+	reclaimsLimited prometheus.Counter
 	// usageRefused is by node: only nodes that report other nodes' addresses get a series.
 	usageRefused *prometheus.CounterVec
 }
@@ -47,12 +50,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "ipledger_pod_subnet_spillovers_total",
 			Help: "New ENIs placed in another pod subnet because the preferred one had no room or EC2 said it was full, by policy and subnets.",
 		}, []string{"policy", "from", "to"}),
+		reclaimsLimited: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ipledger_reclaims_limited_total", Help: "Reclaims of a dry subnet asked for by waiting nodes and skipped: the subnet was reclaimed less than a tick ago.",
+		}),
 		usageRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ipledger_usage_items_refused_total", Help: "Addresses in nodes' usage reports that are other nodes' (left out of the report), by reporting node.",
 		}, []string{"node"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.acks, m.registrations, m.launchAdopted, m.removals, m.repairs, m.leaseOps, m.usageRefused, m.spillovers)
+		reg.MustRegister(m.connected, m.acks, m.registrations, m.launchAdopted, m.removals, m.repairs, m.leaseOps, m.reclaimsLimited, m.usageRefused, m.spillovers)
 	}
 	return m
 }

@@ -79,10 +79,12 @@ func validateRegister(req Registration) error {
 // Registering the same node and instance again is idempotent.
 //
 // The EC2 checks run first, outside any lock or commit slot (concurrent registrations share
-// batched DescribeInstances calls); then, under the commit slots of the node's name, its
-// instance and its subnet, the uniqueness checks are made again on what the ledger holds then,
-// and the record is committed. The instance's own addresses are reserved for the node in the
-// ledger before anything is committed, so no other node's supply can place them in the meantime.
+// batched DescribeInstances calls); then, under the commit slots of the node's name and its
+// instance, and its subnet's slot shared (registrations in one subnet commit concurrently, and
+// etcd groups their commits; a scan of the subnet's foreign addresses waits for them), the
+// uniqueness checks are made again on what the ledger holds then, and only the node's record is
+// committed. The instance's own addresses are held in the ledger (Ledger.Hold) before anything
+// is committed, so no other node's supply can place them in the meantime.
 func (a *Allocator) RegisterNode(ctx context.Context, req Registration) (*Pool, policy.Policy, error) {
 	if err := validateRegister(req); err != nil {
 		return nil, policy.Policy{}, err
@@ -145,7 +147,7 @@ func (a *Allocator) RegisterNode(ctx context.Context, req Registration) (*Pool, 
 // checks outside the slots: they are made again.
 func (a *Allocator) registerHeld(ctx context.Context, req Registration, inst ec2gw.Instance, typ instancetypes.Type, replaced string) (*Pool, policy.Policy, bool, error) {
 	name := req.NodeName
-	release, err := a.slots.acquire(ctx, nodeKey(name), instanceKey(req.InstanceID), subnetKey(inst.SubnetID))
+	release, err := a.slots.acquireShared(ctx, []string{nodeKey(name), instanceKey(req.InstanceID)}, []string{subnetKey(inst.SubnetID)})
 	if err != nil {
 		return nil, policy.Policy{}, false, err
 	}
@@ -187,9 +189,9 @@ func (a *Allocator) registerHeld(ctx context.Context, req Registration, inst ec2
 			Msg: fmt.Sprintf("%s attaches %d ENI and the policy keeps pods off the primary ENI (custom networking)", typ.Name, typ.MaxENIsPerCard())}
 	}
 
-	// The instance's own addresses become unplaceable at once: they join the subnet's foreign set
-	// in memory (a node's record takes foreign addresses over when it is applied), so no other
-	// node's supply can place them between this check and the commit.
+	// The instance's own addresses become unplaceable at once: they are held in the ledger (a
+	// node's record takes held addresses over when it is applied), so no other node's supply can
+	// place them between this check and the commit.
 	mine := map[netip.Addr]bool{}
 	for _, e := range rec.ENIs {
 		mine[e.PrimaryIP] = true
@@ -202,10 +204,18 @@ func (a *Allocator) registerHeld(ctx context.Context, req Registration, inst ec2
 			}
 		}
 	}
+	held := make([]netip.Addr, 0, len(mine))
+	for ip := range mine {
+		held = append(held, ip)
+	}
+	if err := a.led.Hold(rec.SubnetID, held); err != nil {
+		return nil, policy.Policy{}, false, fmt.Errorf("allocator: subnet %s: %w", rec.SubnetID, err)
+	}
+	defer a.led.Unhold(rec.SubnetID, held)
 	// An address of the instance may already be reserved for another node or reservation: the
 	// last scan of the subnet predates the instance, so placement took it for free. EC2 has it on
 	// this instance, so the call behind that reservation will be refused; let it go now.
-	for ip := range mine {
+	for _, ip := range held {
 		if o, taken := a.led.OwnerOf(ip); taken && o.Kind == ledger.OwnerPending && o.Node != name {
 			var pfx []netip.Prefix
 			if o.Prefix.IsValid() {
@@ -215,29 +225,20 @@ func (a *Allocator) registerHeld(ctx context.Context, req Registration, inst ec2
 			a.log.Info("an instance's address was reserved for someone else; released", "node", name, "address", ip, "reserved_for", o.Node+o.Prewarm)
 		}
 	}
-	before, _ := a.led.Subnet(rec.SubnetID)
-	occupied := before
-	occupied.Foreign = unionRanges(before.Foreign, mine)
-	if err := a.led.PutSubnet(occupied); err != nil {
-		return nil, policy.Policy{}, false, fmt.Errorf("allocator: subnet %s: %w", rec.SubnetID, err)
-	}
 	if err := a.led.CheckNode(rec); err != nil {
-		_ = a.led.PutSubnet(before)
 		return nil, policy.Policy{}, false, fmt.Errorf("%w: %s: %v; reconciliation will settle it, retry", ErrStoreUnavailable, name, err)
 	}
-	subnet := before
-	subnet.Foreign = subtractRanges(before.Foreign, mine)
-	rev, err := a.commit(ctx, PutSubnet(subnet), PutNode(rec))
+	// Only the node's record is written: the subnet's foreign set stays what its last scan
+	// found (which may list this instance's addresses, as it predates the instance); the node's
+	// record wins over a scan older than the node (ledger.Conflicts, diff.Diff), and the next
+	// scan leaves them out. Rewriting the subnet record here made every registration write the
+	// whole foreign set (169 MiB of etcd after 5,000 registrations, issue #14).
+	rev, err := a.commit(ctx, PutNode(rec))
 	if err != nil {
-		_ = a.led.PutSubnet(before)
 		return nil, policy.Policy{}, false, err
 	}
-	// The node takes its addresses first, then the subnet stops counting them as foreign.
+	// The node takes its addresses, then (deferred) the hold ends.
 	if err := a.led.PutNode(rec); err != nil {
-		a.fail(fmt.Errorf("allocator: ledger diverged from the store: %w", err))
-		return nil, policy.Policy{}, false, err
-	}
-	if err := a.led.PutSubnet(subnet); err != nil {
 		a.fail(fmt.Errorf("allocator: ledger diverged from the store: %w", err))
 		return nil, policy.Policy{}, false, err
 	}
@@ -250,7 +251,7 @@ func (a *Allocator) registerHeld(ctx context.Context, req Registration, inst ec2
 	// node would get an EC2 call for one more address it does not need.
 	ns.assumedInUse = 0
 	ns.generation = uint64(rev)
-	a.nodes[name] = ns
+	a.addNodeLocked(ns)
 	pool := a.poolLocked(ns, rec)
 	a.mu.Unlock()
 	a.kick(name)
@@ -543,7 +544,7 @@ func (a *Allocator) removeNodeHeld(ctx context.Context, name, why string) error 
 		}
 		close(ns.changed)
 		ns.changed = make(chan struct{})
-		delete(a.nodes, name)
+		a.dropNodeLocked(name)
 	}
 	a.mu.Unlock()
 	a.log.Info("node removed", "node", name, "why", why)
@@ -583,23 +584,6 @@ func subtractRanges(rs []ledger.AddrRange, drop map[netip.Addr]bool) []ledger.Ad
 		}
 	}
 	return out
-}
-
-// unionRanges adds addresses to a list of ranges.
-func unionRanges(rs []ledger.AddrRange, add map[netip.Addr]bool) []ledger.AddrRange {
-	set := map[netip.Addr]bool{}
-	for ip := range add {
-		set[ip] = true
-	}
-	for _, r := range rs {
-		for ip := r.First; ; ip = ip.Next() {
-			set[ip] = true
-			if ip == r.Last {
-				break
-			}
-		}
-	}
-	return toRanges(set)
 }
 
 // toRanges compresses a set of addresses into sorted inclusive ranges.

@@ -2,7 +2,13 @@ package allocator
 
 import (
 	"errors"
+	"reflect"
 	"testing"
+	"time"
+
+	"github.com/ipledger/ipledger/server/allocator/diff"
+	"github.com/ipledger/ipledger/server/ec2gw"
+	"github.com/ipledger/ipledger/server/ledger"
 )
 
 func TestRegisterCommitsTheNodeAndSupplyFillsItsTarget(t *testing.T) {
@@ -50,5 +56,58 @@ func TestRegisterTwiceIsIdempotentAndMismatchIsRefused(t *testing.T) {
 	other.NodeName = req.NodeName
 	if _, _, err := e.a.RegisterNode(e.ctx, other); !errors.Is(err, ErrNodeNameTaken) {
 		t.Fatalf("another running instance under the same name: %v, want ErrNodeNameTaken", err)
+	}
+}
+
+// A registration writes the node's record only, even when the subnet's last scan (taken after
+// the instance started, before it registered) lists the instance's primary address as
+// foreign: the node's record wins over a scan older than the node, with no conflict, and the
+// next scan leaves the address out.
+func TestRegisterWritesOnlyTheNodeWhenTheScanPredatesIt(t *testing.T) {
+	e := newEnv(t, nil)
+	req := e.instance("m5.large", subnetA)
+	if err := e.a.rescanSubnet(e.ctx, ec2gw.PriorityReconcile, subnetA); err != nil {
+		t.Fatal(err)
+	}
+	listed := func(s ledger.SubnetRecord) bool {
+		for _, r := range s.Foreign {
+			if r.First.Compare(req.PrimaryIP) <= 0 && req.PrimaryIP.Compare(r.Last) <= 0 {
+				return true
+			}
+		}
+		return false
+	}
+	_, subnets, _ := e.st.records()
+	if !listed(subnets[subnetA]) {
+		t.Fatalf("the scan after the instance started does not list its primary %s as foreign: %+v", req.PrimaryIP, subnets[subnetA].Foreign)
+	}
+	commits, scanned := e.st.commits, subnets[subnetA]
+	if _, _, err := e.a.RegisterNode(e.ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	nodes, subnets, prewarms := e.st.records()
+	if e.st.commits != commits+1 || !reflect.DeepEqual(subnets[subnetA], scanned) {
+		t.Fatalf("registration made %d commits and changed the subnet record (%+v, was %+v); want one commit of the node",
+			e.st.commits-commits, subnets[subnetA], scanned)
+	}
+	if _, ok := nodes[req.NodeName]; !ok {
+		t.Fatalf("no record of %s", req.NodeName)
+	}
+	if c := e.a.led.Conflicts(); len(c) != 0 {
+		t.Fatalf("ledger conflicts after the registration: %+v", c)
+	}
+	if fs := diff.Diff(testCluster, diff.RecordsOf(nodes, subnets, prewarms), diff.EC2{ENIs: e.ec2.snapshot()}); len(fs) != 0 {
+		t.Fatalf("differences after the registration: %v", fs)
+	}
+	if o, _ := e.a.led.OwnerOf(req.PrimaryIP); o.Kind != ledger.OwnerENIPrimary || o.Node != req.NodeName {
+		t.Fatalf("the primary %s is owned by %+v, want the node's ENI primary", req.PrimaryIP, o)
+	}
+	// A scan taken after the registration does not list it.
+	e.clk.Advance(time.Second)
+	if err := e.a.rescanSubnet(e.ctx, ec2gw.PriorityReconcile, subnetA); err != nil {
+		t.Fatal(err)
+	}
+	if _, subnets, _ = e.st.records(); listed(subnets[subnetA]) {
+		t.Fatalf("a scan after the registration still lists %s as foreign", req.PrimaryIP)
 	}
 }

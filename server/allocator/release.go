@@ -572,19 +572,52 @@ func (a *Allocator) subnetTight(subnet string) bool {
 	return b.Headroom < max(16, b.Size/50)
 }
 
-// reclaimInSubnet asks every other node of the subnet to give back its surplus now.
+// reclaimInSubnet asks every other node of the subnet to give back its surplus now: it looks
+// only at the subnet's nodes (Allocator.bySubnet), takes the allocator's lock only to mark
+// them, and queues them outside it.
 func (a *Allocator) reclaimInSubnet(subnet, except string) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	for name, ns := range a.nodes {
+	a.reclaimed[subnet] = a.now()
+	names := a.markReclaimLocked(subnet, except)
+	a.mu.Unlock()
+	for _, n := range names {
+		a.kick(n)
+	}
+}
+
+// reclaimForWaiting is reclaimInSubnet for a node whose pods wait on a subnet that ran dry, at
+// most once a tick per subnet: every node of the subnet is queued by the first such request,
+// and without the limit each of them, failing in turn, would queue all the others again (work
+// that grows with the square of the subnet's nodes).
+func (a *Allocator) reclaimForWaiting(subnet, except string) {
+	a.mu.Lock()
+	now := a.now()
+	if last, ok := a.reclaimed[subnet]; ok && now.Sub(last) < a.cfg.Tick && !now.Before(last) {
+		a.mu.Unlock()
+		a.met.reclaimsLimited.Inc()
+		return
+	}
+	a.reclaimed[subnet] = now
+	names := a.markReclaimLocked(subnet, except)
+	a.mu.Unlock()
+	for _, n := range names {
+		a.kick(n)
+	}
+}
+
+// markReclaimLocked makes the surplus of the subnet's nodes (but except) due at once and
+// returns their names.
+func (a *Allocator) markReclaimLocked(subnet, except string) []string {
+	m := a.bySubnet[subnet]
+	names := make([]string, 0, len(m))
+	for name, ns := range m {
 		if name == except {
 			continue
 		}
-		if rec, ok := a.led.Node(name); ok && rec.SubnetID == subnet {
-			if ns.surplusSince.IsZero() {
-				ns.surplusSince = a.now().Add(-24 * time.Hour)
-			}
-			a.kick(ns.name)
+		if ns.surplusSince.IsZero() {
+			ns.surplusSince = a.now().Add(-24 * time.Hour)
 		}
+		names = append(names, name)
 	}
+	return names
 }

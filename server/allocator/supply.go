@@ -88,7 +88,7 @@ func (a *Allocator) supply(ctx context.Context, ns *nodeState) {
 	if err != nil && ctx.Err() == nil {
 		a.log.Info("supply short", "node", ns.name, "deficit", deficit, "priority", int(prio), "err", err)
 		if waiting > 0 && (errors.Is(err, ErrBudgetExhausted) || errors.Is(err, ErrSubnetExhausted) || errors.Is(err, ErrNoFreePrefixBlock)) {
-			a.reclaimInSubnet(rec.SubnetID, ns.name)
+			a.reclaimForWaiting(rec.SubnetID, ns.name)
 		}
 	}
 }

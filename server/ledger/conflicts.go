@@ -40,6 +40,9 @@ type OwnerInfo struct {
 	// and for an overlap with a ledger owner). Marked: MarkForeign did.
 	Foreign bool
 	Marked  bool
+	// Held: a registration holds the address for its instance (Ledger.Hold). A free held
+	// address is of Kind foreign: nobody may place it.
+	Held bool
 	// CoolingUntil: for Kind cooling, the end of the address's cooldown. OwnerOf takes no
 	// time, so it may lie in the past (compare with your now).
 	CoolingUntil time.Time
@@ -62,14 +65,15 @@ func (l *Ledger) OwnerOf(addr netip.Addr) (OwnerInfo, bool) {
 func (l *Ledger) ownerInfo(s *subnet, off uint32) OwnerInfo {
 	info := OwnerInfo{
 		SubnetID: s.rec.ID,
-		Foreign:  s.flags[off] != 0,
+		Foreign:  s.flags[off]&flagsForeign != 0,
 		Marked:   s.flags[off]&flagMarked != 0,
+		Held:     s.flags[off]&flagHeld != 0,
 	}
 	sl := s.slots[off]
 	switch sl.kind {
 	case kFree:
 		info.Kind = OwnerFree
-		if info.Foreign {
+		if info.Foreign || info.Held {
 			info.Kind = OwnerForeign
 		} else if until, ok := s.cooling[off]; ok {
 			info.Kind, info.CoolingUntil = OwnerCooling, until
@@ -130,10 +134,13 @@ func (l *Ledger) Conflicts() []Conflict {
 	for _, s := range l.subnets {
 		for off, f := range s.flags {
 			o := uint32(off)
-			if f == 0 || s.slots[o].kind == kFree || s.slots[o].kind == kReserved {
+			if f&flagsForeign == 0 || s.slots[o].kind == kFree || s.slots[o].kind == kReserved {
 				continue
 			}
 			info := l.ownerInfo(s, o)
+			if l.scanPredatesNode(s, o, f) {
+				continue
+			}
 			detail := "the subnet's foreign scan lists an address the ledger gives to " + l.describe(s, o)
 			if info.Marked {
 				detail = "EC2 refused the address as in use by someone else, but the ledger gives it to " + l.describe(s, o)
@@ -216,4 +223,21 @@ func compareAddrStrings(a, b string) int {
 		return pa.Compare(pb)
 	}
 	return cmp.Compare(a, b)
+}
+
+// scanPredatesNode reports whether an address is foreign only by a scan older than the node
+// that holds it: a node's own addresses (its primary, what EC2 had on its instance) were on an
+// ENI nobody managed when the subnet was last scanned, and a registration does not rewrite the
+// subnet's foreign set (it writes only the node's record), so the node's record wins until the
+// next scan (see NodeRecord.RegisteredAt and SubnetRecord.ForeignScannedAt).
+func (l *Ledger) scanPredatesNode(s *subnet, off uint32, f uint8) bool {
+	if f&flagMarked != 0 {
+		return false
+	}
+	sl := s.slots[off]
+	if sl.kind != kPrimary && sl.kind != kLease {
+		return false
+	}
+	n := l.ents[sl.ent].node
+	return n != nil && !s.rec.ForeignScannedAt.IsZero() && !n.rec.RegisteredAt.Before(s.rec.ForeignScannedAt)
 }

@@ -189,8 +189,11 @@ func (l *Ledger) describe(s *subnet, off uint32) string {
 	sl := s.slots[off]
 	switch sl.kind {
 	case kFree:
-		if s.flags[off] != 0 {
+		if s.flags[off]&flagsForeign != 0 {
 			return "a foreign ENI"
+		}
+		if s.flags[off] != 0 {
+			return "an instance whose node is registering"
 		}
 		return "nobody"
 	case kReserved:
@@ -282,6 +285,7 @@ func (l *Ledger) PutSubnet(rec SubnetRecord) error {
 		if keepMarks {
 			f |= s.flags[off] & flagMarked
 		}
+		f |= s.flags[off] & flagHeld // a registration in flight, whatever the scan says
 		s.setFlags(o, f)
 	}
 	return nil
@@ -784,7 +788,7 @@ func (l *Ledger) checkPrewarm(rec *PrewarmRecord) (prewarmPlan, error) {
 		}
 		for _, off := range eniOffs[k] {
 			sl := s.slots[off]
-			ok := (sl.kind == kFree && s.flags[off]&flagMarked == 0) ||
+			ok := (sl.kind == kFree && s.flags[off]&(flagMarked|flagHeld) == 0) ||
 				((sl.kind == kPrewarm || sl.kind == kPendPrewarm) && sl.ent == oldEnt)
 			if !ok {
 				return prewarmPlan{}, fmt.Errorf("ledger: pre-warm %s: address %v is owned by %s: %w", rec.ID, s.addr(off), l.describe(s, off), ErrConflict)

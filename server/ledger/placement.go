@@ -258,6 +258,45 @@ func (l *Ledger) MarkForeign(subnetID string, addrs []netip.Addr) {
 	}
 }
 
+// Hold makes addresses of a subnet unplaceable without changing its record: a registering
+// instance's own addresses (EC2 has them on the instance; the last scan may predate it) are
+// held from before the node's record is committed until after it is applied, so no other
+// node's supply places them meanwhile. Holds of different registrations in one subnet are
+// independent of each other (a registration holds only its instance's addresses) and outlive
+// any PutSubnet; a node's record may claim a held address. Pending reservations of other
+// owners on the addresses are not touched (the caller cancels them). Addresses outside the
+// subnet and AWS-reserved ones are ignored; ErrUnknownSubnet if the subnet is not known.
+func (l *Ledger) Hold(subnetID string, addrs []netip.Addr) error {
+	return l.setHeld(subnetID, addrs, true)
+}
+
+// Unhold ends a Hold of the addresses (those still free become placeable again, unless a
+// scan or EC2 says they are foreign).
+func (l *Ledger) Unhold(subnetID string, addrs []netip.Addr) {
+	_ = l.setHeld(subnetID, addrs, false)
+}
+
+func (l *Ledger) setHeld(subnetID string, addrs []netip.Addr, on bool) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s, ok := l.subnets[subnetID]
+	if !ok {
+		return fmt.Errorf("ledger: hold in subnet %s: %w", subnetID, ErrUnknownSubnet)
+	}
+	for _, a := range addrs {
+		off, ok := s.offset(a)
+		if !ok || s.reserved(off) {
+			continue
+		}
+		if on {
+			s.setFlags(off, s.flags[off]|flagHeld)
+		} else {
+			s.setFlags(off, s.flags[off]&^flagHeld)
+		}
+	}
+	return nil
+}
+
 // Released records that addresses and prefixes were just unassigned on EC2: each address
 // cools down until now + ReleaseCooldown and is not placed before. Cooling applies while the
 // address is free, so the caller may PutNode the record without them before or after this

@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -488,4 +489,63 @@ func TestUsageCountsAndConflicts(t *testing.T) {
 		t.Fatalf("in use after clearing = %d", b.InUse)
 	}
 	assertInvariants(t, l)
+}
+
+// Hold: a registering instance's addresses are not placeable, survive a rescan, may be taken
+// by a node's record, are no conflict once the node has them, and are placeable again when
+// the hold ends; the subnet's record never changes.
+func TestHold(t *testing.T) {
+	l := fixture(t)
+	mustPutSubnet(t, l, subnetRec("s3", "10.0.2.0/28")) // .4-.14 usable
+	mustPutNode(t, l, nodeRec("c", "s3", "10.0.2.4"))
+	var held []netip.Addr
+	for i := 5; i <= 13; i++ {
+		held = append(held, ip(fmt.Sprintf("10.0.2.%d", i)))
+	}
+	before := mustBudget(t, l, "s3", t0)
+	wantErr(t, l.Hold("s3", append(held, ip("10.0.2.0"), ip("10.0.0.5"))), nil) // reserved and outside: ignored
+	wantErr(t, l.Hold("nope", held), ErrUnknownSubnet)
+	assertInvariants(t, l)
+	if info, _ := l.OwnerOf(ip("10.0.2.5")); info.Kind != OwnerForeign || !info.Held || info.Foreign {
+		t.Fatalf("OwnerOf(held .5) = %+v", info)
+	}
+	if b := mustBudget(t, l, "s3", t0); b.Foreign != before.Foreign+len(held) {
+		t.Fatalf("foreign %d with %d held, want %d", b.Foreign, len(held), before.Foreign+len(held))
+	}
+	if rec, _ := l.Subnet("s3"); len(rec.Foreign) != 0 {
+		t.Fatalf("Hold changed the subnet's record: %+v", rec.Foreign)
+	}
+	wantErr(t, l.ReserveSpecific("s3", ips("10.0.2.6"), nil, Owner{Node: "c", ENI: "eni-c"}), ErrConflict)
+	got, err := l.ReserveAddresses("s3", 1, Owner{Node: "c", ENI: "eni-c"}, t0)
+	wantErr(t, err, nil)
+	if !slices.Equal(got, ips("10.0.2.14")) {
+		t.Fatalf("placed %v next to held addresses, want only .14", got)
+	}
+	_, err = l.ReserveAddresses("s3", 1, Owner{Node: "c", ENI: "eni-c"}, t0)
+	wantErr(t, err, ErrSubnetExhausted)
+	// A rescan (newer, listing none of them) keeps the hold.
+	rescan := subnetRec("s3", "10.0.2.0/28")
+	rescan.ForeignScannedAt = t0.Add(time.Minute)
+	mustPutSubnet(t, l, rescan)
+	if info, _ := l.OwnerOf(ip("10.0.2.7")); !info.Held {
+		t.Fatalf("a rescan dropped the hold: %+v", info)
+	}
+	// The registering node takes .5 and .6; no conflict while they are still held.
+	mustPutNode(t, l, withAddrs(nodeRec("d", "s3", "10.0.2.5"), 0, "10.0.2.6"))
+	if cs := l.Conflicts(); slices.ContainsFunc(cs, func(c Conflict) bool { return c.SubnetID == "s3" }) {
+		t.Fatalf("conflicts on held addresses the node took: %+v", cs)
+	}
+	l.Unhold("s3", held)
+	assertInvariants(t, l)
+	if info, _ := l.OwnerOf(ip("10.0.2.5")); info.Kind != OwnerENIPrimary || info.Node != "d" || info.Held {
+		t.Fatalf("OwnerOf(.5) after unhold = %+v", info)
+	}
+	if b := mustBudget(t, l, "s3", t0); b.Foreign != before.Foreign {
+		t.Fatalf("foreign %d after unhold, want %d", b.Foreign, before.Foreign)
+	}
+	got, err = l.ReserveAddresses("s3", 1, Owner{Node: "c", ENI: "eni-c"}, t0)
+	wantErr(t, err, nil)
+	if len(got) != 1 || !slices.Contains(held[2:], got[0]) {
+		t.Fatalf("after unhold placed %v, want one of %v", got, held[2:])
+	}
 }

@@ -590,3 +590,45 @@ func TestPrewarmVirtualCappedAtFree(t *testing.T) {
 		t.Fatalf("Prewarms() = %v", ps)
 	}
 }
+
+// A foreign scan older than the node that holds an address is not a conflict (the node
+// registered after the scan; its record wins until the next scan), a newer scan is, and so is
+// an address EC2 refused (MarkForeign) whatever the times.
+func TestForeignScanOlderThanTheNodeIsNoConflict(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name     string
+		scanned  time.Time
+		mark     bool
+		conflict bool
+	}{
+		{"scan before the node", t0.Add(-time.Second), false, false},
+		{"scan at the node's registration", t0, false, false},
+		{"scan after the node", t0.Add(time.Second), false, true},
+		{"refused by EC2", t0.Add(-time.Second), true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := New(Options{})
+			s := subnetRec("s1", "10.0.0.0/24")
+			s.Foreign = []AddrRange{{First: ip("10.0.0.10"), Last: ip("10.0.0.11")}}
+			s.ForeignScannedAt = tc.scanned
+			mustPutSubnet(t, l, s)
+			n := withAddrs(nodeRec("a", "s1", "10.0.0.10"), 0, "10.0.0.11")
+			n.RegisteredAt = t0
+			mustPutNode(t, l, n)
+			if tc.mark {
+				l.MarkForeign("s1", ips("10.0.0.11"))
+			}
+			got := l.Conflicts()
+			if tc.conflict != (len(got) > 0) {
+				t.Fatalf("conflicts %+v; want a conflict: %v", got, tc.conflict)
+			}
+			for _, c := range got {
+				if c.Kind != ConflictForeignOverlap || c.Node != "a" {
+					t.Fatalf("unexpected conflict %+v", c)
+				}
+			}
+			assertInvariants(t, l)
+		})
+	}
+}

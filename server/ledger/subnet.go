@@ -34,7 +34,11 @@ const (
 const (
 	flagScan   uint8 = 1 << iota // foreign according to the subnet record's last scan
 	flagMarked                   // MarkForeign: EC2 refused it to us since the last scan
+	flagHeld                     // Hold: an instance's own address while its node registers
 )
+
+// flagsForeign are the flags that say someone else has the address on EC2.
+const flagsForeign = flagScan | flagMarked
 
 // slot is the ledger owner of one address. ent indexes Ledger.ents (node or pre-warm);
 // it is -1 for free and reserved addresses.

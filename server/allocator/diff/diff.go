@@ -386,6 +386,11 @@ func (d *differ) foreign() {
 			if !ok || len(s.Foreign) == 0 {
 				continue
 			}
+			if !s.ForeignScannedAt.IsZero() && !n.RegisteredAt.Before(s.ForeignScannedAt) {
+				// The scan predates the node: a registration writes only the node's record,
+				// and the node's addresses leave the foreign set at the next scan.
+				continue
+			}
 			mine := []netip.Addr{er.PrimaryIP}
 			for _, ad := range er.Addresses {
 				mine = append(mine, ad.IP)

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/ledger"
@@ -199,5 +200,29 @@ func TestRecordsOfSortsByName(t *testing.T) {
 	}
 	if got := Items(ec2gw.ENI{SecondaryIPs: ips("10.0.0.2", "10.0.0.1"), Prefixes: []netip.Prefix{pfx("10.0.0.16/28")}}); strings.Join(got, ",") != "10.0.0.1,10.0.0.16/28,10.0.0.2" {
 		t.Fatalf("Items: %v", got)
+	}
+}
+
+// A subnet's foreign scan taken before the node registered does not make the node's addresses
+// foreign-leased (a registration writes only the node); one taken after it does.
+func TestForeignScanOlderThanTheNodeIsNoFinding(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		scanned time.Time
+		want    bool
+	}{{t0.Add(-time.Minute), false}, {t0, false}, {t0.Add(time.Minute), true}} {
+		rec, e := world()
+		rec.Nodes[0].RegisteredAt = t0
+		rec.Subnets[0].Foreign = []ledger.AddrRange{{First: ip("10.0.0.10"), Last: ip("10.0.0.11")}}
+		rec.Subnets[0].ForeignScannedAt = tc.scanned
+		got := 0
+		for _, f := range Diff(cluster, rec, e) {
+			if f.Kind == ForeignLeased {
+				got++
+			}
+		}
+		if (got > 0) != tc.want {
+			t.Fatalf("scan at %s, node registered at %s: %d foreign-leased findings, want any: %v", tc.scanned, t0, got, tc.want)
+		}
 	}
 }
