@@ -70,6 +70,11 @@ type Config struct {
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 
+	// Cluster is the Kubernetes API's view (nil: none; agents' reports only). With Lookahead,
+	// pods bound to a node that hold no address yet count as demand at once.
+	Cluster   Cluster
+	Lookahead bool
+
 	// observer, set by the package's tests, watches the allocator's locks.
 	observer lockObserver
 }
@@ -132,15 +137,16 @@ type Allocator struct {
 	releases *workQueue // nodes with release work: unassigns, ENI deletes
 	learn    singleflight.Group
 
-	mu            mutex // guards the fields below and every nodeState's runtime fields
-	nodes         map[string]*nodeState
-	policies      map[string]policy.Policy
-	types         map[string]instancetypes.Type
-	drift         map[string]time.Time
-	attaching     map[string]bool // pre-warmed ENIs being attached to a node
-	deleting      map[string]bool // empty ENIs being detached and deleted: supply leaves them
-	prewarmChosen map[string][]netip.Addr
-	starts        policy.StartPrior
+	mu             mutex // guards the fields below and every nodeState's runtime fields
+	nodes          map[string]*nodeState
+	policies       map[string]policy.Policy
+	types          map[string]instancetypes.Type
+	drift          map[string]time.Time
+	attaching      map[string]bool // pre-warmed ENIs being attached to a node
+	deleting       map[string]bool // empty ENIs being detached and deleted: supply leaves them
+	prewarmChosen  map[string][]netip.Addr
+	preregistering map[string]bool // instances announced by Kubernetes being registered
+	starts         policy.StartPrior
 
 	started     chan struct{}
 	fatal       chan error
@@ -185,6 +191,8 @@ type nodeState struct {
 	backoff          time.Duration
 	uncommitted      []uncommitted
 	removed          bool
+	// signalKey is the waiting signal last sent to the Cluster ("" none).
+	signalKey string
 }
 
 // uncommitted is EC2 work that succeeded but whose store commit failed; retried by the worker.
@@ -212,14 +220,15 @@ func New(cfg Config) (*Allocator, error) {
 		work:     newWorkQueue("work queue", obs),
 		releases: newWorkQueue("release queue", obs),
 
-		mu:            mutex{name: "allocator", obs: obs},
-		nodes:         map[string]*nodeState{},
-		policies:      map[string]policy.Policy{},
-		types:         map[string]instancetypes.Type{},
-		drift:         map[string]time.Time{},
-		attaching:     map[string]bool{},
-		deleting:      map[string]bool{},
-		prewarmChosen: map[string][]netip.Addr{},
+		mu:             mutex{name: "allocator", obs: obs},
+		nodes:          map[string]*nodeState{},
+		policies:       map[string]policy.Policy{},
+		types:          map[string]instancetypes.Type{},
+		drift:          map[string]time.Time{},
+		attaching:      map[string]bool{},
+		deleting:       map[string]bool{},
+		prewarmChosen:  map[string][]netip.Addr{},
+		preregistering: map[string]bool{},
 
 		started:     make(chan struct{}),
 		fatal:       make(chan error, 1),
@@ -278,6 +287,10 @@ func (a *Allocator) Run(ctx context.Context) error {
 	go func() { defer a.wg.Done(); a.sweepLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.prewarmLoop(ctx) }()
 	a.goLoop(ctx, "instances", a.cfg.InstanceCheckInterval, a.checkInstances)
+	if a.cfg.Cluster != nil {
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); a.watchCluster(ctx) }()
+	}
 	nodes := a.kickAll()
 	close(a.started)
 	a.log.Info("allocator running", "nodes", nodes, "revision", a.cfg.Revision, "workers", a.cfg.Workers)
@@ -638,6 +651,9 @@ func (a *Allocator) inputsLocked(ns *nodeState, rec ledger.NodeRecord) policy.In
 	} else {
 		in.InUse = ns.assumedInUse
 	}
+	// Pods the scheduler bound to the node and that hold no address yet: their CNI ADD is on
+	// its way (waiting pods are among them, so the larger count is the demand).
+	in.Waiting = max(in.Waiting, len(a.lookaheadLocked(ns)))
 	now := a.now()
 	in.StartRate = ns.rate.Rate(now, policy.RateMinSpan)
 	in.RefillLatency = a.gw.EstimateWait("AssignPrivateIpAddresses", ec2gw.PriorityWarmRefill)

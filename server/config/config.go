@@ -101,6 +101,15 @@ type Config struct {
 	LogLevel  string `json:"log_level"`
 	LogFormat string `json:"log_format"`
 
+	// Kubeconfig selects the Kubernetes API the server reads (pods bound to nodes, Nodes,
+	// Karpenter NodeClaims) and writes Events and a Node condition to: "" uses the in-cluster
+	// configuration when the server runs in a pod (and none otherwise), "none" turns the client
+	// off, anything else is a kubeconfig file. Without it ipledger runs on agents' reports alone.
+	Kubeconfig string `json:"kubeconfig"`
+	// KubeLookahead counts pods bound to a node that hold no address yet as the node's demand
+	// (with a Kubernetes client).
+	KubeLookahead bool `json:"kube_lookahead"`
+
 	// Attestation and the dashboard's listener (attest.go).
 	Attest
 }
@@ -162,6 +171,7 @@ func Default() Config {
 		SimThrottle:           true,
 		LogLevel:              "info",
 		LogFormat:             "text",
+		KubeLookahead:         true,
 		Attest:                DefaultAttest(),
 	}
 }
@@ -250,6 +260,8 @@ func settings() []setting {
 		str("issuer-cert-file", "issuing CA certificate for node certificates (turns attestation on)", func(c *Config) *string { return &c.IssuerCertFile }),
 		str("issuer-key-file", "private key of --issuer-cert-file", func(c *Config) *string { return &c.IssuerKeyFile }),
 		dur("node-cert-lifetime", "lifetime of the node certificates attestation issues", func(c *Config) *Duration { return &c.NodeCertLifetime }),
+		str("kubeconfig", "kubeconfig of the Kubernetes API to read pods, Nodes and NodeClaims from (empty: in-cluster when in a pod; none: no client)", func(c *Config) *string { return &c.Kubeconfig }),
+		boolean("kube-lookahead", "count pods bound to a node that hold no address yet as its demand (with a Kubernetes client)", func(c *Config) *bool { return &c.KubeLookahead }),
 		str("dashboard-token-file", "file holding a bearer token that opens the dashboard to clients not on loopback", func(c *Config) *string { return &c.DashboardTokenFile }),
 	}
 }

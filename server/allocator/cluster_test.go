@@ -1,0 +1,194 @@
+package allocator
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeCluster is an in-memory Cluster: pods bound to nodes, and the signals it was sent.
+type fakeCluster struct {
+	mu      sync.Mutex
+	pods    map[string][]PodRef // node -> pods
+	signals map[string][]WaitReason
+	counts  map[string]int
+	fn      func(ClusterEvent)
+}
+
+func newFakeCluster() *fakeCluster {
+	return &fakeCluster{pods: map[string][]PodRef{}, signals: map[string][]WaitReason{}, counts: map[string]int{}}
+}
+
+func (c *fakeCluster) bind(node string, n int, at time.Time) []PodRef {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []PodRef
+	for i := range n {
+		p := PodRef{Namespace: "default", Name: fmt.Sprintf("p%d-%d", len(c.pods[node]), i), UID: fmt.Sprintf("uid-%s-%d-%d", node, len(c.pods[node]), i), BoundAt: at}
+		out = append(out, p)
+	}
+	c.pods[node] = append(c.pods[node], out...)
+	return out
+}
+
+func (c *fakeCluster) deleteAll(node string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.pods, node)
+}
+
+func (c *fakeCluster) BoundPods(node string) []PodRef {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]PodRef(nil), c.pods[node]...)
+}
+
+func (c *fakeCluster) PodExists(uid string) (bool, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, ps := range c.pods {
+		for _, p := range ps {
+			if p.UID == uid {
+				return true, true
+			}
+		}
+	}
+	return false, true
+}
+
+func (c *fakeCluster) Watch(fn func(ClusterEvent)) func() {
+	c.mu.Lock()
+	c.fn = fn
+	c.mu.Unlock()
+	return func() {}
+}
+
+func (c *fakeCluster) PodsWaiting(node string, pods []PodRef, reason WaitReason, _ string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.signals[node] = append(c.signals[node], reason)
+	c.counts[node] = len(pods)
+}
+
+// Pods bound to a node count as its demand at once: one supply pass assigns for all of them,
+// before any CNI ADD; served pods (in the agent's report) stop counting, and so do deleted ones.
+// With the lookahead off the same binding changes nothing.
+func TestLookaheadAssignsForBoundPods(t *testing.T) {
+	for _, on := range []bool{true, false} {
+		t.Run(fmt.Sprintf("lookahead=%v", on), func(t *testing.T) {
+			kc := newFakeCluster()
+			e := newEnv(t, func(c *Config) { c.Cluster, c.Lookahead = kc, on })
+			node := e.register("m5.large", subnetA)
+			e.usage(node)
+			e.step(node)
+			base := len(e.active(node))
+			if base < 1 || base > 2 {
+				t.Fatalf("an idle node holds %d addresses; want 1 or 2", base)
+			}
+			pods := kc.bind(node, 6, e.clk.Now())
+			assigns := e.ec2.callCount("AssignPrivateIpAddresses")
+			e.step(node)
+			assigns = e.ec2.callCount("AssignPrivateIpAddresses") - assigns
+			got := len(e.active(node))
+			if on && got < 6+1 {
+				t.Fatalf("lookahead on: %d addresses after 6 pods were bound; want at least 7 (6 and one spare)", got)
+			}
+			if !on && got != base {
+				t.Fatalf("lookahead off: %d addresses after binding; want %d (nothing before ADD)", got, base)
+			}
+			if !on {
+				return
+			}
+			if assigns != 1 {
+				t.Fatalf("%d assign calls for the bound pods; want them in one batch", assigns)
+			}
+			// The agent serves them: they are in use now, and demand does not double.
+			act := e.active(node)
+			u := Usage{}
+			for i, p := range pods {
+				u.InUse = append(u.InUse, PodAddress{IP: act[i], ContainerID: "c" + p.UID, PodNamespace: p.Namespace, PodName: p.Name, PodUID: p.UID})
+			}
+			if err := e.a.ReportUsage(node, u); err != nil {
+				t.Fatal(err)
+			}
+			if w := e.a.BoundWaiting(node); len(w) != 0 {
+				t.Fatalf("bound-but-waiting pods after all were served: %v", w)
+			}
+			before := len(e.active(node))
+			e.step(node)
+			if after := len(e.active(node)); after > before+1 {
+				t.Fatalf("%d addresses after the served report (from %d): served pods were counted twice", after, before)
+			}
+		})
+	}
+}
+
+// Bound pods that stay without an address past the grace are signalled with the reason; the
+// signal clears when none waits.
+func TestWaitingPodsAreSignalled(t *testing.T) {
+	kc := newFakeCluster()
+	e := newEnv(t, func(c *Config) { c.Cluster, c.Lookahead = kc, false })
+	node := e.register("m5.large", subnetA)
+	e.usage(node)
+	e.step(node)
+	kc.bind(node, 3, e.clk.Now())
+	e.clk.Advance(waitSignalAfter + time.Second)
+	if err := e.a.Drain(e.ctx, node, false); err != nil {
+		t.Fatal(err)
+	}
+	e.step(node)
+	kc.mu.Lock()
+	sig, n := kc.signals[node], kc.counts[node]
+	kc.mu.Unlock()
+	if len(sig) == 0 || sig[len(sig)-1] != WaitNodeDraining || n != 3 {
+		t.Fatalf("signals %v with %d pods; want %s for 3 pods", sig, n, WaitNodeDraining)
+	}
+	kc.deleteAll(node)
+	e.step(node)
+	kc.mu.Lock()
+	n = kc.counts[node]
+	kc.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("signal still names %d pods after they were deleted", n)
+	}
+}
+
+// A Node deleted in the API drains its lease at once.
+func TestNodeDeletedDrains(t *testing.T) {
+	kc := newFakeCluster()
+	e := newEnv(t, func(c *Config) { c.Cluster, c.Lookahead = kc, true })
+	node := e.register("m5.large", subnetA)
+	e.usage(node)
+	e.step(node)
+	e.a.clusterEvent(e.ctx, ClusterEvent{Node: node, NodeDeleted: true})
+	if !e.record(node).Draining {
+		t.Fatal("a node deleted in Kubernetes is not draining")
+	}
+}
+
+// An instance announced by Kubernetes (a NodeClaim's) is registered and supplied before its
+// agent registers; the agent's registration then finds it.
+func TestPreregisterSuppliesBeforeTheAgent(t *testing.T) {
+	kc := newFakeCluster()
+	e := newEnv(t, func(c *Config) { c.Cluster, c.Lookahead = kc, true })
+	req := e.instance("m5.large", subnetA)
+	name, err := e.a.Preregister(e.ctx, req.InstanceID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if name != req.NodeName {
+		t.Fatalf("pre-registered as %q; want the private DNS name %q", name, req.NodeName)
+	}
+	e.step(name)
+	if len(e.active(name)) == 0 {
+		t.Fatal("no address on the pre-registered node before its agent registers")
+	}
+	req.Labels = map[string]string{"a": "b"}
+	if _, _, err := e.a.RegisterNode(e.ctx, req); err != nil {
+		t.Fatalf("the agent's registration after pre-registration: %v", err)
+	}
+	if _, err := e.a.Preregister(e.ctx, "i-00000000000000099"); err == nil {
+		t.Fatal("an unknown instance was pre-registered")
+	}
+}
