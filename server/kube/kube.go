@@ -95,7 +95,8 @@ type Watcher struct {
 	client kubernetes.Interface
 	dyn    dynamic.Interface
 
-	factory  informers.SharedInformerFactory
+	factory  informers.SharedInformerFactory // pods bound to nodes
+	nfactory informers.SharedInformerFactory // Nodes
 	pods     cache.SharedIndexInformer
 	nodes    cache.SharedIndexInformer
 	claims   cache.SharedIndexInformer // nil until the CRD is seen
@@ -160,7 +161,8 @@ func New(cfg Config) (*Watcher, error) {
 			}
 		}))
 	w.pods = w.factory.Core().V1().Pods().Informer()
-	w.nodes = w.factory.Core().V1().Nodes().Informer()
+	w.nfactory = informers.NewSharedInformerFactory(client, cfg.Resync)
+	w.nodes = w.nfactory.Core().V1().Nodes().Informer()
 	if err := w.pods.SetTransform(trimPod); err != nil {
 		return nil, err
 	}
@@ -211,22 +213,25 @@ func New(cfg Config) (*Watcher, error) {
 func (w *Watcher) Client() kubernetes.Interface { return w.client }
 
 // Start runs the informers until ctx ends and waits for their first sync (bounded by ctx). The
-// NodeClaim informer starts once the CRD is served (looked for every 30 s). The writer of
+// NodeClaim informer starts once the CRD is served (looked for every 10 s). The writer of
 // Events and conditions runs too; it writes only what the leader's allocator asks for.
 func (w *Watcher) Start(ctx context.Context) error {
 	w.broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: w.client.CoreV1().Events("")})
 	context.AfterFunc(ctx, w.broadcaster.Shutdown)
+	go w.watchForNodeClaims(ctx)
+	go w.writeSignals(ctx)
 	w.factory.Start(ctx.Done())
-	for typ, ok := range w.factory.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			return fmt.Errorf("kube: %v informer did not sync: %w", typ, context.Cause(ctx))
+	w.nfactory.Start(ctx.Done())
+	for _, f := range []informers.SharedInformerFactory{w.factory, w.nfactory} {
+		for typ, ok := range f.WaitForCacheSync(ctx.Done()) {
+			if !ok {
+				return fmt.Errorf("kube: %v informer did not sync: %w", typ, context.Cause(ctx))
+			}
 		}
 	}
 	w.mu.Lock()
 	w.synced = true
 	w.mu.Unlock()
-	go w.watchForNodeClaims(ctx)
-	go w.writeSignals(ctx)
 	w.log.Info("kubernetes caches synced", "pods", len(w.pods.GetStore().ListKeys()), "nodes", len(w.nodes.GetStore().ListKeys()))
 	return nil
 }
@@ -257,7 +262,7 @@ func (w *Watcher) watchForNodeClaims(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(30 * time.Second):
+		case <-time.After(10 * time.Second):
 		}
 	}
 }
