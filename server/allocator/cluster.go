@@ -19,9 +19,10 @@ type Cluster interface {
 	// BoundPods lists the pods bound to the node (spec.nodeName) that use the pod network
 	// and have not ended or been deleted.
 	BoundPods(node string) []PodRef
-	// PodExists reports whether a pod of that uid is known to the API (false once it is
-	// deleted); known reports whether the caches have synced at all.
-	PodExists(uid string) (exists, known bool)
+	// PodExists reports whether the API knows a pod of that uid, or of that namespace and
+	// name bound to node (false once it is deleted); known reports whether the caches have
+	// synced at all.
+	PodExists(node, namespace, name, uid string) (exists, known bool)
 	// Watch calls fn, from one goroutine of the Cluster's, whenever the pods bound to a node
 	// or the node's objects change; fn must not block. The returned func stops the calls.
 	Watch(fn func(ClusterEvent)) (stop func())

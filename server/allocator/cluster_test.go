@@ -44,12 +44,12 @@ func (c *fakeCluster) BoundPods(node string) []PodRef {
 	return append([]PodRef(nil), c.pods[node]...)
 }
 
-func (c *fakeCluster) PodExists(uid string) (bool, bool) {
+func (c *fakeCluster) PodExists(node, namespace, name, uid string) (bool, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, ps := range c.pods {
+	for n, ps := range c.pods {
 		for _, p := range ps {
-			if p.UID == uid {
+			if p.UID == uid || (n == node && p.Namespace == namespace && p.Name == name) {
 				return true, true
 			}
 		}

@@ -13,6 +13,7 @@ type Subscription struct {
 	mu        mutex
 	pool      *Pool
 	proposals []ledger.ReleaseProposal
+	stale     []string
 	notify    chan struct{}
 	done      chan struct{}
 	err       error
@@ -37,6 +38,13 @@ func (s *Subscription) sendPool(p *Pool) {
 func (s *Subscription) sendProposal(p ledger.ReleaseProposal) {
 	s.mu.Lock()
 	s.proposals = append(s.proposals, p)
+	s.mu.Unlock()
+	s.wake()
+}
+
+func (s *Subscription) sendStale(uids []string) {
+	s.mu.Lock()
+	s.stale = uids
 	s.mu.Unlock()
 	s.wake()
 }
@@ -67,6 +75,12 @@ func (s *Subscription) Next(ctx context.Context) (SyncMessage, error) {
 			s.proposals = s.proposals[1:]
 			s.mu.Unlock()
 			return SyncMessage{Proposal: &p}, nil
+		}
+		if len(s.stale) > 0 {
+			u := s.stale
+			s.stale = nil
+			s.mu.Unlock()
+			return SyncMessage{StalePods: u}, nil
 		}
 		s.mu.Unlock()
 		select {

@@ -64,10 +64,12 @@ type ReleaseAck struct {
 	Refused    []string
 }
 
-// SyncMessage is one message for a node's agent: its newest pool or a release proposal.
+// SyncMessage is one message for a node's agent: its newest pool, a release proposal, or the
+// uids of pods the Kubernetes API deleted whose addresses the agent still holds.
 type SyncMessage struct {
-	Pool     *Pool
-	Proposal *ledger.ReleaseProposal
+	Pool      *Pool
+	Proposal  *ledger.ReleaseProposal
+	StalePods []string
 }
 
 // CheckReport lists every inconsistency Check found.

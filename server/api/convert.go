@@ -190,6 +190,9 @@ func syncToProto(m allocator.SyncMessage) *ipledgerv1.SyncResponse {
 	if m.Pool != nil {
 		return &ipledgerv1.SyncResponse{Msg: &ipledgerv1.SyncResponse_Pool{Pool: PoolToProto(m.Pool)}}
 	}
+	if m.StalePods != nil {
+		return &ipledgerv1.SyncResponse{Msg: &ipledgerv1.SyncResponse_StalePods{StalePods: &ipledgerv1.StalePods{PodUids: m.StalePods}}}
+	}
 	return &ipledgerv1.SyncResponse{Msg: &ipledgerv1.SyncResponse_Release{Release: proposalToProto(m.Proposal)}}
 }
 

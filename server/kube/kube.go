@@ -456,15 +456,22 @@ func (w *Watcher) BoundPods(node string) []allocator.PodRef {
 }
 
 // PodExists implements allocator.Cluster.
-func (w *Watcher) PodExists(uid string) (bool, bool) {
+func (w *Watcher) PodExists(node, namespace, name, uid string) (bool, bool) {
 	w.mu.Lock()
 	synced := w.synced
 	w.mu.Unlock()
 	if !synced {
 		return false, false
 	}
-	objs, err := w.pods.GetIndexer().ByIndex(byUID, uid)
-	return err == nil && len(objs) > 0, true
+	if objs, err := w.pods.GetIndexer().ByIndex(byUID, uid); err == nil && len(objs) > 0 {
+		return true, true
+	}
+	// A static pod's uid (the kubelet's) is not its mirror pod's: match by name on the node too.
+	obj, ok, err := w.pods.GetStore().GetByKey(namespace + "/" + name)
+	if err == nil && ok && obj.(*corev1.Pod).Spec.NodeName == node {
+		return true, true
+	}
+	return false, true
 }
 
 // PodsWaiting implements allocator.Cluster: an Event on each pod (the broadcaster aggregates
