@@ -14,7 +14,7 @@ FUZZTIME     ?= 10s
 # the short runs spend most of their time minimizing instead of fuzzing).
 FUZZMINIMIZE ?= 100x
 FUZZ_TARGETS := ./cni:FuzzParseConfig ./cni:FuzzParseAttachment ./server/ec2sim:FuzzQuery \
-                ./server/ledger:FuzzLedger ./agent/pool:FuzzCheckpoint
+                ./server/ledger:FuzzLedger ./agent/pool:FuzzCheckpoint ./agent/pool:FuzzJournal
 # Packages of the binaries; a binary is built once its package exists.
 CMDS := server/cmd/ipledger-server server/cmd/ipledgerctl server/cmd/ipledger-ec2sim \
         agent/cmd/ipledger-agent cni/cmd/ipledger-cni deploy/cmd/ipledger-cni-install \

@@ -304,7 +304,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		})
 	}
 	err = g.Wait()
-	if ferr := p.Flush(); ferr != nil {
+	if ferr := p.Close(); ferr != nil {
 		log.Error("final checkpoint write failed", "err", ferr)
 	}
 	if err != nil && ctx.Err() == nil {

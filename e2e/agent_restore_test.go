@@ -97,10 +97,7 @@ func TestAgentRestoresPodsFromTheServer(t *testing.T) {
 	for _, cid := range []string{"before-1", "before-2"} {
 		pods[add(cl, cid)] = cid
 	}
-	stale, err := os.ReadFile(cfg.CheckpointPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	stale := harness.CopyCheckpoint(t, cfg.CheckpointPath)
 	after := map[string]string{} // container -> ip, of the pods the copy lacks
 	for _, cid := range []string{"after-1", "after-2"} {
 		ip := add(cl, cid)
@@ -111,9 +108,7 @@ func TestAgentRestoresPodsFromTheServer(t *testing.T) {
 
 	// The agent stops, and the old checkpoint comes back.
 	stop()
-	if err := os.WriteFile(cfg.CheckpointPath, stale, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	stale.Put(t, cfg.CheckpointPath)
 	cl, _ = run()
 	// New pods wait for the registration, which restores the pods the copy lacks.
 	for i := range 4 {

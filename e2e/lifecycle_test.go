@@ -163,6 +163,9 @@ func testSecondaryENI(t *testing.T, s *server.Server, inst ec2simInstance) {
 	}}); err != nil {
 		t.Fatal(err)
 	}
+	if err := s.Sim().Sim().TagInstance(t.Context(), inst.ID, map[string]string{label: "min12"}); err != nil {
+		t.Fatal(err)
+	}
 	n := harness.NewNode(t, s.Sim(), inst, s.GRPCAddr())
 	ag := n.StartAgentInProcess(func(c *agent.Config) { c.Labels = map[string]string{label: "min12"} })
 	v := ag.WaitView(20*time.Second, "12 free addresses on two ENIs", func(v agent.PoolView) bool {
@@ -196,7 +199,8 @@ func testSecondaryENI(t *testing.T, s *server.Server, inst ec2simInstance) {
 		onSecond[ad.IP] = true
 	}
 
-	// Pods take the lowest free address first: add pods until there is one on each ENI.
+	// Pods fill the lowest device index first (the primary ENI): add pods until there is one on
+	// each ENI.
 	var first, other *harness.Pod
 	var ipFirst, ipOther netip.Addr
 	for i := 0; i < 12 && (first == nil || other == nil); i++ {

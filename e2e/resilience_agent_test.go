@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
-	"os"
 	"os/exec"
 	"slices"
 	"testing"
@@ -169,10 +168,7 @@ func (rs *resilience) testStaleCheckpoint(t *testing.T) {
 		return r
 	}
 	p1, p2 := start("before-1"), start("before-2")
-	stale, err := os.ReadFile(n.Checkpoint)
-	if err != nil {
-		t.Fatal(err)
-	}
+	stale := harness.CopyCheckpoint(t, n.Checkpoint)
 	staleView := n.Agent().MustView()
 	step("checkpoint copied: generation %d, pods %v, pool %d addresses", staleView.Generation, podIPs(staleView), len(poolIPs(staleView)))
 
@@ -208,9 +204,7 @@ func (rs *resilience) testStaleCheckpoint(t *testing.T) {
 
 	// Crash, and the old checkpoint comes back.
 	n.Agent().Kill()
-	if err := os.WriteFile(n.Checkpoint, stale, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	stale.Put(t, n.Checkpoint)
 	n.restartAgent()
 	v := n.Agent().WaitView(30*time.Second, "the server's pool", func(v agentPoolView) bool {
 		return v.Server.Connected && v.Generation >= moved.Generation

@@ -21,8 +21,8 @@ import (
 	"github.com/ipledger/ipledger/server/ec2sim"
 )
 
-// Node roles: each is a node group policy the resilience tests set, selected by the agent's
-// --node-labels e2e-role=<role>.
+// Node roles: each is a node group policy the resilience tests set, selected by the instance's
+// EC2 tag e2e-role=<role> (policies match facts the server verifies, not what agents report).
 const (
 	// roleProbe keeps no free address (warm_ip_target 0): every ADD on such a node waits for
 	// a new allocation, so a successful ADD proves the allocator serves.
@@ -115,6 +115,11 @@ func (rs *resilience) join(t *testing.T, inst ec2sim.InstanceInfo, role string) 
 // joinWith is join with agent flags and plugin settings.
 func (rs *resilience) joinWith(t *testing.T, inst ec2sim.InstanceInfo, role string, o nodeOpts) *rsNode {
 	t.Helper()
+	if role != roleDefault {
+		if err := rs.c.Sim.Sim().TagInstance(t.Context(), inst.ID, map[string]string{"e2e-role": role}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	n := &rsNode{Node: harness.NewNode(t, rs.c.Sim, inst, rs.c.Addrs()...), role: role, opts: o}
 	n.agent = n.StartAgent(n.agentArgs()...)
 	n.RT = n.NewRuntimeConf("1.1.0", o.conf()...)
@@ -130,11 +135,7 @@ func (rs *resilience) joinWith(t *testing.T, inst ec2sim.InstanceInfo, role stri
 }
 
 func (n *rsNode) agentArgs() []string {
-	var args []string
-	if n.role != roleDefault {
-		args = append(args, "--node-labels", "e2e-role="+n.role)
-	}
-	return append(args, n.opts.agentArgs...)
+	return n.opts.agentArgs
 }
 
 // restartAgent starts the node's agent again (after Kill) with the same flags.
@@ -351,6 +352,8 @@ func poll(d time.Duration, cond func() bool) bool {
 
 // figures are the measured recovery times, printed at the end and kept as an artifact.
 type figures struct {
+	// name is the artifact's file name (default resilience.txt): each test keeps its own.
+	name  string
 	mu    sync.Mutex
 	lines []string
 }
@@ -370,7 +373,11 @@ func (f *figures) report(t *testing.T) {
 	text := "resilience figures:\n  " + strings.Join(f.lines, "\n  ") + "\n"
 	t.Log(text)
 	if dir := os.Getenv("IPLEDGER_ARTIFACTS_DIR"); dir != "" {
-		if err := os.WriteFile(filepath.Join(dir, "resilience.txt"), []byte(text), 0o644); err != nil {
+		name := f.name
+		if name == "" {
+			name = "resilience.txt"
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
 			t.Errorf("keep figures: %v", err)
 		}
 	}

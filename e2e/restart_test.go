@@ -2,7 +2,6 @@ package e2e_test
 
 import (
 	"context"
-	"os"
 	"slices"
 	"testing"
 	"time"
@@ -29,10 +28,7 @@ func TestAgentRestartWithStaleCheckpoint(t *testing.T) {
 
 	p1, p2 := n.NewPod("p1"), n.NewPod("p2")
 	ip1, ip2 := n.Add(p1), n.Add(p2)
-	stale, err := os.ReadFile(n.Checkpoint)
-	if err != nil {
-		t.Fatal(err)
-	}
+	stale := harness.CopyCheckpoint(t, n.Checkpoint)
 	staleGen := ag.MustView().Generation
 
 	// The server's pool moves on: three more addresses, pushed to the running agent.
@@ -47,9 +43,7 @@ func TestAgentRestartWithStaleCheckpoint(t *testing.T) {
 
 	// Crash, and the checkpoint of before comes back (a restored disk, an older copy).
 	ag.Kill()
-	if err := os.WriteFile(n.Checkpoint, stale, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	stale.Put(t, n.Checkpoint)
 	// While the agent is down the server moves on again (asking for as many addresses as the
 	// pool holds makes it grow whatever is free).
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)

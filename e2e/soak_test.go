@@ -77,6 +77,7 @@ func TestSoak(t *testing.T) {
 		}
 	}
 	rs.watch(t)
+	rs.figs.name = "soak.txt"
 	defer rs.figs.report(t)
 
 	insts := rs.launch(t, subnetLeader, 4)

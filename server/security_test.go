@@ -19,6 +19,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ipledger/ipledger/internal/mtls"
 	"github.com/ipledger/ipledger/internal/mtls/mtlstest"
@@ -572,5 +573,86 @@ func TestUsageReportWithControlCharactersIsRefused(t *testing.T) {
 				t.Fatal("the refused report was applied")
 			}
 		})
+	}
+}
+
+// A usage report that claims another node's addresses: those are left out of the node's usage,
+// counted per node, and the agent is told which and why; ipledgerctl check stays clean.
+func TestUsageReportClaimingAnotherNodesAddressIsRefused(t *testing.T) {
+	s := servertest.StartDev(t, nil)
+	conn := servertest.Dial(t, s.GRPCAddr())
+	insts := servertest.Instances(s)
+	owner := servertest.NewAgent(t, conn, insts[0])
+	owner.Register()
+	owner.Sync()
+	pool := owner.WaitPool(10*time.Second, "the owner's warm address", func(p *ipledgerv1.NodePool) bool {
+		return len(servertest.Addresses(p, ipledgerv1.LeaseState_LEASE_STATE_ACTIVE)) >= 1
+	})
+	stolen := servertest.Addresses(pool, ipledgerv1.LeaseState_LEASE_STATE_ACTIVE)[0]
+
+	thief := servertest.NewAgent(t, conn, insts[1])
+	thief.Register()
+	st, err := thief.Client.Sync(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&ipledgerv1.SyncRequest{Msg: &ipledgerv1.SyncRequest_Hello{Hello: &ipledgerv1.SyncHello{NodeName: thief.Name(), InstanceId: thief.Inst.ID}}}); err != nil {
+		t.Fatal(err)
+	}
+	u := &ipledgerv1.UsageReport{InUse: []*ipledgerv1.PodAddress{{Ip: stolen, ContainerId: "c1", Ifname: "eth0"}}}
+	if err := st.Send(&ipledgerv1.SyncRequest{Msg: &ipledgerv1.SyncRequest_Usage{Usage: u}}); err != nil {
+		t.Fatal(err)
+	}
+	var refused *ipledgerv1.UsageRefused
+	for refused == nil {
+		resp, err := st.Recv()
+		if err != nil {
+			t.Fatalf("the stream ended before a refusal: %v", err)
+		}
+		refused = resp.GetUsageRefused()
+	}
+	if len(refused.GetAddresses()) != 1 || refused.GetAddresses()[0] != stolen || !strings.Contains(refused.GetReason(), "other nodes") {
+		t.Fatalf("refusal %v, want %s named as another node's", refused, stolen)
+	}
+	if got := counterValue(t, s, "ipledger_usage_items_refused_total", "node", thief.Name()); got != 1 {
+		t.Fatalf("ipledger_usage_items_refused_total{node=%s} = %v, want 1", thief.Name(), got)
+	}
+	if rt, ok := s.Allocator().Runtime(thief.Name()); ok && rt.Usage != nil && len(rt.Usage.InUse) != 0 {
+		t.Fatalf("the refused address was taken as the thief's usage: %+v", rt.Usage.InUse)
+	}
+	rep, err := ipledgerv1.NewAdminServiceClient(conn).Check(t.Context(), &ipledgerv1.CheckRequest{})
+	if err != nil || !rep.GetOk() {
+		t.Fatalf("check after the refused report: %v, %v", rep.GetFindings(), err)
+	}
+}
+
+// A node cannot choose its own policy: selectors match the instance's EC2 tags, which the
+// server reads itself, not the labels the agent reports.
+func TestPolicyMatchesVerifiedTagsNotReportedLabels(t *testing.T) {
+	s := servertest.StartDev(t, nil)
+	conn := servertest.Dial(t, s.GRPCAddr())
+	admin := ipledgerv1.NewAdminServiceClient(conn)
+	gold := &ipledgerv1.NodePolicy{Name: "gold", Order: 1, Selector: &ipledgerv1.NodeSelector{Labels: map[string]string{"tier": "gold"}},
+		WarmIpTarget: proto.Uint32(8)}
+	if _, err := admin.SetPolicy(t.Context(), &ipledgerv1.SetPolicyRequest{Policy: gold}); err != nil {
+		t.Fatal(err)
+	}
+	insts := servertest.Instances(s)
+	liar := servertest.NewAgent(t, conn, insts[0])
+	req := liar.RegisterRequest()
+	req.Labels = map[string]string{"tier": "gold"}
+	resp, err := liar.Client.RegisterNode(t.Context(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := resp.GetPolicy().GetName(); got == "gold" {
+		t.Fatalf("a node that only says tier=gold got the gold policy")
+	}
+	if err := s.Sim().Sim().TagInstance(t.Context(), insts[1].ID, map[string]string{"tier": "gold"}); err != nil {
+		t.Fatal(err)
+	}
+	tagged := servertest.NewAgent(t, conn, insts[1])
+	if got := tagged.Register().GetPolicy().GetName(); got != "gold" {
+		t.Fatalf("an instance tagged tier=gold got policy %q, want gold", got)
 	}
 }

@@ -174,6 +174,7 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err
 	}
 	s.rep = replica.New(replica.Config{
 		Store: storeCfg, Advertise: s.advert, Gateway: s.gw, Logger: s.log,
+		RebuildFromEC2: cfg.RebuildFromEC2, Version: version.Version,
 		Ledger: ledger.Options{ReleaseCooldown: cfg.ReleaseCooldown.D()},
 		Allocator: allocator.Config{
 			ClusterName: cfg.ClusterName, EC2: s.gw, Policies: policiesOf(policies), SecurityGroups: cfg.SecurityGroups, Subnets: cfg.Subnets,

@@ -905,3 +905,31 @@ func TestAddWaitsForRestore(t *testing.T) {
 		t.Fatalf("the allocator was asked for addresses %v while the pool waited for its registration", sup.counts)
 	}
 }
+
+// A node at its instance limit: the allocator answers NODE_AT_LIMIT, and the Add fails with it
+// at once instead of waiting out the Add's wait (a minute here, which the test's deadline is far
+// below); the next Add fails too without asking the allocator again within the retry pause.
+func TestAddOnAFullNodeFailsAtOnce(t *testing.T) {
+	full := rpcerr.New(codes.ResourceExhausted, ipledgerv1.Reason_NODE_AT_LIMIT, "node-1 (t3.nano) holds 4 pod addresses", nil)
+	sup := &scriptedSupplier{answer: func(int, uint32) error { return full }}
+	e := start(t, nodePool(1, nil, nil), func(c *Config) {
+		c.Supplier = sup
+		c.AddWait = time.Minute
+		c.SupplyRetry = time.Minute
+	})
+	for _, cid := range []string{"c1", "c2"} {
+		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+		_, err := e.client.Add(ctx, add(cid))
+		cancel()
+		wantReason(t, err, codes.ResourceExhausted, ipledgerv1.Reason_NODE_AT_LIMIT, "")
+		if msg := status.Convert(err).Message(); !strings.Contains(msg, "instance type allows") || !strings.Contains(msg, "t3.nano") {
+			t.Fatalf("%s: message %q does not say the node is full", cid, msg)
+		}
+	}
+	sup.mu.Lock()
+	n := len(sup.counts)
+	sup.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d requests for addresses, want 1 (the answer holds for the retry pause)", n)
+	}
+}

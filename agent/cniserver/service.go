@@ -166,6 +166,7 @@ func (s *Server) Status(context.Context, *ipledgerv1.CNIStatusRequest) (*ipledge
 
 // wait waits up to d for an address, asking the allocator (one request shared by all waiters).
 func (s *Server) wait(ctx context.Context, key pool.Key, pod pool.PodInfo, d time.Duration) (pool.Assignment, error) {
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	s.addWaiting(1)
@@ -194,6 +195,11 @@ func (s *Server) wait(ctx context.Context, key pool.Key, pod pool.PodInfo, d tim
 		if !errors.Is(err, pool.ErrAwaitingRestore) {
 			// While the pool waits for the first registration, the allocator is not asked:
 			// the addresses it lacks may be running pods'.
+			if _, cooling := s.cfg.Pool.NextFreeAt(); !cooling && s.full() {
+				// The allocator just said the node holds all it may and nothing here becomes
+				// free: answer now rather than after the whole wait.
+				return pool.Assignment{}, s.waitError(ctx, key, time.Since(start).Round(time.Millisecond))
+			}
 			supplied, retryAt = s.kick(ctx)
 		}
 		var wake time.Time
@@ -226,6 +232,19 @@ func (s *Server) wait(ctx context.Context, key pool.Key, pod pool.PodInfo, d tim
 			return pool.Assignment{}, fail
 		}
 	}
+}
+
+// full reports whether the last request for addresses ended with NODE_AT_LIMIT moments ago
+// (before its retry time: after it, the allocator is asked again).
+func (s *Server) full() bool {
+	s.mu.Lock()
+	last, inflight, retryAt := s.lastErr, s.inflight, s.retryAt
+	s.mu.Unlock()
+	if last == nil || inflight || !time.Now().Before(retryAt) {
+		return false
+	}
+	reason, _ := rpcerr.Info(last)
+	return reason == ipledgerv1.Reason_NODE_AT_LIMIT
 }
 
 func (s *Server) runDone() <-chan struct{} {

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -22,9 +21,14 @@ import (
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 )
 
-// checkpointFormat is the version of the on-disk format. JSON field names are part of it:
-// add fields, never rename them.
-const checkpointFormat = 1
+// checkpointFormat is the version of the snapshot's format. JSON field names are part of it:
+// add fields, never rename them. Format 1 (before the journal) is still read, and migrated to
+// the current format when Open finds it; format 2 adds journal_seq, so that an older agent
+// refuses a snapshot whose journal it would not read instead of serving without it.
+const (
+	checkpointFormat       = 2
+	checkpointFormatLegacy = 1
+)
 
 // envelope is the checkpoint file: the data and a checksum over its compact JSON, so a torn or
 // edited file is recognised instead of trusted.
@@ -35,15 +39,17 @@ type envelope struct {
 }
 
 type cpData struct {
-	NodeName    string          `json:"node_name,omitempty"`
-	InstanceID  string          `json:"instance_id,omitempty"`
-	SavedAt     time.Time       `json:"saved_at"`
-	Generation  uint64          `json:"generation"`
-	Pool        json.RawMessage `json:"pool,omitempty"` // protojson of the applied NodePool
-	AddsTotal   uint64          `json:"adds_total"`
-	Assignments []cpAssignment  `json:"assignments"`
-	Locks       []cpLock        `json:"locks"`
-	Released    []cpReleased    `json:"released"`
+	NodeName   string          `json:"node_name,omitempty"`
+	InstanceID string          `json:"instance_id,omitempty"`
+	SavedAt    time.Time       `json:"saved_at"`
+	Generation uint64          `json:"generation"`
+	Pool       json.RawMessage `json:"pool,omitempty"` // protojson of the applied NodePool
+	AddsTotal  uint64          `json:"adds_total"`
+	// JournalSeq: the snapshot holds every journal record up to this one (format 2).
+	JournalSeq  uint64         `json:"journal_seq,omitempty"`
+	Assignments []cpAssignment `json:"assignments"`
+	Locks       []cpLock       `json:"locks"`
+	Released    []cpReleased   `json:"released"`
 }
 
 type cpAssignment struct {
@@ -78,48 +84,29 @@ type cpReleased struct {
 	CoolUntil  time.Time  `json:"cool_until,omitzero"`
 }
 
-// Path returns the checkpoint file.
+// Path returns the checkpoint's snapshot file (its journal files are beside it).
 func (p *Pool) Path() string { return p.cfg.CheckpointPath }
 
-// persist makes sure the checkpoint on disk holds at least version v. Callers that arrive while
-// another writes wait and usually find their change written by it (group commit).
-func (p *Pool) persist(v uint64) error {
-	p.persistMu.Lock()
-	defer p.persistMu.Unlock()
-	if p.durable >= v {
-		return nil
-	}
-	p.mu.Lock()
-	data, err := p.encodeLocked()
-	cur := p.version
-	p.mu.Unlock()
+// encodeLocked returns the snapshot file of the pool's state, holding the journal up to seq.
+func (p *Pool) encodeLocked(seq uint64) ([]byte, error) {
+	data, err := p.encodeDataLocked(seq)
 	if err != nil {
-		return fmt.Errorf("pool: encode checkpoint: %w", err)
+		return nil, err
 	}
-	if err := atomicfile.Write(p.cfg.CheckpointPath, data, 0o600); err != nil {
-		return fmt.Errorf("pool: write checkpoint: %w", err)
-	}
-	p.durable = cur
-	return nil
+	return seal(data), nil
 }
 
-// Flush writes the checkpoint if anything changed since the last successful write.
-func (p *Pool) Flush() error {
-	p.mu.Lock()
-	v := p.version
-	p.mu.Unlock()
-	return p.persist(v)
-}
-
-// encodeLocked returns the checkpoint file. It is on the path of every Add, so the parts that
-// rarely change (the pool, each assignment) are encoded once and spliced in.
-func (p *Pool) encodeLocked() ([]byte, error) {
+// encodeDataLocked returns the pool's whole state as compact JSON (cpData), for a snapshot or
+// a full journal record. The parts that rarely change (the pool, each assignment) are encoded
+// once and spliced in.
+func (p *Pool) encodeDataLocked(seq uint64) ([]byte, error) {
 	head, err := json.Marshal(cpData{
 		NodeName:   p.cfg.NodeName,
 		InstanceID: p.cfg.InstanceID,
 		SavedAt:    p.cfg.Now().UTC(),
 		Generation: p.generation,
 		AddsTotal:  p.addsTotal,
+		JournalSeq: seq,
 	})
 	if err != nil {
 		return nil, err
@@ -138,21 +125,14 @@ func (p *Pool) encodeLocked() ([]byte, error) {
 	}
 	b.WriteString(`,"assignments":[`)
 	for i, s := range p.heldLocked() {
-		if s.cpJSON == nil {
-			if s.cpJSON, err = json.Marshal(cpAssignment{
-				ContainerID: s.holder.key.ContainerID, IfName: s.holder.key.IfName, IP: s.ip,
-				PodNamespace: s.holder.pod.Namespace, PodName: s.holder.pod.Name, PodUID: s.holder.pod.UID,
-				AssignedAt: s.holder.assignedAt.UTC(), Leased: s.leased,
-				ENIID: s.eni.ID, ENIMAC: s.eni.MAC, DeviceIndex: s.eni.DeviceIndex, SubnetID: s.eni.SubnetID,
-				SubnetCIDR: s.eni.SubnetCIDR, ENIPrimaryIP: s.eni.PrimaryIP, Recovered: s.holder.recovered,
-			}); err != nil {
-				return nil, err
-			}
+		j, err := s.assignmentJSON()
+		if err != nil {
+			return nil, err
 		}
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		b.Write(s.cpJSON)
+		b.Write(j)
 	}
 	b.WriteString(`],"locks":`)
 	locks := make([]cpLock, 0, len(p.locks))
@@ -176,7 +156,24 @@ func (p *Pool) encodeLocked() ([]byte, error) {
 		return nil, err
 	}
 	b.WriteByte('}')
-	return seal(b.Bytes()), nil
+	return b.Bytes(), nil
+}
+
+// assignmentJSON is the checkpoint entry of the slot's holder, encoded once.
+func (s *slot) assignmentJSON() ([]byte, error) {
+	if s.cpJSON == nil {
+		var err error
+		if s.cpJSON, err = json.Marshal(cpAssignment{
+			ContainerID: s.holder.key.ContainerID, IfName: s.holder.key.IfName, IP: s.ip,
+			PodNamespace: s.holder.pod.Namespace, PodName: s.holder.pod.Name, PodUID: s.holder.pod.UID,
+			AssignedAt: s.holder.assignedAt.UTC(), Leased: s.leased,
+			ENIID: s.eni.ID, ENIMAC: s.eni.MAC, DeviceIndex: s.eni.DeviceIndex, SubnetID: s.eni.SubnetID,
+			SubnetCIDR: s.eni.SubnetCIDR, ENIPrimaryIP: s.eni.PrimaryIP, Recovered: s.holder.recovered,
+		}); err != nil {
+			return nil, err
+		}
+	}
+	return s.cpJSON, nil
 }
 
 func appendJSON(b *bytes.Buffer, v any) error {
@@ -210,56 +207,51 @@ func compactProtoJSON(np *ipledgerv1.NodePool) ([]byte, error) {
 	return b.Bytes(), nil
 }
 
-// load reads the checkpoint into the empty pool. A missing file is a cold start.
-func (p *Pool) load() error {
-	path := p.cfg.CheckpointPath
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("pool: create checkpoint directory: %w", err)
-	}
-	raw, err := os.ReadFile(path)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		p.log.Info("no checkpoint: cold start", "path", path)
-		removeTemps(path)
-		return nil
-	case err != nil:
-		return fmt.Errorf("pool: read checkpoint %s: %w", path, err)
-	}
-	if err := p.decode(raw); err != nil {
-		return fmt.Errorf("%w %s: %w (move it away to start without it, losing the pods' assignments)", ErrCorruptCheckpoint, path, err)
-	}
-	// Leftovers of a write that crashed before its rename; the checkpoint itself is intact.
-	removeTemps(path)
-	p.durable = p.version
-	p.restored = true
-	p.log.Info("checkpoint loaded", "path", path, "generation", p.generation,
-		"assignments", len(p.byKey), "recovered", len(p.recovered), "locks", len(p.locks))
-	return nil
-}
-
-func (p *Pool) decode(raw []byte) error {
+// parseSnapshot checks a snapshot file (envelope, format, checksum) and returns its data and
+// format.
+func parseSnapshot(raw []byte) (cpData, int, error) {
 	var env envelope
 	if err := json.Unmarshal(raw, &env); err != nil {
-		return fmt.Errorf("not JSON: %w", err)
+		return cpData{}, 0, fmt.Errorf("not JSON: %w", err)
 	}
-	if env.Format != checkpointFormat {
-		return fmt.Errorf("format %d, want %d", env.Format, checkpointFormat)
+	if env.Format != checkpointFormat && env.Format != checkpointFormatLegacy {
+		return cpData{}, 0, fmt.Errorf("format %d, want %d (or %d, migrated)", env.Format, checkpointFormat, checkpointFormatLegacy)
 	}
 	var compact bytes.Buffer
 	if err := json.Compact(&compact, env.Data); err != nil {
-		return fmt.Errorf("data: %w", err)
+		return cpData{}, 0, fmt.Errorf("data: %w", err)
 	}
 	sum := sha256.Sum256(compact.Bytes())
 	if hex.EncodeToString(sum[:]) != env.SHA256 {
-		return errors.New("checksum mismatch")
+		return cpData{}, 0, errors.New("checksum mismatch")
 	}
+	d, err := parseData(compact.Bytes())
+	if err != nil {
+		return cpData{}, 0, fmt.Errorf("data: %w", err)
+	}
+	if env.Format == checkpointFormatLegacy && d.JournalSeq != 0 {
+		return cpData{}, 0, errors.New("data: journal_seq in a format 1 checkpoint")
+	}
+	return d, env.Format, nil
+}
+
+// parseData decodes the pool's state (cpData), refusing fields it does not know.
+func parseData(raw []byte) (cpData, error) {
 	var d cpData
-	dec := json.NewDecoder(bytes.NewReader(compact.Bytes()))
+	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&d); err != nil {
-		return fmt.Errorf("data: %w", err)
+		return cpData{}, err
 	}
+	if dec.More() {
+		return cpData{}, errors.New("data after the object")
+	}
+	return d, nil
+}
+
+// install checks the state d (a snapshot with its journal replayed) and puts it into the empty
+// pool.
+func (p *Pool) install(d cpData) error {
 	if p.cfg.NodeName != "" && d.NodeName != "" && d.NodeName != p.cfg.NodeName {
 		return fmt.Errorf("%w: checkpoint of node %q, this is node %q", ErrWrongIdentity, d.NodeName, p.cfg.NodeName)
 	}
@@ -355,6 +347,48 @@ func (p *Pool) decode(raw []byte) error {
 		}
 	}
 	return nil
+}
+
+// writeFileAtomic replaces path with data (written here rather than with internal/atomicfile
+// because every step is a crash point the crash tests inject, through disk.step): a temp file in the same directory, fsync, rename
+// over path, fsync of the directory. A crash at any point leaves either the old or the new file.
+func (d disk) writeFileAtomic(path string, data []byte) (err error) {
+	dir := filepath.Dir(path)
+	if err := d.step(stepSnapshotCreate, path); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			_ = os.Remove(tmp)
+		}
+	}()
+	if err = d.step(stepSnapshotWrite, tmp); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if _, err = f.Write(data); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err = d.syncFile(f, stepSnapshotSync); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	if err = d.step(stepSnapshotRename, path); err != nil {
+		return err
+	}
+	if err = os.Rename(tmp, path); err != nil {
+		return err
+	}
+	return d.syncDir(dir)
 }
 
 // removeTemps deletes temp files left by writes that crashed before their rename: atomicfile's,

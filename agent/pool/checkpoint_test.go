@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -83,6 +84,7 @@ func TestCheckpointColdStartAndTempLeftovers(t *testing.T) {
 	}
 	p.mustApply(t, nodePool(1, eni("eni-0", 0, "10.0.0.10", addrs("10.0.0.11", "10.0.0.12"))))
 	p.mustAssign(t, "a")
+	p.mustCompact(t)
 	good, err := os.ReadFile(p.path)
 	if err != nil {
 		t.Fatal(err)
@@ -120,10 +122,12 @@ func TestCheckpointCorruptRefused(t *testing.T) {
 	p := openPool(t, dir, nil)
 	p.mustApply(t, nodePool(1, eni("eni-0", 0, "10.0.0.10", addrs("10.0.0.11", "10.0.0.12"))))
 	p.mustAssign(t, "a")
+	p.mustCompact(t) // the snapshot holds everything, no journal is left
 	good, err := os.ReadFile(p.path)
 	if err != nil {
 		t.Fatal(err)
 	}
+	format := fmt.Sprintf(`"format":%d`, checkpointFormat)
 	tests := []struct {
 		name    string
 		content []byte
@@ -133,7 +137,7 @@ func TestCheckpointCorruptRefused(t *testing.T) {
 		{"truncated", good[:len(good)-10], ErrCorruptCheckpoint},
 		{"garbage", []byte("\x00\x01not json"), ErrCorruptCheckpoint},
 		{"edited", bytes.Replace(good, []byte(`10.0.0.11`), []byte(`10.0.0.12`), 1), ErrCorruptCheckpoint},
-		{"wrong format", bytes.Replace(good, []byte(`"format":1`), []byte(`"format":9`), 1), ErrCorruptCheckpoint},
+		{"wrong format", bytes.Replace(good, []byte(format), []byte(`"format":9`), 1), ErrCorruptCheckpoint},
 		{"other instance", func() []byte { return resign(t, good, "i-1", "i-9") }(), ErrWrongIdentity},
 		{"address assigned twice", func() []byte {
 			return resignData(t, good, func(d *cpData) {
@@ -206,12 +210,13 @@ func TestCheckpointWriteFailureUndoesAssign(t *testing.T) {
 	dir := t.TempDir()
 	p := openPool(t, dir, nil)
 	p.mustApply(t, nodePool(1, eni("eni-0", 0, "10.0.0.10", addrs("10.0.0.11"))))
-	// Make the rename fail: the checkpoint path becomes a non-empty directory.
-	if err := os.Remove(p.path); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(filepath.Join(p.path, "x"), 0o700); err != nil {
-		t.Fatal(err)
+	// Make the journal's writes fail (a disk error).
+	failing := true
+	p.disk.hook = func(step, path string) error {
+		if failing && (step == stepJournalWrite || step == stepJournalCreate) {
+			return errors.New("injected: input/output error")
+		}
+		return nil
 	}
 	if _, _, err := p.Assign(Key{ContainerID: "a", IfName: "eth0"}, PodInfo{}); err == nil {
 		t.Fatal("Assign succeeded without a checkpoint")
@@ -227,12 +232,43 @@ func TestCheckpointWriteFailureUndoesAssign(t *testing.T) {
 		t.Fatalf("temp files left: %v", leftovers)
 	}
 	// Once the disk is fine again, the same Add works and is durable.
-	if err := os.RemoveAll(p.path); err != nil {
-		t.Fatal(err)
-	}
+	failing = false
 	p.mustAssign(t, "a")
 	q := openPool(t, dir, nil)
 	if len(q.Assignments()) != 1 {
 		t.Fatal("assignment not durable")
+	}
+}
+
+// TestCheckpointSnapshotFailureKeepsAdding: when the snapshot cannot be written (here its path
+// is a non-empty directory, so the rename fails), compaction fails and is tried again later,
+// while ADDs keep being journaled; once it can be written, the journal is compacted.
+func TestCheckpointSnapshotFailureKeepsAdding(t *testing.T) {
+	dir := t.TempDir()
+	p := openPool(t, dir, nil)
+	p.compactAt = 1 // compact after every record
+	p.inlineCompact = true
+	if err := os.MkdirAll(filepath.Join(p.path, "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	p.mustApply(t, nodePool(1, eni("eni-0", 0, "10.0.0.10", addrs("10.0.0.11", "10.0.0.12", "10.0.0.13"))))
+	p.mustAssign(t, "a")
+	p.mustAssign(t, "b")
+	if js, _ := listJournals(p.path); len(js) != 3 {
+		t.Fatalf("journal files %v, want one per record (each compaction failed and started a new one)", js)
+	}
+	if leftovers, _ := filepath.Glob(p.path + ".tmp-*"); len(leftovers) != 0 {
+		t.Fatalf("temp files left: %v", leftovers)
+	}
+	if err := os.RemoveAll(p.path); err != nil {
+		t.Fatal(err)
+	}
+	p.mustAssign(t, "c")
+	if js, _ := listJournals(p.path); len(js) != 0 {
+		t.Fatalf("journal files %v left after a compaction", js)
+	}
+	q := openPool(t, dir, nil)
+	if got := assignedIPs(q.Assignments()); !slices.Equal(got, ips("10.0.0.11", "10.0.0.12", "10.0.0.13")) {
+		t.Fatalf("after reload %v", got)
 	}
 }

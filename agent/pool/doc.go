@@ -3,9 +3,14 @@
 // address, the cooldown of addresses that pods gave back, the locks taken for the release
 // handshake, and the on-disk checkpoint of all of it.
 //
-// Every change of assignments or locks is written to the checkpoint (temp file, fsync, rename,
-// fsync of the directory) before the call that made it returns; concurrent callers share one
-// write (group commit). A missing checkpoint is a cold start; a corrupt one is an error.
+// The checkpoint is a snapshot and a journal (journal.go). Every change of assignments or locks
+// is appended to the journal as a small checksummed record and fsynced before the call that made
+// it returns; concurrent callers share one write and one fsync (group commit). A background
+// compaction writes the whole state as the snapshot (temp file, fsync, rename, fsync of the
+// directory) and removes the journal files it holds. Open reads the snapshot and replays the
+// journal, dropping a torn last record; a crash at any point loses no change that was reported
+// done and recovers a state the pool was in. The format before the journal (a snapshot only) is
+// read and migrated. Nothing on disk is a cold start; a corrupt checkpoint is an error.
 //
 // A checkpoint can be older than the node's pods (restored from a copy, or lost): two sources
 // put back what it lacks. Recover holds the addresses the node's kernel shows in use by pods

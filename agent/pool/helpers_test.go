@@ -145,3 +145,22 @@ func wantNoFree(t *testing.T, err error) {
 }
 
 func ip(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// closePool ends a pool a test or benchmark opened.
+func closePool(tb testing.TB, p *Pool) {
+	tb.Helper()
+	if err := p.Close(); err != nil {
+		tb.Errorf("close: %v", err)
+	}
+}
+
+// mustCompact writes the whole state as the snapshot, removing the journal.
+func (p *testPool) mustCompact(t *testing.T) {
+	t.Helper()
+	p.bg.Wait()
+	p.persistMu.Lock()
+	defer p.persistMu.Unlock()
+	if err := p.compactSyncLocked(); err != nil {
+		t.Fatalf("compact: %v", err)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -38,6 +39,9 @@ const maxForgotten = 4096
 type Config struct {
 	// CheckpointPath is the checkpoint file. Its directory is created (0700) when missing.
 	CheckpointPath string
+	// NoFsync skips every fsync of the checkpoint. For benchmarks only: a crash of the machine
+	// (not of the agent) may then lose assignments that ADD reported as done.
+	NoFsync bool
 	// NodeName and InstanceID identify the node; a checkpoint or a pool that names another
 	// node or instance is refused. Empty fields are not checked.
 	NodeName   string
@@ -53,6 +57,10 @@ type Config struct {
 	// cooldowns or locks; the agent uses it to schedule usage reports. It must not block.
 	OnChange func()
 	Logger   *slog.Logger
+
+	// faults, when set, is told of every step of the checkpoint's writes before it is taken; an
+	// error fails the step (tests crash the pool with it).
+	faults func(step, path string) error
 }
 
 // Key names one container attachment.
@@ -165,8 +173,36 @@ type Pool struct {
 	forgotten    map[Key]bool // Release of an attachment the pool did not know
 	gcValid      map[Key]bool // valid attachments of the last GC (nil: no GC yet)
 
-	persistMu sync.Mutex
-	durable   uint64 // version held by the checkpoint on disk (guarded by persistMu)
+	// Changes since the last journal record (guarded by mu): addresses whose holder or
+	// cooldown changed, lock items taken or dropped, or everything (after Apply, Restore or a
+	// failed write).
+	dirtyIPs   map[netip.Addr]struct{}
+	dirtyItems map[string]struct{}
+	dirtyFull  bool
+
+	disk disk
+	bg   sync.WaitGroup // the background compaction
+
+	// Group commit (guarded by commitMu): the version the checkpoint on disk holds, whether a
+	// caller is writing a record, and the callers waiting for it.
+	commitMu sync.Mutex
+	durable  uint64
+	writing  bool
+	waiters  []commitWaiter
+
+	// The checkpoint's files (guarded by persistMu, held while a record is written; see
+	// journal.go).
+	persistMu     sync.Mutex
+	lastSeq       uint64   // the last journal record written (or whose write failed)
+	files         []string // journal files not yet removed by a compaction, oldest first
+	journal       *os.File // the file records are appended to (nil: the next record starts one)
+	journalBytes  int64    // appended since the last compaction started
+	snapshotSize  int64    // of the last snapshot written
+	compactAt     int64    // journal size that starts a compaction (compactMinBytes; tests lower it)
+	inlineCompact bool     // tests: compact in the writer, not in the background
+	compacting    bool
+	closing       bool
+	closed        bool
 }
 
 // Open loads the checkpoint (a missing file is a cold start) and returns the pool.
@@ -193,6 +229,11 @@ func Open(cfg Config) (*Pool, error) {
 		forgotten: map[Key]bool{},
 		prefixUse: map[netip.Prefix]int{},
 		changed:   make(chan struct{}),
+
+		dirtyIPs:   map[netip.Addr]struct{}{},
+		dirtyItems: map[string]struct{}{},
+		disk:       disk{noSync: cfg.NoFsync, hook: cfg.faults},
+		compactAt:  compactMinBytes,
 	}
 	if err := p.load(); err != nil {
 		return nil, err
@@ -271,6 +312,7 @@ func (p *Pool) Apply(np *ipledgerv1.NodePool, force bool) (ApplyResult, error) {
 	}
 	res := p.applyLocked(np, built, force)
 	p.npJSON = npJSON
+	p.dirtyFull = true
 	p.version++
 	v := p.version
 	p.notifyLocked()
@@ -487,10 +529,15 @@ func (p *Pool) usableLocked(s *slot, now time.Time) bool {
 		s.state == ipledgerv1.LeaseState_LEASE_STATE_ACTIVE && !now.Before(s.coolUntil)
 }
 
-// better says whether candidate a is preferred over b: in prefix mode the prefix with more pods
-// (packing, so whole prefixes can be given back), then the address given back longest ago
-// (never used counts as longest), then the lower address.
+// better says whether candidate a is preferred over b: the ENI with the lowest device index
+// (pods pack onto the first ENIs, so that surplus ENIs drain and the server can release their
+// addresses and then the ENIs), then in prefix mode the prefix with more pods (packing, so whole
+// prefixes can be given back), then the address given back longest ago (never used counts as
+// longest), then the lower address.
 func (p *Pool) better(a, b *slot) bool {
+	if a.eni.DeviceIndex != b.eni.DeviceIndex {
+		return a.eni.DeviceIndex < b.eni.DeviceIndex
+	}
 	if a.prefix.IsValid() || b.prefix.IsValid() {
 		ua, ub := p.prefixUse[a.prefix], p.prefixUse[b.prefix]
 		if ua != ub {
@@ -534,6 +581,7 @@ func (p *Pool) Assign(key Key, pod PodInfo) (a Assignment, isNew bool, err error
 	best.holder = h
 	best.cpJSON = nil
 	best.coolUntil = time.Time{}
+	p.touchLocked(best.ip)
 	p.byKey[key] = best
 	if best.prefix.IsValid() {
 		p.prefixUse[best.prefix]++
@@ -549,6 +597,7 @@ func (p *Pool) Assign(key Key, pod PodInfo) (a Assignment, isNew bool, err error
 		p.mu.Lock()
 		if s, ok := p.byKey[key]; ok && s.holder == h {
 			p.dropHolderLocked(s, time.Time{})
+			p.addsTotal--
 			p.version++
 			p.notifyLocked()
 		}
@@ -561,6 +610,7 @@ func (p *Pool) Assign(key Key, pod PodInfo) (a Assignment, isNew bool, err error
 
 // dropHolderLocked frees s. releasedAt zero means the pod never used it (no cooldown).
 func (p *Pool) dropHolderLocked(s *slot, releasedAt time.Time) {
+	p.touchLocked(s.ip)
 	if s.holder.recovered {
 		delete(p.recovered, s.ip)
 	} else {

@@ -584,3 +584,91 @@ func TestConcurrentAssignNeverSharesAnAddress(t *testing.T) {
 		t.Fatalf("checkpoint holds %d assignments, want 300", got)
 	}
 }
+
+// TestPacksOntoLowestDeviceIndex: pods land on the ENI with the lowest device index that has a
+// free address, whatever the order of the pool's interfaces or their addresses, also before an
+// address of a higher ENI never used; so a higher ENI's pods drain away as pods come and go, and
+// once they are gone (and their addresses cooled down) a release of all its addresses is
+// confirmed while the node keeps starting pods.
+func TestPacksOntoLowestDeviceIndex(t *testing.T) {
+	// eni-2 has the lowest addresses and comes first; eni-0 the highest.
+	p := newPool(t, nodePool(1,
+		eni("eni-2", 2, "10.0.0.10", addrs("10.0.0.1", "10.0.0.2", "10.0.0.3")),
+		eni("eni-1", 1, "10.0.0.20", addrs("10.0.0.21", "10.0.0.22", "10.0.0.23")),
+		eni("eni-0", 0, "10.0.0.30", addrs("10.0.0.31", "10.0.0.32", "10.0.0.33"))))
+	onENI := map[string]string{}
+	assign := func(cid, wantENI string) {
+		t.Helper()
+		a, _, err := p.Assign(Key{ContainerID: cid, IfName: "eth0"}, PodInfo{})
+		if err != nil {
+			t.Fatalf("assign %s: %v", cid, err)
+		}
+		if a.ENI.ID != wantENI {
+			t.Fatalf("%s got %s on %s (device %d), want %s", cid, a.IP, a.ENI.ID, a.ENI.DeviceIndex, wantENI)
+		}
+		onENI[cid] = wantENI
+	}
+	// A burst of 7 pods: ENI 0 first, then 1, then 2.
+	for i, want := range []string{"eni-0", "eni-0", "eni-0", "eni-1", "eni-1", "eni-1", "eni-2"} {
+		assign(fmt.Sprint("p", i), want)
+	}
+	// Churn: pods end on every ENI, new ones come. Each new pod takes the lowest ENI with an
+	// address free (cooled down), never eni-2's two that were never used.
+	p.mustRelease(t, "p0") // eni-0
+	p.mustRelease(t, "p3") // eni-1
+	p.mustRelease(t, "p6") // eni-2: now empty
+	assign("q0", "eni-2")  // eni-0's and eni-1's addresses cool down: only eni-2's are free
+	p.mustRelease(t, "q0")
+	p.clock.Advance(DefaultCooldown)
+	assign("q1", "eni-0") // eni-0's cooled address, before eni-1's and eni-2's
+	assign("q2", "eni-1")
+	p.mustRelease(t, "p4")
+	p.mustRelease(t, "p1")
+	p.clock.Advance(DefaultCooldown)
+	assign("q3", "eni-0")
+	assign("q4", "eni-1")
+	// eni-2 held no pod since q0, and nothing of it cools: the server's release of its three
+	// addresses (then of the ENI) is confirmed, all of it.
+	ack, err := p.Answer(&ipledgerv1.ReleaseProposal{ProposalId: "drain-eni-2", Addresses: []string{"10.0.0.1", "10.0.0.2", "10.0.0.3"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(ack.GetConfirmed(), []string{"10.0.0.1", "10.0.0.2", "10.0.0.3"}) || len(ack.GetRefused()) != 0 {
+		t.Fatalf("release of eni-2: confirmed %v, refused %v", ack.GetConfirmed(), ack.GetRefused())
+	}
+	// The pods are where the route tables expect them: each assignment carries its ENI's device.
+	for _, a := range p.Assignments() {
+		if onENI[a.ContainerID] != a.ENI.ID || a.ENI.DeviceIndex != map[string]uint32{"eni-0": 0, "eni-1": 1, "eni-2": 2}[a.ENI.ID] {
+			t.Fatalf("assignment %+v", a)
+		}
+	}
+	// The locked addresses are never handed out: the node is full with 6 pods on eni-0 and eni-1.
+	wantNoFree(t, p.assignErr("q5"))
+}
+
+// TestPacksPrefixesOntoLowestDeviceIndex: in prefix mode, the lowest device index first, then
+// the prefix with the most pods on it.
+func TestPacksPrefixesOntoLowestDeviceIndex(t *testing.T) {
+	p := newPool(t, nodePool(1,
+		eni("eni-1", 1, "10.0.0.20", nil, prefix("10.0.1.0/28", active)),
+		eni("eni-0", 0, "10.0.0.10", nil, prefix("10.0.2.0/28", active), prefix("10.0.2.16/28", active))))
+	var got []string
+	for i := range 33 {
+		a, _, err := p.Assign(Key{ContainerID: fmt.Sprint("c", i), IfName: "eth0"}, PodInfo{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, a.ENI.ID)
+	}
+	for i, e := range got {
+		if want := map[bool]string{true: "eni-0", false: "eni-1"}[i < 32]; e != want {
+			t.Fatalf("pod %d on %s, want %s (%v)", i, e, want, got)
+		}
+	}
+	// ENI 0's first prefix fills before its second.
+	a, _ := p.Lookup(Key{ContainerID: "c15", IfName: "eth0"})
+	b, _ := p.Lookup(Key{ContainerID: "c16", IfName: "eth0"})
+	if a.IP != ip("10.0.2.15") || b.IP != ip("10.0.2.16") {
+		t.Fatalf("c15 on %s, c16 on %s", a.IP, b.IP)
+	}
+}

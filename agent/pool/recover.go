@@ -52,6 +52,7 @@ func (p *Pool) Recover(ips []netip.Addr) ([]Assignment, error) {
 		}
 		s.holder = &assignment{recovered: true, assignedAt: now}
 		s.cpJSON = nil
+		p.touchLocked(ip)
 		p.recovered[ip] = s
 		if s.prefix.IsValid() {
 			p.prefixUse[s.prefix]++
@@ -262,6 +263,7 @@ func (p *Pool) Restore(pods []*ipledgerv1.PodAddress) (RestoreResult, error) {
 	}
 	p.restoreDone = true
 	p.forgotten, p.gcValid = nil, nil
+	p.dirtyFull = true // rare, and it moves assignments around: one record of the whole state
 	p.version++
 	v := p.version
 	p.notifyLocked() // new attachments waited for this

@@ -39,6 +39,7 @@ func (p *Pool) Answer(prop *ipledgerv1.ReleaseProposal) (*ipledgerv1.ReleaseAck,
 		}
 		if _, locked := p.locks[canon]; !locked {
 			p.locks[canon] = lock{proposalID: prop.GetProposalId(), generation: p.generation, lockedAt: now}
+			p.dirtyItems[canon] = struct{}{}
 			changed = true
 		}
 		ack.Confirmed = append(ack.Confirmed, raw)

@@ -382,6 +382,10 @@ func (c *Conn) recvLoop(ctx context.Context, stream syncStream, acks chan<- *ipl
 			case <-ctx.Done():
 				return ctx.Err()
 			}
+		case *ipledgerv1.SyncResponse_UsageRefused:
+			// The server left these out of the node's usage: another node leases them. Pods
+			// on them are a bug (or an attack) worth a person's look.
+			c.log.Error("the server refused addresses of the usage report", "addresses", m.UsageRefused.GetAddresses(), "reason", m.UsageRefused.GetReason())
 		default:
 			c.log.Warn("ignoring an unknown sync message", "type", fmt.Sprintf("%T", m))
 		}

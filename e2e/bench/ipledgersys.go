@@ -369,6 +369,11 @@ func (s *ipledgerSystem) StartNode(ctx context.Context, inst ec2sim.InstanceInfo
 	cfg.UsageDebounce = scale(cfg.UsageDebounce)
 	cfg.Logger = s.agentLog.With("instance", inst.ID)
 	if r == rolePrefix {
+		// The policy matches the instance's EC2 tag (as a node group's launch template sets
+		// it); the agent's label says the same and is only shown.
+		if err := s.env.sim.Sim().TagInstance(ctx, inst.ID, map[string]string{labelMode: "prefix"}); err != nil {
+			return nil, fmt.Errorf("bench: tag %s: %w", inst.ID, err)
+		}
 		cfg.Labels = map[string]string{labelMode: "prefix"}
 	}
 	a, err := agent.New(cfg)

@@ -54,7 +54,19 @@ type ServerProc struct {
 }
 
 // Args are the process's command-line flags.
-func (r *ServerProc) Args() []string { return append([]string(nil), r.args...) }
+func (r *ServerProc) Args() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.args...)
+}
+
+// SetArgs replaces the flags of the process's next runs (as a changed Deployment would); the
+// current run keeps its own.
+func (r *ServerProc) SetArgs(args []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.args = append([]string(nil), args...)
+}
 
 // supervise runs the process until stop is closed, restarting it with back-off whenever it
 // exits; it kills the current run when stop closes.
@@ -99,9 +111,10 @@ func (r *ServerProc) start() (<-chan struct{}, error) {
 	}
 	r.runs++
 	run := r.runs
+	args := append([]string(nil), r.args...)
 	r.mu.Unlock()
-	fmt.Fprintf(logFile, "=== run %d at %s: ipledger-server %s\n", run, time.Now().Format(time.RFC3339Nano), strings.Join(r.args, " "))
-	cmd := exec.Command(r.bin, r.args...)
+	fmt.Fprintf(logFile, "=== run %d at %s: ipledger-server %s\n", run, time.Now().Format(time.RFC3339Nano), strings.Join(args, " "))
+	cmd := exec.Command(r.bin, args...)
 	cmd.Env = r.env
 	var out io.Writer = logFile
 	if os.Getenv(LogEnv) != "" {

@@ -60,6 +60,17 @@ func (a *Allocator) RequestAddresses(ctx context.Context, node string, count int
 		if rec.Draining {
 			return nil, fmt.Errorf("%w: %s is drained and gets no new addresses", ErrDraining, node)
 		}
+		// A node that holds all its instance type (and policy) allows, none of it free, is
+		// full: waiting cannot help, so the pods hear it at once (not after the Add's wait).
+		if usageKnown && !a.hasFree(node, rec) {
+			a.mu.Lock()
+			t := a.targetsLocked(ns, rec)
+			a.mu.Unlock()
+			if held := activeAddresses(rec); t.Max > 0 && held >= t.Max {
+				return nil, fmt.Errorf("%w: %s (%s) holds %d pod addresses, the most its instance type and policy allow, and pods use all of them",
+					ErrNodeAtLimit, node, rec.InstanceType, held)
+			}
+		}
 		if problem != nil && !problemAt.Before(start) && definitive(problem) {
 			return nil, problem
 		}
@@ -216,7 +227,7 @@ func (a *Allocator) rematchPolicies(ctx context.Context) {
 		if !ok {
 			continue
 		}
-		p := policy.Match(policies, rec.Labels, rec.InstanceType)
+		p := policy.Match(policies, rec.MatchLabels(), rec.InstanceType)
 		a.mu.Lock()
 		ns.policy = p
 		a.mu.Unlock()

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"golang.org/x/time/rate"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -53,6 +54,13 @@ type Config struct {
 	ReconcileInterval     time.Duration // default 5 min
 	InstanceCheckInterval time.Duration // default 60 s
 	DriftGrace            time.Duration // default 60 s
+	// ReconcileBeforeServing: the records may be older than EC2 (etcd restored from a snapshot)
+	// or empty (etcd lost, --rebuild-from-ec2). Run compares them with EC2 and repairs every
+	// difference at once, without the drift grace, before it serves: addresses EC2 has on a
+	// node's ENIs are leased to it again, leases EC2 no longer has are dropped, nodes whose
+	// instances are gone are removed. Nodes missing from the records register again (their
+	// agents are told UNKNOWN_NODE), and registration adopts what EC2 has on their instances.
+	ReconcileBeforeServing bool
 	// Tick is how often every node is looked at without an event (default 1 s).
 	Tick time.Duration
 	// Workers run nodes' supply and proposals (default 64); ReleaseWorkers their releases
@@ -132,6 +140,9 @@ type Allocator struct {
 	now func() time.Time
 	met *metrics
 
+	// refusalLog paces the warning about usage reports naming other nodes' addresses.
+	refusalLog rate.Sometimes
+
 	slots    *slots     // commit slots of records (see doc.go for the lock order)
 	work     *workQueue // nodes whose worker should run: supply, proposals
 	releases *workQueue // nodes with release work: unassigns, ENI deletes
@@ -209,16 +220,17 @@ func New(cfg Config) (*Allocator, error) {
 	}
 	obs := cfg.observer
 	a := &Allocator{
-		cfg:      cfg,
-		log:      cfg.Logger.With("component", "allocator"),
-		led:      cfg.Ledger,
-		gw:       cfg.EC2,
-		st:       cfg.Store,
-		clk:      cfg.Clock,
-		now:      cfg.Clock.Now,
-		slots:    newSlots(obs),
-		work:     newWorkQueue("work queue", obs),
-		releases: newWorkQueue("release queue", obs),
+		refusalLog: rate.Sometimes{Interval: time.Minute},
+		cfg:        cfg,
+		log:        cfg.Logger.With("component", "allocator"),
+		led:        cfg.Ledger,
+		gw:         cfg.EC2,
+		st:         cfg.Store,
+		clk:        cfg.Clock,
+		now:        cfg.Clock.Now,
+		slots:      newSlots(obs),
+		work:       newWorkQueue("work queue", obs),
+		releases:   newWorkQueue("release queue", obs),
 
 		mu:             mutex{name: "allocator", obs: obs},
 		nodes:          map[string]*nodeState{},
@@ -279,6 +291,11 @@ func (a *Allocator) Run(ctx context.Context) error {
 	if err := a.learnSubnets(ctx); err != nil {
 		return err
 	}
+	if a.cfg.ReconcileBeforeServing {
+		if err := a.reconcileFirst(ctx); err != nil {
+			return err
+		}
+	}
 	a.wg.Add(6)
 	go func() { defer a.wg.Done(); a.work.run(ctx, a.cfg.Workers, a.stepNode) }()
 	go func() { defer a.wg.Done(); a.releases.run(ctx, a.cfg.ReleaseWorkers, a.releaseNode) }()
@@ -313,6 +330,28 @@ func (a *Allocator) Run(ctx context.Context) error {
 	}
 	a.mu.Unlock()
 	return err
+}
+
+// reconcileFirst is the reconciliation a leader runs before it serves records that may be
+// behind EC2 (ReconcileBeforeServing). It tries until one pass reads EC2 whole.
+func (a *Allocator) reconcileFirst(ctx context.Context) error {
+	start := a.clk.Now()
+	for attempt := 1; ; attempt++ {
+		err := a.checkInstances(ctx)
+		if err == nil {
+			_, err = a.reconcileWithin(ctx, 0)
+		}
+		if err == nil {
+			a.log.Warn("records reconciled against EC2 before serving", "nodes", len(a.led.Nodes()), "took", a.clk.Since(start).Round(time.Millisecond))
+			return nil
+		}
+		a.log.Warn("reconciling against EC2 before serving failed; retrying", "attempt", attempt, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-a.clk.After(2 * time.Second):
+		}
+	}
 }
 
 // learnSubnets records the configured subnets the cluster does not know yet.
@@ -705,7 +744,33 @@ func (a *Allocator) ReportUsage(node string, u Usage) error {
 		if !p.IP.Is4() {
 			return invalid(fmt.Sprintf("usage.in_use[%d].ip", i), "%q is not an IPv4 address", p.IP)
 		}
+	}
+	// Addresses another node holds are not this node's usage, whatever its agent says: taking
+	// them would make this node's pods look like they use the other node's addresses (and keep
+	// ipledgerctl check failing). They are left out, counted, and the agent is told.
+	var refused []netip.Addr
+	kept := u.InUse[:0:0]
+	for _, p := range u.InUse {
+		if o, taken := a.led.OwnerOf(p.IP); taken && o.Node != "" && o.Node != node &&
+			(o.Kind == ledger.OwnerLeased || o.Kind == ledger.OwnerPending || o.Kind == ledger.OwnerENIPrimary) {
+			refused = append(refused, p.IP)
+			continue
+		}
+		kept = append(kept, p)
 		ips = append(ips, p.IP)
+	}
+	if len(refused) > 0 {
+		u.InUse = kept
+		a.met.usageRefused.WithLabelValues(node).Add(float64(len(refused)))
+		r := UsageRefusal{Addresses: refused, Reason: "these addresses are leased to other nodes; pods cannot use them here"}
+		a.mu.Lock()
+		for s := range ns.subs {
+			s.sendRefusal(r)
+		}
+		a.mu.Unlock()
+		a.refusalLog.Do(func() {
+			a.log.Warn("usage report names other nodes' addresses; left out (further ones within a minute are not logged)", "node", node, "addresses", refused)
+		})
 	}
 	now := a.now()
 	a.mu.Lock()

@@ -70,6 +70,7 @@ type fakeSubnet struct {
 type fakeInstance struct {
 	id, typ, az, subnet, state, dns string
 	ip                              netip.Addr
+	tags                            map[string]string
 }
 
 type fakeENI struct {
@@ -265,7 +266,7 @@ func (f *fakeEC2) call(ctx context.Context, action string, op func() error) erro
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls[action]++
-	unknown := &ec2gw.APIError{Action: action, Message: "no answer in time", Kind: ec2gw.ErrUnavailable, Err: context.DeadlineExceeded}
+	unknown := &ec2gw.APIError{Action: action, Message: "no answer in time", Kind: ec2gw.ErrUnavailable, Err: context.DeadlineExceeded, Unknown: true}
 	if f.trace != nil {
 		defer func(fault fakeFault) { f.trace("  ec2 %s fault %d", action, fault) }(fault)
 	}
@@ -300,7 +301,7 @@ func (f *fakeEC2) DescribeInstances(ctx context.Context, _ ec2gw.Priority, ids [
 				return apiErr("DescribeInstances", "InvalidInstanceID.NotFound", ec2gw.ErrNotFound)
 			}
 			inst := ec2gw.Instance{ID: in.id, Type: in.typ, AvailabilityZone: in.az, SubnetID: in.subnet, State: in.state,
-				PrivateDNSName: in.dns, PrivateIP: in.ip, VPCID: "vpc-00000000000000001"}
+				PrivateDNSName: in.dns, PrivateIP: in.ip, VPCID: "vpc-00000000000000001", Tags: maps.Clone(in.tags)}
 			for _, e := range f.enis {
 				if e.Attachment != nil && e.Attachment.InstanceID == id {
 					inst.ENIs = append(inst.ENIs, e.copy())

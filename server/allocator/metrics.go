@@ -14,6 +14,8 @@ type metrics struct {
 	removals      prometheus.Counter
 	repairs       *prometheus.CounterVec
 	leaseOps      *prometheus.CounterVec
+	// usageRefused is by node: only nodes that report other nodes' addresses get a series.
+	usageRefused *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -36,9 +38,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		leaseOps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ipledger_lease_operations_total", Help: "Lease operations by kind (assign, release, adopt, drop, create-eni, delete-eni, ...) and outcome.",
 		}, []string{"op", "outcome"}),
+		usageRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ipledger_usage_items_refused_total", Help: "Addresses in nodes' usage reports that are other nodes' (left out of the report), by reporting node.",
+		}, []string{"node"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.acks, m.registrations, m.removals, m.repairs, m.leaseOps)
+		reg.MustRegister(m.connected, m.acks, m.registrations, m.removals, m.repairs, m.leaseOps, m.usageRefused)
 	}
 	return m
 }

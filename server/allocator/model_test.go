@@ -329,10 +329,12 @@ func (m *model) launch() {
 			req.PrimaryENI = x.ID
 		}
 	}
-	m.ec2.mu.Unlock()
 	if typ != "t3.medium" && m.rng.IntN(3) == 0 {
+		// Policies match the instance's tags; the agent's labels say the same (and are shown only).
+		in.tags = map[string]string{"mode": "prefix"}
 		req.Labels = map[string]string{"mode": "prefix"}
 	}
+	m.ec2.mu.Unlock()
 	m.pending = append(m.pending, req)
 	m.note("launch %s (%s in %s, labels %v)", req.NodeName, typ, subnet, req.Labels)
 }

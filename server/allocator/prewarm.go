@@ -446,6 +446,11 @@ func (a *Allocator) attachPrewarmed(ctx context.Context, ns *nodeState, rec ledg
 	}()
 	attID, err := a.gw.AttachENI(ctx, prio, eni.ID, rec.InstanceID, device, 0)
 	a.met.leaseOp("prewarm-attach", err)
+	if err != nil && ec2gw.OutcomeUnknown(err) {
+		if id, ok := a.attachedAfterUnknown(ctx, prio, eni.ID, rec.InstanceID, device); ok {
+			attID, err = id, nil
+		}
+	}
 	if err != nil {
 		a.log.Warn("attach of a pre-warmed ENI failed; creating one instead", "node", ns.name, "eni", eni.ID, "err", err)
 		return false, nil

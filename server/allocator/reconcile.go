@@ -295,6 +295,12 @@ func (a *Allocator) reconcileLoop(ctx context.Context) {
 // with EC2, and repairs differences that persisted for the drift grace. pending says whether a
 // difference with a repair is still waiting out its grace.
 func (a *Allocator) reconcileAll(ctx context.Context) (pending bool, err error) {
+	return a.reconcileWithin(ctx, a.cfg.DriftGrace)
+}
+
+// reconcileWithin is reconcileAll with a drift grace of its own (0: repair every difference
+// now, as a leader does before it serves a restored or rebuilt store).
+func (a *Allocator) reconcileWithin(ctx context.Context, grace time.Duration) (pending bool, err error) {
 	drifts, err := a.collectDrift(ctx, ec2gw.PriorityReconcile)
 	if err != nil {
 		return false, err
@@ -324,7 +330,7 @@ func (a *Allocator) reconcileAll(ctx context.Context) (pending bool, err error) 
 		a.mu.Lock()
 		first := a.drift[d.key]
 		a.mu.Unlock()
-		if !d.immediate && now.Sub(first) < a.cfg.DriftGrace {
+		if !d.immediate && now.Sub(first) < grace {
 			pending = true
 			continue
 		}
@@ -551,6 +557,9 @@ func itemAddr(item string) netip.Addr {
 	return ip
 }
 
+// errKeptLeak: a leaked ENI is attached to a running instance and is not deleted.
+var errKeptLeak = errors.New("allocator: leaked ENI kept")
+
 func (a *Allocator) deleteLeaked(ctx context.Context, e ec2gw.ENI) error {
 	if e.Tags[TagPrewarm] != "" {
 		if _, ok := a.led.Prewarm(e.Tags[TagPrewarm]); ok {
@@ -558,6 +567,16 @@ func (a *Allocator) deleteLeaked(ctx context.Context, e ec2gw.ENI) error {
 		}
 	}
 	if e.Attachment != nil && e.Attachment.ID != "" {
+		// Attached to an instance that still runs: its pods may use the addresses (after etcd
+		// was lost or restored, the node has not registered again yet). Kept, and reported by
+		// Check, until its agent registers (registration adopts it) or the instance ends.
+		gone, err := a.instanceGone(ctx, e.Attachment.InstanceID, ec2gw.PriorityRelease)
+		if err != nil {
+			return err
+		}
+		if !gone {
+			return fmt.Errorf("%w: %s is attached to %s, which runs: kept until its node registers or the instance ends", errKeptLeak, e.ID, e.Attachment.InstanceID)
+		}
 		if err := a.gw.DetachENI(ctx, ec2gw.PriorityRelease, e.Attachment.ID, true); err != nil && !errors.Is(err, ec2gw.ErrNotFound) {
 			return err
 		}

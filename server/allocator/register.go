@@ -152,7 +152,9 @@ func (a *Allocator) registerHeld(ctx context.Context, req Registration, inst ec2
 	}
 
 	a.mu.Lock()
-	pol := policy.Match(policy.List(a.policies), req.Labels, req.InstanceType)
+	// Policies match facts the server verified (the instance's EC2 tags and type), never the
+	// labels the agent reports: a node must not choose its own policy.
+	pol := policy.Match(policy.List(a.policies), inst.Tags, inst.Type)
 	a.mu.Unlock()
 	mode, modeMsg := policy.ModeFor(pol, typ)
 	rec := nodeRecordFrom(inst, req, pol.Name, mode, a.cfg.ClusterName, a.now())
@@ -240,6 +242,7 @@ func nodeRecordFrom(inst ec2gw.Instance, req Registration, policy string, mode l
 		SubnetID:         inst.SubnetID,
 		PrimaryIP:        inst.PrivateIP,
 		Labels:           req.Labels,
+		Tags:             cloneTags(inst.Tags),
 		Policy:           policy,
 		Mode:             mode,
 		RegisteredAt:     now,
@@ -308,6 +311,17 @@ func (a *Allocator) reregister(ctx context.Context, rec ledger.NodeRecord, req R
 	a.mu.Unlock()
 	a.kick(ns.name)
 	return pool, pol, nil
+}
+
+func cloneTags(m map[string]string) map[string]string {
+	if len(m) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
 }
 
 func equalLabels(a, b map[string]string) bool {

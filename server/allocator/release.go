@@ -335,6 +335,15 @@ func (a *Allocator) releaseLane(ctx context.Context, ns *nodeState) {
 		}
 		err := a.gw.UnassignAddresses(ctx, ec2gw.PriorityRelease, e.ID, addrs, prefixes)
 		a.met.leaseOp("release", err)
+		if err != nil && ec2gw.OutcomeUnknown(err) {
+			// EC2 may have unassigned them all the same: read the ENI at once and commit what
+			// it no longer has (the rest is tried again on the next pass).
+			if !a.releasedPerEC2(ctx, e.ID, &addrs, &prefixes) || len(addrs)+len(prefixes) == 0 {
+				a.log.Info("unassign outcome unknown; will retry", "node", ns.name, "eni", e.ID, "err", err)
+				return
+			}
+			err = nil
+		}
 		if err != nil && !errors.Is(err, ec2gw.ErrInvalidRequest) {
 			a.log.Info("unassign failed; will retry", "node", ns.name, "eni", e.ID, "err", err)
 			return

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -286,5 +287,35 @@ func TestForecaster(t *testing.T) {
 	}
 	if fc := f.Forecast("subnet-unknown", 100); fc.OK {
 		t.Fatalf("forecast of an unknown subnet: %+v", fc)
+	}
+}
+
+// A node that holds all its policy allows, every address in use, is full: RequestAddresses says
+// so at once (ErrNodeAtLimit, naming the node and its type) instead of waiting for a supply that
+// cannot come; with one address free again it is served.
+func TestRequestAddressesOnAFullNode(t *testing.T) {
+	e := newEnv(t, nil)
+	e.setPolicy(policy.Policy{Name: "small", Order: 1, MinimumIPTarget: policy.U32(3), MaxAddresses: policy.U32(3),
+		Selector: policy.Selector{InstanceTypes: []string{"m5.large"}}})
+	node := e.register("m5.large", subnetA)
+	e.step(node)
+	held := e.active(node)
+	if len(held) != 3 {
+		t.Fatalf("the node holds %d addresses, want its max of 3", len(held))
+	}
+	e.usage(node, held...)
+	e.running()
+	ctx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
+	defer cancel()
+	_, err := e.a.RequestAddresses(ctx, node, 1, e.ns(node).generation)
+	if !errors.Is(err, ErrNodeAtLimit) || !strings.Contains(err.Error(), node) || !strings.Contains(err.Error(), "m5.large") {
+		t.Fatalf("a full node: %v, want ErrNodeAtLimit naming it", err)
+	}
+	if ctx.Err() != nil {
+		t.Fatal("the answer came only at the deadline")
+	}
+	e.usage(node, held[:2]...)
+	if pool, err := e.a.RequestAddresses(ctx, node, 1, 0); err != nil || pool == nil {
+		t.Fatalf("with an address free again: %v", err)
 	}
 }

@@ -14,6 +14,7 @@ type Subscription struct {
 	pool      *Pool
 	proposals []ledger.ReleaseProposal
 	stale     []string
+	refusals  []UsageRefusal
 	notify    chan struct{}
 	done      chan struct{}
 	err       error
@@ -49,6 +50,13 @@ func (s *Subscription) sendStale(uids []string) {
 	s.wake()
 }
 
+func (s *Subscription) sendRefusal(r UsageRefusal) {
+	s.mu.Lock()
+	s.refusals = append(s.refusals, r)
+	s.mu.Unlock()
+	s.wake()
+}
+
 func (s *Subscription) end(err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -60,7 +68,8 @@ func (s *Subscription) end(err error) {
 	}
 }
 
-// Next blocks until there is something to send: the newest pool first, then proposals.
+// Next blocks until there is something to send: the newest pool first, then proposals, then
+// stale pods, then refusals of usage reports.
 func (s *Subscription) Next(ctx context.Context) (SyncMessage, error) {
 	for {
 		s.mu.Lock()
@@ -81,6 +90,12 @@ func (s *Subscription) Next(ctx context.Context) (SyncMessage, error) {
 			s.stale = nil
 			s.mu.Unlock()
 			return SyncMessage{StalePods: u}, nil
+		}
+		if len(s.refusals) > 0 {
+			r := s.refusals[0]
+			s.refusals = s.refusals[1:]
+			s.mu.Unlock()
+			return SyncMessage{Refusal: &r}, nil
 		}
 		s.mu.Unlock()
 		select {

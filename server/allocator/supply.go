@@ -467,6 +467,12 @@ func (a *Allocator) addENI(ctx context.Context, ns *nodeState, rec ledger.NodeRe
 		return ec2Err(err, rec.SubnetID)
 	}
 	attID, err := a.gw.AttachENI(ctx, prio, eni.ID, rec.InstanceID, device, 0)
+	if err != nil && ec2gw.OutcomeUnknown(err) {
+		if id, ok := a.attachedAfterUnknown(ctx, prio, eni.ID, rec.InstanceID, device); ok {
+			a.log.Info("attach answered badly but EC2 attached the ENI", "node", ns.name, "eni", eni.ID, "err", err)
+			attID, err = id, nil
+		}
+	}
 	if err != nil {
 		a.log.Warn("attach failed; deleting the new ENI", "node", ns.name, "eni", eni.ID, "err", err)
 		if derr := a.gw.DeleteENI(ctx, ec2gw.PriorityRelease, eni.ID); derr != nil {
@@ -505,6 +511,21 @@ func (a *Allocator) addENI(ctx context.Context, ns *nodeState, rec ledger.NodeRe
 	}
 	// DeleteOnTermination is not needed to serve pods: set it at release priority.
 	return nil
+}
+
+// attachedAfterUnknown reads an ENI again at once after an attach whose outcome is unknown (a
+// 5xx, a lost connection, no answer in time: EC2 may have attached it all the same), and
+// returns the attachment when the ENI is on the instance at the device index.
+func (a *Allocator) attachedAfterUnknown(ctx context.Context, prio ec2gw.Priority, eniID, instanceID string, device int) (string, bool) {
+	enis, err := a.gw.DescribeNetworkInterfaces(ctx, prio, ec2gw.ENIFilter{IDs: []string{eniID}})
+	if err != nil || len(enis) != 1 {
+		return "", false
+	}
+	att := enis[0].Attachment
+	if att == nil || att.InstanceID != instanceID || att.DeviceIndex != device || att.ID == "" {
+		return "", false
+	}
+	return att.ID, true
 }
 
 func nextDeviceIndex(rec ledger.NodeRecord) int {

@@ -465,3 +465,51 @@ func TestSupplyLeavesAnENIBeingDeleted(t *testing.T) {
 		}
 	}
 }
+
+// An attach or an unassign whose answer is lost (EC2 did the work) is read again at once: the
+// attached ENI is kept and leased (not deleted as a failed attach), and the unassigned
+// addresses leave the lease in the same pass, without another call to unassign them.
+func TestUnknownOutcomesAreReadAgainAtOnce(t *testing.T) {
+	e := newEnv(t, nil)
+	e.setPolicy(policy.Policy{Name: "twelve", Order: 1, MinimumIPTarget: policy.U32(12)})
+	node := e.register("m5.large", subnetA) // 9 secondary addresses per ENI: 12 needs a second ENI
+	lost := map[string]bool{"AttachNetworkInterface": true, "UnassignPrivateIpAddresses": true}
+	e.ec2.fault = func(action string) fakeFault {
+		if lost[action] {
+			return faultLate
+		}
+		return faultNone
+	}
+	e.step(node)
+	rec := e.record(node)
+	if len(rec.ENIs) != 2 || len(e.active(node)) != 12 {
+		t.Fatalf("after an attach whose answer was lost: %d ENIs, %d addresses, want 2 and 12", len(rec.ENIs), len(e.active(node)))
+	}
+	if n := e.ec2.callCount("DeleteNetworkInterface"); n != 0 {
+		t.Fatalf("the attached ENI was deleted as a failed attach (%d deletes)", n)
+	}
+	held := e.active(node)
+	sub := e.subscribe(node)
+	e.usage(node, held[0])
+	if err := e.a.DeletePolicy(e.ctx, "twelve"); err != nil {
+		t.Fatal(err)
+	}
+	e.step(node)
+	p := lastProposal(messages(t, sub))
+	if p == nil || len(p.Items) == 0 {
+		t.Fatalf("no release proposal: %+v", p)
+	}
+	if err := e.a.AckRelease(e.ctx, node, ReleaseAck{ProposalID: p.ID, Confirmed: p.Items}); err != nil {
+		t.Fatal(err)
+	}
+	e.a.releaseLane(e.ctx, e.ns(node))
+	for _, it := range p.Items {
+		ip := netip.MustParseAddr(it)
+		if o, ok := e.a.led.OwnerOf(ip); ok && o.Kind == ledger.OwnerLeased {
+			t.Fatalf("%s: unassigned on EC2 (answer lost) but still leased after the pass", ip)
+		}
+	}
+	if n := e.ec2.callCount("UnassignPrivateIpAddresses"); n > len(rec.ENIs) {
+		t.Fatalf("%d unassign calls for %d ENIs: the lost answers were retried instead of read", n, len(rec.ENIs))
+	}
+}

@@ -178,7 +178,7 @@ func (s *AdminServer) detail(name string) (*ipledgerv1.NodeDetail, error) {
 		}
 	}
 	if d.Policy == nil {
-		d.Policy = PolicyToProto(policy.Match(s.replica.Policies(), rec.Labels, rec.InstanceType))
+		d.Policy = PolicyToProto(policy.Match(s.replica.Policies(), rec.MatchLabels(), rec.InstanceType))
 	}
 	for _, e := range rec.ENIs {
 		if sub, ok := led.Subnet(e.SubnetID); ok {

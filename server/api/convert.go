@@ -193,6 +193,13 @@ func syncToProto(m allocator.SyncMessage) *ipledgerv1.SyncResponse {
 	if m.StalePods != nil {
 		return &ipledgerv1.SyncResponse{Msg: &ipledgerv1.SyncResponse_StalePods{StalePods: &ipledgerv1.StalePods{PodUids: m.StalePods}}}
 	}
+	if m.Refusal != nil {
+		r := &ipledgerv1.UsageRefused{Reason: m.Refusal.Reason}
+		for _, ip := range m.Refusal.Addresses {
+			r.Addresses = append(r.Addresses, ip.String())
+		}
+		return &ipledgerv1.SyncResponse{Msg: &ipledgerv1.SyncResponse_UsageRefused{UsageRefused: r}}
+	}
 	return &ipledgerv1.SyncResponse{Msg: &ipledgerv1.SyncResponse_Release{Release: proposalToProto(m.Proposal)}}
 }
 

@@ -253,7 +253,7 @@ func (s *NodeServer) Sync(stream ipledgerv1.NodeService_SyncServer) error {
 				}
 				return Status(err)
 			}
-			if msg.Pool == nil && msg.Proposal == nil && msg.StalePods == nil {
+			if msg.Empty() {
 				return nil // the subscription was closed
 			}
 			if err := stream.Send(syncToProto(msg)); err != nil {

@@ -36,6 +36,9 @@ type Config struct {
 	EtcdKeyFile   string   `json:"etcd_key_file"`
 	// SessionTTL is the leader's etcd session lease: a dead leader is replaced after at most this.
 	SessionTTL Duration `json:"session_ttl"`
+	// RebuildFromEC2 lets a leader that finds etcd empty, while EC2 holds ENIs tagged for the
+	// cluster, rebuild the ledger from EC2 and the agents instead of refusing to lead.
+	RebuildFromEC2 bool `json:"rebuild_from_ec2"`
 
 	// Region and EC2Endpoint select EC2. EC2Endpoint "" uses AWS's endpoint for the region.
 	Region      string `json:"region"`
@@ -210,6 +213,7 @@ func settings() []setting {
 	}
 	return []setting{
 		boolean("dev", "run embedded etcd and the in-process EC2 simulator (no setup at all)", func(c *Config) *bool { return &c.Dev }),
+		boolean("rebuild-from-ec2", "when etcd holds nothing for the cluster but EC2 holds its ENIs (etcd lost), rebuild the ledger from EC2 and the agents instead of refusing to lead", func(c *Config) *bool { return &c.RebuildFromEC2 }),
 		str("data-dir", "directory for embedded etcd data and dev certificates", func(c *Config) *string { return &c.DataDir }),
 		str("cluster-name", "cluster name: etcd key prefix /ipledger/<name>/ and the ipledger.io/cluster ENI tag", func(c *Config) *string { return &c.ClusterName }),
 		list("etcd-endpoints", "comma-separated external etcd endpoints (empty: embedded etcd)", func(c *Config) *[]string { return &c.EtcdEndpoints }),

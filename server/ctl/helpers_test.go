@@ -75,7 +75,8 @@ func mustCtl(t *testing.T, want int, addr string, args ...string) result {
 	return r
 }
 
-// testAgent is servertest's agent, reporting pods by name and labelled as ctl's.
+// testAgent is servertest's agent, reporting pods by name and labelled as ctl's (startCluster
+// tags the instances the same, which is what policies match).
 type testAgent struct{ *servertest.Agent }
 
 func newTestAgent(t *testing.T, conn *grpc.ClientConn, inst ec2sim.InstanceInfo) *testAgent {
@@ -125,6 +126,10 @@ func startCluster(t *testing.T) *cluster {
 	c := &cluster{s: s, addr: s.GRPCAddr()}
 	conn := servertest.Dial(t, c.addr)
 	for _, in := range servertest.Running(s.Sim()) {
+		// Policies match the instance's EC2 tags (what the server verifies), as the labels say.
+		if err := s.Sim().Sim().TagInstance(t.Context(), in.ID, map[string]string{"ipledger.io/test": "ctl"}); err != nil {
+			t.Fatal(err)
+		}
 		a := newTestAgent(t, conn, in)
 		a.Register()
 		a.Sync()

@@ -29,7 +29,8 @@ var (
 	ErrAttachmentLimit = errors.New("ec2gw: instance attachment limit reached")
 	// ErrNotFound: any *.NotFound (EC2 is eventually consistent: it can follow a create).
 	ErrNotFound = errors.New("ec2gw: not found")
-	// ErrENIInUse: InvalidNetworkInterface.InUse (delete while attached).
+	// ErrENIInUse: InvalidNetworkInterface.InUse (delete while attached), or DeleteNetworkInterface's
+	// InvalidParameterValue "... is currently in use" (delete while a detach completes).
 	ErrENIInUse = errors.New("ec2gw: eni in use")
 	// ErrInvalidRequest: InvalidParameterValue, InvalidParameterCombination,
 	// IdempotentParameterMismatch, any other 4xx, and input refused before calling EC2.
@@ -137,6 +138,11 @@ func classify(action string, err error) *APIError {
 		ae.Code = api.ErrorCode()
 		ae.Message = api.ErrorMessage()
 		ae.Kind = kindOf(ae.Code, ae.HTTPStatus)
+		if action == "DeleteNetworkInterface" && ae.Code == "InvalidParameterValue" && strings.Contains(ae.Message, "currently in use") {
+			// EC2's answer to a delete while a detach has not completed (vpc-cni #1399): the
+			// ENI is still in use, and the delete succeeds once the detach does.
+			ae.Kind = ErrENIInUse
+		}
 		return ae
 	}
 	// No EC2 error code: a transport error, or a response that could not be read (a 2xx whose

@@ -101,3 +101,20 @@ func TestAPIErrorMatchesContext(t *testing.T) {
 		t.Fatalf("%v matches context.Canceled", err)
 	}
 }
+
+// A delete while a detach completes: EC2 answers InvalidParameterValue "... is currently in
+// use" (vpc-cni #1399), which is the ENI in use (retry), not a bad request; the same code on
+// another action or with another message stays a bad request.
+func TestClassifyDeleteWhileDetaching(t *testing.T) {
+	detaching := sdkError("DeleteNetworkInterface", 400, "InvalidParameterValue", "Network interface 'eni-1' is currently in use.")
+	if err := error(classify("DeleteNetworkInterface", detaching)); !errors.Is(err, ErrENIInUse) || errors.Is(err, ErrInvalidRequest) {
+		t.Fatalf("delete while detaching: %v, want ErrENIInUse only", err)
+	}
+	other := sdkError("DeleteNetworkInterface", 400, "InvalidParameterValue", "Invalid id: eni-x")
+	if err := error(classify("DeleteNetworkInterface", other)); !errors.Is(err, ErrInvalidRequest) {
+		t.Fatalf("another InvalidParameterValue: %v, want ErrInvalidRequest", err)
+	}
+	if err := error(classify("AttachNetworkInterface", detaching)); !errors.Is(err, ErrInvalidRequest) {
+		t.Fatalf("the message on another action: %v, want ErrInvalidRequest", err)
+	}
+}

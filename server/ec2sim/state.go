@@ -334,6 +334,26 @@ func (s *Sim) RunInstances(ctx context.Context, spec InstanceSpec, count int) ([
 	return out, nil
 }
 
+// TagInstance adds or replaces tags of an instance, as CreateTags does (EC2's tag rules apply).
+func (s *Sim) TagInstance(ctx context.Context, id string, tags map[string]string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := validateTags(tags); err != nil {
+		return fmt.Errorf("ec2sim: tag %s: %w", id, apiErr("InvalidParameterValue", "%v", err))
+	}
+	s.lock()
+	defer s.mu.Unlock()
+	in, aerr := s.lookupInstance(id)
+	if aerr != nil {
+		return fmt.Errorf("ec2sim: tag: %w", aerr)
+	}
+	for k, v := range tags {
+		s.setInstanceTag(in, k, v)
+	}
+	return nil
+}
+
 // TerminateInstances terminates the instances (all must exist): ENIs with DeleteOnTermination
 // are deleted, the others detached; the IMDS listeners close.
 func (s *Sim) TerminateInstances(ctx context.Context, ids ...string) error {

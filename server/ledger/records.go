@@ -75,14 +75,19 @@ type ReleaseProposal struct {
 
 // NodeRecord is a registered node and everything it leases.
 type NodeRecord struct {
-	Name             string            `json:"name"`
-	InstanceID       string            `json:"instance_id"`
-	InstanceType     string            `json:"instance_type"`
-	AvailabilityZone string            `json:"availability_zone"`
-	SubnetID         string            `json:"subnet_id"`
-	PrimaryENI       string            `json:"primary_eni"`
-	PrimaryIP        netip.Addr        `json:"primary_ip"`
-	Labels           map[string]string `json:"labels,omitempty"`
+	Name             string     `json:"name"`
+	InstanceID       string     `json:"instance_id"`
+	InstanceType     string     `json:"instance_type"`
+	AvailabilityZone string     `json:"availability_zone"`
+	SubnetID         string     `json:"subnet_id"`
+	PrimaryENI       string     `json:"primary_eni"`
+	PrimaryIP        netip.Addr `json:"primary_ip"`
+	// Labels are what the node's agent reports: shown, never trusted (a node must not choose
+	// its own policy).
+	Labels map[string]string `json:"labels,omitempty"`
+	// Tags are the instance's EC2 tags as DescribeInstances gave them at registration: facts the
+	// server verified, which policies match on (MatchLabels).
+	Tags map[string]string `json:"tags,omitempty"`
 	// Policy is the name of the node group policy that applies.
 	Policy       string           `json:"policy"`
 	Mode         AddressMode      `json:"mode"`
@@ -175,3 +180,7 @@ func (n *NodeRecord) Validate() error {
 	}
 	return nil
 }
+
+// MatchLabels are the labels a node group policy's selector matches: the instance's EC2 tags,
+// which the server read from EC2 itself, never what the agent reports.
+func (r NodeRecord) MatchLabels() map[string]string { return r.Tags }

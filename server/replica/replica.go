@@ -54,6 +54,17 @@ type Config struct {
 	// RetryMin and RetryMax bound the back-off between attempts to reach etcd, load the state
 	// and campaign (defaults 200 ms and 5 s).
 	RetryMin, RetryMax time.Duration
+	// LeaderProbe is how often a standby checks that the leader's process is alive, to depose
+	// a dead one before its session expires (watchdog.go; default DefaultLeaderProbe,
+	// negative: off, the session TTL alone decides).
+	LeaderProbe time.Duration
+	// RebuildFromEC2 lets a leader that finds etcd empty while EC2 holds ENIs tagged for the
+	// cluster rebuild the records from EC2 and the agents (the server's --rebuild-from-ec2).
+	// Without it such a leader refuses to lead: etcd was lost or wiped, or the server points at
+	// the wrong etcd or cluster name, and an operator should say which.
+	RebuildFromEC2 bool
+	// Version is this binary's version, written into the store's meta record.
+	Version string
 }
 
 func (c *Config) defaults() {
@@ -67,6 +78,9 @@ func (c *Config) defaults() {
 	def(&c.ResignTimeout, 2*time.Second)
 	def(&c.RetryMin, 200*time.Millisecond)
 	def(&c.RetryMax, 5*time.Second)
+	if c.LeaderProbe == 0 {
+		c.LeaderProbe = DefaultLeaderProbe
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -279,11 +293,22 @@ func (r *Replica) lead(ctx context.Context, st *store.Store, from int64) error {
 	defer func() { stopFollow(); <-followed }()
 
 	var lead *store.Leadership
-	if !r.retry(ctx, "campaign", func(ctx context.Context) error {
+	wctx, stopWatching := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		if r.cfg.LeaderProbe > 0 {
+			r.watchLeader(wctx, st, r.cfg.LeaderProbe)
+		}
+	}()
+	campaigned := r.retry(ctx, "campaign", func(ctx context.Context) error {
 		var err error
 		lead, err = st.Campaign(ctx, r.cfg.Advertise)
 		return err
-	}) {
+	})
+	stopWatching()
+	<-watched
+	if !campaigned {
 		return nil
 	}
 	wonAt := time.Now()
@@ -300,9 +325,19 @@ func (r *Replica) lead(ctx context.Context, st *store.Store, from int64) error {
 	stopFollow()
 	<-followed
 
+	recoverFirst, err := r.checkMeta(ctx, st, lead)
+	if err != nil {
+		r.resign(lead)
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+
 	r.mu.RLock()
 	acfg := r.cfg.Allocator
 	acfg.Ledger, acfg.Revision = r.led, r.revision
+	acfg.ReconcileBeforeServing = recoverFirst
 	acfg.StoredPolicies = make(map[string]policy.Policy, len(r.known))
 	for k, v := range r.known {
 		acfg.StoredPolicies[k] = v

@@ -304,3 +304,29 @@ func TestObserveLeaderEnds(t *testing.T) {
 		t.Fatal("observe channel not closed by Close")
 	}
 }
+
+// A standby that knows the leader's process is gone deposes it: the next candidate leads at
+// once, the deposed leadership ends, and deposing a key that changed does nothing.
+func TestDeposeHandsLeadershipOn(t *testing.T) {
+	eps := sharedEndpoints(t)
+	a := openStore(t, eps, "depose", 0)
+	b := openStore(t, eps, "depose", 0)
+	la := campaign(t, a, addr(1))
+	resB := campaignAsync(t, t.Context(), b, addr(2))
+	expectNoResult(t, resB, 200*time.Millisecond)
+	cands, err := b.Candidates(ctxTimeout(t, 5*time.Second))
+	if err != nil || len(cands) != 2 || cands[0].Key != la.Key() || cands[0].Advertise != addr(1) || cands[1].Advertise != addr(2) {
+		t.Fatalf("candidates %+v, %v; want the leader then the standby", cands, err)
+	}
+	stale := cands[0]
+	stale.Lease++
+	if err := b.Depose(ctxTimeout(t, 5*time.Second), stale); err != nil {
+		t.Fatal(err)
+	}
+	expectNoResult(t, resB, 200*time.Millisecond) // a key with another lease is left alone
+	if err := b.Depose(ctxTimeout(t, 5*time.Second), cands[0]); err != nil {
+		t.Fatal(err)
+	}
+	expectResult(t, resB, 5*time.Second)
+	waitClosed(t, la.Done(), 10*time.Second, "deposed leader's Done")
+}

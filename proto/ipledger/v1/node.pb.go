@@ -537,6 +537,7 @@ type SyncResponse struct {
 	//
 	//	*SyncResponse_Pool
 	//	*SyncResponse_Release
+	//	*SyncResponse_UsageRefused
 	//	*SyncResponse_StalePods
 	Msg           isSyncResponse_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
@@ -598,6 +599,15 @@ func (x *SyncResponse) GetRelease() *ReleaseProposal {
 	return nil
 }
 
+func (x *SyncResponse) GetUsageRefused() *UsageRefused {
+	if x != nil {
+		if x, ok := x.Msg.(*SyncResponse_UsageRefused); ok {
+			return x.UsageRefused
+		}
+	}
+	return nil
+}
+
 func (x *SyncResponse) GetStalePods() *StalePods {
 	if x != nil {
 		if x, ok := x.Msg.(*SyncResponse_StalePods); ok {
@@ -619,15 +629,76 @@ type SyncResponse_Release struct {
 	Release *ReleaseProposal `protobuf:"bytes,2,opt,name=release,proto3,oneof"`
 }
 
+type SyncResponse_UsageRefused struct {
+	UsageRefused *UsageRefused `protobuf:"bytes,3,opt,name=usage_refused,json=usageRefused,proto3,oneof"`
+}
+
 type SyncResponse_StalePods struct {
-	StalePods *StalePods `protobuf:"bytes,3,opt,name=stale_pods,json=stalePods,proto3,oneof"`
+	StalePods *StalePods `protobuf:"bytes,4,opt,name=stale_pods,json=stalePods,proto3,oneof"`
 }
 
 func (*SyncResponse_Pool) isSyncResponse_Msg() {}
 
 func (*SyncResponse_Release) isSyncResponse_Msg() {}
 
+func (*SyncResponse_UsageRefused) isSyncResponse_Msg() {}
+
 func (*SyncResponse_StalePods) isSyncResponse_Msg() {}
+
+// UsageRefused says which addresses of a usage report the server did not take as the node's:
+// they are another node's (leased, pending or an ENI's primary address there). The rest of the
+// report was applied. The agent logs it: pods on such addresses are a bug or an attack.
+type UsageRefused struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Addresses     []string               `protobuf:"bytes,1,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UsageRefused) Reset() {
+	*x = UsageRefused{}
+	mi := &file_ipledger_v1_node_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsageRefused) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsageRefused) ProtoMessage() {}
+
+func (x *UsageRefused) ProtoReflect() protoreflect.Message {
+	mi := &file_ipledger_v1_node_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsageRefused.ProtoReflect.Descriptor instead.
+func (*UsageRefused) Descriptor() ([]byte, []int) {
+	return file_ipledger_v1_node_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *UsageRefused) GetAddresses() []string {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+func (x *UsageRefused) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
 
 // StalePods names pods the agent reports holding addresses that the Kubernetes API deleted at
 // least the server's grace ago without their CNI DEL reaching the agent. The agent gives back
@@ -642,7 +713,7 @@ type StalePods struct {
 
 func (x *StalePods) Reset() {
 	*x = StalePods{}
-	mi := &file_ipledger_v1_node_proto_msgTypes[7]
+	mi := &file_ipledger_v1_node_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -654,7 +725,7 @@ func (x *StalePods) String() string {
 func (*StalePods) ProtoMessage() {}
 
 func (x *StalePods) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_node_proto_msgTypes[7]
+	mi := &file_ipledger_v1_node_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -667,7 +738,7 @@ func (x *StalePods) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StalePods.ProtoReflect.Descriptor instead.
 func (*StalePods) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_node_proto_rawDescGZIP(), []int{7}
+	return file_ipledger_v1_node_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *StalePods) GetPodUids() []string {
@@ -690,7 +761,7 @@ type ReleaseProposal struct {
 
 func (x *ReleaseProposal) Reset() {
 	*x = ReleaseProposal{}
-	mi := &file_ipledger_v1_node_proto_msgTypes[8]
+	mi := &file_ipledger_v1_node_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -702,7 +773,7 @@ func (x *ReleaseProposal) String() string {
 func (*ReleaseProposal) ProtoMessage() {}
 
 func (x *ReleaseProposal) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_node_proto_msgTypes[8]
+	mi := &file_ipledger_v1_node_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -715,7 +786,7 @@ func (x *ReleaseProposal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseProposal.ProtoReflect.Descriptor instead.
 func (*ReleaseProposal) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_node_proto_rawDescGZIP(), []int{8}
+	return file_ipledger_v1_node_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReleaseProposal) GetProposalId() string {
@@ -752,7 +823,7 @@ type RequestAddressesRequest struct {
 
 func (x *RequestAddressesRequest) Reset() {
 	*x = RequestAddressesRequest{}
-	mi := &file_ipledger_v1_node_proto_msgTypes[9]
+	mi := &file_ipledger_v1_node_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -764,7 +835,7 @@ func (x *RequestAddressesRequest) String() string {
 func (*RequestAddressesRequest) ProtoMessage() {}
 
 func (x *RequestAddressesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_node_proto_msgTypes[9]
+	mi := &file_ipledger_v1_node_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -777,7 +848,7 @@ func (x *RequestAddressesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestAddressesRequest.ProtoReflect.Descriptor instead.
 func (*RequestAddressesRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_node_proto_rawDescGZIP(), []int{9}
+	return file_ipledger_v1_node_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RequestAddressesRequest) GetNodeName() string {
@@ -810,7 +881,7 @@ type RequestAddressesResponse struct {
 
 func (x *RequestAddressesResponse) Reset() {
 	*x = RequestAddressesResponse{}
-	mi := &file_ipledger_v1_node_proto_msgTypes[10]
+	mi := &file_ipledger_v1_node_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -822,7 +893,7 @@ func (x *RequestAddressesResponse) String() string {
 func (*RequestAddressesResponse) ProtoMessage() {}
 
 func (x *RequestAddressesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_node_proto_msgTypes[10]
+	mi := &file_ipledger_v1_node_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -835,7 +906,7 @@ func (x *RequestAddressesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestAddressesResponse.ProtoReflect.Descriptor instead.
 func (*RequestAddressesResponse) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_node_proto_rawDescGZIP(), []int{10}
+	return file_ipledger_v1_node_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RequestAddressesResponse) GetPool() *NodePool {
@@ -893,13 +964,17 @@ const file_ipledger_v1_node_proto_rawDesc = "" +
 	"\vproposal_id\x18\x01 \x01(\tR\n" +
 	"proposalId\x12\x1c\n" +
 	"\tconfirmed\x18\x02 \x03(\tR\tconfirmed\x12\x18\n" +
-	"\arefused\x18\x03 \x03(\tR\arefused\"\xb5\x01\n" +
+	"\arefused\x18\x03 \x03(\tR\arefused\"\xf7\x01\n" +
 	"\fSyncResponse\x12+\n" +
 	"\x04pool\x18\x01 \x01(\v2\x15.ipledger.v1.NodePoolH\x00R\x04pool\x128\n" +
-	"\arelease\x18\x02 \x01(\v2\x1c.ipledger.v1.ReleaseProposalH\x00R\arelease\x127\n" +
+	"\arelease\x18\x02 \x01(\v2\x1c.ipledger.v1.ReleaseProposalH\x00R\arelease\x12@\n" +
+	"\rusage_refused\x18\x03 \x01(\v2\x19.ipledger.v1.UsageRefusedH\x00R\fusageRefused\x127\n" +
 	"\n" +
-	"stale_pods\x18\x03 \x01(\v2\x16.ipledger.v1.StalePodsH\x00R\tstalePodsB\x05\n" +
-	"\x03msg\"&\n" +
+	"stale_pods\x18\x04 \x01(\v2\x16.ipledger.v1.StalePodsH\x00R\tstalePodsB\x05\n" +
+	"\x03msg\"D\n" +
+	"\fUsageRefused\x12\x1c\n" +
+	"\taddresses\x18\x01 \x03(\tR\taddresses\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"&\n" +
 	"\tStalePods\x12\x19\n" +
 	"\bpod_uids\x18\x01 \x03(\tR\apodUids\"l\n" +
 	"\x0fReleaseProposal\x12\x1f\n" +
@@ -930,7 +1005,7 @@ func file_ipledger_v1_node_proto_rawDescGZIP() []byte {
 	return file_ipledger_v1_node_proto_rawDescData
 }
 
-var file_ipledger_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_ipledger_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_ipledger_v1_node_proto_goTypes = []any{
 	(*RegisterNodeRequest)(nil),      // 0: ipledger.v1.RegisterNodeRequest
 	(*RegisterNodeResponse)(nil),     // 1: ipledger.v1.RegisterNodeResponse
@@ -939,39 +1014,41 @@ var file_ipledger_v1_node_proto_goTypes = []any{
 	(*UsageReport)(nil),              // 4: ipledger.v1.UsageReport
 	(*ReleaseAck)(nil),               // 5: ipledger.v1.ReleaseAck
 	(*SyncResponse)(nil),             // 6: ipledger.v1.SyncResponse
-	(*StalePods)(nil),                // 7: ipledger.v1.StalePods
-	(*ReleaseProposal)(nil),          // 8: ipledger.v1.ReleaseProposal
-	(*RequestAddressesRequest)(nil),  // 9: ipledger.v1.RequestAddressesRequest
-	(*RequestAddressesResponse)(nil), // 10: ipledger.v1.RequestAddressesResponse
-	nil,                              // 11: ipledger.v1.RegisterNodeRequest.LabelsEntry
-	(*NodePool)(nil),                 // 12: ipledger.v1.NodePool
-	(*NodePolicy)(nil),               // 13: ipledger.v1.NodePolicy
-	(*PodAddress)(nil),               // 14: ipledger.v1.PodAddress
+	(*UsageRefused)(nil),             // 7: ipledger.v1.UsageRefused
+	(*StalePods)(nil),                // 8: ipledger.v1.StalePods
+	(*ReleaseProposal)(nil),          // 9: ipledger.v1.ReleaseProposal
+	(*RequestAddressesRequest)(nil),  // 10: ipledger.v1.RequestAddressesRequest
+	(*RequestAddressesResponse)(nil), // 11: ipledger.v1.RequestAddressesResponse
+	nil,                              // 12: ipledger.v1.RegisterNodeRequest.LabelsEntry
+	(*NodePool)(nil),                 // 13: ipledger.v1.NodePool
+	(*NodePolicy)(nil),               // 14: ipledger.v1.NodePolicy
+	(*PodAddress)(nil),               // 15: ipledger.v1.PodAddress
 }
 var file_ipledger_v1_node_proto_depIdxs = []int32{
-	11, // 0: ipledger.v1.RegisterNodeRequest.labels:type_name -> ipledger.v1.RegisterNodeRequest.LabelsEntry
-	12, // 1: ipledger.v1.RegisterNodeResponse.pool:type_name -> ipledger.v1.NodePool
-	13, // 2: ipledger.v1.RegisterNodeResponse.policy:type_name -> ipledger.v1.NodePolicy
-	14, // 3: ipledger.v1.RegisterNodeResponse.last_reported_in_use:type_name -> ipledger.v1.PodAddress
+	12, // 0: ipledger.v1.RegisterNodeRequest.labels:type_name -> ipledger.v1.RegisterNodeRequest.LabelsEntry
+	13, // 1: ipledger.v1.RegisterNodeResponse.pool:type_name -> ipledger.v1.NodePool
+	14, // 2: ipledger.v1.RegisterNodeResponse.policy:type_name -> ipledger.v1.NodePolicy
+	15, // 3: ipledger.v1.RegisterNodeResponse.last_reported_in_use:type_name -> ipledger.v1.PodAddress
 	3,  // 4: ipledger.v1.SyncRequest.hello:type_name -> ipledger.v1.SyncHello
 	4,  // 5: ipledger.v1.SyncRequest.usage:type_name -> ipledger.v1.UsageReport
 	5,  // 6: ipledger.v1.SyncRequest.release_ack:type_name -> ipledger.v1.ReleaseAck
-	14, // 7: ipledger.v1.UsageReport.in_use:type_name -> ipledger.v1.PodAddress
-	12, // 8: ipledger.v1.SyncResponse.pool:type_name -> ipledger.v1.NodePool
-	8,  // 9: ipledger.v1.SyncResponse.release:type_name -> ipledger.v1.ReleaseProposal
-	7,  // 10: ipledger.v1.SyncResponse.stale_pods:type_name -> ipledger.v1.StalePods
-	12, // 11: ipledger.v1.RequestAddressesResponse.pool:type_name -> ipledger.v1.NodePool
-	0,  // 12: ipledger.v1.NodeService.RegisterNode:input_type -> ipledger.v1.RegisterNodeRequest
-	2,  // 13: ipledger.v1.NodeService.Sync:input_type -> ipledger.v1.SyncRequest
-	9,  // 14: ipledger.v1.NodeService.RequestAddresses:input_type -> ipledger.v1.RequestAddressesRequest
-	1,  // 15: ipledger.v1.NodeService.RegisterNode:output_type -> ipledger.v1.RegisterNodeResponse
-	6,  // 16: ipledger.v1.NodeService.Sync:output_type -> ipledger.v1.SyncResponse
-	10, // 17: ipledger.v1.NodeService.RequestAddresses:output_type -> ipledger.v1.RequestAddressesResponse
-	15, // [15:18] is the sub-list for method output_type
-	12, // [12:15] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	15, // 7: ipledger.v1.UsageReport.in_use:type_name -> ipledger.v1.PodAddress
+	13, // 8: ipledger.v1.SyncResponse.pool:type_name -> ipledger.v1.NodePool
+	9,  // 9: ipledger.v1.SyncResponse.release:type_name -> ipledger.v1.ReleaseProposal
+	7,  // 10: ipledger.v1.SyncResponse.usage_refused:type_name -> ipledger.v1.UsageRefused
+	8,  // 11: ipledger.v1.SyncResponse.stale_pods:type_name -> ipledger.v1.StalePods
+	13, // 12: ipledger.v1.RequestAddressesResponse.pool:type_name -> ipledger.v1.NodePool
+	0,  // 13: ipledger.v1.NodeService.RegisterNode:input_type -> ipledger.v1.RegisterNodeRequest
+	2,  // 14: ipledger.v1.NodeService.Sync:input_type -> ipledger.v1.SyncRequest
+	10, // 15: ipledger.v1.NodeService.RequestAddresses:input_type -> ipledger.v1.RequestAddressesRequest
+	1,  // 16: ipledger.v1.NodeService.RegisterNode:output_type -> ipledger.v1.RegisterNodeResponse
+	6,  // 17: ipledger.v1.NodeService.Sync:output_type -> ipledger.v1.SyncResponse
+	11, // 18: ipledger.v1.NodeService.RequestAddresses:output_type -> ipledger.v1.RequestAddressesResponse
+	16, // [16:19] is the sub-list for method output_type
+	13, // [13:16] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_ipledger_v1_node_proto_init() }
@@ -988,6 +1065,7 @@ func file_ipledger_v1_node_proto_init() {
 	file_ipledger_v1_node_proto_msgTypes[6].OneofWrappers = []any{
 		(*SyncResponse_Pool)(nil),
 		(*SyncResponse_Release)(nil),
+		(*SyncResponse_UsageRefused)(nil),
 		(*SyncResponse_StalePods)(nil),
 	}
 	type x struct{}
@@ -996,7 +1074,7 @@ func file_ipledger_v1_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ipledger_v1_node_proto_rawDesc), len(file_ipledger_v1_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -335,7 +335,11 @@ func Compute(p Policy, shape Shape, in Inputs, defaultReleaseDelay time.Duration
 		}
 		return t
 	}
-	used := in.InUse + in.Waiting
+	// Pods waiting count as in use, but only up to the adaptive cap: what waits is what the
+	// agent says (its report, its RequestAddresses counts), and a node must not raise its own
+	// pool past the cap by asking. Real pods beyond it are served as the first ones take theirs.
+	_, waitCap := p.adaptiveBounds()
+	used := in.InUse + min(in.Waiting, waitCap)
 	var want int // addresses
 	switch {
 	case p.WarmIPTarget != nil || p.MinimumIPTarget != nil:

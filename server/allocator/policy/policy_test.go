@@ -81,6 +81,18 @@ func TestAdaptiveTargets(t *testing.T) {
 	if got.WantAddresses != 6 {
 		t.Fatalf("waiting: %+v", got)
 	}
+	// Waiting counts only up to the adaptive cap (16 by default; 4 here): a node cannot raise
+	// its own pool by claiming pods wait, adaptive or static.
+	big := m5xlarge4x(t)
+	got = Compute(def, big, Inputs{InUse: 2, Waiting: 250}, time.Minute)
+	if got.WantAddresses != 2+16+1 {
+		t.Fatalf("250 waiting on the default policy: want %d addresses, %+v", 2+16+1, got)
+	}
+	static := Policy{Name: "s", WarmIPTarget: U32(2), AdaptiveCap: U32(4)}
+	got = Compute(static, big, Inputs{InUse: 2, Waiting: 250}, time.Minute)
+	if got.WantAddresses != 2+4+2 {
+		t.Fatalf("250 waiting on a static policy with cap 4: want %d addresses, %+v", 2+4+2, got)
+	}
 	// Policy max_addresses caps everything.
 	capped := Policy{Name: "x", MaxAddresses: U32(4), ReleaseDelaySeconds: U32(5)}
 	got = Compute(capped, sec, Inputs{InUse: 3, Waiting: 4}, time.Minute)
@@ -187,4 +199,14 @@ func TestStartPriorIsTheMedianOfRecentNodes(t *testing.T) {
 	if got := p.Prior(); got != 3 || len(p.samples) != 31 {
 		t.Fatalf("after 40 new nodes with 3 pods: prior %d over %d samples", got, len(p.samples))
 	}
+}
+
+// m5xlarge4x is a large node (m5.4xlarge: 8 ENIs x 29 addresses): its instance limit is far.
+func m5xlarge4x(t *testing.T) Shape {
+	t.Helper()
+	typ, ok := instancetypes.Lookup("m5.4xlarge")
+	if !ok {
+		t.Fatal("m5.4xlarge unknown")
+	}
+	return ShapeOf(typ, ledger.ModeSecondaryIP)
 }
