@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 
 	"github.com/ipledger/ipledger/agent"
+	"github.com/ipledger/ipledger/agent/netconf/nstest"
 	"github.com/ipledger/ipledger/e2e/harness"
 	ipledgerv1 "github.com/ipledger/ipledger/proto/ipledger/v1"
 	"github.com/ipledger/ipledger/server"
@@ -43,13 +44,17 @@ func TestKubeLookahead(t *testing.T) {
 	waited := map[bool]uint64{}
 	for i, on := range []bool{true, false} {
 		t.Run(fmt.Sprintf("lookahead=%v", on), func(t *testing.T) {
-			s := harness.StartDev(t, func(c *config.Config) { c.Kubeconfig, c.KubeLookahead = k.Kubeconfig, on })
+			s := harness.StartDev(t, func(c *config.Config) {
+				c.Kubeconfig, c.KubeLookahead, c.KubeStalePodGrace = k.Kubeconfig, on, config.Duration(3*time.Second)
+			})
 			sim := s.Sim().Sim()
 			// Assignments take a moment, as on EC2, so an ADD that finds the pool empty waits.
 			sim.SetFault("AssignPrivateIpAddresses", ec2sim.Fault{Latency: 300 * time.Millisecond})
 			inst := harness.Running(sim)[i]
-			waited[on] = kubeBurst(t, k, s, inst, fmt.Sprintf("burst-%v", on), 8)
+			var b kubeRun
+			waited[on], b = kubeBurst(t, k, s, inst, fmt.Sprintf("burst-%v", on), 8)
 			if on {
+				t.Run("pod deleted without DEL", func(t *testing.T) { testStalePod(t, k, b) })
 				t.Run("waiting pods are signalled", func(t *testing.T) { testWaitingEvents(t, k, s, inst) })
 				t.Run("node deleted", func(t *testing.T) { testNodeDeleted(t, k, s, inst) })
 				t.Run("nodeclaim pre-warm", func(t *testing.T) { testNodeClaimPrewarm(t, k, s, harness.Running(sim)[2]) })
@@ -65,9 +70,17 @@ func TestKubeLookahead(t *testing.T) {
 	}
 }
 
+// kubeRun is what kubeBurst leaves running: the node, its agent, the pods and their sandboxes.
+type kubeRun struct {
+	node      *harness.Node
+	agent     *harness.Agent
+	pods      []*corev1.Pod
+	sandboxes map[string]*harness.Pod
+}
+
 // kubeBurst starts the node's agent, checks its pool holds at most one spare address, creates n
 // pods bound to it by the scheduler, plays its kubelet, and returns how many ADDs waited.
-func kubeBurst(t *testing.T, k *harness.Kube, s *server.Server, inst ec2simInstance, app string, n int) uint64 {
+func kubeBurst(t *testing.T, k *harness.Kube, s *server.Server, inst ec2simInstance, app string, n int) (uint64, kubeRun) {
 	ctx := t.Context()
 	if _, err := k.AddNode(ctx, inst.PrivateDNSName, inst.AvailabilityZone, inst.ID, 29, nil); err != nil {
 		t.Fatal(err)
@@ -81,8 +94,9 @@ func kubeBurst(t *testing.T, k *harness.Kube, s *server.Server, inst ec2simInsta
 		t.Fatalf("before the burst the node holds %d spare addresses, want at most 1", v.Counts.Free)
 	}
 	pods := createPods(t, k, app, inst.PrivateDNSName, n)
-	kubelet(t, k, node, pods)
-	return histogramCount(t, ag.InProcess().Gatherer(), "ipledger_agent_add_duration_seconds", "true")
+	sandboxes := kubelet(t, k, node, pods)
+	return histogramCount(t, ag.InProcess().Gatherer(), "ipledger_agent_add_duration_seconds", "true"),
+		kubeRun{node: node, agent: ag, pods: pods, sandboxes: sandboxes}
 }
 
 // createPods creates n pods of an app pinned to a node (as a Deployment's ReplicaSet would
@@ -118,14 +132,20 @@ func createPods(t *testing.T, k *harness.Kube, app, nodeName string, n int) []*c
 }
 
 // kubelet runs CNI ADD for each pod kubeletDelay after it was bound (through the real plugin,
-// with the pod's namespace, name and uid in CNI_ARGS) and writes its status.
-func kubelet(t *testing.T, k *harness.Kube, node *harness.Node, pods []*corev1.Pod) {
+// with the pod's namespace, name and uid in CNI_ARGS) and writes its status. It returns the
+// pods' sandboxes by name.
+func kubelet(t *testing.T, k *harness.Kube, node *harness.Node, pods []*corev1.Pod) map[string]*harness.Pod {
 	start := time.Now()
 	var wg sync.WaitGroup
+	var mu sync.Mutex
+	sandboxes := map[string]*harness.Pod{}
 	for _, p := range pods {
 		wg.Go(func() {
 			<-time.After(time.Until(start.Add(kubeletDelay)))
 			sandbox := node.NewPod(p.Name)
+			mu.Lock()
+			sandboxes[p.Name] = sandbox
+			mu.Unlock()
 			env := node.Env("ADD", sandbox)
 			env["CNI_ARGS"] = "IgnoreUnknown=1;K8S_POD_NAMESPACE=" + p.Namespace + ";K8S_POD_NAME=" + p.Name + ";K8S_POD_UID=" + string(p.UID)
 			r := node.RunPlugin(env, node.Conf("1.1.0"))
@@ -141,6 +161,46 @@ func kubelet(t *testing.T, k *harness.Kube, node *harness.Node, pods []*corev1.P
 		})
 	}
 	wg.Wait()
+	return sandboxes
+}
+
+// testStalePod: two pods of the burst are deleted in the API without their CNI DEL. The
+// sandbox of one is gone (its runtime lost it): after the grace, the server names it to the
+// agent, which finds its veth gone and gives its address back. The other's sandbox is still
+// there: the agent keeps its address until its DEL.
+func testStalePod(t *testing.T, k *harness.Kube, b kubeRun) {
+	ctx := t.Context()
+	lost, kept := b.pods[0], b.pods[1]
+	held := func(v agent.PoolView, name string) bool {
+		for _, p := range v.Pods {
+			if p.PodName == name {
+				return true
+			}
+		}
+		return false
+	}
+	if v := b.agent.WaitView(10*time.Second, "the burst's pods in use", func(v agent.PoolView) bool {
+		return held(v, lost.Name) && held(v, kept.Name)
+	}); !held(v, lost.Name) {
+		t.Fatal("the pod is not in use before the test")
+	}
+	nstest.Remove(t, b.sandboxes[lost.Name].NS)
+	for _, p := range []*corev1.Pod{lost, kept} {
+		if err := k.Client.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deleted := time.Now()
+	v := b.agent.WaitView(60*time.Second, "the address of the pod deleted without DEL given back", func(v agent.PoolView) bool {
+		return !held(v, lost.Name)
+	})
+	if took := time.Since(deleted); took < 3*time.Second {
+		t.Errorf("the address came back %s after the deletion, before the 3 s grace", took)
+	}
+	if !held(v, kept.Name) {
+		t.Errorf("the pod whose sandbox is still there lost its address without its DEL")
+	}
+	b.node.Del(b.sandboxes[kept.Name])
 }
 
 // testWaitingEvents: the node is drained, a pod is bound to it and never served: it gets an

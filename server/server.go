@@ -181,7 +181,7 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err
 			ReleaseDelay: cfg.ReleaseDelay.D(), ProposalTimeout: cfg.ProposalTimeout.D(),
 			ReconcileInterval: cfg.ReconcileInterval.D(), InstanceCheckInterval: cfg.InstanceCheckInterval.D(),
 			DriftGrace: cfg.DriftGrace.D(), Clock: s.clk, Logger: s.log, Registerer: s.reg,
-			Cluster: cluster, Lookahead: cfg.KubeLookahead,
+			Cluster: cluster, Lookahead: cfg.KubeLookahead, StalePodGrace: cfg.KubeStalePodGrace.D(),
 		},
 		OnLead: func() {
 			s.health.SetServingStatus(ipledgerv1.NodeService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)

@@ -82,6 +82,9 @@ type Config struct {
 	// pods bound to a node that hold no address yet count as demand at once.
 	Cluster   Cluster
 	Lookahead bool
+	// StalePodGrace is how long a pod the API deleted may keep the address its agent reports
+	// before the agent is asked to give it back (its CNI DEL never came; default 2 min).
+	StalePodGrace time.Duration
 
 	// observer, set by the package's tests, watches the allocator's locks.
 	observer lockObserver
@@ -106,6 +109,7 @@ func (c *Config) setDefaults() error {
 	def(&c.ReconcileInterval, 5*time.Minute)
 	def(&c.InstanceCheckInterval, time.Minute)
 	def(&c.DriftGrace, time.Minute)
+	def(&c.StalePodGrace, 2*time.Minute)
 	def(&c.Tick, time.Second)
 	if c.PassTimeout <= 0 {
 		c.PassTimeout = 2 * time.Minute
@@ -204,6 +208,11 @@ type nodeState struct {
 	removed          bool
 	// signalKey is the waiting signal last sent to the Cluster ("" none).
 	signalKey string
+	// goneSince: pods the agent reports holding an address that the Kubernetes API no longer
+	// has, by key (uid, or namespace/name), since when; staleSentAt: when they were last named
+	// to the agent.
+	goneSince   map[string]time.Time
+	staleSentAt time.Time
 }
 
 // uncommitted is EC2 work that succeeded but whose store commit failed; retried by the worker.
@@ -307,6 +316,7 @@ func (a *Allocator) Run(ctx context.Context) error {
 	if a.cfg.Cluster != nil {
 		a.wg.Add(1)
 		go func() { defer a.wg.Done(); a.watchCluster(ctx) }()
+		a.goLoop(ctx, "stale pods", staleCheckEvery(a.cfg.StalePodGrace), a.checkStalePods)
 	}
 	nodes := a.kickAll()
 	close(a.started)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -303,4 +304,77 @@ func (a *Allocator) Preregister(ctx context.Context, instanceID string) (string,
 		return "", err
 	}
 	return req.NodeName, nil
+}
+
+// staleCheckEvery is how often the pods agents report are compared with the API's: a tenth of
+// the grace, within [1 s, 10 s].
+func staleCheckEvery(grace time.Duration) time.Duration {
+	return min(max(grace/10, time.Second), 10*time.Second)
+}
+
+// checkStalePods finds, on every node, the pods the agent reports holding an address that the
+// Kubernetes API deleted (their CNI DEL never came: a runtime that lost the sandbox, a node
+// restarted under the kubelet) and, once the API has lacked them for StalePodGrace, names them
+// to the agent, which gives each address back only if its own state agrees (the pod's veth is
+// gone). The next usage report shows the result; a pod still reported is named again after
+// another grace. Nothing is done before the caches have synced, so an API outage or a slow
+// start frees nothing.
+func (a *Allocator) checkStalePods(context.Context) error {
+	now := a.now()
+	grace := a.cfg.StalePodGrace
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, ns := range a.nodes {
+		if ns.usage == nil || len(ns.usage.InUse) == 0 {
+			ns.goneSince = nil
+			continue
+		}
+		seen := map[string]bool{}
+		var due []string
+		for _, p := range ns.usage.InUse {
+			if p.PodUID == "" && p.PodName == "" {
+				continue // a recovered address: the agent looks after it from the kernel's rules
+			}
+			key := p.PodUID
+			if key == "" {
+				key = p.PodNamespace + "/" + p.PodName
+			}
+			exists, known := a.cfg.Cluster.PodExists(ns.name, p.PodNamespace, p.PodName, p.PodUID)
+			if !known {
+				return nil
+			}
+			if exists {
+				continue
+			}
+			seen[key] = true
+			if ns.goneSince == nil {
+				ns.goneSince = map[string]time.Time{}
+			}
+			since, ok := ns.goneSince[key]
+			if !ok {
+				ns.goneSince[key] = now
+				continue
+			}
+			if now.Sub(since) >= grace {
+				due = append(due, key)
+			}
+		}
+		for k := range ns.goneSince {
+			if !seen[k] {
+				delete(ns.goneSince, k)
+			}
+		}
+		if len(due) == 0 || now.Sub(ns.staleSentAt) < grace || len(ns.subs) == 0 {
+			continue
+		}
+		ns.staleSentAt = now
+		slices.Sort(due)
+		for s := range ns.subs {
+			s.sendStale(due)
+		}
+		a.met.stalePods.Add(float64(len(due)))
+		a.log.Info("pods deleted in Kubernetes still hold addresses on their node; asking its agent to give them back",
+			"node", ns.name, "pods", due, "grace", grace)
+	}
+	return nil
 }

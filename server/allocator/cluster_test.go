@@ -1,6 +1,7 @@
 package allocator
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"testing"
@@ -14,6 +15,8 @@ type fakeCluster struct {
 	signals map[string][]WaitReason
 	counts  map[string]int
 	fn      func(ClusterEvent)
+	// unsynced: the caches have not synced (PodExists does not know).
+	unsynced bool
 }
 
 func newFakeCluster() *fakeCluster {
@@ -47,6 +50,9 @@ func (c *fakeCluster) BoundPods(node string) []PodRef {
 func (c *fakeCluster) PodExists(node, namespace, name, uid string) (bool, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.unsynced {
+		return false, false
+	}
 	for n, ps := range c.pods {
 		for _, p := range ps {
 			if p.UID == uid || (n == node && p.Namespace == namespace && p.Name == name) {
@@ -190,5 +196,116 @@ func TestPreregisterSuppliesBeforeTheAgent(t *testing.T) {
 	}
 	if _, err := e.a.Preregister(e.ctx, "i-00000000000000099"); err == nil {
 		t.Fatal("an unknown instance was pre-registered")
+	}
+}
+
+// staleNamed reads what the subscription has queued and returns the stale pods it names (nil:
+// none within a short wait).
+func staleNamed(t *testing.T, s *Subscription) []string {
+	t.Helper()
+	var out []string
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		m, err := s.Next(ctx)
+		cancel()
+		if err != nil {
+			return out
+		}
+		if m.StalePods != nil {
+			out = append(out, m.StalePods...)
+		}
+	}
+}
+
+// A pod the agent reports holding an address that the API deleted is named to the agent only
+// after the grace, and only while the API lacks it; pods the API has are never named, and a
+// pod still reported is named again only after another grace.
+func TestStalePodsNamedAfterGrace(t *testing.T) {
+	kc := newFakeCluster()
+	const grace = time.Minute
+	e := newEnv(t, func(c *Config) { c.Cluster, c.Lookahead, c.StalePodGrace = kc, true, grace })
+	node := e.register("m5.large", subnetA)
+	kept := kc.bind(node, 1, e.clk.Now())[0]
+	e.usage(node)
+	e.step(node)
+	act := e.active(node)
+	if len(act) < 1 {
+		t.Fatal("no address on the node")
+	}
+	sub, err := e.a.Subscribe(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.a.Unsubscribe(sub)
+	staleNamed(t, sub)
+	gone := PodAddress{IP: act[0], ContainerID: "c-gone", PodNamespace: "default", PodName: "gone", PodUID: "uid-gone"}
+	live := PodAddress{IP: act[0].Next(), ContainerID: "c-live", PodNamespace: kept.Namespace, PodName: kept.Name, PodUID: kept.UID}
+	static := PodAddress{IP: act[0].Next().Next(), ContainerID: "c-static", PodNamespace: kept.Namespace, PodName: kept.Name, PodUID: "kubelet-uid"}
+	if err := e.a.ReportUsage(node, Usage{InUse: []PodAddress{gone, live, static}}); err != nil {
+		t.Fatal(err)
+	}
+	check := func() []string {
+		if err := e.a.checkStalePods(e.ctx); err != nil {
+			t.Fatal(err)
+		}
+		return staleNamed(t, sub)
+	}
+	if got := check(); got != nil {
+		t.Fatalf("named %v as soon as the API lacked it; want nothing before the grace", got)
+	}
+	e.clk.Advance(grace / 2)
+	if got := check(); got != nil {
+		t.Fatalf("named %v within the grace", got)
+	}
+	e.clk.Advance(grace / 2)
+	if got := check(); len(got) != 1 || got[0] != "uid-gone" {
+		t.Fatalf("named %v after the grace; want [uid-gone] (the live pod and the static pod by name are the API's)", got)
+	}
+	e.clk.Advance(grace / 2)
+	if got := check(); got != nil {
+		t.Fatalf("named %v again within a grace of the last time", got)
+	}
+	e.clk.Advance(grace / 2)
+	if got := check(); len(got) != 1 {
+		t.Fatalf("named %v a grace after the last time while still reported; want it again", got)
+	}
+	// The agent gave it back: not reported, forgotten; reported again later, the grace restarts.
+	if err := e.a.ReportUsage(node, Usage{InUse: []PodAddress{live}}); err != nil {
+		t.Fatal(err)
+	}
+	check()
+	if err := e.a.ReportUsage(node, Usage{InUse: []PodAddress{gone, live}}); err != nil {
+		t.Fatal(err)
+	}
+	e.clk.Advance(2 * grace)
+	if got := check(); got != nil {
+		t.Fatalf("named %v at once after it came back; the grace restarts", got)
+	}
+}
+
+// Before the Cluster's caches sync nothing is named, however long the pods seem missing.
+func TestStalePodsWaitForSyncedCaches(t *testing.T) {
+	kc := newFakeCluster()
+	kc.unsynced = true
+	e := newEnv(t, func(c *Config) { c.Cluster, c.StalePodGrace = kc, time.Second })
+	node := e.register("m5.large", subnetA)
+	e.usage(node)
+	e.step(node)
+	sub, err := e.a.Subscribe(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.a.Unsubscribe(sub)
+	staleNamed(t, sub)
+	act := e.active(node)
+	if err := e.a.ReportUsage(node, Usage{InUse: []PodAddress{{IP: act[0], ContainerID: "c", PodNamespace: "d", PodName: "x", PodUID: "u"}}}); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		_ = e.a.checkStalePods(e.ctx)
+		e.clk.Advance(time.Minute)
+	}
+	if got := staleNamed(t, sub); got != nil {
+		t.Fatalf("named %v before the caches synced", got)
 	}
 }
