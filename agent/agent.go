@@ -367,6 +367,66 @@ func (a *Agent) AnswerRelease(p *ipledgerv1.ReleaseProposal) (*ipledgerv1.Releas
 	return ack, nil
 }
 
+// StalePods gives back the addresses of pods the Kubernetes API deleted whose CNI DEL never
+// came (serverconn.Handler), once the agent's own state agrees the pod is gone: with node
+// networking, an address whose host route still leads to the pod's veth is kept (the sandbox
+// is still there; its DEL will come), and the pod rules left of the others are removed first.
+// Without node networking the agent cannot see sandboxes and trusts the server's grace.
+func (a *Agent) StalePods(uids []string) {
+	want := make(map[string]bool, len(uids))
+	for _, u := range uids {
+		want[u] = true
+	}
+	a.mu.Lock()
+	p, netm := a.pool, a.netm
+	a.mu.Unlock()
+	var cands []pool.Assignment
+	for _, as := range p.Assignments() {
+		if as.Recovered {
+			continue
+		}
+		if (as.Pod.UID != "" && want[as.Pod.UID]) || want[as.Pod.Namespace+"/"+as.Pod.Name] {
+			cands = append(cands, as)
+		}
+	}
+	if len(cands) == 0 {
+		return
+	}
+	var kernel map[netip.Addr]netconf.PodRoute
+	var rules []netconf.PodRoute
+	if netm != nil {
+		var err error
+		if kernel, rules, err = kernelPods(netm); err != nil {
+			a.log.Error("checking the pods the server says are deleted failed; keeping their addresses", "err", err)
+			return
+		}
+	}
+	var released, kept []string
+	for _, as := range cands {
+		if r, ok := kernel[as.IP]; ok {
+			kept = append(kept, as.IP.String()+" via "+r.HostVeth)
+			continue
+		}
+		if netm != nil && slices.ContainsFunc(rules, func(r netconf.PodRoute) bool { return r.IP == as.IP }) {
+			if err := netm.DelPodRules(as.IP); err != nil {
+				a.log.Error("removing the rules of a deleted pod failed; keeping its address", "ip", as.IP, "err", err)
+				continue
+			}
+		}
+		if _, _, err := p.Release(as.Key); err != nil {
+			a.log.Error("giving back the address of a deleted pod failed", "ip", as.IP, "attachment", as.Key.String(), "err", err)
+			continue
+		}
+		released = append(released, as.IP.String()+"="+as.Pod.Namespace+"/"+as.Pod.Name)
+	}
+	if len(released) > 0 {
+		a.log.Warn("addresses of pods deleted in Kubernetes whose CNI DEL never came given back", "released", released)
+	}
+	if len(kept) > 0 {
+		a.log.Info("pods the server says are deleted still have their veth on the node; keeping their addresses until their DEL", "kept", kept)
+	}
+}
+
 // Usage is the usage report (serverconn.Handler).
 func (a *Agent) Usage() *ipledgerv1.UsageReport {
 	u := a.pool.Usage()

@@ -19,6 +19,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -83,7 +84,7 @@ func TestRenderedObjects(t *testing.T) {
 			t.Fatalf("want 1 Deployment and 1 DaemonSet, got %d and %d", len(b.deployments), len(b.daemonSets))
 		}
 		for _, d := range b.docs {
-			if ns := str(d, "metadata", "namespace"); ns != namespace {
+			if ns := str(d, "metadata", "namespace"); ns != namespace && d["kind"] != "ClusterRole" && d["kind"] != "ClusterRoleBinding" {
 				t.Errorf("%s is in namespace %q, want %s (system-*-critical priority, beside aws-node)", id(d), ns, namespace)
 			}
 			if str(d, "metadata", "labels", "app.kubernetes.io/part-of") != "ipledger" && d["kind"] != "ConfigMap" && d["kind"] != "Secret" {
@@ -950,21 +951,53 @@ func TestPoliciesPassServerValidation(t *testing.T) {
 func TestServiceAccountsAndRBAC(t *testing.T) {
 	arn := regexp.MustCompile(`^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$`)
 	forEachBundle(t, func(t *testing.T, b *bundle) {
-		// The server reaches EC2 through IRSA and never the Kubernetes API; the agent reaches
-		// neither. So: no RBAC objects at all, and no API token in either pod.
-		allowedRBAC := []string{}
+		// The server reaches EC2 through IRSA and, with kubernetes.enabled (the default), reads
+		// pods, Nodes and NodeClaims and writes Events and Node status; the agent reaches
+		// neither. So: the server's ClusterRole with exactly those rules and its binding, a
+		// token in the server's pods only, none in the agent's.
+		kubeOn := true
+		if kv, ok := b.chartValues["kubernetes"].(map[string]any); ok {
+			if on, ok := kv["enabled"].(bool); ok {
+				kubeOn = on
+			}
+		}
+		wantRules := []string{"/pods,nodes/get,list,watch", "/nodes/status/patch", "/events/create,patch", "karpenter.sh/nodeclaims/get,list,watch"}
+		var roles, bindings int
 		for _, o := range b.rbac {
-			m, _ := runtime.DefaultUnstructuredConverter.ToUnstructured(o)
-			t.Errorf("RBAC object %T %v grants what nothing uses (allowed: %v)", o, m["metadata"], allowedRBAC)
+			switch r := o.(type) {
+			case *rbacv1.ClusterRole:
+				roles++
+				var got []string
+				for _, rule := range r.Rules {
+					got = append(got, strings.Join(rule.APIGroups, ",")+"/"+strings.Join(rule.Resources, ",")+"/"+strings.Join(rule.Verbs, ","))
+				}
+				if r.Name != serverName || !slices.Equal(got, wantRules) {
+					t.Errorf("ClusterRole %s rules %v; want %s with exactly %v", r.Name, got, serverName, wantRules)
+				}
+			case *rbacv1.ClusterRoleBinding:
+				bindings++
+				if r.RoleRef.Name != serverName || len(r.Subjects) != 1 || r.Subjects[0].Kind != "ServiceAccount" || r.Subjects[0].Name != serverName {
+					t.Errorf("ClusterRoleBinding %s binds %v to %v; want the server's role to its service account only", r.Name, r.RoleRef, r.Subjects)
+				}
+			default:
+				m, _ := runtime.DefaultUnstructuredConverter.ToUnstructured(o)
+				t.Errorf("RBAC object %T %v grants what nothing uses", o, m["metadata"])
+			}
+		}
+		if want := map[bool]int{true: 1, false: 0}[kubeOn]; roles != want || bindings != want {
+			t.Errorf("kubernetes.enabled=%v: %d ClusterRoles and %d bindings, want %d of each", kubeOn, roles, bindings, want)
 		}
 		for _, wl := range b.workloads() {
 			sa := b.serviceAccounts[wl.pod.ServiceAccountName]
 			if sa == nil {
 				t.Fatalf("%s/%s: no service account", wl.kind, wl.name)
 			}
-			if wl.pod.AutomountServiceAccountToken == nil || *wl.pod.AutomountServiceAccountToken ||
-				sa.AutomountServiceAccountToken == nil || *sa.AutomountServiceAccountToken {
-				t.Errorf("%s/%s: Kubernetes API token mounted; nothing uses it", wl.kind, wl.name)
+			if sa.AutomountServiceAccountToken == nil || *sa.AutomountServiceAccountToken {
+				t.Errorf("%s/%s: service account %s mounts its token for every pod", wl.kind, wl.name, sa.Name)
+			}
+			mounted := wl.pod.AutomountServiceAccountToken != nil && *wl.pod.AutomountServiceAccountToken
+			if want := wl.name == serverName && kubeOn; mounted != want {
+				t.Errorf("%s/%s: Kubernetes API token mounted %v, want %v", wl.kind, wl.name, mounted, want)
 			}
 		}
 		sa := b.serviceAccounts[b.deployment(t, serverName).Spec.Template.Spec.ServiceAccountName]

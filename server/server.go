@@ -25,6 +25,7 @@ import (
 	"github.com/ipledger/ipledger/server/ec2gw"
 	"github.com/ipledger/ipledger/server/ec2sim"
 	"github.com/ipledger/ipledger/server/identity"
+	"github.com/ipledger/ipledger/server/kube"
 	"github.com/ipledger/ipledger/server/ledger"
 	"github.com/ipledger/ipledger/server/replica"
 	"github.com/ipledger/ipledger/server/store"
@@ -47,6 +48,7 @@ type Server struct {
 	backends Backends
 	gw       *ec2gw.Gateway
 	rep      *replica.Replica
+	kube     *kube.Watcher
 	grpc     *grpc.Server
 	health   *health.Server
 	grpcLis  net.Listener
@@ -161,6 +163,15 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err
 		return nil, fmt.Errorf("http-listen %s: %w", cfg.HTTPListen, err)
 	}
 	s.advert = cfg.Advertise(s.grpcLis.Addr().String(), opts.Getenv)
+	var cluster allocator.Cluster
+	if rc, kerr := kube.RestConfig(cfg.Kubeconfig); kerr == nil {
+		if s.kube, err = kube.New(kube.Config{Rest: rc, Clock: s.clk, Logger: s.log}); err != nil {
+			return nil, err
+		}
+		cluster = s.kube
+	} else if !errors.Is(kerr, kube.ErrNoConfig) {
+		return nil, kerr
+	}
 	s.rep = replica.New(replica.Config{
 		Store: storeCfg, Advertise: s.advert, Gateway: s.gw, Logger: s.log,
 		RebuildFromEC2: cfg.RebuildFromEC2, Version: version.Version,
@@ -170,7 +181,8 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err
 			ReleaseDelay: cfg.ReleaseDelay.D(), ProposalTimeout: cfg.ProposalTimeout.D(),
 			ReconcileInterval: cfg.ReconcileInterval.D(), InstanceCheckInterval: cfg.InstanceCheckInterval.D(),
 			DriftGrace: cfg.DriftGrace.D(), Clock: s.clk, Logger: s.log, Registerer: s.reg,
-			Trend: func(subnet string) float64 { return s.forecast.Forecast(subnet, 0).HeldPerHour },
+			Trend:   func(subnet string) float64 { return s.forecast.Forecast(subnet, 0).HeldPerHour },
+			Cluster: cluster, Lookahead: cfg.KubeLookahead, StalePodGrace: cfg.KubeStalePodGrace.D(),
 		},
 		OnLead: func() {
 			s.health.SetServingStatus(ipledgerv1.NodeService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
@@ -195,6 +207,16 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err
 	s.goRun(func() error { return s.dash.Run(runCtx) }, "dashboard")
 	s.goRun(func() error { return s.ident.Run(runCtx) }, "identity")
 	s.goRun(func() error { return s.rep.Run(runCtx) }, "replica")
+	if s.kube != nil {
+		// Every replica keeps warm caches; only the leader's allocator acts on them.
+		s.goRun(func() error {
+			if err := s.kube.Start(runCtx); err != nil && runCtx.Err() == nil {
+				s.log.Warn("kubernetes caches", "err", err)
+			}
+			<-runCtx.Done()
+			return nil
+		}, "kube")
+	}
 	s.log.Info("replica started", "grpc", s.GRPCAddr(), "http", s.HTTPAddr(), "advertise", s.advert, "cluster", cfg.ClusterName,
 		"transport", cfg.Transport().String())
 	return s, nil

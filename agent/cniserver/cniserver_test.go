@@ -608,6 +608,7 @@ func (h poolHandler) AnswerRelease(r *ipledgerv1.ReleaseProposal) (*ipledgerv1.R
 }
 func (h poolHandler) Usage() *ipledgerv1.UsageReport { return h.p.Usage() }
 func (h poolHandler) KnownGeneration() uint64        { return h.p.Generation() }
+func (h poolHandler) StalePods([]string)             {}
 func (h poolHandler) RestorePods(pods []*ipledgerv1.PodAddress) {
 	_, _ = h.p.Restore(pods)
 }

@@ -75,6 +75,10 @@ type Handler interface {
 	// AnswerRelease answers a proposal; the returned ack is sent only when the locks it
 	// confirms are durable (no error).
 	AnswerRelease(p *ipledgerv1.ReleaseProposal) (*ipledgerv1.ReleaseAck, error)
+	// StalePods is called with the uids (or namespace/name) of pods the Kubernetes API deleted
+	// whose addresses the node still reports; the agent gives back those its own state agrees
+	// are gone (the next usage report tells the server).
+	StalePods(uids []string)
 	// Usage is the current usage report (a full snapshot).
 	Usage() *ipledgerv1.UsageReport
 	// KnownGeneration is the generation of the pool the agent has applied.
@@ -382,6 +386,8 @@ func (c *Conn) recvLoop(ctx context.Context, stream syncStream, acks chan<- *ipl
 			case <-ctx.Done():
 				return ctx.Err()
 			}
+		case *ipledgerv1.SyncResponse_StalePods:
+			c.cfg.Handler.StalePods(m.StalePods.GetPodUids())
 		case *ipledgerv1.SyncResponse_UsageRefused:
 			// The server left these out of the node's usage: another node leases them. Pods
 			// on them are a bug (or an attack) worth a person's look.

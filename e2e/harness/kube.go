@@ -6,6 +6,7 @@ import (
 	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"net/http"
@@ -20,8 +21,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"sigs.k8s.io/yaml"
 
 	"github.com/ipledger/ipledger/server/store"
 )
@@ -163,7 +168,7 @@ func (k *Kube) start(name string, args ...string) {
 	cmd := exec.Command(kubeBinary(name), args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := Start(cmd); err != nil { // from the spawning thread: Pdeathsig follows the forking thread
 		k.T.Fatalf("kube: start %s: %v", name, err)
 	}
 	k.procs = append(k.procs, cmd)
@@ -254,4 +259,76 @@ func (k *Kube) AddNode(ctx context.Context, name, zone, instanceID string, maxPo
 		return nil, fmt.Errorf("kube: node %s taints: %w", name, err)
 	}
 	return created, nil
+}
+
+// KarpenterModule is the Karpenter release whose published NodeClaim CRD the tests install
+// (v1.13.0 is the newest that builds with this Go); it comes from the Go module proxy and no
+// file of it is committed.
+const KarpenterModule = "sigs.k8s.io/karpenter@v1.13.0"
+
+var nodeClaimCRDPath = filepath.Join("pkg", "apis", "crds", "karpenter.sh_nodeclaims.yaml")
+
+// InstallNodeClaimCRD downloads Karpenter's module (go mod download, cached by the module
+// cache), installs its NodeClaim CRD through the API server and waits until it is served.
+func (k *Kube) InstallNodeClaimCRD(ctx context.Context) {
+	k.T.Helper()
+	out, err := exec.CommandContext(ctx, "go", "mod", "download", "-json", KarpenterModule).Output()
+	if err != nil {
+		k.T.Fatalf("go mod download %s: %v", KarpenterModule, err)
+	}
+	var mod struct{ Dir, Error string }
+	if err := json.Unmarshal(out, &mod); err != nil || mod.Dir == "" {
+		k.T.Fatalf("go mod download %s: %v %s", KarpenterModule, err, mod.Error)
+	}
+	raw, err := os.ReadFile(filepath.Join(mod.Dir, nodeClaimCRDPath))
+	if err != nil {
+		k.T.Fatal(err)
+	}
+	var obj map[string]any
+	if err := yaml.Unmarshal(raw, &obj); err != nil {
+		k.T.Fatalf("NodeClaim CRD: %v", err)
+	}
+	dyn := dynamic.NewForConfigOrDie(k.Config)
+	crds := dyn.Resource(schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"})
+	if _, err := crds.Create(ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{}); err != nil {
+		k.T.Fatalf("create the NodeClaim CRD: %v", err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := k.Client.Discovery().ServerResourcesForGroupVersion("karpenter.sh/v1"); err == nil {
+			if _, err := dyn.Resource(NodeClaimGVR).List(ctx, metav1.ListOptions{}); err == nil {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			k.T.Fatal("the NodeClaim CRD is not served after 30 s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// NodeClaimGVR is Karpenter's NodeClaim resource.
+var NodeClaimGVR = schema.GroupVersionResource{Group: "karpenter.sh", Version: "v1", Resource: "nodeclaims"}
+
+// CreateNodeClaim creates a NodeClaim as Karpenter does when it launches an instance: the spec,
+// then the status with the instance's provider id (the node has not joined yet).
+func (k *Kube) CreateNodeClaim(ctx context.Context, name, zone, instanceID string) error {
+	dyn := dynamic.NewForConfigOrDie(k.Config)
+	nc := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "karpenter.sh/v1", "kind": "NodeClaim",
+		"metadata": map[string]any{"name": name},
+		"spec": map[string]any{
+			"nodeClassRef": map[string]any{"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": "default"},
+			"requirements": []any{map[string]any{"key": "kubernetes.io/arch", "operator": "In", "values": []any{"amd64"}}},
+		},
+	}}
+	created, err := dyn.Resource(NodeClaimGVR).Create(ctx, nc, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("kube: create NodeClaim %s: %w", name, err)
+	}
+	_ = unstructured.SetNestedField(created.Object, "aws:///"+zone+"/"+instanceID, "status", "providerID")
+	if _, err := dyn.Resource(NodeClaimGVR).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("kube: NodeClaim %s status: %w", name, err)
+	}
+	return nil
 }

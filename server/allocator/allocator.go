@@ -81,6 +81,14 @@ type Config struct {
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 
+	// Cluster is the Kubernetes API's view (nil: none; agents' reports only). With Lookahead,
+	// pods bound to a node that hold no address yet count as demand at once.
+	Cluster   Cluster
+	Lookahead bool
+	// StalePodGrace is how long a pod the API deleted may keep the address its agent reports
+	// before the agent is asked to give it back (its CNI DEL never came; default 2 min).
+	StalePodGrace time.Duration
+
 	// observer, set by the package's tests, watches the allocator's locks.
 	observer lockObserver
 }
@@ -104,6 +112,7 @@ func (c *Config) setDefaults() error {
 	def(&c.ReconcileInterval, 5*time.Minute)
 	def(&c.InstanceCheckInterval, time.Minute)
 	def(&c.DriftGrace, time.Minute)
+	def(&c.StalePodGrace, 2*time.Minute)
 	def(&c.Tick, time.Second)
 	if c.PassTimeout <= 0 {
 		c.PassTimeout = 2 * time.Minute
@@ -146,18 +155,19 @@ type Allocator struct {
 	releases *workQueue // nodes with release work: unassigns, ENI deletes
 	learn    singleflight.Group
 
-	mu            mutex // guards the fields below and every nodeState's runtime fields
-	nodes         map[string]*nodeState
-	bySubnet      map[string]map[string]*nodeState // subnet -> its nodes (addNodeLocked, dropNodeLocked)
-	reclaimed     map[string]time.Time             // subnet -> its last reclaim (reclaimInSubnet)
-	policies      map[string]policy.Policy
-	types         map[string]instancetypes.Type
-	drift         map[string]time.Time
-	attaching     map[string]bool // pre-warmed ENIs being attached to a node
-	deleting      map[string]bool // empty ENIs being detached and deleted: supply leaves them
-	prewarmChosen map[string][]netip.Addr
-	starts        policy.StartPrior             // new nodes' first-minute pod starts, cluster-wide
-	policyStarts  map[string]*policy.StartPrior // the same, per node group policy (launch hints)
+	mu             mutex // guards the fields below and every nodeState's runtime fields
+	nodes          map[string]*nodeState
+	bySubnet       map[string]map[string]*nodeState // subnet -> its nodes (addNodeLocked, dropNodeLocked)
+	reclaimed      map[string]time.Time             // subnet -> its last reclaim (reclaimInSubnet)
+	policies       map[string]policy.Policy
+	types          map[string]instancetypes.Type
+	drift          map[string]time.Time
+	attaching      map[string]bool // pre-warmed ENIs being attached to a node
+	deleting       map[string]bool // empty ENIs being detached and deleted: supply leaves them
+	prewarmChosen  map[string][]netip.Addr
+	preregistering map[string]bool               // instances announced by Kubernetes being registered
+	starts         policy.StartPrior             // new nodes' first-minute pod starts, cluster-wide
+	policyStarts   map[string]*policy.StartPrior // the same, per node group policy (launch hints)
 
 	started     chan struct{}
 	fatal       chan error
@@ -204,6 +214,13 @@ type nodeState struct {
 	backoff          time.Duration
 	uncommitted      []uncommitted
 	removed          bool
+	// signalKey is the waiting signal last sent to the Cluster ("" none).
+	signalKey string
+	// goneSince: pods the agent reports holding an address that the Kubernetes API no longer
+	// has, by key (uid, or namespace/name), since when; staleSentAt: when they were last named
+	// to the agent.
+	goneSince   map[string]time.Time
+	staleSentAt time.Time
 }
 
 // uncommitted is EC2 work that succeeded but whose store commit failed; retried by the worker.
@@ -232,17 +249,18 @@ func New(cfg Config) (*Allocator, error) {
 		work:       newWorkQueue("work queue", obs),
 		releases:   newWorkQueue("release queue", obs),
 
-		mu:            mutex{name: "allocator", obs: obs},
-		nodes:         map[string]*nodeState{},
-		bySubnet:      map[string]map[string]*nodeState{},
-		reclaimed:     map[string]time.Time{},
-		policies:      map[string]policy.Policy{},
-		policyStarts:  map[string]*policy.StartPrior{},
-		types:         map[string]instancetypes.Type{},
-		drift:         map[string]time.Time{},
-		attaching:     map[string]bool{},
-		deleting:      map[string]bool{},
-		prewarmChosen: map[string][]netip.Addr{},
+		mu:             mutex{name: "allocator", obs: obs},
+		nodes:          map[string]*nodeState{},
+		bySubnet:       map[string]map[string]*nodeState{},
+		reclaimed:      map[string]time.Time{},
+		policies:       map[string]policy.Policy{},
+		policyStarts:   map[string]*policy.StartPrior{},
+		types:          map[string]instancetypes.Type{},
+		drift:          map[string]time.Time{},
+		attaching:      map[string]bool{},
+		deleting:       map[string]bool{},
+		prewarmChosen:  map[string][]netip.Addr{},
+		preregistering: map[string]bool{},
 
 		started:     make(chan struct{}),
 		fatal:       make(chan error, 1),
@@ -337,6 +355,11 @@ func (a *Allocator) Run(ctx context.Context) error {
 	go func() { defer a.wg.Done(); a.sweepLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.prewarmLoop(ctx) }()
 	a.goLoop(ctx, "instances", a.cfg.InstanceCheckInterval, a.checkInstances)
+	if a.cfg.Cluster != nil {
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); a.watchCluster(ctx) }()
+		a.goLoop(ctx, "stale pods", staleCheckEvery(a.cfg.StalePodGrace), a.checkStalePods)
+	}
 	nodes := a.kickAll()
 	close(a.started)
 	a.log.Info("allocator running", "nodes", nodes, "revision", a.cfg.Revision, "workers", a.cfg.Workers)
@@ -721,6 +744,9 @@ func (a *Allocator) inputsLocked(ns *nodeState, rec ledger.NodeRecord) policy.In
 	} else {
 		in.InUse = ns.assumedInUse
 	}
+	// Pods the scheduler bound to the node and that hold no address yet: their CNI ADD is on
+	// its way (waiting pods are among them, so the larger count is the demand).
+	in.Waiting = max(in.Waiting, len(a.lookaheadLocked(ns)))
 	now := a.now()
 	in.StartRate = ns.rate.Rate(now, policy.RateMinSpan)
 	in.RefillLatency = a.gw.EstimateWait("AssignPrivateIpAddresses", ec2gw.PriorityWarmRefill)

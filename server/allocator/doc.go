@@ -28,7 +28,8 @@
 //  2. Allocator.mu: the allocator's maps and every nodeState's runtime fields. Never held
 //     across I/O or while waiting for a slot.
 //  3. leaf locks, taken under Allocator.mu or alone, never holding another: slots.mu,
-//     workQueue.mu, Subscription.mu, instanceBatcher.mu, randMu, events.mu, Forecaster.mu.
+//     workQueue.mu, Subscription.mu, instanceBatcher.mu, randMu, events.mu, Forecaster.mu,
+//     and the Cluster's reads (cache lookups under the Cluster's own locks; no I/O).
 //  4. the ledger's own lock (package ledger), inside every ledger call.
 //
 // Goroutines: Run owns them all and waits for them: a bounded set of node workers and release

@@ -21,6 +21,9 @@ type metrics struct {
 	reclaimsLimited prometheus.Counter
 	// usageRefused is by node: only nodes that report other nodes' addresses get a series.
 	usageRefused *prometheus.CounterVec
+	// stalePods counts pods deleted in Kubernetes whose agents were asked to give their
+	// addresses back.
+	stalePods prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -56,9 +59,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		usageRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ipledger_usage_items_refused_total", Help: "Addresses in nodes' usage reports that are other nodes' (left out of the report), by reporting node.",
 		}, []string{"node"}),
+		stalePods: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ipledger_stale_pods_named_total", Help: "Pods deleted in Kubernetes without their CNI DEL whose agents were asked to give their addresses back.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.acks, m.registrations, m.launchAdopted, m.removals, m.repairs, m.leaseOps, m.reclaimsLimited, m.usageRefused, m.spillovers)
+		reg.MustRegister(m.connected, m.acks, m.registrations, m.launchAdopted, m.removals, m.repairs, m.leaseOps, m.reclaimsLimited, m.usageRefused, m.spillovers, m.stalePods)
 	}
 	return m
 }

@@ -13,6 +13,7 @@ type Subscription struct {
 	mu        mutex
 	pool      *Pool
 	proposals []ledger.ReleaseProposal
+	stale     []string
 	refusals  []UsageRefusal
 	notify    chan struct{}
 	done      chan struct{}
@@ -42,6 +43,13 @@ func (s *Subscription) sendProposal(p ledger.ReleaseProposal) {
 	s.wake()
 }
 
+func (s *Subscription) sendStale(uids []string) {
+	s.mu.Lock()
+	s.stale = uids
+	s.mu.Unlock()
+	s.wake()
+}
+
 func (s *Subscription) sendRefusal(r UsageRefusal) {
 	s.mu.Lock()
 	s.refusals = append(s.refusals, r)
@@ -61,7 +69,7 @@ func (s *Subscription) end(err error) {
 }
 
 // Next blocks until there is something to send: the newest pool first, then proposals, then
-// refusals of usage reports.
+// stale pods, then refusals of usage reports.
 func (s *Subscription) Next(ctx context.Context) (SyncMessage, error) {
 	for {
 		s.mu.Lock()
@@ -76,6 +84,12 @@ func (s *Subscription) Next(ctx context.Context) (SyncMessage, error) {
 			s.proposals = s.proposals[1:]
 			s.mu.Unlock()
 			return SyncMessage{Proposal: &p}, nil
+		}
+		if len(s.stale) > 0 {
+			u := s.stale
+			s.stale = nil
+			s.mu.Unlock()
+			return SyncMessage{StalePods: u}, nil
 		}
 		if len(s.refusals) > 0 {
 			r := s.refusals[0]

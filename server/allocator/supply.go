@@ -33,7 +33,19 @@ func (a *Allocator) supply(ctx context.Context, ns *nodeState) {
 	if ns.usage != nil {
 		waiting = max(waiting, ns.usage.PodsWaiting)
 	}
+	waiting = max(waiting, len(a.lookaheadLocked(ns)))
 	a.mu.Unlock()
+	if a.cfg.Cluster != nil {
+		defer func() {
+			a.mu.Lock()
+			problem := ns.problem
+			a.mu.Unlock()
+			if rec.Draining {
+				problem = fmt.Errorf("%w: %s", ErrDraining, ns.name)
+			}
+			a.signalWaiting(ns, problem)
+		}()
+	}
 
 	if rec.Draining {
 		if waiting > 0 {

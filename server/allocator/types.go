@@ -65,15 +65,19 @@ type ReleaseAck struct {
 }
 
 // SyncMessage is one message for a node's agent: its newest pool, a release proposal, or the
-// addresses of a usage report the allocator refused.
+// addresses of a usage report the allocator refused, or the uids of pods the Kubernetes API
+// deleted whose addresses the agent still holds.
 type SyncMessage struct {
-	Pool     *Pool
-	Proposal *ledger.ReleaseProposal
-	Refusal  *UsageRefusal
+	Pool      *Pool
+	Proposal  *ledger.ReleaseProposal
+	Refusal   *UsageRefusal
+	StalePods []string
 }
 
 // Empty says the message carries nothing (the subscription was closed).
-func (m SyncMessage) Empty() bool { return m.Pool == nil && m.Proposal == nil && m.Refusal == nil }
+func (m SyncMessage) Empty() bool {
+	return m.Pool == nil && m.Proposal == nil && m.Refusal == nil && m.StalePods == nil
+}
 
 // UsageRefusal names the addresses of a usage report that are another node's, and why.
 type UsageRefusal struct {

@@ -226,6 +226,9 @@ func syncToProto(m allocator.SyncMessage) *ipledgerv1.SyncResponse {
 	if m.Pool != nil {
 		return &ipledgerv1.SyncResponse{Msg: &ipledgerv1.SyncResponse_Pool{Pool: PoolToProto(m.Pool)}}
 	}
+	if m.StalePods != nil {
+		return &ipledgerv1.SyncResponse{Msg: &ipledgerv1.SyncResponse_StalePods{StalePods: &ipledgerv1.StalePods{PodUids: m.StalePods}}}
+	}
 	if m.Refusal != nil {
 		r := &ipledgerv1.UsageRefused{Reason: m.Refusal.Reason}
 		for _, ip := range m.Refusal.Addresses {

@@ -104,6 +104,18 @@ type Config struct {
 	LogLevel  string `json:"log_level"`
 	LogFormat string `json:"log_format"`
 
+	// Kubeconfig selects the Kubernetes API the server reads (pods bound to nodes, Nodes,
+	// Karpenter NodeClaims) and writes Events and a Node condition to: "" uses the in-cluster
+	// configuration when the server runs in a pod (and none otherwise), "none" turns the client
+	// off, anything else is a kubeconfig file. Without it ipledger runs on agents' reports alone.
+	Kubeconfig string `json:"kubeconfig"`
+	// KubeLookahead counts pods bound to a node that hold no address yet as the node's demand
+	// (with a Kubernetes client).
+	KubeLookahead bool `json:"kube_lookahead"`
+	// KubeStalePodGrace is how long a pod deleted in the API may keep the address its agent
+	// reports (its CNI DEL never came) before the agent is asked to give it back.
+	KubeStalePodGrace Duration `json:"kube_stale_pod_grace"`
+
 	// Attestation and the dashboard's listener (attest.go).
 	Attest
 }
@@ -165,6 +177,8 @@ func Default() Config {
 		SimThrottle:           true,
 		LogLevel:              "info",
 		LogFormat:             "text",
+		KubeLookahead:         true,
+		KubeStalePodGrace:     Duration(2 * time.Minute),
 		Attest:                DefaultAttest(),
 	}
 }
@@ -254,6 +268,9 @@ func settings() []setting {
 		str("issuer-cert-file", "issuing CA certificate for node certificates (turns attestation on)", func(c *Config) *string { return &c.IssuerCertFile }),
 		str("issuer-key-file", "private key of --issuer-cert-file", func(c *Config) *string { return &c.IssuerKeyFile }),
 		dur("node-cert-lifetime", "lifetime of the node certificates attestation issues", func(c *Config) *Duration { return &c.NodeCertLifetime }),
+		str("kubeconfig", "kubeconfig of the Kubernetes API to read pods, Nodes and NodeClaims from (empty: in-cluster when in a pod; none: no client)", func(c *Config) *string { return &c.Kubeconfig }),
+		dur("kube-stale-pod-grace", "how long a pod deleted in Kubernetes may keep the address its agent reports before the agent is asked to give it back (its CNI DEL never came)", func(c *Config) *Duration { return &c.KubeStalePodGrace }),
+		boolean("kube-lookahead", "count pods bound to a node that hold no address yet as its demand (with a Kubernetes client)", func(c *Config) *bool { return &c.KubeLookahead }),
 		str("dashboard-token-file", "file holding a bearer token that opens the dashboard to clients not on loopback", func(c *Config) *string { return &c.DashboardTokenFile }),
 	}
 }
@@ -423,7 +440,7 @@ func (c Config) Validate() error {
 	}
 	positive := map[string]Duration{
 		"session-ttl": c.SessionTTL, "release-cooldown": c.ReleaseCooldown, "proposal-timeout": c.ProposalTimeout,
-		"reconcile-interval": c.ReconcileInterval, "instance-check-interval": c.InstanceCheckInterval, "drift-grace": c.DriftGrace,
+		"reconcile-interval": c.ReconcileInterval, "instance-check-interval": c.InstanceCheckInterval, "drift-grace": c.DriftGrace, "kube-stale-pod-grace": c.KubeStalePodGrace,
 	}
 	for name, d := range positive {
 		if d <= 0 {

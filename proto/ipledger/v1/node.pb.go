@@ -538,6 +538,7 @@ type SyncResponse struct {
 	//	*SyncResponse_Pool
 	//	*SyncResponse_Release
 	//	*SyncResponse_UsageRefused
+	//	*SyncResponse_StalePods
 	Msg           isSyncResponse_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -607,6 +608,15 @@ func (x *SyncResponse) GetUsageRefused() *UsageRefused {
 	return nil
 }
 
+func (x *SyncResponse) GetStalePods() *StalePods {
+	if x != nil {
+		if x, ok := x.Msg.(*SyncResponse_StalePods); ok {
+			return x.StalePods
+		}
+	}
+	return nil
+}
+
 type isSyncResponse_Msg interface {
 	isSyncResponse_Msg()
 }
@@ -623,11 +633,17 @@ type SyncResponse_UsageRefused struct {
 	UsageRefused *UsageRefused `protobuf:"bytes,3,opt,name=usage_refused,json=usageRefused,proto3,oneof"`
 }
 
+type SyncResponse_StalePods struct {
+	StalePods *StalePods `protobuf:"bytes,4,opt,name=stale_pods,json=stalePods,proto3,oneof"`
+}
+
 func (*SyncResponse_Pool) isSyncResponse_Msg() {}
 
 func (*SyncResponse_Release) isSyncResponse_Msg() {}
 
 func (*SyncResponse_UsageRefused) isSyncResponse_Msg() {}
+
+func (*SyncResponse_StalePods) isSyncResponse_Msg() {}
 
 // UsageRefused says which addresses of a usage report the server did not take as the node's:
 // they are another node's (leased, pending or an ENI's primary address there). The rest of the
@@ -684,6 +700,54 @@ func (x *UsageRefused) GetReason() string {
 	return ""
 }
 
+// StalePods names pods the agent reports holding addresses that the Kubernetes API deleted at
+// least the server's grace ago without their CNI DEL reaching the agent. The agent gives back
+// the address of each only when its own state agrees (no host veth of the pod on the node);
+// the next usage report tells the server.
+type StalePods struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PodUids       []string               `protobuf:"bytes,1,rep,name=pod_uids,json=podUids,proto3" json:"pod_uids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StalePods) Reset() {
+	*x = StalePods{}
+	mi := &file_ipledger_v1_node_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StalePods) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StalePods) ProtoMessage() {}
+
+func (x *StalePods) ProtoReflect() protoreflect.Message {
+	mi := &file_ipledger_v1_node_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StalePods.ProtoReflect.Descriptor instead.
+func (*StalePods) Descriptor() ([]byte, []int) {
+	return file_ipledger_v1_node_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *StalePods) GetPodUids() []string {
+	if x != nil {
+		return x.PodUids
+	}
+	return nil
+}
+
 // ReleaseProposal asks the agent to give back surplus addresses or prefixes. The same items are
 // marked LEASE_STATE_RELEASE_PROPOSED in the pool (already committed to etcd).
 type ReleaseProposal struct {
@@ -697,7 +761,7 @@ type ReleaseProposal struct {
 
 func (x *ReleaseProposal) Reset() {
 	*x = ReleaseProposal{}
-	mi := &file_ipledger_v1_node_proto_msgTypes[8]
+	mi := &file_ipledger_v1_node_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -709,7 +773,7 @@ func (x *ReleaseProposal) String() string {
 func (*ReleaseProposal) ProtoMessage() {}
 
 func (x *ReleaseProposal) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_node_proto_msgTypes[8]
+	mi := &file_ipledger_v1_node_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -722,7 +786,7 @@ func (x *ReleaseProposal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseProposal.ProtoReflect.Descriptor instead.
 func (*ReleaseProposal) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_node_proto_rawDescGZIP(), []int{8}
+	return file_ipledger_v1_node_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReleaseProposal) GetProposalId() string {
@@ -759,7 +823,7 @@ type RequestAddressesRequest struct {
 
 func (x *RequestAddressesRequest) Reset() {
 	*x = RequestAddressesRequest{}
-	mi := &file_ipledger_v1_node_proto_msgTypes[9]
+	mi := &file_ipledger_v1_node_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -771,7 +835,7 @@ func (x *RequestAddressesRequest) String() string {
 func (*RequestAddressesRequest) ProtoMessage() {}
 
 func (x *RequestAddressesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_node_proto_msgTypes[9]
+	mi := &file_ipledger_v1_node_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -784,7 +848,7 @@ func (x *RequestAddressesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestAddressesRequest.ProtoReflect.Descriptor instead.
 func (*RequestAddressesRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_node_proto_rawDescGZIP(), []int{9}
+	return file_ipledger_v1_node_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RequestAddressesRequest) GetNodeName() string {
@@ -817,7 +881,7 @@ type RequestAddressesResponse struct {
 
 func (x *RequestAddressesResponse) Reset() {
 	*x = RequestAddressesResponse{}
-	mi := &file_ipledger_v1_node_proto_msgTypes[10]
+	mi := &file_ipledger_v1_node_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -829,7 +893,7 @@ func (x *RequestAddressesResponse) String() string {
 func (*RequestAddressesResponse) ProtoMessage() {}
 
 func (x *RequestAddressesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_node_proto_msgTypes[10]
+	mi := &file_ipledger_v1_node_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -842,7 +906,7 @@ func (x *RequestAddressesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestAddressesResponse.ProtoReflect.Descriptor instead.
 func (*RequestAddressesResponse) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_node_proto_rawDescGZIP(), []int{10}
+	return file_ipledger_v1_node_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RequestAddressesResponse) GetPool() *NodePool {
@@ -900,15 +964,19 @@ const file_ipledger_v1_node_proto_rawDesc = "" +
 	"\vproposal_id\x18\x01 \x01(\tR\n" +
 	"proposalId\x12\x1c\n" +
 	"\tconfirmed\x18\x02 \x03(\tR\tconfirmed\x12\x18\n" +
-	"\arefused\x18\x03 \x03(\tR\arefused\"\xbe\x01\n" +
+	"\arefused\x18\x03 \x03(\tR\arefused\"\xf7\x01\n" +
 	"\fSyncResponse\x12+\n" +
 	"\x04pool\x18\x01 \x01(\v2\x15.ipledger.v1.NodePoolH\x00R\x04pool\x128\n" +
 	"\arelease\x18\x02 \x01(\v2\x1c.ipledger.v1.ReleaseProposalH\x00R\arelease\x12@\n" +
-	"\rusage_refused\x18\x03 \x01(\v2\x19.ipledger.v1.UsageRefusedH\x00R\fusageRefusedB\x05\n" +
+	"\rusage_refused\x18\x03 \x01(\v2\x19.ipledger.v1.UsageRefusedH\x00R\fusageRefused\x127\n" +
+	"\n" +
+	"stale_pods\x18\x04 \x01(\v2\x16.ipledger.v1.StalePodsH\x00R\tstalePodsB\x05\n" +
 	"\x03msg\"D\n" +
 	"\fUsageRefused\x12\x1c\n" +
 	"\taddresses\x18\x01 \x03(\tR\taddresses\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"l\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"&\n" +
+	"\tStalePods\x12\x19\n" +
+	"\bpod_uids\x18\x01 \x03(\tR\apodUids\"l\n" +
 	"\x0fReleaseProposal\x12\x1f\n" +
 	"\vproposal_id\x18\x01 \x01(\tR\n" +
 	"proposalId\x12\x1c\n" +
@@ -937,7 +1005,7 @@ func file_ipledger_v1_node_proto_rawDescGZIP() []byte {
 	return file_ipledger_v1_node_proto_rawDescData
 }
 
-var file_ipledger_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_ipledger_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_ipledger_v1_node_proto_goTypes = []any{
 	(*RegisterNodeRequest)(nil),      // 0: ipledger.v1.RegisterNodeRequest
 	(*RegisterNodeResponse)(nil),     // 1: ipledger.v1.RegisterNodeResponse
@@ -947,38 +1015,40 @@ var file_ipledger_v1_node_proto_goTypes = []any{
 	(*ReleaseAck)(nil),               // 5: ipledger.v1.ReleaseAck
 	(*SyncResponse)(nil),             // 6: ipledger.v1.SyncResponse
 	(*UsageRefused)(nil),             // 7: ipledger.v1.UsageRefused
-	(*ReleaseProposal)(nil),          // 8: ipledger.v1.ReleaseProposal
-	(*RequestAddressesRequest)(nil),  // 9: ipledger.v1.RequestAddressesRequest
-	(*RequestAddressesResponse)(nil), // 10: ipledger.v1.RequestAddressesResponse
-	nil,                              // 11: ipledger.v1.RegisterNodeRequest.LabelsEntry
-	(*NodePool)(nil),                 // 12: ipledger.v1.NodePool
-	(*NodePolicy)(nil),               // 13: ipledger.v1.NodePolicy
-	(*PodAddress)(nil),               // 14: ipledger.v1.PodAddress
+	(*StalePods)(nil),                // 8: ipledger.v1.StalePods
+	(*ReleaseProposal)(nil),          // 9: ipledger.v1.ReleaseProposal
+	(*RequestAddressesRequest)(nil),  // 10: ipledger.v1.RequestAddressesRequest
+	(*RequestAddressesResponse)(nil), // 11: ipledger.v1.RequestAddressesResponse
+	nil,                              // 12: ipledger.v1.RegisterNodeRequest.LabelsEntry
+	(*NodePool)(nil),                 // 13: ipledger.v1.NodePool
+	(*NodePolicy)(nil),               // 14: ipledger.v1.NodePolicy
+	(*PodAddress)(nil),               // 15: ipledger.v1.PodAddress
 }
 var file_ipledger_v1_node_proto_depIdxs = []int32{
-	11, // 0: ipledger.v1.RegisterNodeRequest.labels:type_name -> ipledger.v1.RegisterNodeRequest.LabelsEntry
-	12, // 1: ipledger.v1.RegisterNodeResponse.pool:type_name -> ipledger.v1.NodePool
-	13, // 2: ipledger.v1.RegisterNodeResponse.policy:type_name -> ipledger.v1.NodePolicy
-	14, // 3: ipledger.v1.RegisterNodeResponse.last_reported_in_use:type_name -> ipledger.v1.PodAddress
+	12, // 0: ipledger.v1.RegisterNodeRequest.labels:type_name -> ipledger.v1.RegisterNodeRequest.LabelsEntry
+	13, // 1: ipledger.v1.RegisterNodeResponse.pool:type_name -> ipledger.v1.NodePool
+	14, // 2: ipledger.v1.RegisterNodeResponse.policy:type_name -> ipledger.v1.NodePolicy
+	15, // 3: ipledger.v1.RegisterNodeResponse.last_reported_in_use:type_name -> ipledger.v1.PodAddress
 	3,  // 4: ipledger.v1.SyncRequest.hello:type_name -> ipledger.v1.SyncHello
 	4,  // 5: ipledger.v1.SyncRequest.usage:type_name -> ipledger.v1.UsageReport
 	5,  // 6: ipledger.v1.SyncRequest.release_ack:type_name -> ipledger.v1.ReleaseAck
-	14, // 7: ipledger.v1.UsageReport.in_use:type_name -> ipledger.v1.PodAddress
-	12, // 8: ipledger.v1.SyncResponse.pool:type_name -> ipledger.v1.NodePool
-	8,  // 9: ipledger.v1.SyncResponse.release:type_name -> ipledger.v1.ReleaseProposal
+	15, // 7: ipledger.v1.UsageReport.in_use:type_name -> ipledger.v1.PodAddress
+	13, // 8: ipledger.v1.SyncResponse.pool:type_name -> ipledger.v1.NodePool
+	9,  // 9: ipledger.v1.SyncResponse.release:type_name -> ipledger.v1.ReleaseProposal
 	7,  // 10: ipledger.v1.SyncResponse.usage_refused:type_name -> ipledger.v1.UsageRefused
-	12, // 11: ipledger.v1.RequestAddressesResponse.pool:type_name -> ipledger.v1.NodePool
-	0,  // 12: ipledger.v1.NodeService.RegisterNode:input_type -> ipledger.v1.RegisterNodeRequest
-	2,  // 13: ipledger.v1.NodeService.Sync:input_type -> ipledger.v1.SyncRequest
-	9,  // 14: ipledger.v1.NodeService.RequestAddresses:input_type -> ipledger.v1.RequestAddressesRequest
-	1,  // 15: ipledger.v1.NodeService.RegisterNode:output_type -> ipledger.v1.RegisterNodeResponse
-	6,  // 16: ipledger.v1.NodeService.Sync:output_type -> ipledger.v1.SyncResponse
-	10, // 17: ipledger.v1.NodeService.RequestAddresses:output_type -> ipledger.v1.RequestAddressesResponse
-	15, // [15:18] is the sub-list for method output_type
-	12, // [12:15] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	8,  // 11: ipledger.v1.SyncResponse.stale_pods:type_name -> ipledger.v1.StalePods
+	13, // 12: ipledger.v1.RequestAddressesResponse.pool:type_name -> ipledger.v1.NodePool
+	0,  // 13: ipledger.v1.NodeService.RegisterNode:input_type -> ipledger.v1.RegisterNodeRequest
+	2,  // 14: ipledger.v1.NodeService.Sync:input_type -> ipledger.v1.SyncRequest
+	10, // 15: ipledger.v1.NodeService.RequestAddresses:input_type -> ipledger.v1.RequestAddressesRequest
+	1,  // 16: ipledger.v1.NodeService.RegisterNode:output_type -> ipledger.v1.RegisterNodeResponse
+	6,  // 17: ipledger.v1.NodeService.Sync:output_type -> ipledger.v1.SyncResponse
+	11, // 18: ipledger.v1.NodeService.RequestAddresses:output_type -> ipledger.v1.RequestAddressesResponse
+	16, // [16:19] is the sub-list for method output_type
+	13, // [13:16] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_ipledger_v1_node_proto_init() }
@@ -996,6 +1066,7 @@ func file_ipledger_v1_node_proto_init() {
 		(*SyncResponse_Pool)(nil),
 		(*SyncResponse_Release)(nil),
 		(*SyncResponse_UsageRefused)(nil),
+		(*SyncResponse_StalePods)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1003,7 +1074,7 @@ func file_ipledger_v1_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ipledger_v1_node_proto_rawDesc), len(file_ipledger_v1_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,380 @@
+package allocator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/ipledger/ipledger/server/ec2gw"
+)
+
+// Cluster is what the allocator reads of, and tells, Kubernetes (package kube in production,
+// over client-go informers; nil without a Kubernetes client, and ipledger runs on agents'
+// reports alone). Its reads come from in-memory caches and do no I/O: they are leaf calls
+// that may be made holding Allocator.mu. Its writes (Events, the node's condition) are queued
+// and sent by the Cluster itself, never waited for.
+type Cluster interface {
+	// BoundPods lists the pods bound to the node (spec.nodeName) that use the pod network
+	// and have not ended or been deleted.
+	BoundPods(node string) []PodRef
+	// PodExists reports whether the API knows a pod of that uid, or of that namespace and
+	// name bound to node (false once it is deleted); known reports whether the caches have
+	// synced at all.
+	PodExists(node, namespace, name, uid string) (exists, known bool)
+	// Watch calls fn, from one goroutine of the Cluster's, whenever the pods bound to a node
+	// or the node's objects change; fn must not block. The returned func stops the calls.
+	Watch(fn func(ClusterEvent)) (stop func())
+	// PodsWaiting tells people and autoscalers that pods of the node wait for an address,
+	// and why (an Event per pod, a condition on the Node); an empty list clears the signal.
+	PodsWaiting(node string, pods []PodRef, reason WaitReason, message string)
+}
+
+// PodRef names a pod.
+type PodRef struct {
+	Namespace, Name, UID string
+	// BoundAt is when the Cluster first saw the pod bound to its node.
+	BoundAt time.Time
+}
+
+// ClusterEvent says what changed in Kubernetes for a node.
+type ClusterEvent struct {
+	Node string
+	// NodeDeleted: the Node object was deleted.
+	NodeDeleted bool
+	// InstanceID: the Cluster learnt that an instance (a Karpenter NodeClaim's, or the Node's
+	// provider id) will be or is this node; Node may be empty before the node has a name.
+	InstanceID string
+}
+
+// WaitReason is why pods of a node wait for an address (the Event's reason).
+type WaitReason string
+
+// The reasons of waiting pods.
+const (
+	WaitSubnetExhausted WaitReason = "SubnetExhausted"
+	WaitEC2Throttled    WaitReason = "EC2Throttled"
+	WaitRefillInFlight  WaitReason = "RefillInFlight"
+	WaitNodeDraining    WaitReason = "NodeDraining"
+	WaitNodeAtLimit     WaitReason = "NodeAtLimit"
+)
+
+// waitReasonOf classifies a supply problem (nil: the refill is on its way).
+func waitReasonOf(err error) WaitReason {
+	switch {
+	case err == nil:
+		return WaitRefillInFlight
+	case errors.Is(err, ErrDraining):
+		return WaitNodeDraining
+	case errors.Is(err, ErrSubnetExhausted), errors.Is(err, ErrBudgetExhausted), errors.Is(err, ErrNoFreePrefixBlock):
+		return WaitSubnetExhausted
+	case errors.Is(err, ErrThrottled):
+		return WaitEC2Throttled
+	case errors.Is(err, ErrNodeAtLimit):
+		return WaitNodeAtLimit
+	}
+	return WaitRefillInFlight
+}
+
+// lookaheadLocked lists the pods bound to the node that hold no address yet (the agent's last
+// report names the pods it serves, by uid): the demand the scheduler announced before their CNI
+// ADD. Without a Cluster, or with the lookahead off, it is empty.
+func (a *Allocator) lookaheadLocked(ns *nodeState) []PodRef {
+	if !a.cfg.Lookahead {
+		return nil
+	}
+	return a.boundWaitingLocked(ns)
+}
+
+// boundWaitingLocked lists the pods bound to the node that hold no address yet, whether the
+// lookahead counts them or not.
+func (a *Allocator) boundWaitingLocked(ns *nodeState) []PodRef {
+	if a.cfg.Cluster == nil {
+		return nil
+	}
+	pods := a.cfg.Cluster.BoundPods(ns.name)
+	if len(pods) == 0 {
+		return nil
+	}
+	held := map[string]bool{}
+	if ns.usage != nil {
+		for _, p := range ns.usage.InUse {
+			if p.PodUID != "" {
+				held[p.PodUID] = true
+			}
+			held[p.PodNamespace+"/"+p.PodName] = true
+		}
+	}
+	out := pods[:0:0]
+	for _, p := range pods {
+		if !held[p.UID] && !held[p.Namespace+"/"+p.Name] {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// BoundWaiting lists the pods bound to the node that hold no address yet (for ipledgerctl and
+// the dashboard; empty without a Cluster).
+func (a *Allocator) BoundWaiting(node string) []PodRef {
+	ns, ok := a.node(node)
+	if !ok || a.cfg.Cluster == nil {
+		return nil
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.boundWaitingLocked(ns)
+}
+
+// watchCluster kicks nodes whose pods changed, drains nodes deleted in the API and registers
+// instances the cluster announced, until ctx ends. Leader only: the Cluster's caches are warm on
+// every replica, but only the leader acts on them.
+func (a *Allocator) watchCluster(ctx context.Context) {
+	events := make(chan ClusterEvent, 1024)
+	stop := a.cfg.Cluster.Watch(func(ev ClusterEvent) {
+		select {
+		case events <- ev:
+		default:
+			// A burst beyond the buffer: the tick looks at every node within a second anyway.
+		}
+	})
+	defer stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-events:
+			a.clusterEvent(ctx, ev)
+		}
+	}
+}
+
+func (a *Allocator) clusterEvent(ctx context.Context, ev ClusterEvent) {
+	if ev.Node != "" {
+		if _, ok := a.node(ev.Node); ok {
+			if ev.NodeDeleted {
+				a.nodeDeleted(ctx, ev.Node)
+				return
+			}
+			a.mu.Lock()
+			if ns := a.nodes[ev.Node]; ns != nil {
+				ns.nextSupply = time.Time{}
+			}
+			a.mu.Unlock()
+			a.kick(ev.Node)
+			return
+		}
+	}
+	if ev.InstanceID != "" && !ev.NodeDeleted {
+		a.preregisterAsync(ctx, ev.InstanceID)
+	}
+}
+
+// nodeDeleted drains a node whose Node object was deleted: it gets no new addresses and its
+// surplus goes back at once, without waiting for EC2 to show the instance's termination; the
+// instance check is asked to look now.
+func (a *Allocator) nodeDeleted(ctx context.Context, node string) {
+	rec, ok := a.led.Node(node)
+	if !ok {
+		return
+	}
+	if !rec.Draining {
+		cctx, cancel := context.WithTimeout(ctx, a.cfg.PassTimeout)
+		err := a.Drain(cctx, node, false)
+		cancel()
+		if err != nil {
+			a.log.Warn("drain node deleted in Kubernetes", "node", node, "err", err)
+			return
+		}
+		a.log.Info("node deleted in Kubernetes: draining", "node", node, "instance", rec.InstanceID)
+	}
+	go func() {
+		cctx, cancel := context.WithTimeout(ctx, a.cfg.PassTimeout)
+		defer cancel()
+		if gone, err := a.instanceGone(cctx, rec.InstanceID, ec2gw.PriorityRelease); err == nil && gone {
+			if err := a.removeNode(cctx, node, "node deleted in Kubernetes, instance gone"); err != nil {
+				a.log.Warn("remove node", "node", node, "err", err)
+			}
+		}
+	}()
+}
+
+// signalWaiting tells the Cluster which bound pods of the node wait, and why; called after a
+// supply pass. Pods bound less than waitSignalAfter ago are not yet waiting (their ADD is
+// on its way); a node with none clears its signal (sent once per change).
+func (a *Allocator) signalWaiting(ns *nodeState, problem error) {
+	if a.cfg.Cluster == nil {
+		return
+	}
+	now := a.now()
+	a.mu.Lock()
+	pods := a.boundWaitingLocked(ns)
+	var waiting []PodRef
+	for _, p := range pods {
+		if now.Sub(p.BoundAt) >= waitSignalAfter {
+			waiting = append(waiting, p)
+		}
+	}
+	reason := waitReasonOf(problem)
+	key := string(reason) + "/" + strconv.Itoa(len(waiting))
+	if len(waiting) == 0 {
+		key = ""
+	}
+	same := key == ns.signalKey
+	ns.signalKey = key
+	a.mu.Unlock()
+	if same {
+		return
+	}
+	msg := "waiting for a VPC address from ipledger"
+	if problem != nil {
+		msg += ": " + problem.Error()
+	}
+	a.cfg.Cluster.PodsWaiting(ns.name, waiting, reason, msg)
+}
+
+// waitSignalAfter is how long a pod bound to a node may be without an address before it is
+// said to wait (the kubelet takes about a second from binding to CNI ADD).
+const waitSignalAfter = 5 * time.Second
+
+// preregisterAsync registers, in the background, an instance Kubernetes announced before its
+// agent started (a Karpenter NodeClaim's, a pending instance with the cluster tag), so that
+// supply gives the node its first addresses before its agent registers. Each instance is tried
+// once per leader unless it fails.
+func (a *Allocator) preregisterAsync(ctx context.Context, instanceID string) {
+	if _, ok := a.led.NodeByInstance(instanceID); ok {
+		return
+	}
+	a.mu.Lock()
+	if a.preregistering[instanceID] {
+		a.mu.Unlock()
+		return
+	}
+	a.preregistering[instanceID] = true
+	a.mu.Unlock()
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		cctx, cancel := context.WithTimeout(ctx, a.cfg.PassTimeout)
+		defer cancel()
+		name, err := a.Preregister(cctx, instanceID)
+		if err != nil {
+			a.mu.Lock()
+			delete(a.preregistering, instanceID)
+			a.mu.Unlock()
+			if ctx.Err() == nil {
+				a.log.Info("pre-register instance", "instance", instanceID, "err", err)
+			}
+			return
+		}
+		a.log.Info("instance pre-registered before its agent", "instance", instanceID, "node", name)
+	}()
+}
+
+// Preregister registers an instance as its agent will (the node named by its private DNS name,
+// as EKS and Karpenter name nodes), from EC2's description, before the agent starts: supply then
+// gives it its first addresses at node-start priority, and the agent's registration finds the
+// node registered. The instance must be pending or running.
+func (a *Allocator) Preregister(ctx context.Context, instanceID string) (string, error) {
+	if rec, ok := a.led.NodeByInstance(instanceID); ok {
+		return rec.Name, nil
+	}
+	inst, err := a.describer.describe(ctx, instanceID, ec2gw.PriorityNodeStart)
+	if err != nil {
+		return "", ec2Err(err, "")
+	}
+	if inst.State != "pending" && inst.State != "running" {
+		return "", fmt.Errorf("%w: instance %s is %s", ErrInstanceMismatch, instanceID, inst.State)
+	}
+	if inst.PrivateDNSName == "" {
+		return "", fmt.Errorf("%w: instance %s has no private DNS name yet", ErrInstanceMismatch, instanceID)
+	}
+	req := Registration{
+		NodeName: inst.PrivateDNSName, InstanceID: inst.ID, InstanceType: inst.Type,
+		AvailabilityZone: inst.AvailabilityZone, SubnetID: inst.SubnetID, PrimaryIP: inst.PrivateIP,
+	}
+	for _, e := range inst.ENIs {
+		if e.Attachment != nil && e.Attachment.DeviceIndex == 0 {
+			req.PrimaryENI = e.ID
+		}
+	}
+	if _, _, err := a.RegisterNode(ctx, req); err != nil {
+		return "", err
+	}
+	return req.NodeName, nil
+}
+
+// staleCheckEvery is how often the pods agents report are compared with the API's: a tenth of
+// the grace, within [1 s, 10 s].
+func staleCheckEvery(grace time.Duration) time.Duration {
+	return min(max(grace/10, time.Second), 10*time.Second)
+}
+
+// checkStalePods finds, on every node, the pods the agent reports holding an address that the
+// Kubernetes API deleted (their CNI DEL never came: a runtime that lost the sandbox, a node
+// restarted under the kubelet) and, once the API has lacked them for StalePodGrace, names them
+// to the agent, which gives each address back only if its own state agrees (the pod's veth is
+// gone). The next usage report shows the result; a pod still reported is named again after
+// another grace. Nothing is done before the caches have synced, so an API outage or a slow
+// start frees nothing.
+func (a *Allocator) checkStalePods(context.Context) error {
+	now := a.now()
+	grace := a.cfg.StalePodGrace
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, ns := range a.nodes {
+		if ns.usage == nil || len(ns.usage.InUse) == 0 {
+			ns.goneSince = nil
+			continue
+		}
+		seen := map[string]bool{}
+		var due []string
+		for _, p := range ns.usage.InUse {
+			if p.PodUID == "" && p.PodName == "" {
+				continue // a recovered address: the agent looks after it from the kernel's rules
+			}
+			key := p.PodUID
+			if key == "" {
+				key = p.PodNamespace + "/" + p.PodName
+			}
+			exists, known := a.cfg.Cluster.PodExists(ns.name, p.PodNamespace, p.PodName, p.PodUID)
+			if !known {
+				return nil
+			}
+			if exists {
+				continue
+			}
+			seen[key] = true
+			if ns.goneSince == nil {
+				ns.goneSince = map[string]time.Time{}
+			}
+			since, ok := ns.goneSince[key]
+			if !ok {
+				ns.goneSince[key] = now
+				continue
+			}
+			if now.Sub(since) >= grace {
+				due = append(due, key)
+			}
+		}
+		for k := range ns.goneSince {
+			if !seen[k] {
+				delete(ns.goneSince, k)
+			}
+		}
+		if len(due) == 0 || now.Sub(ns.staleSentAt) < grace || len(ns.subs) == 0 {
+			continue
+		}
+		ns.staleSentAt = now
+		slices.Sort(due)
+		for s := range ns.subs {
+			s.sendStale(due)
+		}
+		a.met.stalePods.Add(float64(len(due)))
+		a.log.Info("pods deleted in Kubernetes still hold addresses on their node; asking its agent to give them back",
+			"node", ns.name, "pods", due, "grace", grace)
+	}
+	return nil
+}
