@@ -64,6 +64,9 @@ type nodeOpts struct {
 	agentArgs []string
 	// addTimeout is the plugin's addTimeout ("" = its default, 12 s: the agent waits 10 s).
 	addTimeout string
+	// agentBin and pluginDir are another build's agent and plugin directory ("": this
+	// checkout's; the upgrade test starts nodes on the previous release's).
+	agentBin, pluginDir string
 }
 
 func (o nodeOpts) conf() []string {
@@ -121,6 +124,7 @@ func (rs *resilience) joinWith(t *testing.T, inst ec2sim.InstanceInfo, role stri
 		}
 	}
 	n := &rsNode{Node: harness.NewNode(t, rs.c.Sim, inst, rs.c.Addrs()...), role: role, opts: o}
+	n.UseBinaries(o.agentBin, o.pluginDir)
 	n.agent = n.StartAgent(n.agentArgs()...)
 	n.RT = n.NewRuntimeConf("1.1.0", o.conf()...)
 	rs.mu.Lock()

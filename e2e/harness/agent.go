@@ -49,7 +49,7 @@ func (n *Node) AgentArgs() []string {
 		extra = append(extra, "--tls-ca-file", n.ServerCA, "--identity-dir", n.IdentityDir, "--attest-retry", "1s")
 	}
 	if n.CNIConfDir != "" {
-		extra = append(extra, "--cni-conf-dir", n.CNIConfDir, "--cni-conflist-src", n.ConflistSrc, "--cni-bin-dir", PluginDir(n.T))
+		extra = append(extra, "--cni-conf-dir", n.CNIConfDir, "--cni-conflist-src", n.ConflistSrc, "--cni-bin-dir", n.PluginBinDir())
 	}
 	return append([]string{
 		"--server", strings.Join(n.Servers, ","),
@@ -84,7 +84,7 @@ func (n *Node) AgentConfig() agent.Config {
 		cfg.TLSCAFile, cfg.IdentityDir, cfg.AttestRetry = n.ServerCA, n.IdentityDir, time.Second
 	}
 	if n.CNIConfDir != "" {
-		cfg.CNIConfDir, cfg.CNIConflistSource, cfg.CNIBinDir = n.CNIConfDir, n.ConflistSrc, PluginDir(n.T)
+		cfg.CNIConfDir, cfg.CNIConflistSource, cfg.CNIBinDir = n.CNIConfDir, n.ConflistSrc, n.PluginBinDir()
 	}
 	return cfg
 }
@@ -112,7 +112,7 @@ type Agent struct {
 // <Dir>/agent-<n>.log and is printed when the test fails.
 func (n *Node) StartAgent(extra ...string) *Agent {
 	n.T.Helper()
-	bin := Binary(n.T, "ipledger-agent")
+	bin := n.agentBinary()
 	logs, _ := filepath.Glob(filepath.Join(n.Dir, "agent-*.log"))
 	logPath := filepath.Join(n.Dir, fmt.Sprintf("agent-%d.log", len(logs)+1))
 	logFile, err := os.Create(logPath)

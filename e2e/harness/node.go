@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -57,6 +58,42 @@ type Node struct {
 	// (ManagedRuntime sets both).
 	CNIConfDir  string
 	ConflistSrc string
+
+	binMu     sync.Mutex
+	agentBin  string // "" = this checkout's ipledger-agent
+	pluginBin string // "" = this checkout's plugin directory
+}
+
+// UseBinaries makes the node run another build's agent and plugin from now on (an earlier
+// release's, in the upgrade test): the next StartAgent starts agentBin, and the plugin runs
+// from pluginDir (a directory holding it as "ipledger"), as a node's agent image and the
+// plugin its init container installs change together. Empty strings mean this checkout's.
+func (n *Node) UseBinaries(agentBin, pluginDir string) {
+	n.binMu.Lock()
+	defer n.binMu.Unlock()
+	n.agentBin, n.pluginBin = agentBin, pluginDir
+}
+
+func (n *Node) agentBinary() string {
+	n.binMu.Lock()
+	bin := n.agentBin
+	n.binMu.Unlock()
+	if bin == "" {
+		bin = Binary(n.T, "ipledger-agent")
+	}
+	return bin
+}
+
+// PluginBinDir is the directory the node's plugin runs from (CNI_PATH): this checkout's plugin
+// (PluginDir), or the one UseBinaries named.
+func (n *Node) PluginBinDir() string {
+	n.binMu.Lock()
+	dir := n.pluginBin
+	n.binMu.Unlock()
+	if dir == "" {
+		dir = PluginDir(n.T)
+	}
+	return dir
 }
 
 // NewNode creates the node namespace and directory for instance, whose metadata the simulator
@@ -158,7 +195,7 @@ func (p *Pod) HostVeth() string {
 // Env is the CNI environment of a command for the pod (nil pod: no attachment, as GC and
 // STATUS).
 func (n *Node) Env(cmd string, p *Pod) map[string]string {
-	env := map[string]string{"CNI_COMMAND": cmd, "CNI_PATH": PluginDir(n.T)}
+	env := map[string]string{"CNI_COMMAND": cmd, "CNI_PATH": n.PluginBinDir()}
 	if p != nil {
 		env["CNI_CONTAINERID"] = p.ContainerID
 		env["CNI_NETNS"] = p.NS.Path()
@@ -220,7 +257,7 @@ func (r Result) IP(t testing.TB) netip.Addr {
 // dies.
 func (n *Node) PluginCmd(env map[string]string, stdin []byte) *exec.Cmd {
 	n.T.Helper()
-	cmd := exec.Command("ip", "netns", "exec", n.NSName(), Binary(n.T, PluginName))
+	cmd := exec.Command("ip", "netns", "exec", n.NSName(), filepath.Join(n.PluginBinDir(), PluginName))
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
@@ -317,7 +354,7 @@ func (r *Runtime) Run(cmd string, p *Pod) Result {
 	c.Env = []string{
 		"PATH=" + os.Getenv("PATH"),
 		"NETCONFPATH=" + r.ConfDir,
-		"CNI_PATH=" + PluginDir(r.n.T),
+		"CNI_PATH=" + r.n.PluginBinDir(),
 		"CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=e2e;K8S_POD_NAME=" + p.Name,
 	}
 	c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

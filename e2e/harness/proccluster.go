@@ -35,6 +35,9 @@ type ProcClusterConfig struct {
 	Sim *ec2sim.Config
 	// Args are extra flags for every replica (later flags win over the defaults).
 	Args []string
+	// ServerBinary is the ipledger-server the replicas run (default: this checkout's,
+	// Binary(t, "ipledger-server")); ServerProc.SetBinary changes a replica's later runs.
+	ServerBinary string
 }
 
 // ProcCluster is ipledger as it runs in production, on loopback: a real multi-member etcd
@@ -84,7 +87,10 @@ func StartProcCluster(t testing.TB, cfg ProcClusterConfig) *ProcCluster {
 	if simCfg.Logger == nil {
 		simCfg.Logger = Logger("ec2sim")
 	}
-	bin := Binary(t, "ipledger-server")
+	bin := cfg.ServerBinary
+	if bin == "" {
+		bin = Binary(t, "ipledger-server")
+	}
 	c := &ProcCluster{T: t, Name: cfg.Name, Dir: t.TempDir(), stop: make(chan struct{})}
 
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)

@@ -68,6 +68,14 @@ func (r *ServerProc) SetArgs(args []string) {
 	r.args = append([]string(nil), args...)
 }
 
+// SetBinary replaces the executable of the process's next runs (as a new image in a rolling
+// update would); the current run keeps its own.
+func (r *ServerProc) SetBinary(path string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.bin = path
+}
+
 // supervise runs the process until stop is closed, restarting it with back-off whenever it
 // exits; it kills the current run when stop closes.
 func (r *ServerProc) supervise(stop <-chan struct{}) {
@@ -112,9 +120,10 @@ func (r *ServerProc) start() (<-chan struct{}, error) {
 	r.runs++
 	run := r.runs
 	args := append([]string(nil), r.args...)
+	bin := r.bin
 	r.mu.Unlock()
 	fmt.Fprintf(logFile, "=== run %d at %s: ipledger-server %s\n", run, time.Now().Format(time.RFC3339Nano), strings.Join(args, " "))
-	cmd := exec.Command(r.bin, args...)
+	cmd := exec.Command(bin, args...)
 	cmd.Env = r.env
 	var out io.Writer = logFile
 	if os.Getenv(LogEnv) != "" {
@@ -191,6 +200,30 @@ func (r *ServerProc) Kill() (int, error) {
 		return pid, nil
 	case <-time.After(killWait):
 		return pid, fmt.Errorf("replica %d (pid %d) did not exit within %v of SIGKILL", r.Index, pid, killWait)
+	}
+}
+
+// Terminate sends SIGTERM to the running process (what the kubelet sends a pod it deletes: a
+// leader resigns) and waits until it has exited; after killWait it sends SIGKILL. The
+// supervisor starts it again after its back-off. It returns the pid it stopped.
+func (r *ServerProc) Terminate() (int, error) {
+	r.mu.Lock()
+	cmd, exited := r.cmd, r.exited
+	r.mu.Unlock()
+	if cmd == nil {
+		return 0, fmt.Errorf("replica %d is not running", r.Index)
+	}
+	pid := cmd.Process.Pid
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return pid, fmt.Errorf("terminate replica %d (pid %d): %w", r.Index, pid, err)
+	}
+	select {
+	case <-exited:
+		return pid, nil
+	case <-time.After(killWait):
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		<-exited
+		return pid, fmt.Errorf("replica %d (pid %d) did not exit within %v of SIGTERM (killed)", r.Index, pid, killWait)
 	}
 }
 

@@ -15,7 +15,9 @@ import (
 // when a release changes the layout in a way an older release would misread, and name the
 // change under "Upgrade notes" in CHANGELOG.md.
 //
-//	1: nodes/, subnets/, policies/, prewarm/, identities/, election/ and meta (ipledger 0.1).
+//	1: nodes/, subnets/, policies/, prewarm/, identities/, election/ and meta. ipledger 0.1.0
+//	   (commit 117a7bd) wrote this layout without the meta record; the first leader of a
+//	   later release writes it (e2e/upgrade_test.go upgrades a 0.1.0 cluster).
 const SchemaVersion = 1
 
 // ErrNewerSchema: etcd holds a layout written by a newer ipledger than this binary.
