@@ -1,6 +1,7 @@
 // Package harness is the toolkit of ipledger's end-to-end tests: it builds (once per test
 // binary) or finds the binaries (ipledger-agent, the plugin installed as "ipledger",
-// ipledger-server, cnitool), starts allocator replicas in-process (a --dev server, or replicas
+// ipledger-server, cnitool) and an earlier release's server, agent and plugin from the
+// repository's git history (PreviousRelease, for the upgrade test), starts allocator replicas in-process (a --dev server, or replicas
 // sharing one embedded etcd and one EC2 simulator) or as ipledger-server processes on that etcd
 // and simulator, creates a node's network namespace with its
 // agent (as a process or in-process) and pods' namespaces inside it, runs the plugin and cnitool
