@@ -3,9 +3,13 @@ package allocator
 import (
 	"context"
 	"fmt"
+	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ipledger/ipledger/server/ledger"
 )
 
 // fakeCluster is an in-memory Cluster: pods bound to nodes, and the signals it was sent.
@@ -307,5 +311,71 @@ func TestStalePodsWaitForSyncedCaches(t *testing.T) {
 	}
 	if got := staleNamed(t, sub); got != nil {
 		t.Fatalf("named %v before the caches synced", got)
+	}
+}
+
+// Instances EC2 lists as pending with the cluster's instance tag are registered from that
+// description, named as their agents will name them, and supplied before their agents
+// register; running ones (their agents register them), pending ones without the tag and
+// registered ones are left alone. The agent's registration then finds its node.
+func TestDiscoverPendingInstances(t *testing.T) {
+	const tag = "kubernetes.io/cluster/test"
+	e := newEnv(t, func(c *Config) { c.PendingTag, c.NodeNames = tag, NodeNamesInstanceID })
+	launch := func(state string, tags map[string]string) Registration {
+		req := e.instance("m5.large", subnetA)
+		e.ec2.mu.Lock()
+		e.ec2.instances[req.InstanceID].state, e.ec2.instances[req.InstanceID].tags = state, tags
+		e.ec2.mu.Unlock()
+		return req
+	}
+	pending := launch("pending", map[string]string{tag: "owned"})
+	running := launch("running", map[string]string{tag: "owned"})
+	untagged := launch("pending", map[string]string{"other": "x"})
+	calls := e.ec2.callCount("DescribeInstances")
+	if err := e.a.discoverPending(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.a.wg.Wait()
+	if n := e.ec2.callCount("DescribeInstances") - calls; n != 1 {
+		t.Fatalf("discovery made %d DescribeInstances calls; want 1 (the filtered one, reused for the registration)", n)
+	}
+	rec, ok := e.a.led.NodeByInstance(pending.InstanceID)
+	if !ok || rec.Name != pending.InstanceID {
+		t.Fatalf("pending tagged instance registered as %+v (%v); want the node named %s", rec, ok, pending.InstanceID)
+	}
+	for _, other := range []Registration{running, untagged} {
+		if _, ok := e.a.led.NodeByInstance(other.InstanceID); ok {
+			t.Fatalf("instance %s was pre-registered; only pending ones with the tag are", other.InstanceID)
+		}
+	}
+	e.step(rec.Name)
+	if len(e.active(rec.Name)) == 0 {
+		t.Fatal("no address on the discovered node before its agent registers")
+	}
+	before := e.active(rec.Name)
+	pending.NodeName = pending.InstanceID
+	pool, _, err := e.a.RegisterNode(e.ctx, pending)
+	if err != nil {
+		t.Fatalf("the agent's registration after discovery: %v", err)
+	}
+	var leased []netip.Addr
+	for _, en := range pool.Node.ENIs {
+		for _, ad := range en.Addresses {
+			if ad.State == ledger.LeaseActive {
+				leased = append(leased, ad.IP)
+			}
+		}
+	}
+	slices.SortFunc(leased, netip.Addr.Compare)
+	if !slices.Equal(leased, before) {
+		t.Fatalf("the agent's pool leases %v; the node had %v before it registered", leased, before)
+	}
+	// A second round finds the node registered and describes once more, registering nothing.
+	if err := e.a.discoverPending(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.a.wg.Wait()
+	if n := len(e.a.led.Nodes()); n != 1 {
+		t.Fatalf("%d nodes after a second round; want 1", n)
 	}
 }
