@@ -189,6 +189,7 @@ type Allocator struct {
 	prewarmChosen  map[string][]netip.Addr
 	preregistering map[string]bool               // instances announced by Kubernetes or found pending, being registered
 	preregFailed   map[string]time.Time          // instances whose pre-registration failed, and when
+	leads          leadSamples                   // how long before their ADD pods are seen bound (lookahead)
 	starts         policy.StartPrior             // new nodes' first-minute pod starts, cluster-wide
 	policyStarts   map[string]*policy.StartPrior // the same, per node group policy (launch hints)
 
@@ -239,6 +240,9 @@ type nodeState struct {
 	removed          bool
 	// signalKey is the waiting signal last sent to the Cluster ("" none).
 	signalKey string
+	// leadSeen: pods of the last usage report whose lead (binding seen to address in use) was
+	// sampled, by key.
+	leadSeen map[string]bool
 	// goneSince: pods the agent reports holding an address that the Kubernetes API no longer
 	// has, by key (uid, or namespace/name), since when; staleSentAt: when they were last named
 	// to the agent.
@@ -786,6 +790,7 @@ func (a *Allocator) inputsLocked(ns *nodeState, rec ledger.NodeRecord) policy.In
 	if ns.fresh && now.Sub(ns.registered) < policy.StartWindow {
 		in.StartPrior = a.startPriorLocked(ns.policy.Name)
 	}
+	a.discountAnnouncedLocked(&in)
 	return in
 }
 
@@ -869,6 +874,7 @@ func (a *Allocator) ReportUsage(node string, u Usage) error {
 	ns.usage = &u
 	ns.lastReport = now
 	ns.rate.Observe(now, u.AddsTotal, policy.AdaptiveWindow(ns.policy))
+	a.sampleLeadsLocked(ns, now)
 	if ns.fresh && !ns.priorDone && now.Sub(ns.registered) >= policy.StartWindow {
 		// The agent started with the node, so its adds counter is the node's pod starts.
 		ns.priorDone = true

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/ipledger/ipledger/server/allocator/policy"
 	"github.com/ipledger/ipledger/server/ec2gw"
 )
 
@@ -470,4 +472,99 @@ func (a *Allocator) checkStalePods(context.Context) error {
 			"node", ns.name, "pods", due, "grace", grace)
 	}
 	return nil
+}
+
+// leadSamples keeps the last leads (how long before a pod held its address the Cluster showed
+// it bound to its node), to size the free stock the lookahead makes unnecessary.
+type leadSamples struct {
+	ring []time.Duration
+	next int
+}
+
+const leadSampleCount = 128
+
+func (l *leadSamples) add(d time.Duration) {
+	if len(l.ring) < leadSampleCount {
+		l.ring = append(l.ring, d)
+		return
+	}
+	l.ring[l.next] = d
+	l.next = (l.next + 1) % leadSampleCount
+}
+
+// low is the 10th percentile of the samples (ok false before minLeadSamples): the lead most
+// pods get at least.
+func (l *leadSamples) low() (time.Duration, bool) {
+	if len(l.ring) < minLeadSamples {
+		return 0, false
+	}
+	s := slices.Clone(l.ring)
+	slices.Sort(s)
+	return s[len(s)/10], true
+}
+
+const minLeadSamples = 10
+
+// sampleLeadsLocked records, for each pod the agent reports holding an address for the first
+// time, how long before this report the Cluster showed it bound (its BoundAt): the time the
+// lookahead had to supply it before its ADD, report delay included.
+func (a *Allocator) sampleLeadsLocked(ns *nodeState, now time.Time) {
+	if !a.cfg.Lookahead || a.cfg.Cluster == nil || ns.usage == nil {
+		return
+	}
+	var bound map[string]time.Time
+	seen := make(map[string]bool, len(ns.usage.InUse))
+	for _, p := range ns.usage.InUse {
+		key := p.PodUID
+		if key == "" {
+			key = p.PodNamespace + "/" + p.PodName
+		}
+		if key == "/" {
+			continue
+		}
+		seen[key] = true
+		if ns.leadSeen[key] {
+			continue
+		}
+		if bound == nil {
+			bound = map[string]time.Time{}
+			for _, b := range a.cfg.Cluster.BoundPods(ns.name) {
+				bound[b.UID] = b.BoundAt
+				bound[b.Namespace+"/"+b.Name] = b.BoundAt
+			}
+		}
+		at, ok := bound[key]
+		if !ok {
+			at, ok = bound[p.PodNamespace+"/"+p.PodName]
+		}
+		if ok && !at.IsZero() {
+			a.leads.add(max(now.Sub(at), 0))
+		}
+	}
+	ns.leadSeen = seen
+}
+
+// discountAnnouncedLocked shrinks the adaptive target's expectation of pod starts by what the
+// lookahead covers: a pod seen bound a lead L before its ADD needs no free address in stock
+// when a refill takes less than L. With the usual lead (the 10th percentile of recent pods) at
+// least the refill latency R, the starts need no stock (the policy's floor remains); with a
+// shorter one, the share 1 - L/R still does. Without the lookahead, or before enough pods were
+// seen, the target is as without Kubernetes.
+func (a *Allocator) discountAnnouncedLocked(in *policy.Inputs) {
+	if !a.cfg.Lookahead || a.cfg.Cluster == nil {
+		return
+	}
+	lead, ok := a.leads.low()
+	if !ok {
+		return
+	}
+	r := in.RefillLatency
+	if r <= 0 || lead >= r {
+		in.StartRate, in.PeakBurst, in.StartPrior = 0, 0, 0
+		return
+	}
+	f := 1 - float64(lead)/float64(r)
+	in.StartRate *= f
+	in.PeakBurst = int(math.Ceil(float64(in.PeakBurst) * f))
+	in.StartPrior = int(math.Ceil(float64(in.StartPrior) * f))
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ipledger/ipledger/server/allocator/policy"
 	"github.com/ipledger/ipledger/server/ledger"
 )
 
@@ -377,5 +378,65 @@ func TestDiscoverPendingInstances(t *testing.T) {
 	e.a.wg.Wait()
 	if n := len(e.a.led.Nodes()); n != 1 {
 		t.Fatalf("%d nodes after a second round; want 1", n)
+	}
+}
+
+// With the lookahead, pods seen bound long enough before their ADD (longer than a refill takes)
+// need no free stock: the adaptive target stays at the floor after a burst of them, where
+// without the lookahead the same burst raises it to the burst's size. A lead shorter than the
+// refill latency keeps the share 1 - lead/latency of the burst.
+func TestLookaheadLeadShrinksTheAdaptiveTarget(t *testing.T) {
+	target := func(on bool, lead time.Duration) int {
+		t.Helper()
+		kc := newFakeCluster()
+		e := newEnv(t, func(c *Config) { c.Cluster, c.Lookahead = kc, on })
+		node := e.register("m5.xlarge", subnetA)
+		e.usage(node)
+		e.step(node)
+		// Past the node's first minute (whose starts the start prior covers), a baseline.
+		e.clk.Advance(2 * policy.StartWindow)
+		e.usage(node)
+		pods := kc.bind(node, 12, e.clk.Now())
+		e.step(node)
+		e.clk.Advance(lead)
+		u := Usage{AddsTotal: 12}
+		for i, p := range pods {
+			u.InUse = append(u.InUse, PodAddress{IP: netip.AddrFrom4([4]byte{10, 0, 0, byte(200 + i)}), ContainerID: "c" + p.UID,
+				PodNamespace: p.Namespace, PodName: p.Name, PodUID: p.UID})
+		}
+		if err := e.a.ReportUsage(node, u); err != nil {
+			t.Fatal(err)
+		}
+		rt, ok := e.a.Runtime(node)
+		if !ok {
+			t.Fatal("no runtime")
+		}
+		return rt.Targets.TargetFree
+	}
+	// fakeEC2's refill latency estimate is 100 ms.
+	if off := target(false, 2*time.Second); off < 12 {
+		t.Fatalf("without the lookahead, the target after a burst of 12 is %d; want at least 12", off)
+	}
+	if on := target(true, 2*time.Second); on != 1 {
+		t.Fatalf("with pods seen bound 2 s before their ADD, the target is %d; want the floor, 1", on)
+	}
+	if short := target(true, 50*time.Millisecond); short < 6 || short >= 12 {
+		t.Fatalf("with a lead of half the refill latency, the target is %d; want about half the burst (6..11)", short)
+	}
+}
+
+func TestLeadSamplesLow(t *testing.T) {
+	var l leadSamples
+	for i := range minLeadSamples - 1 {
+		l.add(time.Duration(i) * time.Second)
+	}
+	if _, ok := l.low(); ok {
+		t.Fatal("a low lead before enough samples")
+	}
+	for i := range 200 {
+		l.add(time.Duration(i%100) * time.Millisecond)
+	}
+	if d, ok := l.low(); !ok || d < 10*time.Millisecond || d > 15*time.Millisecond {
+		t.Fatalf("10th percentile of 0..99 ms (the last 128 samples) = %v, %v", d, ok)
 	}
 }
