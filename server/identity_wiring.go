@@ -44,6 +44,15 @@ func SimInstanceTags(cfg config.Config) map[string]string {
 	return map[string]string{key: val}
 }
 
+// pendingTag is the tag by which the leader finds the cluster's pending instances: the
+// attestation's instance tag ("" with --attest-instance-tag=none or discovery off).
+func pendingTag(cfg config.Config) string {
+	if cfg.PendingDiscoveryInterval <= 0 {
+		return ""
+	}
+	return cfg.AttestTag()
+}
+
 // newIdentity builds the attestation service: AWS's certificates plus --attest-trust-file and,
 // with --dev, the simulator's; the issuing CA from --issuer-cert-file/--issuer-key-file or the
 // --dev CA. Without an issuing CA the service refuses every attestation (ATTESTATION_DISABLED).

@@ -89,6 +89,9 @@ type Options struct {
 	Getenv func(string) string
 	// Backends started for this replica (package dev); nil in production.
 	Backends Backends
+	// Cluster, when set, is the view of Kubernetes the allocator uses instead of a client of
+	// --kubeconfig (tests give an in-memory one).
+	Cluster allocator.Cluster
 }
 
 // ErrNeedsBackends is returned by Start for a configuration that needs what only the dev
@@ -163,14 +166,18 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err
 		return nil, fmt.Errorf("http-listen %s: %w", cfg.HTTPListen, err)
 	}
 	s.advert = cfg.Advertise(s.grpcLis.Addr().String(), opts.Getenv)
-	var cluster allocator.Cluster
-	if rc, kerr := kube.RestConfig(cfg.Kubeconfig); kerr == nil {
-		if s.kube, err = kube.New(kube.Config{Rest: rc, Clock: s.clk, Logger: s.log}); err != nil {
-			return nil, err
+	cluster := opts.Cluster
+	if cluster == nil {
+		rc, kerr := kube.RestConfig(cfg.Kubeconfig)
+		switch {
+		case kerr == nil:
+			if s.kube, err = kube.New(kube.Config{Rest: rc, Clock: s.clk, Logger: s.log}); err != nil {
+				return nil, err
+			}
+			cluster = s.kube
+		case !errors.Is(kerr, kube.ErrNoConfig):
+			return nil, kerr
 		}
-		cluster = s.kube
-	} else if !errors.Is(kerr, kube.ErrNoConfig) {
-		return nil, kerr
 	}
 	s.rep = replica.New(replica.Config{
 		Store: storeCfg, Advertise: s.advert, Gateway: s.gw, Logger: s.log,
@@ -183,6 +190,7 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err
 			DriftGrace: cfg.DriftGrace.D(), Clock: s.clk, Logger: s.log, Registerer: s.reg,
 			Trend:   func(subnet string) float64 { return s.forecast.Forecast(subnet, 0).HeldPerHour },
 			Cluster: cluster, Lookahead: cfg.KubeLookahead, StalePodGrace: cfg.KubeStalePodGrace.D(),
+			PendingTag: pendingTag(cfg), PendingDiscoveryInterval: cfg.PendingDiscoveryInterval.D(), NodeNames: cfg.AttestNodeName,
 		},
 		OnLead: func() {
 			s.health.SetServingStatus(ipledgerv1.NodeService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)

@@ -197,6 +197,7 @@ func startIPLedger(ctx context.Context, env systemEnv) (_ *ipledgerSystem, err e
 		s.args = append(s.args, "--subnets", strings.Join(env.subnets, ","))
 	}
 	s.args = append(s.args, serverFlags(env.timeScale)...)
+	s.args = append(s.args, env.extraServerArgs...)
 	s.logPath = filepath.Join(s.dir, "server.log")
 	if env.logDir != "" {
 		s.logPath = filepath.Join(env.logDir, "ipledger-server.log")

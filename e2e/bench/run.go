@@ -48,6 +48,8 @@ type Params struct {
 	EC2LatencyMs float64 `json:"ec2_latency_ms,omitempty"`
 	// EC2Profile is the simulator's clock of EC2 (realistic or instant).
 	EC2Profile string `json:"ec2_profile"`
+	// KubeletDelayS is the simulated time from a pod's binding to its first CNI ADD.
+	KubeletDelayS float64 `json:"kubelet_delay_s,omitempty"`
 	// IPLedgerFloor is the adaptive floor given to ipledger's default policy (0: built-in, 1).
 	IPLedgerFloor int   `json:"ipledger_adaptive_floor,omitempty"`
 	Seed          int64 `json:"seed"`
@@ -140,7 +142,7 @@ func Run(ctx context.Context, p TraceParams, env Env) (Report, error) {
 	rep := Report{Trace: p.Trace, TimeScale: p.TimeScale, Units: Units, Params: Params{
 		Nodes: p.Nodes, PodsPerNode: p.Pods, InstanceType: p.InstanceType, Seed: p.Seed,
 		EC2LatencyMs: float64(p.EC2Latency) / float64(time.Millisecond), IPLedgerFloor: p.IPLedgerFloor,
-		EC2Profile: p.EC2Profile,
+		EC2Profile: p.EC2Profile, KubeletDelayS: p.KubeletDelay.Seconds(),
 	}}
 	wall := time.Now()
 	defer func() { rep.WallSeconds = time.Since(wall).Seconds() }()
@@ -204,7 +206,7 @@ func runSystem(ctx context.Context, p TraceParams, def traceDef, sys string, env
 	env.progress("%s: %s (time scale %g, %s EC2)", p.Trace, sys, p.TimeScale, p.EC2Profile)
 	wall := time.Now()
 	r := newRunner(runConfig{
-		trace: p.Trace, system: sys, timeScale: p.TimeScale, seed: p.Seed, scenario: sc, profile: p.EC2Profile,
+		trace: p.Trace, system: sys, timeScale: p.TimeScale, seed: p.Seed, scenario: sc, profile: p.EC2Profile, kubeletDelay: p.KubeletDelay,
 		env:      systemEnv{workDir: env.WorkDir, serverBin: env.ServerBin, logDir: env.LogDir, ipledgerFloor: p.IPLedgerFloor},
 		progress: env.progress,
 	})

@@ -60,9 +60,11 @@ type runConfig struct {
 	timeScale float64
 	seed      int64
 	scenario  *ec2sim.Scenario
-	profile   string    // the simulator's clock of EC2 (ec2sim.ProfileByName)
-	env       systemEnv // sim filled in by the runner
-	progress  func(format string, args ...any)
+	profile   string // the simulator's clock of EC2 (ec2sim.ProfileByName)
+	// kubeletDelay is the simulated time from a pod's binding to its first CNI ADD.
+	kubeletDelay time.Duration
+	env          systemEnv // sim filled in by the runner
+	progress     func(format string, args ...any)
 }
 
 type nodeRec struct {
@@ -144,9 +146,12 @@ func (r *runner) start(ctx context.Context, setup func(ctx context.Context, sim 
 		env.subnets = append(env.subnets, s.ID)
 	}
 	env.podSubnets = podSubnetsByZone(sim)
-	if r.cfg.system == SystemIPLedger {
+	switch r.cfg.system {
+	case SystemIPLedger:
 		r.sys, err = startIPLedger(ctx, env)
-	} else {
+	case SystemIPLedgerK8s:
+		r.sys, err = startIPLedgerK8s(ctx, env)
+	default:
 		r.sys, err = newVPCCNISystem(ctx, r.cfg.system, env)
 	}
 	if err != nil {
@@ -291,6 +296,16 @@ func (r *runner) startPod(n *nodeRec, ph *phase, hostNet bool) *podRec {
 		defer r.podWG.Done()
 		defer cancel()
 		scheduled := r.clk.Now()
+		// The scheduler's binding (ipledger-k8s sees it in the API), then the kubelet's
+		// delay before its first CNI ADD (sandbox creation), the same for every system.
+		if b, ok := n.h.(binder); ok {
+			if err := b.Bind(ctx, name); err != nil && ctx.Err() == nil {
+				r.cfg.progress("  %s: bind %s: %v", r.cfg.system, name, err)
+			}
+		}
+		if d := r.cfg.kubeletDelay; d > 0 && !r.clk.Sleep(ctx, d) {
+			return
+		}
 		// The kubelet retries a failed sandbox 1 s, 2 s, 4 s, ... up to 10 s apart.
 		bo := &backoff.ExponentialBackOff{InitialInterval: kubeletBackoffMin, Multiplier: 2, MaxInterval: kubeletBackoffMax}
 		for attempt := 1; ; attempt++ {
@@ -357,6 +372,9 @@ func (r *runner) deletePod(ctx context.Context, p *podRec) {
 		if err := p.n.h.Del(ctx, p.name); err != nil && ctx.Err() == nil {
 			r.cfg.progress("  %s: CNI DEL %s: %v", r.cfg.system, p.name, err)
 		}
+	}
+	if b, ok := p.n.h.(binder); ok && !p.hostNet {
+		b.Unbind(ctx, p.name)
 	}
 }
 

@@ -29,7 +29,7 @@ func ParseSystems(s string) ([]string, error) {
 		if name == "" {
 			continue
 		}
-		if name != SystemIPLedger {
+		if name != SystemIPLedger && name != SystemIPLedgerK8s {
 			if _, err := vpccni.SettingsByName(name); err != nil {
 				return nil, fmt.Errorf("%w %q (known: %s)", ErrUnknownSystem, name, strings.Join(AllSystems(), ", "))
 			}
@@ -98,4 +98,6 @@ type systemEnv struct {
 	// podSubnets are the trace's pod subnets per zone (custom-networking): ipledger's policy
 	// names them all, the VPC CNI's ENIConfig of a zone the first.
 	podSubnets map[string][]string
+	// extraServerArgs are added to ipledger-server's flags (ipledger-k8s: --kubeconfig).
+	extraServerArgs []string
 }

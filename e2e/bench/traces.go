@@ -66,6 +66,10 @@ type TraceParams struct {
 	// ec2sim.ProfileInstant): per-action latencies, attach and detach phases, describe lag.
 	// Both systems feel it; EC2Latency adds to it.
 	EC2Profile string
+	// KubeletDelay is the simulated time from a pod's binding (when the trace schedules it) to
+	// its first CNI ADD, the kubelet's sandbox creation, for every system (0: ADD at once).
+	// ipledger-k8s sees the binding in the Kubernetes API and supplies for it meanwhile.
+	KubeletDelay time.Duration
 	// IPLedgerFloor, when > 0, sets the adaptive floor of ipledger's default policy (free
 	// addresses every node keeps at least; the built-in default is 1).
 	IPLedgerFloor int

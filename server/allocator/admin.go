@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/ipledger/ipledger/server/allocator/policy"
@@ -262,7 +263,17 @@ type NodeRuntime struct {
 	Generation   uint64
 	PodsInUse    int
 	StartRatePPS float64
+	// Kubernetes: the allocator has a Cluster; BoundPods are then the pods bound to the node
+	// that hold no address yet (bound earliest first), and WaitReason why those bound for
+	// WaitSignalAfter or more wait.
+	Kubernetes bool
+	BoundPods  []PodRef
+	WaitReason WaitReason
 }
+
+// WaitSignalAfter is how long a pod bound to a node may be without an address before it is
+// said to wait (an Event, the Node condition, ipledgerctl's WAITING).
+const WaitSignalAfter = waitSignalAfter
 
 // Runtime returns the leader's view of a node.
 func (a *Allocator) Runtime(node string) (NodeRuntime, bool) {
@@ -286,6 +297,12 @@ func (a *Allocator) Runtime(node string) (NodeRuntime, bool) {
 		u := *ns.usage
 		rt.Usage = &u
 		rt.PodsInUse = len(u.InUse)
+	}
+	if a.cfg.Cluster != nil {
+		rt.Kubernetes = true
+		rt.BoundPods = a.boundWaitingLocked(ns)
+		slices.SortStableFunc(rt.BoundPods, func(x, y PodRef) int { return x.BoundAt.Compare(y.BoundAt) })
+		rt.WaitReason = waitReasonOf(ns.problem)
 	}
 	return rt, true
 }

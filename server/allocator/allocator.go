@@ -31,6 +31,12 @@ const (
 	TagPrewarm = diff.TagPrewarm
 )
 
+// How nodes are named (Config.NodeNames).
+const (
+	NodeNamesPrivateDNS = "private-dns"
+	NodeNamesInstanceID = "instance-id"
+)
+
 // Config wires an Allocator. Ledger, Store and EC2 are required.
 type Config struct {
 	ClusterName string
@@ -88,6 +94,14 @@ type Config struct {
 	// StalePodGrace is how long a pod the API deleted may keep the address its agent reports
 	// before the agent is asked to give it back (its CNI DEL never came; default 2 min).
 	StalePodGrace time.Duration
+	// PendingTag is the tag ("key" or "key=value") of the cluster's instances: instances EC2
+	// lists as pending with it are pre-registered every PendingDiscoveryInterval (default 5 s)
+	// before their agents register. Empty: no discovery.
+	PendingTag               string
+	PendingDiscoveryInterval time.Duration
+	// NodeNames is how nodes are named: NodeNamesPrivateDNS (default, EKS's and Karpenter's
+	// names) or NodeNamesInstanceID; pre-registration names nodes the way their agents will.
+	NodeNames string
 
 	// observer, set by the package's tests, watches the allocator's locks.
 	observer lockObserver
@@ -113,6 +127,14 @@ func (c *Config) setDefaults() error {
 	def(&c.InstanceCheckInterval, time.Minute)
 	def(&c.DriftGrace, time.Minute)
 	def(&c.StalePodGrace, 2*time.Minute)
+	def(&c.PendingDiscoveryInterval, 5*time.Second)
+	switch c.NodeNames {
+	case "":
+		c.NodeNames = NodeNamesPrivateDNS
+	case NodeNamesPrivateDNS, NodeNamesInstanceID:
+	default:
+		return fmt.Errorf("allocator: NodeNames %q is neither %s nor %s", c.NodeNames, NodeNamesPrivateDNS, NodeNamesInstanceID)
+	}
 	def(&c.Tick, time.Second)
 	if c.PassTimeout <= 0 {
 		c.PassTimeout = 2 * time.Minute
@@ -165,7 +187,9 @@ type Allocator struct {
 	attaching      map[string]bool // pre-warmed ENIs being attached to a node
 	deleting       map[string]bool // empty ENIs being detached and deleted: supply leaves them
 	prewarmChosen  map[string][]netip.Addr
-	preregistering map[string]bool               // instances announced by Kubernetes being registered
+	preregistering map[string]bool               // instances announced by Kubernetes or found pending, being registered
+	preregFailed   map[string]time.Time          // instances whose pre-registration failed, and when
+	leads          leadSamples                   // how long before their ADD pods are seen bound (lookahead)
 	starts         policy.StartPrior             // new nodes' first-minute pod starts, cluster-wide
 	policyStarts   map[string]*policy.StartPrior // the same, per node group policy (launch hints)
 
@@ -216,6 +240,9 @@ type nodeState struct {
 	removed          bool
 	// signalKey is the waiting signal last sent to the Cluster ("" none).
 	signalKey string
+	// leadSeen: pods of the last usage report whose lead (binding seen to address in use) was
+	// sampled, by key.
+	leadSeen map[string]bool
 	// goneSince: pods the agent reports holding an address that the Kubernetes API no longer
 	// has, by key (uid, or namespace/name), since when; staleSentAt: when they were last named
 	// to the agent.
@@ -261,6 +288,7 @@ func New(cfg Config) (*Allocator, error) {
 		deleting:       map[string]bool{},
 		prewarmChosen:  map[string][]netip.Addr{},
 		preregistering: map[string]bool{},
+		preregFailed:   map[string]time.Time{},
 
 		started:     make(chan struct{}),
 		fatal:       make(chan error, 1),
@@ -355,6 +383,10 @@ func (a *Allocator) Run(ctx context.Context) error {
 	go func() { defer a.wg.Done(); a.sweepLoop(ctx) }()
 	go func() { defer a.wg.Done(); a.prewarmLoop(ctx) }()
 	a.goLoop(ctx, "instances", a.cfg.InstanceCheckInterval, a.checkInstances)
+	if a.cfg.PendingTag != "" {
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); a.pendingLoop(ctx) }()
+	}
 	if a.cfg.Cluster != nil {
 		a.wg.Add(1)
 		go func() { defer a.wg.Done(); a.watchCluster(ctx) }()
@@ -758,6 +790,7 @@ func (a *Allocator) inputsLocked(ns *nodeState, rec ledger.NodeRecord) policy.In
 	if ns.fresh && now.Sub(ns.registered) < policy.StartWindow {
 		in.StartPrior = a.startPriorLocked(ns.policy.Name)
 	}
+	a.discountAnnouncedLocked(&in)
 	return in
 }
 
@@ -841,6 +874,7 @@ func (a *Allocator) ReportUsage(node string, u Usage) error {
 	ns.usage = &u
 	ns.lastReport = now
 	ns.rate.Observe(now, u.AddsTotal, policy.AdaptiveWindow(ns.policy))
+	a.sampleLeadsLocked(ns, now)
 	if ns.fresh && !ns.priorDone && now.Sub(ns.registered) >= policy.StartWindow {
 		// The agent started with the node, so its adds counter is the node's pod starts.
 		ns.priorDone = true

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/ipledger/ipledger/server/allocator/policy"
 	"github.com/ipledger/ipledger/server/ec2gw"
 )
 
@@ -168,7 +171,7 @@ func (a *Allocator) clusterEvent(ctx context.Context, ev ClusterEvent) {
 		}
 	}
 	if ev.InstanceID != "" && !ev.NodeDeleted {
-		a.preregisterAsync(ctx, ev.InstanceID)
+		a.preregisterAsync(ctx, ev.InstanceID, nil)
 	}
 }
 
@@ -240,15 +243,17 @@ func (a *Allocator) signalWaiting(ns *nodeState, problem error) {
 const waitSignalAfter = 5 * time.Second
 
 // preregisterAsync registers, in the background, an instance Kubernetes announced before its
-// agent started (a Karpenter NodeClaim's, a pending instance with the cluster tag), so that
+// agent started (a Karpenter NodeClaim's, a Node's provider id), or one EC2 lists as pending
+// with the cluster tag (described already: inst is its description; nil describes it), so that
 // supply gives the node its first addresses before its agent registers. Each instance is tried
-// once per leader unless it fails.
-func (a *Allocator) preregisterAsync(ctx context.Context, instanceID string) {
+// once per leader unless it fails; a failed one is tried again after preregisterRetry.
+func (a *Allocator) preregisterAsync(ctx context.Context, instanceID string, inst *ec2gw.Instance) {
 	if _, ok := a.led.NodeByInstance(instanceID); ok {
 		return
 	}
+	now := a.now()
 	a.mu.Lock()
-	if a.preregistering[instanceID] {
+	if a.preregistering[instanceID] || now.Sub(a.preregFailed[instanceID]) < preregisterRetry {
 		a.mu.Unlock()
 		return
 	}
@@ -259,24 +264,61 @@ func (a *Allocator) preregisterAsync(ctx context.Context, instanceID string) {
 		defer a.wg.Done()
 		cctx, cancel := context.WithTimeout(ctx, a.cfg.PassTimeout)
 		defer cancel()
-		name, err := a.Preregister(cctx, instanceID)
+		var name string
+		var err error
+		if inst != nil {
+			name, err = a.preregisterInstance(cctx, *inst)
+		} else {
+			name, err = a.Preregister(cctx, instanceID)
+		}
+		a.mu.Lock()
+		delete(a.preregistering, instanceID)
 		if err != nil {
-			a.mu.Lock()
-			delete(a.preregistering, instanceID)
-			a.mu.Unlock()
+			a.preregFailed[instanceID] = a.now()
+		} else {
+			delete(a.preregFailed, instanceID)
+		}
+		a.mu.Unlock()
+		if err != nil {
 			if ctx.Err() == nil {
 				a.log.Info("pre-register instance", "instance", instanceID, "err", err)
 			}
 			return
 		}
-		a.log.Info("instance pre-registered before its agent", "instance", instanceID, "node", name)
+		source := "kubernetes"
+		if inst != nil {
+			source = "ec2-pending"
+		}
+		a.met.preregistered.WithLabelValues(source).Inc()
+		a.log.Info("instance pre-registered before its agent", "instance", instanceID, "node", name, "source", source)
 	}()
 }
 
+// pendingLoop runs discoverPending every PendingDiscoveryInterval until ctx ends.
+func (a *Allocator) pendingLoop(ctx context.Context) {
+	t := a.clk.NewTicker(a.cfg.PendingDiscoveryInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.Chan():
+			if err := a.discoverPending(ctx); err != nil && ctx.Err() == nil {
+				a.log.Warn("loop failed", "loop", "pending instances", "err", err)
+			}
+		}
+	}
+}
+
+// preregisterRetry is how long an instance whose pre-registration failed (no policy for it, a
+// zone without pod subnet, EC2 unavailable) waits before it is tried again.
+const preregisterRetry = time.Minute
+
 // Preregister registers an instance as its agent will (the node named by its private DNS name,
-// as EKS and Karpenter name nodes), from EC2's description, before the agent starts: supply then
-// gives it its first addresses at node-start priority, and the agent's registration finds the
-// node registered. The instance must be pending or running.
+// as EKS and Karpenter name nodes, or by its instance id with NodeNames "instance-id"), from
+// EC2's description, before the agent starts: supply then gives it its first addresses at
+// node-start priority, and the agent's registration finds the node registered. The instance
+// must be pending or running.
 func (a *Allocator) Preregister(ctx context.Context, instanceID string) (string, error) {
 	if rec, ok := a.led.NodeByInstance(instanceID); ok {
 		return rec.Name, nil
@@ -285,14 +327,26 @@ func (a *Allocator) Preregister(ctx context.Context, instanceID string) (string,
 	if err != nil {
 		return "", ec2Err(err, "")
 	}
-	if inst.State != "pending" && inst.State != "running" {
-		return "", fmt.Errorf("%w: instance %s is %s", ErrInstanceMismatch, instanceID, inst.State)
+	return a.preregisterInstance(ctx, inst)
+}
+
+// preregisterInstance registers a described instance as its agent will.
+func (a *Allocator) preregisterInstance(ctx context.Context, inst ec2gw.Instance) (string, error) {
+	if rec, ok := a.led.NodeByInstance(inst.ID); ok {
+		return rec.Name, nil
 	}
-	if inst.PrivateDNSName == "" {
-		return "", fmt.Errorf("%w: instance %s has no private DNS name yet", ErrInstanceMismatch, instanceID)
+	if inst.State != "pending" && inst.State != "running" {
+		return "", fmt.Errorf("%w: instance %s is %s", ErrInstanceMismatch, inst.ID, inst.State)
+	}
+	name := inst.PrivateDNSName
+	if a.cfg.NodeNames == NodeNamesInstanceID {
+		name = inst.ID
+	}
+	if name == "" {
+		return "", fmt.Errorf("%w: instance %s has no private DNS name yet", ErrInstanceMismatch, inst.ID)
 	}
 	req := Registration{
-		NodeName: inst.PrivateDNSName, InstanceID: inst.ID, InstanceType: inst.Type,
+		NodeName: name, InstanceID: inst.ID, InstanceType: inst.Type,
 		AvailabilityZone: inst.AvailabilityZone, SubnetID: inst.SubnetID, PrimaryIP: inst.PrivateIP,
 	}
 	for _, e := range inst.ENIs {
@@ -300,10 +354,51 @@ func (a *Allocator) Preregister(ctx context.Context, instanceID string) (string,
 			req.PrimaryENI = e.ID
 		}
 	}
-	if _, _, err := a.RegisterNode(ctx, req); err != nil {
+	if _, _, err := a.registerNode(ctx, req, &inst); err != nil {
 		return "", err
 	}
 	return req.NodeName, nil
+}
+
+// discoverPending looks for instances EC2 lists as pending that carry the cluster's instance
+// tag (PendingTag) and are not registered, and pre-registers them from that description: a node
+// any autoscaler launched gets its first addresses while it boots, before its agent can
+// register. One filtered, paginated DescribeInstances a round (up to 1000 instances a page), at
+// reconcile priority, through the gateway's one limiter: it takes a token of the describe
+// bucket only when no other call of higher priority wants it, and a round waiting for one
+// delays the next (the loop runs one round at a time).
+// ctx is the leadership's (the pre-registrations it starts outlive the round); the describe
+// has PassTimeout.
+func (a *Allocator) discoverPending(ctx context.Context) error {
+	dctx, cancel := context.WithTimeout(ctx, a.cfg.PassTimeout)
+	defer cancel()
+	f := ec2gw.InstanceFilter{States: []string{"pending"}}
+	key, val, hasVal := strings.Cut(a.cfg.PendingTag, "=")
+	if hasVal {
+		f.Tags = map[string]string{key: val}
+	} else {
+		f.TagKeys = []string{key}
+	}
+	insts, err := a.gw.DescribeInstancesFiltered(dctx, ec2gw.PriorityReconcile, f)
+	if err != nil {
+		return ec2Err(err, "")
+	}
+	seen := map[string]bool{}
+	for _, in := range insts {
+		seen[in.ID] = true
+		if _, ok := a.led.NodeByInstance(in.ID); ok {
+			continue
+		}
+		a.preregisterAsync(ctx, in.ID, &in)
+	}
+	a.mu.Lock()
+	for id := range a.preregFailed {
+		if !seen[id] && !a.preregistering[id] {
+			delete(a.preregFailed, id) // running or gone: its agent (or nobody) registers it
+		}
+	}
+	a.mu.Unlock()
+	return nil
 }
 
 // staleCheckEvery is how often the pods agents report are compared with the API's: a tenth of
@@ -377,4 +472,99 @@ func (a *Allocator) checkStalePods(context.Context) error {
 			"node", ns.name, "pods", due, "grace", grace)
 	}
 	return nil
+}
+
+// leadSamples keeps the last leads (how long before a pod held its address the Cluster showed
+// it bound to its node), to size the free stock the lookahead makes unnecessary.
+type leadSamples struct {
+	ring []time.Duration
+	next int
+}
+
+const leadSampleCount = 128
+
+func (l *leadSamples) add(d time.Duration) {
+	if len(l.ring) < leadSampleCount {
+		l.ring = append(l.ring, d)
+		return
+	}
+	l.ring[l.next] = d
+	l.next = (l.next + 1) % leadSampleCount
+}
+
+// low is the 10th percentile of the samples (ok false before minLeadSamples): the lead most
+// pods get at least.
+func (l *leadSamples) low() (time.Duration, bool) {
+	if len(l.ring) < minLeadSamples {
+		return 0, false
+	}
+	s := slices.Clone(l.ring)
+	slices.Sort(s)
+	return s[len(s)/10], true
+}
+
+const minLeadSamples = 10
+
+// sampleLeadsLocked records, for each pod the agent reports holding an address for the first
+// time, how long before this report the Cluster showed it bound (its BoundAt): the time the
+// lookahead had to supply it before its ADD, report delay included.
+func (a *Allocator) sampleLeadsLocked(ns *nodeState, now time.Time) {
+	if !a.cfg.Lookahead || a.cfg.Cluster == nil || ns.usage == nil {
+		return
+	}
+	var bound map[string]time.Time
+	seen := make(map[string]bool, len(ns.usage.InUse))
+	for _, p := range ns.usage.InUse {
+		key := p.PodUID
+		if key == "" {
+			key = p.PodNamespace + "/" + p.PodName
+		}
+		if key == "/" {
+			continue
+		}
+		seen[key] = true
+		if ns.leadSeen[key] {
+			continue
+		}
+		if bound == nil {
+			bound = map[string]time.Time{}
+			for _, b := range a.cfg.Cluster.BoundPods(ns.name) {
+				bound[b.UID] = b.BoundAt
+				bound[b.Namespace+"/"+b.Name] = b.BoundAt
+			}
+		}
+		at, ok := bound[key]
+		if !ok {
+			at, ok = bound[p.PodNamespace+"/"+p.PodName]
+		}
+		if ok && !at.IsZero() {
+			a.leads.add(max(now.Sub(at), 0))
+		}
+	}
+	ns.leadSeen = seen
+}
+
+// discountAnnouncedLocked shrinks the adaptive target's expectation of pod starts by what the
+// lookahead covers: a pod seen bound a lead L before its ADD needs no free address in stock
+// when a refill takes less than L. With the usual lead (the 10th percentile of recent pods) at
+// least the refill latency R, the starts need no stock (the policy's floor remains); with a
+// shorter one, the share 1 - L/R still does. Without the lookahead, or before enough pods were
+// seen, the target is as without Kubernetes.
+func (a *Allocator) discountAnnouncedLocked(in *policy.Inputs) {
+	if !a.cfg.Lookahead || a.cfg.Cluster == nil {
+		return
+	}
+	lead, ok := a.leads.low()
+	if !ok {
+		return
+	}
+	r := in.RefillLatency
+	if r <= 0 || lead >= r {
+		in.StartRate, in.PeakBurst, in.StartPrior = 0, 0, 0
+		return
+	}
+	f := 1 - float64(lead)/float64(r)
+	in.StartRate *= f
+	in.PeakBurst = int(math.Ceil(float64(in.PeakBurst) * f))
+	in.StartPrior = int(math.Ceil(float64(in.StartPrior) * f))
 }

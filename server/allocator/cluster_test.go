@@ -3,9 +3,14 @@ package allocator
 import (
 	"context"
 	"fmt"
+	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ipledger/ipledger/server/allocator/policy"
+	"github.com/ipledger/ipledger/server/ledger"
 )
 
 // fakeCluster is an in-memory Cluster: pods bound to nodes, and the signals it was sent.
@@ -307,5 +312,131 @@ func TestStalePodsWaitForSyncedCaches(t *testing.T) {
 	}
 	if got := staleNamed(t, sub); got != nil {
 		t.Fatalf("named %v before the caches synced", got)
+	}
+}
+
+// Instances EC2 lists as pending with the cluster's instance tag are registered from that
+// description, named as their agents will name them, and supplied before their agents
+// register; running ones (their agents register them), pending ones without the tag and
+// registered ones are left alone. The agent's registration then finds its node.
+func TestDiscoverPendingInstances(t *testing.T) {
+	const tag = "kubernetes.io/cluster/test"
+	e := newEnv(t, func(c *Config) { c.PendingTag, c.NodeNames = tag, NodeNamesInstanceID })
+	launch := func(state string, tags map[string]string) Registration {
+		req := e.instance("m5.large", subnetA)
+		e.ec2.mu.Lock()
+		e.ec2.instances[req.InstanceID].state, e.ec2.instances[req.InstanceID].tags = state, tags
+		e.ec2.mu.Unlock()
+		return req
+	}
+	pending := launch("pending", map[string]string{tag: "owned"})
+	running := launch("running", map[string]string{tag: "owned"})
+	untagged := launch("pending", map[string]string{"other": "x"})
+	calls := e.ec2.callCount("DescribeInstances")
+	if err := e.a.discoverPending(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.a.wg.Wait()
+	if n := e.ec2.callCount("DescribeInstances") - calls; n != 1 {
+		t.Fatalf("discovery made %d DescribeInstances calls; want 1 (the filtered one, reused for the registration)", n)
+	}
+	rec, ok := e.a.led.NodeByInstance(pending.InstanceID)
+	if !ok || rec.Name != pending.InstanceID {
+		t.Fatalf("pending tagged instance registered as %+v (%v); want the node named %s", rec, ok, pending.InstanceID)
+	}
+	for _, other := range []Registration{running, untagged} {
+		if _, ok := e.a.led.NodeByInstance(other.InstanceID); ok {
+			t.Fatalf("instance %s was pre-registered; only pending ones with the tag are", other.InstanceID)
+		}
+	}
+	e.step(rec.Name)
+	if len(e.active(rec.Name)) == 0 {
+		t.Fatal("no address on the discovered node before its agent registers")
+	}
+	before := e.active(rec.Name)
+	pending.NodeName = pending.InstanceID
+	pool, _, err := e.a.RegisterNode(e.ctx, pending)
+	if err != nil {
+		t.Fatalf("the agent's registration after discovery: %v", err)
+	}
+	var leased []netip.Addr
+	for _, en := range pool.Node.ENIs {
+		for _, ad := range en.Addresses {
+			if ad.State == ledger.LeaseActive {
+				leased = append(leased, ad.IP)
+			}
+		}
+	}
+	slices.SortFunc(leased, netip.Addr.Compare)
+	if !slices.Equal(leased, before) {
+		t.Fatalf("the agent's pool leases %v; the node had %v before it registered", leased, before)
+	}
+	// A second round finds the node registered and describes once more, registering nothing.
+	if err := e.a.discoverPending(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.a.wg.Wait()
+	if n := len(e.a.led.Nodes()); n != 1 {
+		t.Fatalf("%d nodes after a second round; want 1", n)
+	}
+}
+
+// With the lookahead, pods seen bound long enough before their ADD (longer than a refill takes)
+// need no free stock: the adaptive target stays at the floor after a burst of them, where
+// without the lookahead the same burst raises it to the burst's size. A lead shorter than the
+// refill latency keeps the share 1 - lead/latency of the burst.
+func TestLookaheadLeadShrinksTheAdaptiveTarget(t *testing.T) {
+	target := func(on bool, lead time.Duration) int {
+		t.Helper()
+		kc := newFakeCluster()
+		e := newEnv(t, func(c *Config) { c.Cluster, c.Lookahead = kc, on })
+		node := e.register("m5.xlarge", subnetA)
+		e.usage(node)
+		e.step(node)
+		// Past the node's first minute (whose starts the start prior covers), a baseline.
+		e.clk.Advance(2 * policy.StartWindow)
+		e.usage(node)
+		pods := kc.bind(node, 12, e.clk.Now())
+		e.step(node)
+		e.clk.Advance(lead)
+		u := Usage{AddsTotal: 12}
+		for i, p := range pods {
+			u.InUse = append(u.InUse, PodAddress{IP: netip.AddrFrom4([4]byte{10, 0, 0, byte(200 + i)}), ContainerID: "c" + p.UID,
+				PodNamespace: p.Namespace, PodName: p.Name, PodUID: p.UID})
+		}
+		if err := e.a.ReportUsage(node, u); err != nil {
+			t.Fatal(err)
+		}
+		rt, ok := e.a.Runtime(node)
+		if !ok {
+			t.Fatal("no runtime")
+		}
+		return rt.Targets.TargetFree
+	}
+	// fakeEC2's refill latency estimate is 100 ms.
+	if off := target(false, 2*time.Second); off < 12 {
+		t.Fatalf("without the lookahead, the target after a burst of 12 is %d; want at least 12", off)
+	}
+	if on := target(true, 2*time.Second); on != 1 {
+		t.Fatalf("with pods seen bound 2 s before their ADD, the target is %d; want the floor, 1", on)
+	}
+	if short := target(true, 50*time.Millisecond); short < 6 || short >= 12 {
+		t.Fatalf("with a lead of half the refill latency, the target is %d; want about half the burst (6..11)", short)
+	}
+}
+
+func TestLeadSamplesLow(t *testing.T) {
+	var l leadSamples
+	for i := range minLeadSamples - 1 {
+		l.add(time.Duration(i) * time.Second)
+	}
+	if _, ok := l.low(); ok {
+		t.Fatal("a low lead before enough samples")
+	}
+	for i := range 200 {
+		l.add(time.Duration(i%100) * time.Millisecond)
+	}
+	if d, ok := l.low(); !ok || d < 10*time.Millisecond || d > 15*time.Millisecond {
+		t.Fatalf("10th percentile of 0..99 ms (the last 128 samples) = %v, %v", d, ok)
 	}
 }

@@ -17,6 +17,7 @@ import (
 // means the outcome is unknown (EC2 may or may not have done the work).
 type EC2 interface {
 	DescribeInstances(ctx context.Context, p ec2gw.Priority, ids []string) ([]ec2gw.Instance, error)
+	DescribeInstancesFiltered(ctx context.Context, p ec2gw.Priority, f ec2gw.InstanceFilter) ([]ec2gw.Instance, error)
 	DescribeInstanceTypes(ctx context.Context, p ec2gw.Priority, names []string) ([]ec2gw.InstanceType, error)
 	DescribeSubnets(ctx context.Context, p ec2gw.Priority, ids []string, vpcID string) ([]ec2gw.Subnet, error)
 	DescribeNetworkInterfaces(ctx context.Context, p ec2gw.Priority, f ec2gw.ENIFilter) ([]ec2gw.ENI, error)

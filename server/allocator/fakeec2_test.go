@@ -384,6 +384,35 @@ func (f *fakeEC2) DescribeInstances(ctx context.Context, _ ec2gw.Priority, ids [
 	return out, err
 }
 
+func (f *fakeEC2) DescribeInstancesFiltered(ctx context.Context, p ec2gw.Priority, flt ec2gw.InstanceFilter) ([]ec2gw.Instance, error) {
+	var ids []string
+	f.mu.Lock()
+	for id, in := range f.instances {
+		ok := len(flt.States) == 0 || slices.Contains(flt.States, in.state)
+		for k, v := range flt.Tags {
+			ok = ok && in.tags[k] == v
+		}
+		if len(flt.TagKeys) > 0 {
+			has := false
+			for _, k := range flt.TagKeys {
+				_, h := in.tags[k]
+				has = has || h
+			}
+			ok = ok && has
+		}
+		if ok {
+			ids = append(ids, id)
+		}
+	}
+	f.mu.Unlock()
+	sort.Strings(ids)
+	if len(ids) == 0 {
+		err := f.call(ctx, "DescribeInstances", func() error { return nil })
+		return nil, err
+	}
+	return f.DescribeInstances(ctx, p, ids)
+}
+
 func (f *fakeEC2) DescribeInstanceTypes(ctx context.Context, _ ec2gw.Priority, names []string) ([]ec2gw.InstanceType, error) {
 	var out []ec2gw.InstanceType
 	err := f.call(ctx, "DescribeInstanceTypes", func() error {

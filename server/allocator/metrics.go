@@ -24,6 +24,8 @@ type metrics struct {
 	// stalePods counts pods deleted in Kubernetes whose agents were asked to give their
 	// addresses back.
 	stalePods prometheus.Counter
+	// preregistered counts nodes registered before their agents, by what announced them.
+	preregistered *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -62,9 +64,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		stalePods: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ipledger_stale_pods_named_total", Help: "Pods deleted in Kubernetes without their CNI DEL whose agents were asked to give their addresses back.",
 		}),
+		preregistered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ipledger_nodes_preregistered_total",
+			Help: "Nodes registered before their agents, by source: kubernetes (a NodeClaim or a Node) or ec2-pending (a pending instance with the cluster tag).",
+		}, []string{"source"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.acks, m.registrations, m.launchAdopted, m.removals, m.repairs, m.leaseOps, m.reclaimsLimited, m.usageRefused, m.spillovers, m.stalePods)
+		reg.MustRegister(m.connected, m.acks, m.registrations, m.launchAdopted, m.removals, m.repairs, m.leaseOps, m.reclaimsLimited, m.usageRefused, m.spillovers, m.stalePods, m.preregistered)
 	}
 	return m
 }

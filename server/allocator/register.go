@@ -86,6 +86,12 @@ func validateRegister(req Registration) error {
 // committed. The instance's own addresses are held in the ledger (Ledger.Hold) before anything
 // is committed, so no other node's supply can place them in the meantime.
 func (a *Allocator) RegisterNode(ctx context.Context, req Registration) (*Pool, policy.Policy, error) {
+	return a.registerNode(ctx, req, nil)
+}
+
+// registerNode is RegisterNode; described, when set, is EC2's description of the instance
+// made just now (pending discovery's), checked instead of describing the instance again.
+func (a *Allocator) registerNode(ctx context.Context, req Registration, described *ec2gw.Instance) (*Pool, policy.Policy, error) {
 	if err := validateRegister(req); err != nil {
 		return nil, policy.Policy{}, err
 	}
@@ -96,7 +102,13 @@ func (a *Allocator) RegisterNode(ctx context.Context, req Registration) (*Pool, 
 	if other, ok := a.led.NodeByInstance(req.InstanceID); ok && other.Name != name {
 		return nil, policy.Policy{}, fmt.Errorf("%w: %s is registered as %s", ErrInstanceRegistered, req.InstanceID, other.Name)
 	}
-	inst, err := a.verifyInstance(ctx, req)
+	var inst ec2gw.Instance
+	var err error
+	if described != nil {
+		inst, err = checkInstance(*described, req)
+	} else {
+		inst, err = a.verifyInstance(ctx, req)
+	}
 	if err != nil {
 		return nil, policy.Policy{}, err
 	}
@@ -384,6 +396,11 @@ func (a *Allocator) verifyInstance(ctx context.Context, req Registration) (ec2gw
 	if err != nil {
 		return ec2gw.Instance{}, ec2Err(err, req.SubnetID)
 	}
+	return checkInstance(inst, req)
+}
+
+// checkInstance checks the request against EC2's description of the instance.
+func checkInstance(inst ec2gw.Instance, req Registration) (ec2gw.Instance, error) {
 	mismatch := func(field, got, want string) error {
 		return fmt.Errorf("%w: %s: request says %q, EC2 says %q", ErrInstanceMismatch, field, want, got)
 	}

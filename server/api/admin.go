@@ -206,6 +206,15 @@ func (s *AdminServer) summary(led *ledger.Ledger, rec ledger.NodeRecord) *ipledg
 				sum.LastReport = timestamppb.New(rt.LastReport)
 			}
 			sum.TargetFree = uint32(rt.Targets.TargetFree)
+			if rt.Kubernetes {
+				sum.Kubernetes = true
+				sum.PodsBoundWithoutAddress = uint32(len(rt.BoundPods))
+				for _, p := range boundPodsToProto(rt, s.now()) {
+					if p.GetWaiting() {
+						sum.PodsWaiting++
+					}
+				}
+			}
 			want := rt.Targets.WantAddresses
 			if d := want - int(sum.Held); d > 0 {
 				sum.Deficit = uint32(d)
@@ -288,6 +297,7 @@ func (s *AdminServer) detail(name string) (*ipledgerv1.NodeDetail, error) {
 			pool.Generation, pool.Targets = rt.Generation, rt.Targets
 			d.Policy = PolicyToProto(rt.Policy)
 			d.Pods = podsToProto(rt.Usage)
+			d.BoundPods = boundPodsToProto(rt, s.now())
 			if rt.Problem != nil {
 				d.SupplyProblem = Reason(rt.Problem)
 				d.SupplyMessage = rt.Problem.Error()
@@ -306,6 +316,23 @@ func (s *AdminServer) detail(name string) (*ipledgerv1.NodeDetail, error) {
 	}
 	d.Pool = PoolToProto(pool)
 	return d, nil
+}
+
+// boundPodsToProto lists the pods bound to the node without an address; those bound for
+// allocator.WaitSignalAfter or more wait, for the node's wait reason.
+func boundPodsToProto(rt allocator.NodeRuntime, now time.Time) []*ipledgerv1.BoundPod {
+	out := make([]*ipledgerv1.BoundPod, 0, len(rt.BoundPods))
+	for _, p := range rt.BoundPods {
+		bp := &ipledgerv1.BoundPod{Namespace: p.Namespace, Name: p.Name, Uid: p.UID}
+		if !p.BoundAt.IsZero() {
+			bp.BoundAt = timestamppb.New(p.BoundAt)
+		}
+		if now.Sub(p.BoundAt) >= allocator.WaitSignalAfter {
+			bp.Waiting, bp.WaitReason = true, string(rt.WaitReason)
+		}
+		out = append(out, bp)
+	}
+	return out
 }
 
 // Reason is the Reason a supply problem reports.

@@ -115,6 +115,10 @@ type Config struct {
 	// KubeStalePodGrace is how long a pod deleted in the API may keep the address its agent
 	// reports (its CNI DEL never came) before the agent is asked to give it back.
 	KubeStalePodGrace Duration `json:"kube_stale_pod_grace"`
+	// PendingDiscoveryInterval is how often the leader asks EC2 (one filtered describe, at the
+	// limiter's lowest priority) for pending instances with the cluster's instance tag
+	// (--attest-instance-tag's) and registers them before their agents; 0 turns it off.
+	PendingDiscoveryInterval Duration `json:"pending_discovery_interval"`
 
 	// Attestation and the dashboard's listener (attest.go).
 	Attest
@@ -160,26 +164,27 @@ const (
 // Default returns the production defaults.
 func Default() Config {
 	return Config{
-		DataDir:               defaultDataDir(),
-		SessionTTL:            Duration(5 * time.Second),
-		GRPCListen:            "127.0.0.1:7400",
-		HTTPListen:            "127.0.0.1:7401",
-		NodeRateLimit:         DefaultNodeRateLimit,
-		NodeRateBurst:         DefaultNodeRateBurst,
-		ReleaseDelay:          Duration(60 * time.Second),
-		ReleaseCooldown:       Duration(30 * time.Second),
-		ProposalTimeout:       Duration(60 * time.Second),
-		ReconcileInterval:     Duration(5 * time.Minute),
-		InstanceCheckInterval: Duration(60 * time.Second),
-		DriftGrace:            Duration(time.Minute),
-		TimeScale:             1,
-		SimSeed:               1,
-		SimThrottle:           true,
-		LogLevel:              "info",
-		LogFormat:             "text",
-		KubeLookahead:         true,
-		KubeStalePodGrace:     Duration(2 * time.Minute),
-		Attest:                DefaultAttest(),
+		DataDir:                  defaultDataDir(),
+		SessionTTL:               Duration(5 * time.Second),
+		GRPCListen:               "127.0.0.1:7400",
+		HTTPListen:               "127.0.0.1:7401",
+		NodeRateLimit:            DefaultNodeRateLimit,
+		NodeRateBurst:            DefaultNodeRateBurst,
+		ReleaseDelay:             Duration(60 * time.Second),
+		ReleaseCooldown:          Duration(30 * time.Second),
+		ProposalTimeout:          Duration(60 * time.Second),
+		ReconcileInterval:        Duration(5 * time.Minute),
+		InstanceCheckInterval:    Duration(60 * time.Second),
+		DriftGrace:               Duration(time.Minute),
+		TimeScale:                1,
+		SimSeed:                  1,
+		SimThrottle:              true,
+		LogLevel:                 "info",
+		LogFormat:                "text",
+		KubeLookahead:            true,
+		KubeStalePodGrace:        Duration(2 * time.Minute),
+		PendingDiscoveryInterval: Duration(5 * time.Second),
+		Attest:                   DefaultAttest(),
 	}
 }
 
@@ -270,6 +275,7 @@ func settings() []setting {
 		dur("node-cert-lifetime", "lifetime of the node certificates attestation issues", func(c *Config) *Duration { return &c.NodeCertLifetime }),
 		str("kubeconfig", "kubeconfig of the Kubernetes API to read pods, Nodes and NodeClaims from (empty: in-cluster when in a pod; none: no client)", func(c *Config) *string { return &c.Kubeconfig }),
 		dur("kube-stale-pod-grace", "how long a pod deleted in Kubernetes may keep the address its agent reports before the agent is asked to give it back (its CNI DEL never came)", func(c *Config) *Duration { return &c.KubeStalePodGrace }),
+		dur("pending-discovery-interval", "how often to look in EC2 for pending instances with the cluster tag and register them before their agents (0: never)", func(c *Config) *Duration { return &c.PendingDiscoveryInterval }),
 		boolean("kube-lookahead", "count pods bound to a node that hold no address yet as its demand (with a Kubernetes client)", func(c *Config) *bool { return &c.KubeLookahead }),
 		str("dashboard-token-file", "file holding a bearer token that opens the dashboard to clients not on loopback", func(c *Config) *string { return &c.DashboardTokenFile }),
 	}
@@ -452,6 +458,9 @@ func (c Config) Validate() error {
 	}
 	if c.ReleaseDelay < 0 {
 		bad("release-delay", "must not be negative")
+	}
+	if c.PendingDiscoveryInterval < 0 {
+		bad("pending-discovery-interval", "must not be negative (0 turns discovery off), got %s", c.PendingDiscoveryInterval.D())
 	}
 	if c.TimeScale < 1 || c.TimeScale > 1000 {
 		bad("time-scale", "must be between 1 and 1000, got %g", c.TimeScale)

@@ -22,7 +22,12 @@ addresses the server aims to keep on the node and DEFICIT what it lacks to reach
 CONNECTED says whether the node's agent has its sync stream open to the leader (a standby
 cannot know and says no). IDENTITY is how the agent proved its node: aws-iid (attested with the
 instance identity document), certificate (a certificate of the client CA), "-" when unknown
-(plaintext, or not seen yet); CERT-EXPIRES is when its certificate expires.`,
+(plaintext, or not seen yet); CERT-EXPIRES is when its certificate expires.
+With a Kubernetes client on the server, BOUND-NO-IP counts the pods the scheduler bound to the
+node that hold no address yet (the server assigns for them before their CNI ADD), and WAITING
+those of them bound for 5 s or more: they wait, and carry a Kubernetes Event with the reason
+('ipledgerctl node NODE' lists them). "-" when the server reads no Kubernetes API or does not
+lead.`,
 	}
 	return c.leaf(cmd, 0, 0, func(ctx context.Context, args []string) error {
 		resp, err := call(ctx, c, "list nodes", func(ctx context.Context, a ipledgerv1.AdminServiceClient) (*ipledgerv1.ListNodesResponse, error) {
@@ -38,14 +43,18 @@ instance identity document), certificate (a certificate of the client CA), "-" w
 		sort.Slice(docs, func(i, j int) bool { return docs[i].NodeName < docs[j].NodeName })
 		now := time.Now()
 		return c.emit(docs, func(w io.Writer) {
-			row(w, "NODE", "INSTANCE", "TYPE", "AZ", "SUBNET", "MODE", "POLICY", "ENIS", "HELD", "IN-USE", "FREE", "TARGET", "DEFICIT", "CONNECTED", "DRAINING", "LAST-REPORT", "CAPACITY", "POD-SUBNETS", "IDENTITY", "CERT-EXPIRES")
+			row(w, "NODE", "INSTANCE", "TYPE", "AZ", "SUBNET", "MODE", "POLICY", "ENIS", "HELD", "IN-USE", "FREE", "TARGET", "DEFICIT", "BOUND-NO-IP", "WAITING", "CONNECTED", "DRAINING", "LAST-REPORT", "CAPACITY", "POD-SUBNETS", "IDENTITY", "CERT-EXPIRES")
 			for _, n := range docs {
 				podSubnets := "-"
 				if len(n.PodSubnetIDs) > 0 {
 					podSubnets = strings.Join(n.PodSubnetIDs, ",")
 				}
+				bound, waiting := "-", "-"
+				if n.Kubernetes {
+					bound, waiting = fmt.Sprint(n.PodsBoundWithoutAddress), fmt.Sprint(n.PodsWaiting)
+				}
 				row(w, n.NodeName, n.InstanceID, n.InstanceType, n.AZ, n.SubnetID, n.Mode, n.Policy, n.ENIs, n.Held, n.InUse, n.Idle,
-					n.TargetFree, n.Deficit, yesNo(n.Connected), yesNo(n.Draining), ago(n.LastReport, now),
+					n.TargetFree, n.Deficit, bound, waiting, yesNo(n.Connected), yesNo(n.Draining), ago(n.LastReport, now),
 					n.PodCapacity, podSubnets, orDash(n.IdentityMethod), until(n.CertificateNotAfter, now))
 			}
 		})
@@ -57,6 +66,11 @@ func nodeCmd(c *cli) *cobra.Command {
 		Use:               "node NODE",
 		ValidArgsFunction: c.completeArgs(completeNodes),
 		Short:             "Show one node: ENIs, leased addresses and prefixes, pods, policy, supply problem",
+		Long: `
+With a Kubernetes client on the server, the last table lists the pods bound to the node that
+hold no address yet: STATE is address-on-its-way for a pod bound less than 5 s ago, or
+waiting:<reason> (SubnetExhausted, EC2Throttled, RefillInFlight, NodeDraining, NodeAtLimit: the
+reason of the pod's Kubernetes Event) for one bound longer.`,
 	}
 	return c.leaf(cmd, 1, 1, func(ctx context.Context, args []string) error {
 		d, err := call(ctx, c, "get node "+args[0], func(ctx context.Context, a ipledgerv1.AdminServiceClient) (*ipledgerv1.NodeDetail, error) {
@@ -141,6 +155,21 @@ func nodeTable(w io.Writer, d NodeDetail, now time.Time) {
 		row(w, orDash(p.Namespace), orDash(p.Name), p.IP, orDash(cid), orDash(p.Ifname))
 	}
 	if len(d.Pods) == 0 {
+		row(w, "(none)")
+	}
+	if !d.Kubernetes {
+		return
+	}
+	row(w)
+	row(w, "NAMESPACE", "BOUND-POD", "UID", "BOUND", "STATE")
+	for _, p := range d.BoundPods {
+		state := "address-on-its-way"
+		if p.Waiting {
+			state = "waiting:" + p.WaitReason
+		}
+		row(w, orDash(p.Namespace), orDash(p.Name), orDash(p.UID), ago(p.BoundAt, now), state)
+	}
+	if len(d.BoundPods) == 0 {
 		row(w, "(none)")
 	}
 }

@@ -180,6 +180,24 @@ type NodeSummary struct {
 	MaxPods           uint32   `json:"max_pods"`
 	ExcludePrimaryENI bool     `json:"exclude_primary_eni"`
 	PodSubnetIDs      []string `json:"pod_subnet_ids"`
+	// Kubernetes says the server reads the Kubernetes API (and leads); PodsBoundWithoutAddress
+	// then counts the pods bound to the node that hold no address yet, PodsWaiting those of
+	// them bound for 5 s or more (they wait, and carry an Event).
+	Kubernetes              bool   `json:"kubernetes"`
+	PodsBoundWithoutAddress uint32 `json:"pods_bound_without_address"`
+	PodsWaiting             uint32 `json:"pods_waiting"`
+}
+
+// BoundPod is a pod bound to a node (spec.nodeName) that holds no address yet.
+type BoundPod struct {
+	Namespace string     `json:"namespace"`
+	Name      string     `json:"name"`
+	UID       string     `json:"uid"`
+	BoundAt   *time.Time `json:"bound_at"`
+	// Waiting: bound for 5 s or more without an address; WaitReason is why (its Event's
+	// reason). Otherwise its address is on its way as its CNI ADD comes.
+	Waiting    bool   `json:"waiting"`
+	WaitReason string `json:"wait_reason"`
 }
 
 func modeName(m ipledgerv1.AddressMode) string { return enumName(m.String(), "ADDRESS_MODE_") }
@@ -194,6 +212,7 @@ func nodeSummaryDoc(n *ipledgerv1.NodeSummary) NodeSummary {
 		IdentityMethod: n.GetIdentityMethod(), CertificateNotAfter: timePtr(n.GetCertificateNotAfter()),
 		PodCapacity: n.GetPodCapacity(), MaxPods: n.GetMaxPods(), ExcludePrimaryENI: n.GetExcludePrimaryEni(),
 		PodSubnetIDs: nonNil(n.GetPodSubnetIds()),
+		Kubernetes:   n.GetKubernetes(), PodsBoundWithoutAddress: n.GetPodsBoundWithoutAddress(), PodsWaiting: n.GetPodsWaiting(),
 	}
 }
 
@@ -247,6 +266,9 @@ type NodeDetail struct {
 	// ("" when none), e.g. "subnet_exhausted".
 	SupplyProblem string `json:"supply_problem"`
 	SupplyMessage string `json:"supply_message"`
+	// BoundPods are the pods bound to the node that hold no address yet, bound earliest first
+	// (with a Kubernetes client).
+	BoundPods []BoundPod `json:"bound_pods"`
 }
 
 // Interface is one ENI of a node.
@@ -294,6 +316,7 @@ func nodeDetailDoc(d *ipledgerv1.NodeDetail) NodeDetail {
 		MaxAddresses:  d.GetPool().GetMaxAddresses(),
 		Interfaces:    []Interface{},
 		Pods:          []Pod{},
+		BoundPods:     []BoundPod{},
 		Labels:        nonNilMap(d.GetLabels()),
 		SupplyMessage: d.GetSupplyMessage(),
 	}
@@ -327,6 +350,12 @@ func nodeDetailDoc(d *ipledgerv1.NodeDetail) NodeDetail {
 		}
 		return a.DeviceIndex < b.DeviceIndex
 	})
+	for _, p := range d.GetBoundPods() {
+		out.BoundPods = append(out.BoundPods, BoundPod{
+			Namespace: p.GetNamespace(), Name: p.GetName(), UID: p.GetUid(), BoundAt: timePtr(p.GetBoundAt()),
+			Waiting: p.GetWaiting(), WaitReason: p.GetWaitReason(),
+		})
+	}
 	for _, p := range d.GetPods() {
 		out.Pods = append(out.Pods, Pod{
 			IP: p.GetIp(), Namespace: p.GetPodNamespace(), Name: p.GetPodName(), UID: p.GetPodUid(),

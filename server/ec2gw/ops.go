@@ -2,6 +2,7 @@ package ec2gw
 
 import (
 	"context"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -51,6 +52,39 @@ func (g *Gateway) DescribeInstances(ctx context.Context, p Priority, ids []strin
 	} else {
 		in.MaxResults = aws.Int32(describePageSize)
 	}
+	return g.describeInstances(ctx, p, in)
+}
+
+// DescribeInstancesFiltered describes the instances the filter selects, page by page (each
+// page passes the limiter).
+func (g *Gateway) DescribeInstancesFiltered(ctx context.Context, p Priority, f InstanceFilter) ([]Instance, error) {
+	const action = ActionDescribeInstances
+	if err := checkPriority(action, p); err != nil {
+		return nil, err
+	}
+	fs := f.filters()
+	if len(fs) == 0 {
+		return nil, invalidInput(action, "an instance filter selects nothing")
+	}
+	return g.describeInstances(ctx, p, &ec2.DescribeInstancesInput{Filters: fs, MaxResults: aws.Int32(describePageSize)})
+}
+
+func (f InstanceFilter) filters() []types.Filter {
+	var fs []types.Filter
+	if len(f.States) > 0 {
+		fs = append(fs, types.Filter{Name: aws.String("instance-state-name"), Values: f.States})
+	}
+	for _, k := range slices.Sorted(maps.Keys(f.Tags)) {
+		fs = append(fs, types.Filter{Name: aws.String("tag:" + k), Values: []string{f.Tags[k]}})
+	}
+	if len(f.TagKeys) > 0 {
+		fs = append(fs, types.Filter{Name: aws.String("tag-key"), Values: f.TagKeys})
+	}
+	return fs
+}
+
+func (g *Gateway) describeInstances(ctx context.Context, p Priority, in *ec2.DescribeInstancesInput) ([]Instance, error) {
+	const action = ActionDescribeInstances
 	var out []Instance
 	for {
 		var resp *ec2.DescribeInstancesOutput

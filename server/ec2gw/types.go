@@ -52,6 +52,14 @@ type InstanceType struct {
 	BareMetal                         bool
 }
 
+// InstanceFilter selects instances for DescribeInstancesFiltered; its fields are filters,
+// combined with AND (at least one must be set).
+type InstanceFilter struct {
+	States  []string          // instance-state-name, any of
+	Tags    map[string]string // tag:K = V
+	TagKeys []string          // tag-key, any of
+}
+
 // ENIFilter selects ENIs for DescribeNetworkInterfaces. With IDs EC2 answers for exactly those
 // (NotFound if one is missing); the other fields are filters, combined with AND.
 type ENIFilter struct {

@@ -38,6 +38,13 @@ func (s *Sim) Handler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"terminated": r.PathValue("id")})
 	})
+	mux.HandleFunc("POST /_sim/instances/{id}/start", func(w http.ResponseWriter, r *http.Request) {
+		if err := s.StartInstances(r.Context(), r.PathValue("id")); err != nil {
+			writeJSONError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"started": r.PathValue("id")})
+	})
 	mux.HandleFunc("POST /_sim/foreign-enis", s.ctlForeignENI)
 	mux.HandleFunc("POST /_sim/fragment", s.ctlFragment)
 	mux.HandleFunc("GET /_sim/iid-certificate", s.ctlIIDCertificate)

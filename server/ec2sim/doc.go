@@ -119,7 +119,8 @@
 // divided by TimeScale. Config.Clock (clockwork) drives the waits, the phases and the lag, so
 // tests inject a fake clock; nothing depends on a timer firing on time: every reader settles
 // the completions that are due before it looks. Not modelled: IMDS lagging behind assigned
-// addresses, instance boot and pending state, per-request variance by load or region, latency
+// addresses, instance boot time (an instance launched through the control or programmatic API
+// with "pending" stays pending, described but without IMDS, until it is started), per-request variance by load or region, latency
 // of the IMDS and control endpoints.
 //
 // # Throttling
@@ -188,7 +189,8 @@
 //	POST   /_sim/profile        <- {"name":"realistic"} (a preset) or a whole profile as GET shows it
 //	                               -> the profile now in use (calls already under way keep theirs)
 //	POST   /_sim/instances      <- {"instance_type":"m5.large","subnet_id":"subnet-...","count":2,
-//	                                 "tags":{"k":"v"}} -> {"instances":[InstanceInfo...]}
+//	                                 "tags":{"k":"v"},"pending":false} -> {"instances":[InstanceInfo...]}
+//	POST   /_sim/instances/{id}/start  a pending instance runs (and gets IMDS) -> {"started":"i-..."}
 //	DELETE /_sim/instances/{id} terminate -> {"terminated":"i-..."}
 //	POST   /_sim/foreign-enis   <- {"subnet_id":"subnet-...","addresses":10} -> ENIInfo (an unattached,
 //	                               untagged ENI of another user holding 1..64 addresses, primary included)

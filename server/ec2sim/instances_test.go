@@ -267,3 +267,57 @@ func TestRunInstancesClientToken(t *testing.T) {
 		t.Fatalf("%d instances, want 6", n)
 	}
 }
+
+// TestPendingInstances: an instance launched pending is described pending (state code 0) with
+// its address, DNS name and primary ENI, matches the instance-state-name and tag filters, has
+// no IMDS and takes addresses on its primary ENI; StartInstances makes it running with IMDS.
+// A terminated instance cannot be started.
+func TestPendingInstances(t *testing.T) {
+	srv := start(t)
+	c := client(srv)
+	ctx := t.Context()
+	subnet := subnetByCIDR(t, srv, "192.168.128.0/19")
+	infos, err := srv.Sim().RunInstances(ctx, InstanceSpec{InstanceType: "m5.large", SubnetID: subnet, Tags: map[string]string{"cluster": "a"}, Pending: true}, 1)
+	noErr(t, err)
+	id := infos[0].ID
+	if infos[0].State != "pending" || infos[0].PrivateDNSName == "" || infos[0].PrimaryENI == "" {
+		t.Fatalf("pending launch: %+v", infos[0])
+	}
+	if _, err := srv.IMDSEndpoint(id); err == nil {
+		t.Fatal("a pending instance has IMDS")
+	}
+	out, err := c.DescribeInstances(ctx, &ec2.DescribeInstancesInput{Filters: []types.Filter{
+		{Name: aws.String("instance-state-name"), Values: []string{"pending"}},
+		{Name: aws.String("tag:cluster"), Values: []string{"a"}},
+	}})
+	noErr(t, err)
+	if len(out.Reservations) != 1 || len(out.Reservations[0].Instances) != 1 {
+		t.Fatalf("filtered describe: %+v", out.Reservations)
+	}
+	in := out.Reservations[0].Instances[0]
+	if aws.ToString(in.InstanceId) != id || in.State.Name != types.InstanceStateNamePending || aws.ToInt32(in.State.Code) != 0 || len(in.NetworkInterfaces) != 1 {
+		t.Fatalf("described: %+v", in)
+	}
+	_, err = c.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: aws.String(infos[0].PrimaryENI), SecondaryPrivateIpAddressCount: aws.Int32(2)})
+	noErr(t, err)
+	if e, _ := srv.Sim().Snapshot().ENI(infos[0].PrimaryENI); len(e.SecondaryIPs) != 2 {
+		t.Fatalf("primary ENI of the pending instance holds %v", e.SecondaryIPs)
+	}
+	noErr(t, srv.Sim().StartInstances(ctx, id))
+	ep, err := srv.IMDSEndpoint(id)
+	noErr(t, err)
+	iid, err := imds.New(imds.Options{Endpoint: ep}).GetInstanceIdentityDocument(ctx, &imds.GetInstanceIdentityDocumentInput{})
+	noErr(t, err)
+	if iid.InstanceID != id {
+		t.Fatalf("IMDS says %s", iid.InstanceID)
+	}
+	out, err = c.DescribeInstances(ctx, &ec2.DescribeInstancesInput{Filters: []types.Filter{{Name: aws.String("instance-state-name"), Values: []string{"pending"}}}})
+	noErr(t, err)
+	if len(out.Reservations) != 0 {
+		t.Fatalf("still pending after start: %+v", out.Reservations)
+	}
+	noErr(t, srv.Sim().TerminateInstances(ctx, id))
+	if err := srv.Sim().StartInstances(ctx, id); err == nil {
+		t.Fatal("a terminated instance was started")
+	}
+}

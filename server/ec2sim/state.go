@@ -289,6 +289,10 @@ type InstanceSpec struct {
 	// Primary is what the primary interface carries at launch (a launch template's
 	// NetworkInterfaces entry for device index 0).
 	Primary LaunchInterface `json:"primary_interface,omitzero"`
+	// Pending launches the instances in EC2's pending state (booting: described with their
+	// addresses, DNS name and primary ENI, but no IMDS yet) until StartInstances makes them
+	// running.
+	Pending bool `json:"pending,omitempty"`
 }
 
 // RunInstances launches count instances (all or none), each with a primary ENI at device
@@ -322,9 +326,14 @@ func (s *Sim) RunInstances(ctx context.Context, spec InstanceSpec, count int) ([
 	ids := make([]string, len(insts))
 	for i, in := range insts {
 		ids[i] = in.id
+		if spec.Pending {
+			in.state = "pending"
+		}
 	}
 	s.mu.Unlock()
-	s.notify(ids, nil)
+	if !spec.Pending {
+		s.notify(ids, nil)
+	}
 	s.rlock()
 	defer s.mu.RUnlock()
 	out := make([]InstanceInfo, len(insts))
@@ -332,6 +341,36 @@ func (s *Sim) RunInstances(ctx context.Context, spec InstanceSpec, count int) ([
 		out[i] = s.instanceInfo(in)
 	}
 	return out, nil
+}
+
+// StartInstances ends the pending state of instances launched with InstanceSpec.Pending: they
+// are running, and with a Server each gets its IMDS listener before StartInstances returns.
+// Instances already running are left as they are; a terminated one is an error.
+func (s *Sim) StartInstances(ctx context.Context, ids ...string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.lock()
+	var started []string
+	for _, id := range ids {
+		in, aerr := s.lookupInstance(id)
+		if aerr == nil && in.state != "pending" && in.state != "running" {
+			aerr = apiErr("IncorrectInstanceState", "The instance '%s' is not in a state from which it can be started.", id)
+		}
+		if aerr != nil {
+			s.mu.Unlock()
+			return fmt.Errorf("ec2sim: start: %w", aerr)
+		}
+	}
+	for _, id := range ids {
+		if in := s.instances[id]; in.state == "pending" {
+			in.state = "running"
+			started = append(started, id)
+		}
+	}
+	s.mu.Unlock()
+	s.notify(started, nil)
+	return nil
 }
 
 // TagInstance adds or replaces tags of an instance, as CreateTags does (EC2's tag rules apply).

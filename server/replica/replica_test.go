@@ -63,6 +63,9 @@ func (emptyEC2) UnassignAddresses(context.Context, ec2gw.Priority, string, []net
 	return errNoEC2
 }
 func (emptyEC2) EstimateWait(string, ec2gw.Priority) time.Duration { return 0 }
+func (emptyEC2) DescribeInstancesFiltered(context.Context, ec2gw.Priority, ec2gw.InstanceFilter) ([]ec2gw.Instance, error) {
+	return nil, errNoEC2
+}
 
 type drainCount struct {
 	mu sync.Mutex

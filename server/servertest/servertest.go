@@ -72,7 +72,15 @@ func DevConfig(t testing.TB) config.Config {
 // Start starts a replica with cfg and closes it when the test ends.
 func Start(t testing.TB, cfg config.Config) *server.Server {
 	t.Helper()
-	s, err := dev.Start(t.Context(), cfg, server.Options{Logger: Logger(t)})
+	return StartWith(t, cfg, server.Options{})
+}
+
+// StartWith starts a replica with cfg and opts (its Logger is the test's) and closes it when
+// the test ends.
+func StartWith(t testing.TB, cfg config.Config, opts server.Options) *server.Server {
+	t.Helper()
+	opts.Logger = Logger(t)
+	s, err := dev.Start(t.Context(), cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

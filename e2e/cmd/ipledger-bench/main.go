@@ -36,7 +36,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	var (
 		p         bench.TraceParams
-		systems   = fs.String("systems", "", "comma-separated systems (default: the trace's); known: ipledger, vpc-cni-default, vpc-cni-warm-ip, vpc-cni-min5, vpc-cni-prefix, vpc-cni-custom (custom-networking only)")
+		systems   = fs.String("systems", "", "comma-separated systems (default: the trace's); known: ipledger, ipledger-k8s (a real kube-apiserver; needs make tools), vpc-cni-default, vpc-cni-warm-ip, vpc-cni-min5, vpc-cni-prefix, vpc-cni-custom (custom-networking only)")
 		format    = fs.String("o", "markdown", "output format: json or markdown")
 		chart     = fs.String("chart", "", "write a PNG chart of held vs in use to this file (one trace)")
 		standard  = fs.Bool("standard", false, "run the standard set (make bench) and write the report and charts")
@@ -55,6 +55,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&p.InstanceType, "instance-type", "", "instance type of the nodes (default: the trace's)")
 	fs.IntVar(&p.IPLedgerFloor, "ipledger-adaptive-floor", 0, "adaptive floor of ipledger's default policy (0: the built-in 1)")
 	fs.DurationVar(&p.EC2Latency, "ec2-latency", 0, "latency added to every simulated EC2 call (simulated time), on top of the profile's")
+	fs.DurationVar(&p.KubeletDelay, "kubelet-delay", 0, "simulated time from a pod's binding to its first CNI ADD, for every system (ipledger-k8s supplies for the binding meanwhile)")
 	fs.StringVar(&p.EC2Profile, "ec2-profile", ec2sim.ProfileRealistic, "clock of the simulated EC2: realistic (published latencies, attach and detach phases, describe lag) or instant (every call answered at once)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {

@@ -826,9 +826,15 @@ type NodeSummary struct {
 	// The node's policy keeps pods off its primary ENI (custom networking).
 	ExcludePrimaryEni bool `protobuf:"varint,22,opt,name=exclude_primary_eni,json=excludePrimaryEni,proto3" json:"exclude_primary_eni,omitempty"`
 	// The subnets of the node's secondary ENIs.
-	PodSubnetIds  []string `protobuf:"bytes,23,rep,name=pod_subnet_ids,json=podSubnetIds,proto3" json:"pod_subnet_ids,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	PodSubnetIds []string `protobuf:"bytes,23,rep,name=pod_subnet_ids,json=podSubnetIds,proto3" json:"pod_subnet_ids,omitempty"`
+	// With a Kubernetes client (kubernetes true; the leader's view): pods bound to the node
+	// (spec.nodeName, pod network, not ended or deleted) that hold no address yet, and of them
+	// those bound for 5 s or more, which wait (they carry a Kubernetes Event).
+	PodsBoundWithoutAddress uint32 `protobuf:"varint,24,opt,name=pods_bound_without_address,json=podsBoundWithoutAddress,proto3" json:"pods_bound_without_address,omitempty"`
+	PodsWaiting             uint32 `protobuf:"varint,25,opt,name=pods_waiting,json=podsWaiting,proto3" json:"pods_waiting,omitempty"`
+	Kubernetes              bool   `protobuf:"varint,26,opt,name=kubernetes,proto3" json:"kubernetes,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *NodeSummary) Reset() {
@@ -1022,6 +1028,116 @@ func (x *NodeSummary) GetPodSubnetIds() []string {
 	return nil
 }
 
+func (x *NodeSummary) GetPodsBoundWithoutAddress() uint32 {
+	if x != nil {
+		return x.PodsBoundWithoutAddress
+	}
+	return 0
+}
+
+func (x *NodeSummary) GetPodsWaiting() uint32 {
+	if x != nil {
+		return x.PodsWaiting
+	}
+	return 0
+}
+
+func (x *NodeSummary) GetKubernetes() bool {
+	if x != nil {
+		return x.Kubernetes
+	}
+	return false
+}
+
+// BoundPod is a pod bound to a node (spec.nodeName) that holds no address yet.
+type BoundPod struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Uid       string                 `protobuf:"bytes,3,opt,name=uid,proto3" json:"uid,omitempty"`
+	// When the server first saw the pod bound to the node.
+	BoundAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=bound_at,json=boundAt,proto3" json:"bound_at,omitempty"`
+	// Bound for 5 s or more without an address: the pod waits, and wait_reason says why (the
+	// reason of its Kubernetes Event: SubnetExhausted, EC2Throttled, RefillInFlight,
+	// NodeDraining, NodeAtLimit). Otherwise its address is on its way as its CNI ADD comes.
+	Waiting       bool   `protobuf:"varint,5,opt,name=waiting,proto3" json:"waiting,omitempty"`
+	WaitReason    string `protobuf:"bytes,6,opt,name=wait_reason,json=waitReason,proto3" json:"wait_reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BoundPod) Reset() {
+	*x = BoundPod{}
+	mi := &file_ipledger_v1_admin_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BoundPod) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BoundPod) ProtoMessage() {}
+
+func (x *BoundPod) ProtoReflect() protoreflect.Message {
+	mi := &file_ipledger_v1_admin_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BoundPod.ProtoReflect.Descriptor instead.
+func (*BoundPod) Descriptor() ([]byte, []int) {
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *BoundPod) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *BoundPod) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *BoundPod) GetUid() string {
+	if x != nil {
+		return x.Uid
+	}
+	return ""
+}
+
+func (x *BoundPod) GetBoundAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.BoundAt
+	}
+	return nil
+}
+
+func (x *BoundPod) GetWaiting() bool {
+	if x != nil {
+		return x.Waiting
+	}
+	return false
+}
+
+func (x *BoundPod) GetWaitReason() string {
+	if x != nil {
+		return x.WaitReason
+	}
+	return ""
+}
+
 type GetNodeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	NodeName      string                 `protobuf:"bytes,1,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
@@ -1031,7 +1147,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[10]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1043,7 +1159,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[10]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1056,7 +1172,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetNodeRequest) GetNodeName() string {
@@ -1076,13 +1192,16 @@ type NodeDetail struct {
 	SupplyProblem Reason            `protobuf:"varint,5,opt,name=supply_problem,json=supplyProblem,proto3,enum=ipledger.v1.Reason" json:"supply_problem,omitempty"`
 	SupplyMessage string            `protobuf:"bytes,6,opt,name=supply_message,json=supplyMessage,proto3" json:"supply_message,omitempty"`
 	Labels        map[string]string `protobuf:"bytes,7,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// With a Kubernetes client: the pods bound to the node that hold no address yet, bound
+	// earliest first.
+	BoundPods     []*BoundPod `protobuf:"bytes,8,rep,name=bound_pods,json=boundPods,proto3" json:"bound_pods,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeDetail) Reset() {
 	*x = NodeDetail{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[11]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1094,7 +1213,7 @@ func (x *NodeDetail) String() string {
 func (*NodeDetail) ProtoMessage() {}
 
 func (x *NodeDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[11]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1107,7 +1226,7 @@ func (x *NodeDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeDetail.ProtoReflect.Descriptor instead.
 func (*NodeDetail) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *NodeDetail) GetSummary() *NodeSummary {
@@ -1159,6 +1278,13 @@ func (x *NodeDetail) GetLabels() map[string]string {
 	return nil
 }
 
+func (x *NodeDetail) GetBoundPods() []*BoundPod {
+	if x != nil {
+		return x.BoundPods
+	}
+	return nil
+}
+
 type DrainNodeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	NodeName      string                 `protobuf:"bytes,1,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
@@ -1169,7 +1295,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[12]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1181,7 +1307,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[12]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1194,7 +1320,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DrainNodeRequest) GetNodeName() string {
@@ -1219,7 +1345,7 @@ type GetLimiterRequest struct {
 
 func (x *GetLimiterRequest) Reset() {
 	*x = GetLimiterRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[13]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1231,7 +1357,7 @@ func (x *GetLimiterRequest) String() string {
 func (*GetLimiterRequest) ProtoMessage() {}
 
 func (x *GetLimiterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[13]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1244,7 +1370,7 @@ func (x *GetLimiterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLimiterRequest.ProtoReflect.Descriptor instead.
 func (*GetLimiterRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 type LimiterState struct {
@@ -1260,7 +1386,7 @@ type LimiterState struct {
 
 func (x *LimiterState) Reset() {
 	*x = LimiterState{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[14]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1272,7 +1398,7 @@ func (x *LimiterState) String() string {
 func (*LimiterState) ProtoMessage() {}
 
 func (x *LimiterState) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[14]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1285,7 +1411,7 @@ func (x *LimiterState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LimiterState.ProtoReflect.Descriptor instead.
 func (*LimiterState) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *LimiterState) GetBuckets() []*LimiterBucket {
@@ -1340,7 +1466,7 @@ type LimiterBucket struct {
 
 func (x *LimiterBucket) Reset() {
 	*x = LimiterBucket{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[15]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1352,7 +1478,7 @@ func (x *LimiterBucket) String() string {
 func (*LimiterBucket) ProtoMessage() {}
 
 func (x *LimiterBucket) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[15]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1365,7 +1491,7 @@ func (x *LimiterBucket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LimiterBucket.ProtoReflect.Descriptor instead.
 func (*LimiterBucket) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *LimiterBucket) GetName() string {
@@ -1420,7 +1546,7 @@ type QueueLength struct {
 
 func (x *QueueLength) Reset() {
 	*x = QueueLength{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[16]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1432,7 +1558,7 @@ func (x *QueueLength) String() string {
 func (*QueueLength) ProtoMessage() {}
 
 func (x *QueueLength) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[16]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1445,7 +1571,7 @@ func (x *QueueLength) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueLength.ProtoReflect.Descriptor instead.
 func (*QueueLength) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *QueueLength) GetPriority() Priority {
@@ -1472,7 +1598,7 @@ type ThrottleEvent struct {
 
 func (x *ThrottleEvent) Reset() {
 	*x = ThrottleEvent{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[17]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1484,7 +1610,7 @@ func (x *ThrottleEvent) String() string {
 func (*ThrottleEvent) ProtoMessage() {}
 
 func (x *ThrottleEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[17]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1497,7 +1623,7 @@ func (x *ThrottleEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ThrottleEvent.ProtoReflect.Descriptor instead.
 func (*ThrottleEvent) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ThrottleEvent) GetTime() *timestamppb.Timestamp {
@@ -1526,7 +1652,7 @@ type CallCount struct {
 
 func (x *CallCount) Reset() {
 	*x = CallCount{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[18]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1538,7 +1664,7 @@ func (x *CallCount) String() string {
 func (*CallCount) ProtoMessage() {}
 
 func (x *CallCount) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[18]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1551,7 +1677,7 @@ func (x *CallCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallCount.ProtoReflect.Descriptor instead.
 func (*CallCount) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CallCount) GetAction() string {
@@ -1594,7 +1720,7 @@ type PrewarmRequest struct {
 
 func (x *PrewarmRequest) Reset() {
 	*x = PrewarmRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[19]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1606,7 +1732,7 @@ func (x *PrewarmRequest) String() string {
 func (*PrewarmRequest) ProtoMessage() {}
 
 func (x *PrewarmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[19]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1619,7 +1745,7 @@ func (x *PrewarmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrewarmRequest.ProtoReflect.Descriptor instead.
 func (*PrewarmRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PrewarmRequest) GetSubnetId() string {
@@ -1686,7 +1812,7 @@ type PrewarmReservation struct {
 
 func (x *PrewarmReservation) Reset() {
 	*x = PrewarmReservation{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[20]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1698,7 +1824,7 @@ func (x *PrewarmReservation) String() string {
 func (*PrewarmReservation) ProtoMessage() {}
 
 func (x *PrewarmReservation) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[20]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1711,7 +1837,7 @@ func (x *PrewarmReservation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrewarmReservation.ProtoReflect.Descriptor instead.
 func (*PrewarmReservation) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PrewarmReservation) GetId() string {
@@ -1805,7 +1931,7 @@ type PrewarmEni struct {
 
 func (x *PrewarmEni) Reset() {
 	*x = PrewarmEni{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[21]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1817,7 +1943,7 @@ func (x *PrewarmEni) String() string {
 func (*PrewarmEni) ProtoMessage() {}
 
 func (x *PrewarmEni) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[21]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1830,7 +1956,7 @@ func (x *PrewarmEni) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrewarmEni.ProtoReflect.Descriptor instead.
 func (*PrewarmEni) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PrewarmEni) GetEniId() string {
@@ -1869,7 +1995,7 @@ type ListPrewarmsRequest struct {
 
 func (x *ListPrewarmsRequest) Reset() {
 	*x = ListPrewarmsRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[22]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1881,7 +2007,7 @@ func (x *ListPrewarmsRequest) String() string {
 func (*ListPrewarmsRequest) ProtoMessage() {}
 
 func (x *ListPrewarmsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[22]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1894,7 +2020,7 @@ func (x *ListPrewarmsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPrewarmsRequest.ProtoReflect.Descriptor instead.
 func (*ListPrewarmsRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 type ListPrewarmsResponse struct {
@@ -1906,7 +2032,7 @@ type ListPrewarmsResponse struct {
 
 func (x *ListPrewarmsResponse) Reset() {
 	*x = ListPrewarmsResponse{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[23]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1918,7 +2044,7 @@ func (x *ListPrewarmsResponse) String() string {
 func (*ListPrewarmsResponse) ProtoMessage() {}
 
 func (x *ListPrewarmsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[23]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1931,7 +2057,7 @@ func (x *ListPrewarmsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPrewarmsResponse.ProtoReflect.Descriptor instead.
 func (*ListPrewarmsResponse) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListPrewarmsResponse) GetReservations() []*PrewarmReservation {
@@ -1950,7 +2076,7 @@ type CancelPrewarmRequest struct {
 
 func (x *CancelPrewarmRequest) Reset() {
 	*x = CancelPrewarmRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[24]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1962,7 +2088,7 @@ func (x *CancelPrewarmRequest) String() string {
 func (*CancelPrewarmRequest) ProtoMessage() {}
 
 func (x *CancelPrewarmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[24]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1975,7 +2101,7 @@ func (x *CancelPrewarmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelPrewarmRequest.ProtoReflect.Descriptor instead.
 func (*CancelPrewarmRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CancelPrewarmRequest) GetId() string {
@@ -2004,7 +2130,7 @@ type CanFitRequest struct {
 
 func (x *CanFitRequest) Reset() {
 	*x = CanFitRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[25]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2016,7 +2142,7 @@ func (x *CanFitRequest) String() string {
 func (*CanFitRequest) ProtoMessage() {}
 
 func (x *CanFitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[25]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2029,7 +2155,7 @@ func (x *CanFitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CanFitRequest.ProtoReflect.Descriptor instead.
 func (*CanFitRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CanFitRequest) GetSubnetId() string {
@@ -2094,7 +2220,7 @@ type CanFitResponse struct {
 
 func (x *CanFitResponse) Reset() {
 	*x = CanFitResponse{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[26]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2106,7 +2232,7 @@ func (x *CanFitResponse) String() string {
 func (*CanFitResponse) ProtoMessage() {}
 
 func (x *CanFitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[26]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2119,7 +2245,7 @@ func (x *CanFitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CanFitResponse.ProtoReflect.Descriptor instead.
 func (*CanFitResponse) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CanFitResponse) GetFits() bool {
@@ -2184,7 +2310,7 @@ type LaunchHintRequest struct {
 
 func (x *LaunchHintRequest) Reset() {
 	*x = LaunchHintRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[27]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2196,7 +2322,7 @@ func (x *LaunchHintRequest) String() string {
 func (*LaunchHintRequest) ProtoMessage() {}
 
 func (x *LaunchHintRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[27]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2209,7 +2335,7 @@ func (x *LaunchHintRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LaunchHintRequest.ProtoReflect.Descriptor instead.
 func (*LaunchHintRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *LaunchHintRequest) GetPolicy() string {
@@ -2267,7 +2393,7 @@ type LaunchHintResponse struct {
 
 func (x *LaunchHintResponse) Reset() {
 	*x = LaunchHintResponse{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[28]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2279,7 +2405,7 @@ func (x *LaunchHintResponse) String() string {
 func (*LaunchHintResponse) ProtoMessage() {}
 
 func (x *LaunchHintResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[28]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2292,7 +2418,7 @@ func (x *LaunchHintResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LaunchHintResponse.ProtoReflect.Descriptor instead.
 func (*LaunchHintResponse) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *LaunchHintResponse) GetPolicy() string {
@@ -2408,7 +2534,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[29]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2420,7 +2546,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[29]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2433,7 +2559,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 type ListPoliciesResponse struct {
@@ -2445,7 +2571,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[30]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2457,7 +2583,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[30]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2470,7 +2596,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*NodePolicy {
@@ -2489,7 +2615,7 @@ type SetPolicyRequest struct {
 
 func (x *SetPolicyRequest) Reset() {
 	*x = SetPolicyRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[31]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2501,7 +2627,7 @@ func (x *SetPolicyRequest) String() string {
 func (*SetPolicyRequest) ProtoMessage() {}
 
 func (x *SetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[31]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2514,7 +2640,7 @@ func (x *SetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*SetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SetPolicyRequest) GetPolicy() *NodePolicy {
@@ -2533,7 +2659,7 @@ type DeletePolicyRequest struct {
 
 func (x *DeletePolicyRequest) Reset() {
 	*x = DeletePolicyRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[32]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2545,7 +2671,7 @@ func (x *DeletePolicyRequest) String() string {
 func (*DeletePolicyRequest) ProtoMessage() {}
 
 func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[32]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2558,7 +2684,7 @@ func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyRequest.ProtoReflect.Descriptor instead.
 func (*DeletePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DeletePolicyRequest) GetName() string {
@@ -2576,7 +2702,7 @@ type DeletePolicyResponse struct {
 
 func (x *DeletePolicyResponse) Reset() {
 	*x = DeletePolicyResponse{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[33]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2588,7 +2714,7 @@ func (x *DeletePolicyResponse) String() string {
 func (*DeletePolicyResponse) ProtoMessage() {}
 
 func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[33]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2601,7 +2727,7 @@ func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyResponse.ProtoReflect.Descriptor instead.
 func (*DeletePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 type CheckRequest struct {
@@ -2615,7 +2741,7 @@ type CheckRequest struct {
 
 func (x *CheckRequest) Reset() {
 	*x = CheckRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[34]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2627,7 +2753,7 @@ func (x *CheckRequest) String() string {
 func (*CheckRequest) ProtoMessage() {}
 
 func (x *CheckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[34]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2640,7 +2766,7 @@ func (x *CheckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRequest.ProtoReflect.Descriptor instead.
 func (*CheckRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CheckRequest) GetIncludeEc2() bool {
@@ -2665,7 +2791,7 @@ type CheckReport struct {
 
 func (x *CheckReport) Reset() {
 	*x = CheckReport{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[35]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2677,7 +2803,7 @@ func (x *CheckReport) String() string {
 func (*CheckReport) ProtoMessage() {}
 
 func (x *CheckReport) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[35]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2690,7 +2816,7 @@ func (x *CheckReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckReport.ProtoReflect.Descriptor instead.
 func (*CheckReport) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *CheckReport) GetOk() bool {
@@ -2750,7 +2876,7 @@ type Finding struct {
 
 func (x *Finding) Reset() {
 	*x = Finding{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[36]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2762,7 +2888,7 @@ func (x *Finding) String() string {
 func (*Finding) ProtoMessage() {}
 
 func (x *Finding) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[36]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2775,7 +2901,7 @@ func (x *Finding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Finding.ProtoReflect.Descriptor instead.
 func (*Finding) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Finding) GetKind() FindingKind {
@@ -2828,7 +2954,7 @@ type GetClusterStatusRequest struct {
 
 func (x *GetClusterStatusRequest) Reset() {
 	*x = GetClusterStatusRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[37]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2840,7 +2966,7 @@ func (x *GetClusterStatusRequest) String() string {
 func (*GetClusterStatusRequest) ProtoMessage() {}
 
 func (x *GetClusterStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[37]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2853,7 +2979,7 @@ func (x *GetClusterStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterStatusRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 type ClusterStatus struct {
@@ -2880,7 +3006,7 @@ type ClusterStatus struct {
 
 func (x *ClusterStatus) Reset() {
 	*x = ClusterStatus{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[38]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2892,7 +3018,7 @@ func (x *ClusterStatus) String() string {
 func (*ClusterStatus) ProtoMessage() {}
 
 func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[38]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2905,7 +3031,7 @@ func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatus.ProtoReflect.Descriptor instead.
 func (*ClusterStatus) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ClusterStatus) GetReplica() string {
@@ -2993,7 +3119,7 @@ type BackupRequest struct {
 
 func (x *BackupRequest) Reset() {
 	*x = BackupRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[39]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3005,7 +3131,7 @@ func (x *BackupRequest) String() string {
 func (*BackupRequest) ProtoMessage() {}
 
 func (x *BackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[39]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3018,7 +3144,7 @@ func (x *BackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
 func (*BackupRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{39}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 type BackupChunk struct {
@@ -3037,7 +3163,7 @@ type BackupChunk struct {
 
 func (x *BackupChunk) Reset() {
 	*x = BackupChunk{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[40]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3049,7 +3175,7 @@ func (x *BackupChunk) String() string {
 func (*BackupChunk) ProtoMessage() {}
 
 func (x *BackupChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[40]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3062,7 +3188,7 @@ func (x *BackupChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
 func (*BackupChunk) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{40}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *BackupChunk) GetData() []byte {
@@ -3101,7 +3227,7 @@ type ListIdentitiesRequest struct {
 
 func (x *ListIdentitiesRequest) Reset() {
 	*x = ListIdentitiesRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[41]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3113,7 +3239,7 @@ func (x *ListIdentitiesRequest) String() string {
 func (*ListIdentitiesRequest) ProtoMessage() {}
 
 func (x *ListIdentitiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[41]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3126,7 +3252,7 @@ func (x *ListIdentitiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIdentitiesRequest.ProtoReflect.Descriptor instead.
 func (*ListIdentitiesRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{41}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{42}
 }
 
 type ListIdentitiesResponse struct {
@@ -3138,7 +3264,7 @@ type ListIdentitiesResponse struct {
 
 func (x *ListIdentitiesResponse) Reset() {
 	*x = ListIdentitiesResponse{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[42]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3150,7 +3276,7 @@ func (x *ListIdentitiesResponse) String() string {
 func (*ListIdentitiesResponse) ProtoMessage() {}
 
 func (x *ListIdentitiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[42]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3163,7 +3289,7 @@ func (x *ListIdentitiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIdentitiesResponse.ProtoReflect.Descriptor instead.
 func (*ListIdentitiesResponse) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{42}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListIdentitiesResponse) GetIdentities() []*NodeIdentity {
@@ -3184,7 +3310,7 @@ type ForgetIdentityRequest struct {
 
 func (x *ForgetIdentityRequest) Reset() {
 	*x = ForgetIdentityRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[43]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3196,7 +3322,7 @@ func (x *ForgetIdentityRequest) String() string {
 func (*ForgetIdentityRequest) ProtoMessage() {}
 
 func (x *ForgetIdentityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[43]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3209,7 +3335,7 @@ func (x *ForgetIdentityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetIdentityRequest.ProtoReflect.Descriptor instead.
 func (*ForgetIdentityRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{43}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ForgetIdentityRequest) GetNodeName() string {
@@ -3237,7 +3363,7 @@ type ListEventsRequest struct {
 
 func (x *ListEventsRequest) Reset() {
 	*x = ListEventsRequest{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[44]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3249,7 +3375,7 @@ func (x *ListEventsRequest) String() string {
 func (*ListEventsRequest) ProtoMessage() {}
 
 func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[44]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3262,7 +3388,7 @@ func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListEventsRequest) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{44}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ListEventsRequest) GetNodeName() string {
@@ -3288,7 +3414,7 @@ type ListEventsResponse struct {
 
 func (x *ListEventsResponse) Reset() {
 	*x = ListEventsResponse{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[45]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3300,7 +3426,7 @@ func (x *ListEventsResponse) String() string {
 func (*ListEventsResponse) ProtoMessage() {}
 
 func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[45]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3313,7 +3439,7 @@ func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListEventsResponse) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{45}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ListEventsResponse) GetEvents() []*Event {
@@ -3343,7 +3469,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_ipledger_v1_admin_proto_msgTypes[46]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3355,7 +3481,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_ipledger_v1_admin_proto_msgTypes[46]
+	mi := &file_ipledger_v1_admin_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3368,7 +3494,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{46}
+	return file_ipledger_v1_admin_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *Event) GetFirstTime() *timestamppb.Timestamp {
@@ -3487,7 +3613,7 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\tkeep_free\x18\x03 \x01(\rR\bkeepFree\"\x12\n" +
 	"\x10ListNodesRequest\"C\n" +
 	"\x11ListNodesResponse\x12.\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x18.ipledger.v1.NodeSummaryR\x05nodes\"\xd3\x06\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x18.ipledger.v1.NodeSummaryR\x05nodes\"\xd3\a\n" +
 	"\vNodeSummary\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12\x1f\n" +
 	"\vinstance_id\x18\x02 \x01(\tR\n" +
@@ -3515,9 +3641,22 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\fpod_capacity\x18\x14 \x01(\rR\vpodCapacity\x12\x19\n" +
 	"\bmax_pods\x18\x15 \x01(\rR\amaxPods\x12.\n" +
 	"\x13exclude_primary_eni\x18\x16 \x01(\bR\x11excludePrimaryEni\x12$\n" +
-	"\x0epod_subnet_ids\x18\x17 \x03(\tR\fpodSubnetIds\"-\n" +
+	"\x0epod_subnet_ids\x18\x17 \x03(\tR\fpodSubnetIds\x12;\n" +
+	"\x1apods_bound_without_address\x18\x18 \x01(\rR\x17podsBoundWithoutAddress\x12!\n" +
+	"\fpods_waiting\x18\x19 \x01(\rR\vpodsWaiting\x12\x1e\n" +
+	"\n" +
+	"kubernetes\x18\x1a \x01(\bR\n" +
+	"kubernetes\"\xc0\x01\n" +
+	"\bBoundPod\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x10\n" +
+	"\x03uid\x18\x03 \x01(\tR\x03uid\x125\n" +
+	"\bbound_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\aboundAt\x12\x18\n" +
+	"\awaiting\x18\x05 \x01(\bR\awaiting\x12\x1f\n" +
+	"\vwait_reason\x18\x06 \x01(\tR\n" +
+	"waitReason\"-\n" +
 	"\x0eGetNodeRequest\x12\x1b\n" +
-	"\tnode_name\x18\x01 \x01(\tR\bnodeName\"\xa4\x03\n" +
+	"\tnode_name\x18\x01 \x01(\tR\bnodeName\"\xda\x03\n" +
 	"\n" +
 	"NodeDetail\x122\n" +
 	"\asummary\x18\x01 \x01(\v2\x18.ipledger.v1.NodeSummaryR\asummary\x12)\n" +
@@ -3526,7 +3665,9 @@ const file_ipledger_v1_admin_proto_rawDesc = "" +
 	"\x06policy\x18\x04 \x01(\v2\x17.ipledger.v1.NodePolicyR\x06policy\x12:\n" +
 	"\x0esupply_problem\x18\x05 \x01(\x0e2\x13.ipledger.v1.ReasonR\rsupplyProblem\x12%\n" +
 	"\x0esupply_message\x18\x06 \x01(\tR\rsupplyMessage\x12;\n" +
-	"\x06labels\x18\a \x03(\v2#.ipledger.v1.NodeDetail.LabelsEntryR\x06labels\x1a9\n" +
+	"\x06labels\x18\a \x03(\v2#.ipledger.v1.NodeDetail.LabelsEntryR\x06labels\x124\n" +
+	"\n" +
+	"bound_pods\x18\b \x03(\v2\x15.ipledger.v1.BoundPodR\tboundPods\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"C\n" +
@@ -3753,7 +3894,7 @@ func file_ipledger_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_ipledger_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ipledger_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
+var file_ipledger_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_ipledger_v1_admin_proto_goTypes = []any{
 	(FindingKind)(0),                // 0: ipledger.v1.FindingKind
 	(*ListSubnetsRequest)(nil),      // 1: ipledger.v1.ListSubnetsRequest
@@ -3766,144 +3907,147 @@ var file_ipledger_v1_admin_proto_goTypes = []any{
 	(*ListNodesRequest)(nil),        // 8: ipledger.v1.ListNodesRequest
 	(*ListNodesResponse)(nil),       // 9: ipledger.v1.ListNodesResponse
 	(*NodeSummary)(nil),             // 10: ipledger.v1.NodeSummary
-	(*GetNodeRequest)(nil),          // 11: ipledger.v1.GetNodeRequest
-	(*NodeDetail)(nil),              // 12: ipledger.v1.NodeDetail
-	(*DrainNodeRequest)(nil),        // 13: ipledger.v1.DrainNodeRequest
-	(*GetLimiterRequest)(nil),       // 14: ipledger.v1.GetLimiterRequest
-	(*LimiterState)(nil),            // 15: ipledger.v1.LimiterState
-	(*LimiterBucket)(nil),           // 16: ipledger.v1.LimiterBucket
-	(*QueueLength)(nil),             // 17: ipledger.v1.QueueLength
-	(*ThrottleEvent)(nil),           // 18: ipledger.v1.ThrottleEvent
-	(*CallCount)(nil),               // 19: ipledger.v1.CallCount
-	(*PrewarmRequest)(nil),          // 20: ipledger.v1.PrewarmRequest
-	(*PrewarmReservation)(nil),      // 21: ipledger.v1.PrewarmReservation
-	(*PrewarmEni)(nil),              // 22: ipledger.v1.PrewarmEni
-	(*ListPrewarmsRequest)(nil),     // 23: ipledger.v1.ListPrewarmsRequest
-	(*ListPrewarmsResponse)(nil),    // 24: ipledger.v1.ListPrewarmsResponse
-	(*CancelPrewarmRequest)(nil),    // 25: ipledger.v1.CancelPrewarmRequest
-	(*CanFitRequest)(nil),           // 26: ipledger.v1.CanFitRequest
-	(*CanFitResponse)(nil),          // 27: ipledger.v1.CanFitResponse
-	(*LaunchHintRequest)(nil),       // 28: ipledger.v1.LaunchHintRequest
-	(*LaunchHintResponse)(nil),      // 29: ipledger.v1.LaunchHintResponse
-	(*ListPoliciesRequest)(nil),     // 30: ipledger.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),    // 31: ipledger.v1.ListPoliciesResponse
-	(*SetPolicyRequest)(nil),        // 32: ipledger.v1.SetPolicyRequest
-	(*DeletePolicyRequest)(nil),     // 33: ipledger.v1.DeletePolicyRequest
-	(*DeletePolicyResponse)(nil),    // 34: ipledger.v1.DeletePolicyResponse
-	(*CheckRequest)(nil),            // 35: ipledger.v1.CheckRequest
-	(*CheckReport)(nil),             // 36: ipledger.v1.CheckReport
-	(*Finding)(nil),                 // 37: ipledger.v1.Finding
-	(*GetClusterStatusRequest)(nil), // 38: ipledger.v1.GetClusterStatusRequest
-	(*ClusterStatus)(nil),           // 39: ipledger.v1.ClusterStatus
-	(*BackupRequest)(nil),           // 40: ipledger.v1.BackupRequest
-	(*BackupChunk)(nil),             // 41: ipledger.v1.BackupChunk
-	(*ListIdentitiesRequest)(nil),   // 42: ipledger.v1.ListIdentitiesRequest
-	(*ListIdentitiesResponse)(nil),  // 43: ipledger.v1.ListIdentitiesResponse
-	(*ForgetIdentityRequest)(nil),   // 44: ipledger.v1.ForgetIdentityRequest
-	(*ListEventsRequest)(nil),       // 45: ipledger.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),      // 46: ipledger.v1.ListEventsResponse
-	(*Event)(nil),                   // 47: ipledger.v1.Event
-	nil,                             // 48: ipledger.v1.SubnetBudget.TagsEntry
-	nil,                             // 49: ipledger.v1.NodeDetail.LabelsEntry
-	nil,                             // 50: ipledger.v1.LaunchHintResponse.NodeLabelsEntry
-	(*durationpb.Duration)(nil),     // 51: google.protobuf.Duration
-	(AddressMode)(0),                // 52: ipledger.v1.AddressMode
-	(*timestamppb.Timestamp)(nil),   // 53: google.protobuf.Timestamp
-	(*NodePool)(nil),                // 54: ipledger.v1.NodePool
-	(*PodAddress)(nil),              // 55: ipledger.v1.PodAddress
-	(*NodePolicy)(nil),              // 56: ipledger.v1.NodePolicy
-	(Reason)(0),                     // 57: ipledger.v1.Reason
-	(Priority)(0),                   // 58: ipledger.v1.Priority
-	(*NodeIdentity)(nil),            // 59: ipledger.v1.NodeIdentity
+	(*BoundPod)(nil),                // 11: ipledger.v1.BoundPod
+	(*GetNodeRequest)(nil),          // 12: ipledger.v1.GetNodeRequest
+	(*NodeDetail)(nil),              // 13: ipledger.v1.NodeDetail
+	(*DrainNodeRequest)(nil),        // 14: ipledger.v1.DrainNodeRequest
+	(*GetLimiterRequest)(nil),       // 15: ipledger.v1.GetLimiterRequest
+	(*LimiterState)(nil),            // 16: ipledger.v1.LimiterState
+	(*LimiterBucket)(nil),           // 17: ipledger.v1.LimiterBucket
+	(*QueueLength)(nil),             // 18: ipledger.v1.QueueLength
+	(*ThrottleEvent)(nil),           // 19: ipledger.v1.ThrottleEvent
+	(*CallCount)(nil),               // 20: ipledger.v1.CallCount
+	(*PrewarmRequest)(nil),          // 21: ipledger.v1.PrewarmRequest
+	(*PrewarmReservation)(nil),      // 22: ipledger.v1.PrewarmReservation
+	(*PrewarmEni)(nil),              // 23: ipledger.v1.PrewarmEni
+	(*ListPrewarmsRequest)(nil),     // 24: ipledger.v1.ListPrewarmsRequest
+	(*ListPrewarmsResponse)(nil),    // 25: ipledger.v1.ListPrewarmsResponse
+	(*CancelPrewarmRequest)(nil),    // 26: ipledger.v1.CancelPrewarmRequest
+	(*CanFitRequest)(nil),           // 27: ipledger.v1.CanFitRequest
+	(*CanFitResponse)(nil),          // 28: ipledger.v1.CanFitResponse
+	(*LaunchHintRequest)(nil),       // 29: ipledger.v1.LaunchHintRequest
+	(*LaunchHintResponse)(nil),      // 30: ipledger.v1.LaunchHintResponse
+	(*ListPoliciesRequest)(nil),     // 31: ipledger.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),    // 32: ipledger.v1.ListPoliciesResponse
+	(*SetPolicyRequest)(nil),        // 33: ipledger.v1.SetPolicyRequest
+	(*DeletePolicyRequest)(nil),     // 34: ipledger.v1.DeletePolicyRequest
+	(*DeletePolicyResponse)(nil),    // 35: ipledger.v1.DeletePolicyResponse
+	(*CheckRequest)(nil),            // 36: ipledger.v1.CheckRequest
+	(*CheckReport)(nil),             // 37: ipledger.v1.CheckReport
+	(*Finding)(nil),                 // 38: ipledger.v1.Finding
+	(*GetClusterStatusRequest)(nil), // 39: ipledger.v1.GetClusterStatusRequest
+	(*ClusterStatus)(nil),           // 40: ipledger.v1.ClusterStatus
+	(*BackupRequest)(nil),           // 41: ipledger.v1.BackupRequest
+	(*BackupChunk)(nil),             // 42: ipledger.v1.BackupChunk
+	(*ListIdentitiesRequest)(nil),   // 43: ipledger.v1.ListIdentitiesRequest
+	(*ListIdentitiesResponse)(nil),  // 44: ipledger.v1.ListIdentitiesResponse
+	(*ForgetIdentityRequest)(nil),   // 45: ipledger.v1.ForgetIdentityRequest
+	(*ListEventsRequest)(nil),       // 46: ipledger.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),      // 47: ipledger.v1.ListEventsResponse
+	(*Event)(nil),                   // 48: ipledger.v1.Event
+	nil,                             // 49: ipledger.v1.SubnetBudget.TagsEntry
+	nil,                             // 50: ipledger.v1.NodeDetail.LabelsEntry
+	nil,                             // 51: ipledger.v1.LaunchHintResponse.NodeLabelsEntry
+	(*durationpb.Duration)(nil),     // 52: google.protobuf.Duration
+	(AddressMode)(0),                // 53: ipledger.v1.AddressMode
+	(*timestamppb.Timestamp)(nil),   // 54: google.protobuf.Timestamp
+	(*NodePool)(nil),                // 55: ipledger.v1.NodePool
+	(*PodAddress)(nil),              // 56: ipledger.v1.PodAddress
+	(*NodePolicy)(nil),              // 57: ipledger.v1.NodePolicy
+	(Reason)(0),                     // 58: ipledger.v1.Reason
+	(Priority)(0),                   // 59: ipledger.v1.Priority
+	(*NodeIdentity)(nil),            // 60: ipledger.v1.NodeIdentity
 }
 var file_ipledger_v1_admin_proto_depIdxs = []int32{
 	5,  // 0: ipledger.v1.ListSubnetsResponse.subnets:type_name -> ipledger.v1.SubnetBudget
 	3,  // 1: ipledger.v1.ListSubnetsResponse.pod_subnet_groups:type_name -> ipledger.v1.PodSubnetGroup
 	6,  // 2: ipledger.v1.PodSubnetGroup.forecast:type_name -> ipledger.v1.Forecast
 	6,  // 3: ipledger.v1.SubnetBudget.forecast:type_name -> ipledger.v1.Forecast
-	48, // 4: ipledger.v1.SubnetBudget.tags:type_name -> ipledger.v1.SubnetBudget.TagsEntry
+	49, // 4: ipledger.v1.SubnetBudget.tags:type_name -> ipledger.v1.SubnetBudget.TagsEntry
 	4,  // 5: ipledger.v1.SubnetBudget.pod_subnet_of:type_name -> ipledger.v1.PodSubnetRole
-	51, // 6: ipledger.v1.Forecast.time_to_exhaustion:type_name -> google.protobuf.Duration
-	51, // 7: ipledger.v1.Forecast.window:type_name -> google.protobuf.Duration
+	52, // 6: ipledger.v1.Forecast.time_to_exhaustion:type_name -> google.protobuf.Duration
+	52, // 7: ipledger.v1.Forecast.window:type_name -> google.protobuf.Duration
 	10, // 8: ipledger.v1.ListNodesResponse.nodes:type_name -> ipledger.v1.NodeSummary
-	52, // 9: ipledger.v1.NodeSummary.mode:type_name -> ipledger.v1.AddressMode
-	53, // 10: ipledger.v1.NodeSummary.last_report:type_name -> google.protobuf.Timestamp
-	53, // 11: ipledger.v1.NodeSummary.registered_at:type_name -> google.protobuf.Timestamp
-	53, // 12: ipledger.v1.NodeSummary.certificate_not_after:type_name -> google.protobuf.Timestamp
-	10, // 13: ipledger.v1.NodeDetail.summary:type_name -> ipledger.v1.NodeSummary
-	54, // 14: ipledger.v1.NodeDetail.pool:type_name -> ipledger.v1.NodePool
-	55, // 15: ipledger.v1.NodeDetail.pods:type_name -> ipledger.v1.PodAddress
-	56, // 16: ipledger.v1.NodeDetail.policy:type_name -> ipledger.v1.NodePolicy
-	57, // 17: ipledger.v1.NodeDetail.supply_problem:type_name -> ipledger.v1.Reason
-	49, // 18: ipledger.v1.NodeDetail.labels:type_name -> ipledger.v1.NodeDetail.LabelsEntry
-	16, // 19: ipledger.v1.LimiterState.buckets:type_name -> ipledger.v1.LimiterBucket
-	17, // 20: ipledger.v1.LimiterState.queue:type_name -> ipledger.v1.QueueLength
-	18, // 21: ipledger.v1.LimiterState.recent_throttles:type_name -> ipledger.v1.ThrottleEvent
-	19, // 22: ipledger.v1.LimiterState.calls:type_name -> ipledger.v1.CallCount
-	58, // 23: ipledger.v1.QueueLength.priority:type_name -> ipledger.v1.Priority
-	53, // 24: ipledger.v1.ThrottleEvent.time:type_name -> google.protobuf.Timestamp
-	51, // 25: ipledger.v1.PrewarmRequest.expiry:type_name -> google.protobuf.Duration
-	53, // 26: ipledger.v1.PrewarmReservation.created_at:type_name -> google.protobuf.Timestamp
-	53, // 27: ipledger.v1.PrewarmReservation.expires_at:type_name -> google.protobuf.Timestamp
-	22, // 28: ipledger.v1.PrewarmReservation.enis:type_name -> ipledger.v1.PrewarmEni
-	21, // 29: ipledger.v1.ListPrewarmsResponse.reservations:type_name -> ipledger.v1.PrewarmReservation
-	5,  // 30: ipledger.v1.CanFitResponse.subnets:type_name -> ipledger.v1.SubnetBudget
-	52, // 31: ipledger.v1.LaunchHintResponse.mode:type_name -> ipledger.v1.AddressMode
-	50, // 32: ipledger.v1.LaunchHintResponse.node_labels:type_name -> ipledger.v1.LaunchHintResponse.NodeLabelsEntry
-	56, // 33: ipledger.v1.ListPoliciesResponse.policies:type_name -> ipledger.v1.NodePolicy
-	56, // 34: ipledger.v1.SetPolicyRequest.policy:type_name -> ipledger.v1.NodePolicy
-	37, // 35: ipledger.v1.CheckReport.findings:type_name -> ipledger.v1.Finding
-	53, // 36: ipledger.v1.CheckReport.checked_at:type_name -> google.protobuf.Timestamp
-	0,  // 37: ipledger.v1.Finding.kind:type_name -> ipledger.v1.FindingKind
-	59, // 38: ipledger.v1.ListIdentitiesResponse.identities:type_name -> ipledger.v1.NodeIdentity
-	47, // 39: ipledger.v1.ListEventsResponse.events:type_name -> ipledger.v1.Event
-	53, // 40: ipledger.v1.Event.first_time:type_name -> google.protobuf.Timestamp
-	53, // 41: ipledger.v1.Event.last_time:type_name -> google.protobuf.Timestamp
-	1,  // 42: ipledger.v1.AdminService.ListSubnets:input_type -> ipledger.v1.ListSubnetsRequest
-	7,  // 43: ipledger.v1.AdminService.SetSubnetBudget:input_type -> ipledger.v1.SetSubnetBudgetRequest
-	8,  // 44: ipledger.v1.AdminService.ListNodes:input_type -> ipledger.v1.ListNodesRequest
-	11, // 45: ipledger.v1.AdminService.GetNode:input_type -> ipledger.v1.GetNodeRequest
-	13, // 46: ipledger.v1.AdminService.DrainNode:input_type -> ipledger.v1.DrainNodeRequest
-	14, // 47: ipledger.v1.AdminService.GetLimiter:input_type -> ipledger.v1.GetLimiterRequest
-	20, // 48: ipledger.v1.AdminService.Prewarm:input_type -> ipledger.v1.PrewarmRequest
-	23, // 49: ipledger.v1.AdminService.ListPrewarms:input_type -> ipledger.v1.ListPrewarmsRequest
-	25, // 50: ipledger.v1.AdminService.CancelPrewarm:input_type -> ipledger.v1.CancelPrewarmRequest
-	26, // 51: ipledger.v1.AdminService.CanFit:input_type -> ipledger.v1.CanFitRequest
-	28, // 52: ipledger.v1.AdminService.LaunchHint:input_type -> ipledger.v1.LaunchHintRequest
-	30, // 53: ipledger.v1.AdminService.ListPolicies:input_type -> ipledger.v1.ListPoliciesRequest
-	32, // 54: ipledger.v1.AdminService.SetPolicy:input_type -> ipledger.v1.SetPolicyRequest
-	33, // 55: ipledger.v1.AdminService.DeletePolicy:input_type -> ipledger.v1.DeletePolicyRequest
-	35, // 56: ipledger.v1.AdminService.Check:input_type -> ipledger.v1.CheckRequest
-	38, // 57: ipledger.v1.AdminService.GetClusterStatus:input_type -> ipledger.v1.GetClusterStatusRequest
-	42, // 58: ipledger.v1.AdminService.ListIdentities:input_type -> ipledger.v1.ListIdentitiesRequest
-	44, // 59: ipledger.v1.AdminService.ForgetIdentity:input_type -> ipledger.v1.ForgetIdentityRequest
-	40, // 60: ipledger.v1.AdminService.Backup:input_type -> ipledger.v1.BackupRequest
-	45, // 61: ipledger.v1.AdminService.ListEvents:input_type -> ipledger.v1.ListEventsRequest
-	2,  // 62: ipledger.v1.AdminService.ListSubnets:output_type -> ipledger.v1.ListSubnetsResponse
-	5,  // 63: ipledger.v1.AdminService.SetSubnetBudget:output_type -> ipledger.v1.SubnetBudget
-	9,  // 64: ipledger.v1.AdminService.ListNodes:output_type -> ipledger.v1.ListNodesResponse
-	12, // 65: ipledger.v1.AdminService.GetNode:output_type -> ipledger.v1.NodeDetail
-	12, // 66: ipledger.v1.AdminService.DrainNode:output_type -> ipledger.v1.NodeDetail
-	15, // 67: ipledger.v1.AdminService.GetLimiter:output_type -> ipledger.v1.LimiterState
-	21, // 68: ipledger.v1.AdminService.Prewarm:output_type -> ipledger.v1.PrewarmReservation
-	24, // 69: ipledger.v1.AdminService.ListPrewarms:output_type -> ipledger.v1.ListPrewarmsResponse
-	21, // 70: ipledger.v1.AdminService.CancelPrewarm:output_type -> ipledger.v1.PrewarmReservation
-	27, // 71: ipledger.v1.AdminService.CanFit:output_type -> ipledger.v1.CanFitResponse
-	29, // 72: ipledger.v1.AdminService.LaunchHint:output_type -> ipledger.v1.LaunchHintResponse
-	31, // 73: ipledger.v1.AdminService.ListPolicies:output_type -> ipledger.v1.ListPoliciesResponse
-	56, // 74: ipledger.v1.AdminService.SetPolicy:output_type -> ipledger.v1.NodePolicy
-	34, // 75: ipledger.v1.AdminService.DeletePolicy:output_type -> ipledger.v1.DeletePolicyResponse
-	36, // 76: ipledger.v1.AdminService.Check:output_type -> ipledger.v1.CheckReport
-	39, // 77: ipledger.v1.AdminService.GetClusterStatus:output_type -> ipledger.v1.ClusterStatus
-	43, // 78: ipledger.v1.AdminService.ListIdentities:output_type -> ipledger.v1.ListIdentitiesResponse
-	59, // 79: ipledger.v1.AdminService.ForgetIdentity:output_type -> ipledger.v1.NodeIdentity
-	41, // 80: ipledger.v1.AdminService.Backup:output_type -> ipledger.v1.BackupChunk
-	46, // 81: ipledger.v1.AdminService.ListEvents:output_type -> ipledger.v1.ListEventsResponse
-	62, // [62:82] is the sub-list for method output_type
-	42, // [42:62] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	53, // 9: ipledger.v1.NodeSummary.mode:type_name -> ipledger.v1.AddressMode
+	54, // 10: ipledger.v1.NodeSummary.last_report:type_name -> google.protobuf.Timestamp
+	54, // 11: ipledger.v1.NodeSummary.registered_at:type_name -> google.protobuf.Timestamp
+	54, // 12: ipledger.v1.NodeSummary.certificate_not_after:type_name -> google.protobuf.Timestamp
+	54, // 13: ipledger.v1.BoundPod.bound_at:type_name -> google.protobuf.Timestamp
+	10, // 14: ipledger.v1.NodeDetail.summary:type_name -> ipledger.v1.NodeSummary
+	55, // 15: ipledger.v1.NodeDetail.pool:type_name -> ipledger.v1.NodePool
+	56, // 16: ipledger.v1.NodeDetail.pods:type_name -> ipledger.v1.PodAddress
+	57, // 17: ipledger.v1.NodeDetail.policy:type_name -> ipledger.v1.NodePolicy
+	58, // 18: ipledger.v1.NodeDetail.supply_problem:type_name -> ipledger.v1.Reason
+	50, // 19: ipledger.v1.NodeDetail.labels:type_name -> ipledger.v1.NodeDetail.LabelsEntry
+	11, // 20: ipledger.v1.NodeDetail.bound_pods:type_name -> ipledger.v1.BoundPod
+	17, // 21: ipledger.v1.LimiterState.buckets:type_name -> ipledger.v1.LimiterBucket
+	18, // 22: ipledger.v1.LimiterState.queue:type_name -> ipledger.v1.QueueLength
+	19, // 23: ipledger.v1.LimiterState.recent_throttles:type_name -> ipledger.v1.ThrottleEvent
+	20, // 24: ipledger.v1.LimiterState.calls:type_name -> ipledger.v1.CallCount
+	59, // 25: ipledger.v1.QueueLength.priority:type_name -> ipledger.v1.Priority
+	54, // 26: ipledger.v1.ThrottleEvent.time:type_name -> google.protobuf.Timestamp
+	52, // 27: ipledger.v1.PrewarmRequest.expiry:type_name -> google.protobuf.Duration
+	54, // 28: ipledger.v1.PrewarmReservation.created_at:type_name -> google.protobuf.Timestamp
+	54, // 29: ipledger.v1.PrewarmReservation.expires_at:type_name -> google.protobuf.Timestamp
+	23, // 30: ipledger.v1.PrewarmReservation.enis:type_name -> ipledger.v1.PrewarmEni
+	22, // 31: ipledger.v1.ListPrewarmsResponse.reservations:type_name -> ipledger.v1.PrewarmReservation
+	5,  // 32: ipledger.v1.CanFitResponse.subnets:type_name -> ipledger.v1.SubnetBudget
+	53, // 33: ipledger.v1.LaunchHintResponse.mode:type_name -> ipledger.v1.AddressMode
+	51, // 34: ipledger.v1.LaunchHintResponse.node_labels:type_name -> ipledger.v1.LaunchHintResponse.NodeLabelsEntry
+	57, // 35: ipledger.v1.ListPoliciesResponse.policies:type_name -> ipledger.v1.NodePolicy
+	57, // 36: ipledger.v1.SetPolicyRequest.policy:type_name -> ipledger.v1.NodePolicy
+	38, // 37: ipledger.v1.CheckReport.findings:type_name -> ipledger.v1.Finding
+	54, // 38: ipledger.v1.CheckReport.checked_at:type_name -> google.protobuf.Timestamp
+	0,  // 39: ipledger.v1.Finding.kind:type_name -> ipledger.v1.FindingKind
+	60, // 40: ipledger.v1.ListIdentitiesResponse.identities:type_name -> ipledger.v1.NodeIdentity
+	48, // 41: ipledger.v1.ListEventsResponse.events:type_name -> ipledger.v1.Event
+	54, // 42: ipledger.v1.Event.first_time:type_name -> google.protobuf.Timestamp
+	54, // 43: ipledger.v1.Event.last_time:type_name -> google.protobuf.Timestamp
+	1,  // 44: ipledger.v1.AdminService.ListSubnets:input_type -> ipledger.v1.ListSubnetsRequest
+	7,  // 45: ipledger.v1.AdminService.SetSubnetBudget:input_type -> ipledger.v1.SetSubnetBudgetRequest
+	8,  // 46: ipledger.v1.AdminService.ListNodes:input_type -> ipledger.v1.ListNodesRequest
+	12, // 47: ipledger.v1.AdminService.GetNode:input_type -> ipledger.v1.GetNodeRequest
+	14, // 48: ipledger.v1.AdminService.DrainNode:input_type -> ipledger.v1.DrainNodeRequest
+	15, // 49: ipledger.v1.AdminService.GetLimiter:input_type -> ipledger.v1.GetLimiterRequest
+	21, // 50: ipledger.v1.AdminService.Prewarm:input_type -> ipledger.v1.PrewarmRequest
+	24, // 51: ipledger.v1.AdminService.ListPrewarms:input_type -> ipledger.v1.ListPrewarmsRequest
+	26, // 52: ipledger.v1.AdminService.CancelPrewarm:input_type -> ipledger.v1.CancelPrewarmRequest
+	27, // 53: ipledger.v1.AdminService.CanFit:input_type -> ipledger.v1.CanFitRequest
+	29, // 54: ipledger.v1.AdminService.LaunchHint:input_type -> ipledger.v1.LaunchHintRequest
+	31, // 55: ipledger.v1.AdminService.ListPolicies:input_type -> ipledger.v1.ListPoliciesRequest
+	33, // 56: ipledger.v1.AdminService.SetPolicy:input_type -> ipledger.v1.SetPolicyRequest
+	34, // 57: ipledger.v1.AdminService.DeletePolicy:input_type -> ipledger.v1.DeletePolicyRequest
+	36, // 58: ipledger.v1.AdminService.Check:input_type -> ipledger.v1.CheckRequest
+	39, // 59: ipledger.v1.AdminService.GetClusterStatus:input_type -> ipledger.v1.GetClusterStatusRequest
+	43, // 60: ipledger.v1.AdminService.ListIdentities:input_type -> ipledger.v1.ListIdentitiesRequest
+	45, // 61: ipledger.v1.AdminService.ForgetIdentity:input_type -> ipledger.v1.ForgetIdentityRequest
+	41, // 62: ipledger.v1.AdminService.Backup:input_type -> ipledger.v1.BackupRequest
+	46, // 63: ipledger.v1.AdminService.ListEvents:input_type -> ipledger.v1.ListEventsRequest
+	2,  // 64: ipledger.v1.AdminService.ListSubnets:output_type -> ipledger.v1.ListSubnetsResponse
+	5,  // 65: ipledger.v1.AdminService.SetSubnetBudget:output_type -> ipledger.v1.SubnetBudget
+	9,  // 66: ipledger.v1.AdminService.ListNodes:output_type -> ipledger.v1.ListNodesResponse
+	13, // 67: ipledger.v1.AdminService.GetNode:output_type -> ipledger.v1.NodeDetail
+	13, // 68: ipledger.v1.AdminService.DrainNode:output_type -> ipledger.v1.NodeDetail
+	16, // 69: ipledger.v1.AdminService.GetLimiter:output_type -> ipledger.v1.LimiterState
+	22, // 70: ipledger.v1.AdminService.Prewarm:output_type -> ipledger.v1.PrewarmReservation
+	25, // 71: ipledger.v1.AdminService.ListPrewarms:output_type -> ipledger.v1.ListPrewarmsResponse
+	22, // 72: ipledger.v1.AdminService.CancelPrewarm:output_type -> ipledger.v1.PrewarmReservation
+	28, // 73: ipledger.v1.AdminService.CanFit:output_type -> ipledger.v1.CanFitResponse
+	30, // 74: ipledger.v1.AdminService.LaunchHint:output_type -> ipledger.v1.LaunchHintResponse
+	32, // 75: ipledger.v1.AdminService.ListPolicies:output_type -> ipledger.v1.ListPoliciesResponse
+	57, // 76: ipledger.v1.AdminService.SetPolicy:output_type -> ipledger.v1.NodePolicy
+	35, // 77: ipledger.v1.AdminService.DeletePolicy:output_type -> ipledger.v1.DeletePolicyResponse
+	37, // 78: ipledger.v1.AdminService.Check:output_type -> ipledger.v1.CheckReport
+	40, // 79: ipledger.v1.AdminService.GetClusterStatus:output_type -> ipledger.v1.ClusterStatus
+	44, // 80: ipledger.v1.AdminService.ListIdentities:output_type -> ipledger.v1.ListIdentitiesResponse
+	60, // 81: ipledger.v1.AdminService.ForgetIdentity:output_type -> ipledger.v1.NodeIdentity
+	42, // 82: ipledger.v1.AdminService.Backup:output_type -> ipledger.v1.BackupChunk
+	47, // 83: ipledger.v1.AdminService.ListEvents:output_type -> ipledger.v1.ListEventsResponse
+	64, // [64:84] is the sub-list for method output_type
+	44, // [44:64] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_ipledger_v1_admin_proto_init() }
@@ -3913,14 +4057,14 @@ func file_ipledger_v1_admin_proto_init() {
 	}
 	file_ipledger_v1_common_proto_init()
 	file_ipledger_v1_identity_proto_init()
-	file_ipledger_v1_admin_proto_msgTypes[27].OneofWrappers = []any{}
+	file_ipledger_v1_admin_proto_msgTypes[28].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ipledger_v1_admin_proto_rawDesc), len(file_ipledger_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   50,
+			NumMessages:   51,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
