@@ -38,6 +38,12 @@ func (a *Allocator) RequestAddresses(ctx context.Context, node string, count int
 	}()
 	a.kick(ns.name)
 	for {
+		// The channel first, then the record: a commit that lands between the two reads (its
+		// record read, its generation not) has closed this channel, so the loop looks again
+		// instead of waiting for the next change with a stale record.
+		a.mu.Lock()
+		changed := ns.changed
+		a.mu.Unlock()
 		rec, ok := a.led.Node(node)
 		if !ok {
 			return nil, fmt.Errorf("%w: %s", ErrUnknownNode, node)
@@ -45,7 +51,6 @@ func (a *Allocator) RequestAddresses(ctx context.Context, node string, count int
 		a.mu.Lock()
 		gen := ns.generation
 		problem, problemAt := ns.problem, ns.problemAt
-		changed := ns.changed
 		removed := ns.removed
 		usageKnown := ns.usage != nil
 		a.mu.Unlock()

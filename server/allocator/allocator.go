@@ -660,7 +660,14 @@ func (a *Allocator) mutateNode(ctx context.Context, ns *nodeState, fn func(rec *
 // node's record).
 func (a *Allocator) updateNode(ctx context.Context, ns *nodeState, also []string,
 	fn func(rec *ledger.NodeRecord) (extra []Change, apply func() error, err error)) (ledger.NodeRecord, error) {
-	release, err := a.slots.acquire(ctx, append([]string{nodeKey(ns.name)}, also...)...)
+	return a.updateNodeShared(ctx, ns, also, nil, fn)
+}
+
+// updateNodeShared is updateNode that also holds the slots of shared shared: records fn reads
+// and must not see change (a subnet's foreign set), but does not write.
+func (a *Allocator) updateNodeShared(ctx context.Context, ns *nodeState, also, shared []string,
+	fn func(rec *ledger.NodeRecord) (extra []Change, apply func() error, err error)) (ledger.NodeRecord, error) {
+	release, err := a.slots.acquireShared(ctx, append([]string{nodeKey(ns.name)}, also...), shared)
 	if err != nil {
 		return ledger.NodeRecord{}, err
 	}

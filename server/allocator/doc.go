@@ -23,8 +23,9 @@
 //     A change to a record is read, committed and applied under its slot, so the ledger applies
 //     a record's writes in the order the store took them. A slot is held across a store commit,
 //     never across an EC2 call. A slot may be taken shared by holders that do not write the
-//     record (registrations take their subnet's slot shared, so they commit concurrently while
-//     a scan of the subnet, which takes it exclusively, waits).
+//     record (registrations and leases that name no foreign address take their subnet's slot
+//     shared, so they commit concurrently while a scan of the subnet, which takes it
+//     exclusively, waits).
 //  2. Allocator.mu: the allocator's maps and every nodeState's runtime fields. Never held
 //     across I/O or while waiting for a slot.
 //  3. leaf locks, taken under Allocator.mu or alone, never holding another: slots.mu,

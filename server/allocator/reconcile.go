@@ -201,12 +201,28 @@ func (a *Allocator) updateForeign(ctx context.Context, subnet string, scanned []
 
 // mutateNodeUnforeign is mutateNode for a change that gives the node addresses the ledger may
 // count as foreign: those leave the subnet's foreign set in the same transaction.
+//
+// The common case, none of them foreign, writes only the node's record and holds the subnet's
+// slot shared (as registrations do): the subnet's foreign set cannot change meanwhile, and the
+// leases of one subnet's nodes commit concurrently instead of one at a time. Only when some
+// address is foreign is the subnet's slot taken exclusively to rewrite its record.
 func (a *Allocator) mutateNodeUnforeign(ctx context.Context, ns *nodeState, subnet string, addrs map[netip.Addr]bool, fn func(*ledger.NodeRecord) error) error {
 	if subnet == "" {
 		_, err := a.mutateNode(ctx, ns, fn)
 		return err
 	}
-	_, err := a.updateNode(ctx, ns, []string{subnetKey(subnet)}, func(r *ledger.NodeRecord) ([]Change, func() error, error) {
+	_, err := a.updateNodeShared(ctx, ns, nil, []string{subnetKey(subnet)}, func(r *ledger.NodeRecord) ([]Change, func() error, error) {
+		for ip := range addrs {
+			if o, taken := a.led.OwnerOf(ip); taken && (o.Kind == ledger.OwnerForeign || o.Foreign) {
+				return nil, nil, errForeignInLease
+			}
+		}
+		return nil, nil, fn(r)
+	})
+	if !errors.Is(err, errForeignInLease) {
+		return err
+	}
+	_, err = a.updateNode(ctx, ns, []string{subnetKey(subnet)}, func(r *ledger.NodeRecord) ([]Change, func() error, error) {
 		if err := fn(r); err != nil {
 			return nil, nil, err
 		}
@@ -229,6 +245,10 @@ func (a *Allocator) mutateNodeUnforeign(ctx context.Context, ns *nodeState, subn
 	})
 	return err
 }
+
+// errForeignInLease: a lease names an address the subnet's record counts as foreign, so the
+// subnet's record must be written too (mutateNodeUnforeign takes its slot exclusively).
+var errForeignInLease = errors.New("allocator: lease names a foreign address")
 
 func equalRanges(x, y []ledger.AddrRange) bool {
 	if len(x) != len(y) {
