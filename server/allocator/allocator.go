@@ -384,8 +384,7 @@ func (a *Allocator) Run(ctx context.Context) error {
 	go func() { defer a.wg.Done(); a.prewarmLoop(ctx) }()
 	a.goLoop(ctx, "instances", a.cfg.InstanceCheckInterval, a.checkInstances)
 	if a.cfg.PendingTag != "" {
-		a.wg.Add(1)
-		go func() { defer a.wg.Done(); a.pendingLoop(ctx) }()
+		a.goEvery(ctx, "pending instances", a.cfg.PendingDiscoveryInterval, a.discoverPending)
 	}
 	if a.cfg.Cluster != nil {
 		a.wg.Add(1)
@@ -454,7 +453,14 @@ func (a *Allocator) Revision() int64 { return a.revision.Load() }
 // Started is closed once Run has started serving.
 func (a *Allocator) Started() <-chan struct{} { return a.started }
 
+// goLoop runs fn every interval until ctx ends, each pass under the pass deadline.
 func (a *Allocator) goLoop(ctx context.Context, name string, every time.Duration, fn func(context.Context) error) {
+	a.goEvery(ctx, name, every, func(ctx context.Context) error { return a.pass(ctx, fn) })
+}
+
+// goEvery runs fn every interval until ctx ends, with ctx itself: for a fn that sets its own
+// deadlines because it starts work that outlives one pass (discoverPending).
+func (a *Allocator) goEvery(ctx context.Context, name string, every time.Duration, fn func(context.Context) error) {
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
@@ -465,7 +471,7 @@ func (a *Allocator) goLoop(ctx context.Context, name string, every time.Duration
 			case <-ctx.Done():
 				return
 			case <-t.Chan():
-				if err := a.pass(ctx, fn); err != nil && ctx.Err() == nil {
+				if err := fn(ctx); err != nil && ctx.Err() == nil {
 					a.log.Warn("loop failed", "loop", name, "err", err)
 				}
 			}

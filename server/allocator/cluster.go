@@ -294,22 +294,6 @@ func (a *Allocator) preregisterAsync(ctx context.Context, instanceID string, ins
 	}()
 }
 
-// pendingLoop runs discoverPending every PendingDiscoveryInterval until ctx ends.
-func (a *Allocator) pendingLoop(ctx context.Context) {
-	t := a.clk.NewTicker(a.cfg.PendingDiscoveryInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.Chan():
-			if err := a.discoverPending(ctx); err != nil && ctx.Err() == nil {
-				a.log.Warn("loop failed", "loop", "pending instances", "err", err)
-			}
-		}
-	}
-}
-
 // preregisterRetry is how long an instance whose pre-registration failed (no policy for it, a
 // zone without pod subnet, EC2 unavailable) waits before it is tried again.
 const preregisterRetry = time.Minute
