@@ -184,29 +184,16 @@ func (r *ServerProc) killCurrent() {
 // Kill sends SIGKILL to the running process (kill -9: nothing is cleaned up, the leader does not
 // resign) and waits until it has exited. The supervisor starts it again after its back-off.
 // It returns the pid it killed.
-func (r *ServerProc) Kill() (int, error) {
-	r.mu.Lock()
-	cmd, exited := r.cmd, r.exited
-	r.mu.Unlock()
-	if cmd == nil {
-		return 0, fmt.Errorf("replica %d is not running", r.Index)
-	}
-	pid := cmd.Process.Pid
-	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return pid, fmt.Errorf("kill replica %d (pid %d): %w", r.Index, pid, err)
-	}
-	select {
-	case <-exited:
-		return pid, nil
-	case <-time.After(killWait):
-		return pid, fmt.Errorf("replica %d (pid %d) did not exit within %v of SIGKILL", r.Index, pid, killWait)
-	}
-}
+func (r *ServerProc) Kill() (int, error) { return r.stop(syscall.SIGKILL, "kill") }
 
 // Terminate sends SIGTERM to the running process (what the kubelet sends a pod it deletes: a
 // leader resigns) and waits until it has exited; after killWait it sends SIGKILL. The
 // supervisor starts it again after its back-off. It returns the pid it stopped.
-func (r *ServerProc) Terminate() (int, error) {
+func (r *ServerProc) Terminate() (int, error) { return r.stop(syscall.SIGTERM, "terminate") }
+
+// stop sends sig to the running process and waits killWait for it to exit; a process that
+// outlives a SIGTERM is killed.
+func (r *ServerProc) stop(sig syscall.Signal, verb string) (int, error) {
 	r.mu.Lock()
 	cmd, exited := r.cmd, r.exited
 	r.mu.Unlock()
@@ -214,13 +201,16 @@ func (r *ServerProc) Terminate() (int, error) {
 		return 0, fmt.Errorf("replica %d is not running", r.Index)
 	}
 	pid := cmd.Process.Pid
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return pid, fmt.Errorf("terminate replica %d (pid %d): %w", r.Index, pid, err)
+	if err := cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return pid, fmt.Errorf("%s replica %d (pid %d): %w", verb, r.Index, pid, err)
 	}
 	select {
 	case <-exited:
 		return pid, nil
 	case <-time.After(killWait):
+		if sig == syscall.SIGKILL {
+			return pid, fmt.Errorf("replica %d (pid %d) did not exit within %v of SIGKILL", r.Index, pid, killWait)
+		}
 		_ = cmd.Process.Signal(syscall.SIGKILL)
 		<-exited
 		return pid, fmt.Errorf("replica %d (pid %d) did not exit within %v of SIGTERM (killed)", r.Index, pid, killWait)
